@@ -1,0 +1,1 @@
+"""Instrumentation: hooks and the gradient monitor."""

@@ -1,0 +1,492 @@
+"""The gradient monitor: ``gs.watch(model, ...)`` and ``monitor.step()``.
+
+Data flow of one recorded step (see docs/design.md):
+
+1. ``monitor.step()`` collects each trainable parameter's ``.grad`` (tensors are
+   only referenced, never copied).
+2. :func:`gradsight.stats.grad.raw_sums` reduces every gradient and weight to
+   seven raw sums in one fused pass (or a few multi-tensor passes).
+3. Raw sums are aggregated per layer and for the whole model on the device, and
+   the statistics are derived, vectorized.
+4. Everything for the step (plus the update ratios of the previous optimizer
+   step) crosses to the host in a single transfer.
+5. The values, with precomputed series ids, go on the writer's queue; the
+   writer thread inserts them and commits at least every second.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import sys
+import time
+import weakref
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gradsight import schedules
+from gradsight.instrument.hooks import HookRegistry
+from gradsight.instrument.layers import ForwardOrder, Inventory
+from gradsight.stats.grad import GRAD_STATS, NONFINITE, SUMSQ, W_SUMSQ, aggregate, count_nonfinite, derive_stats, raw_sums
+from gradsight.store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+_OPEN_MONITORS: weakref.WeakSet = weakref.WeakSet()
+
+#: Statistics recorded at every level, in addition to GRAD_STATS, when they apply.
+EXTRA_STATS = ("update_ratio", "grad_missing", "skipped", "loss_scale")
+
+
+@atexit.register
+def _close_open_monitors() -> None:
+    for mon in list(_OPEN_MONITORS):
+        try:
+            mon.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
+def _default_run_dir(model: nn.Module) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{type(model).__name__}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = Path(f"{base}-{k}")
+    return path
+
+
+class Monitor:
+    """Records gradient statistics of a model at chosen calls of :meth:`step`.
+
+    Create with :func:`gradsight.watch`. Usable as a context manager; leaving the
+    block (also through an exception) calls :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        run_dir: str | Path | None = None,
+        *,
+        every: int | schedules.Schedule = 1,
+        optimizer: torch.optim.Optimizer | None = None,
+        scaler: Any | None = None,
+        config: dict | None = None,
+        name: str | None = None,
+        backend: str = "auto",
+        overwrite: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"gs.watch expects a torch.nn.Module, got {type(model).__name__}")
+        if backend not in ("auto", "eager", "fused"):
+            raise ValueError(f"backend must be 'auto', 'eager' or 'fused', got {backend!r}")
+        self.model = model
+        self.schedule = schedules.resolve(every)
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.backend = backend
+        self.run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(model)
+        self.step_count = 0  #: number of step() calls so far
+        self.recorded_steps = 0
+        self._closed = False
+        self._hooks = HookRegistry()
+
+        self.inventory = inv = Inventory.of(model)
+        self._watched = [pi.param for pi in inv.watched]
+        self._layer_index = {ln: i for i, ln in enumerate(inv.layers)}
+        self._param_layer = torch.tensor([self._layer_index[pi.layer] for pi in inv.watched], dtype=torch.long)
+
+        self._writer = StoreWriter(self.run_dir, overwrite=overwrite)
+        self._series: dict[tuple[str, str, str], int] = {}
+        self._new_series: list[tuple[int, str, str, str]] = []
+        n_stats = len(GRAD_STATS)
+        self._param_ids = np.array(
+            [[self._sid("param", pi.name, s) for s in GRAD_STATS] for pi in inv.watched], dtype=np.int64
+        ).reshape(len(inv.watched), n_stats)
+        self._layer_ids = np.array(
+            [[self._sid("layer", ln, s) for s in GRAD_STATS] for ln in inv.layers], dtype=np.int64
+        ).reshape(len(inv.layers), n_stats)
+        self._model_ids = np.array([self._sid("model", "", s) for s in GRAD_STATS], dtype=np.int64)
+        self._flush_series()
+
+        device = next((p.device for p in self._watched), torch.device("cpu"))
+        self._writer.set_meta(
+            name=name or self.run_dir.name,
+            status="running",
+            start_time=time.time(),
+            model_class=f"{type(model).__module__}.{type(model).__qualname__}",
+            torch_version=torch.__version__,
+            gradsight_version=_version(),
+            config=config or {},
+            schedule=getattr(self.schedule, "__name__", repr(self.schedule)),
+            backend=backend,
+            device=str(device),
+            num_params=sum(pi.param.numel() for pi in inv.params),
+            num_trainable=sum(pi.param.numel() for pi in inv.watched),
+            optimizer=type(optimizer).__name__ if optimizer is not None else None,
+            amp=scaler is not None,
+            depth_source="pending",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            argv=sys.argv,
+        )
+        self._writer.write_params(
+            [
+                (pi.name, pi.layer, _json_list(pi.param.shape), pi.param.numel(), str(pi.param.dtype).replace("torch.", ""),
+                 int(pi.trainable), _json_list(pi.aliases), pi.position)
+                for pi in inv.params
+            ]
+        )
+        self._layer_order_written: str | None = None
+        self._order = ForwardOrder(model, inv.layers, self._hooks)
+
+        # update ratio bookkeeping
+        self._update_step: int | None = None
+        self._update_present: list[int] = []
+        self._update_wsumsq: Tensor | None = None
+        self._snapshot: list[Tensor] | None = None
+        self._pending: list[tuple[int, np.ndarray, Tensor]] = []  # (step, series ids, device values)
+        if optimizer is not None:
+            self._hooks.add(optimizer.register_step_pre_hook(self._on_optimizer_pre), "optimizer")
+            self._hooks.add(optimizer.register_step_post_hook(self._on_optimizer_post), "optimizer")
+        _OPEN_MONITORS.add(self)
+
+    # -- series ids -----------------------------------------------------------------
+    def _sid(self, level: str, name: str, stat: str) -> int:
+        key = (level, name, stat)
+        sid = self._series.get(key)
+        if sid is None:
+            sid = len(self._series) + 1
+            self._series[key] = sid
+            self._new_series.append((sid, level, name, stat))
+        return sid
+
+    def _flush_series(self) -> None:
+        if self._new_series:
+            self._writer.add_series(self._new_series)
+            self._new_series = []
+
+    # -- layer order ----------------------------------------------------------------
+    def _sync_layer_order(self) -> None:
+        if self._order.done and self._layer_order_written != "forward":
+            order, source = self._order.order, "forward"
+            self._order.remove()
+        elif self._layer_order_written is None:
+            order, source = self.inventory.layers, "registration"
+        else:
+            return
+        types = self.inventory.layer_types
+        self._writer.write_layers([(ln, d, types[ln], "layer") for d, ln in enumerate(order)])
+        self._writer.set_meta(depth_source=source)
+        self._layer_order_written = source
+
+    # -- recording --------------------------------------------------------------------
+    def should_record(self, step: int | None = None) -> bool:
+        """Whether the given (default: next) call of :meth:`step` is recorded."""
+        return bool(self.schedule(self.step_count if step is None else step))
+
+    def step(self, loss: Tensor | float | None = None, *, step: int | None = None) -> bool:
+        """Record the gradients as they are now, if this call is scheduled.
+
+        Call after ``loss.backward()`` (and any gradient accumulation) and before
+        ``optimizer.step()``.
+
+        Args:
+            loss: optionally the loss, recorded as the metric ``loss``.
+            step: the step index to record under (default: the number of earlier
+                calls, starting at 0).
+
+        Returns:
+            True when this call was recorded.
+        """
+        if self._closed:
+            raise RuntimeError("this monitor is closed")
+        index = self.step_count if step is None else int(step)
+        record = self.should_record(self.step_count)
+        self.step_count += 1
+        if not record:
+            return False
+        self._record(index, loss)
+        return True
+
+    @torch.no_grad()
+    def _record(self, step: int, loss: Tensor | float | None) -> None:
+        self._sync_layer_order()
+        self._update_step = None  # an optimizer step not seen since the last record
+        watched = self._watched
+        present = [i for i, p in enumerate(watched) if p.grad is not None]
+        missing = [i for i, p in enumerate(watched) if p.grad is None]
+        grads = [watched[i].grad for i in present]
+        raw = raw_sums(grads, [watched[i] for i in present], self.backend)
+        device = raw.device
+        n_layers = len(self.inventory.layers)
+        group = self._param_layer[present].to(device)
+        raw_layers = aggregate(raw, group, n_layers)
+        raw_model = aggregate(raw, torch.zeros(len(present), dtype=torch.long, device=device), 1)
+        inv_scale, scale = self._loss_scale(device)
+        stats = derive_stats(torch.cat([raw, raw_layers, raw_model]), inv_scale)
+
+        to_host = [stats.reshape(-1), raw[:, SUMSQ]]
+        if scale is not None:
+            to_host.append(scale.reshape(1).float())
+        if isinstance(loss, Tensor):
+            to_host.append(loss.detach().float().reshape(1).to(device))
+        pending, self._pending = self._pending, []
+        to_host.extend(v.to(device) for _, _, v in pending)
+        host = torch.cat(to_host).cpu().numpy()  # the one device-to-host transfer
+
+        n_rows, n_stats = stats.shape
+        stats_h = host[: n_rows * n_stats].reshape(n_rows, n_stats)
+        off = n_rows * n_stats
+        sumsq_h = host[off : off + len(present)]
+        off += len(present)
+        scale_h = loss_h = None
+        if scale is not None:
+            scale_h, off = float(host[off]), off + 1
+        if isinstance(loss, Tensor):
+            loss_h, off = float(host[off]), off + 1
+        elif loss is not None:
+            loss_h = float(loss)
+        for pstep, ids, values in pending:
+            self._writer.write_scalars(pstep, ids, host[off : off + len(ids)])
+            off += len(ids)
+
+        n_present = len(present)
+        param_stats = stats_h[:n_present]
+        layer_stats = stats_h[n_present : n_present + n_layers]
+        model_stats = stats_h[n_present + n_layers]
+        nonfinite_col = GRAD_STATS.index("grad_nonfinite")
+        bad = np.flatnonzero(~np.isfinite(sumsq_h))
+        if len(bad):  # exact counts only where a norm is not finite (rare)
+            counts = np.zeros(n_present)
+            counts[bad] = [count_nonfinite(grads[k]) for k in bad]
+            param_stats[:, nonfinite_col] = counts
+            layer_counts = np.zeros(n_layers)
+            np.add.at(layer_counts, group.cpu().numpy(), counts)
+            layer_stats[:, nonfinite_col] = layer_counts
+            model_stats[nonfinite_col] = counts.sum()
+
+        present_layers = sorted({self._layer_index[self.inventory.watched[i].layer] for i in present})
+        ids = [self._param_ids[present].reshape(-1), self._layer_ids[present_layers].reshape(-1), self._model_ids]
+        values = [param_stats.reshape(-1), layer_stats[present_layers].reshape(-1), model_stats]
+        extra_ids, extra_vals = [], []
+        for i in missing:
+            extra_ids.append(self._sid("param", self.inventory.watched[i].name, "grad_missing"))
+            extra_vals.append(1.0)
+        if missing:
+            extra_ids.append(self._sid("model", "", "grad_missing"))
+            extra_vals.append(float(len(missing)))
+        if scale_h is not None:
+            skipped = float(not np.isfinite(model_stats[0]) or model_stats[nonfinite_col] > 0)
+            extra_ids += [self._sid("model", "", "loss_scale"), self._sid("model", "", "skipped")]
+            extra_vals += [scale_h, skipped]
+        if loss_h is not None:
+            extra_ids.append(self._sid("metric", "loss", "loss"))
+            extra_vals.append(loss_h)
+        self._flush_series()
+        self._writer.write_scalars(
+            step,
+            np.concatenate(ids + [np.asarray(extra_ids, dtype=np.int64)]),
+            np.concatenate(values + [np.asarray(extra_vals, dtype=np.float64)]).astype(np.float64),
+            time.time(),
+        )
+        self.recorded_steps += 1
+
+        if self.optimizer is not None and present:
+            self._update_step = step
+            self._update_present = present
+            self._update_wsumsq = raw[:, W_SUMSQ]
+            self._update_group = group
+
+    def _loss_scale(self, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+        """(1/scale to apply, scale to record) for a GradScaler, else (None, None)."""
+        scaler = self.scaler
+        if scaler is None or not getattr(scaler, "is_enabled", lambda: True)():
+            return None, None
+        scale = getattr(scaler, "_scale", None)
+        if scale is None:  # scaler.scale() never called yet
+            return None, None
+        scale = scale.to(device).float()
+        if self._already_unscaled():
+            return None, scale
+        return scale.reciprocal(), scale
+
+    def _already_unscaled(self) -> bool:
+        states = getattr(self.scaler, "_per_optimizer_states", {})
+        opts = [self.optimizer] if self.optimizer is not None else None
+        for key, state in states.items():
+            if opts is not None and key != id(opts[0]):
+                continue
+            stage = state.get("stage")
+            if getattr(stage, "name", None) == "UNSCALED":
+                return True
+        return False
+
+    # -- update ratio ---------------------------------------------------------------
+    def _on_optimizer_pre(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if self._update_step is None:
+            return
+        with torch.no_grad():
+            self._snapshot = [self._watched[i].detach().clone() for i in self._update_present]
+
+    def _on_optimizer_post(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if self._update_step is None or self._snapshot is None:
+            return
+        with torch.no_grad():
+            current = [self._watched[i].detach() for i in self._update_present]
+            delta = torch._foreach_sub(current, self._snapshot)
+            dsq = torch.stack(torch._foreach_norm(delta, 2, dtype=torch.float32)).pow(2)
+            wsq = self._update_wsumsq
+            n_layers = len(self.inventory.layers)
+            group = self._update_group
+            layer_dsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, group, dsq)
+            layer_wsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, group, wsq)
+            present_layers = sorted(set(group.tolist()))
+            ratios = torch.cat(
+                [
+                    (dsq / wsq).sqrt(),
+                    (layer_dsq[present_layers] / layer_wsq[present_layers]).sqrt(),
+                    (dsq.sum() / wsq.sum()).sqrt().reshape(1),
+                ]
+            )
+        inv = self.inventory
+        ids = [self._sid("param", inv.watched[i].name, "update_ratio") for i in self._update_present]
+        ids += [self._sid("layer", inv.layers[k], "update_ratio") for k in present_layers]
+        ids.append(self._sid("model", "", "update_ratio"))
+        self._flush_series()
+        self._pending.append((self._update_step, np.asarray(ids, dtype=np.int64), ratios))
+        self._update_step = None
+        self._snapshot = None
+
+    # -- user metrics -------------------------------------------------------------------
+    def log(self, metrics: dict[str, float | Tensor], step: int | None = None) -> None:
+        """Record scalar metrics (e.g. per-epoch loss and accuracy) at ``step``.
+
+        ``step`` defaults to the index of the last :meth:`step` call.
+        """
+        if self._closed:
+            raise RuntimeError("this monitor is closed")
+        at = max(self.step_count - 1, 0) if step is None else int(step)
+        ids, vals = [], []
+        for key, value in metrics.items():
+            ids.append(self._sid("metric", str(key), str(key)))
+            vals.append(float(value.item() if isinstance(value, Tensor) else value))
+        self._flush_series()
+        self._writer.write_scalars(at, np.asarray(ids, dtype=np.int64), np.asarray(vals, dtype=np.float64))
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _flush_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for pstep, ids, values in pending:
+            self._writer.write_scalars(pstep, ids, values.detach().cpu().double().numpy())
+
+    def flush(self) -> None:
+        """Commit everything recorded so far to disk (blocks until done)."""
+        if self._closed:
+            return
+        self._sync_layer_order()
+        self._flush_pending()
+        self._writer.flush()
+
+    def set_meta(self, **items: Any) -> None:
+        """Store extra run metadata (JSON-serializable values)."""
+        self._writer.set_meta(**items)
+
+    def close(self, status: str = "finished", error: str | None = None) -> None:
+        """Remove every hook, write what is pending and finish the store. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._hooks.remove_all()
+        try:
+            self._sync_layer_order()
+            self._flush_pending()
+        finally:
+            self._snapshot = None
+            meta: dict[str, Any] = {"steps_recorded": self.recorded_steps, "step_calls": self.step_count}
+            if error is not None:
+                meta["error"] = error
+            self._writer.close(status=status, **meta)
+            _OPEN_MONITORS.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def open(self):
+        """Flush and open this run for reading (:class:`gradsight.Run`)."""
+        from gradsight.store.reader import open_run
+
+        self.flush()
+        return open_run(self.run_dir)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.close(status="failed", error=f"{exc_type.__name__}: {exc}")
+
+    def __repr__(self) -> str:
+        return f"Monitor(run_dir={str(self.run_dir)!r}, params={len(self._watched)}, steps={self.step_count})"
+
+
+def watch(
+    model: nn.Module,
+    run_dir: str | Path | None = None,
+    *,
+    every: int | schedules.Schedule = 1,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any | None = None,
+    config: dict | None = None,
+    name: str | None = None,
+    backend: str = "auto",
+    overwrite: bool = False,
+) -> Monitor:
+    """Start recording gradient statistics of ``model`` into ``run_dir``.
+
+    Args:
+        model: the model; every trainable parameter is watched (frozen ones are
+            listed in the store but not recorded; tied ones count once).
+        run_dir: directory of the run store (default ``runs/<time>-<Model>``).
+        every: record every k-th call of ``monitor.step()``, or a schedule
+            (``step -> bool``, see :mod:`gradsight.schedules`).
+        optimizer: when given, ``update_ratio`` (||dw|| / ||w|| across the
+            optimizer step) is recorded too.
+        scaler: a ``torch.amp.GradScaler``: values are reported unscaled and steps
+            with non-finite gradients (which the scaler skips) are marked ``skipped``.
+        config: JSON-serializable settings stored with the run.
+        name: a display name (default: the directory name).
+        backend: ``"auto"``, ``"eager"`` or ``"fused"`` statistics kernels.
+        overwrite: replace a run already in ``run_dir`` instead of raising.
+
+    Returns:
+        The :class:`Monitor`; call ``monitor.step()`` after each backward pass and
+        ``monitor.close()`` at the end (or use it as a context manager).
+    """
+    return Monitor(
+        model, run_dir, every=every, optimizer=optimizer, scaler=scaler, config=config, name=name,
+        backend=backend, overwrite=overwrite,
+    )
+
+
+def _json_list(seq) -> str:
+    import json
+
+    return json.dumps(list(seq))
+
+
+def _version() -> str:
+    from gradsight import __version__
+
+    return __version__

@@ -1,0 +1,264 @@
+"""Gradient statistics computed in as few passes over memory as possible.
+
+Every statistic of a parameter is derived from seven *raw sums* of its gradient
+``g`` and weight ``w`` (one row per tensor)::
+
+    sumsq      = sum(g**2)                 sumabs    = sum(|g|)
+    maxabs     = max(|g|)                  zeros     = count(g == 0)
+    nonfinite  = count(not isfinite(g))    numel     = g.numel()
+    w_sumsq    = sum(w**2)
+
+Raw sums add up across tensors (``maxabs`` takes the max), so layer- and
+model-level statistics are exact aggregates of parameter rows, and the
+derived statistics (``grad_norm = sqrt(sumsq)``, ``grad_rms = sqrt(sumsq / numel)``,
+...) are computed once, vectorized, at the end.
+
+Two ways to compute raw sums:
+
+* ``eager``: multi-tensor ``torch._foreach_norm`` passes (L2, L1, Linf) plus a
+  ``count_nonzero`` per tensor. On a GPU these are a handful of kernel launches for
+  the whole model. ``nonfinite`` is not counted here: a tensor whose ``sumsq`` is
+  finite has no NaN/Inf, so the count is only needed (and taken by
+  :func:`count_nonfinite`) on the rare steps where a norm is not finite.
+* ``fused``: one ``torch.compile``-d kernel per tensor that reads the gradient and
+  the weight once and produces all seven sums. On a CPU with large tensors the
+  statistics then cost about one pass over the gradients' memory. Used for large
+  tensors on the CPU when compilation works; any failure falls back to ``eager``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+#: Columns of a raw-sum row, in order.
+RAW_FIELDS = ("sumsq", "sumabs", "maxabs", "zeros", "nonfinite", "numel", "w_sumsq")
+SUMSQ, SUMABS, MAXABS, ZEROS, NONFINITE, NUMEL, W_SUMSQ = range(len(RAW_FIELDS))
+
+#: Statistics derived from raw sums, in the order :func:`derive_stats` returns them.
+GRAD_STATS = (
+    "grad_norm",
+    "grad_rms",
+    "grad_abs_mean",
+    "grad_abs_max",
+    "grad_zero_frac",
+    "grad_nonfinite",
+    "weight_norm",
+    "grad_weight_ratio",
+)
+
+#: Tensors with at least this many elements use the fused kernel on the CPU.
+FUSED_MIN_NUMEL = 1 << 16
+
+
+def _fused_kernel(g: Tensor, w: Tensor) -> Tensor:
+    g = g.float()
+    w = w.float()
+    a = g.abs()
+    return torch.stack(
+        [
+            (g * g).sum(),
+            a.sum(),
+            a.amax(),
+            (g == 0).sum().float(),
+            (~torch.isfinite(g)).sum().float(),
+            torch.zeros((), dtype=torch.float32, device=g.device) + g.numel(),
+            (w * w).sum(),
+        ]
+    )
+
+
+class _FusedKernel:
+    """Lazily compiled fused kernel; remembers a failure and stops trying."""
+
+    def __init__(self) -> None:
+        self._fn = None
+        self._failed = False
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        return not self._failed
+
+    def __call__(self, g: Tensor, w: Tensor) -> Tensor | None:
+        if self._failed:
+            return None
+        try:
+            with self._lock:
+                if self._fn is None:
+                    log.info("gradsight: compiling the fused statistics kernel (once per process)")
+                    self._fn = torch.compile(_fused_kernel, dynamic=True, fullgraph=True)
+            return self._fn(g.reshape(-1), w.reshape(-1))
+        except Exception as exc:  # no compiler, unsupported device, ...
+            self._failed = True
+            log.warning("gradsight: fused statistics kernel unavailable (%s); using eager ops", exc)
+            return None
+
+
+_FUSED = _FusedKernel()
+
+
+def _sparse_row(g: Tensor, w: Tensor) -> Tensor:
+    """Raw sums of a sparse (COO) gradient: implicit entries are zeros."""
+    values = g.coalesce().values().float()
+    a = values.abs()
+    numel = g.numel()
+    implicit_zeros = numel - values.numel()
+    maxabs = a.max() if values.numel() else torch.zeros((), device=values.device)
+    return torch.stack(
+        [
+            (values * values).sum(),
+            a.sum(),
+            maxabs,
+            (values == 0).sum().float() + implicit_zeros,
+            (~torch.isfinite(values)).sum().float(),
+            torch.tensor(float(numel), device=values.device),
+            w.detach().float().pow(2).sum(),
+        ]
+    )
+
+
+def raw_sums(grads: Sequence[Tensor], weights: Sequence[Tensor], backend: str = "auto") -> Tensor:
+    """Raw sums of each (gradient, weight) pair.
+
+    Args:
+        grads: gradient tensors (dense or sparse COO), any floating dtype.
+        weights: the matching parameter tensors, same order and shapes.
+        backend: ``"eager"``, ``"fused"`` (every dense tensor through the compiled
+            kernel) or ``"auto"`` (fused for large tensors on the CPU).
+
+    Returns:
+        float32 tensor of shape ``[len(grads), 7]`` with columns :data:`RAW_FIELDS`,
+        on the gradients' device. ``nonfinite`` is only exact in rows whose
+        ``sumsq`` is not finite when the eager path was used; call
+        :func:`count_nonfinite` for those rows (finite ``sumsq`` implies zero).
+    """
+    if len(grads) != len(weights):
+        raise ValueError("grads and weights differ in length")
+    n = len(grads)
+    if n == 0:
+        return torch.zeros((0, len(RAW_FIELDS)))
+    rows: list[Tensor | None] = [None] * n
+    eager_idx: list[int] = []
+    for i, (g, w) in enumerate(zip(grads, weights)):
+        if g.is_sparse:
+            rows[i] = _sparse_row(g, w)
+        elif backend == "fused" or (
+            backend == "auto" and g.device.type == "cpu" and g.numel() >= FUSED_MIN_NUMEL and _FUSED.available
+        ):
+            rows[i] = _FUSED(g, w.detach())
+            if rows[i] is None:
+                eager_idx.append(i)
+        else:
+            eager_idx.append(i)
+    if eager_idx:
+        eg = [grads[i] for i in eager_idx]
+        ew = [weights[i].detach() for i in eager_idx]
+        l2 = torch._foreach_norm(eg, 2, dtype=torch.float32)
+        l1 = torch._foreach_norm(eg, 1, dtype=torch.float32)
+        linf = torch._foreach_norm(eg, math.inf, dtype=torch.float32)
+        wl2 = torch._foreach_norm(ew, 2, dtype=torch.float32)
+        nonzero = [torch.count_nonzero(g) for g in eg]
+        for k, i in enumerate(eager_idx):
+            numel = float(grads[i].numel())
+            rows[i] = torch.stack(
+                [
+                    l2[k] * l2[k],
+                    l1[k],
+                    linf[k],
+                    numel - nonzero[k].float(),
+                    torch.zeros((), dtype=torch.float32, device=l2[k].device),
+                    torch.full((), numel, dtype=torch.float32, device=l2[k].device),
+                    wl2[k] * wl2[k],
+                ]
+            )
+    devices = {r.device for r in rows}  # type: ignore[union-attr]
+    if len(devices) > 1:  # parameters spread over devices: gather on the first
+        dev = grads[0].device
+        rows = [r.to(dev) for r in rows]  # type: ignore[union-attr]
+    return torch.stack(rows)  # type: ignore[arg-type]
+
+
+def count_nonfinite(g: Tensor) -> float:
+    """Number of NaN/Inf elements of a (dense or sparse) gradient, as a float."""
+    if g.is_sparse:
+        g = g.coalesce().values()
+    return float((~torch.isfinite(g)).sum().item())
+
+
+def raw_sums_reference(g: Tensor, w: Tensor) -> list[float]:
+    """Slow, obviously correct raw sums of one tensor in float64 (for tests)."""
+    if g.is_sparse:
+        g = g.to_dense()
+    g = g.detach().double().reshape(-1)
+    w = w.detach().double().reshape(-1)
+    return [
+        float((g * g).sum()),
+        float(g.abs().sum()),
+        float(g.abs().max()) if g.numel() else 0.0,
+        float((g == 0).sum()),
+        float((~torch.isfinite(g)).sum()),
+        float(g.numel()),
+        float((w * w).sum()),
+    ]
+
+
+def aggregate(raw: Tensor, group: Tensor, num_groups: int) -> Tensor:
+    """Combine raw-sum rows into groups (sums add, ``maxabs`` takes the max).
+
+    Args:
+        raw: ``[R, 7]`` raw sums.
+        group: ``[R]`` int64 group index of each row.
+        num_groups: number of groups G.
+
+    Returns:
+        ``[G, 7]`` raw sums of each group (rows of empty groups are zero).
+    """
+    out = torch.zeros((num_groups, raw.shape[1]), dtype=raw.dtype, device=raw.device)
+    out.index_add_(0, group, raw)
+    maxabs = torch.zeros(num_groups, dtype=raw.dtype, device=raw.device)
+    maxabs.scatter_reduce_(0, group, raw[:, MAXABS], reduce="amax", include_self=True)
+    out[:, MAXABS] = maxabs
+    return out
+
+
+def derive_stats(raw: Tensor, inv_scale: Tensor | float | None = None) -> Tensor:
+    """Statistics :data:`GRAD_STATS` from raw sums.
+
+    Args:
+        raw: ``[R, 7]`` raw sums.
+        inv_scale: optional loss-scale reciprocal (mixed precision): gradients were
+            multiplied by ``1/inv_scale`` and are reported unscaled.
+
+    Returns:
+        ``[R, 8]`` float32: grad_norm, grad_rms, grad_abs_mean, grad_abs_max,
+        grad_zero_frac, grad_nonfinite, weight_norm, grad_weight_ratio.
+    """
+    sumsq, sumabs, maxabs = raw[:, SUMSQ], raw[:, SUMABS], raw[:, MAXABS]
+    if inv_scale is not None:
+        sumsq = sumsq * (inv_scale * inv_scale)
+        sumabs = sumabs * inv_scale
+        maxabs = maxabs * inv_scale
+    numel = raw[:, NUMEL].clamp_min(1)
+    grad_norm = sumsq.sqrt()
+    weight_norm = raw[:, W_SUMSQ].sqrt()
+    return torch.stack(
+        [
+            grad_norm,
+            (sumsq / numel).sqrt(),
+            sumabs / numel,
+            maxabs,
+            raw[:, ZEROS] / numel,
+            raw[:, NONFINITE],
+            weight_norm,
+            grad_norm / weight_norm,
+        ],
+        dim=1,
+    )

@@ -1,0 +1,208 @@
+"""Reading runs: :func:`open_run` and :class:`Run`. Reading never modifies a store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gradsight._errors import RunError
+from gradsight.store.schema import DB_NAME
+
+_REQUIRED_TABLES = {"meta", "params", "layers", "series", "scalars", "steps"}
+
+
+def _resolve_db(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise RunError(f"no run at {p}: the path does not exist")
+    if p.is_dir():
+        db = p / DB_NAME
+        if not db.exists():
+            raise RunError(f"{p} is not a gradsight run: it has no {DB_NAME}")
+        return db
+    return p
+
+
+def open_run(path: str | Path) -> Run:
+    """Open a recorded run read-only.
+
+    Args:
+        path: a run directory (as given to ``gs.watch(run_dir=...)``) or its
+            ``gradsight.sqlite`` file.
+
+    Raises:
+        RunError: the path is missing, is not a run, or its database is empty,
+            corrupted or not a gradsight store.
+    """
+    return Run(path)
+
+
+def list_runs(parent: str | Path) -> list[Path]:
+    """Run directories at or below ``parent`` (sorted)."""
+    parent = Path(parent)
+    return sorted(p.parent for p in parent.rglob(DB_NAME))
+
+
+class Run:
+    """A recorded run, read-only. Create with :func:`open_run`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.db_path = _resolve_db(path)
+        self.path = self.db_path.parent
+        if self.db_path.stat().st_size == 0:
+            raise RunError(f"{self.db_path} is empty: the run never wrote its store")
+        uri = self.db_path.resolve().as_uri() + "?mode=ro"
+        try:
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise RunError(f"{self.db_path} is corrupted or not a SQLite database ({exc})") from None
+        missing = _REQUIRED_TABLES - tables
+        if missing:
+            raise RunError(f"{self.db_path} is not a gradsight store (missing tables: {', '.join(sorted(missing))})")
+        try:
+            self.meta: dict[str, Any] = {
+                k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")
+            }
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+            raise RunError(f"{self.db_path} is corrupted ({exc})") from None
+
+    # -- metadata ---------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, status={self.status!r}, steps={len(self.steps())})"
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name") or self.path.name)
+
+    @property
+    def status(self) -> str:
+        return str(self.meta.get("status", "unknown"))
+
+    @property
+    def config(self) -> dict:
+        return dict(self.meta.get("config") or {})
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
+        try:
+            return pd.read_sql_query(sql, self._conn, params=list(params))
+        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
+            raise RunError(f"{self.db_path} could not be read ({exc})") from None
+
+    def params(self) -> pd.DataFrame:
+        """One row per parameter: name, layer, shape, numel, dtype, trainable, aliases, position, depth."""
+        df = self._query(
+            "SELECT p.*, l.depth FROM params p LEFT JOIN layers l ON l.name = p.layer ORDER BY p.position"
+        )
+        df["shape"] = df["shape"].map(lambda s: tuple(json.loads(s)))
+        df["aliases"] = df["aliases"].map(json.loads)
+        df["trainable"] = df["trainable"].astype(bool)
+        return df
+
+    def layers(self) -> pd.DataFrame:
+        """One row per layer (module owning parameters), in forward-execution order."""
+        return self._query("SELECT name, depth, module_type, kind FROM layers ORDER BY depth, name")
+
+    def steps(self) -> list[int]:
+        """Recorded steps, ascending."""
+        return [r[0] for r in self._conn.execute("SELECT step FROM steps ORDER BY step")]
+
+    def stats(self, level: str | None = None) -> list[str]:
+        """Names of the statistics recorded (optionally at one level)."""
+        sql = "SELECT DISTINCT stat FROM series"
+        args: list[Any] = []
+        if level is not None:
+            sql += " WHERE level = ?"
+            args.append(level)
+        return sorted(r[0] for r in self._conn.execute(sql, args))
+
+    # -- data -------------------------------------------------------------------
+    def frame(
+        self,
+        *,
+        level: str | Iterable[str] | None = None,
+        stat: str | Iterable[str] | None = None,
+        name: str | Iterable[str] | None = None,
+        steps: Iterable[int] | None = None,
+    ) -> pd.DataFrame:
+        """All recorded values in long format, optionally filtered.
+
+        Returns:
+            DataFrame with columns ``step, level, name, layer, depth, stat, value``:
+            ``layer`` is the owning layer of a parameter (the layer itself for layer
+            rows), ``depth`` its forward-execution index (NaN for model and metric
+            rows), ``value`` a float (NaN where the statistic was NaN).
+        """
+        where, args = [], []
+        for col, val in (("se.level", level), ("se.stat", stat), ("se.name", name)):
+            if val is None:
+                continue
+            vals = [val] if isinstance(val, str) else list(val)
+            where.append(f"{col} IN ({','.join('?' * len(vals))})")
+            args.extend(vals)
+        if steps is not None:
+            st = [int(s) for s in steps]
+            where.append(f"s.step IN ({','.join('?' * len(st))})")
+            args.extend(st)
+        sql = """
+            SELECT s.step AS step, se.level AS level, se.name AS name,
+                   CASE se.level WHEN 'param' THEN p.layer
+                                 WHEN 'model' THEN NULL
+                                 WHEN 'metric' THEN NULL
+                                 ELSE se.name END AS layer,
+                   l.depth AS depth, se.stat AS stat, s.value AS value
+            FROM scalars s
+            JOIN series se ON se.id = s.series
+            LEFT JOIN params p ON se.level = 'param' AND p.name = se.name
+            LEFT JOIN layers l ON l.name = (CASE se.level WHEN 'param' THEN p.layer
+                                            WHEN 'model' THEN NULL WHEN 'metric' THEN NULL
+                                            ELSE se.name END)
+        """
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY s.step, se.id"
+        df = self._query(sql, args)
+        df["value"] = df["value"].astype(float)
+        df["depth"] = df["depth"].astype(float)
+        return df
+
+    def series(self, stat: str, level: str = "layer") -> pd.DataFrame:
+        """One statistic as a wide table: index = step, columns = names in depth order."""
+        df = self.frame(level=level, stat=stat)
+        if df.empty:
+            return pd.DataFrame()
+        wide = df.pivot_table(index="step", columns="name", values="value", aggfunc="last", dropna=False)
+        order = df.drop_duplicates("name").sort_values(["depth", "name"], na_position="last")["name"]
+        return wide.reindex(columns=list(order))
+
+    def metrics(self) -> pd.DataFrame:
+        """User-logged values (``monitor.log``) as a wide table indexed by step."""
+        df = self.frame(level="metric")
+        if df.empty:
+            return pd.DataFrame()
+        return df.pivot_table(index="step", columns="stat", values="value", aggfunc="last")
+
+    def layer_summary(self, stat: str = "grad_norm") -> pd.DataFrame:
+        """Per layer: depth, mean/median/min/max of ``stat`` over recorded steps."""
+        df = self.frame(level="layer", stat=stat)
+        if df.empty:
+            return pd.DataFrame(columns=["name", "depth", "mean", "median", "min", "max"])
+        g = df.groupby(["name"], sort=False)
+        out = g["value"].agg(["mean", "median", "min", "max"]).reset_index()
+        out["depth"] = g["depth"].first().values
+        return out.sort_values(["depth", "name"]).reset_index(drop=True)[["name", "depth", "mean", "median", "min", "max"]]
+

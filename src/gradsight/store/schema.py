@@ -1,0 +1,49 @@
+"""Schema of the run store (``<run_dir>/gradsight.sqlite``).
+
+See ``docs/design.md`` for the meaning of every table and column.
+"""
+
+from __future__ import annotations
+
+DB_NAME = "gradsight.sqlite"
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL              -- JSON
+);
+CREATE TABLE IF NOT EXISTS params (
+    name      TEXT PRIMARY KEY,      -- as model.named_parameters() gives it
+    layer     TEXT NOT NULL,         -- qualified name of the owning module ('' = root)
+    shape     TEXT NOT NULL,         -- JSON list
+    numel     INTEGER NOT NULL,
+    dtype     TEXT NOT NULL,
+    trainable INTEGER NOT NULL,      -- 0 for frozen (requires_grad=False): not recorded
+    aliases   TEXT NOT NULL,         -- JSON list of other names of a tied parameter
+    position  INTEGER NOT NULL       -- index in named_parameters() order
+);
+CREATE TABLE IF NOT EXISTS layers (
+    name        TEXT PRIMARY KEY,    -- qualified module name ('' = root)
+    depth       INTEGER,             -- forward-execution order, 0 = first
+    module_type TEXT NOT NULL,
+    kind        TEXT NOT NULL        -- 'layer' (owns parameters), 'block', 'module'
+);
+CREATE TABLE IF NOT EXISTS series (
+    id    INTEGER PRIMARY KEY,
+    level TEXT NOT NULL,             -- 'param' | 'layer' | 'model' | 'metric' | ...
+    name  TEXT NOT NULL,
+    stat  TEXT NOT NULL,
+    UNIQUE (level, name, stat)
+);
+CREATE TABLE IF NOT EXISTS scalars (
+    step   INTEGER NOT NULL,
+    series INTEGER NOT NULL REFERENCES series(id),
+    value  REAL,                     -- NULL stores NaN
+    PRIMARY KEY (step, series)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS steps (
+    step INTEGER PRIMARY KEY,
+    time REAL NOT NULL               -- unix time when the step was recorded
+);
+"""

@@ -1,0 +1,179 @@
+"""Background writer: batches rows and commits at least every second.
+
+Training threads only put work on a queue; one thread owns the SQLite
+connection. A process killed with SIGKILL loses at most the rows queued or
+written since the last commit (about one second of recording); the database is
+in WAL mode, so it always reopens in a consistent state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradsight.store.schema import DB_NAME, SCHEMA, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL_S = 1.0
+
+
+class StoreWriter:
+    """Owns a run database and writes to it from a background thread.
+
+    Args:
+        run_dir: directory of the run (created if missing).
+        overwrite: replace an existing store in ``run_dir`` instead of raising.
+    """
+
+    def __init__(self, run_dir: str | Path, *, overwrite: bool = False) -> None:
+        from gradsight._errors import RunError
+
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / DB_NAME
+        if self.path.exists():
+            if not overwrite:
+                raise RunError(
+                    f"{self.run_dir} already holds a run; pass overwrite=True or choose another run_dir"
+                )
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._closed = False
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="gradsight-writer", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    # -- API used by the training thread (never blocks on disk) -----------------
+    def set_meta(self, **items: Any) -> None:
+        self._put(("meta", items))
+
+    def add_series(self, rows: list[tuple[int, str, str, str]]) -> None:
+        """Register series ``(id, level, name, stat)``."""
+        self._put(("many", "INSERT OR IGNORE INTO series(id, level, name, stat) VALUES (?,?,?,?)", rows))
+
+    def write_params(self, rows: list[tuple]) -> None:
+        self._put(("many", "INSERT OR REPLACE INTO params VALUES (?,?,?,?,?,?,?,?)", rows))
+
+    def write_layers(self, rows: list[tuple[str, int | None, str, str]]) -> None:
+        self._put(("many", "INSERT OR REPLACE INTO layers(name, depth, module_type, kind) VALUES (?,?,?,?)", rows))
+
+    def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray, time_s: float | None = None) -> None:
+        """Values of several series at one step (NaN is stored as NULL)."""
+        self._put(("scalars", int(step), series_ids, values, time_s))
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Block until everything queued so far is committed."""
+        done = threading.Event()
+        self._put(("flush", done))
+        done.wait(timeout)
+
+    def close(self, status: str = "finished", **meta: Any) -> None:
+        """Write final metadata, commit, leave a plain (non-WAL) database; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(("close", dict(status=status, end_time=time.time(), **meta)))
+        self._thread.join(timeout=60)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _put(self, item: tuple) -> None:
+        if self._closed:
+            return
+        if self._error is not None:
+            err, self._error = self._error, None
+            log.error("gradsight: the run store failed: %s", err)
+        self._queue.put(item)
+
+    # -- writer thread ---------------------------------------------------------
+    def _run(self, ready: threading.Event) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),)
+            )
+            conn.execute("BEGIN")
+        except BaseException as exc:  # surfaced in __init__
+            self._error = exc
+            ready.set()
+            return
+        ready.set()
+        last_commit = time.monotonic()
+        dirty = False
+        while True:
+            timeout = max(0.0, COMMIT_INTERVAL_S - (time.monotonic() - last_commit)) if dirty else None
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    kind = item[0]
+                    if kind == "close":
+                        self._handle_meta(conn, item[1])
+                        conn.execute("COMMIT")
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                        conn.execute("PRAGMA journal_mode=DELETE")
+                        conn.close()
+                        return
+                    if kind == "flush":
+                        conn.execute("COMMIT")
+                        conn.execute("BEGIN")
+                        last_commit, dirty = time.monotonic(), False
+                        item[1].set()
+                        continue
+                    self._handle(conn, item)
+                    dirty = True
+                if dirty and time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
+                    conn.execute("COMMIT")
+                    conn.execute("BEGIN")
+                    last_commit, dirty = time.monotonic(), False
+            except Exception as exc:  # keep training alive; report once
+                log.error("gradsight: writing the run store failed: %s", exc)
+                self._error = exc
+                if item is not None and item[0] == "flush":
+                    item[1].set()
+
+    def _handle(self, conn: sqlite3.Connection, item: tuple) -> None:
+        kind = item[0]
+        if kind == "scalars":
+            _, step, ids, values, time_s = item
+            vals = values.tolist()  # SQLite stores NaN as NULL; +-inf as is
+            conn.executemany(
+                "INSERT OR REPLACE INTO scalars(step, series, value) VALUES (?,?,?)",
+                zip([step] * len(vals), ids.tolist(), vals),
+            )
+            if time_s is not None:
+                conn.execute("INSERT OR REPLACE INTO steps(step, time) VALUES (?,?)", (step, time_s))
+        elif kind == "many":
+            conn.executemany(item[1], item[2])
+        elif kind == "meta":
+            self._handle_meta(conn, item[1])
+        else:  # pragma: no cover - programming error
+            raise ValueError(f"unknown store message {kind!r}")
+
+    @staticmethod
+    def _handle_meta(conn: sqlite3.Connection, items: dict) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)",
+            [(k, json.dumps(v, default=str)) for k, v in items.items()],
+        )
