@@ -1,0 +1,5 @@
+import sys
+
+from gradsight.cli import main
+
+sys.exit(main())
