@@ -80,13 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("gradsight: aborted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return 0
     except click.UsageError as exc:
         click.echo(f"gradsight: error: {exc.format_message()} (see 'gradsight --help')", err=True)
         return 2
     except click.ClickException as exc:
         click.echo(f"gradsight: error: {exc.format_message()}", err=True)
         return exc.exit_code if exc.exit_code != 1 else 2
-    except (GradsightError, FileNotFoundError, ValueError) as exc:
+    except (GradsightError, OSError, ValueError) as exc:
         click.echo(f"gradsight: error: {exc}", err=True)
         return 2
     return 0

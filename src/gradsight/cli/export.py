@@ -1,4 +1,4 @@
-"""``gradsight export RUN --format csv|parquet -o FILE``."""
+"""``gradsight export RUN --format csv|parquet|tensorboard -o PATH``."""
 
 from __future__ import annotations
 
@@ -11,16 +11,23 @@ from gradsight.cli import UserError
 
 @click.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="File to write.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "tensorboard"]), default="csv",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="File to write (csv, parquet) or directory for the event files (tensorboard).")
 @click.option("--level", type=click.Choice(["param", "layer", "model", "metric"]), multiple=True,
-              help="Only these levels (repeatable). Default: all.")
+              help="Only these levels (repeatable). Default: all; for tensorboard all but param.")
 @click.option("--stat", multiple=True, help="Only these statistics (repeatable). Default: all.")
 def command(run: Path, fmt: str, output: Path, level: tuple[str, ...], stat: tuple[str, ...]) -> None:
     """Write the statistics of RUN as a long table (step, level, name, layer,
-    depth, stat, value) to a CSV or Parquet file."""
+    depth, stat, value) to a CSV or Parquet file, or as TensorBoard event files
+    (a scalar per level, statistic and name; per-step histograms across
+    parameters) into a directory that TensorBoard can open."""
     from gradsight.store.reader import open_run
 
+    if fmt == "tensorboard":
+        _export_tensorboard(run, output, level, stat)
+        return
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
@@ -30,9 +37,31 @@ def command(run: Path, fmt: str, output: Path, level: tuple[str, ...], stat: tup
         df = r.frame(level=list(level) or None, stat=list(stat) or None)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
-    if fmt == "csv":
-        df.to_csv(tmp, index=False)
-    else:
-        df.to_parquet(tmp, index=False)
-    tmp.replace(output)
+    try:
+        if fmt == "csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
     click.echo(f"wrote {len(df):,} rows to {output}")
+
+
+def _export_tensorboard(run: Path, output: Path, level: tuple[str, ...], stat: tuple[str, ...]) -> None:
+    from gradsight.store.reader import open_run
+
+    from gradsight.integrations.tensorboard import export_tensorboard
+
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise UserError("tensorboard export needs tensorboard: pip install 'gradsight[tensorboard]'") from None
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output} is a file; tensorboard export writes a directory of event files")
+    with open_run(run) as r:
+        counts = export_tensorboard(r, output, levels=list(level) or None, stats=list(stat) or None)
+    click.echo(
+        f"wrote {counts['scalars']:,} scalars and {counts['histograms']:,} histograms "
+        f"({counts['steps']:,} steps) to {output}"
+    )

@@ -101,7 +101,7 @@ class Run:
         try:
             return pd.read_sql_query(sql, self._conn, params=list(params))
         except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
-            raise RunError(f"{self.db_path} could not be read ({exc})") from None
+            raise RunError(f"{self.db_path} could not be read ({exc.__cause__ or exc})") from None
 
     def params(self) -> pd.DataFrame:
         """One row per parameter: name, layer, shape, numel, dtype, trainable, aliases, position, depth."""
@@ -113,13 +113,19 @@ class Run:
         df["trainable"] = df["trainable"].astype(bool)
         return df
 
-    def layers(self) -> pd.DataFrame:
-        """One row per layer (module owning parameters), in forward-execution order."""
-        return self._query("SELECT name, depth, module_type, kind FROM layers ORDER BY depth, name")
+    def layers(self, kind: str | None = "layer") -> pd.DataFrame:
+        """Modules in forward-execution order: ``kind='layer'`` (default) the modules
+        owning parameters, ``'block'`` residual blocks, ``'module'`` other modules
+        with activation statistics, ``None`` all of them."""
+        if kind is None:
+            return self._query("SELECT name, depth, module_type, kind FROM layers ORDER BY kind, depth, name")
+        return self._query(
+            "SELECT name, depth, module_type, kind FROM layers WHERE kind = ? ORDER BY depth, name", [kind]
+        )
 
     def steps(self) -> list[int]:
         """Recorded steps, ascending."""
-        return [r[0] for r in self._conn.execute("SELECT step FROM steps ORDER BY step")]
+        return [int(s) for s in self._query("SELECT step FROM steps ORDER BY step")["step"]]
 
     def stats(self, level: str | None = None) -> list[str]:
         """Names of the statistics recorded (optionally at one level)."""
@@ -128,7 +134,7 @@ class Run:
         if level is not None:
             sql += " WHERE level = ?"
             args.append(level)
-        return sorted(r[0] for r in self._conn.execute(sql, args))
+        return sorted(self._query(sql, args)["stat"])
 
     # -- data -------------------------------------------------------------------
     def frame(
@@ -194,7 +200,7 @@ class Run:
         df = self.frame(level="metric")
         if df.empty:
             return pd.DataFrame()
-        return df.pivot_table(index="step", columns="stat", values="value", aggfunc="last")
+        return df.pivot_table(index="step", columns="stat", values="value", aggfunc="last", dropna=False)
 
     def layer_summary(self, stat: str = "grad_norm") -> pd.DataFrame:
         """Per layer: depth, mean/median/min/max of ``stat`` over recorded steps."""

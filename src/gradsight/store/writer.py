@@ -104,7 +104,7 @@ class StoreWriter:
     # -- writer thread ---------------------------------------------------------
     def _run(self, ready: threading.Event) -> None:
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=2.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
@@ -129,11 +129,16 @@ class StoreWriter:
                 if item is not None:
                     kind = item[0]
                     if kind == "close":
-                        self._handle_meta(conn, item[1])
-                        conn.execute("COMMIT")
-                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                        conn.execute("PRAGMA journal_mode=DELETE")
-                        conn.close()
+                        try:
+                            self._handle_meta(conn, item[1])
+                            conn.execute("COMMIT")
+                            try:  # leave one plain file; stays in WAL mode while a reader holds it open
+                                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                                conn.execute("PRAGMA journal_mode=DELETE")
+                            except sqlite3.OperationalError:
+                                pass
+                        finally:
+                            conn.close()
                         return
                     if kind == "flush":
                         conn.execute("COMMIT")

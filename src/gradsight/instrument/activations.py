@@ -1,0 +1,360 @@
+"""Activation statistics and the backward signal at module outputs and residual blocks.
+
+For each tracked module, on a recorded step:
+
+* forward hook on the module: statistics of its output ``h`` (shape ``[N, C, ...]``
+  or ``[N, ..., C]``) per channel ``c``: ``mean_c`` and ``var_c`` over every other
+  dimension, reported as ``act_mean_sq = mean_c(mean_c**2)``, ``act_var =
+  mean_c(var_c)`` and ``act_rms = sqrt(mean(h**2))`` (= sqrt(act_mean_sq + act_var));
+* a tensor hook on ``h`` (registered in the forward hook, so in-place operations
+  later in the model are fine): ``out_grad_norm = ||dL/dh||`` over the batch,
+  ``out_grad_rms`` and ``out_grad_nonfinite``.
+
+For each residual block (see :mod:`gradsight.instrument.residual`) the gradient
+reaching the block's input is split into the contribution through the skip path
+``s`` and through the branch ``b`` by hooks on the graph nodes that consume the
+input: ``skip_grad_norm = ||s||``, ``branch_grad_norm = ||b||``,
+``skip_branch_cos = <s, b> / (||s|| ||b||)``, and ``branch_var`` = ``act_var`` of the
+branch output before the addition.
+
+Micro-batches between two recorded ``step()`` calls are combined exactly (sums of
+squares add; channel moments combine with Chan's formula). Everything stays on the
+device until :meth:`ActivationRecorder.collect`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
+
+from gradsight.instrument.hooks import HookRegistry
+from gradsight.instrument.residual import ResidualSplit, find_residual_split
+
+ACT_STATS = ("act_rms", "act_mean_sq", "act_var", "out_grad_norm", "out_grad_rms", "out_grad_nonfinite")
+BLOCK_STATS = ("skip_grad_norm", "branch_grad_norm", "skip_branch_cos", "branch_var")
+
+_CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+                  nn.GroupNorm, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+                  nn.modules.pooling._AdaptiveAvgPoolNd)
+
+
+def channel_dim(module: nn.Module, t: Tensor) -> int:
+    """The channel dimension of a module's output: 1 for images and feature vectors,
+    the last one for sequences (``[N, T, D]``) unless the module is convolution-like."""
+    if t.dim() <= 2 or t.dim() >= 4:
+        return 1 if t.dim() >= 2 else 0
+    return 1 if isinstance(module, _CHANNEL_FIRST) else 2
+
+
+def channel_moments(t: Tensor, dim: int) -> tuple[int, Tensor, Tensor]:
+    """(count per channel, per-channel mean, per-channel population variance), fp32."""
+    t = t.detach()
+    x = t.float().movedim(dim, -1).reshape(-1, t.shape[dim]) if t.dim() > 1 else t.float().reshape(-1, 1)
+    var, mean = torch.var_mean(x, dim=0, correction=0)
+    return x.shape[0], mean, var
+
+
+def first_tensor(obj: object) -> Tensor | None:
+    """The first floating-point tensor in a module's output (tensor, tuple, list or dict)."""
+    if isinstance(obj, Tensor):
+        return obj if obj.is_floating_point() else None
+    if isinstance(obj, (tuple, list)):
+        for item in obj:
+            t = first_tensor(item)
+            if t is not None:
+                return t
+    if isinstance(obj, dict):
+        for item in obj.values():
+            t = first_tensor(item)
+            if t is not None:
+                return t
+    return None
+
+
+@dataclass
+class _ModuleAcc:
+    n: int = 0
+    mean: Tensor | None = None
+    m2: Tensor | None = None  # sum of squared deviations per channel
+    grad_sumsq: Tensor | None = None
+    grad_nonfinite: Tensor | None = None
+    grad_numel: int = 0
+
+    def add_moments(self, n: int, mean: Tensor, var: Tensor) -> None:
+        if self.mean is None or self.mean.shape != mean.shape:
+            self.n, self.mean, self.m2 = n, mean, var * n
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.m2 = self.m2 + var * n + delta * delta * (self.n * n / total)
+        self.mean = self.mean + delta * (n / total)
+        self.n = total
+
+    def add_grad(self, g: Tensor) -> None:
+        g = g.detach()
+        sumsq = torch.linalg.vector_norm(g, dtype=torch.float32).square()
+        nonfinite = (~torch.isfinite(g)).sum().float()
+        if self.grad_sumsq is None:
+            self.grad_sumsq, self.grad_nonfinite = sumsq, nonfinite
+        else:
+            self.grad_sumsq = self.grad_sumsq + sumsq
+            self.grad_nonfinite = self.grad_nonfinite + nonfinite
+        self.grad_numel += g.numel()
+
+
+@dataclass
+class _BlockAcc:
+    skip_sumsq: Tensor | None = None
+    branch_sumsq: Tensor | None = None
+    dot: Tensor | None = None
+    branch_var: Tensor | None = None
+    pending: dict = field(default_factory=dict)  # per forward: partial sums per path
+
+    def add(self, name: str, value: Tensor) -> None:
+        cur = getattr(self, name)
+        setattr(self, name, value if cur is None else cur + value)
+
+
+class _PathJoin:
+    """Sums the contributions of one forward's consumers per path, then reduces."""
+
+    def __init__(self, acc: _BlockAcc, counts: tuple[int, int]) -> None:
+        self.acc = acc
+        self.remaining = list(counts)
+        self.partial: list[Tensor | None] = [None, None]
+        self.done: list[Tensor | None] = [None, None]
+
+    def add(self, path: int, grad: Tensor | None) -> None:
+        if grad is not None:
+            g = grad.detach()
+            self.partial[path] = g if self.partial[path] is None else self.partial[path] + g
+        self.remaining[path] -= 1
+        if self.remaining[path] == 0 and self.partial[path] is not None:
+            full = self.partial[path].float()
+            self.partial[path] = None
+            self.acc.add("skip_sumsq" if path == 0 else "branch_sumsq", full.square().sum())
+            other = self.done[1 - path]
+            if other is not None:
+                self.acc.add("dot", (full * other).sum())
+                self.done[1 - path] = None
+            else:
+                self.done[path] = full
+
+
+class ActivationRecorder:
+    """Hooks that measure activations and the backward signal of chosen modules.
+
+    Args:
+        model: the model.
+        select: ``True`` for the default choice (every leaf module with parameters
+            and every residual block), or fnmatch patterns of module names.
+        residual_blocks: names of modules to treat as residual blocks even where
+            automatic detection does not see them (a looser rule is then used).
+        hooks: the registry that owns every handle.
+        is_active: called in a forward hook; True when this forward belongs to a
+            recorded step.
+    """
+
+    TAG = "activations"
+    ITER_TAG = "activations-iteration"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        select: bool | str | Sequence[str],
+        residual_blocks: Sequence[str] | None,
+        hooks: HookRegistry,
+        is_active: Callable[[], bool],
+    ) -> None:
+        self.model = model
+        self.hooks = hooks
+        self.is_active = is_active
+        modules = dict(model.named_modules())
+        self.marked = set(residual_blocks or ())
+        unknown = self.marked - set(modules)
+        if unknown:
+            raise ValueError(f"residual_blocks names not in the model: {sorted(unknown)}")
+        if select is True:
+            patterns = None
+        else:
+            patterns = [select] if isinstance(select, str) else list(select)
+        self.patterns = patterns
+
+        def chosen(name: str, mod: nn.Module) -> bool:
+            if patterns is not None:
+                return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+            has_params = any(True for _ in mod.parameters(recurse=False))
+            return has_params and not any(True for _ in mod.children())
+
+        self.tracked = [n for n, m in modules.items() if chosen(n, m)]
+        self._tracked_set = set(self.tracked)
+        # candidates for residual blocks: containers (and marked modules); decided on the first forward
+        self.candidates = [n for n, m in modules.items() if any(True for _ in m.children()) or n in self.marked]
+        self.candidates += [n for n in self.marked if n not in self.candidates]
+        self.blocks: list[str] = []
+        self.blocks_known = False
+        self._branch_module: dict[str, str] = {}
+        self.types = {n: type(m).__name__ for n, m in modules.items()}
+        self.acc: dict[str, _ModuleAcc] = {}
+        self.block_acc: dict[str, _BlockAcc] = {}
+        self._producer: dict[int, str] = {}  # id(grad_fn) -> tracked module, this forward
+        self._inputs: dict[str, list] = {}
+        self._var_by_fn: dict[int, Tensor] = {}
+        for name in self.tracked:
+            hooks.add(modules[name].register_forward_hook(self._make_forward(name)), self.TAG)
+        for name in self.candidates:
+            mod = modules[name]
+            hooks.add(mod.register_forward_pre_hook(self._make_block_pre(name)), self.TAG + "-blocks")
+            hooks.add(mod.register_forward_hook(self._make_block_post(name)), self.TAG + "-blocks")
+
+    # -- leaf/module statistics ---------------------------------------------------
+    def _make_forward(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if not self.is_active() or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+                return
+            t = first_tensor(output)
+            if t is not None:
+                self._observe(name, module, t)
+
+        return hook
+
+    def _observe(self, name: str, module: nn.Module, t: Tensor) -> None:
+        acc = self.acc.setdefault(name, _ModuleAcc())
+        n, mean, var = channel_moments(t, channel_dim(module, t))
+        acc.add_moments(n, mean, var)
+        if t.grad_fn is not None:
+            self._producer[id(t.grad_fn)] = name
+            self._var_by_fn[id(t.grad_fn)] = var.mean()
+        if t.requires_grad:
+            self.hooks.add(t.register_hook(acc.add_grad), self.ITER_TAG)
+
+    # -- residual blocks ------------------------------------------------------------
+    def _make_block_pre(self, name: str):
+        def pre(module: nn.Module, args: tuple) -> None:
+            if not self.is_active() or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+                return
+            if self.blocks_known and name not in self.blocks:
+                return
+            x = first_tensor(args)
+            edge = None
+            if x is not None and x.requires_grad:
+                try:
+                    edge = get_gradient_edge(x)
+                except RuntimeError:
+                    edge = None
+            self._inputs.setdefault(name, []).append(edge)
+
+        return pre
+
+    def _make_block_post(self, name: str):
+        def post(module: nn.Module, args: tuple, output: object) -> None:
+            stack = self._inputs.get(name)
+            if not stack:
+                return
+            edge = stack.pop()
+            y = first_tensor(output)
+            if edge is None or y is None or y.grad_fn is None:
+                return
+            strict = name not in self.marked
+            split = find_residual_split(y.grad_fn, edge.node, edge.output_nr, strict=strict)
+            if split is None:
+                return
+            if not self.blocks_known and name not in self.blocks:
+                self.blocks.append(name)
+            self._attach(name, split)
+            if name not in self._tracked_set and self.patterns is None:
+                self._observe(name, module, y)
+
+        return post
+
+    def _attach(self, name: str, split: ResidualSplit) -> None:
+        acc = self.block_acc.setdefault(name, _BlockAcc())
+        branch_var = self._var_by_fn.get(id(split.branch_node)) if split.branch_node is not None else None
+        if branch_var is not None:
+            acc.add("branch_var", branch_var)
+            acc.pending["branch_var_count"] = acc.pending.get("branch_var_count", 0) + 1
+            self._branch_module.setdefault(name, self._producer.get(id(split.branch_node), ""))
+        join = _PathJoin(acc, (len(split.consumers[0]), len(split.consumers[1])))
+        for path, consumers in enumerate(split.consumers):
+            for node, index in consumers:
+                def node_hook(grad_inputs, grad_outputs, path=path, index=index):
+                    join.add(path, grad_inputs[index])
+
+                self.hooks.add(node.register_hook(node_hook), self.ITER_TAG)
+
+    def finish_discovery(self) -> None:
+        """After the first recorded forward: keep hooks only on real blocks."""
+        if self.blocks_known:
+            return
+        self.blocks_known = True
+        keep = set(self.blocks)
+        self.hooks.remove(self.TAG + "-blocks")
+        modules = dict(self.model.named_modules())
+        for name in self.candidates:
+            if name in keep:
+                mod = modules[name]
+                self.hooks.add(mod.register_forward_pre_hook(self._make_block_pre(name)), self.TAG + "-blocks")
+                self.hooks.add(mod.register_forward_hook(self._make_block_post(name)), self.TAG + "-blocks")
+
+    # -- collection -------------------------------------------------------------------
+    def collect(self, inv_scale: Tensor | None = None) -> tuple[list[tuple[str, str, str]], list[Tensor]]:
+        """Rows gathered since the last call: ``(level, name, stat)`` keys and 0-d device tensors.
+
+        Levels: ``module`` for :data:`ACT_STATS`, ``block`` for :data:`BLOCK_STATS`.
+        Resets the accumulators and drops this step's graph hooks.
+        """
+        if self._inputs or self.acc or self.block_acc:
+            self.finish_discovery()
+        keys: list[tuple[str, str, str]] = []
+        values: list[Tensor] = []
+        for name in self.tracked + [b for b in self.blocks if b not in self._tracked_set]:
+            acc = self.acc.get(name)
+            if acc is None or acc.mean is None:
+                continue
+            mean_sq = acc.mean.square().mean()
+            var = (acc.m2 / max(acc.n, 1)).mean()
+            keys += [("module", name, "act_rms"), ("module", name, "act_mean_sq"), ("module", name, "act_var")]
+            values += [(mean_sq + var).sqrt(), mean_sq, var]
+            if acc.grad_sumsq is not None:
+                sumsq = acc.grad_sumsq if inv_scale is None else acc.grad_sumsq * inv_scale * inv_scale
+                keys += [("module", name, "out_grad_norm"), ("module", name, "out_grad_rms"),
+                         ("module", name, "out_grad_nonfinite")]
+                values += [sumsq.sqrt(), (sumsq / max(acc.grad_numel, 1)).sqrt(), acc.grad_nonfinite]
+        for name in self.blocks:
+            acc = self.block_acc.get(name)
+            if acc is None:
+                continue
+            scale2 = None if inv_scale is None else inv_scale * inv_scale
+            if acc.skip_sumsq is not None and acc.branch_sumsq is not None:
+                s = acc.skip_sumsq if scale2 is None else acc.skip_sumsq * scale2
+                b = acc.branch_sumsq if scale2 is None else acc.branch_sumsq * scale2
+                keys += [("block", name, "skip_grad_norm"), ("block", name, "branch_grad_norm")]
+                values += [s.sqrt(), b.sqrt()]
+                if acc.dot is not None:
+                    d = acc.dot if scale2 is None else acc.dot * scale2
+                    keys.append(("block", name, "skip_branch_cos"))
+                    values.append(d / (s.sqrt() * b.sqrt()))
+            if acc.branch_var is not None:
+                keys.append(("block", name, "branch_var"))
+                values.append(acc.branch_var / acc.pending.get("branch_var_count", 1))
+        self.reset()
+        return keys, values
+
+    def reset(self) -> None:
+        self.acc.clear()
+        self.block_acc.clear()
+        self._producer.clear()
+        self._inputs.clear()
+        self._var_by_fn.clear()
+        self.hooks.remove(self.ITER_TAG)
+
+    def module_kinds(self) -> dict[str, str]:
+        """Name -> 'block' for residual blocks, 'module' for other tracked modules."""
+        kinds = {n: "module" for n in self.tracked}
+        kinds.update({n: "block" for n in self.blocks})
+        return kinds

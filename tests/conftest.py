@@ -1,0 +1,34 @@
+"""Fixtures shared by every test folder. Plots render off-screen (Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import gradsight as gs  # noqa: E402
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path) -> Path:
+    """Directory of a finished run: a 4-8-3 MLP, 3 recorded SGD steps with their loss,
+    config ``{"lr": 0.1}`` and the metric ``accuracy`` logged once at step 2."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run_dir = tmp_path / "tiny_run"
+    with gs.watch(model, run_dir, optimizer=optimizer, config={"lr": 0.1}) as monitor:
+        for _ in range(3):
+            loss = model(torch.randn(16, 4)).pow(2).mean()
+            loss.backward()
+            monitor.step(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+        monitor.log({"accuracy": 0.5})
+    return run_dir
