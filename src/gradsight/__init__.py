@@ -11,20 +11,33 @@ Quick start::
 
 __version__ = "0.1.0"
 
-from gradsight import schedules
+from gradsight import data, models, schedules
 from gradsight._errors import GradsightError, RunError
+from gradsight.diagnose import Finding, Thresholds, assert_healthy, diagnose, format_findings
 from gradsight.instrument.monitor import Monitor, watch
+from gradsight.probes.probe import probe
 from gradsight.stats.grad import GRAD_STATS
 from gradsight.store.reader import Run, list_runs, open_run
+from gradsight.probes import path_lengths, shattering
 
 __all__ = [
     "GRAD_STATS",
+    "Finding",
     "GradsightError",
     "Monitor",
     "Run",
     "RunError",
+    "Thresholds",
+    "assert_healthy",
+    "data",
+    "diagnose",
+    "format_findings",
     "list_runs",
+    "models",
     "open_run",
+    "path_lengths",
+    "probe",
     "schedules",
+    "shattering",
     "watch",
 ]

@@ -74,7 +74,9 @@ for _name in COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, mapping user errors to exit status 2."""
     try:
-        cli.main(args=argv, prog_name="gradsight", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="gradsight", standalone_mode=False)
+        if isinstance(code, int):  # a command called ctx.exit(code)
+            return code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:

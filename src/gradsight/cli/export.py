@@ -49,9 +49,8 @@ def command(run: Path, fmt: str, output: Path, level: tuple[str, ...], stat: tup
 
 
 def _export_tensorboard(run: Path, output: Path, level: tuple[str, ...], stat: tuple[str, ...]) -> None:
-    from gradsight.store.reader import open_run
-
     from gradsight.integrations.tensorboard import export_tensorboard
+    from gradsight.store.reader import open_run
 
     try:
         import tensorboard  # noqa: F401

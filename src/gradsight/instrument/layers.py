@@ -55,42 +55,57 @@ class Inventory:
 
 
 class ForwardOrder:
-    """Learns the order in which layers first run during one forward pass.
+    """Learns the order in which modules first run during one forward pass.
 
-    Forward pre-hooks on each layer and a forward hook on the model record the
-    first call of each layer; after the model's forward returns, ``order`` holds
-    the layers in execution order (layers that did not run go last, in
-    registration order) and ``done`` is set. The hooks are then no-ops until
-    :meth:`remove` is called (by the monitor, outside the forward pass).
+    Forward pre-hooks on every module and a forward hook on the model record the
+    first call of each module; after the model's forward returns, :meth:`rank`
+    orders any set of module names by execution (modules that did not run go
+    last, in registration order) and ``done`` is set. The hooks are then no-ops
+    until :meth:`remove` is called (by the monitor, outside the forward pass).
+    Under ``torch.compile`` tracing the hooks do nothing (``done`` stays False).
     """
 
     TAG = "forward-order"
 
-    def __init__(self, model: nn.Module, layers: list[str], hooks) -> None:
-        self._layers = layers
+    def __init__(self, model: nn.Module, hooks) -> None:
+        self._registration = [name for name, _ in model.named_modules()]
+        self._leaf_model = len(self._registration) == 1
         self._seen: list[str] = []
         self._seen_set: set[str] = set()
-        self.order: list[str] | None = None
         self.done = False
         self._hooks = hooks
-        for ln in layers:
-            mod = model.get_submodule(ln)
-            hooks.add(mod.register_forward_pre_hook(self._make_pre(ln)), self.TAG)
+        for name, mod in model.named_modules():
+            hooks.add(mod.register_forward_pre_hook(self._make_pre(name)), self.TAG)
         hooks.add(model.register_forward_hook(self._on_model_end), self.TAG)
 
-    def _make_pre(self, layer: str):
+    def _make_pre(self, name: str):
         def pre_hook(module: nn.Module, args: tuple) -> None:
-            if not self.done and layer not in self._seen_set and not torch.compiler.is_compiling():
-                self._seen_set.add(layer)
-                self._seen.append(layer)
+            # is_compiling() first: dynamo then reads (and guards on) none of our state
+            if not torch.compiler.is_compiling() and not self.done and name not in self._seen_set:
+                self._seen_set.add(name)
+                self._seen.append(name)
 
         return pre_hook
 
     def _on_model_end(self, module: nn.Module, args: tuple, output: object) -> None:
-        if self.done or not self._seen:
+        if torch.compiler.is_compiling():
             return
-        self.order = self._seen + [ln for ln in self._layers if ln not in self._seen_set]
-        self.done = True
+        if not self.done and (len(self._seen) > 1 or (self._leaf_model and self._seen)):
+            self.done = True
+
+    def rank(self, names: list[str]) -> list[str]:
+        """``names`` in forward-execution order (registration order if unknown)."""
+        wanted = set(names)
+        order = self._seen if self.done else []
+        ranked = [n for n in order if n in wanted]
+        seen = set(ranked)
+        ranked += [n for n in self._registration if n in wanted and n not in seen]
+        seen = set(ranked)
+        return ranked + [n for n in names if n not in seen]
+
+    def exec_index(self) -> dict[str, int]:
+        """Global first-execution index of every module (registration order if unknown)."""
+        return {n: i for i, n in enumerate(self.rank(self._registration))}
 
     def remove(self) -> None:
         self._hooks.remove(self.TAG)

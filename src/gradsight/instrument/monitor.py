@@ -25,6 +25,7 @@ import time
 import weakref
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from gradsight import schedules
+from gradsight.instrument.activations import ActivationRecorder
 from gradsight.instrument.hooks import HookRegistry
+from gradsight.integrations.distributed import resolve as resolve_distributed
 from gradsight.instrument.layers import ForwardOrder, Inventory
 from gradsight.stats.grad import GRAD_STATS, NONFINITE, SUMSQ, W_SUMSQ, aggregate, count_nonfinite, derive_stats, raw_sums
 from gradsight.store.writer import StoreWriter
@@ -83,6 +86,9 @@ class Monitor:
         name: str | None = None,
         backend: str = "auto",
         overwrite: bool = False,
+        distributed: str | None = "auto",
+        activations: bool | str | Sequence[str] = False,
+        residual_blocks: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"gs.watch expects a torch.nn.Module, got {type(model).__name__}")
@@ -104,7 +110,9 @@ class Monitor:
         self._layer_index = {ln: i for i, ln in enumerate(inv.layers)}
         self._param_layer = torch.tensor([self._layer_index[pi.layer] for pi in inv.watched], dtype=torch.long)
 
-        self._writer = StoreWriter(self.run_dir, overwrite=overwrite)
+        # distributed training (gradsight.integrations.distributed): only rank 0 writes the store
+        self._dist = resolve_distributed(distributed, model)
+        self._writer = StoreWriter(self.run_dir, overwrite=overwrite) if self._dist is None else self._dist.writer(self.run_dir, overwrite)
         self._series: dict[tuple[str, str, str], int] = {}
         self._new_series: list[tuple[int, str, str, str]] = []
         n_stats = len(GRAD_STATS)
@@ -145,8 +153,13 @@ class Monitor:
                 for pi in inv.params
             ]
         )
-        self._layer_order_written: str | None = None
-        self._order = ForwardOrder(model, inv.layers, self._hooks)
+        self._layers_written: tuple | None = None
+        self._order = ForwardOrder(model, self._hooks)
+        self.activations: ActivationRecorder | None = None
+        if activations:
+            self.activations = ActivationRecorder(
+                model, activations, residual_blocks, self._hooks, is_active=lambda: not self._closed and self.should_record()
+            )
 
         # update ratio bookkeeping
         self._update_step: int | None = None
@@ -176,17 +189,33 @@ class Monitor:
 
     # -- layer order ----------------------------------------------------------------
     def _sync_layer_order(self) -> None:
-        if self._order.done and self._layer_order_written != "forward":
-            order, source = self._order.order, "forward"
-            self._order.remove()
-        elif self._layer_order_written is None:
-            order, source = self.inventory.layers, "registration"
-        else:
+        """Write the layers table once the forward order (or new blocks) are known.
+
+        ``depth`` ranks layers among layers, residual blocks among blocks and other
+        tracked modules among all tracked modules, each in forward-execution order.
+        """
+        source = "forward" if self._order.done else "registration"
+        kinds = {ln: "layer" for ln in self.inventory.layers}
+        if self.activations is not None:
+            for name, kind in self.activations.module_kinds().items():
+                if kind == "block" or name not in kinds:
+                    kinds[name] = kind
+        signature = (source, tuple(sorted(kinds.items())))
+        if signature == self._layers_written:
             return
-        types = self.inventory.layer_types
-        self._writer.write_layers([(ln, d, types[ln], "layer") for d, ln in enumerate(order)])
+        types = dict(self.inventory.layer_types)
+        if self.activations is not None:
+            types.update(self.activations.types)
+        rows = []
+        for kind in ("layer", "block", "module"):
+            names = [n for n, k in kinds.items() if k == kind or (kind == "module" and k == "layer")]
+            ranked = self._order.rank(names)
+            rows += [(n, d, types.get(n, "?"), kind) for d, n in enumerate(ranked) if kinds[n] == kind]
+        self._writer.write_layers(rows)
         self._writer.set_meta(depth_source=source)
-        self._layer_order_written = source
+        self._layers_written = signature
+        if self._order.done and (self.activations is None or self.activations.blocks_known):
+            self._order.remove()
 
     # -- recording --------------------------------------------------------------------
     def should_record(self, step: int | None = None) -> bool:
@@ -221,11 +250,12 @@ class Monitor:
     def _record(self, step: int, loss: Tensor | float | None) -> None:
         self._sync_layer_order()
         self._update_step = None  # an optimizer step not seen since the last record
+        self._snapshot = None
         watched = self._watched
         present = [i for i, p in enumerate(watched) if p.grad is not None]
         missing = [i for i, p in enumerate(watched) if p.grad is None]
         grads = [watched[i].grad for i in present]
-        raw = raw_sums(grads, [watched[i] for i in present], self.backend)
+        raw = (self._dist.raw_sums if self._dist is not None else raw_sums)(grads, [watched[i] for i in present], self.backend)
         device = raw.device
         n_layers = len(self.inventory.layers)
         group = self._param_layer[present].to(device)
@@ -239,6 +269,11 @@ class Monitor:
             to_host.append(scale.reshape(1).float())
         if isinstance(loss, Tensor):
             to_host.append(loss.detach().float().reshape(1).to(device))
+        act_keys: list[tuple[str, str, str]] = []
+        if self.activations is not None:
+            act_keys, act_values = self.activations.collect(inv_scale)
+            if act_keys:
+                to_host.append(torch.stack([v.float().to(device) for v in act_values]))
         pending, self._pending = self._pending, []
         to_host.extend(v.to(device) for _, _, v in pending)
         host = torch.cat(to_host).cpu().numpy()  # the one device-to-host transfer
@@ -253,7 +288,9 @@ class Monitor:
             scale_h, off = float(host[off]), off + 1
         if isinstance(loss, Tensor):
             loss_h, off = float(host[off]), off + 1
-        elif loss is not None:
+        act_h = host[off : off + len(act_keys)]
+        off += len(act_keys)
+        if loss is not None and not isinstance(loss, Tensor):
             loss_h = float(loss)
         for pstep, ids, values in pending:
             self._writer.write_scalars(pstep, ids, host[off : off + len(ids)])
@@ -267,7 +304,7 @@ class Monitor:
         bad = np.flatnonzero(~np.isfinite(sumsq_h))
         if len(bad):  # exact counts only where a norm is not finite (rare)
             counts = np.zeros(n_present)
-            counts[bad] = [count_nonfinite(grads[k]) for k in bad]
+            counts[bad] = self._dist.count_nonfinite(grads, bad) if self._dist is not None else [count_nonfinite(grads[k]) for k in bad]
             param_stats[:, nonfinite_col] = counts
             layer_counts = np.zeros(n_layers)
             np.add.at(layer_counts, group.cpu().numpy(), counts)
@@ -291,6 +328,11 @@ class Monitor:
         if loss_h is not None:
             extra_ids.append(self._sid("metric", "loss", "loss"))
             extra_vals.append(loss_h)
+        for key, value in zip(act_keys, act_h.tolist()):
+            extra_ids.append(self._sid(*key))
+            extra_vals.append(value)
+        if act_keys:
+            self._sync_layer_order()
         self._flush_series()
         self._writer.write_scalars(
             step,
@@ -305,6 +347,8 @@ class Monitor:
             self._update_present = present
             self._update_wsumsq = raw[:, W_SUMSQ]
             self._update_group = group
+            self._snapshot = None
+            self._on_optimizer_pre()
 
     def _loss_scale(self, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
         """(1/scale to apply, scale to record) for a GradScaler, else (None, None)."""
@@ -331,8 +375,14 @@ class Monitor:
         return False
 
     # -- update ratio ---------------------------------------------------------------
-    def _on_optimizer_pre(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if self._update_step is None:
+    def _on_optimizer_pre(self, optimizer: torch.optim.Optimizer | None = None, args: tuple = (), kwargs: dict | None = None) -> None:
+        """Snapshot the weights of a recorded step before the optimizer changes them.
+
+        Taken at the end of the recording itself (so optimizers that call
+        ``step(closure)`` and record inside the closure, like Lightning's, are
+        measured too); the step pre-hook only takes it when none was taken.
+        """
+        if self._update_step is None or self._snapshot is not None:
             return
         with torch.no_grad():
             self._snapshot = [self._watched[i].detach().clone() for i in self._update_present]
@@ -343,7 +393,7 @@ class Monitor:
         with torch.no_grad():
             current = [self._watched[i].detach() for i in self._update_present]
             delta = torch._foreach_sub(current, self._snapshot)
-            dsq = torch.stack(torch._foreach_norm(delta, 2, dtype=torch.float32)).pow(2)
+            dsq = self._dist.sumsq(delta) if self._dist is not None else torch.stack(torch._foreach_norm(delta, 2, dtype=torch.float32)).pow(2)
             wsq = self._update_wsumsq
             n_layers = len(self.inventory.layers)
             group = self._update_group
@@ -452,6 +502,9 @@ def watch(
     name: str | None = None,
     backend: str = "auto",
     overwrite: bool = False,
+    distributed: str | None = "auto",
+    activations: bool | str | Sequence[str] = False,
+    residual_blocks: Sequence[str] | None = None,
 ) -> Monitor:
     """Start recording gradient statistics of ``model`` into ``run_dir``.
 
@@ -469,6 +522,16 @@ def watch(
         name: a display name (default: the directory name).
         backend: ``"auto"``, ``"eager"`` or ``"fused"`` statistics kernels.
         overwrite: replace a run already in ``run_dir`` instead of raising.
+        distributed: under ``torch.distributed`` with several processes, ``"auto"``
+            records the global batch's statistics and only rank 0 writes the store;
+            ``None`` turns this off. See :mod:`gradsight.integrations.distributed`.
+        activations: also record statistics of module outputs and of the gradient
+            arriving at them (level ``module``), and the skip/branch split of the
+            gradient at every residual block (level ``block``). ``True`` tracks every
+            leaf module with parameters and every residual block; a pattern or list
+            of fnmatch patterns picks modules by name.
+        residual_blocks: names of modules to treat as residual blocks where
+            automatic detection does not see them.
 
     Returns:
         The :class:`Monitor`; call ``monitor.step()`` after each backward pass and
@@ -476,7 +539,7 @@ def watch(
     """
     return Monitor(
         model, run_dir, every=every, optimizer=optimizer, scaler=scaler, config=config, name=name,
-        backend=backend, overwrite=overwrite,
+        backend=backend, overwrite=overwrite, distributed=distributed, activations=activations, residual_blocks=residual_blocks,
     )
 
 

@@ -1,0 +1,74 @@
+"""``gradsight doctor RUN|MODEL_SPEC``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from gradsight.cli import UserError
+
+
+@click.command()
+@click.argument("target")
+@click.option("--input-shape", default=None, help="Shape of one input sample for a model check, e.g. 1,28,28.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Training steps of a model check (random data, Adam).")
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Learning rate of a model check.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=2))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--keep-run", type=click.Path(path_type=Path), help="Keep the model check's recorded run here.")
+@click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True,
+              help="Exit with status 1 when a finding is at least this severe.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.pass_context
+def command(ctx: click.Context, target: str, input_shape: str | None, steps: int, lr: float, batch_size: int, seed: int,
+            keep_run: Path | None, fail_on: str, as_json: bool) -> None:
+    """Diagnose gradient problems in plain language.
+
+    TARGET is a recorded run directory, or a model: a registry name (e.g.
+    plain56) or package.module:factory, which gets a short monitored training on
+    random data (--steps, --input-shape) first. Findings cover vanishing and
+    exploding gradients, non-finite values and where they started, dead units,
+    parameters without gradients, update ratios and residual branches.
+
+    Exit status: 0 when healthy, 1 when a finding is at least --fail-on severe
+    (so it can gate CI), 2 on bad input.
+    """
+    import torch
+
+    from gradsight.diagnose import SEVERITIES, checkup, diagnose, format_findings
+
+    path = Path(target)
+    if path.exists():
+        findings = diagnose(path)
+        source = f"run {path}"
+    else:
+        from gradsight.cli.probe import parse_shape
+        from gradsight.modelspec import load_model
+
+        if input_shape is None:
+            raise UserError(f"{target!r} is not a run directory; to check a model pass --input-shape, e.g. 1,28,28")
+        shape = parse_shape(input_shape)
+        torch.manual_seed(seed)
+        kwargs = {"in_channels": shape[0]} if len(shape) == 3 else {}
+        try:
+            model = load_model(target, **kwargs)
+        except TypeError:
+            model = load_model(target)
+        try:
+            findings, _ = checkup(model, input_shape=shape, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                                  run_dir=keep_run, progress=True)
+        except RuntimeError as exc:
+            raise UserError(f"the model does not accept input of shape {shape}: {str(exc).splitlines()[0]}") from None
+        source = f"model {target} after {steps} step(s) on random data"
+    if as_json:
+        click.echo(json.dumps({"target": source, "findings": [f.to_dict() for f in findings]}, indent=2))
+    else:
+        click.echo(f"gradsight doctor: {source}")
+        click.echo(format_findings(findings))
+        if keep_run is not None and not path.exists():
+            click.echo(f"run kept at {keep_run}")
+    if any(SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on) for f in findings):
+        ctx.exit(1)

@@ -1,0 +1,50 @@
+"""Diagnosis: plain-language verdicts about a run's gradients.
+
+    >>> findings = gs.diagnose("runs/exp1")
+    >>> print(gs.format_findings(findings))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gradsight.diagnose.checkup import UnhealthyGradientsError, assert_healthy, checkup
+from gradsight.diagnose.findings import SEVERITIES, Finding, format_findings, worst
+from gradsight.diagnose.rules import RULES, RunData
+from gradsight.diagnose.thresholds import Thresholds
+from gradsight.store.reader import Run, open_run
+
+
+def diagnose(run: Run | str | Path, thresholds: Thresholds | None = None) -> list[Finding]:
+    """Findings about a recorded run, worst first.
+
+    Args:
+        run: a :class:`gradsight.Run` or the path of a run directory.
+        thresholds: rule thresholds (defaults: :class:`Thresholds`).
+
+    Returns:
+        A list of :class:`Finding` (empty when nothing is wrong).
+    """
+    th = thresholds or Thresholds()
+    owned = not isinstance(run, Run)
+    r = open_run(run) if owned else run
+    try:
+        data = RunData(r)
+        findings = [f for rule in RULES for f in rule(data, th)]
+    finally:
+        if owned:
+            r.close()
+    return sorted(findings, key=lambda f: -SEVERITIES.index(f.severity))
+
+
+__all__ = [
+    "Finding",
+    "SEVERITIES",
+    "Thresholds",
+    "UnhealthyGradientsError",
+    "assert_healthy",
+    "checkup",
+    "diagnose",
+    "format_findings",
+    "worst",
+]

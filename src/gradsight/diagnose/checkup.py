@@ -1,0 +1,139 @@
+"""Short monitored check-ups of a model: ``gradsight doctor MODEL_SPEC`` and ``gs.assert_healthy``."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gradsight.diagnose.findings import SEVERITIES, Finding, format_findings
+
+
+class UnhealthyGradientsError(AssertionError):
+    """Raised by :func:`assert_healthy`; ``.findings`` holds what was found."""
+
+    def __init__(self, findings: list[Finding]) -> None:
+        self.findings = findings
+        super().__init__("unhealthy gradients:\n" + format_findings(findings))
+
+
+def _default_loss(output: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    if targets is not None:
+        if output.dim() == 2 and not targets.is_floating_point():
+            return nn.functional.cross_entropy(output, targets)
+        return nn.functional.mse_loss(output, targets)
+    return output.float().pow(2).mean()
+
+
+def checkup(
+    model: nn.Module,
+    *,
+    inputs: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+    input_shape: Sequence[int] | None = None,
+    loss_fn: Callable | None = None,
+    steps: int = 20,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    run_dir: str | Path | None = None,
+    thresholds=None,
+    train_copy: bool = True,
+    progress: bool = False,
+) -> tuple[list[Finding], Path | None]:
+    """Train (a copy of) ``model`` for a few steps with everything recorded, then diagnose.
+
+    Args:
+        model: any module.
+        inputs, targets: a batch to use at every step; default fresh unit-Gaussian
+            batches of ``input_shape`` with random class targets (cross-entropy) when
+            the output is ``[N, C]``, else the mean squared output is the loss.
+        loss_fn: ``loss_fn(output, targets)`` (or ``loss_fn(output)`` without targets).
+        steps: optimizer steps (Adam, ``lr``); with ``steps=1`` only one backward
+            pass and no update.
+        run_dir: keep the recorded run here (default: a temporary directory, removed).
+        train_copy: train a deep copy so the caller's model is not changed.
+
+    Returns:
+        (findings, run_dir or None when the run was temporary).
+    """
+    from gradsight.diagnose import diagnose
+    from gradsight.instrument.monitor import watch
+
+    if inputs is None and input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+        if input_shape is None:
+            raise ValueError("a check-up needs inputs or input_shape (the shape of one sample, e.g. 1,28,28)")
+    net = copy.deepcopy(model) if train_copy else model
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(seed)
+    temp = run_dir is None
+    path = Path(tempfile.mkdtemp(prefix="gradsight-doctor-")) / "run" if temp else Path(run_dir)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr) if steps > 1 else None
+    num_classes = None
+    try:
+        with watch(net, path, optimizer=optimizer, activations=True, overwrite=True, name="doctor",
+                   config={"steps": steps, "lr": lr, "seed": seed}) as mon:
+            iterator = range(steps)
+            if progress:
+                from tqdm.auto import tqdm
+
+                iterator = tqdm(iterator, desc="check-up", unit="step")
+            for _ in iterator:
+                x = inputs if inputs is not None else torch.randn((batch_size, *input_shape), generator=gen).to(device)
+                out = net(x)
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                y = targets
+                if y is None and inputs is None and out.dim() == 2 and out.shape[1] > 1:
+                    num_classes = out.shape[1]
+                    y = torch.randint(0, num_classes, (out.shape[0],), generator=gen).to(device)
+                if loss_fn is not None:
+                    loss = loss_fn(out, y) if y is not None else loss_fn(out)
+                else:
+                    loss = _default_loss(out, y)
+                loss.backward()
+                mon.step(loss)
+                if optimizer is not None:
+                    optimizer.step()
+                net.zero_grad(set_to_none=True)
+        findings = diagnose(path, thresholds)
+    finally:
+        if not train_copy:
+            model.zero_grad(set_to_none=True)
+        if temp:
+            shutil.rmtree(path.parent, ignore_errors=True)
+    return findings, (None if temp else path)
+
+
+def assert_healthy(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    loss_fn: Callable | None = None,
+    targets: torch.Tensor | None = None,
+    *,
+    steps: int = 1,
+    fail_on: str = "error",
+    thresholds=None,
+) -> list[Finding]:
+    """Assert that gradients through ``model`` look healthy; for users' own tests.
+
+    Runs :func:`checkup` on a copy of the model with the given batch (one backward
+    pass by default; ``steps > 1`` also trains the copy with Adam) and raises
+    :class:`UnhealthyGradientsError` listing the findings when any has severity
+    ``fail_on`` (``"error"`` or ``"warning"``) or worse.
+
+    Returns:
+        All findings (when none is bad enough to raise).
+    """
+    if fail_on not in SEVERITIES:
+        raise ValueError(f"fail_on must be one of {SEVERITIES}")
+    findings, _ = checkup(model, inputs=inputs, targets=targets, loss_fn=loss_fn, steps=steps, thresholds=thresholds)
+    bad = [f for f in findings if SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on)]
+    if bad:
+        raise UnhealthyGradientsError(findings)
+    return findings

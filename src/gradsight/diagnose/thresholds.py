@@ -1,0 +1,44 @@
+"""Thresholds of the diagnosis rules, with the reasoning behind each default.
+
+See docs/diagnosis.md for references.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Thresholds:
+    #: Vanishing: the gradient arriving at the first layer is this many times smaller
+    #: than at the last layer (three orders of magnitude: Glorot & Bengio 2010 show
+    #: saturating deep nets losing several orders within ~5 layers).
+    vanish_ratio: float = 1e3
+    #: ... and an error beyond this (no useful learning signal reaches the input).
+    vanish_ratio_error: float = 1e6
+    #: Vanishing: geometric-mean backward gain per layer/block of the output
+    #: gradient below this (0.71 = the ReLU net with N(0, 1/fan_in) weights, which
+    #: loses half the squared norm per layer; He et al. 2015 derive the gain of 1).
+    gain_low: float = 0.8
+    #: Gain rules need at least this many layers/blocks.
+    min_depth: int = 6
+    #: Exploding: the gradient at the first layer is this many times larger than at
+    #: the last (Yang et al. 2019: batch-normed plain nets grow gradients toward the
+    #: input at initialization).
+    explode_ratio: float = 1e3
+    explode_ratio_error: float = 1e6
+    #: Exploding: the model gradient norm grows by this factor from its early median.
+    global_growth: float = 1e2
+    #: Forward signal: RMS of the last block/layer output over the first.
+    forward_explode: float = 10.0
+    forward_explode_error: float = 1e3
+    forward_vanish: float = 1e-2
+    #: Dead units: a layer with at least this fraction of exactly-zero gradients.
+    dead_frac: float = 0.5
+    #: Update ratio ||dw||/||w|| per step: about 1e-3 is customary (Karpathy, CS231n
+    #: "ratio of updates to weights"); flag layers a factor 100 away.
+    update_low: float = 1e-5
+    update_high: float = 1e-1
+    #: A residual branch carrying under this share of the gradient at its input does
+    #: little; a skip carrying under it no longer helps the gradient through.
+    branch_share_low: float = 0.01

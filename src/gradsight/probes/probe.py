@@ -1,0 +1,107 @@
+"""``gs.probe``: statistics of one forward and one backward pass, no training.
+
+The model sees one batch (the given inputs, or a unit-Gaussian batch) and one
+backward pass from a unit-Gaussian output gradient. Each tracked module reports
+the activation and output-gradient statistics of
+:mod:`gradsight.instrument.activations`; each residual block also its skip/branch
+split. This is what Signal Propagation Plots (Brock, De & Smith 2021) show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from gradsight.instrument.activations import ACT_STATS, BLOCK_STATS, ActivationRecorder, first_tensor
+from gradsight.instrument.hooks import HookRegistry
+from gradsight.instrument.layers import ForwardOrder
+
+PROBE_COLUMNS = ("name", "kind", "depth", "module_type") + ACT_STATS + BLOCK_STATS
+
+
+def _input_batch(model: nn.Module, inputs, input_shape, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    if inputs is not None:
+        return inputs
+    shape = input_shape or getattr(model, "input_shape", None)
+    if shape is None:
+        raise ValueError("gs.probe needs inputs or input_shape (the shape of one sample, e.g. (1, 28, 28))")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.randn((batch_size, *tuple(shape)), generator=generator).to(device)
+
+
+def probe(
+    model: nn.Module,
+    inputs: torch.Tensor | None = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    modules: bool | str | Sequence[str] = True,
+    residual_blocks: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """One forward and one backward pass; statistics per module in depth order.
+
+    Args:
+        model: any ``nn.Module`` (its train/eval mode is used as it is).
+        inputs: a batch; default a unit-Gaussian batch of ``input_shape``.
+        input_shape: shape of one sample when ``inputs`` is not given.
+        batch_size: size of the Gaussian batch.
+        seed: seed of the Gaussian input and output gradient.
+        modules: which modules to track (as ``gs.watch(activations=...)``).
+        residual_blocks: modules to treat as residual blocks where detection fails.
+
+    Returns:
+        One row per module (``kind`` = ``layer`` for leaf modules with
+        parameters, ``block`` for residual blocks, ``module`` otherwise) with
+        columns ``name, kind, depth, module_type`` and the statistics
+        ``act_rms, act_mean_sq, act_var, out_grad_norm, out_grad_rms,
+        out_grad_nonfinite`` and, for blocks, ``skip_grad_norm, branch_grad_norm,
+        skip_branch_cos, branch_var``; ``depth`` ranks rows of one kind in
+        forward-execution order. Parameter gradients are left as they were.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = _input_batch(model, inputs, input_shape, batch_size, gen)
+    saved_grads = {p: p.grad for p in model.parameters()}
+    for p in saved_grads:
+        p.grad = None  # backward would accumulate into the user's gradients in place
+    hooks = HookRegistry()
+    try:
+        order = ForwardOrder(model, hooks)
+        recorder = ActivationRecorder(model, modules, residual_blocks, hooks, is_active=lambda: True)
+        with torch.enable_grad():
+            if not x.requires_grad and x.is_floating_point():
+                x = x.detach().requires_grad_(True)  # so the first block's input has a gradient edge
+            out = first_tensor(model(x))
+            if out is None:
+                raise ValueError("the model's output holds no floating-point tensor")
+            grad = torch.randn(out.shape, generator=gen).to(out.device, out.dtype)
+            out.backward(grad)
+        kinds = recorder.module_kinds()
+        keys, values = recorder.collect()
+        types = recorder.types
+    finally:
+        hooks.remove_all()
+        for p, g in saved_grads.items():
+            p.grad = g
+    table: dict[str, dict[str, float]] = {}
+    for (level, name, stat), value in zip(keys, torch.stack(values).tolist() if values else []):
+        table.setdefault(name, {})[stat] = value
+    has_params = {n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+    rows = []
+    for kind in ("layer", "block", "module"):
+        names = [n for n, k in kinds.items() if k == kind and (kind != "layer")] if kind != "layer" else []
+        if kind == "layer":
+            names = [n for n, k in kinds.items() if k == "module" and n in has_params]
+        elif kind == "module":
+            names = [n for n, k in kinds.items() if k == "module" and n not in has_params]
+        for depth, name in enumerate(order.rank(names)):
+            rows.append({"name": name, "kind": kind, "depth": depth, "module_type": types.get(name, "?"),
+                         **table.get(name, {})})
+    df = pd.DataFrame(rows)
+    for col in PROBE_COLUMNS:
+        if col not in df:
+            df[col] = float("nan")
+    return df[list(PROBE_COLUMNS)]

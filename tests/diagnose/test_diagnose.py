@@ -1,0 +1,224 @@
+"""Diagnosis verdicts on networks whose behaviour theory predicts, and on injected faults."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gradsight as gs
+from gradsight.cli import main
+from gradsight.diagnose import Thresholds, checkup
+
+
+def codes(findings, severity=None):
+    return {f.code for f in findings if severity is None or f.severity == severity}
+
+
+def test_deep_plain_sigmoid_mlp_vanishes():
+    torch.manual_seed(0)
+    model = gs.models.create_model("mlp", depth=20, width=128, activation="sigmoid", init="xavier")
+    findings, _ = checkup(model, input_shape=(784,), steps=3)
+    (f,) = [f for f in findings if f.code == "vanishing_gradients"]
+    assert f.severity == "error"  # ~1e-12 from last to first layer
+    assert f.layers == ["stem.fc", "head.fc"]
+    assert f.measured["gain_per_step_back"] < 0.5
+
+
+def test_plain_relu_mlp_lecun_init_vanishes():
+    """Backward gain sqrt(1/2) per layer (N(0, 1/fan_in) weights, ReLU): ~1e-3 over 20 layers."""
+    torch.manual_seed(0)
+    model = gs.models.create_model("mlp20_lecun_nobias")
+    findings, _ = checkup(model, input_shape=(784,), steps=1)
+    (f,) = [f for f in findings if f.code == "vanishing_gradients"]
+    assert 0.65 < f.measured["gain_per_step_back"] < 0.76
+
+
+def test_unnormalized_resnet_with_he_init_explodes_forward():
+    torch.manual_seed(0)
+    model = gs.models.create_model("resnet20", in_channels=1, norm="none", init="he")
+    findings, _ = checkup(model, input_shape=(1, 28, 28), steps=2, batch_size=16)
+    (f,) = [f for f in findings if f.code == "exploding_forward"]
+    assert f.measured["last_over_first_rms"] > 10
+    assert 0 in f.steps
+
+
+def test_healthy_batchnorm_resnet20_has_no_error():
+    torch.manual_seed(0)
+    model = gs.models.create_model("resnet20", in_channels=1)
+    findings, _ = checkup(model, input_shape=(1, 28, 28), steps=5, batch_size=16)
+    assert not codes(findings, "error"), gs.format_findings(findings)
+    assert "vanishing_gradients" not in codes(findings)
+
+
+class NaNForward(nn.Linear):
+    """A linear layer whose output turns NaN (or Inf) from a given call on."""
+
+    def __init__(self, *args, at_call: int, value: float = float("nan"), **kw):
+        super().__init__(*args, **kw)
+        self.calls, self.at_call, self.value = 0, at_call, value
+
+    def forward(self, x):
+        out = super().forward(x)
+        self.calls += 1
+        if self.calls > self.at_call:
+            out = out.clone()
+            out[0, 0] = self.value
+        return out
+
+
+class _PoisonGrad(torch.autograd.Function):
+    value = float("nan")
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        grad[0, 0] = _PoisonGrad.value
+        return grad
+
+
+class NaNBackward(nn.Linear):
+    """A linear layer that passes a NaN (or Inf) gradient back to its input."""
+
+    def __init__(self, *args, armed: bool = True, **kw):
+        super().__init__(*args, **kw)
+        self.armed = armed
+
+    def forward(self, x):
+        return super().forward(_PoisonGrad.apply(x) if self.armed else x)
+
+
+def _net(middle: nn.Module) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), middle, nn.ReLU(),
+                         nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def _train(model, run_dir, steps=4):
+    with gs.watch(model, run_dir, activations=True) as mon:
+        for _ in range(steps):
+            model(torch.randn(5, 8)).pow(2).mean().backward()
+            mon.step()
+            model.zero_grad()
+    return gs.diagnose(run_dir)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_forward_origin(tmp_path, value):
+    findings = _train(_net(NaNForward(16, 16, at_call=2, value=value)), tmp_path / "run")
+    (f,) = [f for f in findings if f.code == "nonfinite"]
+    assert f.severity == "error"
+    assert f.measured["first_step"] == 2
+    assert "output of '4'" in f.message
+    assert f.layers[0] == "4"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_backward_origin(tmp_path, value, monkeypatch):
+    monkeypatch.setattr(_PoisonGrad, "value", value)
+    findings = _train(_net(NaNBackward(16, 16)), tmp_path / "run", steps=2)
+    (f,) = [f for f in findings if f.code == "nonfinite"]
+    assert f.measured["first_step"] == 0
+    assert "backward pass they first appear in '4'" in f.message
+    assert "forward" not in f.message
+    assert f.layers == ["4"]
+
+
+def test_nonfinite_backward_origin_from_parameter_gradients_only(tmp_path):
+    model = _net(NaNBackward(16, 16))
+    with gs.watch(model, tmp_path / "run") as mon:  # no activation statistics
+        model(torch.randn(5, 8)).pow(2).mean().backward()
+        mon.step()
+    (f,) = [f for f in gs.diagnose(tmp_path / "run") if f.code == "nonfinite"]
+    assert "'4'" in f.message
+
+
+def test_dead_units_missing_gradients_and_update_ratio(tmp_path):
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"body": nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                                                 nn.Linear(32, 2)), "unused": nn.Linear(3, 3)})
+    nn.init.constant_(model["body"][2].bias, -100.0)  # every unit after layer 2 is dead
+    opt = torch.optim.SGD(model.parameters(), lr=10.0)
+    with gs.watch(model, tmp_path / "run", optimizer=opt) as mon:
+        for _ in range(3):
+            model["body"](torch.randn(16, 8)).pow(2).mean().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    found = {f.code: f for f in gs.diagnose(tmp_path / "run")}
+    assert "body.4" in found["dead_units"].layers
+    assert sorted(found["no_gradient"].layers) == ["unused.bias", "unused.weight"]
+    assert "update_ratio_high" in found
+
+
+def test_fixup_branches_idle_at_init(tmp_path):
+    torch.manual_seed(0)
+    model = gs.models.create_model("resnet20", in_channels=1, init="fixup", norm="none")
+    nn.init.normal_(model.head.fc.weight, std=0.1)  # Fixup also zeroes the classifier: no gradient at all otherwise
+    with gs.watch(model, tmp_path / "run", activations=True) as mon:
+        nn.functional.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3])).backward()
+        mon.step()
+    (f,) = [f for f in gs.diagnose(tmp_path / "run") if f.code == "idle_branch"]
+    assert len(f.layers) == 9
+
+
+def test_amp_skipped_steps_are_not_an_error(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with gs.watch(model, tmp_path / "run", optimizer=opt, scaler=scaler) as mon:
+        for i in range(12):
+            scaler.scale(model(torch.randn(3, 4)).pow(2).mean()).backward()
+            if i == 3:
+                model[0].weight.grad[0, 0] = float("inf")
+            mon.step()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    found = {f.code: f for f in gs.diagnose(tmp_path / "run")}
+    assert "nonfinite" not in found
+    assert found["amp_skipped_steps"].severity == "info" and found["amp_skipped_steps"].steps == [3]
+
+
+def test_thresholds_are_configurable():
+    torch.manual_seed(0)
+    model = gs.models.create_model("mlp20_lecun_nobias")
+    lenient = Thresholds(vanish_ratio=1e9, gain_low=0.1, dead_frac=1.1)
+    findings, _ = checkup(model, input_shape=(784,), steps=1, thresholds=lenient)
+    assert "vanishing_gradients" not in codes(findings)
+
+
+def test_assert_healthy():
+    torch.manual_seed(0)
+    healthy = gs.models.create_model("resnet20", in_channels=1)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    gs.assert_healthy(healthy, x, nn.functional.cross_entropy, y)
+    broken = _net(NaNBackward(16, 16))
+    before = [p.detach().clone() for p in broken.parameters()]
+    with pytest.raises(gs.diagnose.__globals__["UnhealthyGradientsError"] if False else AssertionError) as info:
+        gs.assert_healthy(broken, torch.randn(5, 8))
+    assert "nonfinite" in str(info.value)
+    assert info.value.findings[0].code == "nonfinite"
+    assert all(torch.equal(a, b) for a, b in zip(before, broken.parameters()))  # the model is untouched
+    assert all(p.grad is None for p in broken.parameters())
+
+
+def test_doctor_cli_exit_status(tmp_path, capsys):
+    broken = _net(NaNBackward(16, 16))
+    _train(broken, tmp_path / "bad", steps=1)
+    assert main(["doctor", str(tmp_path / "bad")]) == 1
+    assert "nonfinite" in capsys.readouterr().out
+    assert main(["doctor", "resnet20", "--input-shape", "1,28,28", "--steps", "2", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "gradsight doctor: model resnet20" in out
+    assert main(["doctor", "mlp20_lecun_nobias", "--input-shape", "784", "--steps", "1", "--fail-on", "warning",
+                 "--json"]) == 1
+    assert '"vanishing_gradients"' in capsys.readouterr().out
+    assert main(["doctor", "no_such_model", "--input-shape", "1,28,28"]) == 2
+    assert main(["doctor", "resnet20"]) == 2  # neither a run nor given an input shape
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "Traceback" not in err

@@ -1,0 +1,115 @@
+"""Training code run by every process of the distributed tests (spawned, 2 ranks, gloo, CPU).
+
+Kept in an importable module so ``torch.multiprocessing`` can start it. The same
+functions, run in one process on the global batch, give the reference run.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import gradsight as gs
+
+GLOBAL_BATCH = 8
+STEPS = 3
+NAN_STEP = 2  #: at this step one sample of rank 0's shard is NaN
+
+
+class Net(nn.Module):
+    """Odd sizes (uneven shards), a 1-unit head (rank 1's bias shard is empty under
+    FSDP with 2 ranks), an unused layer (no gradient anywhere) and a frozen one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(5, 7)
+        self.hidden = nn.Linear(7, 9)
+        self.frozen = nn.Linear(9, 9)
+        self.frozen.requires_grad_(False)
+        self.head = nn.Linear(9, 1)
+        self.unused = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x))
+        h = torch.relu(self.hidden(h))
+        h = self.frozen(h) + h
+        return self.head(h)
+
+
+def make_model() -> Net:
+    torch.manual_seed(0)
+    return Net()
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch of a step (same on every rank)."""
+    g = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(GLOBAL_BATCH, 5, generator=g)
+    y = torch.randn(GLOBAL_BATCH, 1, generator=g)
+    if step == NAN_STEP:
+        x[0, 0] = float("nan")
+    return x, y
+
+
+def train(model: nn.Module, monitored: nn.Module, run_dir: Path, rank: int, world: int, distributed) -> None:
+    """``STEPS`` SGD steps of ``model`` on this rank's shard of each global batch."""
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    with gs.watch(monitored, run_dir, optimizer=optimizer, backend="eager", distributed=distributed) as monitor:
+        for step in range(STEPS):
+            x, y = batch(step)
+            shard = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+            loss = (model(x[shard]) - y[shard]).pow(2).mean()
+            loss.backward()
+            monitor.step()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def reference(run_dir: Path) -> None:
+    """The single-process run on the global batch."""
+    model = make_model()
+    train(model, model, run_dir, rank=0, world=1, distributed=None)
+
+
+def worker(rank: int, world: int, init_file: str, out: str) -> None:
+    """Rank ``rank``: a DDP run, then an FSDP2 run, each into ``out/<case>-rank<rank>``."""
+    out_dir = Path(out)
+    try:
+        dist.init_process_group(
+            "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+        )
+        torch.set_num_threads(1)
+
+        model = make_model()
+        ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        train(ddp, model, out_dir / f"ddp-rank{rank}", rank, world, "auto")
+
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        model = make_model()
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in (model.inp, model.hidden, model.head):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        train(model, model, out_dir / f"fsdp-rank{rank}", rank, world, "auto")
+
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        legacy = FullyShardedDataParallel(make_model(), use_orig_params=True, device_id=torch.device("cpu"))
+        for target in (legacy, legacy.module):  # the wrapper, or the module inside it
+            try:
+                gs.watch(target, out_dir / f"fsdp1-rank{rank}", distributed="auto")
+            except NotImplementedError as exc:
+                (out_dir / f"fsdp1-rank{rank}.txt").open("a").write(f"{exc}\n")
+        dist.barrier()
+        dist.destroy_process_group()
+    except BaseException:
+        (out_dir / f"error-rank{rank}.txt").write_text(traceback.format_exc())
+        os._exit(1)

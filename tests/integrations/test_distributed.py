@@ -1,0 +1,108 @@
+"""DDP and FSDP2 on 2 CPU processes (gloo): rank 0's store equals a single-process run
+on the global batch, number for number; other ranks write nothing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+import gradsight as gs
+from gradsight.integrations.distributed import NullWriter, resolve
+from tests.integrations import dist_workers
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+
+WORLD = 2
+TIMEOUT_S = 150
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """Runs both cases on 2 spawned ranks and the single-process reference."""
+    out = tmp_path_factory.mktemp("distributed")
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=dist_workers.worker, args=(rank, WORLD, str(out / "init"), str(out)), daemon=True)
+        for rank in range(WORLD)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT_S)
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+        p.join()
+    errors = "\n".join(f.read_text() for f in sorted(out.glob("error-rank*.txt")))
+    assert not hung, f"distributed workers did not finish within {TIMEOUT_S} s\n{errors}"
+    assert all(p.exitcode == 0 for p in procs), f"exit codes {[p.exitcode for p in procs]}\n{errors}"
+    dist_workers.reference(out / "reference")
+    return out
+
+
+def _values(run_dir: Path) -> dict[tuple[int, str, str, str], float]:
+    frame = gs.open_run(run_dir).frame()
+    return {(r.step, r.level, r.name, r.stat): r.value for r in frame.itertuples()}
+
+
+def _assert_same_numbers(got: dict, want: dict) -> None:
+    assert set(got) == set(want), f"only recorded: {set(got) ^ set(want)}"
+    for key, w in want.items():
+        g = got[key]
+        if math.isnan(w):
+            assert math.isnan(g), f"{key}: {g} != NaN"
+        else:
+            assert math.isclose(g, w, rel_tol=1e-5, abs_tol=1e-7), f"{key}: {g} != {w}"
+
+
+@pytest.mark.parametrize("case", ["ddp", "fsdp"])
+def test_rank0_records_the_global_batch(runs, case):
+    want = _values(runs / "reference")
+    got = _values(runs / f"{case}-rank0")
+    _assert_same_numbers(got, want)
+    # the cases the comparison must cover
+    stats = {(level, stat) for _, level, _, stat in want}
+    assert {("model", "update_ratio"), ("param", "grad_missing"), ("model", "grad_nonfinite")} <= stats
+    nonfinite = [v for (step, level, _, stat), v in want.items() if (level, stat) == ("model", "grad_nonfinite")]
+    assert max(nonfinite) > 0  # the NaN step counted every NaN element, on both ranks' shards
+
+
+@pytest.mark.parametrize("case", ["ddp", "fsdp"])
+def test_only_rank0_writes_the_store(runs, case):
+    assert not (runs / f"{case}-rank1").exists()
+    run = gs.open_run(runs / f"{case}-rank0")
+    assert run.meta["distributed"]["world_size"] == WORLD
+    assert run.meta["distributed"]["mode"] == ("sharded" if case == "fsdp" else "replicated")
+    missing = run.frame(stat="grad_missing", level="param")
+    assert set(missing.name) == {"unused.weight", "unused.bias"}
+
+
+def test_fsdp1_is_refused_with_a_pointer_to_fully_shard(runs):
+    for rank in range(WORLD):
+        lines = (runs / f"fsdp1-rank{rank}.txt").read_text().splitlines()
+        assert len(lines) == 2 and all("fully_shard" in line for line in lines)
+        assert not (runs / f"fsdp1-rank{rank}").exists()
+
+
+def test_single_process_is_not_distributed(tmp_path):
+    model = nn.Linear(3, 2)
+    assert resolve("auto", model) is None
+    assert resolve(None, model) is None
+    with pytest.raises(RuntimeError, match="process group"):
+        resolve("sharded", model)
+    with pytest.raises(ValueError, match="distributed must be"):
+        resolve("everywhere", model)
+
+
+def test_null_writer_accepts_everything(tmp_path):
+    writer = NullWriter(tmp_path / "run")
+    writer.set_meta(a=1)
+    writer.write_scalars(0, None, None)
+    writer.anything_new(1, 2, key=3)
+    writer.close(status="finished")
+    assert writer.closed and not (tmp_path / "run").exists()

@@ -1,0 +1,104 @@
+"""``GradFlowCallback`` in a real ``transformers.Trainer``, on a tiny GPT-2 built from a
+local config with random weights (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import gradsight as gs
+from tests.instrument.reference import assert_matches, reference
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from gradsight.integrations.huggingface import GradFlowCallback  # noqa: E402
+
+ACCUMULATE = 2
+STEPS = 3
+
+
+class Tokens(torch.utils.data.Dataset):
+    def __init__(self, n: int = 16, length: int = 8, vocab: int = 50) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, vocab, (n, length), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+class Reference(transformers.TrainerCallback):
+    """Slow reference statistics at the same point, after the callback under test."""
+
+    def __init__(self) -> None:
+        self.refs: dict[int, dict] = {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.refs[state.global_step] = reference(model)
+
+
+def _trainer(tmp_path, max_grad_norm: float, report_to: list[str]):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    model = transformers.GPT2LMHeadModel(config)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=STEPS, per_device_train_batch_size=4,
+        gradient_accumulation_steps=ACCUMULATE, learning_rate=1e-2, max_grad_norm=max_grad_norm,
+        logging_steps=1, report_to=report_to, save_strategy="no", use_cpu=True, disable_tqdm=True,
+        dataloader_num_workers=0, seed=0,
+    )
+    return transformers.Trainer(model=model, args=args, train_dataset=Tokens())
+
+
+def test_records_each_optimizer_step_and_logs_to_the_reporters(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing import event_accumulator
+
+    trainer = _trainer(tmp_path, max_grad_norm=0.0, report_to=["tensorboard"])
+    callback = GradFlowCallback.attach(trainer, tmp_path / "run", backend="eager")
+    ref = Reference()
+    trainer.add_callback(ref)
+    trainer.train()
+
+    run = gs.open_run(tmp_path / "run")
+    assert run.status == "finished"
+    assert run.steps() == list(range(STEPS))
+    frame = run.frame()
+    assert set(ref.refs) == set(range(STEPS))
+    for step, want in ref.refs.items():
+        assert_matches(frame, want, step=step)
+    assert "transformer.wte.weight" in set(frame.name)  # tied to lm_head: recorded once
+    assert "lm_head.weight" not in set(frame.name)
+    assert run.config["huggingface"]["gradient_accumulation_steps"] == ACCUMULATE
+    # the Trainer's own grad_norm (unclipped here) equals the recorded model grad_norm
+    model = frame[(frame.level == "model") & (frame.stat == "grad_norm")].set_index("step").value
+    logged = run.metrics()["grad_norm"]
+    for step in range(STEPS):
+        assert math.isclose(logged[step], model[step], rel_tol=1e-5)
+    # and the statistics reached TensorBoard through the Trainer's report_to callback
+    [events] = {p.parent for p in (tmp_path / "out").rglob("events.out.tfevents.*")}
+    acc = event_accumulator.EventAccumulator(str(events), size_guidance={event_accumulator.SCALARS: 0})
+    acc.Reload()
+    board = {e.step: e.value for e in acc.Scalars("train/gradsight/model/grad_norm")}
+    assert sorted(board) == [1, 2, 3]  # the Trainer logs after the step, at global_step
+    for step in range(STEPS):
+        assert math.isclose(board[step + 1], model[step], rel_tol=1e-6)
+    assert callback.monitor.closed
+
+
+def test_with_clipping_the_clipped_gradients_are_recorded(tmp_path):
+    trainer = _trainer(tmp_path, max_grad_norm=1e-3, report_to=[])
+    trainer.add_callback(GradFlowCallback(tmp_path / "run", backend="eager", log_levels=()))
+    trainer.train()
+    run = gs.open_run(tmp_path / "run")
+    frame = run.frame(level="model", stat="grad_norm").set_index("step").value
+    pre_clip = run.metrics()["grad_norm"]
+    assert run.config["huggingface"]["max_grad_norm"] == 1e-3
+    for step in range(STEPS):
+        assert math.isclose(frame[step], 1e-3, rel_tol=1e-3)
+        assert pre_clip[step] > 10 * frame[step]

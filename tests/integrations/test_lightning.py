@@ -1,0 +1,143 @@
+"""``GradFlowCallback`` in a real ``lightning.pytorch.Trainer`` fit on the CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import gradsight as gs
+from tests.instrument.reference import assert_matches, reference
+
+L = pytest.importorskip("lightning.pytorch")
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
+
+from gradsight.integrations.lightning import GradFlowCallback  # noqa: E402
+
+ACCUMULATE = 2
+BATCH = 4
+
+
+class Regressor(L.LightningModule):
+    """A small MLP that keeps, at every optimizer step, a slow reference of what the
+    callback must have recorded (Lightning calls module hooks after callback hooks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+        self.window: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.refs: dict[int, dict] = {}
+        self.accumulated_norms: dict[int, float] = {}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.window.append((x, y))
+        loss = nn.functional.mse_loss(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        step = self.trainer.global_step
+        self.refs[step] = reference(self)
+        # the gradient of the accumulated loss, from scratch: the micro-batches of
+        # this step together, each divided by accumulate_grad_batches
+        with torch.enable_grad():
+            loss = sum(nn.functional.mse_loss(self.net(x.float()), y) for x, y in self.window) / ACCUMULATE
+            grads = torch.autograd.grad(loss, list(self.net.parameters()))
+        self.accumulated_norms[step] = float(torch.cat([g.reshape(-1) for g in grads]).norm())
+        self.window = []
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _loader() -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 4, generator=g)
+    return DataLoader(TensorDataset(x, x.sum(1, keepdim=True).sin()), batch_size=BATCH)
+
+
+def _fit(tmp_path, callback, **trainer_kwargs):
+    module = Regressor()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=3, accumulate_grad_batches=ACCUMULATE,
+        logger=CSVLogger(tmp_path / "logs"), enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, log_every_n_steps=1, **trainer_kwargs,
+    )
+    trainer.fit(module, _loader())
+    return module, trainer
+
+
+def test_records_once_per_optimizer_step_with_accumulated_gradients(tmp_path):
+    callback = GradFlowCallback(tmp_path / "run", backend="eager")
+    module, trainer = _fit(tmp_path, callback, callbacks=[callback])
+    run = gs.open_run(tmp_path / "run")
+    assert run.status == "finished"
+    assert run.steps() == [0, 1, 2]  # optimizer steps, not the 6 micro-batches
+    frame = run.frame()
+    for step, ref in module.refs.items():
+        assert_matches(frame, ref, step=step)
+        norm = frame[(frame.step == step) & (frame.level == "model") & (frame.stat == "grad_norm")].value.item()
+        assert math.isclose(norm, module.accumulated_norms[step], rel_tol=1e-5)
+    assert run.config["lightning"]["accumulate_grad_batches"] == ACCUMULATE
+    assert {"update_ratio", "grad_norm"} <= set(run.stats("model"))
+    assert run.metrics()["loss"].notna().all()
+
+
+def test_scalars_reach_the_trainers_logger(tmp_path):
+    callback = GradFlowCallback(tmp_path / "run", backend="eager", log_levels=["model"])
+    _, trainer = _fit(tmp_path, callback, callbacks=[callback])
+    logged = pd.read_csv(f"{trainer.logger.log_dir}/metrics.csv")
+    stored = gs.open_run(tmp_path / "run").frame(level="model")
+    for stat in ("grad_norm", "update_ratio"):
+        column = logged.dropna(subset=[f"gradsight/model/{stat}"])
+        want = stored[stored.stat == stat].set_index("step").value
+        got = column.set_index("step")[f"gradsight/model/{stat}"]
+        assert list(got.index) == list(want.index) == [0, 1, 2]
+        assert all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(got, want))
+    assert not any(c.startswith("gradsight/layer/") for c in logged.columns)
+
+
+def test_16_mixed_gradients_are_unscaled_once(tmp_path):
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    callback = GradFlowCallback(tmp_path / "run", backend="eager")
+    module, _ = _fit(tmp_path, callback, callbacks=[callback], plugins=[MixedPrecision("16-mixed", "cpu", scaler)])
+    run = gs.open_run(tmp_path / "run")
+    frame = run.frame()
+    for step, ref in module.refs.items():  # the module saw the unscaled gradients
+        assert_matches(frame, ref, step=step)
+    scale = frame[(frame.stat == "loss_scale")].value
+    assert len(scale) == 3 and (scale == 2.0**12).all()
+    assert run.config["lightning"]["precision"] == "16-mixed"
+
+
+def test_default_run_dir_is_under_the_log_dir(tmp_path):
+    callback = GradFlowCallback(backend="eager", log_levels=())
+    _, trainer = _fit(tmp_path, callback, callbacks=[callback])
+    assert callback.run_dir == tmp_path / "logs" / "lightning_logs" / "version_0" / "gradsight"
+    assert gs.open_run(callback.run_dir).steps() == [0, 1, 2]
+
+
+def test_optimizer_and_scaler_come_from_the_trainer():
+    with pytest.raises(TypeError, match="from the trainer"):
+        GradFlowCallback(optimizer=object())
+
+
+def test_update_ratio_at_every_step_although_lightning_steps_with_a_closure(tmp_path):
+    """Regression: Lightning calls optimizer.step(closure) and records inside the
+    closure, after the optimizer's pre-hooks, so every other step lost its
+    update_ratio. With SGD, ||dw|| / ||w|| = lr * ||g|| / ||w||."""
+    callback = GradFlowCallback(tmp_path / "run", backend="eager", log_levels=())
+    _fit(tmp_path, callback, callbacks=[callback])
+    model = gs.open_run(tmp_path / "run").frame(level="model")
+    update = model[model.stat == "update_ratio"].set_index("step").value
+    ratio = model[model.stat == "grad_weight_ratio"].set_index("step").value
+    assert list(update.index) == [0, 1, 2]
+    for step in update.index:
+        assert math.isclose(update[step], 0.1 * ratio[step], rel_tol=1e-4)
