@@ -94,7 +94,10 @@ class _FusedKernel:
             with self._lock:
                 if self._fn is None:
                     log.info("gradsight: compiling the fused statistics kernel (once per process)")
-                    self._fn = torch.compile(_fused_kernel, dynamic=True, fullgraph=True)
+                    # one thread: a statistics pass is memory-bound, and an OpenMP team
+                    # waiting on a busy core costs far more than the second thread saves
+                    self._fn = torch.compile(_fused_kernel, dynamic=True, fullgraph=True,
+                                             options={"cpp.threads": 1})
             return self._fn(g.reshape(-1), w.reshape(-1))
         except Exception as exc:  # no compiler, unsupported device, ...
             self._failed = True
