@@ -347,6 +347,7 @@ class Monitor:
             self._update_present = present
             self._update_wsumsq = raw[:, W_SUMSQ]
             self._update_group = group
+            self._update_layers = present_layers  # host-side copy: no device sync in the post-hook
             self._snapshot = None
             self._on_optimizer_pre()
 
@@ -399,7 +400,7 @@ class Monitor:
             group = self._update_group
             layer_dsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, group, dsq)
             layer_wsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, group, wsq)
-            present_layers = sorted(set(group.tolist()))
+            present_layers = self._update_layers
             ratios = torch.cat(
                 [
                     (dsq / wsq).sqrt(),
