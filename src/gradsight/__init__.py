@@ -18,6 +18,8 @@ from gradsight.instrument.monitor import Monitor, watch
 from gradsight.probes.probe import probe
 from gradsight.stats.grad import GRAD_STATS
 from gradsight.store.reader import Run, list_runs, open_run
+from gradsight.graph import graph  # noqa: E402  (gs.graph(model, inputs, run=None))
+from gradsight import plots  # noqa: E402
 from gradsight.probes import path_lengths, shattering
 
 __all__ = [
@@ -32,10 +34,12 @@ __all__ = [
     "data",
     "diagnose",
     "format_findings",
+    "graph",
     "list_runs",
     "models",
     "open_run",
     "path_lengths",
+    "plots",
     "probe",
     "schedules",
     "shattering",

@@ -1,0 +1,45 @@
+"""``gradsight report RUN... -o report.html``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from gradsight.cli import UserError
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True,
+              help="HTML file to write.")
+@click.option("--stat", default="grad_norm", show_default=True,
+              help="Statistic shown first (any recorded statistic can be picked on the page).")
+@click.option("--title", default=None, help="Page title.")
+@click.option("--graph", "graph_spec", default=None, metavar="MODEL_SPEC",
+              help="Also draw the computation graph of this model (see 'gradsight graph --help'), coloured by "
+                   "each run. Runs whose directory holds a graph.json show that graph anyway.")
+@click.option("--input-shape", default=None, help="Input shape for --graph, e.g. 2,3,32,32 (default: guessed).")
+def command(runs: tuple[Path, ...], output: Path, stat: str, title: str | None, graph_spec: str | None,
+            input_shape: str | None) -> None:
+    """Write one self-contained HTML report of RUNS (run directories, or
+    directories holding runs such as the output of 'gradsight compare').
+
+    The page has the run summaries, the results table of 'gradsight compare'
+    when present, interactive charts (hover for layer names and values), the
+    computation graph and the diagnosis. It needs no network access.
+    """
+    from gradsight.report.html import write_report
+
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"cannot write {output.name}: the report is HTML, name it *.html")
+    graphs = None
+    if graph_spec is not None:
+        from gradsight.cli.graph import build_model, make_input
+        from gradsight.graph import graph
+
+        model = build_model(graph_spec)
+        graphs = graph(model, make_input(model, input_shape), probe=False)
+    path = write_report(runs, output, stat=stat, title=title, graphs=graphs)
+    size = path.stat().st_size
+    click.echo(f"wrote {path} ({size / 1e6:.1f} MB)")

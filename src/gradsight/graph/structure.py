@@ -1,0 +1,268 @@
+"""The computation graph as our own data: :class:`Node`, :class:`Edge`, :class:`Call`, :class:`Graph`.
+
+A :class:`Graph` is plain data with deterministic ids, built by
+:func:`gradsight.graph.trace.trace` from one forward pass. Edges point in the
+forward direction (from an input, parameter or earlier operation to the operation
+that consumes it); gradients flow against them. Drawing lives elsewhere
+(:mod:`gradsight.graph.dot`, :mod:`gradsight.graph.render`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+#: Node kinds.
+INPUT, OUTPUT, PARAM, LEAF, OP, MODULE = "input", "output", "param", "leaf", "op", "module"
+
+#: File name under which a run directory may hold the graph of its model (see :meth:`Graph.save`).
+GRAPH_FILE = "graph.json"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the graph.
+
+    Attributes:
+        id: deterministic id, stable across runs of the same model and input shapes:
+            ``input0``, ``param:<name>``, ``op<k>`` (k in forward topological order),
+            ``output0``, ``module:<qualified name>[#call]``.
+        kind: ``input``, ``output``, ``param``, ``leaf`` (another tensor that requires
+            grad), ``op`` (an autograd function) or ``module`` (a folded module call).
+        label: display text: the autograd function (``ConvolutionBackward0``), the
+            parameter or module name.
+        call: key of the innermost module call the node belongs to (``""`` = the
+            model's own forward, ``None`` = outside the model).
+        layer: name of the layer (module owning parameters) whose statistics colour it.
+        type: module class name of a module node, or the op's simplified name.
+        shape: tensor shape of inputs, outputs and parameters.
+        depth: forward distance from the inputs, counted in operations.
+        value: the colouring statistic, or None.
+        ops: for module nodes, the simplified names of the operations folded into it.
+        layers: for module nodes, the layers folded into it (their values combine
+            into the node's value, see :func:`combine_values`).
+    """
+
+    id: str
+    kind: str
+    label: str
+    call: str | None = None
+    layer: str | None = None
+    type: str | None = None
+    shape: tuple[int, ...] | None = None
+    depth: int = 0
+    value: float | None = None
+    ops: tuple[str, ...] = ()
+    layers: tuple[str, ...] = ()
+
+
+def combine_values(stat: str | None, values: list[float | None]) -> float | None:
+    """One value for a module node that folds several layers.
+
+    Norms (``*_norm``) combine as the root of the sum of squares, which is the norm
+    of the concatenated tensors when the values come from one step; any other
+    statistic takes the mean. None values are ignored; None if nothing is left.
+    """
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None
+    if stat is not None and stat.endswith("_norm"):
+        return math.sqrt(sum(v * v for v in present))
+    return sum(present) / len(present)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A forward edge ``src -> dst``; ``skip`` marks a skip (shortcut) connection."""
+
+    src: str
+    dst: str
+    skip: bool = False
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a module during the traced forward pass.
+
+    Attributes:
+        key: ``<qualified name>`` for the first call, ``<qualified name>#<n>`` for
+            the n-th (n >= 2) call of a module that runs more than once.
+        module: qualified module name (``""`` = the model).
+        type: module class name.
+        parent: key of the enclosing call, None for the model's own call.
+        params: number of parameter elements the module owns directly.
+    """
+
+    key: str
+    module: str
+    type: str
+    parent: str | None
+    params: int = 0
+
+    @property
+    def level(self) -> int:
+        """Nesting depth of the module: 0 for the model, 1 for its children, ..."""
+        return 0 if self.module == "" else self.module.count(".") + 1
+
+
+@dataclass
+class Graph:
+    """A computation graph: nodes in forward topological order, edges, module calls.
+
+    Attributes:
+        nodes: the nodes; ids are unique.
+        edges: forward edges between node ids (no duplicates).
+        calls: module calls in the order they started.
+        view: ``"autograd"`` (one node per autograd function) or ``"module"``.
+        stat: name of the statistic in ``Node.value`` (e.g. ``grad_norm``), or None.
+        stat_label: how the values were obtained, for the legend.
+        title: the graph's title (the model class).
+    """
+
+    nodes: list[Node]
+    edges: list[Edge]
+    calls: list[Call] = field(default_factory=list)
+    view: str = "autograd"
+    stat: str | None = None
+    stat_label: str | None = None
+    title: str = ""
+
+    # -- lookups --------------------------------------------------------------------
+    def node(self, node_id: str) -> Node:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    @property
+    def skip_edges(self) -> list[Edge]:
+        return [e for e in self.edges if e.skip]
+
+    def __repr__(self) -> str:
+        return (f"Graph(view={self.view!r}, nodes={len(self.nodes)}, edges={len(self.edges)}, "
+                f"skip_edges={len(self.skip_edges)}, stat={self.stat!r})")
+
+    # -- values ---------------------------------------------------------------------
+    def with_values(self, values: Mapping[str, float], stat: str | None, label: str | None = None) -> Graph:
+        """A copy coloured by ``values``, keyed by parameter or layer name.
+
+        Parameter nodes take their own value when ``values`` has one, else their
+        layer's; operation and module nodes take their layer's. Nodes of modules
+        without parameters stay uncoloured.
+        """
+        def lookup(n: Node) -> float | None:
+            keys = []
+            if n.kind == PARAM:
+                keys.append(n.label)
+            if n.layer is not None:
+                keys.append(n.layer)
+            for k in keys:
+                if k in values and values[k] is not None:
+                    return float(values[k])
+            if n.layers:
+                return combine_values(stat, [values.get(k) for k in n.layers])
+            return None
+
+        nodes = [replace(n, value=lookup(n)) for n in self.nodes]
+        return replace(self, nodes=nodes, stat=stat, stat_label=label or stat)
+
+    def color_by(self, run: Any, stat: str = "grad_norm", *, max_steps: int = 500) -> Graph:
+        """A copy coloured by the mean of ``stat`` over a run's recorded steps.
+
+        Layer values come from the run's layer rows, parameter values from its
+        parameter rows when recorded. Runs with more than ``max_steps`` recorded
+        steps are averaged over ``max_steps`` evenly spaced ones.
+        """
+        from gradsight.plots.data import open_data, step_sample
+
+        run = open_data(run)
+        steps = step_sample(run.steps(), max_steps)
+        df = run.frame(level=["layer", "param"], stat=stat, steps=steps)
+        means = df.groupby("name")["value"].mean()
+        values = {str(k): float(v) for k, v in means.items()}
+        return self.with_values(values, stat, f"{stat}, mean over {len(steps)} steps of {run.name}")
+
+    # -- views ----------------------------------------------------------------------
+    def module_view(self, max_depth: int | None = None) -> Graph:
+        """Fold operations into the module calls that ran them.
+
+        Args:
+            max_depth: fold modules nested deeper than this into their ancestor at
+                this depth (1 = the model's children); None keeps the innermost module.
+
+        Returns:
+            A graph with ``view="module"``: inputs, outputs and one node per module
+            call that ran operations of its own (parameters fold into their module).
+            Operations of the model's own forward (e.g. a functional ``x + y`` at the
+            top level) stay single nodes. Skip edges stay skip edges.
+        """
+        from gradsight.graph.fold import fold
+
+        return fold(self, max_depth)
+
+    # -- drawing --------------------------------------------------------------------
+    def to_dot(self, **kwargs: Any) -> str:
+        """DOT text of the graph (see :func:`gradsight.graph.dot.to_dot`)."""
+        from gradsight.graph.dot import to_dot
+
+        return to_dot(self, **kwargs)
+
+    def render(self, path: str | Path, fmt: str | None = None) -> Path:
+        """Draw to ``path`` (format from its suffix: svg, png, pdf, dot).
+
+        Without the Graphviz ``dot`` binary, writes ``<path>.dot`` instead and logs
+        how to render it; returns the path written.
+        """
+        from gradsight.graph.render import render
+
+        return render(self.to_dot(), path, fmt=fmt)
+
+    def _repr_svg_(self) -> str | None:  # Jupyter
+        from gradsight.graph.render import dot_to_svg
+
+        return dot_to_svg(self.to_dot())
+
+    # -- persistence ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for n in d["nodes"]:
+            if n["value"] is not None and not math.isfinite(n["value"]):
+                n["value"] = repr(n["value"])  # JSON has no NaN/inf
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Graph:
+        def node(n: Mapping[str, Any]) -> Node:
+            n = dict(n)
+            if isinstance(n.get("value"), str):
+                n["value"] = float(n["value"])
+            if n.get("shape") is not None:
+                n["shape"] = tuple(n["shape"])
+            n["ops"] = tuple(n.get("ops", ()))
+            n["layers"] = tuple(n.get("layers", ()))
+            return Node(**n)
+
+        return cls(
+            nodes=[node(n) for n in d["nodes"]],
+            edges=[Edge(**e) for e in d["edges"]],
+            calls=[Call(**c) for c in d.get("calls", [])],
+            view=d.get("view", "autograd"),
+            stat=d.get("stat"),
+            stat_label=d.get("stat_label"),
+            title=d.get("title", ""),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the graph as JSON (e.g. ``RUN_DIR / GRAPH_FILE``, which reports pick up)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Graph:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

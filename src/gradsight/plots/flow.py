@@ -1,0 +1,98 @@
+"""Gradient flow: a statistic by layer in forward order, several steps overlaid.
+
+The lecture's ``plot_gradients`` done right: layers (not parameter indices) on the
+x axis in the order the forward pass runs them, named; a log y axis, on which a
+vanishing gradient is a slope rather than a line glued to zero; several steps of
+training overlaid, over the median and the 5-95% range across all (displayed) steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from gradsight.plots._figure import layer_ticks, new_axes, no_data, positive, styled, tidy_log_axis
+from gradsight.plots.data import RunData, layer_matrix, nonfinite_events, recorded_steps, run_label, step_sample
+from gradsight.plots.style import NONFINITE_COLOR, plural
+
+
+@styled
+def flow(
+    data: RunData,
+    stat: str = "grad_norm",
+    *,
+    steps: Sequence[int] | None = None,
+    n_steps: int = 5,
+    level: str = "layer",
+    ax: Axes | None = None,
+    title: str | None = None,
+    max_steps: int = 400,
+    max_labels: int = 40,
+) -> Figure:
+    """``stat`` by layer (forward order, log scale) at several steps of training.
+
+    Args:
+        data: a ``Run``, run directory or long frame (``Run.frame()``).
+        stat: the statistic, e.g. ``grad_norm``, ``grad_rms``, ``update_ratio``, or
+            an activation statistic at ``level="module"``.
+        steps: the steps to overlay (default: ``n_steps`` evenly spaced recorded steps,
+            first and last included).
+        n_steps: how many steps to overlay when ``steps`` is not given.
+        level: ``layer``, ``param`` or a module level such as ``module``/``block``.
+        ax: draw into these axes (default: a new figure).
+        title: the title (default: ``"<stat> by layer: <run>"``).
+        max_steps: the median and 5-95% band use at most this many evenly spaced steps.
+        max_labels: at most this many layer names on the x axis.
+
+    Returns:
+        The figure. Layers whose value was non-finite at an overlaid step get a red
+        triangle on the top edge.
+    """
+    all_steps = recorded_steps(data)
+    shown = list(steps) if steps is not None else step_sample(all_steps, n_steps)
+    band = layer_matrix(data, stat, level=level, max_steps=max_steps)
+    fig, ax = new_axes(ax, (min(16.0, max(6.5, 0.22 * len(band) + 3)), 4.6))
+    ax.set_title(title or f"{stat} by layer: {run_label(data)}")
+    if band.empty:
+        no_data(ax, f"no {stat} recorded at level {level!r}")
+        return fig
+    names = list(band.index)
+    x = np.arange(len(names))
+    sel = layer_matrix(data, stat, level=level, steps=shown).reindex(index=names)
+
+    vals = positive(band.to_numpy())
+    with np.errstate(all="ignore"):
+        if np.isfinite(vals).any():
+            lo, med, hi = (np.nanquantile(vals, q, axis=1) for q in (0.05, 0.5, 0.95))
+            ax.fill_between(x, lo, hi, color="#bdbdbd", alpha=0.35, lw=0,
+                            label=f"5–95% over {band.shape[1]} steps")
+            ax.plot(x, med, color="#333333", lw=2.0, label="median over steps", zorder=3)
+    cmap = matplotlib.colormaps["plasma"]
+    cols = list(sel.columns)
+    for i, step in enumerate(cols):
+        y = sel[step].to_numpy(dtype=float)
+        color = cmap(0.1 + 0.75 * i / max(1, len(cols) - 1))
+        ax.plot(x, positive(y), marker="o", ms=3, lw=1.1, color=color, label=f"step {step}", zorder=4)
+        bad = ~np.isfinite(y) & ~np.isnan(y)
+        if bad.any():
+            ax.scatter(x[bad], np.ones(bad.sum()), transform=ax.get_xaxis_transform(), marker="v", s=30,
+                       color=NONFINITE_COLOR, clip_on=False, zorder=5)
+    events = nonfinite_events(data, level=level) if stat.startswith("grad") else None
+    if events is not None and len(events):
+        pos = {n: i for i, n in enumerate(names)}
+        xs = sorted({pos[n] for n in events["name"] if n in pos})
+        ax.scatter(xs, np.ones(len(xs)), transform=ax.get_xaxis_transform(), marker="v", s=30,
+                   color=NONFINITE_COLOR, clip_on=False, zorder=5,
+                   label=f"non-finite ({plural(events['step'].nunique(), 'step')})")
+    ax.set_yscale("log")
+    ax.autoscale_view()
+    tidy_log_axis(ax)
+    ax.set_ylabel(f"{stat} (log scale)")
+    ax.set_xlabel("layer, in forward order (input → output)")
+    layer_ticks(ax, names, max_labels=max_labels)
+    ax.legend(loc="best", ncols=2 if len(cols) > 3 else 1)
+    return fig

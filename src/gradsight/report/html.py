@@ -1,0 +1,374 @@
+"""One self-contained HTML report of one or more runs.
+
+Everything is inline: the stylesheet, the script (our own small SVG/canvas charts,
+no library), the data (JSON, matrices as base64 float32), images (base64 PNG) and
+the computation graph (inline SVG). The page makes no network request and opens
+from disk. Every user-controlled string (run, layer and module names, config
+values, CSV cells, diagnosis text) is escaped with :func:`html.escape` in the HTML,
+with ``\\u003c``-style escapes in the JSON, and reaches the DOM from the script
+only through ``textContent``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import re
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gradsight.graph.structure import GRAPH_FILE, Graph
+from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
+from gradsight.plots.style import MISSING_COLOR, NONFINITE_COLOR, PALETTE, fmt_value, lut, shade
+from gradsight.report.payload import (
+    CELL_BUDGET,
+    MAX_STEPS,
+    DiagnosisJob,
+    RunPayload,
+    display_path,
+    results_table,
+    run_payload,
+)
+from gradsight.report.static import CSS, JS
+from gradsight.store.reader import Run, list_runs, open_run
+
+log = logging.getLogger(__name__)
+
+#: Autograd graphs with more nodes than this are shown as the module view.
+GRAPH_MAX_NODES = 400
+#: Seconds a report waits for the diagnoses of its runs, in all.
+DIAGNOSIS_TIMEOUT_S = 12.0
+
+esc = html.escape
+
+
+def expand_runs(paths: Iterable[Run | str | Path]) -> list[Run]:
+    """Runs from run directories, store files, or directories holding runs (e.g. the
+    output of ``gradsight compare``), in the order given (sorted within a directory)."""
+    runs: list[Run] = []
+    for p in paths:
+        if isinstance(p, Run):
+            runs.append(p)
+            continue
+        path = Path(p)
+        if path.is_dir() and not (path / "gradsight.sqlite").exists():
+            found = list_runs(path)
+            if found:
+                runs.extend(open_run(r) for r in found)
+                continue
+        runs.append(open_run(path))
+    return runs
+
+
+def _json_for_script(payload: Any) -> str:
+    text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") \
+        .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _run_colors(payloads: list[RunPayload]) -> None:
+    fams = list(dict.fromkeys(p.family for p in payloads))
+    for p in payloads:
+        depths = sorted({q.depth for q in payloads if q.family == p.family})
+        t = depths.index(p.depth) / (len(depths) - 1) if len(depths) > 1 else 1.0
+        fi = fams.index(p.family)
+        p.data["color"] = shade(PALETTE[fi % len(PALETTE)], t)
+        p.data["dash"] = "6 3" if fi % 2 else None
+
+
+# -- graph ------------------------------------------------------------------------------
+_XML_PROLOG = re.compile(r"<\?xml[^>]*>\s*|<!DOCTYPE[^>]*>\s*|<!--.*?-->\s*", re.S)
+_XMLNS = re.compile(r'\s+xmlns(:\w+)?="[^"]*"')
+
+
+def clean_svg(svg: str) -> str:
+    """Graphviz SVG made fit to inline in HTML: no XML prolog, DOCTYPE, comments or
+    namespace declarations (HTML parsing puts ``<svg>`` in the SVG namespace)."""
+    return _XMLNS.sub("", _XML_PROLOG.sub("", svg)).strip()
+
+
+def _load_graph(run: Run, graphs: Mapping[Any, Graph] | Graph | None) -> Graph | None:
+    if isinstance(graphs, Graph):
+        return graphs
+    if graphs:
+        for key in (run.path, str(run.path), run.name, run.path.resolve(), str(run.path.resolve())):
+            if key in graphs:
+                return graphs[key]
+    path = run.path / GRAPH_FILE
+    if path.is_file():
+        try:
+            return Graph.load(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("could not read %s: %s", path, exc)
+    return None
+
+
+def _graph_html(run: Run, graph: Graph, stat: str) -> str:
+    from gradsight.graph.render import GraphvizMissing, INSTALL_HINT, run_dot
+
+    try:
+        graph = graph.color_by(run, stat)
+    except Exception as exc:  # colouring is a bonus; the structure still helps
+        log.warning("could not colour the graph by %s: %s", stat, exc)
+    if graph.view == "autograd" and len(graph.nodes) > GRAPH_MAX_NODES:
+        full, graph = graph, graph.module_view()
+        for depth in (3, 2, 1):
+            if len(graph.nodes) <= GRAPH_MAX_NODES:
+                break
+            graph = full.module_view(depth)
+    dot = graph.to_dot()
+    parts = [f'<p class="note">{esc(graph.title)}: {len(graph.nodes)} nodes ({esc(graph.view)} view), '
+             f"{len(graph.skip_edges)} skip-connection edges (dashed, orange); nodes coloured by "
+             f"{esc(graph.stat_label or graph.stat or 'nothing')} on a log scale. Hover a node for its values.</p>"]
+    try:
+        svg = run_dot(dot, "svg").decode("utf-8")
+        parts.append(f'<div class="graph">{clean_svg(svg)}</div>')
+    except (GraphvizMissing, RuntimeError, subprocess.TimeoutExpired) as exc:
+        hint = INSTALL_HINT if isinstance(exc, GraphvizMissing) else str(exc)
+        parts.append(f'<p class="note">The graph could not be drawn ({esc(hint)}). Its DOT source follows; '
+                     "render it with <code>dot -Tsvg graph.dot -o graph.svg</code>.</p>")
+        parts.append(f'<details><summary>DOT source</summary><pre class="dot">{esc(dot)}</pre></details>')
+    return "\n".join(parts)
+
+
+# -- sections ---------------------------------------------------------------------------
+def _kv_table(rows: Sequence[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    return f'<table class="kv">{body}</table>'
+
+
+def _cell(v: Any) -> tuple[str, bool]:
+    if isinstance(v, bool) or v is None:
+        return esc(str(v)), False
+    if isinstance(v, int):
+        return f"{v:,}", True
+    if isinstance(v, float):
+        if v != v:
+            return "", True
+        if v.is_integer() and abs(v) < 1e15:
+            return f"{int(v):,}", True
+        return esc(fmt_value(v, 4)), True
+    return esc(str(v)), False
+
+
+def _results_html(tables: list[tuple[Path, pd.DataFrame]], base: Path | None = None) -> str:
+    out = []
+    for path, df in tables:
+        head = "".join(
+            f'<th class="{"" if pd.api.types.is_numeric_dtype(df[c]) else "text"}">{esc(str(c))}</th>' for c in df.columns
+        )
+        rows = []
+        for rec in df.itertuples(index=False):
+            cells = []
+            for v in rec:
+                text, num = _cell(v.item() if hasattr(v, "item") else v)
+                cells.append(f'<td class="{"" if num else "text"}">{text}</td>')
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+        out.append(f'<p class="note">From {esc(display_path(path, base))}</p>'
+                   f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    return "\n".join(out)
+
+
+def _diagnosis_html(findings: list[tuple[str, str]]) -> str:
+    if not findings:
+        return '<p class="note">No findings.</p>'
+    items = "".join(
+        f'<li class="sev-{esc(re.sub(r"[^a-z0-9_-]", "", sev))}"><span class="sev">{esc(sev)}</span>{esc(msg)}</li>'
+        for sev, msg in findings
+    )
+    return f'<ul class="diag">{items}</ul>'
+
+
+def _nonfinite_html(p: RunPayload) -> str:
+    ev = p.data["nonfinite"]
+    if not ev:
+        return ""
+    steps = sorted({e[0] for e in ev})
+    first = ev[0]
+    return (f'<p class="note" style="color:{NONFINITE_COLOR}">NaN/Inf gradients at {len(steps):,} recorded step(s); '
+            f"first at step {first[0]} in layer {esc(first[1] or '(model)')} ({first[2]:,} elements).</p>")
+
+
+def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str, str]] | None) -> str:
+    name = esc(p.run.name)
+    options = "".join(
+        f'<option value="{esc(k)}"{" selected" if k == p.default_key else ""}>{esc(label)}</option>'
+        for k, label in p.stat_options
+    )
+    parts = [f'<section class="run" id="run-{p.index}">', f"<h2>{name}</h2>", _kv_table(p.summary)]
+    parts += [f'<p class="note">{esc(n)}</p>' for n in p.notes]
+    if findings is not None:
+        parts.append("<h3>Diagnosis</h3>" + _diagnosis_html(findings))
+    parts.append(_nonfinite_html(p))
+    if p.stat_options:
+        parts.append(f'<div class="controls"><label>statistic: <select class="stat" aria-label="statistic">{options}'
+                     "</select></label> (activation statistics appear with their level in brackets)</div>")
+        parts.append('<h3>Gradient flow</h3><div class="chart" data-chart="flow"></div>')
+        parts.append('<h3>Over training</h3><div class="chart" data-chart="heatmap"></div>'
+                     '<div class="chart" data-chart="bands"></div>')
+    else:
+        parts.append('<p class="note">This run has no per-layer statistics.</p>')
+    parts.append('<div class="chart" data-chart="update"></div>')
+    parts.append('<div class="chart" data-chart="model"></div>')
+    parts.append('<div class="chart" data-chart="metrics"></div>')
+    if graph_html:
+        parts.append("<h3>Computation graph</h3>" + graph_html)
+    parts.append("</section>")
+    return "\n".join(x for x in parts if x)
+
+
+def _comparison_section(payloads: list[RunPayload], stat: str) -> str:
+    keys: dict[str, str] = {}
+    for p in payloads:
+        for k, label in p.stat_options:
+            keys.setdefault(k, label)
+    default = f"layer:{stat}" if f"layer:{stat}" in keys else next(iter(keys), "")
+    options = "".join(f'<option value="{esc(k)}"{" selected" if k == default else ""}>{esc(v)}</option>'
+                      for k, v in keys.items())
+    parts = ['<section id="comparison"><h2>Comparison</h2>',
+             '<p class="note">Depth is normalized (first layer 0, last layer 1) so networks of different depth line up; '
+             "one colour per family, darker for deeper networks.</p>",
+             f'<div class="controls"><label>statistic: <select id="compare-stat">{options}</select></label></div>',
+             '<div class="chart" id="compare-chart"></div>']
+    try:
+        from gradsight.plots.compare import depth_sweep, first_last_ratio
+
+        runs = [p.run for p in payloads]
+        rows = [(p.run.name, p.family, p.depth, first_last_ratio(p.run, stat)) for p in payloads]
+        table = "".join(
+            f'<tr><td class="text">{esc(n)}</td><td class="text">{esc(f)}</td><td>{d}</td><td>{esc(fmt_value(r))}</td></tr>'
+            for n, f, d, r in rows
+        )
+        parts.append(f'<h3>First / last layer {esc(stat)}</h3><table class="grid"><thead><tr><th class="text">run</th>'
+                     f'<th class="text">family</th><th>depth</th><th>first / last (median over steps)</th></tr></thead>'
+                     f"<tbody>{table}</tbody></table>")
+        if len({(f, d) for _, f, d, _ in rows}) >= 2:
+            fig = depth_sweep(runs, stat)
+            parts.append(f'<div class="img"><img alt="{esc(stat)}: first / last layer ratio against depth" '
+                         f'src="{_png(fig)}"></div>')
+    except Exception as exc:  # the sweep is a summary; never lose the report over it
+        log.warning("depth sweep failed: %s", exc)
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def build_report(
+    runs: Iterable[Run | str | Path],
+    *,
+    stat: str = "grad_norm",
+    title: str | None = None,
+    graphs: Mapping[Any, Graph] | Graph | None = None,
+    cell_budget: int = CELL_BUDGET,
+    max_steps: int = MAX_STEPS,
+    diagnosis_timeout: float = DIAGNOSIS_TIMEOUT_S,
+    base: Path | None = None,
+) -> str:
+    """The HTML text of a report on ``runs``.
+
+    Args:
+        runs: runs, run directories, or directories holding runs.
+        stat: the statistic shown first (every recorded statistic can be picked on
+            the page, activation statistics included).
+        title: the page title (default: from the run names).
+        graphs: computation graphs to show, one for all runs or keyed by run
+            directory or name; by default a run's ``graph.json`` (see
+            :meth:`gradsight.graph.Graph.save`) is used when present.
+        cell_budget: displayed values (modules x steps x statistics) per run, at most.
+        max_steps: displayed steps per run, at most.
+        diagnosis_timeout: seconds the report waits, in all, for the diagnoses
+            (``gradsight.diagnose``), which run while the charts' data is read; a
+            diagnosis not done by then is left out with a note.
+
+    Returns:
+        One self-contained HTML document.
+    """
+    run_list = expand_runs(runs)
+    if not run_list:
+        raise ValueError("no runs to report on")
+    deadline = time.monotonic() + diagnosis_timeout
+    jobs = [DiagnosisJob(r.path) for r in run_list]
+    payloads = [run_payload(r, i, stat=stat, cell_budget=cell_budget, max_steps=max_steps, base=base)
+                for i, r in enumerate(run_list)]
+    _run_colors(payloads)
+    names = [r.name for r in run_list]
+    title = title or ("gradsight report: " + (", ".join(names[:4]) + (" …" if len(names) > 4 else "")))
+
+    sections, toc = [], []
+    tables = results_table(run_list)
+    if tables:
+        sections.append('<section id="results"><h2>Results</h2>' + _results_html(tables, base) + "</section>")
+        toc.append(("results", "Results"))
+    if len(payloads) > 1:
+        sections.append(_comparison_section(payloads, stat))
+        toc.append(("comparison", "Comparison"))
+    for p in payloads:
+        graph = _load_graph(p.run, graphs)
+        graph_html = _graph_html(p.run, graph, stat) if graph is not None else None
+        done, findings = jobs[p.index].result(deadline)
+        if not done:
+            findings = [("info", f"The diagnosis did not finish within {diagnosis_timeout:g} s and is left out of this "
+                                 f"report; run 'gradsight doctor {display_path(p.run.path, base)}' for it.")]
+        sections.append(_run_section(p, graph_html, findings))
+        toc.append((f"run-{p.index}", p.run.name))
+
+    payload = {
+        "lut": list(lut()),
+        "colors": {"nonfinite": NONFINITE_COLOR, "missing": MISSING_COLOR, "palette": list(PALETTE)},
+        "update_reference": UPDATE_RATIO_REFERENCE,
+        "compare_key": f"layer:{stat}",
+        "runs": [p.data for p in payloads],
+    }
+    from gradsight import __version__
+
+    nav = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in toc)
+    generated = datetime.now().strftime("%Y-%m-%d %H:%M")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="gradsight {esc(__version__)}">
+<link rel="icon" href="data:,">
+<title>{esc(title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header class="top"><h1>{esc(title)}</h1>
+<p>{len(run_list)} run(s) · generated {esc(generated)} by gradsight {esc(__version__)} · hover any chart for layer names and values</p></header>
+<nav class="toc">{nav}</nav>
+<main>
+{chr(10).join(sections)}
+</main>
+<footer>Self-contained report: no network access needed. Values on log scales; long runs are shown through evenly spaced steps.</footer>
+<script id="gs-data" type="application/json">{_json_for_script(payload)}</script>
+<script>{JS}</script>
+</body>
+</html>
+"""
+
+
+def write_report(runs: Iterable[Run | str | Path], path: str | Path, **kwargs: Any) -> Path:
+    """Write :func:`build_report` to ``path`` (atomically) and return the path."""
+    path = Path(path)
+    kwargs.setdefault("base", path.parent)
+    text = build_report(runs, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,572 @@
+"""The report's inline stylesheet and script (kept as strings so they ship inside the package).
+
+The script is plain ES2017 with no dependencies. It reads the JSON payload from
+``<script id="gs-data" type="application/json">`` and draws every chart: SVG line
+charts and canvas heatmaps with hover tooltips. Data only ever reaches the page
+through ``textContent`` and attribute setters, never ``innerHTML``.
+"""
+
+CSS = r"""
+:root { --fg:#1d232a; --muted:#66707a; --line:#e2e5e9; --bg:#ffffff; --panel:#f7f8fa; --accent:#0072B2;
+        --bad:#e8453c; --warn:#e69f00; --ok:#009e73; }
+* { box-sizing: border-box; }
+body { margin:0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color:var(--fg); background:var(--bg); }
+header.top { padding:18px 28px 10px; border-bottom:1px solid var(--line); background:var(--panel); }
+header.top h1 { margin:0 0 4px; font-size:22px; }
+header.top p { margin:0; color:var(--muted); }
+nav.toc { padding:8px 28px; border-bottom:1px solid var(--line); font-size:13px; }
+nav.toc a { margin-right:14px; color:var(--accent); text-decoration:none; }
+main { padding:8px 28px 40px; max-width:1400px; }
+section { margin:22px 0 34px; }
+section.run { border-top:3px solid var(--line); padding-top:6px; }
+h2 { font-size:19px; margin:14px 0 8px; }
+h3 { font-size:15px; margin:18px 0 6px; }
+p.note { color:var(--muted); margin:4px 0 10px; font-size:13px; }
+table.kv { border-collapse:collapse; font-size:13px; }
+table.kv th { text-align:left; color:var(--muted); font-weight:500; padding:2px 16px 2px 0; vertical-align:top; }
+table.kv td { padding:2px 0; }
+table.grid { border-collapse:collapse; font-size:13px; margin:6px 0; }
+table.grid th, table.grid td { border:1px solid var(--line); padding:4px 9px; text-align:right; }
+table.grid th { background:var(--panel); }
+table.grid td.text, table.grid th.text { text-align:left; }
+.cols { display:flex; flex-wrap:wrap; gap:24px; align-items:flex-start; }
+.chart { position:relative; width:100%; min-height:120px; margin:4px 0 14px; }
+.chart .title { font-weight:600; font-size:13px; margin:0 0 2px; }
+.chart .legend { font-size:12px; color:var(--fg); display:flex; flex-wrap:wrap; gap:4px 14px; margin:2px 0 0 60px; }
+.chart .legend span.sw { display:inline-block; width:14px; height:3px; margin-right:5px; vertical-align:middle; }
+.chart svg text { font-size:11px; fill:#3b434b; }
+.chart svg .grid line { stroke:#eceff2; }
+.chart svg .axis line, .chart svg .axis path { stroke:#9aa3ab; }
+.chart canvas { display:block; }
+.controls { margin:8px 0; font-size:13px; }
+.controls select { font-size:13px; padding:2px 4px; }
+.diag { list-style:none; padding:0; margin:6px 0; }
+.diag li { padding:5px 10px; margin:4px 0; border-left:4px solid var(--line); background:var(--panel); }
+.diag li.sev-error, .diag li.sev-critical { border-color:var(--bad); }
+.diag li.sev-warning { border-color:var(--warn); }
+.diag li.sev-info, .diag li.sev-ok { border-color:var(--ok); }
+.diag .sev { font-weight:600; text-transform:uppercase; font-size:11px; margin-right:8px; }
+.graph { overflow:auto; max-height:900px; border:1px solid var(--line); padding:6px; background:#fff; }
+.graph svg { max-width:100%; height:auto; }
+.img img { max-width:min(100%, 720px); }
+pre.dot { max-height:300px; overflow:auto; background:var(--panel); padding:8px; font-size:11px; }
+#gs-tip { position:fixed; pointer-events:none; background:rgba(25,30,36,0.94); color:#fff; padding:5px 8px;
+          border-radius:4px; font-size:12px; line-height:1.35; z-index:10; display:none; max-width:480px;
+          white-space:pre-wrap; word-break:break-all; }
+footer { color:var(--muted); font-size:12px; padding:12px 28px; border-top:1px solid var(--line); }
+"""
+
+JS = r"""
+(function () {
+  "use strict";
+  var DATA = JSON.parse(document.getElementById("gs-data").textContent);
+  var LUT = DATA.lut;
+  var SVGNS = (function () { var d = document.createElement("div"); d.innerHTML = "<svg></svg>"; return d.firstChild.namespaceURI; })();
+  var NONFINITE = DATA.colors.nonfinite, MISSING = DATA.colors.missing, PALETTE = DATA.colors.palette;
+
+  // ---------------------------------------------------------------- helpers
+  function decode(b64) {
+    var bin = atob(b64), n = bin.length, bytes = new Uint8Array(n);
+    for (var i = 0; i < n; i++) bytes[i] = bin.charCodeAt(i);
+    return new Float32Array(bytes.buffer);
+  }
+  function fmt(v) {
+    if (v === null || v === undefined) return "-";
+    if (Number.isNaN(v)) return "nan";
+    if (!Number.isFinite(v)) return v > 0 ? "inf" : "-inf";
+    if (v === 0) return "0";
+    var a = Math.abs(v);
+    if (a >= 1e-3 && a < 1e4) return String(Number(v.toPrecision(3)));
+    return v.toExponential(2);
+  }
+  function tickLabel(v) {
+    var e = Math.floor(Math.log10(v) + 1e-9), m = v / Math.pow(10, e);
+    if (e >= -3 && e <= 4) return String(Number(v.toPrecision(3)));
+    return (Math.abs(m - Math.round(m)) < 1e-6 ? String(Math.round(m)) : m.toPrecision(2)) + "e" + e;
+  }
+  function svg(tag, attrs, parent) {
+    var e = document.createElementNS(SVGNS, tag);
+    if (attrs) for (var k in attrs) e.setAttribute(k, attrs[k]);
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+  function div(cls, parent, text) {
+    var e = document.createElement("div");
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+  function good(v, log) { return Number.isFinite(v) && (!log || v > 0); }
+  function quantile(sorted, q) {
+    if (!sorted.length) return NaN;
+    var pos = (sorted.length - 1) * q, lo = Math.floor(pos), hi = Math.ceil(pos);
+    return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+  }
+  function lutColor(frac) {
+    var i = Math.max(0, Math.min(LUT.length - 1, Math.round(frac * (LUT.length - 1))));
+    return LUT[i];
+  }
+  function niceLinearTicks(lo, hi, n) {
+    if (!(hi > lo)) return [lo];
+    var raw = (hi - lo) / n, mag = Math.pow(10, Math.floor(Math.log10(raw))), r = raw / mag;
+    var step = (r < 1.5 ? 1 : r < 3 ? 2 : r < 7 ? 5 : 10) * mag, out = [];
+    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+    return out;
+  }
+  function logTicks(lo, hi) {
+    var a = Math.floor(Math.log10(lo)), b = Math.ceil(Math.log10(hi)), span = Math.log10(hi / lo);
+    function within(mults) {
+      var out = [];
+      for (var e = a; e <= b; e++) mults.forEach(function (m) { var v = m * Math.pow(10, e); if (v >= lo * 0.9999 && v <= hi * 1.0001) out.push(v); });
+      return out.sort(function (x, y) { return x - y; });
+    }
+    var out = within(span >= 2.5 ? [1] : span >= 1.2 ? [1, 3] : [1, 2, 5]);
+    if (out.length < 3 && span < 2.5) out = within([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    if (out.length > 8) { var every = Math.ceil(out.length / 7); out = out.filter(function (_, i) { return i % every === 0; }); }
+    if (out.length < 2) out = niceLinearTicks(lo, hi, 4).filter(function (v) { return v > 0 && v >= lo && v <= hi; });
+    if (out.length < 2) out = [lo, hi];
+    return out;
+  }
+
+  // ---------------------------------------------------------------- tooltip
+  var tip = document.createElement("div");
+  tip.id = "gs-tip";
+  document.body.appendChild(tip);
+  function showTip(text, ev) {
+    tip.textContent = text;
+    tip.style.display = "block";
+    var x = ev.clientX + 14, y = ev.clientY + 14, w = tip.offsetWidth, h = tip.offsetHeight;
+    if (x + w > window.innerWidth - 4) x = ev.clientX - w - 14;
+    if (y + h > window.innerHeight - 4) y = ev.clientY - h - 14;
+    tip.style.left = x + "px";
+    tip.style.top = y + "px";
+  }
+  function hideTip() { tip.style.display = "none"; }
+
+  // ---------------------------------------------------------------- line chart
+  // spec: {title, xlabel, ylabel, logY, xLabels (category names for x = 0..n-1), series: [{name, xs, ys, color,
+  //        width, dash, opacity}], bands: [{xs, lo, hi, color, opacity, name}], refs: [{y, label}],
+  //        markers: [{x, label}], legend: bool, note}
+  function lineChart(container, spec) {
+    container.textContent = "";
+    container.classList.add("chart-line");
+    if (spec.title) div("title", container, spec.title);
+    var W = Math.max(360, container.clientWidth || 860), H = spec.height || 300;
+    var cat = !!spec.xLabels;
+    var maxLen = 0;
+    if (cat) spec.xLabels.forEach(function (l) { maxLen = Math.max(maxLen, Math.min(27, l.length || 7)); });
+    var firstLen = cat && spec.xLabels.length ? Math.min(27, spec.xLabels[0].length || 7) : 0;
+    var M = { l: Math.max(66, Math.min(130, firstLen * 4.6)), r: 18, t: 12, b: cat ? 34 + Math.round(maxLen * 5.2) : 42 };
+    var log = spec.logY !== false;
+    var ys = [], xs = [];
+    (spec.series || []).forEach(function (s) {
+      for (var i = 0; i < s.ys.length; i++) if (good(s.ys[i], log)) { ys.push(s.ys[i]); xs.push(s.xs[i]); }
+    });
+    (spec.bands || []).forEach(function (b) {
+      for (var i = 0; i < b.xs.length; i++) { if (good(b.lo[i], log)) ys.push(b.lo[i]); if (good(b.hi[i], log)) ys.push(b.hi[i]); xs.push(b.xs[i]); }
+    });
+    (spec.refs || []).forEach(function (r) { ys.push(r.y); });
+    var root = svg("svg", { width: W, height: H, "class": "gs-svg", role: "img" }, container);
+    if (!ys.length) {
+      svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, root).textContent = spec.empty || "no data";
+      root.setAttribute("data-series", "0");
+      return root;
+    }
+    var ylo = Infinity, yhi = -Infinity, xlo = Infinity, xhi = -Infinity;
+    for (var k = 0; k < ys.length; k++) { if (ys[k] < ylo) ylo = ys[k]; if (ys[k] > yhi) yhi = ys[k]; }
+    for (k = 0; k < xs.length; k++) { if (xs[k] < xlo) xlo = xs[k]; if (xs[k] > xhi) xhi = xs[k]; }
+    if (log) { if (yhi <= ylo * 1.0001) { ylo /= 3; yhi *= 3; } var pad = Math.pow(yhi / ylo, 0.04); ylo /= pad; yhi *= pad; }
+    else { if (yhi <= ylo) { ylo -= 1; yhi += 1; } var p2 = (yhi - ylo) * 0.05; ylo -= p2; yhi += p2; }
+    if (cat) { xlo = -0.5; xhi = spec.xLabels.length - 0.5; }
+    if (xhi <= xlo) { xlo -= 1; xhi += 1; }
+    var pw = W - M.l - M.r, ph = H - M.t - M.b;
+    function X(v) { return M.l + (v - xlo) / (xhi - xlo) * pw; }
+    function Y(v) { return log ? M.t + (1 - (Math.log10(v) - Math.log10(ylo)) / (Math.log10(yhi) - Math.log10(ylo))) * ph
+                               : M.t + (1 - (v - ylo) / (yhi - ylo)) * ph; }
+    // grid and axes
+    var grid = svg("g", { "class": "grid" }, root), axis = svg("g", { "class": "axis" }, root);
+    var yt = log ? logTicks(ylo, yhi) : niceLinearTicks(ylo, yhi, 5);
+    yt.forEach(function (v) {
+      var y = Y(v);
+      svg("line", { x1: M.l, x2: W - M.r, y1: y, y2: y }, grid);
+      svg("text", { x: M.l - 6, y: y + 4, "text-anchor": "end" }, axis).textContent = tickLabel(v);
+    });
+    svg("line", { x1: M.l, x2: M.l, y1: M.t, y2: M.t + ph }, axis);
+    svg("line", { x1: M.l, x2: W - M.r, y1: M.t + ph, y2: M.t + ph }, axis);
+    if (cat) {
+      var n = spec.xLabels.length, every = Math.max(1, Math.ceil(n / Math.max(4, Math.floor(pw / 15))));
+      for (var i = 0; i < n; i += every) {
+        var x = X(i), lab = spec.xLabels[i];
+        if (lab.length > 26) lab = "\u2026" + lab.slice(-25);
+        svg("line", { x1: x, x2: x, y1: M.t + ph, y2: M.t + ph + 4 }, axis);
+        var t = svg("text", { x: x, y: M.t + ph + 10, "text-anchor": "end", transform: "rotate(-50 " + x + " " + (M.t + ph + 10) + ")" }, axis);
+        t.textContent = lab === "" ? "(model)" : lab;
+      }
+    } else {
+      niceLinearTicks(xlo, xhi, Math.max(3, Math.floor(pw / 90))).forEach(function (v) {
+        if (v < xlo || v > xhi || (spec.xname === "step" && v !== Math.round(v))) return;
+        svg("line", { x1: X(v), x2: X(v), y1: M.t + ph, y2: M.t + ph + 4 }, axis);
+        svg("text", { x: X(v), y: M.t + ph + 16, "text-anchor": "middle" }, axis).textContent = fmt(v);
+      });
+    }
+    if (spec.xlabel) svg("text", { x: M.l + pw / 2, y: H - 4, "text-anchor": "middle" }, axis).textContent = spec.xlabel;
+    if (spec.ylabel) {
+      svg("text", { x: 12, y: M.t + ph / 2, "text-anchor": "middle", transform: "rotate(-90 12 " + (M.t + ph / 2) + ")" }, axis)
+        .textContent = spec.ylabel + (log ? " (log)" : "");
+    }
+    var clipId = "clip" + Math.random().toString(36).slice(2);
+    var defs = svg("defs", null, root), cp = svg("clipPath", { id: clipId }, defs);
+    svg("rect", { x: M.l, y: M.t, width: pw, height: ph }, cp);
+    var plot = svg("g", { "clip-path": "url(#" + clipId + ")" }, root);
+    (spec.bands || []).forEach(function (b) {
+      var top = [], bot = [];
+      for (var i = 0; i < b.xs.length; i++) {
+        if (good(b.lo[i], log) && good(b.hi[i], log)) { top.push(X(b.xs[i]).toFixed(1) + "," + Y(b.hi[i]).toFixed(1)); bot.push(X(b.xs[i]).toFixed(1) + "," + Y(b.lo[i]).toFixed(1)); }
+      }
+      if (top.length) svg("polygon", { points: top.concat(bot.reverse()).join(" "), fill: b.color, "fill-opacity": b.opacity || 0.25, "class": "band" }, plot);
+    });
+    (spec.refs || []).forEach(function (r) {
+      svg("line", { x1: M.l, x2: W - M.r, y1: Y(r.y), y2: Y(r.y), stroke: "#222", "stroke-dasharray": "6 4", "stroke-width": 1.2, "class": "ref" }, plot);
+      svg("text", { x: W - M.r - 4, y: Y(r.y) - 4, "text-anchor": "end" }, plot).textContent = r.label;
+    });
+    var paths = [];
+    (spec.series || []).forEach(function (s) {
+      var d = "", pen = false;
+      for (var i = 0; i < s.ys.length; i++) {
+        if (good(s.ys[i], log)) { d += (pen ? "L" : "M") + X(s.xs[i]).toFixed(1) + " " + Y(s.ys[i]).toFixed(1); pen = true; }
+        else pen = false;
+      }
+      var p = svg("path", { d: d || "M0 0", fill: "none", stroke: s.color, "stroke-width": s.width || 1.4, "class": "series",
+                            "stroke-opacity": s.opacity || 1, "stroke-linejoin": "round" }, plot);
+      if (s.dash) p.setAttribute("stroke-dasharray", s.dash);
+      p.setAttribute("data-name", s.name);
+      paths.push(p);
+      if (s.dots && s.ys.length <= 80) {
+        for (var j = 0; j < s.ys.length; j++) if (good(s.ys[j], log)) svg("circle", { cx: X(s.xs[j]), cy: Y(s.ys[j]), r: 2.2, fill: s.color }, plot);
+      }
+    });
+    (spec.markers || []).forEach(function (m) {
+      var x = X(m.x);
+      var tri = svg("path", { d: "M" + (x - 5) + " " + (M.t - 1) + "L" + (x + 5) + " " + (M.t - 1) + "L" + x + " " + (M.t + 8) + "Z", fill: NONFINITE, "class": "marker" }, root);
+      tri.setAttribute("data-label", m.label);
+    });
+    root.setAttribute("data-series", String(paths.length));
+    // hover
+    var dot = svg("circle", { r: 4, fill: "none", stroke: "#111", "stroke-width": 1.5, visibility: "hidden" }, root);
+    var overlay = svg("rect", { x: M.l, y: M.t - 10, width: pw, height: ph + 10, fill: "transparent", "class": "overlay" }, root);
+    overlay.addEventListener("mousemove", function (ev) {
+      var box = root.getBoundingClientRect(), mx = ev.clientX - box.left, my = ev.clientY - box.top;
+      var xv = xlo + (mx - M.l) / pw * (xhi - xlo);
+      if (my < M.t && spec.markers && spec.markers.length) {
+        var bm = null, bd = 8;
+        spec.markers.forEach(function (m) { var dd = Math.abs(X(m.x) - mx); if (dd < bd) { bd = dd; bm = m; } });
+        if (bm) { dot.setAttribute("visibility", "hidden"); showTip(bm.label, ev); return; }
+      }
+      var best = null, bestD = Infinity;
+      (spec.series || []).forEach(function (s) {
+        if (s.hover === false) return;
+        var lo = 0, hi = s.xs.length - 1;
+        while (hi - lo > 1) { var mid = (lo + hi) >> 1; if (s.xs[mid] < xv) lo = mid; else hi = mid; }
+        [lo, hi].forEach(function (i) {
+          if (i < 0 || i >= s.ys.length) return;
+          var v = s.ys[i];
+          var py = good(v, log) ? Y(v) : (Number.isFinite(v) ? null : M.t);
+          if (py === null) return;
+          var d = Math.abs(X(s.xs[i]) - mx) * 2 + Math.abs(py - my);
+          if (d < bestD) { bestD = d; best = { s: s, i: i, py: py }; }
+        });
+      });
+      if (!best) { hideTip(); dot.setAttribute("visibility", "hidden"); return; }
+      var s = best.s, i = best.i;
+      dot.setAttribute("cx", X(s.xs[i])); dot.setAttribute("cy", best.py); dot.setAttribute("visibility", "visible");
+      var where = cat ? (spec.xLabels[s.xs[i]] === "" ? "(model)" : spec.xLabels[s.xs[i]]) : (spec.xname || "x") + " " + fmt(s.xs[i]);
+      showTip((s.hoverName || s.name) + "\n" + where + "\n" + (spec.ylabel || "value") + ": " + fmt(s.ys[i]), ev);
+    });
+    overlay.addEventListener("mouseleave", function () { hideTip(); dot.setAttribute("visibility", "hidden"); });
+    if (spec.legend !== false) {
+      var items = (spec.series || []).filter(function (s) { return s.legend !== false; }).slice(0, 14);
+      (spec.bands || []).forEach(function (b) { if (b.name) items.push({ name: b.name, color: b.color, band: true, opacity: b.opacity }); });
+      if (spec.markers && spec.markers.length) items.push({ name: spec.markerName || "non-finite gradients", color: NONFINITE });
+      if (items.length) {
+        var lg = div("legend", container);
+        items.forEach(function (s) {
+          var it = document.createElement("span"), sw = document.createElement("span");
+          sw.className = "sw"; sw.style.background = s.color;
+          if (s.band) { sw.style.height = "9px"; sw.style.opacity = Math.min(1, (s.opacity || 0.25) * 2); }
+          it.appendChild(sw); it.appendChild(document.createTextNode(s.name));
+          lg.appendChild(it);
+        });
+      }
+    }
+    if (spec.note) div("note", container, spec.note).className = "note";
+    return root;
+  }
+
+  // ---------------------------------------------------------------- heatmap
+  // spec: {title, rows (names), cols (steps), data (Float32Array rows*cols), markers: [[row, col]], stat}
+  function heatmapChart(container, spec) {
+    container.textContent = "";
+    if (spec.title) div("title", container, spec.title);
+    var rows = spec.rows.length, cols = spec.cols.length, data = spec.data;
+    var lo = Infinity, hi = -Infinity;
+    for (var k = 0; k < data.length; k++) { var v = data[k]; if (v > 0 && Number.isFinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; } }
+    var W = Math.max(360, container.clientWidth || 860);
+    var M = { l: 170, r: 86, t: 8, b: 40 };
+    var ph = Math.min(900, Math.max(140, rows * 12)), H = ph + M.t + M.b, pw = W - M.l - M.r;
+    var dpr = window.devicePixelRatio || 1;
+    var cv = document.createElement("canvas");
+    cv.width = Math.round(W * dpr); cv.height = Math.round(H * dpr);
+    cv.style.width = W + "px"; cv.style.height = H + "px";
+    cv.setAttribute("data-rows", String(rows)); cv.setAttribute("data-cols", String(cols));
+    cv.className = "gs-heatmap";
+    container.appendChild(cv);
+    var ctx = cv.getContext("2d");
+    ctx.scale(dpr, dpr);
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, H);
+    if (!rows || !cols || !(hi >= lo)) {
+      ctx.fillStyle = "#666"; ctx.font = "12px sans-serif"; ctx.fillText(spec.empty || "no data", W / 2 - 30, H / 2);
+      return cv;
+    }
+    if (hi <= lo * 1.0001) { lo /= 3; hi *= 3; }
+    var llo = Math.log10(lo), lhi = Math.log10(hi);
+    function frac(v) { return (Math.log10(v) - llo) / (lhi - llo); }
+    var img = ctx.createImageData(cols, rows), px = img.data;
+    function hex(c) { return [parseInt(c.slice(1, 3), 16), parseInt(c.slice(3, 5), 16), parseInt(c.slice(5, 7), 16)]; }
+    var lutRGB = LUT.map(hex), bad = hex(NONFINITE), miss = hex(MISSING);
+    for (var r = 0; r < rows; r++) for (var c = 0; c < cols; c++) {
+      var val = data[r * cols + c], rgb;
+      if (Number.isNaN(val) || val === 0) rgb = miss;
+      else if (!Number.isFinite(val)) rgb = bad;
+      else rgb = lutRGB[Math.max(0, Math.min(255, Math.round(frac(val) * 255)))];
+      var o = (r * cols + c) * 4;
+      px[o] = rgb[0]; px[o + 1] = rgb[1]; px[o + 2] = rgb[2]; px[o + 3] = 255;
+    }
+    var off = document.createElement("canvas");
+    off.width = cols; off.height = rows;
+    off.getContext("2d").putImageData(img, 0, 0);
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(off, M.l, M.t, pw, ph);
+    // markers (non-finite gradients)
+    (spec.markers || []).forEach(function (m) {
+      var x = M.l + (m[1] + 0.5) / cols * pw, y = M.t + (m[0] + 0.5) / rows * ph;
+      ctx.strokeStyle = "#fff"; ctx.lineWidth = 3; ctx.beginPath(); ctx.moveTo(x - 4, y - 4); ctx.lineTo(x + 4, y + 4); ctx.moveTo(x + 4, y - 4); ctx.lineTo(x - 4, y + 4); ctx.stroke();
+      ctx.strokeStyle = NONFINITE; ctx.lineWidth = 1.6; ctx.stroke();
+    });
+    // labels
+    ctx.fillStyle = "#3b434b"; ctx.font = "11px system-ui, sans-serif"; ctx.textAlign = "right"; ctx.textBaseline = "middle";
+    var every = Math.max(1, Math.ceil(rows / Math.floor(ph / 13)));
+    for (var i = 0; i < rows; i += every) {
+      var lab = spec.rows[i] === "" ? "(model)" : spec.rows[i];
+      if (lab.length > 28) lab = "\u2026" + lab.slice(-27);
+      ctx.fillText(lab, M.l - 5, M.t + (i + 0.5) / rows * ph);
+    }
+    ctx.textAlign = "center"; ctx.textBaseline = "top";
+    var nx = Math.min(cols, Math.max(2, Math.floor(pw / 90)));
+    for (var j = 0; j < nx; j++) {
+      var ci = Math.round(j * (cols - 1) / Math.max(1, nx - 1));
+      ctx.fillText(String(spec.cols[ci]), M.l + (ci + 0.5) / cols * pw, M.t + ph + 5);
+    }
+    ctx.fillText("step", M.l + pw / 2, M.t + ph + 22);
+    // colour bar
+    var bx = W - M.r + 12, bw = 12;
+    for (var y2 = 0; y2 < ph; y2++) { ctx.fillStyle = lutColor(1 - y2 / ph); ctx.fillRect(bx, M.t + y2, bw, 1.5); }
+    ctx.textAlign = "left"; ctx.textBaseline = "middle"; ctx.fillStyle = "#3b434b";
+    logTicks(lo, hi).forEach(function (t) { var yy = M.t + (1 - frac(t)) * ph; ctx.fillRect(bx + bw, yy, 3, 1); ctx.fillText(tickLabel(t), bx + bw + 5, yy); });
+    cv.addEventListener("mousemove", function (ev) {
+      var box = cv.getBoundingClientRect(), mx = ev.clientX - box.left - M.l, my = ev.clientY - box.top - M.t;
+      if (mx < 0 || my < 0 || mx >= pw || my >= ph) { hideTip(); return; }
+      var c2 = Math.floor(mx / pw * cols), r2 = Math.floor(my / ph * rows);
+      var name = spec.rows[r2] === "" ? "(model)" : spec.rows[r2];
+      showTip(name + "\nstep " + spec.cols[c2] + "\n" + spec.stat + ": " + fmt(data[r2 * cols + c2]), ev);
+    });
+    cv.addEventListener("mouseleave", hideTip);
+    return cv;
+  }
+
+  // ---------------------------------------------------------------- per-run charts
+  function matrixOf(run, key) {
+    var m = run.matrices[key];
+    if (!m) return null;
+    if (!m._data) m._data = decode(m.data);
+    return { names: run.names[m.level], steps: run.steps, data: m._data, stat: m.stat, level: m.level };
+  }
+  function column(m, c) { var n = m.names.length, k = m.steps.length, out = new Array(n); for (var r = 0; r < n; r++) out[r] = m.data[r * k + c]; return out; }
+  function row(m, r) { var k = m.steps.length; return Array.prototype.slice.call(m.data.subarray(r * k, (r + 1) * k)); }
+  function rowQuantiles(m, qs) {  // per layer, over steps
+    var n = m.names.length, k = m.steps.length, out = qs.map(function () { return new Array(n); });
+    for (var r = 0; r < n; r++) {
+      var vals = [];
+      for (var c = 0; c < k; c++) { var v = m.data[r * k + c]; if (v > 0 && Number.isFinite(v)) vals.push(v); }
+      vals.sort(function (a, b) { return a - b; });
+      qs.forEach(function (q, i) { out[i][r] = quantile(vals, q); });
+    }
+    return out;
+  }
+  function colQuantiles(m, qs) {  // per step, over layers
+    var n = m.names.length, k = m.steps.length, out = qs.map(function () { return new Array(k); });
+    for (var c = 0; c < k; c++) {
+      var vals = [];
+      for (var r = 0; r < n; r++) { var v = m.data[r * k + c]; if (v > 0 && Number.isFinite(v)) vals.push(v); }
+      vals.sort(function (a, b) { return a - b; });
+      qs.forEach(function (q, i) { out[i][c] = quantile(vals, q); });
+    }
+    return out;
+  }
+  function range(n) { var a = new Array(n); for (var i = 0; i < n; i++) a[i] = i; return a; }
+  function shownColumns(k, n) { var out = []; for (var i = 0; i < n; i++) { var c = Math.round(i * (k - 1) / Math.max(1, n - 1)); if (out.indexOf(c) < 0) out.push(c); } return out; }
+  var STEP_COLORS = ["#0d0887", "#6a00a8", "#b12a90", "#e16462", "#fca636", "#f0f921"];
+
+  function drawFlow(el, run, key) {
+    var m = matrixOf(run, key);
+    if (!m) { el.textContent = "no data"; return; }
+    var xs = range(m.names.length), q = rowQuantiles(m, [0.05, 0.5, 0.95]);
+    var cols = shownColumns(m.steps.length, Math.min(5, m.steps.length));
+    var series = [{ name: "median over steps", xs: xs, ys: q[1], color: "#333", width: 2.4 }];
+    cols.forEach(function (c, i) {
+      series.push({ name: "step " + m.steps[c], xs: xs, ys: column(m, c), color: STEP_COLORS[Math.round(i * 4 / Math.max(1, cols.length - 1))], width: 1.3, dots: true });
+    });
+    var markers = [];
+    (run.nonfinite || []).forEach(function (e) {
+      var r = m.names.indexOf(e[1]);
+      if (r >= 0 && m.level === "layer") markers.push({ x: r, label: (e[1] || "(model)") + ": " + e[2] + " NaN/Inf elements at step " + e[0] });
+    });
+    var by = m.level === "layer" ? "layer" : m.level === "param" ? "parameter" : m.level;
+    lineChart(el, { title: m.stat + " by " + by + " (forward order)", xLabels: m.names, series: series, ylabel: m.stat,
+      bands: [{ xs: xs, lo: q[0], hi: q[2], color: "#9e9e9e", opacity: 0.3, name: "5\u201395% over " + m.steps.length + " steps" }],
+      markers: markers, xlabel: by + ", input \u2192 output", height: 340 });
+  }
+  function drawHeatmap(el, run, key) {
+    var m = matrixOf(run, key);
+    if (!m) { el.textContent = "no data"; return; }
+    var marks = [];
+    if (m.level === "layer") (run.nonfinite || []).forEach(function (e) {
+      var r = m.names.indexOf(e[1]); if (r < 0) return;
+      var best = 0, bd = Infinity;
+      m.steps.forEach(function (s, c) { var d = Math.abs(s - e[0]); if (d < bd) { bd = d; best = c; } });
+      marks.push([r, best]);
+    });
+    heatmapChart(el, { title: m.stat + ": " + (m.level === "layer" ? "layer" : m.level) + " \u00d7 step (log colour)", rows: m.names, cols: m.steps, data: m.data, markers: marks, stat: m.stat });
+  }
+  function drawBands(el, run, key) {
+    var m = matrixOf(run, key);
+    if (!m) { el.textContent = "no data"; return; }
+    var q = colQuantiles(m, [0.05, 0.25, 0.5, 0.75, 0.95]), xs = m.steps;
+    var series = [{ name: "median of layers", xs: xs, ys: q[2], color: PALETTE[0], width: 2 }];
+    if (m.names.length > 1) {
+      series.push({ name: "first: " + (m.names[0] || "(model)"), xs: xs, ys: row(m, 0), color: PALETTE[1], dash: "5 3", width: 1.2 });
+      series.push({ name: "last: " + (m.names[m.names.length - 1] || "(model)"), xs: xs, ys: row(m, m.names.length - 1), color: PALETTE[2], dash: "5 3", width: 1.2 });
+    }
+    var steps = {};
+    (run.nonfinite || []).forEach(function (e) { steps[e[0]] = (steps[e[0]] || 0) + 1; });
+    var markers = Object.keys(steps).map(function (s) { return { x: Number(s), label: "step " + s + ": non-finite gradients in " + steps[s] + " layer(s)" }; });
+    lineChart(el, { title: m.stat + " across " + (m.level === "layer" ? "layers" : m.level + "s") + " over training (quantile bands)", series: series, ylabel: m.stat, xlabel: "step", xname: "step",
+      bands: [{ xs: xs, lo: q[0], hi: q[4], color: PALETTE[0], opacity: 0.15, name: "5\u201395% of layers" },
+              { xs: xs, lo: q[1], hi: q[3], color: PALETTE[0], opacity: 0.3, name: "25\u201375% of layers" }],
+      markers: markers });
+  }
+  function drawUpdate(el, run) {
+    var key = run.update_key, m = key ? matrixOf(run, key) : null;
+    if (!m) { el.textContent = ""; el.style.display = "none"; return; }
+    var n = m.names.length, series = [];
+    for (var r = 0; r < n; r++) {
+      series.push({ name: m.names[r] === "" ? "(model)" : m.names[r], hoverName: (m.names[r] || "(model)") + " (depth " + r + ")", xs: m.steps, ys: row(m, r),
+        color: lutColor(n > 1 ? r / (n - 1) : 0), width: n > 100 ? 0.6 : 1.1, opacity: n > 100 ? 0.6 : 0.9, legend: false });
+    }
+    lineChart(el, { title: "update ratio \u2016\u0394w\u2016/\u2016w\u2016 per layer (dark = first layer, bright = last)", series: series,
+      refs: [{ y: DATA.update_reference, label: "reference " + DATA.update_reference }], ylabel: "update_ratio", xlabel: "step", xname: "step", legend: false });
+  }
+  function lineValues(line) { if (!line._values) line._values = decode(line.values); return line._values; }
+  function drawModel(el, run) {
+    var mod = run.model;
+    if (!mod || !mod.steps.length) { el.style.display = "none"; return; }
+    var steps = {};
+    (run.nonfinite || []).forEach(function (e) { steps[e[0]] = (steps[e[0]] || 0) + 1; });
+    var markers = Object.keys(steps).map(function (s) { return { x: Number(s), label: "step " + s + ": NaN/Inf gradients in " + steps[s] + " layer(s)" }; });
+    lineChart(el, { title: "whole-model " + mod.stat + " (every recorded step" + (mod.sampled ? ", evenly spaced" : "") + ")", xname: "step",
+      series: [{ name: "model " + mod.stat, xs: mod.steps, ys: lineValues(mod), color: PALETTE[0], width: 1.2 }], ylabel: mod.stat, xlabel: "step",
+      markers: markers, markerName: "NaN/Inf gradients (" + Object.keys(steps).length + (Object.keys(steps).length === 1 ? " step)" : " steps)"), height: 240 });
+  }
+  function drawMetrics(el, run) {
+    var names = Object.keys(run.metrics || {});
+    if (!names.length) { el.style.display = "none"; return; }
+    el.textContent = "";
+    var wrap = div("cols", el);
+    names.slice(0, 8).forEach(function (name, i) {
+      var mt = run.metrics[name], box = div("chart", wrap), vals = lineValues(mt);
+      box.style.width = names.length > 1 ? "48%" : "100%";
+      var pos = Array.prototype.every.call(vals, function (v) { return !Number.isFinite(v) || v > 0; });
+      lineChart(box, { title: name, series: [{ name: name, xs: mt.steps, ys: vals, color: PALETTE[i % PALETTE.length], width: 1.3, dots: mt.steps.length <= 40 }],
+        logY: name === "loss" && pos, ylabel: name, xlabel: "step", xname: "step", legend: false, height: 220 });
+    });
+  }
+  function drawGraphHover(section) {
+    section.querySelectorAll(".graph svg g.node").forEach(function (g) {
+      var a = g.querySelector("a"), t = g.querySelector("title");
+      var text = a && (a.getAttribute("xlink:title") || a.getAttribute("title")) || (t && t.textContent) || "";
+      if (t) t.remove();
+      g.addEventListener("mousemove", function (ev) { showTip(text, ev); });
+      g.addEventListener("mouseleave", hideTip);
+    });
+  }
+
+  function drawRun(section, run) {
+    var sel = section.querySelector("select.stat");
+    function redraw() {
+      var key = sel ? sel.value : run.default_key;
+      section.querySelectorAll("[data-chart]").forEach(function (el) {
+        var kind = el.getAttribute("data-chart");
+        try {
+          if (kind === "flow") drawFlow(el, run, key);
+          else if (kind === "heatmap") drawHeatmap(el, run, key);
+          else if (kind === "bands") drawBands(el, run, key);
+          else if (kind === "update") drawUpdate(el, run);
+          else if (kind === "model") drawModel(el, run);
+          else if (kind === "metrics") drawMetrics(el, run);
+        } catch (err) { el.textContent = "could not draw this chart: " + err; throw err; }
+      });
+    }
+    if (sel) sel.addEventListener("change", redraw);
+    redraw();
+    drawGraphHover(section);
+    return redraw;
+  }
+
+  function drawCompare(el, key) {
+    var series = [];
+    DATA.runs.forEach(function (run) {
+      var m = matrixOf(run, key);
+      if (!m) return;
+      var n = m.names.length, q = rowQuantiles(m, [0.5])[0];
+      var xs = range(n).map(function (i) { return n > 1 ? i / (n - 1) : 0; });
+      series.push({ name: run.name + " (" + n + " layers)", xs: xs, ys: q, color: run.color, width: 1.8, dash: run.dash || null, dots: n <= 60 });
+    });
+    var stat = key.split(":").slice(1).join(":");
+    lineChart(el, { title: stat + " by relative depth, median over steps (0 = first layer, 1 = last)", series: series, ylabel: stat,
+      xlabel: "relative depth", xname: "relative depth", height: 360, empty: "no run has " + stat });
+  }
+
+  var redraws = [];
+  DATA.runs.forEach(function (run, i) {
+    var section = document.getElementById("run-" + i);
+    if (section) redraws.push(drawRun(section, run));
+  });
+  var cmp = document.getElementById("compare-chart");
+  if (cmp) {
+    var csel = document.getElementById("compare-stat");
+    var cdraw = function () { drawCompare(cmp, csel ? csel.value : DATA.compare_key); };
+    if (csel) csel.addEventListener("change", cdraw);
+    cdraw();
+    redraws.push(cdraw);
+  }
+  var timer = null, lastW = window.innerWidth;
+  window.addEventListener("resize", function () {
+    if (Math.abs(window.innerWidth - lastW) < 40) return;
+    lastW = window.innerWidth;
+    clearTimeout(timer);
+    timer = setTimeout(function () { redraws.forEach(function (f) { f(); }); }, 200);
+  });
+  document.body.setAttribute("data-rendered", "true");
+})();
+"""

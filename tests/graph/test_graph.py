@@ -1,0 +1,229 @@
+"""The computation graph: structure, skip connections, colouring, DOT text (golden files), rendering.
+
+Golden files live in tests/graph/golden/; after an intended change of the DOT output,
+regenerate them with ``GRADSIGHT_UPDATE_GOLDEN=1 python -m pytest tests/graph`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import os
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import gradsight as gs
+from gradsight.graph import Graph, trace
+from gradsight.graph.dot import quote
+from gradsight.models import create_model
+
+GOLDEN = Path(__file__).parent / "golden"
+render_mod = importlib.import_module("gradsight.graph.render")
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' is not installed")
+
+
+class LectureSimpleResNet(nn.Module):
+    """The lecture's code example 1, verbatim: in-place ``out += identity``, one ReLU used twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 64, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        identity = x
+        out = self.conv1(x)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out += identity
+        out = self.relu(out)
+        return out
+
+
+def tiny_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(fc1=nn.Linear(3, 4), act=nn.ReLU(), fc2=nn.Linear(4, 2)))
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("GRADSIGHT_UPDATE_GOLDEN"):
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"missing golden file {path}; create it with GRADSIGHT_UPDATE_GOLDEN=1"
+    assert text == path.read_text(encoding="utf-8")
+
+
+# -- golden DOT ------------------------------------------------------------------------------------
+def test_dot_of_a_small_mlp_with_values_matches_the_golden_file():
+    values = {"fc1": 1e-3, "fc2": 0.1, "fc1.weight": 2e-3, "fc1.bias": 5e-4, "fc2.weight": 0.08, "fc2.bias": 0.05}
+    g = gs.graph(tiny_mlp(), torch.zeros(2, 3), values=values)
+    check_golden("mlp_autograd.dot", g.to_dot())
+    check_golden("mlp_module.dot", g.module_view().to_dot())
+
+
+def test_dot_of_the_lectures_inplace_simpleresnet_matches_the_golden_file():
+    g = gs.graph(LectureSimpleResNet(), torch.randn(1, 1, 28, 28), probe=False)
+    check_golden("lecture_simpleresnet_autograd.dot", g.to_dot())
+    check_golden("lecture_simpleresnet_module.dot", g.module_view().to_dot())
+
+
+def test_graph_ids_and_dot_are_deterministic():
+    a = gs.graph(create_model("inplace_resnet"), torch.randn(2, 3, 16, 16), probe=False)
+    b = gs.graph(create_model("inplace_resnet"), torch.randn(2, 3, 16, 16), probe=False)
+    assert a.to_dot() == b.to_dot()
+    assert [n.id for n in a.nodes] == [n.id for n in b.nodes]
+
+
+# -- structure ---------------------------------------------------------------------------------
+def test_lectures_inplace_add_is_a_skip_edge_from_the_input():
+    g = trace(LectureSimpleResNet(), torch.randn(1, 1, 28, 28), probe=False)
+    by_id = {n.id: n for n in g.nodes}
+    (skip,) = g.skip_edges
+    assert by_id[skip.src].kind == "input"
+    assert by_id[skip.dst].label == "AddBackward0"
+    assert by_id[skip.dst].call == ""  # the add runs in the model's own forward
+    params = sorted(n.label for n in g.nodes if n.kind == "param")
+    assert params == ["conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight"]
+    dot = g.to_dot()
+    assert f'{quote(skip.src)} -> {quote(skip.dst)} [color="#e07b00", style="dashed"' in dot
+
+
+def test_module_view_gives_each_call_of_a_reused_module_its_own_node():
+    g = trace(LectureSimpleResNet(), torch.randn(1, 1, 28, 28), probe=False).module_view()
+    ids = [n.id for n in g.nodes]
+    assert ids == ["input0", "module:conv1", "module:relu", "module:conv2", "op3", "module:relu#2", "output0"]
+    assert [(e.src, e.dst) for e in g.skip_edges] == [("input0", "op3")]
+
+
+def test_torchvision_style_inplace_blocks_have_skips_and_a_projection_shortcut():
+    g = trace(create_model("inplace_resnet"), torch.randn(2, 3, 16, 16), probe=False)
+    by_id = {n.id: n for n in g.nodes}
+    into_add = [e for e in g.skip_edges if by_id[e.dst].label == "AddBackward0"]
+    assert len(into_add) == 2  # one per block, both adds are the in-place `out += identity`
+    shortcut_calls = {by_id[e.dst].call for e in g.skip_edges if by_id[e.dst].call}
+    assert {"layer2.0.downsample.0", "layer2.0.downsample.1"} <= shortcut_calls
+    folded = g.module_view(max_depth=1)
+    assert [n.label for n in folded.nodes if n.kind == "module"] == ["conv1", "bn1", "relu", "layer1", "layer2",
+                                                                      "avgpool", "fc"]
+
+
+def test_plain_network_has_no_skip_edges_and_residual_twin_has_one_per_block():
+    plain = trace(create_model("mlp", depth=6, width=8, in_features=4), torch.randn(2, 4), probe=False)
+    residual = trace(create_model("resmlp", depth=6, width=8, in_features=4), torch.randn(2, 4), probe=False)
+    assert plain.skip_edges == []
+    assert len(residual.skip_edges) == 2
+    assert len(residual.module_view().skip_edges) == 2
+
+
+def test_probe_values_equal_the_lectures_backward_of_ones_and_leave_grads_alone():
+    model = create_model("simple_resnet", width=8)
+    x = torch.randn(2, 1, 12, 12)
+    g = gs.graph(model, x)
+    assert all(p.grad is None for p in model.parameters())
+    reference = copy.deepcopy(model)
+    out = reference(x)
+    out.backward(torch.ones_like(out))  # the lecture's plot_gradients
+    values = {n.label: n.value for n in g.nodes if n.kind == "param"}
+    for name, p in reference.named_parameters():
+        assert values[name] == pytest.approx(p.grad.norm().item(), rel=1e-5)
+    layer_norm = sum(p.grad.pow(2).sum() for n, p in reference.named_parameters() if n.startswith("block.branch.conv1."))
+    conv1 = next(n for n in g.nodes if n.kind == "op" and n.layer == "block.branch.conv1")
+    assert conv1.value == pytest.approx(layer_norm.sqrt().item(), rel=1e-5)
+
+
+def test_tracing_restores_batchnorm_running_statistics():
+    model = create_model("inplace_resnet")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gs.graph(model, torch.randn(2, 3, 16, 16))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_colour_by_a_run_uses_the_mean_over_its_steps(tmp_path):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gs.watch(model, tmp_path / "run", optimizer=opt) as mon:
+        for _ in range(3):
+            model(torch.randn(4, 3)).pow(2).mean().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    g = gs.graph(model, torch.zeros(2, 3), tmp_path / "run")
+    with gs.open_run(tmp_path / "run") as run:
+        mean = run.layer_summary("grad_norm").set_index("name")["mean"]
+        param_mean = run.frame(level="param", stat="grad_norm").groupby("name")["value"].mean()
+    ops = {n.layer: n.value for n in g.nodes if n.kind == "op" and n.layer}
+    assert ops["fc1"] == pytest.approx(mean["fc1"]) and ops["fc2"] == pytest.approx(mean["fc2"])
+    params = {n.label: n.value for n in g.nodes if n.kind == "param"}
+    assert params["fc2.bias"] == pytest.approx(param_mean["fc2.bias"])
+    assert "mean over 3 steps" in g.stat_label
+
+
+def test_save_and_load_round_trip(tmp_path):
+    g = gs.graph(LectureSimpleResNet(), torch.randn(1, 1, 8, 8))
+    g2 = Graph.load(g.save(tmp_path / "graph.json"))
+    assert g2 == g
+    assert g2.to_dot() == g.to_dot()
+
+
+# -- escaping and rendering -----------------------------------------------------------------------
+class Hostile(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.add_module('<script>alert(1)</script>', nn.Linear(3, 3))
+        self.add_module('quote"back\\slash', nn.Linear(3, 2))
+
+    def forward(self, x):
+        return getattr(self, 'quote"back\\slash')(getattr(self, "<script>alert(1)</script>")(x))
+
+
+def test_dot_escapes_quotes_and_backslashes_in_module_names():
+    dot = gs.graph(Hostile(), torch.randn(2, 3)).module_view().to_dot()
+    assert '"module:quote\\"back\\\\slash"' in dot
+    assert 'label="quote\\"back\\\\slash' in dot
+
+
+@needs_dot
+def test_hostile_names_survive_graphviz_as_escaped_text(tmp_path):
+    path = gs.graph(Hostile(), torch.randn(2, 3)).render(tmp_path / "g.svg")
+    svg = path.read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in svg
+    assert "<script>" not in svg
+
+
+@needs_dot
+@pytest.mark.parametrize("suffix", ["svg", "png", "pdf"])
+def test_render_with_graphviz(tmp_path, suffix):
+    g = gs.graph(create_model("resmlp", depth=4, width=8, in_features=4), torch.randn(2, 4))
+    path = g.render(tmp_path / f"graph.{suffix}")
+    assert path == tmp_path / f"graph.{suffix}"
+    head = path.read_bytes()[:8]
+    assert {"svg": b"<?xml", "png": b"\x89PNG", "pdf": b"%PDF"}[suffix] in head
+
+
+@needs_dot
+def test_rendered_svg_styles_skip_edges():
+    from gradsight.graph.render import dot_to_svg
+
+    g = gs.graph(LectureSimpleResNet(), torch.randn(1, 1, 8, 8), probe=False)
+    svg = dot_to_svg(g.to_dot())
+    assert svg.count('class="edge gs_skip"') == 1
+    assert 'stroke-dasharray="5,2"' in svg
+
+
+def test_without_graphviz_the_dot_file_is_written_with_instructions(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(render_mod, "dot_binary", lambda: None)
+    g = gs.graph(tiny_mlp(), torch.zeros(2, 3))
+    with caplog.at_level(logging.WARNING, logger="gradsight.graph.render"):
+        path = g.render(tmp_path / "graph.svg")
+    assert path == tmp_path / "graph.dot"
+    assert path.read_text() == g.to_dot()
+    assert "dot -Tsvg" in caplog.text and "apt-get install graphviz" in caplog.text
+    assert not (tmp_path / "graph.svg").exists()

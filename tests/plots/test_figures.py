@@ -1,0 +1,162 @@
+"""Every figure against the numbers it should show, recomputed the slow, obvious way from the store."""
+
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.colors import LogNorm, to_hex
+from matplotlib.figure import Figure
+
+import gradsight as gs
+from gradsight import plots
+from gradsight.plots.style import NONFINITE_COLOR
+
+LAYERS4 = ["inp", "blocks.fc0", "blocks.fc1", "head"]
+
+
+def _nonfinite_markers(ax) -> list[PathCollection]:
+    return [c for c in ax.collections if isinstance(c, PathCollection)
+            and len(c.get_facecolor()) and to_hex(c.get_facecolor()[0]) == NONFINITE_COLOR]
+
+
+def test_flow_draws_layers_in_forward_order_on_a_log_axis(nan_run):
+    fig = plots.flow(nan_run, "grad_norm", n_steps=3)
+    ax = fig.axes[0]
+    assert isinstance(fig, Figure)
+    assert ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == LAYERS4
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["median over steps", "step 0", "step 6", "step 11"]
+
+
+def test_flow_lines_equal_the_stored_values(nan_run):
+    wide = nan_run.series("grad_norm")  # step x layer, depth order
+    ax = plots.flow(nan_run, steps=[3, 7]).axes[0]
+    median, step3, step7 = ax.get_lines()
+    np.testing.assert_allclose(step3.get_ydata(), wide.loc[3].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(step7.get_ydata(), wide.loc[7].to_numpy(), rtol=1e-6)
+    expected = [np.nanmedian(wide[c].to_numpy()) for c in wide.columns]
+    np.testing.assert_allclose(median.get_ydata(), expected, rtol=1e-6)
+
+
+def test_flow_marks_the_layer_whose_gradient_went_nan(nan_run):
+    ax = plots.flow(nan_run).axes[0]
+    (markers,) = _nonfinite_markers(ax)
+    assert markers.get_offsets()[:, 0].tolist() == [LAYERS4.index("blocks.fc1")]
+
+
+def test_flow_of_a_long_frame_matches_flow_of_the_run(nan_run):
+    from_run = plots.flow(nan_run).axes[0].get_lines()
+    from_frame = plots.flow(nan_run.frame()).axes[0].get_lines()
+    for a, b in zip(from_run, from_frame):
+        np.testing.assert_allclose(a.get_ydata(), b.get_ydata())
+
+
+def test_plots_draw_into_a_given_ax_and_never_touch_pyplot(nan_run):
+    plt.close("all")
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert plots.heatmap(nan_run, ax=ax) is fig
+    for fn in (plots.flow, plots.quantile_bands, plots.update_ratio, plots.nonfinite):
+        assert isinstance(fn(nan_run), Figure)
+    assert plt.get_fignums() == []
+
+
+def test_heatmap_cells_are_the_layer_by_step_values_on_a_log_scale(nan_run):
+    ax = plots.heatmap(nan_run, "grad_rms").axes[0]
+    image = ax.get_images()[0]
+    wide = nan_run.series("grad_rms").T  # layer x step
+    shown = np.ma.filled(image.get_array().astype(float), np.nan)
+    expected = wide.to_numpy().copy()
+    expected[~np.isfinite(expected) | (expected <= 0)] = np.nan
+    np.testing.assert_allclose(shown, expected, rtol=1e-6)
+    assert isinstance(image.norm, LogNorm)
+    assert [t.get_text() for t in ax.get_yticklabels()] == LAYERS4
+
+
+def test_heatmap_crosses_the_nan_cell(nan_run):
+    ax = plots.heatmap(nan_run).axes[0]
+    (cross,) = _nonfinite_markers(ax)
+    assert cross.get_offsets().tolist() == [[5, LAYERS4.index("blocks.fc1")]]
+
+
+def test_layer_matrix_downsamples_for_display_never_in_the_store(nan_run):
+    m = plots.layer_matrix(nan_run, "grad_norm", max_steps=4)
+    assert list(m.columns) == [0, 4, 7, 11]  # evenly spaced, first and last kept
+    assert list(m.index) == LAYERS4
+    assert len(nan_run.steps()) == 12
+
+
+def test_quantile_bands_are_quantiles_across_layers(nan_run):
+    ax = plots.quantile_bands(nan_run, "grad_norm").axes[0]
+    median = ax.get_lines()[0]
+    wide = nan_run.series("grad_norm")
+    vals = wide.to_numpy().copy()
+    vals[~np.isfinite(vals) | (vals <= 0)] = np.nan
+    np.testing.assert_allclose(median.get_ydata(), np.nanquantile(vals, 0.5, axis=1), rtol=1e-6)
+    assert len(ax.collections) >= 2  # 5-95% and 25-75% bands
+    with pytest.raises(ValueError, match="odd"):
+        plots.quantile_bands(nan_run, quantiles=(0.25, 0.75))
+
+
+def test_update_ratio_has_one_line_per_layer_and_the_reference(nan_run):
+    ax = plots.update_ratio(nan_run).axes[0]
+    lines = ax.get_lines()
+    assert len(lines) == len(LAYERS4) + 1
+    assert list(lines[-1].get_ydata()) == [1e-3, 1e-3]
+    np.testing.assert_allclose(lines[0].get_ydata(), nan_run.series("update_ratio")["inp"].to_numpy(), rtol=1e-6)
+
+
+def test_nonfinite_timeline_names_the_first_layer(nan_run):
+    ax = plots.nonfinite(nan_run).axes[0]
+    assert any("step 5: blocks.fc1" in t.get_text() for t in ax.texts)
+
+
+def test_compare_lines_up_depths_and_sweep_reports_first_over_last(runs_dir):
+    runs = [runs_dir / n for n in ("plain4", "plain8", "residual4", "residual8")]
+    ax = plots.compare(runs).axes[0]
+    lines = ax.get_lines()
+    assert len(lines) == 4
+    assert all(line.get_xdata()[0] == 0 and line.get_xdata()[-1] == 1 for line in lines)
+    assert {len(line.get_xdata()) for line in lines} == {4, 8}
+
+    sweep = plots.depth_sweep(runs).axes[0]
+    fams = {line.get_label(): line for line in sweep.get_lines() if not line.get_label().startswith("equal")}
+    assert set(fams) == {"plain", "residual"}
+    with gs.open_run(runs_dir / "plain8") as run:
+        wide = run.series("grad_norm")
+        expected = np.nanmedian(wide.iloc[:, 0]) / np.nanmedian(wide.iloc[:, -1])
+    assert list(fams["plain"].get_xdata()) == [4, 8]
+    assert fams["plain"].get_ydata()[1] == pytest.approx(expected, rel=1e-6)
+
+
+def test_family_and_depth_come_from_config_or_name():
+    from gradsight.plots.data import family_and_depth
+
+    class FakeRun:
+        def __init__(self, name, config):
+            self.name, self.config = name, config
+
+        def layers(self):
+            return [0] * 7
+
+    assert family_and_depth(FakeRun("plain56", {})) == ("plain", 56)
+    assert family_and_depth(FakeRun("resnet-20", {})) == ("resnet", 20)
+    assert family_and_depth(FakeRun("x", {"network": "plain", "depth": 32})) == ("plain", 32)
+    assert family_and_depth(FakeRun("exp", {})) == ("exp", 7)
+
+
+def test_figures_render_to_every_format(nan_run, tmp_path):
+    fig = plots.flow(nan_run)
+    for suffix in ("png", "svg", "pdf"):
+        fig.savefig(tmp_path / f"flow.{suffix}")
+        assert (tmp_path / f"flow.{suffix}").stat().st_size > 1000
+
+
+def test_missing_statistic_gives_an_empty_figure_not_an_error(nan_run):
+    ax = plots.flow(nan_run, "act_rms", level="module").axes[0]
+    assert any("no act_rms" in t.get_text() for t in ax.texts)
+    assert matplotlib.get_backend().lower() == "agg"

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import gradsight as gs
+from gradsight.graph import GRAPH_FILE
+from tests.plots.runs import TinyNet, make_run
+
+HOSTILE = "<script>alert(1)</script>"
+RESULTS_CSV = (
+    "network,layers,parameters,train_error,test_error,test_accuracy,time_s\n"
+    "plain4,4,154,0.20,0.25,0.75,1.5\n"
+    "residual4,4,154,0.18,0.23,0.77,1.6\n"
+)
+
+
+class HostileNet(nn.Module):
+    """A network whose module names are HTML."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_module(HOSTILE, nn.Linear(4, 5))
+        self.add_module('"><img src=x onerror=alert(2)>', nn.Linear(5, 3))
+
+    def forward(self, x):
+        h = torch.tanh(getattr(self, HOSTILE)(x))
+        return getattr(self, '"><img src=x onerror=alert(2)>')(h)
+
+
+def add_module_stat(run_dir: Path, stat: str = "act_rms", names=("inp", "blocks", "head")) -> None:
+    """Append a module-level statistic to a finished run, as activation hooks would record it."""
+    conn = sqlite3.connect(run_dir / "gradsight.sqlite")
+    with conn:
+        (next_id,) = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM series").fetchone()
+        steps = [r[0] for r in conn.execute("SELECT step FROM steps ORDER BY step")]
+        for k, name in enumerate(names):
+            conn.execute("INSERT INTO series VALUES (?, 'module', ?, ?)", (next_id + k, name, stat))
+            conn.executemany("INSERT INTO scalars VALUES (?, ?, ?)",
+                             [(s, next_id + k, 0.5 + 0.1 * k + 0.01 * s) for s in steps])
+    conn.close()
+
+
+@pytest.fixture(scope="package")
+def report_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 'compare' output directory: results.csv, plain4 (NaN at step 5, act_rms at module level,
+    graph.json), residual4, and a run of a network with HTML in its module names."""
+    root = tmp_path_factory.mktemp("report_runs") / "compare"
+    root.mkdir()
+    (root / "results.csv").write_text(RESULTS_CSV)
+    make_run(root / "plain4", depth=2, nan_at=5)
+    make_run(root / "residual4", depth=2, skip=True)
+    add_module_stat(root / "plain4")
+    torch.manual_seed(0)
+    gs.graph(TinyNet(2, False), torch.randn(2, 4), probe=False).save(root / "plain4" / GRAPH_FILE)
+
+    model = HostileNet()
+    with gs.watch(model, root / "hostile") as mon:
+        for _ in range(3):
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            mon.step()
+            model.zero_grad()
+    gs.graph(model, torch.randn(2, 4)).save(root / "hostile" / GRAPH_FILE)
+    return root
+
+
+@pytest.fixture(scope="package")
+def report_html(report_runs: Path) -> Path:
+    from gradsight.report import write_report
+
+    return write_report([report_runs], report_runs.parent / "report.html")

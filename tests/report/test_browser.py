@@ -1,0 +1,111 @@
+"""The report in a real headless browser: Debian's chromium driven by Playwright.
+
+Never downloads a browser: Playwright is pointed at /usr/bin/chromium. Skipped when
+chromium or the playwright package is missing; CI installs both (.ci/run).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+
+
+class Page:
+    """An opened report and everything the browser said while loading and drawing it."""
+
+    def __init__(self, page, url: str) -> None:
+        self.page, self.url = page, url
+        self.console_errors: list[str] = []
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        page.on("console", lambda m: m.type in ("error", "warning") and self.console_errors.append(m.text))
+        page.on("pageerror", lambda e: self.console_errors.append(str(e)))
+        page.on("request", lambda r: self.requests.append(r.url))
+        page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+
+
+@pytest.fixture(scope="module")
+def browser_page(report_html: Path, tmp_path_factory: pytest.TempPathFactory):
+    user_data = tmp_path_factory.mktemp("chromium-profile")
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(user_data), executable_path=CHROMIUM, args=ARGS, headless=True,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = context.new_page()
+            url = report_html.resolve().as_uri()
+            opened = Page(page, url)
+            page.goto(url)
+            page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=30_000)
+            yield opened
+        finally:
+            context.close()
+
+
+def test_page_loads_without_errors_requests_or_dialogs(browser_page):
+    assert browser_page.console_errors == []
+    assert browser_page.requests == [browser_page.url]  # the file itself, nothing else
+    assert browser_page.dialogs == []  # the module named <script>alert(1)</script> stayed text
+
+
+def test_charts_are_drawn_with_the_expected_series(browser_page):
+    page = browser_page.page
+    # plain4 is the second run: 4 layers, 12 steps; flow = median + 5 overlaid steps
+    run = page.locator("#run-1")
+    assert run.locator("[data-chart=flow] svg").get_attribute("data-series") == "6"
+    assert run.locator("[data-chart=flow] svg path.series").count() == 6
+    assert run.locator("[data-chart=bands] svg").get_attribute("data-series") == "3"
+    assert run.locator("[data-chart=update] svg path.series").count() == 4
+    canvas = run.locator("[data-chart=heatmap] canvas")
+    assert (canvas.get_attribute("data-rows"), canvas.get_attribute("data-cols")) == ("4", "12")
+    assert run.locator("[data-chart=flow] svg .marker").count() == 1  # the NaN layer
+    assert page.locator("#compare-chart svg path.series").count() == 3  # one per run
+    assert run.locator(".graph svg g.node").count() > 5
+
+
+def test_hover_shows_layer_name_and_value(browser_page):
+    page = browser_page.page
+    overlay = page.locator("#run-1 [data-chart=flow] svg rect.overlay")
+    overlay.scroll_into_view_if_needed()
+    box = overlay.bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + box["height"] / 2)  # the first layer
+    tip = page.locator("#gs-tip")
+    assert tip.is_visible()
+    assert "inp" in tip.text_content() and "grad_norm:" in tip.text_content()
+    heat = page.locator("#run-1 [data-chart=heatmap] canvas")
+    heat.scroll_into_view_if_needed()
+    hb = heat.bounding_box()
+    page.mouse.move(hb["x"] + hb["width"] / 2, hb["y"] + 12)
+    assert "step" in tip.text_content()
+
+
+def test_picking_an_activation_statistic_redraws(browser_page):
+    page = browser_page.page
+    page.select_option("#run-1 select.stat", "module:act_rms")
+    flow = page.locator("#run-1 [data-chart=flow]")
+    assert flow.locator(".title").text_content().startswith("act_rms by module")
+    assert flow.locator("svg").get_attribute("data-series") == "6"
+    assert page.locator("#run-1 [data-chart=heatmap] canvas").get_attribute("data-rows") == "3"
+    page.select_option("#run-1 select.stat", "layer:grad_norm")
+
+
+def test_screenshot_is_not_blank(browser_page):
+    from PIL import Image, ImageStat
+
+    page = browser_page.page
+    page.locator("#run-1 [data-chart=heatmap]").scroll_into_view_if_needed()
+    shot = Image.open(io.BytesIO(page.screenshot())).convert("L")
+    assert ImageStat.Stat(shot).stddev[0] > 20
+    heat = Image.open(io.BytesIO(page.locator("#run-1 [data-chart=heatmap] canvas").screenshot())).convert("RGB")
+    assert len(heat.getcolors(maxcolors=100_000)) > 20  # a real colour map, not one flat colour

@@ -1,0 +1,133 @@
+"""The HTML report without a browser: self-contained, escaped, and carrying the store's numbers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+import gradsight as gs
+from gradsight.report import build_report, expand_runs
+from tests.plots.runs import make_run
+from tests.report.conftest import HOSTILE
+
+
+def payload_of(text: str) -> dict:
+    m = re.search(r'<script id="gs-data" type="application/json">(.*?)</script>', text, re.S)
+    return json.loads(m.group(1))
+
+
+def run_data(text: str, name: str) -> dict:
+    return next(r for r in payload_of(text)["runs"] if r["name"] == name)
+
+
+def decode(b64: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(b64), dtype="<f4")
+
+
+def test_report_is_one_self_contained_file(report_html):
+    text = report_html.read_text()
+    assert "http://" not in text and "https://" not in text
+    assert re.findall(r'\s(?:src|href)="(?!data:|#)', text) == []
+    assert "<link" not in text.replace('<link rel="icon" href="data:,">', "")
+    assert "@import" not in text and re.findall(r"url\((?!#)", text) == []
+    assert text.count("<script") == 2  # the JSON payload and our own script
+    assert report_html.stat().st_size < 2_000_000
+
+
+def test_module_names_are_escaped_everywhere(report_html):
+    text = report_html.read_text()
+    assert HOSTILE not in text
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(2)&gt;" in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # the graph's labels, as text
+    names = run_data(text, "hostile")["names"]["layer"]
+    assert HOSTILE in names  # the JSON keeps the name; the page only ever sets it as text
+
+
+def test_results_table_from_compare_shows_every_column(report_html):
+    text = report_html.read_text()
+    section = text[text.index('<section id="results">'):]
+    section = section[: section.index("</section>")]
+    for col in ("network", "layers", "parameters", "train_error", "test_error", "test_accuracy", "time_s"):
+        assert f">{col}</th>" in section
+    assert ">residual4</td>" in section and ">0.77</td>" in section
+
+
+def test_payload_matrices_are_the_stored_values(report_html, report_runs):
+    plain = run_data(report_html.read_text(), "plain4")
+    with gs.open_run(report_runs / "plain4") as run:
+        wide = run.series("grad_norm")
+    m = decode(plain["matrices"]["layer:grad_norm"]["data"]).reshape(len(plain["names"]["layer"]), -1)
+    assert plain["names"]["layer"] == list(wide.columns)
+    assert plain["steps"] == list(wide.index)
+    np.testing.assert_allclose(m, wide.to_numpy().T.astype(np.float32), rtol=1e-6)
+    assert plain["nonfinite"] == [[5, "blocks.fc1", 1]]
+
+
+def test_activation_statistics_are_offered(report_html):
+    text = report_html.read_text()
+    assert '<option value="module:act_rms">act_rms (module)</option>' in text
+    assert run_data(text, "plain4")["names"]["module"] == ["inp", "blocks", "head"]
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' is not installed")
+def test_graph_json_of_a_run_is_drawn_inline(report_html):
+    text = report_html.read_text()
+    plain = text[text.index('<section class="run" id="run-1">'):text.index('<section class="run" id="run-2">')]
+    assert '<div class="graph"><svg' in plain
+    assert "xmlns" not in plain and "<?xml" not in plain and "DOCTYPE" not in plain
+    assert 'class="node gs_param"' in plain
+
+
+def test_long_runs_are_downsampled_for_display_only(tmp_path):
+    run_dir = make_run(tmp_path / "long", depth=2, steps=30, nan_at=13)
+    text = build_report([run_dir], max_steps=7)
+    data = payload_of(text)["runs"][0]
+    assert len(data["steps"]) == 7 and data["steps"][0] == 0 and data["steps"][-1] == 29
+    assert 13 not in data["steps"]
+    assert data["nonfinite"] == [[13, "blocks.fc1", 1]]  # found over all steps, not just those shown
+    assert "show 7 of 30 recorded steps" in text
+    with gs.open_run(run_dir) as run:
+        assert len(run.steps()) == 30
+
+
+def test_diagnosis_is_shown_when_available_and_failures_do_not_cost_the_report(tmp_path, monkeypatch):
+    run_dir = make_run(tmp_path / "r", depth=1, steps=3)
+    try:
+        import gradsight.diagnose as diag
+    except ImportError:
+        diag = None
+    if diag is not None and hasattr(diag, "diagnose"):
+        assert "<h3>Diagnosis</h3>" in build_report([run_dir])
+
+        def broken(run):
+            raise RuntimeError("boom <b>")
+
+        monkeypatch.setattr(diag, "diagnose", broken)
+        text = build_report([run_dir])
+        assert "the diagnosis failed: RuntimeError: boom &lt;b&gt;" in text
+    monkeypatch.setitem(sys.modules, "gradsight.diagnose", None)  # not installed
+    assert "<h3>Diagnosis</h3>" not in build_report([run_dir])
+
+
+def test_a_directory_of_runs_expands_to_its_runs(report_runs):
+    assert [r.name for r in expand_runs([report_runs])] == ["hostile", "plain4", "residual4"]
+    with pytest.raises(gs.RunError):
+        expand_runs([report_runs / "missing"])
+
+
+def test_results_csv_of_compare_one_level_up_and_paths_relative_to_the_report(tmp_path):
+    from gradsight.report import write_report
+    from tests.report.conftest import RESULTS_CSV
+
+    out = tmp_path / "compare"
+    make_run(out / "runs" / "plain-4", depth=1, steps=2)
+    (out / "results.csv").write_text(RESULTS_CSV)
+    text = write_report([out / "runs" / "plain-4"], out / "report.html").read_text()
+    assert '<section id="results">' in text and "From results.csv" in text
+    assert "<th>run</th><td>runs/plain-4</td>" in text
