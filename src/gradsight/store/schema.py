@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS scalars (
     value  REAL,                     -- NULL stores NaN
     PRIMARY KEY (step, series)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS scalars_by_series ON scalars(series, step);
 CREATE TABLE IF NOT EXISTS steps (
     step INTEGER PRIMARY KEY,
     time REAL NOT NULL               -- unix time when the step was recorded
