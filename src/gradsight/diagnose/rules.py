@@ -15,9 +15,20 @@ from gradsight.store.reader import Run
 class RunData:
     """Cached wide tables of one run: ``wide(level, stat)`` is steps x names in depth order."""
 
+    #: Per-layer rules look at this many evenly spaced recorded steps at most
+    #: (medians and maxima over steps); whole-model series are read in full.
+    MAX_STEPS = 400
+
     def __init__(self, run: Run) -> None:
         self.run = run
         self._cache: dict[tuple[str, str], pd.DataFrame] = {}
+        steps = run.steps()
+        self.n_steps = len(steps)
+        if len(steps) > self.MAX_STEPS:
+            picks = np.unique(np.linspace(0, len(steps) - 1, self.MAX_STEPS).round().astype(int))
+            self.sample_steps: list[int] | None = [steps[i] for i in picks]
+        else:
+            self.sample_steps = None
         kinds = run.layers(kind=None)
         self.kind = dict(zip(kinds.name, kinds.kind))
         self.type = dict(zip(kinds.name, kinds.module_type))
@@ -27,8 +38,19 @@ class RunData:
     def wide(self, level: str, stat: str) -> pd.DataFrame:
         key = (level, stat)
         if key not in self._cache:
-            self._cache[key] = self.run.series(stat, level) if stat in self.stats.get(level, ()) else pd.DataFrame()
+            if stat not in self.stats.get(level, ()):
+                self._cache[key] = pd.DataFrame()
+            else:
+                sample = None if level in ("model", "metric") or stat == "grad_missing" else self.sample_steps
+                self._cache[key] = self.run.series(stat, level, steps=sample)
         return self._cache[key]
+
+    def at_step(self, level: str, stat: str, step: int) -> pd.Series | None:
+        """One statistic of every name at one step (None when not recorded)."""
+        if stat not in self.stats.get(level, ()):
+            return None
+        df = self.run.series(stat, level, steps=[step])
+        return None if df.empty or step not in df.index else df.loc[step]
 
     def backward_profile(self) -> tuple[str, pd.DataFrame]:
         """Output-gradient norms along depth: per residual block if any, else per
@@ -77,7 +99,7 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
     skipped = data.wide("model", "skipped")
     skipped_steps = set(skipped.index[skipped.iloc[:, 0] > 0]) if not skipped.empty else set()
     if skipped_steps and bad_steps <= skipped_steps:
-        n_rec = len(data.run.steps())
+        n_rec = data.n_steps
         sev = "warning" if len(bad_steps) > max(3, 0.05 * n_rec) else "info"
         return [Finding("amp_skipped_steps", sev,
                         f"The loss scaler skipped {len(bad_steps)} of {n_rec} recorded steps for non-finite gradients; "
@@ -86,17 +108,16 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
     step = min(bad_steps - skipped_steps) if bad_steps - skipped_steps else min(bad_steps)
     forward_origin = backward_origin = None
     details = []
-    if not act.empty and step in act.index:
-        row = act.loc[step]
-        nonblock = [c for c in act.columns if data.kind.get(c) != "block"]
+    row = data.at_step("module", "act_rms", step)
+    if row is not None:
+        nonblock = [c for c in row.index if data.kind.get(c) != "block"]
         bad = [c for c in nonblock if not math.isfinite(row[c])]
         if bad:
             forward_origin = min(bad, key=lambda c: data.depth.get(c, 0))
             details.append(f"in the forward pass they first appear at the output of '{forward_origin or '(root)'}'")
-    out_nf = data.wide("module", "out_grad_nonfinite")
-    if not out_nf.empty and step in out_nf.index:
-        row = out_nf.loc[step]
-        cols = [c for c in out_nf.columns if data.kind.get(c) != "block"]
+    row = data.at_step("module", "out_grad_nonfinite", step)
+    if row is not None:
+        cols = [c for c in row.index if data.kind.get(c) != "block"]
         cols.sort(key=lambda c: data.depth.get(c, 0))
         bad = [c for c in cols if not (row[c] == 0)]
         if bad:
@@ -111,13 +132,13 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
                 details.append(f"the gradient arriving at the last module '{deepest}' was already non-finite "
                                "(the loss or its gradient)")
     if not details:
-        layer_nf = data.wide("layer", "grad_nonfinite")
-        if not layer_nf.empty and step in layer_nf.index:
-            row = layer_nf.loc[step]
-            bad = [c for c in layer_nf.columns if row[c] > 0]
-            if bad and len(bad) < len(layer_nf.columns):
+        row = data.at_step("layer", "grad_nonfinite", step)
+        if row is not None:
+            names = list(row.index)
+            bad = [c for c in names if row[c] > 0]
+            if bad and len(bad) < len(names):
                 deepest = bad[-1]
-                after = list(layer_nf.columns[list(layer_nf.columns).index(deepest) + 1:])
+                after = names[names.index(deepest) + 1:]
                 backward_origin = after[0] if after else deepest
                 details.append(f"layers up to '{deepest}' have non-finite gradients and later ones do not, so the "
                                f"backward pass turned non-finite in or just after '{backward_origin}'")
@@ -245,7 +266,7 @@ def missing_gradients(data: RunData, th: Thresholds) -> list[Finding]:
     missing = data.wide("param", "grad_missing")
     if missing.empty:
         return []
-    n_steps = len(data.run.steps())
+    n_steps = data.n_steps
     counts = missing.fillna(0).sum()
     never = counts[counts >= n_steps]
     if never.empty:

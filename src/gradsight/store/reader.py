@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from gradsight._errors import RunError
@@ -186,14 +187,52 @@ class Run:
         df["depth"] = df["depth"].astype(float)
         return df
 
-    def series(self, stat: str, level: str = "layer") -> pd.DataFrame:
-        """One statistic as a wide table: index = step, columns = names in depth order."""
-        df = self.frame(level=level, stat=stat)
-        if df.empty:
+    def series(self, stat: str, level: str = "layer", steps: Iterable[int] | None = None) -> pd.DataFrame:
+        """One statistic as a wide table: index = step, columns = names in depth order.
+
+        Args:
+            stat: the statistic.
+            level: ``param``, ``layer``, ``model``, ``module``, ``block`` or ``metric``.
+            steps: only these steps (default: all). Reading goes through the
+                series index, so a subset of steps of a long run is cheap.
+        """
+        ids = self._query(
+            """SELECT se.id AS id, se.name AS name,
+                      l.depth AS depth
+               FROM series se
+               LEFT JOIN params p ON se.level = 'param' AND p.name = se.name
+               LEFT JOIN layers l ON l.name = (CASE se.level WHEN 'param' THEN p.layer ELSE se.name END)
+                                  AND se.level NOT IN ('model', 'metric')
+               WHERE se.level = ? AND se.stat = ?""",
+            [level, stat],
+        )
+        if ids.empty:
             return pd.DataFrame()
-        wide = df.pivot_table(index="step", columns="name", values="value", aggfunc="last", dropna=False)
-        order = df.drop_duplicates("name").sort_values(["depth", "name"], na_position="last")["name"]
-        return wide.reindex(columns=list(order))
+        ids = ids.sort_values(["depth", "name"], na_position="last").drop_duplicates("id")
+        id_list = [int(i) for i in ids["id"]]
+        sql = f"SELECT step, series, value FROM scalars WHERE series IN ({','.join('?' * len(id_list))})"
+        args: list[Any] = list(id_list)
+        if steps is not None:
+            st = sorted({int(x) for x in steps})
+            if not st:
+                return pd.DataFrame(columns=list(ids["name"]))
+            sql += f" AND step IN ({','.join('?' * len(st))})"
+            args += st
+        try:
+            rows = self._conn.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise RunError(f"{self.db_path} could not be read ({exc})") from None
+        if not rows:
+            return pd.DataFrame(columns=list(ids["name"]))
+        arr = np.array(rows, dtype=float)  # NULL -> nan
+        step_values, step_pos = np.unique(arr[:, 0].astype(np.int64), return_inverse=True)
+        col_of = {sid: k for k, sid in enumerate(id_list)}
+        cols = np.fromiter((col_of[int(v)] for v in arr[:, 1]), dtype=np.int64, count=len(arr))
+        matrix = np.full((len(step_values), len(id_list)), np.nan)
+        matrix[step_pos, cols] = arr[:, 2]
+        wide = pd.DataFrame(matrix, index=pd.Index(step_values, name="step"), columns=list(ids["name"]))
+        wide.columns.name = "name"
+        return wide
 
     def metrics(self) -> pd.DataFrame:
         """User-logged values (``monitor.log``) as a wide table indexed by step."""
