@@ -12,6 +12,7 @@ Quick start::
 __version__ = "0.1.0"
 
 from gradsight import data, models, schedules
+from gradsight import train
 from gradsight._errors import GradsightError, RunError
 from gradsight.diagnose import Finding, Thresholds, assert_healthy, diagnose, format_findings
 from gradsight.instrument.monitor import Monitor, watch

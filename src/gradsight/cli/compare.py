@@ -1,0 +1,113 @@
+"""``gradsight compare``: train plain and residual networks of several depths side by side."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gradsight.cli import UserError
+
+
+def _every(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        every = int(value)
+    except ValueError:
+        every = 0
+    if every < 1:
+        raise UserError(f"--every takes 'auto' or a positive integer; got {value!r}")
+    return every
+
+
+def canonical_command(name: str, params: dict[str, Any]) -> str:
+    """The command line that reproduces this run, every setting spelled out."""
+    args = ["gradsight", name]
+    keys = ("models", "depths", "dataset", "epochs", "recipe", "seed", "device", "data_dir", "every", "limit", "threads", "out")
+    for key in keys:
+        value = params.get(key)
+        if value is None or (key == "every" and value == "auto"):
+            continue
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    for flag in ("no_download", "activations", "overwrite"):
+        if params.get(flag):
+            args.append(f"--{flag.replace('_', '-')}")
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def print_summary(result: Any) -> None:
+    """The results table and where everything was written."""
+    from gradsight.train.compare import format_markdown
+
+    out = result.out
+    click.echo(format_markdown(result.table))
+    click.echo("")
+    click.echo(f"results: {out / 'results.md'}  {out / 'results.csv'}")
+    figures = ", ".join(p.name for p in result.figures)
+    click.echo(f"figures: {out / 'figures'}/  ({figures})")
+    click.echo(f"runs:    {out / 'runs'}/  ({', '.join(p.name for p in result.run_dirs)})")
+    if (out / "report.html").exists():
+        click.echo(f"report:  {out / 'report.html'}")
+    click.echo(f"inspect a run with: gradsight info {result.run_dirs[-1]}")
+
+
+def threads_option(fn):
+    return click.option("--threads", type=click.IntRange(min=1), default=None,
+                        help="CPU threads for torch (default: torch's choice). On a busy machine 1 can be much faster.")(fn)
+
+
+@click.command()
+@click.option("--models", default="plain,resnet", show_default=True,
+              help="Comma-separated model families: plain, resnet, preresnet, mlp, resmlp.")
+@click.option("--depths", default="20,56", show_default=True,
+              help="Comma-separated depths; 6n+2 for the CNN families (20, 32, 44, 56, 110).")
+@click.option("--dataset", default="mnist5k", show_default=True, help="mnist5k (offline), mnist or fashion-mnist.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per run [default: the recipe's].")
+@click.option("--recipe", default="lecture", show_default=True,
+              help="lecture (Adam 1e-3, batch 64, 10 epochs) or he2016 (SGD 0.1 momentum 0.9, /10 at 50%/75%, wd 1e-4, batch 128).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True,
+              help="Output directory (must not exist unless --overwrite).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every run: weights and data order.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when available.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Folder with the MNIST/Fashion-MNIST IDX files.")
+@click.option("--no-download", is_flag=True, help="Never download datasets; fail if the files are missing.")
+@click.option("--every", default="auto", show_default=True,
+              help="Record gradient statistics every k-th step, or 'auto' (first 10 steps, then about 100 more).")
+@click.option("--activations", is_flag=True, help="Also record activation and residual-split statistics (slower).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training and test samples.")
+@threads_option
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (once the new results are complete).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def command(models: str, depths: str, dataset: str, epochs: int | None, recipe: str, out: Path, seed: int, device: str,
+            data_dir: Path | None, no_download: bool, every: str, activations: bool, limit: int | None,
+            threads: int | None, overwrite: bool, quiet: bool) -> None:
+    """Train every combination of --models and --depths on --dataset with the same seed
+    and the same data order, and write a results table (Markdown and CSV), each run's
+    store, a gradient-flow figure per run and one overlaying all runs.
+
+    \b
+    Example:
+      gradsight compare --models plain,resnet --depths 20,56 --dataset mnist5k \\
+          --epochs 5 --recipe lecture --out runs/cmp
+    """
+    params = dict(locals())
+    every_value = _every(every)
+    import torch
+
+    from gradsight.train.compare import compare
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        result = compare(
+            models, depths, dataset, out=out, epochs=epochs, recipe=recipe, seed=seed, device=device,
+            data_dir=data_dir, download=not no_download, every=every_value, activations=activations, limit=limit,
+            overwrite=overwrite, progress=not quiet, command=canonical_command("compare", params),
+        )
+    except ValueError as exc:  # DatasetError included: bad input, nothing was written
+        raise UserError(str(exc)) from None
+    print_summary(result)

@@ -1,0 +1,383 @@
+"""``compare``: train every (family, depth) combination with the same seed and data order.
+
+Writes, into ``out``::
+
+    results.csv, results.md     network, layers, parameters, train/test error, test accuracy, time
+    runs/<network>-<layers>/    each run's store (gs.open_run)
+    figures/gradflow-<network>-<layers>.png   gradient norm by layer, first and last step
+    figures/gradflow-all.png    every run, relative depth 0..1, first step and late in training
+    figures/training-curves.png training loss per recorded step, train/test error per epoch
+    report.html                 when gradsight.report can write one
+
+Everything is checked before anything is trained (families, depths, recipe, device, dataset
+and its files, the output directory). The results are written into a hidden sibling directory
+that is renamed to ``out`` at the end, and removed if anything fails or is interrupted, so
+``out`` is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import inspect
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gradsight.data import DatasetSplits, list_datasets, load_dataset
+from gradsight.models.mlp import mlp_blocks
+from gradsight.store.reader import open_run
+from gradsight.train import figures
+from gradsight.train.recipes import Recipe, get_recipe
+from gradsight.train.runner import TrainResult, resolve_device, train
+
+__all__ = ["FAMILIES", "CompareResult", "check_depth", "compare", "format_markdown", "parse_list"]
+
+log = logging.getLogger(__name__)
+
+#: Model families ``compare`` trains at any valid depth: registry name -> kind of depth rule.
+FAMILIES: dict[str, str] = {"plain": "cnn", "resnet": "cnn", "preresnet": "cnn", "mlp": "mlp", "resmlp": "mlp"}
+CNN_EXAMPLE_DEPTHS = (20, 32, 44, 56, 110)
+TABLE_COLUMNS = ("network", "layers", "parameters", "train_error", "test_error", "test_accuracy", "time_s")
+
+
+@dataclass
+class CompareResult:
+    """What :func:`compare` wrote: the output directory, one :class:`TrainResult` per run, the files."""
+
+    out: Path
+    results: list[TrainResult] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    command: str = ""
+
+    @property
+    def table(self) -> list[dict[str, Any]]:
+        """The results table, one row (``TrainResult.row()``) per run, in training order."""
+        return [r.row() for r in self.results]
+
+    @property
+    def figures(self) -> list[Path]:
+        return [p for p in self.files if p.suffix == ".png"]
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        return [r.run_dir for r in self.results]
+
+
+def parse_list(text: str | Sequence[Any], what: str, convert: type = str) -> list[Any]:
+    """``"plain,resnet"`` -> ``["plain", "resnet"]`` (``convert`` each; duplicates dropped, order kept)."""
+    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+    out: list[Any] = []
+    for item in items:
+        if item == "":
+            continue
+        try:
+            value = convert(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} must be a comma-separated list of {convert.__name__}s; got {item!r}") from None
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise ValueError(f"{what}: give at least one value")
+    return out
+
+
+def check_family(family: str) -> None:
+    """``ValueError`` naming the valid families unless ``family`` is one."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; valid families: {', '.join(FAMILIES)}")
+
+
+def check_depth(family: str, depth: int) -> None:
+    """``ValueError`` naming valid depths unless ``depth`` is one for ``family``."""
+    check_family(family)
+    if FAMILIES[family] == "cnn":
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+            raise ValueError(
+                f"depth {depth} is not valid for {family!r}: the CNN families have 6n+2 layers, "
+                f"e.g. {', '.join(map(str, CNN_EXAMPLE_DEPTHS))} (8 is the smallest)"
+            )
+    else:
+        try:
+            mlp_blocks(depth)
+        except ValueError as exc:
+            raise ValueError(f"depth {depth} is not valid for {family!r}: {exc}") from None
+
+
+def run_key(family: str, depth: int) -> str:
+    """How runs, figures and rows are named: ``plain-20``."""
+    return f"{family}-{depth}"
+
+
+def _fraction(x: float) -> str:
+    return f"{x:.4f}"
+
+
+def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The results table in Markdown: errors as fractions, accuracy in percent, time in seconds."""
+    header = "| network | layers | parameters | train error | test error | test accuracy | time (s) |"
+    rule = "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    lines = [header, rule]
+    for r in rows:
+        lines.append(
+            f"| {r['network']} | {r['layers']} | {r['parameters']:,} | {_fraction(r['train_error'])} | "
+            f"{_fraction(r['test_error'])} | {100 * r['test_accuracy']:.2f}% | {r['time_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _per_epoch_markdown(results: Sequence[TrainResult]) -> str:
+    epochs = max(len(r.epochs) for r in results)
+    header = "| epoch | " + " | ".join(f"{r.network}-{r.layers} train / test error" for r in results) + " |"
+    rule = "| ---: |" + " ---: |" * len(results)
+    lines = [header, rule]
+    for e in range(epochs):
+        cells = []
+        for r in results:
+            m = r.epochs[e] if e < len(r.epochs) else None
+            cells.append(f"{m.train_error:.4f} / {m.test_error:.4f}" if m else "")
+        lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _grad_flow_markdown(run_dirs: dict[str, Path]) -> str:
+    """Gradient norm of the first weighted layer, the median one, the one before the head and the head,
+    at the first and the last recorded step."""
+    header = "| run | step | first layer | median layer | layer before the head | head | first / before the head |"
+    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key, path in run_dirs.items():
+        with open_run(path) as run:
+            first, late = figures.first_and_late_steps(run)
+            values = figures.layer_values(run, "grad_norm", [first, late])
+            names = list(values.columns)
+            convs = names[:-1] if len(names) > 1 else names
+            for step in (first, late):
+                row = values.loc[step]
+                ratio = row[convs[0]] / row[convs[-1]]
+                lines.append(
+                    f"| {key} | {step} | {row[names[0]]:.3g} | {row.median():.3g} | {row[convs[-1]]:.3g} | "
+                    f"{row[names[-1]]:.3g} | {ratio:.3g} |"
+                )
+    return "\n".join(lines)
+
+
+def _write_tables(tmp: Path, results: Sequence[TrainResult], run_dirs: dict[str, Path], header: str) -> list[Path]:
+    csv_path = tmp / "results.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        writer.writeheader()
+        for r in results:
+            writer.writerow(r.row())
+    md_path = tmp / "results.md"
+    md_path.write_text(
+        f"{header}\n\n{format_markdown([r.row() for r in results])}\n\n"
+        "Train error: running average over the last epoch's mini-batches (training mode); test error and "
+        "accuracy: the model at the end of training, in eval mode; time: training and evaluation, wall clock.\n\n"
+        f"## Per epoch\n\n{_per_epoch_markdown(results)}\n\n"
+        "## Gradient norm by layer (weighted layers, input to output)\n\n"
+        f"{_grad_flow_markdown(run_dirs)}\n"
+    )
+    return [csv_path, md_path]
+
+
+def _plots_flow():
+    """``gradsight.plots.flow`` when the plotting package exposes it as a function, else None."""
+    try:
+        plots = importlib.import_module("gradsight.plots")
+    except ImportError:
+        return None
+    fn = getattr(plots, "flow", None)
+    return fn if inspect.isfunction(fn) else None
+
+
+def _write_figures(tmp: Path, run_dirs: dict[str, Path]) -> list[Path]:
+    fig_dir = tmp / "figures"
+    written = []
+    plots_flow = _plots_flow()
+    for key, path in run_dirs.items():
+        target = fig_dir / f"gradflow-{key}.png"
+        with open_run(path) as run:
+            fig = None
+            if plots_flow is not None:
+                try:  # the weighted layers only: BN's scale/shift gradients would zigzag the line
+                    frame = run.frame(level="layer", stat="grad_norm", name=figures.weighted_layers(run))
+                    fig = plots_flow(frame, "grad_norm", steps=list(figures.first_and_late_steps(run)),
+                                     title=f"Gradient norm by layer: {key}")
+                except Exception as exc:  # a plotting package still in progress must not lose the results
+                    log.warning("gradsight.plots.flow failed (%s); using gradsight.train.figures", exc)
+            if fig is None:
+                fig = figures.grad_flow(run, title=f"Gradient norm by layer: {key}")
+            written.append(figures.save(fig, target))
+    runs = list(run_dirs.values())
+    written.append(figures.save(figures.grad_flow_overlay(runs), fig_dir / "gradflow-all.png"))
+    written.append(figures.save(figures.training_curves(runs), fig_dir / "training-curves.png"))
+    return written
+
+
+def _write_report(tmp: Path, run_dirs: dict[str, Path]) -> list[Path]:
+    try:
+        report = importlib.import_module("gradsight.report")
+    except ImportError:
+        log.info("gradsight.report is not available; no report.html")
+        return []
+    write_report = getattr(report, "write_report", None)
+    if not callable(write_report):
+        log.info("gradsight.report has no write_report; no report.html")
+        return []
+    target = tmp / "report.html"
+    try:
+        write_report(list(run_dirs.values()), target)
+    except Exception as exc:  # the report is a bonus; the comparison itself succeeded
+        log.warning("could not write report.html (%s)", exc)
+        target.unlink(missing_ok=True)
+        return []
+    return [target] if target.exists() else []
+
+
+def _staging_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial-{os.getpid()}"
+
+
+def compare(
+    models: Sequence[str] | str = ("plain", "resnet"),
+    depths: Sequence[int] | str = (20, 56),
+    dataset: str | DatasetSplits = "mnist5k",
+    *,
+    out: str | Path,
+    epochs: int | None = None,
+    recipe: str | Recipe = "lecture",
+    seed: int = 0,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    every: int | str = "auto",
+    activations: bool = False,
+    limit: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: str = "",
+) -> CompareResult:
+    """Train every combination of ``models`` (families) and ``depths`` and write tables and figures.
+
+    Args:
+        models: families, e.g. ``["plain", "resnet"]`` or ``"plain,resnet"`` (see :data:`FAMILIES`).
+        depths: depths, e.g. ``[20, 56]``; 6n+2 for the CNN families.
+        dataset: a dataset name (``gradsight.data.list_datasets()``) or loaded splits.
+        out: the output directory; must not exist unless ``overwrite``.
+        epochs: epochs per run (default: the recipe's).
+        recipe: ``"lecture"`` or ``"he2016"`` (or a :class:`Recipe`).
+        seed: the same for every run: same initial weights for the plain/residual twins (their
+            parameters are identical), same data order for all.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        data_dir, download: where to find the full datasets (see ``load_dataset``).
+        every: the runs' recording schedule (``"auto"`` or every k-th step).
+        activations: also record activation and residual-split statistics.
+        limit: use only the first ``limit`` training and test samples (smoke tests).
+        overwrite: replace ``out`` if it exists (only once the new results are complete).
+        progress: progress bars per epoch.
+        command: the command line to quote in results.md.
+
+    Returns:
+        A :class:`CompareResult`.
+
+    Raises:
+        ValueError: bad input (``DatasetError`` for a dataset); raised before anything is
+            trained or written.
+    """
+    # -- check everything before training anything ------------------------------------------
+    families = parse_list(models, "--models")
+    depth_list = parse_list(depths, "--depths", int)
+    for family in families:
+        check_family(family)
+    for family in families:
+        for depth in depth_list:
+            check_depth(family, depth)
+    recipe = get_recipe(recipe)
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    dev = resolve_device(device)
+    if isinstance(dataset, str) and dataset.strip().lower().replace("_", "-") not in list_datasets():
+        raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(list_datasets())}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory")
+    data = load_dataset(dataset, data_dir=data_dir, download=download) if isinstance(dataset, str) else dataset
+    if limit is not None:
+        data = _limited(data, limit)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    epochs = recipe.epochs if epochs is None else epochs
+    tmp = _staging_dir(out)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    result = CompareResult(out=out, command=command)
+    try:
+        tmp.mkdir()
+        run_dirs: dict[str, Path] = {}
+        grid = [(f, d) for f in families for d in depth_list]
+        for index, (family, depth) in enumerate(grid, start=1):
+            key = run_key(family, depth)
+            log.info("training %s (%d/%d)", key, index, len(grid))
+            run_dirs[key] = tmp / "runs" / key
+            result.results.append(
+                train(family, data, recipe, depth=depth, epochs=epochs, seed=seed, device=dev,
+                      run_dir=run_dirs[key], every=every, activations=activations, name=key,
+                      network=family, layers=depth, progress=progress,
+                      config={"compare": {"models": families, "depths": depth_list, "limit": limit}})
+            )
+        header = _header(data, recipe, epochs, seed, dev, limit, command)
+        files = _write_tables(tmp, result.results, run_dirs, header)
+        files += _write_figures(tmp, run_dirs)
+        files += _write_report(tmp, run_dirs)
+        _publish(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.files = [out / p.relative_to(tmp) for p in files]
+    for r in result.results:
+        r.run_dir = out / r.run_dir.relative_to(tmp)
+    return result
+
+
+def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished staging directory to ``out`` (replacing an old ``out`` if allowed)."""
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} appeared while training; the results were not written")
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _limited(data: DatasetSplits, limit: int) -> DatasetSplits:
+    from dataclasses import replace
+
+    return replace(data, train_x=data.train_x[:limit], train_y=data.train_y[:limit],
+                   test_x=data.test_x[:limit], test_y=data.test_y[:limit])
+
+
+def _header(data: DatasetSplits, recipe: Recipe, epochs: int, seed: int, device: torch.device,
+            limit: int | None, command: str) -> str:
+    lines = ["# Plain vs residual networks", ""]
+    if command:
+        lines += ["```bash", command, "```", ""]
+    subset = f" (first {limit} samples of each split)" if limit else ""
+    lines.append(
+        f"Dataset **{data.name}**{subset}: {data.num_train:,} training and {data.num_test:,} test images. "
+        f"Recipe **{recipe.name}** ({recipe.summary()}), {epochs} epoch(s), "
+        f"seed {seed}, device {device}, torch {torch.__version__}."
+    )
+    return "\n".join(lines)
