@@ -68,9 +68,11 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn
     def foreach_pass() -> None:
         torch.stack(torch._foreach_norm([p.grad for p in params])).tolist()
 
+    light = gs.watch(model, tmp / (name + "-noweights"), weights=False, **kwargs)
     variants = {
         "bare": lambda: None,
         "gradsight": monitor.step,
+        "gradsight weights=False": light.step,
         "lecture": lambda: [p.grad.norm().item() for p in params],
         "one foreach_norm pass": foreach_pass,
     }
@@ -82,6 +84,7 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn
         for key, fn in variants.items():
             times[key].append(step(fn))
     monitor.close()
+    light.close()
     medians = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{name}: median step time over {steps} interleaved rounds (backend={backend})")
     for key, med in medians.items():

@@ -414,3 +414,23 @@ def test_fused_backend_matches_eager(tmp_path):
     assert a.index.equals(b.index)
     both_nan = a.isna() & b.isna()
     assert ((a - b).abs() <= 1e-5 * b.abs() + 1e-7)[~both_nan].all()
+
+
+@pytest.mark.parametrize("backend", ["eager", "fused"])
+def test_weights_false_skips_weight_statistics(tmp_path, backend):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gs.watch(model, tmp_path / "run", weights=False, backend=backend, optimizer=opt) as mon:
+        _train_step(model, torch.randn(4, 300))
+        mon.step()
+        ref = reference(model)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.step()
+    frame = gs.open_run(tmp_path / "run").frame()
+    assert not {"weight_norm", "grad_weight_ratio"} & set(frame.stat)
+    trimmed = {k: {s: v for s, v in st.items() if s not in ("weight_norm", "grad_weight_ratio")} for k, st in ref.items()}
+    assert_matches(frame, trimmed)
+    got = frame[(frame.stat == "update_ratio") & (frame.name == "0.weight")].value.item()
+    want = float((model[0].weight.detach() - before["0.weight"]).double().norm() / before["0.weight"].double().norm())
+    assert math.isclose(got, want, rel_tol=1e-4)

@@ -89,6 +89,7 @@ class Monitor:
         distributed: str | None = "auto",
         activations: bool | str | Sequence[str] = False,
         residual_blocks: Sequence[str] | None = None,
+        weights: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"gs.watch expects a torch.nn.Module, got {type(model).__name__}")
@@ -99,6 +100,10 @@ class Monitor:
         self.optimizer = optimizer
         self.scaler = scaler
         self.backend = backend
+        self.weights = weights
+        self._stat_cols = [k for k, st in enumerate(GRAD_STATS)
+                           if weights or st not in ("weight_norm", "grad_weight_ratio")]
+        kept_stats = [GRAD_STATS[k] for k in self._stat_cols]
         self.run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(model)
         self.step_count = 0  #: number of step() calls so far
         self.recorded_steps = 0
@@ -115,14 +120,14 @@ class Monitor:
         self._writer = StoreWriter(self.run_dir, overwrite=overwrite) if self._dist is None else self._dist.writer(self.run_dir, overwrite)
         self._series: dict[tuple[str, str, str], int] = {}
         self._new_series: list[tuple[int, str, str, str]] = []
-        n_stats = len(GRAD_STATS)
+        n_stats = len(kept_stats)
         self._param_ids = np.array(
-            [[self._sid("param", pi.name, s) for s in GRAD_STATS] for pi in inv.watched], dtype=np.int64
+            [[self._sid("param", pi.name, s) for s in kept_stats] for pi in inv.watched], dtype=np.int64
         ).reshape(len(inv.watched), n_stats)
         self._layer_ids = np.array(
-            [[self._sid("layer", ln, s) for s in GRAD_STATS] for ln in inv.layers], dtype=np.int64
+            [[self._sid("layer", ln, s) for s in kept_stats] for ln in inv.layers], dtype=np.int64
         ).reshape(len(inv.layers), n_stats)
-        self._model_ids = np.array([self._sid("model", "", s) for s in GRAD_STATS], dtype=np.int64)
+        self._model_ids = np.array([self._sid("model", "", s) for s in kept_stats], dtype=np.int64)
         self._flush_series()
 
         device = next((p.device for p in self._watched), torch.device("cpu"))
@@ -136,6 +141,7 @@ class Monitor:
             config=config or {},
             schedule=getattr(self.schedule, "__name__", repr(self.schedule)),
             backend=backend,
+            weight_stats=weights,
             device=str(device),
             num_params=sum(pi.param.numel() for pi in inv.params),
             num_trainable=sum(pi.param.numel() for pi in inv.watched),
@@ -255,7 +261,7 @@ class Monitor:
         present = [i for i, p in enumerate(watched) if p.grad is not None]
         missing = [i for i, p in enumerate(watched) if p.grad is None]
         grads = [watched[i].grad for i in present]
-        raw = (self._dist.raw_sums if self._dist is not None else raw_sums)(grads, [watched[i] for i in present], self.backend)
+        raw = (self._dist.raw_sums if self._dist is not None else raw_sums)(grads, [watched[i] for i in present], self.backend, self.weights)
         device = raw.device
         n_layers = len(self.inventory.layers)
         group = self._param_layer[present].to(device)
@@ -313,7 +319,8 @@ class Monitor:
 
         present_layers = sorted({self._layer_index[self.inventory.watched[i].layer] for i in present})
         ids = [self._param_ids[present].reshape(-1), self._layer_ids[present_layers].reshape(-1), self._model_ids]
-        values = [param_stats.reshape(-1), layer_stats[present_layers].reshape(-1), model_stats]
+        cols = self._stat_cols
+        values = [param_stats[:, cols].reshape(-1), layer_stats[present_layers][:, cols].reshape(-1), model_stats[cols]]
         extra_ids, extra_vals = [], []
         for i in missing:
             extra_ids.append(self._sid("param", self.inventory.watched[i].name, "grad_missing"))
@@ -396,6 +403,8 @@ class Monitor:
             delta = torch._foreach_sub(current, self._snapshot)
             dsq = self._dist.sumsq(delta) if self._dist is not None else torch.stack(torch._foreach_norm(delta, 2, dtype=torch.float32)).pow(2)
             wsq = self._update_wsumsq
+            if not self.weights:  # weight norms were not taken at record time
+                wsq = torch.stack(torch._foreach_norm(self._snapshot, 2, dtype=torch.float32)).pow(2)
             n_layers = len(self.inventory.layers)
             group = self._update_group
             layer_dsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, group, dsq)
@@ -506,6 +515,7 @@ def watch(
     distributed: str | None = "auto",
     activations: bool | str | Sequence[str] = False,
     residual_blocks: Sequence[str] | None = None,
+    weights: bool = True,
 ) -> Monitor:
     """Start recording gradient statistics of ``model`` into ``run_dir``.
 
@@ -533,6 +543,8 @@ def watch(
             of fnmatch patterns picks modules by name.
         residual_blocks: names of modules to treat as residual blocks where
             automatic detection does not see them.
+        weights: ``False`` skips ``weight_norm`` and ``grad_weight_ratio``, saving one
+            pass over the weights' memory at every recorded step.
 
     Returns:
         The :class:`Monitor`; call ``monitor.step()`` after each backward pass and
@@ -540,7 +552,7 @@ def watch(
     """
     return Monitor(
         model, run_dir, every=every, optimizer=optimizer, scaler=scaler, config=config, name=name,
-        backend=backend, overwrite=overwrite, distributed=distributed, activations=activations, residual_blocks=residual_blocks,
+        backend=backend, overwrite=overwrite, distributed=distributed, activations=activations, residual_blocks=residual_blocks, weights=weights,
     )
 
 

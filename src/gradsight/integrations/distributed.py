@@ -165,14 +165,16 @@ class Distributed:
         return writer
 
     # -- statistics -----------------------------------------------------------------
-    def raw_sums(self, grads: Sequence[Tensor], weights: Sequence[Tensor], backend: str = "auto") -> Tensor:
+    def raw_sums(
+        self, grads: Sequence[Tensor], weights: Sequence[Tensor], backend: str = "auto", with_weights: bool = True
+    ) -> Tensor:
         """Raw sums ``[len(grads), 7]`` of the global gradients (as :func:`raw_sums`).
 
         ``replicated``: the local gradients are the global ones. ``sharded``: the
         local shards' raw sums of all ranks combined (one ``all_gather``).
         """
         if self.mode == "replicated":
-            return raw_sums(grads, weights, backend)
+            return raw_sums(grads, weights, backend, with_weights)
         dist = _dist()
         local_g = [_local(g) for g in grads]
         local_w = [_local(w.detach()) for w in weights]
@@ -180,7 +182,7 @@ class Distributed:
         rows = torch.zeros((len(grads), len(RAW_FIELDS)), dtype=torch.float32, device=device)
         nonempty = [k for k, g in enumerate(local_g) if g.numel() > 0]
         if nonempty:
-            local_rows = raw_sums([local_g[k] for k in nonempty], [local_w[k] for k in nonempty], backend)
+            local_rows = raw_sums([local_g[k] for k in nonempty], [local_w[k] for k in nonempty], backend, with_weights)
             rows[nonempty] = local_rows.to(device)
         grad_mask = torch.tensor([self._counts(g) for g in grads], dtype=torch.bool, device=device)
         weight_mask = torch.tensor([self._counts(w) for w in weights], dtype=torch.bool, device=device)

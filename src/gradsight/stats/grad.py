@@ -75,11 +75,27 @@ def _fused_kernel(g: Tensor, w: Tensor) -> Tensor:
     )
 
 
+def _fused_kernel_grad_only(g: Tensor) -> Tensor:
+    g = g.float()
+    a = g.abs()
+    return torch.stack(
+        [
+            (g * g).sum(),
+            a.sum(),
+            a.amax(),
+            (g == 0).sum().float(),
+            (~torch.isfinite(g)).sum().float(),
+            torch.zeros((), dtype=torch.float32, device=g.device) + g.numel(),
+            torch.full((), float("nan"), dtype=torch.float32, device=g.device),
+        ]
+    )
+
+
 class _FusedKernel:
-    """Lazily compiled fused kernel; remembers a failure and stops trying."""
+    """Lazily compiled fused kernels; remembers a failure and stops trying."""
 
     def __init__(self) -> None:
-        self._fn = None
+        self._fns: dict[bool, object] = {}
         self._failed = False
         self._lock = threading.Lock()
 
@@ -87,18 +103,19 @@ class _FusedKernel:
     def available(self) -> bool:
         return not self._failed
 
-    def __call__(self, g: Tensor, w: Tensor) -> Tensor | None:
+    def __call__(self, g: Tensor, w: Tensor | None) -> Tensor | None:
         if self._failed:
             return None
         try:
             with self._lock:
-                if self._fn is None:
+                fn = self._fns.get(w is not None)
+                if fn is None:
                     log.info("gradsight: compiling the fused statistics kernel (once per process)")
-                    # one thread: a statistics pass is memory-bound, and an OpenMP team
-                    # waiting on a busy core costs far more than the second thread saves
-                    self._fn = torch.compile(_fused_kernel, dynamic=True, fullgraph=True,
-                                             options={"cpp.threads": 1})
-            return self._fn(g.reshape(-1), w.reshape(-1))
+                    kernel = _fused_kernel if w is not None else _fused_kernel_grad_only
+                    fn = self._fns[w is not None] = torch.compile(kernel, dynamic=True, fullgraph=True)
+            if w is None:
+                return fn(g.reshape(-1))
+            return fn(g.reshape(-1), w.reshape(-1))
         except Exception as exc:  # no compiler, unsupported device, ...
             self._failed = True
             log.warning("gradsight: fused statistics kernel unavailable (%s); using eager ops", exc)
@@ -108,7 +125,7 @@ class _FusedKernel:
 _FUSED = _FusedKernel()
 
 
-def _sparse_row(g: Tensor, w: Tensor) -> Tensor:
+def _sparse_row(g: Tensor, w: Tensor | None) -> Tensor:
     """Raw sums of a sparse (COO) gradient: implicit entries are zeros."""
     values = g.coalesce().values().float()
     a = values.abs()
@@ -123,12 +140,14 @@ def _sparse_row(g: Tensor, w: Tensor) -> Tensor:
             (values == 0).sum().float() + implicit_zeros,
             (~torch.isfinite(values)).sum().float(),
             torch.tensor(float(numel), device=values.device),
-            w.detach().float().pow(2).sum(),
+            w.detach().float().pow(2).sum() if w is not None else torch.tensor(float("nan"), device=values.device),
         ]
     )
 
 
-def raw_sums(grads: Sequence[Tensor], weights: Sequence[Tensor], backend: str = "auto") -> Tensor:
+def raw_sums(
+    grads: Sequence[Tensor], weights: Sequence[Tensor], backend: str = "auto", with_weights: bool = True
+) -> Tensor:
     """Raw sums of each (gradient, weight) pair.
 
     Args:
@@ -136,6 +155,7 @@ def raw_sums(grads: Sequence[Tensor], weights: Sequence[Tensor], backend: str = 
         weights: the matching parameter tensors, same order and shapes.
         backend: ``"eager"``, ``"fused"`` (every dense tensor through the compiled
             kernel) or ``"auto"`` (fused for large tensors on the CPU).
+        with_weights: False skips the pass over the weights (``w_sumsq`` is NaN).
 
     Returns:
         float32 tensor of shape ``[len(grads), 7]`` with columns :data:`RAW_FIELDS`,
@@ -151,12 +171,13 @@ def raw_sums(grads: Sequence[Tensor], weights: Sequence[Tensor], backend: str = 
     rows: list[Tensor | None] = [None] * n
     eager_idx: list[int] = []
     for i, (g, w) in enumerate(zip(grads, weights)):
+        wd = w.detach() if with_weights else None
         if g.is_sparse:
-            rows[i] = _sparse_row(g, w)
+            rows[i] = _sparse_row(g, wd)
         elif backend == "fused" or (
             backend == "auto" and g.device.type == "cpu" and g.numel() >= FUSED_MIN_NUMEL and _FUSED.available
         ):
-            rows[i] = _FUSED(g, w.detach())
+            rows[i] = _FUSED(g, wd)
             if rows[i] is None:
                 eager_idx.append(i)
         else:
@@ -167,7 +188,8 @@ def raw_sums(grads: Sequence[Tensor], weights: Sequence[Tensor], backend: str = 
         l2 = torch._foreach_norm(eg, 2, dtype=torch.float32)
         l1 = torch._foreach_norm(eg, 1, dtype=torch.float32)
         linf = torch._foreach_norm(eg, math.inf, dtype=torch.float32)
-        wl2 = torch._foreach_norm(ew, 2, dtype=torch.float32)
+        nan = torch.full((), float("nan"), dtype=torch.float32, device=grads[eager_idx[0]].device)
+        wl2 = torch._foreach_norm(ew, 2, dtype=torch.float32) if with_weights else [nan] * len(ew)
         nonzero = [torch.count_nonzero(g) for g in eg]
         for k, i in enumerate(eager_idx):
             numel = float(grads[i].numel())
