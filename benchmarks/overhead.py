@@ -22,6 +22,7 @@ physical reference).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -48,45 +49,50 @@ def make_resnet56() -> nn.Module:
 
 def bench(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, steps: int, warmup: int,
           backend: str, activations: bool = False) -> dict[str, float]:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Median step time of each variant; every variant trains its own copy of the model
+    (same initial weights), so hooks of one never run in another."""
     tmp = Path(tempfile.mkdtemp(prefix="gradsight-bench-"))
-    kwargs = {"backend": backend}
-    if activations:
-        kwargs["activations"] = True
-    monitor = gs.watch(model, tmp / name, **kwargs)
+    kwargs = {"backend": backend, "activations": activations}
+    names = ["bare", "gradsight", "gradsight weights=False", "lecture", "one foreach_norm pass"]
+    models = {k: copy.deepcopy(model) for k in names}
+    opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
+    monitors = {
+        "gradsight": gs.watch(models["gradsight"], tmp / f"{name}-all", **kwargs),
+        "gradsight weights=False": gs.watch(models["gradsight weights=False"], tmp / f"{name}-light", weights=False,
+                                            **kwargs),
+    }
 
-    def step(extra) -> float:
+    def extra(key: str) -> None:
+        params = [p for p in models[key].parameters() if p.requires_grad]
+        if key in monitors:
+            monitors[key].step()
+        elif key == "lecture":
+            [p.grad.norm().item() for p in params]
+        elif key == "one foreach_norm pass":
+            torch.stack(torch._foreach_norm([p.grad for p in params])).tolist()
+
+    def step(key: str) -> float:
+        m, opt = models[key], opts[key]
         t0 = time.perf_counter()
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(m(x), y)
         loss.backward()
-        extra()
+        extra(key)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
 
-    def foreach_pass() -> None:
-        torch.stack(torch._foreach_norm([p.grad for p in params])).tolist()
-
-    light = gs.watch(model, tmp / (name + "-noweights"), weights=False, **kwargs)
-    variants = {
-        "bare": lambda: None,
-        "gradsight": monitor.step,
-        "gradsight weights=False": light.step,
-        "lecture": lambda: [p.grad.norm().item() for p in params],
-        "one foreach_norm pass": foreach_pass,
-    }
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    times: dict[str, list[float]] = {k: [] for k in names}
     for _ in range(warmup):
-        for fn in variants.values():
-            step(fn)
+        for key in names:
+            step(key)
     for _ in range(steps):  # interleaved rounds: drift and noise hit every variant alike
-        for key, fn in variants.items():
-            times[key].append(step(fn))
-    monitor.close()
-    light.close()
+        for key in names:
+            times[key].append(step(key))
+    for mon in monitors.values():
+        mon.close()
     medians = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n{name}: median step time over {steps} interleaved rounds (backend={backend})")
+    label = f"backend={backend}" + (", activations=True" if activations else "")
+    print(f"\n{name}: median step time over {steps} interleaved rounds ({label})")
     for key, med in medians.items():
         print(f"  {key:<24} {med * 1e3:9.2f} ms   {med / medians['bare']:.3f}x bare")
     return medians
