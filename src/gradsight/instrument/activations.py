@@ -163,12 +163,12 @@ class _PathJoin:
             self.partial[path] = g if self.partial[path] is None else self.partial[path] + g
         self.remaining[path] -= 1
         if self.remaining[path] == 0 and self.partial[path] is not None:
-            full = self.partial[path].float()
+            full = self.partial[path].float().reshape(-1)
             self.partial[path] = None
-            self.acc.add("skip_sumsq" if path == 0 else "branch_sumsq", full.square().sum())
+            self.acc.add("skip_sumsq" if path == 0 else "branch_sumsq", torch.linalg.vector_norm(full).square())
             other = self.done[1 - path]
             if other is not None:
-                self.acc.add("dot", (full * other).sum())
+                self.acc.add("dot", torch.dot(full, other))
                 self.done[1 - path] = None
             else:
                 self.done[path] = full

@@ -190,7 +190,7 @@ def raw_sums(
         linf = torch._foreach_norm(eg, math.inf, dtype=torch.float32)
         nan = torch.full((), float("nan"), dtype=torch.float32, device=grads[eager_idx[0]].device)
         wl2 = torch._foreach_norm(ew, 2, dtype=torch.float32) if with_weights else [nan] * len(ew)
-        nonzero = [torch.count_nonzero(g) for g in eg]
+        nonzero = torch._foreach_norm(eg, 0, dtype=torch.float32)  # L0 "norm": count of nonzeros
         for k, i in enumerate(eager_idx):
             numel = float(grads[i].numel())
             rows[i] = torch.stack(
