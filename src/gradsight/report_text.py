@@ -33,7 +33,7 @@ def run_info(path: str | Path, *, stat: str = "grad_norm", top: int = 3) -> str:
     ]
     if not summary.empty:
         ranked = summary.dropna(subset=["mean"]).sort_values("mean")
-        width = max(len(n or "(model)") for n in ranked["name"]) if len(ranked) else 10
+        width = max(len(n or "(root)") for n in ranked["name"]) if len(ranked) else 10
 
         def rows(df):
             return [f"  {int(r.depth):>4}  {(r.name or '(root)'):<{width}}  {r.mean:.3e}" for r in df.itertuples()]

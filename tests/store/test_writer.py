@@ -190,3 +190,14 @@ def test_close_while_a_reader_has_the_run_open_returns_promptly(tmp_path):
     with gs.open_run(run_dir) as run:
         assert run.status == "finished"
         assert run.steps() == [0, 1]
+
+
+def test_status_is_running_as_soon_as_watch_returns(tmp_path):
+    model = _mlp()
+    monitor = gs.watch(model, tmp_path / "run")
+    try:
+        with gs.open_run(tmp_path / "run") as run:
+            assert run.status == "running"
+            assert run.meta["model_class"].endswith("Sequential")
+    finally:
+        monitor.close()

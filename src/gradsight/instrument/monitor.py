@@ -176,6 +176,7 @@ class Monitor:
         if optimizer is not None:
             self._hooks.add(optimizer.register_step_pre_hook(self._on_optimizer_pre), "optimizer")
             self._hooks.add(optimizer.register_step_post_hook(self._on_optimizer_post), "optimizer")
+        self._writer.flush()  # metadata on disk at once: a reader sees status 'running', not 'unknown'
         _OPEN_MONITORS.add(self)
 
     # -- series ids -----------------------------------------------------------------
