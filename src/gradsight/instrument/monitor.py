@@ -527,7 +527,8 @@ def watch(
         every: record every k-th call of ``monitor.step()``, or a schedule
             (``step -> bool``, see :mod:`gradsight.schedules`).
         optimizer: when given, ``update_ratio`` (||dw|| / ||w|| across the
-            optimizer step) is recorded too.
+            optimizer step) is recorded too; on recorded steps this keeps a copy of
+            the weights until the optimizer step.
         scaler: a ``torch.amp.GradScaler``: values are reported unscaled and steps
             with non-finite gradients (which the scaler skips) are marked ``skipped``.
         config: JSON-serializable settings stored with the run.
