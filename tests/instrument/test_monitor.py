@@ -434,3 +434,28 @@ def test_weights_false_skips_weight_statistics(tmp_path, backend):
     got = frame[(frame.stat == "update_ratio") & (frame.name == "0.weight")].value.item()
     want = float((model[0].weight.detach() - before["0.weight"]).double().norm() / before["0.weight"].double().norm())
     assert math.isclose(got, want, rel_tol=1e-4)
+
+
+def test_listeners_see_what_the_store_gets(tmp_path):
+    model = _mlp()
+    seen, closed = {}, []
+
+    def listener(step, keys, values):
+        for key, value in zip(keys, values.tolist()):
+            seen[(step, *key)] = value
+
+    def broken(step, keys, values):
+        raise ValueError("listener bug")
+
+    with gs.watch(model, tmp_path / "run") as mon:
+        remove = mon.add_listener(listener, on_close=lambda: closed.append(True))
+        mon.add_listener(broken)  # logged, never raised into training
+        _train_step(model, torch.randn(4, 10))
+        mon.step()
+        mon.log({"val_acc": 0.5})
+    frame = gs.open_run(tmp_path / "run").frame()
+    stored = {(r.step, r.level, r.name, r.stat): r.value for r in frame.itertuples()}
+    assert seen.keys() == stored.keys()
+    assert all(math.isclose(seen[k], v, rel_tol=1e-6) or (math.isnan(v) and math.isnan(seen[k])) for k, v in stored.items())
+    assert closed == [True]
+    remove()

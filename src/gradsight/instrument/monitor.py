@@ -119,6 +119,10 @@ class Monitor:
         self._dist = resolve_distributed(distributed, model)
         self._writer = StoreWriter(self.run_dir, overwrite=overwrite) if self._dist is None else self._dist.writer(self.run_dir, overwrite)
         self._series: dict[tuple[str, str, str], int] = {}
+        self._key_of: dict[int, tuple[str, str, str]] = {}
+        self._listeners: list = []
+        self._close_listeners: list = []
+        self._failed_listeners: set[int] = set()
         self._new_series: list[tuple[int, str, str, str]] = []
         n_stats = len(kept_stats)
         self._param_ids = np.array(
@@ -186,8 +190,57 @@ class Monitor:
         if sid is None:
             sid = len(self._series) + 1
             self._series[key] = sid
+            self._key_of[sid] = key
             self._new_series.append((sid, level, name, stat))
         return sid
+
+    # -- writing and listening --------------------------------------------------------
+    def _emit(self, step: int, ids: np.ndarray, values: np.ndarray, time_s: float | None = None) -> None:
+        """Queue values for the store and hand them to the listeners."""
+        self._writer.write_scalars(step, ids, values, time_s)
+        if not self._listeners or not self.writes_store:
+            return
+        keys = [self._key_of[int(i)] for i in np.asarray(ids).tolist()]
+        vals = np.asarray(values, dtype=np.float64)
+        for listener in list(self._listeners):
+            self._call_listener(listener, int(step), keys, vals)
+
+    def _call_listener(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # a listener never breaks training
+            if id(fn) not in self._failed_listeners:
+                self._failed_listeners.add(id(fn))
+                log.error("gradsight: a listener (%r) failed: %s", fn, exc)
+
+    def add_listener(self, listener, on_close=None):
+        """Call ``listener(step, keys, values)`` for everything recorded from now on.
+
+        ``keys[i] = (level, name, stat)`` names ``values[i]`` (a float64 array). It is
+        called on the training thread right after the values are queued for the
+        store, only in the process that writes the store (rank 0 under
+        ``torch.distributed``); an exception in it is logged once and never reaches
+        the training loop. ``on_close()`` is called once after the store is closed.
+
+        Returns:
+            A function that removes the listener (and ``on_close``).
+        """
+        self._listeners.append(listener)
+        if on_close is not None:
+            self._close_listeners.append(on_close)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+            if on_close is not None and on_close in self._close_listeners:
+                self._close_listeners.remove(on_close)
+
+        return remove
+
+    @property
+    def writes_store(self) -> bool:
+        """Whether this process writes the store (False on ranks other than 0)."""
+        return self._dist is None or self._dist.writes_store
 
     def _flush_series(self) -> None:
         if self._new_series:
@@ -300,7 +353,7 @@ class Monitor:
         if loss is not None and not isinstance(loss, Tensor):
             loss_h = float(loss)
         for pstep, ids, values in pending:
-            self._writer.write_scalars(pstep, ids, host[off : off + len(ids)])
+            self._emit(pstep, ids, host[off : off + len(ids)])
             off += len(ids)
 
         n_present = len(present)
@@ -342,7 +395,7 @@ class Monitor:
         if act_keys:
             self._sync_layer_order()
         self._flush_series()
-        self._writer.write_scalars(
+        self._emit(
             step,
             np.concatenate(ids + [np.asarray(extra_ids, dtype=np.int64)]),
             np.concatenate(values + [np.asarray(extra_vals, dtype=np.float64)]).astype(np.float64),
@@ -441,13 +494,13 @@ class Monitor:
             ids.append(self._sid("metric", str(key), str(key)))
             vals.append(float(value.item() if isinstance(value, Tensor) else value))
         self._flush_series()
-        self._writer.write_scalars(at, np.asarray(ids, dtype=np.int64), np.asarray(vals, dtype=np.float64))
+        self._emit(at, np.asarray(ids, dtype=np.int64), np.asarray(vals, dtype=np.float64))
 
     # -- lifecycle ----------------------------------------------------------------------
     def _flush_pending(self) -> None:
         pending, self._pending = self._pending, []
         for pstep, ids, values in pending:
-            self._writer.write_scalars(pstep, ids, values.detach().cpu().double().numpy())
+            self._emit(pstep, ids, values.detach().cpu().double().numpy())
 
     def flush(self) -> None:
         """Commit everything recorded so far to disk (blocks until done)."""
@@ -477,6 +530,8 @@ class Monitor:
                 meta["error"] = error
             self._writer.close(status=status, **meta)
             _OPEN_MONITORS.discard(self)
+            for fn in list(self._close_listeners):
+                self._call_listener(fn)
 
     @property
     def closed(self) -> bool:

@@ -130,13 +130,9 @@ class GradFlowCallback(Callback):
         if self._stepped_at == step:  # a second optimizer in the same step: recorded once
             return
         self._stepped_at = step
+        # Lightning runs this hook inside optimizer.step(closure); the monitor takes the
+        # weight snapshot for update_ratio when it records, so that step is measured too.
         self._recorded = self.monitor.step(step=step)
-        if self._recorded and self.monitor.optimizer is not None:
-            # Lightning runs the closure (forward, backward, this hook) inside
-            # optimizer.step(), after the optimizer's step pre-hooks have run, so the
-            # monitor's pre-hook saw no recorded step: take the weight snapshot for
-            # update_ratio now (a pre-hook that runs later takes it again, unchanged).
-            self.monitor._on_optimizer_pre(optimizer, (), {})
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.monitor is None or self.monitor.closed:
