@@ -58,10 +58,14 @@ GRAD_STATS = (
 FUSED_MIN_NUMEL = 1 << 16
 
 
-def _fused_kernel(g: Tensor, w: Tensor) -> Tensor:
+def _fused_kernel(g: Tensor, w: Tensor | None) -> Tensor:
     g = g.float()
-    w = w.float()
     a = g.abs()
+    if w is None:
+        w_sumsq = torch.full((), float("nan"), dtype=torch.float32, device=g.device)
+    else:
+        w = w.float()
+        w_sumsq = (w * w).sum()
     return torch.stack(
         [
             (g * g).sum(),
@@ -70,32 +74,16 @@ def _fused_kernel(g: Tensor, w: Tensor) -> Tensor:
             (g == 0).sum().float(),
             (~torch.isfinite(g)).sum().float(),
             torch.zeros((), dtype=torch.float32, device=g.device) + g.numel(),
-            (w * w).sum(),
-        ]
-    )
-
-
-def _fused_kernel_grad_only(g: Tensor) -> Tensor:
-    g = g.float()
-    a = g.abs()
-    return torch.stack(
-        [
-            (g * g).sum(),
-            a.sum(),
-            a.amax(),
-            (g == 0).sum().float(),
-            (~torch.isfinite(g)).sum().float(),
-            torch.zeros((), dtype=torch.float32, device=g.device) + g.numel(),
-            torch.full((), float("nan"), dtype=torch.float32, device=g.device),
+            w_sumsq,
         ]
     )
 
 
 class _FusedKernel:
-    """Lazily compiled fused kernels; remembers a failure and stops trying."""
+    """Lazily compiled fused kernel; remembers a failure and stops trying."""
 
     def __init__(self) -> None:
-        self._fns: dict[bool, object] = {}
+        self._fn = None
         self._failed = False
         self._lock = threading.Lock()
 
@@ -108,14 +96,10 @@ class _FusedKernel:
             return None
         try:
             with self._lock:
-                fn = self._fns.get(w is not None)
-                if fn is None:
+                if self._fn is None:
                     log.info("gradsight: compiling the fused statistics kernel (once per process)")
-                    kernel = _fused_kernel if w is not None else _fused_kernel_grad_only
-                    fn = self._fns[w is not None] = torch.compile(kernel, dynamic=True, fullgraph=True)
-            if w is None:
-                return fn(g.reshape(-1))
-            return fn(g.reshape(-1), w.reshape(-1))
+                    self._fn = torch.compile(_fused_kernel, dynamic=True, fullgraph=True)
+            return self._fn(g.reshape(-1), None if w is None else w.reshape(-1))
         except Exception as exc:  # no compiler, unsupported device, ...
             self._failed = True
             log.warning("gradsight: fused statistics kernel unavailable (%s); using eager ops", exc)
@@ -168,47 +152,50 @@ def raw_sums(
     n = len(grads)
     if n == 0:
         return torch.zeros((0, len(RAW_FIELDS)))
-    rows: list[Tensor | None] = [None] * n
+    rows: dict[int, Tensor] = {}
     eager_idx: list[int] = []
     for i, (g, w) in enumerate(zip(grads, weights)):
         wd = w.detach() if with_weights else None
         if g.is_sparse:
             rows[i] = _sparse_row(g, wd)
-        elif backend == "fused" or (
+            continue
+        if backend == "fused" or (
             backend == "auto" and g.device.type == "cpu" and g.numel() >= FUSED_MIN_NUMEL and _FUSED.available
         ):
-            rows[i] = _FUSED(g, wd)
-            if rows[i] is None:
-                eager_idx.append(i)
-        else:
-            eager_idx.append(i)
+            row = _FUSED(g, wd)
+            if row is not None:
+                rows[i] = row
+                continue
+        eager_idx.append(i)
+    device = grads[0].device
+    out = torch.empty((n, len(RAW_FIELDS)), dtype=torch.float32, device=device)
     if eager_idx:
-        eg = [grads[i] for i in eager_idx]
-        ew = [weights[i].detach() for i in eager_idx]
-        l2 = torch._foreach_norm(eg, 2, dtype=torch.float32)
-        l1 = torch._foreach_norm(eg, 1, dtype=torch.float32)
-        linf = torch._foreach_norm(eg, math.inf, dtype=torch.float32)
-        nan = torch.full((), float("nan"), dtype=torch.float32, device=grads[eager_idx[0]].device)
-        wl2 = torch._foreach_norm(ew, 2, dtype=torch.float32) if with_weights else [nan] * len(ew)
-        nonzero = torch._foreach_norm(eg, 0, dtype=torch.float32)  # L0 "norm": count of nonzeros
-        for k, i in enumerate(eager_idx):
-            numel = float(grads[i].numel())
-            rows[i] = torch.stack(
-                [
-                    l2[k] * l2[k],
-                    l1[k],
-                    linf[k],
-                    numel - nonzero[k].float(),
-                    torch.zeros((), dtype=torch.float32, device=l2[k].device),
-                    torch.full((), numel, dtype=torch.float32, device=l2[k].device),
-                    wl2[k] * wl2[k],
-                ]
-            )
-    devices = {r.device for r in rows}  # type: ignore[union-attr]
-    if len(devices) > 1:  # parameters spread over devices: gather on the first
-        dev = grads[0].device
-        rows = [r.to(dev) for r in rows]  # type: ignore[union-attr]
-    return torch.stack(rows)  # type: ignore[arg-type]
+        out[eager_idx] = _eager_rows([grads[i] for i in eager_idx], [weights[i].detach() for i in eager_idx],
+                                     with_weights, device)
+    if rows:
+        out[list(rows)] = torch.stack([r.to(device) for r in rows.values()])
+    return out
+
+
+def _eager_rows(grads: list[Tensor], weights: list[Tensor], with_weights: bool, device: torch.device) -> Tensor:
+    """Raw-sum rows ``[len(grads), 7]`` from multi-tensor norm kernels (one call per column)."""
+
+    one_device = all(g.device == device for g in grads)
+
+    def column(scalars) -> Tensor:  # per-tensor 0-d results, possibly on several devices
+        return torch.stack(list(scalars) if one_device else [t.to(device) for t in scalars])
+
+    sumsq = column(torch._foreach_norm(grads, 2, dtype=torch.float32)).square()
+    sumabs = column(torch._foreach_norm(grads, 1, dtype=torch.float32))
+    maxabs = column(torch._foreach_norm(grads, math.inf, dtype=torch.float32))
+    nonzero = column(torch._foreach_norm(grads, 0, dtype=torch.float32))  # L0 "norm": count of nonzeros
+    numel = torch.tensor([float(g.numel()) for g in grads], dtype=torch.float32, device=device)
+    if with_weights:
+        w_sumsq = column(torch._foreach_norm(weights, 2, dtype=torch.float32)).square()
+    else:
+        w_sumsq = torch.full_like(numel, float("nan"))
+    # nonfinite stays 0 here: a finite sumsq implies none; see count_nonfinite
+    return torch.stack([sumsq, sumabs, maxabs, numel - nonzero, torch.zeros_like(numel), numel, w_sumsq], dim=1)
 
 
 def count_nonfinite(g: Tensor) -> float:
