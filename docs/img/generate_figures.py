@@ -20,29 +20,11 @@ import torch
 from torch import nn
 
 import gradsight as gs
+from gradsight.models.lecture import LectureSimpleResNet
 from gradsight import plots
 from gradsight.models import create_model
 
 HERE = Path(__file__).resolve().parent
-
-
-class LectureSimpleResNet(nn.Module):
-    """The lecture's code example 1, verbatim (in-place add, one ReLU used twice)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 64, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
-        self.relu = nn.ReLU()
-
-    def forward(self, x):
-        identity = x
-        out = self.conv1(x)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out += identity
-        out = self.relu(out)
-        return out
 
 
 def train_runs(root: Path, steps: int = 150) -> dict[str, Path]:

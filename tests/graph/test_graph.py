@@ -22,29 +22,11 @@ import gradsight as gs
 from gradsight.graph import Graph, trace
 from gradsight.graph.dot import quote
 from gradsight.models import create_model
+from gradsight.models.lecture import LectureSimpleResNet
 
 GOLDEN = Path(__file__).parent / "golden"
 render_mod = importlib.import_module("gradsight.graph.render")
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' is not installed")
-
-
-class LectureSimpleResNet(nn.Module):
-    """The lecture's code example 1, verbatim: in-place ``out += identity``, one ReLU used twice."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 64, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
-        self.relu = nn.ReLU()
-
-    def forward(self, x):
-        identity = x
-        out = self.conv1(x)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out += identity
-        out = self.relu(out)
-        return out
 
 
 def tiny_mlp() -> nn.Module:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import gradsight as gs
+from gradsight.models.lecture import LectureSimpleResNet
 from tests.instrument.reference import assert_matches, reference
 
 
@@ -260,28 +261,10 @@ def test_low_precision_gradients_accumulated_in_fp32(tmp_path, dtype):
     assert_matches(frame, ref, rtol=1e-4)
 
 
-class LectureSimpleResNet(nn.Module):
-    """The lecture's code example 1, verbatim in spirit: in-place add and in-place ReLU."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 64, 3, padding=1)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(64, 64, 3, padding=1)
-
-    def forward(self, x):
-        identity = x
-        out = self.conv1(x)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out += identity
-        out = self.relu(out)
-        return out
-
-
 def test_in_place_operations_lecture_model(tmp_path):
     torch.manual_seed(0)
-    model = LectureSimpleResNet()
+    model = LectureSimpleResNet()  # the lecture's code: in-place `out += identity` ...
+    model.relu = nn.ReLU(inplace=True)  # ... and an in-place ReLU on top
     with gs.watch(model, tmp_path / "run") as mon:
         _train_step(model, torch.randn(2, 1, 8, 8))
         mon.step()

@@ -28,7 +28,7 @@ from gradsight.models.cifar_resnet import (
     blocks_per_stage,
 )
 from gradsight.models.inplace import InplaceResNet
-from gradsight.models.lecture import LectureBlock, SimpleResNet
+from gradsight.models.lecture import LectureBlock, LectureSimpleResNet, SimpleResNet
 from gradsight.models.mlp import MLP, MLPBlock
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "CifarResNet",
     "InplaceResNet",
     "LectureBlock",
+    "LectureSimpleResNet",
     "MLPBlock",
     "ModelInfo",
     "PadShortcut",

@@ -10,7 +10,7 @@ from torch import nn
 from gradsight.models._blocks import ResidualBlock
 from gradsight.models._registry import register_model
 
-__all__ = ["LectureBlock", "SimpleResNet"]
+__all__ = ["LectureBlock", "LectureSimpleResNet", "SimpleResNet"]
 
 
 class LectureBlock(ResidualBlock):
@@ -84,3 +84,28 @@ def simple_resnet(*, in_channels: int = 1, num_classes: int = 10, width: int = 6
 def lecture_plain(*, in_channels: int = 1, num_classes: int = 10, width: int = 64) -> SimpleResNet:
     """The lecture's network without the skip connection (plain twin of simple_resnet)."""
     return SimpleResNet(in_channels=in_channels, num_classes=num_classes, width=width, skip=False)
+
+
+class LectureSimpleResNet(nn.Module):
+    """The lecture's code example 1, verbatim, flaws included (not registered).
+
+    In-place ``out += identity`` broadcasts the 1-channel input onto 64 channels, one
+    ``ReLU`` module is used twice, and the output is ``[N, 64, H, W]`` feature maps,
+    not logits. Kept as a fixture for instrumentation (in-place operations) and the
+    computation graph; :class:`SimpleResNet` is the working classifier.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 64, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.conv1(x)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out += identity
+        out = self.relu(out)
+        return out
