@@ -164,6 +164,7 @@ class Monitor:
             ]
         )
         self._layers_written: tuple | None = None
+        self._layers_final = False
         self._order = ForwardOrder(model, self._hooks)
         self.activations: ActivationRecorder | None = None
         if activations:
@@ -253,7 +254,10 @@ class Monitor:
 
         ``depth`` ranks layers among layers, residual blocks among blocks and other
         tracked modules among all tracked modules, each in forward-execution order.
+        Once the order and the residual blocks are final this returns at once.
         """
+        if self._layers_final:
+            return
         source = "forward" if self._order.done else "registration"
         kinds = {ln: "layer" for ln in self.inventory.layers}
         if self.activations is not None:
@@ -276,6 +280,7 @@ class Monitor:
         self._layers_written = signature
         if self._order.done and (self.activations is None or self.activations.blocks_known):
             self._order.remove()
+            self._layers_final = True
 
     # -- recording --------------------------------------------------------------------
     def should_record(self, step: int | None = None) -> bool:
