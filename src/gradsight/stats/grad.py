@@ -15,15 +15,16 @@ derived statistics (``grad_norm = sqrt(sumsq)``, ``grad_rms = sqrt(sumsq / numel
 
 Two ways to compute raw sums:
 
-* ``eager``: multi-tensor ``torch._foreach_norm`` passes (L2, L1, Linf) plus a
-  ``count_nonzero`` per tensor. On a GPU these are a handful of kernel launches for
-  the whole model. ``nonfinite`` is not counted here: a tensor whose ``sumsq`` is
-  finite has no NaN/Inf, so the count is only needed (and taken by
-  :func:`count_nonfinite`) on the rare steps where a norm is not finite.
-* ``fused``: one ``torch.compile``-d kernel per tensor that reads the gradient and
-  the weight once and produces all seven sums. On a CPU with large tensors the
-  statistics then cost about one pass over the gradients' memory. Used for large
-  tensors on the CPU when compilation works; any failure falls back to ``eager``.
+* ``eager``: multi-tensor ``torch._foreach_norm`` passes (L2, L1, Linf and L0,
+  the count of nonzeros) over all tensors at once, plus one over the weights. On a
+  GPU these are a handful of kernel launches for the whole model. ``nonfinite`` is
+  not counted here: a tensor whose ``sumsq`` is finite has no NaN/Inf, so the count
+  is only needed (and taken by :func:`count_nonfinite`) on the rare steps where a
+  norm is not finite.
+* ``fused``: one ``torch.compile``-d kernel per tensor that reads the gradient (and
+  the weight, unless weight statistics are off) once and produces all seven sums.
+  Used for large tensors on the CPU when compilation works; any failure falls back
+  to ``eager``.
 """
 
 from __future__ import annotations
