@@ -452,7 +452,7 @@ class Monitor:
         if self._update_step is None or self._snapshot is not None:
             return
         with torch.no_grad():
-            self._snapshot = [self._watched[i].detach().clone() for i in self._update_present]
+            self._snapshot = torch._foreach_mul([self._watched[i].detach() for i in self._update_present], 1.0)
 
     def _on_optimizer_post(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self._update_step is None or self._snapshot is None:
