@@ -1,0 +1,373 @@
+"""Reading a run for display and analysis: the one query layer every reader uses.
+
+Plots, the report, the graph colouring, the diagnosis, ``gradsight info`` and the
+comparison tables read runs through these functions, so they agree on
+
+- which steps are shown: :func:`step_sample`, with one default (``DEFAULT_MAX_STEPS``
+  evenly spaced recorded steps, the first and last included). Downsampling happens at
+  read time, never in the store; non-finite gradients are found over *all* steps.
+- one wide orientation: :func:`layer_matrix` is steps x names (as ``Run.series``),
+  names in forward order.
+- one first/last-layer ratio: :func:`first_last_ratios` (per step) and
+  :func:`first_last_ratio` (one number for a run).
+- one run summary: :func:`run_summary`, with one time format (:func:`format_time`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import pandas as pd
+
+from gradsight.store.reader import Run, open_run
+
+#: What readers accept as run data: a Run, a run directory, or a long frame
+#: (columns ``step, level, name, depth, stat, value`` as from ``Run.frame()``).
+RunData = Union[Run, str, Path, pd.DataFrame]
+
+#: Levels that hold one row per module (layers, and modules/blocks from activation hooks).
+MODULE_LEVELS = ("layer", "module", "block")
+
+#: Recorded steps a reader looks at, at most, unless told otherwise (evenly spaced).
+DEFAULT_MAX_STEPS = 400
+
+#: How values over steps are reduced to one per layer.
+AGGREGATES = {"median": np.nanmedian, "mean": np.nanmean, "max": np.nanmax, "min": np.nanmin}
+
+
+def open_data(data: Run | str | Path) -> Run:
+    """``data`` itself if it is a :class:`Run`, else the run opened from that path."""
+    if isinstance(data, Run):
+        return data
+    return open_run(data)
+
+
+def step_sample(steps: Sequence[int], max_steps: int | None = DEFAULT_MAX_STEPS) -> list[int]:
+    """At most ``max_steps`` of ``steps``, evenly spaced, first and last included
+    (``None``: all of them)."""
+    steps = list(steps)
+    if max_steps is None or len(steps) <= max_steps:
+        return steps
+    if max_steps < 2:
+        return steps[-1:]
+    idx = np.unique(np.round(np.linspace(0, len(steps) - 1, max_steps)).astype(int))
+    return [steps[i] for i in idx]
+
+
+def recorded_steps(data: RunData) -> list[int]:
+    """The recorded steps of a run or frame, ascending."""
+    if isinstance(data, pd.DataFrame):
+        return sorted(int(s) for s in data["step"].unique())
+    return open_data(data).steps()
+
+
+def _long(data: RunData, *, stat: str | Iterable[str] | None, level: str | Iterable[str] | None,
+          max_steps: int | None, steps: Sequence[int] | None = None) -> pd.DataFrame:
+    if isinstance(data, pd.DataFrame):
+        df = data
+        if stat is not None and "stat" in df:
+            df = df[df["stat"].isin([stat] if isinstance(stat, str) else list(stat))]
+        if level is not None and "level" in df:
+            df = df[df["level"].isin([level] if isinstance(level, str) else list(level))]
+        if steps is not None:
+            df = df[df["step"].isin(list(steps))]
+        elif max_steps is not None:
+            keep = step_sample(sorted(df["step"].unique()), max_steps)
+            df = df[df["step"].isin(keep)]
+        return df
+    run = open_data(data)
+    if steps is not None:
+        return run.frame(level=level, stat=stat, steps=[int(s) for s in steps])
+    all_steps = run.steps()
+    sampled = step_sample(all_steps, max_steps)
+    return run.frame(level=level, stat=stat, steps=None if len(sampled) == len(all_steps) else sampled)
+
+
+def name_order(df: pd.DataFrame, layer_order: Sequence[str] | None = None) -> list[str]:
+    """Names of a long frame in forward order.
+
+    Layer and parameter rows sort by their layer's depth. Rows of other levels
+    (``module``, ``block``: activation statistics) mix kinds whose depths are ranked
+    separately, so with ``layer_order`` (the run's layers, forward order) they sort
+    by the first layer inside them (a container before its contents); modules
+    without parameters go after the last layer of their parent. Without it, or when
+    depths are missing, names keep their order of first appearance.
+    """
+    first = df.drop_duplicates("name")
+    names = list(first["name"])
+    levels = set(first["level"]) if "level" in first else {"layer"}
+    if levels <= {"layer", "param"} and "depth" in first and not first["depth"].isna().any():
+        return list(first.sort_values("depth", kind="mergesort")["name"])
+    if layer_order is None:
+        return names
+    return forward_order(names, layer_order)
+
+
+def forward_order(names: Sequence[str], layer_order: Sequence[str]) -> list[str]:
+    """``names`` (qualified module names of any kind) sorted into forward order, anchored
+    on ``layer_order``; see :func:`name_order`."""
+    pos = {n: i for i, n in enumerate(layer_order)}
+
+    def inside(prefix: str) -> list[int]:
+        if prefix == "":
+            return list(pos.values())
+        return [i for n, i in pos.items() if n == prefix or n.startswith(prefix + ".")]
+
+    def key(item: tuple[int, str]) -> tuple[float, int, int]:
+        k, name = item
+        own = inside(name)
+        if own:
+            return (min(own), name.count(".") if name else -1, k)
+        parent = name
+        while "." in parent:
+            parent = parent.rsplit(".", 1)[0]
+            under = inside(parent)
+            if under:
+                return (max(under) + 0.5, name.count("."), k)
+        return (float("inf"), 0, k)
+
+    return [name for _, name in sorted(enumerate(names), key=key)]
+
+
+def layer_matrix(data: RunData, stat: str = "grad_norm", *, level: str = "layer",
+                 max_steps: int | None = DEFAULT_MAX_STEPS, steps: Sequence[int] | None = None) -> pd.DataFrame:
+    """One statistic as a wide table: index = step, columns = names in forward order.
+
+    Args:
+        data: a run, run directory or long frame.
+        stat: the statistic.
+        level: ``layer`` (default), ``param``, or a module level (``module``, ``block``).
+        max_steps: at most this many evenly spaced steps (None = all).
+        steps: exactly these steps instead.
+
+    Returns:
+        Float DataFrame (NaN where nothing was recorded), index named ``step``,
+        columns named ``name``; empty when the run has no such statistic at that level.
+    """
+    df = _long(data, stat=stat, level=level, max_steps=max_steps, steps=steps)
+    if df.empty:
+        return pd.DataFrame(dtype=float)
+    wide = df.pivot_table(index="step", columns="name", values="value", aggfunc="last", dropna=False)
+    layer_order = None
+    if level not in ("layer", "param") and not isinstance(data, pd.DataFrame):
+        layer_order = list(open_data(data).layers()["name"])
+    wide = wide.reindex(columns=name_order(df, layer_order))
+    wide.index = wide.index.astype(int)
+    wide.index.name = "step"
+    wide.columns.name = "name"
+    return wide.astype(float)
+
+
+def positive(values: np.ndarray) -> np.ndarray:
+    """``values`` as floats with zeros, negatives and non-finite values as NaN (what a log
+    axis or a ratio of magnitudes can use)."""
+    values = np.asarray(values, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(values) & (values > 0), values, np.nan)
+
+
+def layer_profile(data: RunData, stat: str = "grad_norm", *, level: str = "layer", agg: str = "median",
+                  step: int | None = None, max_steps: int | None = DEFAULT_MAX_STEPS) -> pd.Series:
+    """One value per name (forward order): ``agg`` of the positive, finite values of
+    ``stat`` over the sampled steps, or its value at ``step``."""
+    if agg not in AGGREGATES:
+        raise ValueError(f"agg must be one of {', '.join(AGGREGATES)}, got {agg!r}")
+    m = layer_matrix(data, stat, level=level, steps=[step]) if step is not None else \
+        layer_matrix(data, stat, level=level, max_steps=max_steps)
+    if m.empty:
+        return pd.Series(dtype=float, name=stat)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, which is right
+        values = AGGREGATES[agg](positive(m.to_numpy()), axis=0)
+    return pd.Series(values, index=m.columns, name=stat)
+
+
+def first_last_ratios(matrix: pd.DataFrame) -> pd.Series:
+    """Per step: the first layer's value divided by the last layer's.
+
+    The one definition of the first/last-layer ratio. ``matrix`` is steps x names in
+    forward order (as :func:`layer_matrix`); the first and last layers are the first
+    and last columns that hold a positive finite value at any step. Above 1, gradients
+    grow toward the input (explode on the way back); below 1, they vanish. A step where
+    either value is missing, zero or non-finite gives NaN.
+    """
+    if matrix.empty:
+        return pd.Series(dtype=float)
+    values = positive(matrix.to_numpy())
+    present = np.flatnonzero(~np.isnan(values).all(axis=0))
+    if len(present) < 2:
+        return pd.Series(np.nan, index=matrix.index, dtype=float)
+    first, last = values[:, present[0]], values[:, present[-1]]
+    with np.errstate(all="ignore"):
+        return pd.Series(first / last, index=matrix.index, dtype=float)
+
+
+def first_last_ratio(data: RunData, stat: str = "grad_norm", *, level: str = "layer", agg: str = "median",
+                     max_steps: int | None = DEFAULT_MAX_STEPS) -> float:
+    """One number for a run: ``agg`` over the sampled steps of :func:`first_last_ratios`
+    (NaN when it cannot be computed)."""
+    if agg not in AGGREGATES:
+        raise ValueError(f"agg must be one of {', '.join(AGGREGATES)}, got {agg!r}")
+    ratios = first_last_ratios(layer_matrix(data, stat, level=level, max_steps=max_steps)).to_numpy()
+    ratios = ratios[np.isfinite(ratios)]
+    return float(AGGREGATES[agg](ratios)) if len(ratios) else float("nan")
+
+
+def nonfinite_events(data: RunData, *, level: str = "layer", max_events: int = 5000,
+                     model_frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Where gradients went non-finite, over all recorded steps.
+
+    Args:
+        data: a run, run directory or long frame.
+        level: the level whose rows to report (``layer`` or ``param``).
+        max_events: at most this many rows.
+        model_frame: the run's model-level rows if already read (saves a query).
+
+    Returns:
+        DataFrame ``step, name, count`` (``count`` = NaN/Inf elements), at most
+        ``max_events`` rows, earliest first.
+    """
+    cols = ["step", "name", "count"]
+    if isinstance(data, pd.DataFrame):
+        df = data[(data["stat"] == "grad_nonfinite") & (data["value"] > 0)]
+        if "level" in df:
+            df = df[df["level"] == level]
+        return df[["step", "name", "value"]].rename(columns={"value": "count"}).head(max_events).reset_index(drop=True)
+    run = open_data(data)
+    if model_frame is None:
+        model = run.frame(level="model", stat="grad_nonfinite")
+    else:
+        model = model_frame[(model_frame["level"] == "model") & (model_frame["stat"] == "grad_nonfinite")]
+    bad = sorted(model.loc[model["value"] > 0, "step"].unique().tolist())
+    if not bad:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for i in range(0, len(bad), 500):  # keep SQL parameter lists short
+        df = run.frame(level=level, stat="grad_nonfinite", steps=bad[i : i + 500])
+        rows.append(df[df["value"] > 0])
+        if sum(len(r) for r in rows) >= max_events:
+            break
+    out = pd.concat(rows) if rows else pd.DataFrame(columns=["step", "name", "value"])
+    return out[["step", "name", "value"]].rename(columns={"value": "count"}).head(max_events).reset_index(drop=True)
+
+
+def module_levels(run: Run) -> list[str]:
+    """Levels of ``run`` with per-module rows, ``layer`` first, e.g. ``['layer', 'block']``."""
+    return [lv for lv in MODULE_LEVELS if run.stats(lv)]
+
+
+def run_label(data: RunData) -> str:
+    """A short display name of a run."""
+    if isinstance(data, pd.DataFrame):
+        return str(data.attrs.get("name", "run"))
+    if isinstance(data, Run):
+        return data.name
+    return Path(data).name
+
+
+def family_and_depth(run: Run) -> tuple[str, int]:
+    """The network family (``plain``, ``resnet`` ...) and depth of a run.
+
+    From the run's config (``family`` and ``depth``, recorded by :func:`gradsight.train.train`
+    from the model registry) when present; otherwise nothing is guessed from names: the
+    family is the model's class and the depth the number of layers recorded.
+    """
+    cfg = run.config
+    family = cfg.get("family") or run.meta.get("model_class") or "run"
+    depth = cfg.get("depth")
+    if depth is None:
+        depth = len(run.layers())
+    return str(family), int(depth)
+
+
+def format_time(t: Any) -> str:
+    """A unix time as ``YYYY-mm-dd HH:MM:SS`` (local time), ``-`` when unknown."""
+    try:
+        return datetime.fromtimestamp(float(t)).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "-"
+
+
+@dataclass
+class RunSummary:
+    """What one looks at first about a run (see :func:`run_summary`)."""
+
+    path: Path
+    name: str
+    model: str
+    status: str
+    error: str | None
+    start: str
+    end: str
+    duration_s: float | None
+    num_params: int
+    num_trainable: int
+    num_tensors: int
+    num_layers: int
+    depth_source: str
+    steps: list[int]
+    layers: pd.DataFrame = field(repr=False)  # per layer: name, depth, mean, median, min, max of ``stat``
+    stat: str = "grad_norm"
+    details: dict[str, str] = field(default_factory=dict)  # optimizer, device, amp, torch version, schedule
+
+    def rows(self, base: Path | None = None) -> list[tuple[str, str]]:
+        """``(label, text)`` pairs, the run's path shown relative to ``base`` when inside it."""
+        status = self.status + (f" ({self.error})" if self.error else "")
+        when = f"{self.start} → {self.end}" + (f" ({self.duration_s:.1f} s)" if self.duration_s is not None else "")
+        out = [
+            ("run", display_path(self.path, base)),
+            ("model", self.model),
+            ("status", status),
+            ("time", when),
+            ("parameters", f"{self.num_params:,} ({self.num_trainable:,} trainable, {self.num_tensors} tensors)"),
+            ("layers", f"{self.num_layers} (depth order from {self.depth_source})"),
+            ("steps recorded", f"{len(self.steps):,}" + (f" (steps {self.steps[0]}…{self.steps[-1]})" if self.steps else "")),
+        ]
+        out += list(self.details.items())
+        return out
+
+
+def display_path(path: Path, base: Path | None) -> str:
+    """``path`` relative to ``base`` when inside it, else as is."""
+    if base is not None:
+        try:
+            return str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            pass
+    return str(path)
+
+
+def run_summary(data: Run | str | Path, stat: str = "grad_norm") -> RunSummary:
+    """The summary of a run shown by ``gradsight info`` and at the top of the report."""
+    run = open_data(data)
+    meta = run.meta
+
+    def as_int(x: Any) -> int:
+        try:
+            return int(x)
+        except (TypeError, ValueError):
+            return 0
+
+    try:
+        duration: float | None = float(meta.get("end_time")) - float(meta.get("start_time"))
+    except (TypeError, ValueError):
+        duration = None
+    details = {key.replace("_", " "): str(meta[key]) for key in ("optimizer", "device", "amp", "torch_version", "schedule")
+               if meta.get(key) not in (None, "")}
+    if run.config:
+        details["config"] = ", ".join(f"{k}={v}" for k, v in run.config.items())
+    return RunSummary(
+        path=run.path, name=run.name, model=str(meta.get("model_class", "?")), status=run.status,
+        error=str(meta["error"]) if meta.get("error") else None,
+        start=format_time(meta.get("start_time")), end=format_time(meta.get("end_time")), duration_s=duration,
+        num_params=as_int(meta.get("num_params")), num_trainable=as_int(meta.get("num_trainable")),
+        num_tensors=len(run.params()), num_layers=len(run.layers()),
+        depth_source=str(meta.get("depth_source", "?")), steps=run.steps(), layers=run.layer_summary(stat),
+        stat=stat, details=details,
+    )
