@@ -51,7 +51,9 @@ def test_flow_marks_the_layer_whose_gradient_went_nan(nan_run):
 def test_flow_of_a_long_frame_matches_flow_of_the_run(nan_run):
     from_run = plots.flow(nan_run).axes[0].get_lines()
     from_frame = plots.flow(nan_run.frame()).axes[0].get_lines()
-    for a, b in zip(from_run, from_frame):
+    assert len(from_run) == len(from_frame) == 6  # the median and five overlaid steps
+    for a, b in zip(from_run, from_frame, strict=True):
+        assert a.get_label() == b.get_label()
         np.testing.assert_allclose(a.get_ydata(), b.get_ydata())
 
 
@@ -84,9 +86,9 @@ def test_heatmap_crosses_the_nan_cell(nan_run):
 
 
 def test_layer_matrix_downsamples_for_display_never_in_the_store(nan_run):
-    m = plots.layer_matrix(nan_run, "grad_norm", max_steps=4)
-    assert list(m.columns) == [0, 4, 7, 11]  # evenly spaced, first and last kept
-    assert list(m.index) == LAYERS4
+    m = plots.layer_matrix(nan_run, "grad_norm", max_steps=4)  # steps x names
+    assert list(m.index) == [0, 4, 7, 11]  # evenly spaced, first and last kept
+    assert list(m.columns) == LAYERS4
     assert len(nan_run.steps()) == 12
 
 
@@ -128,25 +130,24 @@ def test_compare_lines_up_depths_and_sweep_reports_first_over_last(runs_dir):
     assert set(fams) == {"plain", "residual"}
     with gs.open_run(runs_dir / "plain8") as run:
         wide = run.series("grad_norm")
-        expected = np.nanmedian(wide.iloc[:, 0]) / np.nanmedian(wide.iloc[:, -1])
+        expected = np.median([wide.loc[s].iloc[0] / wide.loc[s].iloc[-1] for s in wide.index])
     assert list(fams["plain"].get_xdata()) == [4, 8]
     assert fams["plain"].get_ydata()[1] == pytest.approx(expected, rel=1e-6)
 
 
-def test_family_and_depth_come_from_config_or_name():
-    from gradsight.plots.data import family_and_depth
+def test_family_and_depth_come_from_the_config_never_from_the_name():
+    from gradsight.store.query import family_and_depth
 
     class FakeRun:
         def __init__(self, name, config):
-            self.name, self.config = name, config
+            self.name, self.config, self.meta = name, config, {"model_class": "pkg.DeepNet"}
 
         def layers(self):
             return [0] * 7
 
-    assert family_and_depth(FakeRun("plain56", {})) == ("plain", 56)
-    assert family_and_depth(FakeRun("resnet-20", {})) == ("resnet", 20)
-    assert family_and_depth(FakeRun("x", {"network": "plain", "depth": 32})) == ("plain", 32)
-    assert family_and_depth(FakeRun("exp", {})) == ("exp", 7)
+    assert family_and_depth(FakeRun("x", {"family": "plain", "depth": 32})) == ("plain", 32)
+    assert family_and_depth(FakeRun("plain56", {})) == ("pkg.DeepNet", 7)
+    assert family_and_depth(FakeRun("resnet-20", {"depth": 20})) == ("pkg.DeepNet", 20)
 
 
 def test_figures_render_to_every_format(nan_run, tmp_path):

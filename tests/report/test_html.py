@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -96,23 +96,25 @@ def test_long_runs_are_downsampled_for_display_only(tmp_path):
         assert len(run.steps()) == 30
 
 
-def test_diagnosis_is_shown_when_available_and_failures_do_not_cost_the_report(tmp_path, monkeypatch):
-    run_dir = make_run(tmp_path / "r", depth=1, steps=3)
-    try:
-        import gradsight.diagnose as diag
-    except ImportError:
-        diag = None
-    if diag is not None and hasattr(diag, "diagnose"):
-        assert "<h3>Diagnosis</h3>" in build_report([run_dir])
+def test_diagnosis_is_shown_and_a_failing_diagnosis_does_not_cost_the_report(tmp_path, monkeypatch):
+    import gradsight.report.payload as payload
 
-        def broken(run):
-            raise RuntimeError("boom <b>")
+    run_dir = make_run(tmp_path / "r", depth=2, steps=3, nan_at=1)
+    text = build_report([run_dir])
+    section = text[text.index("<h3>Diagnosis</h3>"):]
+    section = section[: section.index("</ul>")]
+    (finding,) = [f for f in gs.diagnose(run_dir) if f.code == "nonfinite"]
+    assert '<li class="sev-error"><span class="sev">error</span>' in section
+    assert html.escape(finding.message) in section
 
-        monkeypatch.setattr(diag, "diagnose", broken)
-        text = build_report([run_dir])
-        assert "the diagnosis failed: RuntimeError: boom &lt;b&gt;" in text
-    monkeypatch.setitem(sys.modules, "gradsight.diagnose", None)  # not installed
-    assert "<h3>Diagnosis</h3>" not in build_report([run_dir])
+    def broken(run):
+        raise RuntimeError("boom <b>")
+
+    monkeypatch.setattr(payload, "diagnose", broken)
+    text = build_report([run_dir])
+    assert "<h3>Diagnosis</h3>" in text
+    assert "the diagnosis failed: RuntimeError: boom &lt;b&gt;" in text
+    assert '<div class="chart" data-chart="flow"></div>' in text  # the rest of the report is there
 
 
 def test_a_directory_of_runs_expands_to_its_runs(report_runs):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradsight as gs
 from gradsight.report import write_report
-from gradsight.report.payload import MAX_STEPS
+from gradsight.store.query import DEFAULT_MAX_STEPS, step_sample
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "report_scale.py"
 
@@ -27,7 +27,8 @@ def test_report_of_a_long_run_shows_sampled_steps_but_every_nonfinite_step(tmp_p
     out = write_report([run_dir], tmp_path / "report.html")
     text = out.read_text()
     data = json.loads(re.search(r'type="application/json">(.*?)</script>', text, re.S).group(1))["runs"][0]
-    assert len(data["steps"]) == MAX_STEPS and data["total_steps"] == 900
+    assert data["steps"] == step_sample(list(range(900))) and len(data["steps"]) == DEFAULT_MAX_STEPS
+    assert data["total_steps"] == 900
     assert sorted({e[0] for e in data["nonfinite"]}) == [300, 301, 600]
     assert len(data["names"]["layer"]) == 40
     with gs.open_run(run_dir) as run:

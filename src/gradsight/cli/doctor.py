@@ -38,7 +38,7 @@ def command(ctx: click.Context, target: str, input_shape: str | None, steps: int
     """
     import torch
 
-    from gradsight.diagnose import SEVERITIES, checkup, diagnose, format_findings
+    from gradsight.diagnose import Severity, checkup, diagnose, format_findings
 
     path = Path(target)
     if path.exists():
@@ -70,5 +70,5 @@ def command(ctx: click.Context, target: str, input_shape: str | None, steps: int
         click.echo(format_findings(findings))
         if keep_run is not None and not path.exists():
             click.echo(f"run kept at {keep_run}")
-    if any(SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on) for f in findings):
+    if any(f.severity >= Severity(fail_on) for f in findings):
         ctx.exit(1)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from gradsight.store.query import RunSummary
 
 
 @click.command()
@@ -14,6 +18,34 @@ import click
 def command(run: Path, stat: str, top: int) -> None:
     """Summarize RUN: model, steps recorded, layers, and the layers with the
     smallest and largest gradients (mean over recorded steps)."""
-    from gradsight.report_text import run_info
+    from gradsight.store.query import run_summary
 
-    click.echo(run_info(run, stat=stat, top=top))
+    click.echo(info_text(run_summary(run, stat), top=top))
+
+
+def info_text(s: RunSummary, *, top: int = 3) -> str:
+    """The lines ``gradsight info`` prints of a run summary."""
+    from gradsight.store.query import display_name
+
+    steps = s.steps
+    lines = [
+        f"run:        {s.path}",
+        f"model:      {s.model}",
+        f"status:     {s.status}" + (f" ({s.error})" if s.error else ""),
+        f"started:    {s.start}   ended: {s.end}",
+        f"parameters: {s.num_params:,} ({s.num_trainable:,} trainable, {s.num_tensors} tensors)",
+        f"layers:     {s.num_layers} (depth order from {s.depth_source})",
+        f"steps:      {len(steps)} recorded" + (f", {steps[0]}..{steps[-1]}" if steps else ""),
+    ]
+    if s.layers is not None and not s.layers.empty:
+        ranked = s.layers.dropna(subset=["mean"]).sort_values("mean")
+        width = max((len(display_name(n)) for n in ranked["name"]), default=10)
+
+        def rows(df):
+            return [f"  {int(r.depth):>4}  {display_name(r.name):<{width}}  {r.mean:.3e}" for r in df.itertuples()]
+
+        lines.append(f"smallest mean {s.stat} (depth, layer, value):")
+        lines += rows(ranked.head(top))
+        lines.append(f"largest mean {s.stat}:")
+        lines += rows(ranked.tail(top).iloc[::-1])
+    return "\n".join(lines)

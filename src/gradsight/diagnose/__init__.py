@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gradsight.diagnose.checkup import UnhealthyGradientsError, assert_healthy, checkup
-from gradsight.diagnose.findings import SEVERITIES, Finding, format_findings, worst
+from gradsight.diagnose.findings import Finding, Severity, format_findings
 from gradsight.diagnose.rules import RULES, RunData
 from gradsight.diagnose.thresholds import Thresholds
 from gradsight.store.reader import Run, open_run
@@ -34,17 +34,16 @@ def diagnose(run: Run | str | Path, thresholds: Thresholds | None = None) -> lis
     finally:
         if owned:
             r.close()
-    return sorted(findings, key=lambda f: -SEVERITIES.index(f.severity))
+    return sorted(findings, key=lambda f: f.severity, reverse=True)
 
 
 __all__ = [
     "Finding",
-    "SEVERITIES",
+    "Severity",
     "Thresholds",
     "UnhealthyGradientsError",
     "assert_healthy",
     "checkup",
     "diagnose",
     "format_findings",
-    "worst",
 ]

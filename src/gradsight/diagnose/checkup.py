@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gradsight.diagnose.findings import SEVERITIES, Finding, format_findings
+from gradsight.diagnose.findings import Finding, Severity, format_findings
 
 
 class UnhealthyGradientsError(AssertionError):
@@ -117,7 +117,7 @@ def assert_healthy(
     targets: torch.Tensor | None = None,
     *,
     steps: int = 1,
-    fail_on: str = "error",
+    fail_on: str | Severity = "error",
     thresholds=None,
 ) -> list[Finding]:
     """Assert that gradients through ``model`` look healthy; for users' own tests.
@@ -130,10 +130,12 @@ def assert_healthy(
     Returns:
         All findings (when none is bad enough to raise).
     """
-    if fail_on not in SEVERITIES:
-        raise ValueError(f"fail_on must be one of {SEVERITIES}")
+    try:
+        threshold = Severity(fail_on)
+    except ValueError:
+        raise ValueError(f"fail_on must be one of {[str(s) for s in Severity]}, got {fail_on!r}") from None
     findings, _ = checkup(model, inputs=inputs, targets=targets, loss_fn=loss_fn, steps=steps, thresholds=thresholds)
-    bad = [f for f in findings if SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on)]
+    bad = [f for f in findings if f.severity >= threshold]
     if bad:
         raise UnhealthyGradientsError(findings)
     return findings

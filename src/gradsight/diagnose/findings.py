@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
-SEVERITIES = ("info", "warning", "error")
+from gradsight.store.query import display_name
+
+
+class Severity(str, enum.Enum):
+    """How bad a finding is, ordered ``INFO < WARNING < ERROR``.
+
+    A ``str``: it equals, prints and serializes as its lowercase word (``"error"``),
+    and compares with ``<``/``>=`` by badness, also against those words.
+    """
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        """0 for ``info``, 1 for ``warning``, 2 for ``error``."""
+        return _RANK[self]
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __lt__(self, other: object) -> bool:
+        return self.rank < Severity(other).rank
+
+    def __le__(self, other: object) -> bool:
+        return self.rank <= Severity(other).rank
+
+    def __gt__(self, other: object) -> bool:
+        return self.rank > Severity(other).rank
+
+    def __ge__(self, other: object) -> bool:
+        return self.rank >= Severity(other).rank
+
+
+_RANK = {sev: i for i, sev in enumerate(Severity)}
 
 
 @dataclass
@@ -13,7 +49,7 @@ class Finding:
 
     Attributes:
         code: stable identifier, e.g. ``vanishing_gradients``.
-        severity: ``info``, ``warning`` or ``error``.
+        severity: a :class:`Severity` (given as one or as its word: ``"warning"``).
         message: one plain-language sentence: what was measured, what it means and
             what to try.
         layers: the layers, modules or blocks concerned (qualified names).
@@ -22,39 +58,33 @@ class Finding:
     """
 
     code: str
-    severity: str
+    severity: Severity
     message: str
     layers: list[str] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     measured: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.severity not in SEVERITIES:
-            raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
+        try:
+            self.severity = Severity(self.severity)
+        except ValueError:
+            raise ValueError(f"severity must be one of {[str(s) for s in Severity]}, got {self.severity!r}") from None
 
     def __str__(self) -> str:
         where = ""
         if self.layers:
-            shown = ", ".join(n or "(root)" for n in self.layers[:4])
+            shown = ", ".join(display_name(n) for n in self.layers[:4])
             more = f" and {len(self.layers) - 4} more" if len(self.layers) > 4 else ""
             where = f" [{shown}{more}]"
-        return f"{self.severity.upper():7} {self.code}: {self.message}{where}"
+        return f"{str(self.severity).upper():7} {self.code}: {self.message}{where}"
 
     def to_dict(self) -> dict:
-        return {"code": self.code, "severity": self.severity, "message": self.message, "layers": self.layers,
+        return {"code": self.code, "severity": str(self.severity), "message": self.message, "layers": self.layers,
                 "steps": self.steps, "measured": self.measured}
-
-
-def worst(findings: list[Finding]) -> str | None:
-    """The highest severity among findings (None when there are none)."""
-    if not findings:
-        return None
-    return max((f.severity for f in findings), key=SEVERITIES.index)
 
 
 def format_findings(findings: list[Finding]) -> str:
     """Findings as text, worst first; a line saying so when there are none."""
     if not findings:
         return "no problems found"
-    order = sorted(findings, key=lambda f: -SEVERITIES.index(f.severity))
-    return "\n".join(str(f) for f in order)
+    return "\n".join(str(f) for f in sorted(findings, key=lambda f: f.severity, reverse=True))

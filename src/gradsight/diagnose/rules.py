@@ -9,26 +9,32 @@ import pandas as pd
 
 from gradsight.diagnose.findings import Finding
 from gradsight.diagnose.thresholds import Thresholds
+from gradsight.store.query import (
+    DEFAULT_MAX_STEPS,
+    display_name,
+    first_last_columns,
+    first_last_ratios,
+    positive,
+    step_sample,
+)
 from gradsight.store.reader import Run
 
 
 class RunData:
-    """Cached wide tables of one run: ``wide(level, stat)`` is steps x names in depth order."""
+    """Cached wide tables of one run: ``wide(level, stat)`` is steps x names in depth order.
 
-    #: Per-layer rules look at this many evenly spaced recorded steps at most
-    #: (medians and maxima over steps); whole-model series are read in full.
-    MAX_STEPS = 400
+    Per-module rules look at the steps of :func:`gradsight.store.query.step_sample`
+    (at most ``max_steps`` evenly spaced recorded steps, as the plots and the report
+    show); whole-model series and missing-gradient counts are read over all steps.
+    """
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, max_steps: int | None = DEFAULT_MAX_STEPS) -> None:
         self.run = run
         self._cache: dict[tuple[str, str], pd.DataFrame] = {}
         steps = run.steps()
         self.n_steps = len(steps)
-        if len(steps) > self.MAX_STEPS:
-            picks = np.unique(np.linspace(0, len(steps) - 1, self.MAX_STEPS).round().astype(int))
-            self.sample_steps: list[int] | None = [steps[i] for i in picks]
-        else:
-            self.sample_steps = None
+        sampled = step_sample(steps, max_steps)
+        self.sample_steps: list[int] | None = sampled if len(sampled) < len(steps) else None
         kinds = run.layers(kind=None)
         self.kind = dict(zip(kinds.name, kinds.kind))
         self.type = dict(zip(kinds.name, kinds.module_type))
@@ -114,7 +120,7 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
         bad = [c for c in nonblock if not math.isfinite(row[c])]
         if bad:
             forward_origin = min(bad, key=lambda c: data.depth.get(c, 0))
-            details.append(f"in the forward pass they first appear at the output of '{forward_origin or '(root)'}'")
+            details.append(f"in the forward pass they first appear at the output of '{display_name(forward_origin)}'")
     row = data.at_step("module", "out_grad_nonfinite", step)
     if row is not None:
         cols = [c for c in row.index if data.kind.get(c) != "block"]
@@ -155,14 +161,17 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
 
 
 def _profile_ratio(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """Per step: first/last value along depth and the geometric-mean gain per step back."""
-    df = _finite_rows(df.dropna(axis=1, how="all"))
-    if df.shape[1] < 2 or df.empty:
+    """Per step: the first/last-layer ratio (:func:`gradsight.store.query.first_last_ratios`)
+    along a steps x names profile, and the geometric-mean gain per step back (the ratio's
+    ``1/(n-1)``-th power over the ``n`` names that hold positive values); steps where the
+    ratio is unknown are left out."""
+    n = int((~np.isnan(positive(df.to_numpy())).all(axis=0)).sum()) if not df.empty else 0
+    if n < 2:
         return pd.Series(dtype=float), pd.Series(dtype=float)
-    first, last = df.iloc[:, 0].astype(float), df.iloc[:, -1].astype(float)
+    ratio = first_last_ratios(df)
+    ratio = ratio[np.isfinite(ratio.to_numpy())]
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = first / last
-        gain = ratio ** (1.0 / (df.shape[1] - 1))
+        gain = ratio ** (1.0 / (n - 1))
     return ratio, gain
 
 
@@ -177,7 +186,7 @@ def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
     med_ratio = float(ratio.median())
     med_gain = float(gain.median())
     n = prof.shape[1]
-    first, last = prof.columns[0], prof.columns[-1]
+    first, last = first_last_columns(prof)
     measured = {"first_over_last": med_ratio, "gain_per_step_back": med_gain, "depth": float(n)}
     vanishing = med_ratio < 1 / th.vanish_ratio or (n >= th.min_depth and med_gain < th.gain_low)
     if vanishing:

@@ -14,6 +14,7 @@ import math
 
 from gradsight.graph.structure import INPUT, LEAF, MODULE, OP, OUTPUT, PARAM, Graph, Node
 from gradsight.plots.style import NONFINITE_COLOR, SKIP_COLOR, LogScale, fmt_value, lut, text_color
+from gradsight.store.query import display_name
 
 FONT = "Helvetica,Arial,sans-serif"
 EDGE_COLOR = "#6f6f6f"
@@ -82,7 +83,7 @@ def _tooltip(n: Node, graph: Graph) -> str:
     if n.kind == MODULE and n.type:
         parts.append(n.type)
     if n.layer is not None and n.kind != PARAM:
-        parts.append(f"layer: {n.layer or '(model)'}")
+        parts.append(f"layer: {display_name(n.layer)}")
     if graph.stat:
         parts.append(f"{graph.stat}: {fmt_value(n.value)}")
     return "\n".join(parts)

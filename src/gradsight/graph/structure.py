@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gradsight.store.query import DEFAULT_MAX_STEPS, open_data, step_sample
+
 #: Node kinds.
 INPUT, OUTPUT, PARAM, LEAF, OP, MODULE = "input", "output", "param", "leaf", "op", "module"
 
@@ -170,15 +172,15 @@ class Graph:
         nodes = [replace(n, value=lookup(n)) for n in self.nodes]
         return replace(self, nodes=nodes, stat=stat, stat_label=label or stat)
 
-    def color_by(self, run: Any, stat: str = "grad_norm", *, max_steps: int = 500) -> Graph:
-        """A copy coloured by the mean of ``stat`` over a run's recorded steps.
+    def color_by(self, run: Any, stat: str = "grad_norm", *, max_steps: int | None = DEFAULT_MAX_STEPS) -> Graph:
+        """A copy coloured by the mean of ``stat`` over a run's sampled steps.
 
         Layer values come from the run's layer rows, parameter values from its
-        parameter rows when recorded. Runs with more than ``max_steps`` recorded
-        steps are averaged over ``max_steps`` evenly spaced ones.
+        parameter rows when recorded. The steps are
+        :func:`gradsight.store.query.step_sample` of the run's recorded steps (at most
+        ``max_steps`` evenly spaced ones; None: all), the same steps the plots and the
+        report show.
         """
-        from gradsight.plots.data import open_data, step_sample
-
         run = open_data(run)
         steps = step_sample(run.steps(), max_steps)
         df = run.frame(level=["layer", "param"], stat=stat, steps=steps)

@@ -4,18 +4,20 @@ Each function takes run data (a ``Run``, a run directory or a long frame from
 ``Run.frame()``) and an optional ``ax``, and returns the
 :class:`matplotlib.figure.Figure`; none calls ``plt.show()``. Values are drawn on
 log scales, layers in forward order under their names; long runs are shown
-through evenly spaced steps (the store is never changed).
+through evenly spaced steps (the store is never changed). The figures read runs
+through :mod:`gradsight.store.query`; ``layer_matrix``, ``layer_profile``,
+``first_last_ratio`` and ``nonfinite_events`` are re-exported from there.
 
     >>> from gradsight import plots
     >>> plots.flow("runs/exp1").savefig("flow.png")
     >>> plots.compare(["runs/plain20", "runs/resnet20"]).savefig("compare.svg")
 """
 
-from gradsight.plots.compare import compare, depth_sweep, first_last_ratio, layer_profile
-from gradsight.plots.data import layer_matrix, nonfinite_events
+from gradsight.plots.compare import compare, depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE, nonfinite, quantile_bands, update_ratio
 from gradsight.plots.flow import flow
 from gradsight.plots.heatmap import heatmap
+from gradsight.store.query import first_last_ratio, layer_matrix, layer_profile, nonfinite_events
 
 #: Plot kinds by name, as ``gradsight plot --kind`` offers them. Single-run kinds take
 #: one run; ``compare`` and ``sweep`` take several.

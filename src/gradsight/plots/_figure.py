@@ -95,13 +95,6 @@ def tidy_log_axis(ax: Axes, axis: str = "y") -> None:
     target.set_minor_formatter(fmt if np.log10(hi / lo) < 1 else NullFormatter())
 
 
-def positive(values: np.ndarray) -> np.ndarray:
-    """``values`` with non-positive and non-finite entries replaced by NaN (for log axes)."""
-    v = np.asarray(values, dtype=float).copy()
-    v[~np.isfinite(v) | (v <= 0)] = np.nan
-    return v
-
-
 def no_data(ax: Axes, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#777777")
     ax.set_xticks([])

@@ -9,7 +9,6 @@ family: a plain network's vanishing gradient is a ratio falling with depth.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Union
@@ -19,14 +18,12 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gradsight.plots._figure import new_axes, no_data, positive, styled, tidy_log_axis
-from gradsight.plots.data import family_and_depth, layer_matrix, open_data
+from gradsight.plots._figure import new_axes, no_data, styled, tidy_log_axis
 from gradsight.plots.style import PALETTE, shade
+from gradsight.store.query import family_and_depth, first_last_ratio, layer_profile, open_data
 from gradsight.store.reader import Run
 
 Runs = Union[Sequence[Union[Run, str, Path]], Mapping[str, Union[Run, str, Path]]]
-
-_AGG = {"median": np.nanmedian, "mean": np.nanmean, "max": np.nanmax, "min": np.nanmin}
 
 
 def _runs(runs: Runs) -> list[tuple[str, Run]]:
@@ -34,23 +31,6 @@ def _runs(runs: Runs) -> list[tuple[str, Run]]:
         return [(str(k), open_data(v)) for k, v in runs.items()]
     opened = [open_data(r) for r in runs]
     return [(r.name, r) for r in opened]
-
-
-def layer_profile(run: Run, stat: str = "grad_norm", *, level: str = "layer", agg: str = "median",
-                  step: int | None = None, max_steps: int = 400) -> pd.Series:
-    """One value per layer (depth order): ``agg`` of ``stat`` over (displayed) steps, or at ``step``."""
-    if agg not in _AGG:
-        raise ValueError(f"agg must be one of {', '.join(_AGG)}, got {agg!r}")
-    if step is not None:
-        m = layer_matrix(run, stat, level=level, steps=[step])
-    else:
-        m = layer_matrix(run, stat, level=level, max_steps=max_steps)
-    if m.empty:
-        return pd.Series(dtype=float)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN, which is right
-        values = _AGG[agg](positive(m.to_numpy()), axis=1)
-    return pd.Series(values, index=m.index, name=stat)
 
 
 def _families(named: list[tuple[str, Run]], family: Callable[[Run], tuple[str, int]] | None
@@ -86,9 +66,9 @@ def compare(
         step: the value at this recorded step instead of ``agg`` over steps.
         normalize_depth: x = relative depth in [0, 1] so networks of different depth
             line up; else the layer index.
-        family: ``run -> (family, depth)``; default from the run's config or name
-            (``plain56`` -> ``("plain", 56)``). A family gets one colour, deeper
-            members a darker shade.
+        family: ``run -> (family, depth)``; default
+            :func:`gradsight.store.query.family_and_depth` (the run's config). A family
+            gets one colour, deeper members a darker shade.
         ax: draw into these axes.
         title: the title.
     """
@@ -127,14 +107,6 @@ def compare(
     return fig
 
 
-def first_last_ratio(run: Run, stat: str = "grad_norm", *, level: str = "layer", agg: str = "median") -> float:
-    """``agg`` of ``stat`` at the first layer divided by that at the last layer (NaN if unknown)."""
-    prof = layer_profile(run, stat, level=level, agg=agg).dropna()
-    if len(prof) < 2 or prof.iloc[-1] == 0:
-        return float("nan")
-    return float(prof.iloc[0] / prof.iloc[-1])
-
-
 @styled
 def depth_sweep(
     runs: Runs,
@@ -148,6 +120,8 @@ def depth_sweep(
 ) -> Figure:
     """First-layer / last-layer ratio of ``stat`` against depth, one line per family.
 
+    The ratio is :func:`gradsight.store.query.first_last_ratio`: per step, the first
+    layer's value over the last layer's, reduced over the sampled steps by ``agg``.
     A ratio near 1 means gradients reach the first layer as strongly as the last;
     far below 1, they vanish on the way back; far above, they explode.
 
@@ -156,7 +130,7 @@ def depth_sweep(
         stat: the statistic.
         level: ``layer`` or a module level.
         agg: ``median`` (default), ``mean``, ``max`` or ``min`` over steps.
-        family: ``run -> (family, depth)``; default from config or name.
+        family: ``run -> (family, depth)``; default from the run's config.
         ax: draw into these axes.
         title: the title.
     """

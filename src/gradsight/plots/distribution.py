@@ -9,9 +9,17 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gradsight.plots._figure import mark_nonfinite_x, new_axes, no_data, positive, styled, tidy_log_axis
-from gradsight.plots.data import RunData, layer_matrix, nonfinite_events, open_data, run_label
+from gradsight.plots._figure import mark_nonfinite_x, new_axes, no_data, styled, tidy_log_axis
 from gradsight.plots.style import CMAP, NONFINITE_COLOR, PALETTE, plural, short_label
+from gradsight.store.query import (
+    DEFAULT_MAX_STEPS,
+    RunData,
+    layer_matrix,
+    nonfinite_events,
+    open_data,
+    positive,
+    run_label,
+)
 
 #: The customary healthy size of one update relative to the weights (Karpathy's "update:data ratio").
 UPDATE_RATIO_REFERENCE = 1e-3
@@ -26,7 +34,7 @@ def quantile_bands(
     quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
     ax: Axes | None = None,
     title: str | None = None,
-    max_steps: int = 400,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
     highlight: bool = True,
 ) -> Figure:
     """The spread of ``stat`` across layers at each step: nested quantile bands and the median.
@@ -48,16 +56,16 @@ def quantile_bands(
     qs = sorted(quantiles)
     if len(qs) % 2 == 0:
         raise ValueError("quantiles must be an odd number of values (pairs of bands and a middle line)")
-    m = layer_matrix(data, stat, level=level, max_steps=max_steps)
+    m = layer_matrix(data, stat, level=level, max_steps=max_steps)  # steps x names
     fig, ax = new_axes(ax, (9.0, 4.2))
     ax.set_title(title or f"{stat} across layers over training: {run_label(data)}")
     if m.empty:
         no_data(ax, f"no {stat} recorded at level {level!r}")
         return fig
-    steps = np.asarray(m.columns, dtype=float)
+    steps = np.asarray(m.index, dtype=float)
     vals = positive(m.to_numpy())
     with np.errstate(all="ignore"):
-        q = np.nanquantile(vals, qs, axis=0) if np.isfinite(vals).any() else None
+        q = np.nanquantile(vals, qs, axis=1) if np.isfinite(vals).any() else None
     if q is None:
         no_data(ax, f"no positive finite {stat} values")
         return fig
@@ -68,9 +76,9 @@ def quantile_bands(
         ax.fill_between(steps, q[i], q[-1 - i], color=base, alpha=alpha, lw=0,
                         label=f"{qs[i]:.0%}–{qs[-1 - i]:.0%} of layers")
     ax.plot(steps, q[k], color=base, lw=1.8, label=f"median ({qs[k]:.0%})")
-    if highlight and len(m) > 1:
-        ax.plot(steps, vals[0], color=PALETTE[1], lw=1.0, ls="--", label=f"first: {short_label(m.index[0])}")
-        ax.plot(steps, vals[-1], color=PALETTE[2], lw=1.0, ls="--", label=f"last: {short_label(m.index[-1])}")
+    if highlight and m.shape[1] > 1:
+        ax.plot(steps, vals[:, 0], color=PALETTE[1], lw=1.0, ls="--", label=f"first: {short_label(m.columns[0])}")
+        ax.plot(steps, vals[:, -1], color=PALETTE[2], lw=1.0, ls="--", label=f"last: {short_label(m.columns[-1])}")
     if stat.startswith("grad"):
         ev = nonfinite_events(data, level=level)
         mark_nonfinite_x(ax, sorted(ev["step"].unique()) if len(ev) else [])
@@ -92,7 +100,7 @@ def update_ratio(
     reference: float | None = UPDATE_RATIO_REFERENCE,
     ax: Axes | None = None,
     title: str | None = None,
-    max_steps: int = 400,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
     cmap: str = CMAP,
 ) -> Figure:
     """``‖Δw‖/‖w‖`` of every layer over training, one line per layer coloured by depth.
@@ -111,19 +119,19 @@ def update_ratio(
     Returns:
         The figure, with a colour bar for layer depth.
     """
-    m = layer_matrix(data, stat, level=level, max_steps=max_steps)
+    m = layer_matrix(data, stat, level=level, max_steps=max_steps)  # steps x names
     fig, ax = new_axes(ax, (9.0, 4.2))
     ax.set_title(title or f"{stat} per layer: {run_label(data)}")
     if m.empty:
         no_data(ax, f"no {stat} recorded (watch the model with optimizer=...)")
         return fig
-    steps = np.asarray(m.columns, dtype=float)
+    steps = np.asarray(m.index, dtype=float)
     cm = matplotlib.colormaps[cmap]
-    n = len(m)
+    n = m.shape[1]
     vals = positive(m.to_numpy())
     lw = 1.1 if n <= 30 else 0.7 if n <= 150 else 0.4
     for i in range(n):
-        ax.plot(steps, vals[i], color=cm(i / max(1, n - 1)), lw=lw, alpha=0.9 if n <= 30 else 0.6)
+        ax.plot(steps, vals[:, i], color=cm(i / max(1, n - 1)), lw=lw, alpha=0.9 if n <= 30 else 0.6)
     if reference is not None:
         ax.axhline(reference, color="#222222", ls="--", lw=1.2, label=f"reference {reference:g}")
         ax.legend(loc="upper right", frameon=True, framealpha=0.85)

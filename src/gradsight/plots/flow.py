@@ -15,9 +15,18 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gradsight.plots._figure import layer_ticks, new_axes, no_data, positive, styled, tidy_log_axis
-from gradsight.plots.data import RunData, layer_matrix, nonfinite_events, recorded_steps, run_label, step_sample
+from gradsight.plots._figure import layer_ticks, new_axes, no_data, styled, tidy_log_axis
 from gradsight.plots.style import NONFINITE_COLOR, plural
+from gradsight.store.query import (
+    DEFAULT_MAX_STEPS,
+    RunData,
+    layer_matrix,
+    nonfinite_events,
+    positive,
+    recorded_steps,
+    run_label,
+    step_sample,
+)
 
 
 @styled
@@ -30,7 +39,7 @@ def flow(
     level: str = "layer",
     ax: Axes | None = None,
     title: str | None = None,
-    max_steps: int = 400,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
     max_labels: int = 40,
 ) -> Figure:
     """``stat`` by layer (forward order, log scale) at several steps of training.
@@ -54,28 +63,28 @@ def flow(
     """
     all_steps = recorded_steps(data)
     shown = list(steps) if steps is not None else step_sample(all_steps, n_steps)
-    band = layer_matrix(data, stat, level=level, max_steps=max_steps)
-    fig, ax = new_axes(ax, (min(16.0, max(6.5, 0.22 * len(band) + 3)), 4.6))
+    band = layer_matrix(data, stat, level=level, max_steps=max_steps)  # steps x names
+    fig, ax = new_axes(ax, (min(16.0, max(6.5, 0.22 * band.shape[1] + 3)), 4.6))
     ax.set_title(title or f"{stat} by layer: {run_label(data)}")
     if band.empty:
         no_data(ax, f"no {stat} recorded at level {level!r}")
         return fig
-    names = list(band.index)
+    names = list(band.columns)
     x = np.arange(len(names))
-    sel = layer_matrix(data, stat, level=level, steps=shown).reindex(index=names)
+    sel = layer_matrix(data, stat, level=level, steps=shown).reindex(columns=names)
 
     vals = positive(band.to_numpy())
     with np.errstate(all="ignore"):
         if np.isfinite(vals).any():
-            lo, med, hi = (np.nanquantile(vals, q, axis=1) for q in (0.05, 0.5, 0.95))
+            lo, med, hi = (np.nanquantile(vals, q, axis=0) for q in (0.05, 0.5, 0.95))
             ax.fill_between(x, lo, hi, color="#bdbdbd", alpha=0.35, lw=0,
-                            label=f"5–95% over {band.shape[1]} steps")
+                            label=f"5–95% over {band.shape[0]} steps")
             ax.plot(x, med, color="#333333", lw=2.0, label="median over steps", zorder=3)
     cmap = matplotlib.colormaps["plasma"]
-    cols = list(sel.columns)
-    for i, step in enumerate(cols):
-        y = sel[step].to_numpy(dtype=float)
-        color = cmap(0.1 + 0.75 * i / max(1, len(cols) - 1))
+    overlaid = list(sel.index)
+    for i, step in enumerate(overlaid):
+        y = sel.loc[step].to_numpy(dtype=float)
+        color = cmap(0.1 + 0.75 * i / max(1, len(overlaid) - 1))
         ax.plot(x, positive(y), marker="o", ms=3, lw=1.1, color=color, label=f"step {step}", zorder=4)
         bad = ~np.isfinite(y) & ~np.isnan(y)
         if bad.any():
@@ -94,5 +103,5 @@ def flow(
     ax.set_ylabel(f"{stat} (log scale)")
     ax.set_xlabel("layer, in forward order (input → output)")
     layer_ticks(ax, names, max_labels=max_labels)
-    ax.legend(loc="best", ncols=2 if len(cols) > 3 else 1)
+    ax.legend(loc="best", ncols=2 if len(overlaid) > 3 else 1)
     return fig

@@ -9,8 +9,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from gradsight.plots._figure import layer_ticks, new_axes, no_data, styled
-from gradsight.plots.data import RunData, layer_matrix, nonfinite_events, run_label
 from gradsight.plots.style import CMAP, MISSING_COLOR, NONFINITE_COLOR, plural
+from gradsight.store.query import DEFAULT_MAX_STEPS, RunData, layer_matrix, nonfinite_events, positive, run_label
 
 
 @styled
@@ -21,7 +21,7 @@ def heatmap(
     level: str = "layer",
     ax: Axes | None = None,
     title: str | None = None,
-    max_steps: int = 400,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
     cmap: str = CMAP,
     vmin: float | None = None,
     vmax: float | None = None,
@@ -45,38 +45,39 @@ def heatmap(
         red crosses: layers whose gradient had NaN/Inf elements at a step (found over
         all steps, drawn at the nearest displayed column).
     """
-    m = layer_matrix(data, stat, level=level, max_steps=max_steps)
-    n_rows = len(m)
+    m = layer_matrix(data, stat, level=level, max_steps=max_steps)  # steps x names
+    names = list(m.columns)
+    n_rows = len(names)
     fig, ax = new_axes(ax, (10.0, min(14.0, max(3.2, 0.16 * n_rows + 1.8))))
     ax.set_title(title or f"{stat} over training: {run_label(data)}")
     if m.empty:
         no_data(ax, f"no {stat} recorded at level {level!r}")
         return fig
-    values = m.to_numpy(dtype=float)
+    values = m.to_numpy(dtype=float).T  # drawn names x steps: layers as rows, first on top
     finite_pos = values[np.isfinite(values) & (values > 0)]
     lo = vmin if vmin is not None else (finite_pos.min() if finite_pos.size else 1e-3)
     hi = vmax if vmax is not None else (finite_pos.max() if finite_pos.size else 1.0)
     if hi <= lo:
         lo, hi = lo / 10, hi * 10
     cm = matplotlib.colormaps[cmap].with_extremes(bad=MISSING_COLOR, under=matplotlib.colormaps[cmap](0.0))
-    shown = np.where(np.isfinite(values) & (values > 0), values, np.nan)
+    shown = positive(values)
     im = ax.imshow(shown, aspect="auto", cmap=cm, norm=LogNorm(lo, hi), interpolation="nearest")
     inf_mask = np.isinf(values)
     if inf_mask.any():
         rgba = np.zeros((*values.shape, 4))
         rgba[inf_mask] = matplotlib.colors.to_rgba(NONFINITE_COLOR)
         ax.imshow(rgba, aspect="auto", interpolation="nearest")
-    steps = np.asarray(m.columns, dtype=float)
+    steps = np.asarray(m.index, dtype=float)
     if stat.startswith("grad"):
         events = nonfinite_events(data, level=level)
         if len(events):
-            row = {n: i for i, n in enumerate(m.index)}
+            row = {n: i for i, n in enumerate(names)}
             ev = events[events["name"].isin(row)]
             cols = np.abs(steps[None, :] - ev["step"].to_numpy(dtype=float)[:, None]).argmin(axis=1)
             ax.scatter(cols, [row[n] for n in ev["name"]], marker="X", s=46, facecolor=NONFINITE_COLOR,
                        edgecolor="white", lw=0.8, label=f"NaN/Inf gradient ({plural(ev['step'].nunique(), 'step')})", zorder=5)
             ax.legend(loc="upper right", frameon=True, framealpha=0.9)
-    layer_ticks(ax, list(m.index), axis="y", max_labels=max_labels)
+    layer_ticks(ax, names, axis="y", max_labels=max_labels)
     n_cols = len(steps)
     xt = np.unique(np.linspace(0, n_cols - 1, min(n_cols, 8)).round().astype(int))
     ax.set_xticks(xt, [str(int(steps[i])) for i in xt])

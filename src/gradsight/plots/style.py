@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from gradsight.store.query import ROOT_DISPLAY_NAME
+
 #: Sequential colour map for magnitudes (gradient norms, ratios).
 CMAP = "viridis"
 #: Colour of non-finite values (NaN/inf gradients).
@@ -114,10 +116,10 @@ def plural(n: int, word: str) -> str:
 
 
 def short_label(name: str, max_len: int = 28) -> str:
-    """A layer name that fits on an axis: the model itself as ``(model)``; long names
-    keep their end (``…block12.branch.fc1``)."""
+    """A layer name that fits on an axis: the model itself as ``ROOT_DISPLAY_NAME``; long
+    names keep their end (``…block12.branch.fc1``)."""
     if name == "":
-        return "(model)"
+        return ROOT_DISPLAY_NAME
     if len(name) <= max_len:
         return name
     return "…" + name[-(max_len - 1):]

@@ -27,18 +27,12 @@ from typing import Any
 import pandas as pd
 
 from gradsight.graph.structure import GRAPH_FILE, Graph
+from gradsight.plots.compare import depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
 from gradsight.plots.style import MISSING_COLOR, NONFINITE_COLOR, PALETTE, fmt_value, lut, shade
-from gradsight.report.payload import (
-    CELL_BUDGET,
-    MAX_STEPS,
-    DiagnosisJob,
-    RunPayload,
-    display_path,
-    results_table,
-    run_payload,
-)
+from gradsight.report.payload import CELL_BUDGET, DiagnosisJob, RunPayload, results_table, run_payload
 from gradsight.report.static import CSS, JS
+from gradsight.store.query import DEFAULT_MAX_STEPS, ROOT_DISPLAY_NAME, display_name, display_path, first_last_ratio
 from gradsight.store.reader import Run, list_runs, open_run
 
 log = logging.getLogger(__name__)
@@ -201,7 +195,7 @@ def _nonfinite_html(p: RunPayload) -> str:
     steps = sorted({e[0] for e in ev})
     first = ev[0]
     return (f'<p class="note" style="color:{NONFINITE_COLOR}">NaN/Inf gradients at {len(steps):,} recorded step(s); '
-            f"first at step {first[0]} in layer {esc(first[1] or '(model)')} ({first[2]:,} elements).</p>")
+            f"first at step {first[0]} in layer {esc(display_name(first[1]))} ({first[2]:,} elements).</p>")
 
 
 def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str, str]] | None) -> str:
@@ -246,8 +240,6 @@ def _comparison_section(payloads: list[RunPayload], stat: str) -> str:
              f'<div class="controls"><label>statistic: <select id="compare-stat">{options}</select></label></div>',
              '<div class="chart" id="compare-chart"></div>']
     try:
-        from gradsight.plots.compare import depth_sweep, first_last_ratio
-
         runs = [p.run for p in payloads]
         rows = [(p.run.name, p.family, p.depth, first_last_ratio(p.run, stat)) for p in payloads]
         table = "".join(
@@ -255,7 +247,7 @@ def _comparison_section(payloads: list[RunPayload], stat: str) -> str:
             for n, f, d, r in rows
         )
         parts.append(f'<h3>First / last layer {esc(stat)}</h3><table class="grid"><thead><tr><th class="text">run</th>'
-                     f'<th class="text">family</th><th>depth</th><th>first / last (median over steps)</th></tr></thead>'
+                     f'<th class="text">family</th><th>depth</th><th>first / last (median over steps of the per-step ratio)</th></tr></thead>'
                      f"<tbody>{table}</tbody></table>")
         if len({(f, d) for _, f, d, _ in rows}) >= 2:
             fig = depth_sweep(runs, stat)
@@ -274,7 +266,7 @@ def build_report(
     title: str | None = None,
     graphs: Mapping[Any, Graph] | Graph | None = None,
     cell_budget: int = CELL_BUDGET,
-    max_steps: int = MAX_STEPS,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
     diagnosis_timeout: float = DIAGNOSIS_TIMEOUT_S,
     base: Path | None = None,
 ) -> str:
@@ -289,7 +281,8 @@ def build_report(
             directory or name; by default a run's ``graph.json`` (see
             :meth:`gradsight.graph.Graph.save`) is used when present.
         cell_budget: displayed values (modules x steps x statistics) per run, at most.
-        max_steps: displayed steps per run, at most.
+        max_steps: displayed steps per run, at most (evenly spaced, as everywhere:
+            :func:`gradsight.store.query.step_sample`).
         diagnosis_timeout: seconds the report waits, in all, for the diagnoses
             (``gradsight.diagnose``), which run while the charts' data is read; a
             diagnosis not done by then is left out with a note.
@@ -331,6 +324,7 @@ def build_report(
         "colors": {"nonfinite": NONFINITE_COLOR, "missing": MISSING_COLOR, "palette": list(PALETTE)},
         "update_reference": UPDATE_RATIO_REFERENCE,
         "compare_key": f"layer:{stat}",
+        "root_name": ROOT_DISPLAY_NAME,
         "runs": [p.data for p in payloads],
     }
     from gradsight import __version__

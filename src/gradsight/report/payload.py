@@ -1,12 +1,15 @@
-"""What a report shows of one run, read from the store and downsampled for display.
+"""What a report shows of one run, read from the store through the query layer.
 
 All of a run's per-module statistics (every level with one row per module:
-``layer``, and ``module``/``block`` from activation hooks) are read at one set of
-evenly spaced steps in a single query, so a run of 1,000 layers x 10,000 steps
-costs a few hundred thousand rows. The number of displayed steps is chosen so the
-whole run stays under a cell budget; matrices travel as base64 little-endian
-float32. Model-level values and metrics are kept at up to ``MAX_LINE_POINTS``
-steps, and non-finite events are found over all steps.
+``layer``, and ``module``/``block`` from activation hooks) are read at one step
+sample in a single query (:func:`gradsight.store.query.layer_matrices`), so a run
+of 1,000 layers x 10,000 steps costs a few hundred thousand rows. The steps are
+:func:`gradsight.store.query.step_sample` of the recorded steps, at most
+``DEFAULT_MAX_STEPS`` as in the plots, the graph and the diagnosis, and fewer when
+a run has so many modules and statistics that they would exceed ``CELL_BUDGET``
+displayed values. Matrices travel as base64 little-endian float32, one row per
+name. Model-level values and metrics are kept at up to ``MAX_LINE_POINTS`` steps
+(the same sampler), and non-finite events are found over all steps.
 """
 
 from __future__ import annotations
@@ -16,23 +19,30 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from gradsight.plots.data import family_and_depth, module_levels, name_order, nonfinite_events, step_sample
+from gradsight.diagnose import diagnose
 from gradsight.plots.style import fmt_value
+from gradsight.store.query import (
+    DEFAULT_MAX_STEPS,
+    family_and_depth,
+    layer_matrices,
+    module_levels,
+    nonfinite_events,
+    run_summary,
+    step_sample,
+)
 from gradsight.store.reader import Run
 
 log = logging.getLogger(__name__)
 
-#: Displayed cells (modules x steps x statistics) per run, at most.
+#: Displayed cells (modules x steps x statistics) per run, at most: a run with many
+#: modules and statistics is shown through fewer steps (but at least MIN_STEPS).
 CELL_BUDGET = 1_200_000
-#: Displayed steps per run, at most (and at least MIN_STEPS when the budget allows less).
-MAX_STEPS = 300
 MIN_STEPS = 40
 #: Points per model-level or metric line, at most.
 MAX_LINE_POINTS = 2000
@@ -60,42 +70,18 @@ class RunPayload:
     notes: list[str] = field(default_factory=list)
 
 
-def _time(t: Any) -> str:
-    try:
-        return datetime.fromtimestamp(float(t)).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "-"
-
-
-def _names_by_level(df: pd.DataFrame, layer_order: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for level, g in df.groupby("level", sort=False):
-        out[str(level)] = name_order(g, layer_order)
-    return out
-
-
-def _matrices(df: pd.DataFrame, names: dict[str, list[str]], steps: list[int]) -> dict[str, dict[str, Any]]:
-    """``level:stat`` -> {level, stat, data}: rows in ``names[level]`` order, columns ``steps``."""
-    col = {s: i for i, s in enumerate(steps)}
-    out: dict[str, dict[str, Any]] = {}
-    for (level, stat), g in df.groupby(["level", "stat"], sort=False):
-        rows = {n: i for i, n in enumerate(names[str(level)])}
-        m = np.full((len(rows), len(steps)), np.nan, dtype=np.float32)
-        r = g["name"].map(rows).to_numpy()
-        c = g["step"].map(col).to_numpy()
-        ok = ~(pd.isna(r) | pd.isna(c))
-        m[r[ok].astype(int), c[ok].astype(int)] = g["value"].to_numpy(dtype=np.float32)[ok]
-        out[f"{level}:{stat}"] = {"level": str(level), "stat": str(stat), "data": encode_f32(m)}
-    return out
+def _encode_matrices(matrices: dict[tuple[str, str], pd.DataFrame]) -> dict[str, dict[str, Any]]:
+    """``level:stat`` -> {level, stat, data}: ``data`` is the steps x names table transposed,
+    one row per name (the page draws layers as rows)."""
+    return {f"{level}:{stat}": {"level": level, "stat": stat, "data": encode_f32(m.to_numpy().T)}
+            for (level, stat), m in matrices.items()}
 
 
 def _line(df: pd.DataFrame) -> dict[str, Any]:
     """Steps (ints) and values (base64 float32, so NaN and inf survive) of one line."""
-    steps = df["step"].to_numpy()
-    values = df["value"].to_numpy(dtype=float)
-    if len(steps) > MAX_LINE_POINTS:
-        idx = np.unique(np.linspace(0, len(steps) - 1, MAX_LINE_POINTS).round().astype(int))
-        steps, values = steps[idx], values[idx]
+    keep = step_sample(range(len(df)), MAX_LINE_POINTS)
+    steps = df["step"].to_numpy()[keep]
+    values = df["value"].to_numpy(dtype=float)[keep]
     return {"steps": [int(s) for s in steps], "values": encode_f32(values), "last": _last(values)}
 
 
@@ -104,8 +90,17 @@ def _last(values: np.ndarray) -> float | None:
     return float(finite[-1]) if len(finite) else None
 
 
+def display_steps(all_steps: list[int], per_step: int, *, cell_budget: int = CELL_BUDGET,
+                  max_steps: int | None = DEFAULT_MAX_STEPS) -> list[int]:
+    """The steps a report shows of a run with ``per_step`` displayed values per step:
+    :func:`step_sample` of ``all_steps``, at most ``max_steps`` and, for very wide runs,
+    only as many as ``cell_budget`` allows (but at least ``MIN_STEPS``)."""
+    cap = max(MIN_STEPS, cell_budget // max(1, per_step))
+    return step_sample(all_steps, cap if max_steps is None else min(max_steps, cap))
+
+
 def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: int = CELL_BUDGET,
-                max_steps: int = MAX_STEPS, base: Path | None = None) -> RunPayload:
+                max_steps: int | None = DEFAULT_MAX_STEPS, base: Path | None = None) -> RunPayload:
     """Read what the report shows of ``run``; its path is shown relative to ``base`` when inside it."""
     all_steps = run.steps()
     levels = module_levels(run)
@@ -122,18 +117,18 @@ def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: i
             rows[lv] = max(1, run.frame(level=lv, stat=stats_by_level[lv][:1], steps=all_steps[-1:])["name"].nunique())
         else:
             rows[lv] = 1
-    per_step = sum(rows[lv] * len(stats_by_level[lv]) for lv in levels) or 1
-    n_cols = int(min(max_steps, max(MIN_STEPS, cell_budget // per_step)))
-    steps = step_sample(all_steps, n_cols)
-    if levels and steps:
-        df = run.frame(level=levels, steps=None if len(steps) == len(all_steps) else steps)
-    else:
-        df = pd.DataFrame(columns=["step", "level", "name", "layer", "depth", "stat", "value"])
+    per_step = sum(rows[lv] * len(stats_by_level[lv]) for lv in levels)
+    steps = display_steps(all_steps, per_step, cell_budget=cell_budget, max_steps=max_steps)
+    tables = layer_matrices(run, level=levels, steps=steps) if levels and steps else {}
+    if tables:
+        steps = [int(s) for s in next(iter(tables.values())).index]
     if len(steps) < len(all_steps):
         notes.append(f"Charts over steps show {len(steps)} of {len(all_steps):,} recorded steps, evenly spaced "
                      "(first and last included); non-finite gradients are found over all steps.")
-    names = _names_by_level(df, list(run.layers()["name"])) if not df.empty else {}
-    matrices = _matrices(df, names, steps) if not df.empty else {}
+    names = {}
+    for (lv, _), m in tables.items():
+        names.setdefault(lv, [str(n) for n in m.columns])
+    matrices = _encode_matrices(tables)
 
     options = []
     for lv in levels:
@@ -159,10 +154,13 @@ def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: i
         metrics[str(name)] = _line(g.sort_values("step"))
 
     family, depth = family_and_depth(run)
-    summary = _summary(run, all_steps, n_layers, metrics, base)
+    summary = run_summary(run, stat, with_layers=False).rows(base)
+    for name, line in metrics.items():
+        if line["last"] is not None:
+            summary.append((f"{name} (last)", fmt_value(line["last"], 4) + f" at step {line['steps'][-1]}"))
     data = {
         "name": run.name,
-        "steps": [int(s) for s in steps],
+        "steps": steps,
         "total_steps": len(all_steps),
         "names": names,
         "matrices": matrices,
@@ -175,48 +173,6 @@ def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: i
         "depth": depth,
     }
     return RunPayload(index, run, data, summary, options, default_key, family, depth, notes)
-
-
-def display_path(path: Path, base: Path | None) -> str:
-    if base is not None:
-        try:
-            return str(path.resolve().relative_to(base.resolve()))
-        except ValueError:
-            pass
-    return str(path)
-
-
-def _summary(run: Run, steps: list[int], n_layers: int, metrics: dict[str, dict[str, Any]],
-             base: Path | None = None) -> list[tuple[str, str]]:
-    meta = run.meta
-    rows: list[tuple[str, str]] = [("run", display_path(run.path, base)),
-                                   ("model", str(meta.get("model_class", "?")))]
-    status = str(meta.get("status", "?"))
-    if meta.get("error"):
-        status += f" ({meta['error']})"
-    rows.append(("status", status))
-    start, end = meta.get("start_time"), meta.get("end_time")
-    when = f"{_time(start)} → {_time(end)}"
-    try:
-        when += f" ({float(end) - float(start):.1f} s)"
-    except (TypeError, ValueError):
-        pass
-    rows.append(("time", when))
-    try:
-        rows.append(("parameters", f"{int(meta.get('num_params', 0)):,} ({int(meta.get('num_trainable', 0)):,} trainable)"))
-    except (TypeError, ValueError):
-        pass
-    rows.append(("layers", f"{n_layers} (depth order from {meta.get('depth_source', '?')})"))
-    rows.append(("steps recorded", f"{len(steps):,}" + (f" (steps {steps[0]}…{steps[-1]})" if steps else "")))
-    for key in ("optimizer", "device", "amp", "torch_version", "schedule"):
-        if meta.get(key) not in (None, ""):
-            rows.append((key.replace("_", " "), str(meta[key])))
-    if run.config:
-        rows.append(("config", ", ".join(f"{k}={v}" for k, v in run.config.items())))
-    for name, line in metrics.items():
-        if line["last"] is not None:
-            rows.append((f"{name} (last)", fmt_value(line["last"], 4) + f" at step {line['steps'][-1]}"))
-    return rows
 
 
 def results_table(runs: list[Run]) -> list[tuple[Path, pd.DataFrame]]:
@@ -236,27 +192,15 @@ def results_table(runs: list[Run]) -> list[tuple[Path, pd.DataFrame]]:
     return out
 
 
-def diagnosis(run: Run | Path) -> list[tuple[str, str]] | None:
-    """``(severity, message)`` findings from ``gradsight.diagnose.diagnose(run)``, if that exists.
-
-    Returns None when the diagnosis module is not available; a finding saying so
-    when it failed.
-    """
-    try:
-        from gradsight.diagnose import diagnose  # type: ignore[attr-defined]
-    except (ImportError, AttributeError):
-        return None
+def diagnosis(run: Run | Path) -> list[tuple[str, str]]:
+    """``(severity, message)`` findings of :func:`gradsight.diagnose.diagnose`, worst first;
+    one finding saying so when the diagnosis failed (the report is made all the same)."""
     try:
         findings = diagnose(run)
     except Exception as exc:  # a broken diagnosis must not cost the user the report
         log.warning("diagnosis of %s failed: %s", getattr(run, "path", run), exc)
         return [("error", f"the diagnosis failed: {type(exc).__name__}: {exc}")]
-    out = []
-    for f in findings or []:
-        sev = getattr(f, "severity", "info")
-        sev = getattr(sev, "name", None) or getattr(sev, "value", None) or sev
-        out.append((str(sev).lower(), str(getattr(f, "message", f))))
-    return out
+    return [(str(f.severity), f.message) for f in findings]
 
 
 class DiagnosisJob:

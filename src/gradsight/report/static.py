@@ -64,6 +64,7 @@ JS = r"""
   var LUT = DATA.lut;
   var SVGNS = (function () { var d = document.createElement("div"); d.innerHTML = "<svg></svg>"; return d.firstChild.namespaceURI; })();
   var NONFINITE = DATA.colors.nonfinite, MISSING = DATA.colors.missing, PALETTE = DATA.colors.palette;
+  function shownName(name) { return name === "" ? DATA.root_name : name; }  // the root module's display name
 
   // ---------------------------------------------------------------- helpers
   function decode(b64) {
@@ -202,7 +203,7 @@ JS = r"""
         if (lab.length > 26) lab = "\u2026" + lab.slice(-25);
         svg("line", { x1: x, x2: x, y1: M.t + ph, y2: M.t + ph + 4 }, axis);
         var t = svg("text", { x: x, y: M.t + ph + 10, "text-anchor": "end", transform: "rotate(-50 " + x + " " + (M.t + ph + 10) + ")" }, axis);
-        t.textContent = lab === "" ? "(model)" : lab;
+        t.textContent = shownName(lab);
       }
     } else {
       niceLinearTicks(xlo, xhi, Math.max(3, Math.floor(pw / 90))).forEach(function (v) {
@@ -281,7 +282,7 @@ JS = r"""
       if (!best) { hideTip(); dot.setAttribute("visibility", "hidden"); return; }
       var s = best.s, i = best.i;
       dot.setAttribute("cx", X(s.xs[i])); dot.setAttribute("cy", best.py); dot.setAttribute("visibility", "visible");
-      var where = cat ? (spec.xLabels[s.xs[i]] === "" ? "(model)" : spec.xLabels[s.xs[i]]) : (spec.xname || "x") + " " + fmt(s.xs[i]);
+      var where = cat ? shownName(spec.xLabels[s.xs[i]]) : (spec.xname || "x") + " " + fmt(s.xs[i]);
       showTip((s.hoverName || s.name) + "\n" + where + "\n" + (spec.ylabel || "value") + ": " + fmt(s.ys[i]), ev);
     });
     overlay.addEventListener("mouseleave", function () { hideTip(); dot.setAttribute("visibility", "hidden"); });
@@ -358,7 +359,7 @@ JS = r"""
     ctx.fillStyle = "#3b434b"; ctx.font = "11px system-ui, sans-serif"; ctx.textAlign = "right"; ctx.textBaseline = "middle";
     var every = Math.max(1, Math.ceil(rows / Math.floor(ph / 13)));
     for (var i = 0; i < rows; i += every) {
-      var lab = spec.rows[i] === "" ? "(model)" : spec.rows[i];
+      var lab = shownName(spec.rows[i]);
       if (lab.length > 28) lab = "\u2026" + lab.slice(-27);
       ctx.fillText(lab, M.l - 5, M.t + (i + 0.5) / rows * ph);
     }
@@ -378,7 +379,7 @@ JS = r"""
       var box = cv.getBoundingClientRect(), mx = ev.clientX - box.left - M.l, my = ev.clientY - box.top - M.t;
       if (mx < 0 || my < 0 || mx >= pw || my >= ph) { hideTip(); return; }
       var c2 = Math.floor(mx / pw * cols), r2 = Math.floor(my / ph * rows);
-      var name = spec.rows[r2] === "" ? "(model)" : spec.rows[r2];
+      var name = shownName(spec.rows[r2]);
       showTip(name + "\nstep " + spec.cols[c2] + "\n" + spec.stat + ": " + fmt(data[r2 * cols + c2]), ev);
     });
     cv.addEventListener("mouseleave", hideTip);
@@ -430,7 +431,7 @@ JS = r"""
     var markers = [];
     (run.nonfinite || []).forEach(function (e) {
       var r = m.names.indexOf(e[1]);
-      if (r >= 0 && m.level === "layer") markers.push({ x: r, label: (e[1] || "(model)") + ": " + e[2] + " NaN/Inf elements at step " + e[0] });
+      if (r >= 0 && m.level === "layer") markers.push({ x: r, label: shownName(e[1]) + ": " + e[2] + " NaN/Inf elements at step " + e[0] });
     });
     var by = m.level === "layer" ? "layer" : m.level === "param" ? "parameter" : m.level;
     lineChart(el, { title: m.stat + " by " + by + " (forward order)", xLabels: m.names, series: series, ylabel: m.stat,
@@ -455,8 +456,8 @@ JS = r"""
     var q = colQuantiles(m, [0.05, 0.25, 0.5, 0.75, 0.95]), xs = m.steps;
     var series = [{ name: "median of layers", xs: xs, ys: q[2], color: PALETTE[0], width: 2 }];
     if (m.names.length > 1) {
-      series.push({ name: "first: " + (m.names[0] || "(model)"), xs: xs, ys: row(m, 0), color: PALETTE[1], dash: "5 3", width: 1.2 });
-      series.push({ name: "last: " + (m.names[m.names.length - 1] || "(model)"), xs: xs, ys: row(m, m.names.length - 1), color: PALETTE[2], dash: "5 3", width: 1.2 });
+      series.push({ name: "first: " + shownName(m.names[0]), xs: xs, ys: row(m, 0), color: PALETTE[1], dash: "5 3", width: 1.2 });
+      series.push({ name: "last: " + shownName(m.names[m.names.length - 1]), xs: xs, ys: row(m, m.names.length - 1), color: PALETTE[2], dash: "5 3", width: 1.2 });
     }
     var steps = {};
     (run.nonfinite || []).forEach(function (e) { steps[e[0]] = (steps[e[0]] || 0) + 1; });
@@ -471,7 +472,7 @@ JS = r"""
     if (!m) { el.textContent = ""; el.style.display = "none"; return; }
     var n = m.names.length, series = [];
     for (var r = 0; r < n; r++) {
-      series.push({ name: m.names[r] === "" ? "(model)" : m.names[r], hoverName: (m.names[r] || "(model)") + " (depth " + r + ")", xs: m.steps, ys: row(m, r),
+      series.push({ name: shownName(m.names[r]), hoverName: shownName(m.names[r]) + " (depth " + r + ")", xs: m.steps, ys: row(m, r),
         color: lutColor(n > 1 ? r / (n - 1) : 0), width: n > 100 ? 0.6 : 1.1, opacity: n > 100 ? 0.6 : 0.9, legend: false });
     }
     lineChart(el, { title: "update ratio \u2016\u0394w\u2016/\u2016w\u2016 per layer (dark = first layer, bright = last)", series: series,

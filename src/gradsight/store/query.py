@@ -37,6 +37,9 @@ MODULE_LEVELS = ("layer", "module", "block")
 #: Recorded steps a reader looks at, at most, unless told otherwise (evenly spaced).
 DEFAULT_MAX_STEPS = 400
 
+#: How the root module (the model itself, whose qualified name is ``""``) is shown.
+ROOT_DISPLAY_NAME = "(model)"
+
 #: How values over steps are reduced to one per layer.
 AGGREGATES = {"median": np.nanmedian, "mean": np.nanmean, "max": np.nanmax, "min": np.nanmin}
 
@@ -46,6 +49,11 @@ def open_data(data: Run | str | Path) -> Run:
     if isinstance(data, Run):
         return data
     return open_run(data)
+
+
+def display_name(name: str) -> str:
+    """A module's qualified name for display: the root module as :data:`ROOT_DISPLAY_NAME`."""
+    return name or ROOT_DISPLAY_NAME
 
 
 def step_sample(steps: Sequence[int], max_steps: int | None = DEFAULT_MAX_STEPS) -> list[int]:
@@ -147,21 +155,55 @@ def layer_matrix(data: RunData, stat: str = "grad_norm", *, level: str = "layer"
         steps: exactly these steps instead.
 
     Returns:
-        Float DataFrame (NaN where nothing was recorded), index named ``step``,
-        columns named ``name``; empty when the run has no such statistic at that level.
+        Float DataFrame (NaN where nothing was recorded), index named ``step`` (the
+        steps at which ``stat`` was recorded), columns named ``name``; empty when the
+        run has no such statistic at that level.
+    """
+    found = layer_matrices(data, level=level, stat=stat, max_steps=max_steps, steps=steps)
+    return found.get((level, stat), pd.DataFrame(dtype=float))
+
+
+def layer_matrices(data: RunData, *, level: str | Iterable[str] = MODULE_LEVELS, stat: str | Iterable[str] | None = None,
+                   max_steps: int | None = DEFAULT_MAX_STEPS, steps: Sequence[int] | None = None
+                   ) -> dict[tuple[str, str], pd.DataFrame]:
+    """Several statistics at several levels as :func:`layer_matrix` tables, read in one query.
+
+    Args:
+        data: a run, run directory or long frame.
+        level: the levels to read (default: every level with one row per module).
+        stat: the statistics to read (default: all).
+        max_steps: at most this many evenly spaced steps (None = all).
+        steps: exactly these steps instead.
+
+    Returns:
+        ``(level, stat) -> DataFrame`` steps x names. All tables share one index (the
+        steps read that hold any of the values); the tables of one level share their
+        columns (every name recorded at that level, in forward order), so a
+        statistic not recorded for a name or at a step is NaN there.
     """
     df = _long(data, stat=stat, level=level, max_steps=max_steps, steps=steps)
     if df.empty:
-        return pd.DataFrame(dtype=float)
-    wide = df.pivot_table(index="step", columns="name", values="value", aggfunc="last", dropna=False)
+        return {}
+    if "level" not in df:
+        df = df.assign(level=level if isinstance(level, str) else "layer")
+    step_index = pd.Index(np.unique(df["step"].to_numpy(dtype=np.int64)), name="step")
+    row_of = np.searchsorted(step_index.to_numpy(), df["step"].to_numpy(dtype=np.int64))
+    values = df["value"].to_numpy(dtype=float)
     layer_order = None
-    if level not in ("layer", "param") and not isinstance(data, pd.DataFrame):
-        layer_order = list(open_data(data).layers()["name"])
-    wide = wide.reindex(columns=name_order(df, layer_order))
-    wide.index = wide.index.astype(int)
-    wide.index.name = "step"
-    wide.columns.name = "name"
-    return wide.astype(float)
+    out: dict[tuple[str, str], pd.DataFrame] = {}
+    for lv, idx in df.groupby("level", sort=False).indices.items():
+        group = df.iloc[idx]
+        if layer_order is None and lv not in ("layer", "param") and not isinstance(data, pd.DataFrame):
+            layer_order = list(open_data(data).layers()["name"])
+        names = pd.Index(name_order(group, layer_order), name="name")
+        col_of = names.get_indexer(group["name"])
+        stat_codes, stat_names = pd.factorize(group["stat"])
+        for k, st in enumerate(stat_names):
+            pick = stat_codes == k
+            matrix = np.full((len(step_index), len(names)), np.nan)
+            matrix[row_of[idx][pick], col_of[pick]] = values[idx][pick]
+            out[(str(lv), str(st))] = pd.DataFrame(matrix, index=step_index, columns=names)
+    return out
 
 
 def positive(values: np.ndarray) -> np.ndarray:
@@ -188,22 +230,34 @@ def layer_profile(data: RunData, stat: str = "grad_norm", *, level: str = "layer
     return pd.Series(values, index=m.columns, name=stat)
 
 
+def first_last_columns(matrix: pd.DataFrame) -> tuple[str, str] | None:
+    """The first and the last layer of a steps x names table as :func:`first_last_ratios`
+    takes them: the first and last columns holding a positive finite value at any step
+    (None when fewer than two do)."""
+    if matrix.empty:
+        return None
+    present = np.flatnonzero(~np.isnan(positive(matrix.to_numpy())).all(axis=0))
+    if len(present) < 2:
+        return None
+    return matrix.columns[present[0]], matrix.columns[present[-1]]
+
+
 def first_last_ratios(matrix: pd.DataFrame) -> pd.Series:
     """Per step: the first layer's value divided by the last layer's.
 
     The one definition of the first/last-layer ratio. ``matrix`` is steps x names in
     forward order (as :func:`layer_matrix`); the first and last layers are the first
-    and last columns that hold a positive finite value at any step. Above 1, gradients
-    grow toward the input (explode on the way back); below 1, they vanish. A step where
-    either value is missing, zero or non-finite gives NaN.
+    and last columns that hold a positive finite value at any step
+    (:func:`first_last_columns`). Above 1, gradients grow toward the input (explode on
+    the way back); below 1, they vanish. A step where either value is missing, zero or
+    non-finite gives NaN.
     """
     if matrix.empty:
         return pd.Series(dtype=float)
-    values = positive(matrix.to_numpy())
-    present = np.flatnonzero(~np.isnan(values).all(axis=0))
-    if len(present) < 2:
+    ends = first_last_columns(matrix)
+    if ends is None:
         return pd.Series(np.nan, index=matrix.index, dtype=float)
-    first, last = values[:, present[0]], values[:, present[-1]]
+    first, last = (positive(matrix[c].to_numpy()) for c in ends)
     with np.errstate(all="ignore"):
         return pd.Series(first / last, index=matrix.index, dtype=float)
 
@@ -312,7 +366,9 @@ class RunSummary:
     num_layers: int
     depth_source: str
     steps: list[int]
-    layers: pd.DataFrame = field(repr=False)  # per layer: name, depth, mean, median, min, max of ``stat``
+    #: Per layer: name, depth, mean, median, min, max of ``stat`` over all recorded
+    #: steps (None when not asked for).
+    layers: pd.DataFrame | None = field(repr=False)
     stat: str = "grad_norm"
     details: dict[str, str] = field(default_factory=dict)  # optimizer, device, amp, torch version, schedule
 
@@ -343,8 +399,11 @@ def display_path(path: Path, base: Path | None) -> str:
     return str(path)
 
 
-def run_summary(data: Run | str | Path, stat: str = "grad_norm") -> RunSummary:
-    """The summary of a run shown by ``gradsight info`` and at the top of the report."""
+def run_summary(data: Run | str | Path, stat: str = "grad_norm", *, with_layers: bool = True) -> RunSummary:
+    """The summary of a run shown by ``gradsight info`` and at the top of the report.
+
+    ``with_layers`` adds the per-layer summary of ``stat`` over all recorded steps
+    (:meth:`Run.layer_summary`, one pass over that statistic's rows)."""
     run = open_data(data)
     meta = run.meta
 
@@ -368,6 +427,6 @@ def run_summary(data: Run | str | Path, stat: str = "grad_norm") -> RunSummary:
         start=format_time(meta.get("start_time")), end=format_time(meta.get("end_time")), duration_s=duration,
         num_params=as_int(meta.get("num_params")), num_trainable=as_int(meta.get("num_trainable")),
         num_tensors=len(run.params()), num_layers=len(run.layers()),
-        depth_source=str(meta.get("depth_source", "?")), steps=run.steps(), layers=run.layer_summary(stat),
+        depth_source=str(meta.get("depth_source", "?")), steps=run.steps(), layers=run.layer_summary(stat) if with_layers else None,
         stat=stat, details=details,
     )
