@@ -90,13 +90,13 @@ def _last(values: np.ndarray) -> float | None:
     return float(finite[-1]) if len(finite) else None
 
 
-def display_steps(all_steps: list[int], per_step: int, *, cell_budget: int = CELL_BUDGET,
-                  max_steps: int | None = DEFAULT_MAX_STEPS) -> list[int]:
-    """The steps a report shows of a run with ``per_step`` displayed values per step:
-    :func:`step_sample` of ``all_steps``, at most ``max_steps`` and, for very wide runs,
-    only as many as ``cell_budget`` allows (but at least ``MIN_STEPS``)."""
+def display_max_steps(per_step: int, *, cell_budget: int = CELL_BUDGET,
+                      max_steps: int | None = DEFAULT_MAX_STEPS) -> int:
+    """How many steps a report shows at most of a run with ``per_step`` displayed values
+    per step: ``max_steps``, or for very wide runs as many as ``cell_budget`` allows
+    (but at least ``MIN_STEPS``). The steps themselves are :func:`step_sample`'s."""
     cap = max(MIN_STEPS, cell_budget // max(1, per_step))
-    return step_sample(all_steps, cap if max_steps is None else min(max_steps, cap))
+    return cap if max_steps is None else min(max_steps, cap)
 
 
 def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: int = CELL_BUDGET,
@@ -118,10 +118,9 @@ def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: i
         else:
             rows[lv] = 1
     per_step = sum(rows[lv] * len(stats_by_level[lv]) for lv in levels)
-    steps = display_steps(all_steps, per_step, cell_budget=cell_budget, max_steps=max_steps)
-    tables = layer_matrices(run, level=levels, steps=steps) if levels and steps else {}
-    if tables:
-        steps = [int(s) for s in next(iter(tables.values())).index]
+    shown = display_max_steps(per_step, cell_budget=cell_budget, max_steps=max_steps)
+    tables = layer_matrices(run, level=levels, max_steps=shown) if levels and all_steps else {}
+    steps = [int(s) for s in next(iter(tables.values())).index] if tables else step_sample(all_steps, shown)
     if len(steps) < len(all_steps):
         notes.append(f"Charts over steps show {len(steps)} of {len(all_steps):,} recorded steps, evenly spaced "
                      "(first and last included); non-finite gradients are found over all steps.")
