@@ -7,9 +7,12 @@ import html
 import json
 import re
 import shutil
+import sqlite3
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 import gradsight as gs
 from gradsight.report import build_report, expand_runs
@@ -133,3 +136,51 @@ def test_results_csv_of_compare_one_level_up_and_paths_relative_to_the_report(tm
     text = write_report([out / "runs" / "plain-4"], out / "report.html").read_text()
     assert '<section id="results">' in text and "From results.csv" in text
     assert "<th>run</th><td>runs/plain-4</td>" in text
+
+
+def _set_layer_values(run_dir, stat: str, name: str, values: list[float]) -> None:
+    """Overwrite a layer's recorded ``stat`` at its first ``len(values)`` steps."""
+    conn = sqlite3.connect(run_dir / "gradsight.sqlite")
+    with conn:
+        (series,) = conn.execute("SELECT id FROM series WHERE level = 'layer' AND name = ? AND stat = ?",
+                                 (name, stat)).fetchone()
+        steps = [r[0] for r in conn.execute("SELECT step FROM steps ORDER BY step")]
+        conn.executemany("UPDATE scalars SET value = ? WHERE series = ? AND step = ?",
+                         [(v, series, s) for v, s in zip(values, steps, strict=True)])
+    conn.close()
+
+
+def test_every_first_last_ratio_on_the_page_is_the_one_definition(tmp_path):
+    """The comparison table and the diagnosis show the same first / last layer ratio: the
+    median over steps of the per-step ratio (here 1.5e-4 and 1.5e-5), not the ratio of
+    the medians (2.9e-4 and 2.9e-5)."""
+    from gradsight.diagnose.rules import _fmt
+    from gradsight.plots.style import fmt_value
+    from gradsight.store.query import first_last_ratio
+
+    run_dirs = []
+    for k, scale in enumerate((1e-4, 1e-5)):
+        torch.manual_seed(k)
+        model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+        run_dir = tmp_path / f"net{k}"
+        with gs.watch(model, run_dir, config={"family": "net", "depth": 3 + k}) as mon:
+            for _ in range(4):
+                model(torch.randn(8, 4)).pow(2).mean().backward()
+                mon.step()
+                model.zero_grad()
+        _set_layer_values(run_dir, "grad_norm", "0", [scale * v for v in (1.0, 2.0, 30.0, 40.0)])
+        _set_layer_values(run_dir, "grad_norm", "4", [1.0, 1.0, 10.0, 1000.0])
+        run_dirs.append(run_dir)
+    text = build_report(run_dirs)
+    table = text[text.index("<h3>First / last layer grad_norm</h3>"):]
+    table = table[: table.index("</table>")]
+    for k, (run_dir, scale) in enumerate(zip(run_dirs, (1e-4, 1e-5), strict=True)):
+        ratio = first_last_ratio(run_dir)
+        assert ratio == pytest.approx(1.5 * scale, rel=1e-6)  # per step 1, 2, 3, 0.04 times scale
+        (finding,) = [f for f in gs.diagnose(run_dir) if f.code == "vanishing_gradients"]
+        assert finding.measured["first_over_last"] == pytest.approx(ratio, rel=1e-12)
+        assert (f'<td class="text">{run_dir.name}</td><td class="text">net</td><td>{3 + k}</td>'
+                f"<td>{fmt_value(ratio)}</td>") in table
+        section = text[text.index(f"<h2>{run_dir.name}</h2>"):]
+        section = section[: section.index("</ul>")]
+        assert f"is {_fmt(1 / ratio)} times smaller" in section
