@@ -8,7 +8,7 @@ from torch import nn
 
 import gradsight as gs
 from gradsight.cli import main
-from gradsight.diagnose import Thresholds, checkup
+from gradsight.diagnose import Severity, Thresholds, UnhealthyGradientsError, checkup
 
 
 def codes(findings, severity=None):
@@ -199,11 +199,11 @@ def test_assert_healthy():
     gs.assert_healthy(healthy, x, nn.functional.cross_entropy, y)
     broken = _net(NaNBackward(16, 16))
     before = [p.detach().clone() for p in broken.parameters()]
-    with pytest.raises(gs.diagnose.__globals__["UnhealthyGradientsError"] if False else AssertionError) as info:
+    with pytest.raises(UnhealthyGradientsError) as info:
         gs.assert_healthy(broken, torch.randn(5, 8))
     assert "nonfinite" in str(info.value)
     assert info.value.findings[0].code == "nonfinite"
-    assert all(torch.equal(a, b) for a, b in zip(before, broken.parameters()))  # the model is untouched
+    assert all(torch.equal(a, b) for a, b in zip(before, broken.parameters(), strict=True))  # the model is untouched
     assert all(p.grad is None for p in broken.parameters())
 
 
@@ -222,3 +222,17 @@ def test_doctor_cli_exit_status(tmp_path, capsys):
     assert main(["doctor", "resnet20"]) == 2  # neither a run nor given an input shape
     err = capsys.readouterr().err
     assert err.count("\n") == 2 and "Traceback" not in err
+
+
+def test_severity_is_ordered_and_reads_as_its_word():
+    assert Severity.INFO < Severity.WARNING < Severity.ERROR
+    assert Severity.ERROR >= "warning" and not Severity.INFO >= "warning"
+    assert sorted(["error", "info", "warning"], key=Severity) == ["info", "warning", "error"]
+    finding = gs.Finding("x", "warning", "message")
+    assert finding.severity is Severity.WARNING and finding.severity == "warning"
+    assert str(finding.severity) == "warning" and finding.to_dict()["severity"] == "warning"
+    assert str(finding).startswith("WARNING x: message")
+    with pytest.raises(ValueError, match="severity must be one of"):
+        gs.Finding("x", "fatal", "message")
+    findings = [gs.Finding(c, sev, "m") for c, sev in (("a", "info"), ("b", "error"), ("c", "warning"))]
+    assert [line.split()[1] for line in gs.format_findings(findings).splitlines()] == ["b:", "c:", "a:"]
