@@ -39,7 +39,7 @@ def command(runs: tuple[Path, ...], stat: str, kind: str, level: str, steps: tup
     import matplotlib
 
     from gradsight.plots._figure import STYLE
-    from gradsight.report.html import expand_runs
+    from gradsight.store.query import expand_runs
 
     if output.suffix.lower() not in FORMATS:
         raise UserError(f"cannot write {output.name}: the output must end in .png, .svg or .pdf")

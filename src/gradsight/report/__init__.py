@@ -4,6 +4,7 @@
     >>> write_report(["runs/plain20", "runs/resnet20"], "report.html")
 """
 
-from gradsight.report.html import build_report, expand_runs, write_report
+from gradsight.report.html import build_report, write_report
+from gradsight.store.query import expand_runs
 
 __all__ = ["build_report", "expand_runs", "write_report"]

@@ -32,8 +32,15 @@ from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
 from gradsight.plots.style import MISSING_COLOR, NONFINITE_COLOR, PALETTE, fmt_value, lut, shade
 from gradsight.report.payload import CELL_BUDGET, DiagnosisJob, RunPayload, results_table, run_payload
 from gradsight.report.static import CSS, JS
-from gradsight.store.query import DEFAULT_MAX_STEPS, ROOT_DISPLAY_NAME, display_name, display_path, first_last_ratio
-from gradsight.store.reader import Run, list_runs, open_run
+from gradsight.store.query import (
+    DEFAULT_MAX_STEPS,
+    ROOT_DISPLAY_NAME,
+    display_name,
+    display_path,
+    expand_runs,
+    first_last_ratio,
+)
+from gradsight.store.reader import Run
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +50,6 @@ GRAPH_MAX_NODES = 400
 DIAGNOSIS_TIMEOUT_S = 12.0
 
 esc = html.escape
-
-
-def expand_runs(paths: Iterable[Run | str | Path]) -> list[Run]:
-    """Runs from run directories, store files, or directories holding runs (e.g. the
-    output of ``gradsight compare``), in the order given (sorted within a directory)."""
-    runs: list[Run] = []
-    for p in paths:
-        if isinstance(p, Run):
-            runs.append(p)
-            continue
-        path = Path(p)
-        if path.is_dir() and not (path / "gradsight.sqlite").exists():
-            found = list_runs(path)
-            if found:
-                runs.extend(open_run(r) for r in found)
-                continue
-        runs.append(open_run(path))
-    return runs
 
 
 def _json_for_script(payload: Any) -> str:

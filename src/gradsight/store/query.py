@@ -25,7 +25,8 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
-from gradsight.store.reader import Run, open_run
+from gradsight.store.reader import Run, list_runs, open_run
+from gradsight.store.schema import DB_NAME
 
 #: What readers accept as run data: a Run, a run directory, or a long frame
 #: (columns ``step, level, name, depth, stat, value`` as from ``Run.frame()``).
@@ -66,6 +67,24 @@ def step_sample(steps: Sequence[int], max_steps: int | None = DEFAULT_MAX_STEPS)
         return steps[-1:]
     idx = np.unique(np.round(np.linspace(0, len(steps) - 1, max_steps)).astype(int))
     return [steps[i] for i in idx]
+
+
+def expand_runs(paths: Iterable[Run | str | Path]) -> list[Run]:
+    """Runs from run directories, store files, or directories holding runs (e.g. the
+    output of ``gradsight compare``), in the order given (sorted within a directory)."""
+    runs: list[Run] = []
+    for p in paths:
+        if isinstance(p, Run):
+            runs.append(p)
+            continue
+        path = Path(p)
+        if path.is_dir() and not (path / DB_NAME).exists():
+            found = list_runs(path)
+            if found:
+                runs.extend(open_run(r) for r in found)
+                continue
+        runs.append(open_run(path))
+    return runs
 
 
 def recorded_steps(data: RunData) -> list[int]:
