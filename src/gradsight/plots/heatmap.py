@@ -10,7 +10,15 @@ from matplotlib.figure import Figure
 
 from gradsight.plots._figure import layer_ticks, new_axes, no_data, styled
 from gradsight.plots.style import CMAP, MISSING_COLOR, NONFINITE_COLOR, plural
-from gradsight.store.query import DEFAULT_MAX_STEPS, RunData, layer_matrix, nonfinite_events, positive, run_label
+from gradsight.store.query import (
+    DEFAULT_MAX_STEPS,
+    RunData,
+    layer_matrix,
+    nonfinite_events,
+    positive,
+    run_label,
+    step_sample,
+)
 
 
 @styled
@@ -79,7 +87,7 @@ def heatmap(
             ax.legend(loc="upper right", frameon=True, framealpha=0.9)
     layer_ticks(ax, names, axis="y", max_labels=max_labels)
     n_cols = len(steps)
-    xt = np.unique(np.linspace(0, n_cols - 1, min(n_cols, 8)).round().astype(int))
+    xt = step_sample(range(n_cols), 8)  # tick positions: eight evenly spaced columns
     ax.set_xticks(xt, [str(int(steps[i])) for i in xt])
     ax.set_xlabel("step" + (f" ({n_cols} shown, evenly spaced)" if max_steps and n_cols >= max_steps else ""))
     ax.set_ylabel("layer (forward order)")
