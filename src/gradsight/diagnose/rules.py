@@ -131,11 +131,11 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
             after = [c for c in cols if data.depth.get(c, 0) > data.depth.get(deepest, 0)]
             if after:
                 backward_origin = after[0]
-                details.append(f"in the backward pass they first appear in '{backward_origin}' "
+                details.append(f"in the backward pass they first appear in '{display_name(backward_origin)}' "
                                "(its output gradient was finite, the gradient it passed back was not)")
             elif forward_origin is None:
                 backward_origin = deepest
-                details.append(f"the gradient arriving at the last module '{deepest}' was already non-finite "
+                details.append(f"the gradient arriving at the last module '{display_name(deepest)}' was already non-finite "
                                "(the loss or its gradient)")
     if not details:
         row = data.at_step("layer", "grad_nonfinite", step)
@@ -146,8 +146,8 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
                 deepest = bad[-1]
                 after = names[names.index(deepest) + 1:]
                 backward_origin = after[0] if after else deepest
-                details.append(f"layers up to '{deepest}' have non-finite gradients and later ones do not, so the "
-                               f"backward pass turned non-finite in or just after '{backward_origin}'")
+                details.append(f"layers up to '{display_name(deepest)}' have non-finite gradients and later ones do not, so the "
+                               f"backward pass turned non-finite in or just after '{display_name(backward_origin)}'")
             elif bad:
                 details.append("every layer's gradient is non-finite, so the loss (or the forward pass) was "
                                "non-finite; record with activations=True to find the module")
@@ -193,8 +193,8 @@ def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
         sev = "error" if med_ratio < 1 / th.vanish_ratio_error else "warning"
         findings.append(Finding(
             "vanishing_gradients", sev,
-            f"Gradients vanish toward the input: the {where} gradient at '{first}' is {_fmt(1 / med_ratio if med_ratio > 0 else math.inf)} times "
-            f"smaller than at '{last}' (median over steps; {_fmt(med_gain)} per {where} going back). Use residual "
+            f"Gradients vanish toward the input: the {where} gradient at '{display_name(first)}' is {_fmt(1 / med_ratio if med_ratio > 0 else math.inf)} times "
+            f"smaller than at '{display_name(last)}' (median over steps; {_fmt(med_gain)} per {where} going back). Use residual "
             "connections, normalization, ReLU-family activations with He initialization, or a shallower network.",
             layers=[first, last], steps=list(map(int, ratio.index[(ratio < 1 / th.vanish_ratio) | (gain < th.gain_low)]))[:50],
             measured=measured))
@@ -202,8 +202,8 @@ def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
         sev = "error" if med_ratio > th.explode_ratio_error else "warning"
         findings.append(Finding(
             "exploding_gradients", sev,
-            f"Gradients grow toward the input: the {where} gradient at '{first}' is {_fmt(med_ratio)} times larger "
-            f"than at '{last}' ({_fmt(med_gain)} per {where} going back), as in deep batch-normed plain networks at "
+            f"Gradients grow toward the input: the {where} gradient at '{display_name(first)}' is {_fmt(med_ratio)} times larger "
+            f"than at '{display_name(last)}' ({_fmt(med_gain)} per {where} going back), as in deep batch-normed plain networks at "
             "initialization (Yang et al. 2019). Use residual connections, a smaller learning rate or gradient clipping.",
             layers=[first, last], steps=list(map(int, ratio.index[ratio > th.explode_ratio]))[:50], measured=measured))
     total = data.wide("model", "grad_norm")
@@ -238,7 +238,7 @@ def forward_signal(data: RunData, th: Thresholds) -> list[Finding]:
         return [Finding(
             "exploding_forward", sev,
             f"The forward signal explodes: the RMS of the {where} output grows up to {_fmt(high)} times from "
-            f"'{first}' to '{last}' (its variance {_fmt(high * high)} times; at step {steps[0]}). Unnormalized "
+            f"'{display_name(first)}' to '{display_name(last)}' (its variance {_fmt(high * high)} times; at step {steps[0]}). Unnormalized "
             "residual networks add a branch's variance at every block; use normalization, scale the branches down "
             "(Fixup, SkipInit) or zero-initialize each branch's last layer.",
             layers=[first, last], steps=steps[:50],
@@ -248,7 +248,7 @@ def forward_signal(data: RunData, th: Thresholds) -> list[Finding]:
         return [Finding(
             "vanishing_forward", "warning",
             f"The forward signal fades: the RMS of the {where} output shrinks up to {_fmt(1 / low)} times from "
-            f"'{first}' to '{last}' (at step {steps[0]}). Check the initialization (He for ReLU) or add normalization.",
+            f"'{display_name(first)}' to '{display_name(last)}' (at step {steps[0]}). Check the initialization (He for ReLU) or add normalization.",
             layers=[first, last], steps=steps[:50],
             measured={"last_over_first_rms": low, "depth": float(df.shape[1])})]
     return []
@@ -265,7 +265,7 @@ def dead_units(data: RunData, th: Thresholds) -> list[Finding]:
     worst_layer = dead.idxmax()
     return [Finding(
         "dead_units", "warning",
-        f"{len(dead)} layer(s) have mostly zero gradients (up to {_fmt(100 * float(dead.max()))}% of '{worst_layer}', "
+        f"{len(dead)} layer(s) have mostly zero gradients (up to {_fmt(100 * float(dead.max()))}% of '{display_name(worst_layer)}', "
         "median over steps): their units are dead (ReLU stuck at zero) or unused. Try a lower learning rate, "
         "LeakyReLU/GELU, or check the initialization and biases.",
         layers=list(dead.index), measured={k: float(v) for k, v in dead.items()})]
