@@ -211,13 +211,17 @@ def test_plots_report_diagnosis_and_graph_read_the_same_step_sample(long_run):
         wide = run.series("grad_norm", steps=sample)
         values = np.where(np.isfinite(wide.to_numpy()) & (wide.to_numpy() > 0), wide.to_numpy(), np.nan)
 
-        # report: the displayed steps
-        assert run_payload(run, 0).data["steps"] == sample
+        # report: the displayed steps, and the five the gradient-flow chart overlays
+        report = run_payload(run, 0).data
+        assert report["steps"] == sample
+        overlaid = [sample[c] for c in report["flow_columns"]]
+        assert overlaid == step_sample(sample, 5) and len(overlaid) == 5
 
-        # flow: the median over steps is the median over exactly those steps
-        median = plots.flow(run).axes[0].get_lines()[0]
+        # flow: the median over steps is the median over exactly those steps; the same steps overlaid
+        median, *lines = plots.flow(run).axes[0].get_lines()
         assert median.get_label() == "median over steps"
         np.testing.assert_allclose(median.get_ydata(), np.nanmedian(values, axis=0), rtol=1e-12)
+        assert [line.get_label() for line in lines] == [f"step {s}" for s in overlaid]
 
         # heatmap: one column per sampled step
         image = plots.heatmap(run).axes[0].get_images()[0]

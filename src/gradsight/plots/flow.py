@@ -23,10 +23,12 @@ from gradsight.store.query import (
     layer_matrix,
     nonfinite_events,
     positive,
-    recorded_steps,
     run_label,
     step_sample,
 )
+
+#: Steps a gradient-flow figure overlays unless told otherwise (evenly spaced, first and last included).
+OVERLAID_STEPS = 5
 
 
 @styled
@@ -35,7 +37,7 @@ def flow(
     stat: str = "grad_norm",
     *,
     steps: Sequence[int] | None = None,
-    n_steps: int = 5,
+    n_steps: int = OVERLAID_STEPS,
     level: str = "layer",
     ax: Axes | None = None,
     title: str | None = None,
@@ -48,8 +50,8 @@ def flow(
         data: a ``Run``, run directory or long frame (``Run.frame()``).
         stat: the statistic, e.g. ``grad_norm``, ``grad_rms``, ``update_ratio``, or
             an activation statistic at ``level="module"``.
-        steps: the steps to overlay (default: ``n_steps`` evenly spaced recorded steps,
-            first and last included).
+        steps: the steps to overlay (default: ``n_steps`` evenly spaced ones of the
+            steps shown, first and last included, as the report overlays them).
         n_steps: how many steps to overlay when ``steps`` is not given.
         level: ``layer``, ``param`` or a module level such as ``module``/``block``.
         ax: draw into these axes (default: a new figure).
@@ -61,8 +63,6 @@ def flow(
         The figure. Layers whose value was non-finite at an overlaid step get a red
         triangle on the top edge.
     """
-    all_steps = recorded_steps(data)
-    shown = list(steps) if steps is not None else step_sample(all_steps, n_steps)
     band = layer_matrix(data, stat, level=level, max_steps=max_steps)  # steps x names
     fig, ax = new_axes(ax, (min(16.0, max(6.5, 0.22 * band.shape[1] + 3)), 4.6))
     ax.set_title(title or f"{stat} by layer: {run_label(data)}")
@@ -71,7 +71,10 @@ def flow(
         return fig
     names = list(band.columns)
     x = np.arange(len(names))
-    sel = layer_matrix(data, stat, level=level, steps=shown).reindex(columns=names)
+    if steps is None:
+        sel = band.loc[step_sample(list(band.index), n_steps)]
+    else:
+        sel = layer_matrix(data, stat, level=level, steps=list(steps)).reindex(columns=names)
 
     vals = positive(band.to_numpy())
     with np.errstate(all="ignore"):

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from gradsight.diagnose import diagnose
+from gradsight.plots.flow import OVERLAID_STEPS
 from gradsight.plots.style import fmt_value
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
@@ -160,6 +161,7 @@ def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: i
     data = {
         "name": run.name,
         "steps": steps,
+        "flow_columns": step_sample(range(len(steps)), OVERLAID_STEPS),  # positions in ``steps``
         "total_steps": len(all_steps),
         "names": names,
         "matrices": matrices,

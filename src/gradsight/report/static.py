@@ -416,14 +416,13 @@ JS = r"""
     return out;
   }
   function range(n) { var a = new Array(n); for (var i = 0; i < n; i++) a[i] = i; return a; }
-  function shownColumns(k, n) { var out = []; for (var i = 0; i < n; i++) { var c = Math.round(i * (k - 1) / Math.max(1, n - 1)); if (out.indexOf(c) < 0) out.push(c); } return out; }
   var STEP_COLORS = ["#0d0887", "#6a00a8", "#b12a90", "#e16462", "#fca636", "#f0f921"];
 
   function drawFlow(el, run, key) {
     var m = matrixOf(run, key);
     if (!m) { el.textContent = "no data"; return; }
     var xs = range(m.names.length), q = rowQuantiles(m, [0.05, 0.5, 0.95]);
-    var cols = shownColumns(m.steps.length, Math.min(5, m.steps.length));
+    var cols = run.flow_columns;  // the overlaid steps, chosen by the same sampler as every step sample
     var series = [{ name: "median over steps", xs: xs, ys: q[1], color: "#333", width: 2.4 }];
     cols.forEach(function (c, i) {
       series.push({ name: "step " + m.steps[c], xs: xs, ys: column(m, c), color: STEP_COLORS[Math.round(i * 4 / Math.max(1, cols.length - 1))], width: 1.3, dots: true });
