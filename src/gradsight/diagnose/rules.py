@@ -135,8 +135,8 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
                                "(its output gradient was finite, the gradient it passed back was not)")
             elif forward_origin is None:
                 backward_origin = deepest
-                details.append(f"the gradient arriving at the last module '{display_name(deepest)}' was already non-finite "
-                               "(the loss or its gradient)")
+                details.append(f"the gradient arriving at the last module '{display_name(deepest)}' was already "
+                               "non-finite (the loss or its gradient)")
     if not details:
         row = data.at_step("layer", "grad_nonfinite", step)
         if row is not None:
@@ -146,8 +146,9 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
                 deepest = bad[-1]
                 after = names[names.index(deepest) + 1:]
                 backward_origin = after[0] if after else deepest
-                details.append(f"layers up to '{display_name(deepest)}' have non-finite gradients and later ones do not, so the "
-                               f"backward pass turned non-finite in or just after '{display_name(backward_origin)}'")
+                details.append(f"layers up to '{display_name(deepest)}' have non-finite gradients and later ones do "
+                               f"not, so the backward pass turned non-finite in or just after "
+                               f"'{display_name(backward_origin)}'")
             elif bad:
                 details.append("every layer's gradient is non-finite, so the loss (or the forward pass) was "
                                "non-finite; record with activations=True to find the module")
@@ -187,14 +188,15 @@ def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
     med_gain = float(gain.median())
     n = prof.shape[1]
     first, last = first_last_columns(prof)
+    first_name, last_name = display_name(first), display_name(last)
     measured = {"first_over_last": med_ratio, "gain_per_step_back": med_gain, "depth": float(n)}
     vanishing = med_ratio < 1 / th.vanish_ratio or (n >= th.min_depth and med_gain < th.gain_low)
     if vanishing:
         sev = "error" if med_ratio < 1 / th.vanish_ratio_error else "warning"
         findings.append(Finding(
             "vanishing_gradients", sev,
-            f"Gradients vanish toward the input: the {where} gradient at '{display_name(first)}' is {_fmt(1 / med_ratio if med_ratio > 0 else math.inf)} times "
-            f"smaller than at '{display_name(last)}' (median over steps; {_fmt(med_gain)} per {where} going back). Use residual "
+            f"Gradients vanish toward the input: the {where} gradient at '{first_name}' is {_fmt(1 / med_ratio if med_ratio > 0 else math.inf)} times "
+            f"smaller than at '{last_name}' (median over steps; {_fmt(med_gain)} per {where} going back). Use residual "
             "connections, normalization, ReLU-family activations with He initialization, or a shallower network.",
             layers=[first, last], steps=list(map(int, ratio.index[(ratio < 1 / th.vanish_ratio) | (gain < th.gain_low)]))[:50],
             measured=measured))
@@ -202,8 +204,8 @@ def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
         sev = "error" if med_ratio > th.explode_ratio_error else "warning"
         findings.append(Finding(
             "exploding_gradients", sev,
-            f"Gradients grow toward the input: the {where} gradient at '{display_name(first)}' is {_fmt(med_ratio)} times larger "
-            f"than at '{display_name(last)}' ({_fmt(med_gain)} per {where} going back), as in deep batch-normed plain networks at "
+            f"Gradients grow toward the input: the {where} gradient at '{first_name}' is {_fmt(med_ratio)} times larger "
+            f"than at '{last_name}' ({_fmt(med_gain)} per {where} going back), as in deep batch-normed plain networks at "
             "initialization (Yang et al. 2019). Use residual connections, a smaller learning rate or gradient clipping.",
             layers=[first, last], steps=list(map(int, ratio.index[ratio > th.explode_ratio]))[:50], measured=measured))
     total = data.wide("model", "grad_norm")
@@ -231,6 +233,7 @@ def forward_signal(data: RunData, th: Thresholds) -> list[Finding]:
         return []
     growth = (df.iloc[:, -1] / df.iloc[:, 0]).astype(float)
     first, last = df.columns[0], df.columns[-1]
+    first_name, last_name = display_name(first), display_name(last)
     high, low = float(growth.max()), float(growth.min())
     if high > th.forward_explode:
         sev = "error" if high > th.forward_explode_error else "warning"
@@ -238,7 +241,7 @@ def forward_signal(data: RunData, th: Thresholds) -> list[Finding]:
         return [Finding(
             "exploding_forward", sev,
             f"The forward signal explodes: the RMS of the {where} output grows up to {_fmt(high)} times from "
-            f"'{display_name(first)}' to '{display_name(last)}' (its variance {_fmt(high * high)} times; at step {steps[0]}). Unnormalized "
+            f"'{first_name}' to '{last_name}' (its variance {_fmt(high * high)} times; at step {steps[0]}). Unnormalized "
             "residual networks add a branch's variance at every block; use normalization, scale the branches down "
             "(Fixup, SkipInit) or zero-initialize each branch's last layer.",
             layers=[first, last], steps=steps[:50],
@@ -248,7 +251,7 @@ def forward_signal(data: RunData, th: Thresholds) -> list[Finding]:
         return [Finding(
             "vanishing_forward", "warning",
             f"The forward signal fades: the RMS of the {where} output shrinks up to {_fmt(1 / low)} times from "
-            f"'{display_name(first)}' to '{display_name(last)}' (at step {steps[0]}). Check the initialization (He for ReLU) or add normalization.",
+            f"'{first_name}' to '{last_name}' (at step {steps[0]}). Check the initialization (He for ReLU) or add normalization.",
             layers=[first, last], steps=steps[:50],
             measured={"last_over_first_rms": low, "depth": float(df.shape[1])})]
     return []
@@ -265,7 +268,8 @@ def dead_units(data: RunData, th: Thresholds) -> list[Finding]:
     worst_layer = dead.idxmax()
     return [Finding(
         "dead_units", "warning",
-        f"{len(dead)} layer(s) have mostly zero gradients (up to {_fmt(100 * float(dead.max()))}% of '{display_name(worst_layer)}', "
+        f"{len(dead)} layer(s) have mostly zero gradients (up to {_fmt(100 * float(dead.max()))}% of "
+        f"'{display_name(worst_layer)}', "
         "median over steps): their units are dead (ReLU stuck at zero) or unused. Try a lower learning rate, "
         "LeakyReLU/GELU, or check the initialization and biases.",
         layers=list(dead.index), measured={k: float(v) for k, v in dead.items()})]

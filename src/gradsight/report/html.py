@@ -236,7 +236,8 @@ def _comparison_section(payloads: list[RunPayload], stat: str) -> str:
             for n, f, d, r in rows
         )
         parts.append(f'<h3>First / last layer {esc(stat)}</h3><table class="grid"><thead><tr><th class="text">run</th>'
-                     f'<th class="text">family</th><th>depth</th><th>first / last (median over steps of the per-step ratio)</th></tr></thead>'
+                     f'<th class="text">family</th><th>depth</th>'
+                     f"<th>first / last (median over steps of the per-step ratio)</th></tr></thead>"
                      f"<tbody>{table}</tbody></table>")
         if len({(f, d) for _, f, d, _ in rows}) >= 2:
             fig = depth_sweep(runs, stat)

@@ -182,9 +182,9 @@ def layer_matrix(data: RunData, stat: str = "grad_norm", *, level: str = "layer"
     return found.get((level, stat), pd.DataFrame(dtype=float))
 
 
-def layer_matrices(data: RunData, *, level: str | Iterable[str] = MODULE_LEVELS, stat: str | Iterable[str] | None = None,
-                   max_steps: int | None = DEFAULT_MAX_STEPS, steps: Sequence[int] | None = None
-                   ) -> dict[tuple[str, str], pd.DataFrame]:
+def layer_matrices(data: RunData, *, level: str | Iterable[str] = MODULE_LEVELS,
+                   stat: str | Iterable[str] | None = None, max_steps: int | None = DEFAULT_MAX_STEPS,
+                   steps: Sequence[int] | None = None) -> dict[tuple[str, str], pd.DataFrame]:
     """Several statistics at several levels as :func:`layer_matrix` tables, read in one query.
 
     Args:
@@ -446,6 +446,7 @@ def run_summary(data: Run | str | Path, stat: str = "grad_norm", *, with_layers:
         start=format_time(meta.get("start_time")), end=format_time(meta.get("end_time")), duration_s=duration,
         num_params=as_int(meta.get("num_params")), num_trainable=as_int(meta.get("num_trainable")),
         num_tensors=len(run.params()), num_layers=len(run.layers()),
-        depth_source=str(meta.get("depth_source", "?")), steps=run.steps(), layers=run.layer_summary(stat) if with_layers else None,
+        depth_source=str(meta.get("depth_source", "?")), steps=run.steps(),
+        layers=run.layer_summary(stat) if with_layers else None,
         stat=stat, details=details,
     )
