@@ -14,7 +14,6 @@ from gradsight.cli import main
 from gradsight.models import CifarResNet, create_model, residual_blocks
 from gradsight.probes import path_lengths
 from gradsight.probes.paths import path_fractions, path_gradient
-from gradsight.probes.plots import plot_path_lengths
 
 from .conftest import no_hooks_left
 
@@ -170,12 +169,6 @@ def test_wrong_number_of_flags_is_rejected() -> None:
     with pytest.raises(ValueError, match="3 flags for 2 residual blocks"):
         path_gradient(model, torch.randn(1, 3), [True, True, False])
     assert no_hooks_left(model)
-
-
-def test_plot_draws_the_three_panels() -> None:
-    model = nn.Sequential(*(LinearBlock(4) for _ in range(6)))
-    fig = plot_path_lengths(path_lengths(model, samples=2))
-    assert len(fig.axes) == 3 and fig.axes[1].get_yscale() == "log"
 
 
 def test_cli_builds_a_registry_model_for_the_input_shape(

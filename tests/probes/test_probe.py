@@ -93,20 +93,3 @@ def test_probe_returns_rows_in_depth_order_and_restores_grads():
 def test_probe_needs_a_shape():
     with pytest.raises(ValueError, match="input_shape"):
         probe(nn.Linear(2, 2))
-
-
-def test_signal_propagation_plot(tmp_path):
-    from gradsight.probes.spp import plot_signal_propagation
-
-    tables = []
-    for name in ("resnet20", "plain20"):
-        t = probe(gs.models.create_model(name, in_channels=1), input_shape=(1, 28, 28), batch_size=8)
-        t["label"] = name
-        tables.append(t)
-    import pandas as pd
-
-    fig = plot_signal_propagation(pd.concat(tables), title="test")
-    fwd, bwd = fig.axes[:2]
-    assert fwd.get_yscale() == "log" and len(fwd.lines) >= 4 and len(bwd.lines) == 2
-    fig.savefig(tmp_path / "spp.png")
-    assert (tmp_path / "spp.png").stat().st_size > 10_000

@@ -128,7 +128,7 @@ def command(model_spec: str, output: Path | None, samples: int, input_shape: str
     click.echo(f"gradient per path length peaks at k = {result.peak_length}, "
                f"mean k = {result.mean_length:.1f}, 90% from k = {first} to {last}")
     if output is not None:
-        from gradsight.probes.plots import plot_path_lengths
+        from gradsight.plots.probes import plot_path_lengths
 
         fig = plot_path_lengths(result, title=f"{model_spec}: gradient per path length "
                                 f"({result.n_blocks} blocks, {samples} samples per length)")

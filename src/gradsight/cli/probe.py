@@ -66,7 +66,7 @@ def command(model_spec: str, input_shape: str, batch_size: int, seed: int, eval_
         table.to_csv(csv_path, index=False)
         click.echo(f"table written to {csv_path}")
     if output is not None:
-        from gradsight.probes.spp import plot_signal_propagation
+        from gradsight.plots.probes import plot_signal_propagation
 
         fig = plot_signal_propagation(table, title=f"{model_spec}: signal propagation at initialization")
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ def command(depths: str, blocks: str, width: int, points: int, norm: str, seed: 
     click.echo(f"white noise: lag-1 r = 0 +- {2 / points ** 0.5:.2f} (95%), flatness ~ 0.56; "
                "brown noise: lag-1 r ~ 1, flatness ~ 0")
     if output is not None:
-        from gradsight.probes.plots import plot_shattering
+        from gradsight.plots.probes import plot_shattering
 
         fig = plot_shattering(results)
         fig.suptitle(f"dy/dx at initialization (width {width}, norm={norm}, seed {seed})", fontsize=10)
