@@ -151,8 +151,6 @@ def grad_flow_overlay(runs: Sequence[Run | str | Path], *, stat: str = "grad_nor
         return fig
     for ax in axes:
         ax.set_yscale("log")
-        ax.autoscale_view()
-        tidy_log_axis(ax)
         ax.set_xlabel("relative depth of the weighted layer (0 = input, 1 = output)")
         ax.legend(loc="best")
     axes[0].set_ylabel(f"{stat} (log scale)")

@@ -139,10 +139,10 @@ def reproducibility(device: str | torch.device = "cpu") -> dict[str, Any]:
     On the CPU, training is recreated bit for bit when all of these are the same: the torch
     build (``torch``: its version with the MKL/oneDNN kernels it ships), the CPU (``cpu``,
     and ``cpu_capability``, the vector instructions torch dispatches to) and the number of
-    torch threads (``threads``: it changes how sums inside convolutions are split, so the
-    last bits differ and the difference grows over training). ``deterministic`` is
-    ``torch.are_deterministic_algorithms_enabled()``; on a GPU, ``gpu`` and ``cudnn`` are
-    added and results are not bit-identical across GPU models.
+    torch threads (``threads``: sums are split per thread, so the last bits differ from the
+    first step and the difference grows over training). ``deterministic`` is
+    ``torch.are_deterministic_algorithms_enabled()`` (on the CPU it changed nothing for the
+    CIFAR-style CNNs measured in docs/results.md); on a GPU, ``gpu`` and ``cudnn`` are added.
     """
     device = torch.device(device)
     info: dict[str, Any] = {
