@@ -13,7 +13,8 @@ run directory) and optional axes, and returns the matplotlib ``Figure``; none ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,13 @@ def first_and_late_steps(run: Run) -> tuple[int, int]:
     return steps[0], late
 
 
+@contextmanager
+def _opened(runs: Sequence[Run | str | Path]) -> Iterator[list[Run]]:
+    """The runs, those given as directories opened here and closed on exit."""
+    with ExitStack() as stack:
+        yield [run if isinstance(run, Run) else stack.enter_context(open_data(run)) for run in runs]
+
+
 def grad_flow(run: Run | str | Path, *, stat: str = "grad_norm", steps: Sequence[int] | None = None,
               ax: Axes | None = None, title: str | None = None) -> Figure:
     """:func:`gradsight.plots.flow` over the weighted layers of a training run: ``stat`` at the
@@ -84,10 +92,10 @@ def grad_flow(run: Run | str | Path, *, stat: str = "grad_norm", steps: Sequence
     Returns:
         The figure.
     """
-    run = open_data(run)
-    frame = run.frame(level="layer", stat=stat, name=weighted_layers(run))
+    with _opened([run]) as (run,):
+        frame = run.frame(level="layer", stat=stat, name=weighted_layers(run))
+        shown = list(steps) if steps is not None else sorted(set(first_and_late_steps(run)))
     frame.attrs["name"] = run.name
-    shown = list(steps) if steps is not None else sorted(set(first_and_late_steps(run)))
     return flow(frame, stat, steps=shown, ax=ax, title=title or f"{stat} by layer: {run.name}")
 
 
@@ -123,7 +131,6 @@ def grad_flow_overlay(runs: Sequence[Run | str | Path], *, stat: str = "grad_nor
     Returns:
         The figure.
     """
-    opened = [open_data(r) for r in runs]
     if axes is None:
         fig = Figure(figsize=(12.0, 4.4), layout="constrained")
         axes = fig.subplots(1, 2, sharey=True)
@@ -131,16 +138,20 @@ def grad_flow_overlay(runs: Sequence[Run | str | Path], *, stat: str = "grad_nor
         fig = axes[0].figure
     late_steps = []
     drawn = 0
-    for run, (color, style) in zip(opened, _look(opened)):
-        first, late = first_and_late_steps(run)
-        late_steps.append(late)
-        values = weighted_matrix(run, stat, [first, late])
+    with _opened(runs) as opened:
+        looks = _look(opened)
+        profiles = []
+        for run in opened:
+            first, late = first_and_late_steps(run)
+            late_steps.append(late)
+            profiles.append((run.name, first, late, weighted_matrix(run, stat, [first, late])))
+    for (name, first, late, values), (color, style) in zip(profiles, looks):
         n = values.shape[1]
         depth = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(n)
         for ax, step in zip(axes, (first, late)):
             if step in values.index:
                 ax.plot(depth, positive(values.loc[step].to_numpy()), style, marker="o", ms=2.5, lw=1.4,
-                        color=color, label=f"{run.name} (step {step})")
+                        color=color, label=f"{name} (step {step})")
                 drawn += 1
     axes[0].set_title("first step (initialization)")
     axes[1].set_title(f"late in training (step {max(late_steps) if late_steps else '?'})")
@@ -164,23 +175,25 @@ def training_curves(runs: Sequence[Run | str | Path], *, axes: Sequence[Axes] | 
     A family has one colour (deeper members darker); in the right panel the training error is
     drawn with circles and the test error with crosses.
     """
-    opened = [open_data(r) for r in runs]
     if axes is None:
         fig = Figure(figsize=(12.0, 4.2), layout="constrained")
         axes = fig.subplots(1, 2)
     else:
         fig = axes[0].figure
-    for run, (color, style) in zip(opened, _look(opened)):
-        metrics = run.metrics()
+    with _opened(runs) as opened:
+        names = [run.name for run in opened]
+        looks = _look(opened)
+        logged = [run.metrics() for run in opened]
+    for name, metrics, (color, style) in zip(names, logged, looks):
         if "loss" in metrics:
             loss = metrics["loss"].dropna()
-            axes[0].plot(loss.index, loss.to_numpy(), style, color=color, lw=1.2, label=run.name)
+            axes[0].plot(loss.index, loss.to_numpy(), style, color=color, lw=1.2, label=name)
         if "epoch" in metrics:
             per_epoch = metrics.dropna(subset=["epoch"])
             axes[1].plot(per_epoch["epoch"], per_epoch["train_error"], style, marker="o", ms=4, color=color,
-                         label=f"{run.name} train")
+                         label=f"{name} train")
             axes[1].plot(per_epoch["epoch"], per_epoch["test_error"], style, marker="x", ms=5, color=color,
-                         label=f"{run.name} test")
+                         label=f"{name} test")
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("training loss (mini-batch, log scale)")
     axes[0].set_title("training loss at the recorded steps")
@@ -194,7 +207,7 @@ def training_curves(runs: Sequence[Run | str | Path], *, axes: Sequence[Axes] | 
         ax.set_yscale("log")
         ax.autoscale_view()
         tidy_log_axis(ax)
-        ax.legend(loc="best", ncols=2 if len(opened) > 2 else 1)
+        ax.legend(loc="best", ncols=2 if len(names) > 2 else 1)
     return fig
 
 
