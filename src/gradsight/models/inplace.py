@@ -76,7 +76,7 @@ class InplaceResNet(nn.Module):
         return self.fc(x)
 
 
-@register_model
+@register_model(family="inplace_resnet", depth=6, input_kind="image", input_shape=(3, 32, 32))
 def inplace_resnet(
     *, in_channels: int = 3, num_classes: int = 10, width: int = 16
 ) -> InplaceResNet:

@@ -1,4 +1,4 @@
-"""Model specs: a registry name or ``package.module:factory``."""
+"""Model specs: a registered name or ``package.module:factory``, with optional KEY=VALUE keywords."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from torch import nn
 
 from gradsight.models import MLP, CifarResNet
-from gradsight.modelspec import load_model
+from gradsight.models.spec import build_model, load_model, parse_spec
 
 
 def test_registry_name_passes_keywords_to_the_factory() -> None:
