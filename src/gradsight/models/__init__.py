@@ -11,9 +11,8 @@
 Each registration says the model's family, depth and input (``ModelInfo``); ``create_model``
 records it on the model (``info_of(model)``).
 
-Blocks follow one protocol (``ResidualBlock``): class attribute ``is_residual_block = True``
-and instance attributes ``branch``, ``shortcut`` (``None`` when off), ``skip`` and ``post_act``;
-``residual_blocks(model)`` finds them.
+The zoo's blocks subclass ``ResidualBlock`` (attributes ``branch``, ``shortcut`` (``None`` when
+off), ``skip`` and ``post_act``); ``residual_blocks(model)`` lists them.
 """
 
 from gradsight.models._blocks import ResidualBlock, residual_blocks
