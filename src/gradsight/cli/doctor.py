@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from gradsight.cli import UserError
-from gradsight.cli._args import build, input_options, model_arg_option, parse_shape, resolve_input
+from gradsight.cli._args import build, input_options, model_arg_option, parse_kwargs, parse_shape, resolve_input
 
 
 @click.command()
@@ -50,11 +50,12 @@ def command(ctx: click.Context, target: str, input_shape: str | None, input_dtyp
         findings = diagnose(path)
         source = f"run {path}"
     else:
+        kwargs = parse_kwargs(model_args)
         if input_shape is None:
             raise UserError(f"{target!r} is not a run directory; to check a model pass --input-shape, e.g. 1,28,28")
         shape = parse_shape(input_shape)
         torch.manual_seed(seed)
-        model, info = build(target, model_args, shape)
+        model, info = build(target, kwargs, shape)
         sample = resolve_input(info, shape, input_dtype, vocab_size)
         inputs = None if sample.is_float else sample.batch(batch_size, generator=torch.Generator().manual_seed(seed))
         try:
