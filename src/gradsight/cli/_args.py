@@ -36,6 +36,7 @@ __all__ = [
     "build",
     "input_options",
     "model_arg_option",
+    "parse_int_list",
     "parse_kwargs",
     "parse_shape",
     "resolve_input",
@@ -59,6 +60,18 @@ def parse_shape(text: str | None, option: str = "--input-shape") -> tuple[int, .
         raise UserError(f"bad {option} {text!r}: write positive integers such as 1,28,28 "
                         "(one sample, without the batch dimension)")
     return tuple(int(part) for part in parts)
+
+
+def parse_int_list(text: str, option: str) -> list[int]:
+    """``"2,8,24"`` -> ``[2, 8, 24]``; ``""`` -> ``[]``.
+
+    Raises:
+        UserError: an item that is not an integer; the message names ``option``.
+    """
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{option} takes comma-separated integers, e.g. 2,8,24; got {text!r}") from None
 
 
 def parse_kwargs(pairs: str | Sequence[str]) -> dict[str, Any]:
