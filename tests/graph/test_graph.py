@@ -229,3 +229,12 @@ def test_without_graphviz_the_dot_file_is_written_with_instructions(tmp_path, mo
     assert path.read_text() == g.to_dot()
     assert "dot -Tsvg" in caplog.text and "apt-get install graphviz" in caplog.text
     assert not (tmp_path / "graph.svg").exists()
+
+
+def test_trace_inputs_come_from_the_registry_not_the_first_layer():
+    from gradsight.graph import trace_inputs_for
+
+    assert trace_inputs_for(create_model("resnet20", in_channels=1)).shape == (2, 1, 32, 32)
+    assert trace_inputs_for(create_model("mlp", in_features=12), batch=3).shape == (3, 12)
+    with pytest.raises(ValueError, match="is not known"):
+        trace_inputs_for(nn.Linear(4, 2))

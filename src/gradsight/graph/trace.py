@@ -376,20 +376,17 @@ def _mark_skips(nodes: list[Node], edges: list[Edge], node_id: dict[int, str],
 
 
 def trace_inputs_for(model: nn.Module, batch: int = 2) -> torch.Tensor:
-    """A random input that fits ``model``, guessed from its first conv or linear layer.
-
-    Conv2d with 3 input channels gets 32x32 images, other channel counts 28x28;
-    Conv1d gets length 64; a first Linear gets ``(batch, in_features)``.
+    """A random batch of ``batch`` samples of what a registered model takes
+    (``model.model_info``, see :class:`gradsight.models.ModelInfo`): unit-Gaussian floats, or
+    token ids for a language model.
 
     Raises:
-        ValueError: neither a convolution nor a linear layer comes first.
+        ValueError: ``model`` was not built by the model registry, so its input is not known.
     """
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            size = 32 if m.in_channels == 3 else 28
-            return torch.randn(batch, m.in_channels, size, size)
-        if isinstance(m, nn.Conv1d):
-            return torch.randn(batch, m.in_channels, 64)
-        if isinstance(m, nn.Linear):
-            return torch.randn(batch, m.in_features)
-    raise ValueError(f"cannot guess an input for {type(model).__name__}: give an input shape")
+    from gradsight.models import info_of
+
+    info = info_of(model)
+    if info is None or info.input_shape is None:
+        raise ValueError(f"the input of {type(model).__name__} is not known: give an input "
+                         "(or, on the command line, --input-shape)")
+    return info.example_input(batch)
