@@ -82,6 +82,19 @@ def test_probe_of_a_token_model_with_model_arguments(capsys: pytest.CaptureFixtu
     assert "embed" in capsys.readouterr().out
 
 
+def test_a_registered_token_model_needs_no_input_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The registry says token_resmlp takes 16 token ids below 256: no flags needed."""
+    assert main(["graph", "token_resmlp:width=8", "--no-probe", "-o", str(tmp_path / "g.dot")]) == 0
+    assert "2 skip edges" in capsys.readouterr().out  # its two residual blocks
+    assert main(["probe", "token_resmlp:width=8", "--batch-size", "4"]) == 0
+    assert "body.block1" in capsys.readouterr().out
+    assert main(["paths", "token_resmlp:width=8", "--samples", "1"]) == 0
+    assert "2 residual blocks" in capsys.readouterr().out
+    argv = ["doctor", "token_resmlp:width=8", "--input-shape", "8", "--steps", "2", "--batch-size", "4"]
+    assert main(argv) in (0, 1)
+    assert "gradsight doctor: model token_resmlp" in capsys.readouterr().out
+
+
 def test_graph_and_doctor_of_a_tiny_gpt2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("transformers")
     spec = "tests.cli.test_model_args:tiny_gpt2"

@@ -173,43 +173,10 @@ def test_registering_a_taken_name_from_another_function_raises(
     assert (info.family, info.depth, info.input_kind, info.input_shape) == ("tiny_test_model", None, None, None)
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_forward_backward_gives_every_parameter_a_finite_gradient(name: str) -> None:
-    model = create_model(name, **input_kwargs(name, channels=1, size=28))
-    x = torch.randn(2, 1, 28, 28)
-    logits = model(x)
-    assert logits.shape == (2, 10)
-    nn.functional.cross_entropy(logits, torch.tensor([3, 7])).backward()
-    for param_name, param in model.named_parameters():
-        assert param.grad is not None, f"{name}: {param_name} got no gradient"
-        assert torch.isfinite(param.grad).all(), f"{name}: {param_name} has a non-finite gradient"
-
-
-@pytest.mark.parametrize("name", list_models())
-def test_every_model_takes_rgb_input_and_num_classes(name: str) -> None:
-    model = create_model(name, num_classes=7, **input_kwargs(name, channels=3, size=32)).eval()
-    with torch.no_grad():
-        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
-
-
-@pytest.mark.parametrize("name", [n for n in list_models() if n != "inplace_resnet"])
-def test_zoo_models_have_no_in_place_ops_and_support_full_backward_hooks(name: str) -> None:
-    """Out-of-place adds and ReLUs: ``register_full_backward_hook`` works on every module."""
-    model = create_model(name, **input_kwargs(name, channels=1, size=28))
-    assert not any(getattr(m, "inplace", False) for m in model.modules())
-    fired: list[str] = []
-    for module_name, module in model.named_modules():
-        module.register_full_backward_hook(lambda m, gi, go, n=module_name: fired.append(n))
-    model(torch.randn(2, 1, 28, 28, requires_grad=True)).sum().backward()
-    with_parameters = {n for n, m in model.named_modules() if list(m.parameters(recurse=False))}
-    assert "" in fired
-    assert with_parameters <= set(fired)
-
-
 def _small_kwargs(name: str) -> dict[str, int]:
     """Keywords that keep model ``name`` small: MLPs narrow, generic CNNs shallow."""
     info = model_info(name)
-    kwargs: dict[str, int] = {"width": 8} if info.input_kind == "vector" else {}
+    kwargs: dict[str, int] = {"width": 8} if info.input_kind in ("vector", "tokens") else {}
     if name in ("plain", "resnet", "preresnet"):
         kwargs["depth"] = 8
     if name in ("simple_resnet", "lecture_plain", "inplace_resnet"):
@@ -223,8 +190,51 @@ def _small_input(info: ModelInfo, batch_size: int = 2) -> torch.Tensor:
     return info.example_input(batch_size)
 
 
+def _loss(info: ModelInfo, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against fixed classes, or next-token-style against the input ids."""
+    if info.input_kind == "tokens":
+        assert output.shape == (*x.shape, info.vocab_size)
+        return nn.functional.cross_entropy(output.flatten(0, 1), x.flatten())
+    assert output.shape == (x.shape[0], 10)
+    return nn.functional.cross_entropy(output, torch.arange(x.shape[0]) % 10)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_gives_every_parameter_a_finite_gradient(name: str) -> None:
+    model = create_model(name, **_small_kwargs(name))
+    info = info_of(model)
+    x = _small_input(info)
+    _loss(info, model(x), x).backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None, f"{name}: {param_name} got no gradient"
+        assert torch.isfinite(param.grad).all(), f"{name}: {param_name} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if model_info(n).input_kind != "tokens"])
+def test_every_model_takes_rgb_input_and_num_classes(name: str) -> None:
+    model = create_model(name, num_classes=7, **input_kwargs(name, channels=3, size=32)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n != "inplace_resnet"])
+def test_zoo_models_have_no_in_place_ops_and_support_full_backward_hooks(name: str) -> None:
+    """Out-of-place adds and ReLUs: ``register_full_backward_hook`` works on every module."""
+    model = create_model(name, **_small_kwargs(name))
+    assert not any(getattr(m, "inplace", False) for m in model.modules())
+    fired: list[str] = []
+    for module_name, module in model.named_modules():
+        module.register_full_backward_hook(lambda m, gi, go, n=module_name: fired.append(n))
+    x = _small_input(info_of(model))
+    model(x.requires_grad_() if x.is_floating_point() else x).float().sum().backward()
+    with_parameters = {n for n, m in model.named_modules() if list(m.parameters(recurse=False))}
+    assert "" in fired
+    assert with_parameters <= set(fired) | {"embed", "position"}  # an embedding's input has no gradient
+
+
 def _main_path_layers(model: nn.Module) -> int:
-    """Convs and linears that are not part of a shortcut (projection)."""
+    """Convs and linears that are not part of a shortcut (projection); a token model's
+    embeddings are not counted."""
     return sum(
         1
         for name, module in model.named_modules()
@@ -242,8 +252,10 @@ def test_registered_depth_counts_the_layers_on_the_main_path(name: str) -> None:
 @pytest.mark.parametrize("name", list_models())
 def test_the_example_input_fits_every_model(name: str) -> None:
     model = create_model(name, **_small_kwargs(name)).eval()
+    info = info_of(model)
+    x = info.example_input(2)
     with torch.no_grad():
-        assert model(info_of(model).example_input(2)).shape == (2, 10)
+        assert model(x).shape == ((2, *info.input_shape, info.vocab_size) if info.input_kind == "tokens" else (2, 10))
 
 
 #: Residual blocks of models that do not build them from ``ResidualBlock``.
@@ -268,10 +280,11 @@ def test_watch_with_activations_records_layers_and_blocks_of_every_model(name: s
     """gs.watch(activations=True): forward, backward, step, close; a row for every layer, and
     for every residual block where the model has them (and none where it has not)."""
     model = create_model(name, **_small_kwargs(name))
-    x = _small_input(info_of(model))
+    info = info_of(model)
+    x = _small_input(info)
     mon = monitor.watch(model, run_dir=tmp_path / "run", activations=True)
     try:
-        nn.functional.cross_entropy(model(x), torch.tensor([3, 7])).backward()
+        _loss(info, model(x), x).backward()
         mon.step()
     finally:
         mon.close()

@@ -38,6 +38,7 @@ from gradsight.models.inplace import InplaceResNet
 from gradsight.models.lecture import LectureBlock, LectureSimpleResNet, SimpleResNet
 from gradsight.models.mlp import MLP, MLPBlock
 from gradsight.models.spec import ModelSpec, build_model, load_model, parse_spec
+from gradsight.models.tokens import TokenMLP
 
 __all__ = [
     "INIT_SCHEMES",
@@ -55,6 +56,7 @@ __all__ = [
     "PreActBlock",
     "ResidualBlock",
     "SimpleResNet",
+    "TokenMLP",
     "blocks_per_stage",
     "build_model",
     "create_model",
