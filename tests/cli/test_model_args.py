@@ -157,3 +157,12 @@ def test_a_model_from_elsewhere_needs_an_input_shape(command: list[str], capsys:
     monkeypatch.chdir(tmp_path)
     assert main([command[0], "torch.nn:Linear:in_features=3,out_features=2", *command[1:]]) == 2
     assert "give --input-shape" in capsys.readouterr().err
+
+
+def test_report_draws_the_graph_of_a_registered_token_model(tmp_path: Path) -> None:
+    from tests.plots.runs import make_run
+
+    run = make_run(tmp_path / "run", depth=2, steps=2)
+    out = tmp_path / "r.html"
+    assert main(["report", str(run), "--graph", "token_resmlp:width=8", "-o", str(out)]) == 0
+    assert "<h3>Computation graph</h3>" in out.read_text()

@@ -93,19 +93,24 @@ def model_arg_option(fn: F) -> F:
                         help="Keyword for the model factory, e.g. --arg norm=none; repeatable.")(fn)
 
 
-def input_options(fn: F) -> F:
+def input_options(fn: F | None = None, *, shape_default: str = "the registered model's input") -> Any:
     """``--input-shape``, ``--input-dtype`` and ``--vocab-size``, passed as ``input_shape``,
-    ``input_dtype`` and ``vocab_size``."""
-    fn = click.option("--vocab-size", type=click.IntRange(min=1), default=None,
-                      help="Token ids are drawn from [0, N) (with --input-dtype long) "
-                           "[default: the registered model's vocabulary].")(fn)
-    fn = click.option("--input-dtype", type=click.Choice(INPUT_DTYPES), default=None,
-                      help="float: unit-Gaussian inputs; long: integer token ids, for language models "
-                           "[default: what the registered model takes, else float].")(fn)
-    fn = click.option("--input-shape", default=None,
-                      help="Shape of ONE input sample, without the batch dimension, e.g. 1,28,28 or 16 "
-                           "(tokens) [default: the registered model's input].")(fn)
-    return fn
+    ``input_dtype`` and ``vocab_size``; ``shape_default`` says in the help what a missing
+    ``--input-shape`` means. Used bare (``@input_options``) or called."""
+
+    def decorate(fn: F) -> F:
+        fn = click.option("--vocab-size", type=click.IntRange(min=1), default=None,
+                          help="Token ids are drawn from [0, N) (with --input-dtype long) "
+                               "[default: the registered model's vocabulary].")(fn)
+        fn = click.option("--input-dtype", type=click.Choice(INPUT_DTYPES), default=None,
+                          help="float: unit-Gaussian inputs; long: integer token ids, for language models "
+                               "[default: what the registered model takes, else float].")(fn)
+        fn = click.option("--input-shape", default=None,
+                          help="Shape of ONE input sample, without the batch dimension, e.g. 1,28,28 or 16 "
+                               f"(tokens) [default: {shape_default}].")(fn)
+        return fn
+
+    return decorate if fn is None else decorate(fn)
 
 
 def build(spec: str, model_args: Sequence[str] | dict[str, Any] = (),

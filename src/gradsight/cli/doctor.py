@@ -13,7 +13,7 @@ from gradsight.cli._args import build, input_options, model_arg_option, parse_kw
 
 @click.command()
 @click.argument("target")
-@input_options
+@input_options(shape_default="none; needed to check a model")
 @model_arg_option
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1),
               help="Training steps of a model check (random data, Adam).")
