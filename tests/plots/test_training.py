@@ -31,7 +31,7 @@ def two_runs(tmp_path_factory) -> dict[str, Path]:
         for family, depth in (("plain", 8), ("resnet", 14)):
             key = f"{family}-{depth}"
             runs[key] = train(family, data, "lecture", depth=depth, epochs=2, run_dir=root / key, name=key,
-                              progress=False, config={"family": family, "depth": depth}).run_dir
+                              progress=False).run_dir
     finally:
         torch.set_num_threads(threads)
     return runs

@@ -342,7 +342,7 @@ def compare(
                 train(family, data, recipe, depth=depth, epochs=epochs, seed=seed, device=dev,
                       run_dir=run_dirs[key], every=every, activations=activations, name=key,
                       network=family, layers=depth, progress=progress,
-                      config={"family": family, "depth": depth, "reproducibility": result.reproducibility,
+                      config={"reproducibility": result.reproducibility,
                               "compare": {"models": families, "depths": depth_list, "limit": limit}})
             )
         header = _header(data, recipe, epochs, seed, result.reproducibility, limit, command)
