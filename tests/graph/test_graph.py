@@ -104,6 +104,26 @@ def test_plain_network_has_no_skip_edges_and_residual_twin_has_one_per_block():
     assert len(residual.module_view().skip_edges) == 2
 
 
+def test_torchvision_resnet18_has_the_skip_path_of_each_of_its_blocks():
+    """Skips are those of the blocks found in the autograd graph: 5 identities (one edge into
+    the add) and 3 projections (input -> conv -> bn -> add)."""
+    torchvision = pytest.importorskip("torchvision")
+    g = trace(torchvision.models.resnet18(weights=None, num_classes=3), torch.randn(2, 3, 32, 32), probe=False)
+    by_id = {n.id: n for n in g.nodes}
+    into_add = [e for e in g.skip_edges if by_id[e.dst].label == "AddBackward0"]
+    assert len(into_add) == 8 and len(g.skip_edges) == 5 + 3 * 3
+    assert {by_id[e.dst].call for e in g.skip_edges if by_id[e.dst].type == "Convolution"} == {
+        "layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0"}
+
+
+def test_residual_adds_outside_a_block_module_are_not_skips():
+    """The same rule as the monitor's block rows: an add written inline in a model's forward,
+    followed by more layers, belongs to no block."""
+    from tests.plots.runs import TinyNet
+
+    assert trace(TinyNet(depth=2, skip=True), torch.randn(2, 4), probe=False).skip_edges == []
+
+
 def test_probe_values_equal_the_lectures_backward_of_ones_and_leave_grads_alone():
     model = create_model("simple_resnet", width=8)
     x = torch.randn(2, 1, 12, 12)
@@ -209,3 +229,12 @@ def test_without_graphviz_the_dot_file_is_written_with_instructions(tmp_path, mo
     assert path.read_text() == g.to_dot()
     assert "dot -Tsvg" in caplog.text and "apt-get install graphviz" in caplog.text
     assert not (tmp_path / "graph.svg").exists()
+
+
+def test_trace_inputs_come_from_the_registry_not_the_first_layer():
+    from gradsight.graph import trace_inputs_for
+
+    assert trace_inputs_for(create_model("resnet20", in_channels=1)).shape == (2, 1, 32, 32)
+    assert trace_inputs_for(create_model("mlp", in_features=12), batch=3).shape == (3, 12)
+    with pytest.raises(ValueError, match="is not known"):
+        trace_inputs_for(nn.Linear(4, 2))

@@ -8,8 +8,8 @@ from gradsight.models import model_info
 
 
 def is_vector_model(name: str) -> bool:
-    """MLPs take ``in_features``; every other registered model takes ``in_channels``."""
-    return model_info(name).module == "gradsight.models.mlp"
+    """Whether the registry says model ``name`` takes vectors (``in_features``)."""
+    return model_info(name).input_kind == "vector"
 
 
 def input_kwargs(name: str, channels: int, size: int) -> dict[str, int]:

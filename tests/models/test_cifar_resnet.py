@@ -171,7 +171,7 @@ def test_residual_blocks_are_found_in_forward_order() -> None:
     assert [names[id(b)] for b in residual_blocks(model)] == [
         f"stage{s}.block{i}" for s in (1, 2, 3) for i in range(3)
     ]
-    assert all(type(b).is_residual_block for b in residual_blocks(model))
+    assert all(isinstance(b, ResidualBlock) for b in residual_blocks(model))
 
 
 def test_norm_none_drops_batch_norm_and_gives_convs_biases() -> None:

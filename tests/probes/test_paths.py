@@ -11,18 +11,15 @@ import torch
 from torch import nn
 
 from gradsight.cli import main
-from gradsight.models import CifarResNet, create_model, residual_blocks
+from gradsight.models import create_model, residual_blocks
 from gradsight.probes import path_lengths
-from gradsight.probes.paths import path_fractions, path_gradient
-from gradsight.probes.plots import plot_path_lengths
+from gradsight.probes.paths import find_residual_blocks, path_fractions, path_gradient
 
 from .conftest import no_hooks_left
 
 
 class LinearBlock(nn.Module):
-    """``x + W x``: the block protocol with a linear branch and an identity shortcut."""
-
-    is_residual_block = True
+    """``x + W x``: a linear branch and an identity shortcut, in a module of its own."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -34,11 +31,15 @@ class LinearBlock(nn.Module):
         return self.branch(x) + self.shortcut(x)
 
 
-class SkipsShortcut(LinearBlock):
-    """Breaks the protocol: never calls its shortcut."""
+class RunsTwice(nn.Module):
+    """Calls the same residual block twice in one forward pass."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.block = LinearBlock(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.branch(x) + x
+        return self.block(self.block(x))
 
 
 def block_input_gradient(model: nn.Module, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -49,7 +50,8 @@ def block_input_gradient(model: nn.Module, x: torch.Tensor, v: torch.Tensor) -> 
         seen.append(args[0].detach().requires_grad_())
         return (seen[-1],)
 
-    handle = residual_blocks(model)[0].register_forward_pre_hook(capture)
+    first = dict(model.named_modules())[find_residual_blocks(model, x)[0]]
+    handle = first.register_forward_pre_hook(capture)
     try:
         output = model(x)
     finally:
@@ -77,6 +79,7 @@ def test_linear_residual_path_gradient_is_the_product_of_its_branch_matrices() -
         ("resmlp", {"depth": 8, "width": 6, "in_features": 4, "norm": "batch"}, (4,)),
         ("resnet", {"depth": 8, "in_channels": 1, "shortcut": "A"}, (1, 6, 6)),  # post-add ReLU
         ("preresnet", {"depth": 8, "in_channels": 1, "shortcut": "B"}, (1, 6, 6)),  # projection
+        ("inplace_resnet", {"width": 4}, (3, 6, 6)),  # torchvision-style: in-place add and ReLU
     ],
 )
 def test_gradients_of_all_paths_add_up_to_the_full_gradient(
@@ -87,7 +90,7 @@ def test_gradients_of_all_paths_add_up_to_the_full_gradient(
     model = create_model(name, **kwargs).double()
     x = torch.randn(3, *shape, dtype=torch.float64)
     v = torch.randn_like(model(x))
-    n = len(residual_blocks(model))
+    n = len(find_residual_blocks(model, x))
     total = sum(
         path_gradient(model, x, flags, v) for flags in itertools.product([False, True], repeat=n)
     )
@@ -141,28 +144,55 @@ def test_model_state_is_left_as_it_was() -> None:
     assert no_hooks_left(model)
 
 
-def test_hooks_are_removed_when_a_block_breaks_the_protocol() -> None:
-    model = nn.Sequential(LinearBlock(3), SkipsShortcut(3))
-    with pytest.raises(ValueError, match="call its branch and shortcut exactly once"):
-        path_lengths(model, samples=1)
+def test_hooks_are_removed_when_a_block_runs_twice_per_forward() -> None:
+    model = RunsTwice(3)
+    with pytest.raises(ValueError, match="must run once per forward pass; in this model block ran 2 times"):
+        path_lengths(model, samples=1, input_shape=(3,))
     assert no_hooks_left(model)
 
 
 @pytest.mark.parametrize(
     "model",
-    [create_model("mlp", depth=4, width=8), create_model("inplace_resnet")],
-    ids=["plain_mlp", "foreign_model"],
+    [create_model("mlp", depth=4, width=8), nn.Sequential(nn.Linear(784, 4), nn.ReLU(), nn.Linear(4, 2))],
+    ids=["plain_mlp", "foreign_plain_model"],
 )
 def test_models_without_residual_blocks_are_rejected(model: nn.Module) -> None:
     with pytest.raises(ValueError, match="no active residual blocks"):
-        path_lengths(model)
+        path_lengths(model, input_shape=(784,))
 
 
-def test_shared_shortcut_module_is_rejected() -> None:
-    first, second = LinearBlock(3), LinearBlock(3)
-    second.shortcut = first.shortcut
-    with pytest.raises(ValueError, match="two blocks"):
-        path_lengths(nn.Sequential(first, second))
+@pytest.mark.parametrize("name", ["resnet20", "preresnet20", "resmlp", "simple_resnet", "plain20"])
+def test_blocks_found_in_the_autograd_graph_are_the_zoos_residual_blocks(name: str) -> None:
+    model = create_model(name)
+    names = {id(m): n for n, m in model.named_modules()}
+    x = model.model_info.example_input(2)
+    assert find_residual_blocks(model, x) == [names[id(b)] for b in residual_blocks(model)]
+
+
+def test_a_container_of_one_block_is_that_block() -> None:
+    model = create_model("resmlp", depth=4, width=8, in_features=3)  # body holds one block
+    assert find_residual_blocks(model, torch.randn(2, 3)) == ["body.block0"]
+
+
+def test_a_block_nested_in_a_block_is_not_counted_twice() -> None:
+    outer = LinearBlock(3)
+    outer.branch = nn.Sequential(LinearBlock(3), nn.Linear(3, 3))  # a block inside the branch
+    model = nn.Sequential(outer, LinearBlock(3))
+    assert find_residual_blocks(model, torch.randn(2, 3)) == ["0", "1"]
+
+
+def test_path_lengths_of_torchvision_resnet18() -> None:
+    """A model from outside the zoo: blocks are found from the graph, with torchvision's
+    in-place ``out += identity``, ``ReLU(inplace=True)`` and downsampling projections."""
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(weights=None, num_classes=4)
+    x = torch.randn(2, 3, 32, 32)
+    blocks = find_residual_blocks(model, x)
+    assert blocks == [f"layer{s}.{b}" for s in (1, 2, 3, 4) for b in (0, 1)]
+    result = path_lengths(model, x, samples=1)
+    assert result.n_blocks == 8 and torch.isfinite(result.magnitudes).all()
+    assert result.magnitude[0] > 0 and result.magnitude[8] > 0
+    assert no_hooks_left(model) and all(p.grad is None for p in model.parameters())
 
 
 def test_wrong_number_of_flags_is_rejected() -> None:
@@ -170,12 +200,6 @@ def test_wrong_number_of_flags_is_rejected() -> None:
     with pytest.raises(ValueError, match="3 flags for 2 residual blocks"):
         path_gradient(model, torch.randn(1, 3), [True, True, False])
     assert no_hooks_left(model)
-
-
-def test_plot_draws_the_three_panels() -> None:
-    model = nn.Sequential(*(LinearBlock(4) for _ in range(6)))
-    fig = plot_path_lengths(path_lengths(model, samples=2))
-    assert len(fig.axes) == 3 and fig.axes[1].get_yscale() == "log"
 
 
 def test_cli_builds_a_registry_model_for_the_input_shape(

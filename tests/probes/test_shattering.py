@@ -12,7 +12,6 @@ from torch import nn
 from gradsight.cli import main
 from gradsight.models import create_model
 from gradsight.probes import shattering
-from gradsight.probes.plots import plot_shattering
 from gradsight.probes.shattering import autocorrelation, batch_statistics_frozen, spectral_flatness
 
 from .conftest import no_hooks_left
@@ -119,13 +118,6 @@ def test_batch_norm_without_running_statistics_is_rejected() -> None:
     model = nn.Sequential(nn.Linear(1, 4), norm, nn.Linear(4, 1))
     with pytest.raises(ValueError, match="track_running_stats"):
         shattering(model)
-
-
-def test_plot_has_two_rows_one_column_per_network() -> None:
-    results = {name: shattering(scalar_mlp(name, depth=4, width=8)) for name in ("mlp", "resmlp")}
-    fig = plot_shattering(results)
-    assert len(fig.axes) == 4
-    assert fig.axes[0].get_title().startswith("mlp")
 
 
 def test_cli_prints_lag1_table_and_writes_figure(

@@ -1,17 +1,26 @@
-"""``gradsight compare`` and ``gradsight demo`` end to end, and bad input: one line, exit 2, nothing left."""
+"""``gradsight compare`` and ``gradsight demo`` end to end, bad input (one line, exit 2, nothing
+left), and the reproduction claim: the same settings on the same thread count recreate a run."""
 
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 import gradsight as gs
 from gradsight.cli import main
-from gradsight.train import build_model
+from gradsight.plots import training
+from gradsight.store.query import first_last_ratios
+from gradsight.train import build_model, train
 from gradsight.train import compare as compare_module
-from gradsight.train.compare import CompareResult, check_depth, compare
+from gradsight.train.compare import CompareResult, check_depth, compare, reproducibility
 
 TINY = ["--depths", "8", "--epochs", "1", "--limit", "128", "--quiet"]
 FIGURES = {"gradflow-plain-8.png", "gradflow-resnet-8.png", "gradflow-all.png", "training-curves.png"}
@@ -67,6 +76,31 @@ def test_compare_writes_tables_runs_and_figures(compared):
             assert "test_accuracy" in run.metrics().columns
             assert run.steps()[0] == 0
     assert "| plain | 8 |" in printed and str(out / "figures") in printed and str(out / "runs") in printed
+    assert (out / "report.html").stat().st_size > 10_000 and str(out / "report.html") in printed
+
+
+def test_results_table_ratio_is_the_query_layers_first_last_ratio(compared):
+    out, _ = compared
+    rows = [line.split(" | ") for line in (out / "results.md").read_text().splitlines()
+            if line.startswith(("| plain-8 |", "| resnet-8 |"))]
+    assert len(rows) == 4  # first step and late in training, per run
+    for cells in rows:
+        key, step, ratio = cells[0].strip("| "), int(cells[1]), cells[-1].strip(" |")
+        with gs.open_run(out / "runs" / key) as run:
+            expected = first_last_ratios(training.weighted_matrix(run, "grad_norm", [step]))[step]
+        assert ratio == f"{expected:.3g}"
+
+
+def test_runs_record_family_depth_and_the_conditions_they_reproduce_under(compared):
+    out, _ = compared
+    with gs.open_run(out / "runs" / "resnet-8") as run:
+        config = run.config
+    assert config["family"] == "resnet" and config["depth"] == 8
+    conditions = config["reproducibility"]
+    assert conditions == reproducibility("cpu")  # the test ran on one thread, as the command says
+    assert conditions["threads"] == 1 and conditions["torch"] == torch.__version__
+    assert set(conditions) >= {"torch", "threads", "cpu", "cpu_capability", "deterministic", "device"}
+    assert "--threads 1" in (out / "results.md").read_text()
 
 
 def test_compare_trains_twins_from_the_same_weights(compared):
@@ -133,7 +167,10 @@ def test_overwrite_replaces_only_when_the_new_results_are_complete(tmp_path):
     (out / "old.txt").write_text("old")
     result = compare(["resnet"], "8", "mnist5k", out=out, epochs=1, limit=64, overwrite=True, progress=False)
     assert isinstance(result, CompareResult)
-    assert "old.txt" not in _entries(out) and (out / "results.csv").exists()
+    assert _entries(out) == {"results.csv", "results.md", "runs", "figures"}  # the CLI adds report.html
+    assert [p.name for p in result.tables] == ["results.csv", "results.md"]
+    assert {p.name for p in result.figures} == {"gradflow-resnet-8.png", "gradflow-all.png", "training-curves.png"}
+    assert result.table[0]["network"] == "resnet" and result.reproducibility["device"] == "cpu"
     assert result.run_dirs == [out / "runs" / "resnet-8"] and result.run_dirs[0].exists()
     assert all(p.exists() for p in result.files)
     assert _entries(tmp_path) <= {"out", "cache"}
@@ -160,3 +197,60 @@ def test_demo_quick_prints_the_table_and_where_things_are(tmp_path, capsys):
         assert f"| {key.split('-')[0]} | {key.split('-')[1]} |" in printed
         assert (out / "runs" / key).is_dir()
     assert str(out / "figures") in printed and str(out / "results.md") in printed
+
+
+# -- reproduction ------------------------------------------------------------------------------
+
+_TRAIN = """
+import sys, torch
+from dataclasses import replace
+import gradsight as gs
+from gradsight.train import train
+torch.set_num_threads(1)
+data = gs.data.load_dataset("mnist5k")
+data = replace(data, train_x=data.train_x[:{n}], train_y=data.train_y[:{n}], test_x=data.test_x[:64],
+               test_y=data.test_y[:64])
+train("resnet", data, "lecture", depth=8, epochs=1, run_dir=sys.argv[1], every=1, progress=False)
+"""
+
+
+def _values(run_dir: Path) -> pd.DataFrame:
+    """Every recorded value but wall times, in a fixed order."""
+    with gs.open_run(run_dir) as run:
+        frame = run.frame()
+    frame = frame[~frame["stat"].str.endswith("_time_s")]
+    return frame.sort_values(["step", "level", "name", "stat"]).reset_index(drop=True)
+
+
+def _tiny(data, n: int = 128):
+    return replace(data, train_x=data.train_x[:n], train_y=data.train_y[:n], test_x=data.test_x[:64],
+                   test_y=data.test_y[:64])
+
+
+def test_same_settings_and_thread_count_recreate_a_run_bit_for_bit(tmp_path, small_data):
+    """Two trainings in this process and one in a fresh interpreter, all on one thread: every
+    recorded value (gradients, weights, losses, epoch metrics) is identical, not just close."""
+    data = _tiny(small_data)
+    for name in ("a", "b"):
+        train("resnet", data, "lecture", depth=8, epochs=1, run_dir=tmp_path / name, every=1, progress=False)
+    subprocess.run([sys.executable, "-c", _TRAIN.format(n=128), str(tmp_path / "c")], check=True, timeout=120)
+    reference = _values(tmp_path / "a")
+    assert len(reference) > 500 and reference["step"].nunique() == 2
+    for other in ("b", "c"):
+        values = _values(tmp_path / other)
+        assert values[["step", "level", "name", "stat"]].equals(reference[["step", "level", "name", "stat"]])
+        np.testing.assert_array_equal(values["value"].to_numpy(), reference["value"].to_numpy())
+
+
+def test_recording_does_not_change_training(tmp_path, small_data):
+    """What is recorded, and how often, leaves the training itself untouched, so a short run
+    (the demo) gives the first epochs of a longer one with the same settings bit for bit."""
+    data = _tiny(small_data)
+    every_step = train("plain", data, "lecture", depth=8, epochs=2, run_dir=tmp_path / "all", every=1,
+                       progress=False)
+    sparse = train("plain", data, "lecture", depth=8, epochs=1, run_dir=tmp_path / "sparse", every=5,
+                   progress=False)
+    assert sparse.epochs[0] == replace(every_step.epochs[0], time_s=sparse.epochs[0].time_s)
+    with gs.open_run(tmp_path / "all") as full, gs.open_run(tmp_path / "sparse") as short:
+        assert short.steps() == [0]
+        assert short.series("grad_norm").loc[0].equals(full.series("grad_norm").loc[0])

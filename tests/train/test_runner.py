@@ -70,6 +70,8 @@ def test_one_epoch_records_epoch_metrics_and_gradient_stats(small_data, tmp_path
         assert meta["wall_time_s"] == pytest.approx(result.wall_time_s)
         assert (meta["dataset"], meta["recipe"], meta["network"], meta["layers"]) == ("mnist5k", "lecture", "plain", 8)
         assert run.config["recipe"]["name"] == "lecture" and run.config["seed"] == 0
+        assert (run.config["family"], run.config["depth"]) == ("plain", 8)
+        assert (run.config["input_kind"], run.config["input_shape"]) == ("image", [1, 28, 28])
 
 
 def test_runner_is_the_bare_loop_plus_monitoring(small_data, tmp_path):
@@ -154,3 +156,32 @@ def test_resolve_device():
 def test_model_keywords_need_a_model_name(small_data):
     with pytest.raises(TypeError, match="model name"):
         train(build_model("plain", small_data, depth=8), small_data, depth=8, epochs=1, progress=False)
+
+
+def test_a_vector_model_is_sized_from_its_registration_not_its_name(small_data, monkeypatch):
+    """build_model used to pick in_features only for names starting with mlp/resmlp, and gave
+    every other model in_channels; a vector model under another name failed with a TypeError."""
+    from torch import nn
+
+    from gradsight.models import _registry, register_model
+
+    monkeypatch.setattr(_registry, "_model_entrypoints", dict(_registry._model_entrypoints))
+
+    @register_model(family="linear", depth=1, input_kind="vector", input_shape=(784,))
+    def softmax_regression(*, in_features: int = 784, num_classes: int = 10) -> nn.Module:
+        """One linear layer on flattened inputs."""
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
+
+    model = build_model("softmax_regression", small_data)
+    assert model[1].in_features == 784 and model.model_info.input_shape == (1, 28, 28)
+    assert build_model("resmlp", small_data, depth=4, width=8).stem.fc.in_features == 784
+    assert build_model("resnet20", small_data).stem.conv.in_channels == 1
+
+
+def test_a_model_passed_as_a_module_records_its_registered_family_and_depth(small_data, tmp_path):
+    model = build_model("resmlp", small_data, depth=4, width=8)
+    result = train(model, small_data, "lecture", epochs=1, device="cpu", run_dir=tmp_path / "run", progress=False)
+    assert (result.network, result.layers) == ("resmlp", 4)
+    with gs.open_run(tmp_path / "run") as run:
+        assert (run.config["family"], run.config["depth"], run.config["input_kind"]) == ("resmlp", 4, "vector")
+        assert run.config["model"] == "resmlp"

@@ -54,6 +54,26 @@ def print_summary(result: Any) -> None:
     click.echo(f"inspect a run with: gradsight info {result.run_dirs[-1]}")
 
 
+def write_report(result: Any) -> Path | None:
+    """``report.html`` of the runs of a comparison, in its output directory; ``None``, with a
+    warning on stderr, when it cannot be written (the results themselves are complete)."""
+    from gradsight.report import write_report as write_html
+
+    target = result.out / "report.html"
+    try:
+        return write_html(result.run_dirs, target)
+    except Exception as exc:  # noqa: BLE001 - the comparison succeeded; say why the report is missing
+        target.unlink(missing_ok=True)
+        click.echo(f"gradsight: warning: could not write {target}: {exc}", err=True)
+        return None
+
+
+def finish(result: Any) -> None:
+    """Write the report of a finished comparison and print where everything is."""
+    write_report(result)
+    print_summary(result)
+
+
 def threads_option(fn):
     return click.option("--threads", type=click.IntRange(min=1), default=None,
                         help="CPU threads for torch (default: torch's choice). On a busy machine 1 can be much faster.")(fn)
@@ -87,7 +107,8 @@ def command(models: str, depths: str, dataset: str, epochs: int | None, recipe: 
             threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Train every combination of --models and --depths on --dataset with the same seed
     and the same data order, and write a results table (Markdown and CSV), each run's
-    store, a gradient-flow figure per run and one overlaying all runs.
+    store, a gradient-flow figure per run, one overlaying all runs, the training curves
+    and report.html.
 
     \b
     Example:
@@ -102,6 +123,7 @@ def command(models: str, depths: str, dataset: str, epochs: int | None, recipe: 
 
     if threads is not None:
         torch.set_num_threads(threads)
+    params["threads"] = torch.get_num_threads()  # the quoted command names the count the runs used
     try:
         result = compare(
             models, depths, dataset, out=out, epochs=epochs, recipe=recipe, seed=seed, device=device,
@@ -110,4 +132,4 @@ def command(models: str, depths: str, dataset: str, epochs: int | None, recipe: 
         )
     except ValueError as exc:  # DatasetError included: bad input, nothing was written
         raise UserError(str(exc)) from None
-    print_summary(result)
+    finish(result)

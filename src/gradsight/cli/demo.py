@@ -28,12 +28,12 @@ def command(out: Path, epochs: int | None, seed: int, device: str, quick: bool, 
     results table and where the figures and runs are."""
     import torch
 
-    from gradsight.cli.compare import print_summary
-    from gradsight.demo import run_demo
+    from gradsight.cli.compare import finish
+    from gradsight.train.demo import run_demo
 
     torch.set_num_threads(threads)
     try:
         result = run_demo(out, epochs=epochs, seed=seed, device=device, quick=quick, progress=not quiet)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    print_summary(result)
+    finish(result)

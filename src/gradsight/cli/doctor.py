@@ -8,11 +8,13 @@ from pathlib import Path
 import click
 
 from gradsight.cli import UserError
+from gradsight.cli._args import build, input_options, model_arg_option, parse_kwargs, parse_shape, resolve_input
 
 
 @click.command()
 @click.argument("target")
-@click.option("--input-shape", default=None, help="Shape of one input sample for a model check, e.g. 1,28,28.")
+@input_options(shape_default="none; needed to check a model")
+@model_arg_option
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1),
               help="Training steps of a model check (random data, Adam).")
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Learning rate of a model check.")
@@ -23,13 +25,16 @@ from gradsight.cli import UserError
               help="Exit with status 1 when a finding is at least this severe.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @click.pass_context
-def command(ctx: click.Context, target: str, input_shape: str | None, steps: int, lr: float, batch_size: int, seed: int,
+def command(ctx: click.Context, target: str, input_shape: str | None, input_dtype: str | None,
+            vocab_size: int | None, model_args: tuple[str, ...], steps: int, lr: float, batch_size: int, seed: int,
             keep_run: Path | None, fail_on: str, as_json: bool) -> None:
     """Diagnose gradient problems in plain language.
 
-    TARGET is a recorded run directory, or a model: a registry name (e.g.
-    plain56) or package.module:factory, which gets a short monitored training on
-    random data (--steps, --input-shape) first. Findings cover vanishing and
+    TARGET is a recorded run directory, or a model spec: a registered name (e.g.
+    plain56, resnet:depth=56) or package.module:factory, which gets a short
+    monitored training on random data first (--steps; --input-shape is one sample
+    without the batch dimension; --input-dtype long --vocab-size N for a language
+    model). Findings cover vanishing and
     exploding gradients, non-finite values and where they started, dead units,
     parameters without gradients, update ratios and residual branches.
 
@@ -45,23 +50,20 @@ def command(ctx: click.Context, target: str, input_shape: str | None, steps: int
         findings = diagnose(path)
         source = f"run {path}"
     else:
-        from gradsight.cli.probe import parse_shape
-        from gradsight.modelspec import load_model
-
+        kwargs = parse_kwargs(model_args)
         if input_shape is None:
             raise UserError(f"{target!r} is not a run directory; to check a model pass --input-shape, e.g. 1,28,28")
         shape = parse_shape(input_shape)
         torch.manual_seed(seed)
-        kwargs = {"in_channels": shape[0]} if len(shape) == 3 else {}
+        model, info = build(target, kwargs, shape)
+        sample = resolve_input(info, shape, input_dtype, vocab_size)
+        inputs = None if sample.is_float else sample.batch(batch_size, generator=torch.Generator().manual_seed(seed))
         try:
-            model = load_model(target, **kwargs)
-        except TypeError:
-            model = load_model(target)
-        try:
-            findings, _ = checkup(model, input_shape=shape, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                                  run_dir=keep_run, progress=True)
+            findings, _ = checkup(model, inputs=inputs, input_shape=sample.shape, steps=steps, lr=lr,
+                                  batch_size=batch_size, seed=seed, run_dir=keep_run, progress=True)
         except RuntimeError as exc:
-            raise UserError(f"the model does not accept input of shape {shape}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"the model does not accept input of shape {sample.describe()}: "
+                            f"{str(exc).splitlines()[0]}") from None
         source = f"model {target} after {steps} step(s) on random data"
     if as_json:
         click.echo(json.dumps({"target": source, "findings": [f.to_dict() for f in findings]}, indent=2))

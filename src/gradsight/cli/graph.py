@@ -2,90 +2,33 @@
 
 from __future__ import annotations
 
-import ast
-import importlib
 from pathlib import Path
 from typing import Any
 
 import click
 
 from gradsight.cli import UserError
+from gradsight.cli._args import build, input_options, model_arg_option, parse_shape, resolve_input
+
+#: Samples in the batch the graph is traced on.
+GRAPH_BATCH = 2
 
 
-def _value(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+def build_model(spec: str, extra: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None):
+    """The model of a spec (see :mod:`gradsight.models.spec`), with ``extra`` keywords.
+
+    Its :class:`~gradsight.models.ModelInfo`, for a registered model, is ``model.model_info``.
+    """
+    return build(spec, extra or {}, input_shape)[0]
 
 
-def _kwargs(text: str) -> dict[str, Any]:
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, val = part.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise UserError(f"bad model argument {part!r}: write KEY=VALUE, e.g. depth=56")
-        out[key.strip()] = _value(val.strip())
-    return out
+def make_input(model, shape: str | None, input_dtype: str | None = None, vocab_size: int | None = None,
+               batch_size: int = GRAPH_BATCH):
+    """A random batch of ``batch_size`` samples of ``shape`` (ONE sample, e.g. ``"3,32,32"``),
+    by default of the registered model's input; token ids with ``input_dtype="long"``."""
+    from gradsight.models import info_of
 
-
-def build_model(spec: str, extra: dict[str, Any] | None = None):
-    """A model from a spec: a registered name (``resnet20``), a name with arguments
-    (``resnet:depth=56,width=16``), or ``package.module:callable`` optionally with
-    arguments (``torchvision.models:resnet18:num_classes=10``); ``extra`` adds arguments."""
-    from torch import nn
-
-    from gradsight.models import create_model, is_model, list_models
-
-    name, _, rest = spec.partition(":")
-    kwargs = dict(extra or {})
-    if is_model(name):
-        kwargs = {**_kwargs(rest), **kwargs}
-        try:
-            return create_model(name, **kwargs)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"cannot build {spec!r}: {exc}") from None
-    if rest:
-        attr, _, args = rest.partition(":")
-        kwargs = {**_kwargs(args), **kwargs}
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
-            raise UserError(f"cannot import {name!r} for model {spec!r}: {exc}") from None
-        factory = getattr(module, attr, None)
-        if factory is None:
-            raise UserError(f"{name!r} has no attribute {attr!r}")
-        if isinstance(factory, nn.Module):
-            return factory
-        try:
-            model = factory(**kwargs) if callable(factory) else factory
-        except TypeError as exc:
-            raise UserError(f"cannot build {spec!r}: {exc} (pass arguments as {name}:{attr}:key=value,...)") from None
-        if not isinstance(model, nn.Module):
-            raise UserError(f"{spec!r} did not give a torch.nn.Module")
-        return model
-    raise UserError(f"unknown model {spec!r}: use a registered name ({', '.join(list_models()[:8])}, ...; "
-                    "see gradsight.models.list_models()) or package.module:callable")
-
-
-def make_input(model, shape: str | None):
-    """A random input of ``shape`` (``"2,3,32,32"``), or one guessed from the model's first layer."""
-    import torch
-
-    from gradsight.graph import trace_inputs_for
-
-    if shape:
-        try:
-            dims = [int(s) for s in shape.split(",") if s.strip()]
-        except ValueError:
-            raise UserError(f"bad --input-shape {shape!r}: write integers like 2,3,32,32") from None
-        if not dims or any(d <= 0 for d in dims):
-            raise UserError(f"bad --input-shape {shape!r}: dimensions must be positive")
-        return torch.randn(*dims)
-    try:
-        return trace_inputs_for(model)
-    except ValueError as exc:
-        raise UserError(f"{exc} (--input-shape)") from None
+    return resolve_input(info_of(model), shape, input_dtype, vocab_size).batch(batch_size)
 
 
 @click.command()
@@ -99,19 +42,21 @@ def make_input(model, shape: str | None):
               help="autograd: every operation, parameters as leaves; module: operations folded into modules.")
 @click.option("--max-depth", type=click.IntRange(min=0), default=None,
               help="Module view: fold modules nested deeper than this.")
-@click.option("--input-shape", default=None, help="Input shape, e.g. 2,3,32,32 (default: guessed).")
-@click.option("--arg", "args", multiple=True, metavar="KEY=VALUE",
-              help="Keyword argument for the model factory (repeatable).")
+@input_options
+@model_arg_option
 @click.option("--no-probe", is_flag=True,
               help="Without --run, do not colour by the gradient of one backward pass of sum(output).")
 def command(model_spec: str, output: Path, run_dir: Path | None, stat: str, view: str, max_depth: int | None,
-            input_shape: str | None, args: tuple[str, ...], no_probe: bool) -> None:
+            input_shape: str | None, input_dtype: str | None, vocab_size: int | None, model_args: tuple[str, ...],
+            no_probe: bool) -> None:
     """Draw the computation graph of one forward pass of MODEL_SPEC.
 
     MODEL_SPEC is a registered model (resnet20, plain56, simple_resnet, ...), a
-    registered model with arguments (resnet:depth=56,width=16), or
-    package.module:callable with optional arguments (pkg.nets:Net:width=32).
-    Skip connections are dashed and orange; nodes are coloured on a log scale by
+    registered model with arguments (resnet:depth=56), or package.module:callable
+    with optional arguments (pkg.nets:Net:width=32). The graph is traced on a batch
+    of two samples of --input-shape (default: the registered model's input); give
+    --input-dtype long --vocab-size N for a language model. Skip connections of the
+    residual blocks are dashed and orange; nodes are coloured on a log scale by
     --stat of --run, or else by the gradient norm of one backward pass.
 
     \b
@@ -119,15 +64,16 @@ def command(model_spec: str, output: Path, run_dir: Path | None, stat: str, view
       gradsight graph simple_resnet -o graph.svg
       gradsight graph resnet20 --view module --max-depth 2 -o resnet20.png
       gradsight graph resnet20 --run runs/resnet20 --stat grad_norm -o g.svg
+      gradsight graph mypkg.lm:tiny_gpt --input-shape 16 --input-dtype long --vocab-size 100 -o lm.svg
     """
     from gradsight.graph import graph
     from gradsight.graph.render import FORMATS
 
     if output.suffix.lower().lstrip(".") not in (*FORMATS, "dot", "gv"):
         raise UserError(f"cannot write {output.name}: use .svg, .png, .pdf or .dot")
-    extra = _kwargs(",".join(args)) if args else None
-    model = build_model(model_spec, extra)
-    x = make_input(model, input_shape)
+    shape = parse_shape(input_shape)
+    model, info = build(model_spec, model_args, shape)
+    x = resolve_input(info, shape, input_dtype, vocab_size).batch(GRAPH_BATCH)
     run = None
     if run_dir is not None:
         from gradsight.store.reader import open_run
@@ -140,7 +86,7 @@ def command(model_spec: str, output: Path, run_dir: Path | None, stat: str, view
         g = graph(model, x, run, stat=stat, view=view, max_depth=max_depth, probe=not no_probe)
     except (RuntimeError, IndexError, ValueError) as exc:
         raise UserError(f"the forward pass failed on an input of shape {tuple(x.shape)}: {exc} "
-                        "(give --input-shape)") from None
+                        "(give --input-shape: one sample, without the batch dimension)") from None
     if run is not None and not any(n.value is not None for n in g.nodes):
         click.echo(f"note: none of the layers of {run_dir} match the modules of {model_spec}; nodes are not coloured",
                    err=True)

@@ -2,60 +2,12 @@
 
 from __future__ import annotations
 
-import ast
-import math
 from pathlib import Path
-from typing import Any
 
 import click
 
 from gradsight.cli import UserError
-
-
-def _shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or any(size < 1 for size in shape):
-        raise UserError(f"--input-shape takes positive comma-separated sizes, e.g. 1,28,28; got {text!r}")
-    return shape
-
-
-def _model_args(pairs: tuple[str, ...]) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise UserError(f"--arg takes KEY=VALUE, e.g. --arg in_channels=1; got {pair!r}")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value  # a bare word: a string such as norm=batch
-    return kwargs
-
-
-def _build(spec: str, shape: tuple[int, ...] | None, kwargs: dict[str, Any]) -> Any:
-    """Load the model; for a registry model whose first layer does not fit ``shape``, rebuild it
-    with ``in_channels`` / ``in_features`` taken from the shape (unless given with --arg)."""
-    from torch import nn
-
-    from gradsight.modelspec import load_model
-
-    try:
-        model = load_model(spec, **kwargs)
-        if shape is None or ":" in spec:
-            return model
-        first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
-        if isinstance(first, nn.Conv2d) and "in_channels" not in kwargs and first.in_channels != shape[0]:
-            model = load_model(spec, **kwargs, in_channels=shape[0])
-        elif isinstance(first, nn.Linear) and "in_features" not in kwargs and first.in_features != math.prod(shape):
-            model = load_model(spec, **kwargs, in_features=math.prod(shape))
-    except TypeError as exc:
-        raise UserError(f"cannot build {spec!r} with these arguments: {exc}") from None
-    return model
+from gradsight.cli._args import build, input_options, model_arg_option, parse_shape, resolve_input
 
 
 @click.command(short_help="Gradient per path length in a residual network.")
@@ -64,35 +16,41 @@ def _build(spec: str, shape: tuple[int, ...] | None, kwargs: dict[str, Any]) -> 
               help="Write the figure here (PNG, PDF, SVG); only the summary is printed without it.")
 @click.option("--samples", default=3, show_default=True, type=click.IntRange(min=1),
               help="Random block sets per path length.")
-@click.option("--input-shape", help="Shape of one input without the batch dimension, e.g. 1,28,28 "
-              "[default: guessed from the first layer; 32x32 images for conv nets].")
+@input_options
 @click.option("--batch-size", default=2, show_default=True, type=click.IntRange(min=1),
               help="Random inputs per pass.")
-@click.option("--arg", "model_args", multiple=True, metavar="KEY=VALUE",
-              help="Keyword for the model factory, e.g. --arg norm=none; repeatable.")
+@model_arg_option
 @click.option("--eval", "eval_mode", is_flag=True,
               help="Measure in eval mode (BN running statistics) instead of training mode (batch statistics).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the weights, inputs and sampled paths.")
-def command(model_spec: str, output: Path | None, samples: int, input_shape: str | None, batch_size: int,
-            model_args: tuple[str, ...], eval_mode: bool, seed: int) -> None:
+def command(model_spec: str, output: Path | None, samples: int, input_shape: str | None, input_dtype: str | None,
+            vocab_size: int | None, batch_size: int, model_args: tuple[str, ...], eval_mode: bool, seed: int) -> None:
     """Measure how much gradient flows along paths through k = 0..n residual branches of MODEL
-    (a registered name such as resnet110, or package.module:factory), at initialization, as in
-    Veit et al. (2016), Fig. 6: the share of paths of each length, the gradient magnitude of one
-    path, and their product, which shows the path lengths that carry the gradient.
+    (a registered name such as resnet110, resnet:depth=56, or package.module:factory), at
+    initialization, as in Veit et al. (2016), Fig. 6: the share of paths of each length, the
+    gradient magnitude of one path, and their product, which shows the path lengths that carry
+    the gradient. Residual blocks are the modules whose output adds their input to a branch,
+    found in the autograd graph, so any residual network works (e.g. torchvision's resnet18).
 
     \b
     Examples:
       gradsight paths resnet110 -o paths.png
       gradsight paths resnet56 --input-shape 1,28,28 --samples 5 -o paths.png
       gradsight paths resmlp --arg depth=110 --arg width=64 --arg norm=batch -o paths.png
+      gradsight paths torchvision.models:resnet18 --input-shape 3,64,64 -o paths.png
     """
     import torch
 
     from gradsight.probes import path_lengths
 
-    shape = _shape(input_shape)
+    shape = parse_shape(input_shape)
     torch.manual_seed(seed)
-    model = _build(model_spec, shape, _model_args(model_args))
+    model, info = build(model_spec, model_args, shape)
+    sample = resolve_input(info, shape, input_dtype, vocab_size)
+    inputs = sample.batch(batch_size, generator=torch.Generator().manual_seed(seed))
+    param = next(model.parameters(), None)
+    if param is not None:
+        inputs = inputs.to(param.device, param.dtype if sample.is_float else inputs.dtype)
     model.train(not eval_mode)
     try:
         from tqdm import tqdm
@@ -109,10 +67,9 @@ def command(model_spec: str, output: Path | None, samples: int, input_shape: str
         bar.update(1)
 
     try:
-        result = path_lengths(model, samples=samples, seed=seed, input_shape=shape,
-                              batch_size=batch_size, progress=progress)
+        result = path_lengths(model, inputs, samples=samples, seed=seed, progress=progress)
     except RuntimeError as exc:  # typically a shape mismatch between input and model
-        raise UserError(f"{model_spec} failed on inputs of shape {shape or 'guessed'}: "
+        raise UserError(f"{model_spec} failed on inputs of shape {sample.describe()}: "
                         f"{str(exc).splitlines()[0]} (try --input-shape)") from None
     finally:
         if bar is not None:
@@ -128,7 +85,7 @@ def command(model_spec: str, output: Path | None, samples: int, input_shape: str
     click.echo(f"gradient per path length peaks at k = {result.peak_length}, "
                f"mean k = {result.mean_length:.1f}, 90% from k = {first} to {last}")
     if output is not None:
-        from gradsight.probes.plots import plot_path_lengths
+        from gradsight.plots.probes import plot_path_lengths
 
         fig = plot_path_lengths(result, title=f"{model_spec}: gradient per path length "
                                 f"({result.n_blocks} blocks, {samples} samples per length)")

@@ -7,14 +7,7 @@ from pathlib import Path
 import click
 
 from gradsight.cli import UserError
-
-
-def _int_list(text: str, option: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"{option} takes comma-separated integers, e.g. 2,8,24; got {text!r}") from None
-    return values
+from gradsight.cli._args import parse_int_list
 
 
 @click.command(short_help="Shattered gradients of plain vs residual MLPs.")
@@ -44,8 +37,8 @@ def command(depths: str, blocks: str, width: int, points: int, norm: str, seed: 
     from gradsight.models import create_model
     from gradsight.probes import shattering
 
-    plain_depths = _int_list(depths, "--depths")
-    residual_blocks = _int_list(blocks, "--blocks")
+    plain_depths = parse_int_list(depths, "--depths")
+    residual_blocks = parse_int_list(blocks, "--blocks")
     bad = [d for d in plain_depths if d < 2 or d % 2]
     if bad:
         raise UserError(f"--depths counts linear layers and must be even numbers >= 2; got {bad}")
@@ -70,7 +63,7 @@ def command(depths: str, blocks: str, width: int, points: int, norm: str, seed: 
     click.echo(f"white noise: lag-1 r = 0 +- {2 / points ** 0.5:.2f} (95%), flatness ~ 0.56; "
                "brown noise: lag-1 r ~ 1, flatness ~ 0")
     if output is not None:
-        from gradsight.probes.plots import plot_shattering
+        from gradsight.plots.probes import plot_shattering
 
         fig = plot_shattering(results)
         fig.suptitle(f"dy/dx at initialization (width {width}, norm={norm}, seed {seed})", fontsize=10)

@@ -14,10 +14,12 @@ How it works:
    ``named_parameters``), the inputs, or other tensors.
 4. A call owns the nodes reachable from its outputs without passing its inputs;
    every operation goes to the innermost call owning it.
-5. Skip connections: at an additive merge (``AddBackward``, ``CatBackward``), an
-   input edge is a skip when that input also feeds the merge's deepest input, or
-   when it is at least two operations shallower; the shortcut's own chain (a
-   projection, its norm) back to the fork is marked too.
+5. Skip connections are those of the residual blocks, found as everywhere in
+   gradsight (:func:`gradsight.instrument.residual.find_residual_split`): a call of
+   a module with children whose output adds its input's skip path and a branch,
+   with no parameterized operation after the addition. The edges of the skip
+   path, from the block's input through any shortcut (a projection, its norm) to
+   the addition, are marked.
 
 Ids are deterministic: operations are numbered in a forward topological order
 obtained by a depth-first walk that follows ``next_functions`` in order.
@@ -31,12 +33,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 from torch.utils import _pytree as pytree
 
 from gradsight.graph.structure import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge, Graph, Node
-
-#: Autograd functions that merge a shortcut with a branch.
-MERGE_OPS = re.compile(r"^(Add|Cat)Backward\d*$")
+from gradsight.instrument.residual import ResidualSplit, find_residual_split
 
 
 def op_type(name: str) -> str:
@@ -73,6 +74,7 @@ class _CallRecorder:
 
     def __init__(self, model: nn.Module) -> None:
         self.names = {id(m): name for name, m in model.named_modules()}
+        self.containers = {id(m) for m in model.modules() if any(True for _ in m.children())}
         self.counter = 0
         self.stack: list[int] = []
         self.calls: list[dict[str, Any]] = []
@@ -98,6 +100,8 @@ class _CallRecorder:
             "end": None,
             "inputs": {id(f) for f in inputs},
             "outputs": [],
+            "input_edge": _input_edge(args) if id(module) in self.containers else None,
+            "split": None,
         })
         self.stack.append(len(self.calls) - 1)
         self.counter += 1
@@ -111,10 +115,30 @@ class _CallRecorder:
         call["outputs"] = outputs
         call["end"] = self.counter
         self.counter += 1
+        edge, y = call["input_edge"], _first_tensor(output)
+        if edge is not None and y is not None and y.grad_fn is not None:
+            split = find_residual_split(y.grad_fn, edge.node, edge.output_nr)
+            if split is not None:
+                call["split"] = (split, edge.node, edge.output_nr)
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    return next((t for t in pytree.tree_leaves(obj) if isinstance(t, torch.Tensor)), None)
+
+
+def _input_edge(args: tuple) -> Any:
+    """The gradient edge of a call's first tensor argument, when it has one."""
+    x = _first_tensor(args)
+    if x is None or not x.requires_grad:
+        return None
+    try:
+        return get_gradient_edge(x)
+    except RuntimeError:
+        return None
 
 
 def _topological(roots: list[Any]) -> list[Any]:
@@ -280,7 +304,7 @@ def _trace(model: nn.Module, inputs: Any, params: dict[int, str], owner: dict[st
         if src is not None:
             edges.append(Edge(src, oid))
 
-    edges = _mark_skips(nodes, edges)
+    edges = _mark_skips(nodes, edges, node_id, [c["split"] for c in calls if c["split"] is not None])
     graph = Graph(
         nodes=nodes,
         edges=edges,
@@ -317,64 +341,52 @@ def _probe(model: nn.Module, outputs: list[torch.Tensor]) -> dict[str, float]:
     return values
 
 
-def _ancestors(start: str, parents: dict[str, list[str]]) -> set[str]:
-    seen: set[str] = set()
-    todo = [start]
+def _skip_path(split: ResidualSplit, x_node: Any, x_nr: int) -> set[tuple[int, int]]:
+    """``(id(src), id(dst))`` of the autograd edges of a block's skip path: from the block's
+    input through the shortcut's operations to the addition."""
+    add = split.add_node
+    if split.skip_node is None:  # identity: the addition takes the input itself
+        return {(id(x_node), id(add))}
+    pairs = {(id(split.skip_node), id(add))}
+    seen, todo = {id(split.skip_node)}, [split.skip_node]
     while todo:
-        n = todo.pop()
-        for p in parents.get(n, ()):
-            if p not in seen:
-                seen.add(p)
-                todo.append(p)
-    return seen
+        fn = todo.pop()
+        for child, nr in fn.next_functions:
+            if child is None:
+                continue
+            pairs.add((id(child), id(fn)))
+            if child is x_node or id(child) in seen:
+                continue
+            seen.add(id(child))
+            todo.append(child)
+    return pairs
 
 
-def _mark_skips(nodes: list[Node], edges: list[Edge]) -> list[Edge]:
-    """Mark the edges of skip connections (see the module docstring)."""
-    by_id = {n.id: n for n in nodes}
+def _mark_skips(nodes: list[Node], edges: list[Edge], node_id: dict[int, str],
+                splits: list[tuple[ResidualSplit, Any, int]]) -> list[Edge]:
+    """Mark the edges of the residual blocks' skip paths (see the module docstring); only edges
+    between operations and inputs, not those from parameters."""
     data = {n.id for n in nodes if n.kind in (OP, INPUT)}
-    parents: dict[str, list[str]] = {}
-    for e in edges:
-        if e.src in data and e.dst in data:
-            parents.setdefault(e.dst, []).append(e.src)
     skip: set[tuple[str, str]] = set()
-    for n in nodes:
-        if n.kind != OP or not MERGE_OPS.match(n.label):
-            continue
-        ins = parents.get(n.id, [])
-        if len(ins) < 2:
-            continue
-        main = max(ins, key=lambda i: (by_id[i].depth, -ins.index(i)))
-        main_anc = _ancestors(main, parents) | {main}
-        for u in ins:
-            if u == main:
-                continue
-            if not (u in main_anc or by_id[main].depth - by_id[u].depth >= 2):
-                continue
-            skip.add((u, n.id))
-            # the shortcut's own chain (projection, norm) back to where it forks off
-            while u not in main_anc and len(parents.get(u, [])) == 1:
-                p = parents[u][0]
-                skip.add((p, u))
-                u = p
+    for split, x_node, x_nr in splits:
+        for src, dst in _skip_path(split, x_node, x_nr):
+            if src in node_id and dst in node_id and node_id[src] in data and node_id[dst] in data:
+                skip.add((node_id[src], node_id[dst]))
     return [replace(e, skip=True) if (e.src, e.dst) in skip else e for e in edges]
 
 
 def trace_inputs_for(model: nn.Module, batch: int = 2) -> torch.Tensor:
-    """A random input that fits ``model``, guessed from its first conv or linear layer.
-
-    Conv2d with 3 input channels gets 32x32 images, other channel counts 28x28;
-    Conv1d gets length 64; a first Linear gets ``(batch, in_features)``.
+    """A random batch of ``batch`` samples of what a registered model takes
+    (``model.model_info``, see :class:`gradsight.models.ModelInfo`): unit-Gaussian floats, or
+    token ids for a language model.
 
     Raises:
-        ValueError: neither a convolution nor a linear layer comes first.
+        ValueError: ``model`` was not built by the model registry, so its input is not known.
     """
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            size = 32 if m.in_channels == 3 else 28
-            return torch.randn(batch, m.in_channels, size, size)
-        if isinstance(m, nn.Conv1d):
-            return torch.randn(batch, m.in_channels, 64)
-        if isinstance(m, nn.Linear):
-            return torch.randn(batch, m.in_features)
-    raise ValueError(f"cannot guess an input for {type(model).__name__}: give an input shape")
+    from gradsight.models import info_of
+
+    info = info_of(model)
+    if info is None or info.input_shape is None:
+        raise ValueError(f"the input of {type(model).__name__} is not known: give an input "
+                         "(or, on the command line, --input-shape)")
+    return info.example_input(batch)

@@ -4,17 +4,24 @@
     >>> list_models("resnet*")
     ['resnet', 'resnet110', 'resnet20', 'resnet32', 'resnet44', 'resnet56']
     >>> model = create_model("resnet20", in_channels=1)  # MNIST-sized input
+    >>> model_info("resnet", depth=56).depth, model.model_info.input_shape
+    (56, (1, 32, 32))
+    >>> model, info = build_model("resnet:depth=110")   # a model spec, as the CLI takes it
 
-Blocks follow one protocol (``ResidualBlock``): class attribute ``is_residual_block = True``
-and instance attributes ``branch``, ``shortcut`` (``None`` when off), ``skip`` and ``post_act``;
-``residual_blocks(model)`` finds them.
+Each registration says the model's family, depth and input (``ModelInfo``); ``create_model``
+records it on the model (``info_of(model)``).
+
+The zoo's blocks subclass ``ResidualBlock`` (attributes ``branch``, ``shortcut`` (``None`` when
+off), ``skip`` and ``post_act``); ``residual_blocks(model)`` lists them.
 """
 
 from gradsight.models._blocks import ResidualBlock, residual_blocks
 from gradsight.models._init import INIT_SCHEMES
 from gradsight.models._registry import (
+    INPUT_KINDS,
     ModelInfo,
     create_model,
+    info_of,
     is_model,
     list_models,
     model_info,
@@ -30,9 +37,12 @@ from gradsight.models.cifar_resnet import (
 from gradsight.models.inplace import InplaceResNet
 from gradsight.models.lecture import LectureBlock, LectureSimpleResNet, SimpleResNet
 from gradsight.models.mlp import MLP, MLPBlock
+from gradsight.models.spec import ModelSpec, build_model, load_model, parse_spec
+from gradsight.models.tokens import TokenMLP
 
 __all__ = [
     "INIT_SCHEMES",
+    "INPUT_KINDS",
     "MLP",
     "BasicBlock",
     "CifarResNet",
@@ -41,15 +51,21 @@ __all__ = [
     "LectureSimpleResNet",
     "MLPBlock",
     "ModelInfo",
+    "ModelSpec",
     "PadShortcut",
     "PreActBlock",
     "ResidualBlock",
     "SimpleResNet",
+    "TokenMLP",
     "blocks_per_stage",
+    "build_model",
     "create_model",
+    "info_of",
     "is_model",
     "list_models",
+    "load_model",
     "model_info",
+    "parse_spec",
     "register_model",
     "residual_blocks",
 ]

@@ -1,6 +1,6 @@
-"""The block protocol that instrumentation relies on: ``ResidualBlock`` and ``residual_blocks``.
+"""The zoo's residual block: ``ResidualBlock``, and ``residual_blocks`` to list a zoo model's blocks.
 
-A block in the zoo has the class attribute ``is_residual_block = True`` and exposes:
+Every block in the zoo subclasses ``ResidualBlock`` and exposes:
 
 - ``branch``: an ``nn.Module`` computing the residual branch ``F(x)``;
 - ``shortcut``: the module computing the skip path (``nn.Identity``, ``PadShortcut`` or a
@@ -11,6 +11,11 @@ A block in the zoo has the class attribute ``is_residual_block = True`` and expo
 Its forward is ``post_act(branch(x) + shortcut(x))`` when ``skip`` and ``post_act(branch(x))``
 otherwise, with the addition out of place, so forward hooks on ``branch`` and ``shortcut`` see
 exactly the two terms of the sum, and ``register_full_backward_hook`` works.
+
+This structure is for building the zoo (Fixup initialization needs each branch's layers).
+Measuring does not rely on it: the monitor, ``gs.path_lengths``, ``gs.probe`` and the graph find
+residual blocks of any model in the autograd graph
+(:func:`gradsight.instrument.residual.find_residual_split`), and find exactly the zoo's blocks.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class ResidualBlock(nn.Module):
     ``None``) when ``skip`` is off, so a plain block has no unused parameters.
     """
 
-    is_residual_block = True
+    is_residual_block = True  # for code that looks for the attribute; gradsight uses isinstance
 
     def __init__(
         self,
@@ -54,7 +59,10 @@ class ResidualBlock(nn.Module):
 
 
 def residual_blocks(model: nn.Module, *, active_only: bool = True) -> list[nn.Module]:
-    """Blocks of ``model`` that follow the block protocol, in registration (= forward) order.
+    """The ``ResidualBlock`` modules of a zoo model, in registration (= forward) order.
+
+    For any other model, find its blocks in the autograd graph with
+    :func:`gradsight.probes.paths.find_residual_blocks`.
 
     Args:
         model: any network.
@@ -64,5 +72,5 @@ def residual_blocks(model: nn.Module, *, active_only: bool = True) -> list[nn.Mo
     return [
         module
         for module in model.modules()
-        if getattr(type(module), "is_residual_block", False) and (module.skip or not active_only)
+        if isinstance(module, ResidualBlock) and (module.skip or not active_only)
     ]

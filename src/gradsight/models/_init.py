@@ -50,7 +50,7 @@ def init_model_(model: nn.Module, scheme: str, *, classifier: nn.Module, std: fl
     """Initialize every layer of ``model`` in place with ``scheme`` (see the module docstring).
 
     Args:
-        model: the network; its residual blocks are found by ``is_residual_block`` and ``skip``.
+        model: the network; its residual blocks are its active ``ResidualBlock`` modules.
         scheme: one of ``INIT_SCHEMES``.
         classifier: the final linear layer, zeroed by ``fixup``.
         std: standard deviation for ``scheme='normal'``.

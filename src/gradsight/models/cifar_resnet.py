@@ -264,99 +264,113 @@ class CifarResNet(nn.Module):
 
 # --- registered factories -------------------------------------------------------------------
 # Keywords not named here go to CifarResNet: in_channels, num_classes, shortcut, norm, init.
+# Inputs are CIFAR-sized images by default; ``in_channels`` changes the channels.
+CIFAR_INPUT: tuple[int, int, int] = (3, 32, 32)
 
 
-@register_model
+def _any_depth(kwargs: dict[str, Any]) -> int:
+    depth = kwargs.get("depth", 20)
+    blocks_per_stage(depth)  # ValueError naming the valid depths
+    return depth
+
+
+def _register_cifar(family: str, depth: int | None = None):
+    """``register_model`` for a CIFAR CNN of ``family``: at ``depth``, or any depth 6n+2."""
+    return register_model(family=family, depth=_any_depth if depth is None else depth,
+                          input_kind="image", input_shape=CIFAR_INPUT)
+
+
+@_register_cifar("plain")
 def plain(*, depth: int = 20, **kwargs: Any) -> CifarResNet:
     """Plain CNN of any depth 6n+2 (no skip connections; He et al. 2016a, §4.2)."""
     return CifarResNet(depth=depth, skip=False, **kwargs)
 
 
-@register_model
+@_register_cifar("resnet")
 def resnet(*, depth: int = 20, **kwargs: Any) -> CifarResNet:
     """CIFAR ResNet of any depth 6n+2 (He et al. 2016a, §4.2)."""
     return CifarResNet(depth=depth, skip=True, **kwargs)
 
 
-@register_model
+@_register_cifar("preresnet")
 def preresnet(*, depth: int = 20, **kwargs: Any) -> CifarResNet:
     """Pre-activation CIFAR ResNet of any depth 6n+2 (He et al. 2016b)."""
     return CifarResNet(depth=depth, skip=True, preact=True, **kwargs)
 
 
-@register_model
+@_register_cifar("plain", 20)
 def plain20(**kwargs: Any) -> CifarResNet:
     """Plain-20: 19 convs + linear, the no-skip twin of ResNet-20."""
     return plain(depth=20, **kwargs)
 
 
-@register_model
+@_register_cifar("plain", 32)
 def plain32(**kwargs: Any) -> CifarResNet:
     """Plain-32: the no-skip twin of ResNet-32."""
     return plain(depth=32, **kwargs)
 
 
-@register_model
+@_register_cifar("plain", 44)
 def plain44(**kwargs: Any) -> CifarResNet:
     """Plain-44: the no-skip twin of ResNet-44."""
     return plain(depth=44, **kwargs)
 
 
-@register_model
+@_register_cifar("plain", 56)
 def plain56(**kwargs: Any) -> CifarResNet:
     """Plain-56: the no-skip twin of ResNet-56."""
     return plain(depth=56, **kwargs)
 
 
-@register_model
+@_register_cifar("plain", 110)
 def plain110(**kwargs: Any) -> CifarResNet:
     """Plain-110: the no-skip twin of ResNet-110."""
     return plain(depth=110, **kwargs)
 
 
-@register_model
+@_register_cifar("resnet", 20)
 def resnet20(**kwargs: Any) -> CifarResNet:
     """ResNet-20 for CIFAR/MNIST (0.27M parameters with shortcut 'A')."""
     return resnet(depth=20, **kwargs)
 
 
-@register_model
+@_register_cifar("resnet", 32)
 def resnet32(**kwargs: Any) -> CifarResNet:
     """ResNet-32 for CIFAR/MNIST (0.46M parameters with shortcut 'A')."""
     return resnet(depth=32, **kwargs)
 
 
-@register_model
+@_register_cifar("resnet", 44)
 def resnet44(**kwargs: Any) -> CifarResNet:
     """ResNet-44 for CIFAR/MNIST (0.66M parameters with shortcut 'A')."""
     return resnet(depth=44, **kwargs)
 
 
-@register_model
+@_register_cifar("resnet", 56)
 def resnet56(**kwargs: Any) -> CifarResNet:
     """ResNet-56 for CIFAR/MNIST (0.85M parameters with shortcut 'A')."""
     return resnet(depth=56, **kwargs)
 
 
-@register_model
+@_register_cifar("resnet", 110)
 def resnet110(**kwargs: Any) -> CifarResNet:
     """ResNet-110 for CIFAR/MNIST (1.7M parameters with shortcut 'A')."""
     return resnet(depth=110, **kwargs)
 
 
-@register_model
+@_register_cifar("preresnet", 20)
 def preresnet20(**kwargs: Any) -> CifarResNet:
     """Pre-activation ResNet-20 (He et al. 2016b)."""
     return preresnet(depth=20, **kwargs)
 
 
-@register_model
+@_register_cifar("preresnet", 56)
 def preresnet56(**kwargs: Any) -> CifarResNet:
     """Pre-activation ResNet-56 (He et al. 2016b)."""
     return preresnet(depth=56, **kwargs)
 
 
-@register_model
+@_register_cifar("preresnet", 110)
 def preresnet110(**kwargs: Any) -> CifarResNet:
     """Pre-activation ResNet-110 (He et al. 2016b)."""
     return preresnet(depth=110, **kwargs)

@@ -4,8 +4,9 @@ torchvision's ``BasicBlock`` writes ``out += identity`` and uses ``nn.ReLU(inpla
 ReLU module called twice per block. Both break ``register_full_backward_hook`` and can trip
 instrumentation that keeps references to activations. ``inplace_resnet`` reproduces those
 patterns in a network small enough for tests, so the instrumentation can be checked against
-the kind of model users bring. It deliberately does not follow the zoo's block protocol (no
-``branch`` / ``shortcut`` / ``skip``, no ``is_residual_block``): it stands for a foreign model.
+the kind of model users bring. It deliberately does not subclass the zoo's ``ResidualBlock`` (no
+``branch`` / ``shortcut`` / ``skip``): it stands for a foreign model, whose blocks are found in
+the autograd graph.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class InplaceResNet(nn.Module):
         return self.fc(x)
 
 
-@register_model
+@register_model(family="inplace_resnet", depth=6, input_kind="image", input_shape=(3, 32, 32))
 def inplace_resnet(
     *, in_channels: int = 3, num_classes: int = 10, width: int = 16
 ) -> InplaceResNet:

@@ -74,13 +74,13 @@ class SimpleResNet(nn.Module):
         return self.head(self.block(x))
 
 
-@register_model
+@register_model(family="simple_resnet", depth=3, input_kind="image", input_shape=(1, 28, 28))
 def simple_resnet(*, in_channels: int = 1, num_classes: int = 10, width: int = 64) -> SimpleResNet:
     """The lecture's SimpleResNet, fixed: projection shortcut, pooling and a linear head."""
     return SimpleResNet(in_channels=in_channels, num_classes=num_classes, width=width, skip=True)
 
 
-@register_model
+@register_model(family="lecture_plain", depth=3, input_kind="image", input_shape=(1, 28, 28))
 def lecture_plain(*, in_channels: int = 1, num_classes: int = 10, width: int = 64) -> SimpleResNet:
     """The lecture's network without the skip connection (plain twin of simple_resnet)."""
     return SimpleResNet(in_channels=in_channels, num_classes=num_classes, width=width, skip=False)

@@ -172,25 +172,43 @@ class MLP(nn.Module):
         return self.head(x)
 
 
-@register_model
+#: Default input: a flattened 28x28 image.
+MLP_INPUT: tuple[int] = (784,)
+
+
+def _depth_rule(default: int):
+    def depth(kwargs: dict[str, Any]) -> int:
+        value = kwargs.get("depth", default)
+        mlp_blocks(value)  # ValueError naming the valid depths
+        return value
+
+    return depth
+
+
+def _register_mlp(family: str, default_depth: int):
+    return register_model(family=family, depth=_depth_rule(default_depth), input_kind="vector",
+                          input_shape=MLP_INPUT)
+
+
+@_register_mlp("mlp", 10)
 def mlp(*, depth: int = 10, width: int = 256, **kwargs: Any) -> MLP:
     """Plain MLP, every layer followed by act (depth = number of linear layers, even)."""
     return MLP(depth=depth, width=width, skip=False, **kwargs)
 
 
-@register_model
+@_register_mlp("resmlp", 10)
 def resmlp(*, depth: int = 10, width: int = 256, **kwargs: Any) -> MLP:
     """Residual MLP, blocks x + W2 act(W1 x) (depth = number of linear layers, even)."""
     return MLP(depth=depth, width=width, skip=True, **kwargs)
 
 
-@register_model
+@_register_mlp("mlp", 20)
 def mlp20_lecun_nobias(**kwargs: Any) -> MLP:
     """Plain ReLU MLP, 20 linear layers of width 512, weights N(0, 1/fan_in), no bias."""
     return mlp(**{"depth": 20, "width": 512, "init": "lecun", "bias": False, **kwargs})
 
 
-@register_model
+@_register_mlp("resmlp", 20)
 def resmlp20_he_nobias(**kwargs: Any) -> MLP:
     """Unnormalized residual MLP x + W2 relu(W1 x): 20 linear layers, width 512, He, no bias."""
     return resmlp(**{"depth": 20, "width": 512, "init": "he", "bias": False, **kwargs})

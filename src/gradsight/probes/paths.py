@@ -19,9 +19,15 @@ first block:
 its sum is not the norm of the full gradient (paths add as vectors, not as norms). In the paper,
 almost all of ResNet-110's gradient comes from paths of length 5 to 17.
 
-Gating leaves every forward value unchanged: a temporary forward hook on each ``branch`` and
-``shortcut`` returns its output as is (gradient passes) or ``output.detach()`` (gradient 0),
-the ``m in {0, 1}`` case of ``t.detach() + m * (t - t.detach())``. One forward pass per sample.
+Residual blocks are found in the autograd graph, as everywhere in gradsight
+(:func:`gradsight.instrument.residual.find_residual_split`): a module is a block when its output
+is an addition of its input's skip path and a branch, with no parameterized operation after the
+addition. So any residual network works (the zoo's, torchvision's ``resnet18`` with its in-place
+``out += identity``), and ``n`` counts the blocks of the outermost level that has them.
+
+Gating leaves every forward value unchanged: in each forward pass, the split of every block is
+found again, and a hook on the autograd nodes where the skip path (or the branch) consumes the
+block's input replaces the gradient they pass to it by zeros. One forward pass per sample.
 In post-activation blocks (``relu(branch(x) + shortcut(x))``, the CIFAR ResNet) the gradient
 goes through the ReLU's mask, which depends on both terms, before it splits; that mask is part
 of every path through the block. BN layers run in the model's current mode (batch statistics
@@ -33,14 +39,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from gradsight.models import residual_blocks
+from torch.autograd.graph import get_gradient_edge
+
+from gradsight.instrument.activations import first_tensor
+from gradsight.instrument.residual import ResidualSplit, find_residual_split
+from gradsight.models import info_of
 from gradsight.probes._state import state_restored
 
-__all__ = ["PathLengthResult", "path_fractions", "path_gradient", "path_lengths"]
+__all__ = ["PathLengthResult", "find_residual_blocks", "path_fractions", "path_gradient", "path_lengths"]
 
 
 def path_fractions(n_blocks: int) -> torch.Tensor:
@@ -106,57 +117,37 @@ class PathLengthResult:
         return lo, min(hi, self.n_blocks)
 
 
-def _gated_modules(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    """``(branch, shortcut)`` of every active residual block, checked for the protocol."""
-    blocks = residual_blocks(model)
-    if not blocks:
-        raise ValueError(
-            f"{type(model).__name__} has no active residual blocks: path lengths need blocks "
-            "with is_residual_block = True, skip = True and modules `branch` and `shortcut` "
-            "(see gradsight.models.residual_blocks)"
-        )
-    pairs, seen = [], set()
-    for block in blocks:
-        branch, shortcut = getattr(block, "branch", None), getattr(block, "shortcut", None)
-        if not isinstance(branch, nn.Module) or not isinstance(shortcut, nn.Module):
-            raise ValueError(
-                f"residual block {type(block).__name__} needs modules `branch` and `shortcut`"
-            )
-        for module in (branch, shortcut):
-            if id(module) in seen:
-                raise ValueError(
-                    f"module {module!r} is the branch or shortcut of two blocks; gating "
-                    "needs one module object per block and path"
-                )
-            seen.add(id(module))
-        pairs.append((branch, shortcut))
-    return pairs
+def _container_names(model: nn.Module) -> list[str]:
+    """Modules that can be residual blocks: those with children (as the monitor's rule)."""
+    return [name for name, module in model.named_modules() if any(True for _ in module.children())]
 
 
-class _PathGates:
-    """Hooks that route the gradient along one path at a time, and catch the first block's input.
+class _BlockHooks:
+    """Forward hooks on candidate modules that find each call's residual split.
 
-    While open, a forward pre-hook on the first block replaces its input by a detached copy
-    that requires grad (the measuring point), and forward hooks on every ``branch`` and
-    ``shortcut`` return their output as is or detached, as ``through_branch`` says at the time
-    of the forward pass. Closing removes every hook.
+    ``on_split(index, split)`` is called for every call of candidate ``index`` whose output adds
+    its input's skip path and a branch; ``calls[index]`` counts every call.
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.pairs = _gated_modules(model)
-        self.through_branch = [False] * len(self.pairs)
-        self.calls = [0] * (2 * len(self.pairs))
+    def __init__(self, model: nn.Module, names: Sequence[str],
+                 on_split: Callable[[int, ResidualSplit], None] | None = None,
+                 replace_first_input: bool = False) -> None:
+        modules = dict(model.named_modules())
+        self.modules = [modules[name] for name in names]
+        self.on_split = on_split
+        self.replace_first_input = replace_first_input
+        self.calls = [0] * len(names)
+        self.found = [0] * len(names)
+        self.entered: list[int] = []  # candidate indices in the order their calls began
         self.starts: list[torch.Tensor] = []
+        self._edges: list[list[Any]] = [[] for _ in names]
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def __enter__(self) -> _PathGates:
+    def __enter__(self) -> _BlockHooks:
         try:
-            first_block = residual_blocks(self.model)[0]
-            self.handles.append(first_block.register_forward_pre_hook(self._capture))
-            for i, (branch, shortcut) in enumerate(self.pairs):
-                self.handles.append(branch.register_forward_hook(self._gate(i, True)))
-                self.handles.append(shortcut.register_forward_hook(self._gate(i, False)))
+            for i, module in enumerate(self.modules):
+                self.handles.append(module.register_forward_pre_hook(self._pre(i)))
+                self.handles.append(module.register_forward_hook(self._post(i)))
         except BaseException:
             self.close()
             raise
@@ -169,40 +160,140 @@ class _PathGates:
         while self.handles:
             self.handles.pop().remove()
 
-    def _capture(self, _module: nn.Module, args: tuple) -> tuple:
-        start = args[0].detach().requires_grad_(True)
-        self.starts.append(start)
-        return (start, *args[1:])
-
-    def _gate(self, index: int, is_branch: bool):
-        def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
-            self.calls[2 * index + (0 if is_branch else 1)] += 1
-            passes = self.through_branch[index] == is_branch
-            return output if passes else output.detach()
+    def _pre(self, index: int):
+        def hook(_module: nn.Module, args: tuple) -> tuple | None:
+            self.calls[index] += 1
+            self.entered.append(index)
+            replaced = None
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if index == 0 and self.replace_first_input and x is not None:
+                x = x.detach().requires_grad_(True)  # the measuring point
+                self.starts.append(x)
+                replaced = (x, *args[1:])
+            edge = get_gradient_edge(x) if x is not None and x.requires_grad else None
+            self._edges[index].append(edge)
+            return replaced
 
         return hook
+
+    def _post(self, index: int):
+        def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
+            edge = self._edges[index].pop() if self._edges[index] else None
+            y = output if isinstance(output, torch.Tensor) else None
+            if edge is None or y is None or y.grad_fn is None:
+                return
+            split = find_residual_split(y.grad_fn, edge.node, edge.output_nr)
+            if split is None:
+                return
+            self.found[index] += 1
+            if self.on_split is not None:
+                self.on_split(index, split)
+
+        return hook
+
+
+def find_residual_blocks(model: nn.Module, inputs: torch.Tensor) -> list[str]:
+    """Names of the residual blocks of ``model``, in forward order, found in one forward pass.
+
+    A block is a module whose output adds its input's skip path (identity or a shortcut) and a
+    branch, with no parameterized operation after the addition
+    (:func:`gradsight.instrument.residual.find_residual_split`, the rule the monitor uses), so
+    stages and the model itself are not blocks. A container whose output is a block's addition
+    (a ``Sequential`` holding one block) is that block; blocks nested inside another block's
+    branch are dropped, so only the outermost level counts. Training flags and BN buffers are
+    restored.
+    """
+    names = _container_names(model)
+    by_add: dict[int, str] = {}  # the first (innermost) module whose output is this addition
+    keep: list[Any] = []  # the additions' nodes, so their ids stay unique during the pass
+
+    def found(index: int, split: ResidualSplit) -> None:
+        keep.append(split.add_node)
+        by_add.setdefault(id(split.add_node), names[index])
+
+    with _BlockHooks(model, names, on_split=found) as hooks, state_restored(model), torch.enable_grad():
+        x = inputs.detach().requires_grad_(True) if inputs.is_floating_point() else inputs
+        model(x)
+    started = [names[i] for i in dict.fromkeys(hooks.entered)]
+    blocks = sorted(set(by_add.values()), key=started.index)
+    return [b for b in blocks if not any(b.startswith(f"{outer}.") for outer in blocks if outer != b)]
+
+
+class _PathGates:
+    """Routes the gradient along one path at a time, and catches the first block's input.
+
+    While open, a forward pre-hook on the first block replaces its input by a detached copy
+    that requires grad (the measuring point), and a forward hook on every block finds its
+    residual split and hooks the autograd nodes where the blocked path consumes the block's
+    input, so that path passes no gradient to it. Closing removes every module hook; the node
+    hooks go with the graph of the pass.
+    """
+
+    def __init__(self, model: nn.Module, blocks: Sequence[str]) -> None:
+        if not blocks:
+            raise ValueError(
+                f"{type(model).__name__} has no active residual blocks: path lengths need modules "
+                "whose output adds their input (or a shortcut of it) to a branch"
+            )
+        self.model = model
+        self.blocks = list(blocks)
+        self.through_branch = [False] * len(blocks)
+        self.hooks = _BlockHooks(model, blocks, on_split=self._gate, replace_first_input=True)
+
+    def __enter__(self) -> _PathGates:
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.hooks.close()
+
+    def close(self) -> None:
+        self.hooks.close()
+
+    def _gate(self, index: int, split: ResidualSplit) -> None:
+        skip_consumers, branch_consumers = split.consumers
+        blocked = skip_consumers if self.through_branch[index] else branch_consumers
+        indices: dict[Any, set[int]] = {}
+        for node, input_index in blocked:
+            indices.setdefault(node, set()).add(input_index)
+        for node, zeroed in indices.items():
+            def hook(grad_inputs: tuple, _grad_outputs: tuple, zeroed: set[int] = zeroed) -> tuple:
+                return tuple(
+                    torch.zeros_like(g) if i in zeroed and g is not None else g
+                    for i, g in enumerate(grad_inputs)
+                )
+
+            node.register_hook(hook)
 
     def gradient(
         self, inputs: torch.Tensor, through_branch: Sequence[bool], output_grad: torch.Tensor | None
     ) -> torch.Tensor:
         """One forward and backward pass along the path ``through_branch``."""
-        if len(through_branch) != len(self.pairs):
+        if len(through_branch) != len(self.blocks):
             raise ValueError(
-                f"through_branch has {len(through_branch)} flags for {len(self.pairs)} "
+                f"through_branch has {len(through_branch)} flags for {len(self.blocks)} "
                 "residual blocks"
             )
         self.through_branch = [bool(flag) for flag in through_branch]
-        self.calls = [0] * len(self.calls)
-        self.starts = []
-        output = self.model(inputs)
-        if len(self.starts) != 1 or any(count != 1 for count in self.calls):
+        hooks = self.hooks
+        hooks.calls = [0] * len(self.blocks)
+        hooks.found = [0] * len(self.blocks)
+        hooks.starts = []
+        with torch.enable_grad():
+            output = self.model(inputs)
+        if len(hooks.starts) != 1 or any(count != 1 for count in hooks.calls):
             raise ValueError(
-                "every residual block must run once per forward pass and call its branch and "
-                "shortcut exactly once (out-of-place add); this model does not"
+                "every residual block must run once per forward pass; in this model "
+                + ", ".join(f"{name} ran {count} times" for name, count in zip(self.blocks, hooks.calls)
+                            if count != 1)
             )
-        (start,) = self.starts
-        self.starts = []
-        if not output.requires_grad:
+        if any(found != 1 for found in hooks.found):
+            missing = [name for name, found in zip(self.blocks, hooks.found) if found != 1]
+            raise ValueError(f"the residual addition of {', '.join(missing)} was not found in this forward pass")
+        (start,) = hooks.starts
+        hooks.starts = []
+        output = first_tensor(output)
+        if output is None or not output.requires_grad:
             return torch.zeros_like(start)
         if output_grad is None:
             output_grad = torch.ones_like(output)
@@ -219,11 +310,11 @@ def path_gradient(
     """Gradient at the first residual block's input along one path.
 
     Args:
-        model: a network whose residual blocks follow the block protocol.
+        model: a network with residual blocks (see :func:`find_residual_blocks`).
         inputs: a batch for ``model``.
-        through_branch: one flag per active residual block, in forward order: ``True`` lets the
-            gradient pass only through that block's ``branch``, ``False`` only through its
-            ``shortcut``.
+        through_branch: one flag per residual block, in forward order: ``True`` lets the
+            gradient pass only through that block's branch, ``False`` only through its skip
+            path (the identity or a shortcut).
         output_grad: ``v``, the gradient fed to the output (same shape as ``model(inputs)``);
             ones when ``None``.
 
@@ -233,22 +324,22 @@ def path_gradient(
         ``.grad``; hooks are removed, training flags and BN running statistics restored.
 
     Raises:
-        ValueError: no residual blocks, a wrong number of flags, or a block that does not call
-            its ``branch`` and ``shortcut`` exactly once per forward pass.
+        ValueError: no residual blocks, a wrong number of flags, or a block that does not run
+            exactly once per forward pass.
     """
-    with _PathGates(model) as gates, state_restored(model):
+    blocks = find_residual_blocks(model, inputs)
+    with _PathGates(model, blocks) as gates, state_restored(model):
         return gates.gradient(inputs, through_branch, output_grad)
 
 
-def _guess_input_shape(model: nn.Module) -> tuple[int, ...]:
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            return (module.in_features,)
-        if isinstance(module, nn.Conv2d):
-            return (module.in_channels, 32, 32)
-    raise ValueError(
-        f"cannot guess the input shape of {type(model).__name__}; pass inputs or input_shape"
-    )
+def _default_input_shape(model: nn.Module) -> tuple[int, ...]:
+    info = info_of(model)
+    if info is None or info.input_shape is None:
+        raise ValueError(
+            f"{type(model).__name__} is not a registered model, so pass inputs or input_shape "
+            "(the shape of one sample, without the batch dimension)"
+        )
+    return info.input_shape
 
 
 def path_lengths(
@@ -268,14 +359,13 @@ def path_lengths(
     :func:`path_gradient` and its L2 norm over the whole batch.
 
     Args:
-        model: a network with ``n >= 1`` residual blocks following the block protocol.
+        model: a network with ``n >= 1`` residual blocks (see :func:`find_residual_blocks`).
         inputs: the batch to measure on; by default ``batch_size`` standard normal samples of
             ``input_shape``.
         samples: random block sets per path length.
         seed: seeds the input batch, the output gradient and the block sets.
         input_shape: shape of one sample without the batch dimension, e.g. ``(1, 28, 28)``;
-            guessed from the first linear (``(in_features,)``) or conv layer
-            (``(in_channels, 32, 32)``) when ``None``.
+            by default the registered model's (``model.model_info``).
         batch_size: samples in the default batch.
         output_grad: gradient fed to the output; by default a fixed random direction of unit
             norm (over the whole batch), e.g. pass ``dL/dy`` to measure a loss's gradient.
@@ -287,21 +377,26 @@ def path_lengths(
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1; got {samples}")
-    n = len(_gated_modules(model))
     generator = torch.Generator().manual_seed(seed)
     param = next(model.parameters(), None)
     if inputs is None:
-        shape = tuple(input_shape) if input_shape is not None else _guess_input_shape(model)
-        inputs = torch.randn((batch_size, *shape), generator=generator, dtype=torch.float64)
+        info = info_of(model)
+        shape = tuple(input_shape) if input_shape is not None else _default_input_shape(model)
+        if info is not None and info.input_kind == "tokens":
+            inputs = torch.randint(0, info.vocab_size or 2, (batch_size, *shape), generator=generator)
+        else:
+            inputs = torch.randn((batch_size, *shape), generator=generator, dtype=torch.float64)
         if param is not None:
-            inputs = inputs.to(param)
+            inputs = inputs.to(param.device, param.dtype if inputs.is_floating_point() else inputs.dtype)
+    blocks = find_residual_blocks(model, inputs)
+    n = len(blocks)
     if output_grad is None:
         with torch.no_grad(), state_restored(model):
-            output = model(inputs)
+            output = first_tensor(model(inputs))
         output_grad = torch.randn(output.shape, generator=generator, dtype=torch.float64)
         output_grad = (output_grad / output_grad.norm()).to(output)
     magnitudes = torch.empty(n + 1, samples, dtype=torch.float64)
-    with _PathGates(model) as gates, state_restored(model):
+    with _PathGates(model, blocks) as gates, state_restored(model):
         for k in range(n + 1):
             for s in range(samples):
                 flags = [False] * n

@@ -18,6 +18,8 @@ from torch import nn
 from gradsight.instrument.activations import ACT_STATS, BLOCK_STATS, ActivationRecorder, first_tensor
 from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.layers import ForwardOrder
+from gradsight.models import info_of
+from gradsight.probes._state import state_restored
 
 PROBE_COLUMNS = ("name", "kind", "depth", "module_type") + ACT_STATS + BLOCK_STATS
 
@@ -25,10 +27,14 @@ PROBE_COLUMNS = ("name", "kind", "depth", "module_type") + ACT_STATS + BLOCK_STA
 def _input_batch(model: nn.Module, inputs, input_shape, batch_size: int, generator: torch.Generator) -> torch.Tensor:
     if inputs is not None:
         return inputs
-    shape = input_shape or getattr(model, "input_shape", None)
+    info = info_of(model)
+    shape = input_shape or (info.input_shape if info is not None else None)
     if shape is None:
-        raise ValueError("gs.probe needs inputs or input_shape (the shape of one sample, e.g. (1, 28, 28))")
+        raise ValueError("gs.probe needs inputs or input_shape (the shape of one sample, e.g. (1, 28, 28)) "
+                         "for a model that is not registered")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if info is not None and info.input_kind == "tokens":
+        return torch.randint(0, info.vocab_size or 2, (batch_size, *tuple(shape)), generator=generator).to(device)
     return torch.randn((batch_size, *tuple(shape)), generator=generator).to(device)
 
 
@@ -46,8 +52,10 @@ def probe(
 
     Args:
         model: any ``nn.Module`` (its train/eval mode is used as it is).
-        inputs: a batch; default a unit-Gaussian batch of ``input_shape``.
-        input_shape: shape of one sample when ``inputs`` is not given.
+        inputs: a batch; default a unit-Gaussian batch of ``input_shape`` (token ids for a
+            registered token model).
+        input_shape: shape of one sample when ``inputs`` is not given; default the registered
+            model's (``model.model_info``).
         batch_size: size of the Gaussian batch.
         seed: seed of the Gaussian input and output gradient.
         modules: which modules to track (as ``gs.watch(activations=...)``).
@@ -60,7 +68,8 @@ def probe(
         ``act_rms, act_mean_sq, act_var, out_grad_norm, out_grad_rms,
         out_grad_nonfinite`` and, for blocks, ``skip_grad_norm, branch_grad_norm,
         skip_branch_cos, branch_var``; ``depth`` ranks rows of one kind in
-        forward-execution order. Parameter gradients are left as they were.
+        forward-execution order. Parameter gradients, training flags and BatchNorm buffers
+        (running mean and variance, batch count) are left as they were.
     """
     gen = torch.Generator().manual_seed(seed)
     x = _input_batch(model, inputs, input_shape, batch_size, gen)
@@ -71,7 +80,7 @@ def probe(
     try:
         order = ForwardOrder(model, hooks)
         recorder = ActivationRecorder(model, modules, residual_blocks, hooks, is_active=lambda: True)
-        with torch.enable_grad():
+        with torch.enable_grad(), state_restored(model):
             if not x.requires_grad and x.is_floating_point():
                 x = x.detach().requires_grad_(True)  # so the first block's input has a gradient edge
             out = first_tensor(model(x))

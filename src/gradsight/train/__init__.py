@@ -1,10 +1,12 @@
-"""Training: one monitored train/evaluate loop, the lecture's and He et al.'s recipes, and
-``compare``, which trains a grid of networks on the same data in the same order.
+"""Training: one monitored train/evaluate loop, the lecture's and He et al.'s recipes,
+``compare``, which trains a grid of networks on the same data in the same order, and the demo.
 
     >>> import gradsight as gs
     >>> data = gs.data.load_dataset("mnist5k")
     >>> result = gs.train.train("resnet", data, "lecture", depth=20, epochs=2, run_dir="runs/r20")
-    >>> table = gs.train.compare(["plain", "resnet"], [20, 56], "mnist5k", epochs=2, out="out/cmp")
+    >>> from gradsight.train.compare import compare
+    >>> result = compare(["plain", "resnet"], [20, 56], "mnist5k", epochs=2, out="out/cmp")
+    >>> result.table, result.figures, result.run_dirs
 """
 
 from gradsight.train.recipes import RECIPES, Recipe, get_recipe, he2016, lecture, list_recipes

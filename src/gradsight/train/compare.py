@@ -7,7 +7,11 @@ Writes, into ``out``::
     figures/gradflow-<network>-<layers>.png   gradient norm by layer, first and last step
     figures/gradflow-all.png    every run, relative depth 0..1, first step and late in training
     figures/training-curves.png training loss per recorded step, train/test error per epoch
-    report.html                 when gradsight.report can write one
+
+and returns a :class:`CompareResult` (``gradsight compare`` adds ``report.html``). Each run's
+config records, besides the settings, the conditions its numbers depend on
+(:func:`reproducibility`): with the same settings, torch build, CPU and number of threads, a
+run is recreated bit for bit on the CPU.
 
 Everything is checked before anything is trained (families, depths, recipe, device, dataset
 and its files, the output directory). The results are written into a hidden sibling directory
@@ -18,10 +22,9 @@ that is renamed to ``out`` at the end, and removed if anything fails or is inter
 from __future__ import annotations
 
 import csv
-import importlib
-import inspect
 import logging
 import os
+import platform
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,12 +35,13 @@ import torch
 
 from gradsight.data import DatasetSplits, list_datasets, load_dataset
 from gradsight.models.mlp import mlp_blocks
+from gradsight.plots import training
+from gradsight.store.query import first_last_ratios
 from gradsight.store.reader import open_run
-from gradsight.train import figures
 from gradsight.train.recipes import Recipe, get_recipe
 from gradsight.train.runner import TrainResult, resolve_device, train
 
-__all__ = ["FAMILIES", "CompareResult", "check_depth", "compare", "format_markdown", "parse_list"]
+__all__ = ["FAMILIES", "CompareResult", "check_depth", "compare", "format_markdown", "parse_list", "reproducibility"]
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +53,14 @@ TABLE_COLUMNS = ("network", "layers", "parameters", "train_error", "test_error",
 
 @dataclass
 class CompareResult:
-    """What :func:`compare` wrote: the output directory, one :class:`TrainResult` per run, the files."""
+    """What :func:`compare` made: the output directory, one :class:`TrainResult` per run (with
+    its run directory), the files written (tables and figures) and the conditions of the runs."""
 
     out: Path
     results: list[TrainResult] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     command: str = ""
+    reproducibility: dict[str, Any] = field(default_factory=dict)
 
     @property
     def table(self) -> list[dict[str, Any]]:
@@ -62,7 +68,13 @@ class CompareResult:
         return [r.row() for r in self.results]
 
     @property
+    def tables(self) -> list[Path]:
+        """``results.csv`` and ``results.md``."""
+        return [p for p in self.files if p.suffix in (".csv", ".md")]
+
+    @property
     def figures(self) -> list[Path]:
+        """The PNG figures: one gradient flow per run, the overlay, the training curves."""
         return [p for p in self.files if p.suffix == ".png"]
 
     @property
@@ -110,6 +122,43 @@ def check_depth(family: str, depth: int) -> None:
             raise ValueError(f"depth {depth} is not valid for {family!r}: {exc}") from None
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def reproducibility(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The conditions, besides seed and settings, that a run's numbers depend on.
+
+    On the CPU, training is recreated bit for bit when all of these are the same: the torch
+    build (``torch``: its version with the MKL/oneDNN kernels it ships), the CPU (``cpu``,
+    and ``cpu_capability``, the vector instructions torch dispatches to) and the number of
+    torch threads (``threads``: sums are split per thread, so the last bits differ from the
+    first step and the difference grows over training). ``deterministic`` is
+    ``torch.are_deterministic_algorithms_enabled()`` (on the CPU it changed nothing for the
+    CIFAR-style CNNs measured in docs/results.md); on a GPU, ``gpu`` and ``cudnn`` are added.
+    """
+    device = torch.device(device)
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
 def run_key(family: str, depth: int) -> str:
     """How runs, figures and rows are named: ``plain-20``."""
     return f"{family}-{depth}"
@@ -148,21 +197,22 @@ def _per_epoch_markdown(results: Sequence[TrainResult]) -> str:
 
 def _grad_flow_markdown(run_dirs: dict[str, Path]) -> str:
     """Gradient norm of the first weighted layer, the median one, the one before the head and the head,
-    at the first and the last recorded step."""
-    header = "| run | step | first layer | median layer | layer before the head | head | first / before the head |"
+    and the first/last-layer ratio (:func:`gradsight.store.query.first_last_ratios`), at the first
+    recorded step and late in training."""
+    header = "| run | step | first layer | median layer | layer before the head | head | first / last layer |"
     lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key, path in run_dirs.items():
         with open_run(path) as run:
-            first, late = figures.first_and_late_steps(run)
-            values = figures.layer_values(run, "grad_norm", [first, late])
+            steps = sorted(set(training.first_and_late_steps(run)))
+            values = training.weighted_matrix(run, "grad_norm", steps)
+            ratios = first_last_ratios(values)
             names = list(values.columns)
-            convs = names[:-1] if len(names) > 1 else names
-            for step in (first, late):
+            before_head = names[-2] if len(names) > 1 else names[-1]
+            for step in steps:
                 row = values.loc[step]
-                ratio = row[convs[0]] / row[convs[-1]]
                 lines.append(
-                    f"| {key} | {step} | {row[names[0]]:.3g} | {row.median():.3g} | {row[convs[-1]]:.3g} | "
-                    f"{row[names[-1]]:.3g} | {ratio:.3g} |"
+                    f"| {key} | {step} | {row[names[0]]:.3g} | {row.median():.3g} | {row[before_head]:.3g} | "
+                    f"{row[names[-1]]:.3g} | {ratios[step]:.3g} |"
                 )
     return "\n".join(lines)
 
@@ -186,58 +236,17 @@ def _write_tables(tmp: Path, results: Sequence[TrainResult], run_dirs: dict[str,
     return [csv_path, md_path]
 
 
-def _plots_flow():
-    """``gradsight.plots.flow`` when the plotting package exposes it as a function, else None."""
-    try:
-        plots = importlib.import_module("gradsight.plots")
-    except ImportError:
-        return None
-    fn = getattr(plots, "flow", None)
-    return fn if inspect.isfunction(fn) else None
-
-
 def _write_figures(tmp: Path, run_dirs: dict[str, Path]) -> list[Path]:
     fig_dir = tmp / "figures"
     written = []
-    plots_flow = _plots_flow()
     for key, path in run_dirs.items():
-        target = fig_dir / f"gradflow-{key}.png"
         with open_run(path) as run:
-            fig = None
-            if plots_flow is not None:
-                try:  # the weighted layers only: BN's scale/shift gradients would zigzag the line
-                    frame = run.frame(level="layer", stat="grad_norm", name=figures.weighted_layers(run))
-                    fig = plots_flow(frame, "grad_norm", steps=list(figures.first_and_late_steps(run)),
-                                     title=f"Gradient norm by layer: {key}")
-                except Exception as exc:  # a plotting package still in progress must not lose the results
-                    log.warning("gradsight.plots.flow failed (%s); using gradsight.train.figures", exc)
-            if fig is None:
-                fig = figures.grad_flow(run, title=f"Gradient norm by layer: {key}")
-            written.append(figures.save(fig, target))
+            fig = training.grad_flow(run, title=f"Gradient norm by layer: {key}")
+            written.append(training.save_png(fig, fig_dir / f"gradflow-{key}.png"))
     runs = list(run_dirs.values())
-    written.append(figures.save(figures.grad_flow_overlay(runs), fig_dir / "gradflow-all.png"))
-    written.append(figures.save(figures.training_curves(runs), fig_dir / "training-curves.png"))
+    written.append(training.save_png(training.grad_flow_overlay(runs), fig_dir / "gradflow-all.png"))
+    written.append(training.save_png(training.training_curves(runs), fig_dir / "training-curves.png"))
     return written
-
-
-def _write_report(tmp: Path, run_dirs: dict[str, Path]) -> list[Path]:
-    try:
-        report = importlib.import_module("gradsight.report")
-    except ImportError:
-        log.info("gradsight.report is not available; no report.html")
-        return []
-    write_report = getattr(report, "write_report", None)
-    if not callable(write_report):
-        log.info("gradsight.report has no write_report; no report.html")
-        return []
-    target = tmp / "report.html"
-    try:
-        write_report(list(run_dirs.values()), target)
-    except Exception as exc:  # the report is a bonus; the comparison itself succeeded
-        log.warning("could not write report.html (%s)", exc)
-        target.unlink(missing_ok=True)
-        return []
-    return [target] if target.exists() else []
 
 
 def _staging_dir(out: Path) -> Path:
@@ -320,7 +329,7 @@ def compare(
     tmp = _staging_dir(out)
     if tmp.exists():
         shutil.rmtree(tmp)
-    result = CompareResult(out=out, command=command)
+    result = CompareResult(out=out, command=command, reproducibility=reproducibility(dev))
     try:
         tmp.mkdir()
         run_dirs: dict[str, Path] = {}
@@ -333,12 +342,12 @@ def compare(
                 train(family, data, recipe, depth=depth, epochs=epochs, seed=seed, device=dev,
                       run_dir=run_dirs[key], every=every, activations=activations, name=key,
                       network=family, layers=depth, progress=progress,
-                      config={"compare": {"models": families, "depths": depth_list, "limit": limit}})
+                      config={"reproducibility": result.reproducibility,
+                              "compare": {"models": families, "depths": depth_list, "limit": limit}})
             )
-        header = _header(data, recipe, epochs, seed, dev, limit, command)
+        header = _header(data, recipe, epochs, seed, result.reproducibility, limit, command)
         files = _write_tables(tmp, result.results, run_dirs, header)
         files += _write_figures(tmp, run_dirs)
-        files += _write_report(tmp, run_dirs)
         _publish(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -369,7 +378,7 @@ def _limited(data: DatasetSplits, limit: int) -> DatasetSplits:
                    test_x=data.test_x[:limit], test_y=data.test_y[:limit])
 
 
-def _header(data: DatasetSplits, recipe: Recipe, epochs: int, seed: int, device: torch.device,
+def _header(data: DatasetSplits, recipe: Recipe, epochs: int, seed: int, conditions: dict[str, Any],
             limit: int | None, command: str) -> str:
     lines = ["# Plain vs residual networks", ""]
     if command:
@@ -378,6 +387,7 @@ def _header(data: DatasetSplits, recipe: Recipe, epochs: int, seed: int, device:
     lines.append(
         f"Dataset **{data.name}**{subset}: {data.num_train:,} training and {data.num_test:,} test images. "
         f"Recipe **{recipe.name}** ({recipe.summary()}), {epochs} epoch(s), "
-        f"seed {seed}, device {device}, torch {torch.__version__}."
+        f"seed {seed}, device {conditions['device']}, torch {conditions['torch']}, "
+        f"{conditions['threads']} thread(s) on {conditions['cpu']} ({conditions['cpu_capability']})."
     )
     return "\n".join(lines)

@@ -17,8 +17,10 @@ What the run store holds (``gs.open_run(run_dir)``):
   100 more spread evenly), with the loss and, with an optimizer, the update ratio;
 - per epoch, at the epoch's last step (``Run.metrics()``): ``epoch``, ``lr``, ``train_loss``,
   ``train_error``, ``test_loss``, ``test_error``, ``test_accuracy``, ``epoch_time_s``;
-- in ``meta``: ``config`` (model, recipe, seed, epochs, dataset, device), and ``network``,
-  ``layers``, ``parameters``, ``dataset``, ``recipe``, ``seed``, ``epochs``, ``wall_time_s``.
+- in ``meta``: ``config`` (model, recipe, seed, epochs, dataset, device, and from the model
+  registry ``family``, ``depth``, ``input_kind`` and ``input_shape``, ``None`` for a module the
+  registry did not build), and ``network``, ``layers``, ``parameters``, ``dataset``, ``recipe``,
+  ``seed``, ``epochs``, ``wall_time_s``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from tqdm.auto import tqdm
 from gradsight import schedules
 from gradsight.data import DatasetSplits, batches
 from gradsight.instrument.monitor import watch
-from gradsight.models import create_model
+from gradsight.models import info_of
+from gradsight.models.spec import build_model as build_from_spec
 from gradsight.train.recipes import Recipe, get_recipe
 
 __all__ = ["EpochMetrics", "TrainResult", "auto_schedule", "build_model", "evaluate", "resolve_device", "train"]
@@ -137,17 +140,14 @@ class TrainResult:
 def build_model(name: str, data: DatasetSplits, *, seed: int = 0, **model_kwargs: Any) -> nn.Module:
     """``create_model(name, ...)`` sized for ``data``, with weights drawn after ``torch.manual_seed(seed)``.
 
-    CNNs get ``in_channels``, MLPs ``in_features`` from ``data.input_shape``; both get
-    ``num_classes``. Explicit ``model_kwargs`` win.
+    What the model takes comes from its registration (:func:`gradsight.models.model_info`):
+    image models get ``in_channels``, vector models ``in_features`` from ``data.input_shape``;
+    every model gets ``num_classes``. Explicit ``model_kwargs`` win. The model's
+    :class:`~gradsight.models.ModelInfo` is ``model.model_info``.
     """
     torch.manual_seed(seed)
-    kwargs: dict[str, Any] = {"num_classes": data.num_classes}
-    if name in ("mlp", "resmlp") or name.startswith(("mlp", "resmlp")):
-        kwargs["in_features"] = math.prod(data.input_shape)
-    else:
-        kwargs["in_channels"] = data.input_shape[0]
-    kwargs.update(model_kwargs)
-    return create_model(name, **kwargs)
+    kwargs: dict[str, Any] = {"num_classes": data.num_classes, **model_kwargs}
+    return build_from_spec(name, input_shape=data.input_shape, **kwargs)[0]
 
 
 @torch.no_grad()
@@ -204,8 +204,8 @@ def train(
             every k-th step, or a schedule ``step -> bool``.
         activations: passed to :func:`gradsight.watch` (activation and residual-split statistics).
         name: display name of the run (default: the run directory's name).
-        network, layers: how tables name the model (default: the model name / class, and
-            ``depth`` when known).
+        network, layers: how tables name the model (default: the model name, else its registered
+            family, else its class; and its registered depth).
         progress: show a progress bar per epoch (loss and accuracy so far; test accuracy at the end).
         overwrite: replace an existing run in ``run_dir``.
         config: extra JSON-serializable settings stored in the run's config.
@@ -235,14 +235,20 @@ def train(
     optimizer = recipe.make_optimizer(model.parameters())
     scheduler = recipe.make_scheduler(optimizer, total_steps)
 
-    network = network or model_name or type(model).__name__
-    layers = layers if layers is not None else getattr(model, "depth", model_kwargs.get("depth"))
+    info = info_of(model)
+    family = info.family if info else network
+    network = network or model_name or (info.family if info else type(model).__name__)
+    layers = layers if layers is not None else (info.depth if info else None)
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     settings = {
-        "model": model_name or f"{type(model).__module__}.{type(model).__qualname__}",
+        "model": model_name or (info.name if info else f"{type(model).__module__}.{type(model).__qualname__}"),
         "model_kwargs": model_kwargs,
         "network": network,
         "layers": layers,
+        "family": family,
+        "depth": info.depth if info else layers,
+        "input_kind": info.input_kind if info else None,
+        "input_shape": list(data.input_shape),
         "recipe": recipe.to_dict(),
         "epochs": epochs,
         "seed": seed,

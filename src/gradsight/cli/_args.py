@@ -1,0 +1,193 @@
+"""Arguments that several commands share: a model spec with ``--arg KEY=VALUE``, and its input.
+
+Every command that builds a model takes it the same way:
+
+- ``MODEL``: a model spec (:mod:`gradsight.models.spec`): ``plain56``, ``resnet:depth=110``,
+  ``package.module:factory[:KEY=VALUE,...]``;
+- ``--arg KEY=VALUE`` (repeatable): more keywords for the factory;
+- ``--input-shape``: the shape of ONE sample, without the batch dimension (``1,28,28`` or
+  ``1x28x28``); default the registered model's input. For a registered model it also sizes the
+  first layer (``in_channels`` for images, ``in_features`` for vectors);
+- ``--input-dtype float|long`` and ``--vocab-size N``: integer token ids in ``[0, N)`` instead of
+  unit-Gaussian floats, for language models (default: what the registry says);
+- the batch size is each command's own ``--batch-size``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from gradsight.cli import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from gradsight.models import ModelInfo
+
+__all__ = [
+    "INPUT_DTYPES",
+    "InputSpec",
+    "build",
+    "input_options",
+    "model_arg_option",
+    "parse_int_list",
+    "parse_kwargs",
+    "parse_shape",
+    "resolve_input",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+#: ``--input-dtype`` choices: unit-Gaussian floats or integer token ids.
+INPUT_DTYPES = ("float", "long")
+
+
+def parse_shape(text: str | None, option: str = "--input-shape") -> tuple[int, ...] | None:
+    """``"1,28,28"`` or ``"1x28x28"`` -> ``(1, 28, 28)``; ``None`` stays ``None``.
+
+    Raises:
+        UserError: not positive integers; the message names ``option``.
+    """
+    if text is None:
+        return None
+    parts = re.split(r"[,x]", text.strip())
+    if not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise UserError(f"bad {option} {text!r}: write positive integers such as 1,28,28 "
+                        "(one sample, without the batch dimension)")
+    return tuple(int(part) for part in parts)
+
+
+def parse_int_list(text: str, option: str) -> list[int]:
+    """``"2,8,24"`` -> ``[2, 8, 24]``; ``""`` -> ``[]``.
+
+    Raises:
+        UserError: an item that is not an integer; the message names ``option``.
+    """
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{option} takes comma-separated integers, e.g. 2,8,24; got {text!r}") from None
+
+
+def parse_kwargs(pairs: str | Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items (``--arg`` values, or one comma-separated string) -> keywords.
+
+    Values are Python literals or bare words (strings); see :func:`gradsight.models.spec.parse_kwargs`.
+    """
+    from gradsight.models.spec import parse_kwargs as parse
+
+    try:
+        return parse(pairs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def model_arg_option(fn: F) -> F:
+    """``--arg KEY=VALUE`` (repeatable), passed to the command as ``model_args``."""
+    return click.option("--arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                        help="Keyword for the model factory, e.g. --arg norm=none; repeatable.")(fn)
+
+
+def input_options(fn: F | None = None, *, shape_default: str = "the registered model's input") -> Any:
+    """``--input-shape``, ``--input-dtype`` and ``--vocab-size``, passed as ``input_shape``,
+    ``input_dtype`` and ``vocab_size``; ``shape_default`` says in the help what a missing
+    ``--input-shape`` means. Used bare (``@input_options``) or called."""
+
+    def decorate(fn: F) -> F:
+        fn = click.option("--vocab-size", type=click.IntRange(min=1), default=None,
+                          help="Token ids are drawn from [0, N) (with --input-dtype long) "
+                               "[default: the registered model's vocabulary].")(fn)
+        fn = click.option("--input-dtype", type=click.Choice(INPUT_DTYPES), default=None,
+                          help="float: unit-Gaussian inputs; long: integer token ids, for language models "
+                               "[default: what the registered model takes, else float].")(fn)
+        fn = click.option("--input-shape", default=None,
+                          help="Shape of ONE input sample, without the batch dimension, e.g. 1,28,28 or 16 "
+                               f"(tokens) [default: {shape_default}].")(fn)
+        return fn
+
+    return decorate if fn is None else decorate(fn)
+
+
+def build(spec: str, model_args: Sequence[str] | dict[str, Any] = (),
+          input_shape: Sequence[int] | None = None) -> tuple[nn.Module, ModelInfo | None]:
+    """Build the model of ``spec`` with ``--arg`` keywords, sized for ``input_shape``.
+
+    Returns ``(model, info)`` as :func:`gradsight.models.spec.build_model`; ``info`` is ``None``
+    for a model that is not registered.
+
+    Raises:
+        UserError: a bad spec, an unknown model, or keywords the factory does not take.
+    """
+    from gradsight.models.spec import build_model
+
+    kwargs = model_args if isinstance(model_args, dict) else parse_kwargs(model_args)
+    try:
+        return build_model(spec, input_shape=input_shape, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"cannot build {spec!r}: {exc} (pass keywords as --arg KEY=VALUE or "
+                        "NAME:KEY=VALUE,...)") from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one input sample of a command looks like.
+
+    Attributes:
+        shape: one sample, without the batch dimension.
+        dtype: ``"float"`` (unit-Gaussian) or ``"long"`` (token ids).
+        vocab_size: token ids are drawn from ``[0, vocab_size)`` (``long`` only).
+    """
+
+    shape: tuple[int, ...]
+    dtype: str = "float"
+    vocab_size: int | None = None
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype == "float"
+
+    def batch(self, batch_size: int, *, generator: torch.Generator | None = None,
+              device: torch.device | str | None = None) -> torch.Tensor:
+        """A random batch: ``(batch_size, *shape)`` floats, or token ids as ``torch.long``."""
+        import torch
+
+        size = (batch_size, *self.shape)
+        if self.is_float:
+            x = torch.randn(size, generator=generator)
+        else:
+            x = torch.randint(0, self.vocab_size or 2, size, generator=generator)
+        return x if device is None else x.to(device)
+
+    def describe(self) -> str:
+        dims = ",".join(map(str, self.shape))
+        return dims if self.is_float else f"{dims} (token ids < {self.vocab_size})"
+
+
+def resolve_input(info: ModelInfo | None, input_shape: Sequence[int] | str | None,
+                  input_dtype: str | None = None, vocab_size: int | None = None) -> InputSpec:
+    """The input of a command: the options where given, else the registered model's.
+
+    Raises:
+        UserError: no shape for a model that is not registered, or integer inputs without a
+            vocabulary size.
+    """
+    shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
+    if shape is None:
+        if info is None or info.input_shape is None:
+            raise UserError("this model is not registered, so give --input-shape: the shape of one sample "
+                            "without the batch dimension, e.g. 3,32,32 (or 16 with --input-dtype long)")
+        shape = info.input_shape
+    tokens = info is not None and info.input_kind == "tokens"
+    dtype = input_dtype or ("long" if tokens else "float")
+    if dtype == "long":
+        vocab_size = vocab_size or (info.vocab_size if info is not None else None)
+        if vocab_size is None:
+            raise UserError("--input-dtype long draws token ids: give --vocab-size N as well")
+    return InputSpec(tuple(int(n) for n in shape), dtype, vocab_size if dtype == "long" else None)

@@ -1,0 +1,219 @@
+"""Figures of training runs side by side: gradient flow per run, every run overlaid, training curves.
+
+The lecture's ``plot_gradients`` done right, for runs of :func:`gradsight.train.train`: the x
+axis is the network's weighted layers (convolutions and the linear head, the layers that "20"
+and "56" count) in forward order; the y axis is logarithmic, so a gradient that shrinks or grows
+geometrically with depth is a straight slope. Batch-norm layers are left out: their scale and
+shift gradients live on another scale and would zigzag the line.
+
+Runs are read through :mod:`gradsight.store.query`. Every function takes runs (a ``Run`` or a
+run directory) and optional axes, and returns the matplotlib ``Figure``; none calls
+``plt.show()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from gradsight.plots._figure import no_data, styled, tidy_log_axis
+from gradsight.plots.flow import flow
+from gradsight.plots.style import PALETTE, shade
+from gradsight.store.query import family_and_depth, layer_matrix, open_data, positive
+from gradsight.store.reader import Run
+
+__all__ = [
+    "WEIGHTED_TYPES",
+    "first_and_late_steps",
+    "grad_flow",
+    "grad_flow_overlay",
+    "save_png",
+    "training_curves",
+    "weighted_layers",
+    "weighted_matrix",
+]
+
+#: Module types counted as weighted layers (what a network's depth counts).
+WEIGHTED_TYPES = ("Conv1d", "Conv2d", "Conv3d", "Linear")
+
+
+def weighted_layers(run: Run) -> list[str]:
+    """Names of the run's convolution and linear layers in forward order (all layers if none)."""
+    layers = run.layers()
+    weighted = layers[layers["module_type"].isin(WEIGHTED_TYPES)]
+    return list((weighted if len(weighted) else layers)["name"])
+
+
+def weighted_matrix(run: Run, stat: str = "grad_norm", steps: Sequence[int] | None = None) -> pd.DataFrame:
+    """``stat`` of the weighted layers at ``steps`` (default: every recorded step): steps x
+    names in forward order, as :func:`gradsight.store.query.layer_matrix`."""
+    matrix = layer_matrix(run, stat, steps=steps, max_steps=None)
+    return matrix.reindex(columns=weighted_layers(run))
+
+
+def first_and_late_steps(run: Run) -> tuple[int, int]:
+    """The first recorded step and the last one with a full batch (the end of training).
+
+    When the training set does not divide into batches, an epoch's last batch is smaller and
+    its gradient noisier, so for runs of :func:`gradsight.train.train` (whose config says the
+    batch size and the number of training samples) such steps are passed over for "late".
+    """
+    steps = run.steps()
+    if not steps:
+        raise ValueError(f"run {run.name!r} recorded no gradient steps")
+    config = run.config
+    per_epoch, num_train = config.get("steps_per_epoch"), config.get("num_train")
+    batch_size = (config.get("recipe") or {}).get("batch_size")
+    late = steps[-1]
+    if per_epoch and num_train and batch_size and num_train % batch_size:
+        full = [s for s in steps if (s + 1) % per_epoch]
+        late = full[-1] if full else late
+    return steps[0], late
+
+
+@contextmanager
+def _opened(runs: Sequence[Run | str | Path]) -> Iterator[list[Run]]:
+    """The runs, those given as directories opened here and closed on exit."""
+    with ExitStack() as stack:
+        yield [run if isinstance(run, Run) else stack.enter_context(open_data(run)) for run in runs]
+
+
+def grad_flow(run: Run | str | Path, *, stat: str = "grad_norm", steps: Sequence[int] | None = None,
+              ax: Axes | None = None, title: str | None = None) -> Figure:
+    """:func:`gradsight.plots.flow` over the weighted layers of a training run: ``stat`` at the
+    first and the late step (or ``steps``) over the median and 5-95% range of all recorded steps.
+
+    Returns:
+        The figure.
+    """
+    with _opened([run]) as (run,):
+        frame = run.frame(level="layer", stat=stat, name=weighted_layers(run))
+        shown = list(steps) if steps is not None else sorted(set(first_and_late_steps(run)))
+    frame.attrs["name"] = run.name
+    return flow(frame, stat, steps=shown, ax=ax, title=title or f"{stat} by layer: {run.name}")
+
+
+def _look(runs: Sequence[Run]) -> list[tuple[str, str]]:
+    """Per run, its colour and line style: one colour per family (darker for deeper members),
+    solid and dashed lines alternating between families."""
+    entries = [family_and_depth(run) for run in runs]
+    families = list(dict.fromkeys(fam for fam, _ in entries))
+    depths = {fam: sorted({d for f, d in entries if f == fam}) for fam in families}
+    out = []
+    for fam, depth in entries:
+        ds = depths[fam]
+        t = ds.index(depth) / (len(ds) - 1) if len(ds) > 1 else 1.0
+        k = families.index(fam)
+        out.append((shade(PALETTE[k % len(PALETTE)], t), "-" if k % 2 == 0 else "--"))
+    return out
+
+
+@styled
+def grad_flow_overlay(runs: Sequence[Run | str | Path], *, stat: str = "grad_norm",
+                      axes: Sequence[Axes] | None = None, title: str | None = None) -> Figure:
+    """Every run's ``stat`` by weighted layer at its first step (left) and late in training (right).
+
+    The x axis is the relative depth of each weighted layer, 0 (input) to 1 (output), so
+    networks of 20 and 56 layers line up. A family has one colour (deeper members darker).
+
+    Args:
+        runs: runs or run directories.
+        stat: a layer statistic.
+        axes: two axes to draw into (default: a new figure with two panels sharing y).
+        title: the figure title.
+
+    Returns:
+        The figure.
+    """
+    if axes is None:
+        fig = Figure(figsize=(12.0, 4.4), layout="constrained")
+        axes = fig.subplots(1, 2, sharey=True)
+    else:
+        fig = axes[0].figure
+    late_steps = []
+    drawn = 0
+    with _opened(runs) as opened:
+        looks = _look(opened)
+        profiles = []
+        for run in opened:
+            first, late = first_and_late_steps(run)
+            late_steps.append(late)
+            profiles.append((run.name, first, late, weighted_matrix(run, stat, [first, late])))
+    for (name, first, late, values), (color, style) in zip(profiles, looks):
+        n = values.shape[1]
+        depth = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(n)
+        for ax, step in zip(axes, (first, late)):
+            if step in values.index:
+                ax.plot(depth, positive(values.loc[step].to_numpy()), style, marker="o", ms=2.5, lw=1.4,
+                        color=color, label=f"{name} (step {step})")
+                drawn += 1
+    axes[0].set_title("first step (initialization)")
+    axes[1].set_title(f"late in training (step {max(late_steps) if late_steps else '?'})")
+    fig.suptitle(title or f"Gradient flow, all runs: {stat} by layer")
+    if not drawn:
+        for ax in axes:
+            no_data(ax, f"no {stat} recorded in these runs")
+        return fig
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_xlabel("relative depth of the weighted layer (0 = input, 1 = output)")
+        ax.legend(loc="best")
+    axes[0].set_ylabel(f"{stat} (log scale)")
+    return fig
+
+
+@styled
+def training_curves(runs: Sequence[Run | str | Path], *, axes: Sequence[Axes] | None = None) -> Figure:
+    """Training loss at the recorded steps (left) and train/test error per epoch (right), per run.
+
+    A family has one colour (deeper members darker); in the right panel the training error is
+    drawn with circles and the test error with crosses.
+    """
+    if axes is None:
+        fig = Figure(figsize=(12.0, 4.2), layout="constrained")
+        axes = fig.subplots(1, 2)
+    else:
+        fig = axes[0].figure
+    with _opened(runs) as opened:
+        names = [run.name for run in opened]
+        looks = _look(opened)
+        logged = [run.metrics() for run in opened]
+    for name, metrics, (color, style) in zip(names, logged, looks):
+        if "loss" in metrics:
+            loss = metrics["loss"].dropna()
+            axes[0].plot(loss.index, loss.to_numpy(), style, color=color, lw=1.2, label=name)
+        if "epoch" in metrics:
+            per_epoch = metrics.dropna(subset=["epoch"])
+            axes[1].plot(per_epoch["epoch"], per_epoch["train_error"], style, marker="o", ms=4, color=color,
+                         label=f"{name} train")
+            axes[1].plot(per_epoch["epoch"], per_epoch["test_error"], style, marker="x", ms=5, color=color,
+                         label=f"{name} test")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("training loss (mini-batch, log scale)")
+    axes[0].set_title("training loss at the recorded steps")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("error (log scale)")
+    axes[1].set_title("train error (o, running over the epoch) and test error (x)")
+    for ax in axes:
+        if not ax.get_lines():
+            no_data(ax, "nothing logged")
+            continue
+        ax.set_yscale("log")
+        ax.autoscale_view()
+        tidy_log_axis(ax)
+        ax.legend(loc="best", ncols=2 if len(names) > 2 else 1)
+    return fig
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG (150 dpi, tight), creating the folder; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    return path
