@@ -14,12 +14,12 @@ __version__ = "0.1.0"
 from gradsight import data, models, schedules
 from gradsight import train
 from gradsight._errors import GradsightError, RunError
-from gradsight.diagnose import Finding, Thresholds, assert_healthy, diagnose, format_findings
+from gradsight.diagnosis import Finding, Thresholds, assert_healthy, diagnose, format_findings
 from gradsight.instrument.monitor import Monitor, watch
 from gradsight.probes.probe import probe
 from gradsight.stats.grad import GRAD_STATS
 from gradsight.store.reader import Run, list_runs, open_run
-from gradsight.graph import graph  # noqa: E402  (gs.graph(model, inputs, run=None))
+from gradsight.compgraph import graph  # noqa: E402  (gs.graph(model, inputs, run=None))
 from gradsight import plots  # noqa: E402
 from gradsight.probes import path_lengths, shattering
 

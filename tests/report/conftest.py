@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import gradsight as gs
-from gradsight.graph import GRAPH_FILE
+from gradsight.compgraph import GRAPH_FILE
 from tests.plots.runs import TinyNet, make_run
 
 HOSTILE = "<script>alert(1)</script>"

@@ -12,8 +12,8 @@ import pytest
 
 import gradsight as gs
 from gradsight import plots
-from gradsight.diagnose.rules import RunData
-from gradsight.graph.structure import OP, PARAM, Graph, Node
+from gradsight.diagnosis.rules import RunData
+from gradsight.compgraph.structure import OP, PARAM, Graph, Node
 from gradsight.report.payload import run_payload
 from gradsight.store import query
 from gradsight.store.query import (

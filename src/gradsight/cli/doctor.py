@@ -43,7 +43,7 @@ def command(ctx: click.Context, target: str, input_shape: str | None, input_dtyp
     """
     import torch
 
-    from gradsight.diagnose import Severity, checkup, diagnose, format_findings
+    from gradsight.diagnosis import Severity, checkup, diagnose, format_findings
 
     path = Path(target)
     if path.exists():

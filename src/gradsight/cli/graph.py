@@ -66,8 +66,8 @@ def command(model_spec: str, output: Path, run_dir: Path | None, stat: str, view
       gradsight graph resnet20 --run runs/resnet20 --stat grad_norm -o g.svg
       gradsight graph mypkg.lm:tiny_gpt --input-shape 16 --input-dtype long --vocab-size 100 -o lm.svg
     """
-    from gradsight.graph import graph
-    from gradsight.graph.render import FORMATS
+    from gradsight.compgraph import graph
+    from gradsight.compgraph.render import FORMATS
 
     if output.suffix.lower().lstrip(".") not in (*FORMATS, "dot", "gv"):
         raise UserError(f"cannot write {output.name}: use .svg, .png, .pdf or .dot")

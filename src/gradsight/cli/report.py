@@ -36,7 +36,7 @@ def command(runs: tuple[Path, ...], output: Path, stat: str, title: str | None, 
     graphs = None
     if graph_spec is not None:
         from gradsight.cli.graph import build_model, make_input
-        from gradsight.graph import graph
+        from gradsight.compgraph import graph
 
         model = build_model(graph_spec)
         graphs = graph(model, make_input(model, input_shape), probe=False)

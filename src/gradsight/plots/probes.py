@@ -20,7 +20,7 @@ from gradsight.plots.style import PALETTE
 
 if TYPE_CHECKING:
     from gradsight.probes.paths import PathLengthResult
-    from gradsight.probes.shattering import ShatteringResult
+    from gradsight.probes.shattered_gradients import ShatteringResult
 
 __all__ = ["plot_autocorrelation", "plot_gradient", "plot_path_lengths", "plot_shattering",
            "plot_signal_propagation"]

@@ -1,6 +1,6 @@
 """Probes: one-off measurements of a network's gradients (not recorded during training)."""
 
 from gradsight.probes.paths import path_lengths
-from gradsight.probes.shattering import shattering
+from gradsight.probes.shattered_gradients import shattering
 
 __all__ = ["path_lengths", "shattering"]

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from gradsight.graph.structure import GRAPH_FILE, Graph
+from gradsight.compgraph.structure import GRAPH_FILE, Graph
 from gradsight.plots.compare import depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
 from gradsight.plots.style import MISSING_COLOR, NONFINITE_COLOR, PALETTE, fmt_value, lut, shade
@@ -102,7 +102,7 @@ def _load_graph(run: Run, graphs: Mapping[Any, Graph] | Graph | None) -> Graph |
 
 
 def _graph_html(run: Run, graph: Graph, stat: str) -> str:
-    from gradsight.graph.render import GraphvizMissing, INSTALL_HINT, run_dot
+    from gradsight.compgraph.render import GraphvizMissing, INSTALL_HINT, run_dot
 
     try:
         graph = graph.color_by(run, stat)
@@ -269,12 +269,12 @@ def build_report(
         title: the page title (default: from the run names).
         graphs: computation graphs to show, one for all runs or keyed by run
             directory or name; by default a run's ``graph.json`` (see
-            :meth:`gradsight.graph.Graph.save`) is used when present.
+            :meth:`gradsight.compgraph.Graph.save`) is used when present.
         cell_budget: displayed values (modules x steps x statistics) per run, at most.
         max_steps: displayed steps per run, at most (evenly spaced, as everywhere:
             :func:`gradsight.store.query.step_sample`).
         diagnosis_timeout: seconds the report waits, in all, for the diagnoses
-            (``gradsight.diagnose``), which run while the charts' data is read; a
+            (``gradsight.diagnosis``), which run while the charts' data is read; a
             diagnosis not done by then is left out with a note.
 
     Returns:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gradsight.diagnose import diagnose
+from gradsight.diagnosis import diagnose
 from gradsight.plots.flow import OVERLAID_STEPS
 from gradsight.plots.style import fmt_value
 from gradsight.store.query import (
@@ -194,7 +194,7 @@ def results_table(runs: list[Run]) -> list[tuple[Path, pd.DataFrame]]:
 
 
 def diagnosis(run: Run | Path) -> list[tuple[str, str]]:
-    """``(severity, message)`` findings of :func:`gradsight.diagnose.diagnose`, worst first;
+    """``(severity, message)`` findings of :func:`gradsight.diagnosis.diagnose`, worst first;
     one finding saying so when the diagnosis failed (the report is made all the same)."""
     try:
         findings = diagnose(run)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gradsight.diagnose.findings import Finding, Severity, format_findings
+from gradsight.diagnosis.findings import Finding, Severity, format_findings
 
 
 class UnhealthyGradientsError(AssertionError):
@@ -62,7 +62,7 @@ def checkup(
     Returns:
         (findings, run_dir or None when the run was temporary).
     """
-    from gradsight.diagnose import diagnose
+    from gradsight.diagnosis import diagnose
     from gradsight.instrument.monitor import watch
 
     if inputs is None and input_shape is None:

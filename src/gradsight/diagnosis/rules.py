@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from gradsight.diagnose.findings import Finding
-from gradsight.diagnose.thresholds import Thresholds
+from gradsight.diagnosis.findings import Finding
+from gradsight.diagnosis.thresholds import Thresholds
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     display_name,

@@ -12,7 +12,7 @@ from torch import nn
 from gradsight.cli import main
 from gradsight.models import create_model
 from gradsight.probes import shattering
-from gradsight.probes.shattering import autocorrelation, batch_statistics_frozen, spectral_flatness
+from gradsight.probes.shattered_gradients import autocorrelation, batch_statistics_frozen, spectral_flatness
 
 from .conftest import no_hooks_left
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from torch import nn
 
-from gradsight.graph.dot import to_dot
-from gradsight.graph.render import dot_binary, render
-from gradsight.graph.structure import GRAPH_FILE, Call, Edge, Graph, Node
-from gradsight.graph.trace import trace, trace_inputs_for
+from gradsight.compgraph.dot import to_dot
+from gradsight.compgraph.render import dot_binary, render
+from gradsight.compgraph.structure import GRAPH_FILE, Call, Edge, Graph, Node
+from gradsight.compgraph.trace import trace, trace_inputs_for
 
 __all__ = [
     "GRAPH_FILE", "Call", "Edge", "Graph", "Node", "dot_binary", "graph", "load_graph", "render", "to_dot",

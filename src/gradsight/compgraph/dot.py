@@ -1,4 +1,4 @@
-"""DOT text for a :class:`~gradsight.graph.structure.Graph`, in pure Python.
+"""DOT text for a :class:`~gradsight.compgraph.structure.Graph`, in pure Python.
 
 Every string that reaches the DOT text goes through :func:`quote` (quoted IDs and
 labels) or :func:`html_text` (the legend's HTML-like label), so module names
@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import math
 
-from gradsight.graph.structure import INPUT, LEAF, MODULE, OP, OUTPUT, PARAM, Graph, Node
+from gradsight.compgraph.structure import INPUT, LEAF, MODULE, OP, OUTPUT, PARAM, Graph, Node
 from gradsight.plots.style import NONFINITE_COLOR, SKIP_COLOR, LogScale, fmt_value, lut, text_color
 from gradsight.store.query import display_name
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gradsight.diagnose.checkup import UnhealthyGradientsError, assert_healthy, checkup
-from gradsight.diagnose.findings import Finding, Severity, format_findings
-from gradsight.diagnose.rules import RULES, RunData
-from gradsight.diagnose.thresholds import Thresholds
+from gradsight.diagnosis.checkup import UnhealthyGradientsError, assert_healthy, checkup
+from gradsight.diagnosis.findings import Finding, Severity, format_findings
+from gradsight.diagnosis.rules import RULES, RunData
+from gradsight.diagnosis.thresholds import Thresholds
 from gradsight.store.reader import Run, open_run
 
 

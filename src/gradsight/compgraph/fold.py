@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gradsight.graph.structure import MODULE, OP, PARAM, Edge, Graph, Node, combine_values
+from gradsight.compgraph.structure import MODULE, OP, PARAM, Edge, Graph, Node, combine_values
 
 
 def _folded_key(key: str, calls: dict, max_depth: int | None) -> str:

@@ -1,4 +1,4 @@
-"""Trace the autograd graph of one forward pass into a :class:`~gradsight.graph.structure.Graph`.
+"""Trace the autograd graph of one forward pass into a :class:`~gradsight.compgraph.structure.Graph`.
 
 How it works:
 
@@ -36,7 +36,7 @@ from torch import nn
 from torch.autograd.graph import get_gradient_edge
 from torch.utils import _pytree as pytree
 
-from gradsight.graph.structure import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge, Graph, Node
+from gradsight.compgraph.structure import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge, Graph, Node
 from gradsight.instrument.residual import ResidualSplit, find_residual_split
 
 

@@ -1,10 +1,10 @@
 """The computation graph as our own data: :class:`Node`, :class:`Edge`, :class:`Call`, :class:`Graph`.
 
 A :class:`Graph` is plain data with deterministic ids, built by
-:func:`gradsight.graph.trace.trace` from one forward pass. Edges point in the
+:func:`gradsight.compgraph.trace.trace` from one forward pass. Edges point in the
 forward direction (from an input, parameter or earlier operation to the operation
 that consumes it); gradients flow against them. Drawing lives elsewhere
-(:mod:`gradsight.graph.dot`, :mod:`gradsight.graph.render`).
+(:mod:`gradsight.compgraph.dot`, :mod:`gradsight.compgraph.render`).
 """
 
 from __future__ import annotations
@@ -202,14 +202,14 @@ class Graph:
             Operations of the model's own forward (e.g. a functional ``x + y`` at the
             top level) stay single nodes. Skip edges stay skip edges.
         """
-        from gradsight.graph.fold import fold
+        from gradsight.compgraph.fold import fold
 
         return fold(self, max_depth)
 
     # -- drawing --------------------------------------------------------------------
     def to_dot(self, **kwargs: Any) -> str:
-        """DOT text of the graph (see :func:`gradsight.graph.dot.to_dot`)."""
-        from gradsight.graph.dot import to_dot
+        """DOT text of the graph (see :func:`gradsight.compgraph.dot.to_dot`)."""
+        from gradsight.compgraph.dot import to_dot
 
         return to_dot(self, **kwargs)
 
@@ -219,12 +219,12 @@ class Graph:
         Without the Graphviz ``dot`` binary, writes ``<path>.dot`` instead and logs
         how to render it; returns the path written.
         """
-        from gradsight.graph.render import render
+        from gradsight.compgraph.render import render
 
         return render(self.to_dot(), path, fmt=fmt)
 
     def _repr_svg_(self) -> str | None:  # Jupyter
-        from gradsight.graph.render import dot_to_svg
+        from gradsight.compgraph.render import dot_to_svg
 
         return dot_to_svg(self.to_dot())
 

@@ -9,7 +9,7 @@ import pytest
 
 from gradsight.cli import main
 
-render_mod = importlib.import_module("gradsight.graph.render")
+render_mod = importlib.import_module("gradsight.compgraph.render")
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' is not installed")

@@ -8,7 +8,7 @@ from torch import nn
 
 import gradsight as gs
 from gradsight.cli import main
-from gradsight.diagnose import Severity, Thresholds, UnhealthyGradientsError, checkup
+from gradsight.diagnosis import Severity, Thresholds, UnhealthyGradientsError, checkup
 
 
 def codes(findings, severity=None):

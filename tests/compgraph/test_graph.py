@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 import gradsight as gs
-from gradsight.graph import Graph, trace
-from gradsight.graph.dot import quote
+from gradsight.compgraph import Graph, trace
+from gradsight.compgraph.dot import quote
 from gradsight.models import create_model
 from gradsight.models.lecture import LectureSimpleResNet
 
 GOLDEN = Path(__file__).parent / "golden"
-render_mod = importlib.import_module("gradsight.graph.render")
+render_mod = importlib.import_module("gradsight.compgraph.render")
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' is not installed")
 
 
@@ -212,7 +212,7 @@ def test_render_with_graphviz(tmp_path, suffix):
 
 @needs_dot
 def test_rendered_svg_styles_skip_edges():
-    from gradsight.graph.render import dot_to_svg
+    from gradsight.compgraph.render import dot_to_svg
 
     g = gs.graph(LectureSimpleResNet(), torch.randn(1, 1, 8, 8), probe=False)
     svg = dot_to_svg(g.to_dot())
@@ -223,7 +223,7 @@ def test_rendered_svg_styles_skip_edges():
 def test_without_graphviz_the_dot_file_is_written_with_instructions(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(render_mod, "dot_binary", lambda: None)
     g = gs.graph(tiny_mlp(), torch.zeros(2, 3))
-    with caplog.at_level(logging.WARNING, logger="gradsight.graph.render"):
+    with caplog.at_level(logging.WARNING, logger="gradsight.compgraph.render"):
         path = g.render(tmp_path / "graph.svg")
     assert path == tmp_path / "graph.dot"
     assert path.read_text() == g.to_dot()
@@ -232,7 +232,7 @@ def test_without_graphviz_the_dot_file_is_written_with_instructions(tmp_path, mo
 
 
 def test_trace_inputs_come_from_the_registry_not_the_first_layer():
-    from gradsight.graph import trace_inputs_for
+    from gradsight.compgraph import trace_inputs_for
 
     assert trace_inputs_for(create_model("resnet20", in_channels=1)).shape == (2, 1, 32, 32)
     assert trace_inputs_for(create_model("mlp", in_features=12), batch=3).shape == (3, 12)
