@@ -29,7 +29,7 @@ def test_graph_module_view_with_arguments_to_dot(tmp_path):
 
 def test_graph_of_package_module_callable(tmp_path):
     out = tmp_path / "g.dot"
-    assert main(["graph", "tests.graph.test_graph:tiny_mlp", "--input-shape", "3", "--no-probe", "-o", str(out)]) == 0
+    assert main(["graph", "tests.compgraph.test_graph:tiny_mlp", "--input-shape", "3", "--no-probe", "-o", str(out)]) == 0
     assert '"param:fc1.weight"' in out.read_text()
 
 

@@ -1,7 +1,7 @@
 """The computation graph: structure, skip connections, colouring, DOT text (golden files), rendering.
 
-Golden files live in tests/graph/golden/; after an intended change of the DOT output,
-regenerate them with ``GRADSIGHT_UPDATE_GOLDEN=1 python -m pytest tests/graph`` and review the diff.
+Golden files live in tests/compgraph/golden/; after an intended change of the DOT output,
+regenerate them with ``GRADSIGHT_UPDATE_GOLDEN=1 python -m pytest tests/compgraph`` and review the diff.
 """
 
 from __future__ import annotations

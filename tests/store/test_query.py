@@ -13,7 +13,8 @@ import pytest
 import gradsight as gs
 from gradsight import plots
 from gradsight.diagnosis.rules import RunData
-from gradsight.compgraph.structure import OP, PARAM, Graph, Node
+from gradsight.compgraph.nodes import OP, PARAM, Node
+from gradsight.compgraph.structure import Graph
 from gradsight.report.payload import run_payload
 from gradsight.store import query
 from gradsight.store.query import (

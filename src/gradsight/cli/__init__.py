@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from gradsight import __version__
+from gradsight._version import __version__
 from gradsight._errors import GradsightError
 
 #: Command modules, in the order ``gradsight --help`` lists them; a module that is

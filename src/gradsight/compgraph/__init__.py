@@ -15,7 +15,8 @@ from torch import nn
 
 from gradsight.compgraph.dot import to_dot
 from gradsight.compgraph.render import dot_binary, render
-from gradsight.compgraph.structure import GRAPH_FILE, Call, Edge, Graph, Node
+from gradsight.compgraph.nodes import GRAPH_FILE, Call, Edge, Node
+from gradsight.compgraph.structure import Graph
 from gradsight.compgraph.trace import trace, trace_inputs_for
 
 __all__ = [

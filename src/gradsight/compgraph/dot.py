@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import html
 import math
+from typing import TYPE_CHECKING
 
-from gradsight.compgraph.structure import INPUT, LEAF, MODULE, OP, OUTPUT, PARAM, Graph, Node
+from gradsight.compgraph.nodes import INPUT, LEAF, MODULE, OP, OUTPUT, PARAM, Node
 from gradsight.plots.style import NONFINITE_COLOR, SKIP_COLOR, LogScale, fmt_value, lut, text_color
 from gradsight.store.query import display_name
+
+if TYPE_CHECKING:
+    from gradsight.compgraph.structure import Graph
 
 FONT = "Helvetica,Arial,sans-serif"
 EDGE_COLOR = "#6f6f6f"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from gradsight.compgraph.structure import MODULE, OP, PARAM, Edge, Graph, Node, combine_values
+from gradsight.compgraph.nodes import MODULE, OP, PARAM, Edge, Node, combine_values
+
+if TYPE_CHECKING:
+    from gradsight.compgraph.structure import Graph
 
 
 def _folded_key(key: str, calls: dict, max_depth: int | None) -> str:

@@ -1,4 +1,5 @@
-"""The computation graph as our own data: :class:`Node`, :class:`Edge`, :class:`Call`, :class:`Graph`.
+"""The computation graph as our own data: :class:`Graph`, over the :class:`Node`, :class:`Edge` and
+:class:`Call` of :mod:`gradsight.compgraph.nodes`.
 
 A :class:`Graph` is plain data with deterministic ids, built by
 :func:`gradsight.compgraph.trace.trace` from one forward pass. Edges point in the
@@ -16,100 +17,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gradsight.compgraph.dot import to_dot
+from gradsight.compgraph.fold import fold
+from gradsight.compgraph.nodes import PARAM, Call, Edge, Node, combine_values
+from gradsight.compgraph.render import dot_to_svg, render
 from gradsight.store.query import DEFAULT_MAX_STEPS, open_data, step_sample
-
-#: Node kinds.
-INPUT, OUTPUT, PARAM, LEAF, OP, MODULE = "input", "output", "param", "leaf", "op", "module"
-
-#: File name under which a run directory may hold the graph of its model (see :meth:`Graph.save`).
-GRAPH_FILE = "graph.json"
-
-
-@dataclass(frozen=True)
-class Node:
-    """One node of the graph.
-
-    Attributes:
-        id: deterministic id, stable across runs of the same model and input shapes:
-            ``input0``, ``param:<name>``, ``op<k>`` (k in forward topological order),
-            ``output0``, ``module:<qualified name>[#call]``.
-        kind: ``input``, ``output``, ``param``, ``leaf`` (another tensor that requires
-            grad), ``op`` (an autograd function) or ``module`` (a folded module call).
-        label: display text: the autograd function (``ConvolutionBackward0``), the
-            parameter or module name.
-        call: key of the innermost module call the node belongs to (``""`` = the
-            model's own forward, ``None`` = outside the model).
-        layer: name of the layer (module owning parameters) whose statistics colour it.
-        type: module class name of a module node, or the op's simplified name.
-        shape: tensor shape of inputs, outputs and parameters.
-        depth: forward distance from the inputs, counted in operations.
-        value: the colouring statistic, or None.
-        ops: for module nodes, the simplified names of the operations folded into it.
-        layers: for module nodes, the layers folded into it (their values combine
-            into the node's value, see :func:`combine_values`).
-    """
-
-    id: str
-    kind: str
-    label: str
-    call: str | None = None
-    layer: str | None = None
-    type: str | None = None
-    shape: tuple[int, ...] | None = None
-    depth: int = 0
-    value: float | None = None
-    ops: tuple[str, ...] = ()
-    layers: tuple[str, ...] = ()
-
-
-def combine_values(stat: str | None, values: list[float | None]) -> float | None:
-    """One value for a module node that folds several layers.
-
-    Norms (``*_norm``) combine as the root of the sum of squares, which is the norm
-    of the concatenated tensors when the values come from one step; any other
-    statistic takes the mean. None values are ignored; None if nothing is left.
-    """
-    present = [float(v) for v in values if v is not None]
-    if not present:
-        return None
-    if stat is not None and stat.endswith("_norm"):
-        return math.sqrt(sum(v * v for v in present))
-    return sum(present) / len(present)
-
-
-@dataclass(frozen=True)
-class Edge:
-    """A forward edge ``src -> dst``; ``skip`` marks a skip (shortcut) connection."""
-
-    src: str
-    dst: str
-    skip: bool = False
-
-
-@dataclass(frozen=True)
-class Call:
-    """One call of a module during the traced forward pass.
-
-    Attributes:
-        key: ``<qualified name>`` for the first call, ``<qualified name>#<n>`` for
-            the n-th (n >= 2) call of a module that runs more than once.
-        module: qualified module name (``""`` = the model).
-        type: module class name.
-        parent: key of the enclosing call, None for the model's own call.
-        params: number of parameter elements the module owns directly.
-    """
-
-    key: str
-    module: str
-    type: str
-    parent: str | None
-    params: int = 0
-
-    @property
-    def level(self) -> int:
-        """Nesting depth of the module: 0 for the model, 1 for its children, ..."""
-        return 0 if self.module == "" else self.module.count(".") + 1
-
 
 @dataclass
 class Graph:
@@ -202,14 +114,12 @@ class Graph:
             Operations of the model's own forward (e.g. a functional ``x + y`` at the
             top level) stay single nodes. Skip edges stay skip edges.
         """
-        from gradsight.compgraph.fold import fold
 
         return fold(self, max_depth)
 
     # -- drawing --------------------------------------------------------------------
     def to_dot(self, **kwargs: Any) -> str:
         """DOT text of the graph (see :func:`gradsight.compgraph.dot.to_dot`)."""
-        from gradsight.compgraph.dot import to_dot
 
         return to_dot(self, **kwargs)
 
@@ -219,12 +129,10 @@ class Graph:
         Without the Graphviz ``dot`` binary, writes ``<path>.dot`` instead and logs
         how to render it; returns the path written.
         """
-        from gradsight.compgraph.render import render
 
         return render(self.to_dot(), path, fmt=fmt)
 
     def _repr_svg_(self) -> str | None:  # Jupyter
-        from gradsight.compgraph.render import dot_to_svg
 
         return dot_to_svg(self.to_dot())
 

@@ -36,7 +36,8 @@ from torch import nn
 from torch.autograd.graph import get_gradient_edge
 from torch.utils import _pytree as pytree
 
-from gradsight.compgraph.structure import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge, Graph, Node
+from gradsight.compgraph.nodes import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge, Node
+from gradsight.compgraph.structure import Graph
 from gradsight.instrument.residual import ResidualSplit, find_residual_split
 
 

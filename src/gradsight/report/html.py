@@ -26,7 +26,8 @@ from typing import Any
 
 import pandas as pd
 
-from gradsight.compgraph.structure import GRAPH_FILE, Graph
+from gradsight.compgraph.nodes import GRAPH_FILE
+from gradsight.compgraph.structure import Graph
 from gradsight.plots.compare import depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
 from gradsight.plots.style import MISSING_COLOR, NONFINITE_COLOR, PALETTE, fmt_value, lut, shade
@@ -317,7 +318,7 @@ def build_report(
         "root_name": ROOT_DISPLAY_NAME,
         "runs": [p.data for p in payloads],
     }
-    from gradsight import __version__
+    from gradsight._version import __version__
 
     nav = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in toc)
     generated = datetime.now().strftime("%Y-%m-%d %H:%M")
