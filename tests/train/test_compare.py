@@ -120,7 +120,7 @@ def test_existing_output_needs_overwrite(compared, capsys):
 
 @pytest.mark.parametrize("args, contains", [
     (["--depths", "21"], ["depth 21", "20, 32, 44, 56, 110"]),
-    (["--models", "plain,vgg"], ["unknown model family 'vgg'", "plain, resnet"]),
+    (["--models", "plain,vgg"], ["unknown model 'vgg'", "Valid names: "]),
     (["--dataset", "cifar100"], ["unknown dataset 'cifar100'", "mnist5k"]),
     (["--recipe", "adamw"], ["unknown recipe 'adamw'", "lecture, he2016"]),
     (["--depths", "twenty"], ["--depths", "'twenty'"]),

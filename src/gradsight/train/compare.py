@@ -34,20 +34,17 @@ from typing import Any
 import torch
 
 from gradsight.data import DatasetSplits, list_datasets, load_dataset
-from gradsight.models.mlp import mlp_blocks
+from gradsight.models import list_models, model_info
 from gradsight.plots import training
 from gradsight.store.query import first_last_ratios
 from gradsight.store.reader import open_run
 from gradsight.train.recipes import Recipe, get_recipe
 from gradsight.train.runner import TrainResult, resolve_device, train
 
-__all__ = ["FAMILIES", "CompareResult", "check_depth", "compare", "format_markdown", "parse_list", "reproducibility"]
+__all__ = ["CompareResult", "check_depth", "compare", "format_markdown", "parse_list", "reproducibility"]
 
 log = logging.getLogger(__name__)
 
-#: Model families ``compare`` trains at any valid depth: registry name -> kind of depth rule.
-FAMILIES: dict[str, str] = {"plain": "cnn", "resnet": "cnn", "preresnet": "cnn", "mlp": "mlp", "resmlp": "mlp"}
-CNN_EXAMPLE_DEPTHS = (20, 32, 44, 56, 110)
 TABLE_COLUMNS = ("network", "layers", "parameters", "train_error", "test_error", "test_accuracy", "time_s")
 
 
@@ -100,26 +97,19 @@ def parse_list(text: str | Sequence[Any], what: str, convert: type = str) -> lis
     return out
 
 
-def check_family(family: str) -> None:
-    """``ValueError`` naming the valid families unless ``family`` is one."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; valid families: {', '.join(FAMILIES)}")
-
-
 def check_depth(family: str, depth: int) -> None:
-    """``ValueError`` naming valid depths unless ``depth`` is one for ``family``."""
-    check_family(family)
-    if FAMILIES[family] == "cnn":
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-            raise ValueError(
-                f"depth {depth} is not valid for {family!r}: the CNN families have 6n+2 layers, "
-                f"e.g. {', '.join(map(str, CNN_EXAMPLE_DEPTHS))} (8 is the smallest)"
-            )
-    else:
-        try:
-            mlp_blocks(depth)
-        except ValueError as exc:
-            raise ValueError(f"depth {depth} is not valid for {family!r}: {exc}") from None
+    """``ValueError`` unless ``family`` is a registered model that can be built with ``depth``
+    (the registry's metadata says which depths a family has)."""
+    try:
+        info = model_info(family, depth=depth)
+    except ValueError as exc:
+        if family not in list_models():
+            raise
+        raise ValueError(f"depth {depth} is not valid for {family!r}: {exc}") from None
+    except TypeError:
+        raise ValueError(f"{family!r} has no depth to choose; pick a family such as plain, resnet or mlp") from None
+    if info.depth != depth:
+        raise ValueError(f"depth {depth} is not valid for {family!r}: it is {info.depth} layers deep")
 
 
 def _cpu_model() -> str:
@@ -275,7 +265,7 @@ def compare(
     """Train every combination of ``models`` (families) and ``depths`` and write tables and figures.
 
     Args:
-        models: families, e.g. ``["plain", "resnet"]`` or ``"plain,resnet"`` (see :data:`FAMILIES`).
+        models: families, e.g. ``["plain", "resnet"]`` or ``"plain,resnet"`` (registered models that take a ``depth``: ``gs.models.list_models()``).
         depths: depths, e.g. ``[20, 56]``; 6n+2 for the CNN families.
         dataset: a dataset name (``gradsight.data.list_datasets()``) or loaded splits.
         out: the output directory; must not exist unless ``overwrite``.
@@ -302,8 +292,6 @@ def compare(
     # -- check everything before training anything ------------------------------------------
     families = parse_list(models, "--models")
     depth_list = parse_list(depths, "--depths", int)
-    for family in families:
-        check_family(family)
     for family in families:
         for depth in depth_list:
             check_depth(family, depth)
