@@ -18,7 +18,7 @@ def test_report_command_writes_one_html_file(report_runs, tmp_path, capsys):
 def test_report_with_a_model_graph(report_runs, tmp_path):
     out = tmp_path / "r.html"
     assert main(["report", str(report_runs / "residual4"), "--graph", "tests.plots.runs:TinyNet:depth=2,skip=True",
-                 "--input-shape", "2,4", "-o", str(out)]) == 0
+                 "--input-shape", "4", "-o", str(out)]) == 0
     assert "<h3>Computation graph</h3>" in out.read_text()
 
 

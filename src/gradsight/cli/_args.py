@@ -47,6 +47,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 INPUT_DTYPES = ("float", "long")
 
 
+#: Samples in the batch a computation graph is traced on.
+GRAPH_BATCH = 2
+
 def parse_shape(text: str | None, option: str = "--input-shape") -> tuple[int, ...] | None:
     """``"1,28,28"`` or ``"1x28x28"`` -> ``(1, 28, 28)``; ``None`` stays ``None``.
 

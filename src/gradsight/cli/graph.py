@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from gradsight.cli import UserError
-from gradsight.cli._args import build, input_options, model_arg_option, parse_shape, resolve_input
+from gradsight.cli._args import GRAPH_BATCH, build, input_options, model_arg_option, parse_shape, resolve_input
 
-#: Samples in the batch the graph is traced on.
-GRAPH_BATCH = 2
-
-
-def build_model(spec: str, extra: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None):
-    """The model of a spec (see :mod:`gradsight.models.spec`), with ``extra`` keywords.
-
-    Its :class:`~gradsight.models.ModelInfo`, for a registered model, is ``model.model_info``.
-    """
-    return build(spec, extra or {}, input_shape)[0]
-
-
-def make_input(model, shape: str | None, input_dtype: str | None = None, vocab_size: int | None = None,
-               batch_size: int = GRAPH_BATCH):
-    """A random batch of ``batch_size`` samples of ``shape`` (ONE sample, e.g. ``"3,32,32"``),
-    by default of the registered model's input; token ids with ``input_dtype="long"``."""
-    from gradsight.models import info_of
-
-    return resolve_input(info_of(model), shape, input_dtype, vocab_size).batch(batch_size)
 
 
 @click.command()

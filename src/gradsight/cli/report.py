@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from gradsight.cli import UserError
+from gradsight.cli._args import GRAPH_BATCH, build, input_options, model_arg_option, parse_shape, resolve_input
 
 
 @click.command()
@@ -19,9 +20,11 @@ from gradsight.cli import UserError
 @click.option("--graph", "graph_spec", default=None, metavar="MODEL_SPEC",
               help="Also draw the computation graph of this model (see 'gradsight graph --help'), coloured by "
                    "each run. Runs whose directory holds a graph.json show that graph anyway.")
-@click.option("--input-shape", default=None, help="Input shape for --graph, e.g. 2,3,32,32 (default: guessed).")
+@input_options(shape_default="the registered model's input; for --graph")
+@model_arg_option
 def command(runs: tuple[Path, ...], output: Path, stat: str, title: str | None, graph_spec: str | None,
-            input_shape: str | None) -> None:
+            input_shape: str | None, input_dtype: str | None, vocab_size: int | None,
+            model_args: tuple[str, ...]) -> None:
     """Write one self-contained HTML report of RUNS (run directories, or
     directories holding runs such as the output of 'gradsight compare').
 
@@ -35,11 +38,11 @@ def command(runs: tuple[Path, ...], output: Path, stat: str, title: str | None, 
         raise UserError(f"cannot write {output.name}: the report is HTML, name it *.html")
     graphs = None
     if graph_spec is not None:
-        from gradsight.cli.graph import build_model, make_input
         from gradsight.compgraph import graph
 
-        model = build_model(graph_spec)
-        graphs = graph(model, make_input(model, input_shape), probe=False)
+        model, info = build(graph_spec, model_args, parse_shape(input_shape))
+        inputs = resolve_input(info, input_shape, input_dtype, vocab_size).batch(GRAPH_BATCH)
+        graphs = graph(model, inputs, probe=False)
     path = write_report(runs, output, stat=stat, title=title, graphs=graphs)
     size = path.stat().st_size
     click.echo(f"wrote {path} ({size / 1e6:.1f} MB)")
