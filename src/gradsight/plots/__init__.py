@@ -6,7 +6,9 @@ Each function takes run data (a ``Run``, a run directory or a long frame from
 log scales, layers in forward order under their names; long runs are shown
 through evenly spaced steps (the store is never changed). The figures read runs
 through :mod:`gradsight.store.query`; ``layer_matrix``, ``layer_profile``,
-``first_last_ratio`` and ``nonfinite_events`` are re-exported from there.
+``first_last_ratio`` and ``nonfinite_events`` are re-exported from there. Figures of
+training runs (``grad_flow``, ``grad_flow_overlay``, ``training_curves``) and of probes
+(``plot_path_lengths``, ``plot_shattering``, ``plot_signal_propagation``) live here too.
 
     >>> from gradsight import plots
     >>> plots.flow("runs/exp1").savefig("flow.png")
@@ -17,6 +19,8 @@ from gradsight.plots.compare import compare, depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE, nonfinite, quantile_bands, update_ratio
 from gradsight.plots.flow import flow
 from gradsight.plots.heatmap import heatmap
+from gradsight.plots.probes import plot_path_lengths, plot_shattering, plot_signal_propagation
+from gradsight.plots.training import grad_flow, grad_flow_overlay, training_curves
 from gradsight.store.query import first_last_ratio, layer_matrix, layer_profile, nonfinite_events
 
 #: Plot kinds by name, as ``gradsight plot --kind`` offers them. Single-run kinds take
@@ -40,11 +44,17 @@ __all__ = [
     "depth_sweep",
     "first_last_ratio",
     "flow",
+    "grad_flow",
+    "grad_flow_overlay",
     "heatmap",
     "layer_matrix",
     "layer_profile",
     "nonfinite",
     "nonfinite_events",
+    "plot_path_lengths",
+    "plot_shattering",
+    "plot_signal_propagation",
     "quantile_bands",
+    "training_curves",
     "update_ratio",
 ]

@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from gradsight.plots._figure import new_axes, no_data, styled, tidy_log_axis
-from gradsight.plots.style import PALETTE, shade
+from gradsight.plots.style import PALETTE, family_looks
 from gradsight.store.query import family_and_depth, first_last_ratio, layer_profile, open_data
 from gradsight.store.reader import Run
 
@@ -80,18 +80,15 @@ def compare(
         no_data(ax, "no runs")
         return fig
     fams = list(dict.fromkeys(e[2] for e in entries))
-    depths = {f: sorted({e[3] for e in entries if e[2] == f}) for f in fams}
+    entries = sorted(entries, key=lambda e: (fams.index(e[2]), e[3]))
+    looks = family_looks([(fam, depth) for _, _, fam, depth in entries])
     drawn = 0
-    for label, run, fam, depth in sorted(entries, key=lambda e: (fams.index(e[2]), e[3])):
+    for (label, run, fam, depth), (color, style) in zip(entries, looks, strict=True):
         prof = layer_profile(run, stat, level=level, agg=agg, step=step)
         if prof.empty:
             continue
         n = len(prof)
         x = np.linspace(0, 1, n) if normalize_depth and n > 1 else np.arange(n)
-        ds = depths[fam]
-        t = ds.index(depth) / max(1, len(ds) - 1) if len(ds) > 1 else 1.0
-        color = shade(PALETTE[fams.index(fam) % len(PALETTE)], t)
-        style = "-" if fams.index(fam) % 2 == 0 else "--"
         ax.plot(x, prof.to_numpy(), color=color, lw=1.6, ls=style, marker="o" if n <= 40 else None, ms=2.5,
                 label=f"{label} ({n} layers)")
         drawn += 1

@@ -41,6 +41,21 @@ def shade(color: str, t: float) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(round(255 * (1 - k) + k * c) for c in (r, g, b)))
 
 
+def family_looks(entries: Sequence[tuple[str, int]]) -> list[tuple[str, str]]:
+    """Colour and line style of each ``(family, depth)`` entry: one palette colour per
+    family (deeper members a darker shade), solid and dashed lines alternating between
+    families, so twins of one depth and one family's depths can be told apart."""
+    families = list(dict.fromkeys(fam for fam, _ in entries))
+    depths = {fam: sorted({d for f, d in entries if f == fam}) for fam in families}
+    out = []
+    for fam, depth in entries:
+        ds = depths[fam]
+        t = ds.index(depth) / (len(ds) - 1) if len(ds) > 1 else 1.0
+        k = families.index(fam)
+        out.append((shade(PALETTE[k % len(PALETTE)], t), "-" if k % 2 == 0 else "--"))
+    return out
+
+
 def text_color(fill: str) -> str:
     """Black or white text, whichever reads better on ``fill`` (``#rrggbb``)."""
     r, g, b = (int(fill[i : i + 2], 16) / 255 for i in (1, 3, 5))

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from gradsight.plots._figure import no_data, styled, tidy_log_axis
 from gradsight.plots.flow import flow
-from gradsight.plots.style import PALETTE, shade
+from gradsight.plots.style import family_looks
 from gradsight.store.query import family_and_depth, layer_matrix, open_data, positive
 from gradsight.store.reader import Run
 
@@ -100,18 +100,8 @@ def grad_flow(run: Run | str | Path, *, stat: str = "grad_norm", steps: Sequence
 
 
 def _look(runs: Sequence[Run]) -> list[tuple[str, str]]:
-    """Per run, its colour and line style: one colour per family (darker for deeper members),
-    solid and dashed lines alternating between families."""
-    entries = [family_and_depth(run) for run in runs]
-    families = list(dict.fromkeys(fam for fam, _ in entries))
-    depths = {fam: sorted({d for f, d in entries if f == fam}) for fam in families}
-    out = []
-    for fam, depth in entries:
-        ds = depths[fam]
-        t = ds.index(depth) / (len(ds) - 1) if len(ds) > 1 else 1.0
-        k = families.index(fam)
-        out.append((shade(PALETTE[k % len(PALETTE)], t), "-" if k % 2 == 0 else "--"))
-    return out
+    """Per run, its colour and line style (see :func:`~gradsight.plots.style.family_looks`)."""
+    return family_looks([family_and_depth(run) for run in runs])
 
 
 @styled
