@@ -18,7 +18,7 @@ the sum of the micro-batch losses Lightning backpropagated for it (each divided 
 Layer- and model-level statistics also go to the trainer's loggers
 (``trainer.loggers``), tagged ``gradsight/layer/grad_norm/<layer>``,
 ``gradsight/model/update_ratio`` and so on. Under DDP or FSDP (``fully_shard``)
-every rank records and rank 0 writes (see :mod:`gradsight.integrations.distributed`).
+every rank records and rank 0 writes (see :mod:`gradsight.instrument.distributed`).
 
 Needs ``lightning``: ``pip install "gradsight[lightning]"``.
 """

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +24,68 @@ from gradsight.store.schema import DB_NAME, SCHEMA, SCHEMA_VERSION
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 1.0
+
+
+class Writer(Protocol):
+    """What the monitor writes a run through: :class:`StoreWriter` or :class:`NullWriter`.
+
+    Every method only queues work and returns at once, except :meth:`flush` and
+    :meth:`close`, which block until what was queued is on disk.
+    """
+
+    run_dir: Path
+
+    def set_meta(self, **items: Any) -> None: ...
+
+    def add_series(self, rows: list[tuple[int, str, str, str]]) -> None: ...
+
+    def write_params(self, rows: list[tuple]) -> None: ...
+
+    def write_layers(self, rows: list[tuple[str, int | None, str, str]]) -> None: ...
+
+    def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray,
+                      time_s: float | None = None) -> None: ...
+
+    def flush(self, timeout: float | None = 30.0) -> None: ...
+
+    def close(self, status: str = "finished", **meta: Any) -> None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+
+class NullWriter:
+    """A :class:`Writer` that drops everything and creates no file (ranks other than 0)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._closed = False
+
+    def set_meta(self, **items: Any) -> None:
+        pass
+
+    def add_series(self, rows: list[tuple[int, str, str, str]]) -> None:
+        pass
+
+    def write_params(self, rows: list[tuple]) -> None:
+        pass
+
+    def write_layers(self, rows: list[tuple[str, int | None, str, str]]) -> None:
+        pass
+
+    def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray,
+                      time_s: float | None = None) -> None:
+        pass
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        pass
+
+    def close(self, status: str = "finished", **meta: Any) -> None:
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
 
 class StoreWriter:

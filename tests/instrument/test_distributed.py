@@ -12,8 +12,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import gradsight as gs
-from gradsight.integrations.distributed import NullWriter, resolve
-from tests.integrations import dist_workers
+from gradsight.instrument.distributed import Local, resolve
+from gradsight.store.writer import NullWriter, StoreWriter, Writer
+from tests.instrument import dist_workers
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
@@ -91,18 +92,38 @@ def test_fsdp1_is_refused_with_a_pointer_to_fully_shard(runs):
 
 def test_single_process_is_not_distributed(tmp_path):
     model = nn.Linear(3, 2)
-    assert resolve("auto", model) is None
-    assert resolve(None, model) is None
+    assert isinstance(resolve("auto", model), Local)
+    assert isinstance(resolve(None, model), Local)
     with pytest.raises(RuntimeError, match="process group"):
         resolve("sharded", model)
     with pytest.raises(ValueError, match="distributed must be"):
         resolve("everywhere", model)
 
 
+def _protocol_methods() -> set[str]:
+    return {n for n, v in vars(Writer).items() if not n.startswith("_") and (callable(v) or isinstance(v, property))}
+
+
 def test_null_writer_accepts_everything(tmp_path):
     writer = NullWriter(tmp_path / "run")
     writer.set_meta(a=1)
+    writer.add_series([(1, "layer", "fc", "grad_norm")])
+    writer.write_params([])
+    writer.write_layers([("fc", 0, "Linear", "layer")])
     writer.write_scalars(0, None, None)
-    writer.anything_new(1, 2, key=3)
+    writer.flush()
+    assert not writer.closed
     writer.close(status="finished")
     assert writer.closed and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("cls", [StoreWriter, NullWriter])
+def test_writers_implement_the_writer_protocol(cls):
+    assert _protocol_methods() <= set(dir(cls))
+
+
+def test_local_sums_of_squares_match_a_loop():
+    tensors = [torch.randn(3, 4), torch.randn(7)]
+    got = Local().sumsq(tensors)
+    want = torch.tensor([float(t.double().pow(2).sum()) for t in tensors])
+    assert torch.allclose(got.double(), want.double(), rtol=1e-6)

@@ -1,4 +1,8 @@
-"""Recording under ``torch.distributed``: DDP and FSDP2 (``fully_shard``).
+"""Where a monitor's numbers come from: one process, or DDP and FSDP2 (``fully_shard``).
+
+:func:`resolve` gives the monitor a :class:`Local` (one process records what it
+sees and writes its own store) or a :class:`Distributed`; both answer the same
+calls, so the monitor never asks which one it has.
 
 ``gs.watch(model, run_dir, distributed="auto")`` (the default) turns this on when a
 process group with more than one process is initialized. Every rank must then
@@ -21,7 +25,8 @@ single process would record for the same global batch:
     model is taken as replicated and counted by rank 0. ``update_ratio`` sums the
     squared update norms the same way; NaN/Inf counts are summed over ranks.
 
-In both modes only rank 0 writes the store (the other ranks get a :class:`NullWriter`);
+In both modes only rank 0 writes the store (the other ranks get a
+:class:`~gradsight.store.writer.NullWriter`);
 there is one run directory and nothing to merge. The legacy
 ``FullyShardedDataParallel`` wrapper (FSDP1) is not supported: with
 ``use_orig_params=True`` a rank whose flat shard misses a parameter has no gradient
@@ -39,7 +44,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradsight.instrument.layers import Inventory
 from gradsight.stats.grad import MAXABS, RAW_FIELDS, W_SUMSQ, count_nonfinite, raw_sums
+from gradsight.store.writer import NullWriter, StoreWriter, Writer
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +78,8 @@ def _local(t: Tensor) -> Tensor:
     return t.to_local() if _is_dtensor(t) else t
 
 
-def resolve(distributed: str | bool | None, model: nn.Module) -> Distributed | None:
-    """The distributed adapter for ``gs.watch(..., distributed=...)``.
+def resolve(distributed: str | bool | None, model: nn.Module) -> Local | Distributed:
+    """The source of a monitor's numbers for ``gs.watch(..., distributed=...)``.
 
     Args:
         distributed: ``"auto"`` (on when more than one process is initialized:
@@ -82,10 +89,10 @@ def resolve(distributed: str | bool | None, model: nn.Module) -> Distributed | N
         model: the watched model.
 
     Returns:
-        None when off (or a single process), else a :class:`Distributed`.
+        A :class:`Local` when off (or a single process), else a :class:`Distributed`.
     """
     if distributed is None or distributed is False:
-        return None
+        return Local()
     if distributed is True:
         distributed = "auto"
     if distributed not in MODES:
@@ -93,29 +100,41 @@ def resolve(distributed: str | bool | None, model: nn.Module) -> Distributed | N
     if not is_distributed():
         if distributed != "auto":
             raise RuntimeError(f"distributed={distributed!r} needs an initialized torch.distributed process group")
-        return None
+        return Local()
     return Distributed(model, distributed)
 
 
-class NullWriter:
-    """Stands in for the store writer on ranks other than 0: accepts and drops everything."""
+class Local:
+    """One process records what it sees and writes its own store.
 
-    closed = False
+    The methods are those of :class:`Distributed`, without communication.
+    """
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
+    mode = "local"
+    writes_store = True
 
-    def close(self, *args: Any, **kwargs: Any) -> None:
-        self.closed = True
+    def __repr__(self) -> str:
+        return "Local()"
 
-    def __getattr__(self, name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _ignore
+    def writer(self, run_dir: str | Path, overwrite: bool = False) -> Writer:
+        """A :class:`~gradsight.store.writer.StoreWriter` for ``run_dir``."""
+        return StoreWriter(run_dir, overwrite=overwrite)
 
+    def raw_sums(
+        self, grads: Sequence[Tensor], weights: Sequence[Tensor], backend: str = "auto", with_weights: bool = True
+    ) -> Tensor:
+        """Raw sums ``[len(grads), 7]`` (:func:`gradsight.stats.grad.raw_sums`)."""
+        return raw_sums(grads, weights, backend, with_weights)
 
-def _ignore(*args: Any, **kwargs: Any) -> None:
-    return None
+    def count_nonfinite(self, grads: Sequence[Tensor], rows: Sequence[int]) -> list[float]:
+        """Exact NaN/Inf counts of ``grads[k]`` for ``k`` in ``rows``."""
+        return [count_nonfinite(grads[k]) for k in rows]
+
+    def sumsq(self, tensors: Sequence[Tensor]) -> Tensor:
+        """``[len(tensors)]`` float32 sums of squares."""
+        if not tensors:
+            return torch.zeros(0)
+        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).pow(2)
 
 
 class Distributed:
@@ -153,12 +172,10 @@ class Distributed:
         return f"Distributed(mode={self.mode!r}, rank={self.rank}, world_size={self.world_size})"
 
     # -- the store ------------------------------------------------------------------
-    def writer(self, run_dir: str | Path, overwrite: bool = False):
-        """The store writer on rank 0, a :class:`NullWriter` elsewhere."""
+    def writer(self, run_dir: str | Path, overwrite: bool = False) -> Writer:
+        """The store writer on rank 0, a :class:`~gradsight.store.writer.NullWriter` elsewhere."""
         if not self.writes_store:
             return NullWriter(run_dir)
-        from gradsight.store.writer import StoreWriter
-
         writer = StoreWriter(run_dir, overwrite=overwrite)
         writer.set_meta(distributed={"mode": self.mode, "world_size": self.world_size,
                                      "backend": str(_dist().get_backend())})
@@ -256,8 +273,6 @@ class Distributed:
 
 
 def _watched_params(model: nn.Module) -> list[nn.Parameter]:
-    from gradsight.instrument.layers import Inventory
-
     return [pi.param for pi in Inventory.of(model).watched]
 
 
@@ -265,4 +280,4 @@ def _device(tensors: Sequence[Tensor]) -> torch.device:
     return _local(tensors[0]).device if tensors else torch.device("cpu")
 
 
-__all__ = ["MODES", "Distributed", "NullWriter", "is_distributed", "resolve"]
+__all__ = ["MODES", "Distributed", "Local", "is_distributed", "resolve"]

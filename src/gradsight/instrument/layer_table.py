@@ -1,0 +1,77 @@
+"""The ``layers`` table: every layer, residual block and tracked module, in forward order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gradsight.instrument.activations import ActivationRecorder
+from gradsight.instrument.layers import ForwardOrder, Inventory
+from gradsight.store.writer import Writer
+
+#: ``(name, depth, module_type, kind)``
+LayerRow = tuple[str, int, str, str]
+
+
+def layer_rows(
+    layers: list[str], module_kinds: dict[str, str], types: dict[str, str], rank: Callable[[list[str]], list[str]]
+) -> list[LayerRow]:
+    """Rows of the ``layers`` table.
+
+    Args:
+        layers: names of the layers (what owns watched parameters).
+        module_kinds: ``name -> 'block' | 'module'`` of residual blocks and other
+            tracked modules (activation statistics).
+        types: ``name -> module type`` shown in the table.
+        rank: orders names by forward execution.
+
+    Returns:
+        A ``layer`` row for every layer and a ``block`` row for every residual block
+        (a name can be both); a ``module`` row for every other tracked module.
+        ``depth`` ranks layers among layers, blocks among blocks and modules among
+        modules and layers.
+    """
+    kinds = {ln: "layer" for ln in layers}
+    for name, kind in module_kinds.items():
+        if kind == "block" or name not in kinds:
+            kinds[name] = kind
+    rows = []
+    for kind in ("layer", "block", "module"):
+        names = [n for n, k in kinds.items() if k == kind or (kind == "module" and k == "layer")]
+        rows += [(n, d, types.get(n, "?"), kind) for d, n in enumerate(rank(names)) if kinds[n] == kind]
+    return rows
+
+
+class LayerTable:
+    """Writes the ``layers`` table when the forward order (or the residual blocks) become known.
+
+    Until a forward pass was observed the order is registration order and
+    ``meta.depth_source`` says ``registration``. Once the order and the blocks are
+    final, the forward-order hooks are removed and :meth:`sync` returns at once.
+    """
+
+    def __init__(self, inventory: Inventory, order: ForwardOrder, activations: ActivationRecorder | None,
+                 writer: Writer) -> None:
+        self._inventory = inventory
+        self._order = order
+        self._activations = activations
+        self._writer = writer
+        self._written: tuple | None = None  #: what the table last written was made from
+        self.final = False
+
+    def sync(self) -> None:
+        """Write the table if what it is made from changed since it was last written."""
+        if self.final:
+            return
+        source = "forward" if self._order.done else "registration"
+        module_kinds = self._activations.module_kinds() if self._activations is not None else {}
+        signature = (source, tuple(sorted(module_kinds.items())))
+        if signature != self._written:
+            types = dict(self._inventory.layer_types)
+            if self._activations is not None:
+                types.update(self._activations.types)
+            self._writer.write_layers(layer_rows(self._inventory.layers, module_kinds, types, self._order.rank))
+            self._writer.set_meta(depth_source=source)
+            self._written = signature
+        if self._order.done and (self._activations is None or self._activations.blocks_known):
+            self._order.remove()
+            self.final = True

@@ -1,0 +1,75 @@
+"""What a run stores about itself: its default directory, metadata and parameter table."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradsight._version import __version__
+from gradsight.instrument.layers import Inventory
+
+
+def default_run_dir(model: nn.Module) -> Path:
+    """``runs/<YYYYmmdd-HHMMSS>-<ModelClass>``, with ``-2``, ``-3``, ... if taken."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{type(model).__name__}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = Path(f"{base}-{k}")
+    return path
+
+
+def run_meta(
+    model: nn.Module,
+    inventory: Inventory,
+    *,
+    name: str,
+    config: dict | None,
+    schedule: Any,
+    backend: str,
+    weights: bool,
+    optimizer: torch.optim.Optimizer | None,
+    scaler: Any | None,
+) -> dict[str, Any]:
+    """The metadata written when a run starts (JSON-serializable values; see docs/design.md)."""
+    device = next((pi.param.device for pi in inventory.watched), torch.device("cpu"))
+    return dict(
+        name=name,
+        status="running",
+        start_time=time.time(),
+        model_class=f"{type(model).__module__}.{type(model).__qualname__}",
+        torch_version=torch.__version__,
+        gradsight_version=__version__,
+        config=config or {},
+        schedule=getattr(schedule, "__name__", repr(schedule)),
+        backend=backend,
+        weight_stats=weights,
+        device=str(device),
+        num_params=sum(pi.param.numel() for pi in inventory.params),
+        num_trainable=sum(pi.param.numel() for pi in inventory.watched),
+        optimizer=type(optimizer).__name__ if optimizer is not None else None,
+        amp=scaler is not None,
+        depth_source="pending",
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        argv=sys.argv,
+    )
+
+
+def param_rows(inventory: Inventory) -> list[tuple]:
+    """Rows of the ``params`` table: name, layer, shape, numel, dtype, trainable, aliases, position."""
+    return [
+        (pi.name, pi.layer, json.dumps(list(pi.param.shape)), pi.param.numel(),
+         str(pi.param.dtype).replace("torch.", ""), int(pi.trainable), json.dumps(list(pi.aliases)), pi.position)
+        for pi in inventory.params
+    ]

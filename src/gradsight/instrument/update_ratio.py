@@ -1,0 +1,123 @@
+"""``update_ratio = ||w_after - w_before|| / ||w_before||`` across the optimizer step after a recorded step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gradsight.instrument.series import SeriesIds
+
+#: ``(step, series ids, values on the device)`` waiting for the next host transfer.
+Pending = tuple[int, np.ndarray, Tensor]
+
+
+class UpdateRatio:
+    """Snapshots the weights of a recorded step and measures how far the optimizer moved them.
+
+    The snapshot is one multi-tensor copy; the ratios stay on the device until the
+    next recorded step's transfer takes them (:meth:`take_pending`).
+
+    Args:
+        watched: the watched parameters, in inventory order.
+        param_names, layer_names: their names and the layer names (inventory order).
+        series: the series ids of the run.
+        sumsq: ``tensors -> [len(tensors)]`` float32 sums of squares (global under
+            ``torch.distributed``).
+        weights: whether weight norms are taken at record time (else they are taken
+            from the snapshot).
+    """
+
+    def __init__(
+        self,
+        watched: Sequence[Tensor],
+        param_names: Sequence[str],
+        layer_names: Sequence[str],
+        series: SeriesIds,
+        sumsq: Callable[[Sequence[Tensor]], Tensor],
+        weights: bool,
+    ) -> None:
+        self._watched = list(watched)
+        self._param_names = list(param_names)
+        self._layer_names = list(layer_names)
+        self._series = series
+        self._sumsq = sumsq
+        self._weights = weights
+        self._step: int | None = None  #: the recorded step waiting for its optimizer step
+        self._present: list[int] = []
+        self._layers: list[int] = []  # host-side copy: no device sync in the post-hook
+        self._group: Tensor | None = None
+        self._wsumsq: Tensor | None = None
+        self._snapshot: list[Tensor] | None = None
+        self._pending: list[Pending] = []
+
+    def forget(self) -> None:
+        """Drop a snapshot whose optimizer step never came."""
+        self._step = None
+        self._snapshot = None
+
+    def arm(self, step: int, present: list[int], wsumsq: Tensor, group: Tensor, layers: list[int]) -> None:
+        """Measure the next optimizer step for recorded ``step``.
+
+        Args:
+            step: the recorded step.
+            present: indices of the watched parameters that had a gradient.
+            wsumsq: ``[len(present)]`` their squared weight norms (NaN if not taken).
+            group: ``[len(present)]`` int64 layer index of each, on the device.
+            layers: the layer indices present, ascending.
+        """
+        self._step = step
+        self._present = present
+        self._wsumsq = wsumsq
+        self._group = group
+        self._layers = layers
+        self._snapshot = None
+        self.snapshot()
+
+    def snapshot(self, *hook_args: Any) -> None:
+        """Copy the weights before the optimizer changes them (also an optimizer step pre-hook).
+
+        Taken at the end of the recording itself (so optimizers that call
+        ``step(closure)`` and record inside the closure, like Lightning's, are
+        measured too); as a pre-hook it only takes one when none was taken.
+        """
+        if self._step is None or self._snapshot is not None:
+            return
+        with torch.no_grad():
+            self._snapshot = torch._foreach_mul([self._watched[i].detach() for i in self._present], 1.0)
+
+    def measure(self, *hook_args: Any) -> None:
+        """Optimizer step post-hook: the ratios per parameter, layer and model, kept on the device."""
+        if self._step is None or self._snapshot is None:
+            return
+        with torch.no_grad():
+            current = [self._watched[i].detach() for i in self._present]
+            dsq = self._sumsq(torch._foreach_sub(current, self._snapshot))
+            wsq = self._wsumsq
+            if not self._weights:  # weight norms were not taken at record time
+                wsq = torch.stack(torch._foreach_norm(self._snapshot, 2, dtype=torch.float32)).pow(2)
+            n_layers = len(self._layer_names)
+            layer_dsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, self._group, dsq)
+            layer_wsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, self._group, wsq)
+            layers = self._layers
+            ratios = torch.cat(
+                [
+                    (dsq / wsq).sqrt(),
+                    (layer_dsq[layers] / layer_wsq[layers]).sqrt(),
+                    (dsq.sum() / wsq.sum()).sqrt().reshape(1),
+                ]
+            )
+        ids = [self._series.id("param", self._param_names[i], "update_ratio") for i in self._present]
+        ids += [self._series.id("layer", self._layer_names[k], "update_ratio") for k in layers]
+        ids.append(self._series.id("model", "", "update_ratio"))
+        self._series.flush()
+        self._pending.append((self._step, np.asarray(ids, dtype=np.int64), ratios))
+        self.forget()
+
+    def take_pending(self) -> list[Pending]:
+        """The measured ratios not yet written; the caller writes them."""
+        pending, self._pending = self._pending, []
+        return pending
