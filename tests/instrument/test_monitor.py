@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import pickle
@@ -442,3 +443,57 @@ def test_listeners_see_what_the_store_gets(tmp_path):
     assert all(math.isclose(seen[k], v, rel_tol=1e-6) or (math.isnan(v) and math.isnan(seen[k])) for k, v in stored.items())
     assert closed == [True]
     remove()
+
+
+class ReZeroLinear(nn.Module):
+    """``y = x + alpha * tanh(x W^T)``: a residual block that owns its parameters (no submodules)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(width, width) / width**0.5)
+        self.alpha = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x):
+        return x + self.alpha * torch.tanh(x @ self.weight.T)
+
+
+class ReZeroNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 2)
+        self.block = ReZeroLinear(8)
+        self.stem = nn.Linear(4, 8)
+
+    def forward(self, x):
+        return self.head(self.block(torch.tanh(self.stem(x))))
+
+
+def test_rezero_block_keeps_its_layer_row(tmp_path):
+    torch.manual_seed(0)
+    model = ReZeroNet()
+    with gs.watch(model, tmp_path / "run", activations=True, residual_blocks=["block"]) as mon:
+        for _ in range(2):
+            _train_step(model, torch.randn(5, 4))
+            mon.step()
+            model.zero_grad()
+    run = gs.open_run(tmp_path / "run")
+    layers = run.layers()
+    assert list(layers.name) == ["stem", "block", "head"] and list(layers.depth) == [0, 1, 2]
+    assert list(run.layers("block").name) == ["block"]
+    assert list(run.layers("block").depth) == [0]
+    assert list(run.series("grad_norm").columns) == ["stem", "block", "head"]
+    frame = run.frame()
+    assert not frame.duplicated(["step", "level", "name", "stat"]).any()
+    depth = {(r.level, r.name): r.depth for r in frame.itertuples()}
+    assert depth[("layer", "block")] == 1 and depth[("param", "block.alpha")] == 1
+    assert depth[("block", "block")] == 0
+    assert run.params().set_index("name").loc["block.weight", "depth"] == 1
+
+
+def test_watch_shows_monitor_keywords():
+    watch_params = inspect.signature(gs.watch).parameters
+    assert watch_params == inspect.signature(gs.Monitor).parameters
+    assert list(watch_params)[2:] == ["every", "optimizer", "scaler", "config", "name", "backend", "overwrite",
+                                      "distributed", "activations", "residual_blocks", "weights"]
+    for keyword in list(watch_params)[2:]:
+        assert f"{keyword}:" in gs.watch.__doc__

@@ -478,3 +478,28 @@ def test_list_runs_finds_every_run_below_a_parent(tmp_path):
     assert gs.list_runs(parent / "group") == [parent / "group" / "c"]
     assert gs.list_runs(parent / "a") == [parent / "a"]  # the parent itself may be a run
     assert gs.list_runs(parent / "not_a_run") == []
+
+
+def _as_schema_version_1(run_dir: Path) -> None:
+    """Rewrite a store's ``layers`` table as schema version 1 had it: keyed on ``name`` alone."""
+    with closing(sqlite3.connect(run_dir / DB_NAME)) as conn:
+        rows = conn.execute("SELECT name, depth, module_type, kind FROM layers WHERE kind = 'layer'").fetchall()
+        conn.execute("DROP TABLE layers")
+        conn.execute("CREATE TABLE layers (name TEXT PRIMARY KEY, depth INTEGER, module_type TEXT NOT NULL, "
+                     "kind TEXT NOT NULL)")
+        conn.executemany("INSERT INTO layers VALUES (?,?,?,?)", rows)
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        conn.commit()
+
+
+def test_stores_of_schema_version_1_read_the_same(reordered_run, tmp_path):
+    run_dir, _ = reordered_run
+    with gs.open_run(run_dir) as run:
+        assert run.meta["schema_version"] == 2
+        want = (run.frame(), run.series("grad_norm"), run.params(), run.layers())
+    _as_schema_version_1(run_dir)
+    with gs.open_run(run_dir) as run:
+        assert run.meta["schema_version"] == 1
+        got = (run.frame(), run.series("grad_norm"), run.params(), run.layers())
+    for g, w in zip(got, want):
+        assert g.equals(w)

@@ -25,19 +25,18 @@ def layer_rows(
         rank: orders names by forward execution.
 
     Returns:
-        A ``layer`` row for every layer and a ``block`` row for every residual block
-        (a name can be both); a ``module`` row for every other tracked module.
-        ``depth`` ranks layers among layers, blocks among blocks and modules among
-        modules and layers.
+        A ``layer`` row for every layer, a ``block`` row for every residual block
+        (a name can have both: a block that owns parameters itself) and a
+        ``module`` row for every other tracked module. ``depth`` ranks layers among
+        layers, blocks among blocks and modules among modules and layers.
     """
-    kinds = {ln: "layer" for ln in layers}
-    for name, kind in module_kinds.items():
-        if kind == "block" or name not in kinds:
-            kinds[name] = kind
-    rows = []
-    for kind in ("layer", "block", "module"):
-        names = [n for n, k in kinds.items() if k == kind or (kind == "module" and k == "layer")]
-        rows += [(n, d, types.get(n, "?"), kind) for d, n in enumerate(rank(names)) if kinds[n] == kind]
+    blocks = [n for n, k in module_kinds.items() if k == "block"]
+    taken = set(layers) | set(blocks)
+    modules = [n for n, k in module_kinds.items() if k == "module" and n not in taken]
+    module_set = set(modules)
+    rows = [(n, d, types.get(n, "?"), "layer") for d, n in enumerate(rank(list(layers)))]
+    rows += [(n, d, types.get(n, "?"), "block") for d, n in enumerate(rank(blocks))]
+    rows += [(n, d, types.get(n, "?"), "module") for d, n in enumerate(rank(modules + list(layers))) if n in module_set]
     return rows
 
 

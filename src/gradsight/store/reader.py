@@ -16,6 +16,28 @@ from gradsight.store.schema import DB_NAME
 
 _REQUIRED_TABLES = {"meta", "params", "layers", "series", "scalars", "steps"}
 
+#: ``depths(level, name, depth)``: the depth of a name at a series level ('layer',
+#: 'block', 'module'; a parameter has its layer's), from the ``layers`` row of the
+#: kind that level describes. One name can have a ``layer`` and a ``block`` row; a
+#: module's statistics take the ``module`` row, else the ``block`` row, else the
+#: ``layer`` row; a store with one row per name (schema version 1) falls back to it.
+_DEPTHS = """
+    depths(level, name, depth) AS (
+        SELECT level, name, depth FROM (
+            SELECT lv.level AS level, l.name AS name, l.depth AS depth,
+                   ROW_NUMBER() OVER (
+                       PARTITION BY lv.level, l.name
+                       ORDER BY CASE WHEN l.kind = lv.level THEN 0
+                                     WHEN l.kind = 'block' THEN 1
+                                     WHEN l.kind = 'layer' THEN 2
+                                     ELSE 3 END
+                   ) AS pick
+            FROM layers l
+            CROSS JOIN (SELECT 'layer' AS level UNION ALL SELECT 'block' UNION ALL SELECT 'module') lv
+        ) WHERE pick = 1
+    )
+"""
+
 
 def _resolve_db(path: str | Path) -> Path:
     p = Path(path)
@@ -107,7 +129,8 @@ class Run:
     def params(self) -> pd.DataFrame:
         """One row per parameter: name, layer, shape, numel, dtype, trainable, aliases, position, depth."""
         df = self._query(
-            "SELECT p.*, l.depth FROM params p LEFT JOIN layers l ON l.name = p.layer ORDER BY p.position"
+            f"WITH {_DEPTHS} SELECT p.*, d.depth FROM params p "
+            "LEFT JOIN depths d ON d.level = 'layer' AND d.name = p.layer ORDER BY p.position"
         )
         df["shape"] = df["shape"].map(lambda s: tuple(json.loads(s)))
         df["aliases"] = df["aliases"].map(json.loads)
@@ -165,19 +188,19 @@ class Run:
             st = [int(s) for s in steps]
             where.append(f"s.step IN ({','.join('?' * len(st))})")
             args.extend(st)
-        sql = """
+        sql = f"""
+            WITH {_DEPTHS}
             SELECT s.step AS step, se.level AS level, se.name AS name,
                    CASE se.level WHEN 'param' THEN p.layer
                                  WHEN 'model' THEN NULL
                                  WHEN 'metric' THEN NULL
                                  ELSE se.name END AS layer,
-                   l.depth AS depth, se.stat AS stat, s.value AS value
+                   d.depth AS depth, se.stat AS stat, s.value AS value
             FROM scalars s
             JOIN series se ON se.id = s.series
             LEFT JOIN params p ON se.level = 'param' AND p.name = se.name
-            LEFT JOIN layers l ON l.name = (CASE se.level WHEN 'param' THEN p.layer
-                                            WHEN 'model' THEN NULL WHEN 'metric' THEN NULL
-                                            ELSE se.name END)
+            LEFT JOIN depths d ON d.level = (CASE se.level WHEN 'param' THEN 'layer' ELSE se.level END)
+                              AND d.name = (CASE se.level WHEN 'param' THEN p.layer ELSE se.name END)
         """
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -197,12 +220,12 @@ class Run:
                 series index, so a subset of steps of a long run is cheap.
         """
         ids = self._query(
-            """SELECT se.id AS id, se.name AS name,
-                      l.depth AS depth
+            f"""WITH {_DEPTHS}
+               SELECT se.id AS id, se.name AS name, d.depth AS depth
                FROM series se
                LEFT JOIN params p ON se.level = 'param' AND p.name = se.name
-               LEFT JOIN layers l ON l.name = (CASE se.level WHEN 'param' THEN p.layer ELSE se.name END)
-                                  AND se.level NOT IN ('model', 'metric')
+               LEFT JOIN depths d ON d.level = (CASE se.level WHEN 'param' THEN 'layer' ELSE se.level END)
+                                 AND d.name = (CASE se.level WHEN 'param' THEN p.layer ELSE se.name END)
                WHERE se.level = ? AND se.stat = ?""",
             [level, stat],
         )

@@ -6,7 +6,9 @@ See ``docs/design.md`` for the meaning of every table and column.
 from __future__ import annotations
 
 DB_NAME = "gradsight.sqlite"
-SCHEMA_VERSION = 1
+#: 2: ``layers`` is keyed on ``(name, kind)`` (version 1: on ``name``), so a residual
+#: block that owns parameters has a ``layer`` row and a ``block`` row.
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -24,10 +26,11 @@ CREATE TABLE IF NOT EXISTS params (
     position  INTEGER NOT NULL       -- index in named_parameters() order
 );
 CREATE TABLE IF NOT EXISTS layers (
-    name        TEXT PRIMARY KEY,    -- qualified module name ('' = root)
-    depth       INTEGER,             -- forward-execution order, 0 = first
+    name        TEXT NOT NULL,       -- qualified module name ('' = root), or parameter name
+    depth       INTEGER,             -- forward-execution order among rows of one kind, 0 = first
     module_type TEXT NOT NULL,
-    kind        TEXT NOT NULL        -- 'layer' (owns parameters), 'block', 'module'
+    kind        TEXT NOT NULL,       -- 'layer' (owns parameters), 'block', 'module'
+    PRIMARY KEY (name, kind)
 );
 CREATE TABLE IF NOT EXISTS series (
     id    INTEGER PRIMARY KEY,

@@ -41,7 +41,8 @@ class Writer(Protocol):
 
     def write_params(self, rows: list[tuple]) -> None: ...
 
-    def write_layers(self, rows: list[tuple[str, int | None, str, str]]) -> None: ...
+    def write_layers(self, rows: list[tuple[str, int | None, str, str]]) -> None:
+        """Replace the whole ``layers`` table by ``(name, depth, module_type, kind)`` rows."""
 
     def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray,
                       time_s: float | None = None) -> None: ...
@@ -131,7 +132,8 @@ class StoreWriter:
         self._put(("many", "INSERT OR REPLACE INTO params VALUES (?,?,?,?,?,?,?,?)", rows))
 
     def write_layers(self, rows: list[tuple[str, int | None, str, str]]) -> None:
-        self._put(("many", "INSERT OR REPLACE INTO layers(name, depth, module_type, kind) VALUES (?,?,?,?)", rows))
+        """Replace the whole ``layers`` table by ``(name, depth, module_type, kind)`` rows."""
+        self._put(("layers", rows))
 
     def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray, time_s: float | None = None) -> None:
         """Values of several series at one step (NaN is stored as NULL)."""
@@ -233,6 +235,9 @@ class StoreWriter:
                 conn.execute("INSERT OR REPLACE INTO steps(step, time) VALUES (?,?)", (step, time_s))
         elif kind == "many":
             conn.executemany(item[1], item[2])
+        elif kind == "layers":  # in one transaction: a reader never sees the table empty
+            conn.execute("DELETE FROM layers")
+            conn.executemany("INSERT INTO layers(name, depth, module_type, kind) VALUES (?,?,?,?)", item[1])
         elif kind == "meta":
             self._handle_meta(conn, item[1])
         else:  # pragma: no cover - programming error
