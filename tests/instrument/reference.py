@@ -36,12 +36,16 @@ def reference(model: nn.Module, scale: float = 1.0) -> dict[tuple[str, str], dic
     out: dict[tuple[str, str], dict[str, float]] = {}
     by_layer: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     everything = []
+    modules = dict(model.named_modules())
     for name, p in model.named_parameters():
         if not p.requires_grad or p.grad is None:
             continue
         g = p.grad / scale
         out[("param", name)] = tensor_stats([g], [p])
-        layer = name.rsplit(".", 1)[0] if "." in name else ""
+        owner = name.rsplit(".", 1)[0] if "." in name else ""
+        below = [m for n, m in modules.items() if n.startswith(f"{owner}.") or (owner == "" and n)]
+        owns_params = any(next(m.parameters(recurse=False), None) is not None for m in below)
+        layer = name if owns_params else owner  # a container's own parameter is a layer of its own
         by_layer.setdefault(layer, []).append((g, p))
         everything.append((g, p))
     for layer, pairs in by_layer.items():

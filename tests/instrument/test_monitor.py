@@ -497,3 +497,112 @@ def test_watch_shows_monitor_keywords():
                                       "distributed", "activations", "residual_blocks", "weights"]
     for keyword in list(watch_params)[2:]:
         assert f"{keyword}:" in gs.watch.__doc__
+
+
+class TokenNet(nn.Module):
+    """A class token used first and a learned temperature used last, both owned by the model itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temperature = nn.Parameter(torch.tensor(2.0))
+        self.head = nn.Linear(4, 3)
+        self.body = nn.Linear(4, 4)
+        self.class_token = nn.Parameter(torch.randn(1, 1, 4))
+
+    def forward(self, x):  # x: [N, T, 4]
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.head(torch.tanh(self.body(x))[:, 0]) / self.temperature
+
+
+def test_parameters_owned_by_the_model_are_placed_where_first_used(tmp_path):
+    torch.manual_seed(0)
+    model = TokenNet()
+    with gs.watch(model, tmp_path / "run") as mon:
+        _train_step(model, torch.randn(2, 5, 4))
+        mon.step()
+        ref = reference(model)
+    run = gs.open_run(tmp_path / "run")
+    layers = run.layers()
+    assert list(layers.name) == ["class_token", "body", "head", "temperature"]
+    assert list(layers.depth) == [0, 1, 2, 3]
+    assert dict(zip(layers.name, layers.module_type))["temperature"] == "Parameter"
+    assert run.meta["depth_source"] == "forward" and run.meta["depth_unplaced"] == []
+    params = run.params().set_index("name")
+    assert params.loc["temperature", "layer"] == "temperature" and params.loc["temperature", "depth"] == 3
+    assert_matches(run.frame(), ref)
+    assert list(run.series("grad_norm").columns) == ["class_token", "body", "head", "temperature"]
+
+
+def test_parameter_owned_by_a_container_that_is_never_used_is_recorded_as_unplaced(tmp_path):
+    model = TokenNet()
+    model.unused = nn.Parameter(torch.zeros(3))
+    with gs.watch(model, tmp_path / "run") as mon:
+        _train_step(model, torch.randn(2, 5, 4))
+        mon.step()
+    run = gs.open_run(tmp_path / "run")
+    assert list(run.layers().name) == ["class_token", "body", "head", "temperature", "unused"]
+    assert run.meta["depth_source"] == "forward+registration"
+    assert run.meta["depth_unplaced"] == ["unused"]
+
+
+class ReZeroBlock(nn.Module):
+    """``y = x + alpha * f(x)`` with ``alpha`` owned by the block and ``f`` a submodule."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(0.5))
+        self.f = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+
+    def forward(self, x):
+        return x + self.alpha * self.f(x)
+
+
+def test_rezero_container_block_alpha_is_a_layer_after_its_branch(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), ReZeroBlock(8), ReZeroBlock(8), nn.Linear(8, 2))
+    with gs.watch(model, tmp_path / "run", activations=True) as mon:
+        _train_step(model, torch.randn(5, 4))
+        mon.step()
+        ref = reference(model)
+    run = gs.open_run(tmp_path / "run")
+    assert list(run.layers().name) == ["0", "1.f.0", "1.alpha", "2.f.0", "2.alpha", "3"]
+    assert list(run.layers("block").name) == ["1", "2"]
+    assert_matches(run.frame(), ref)
+
+
+def test_vision_transformer_class_token_and_position_embedding_placed_by_use(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = tv.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                        mlp_dim=64, num_classes=5)
+    with gs.watch(model, tmp_path / "run") as mon:
+        _train_step(model, torch.randn(2, 3, 32, 32))
+        mon.step()
+        ref = reference(model)
+    run = gs.open_run(tmp_path / "run")
+    names = list(run.layers().name)
+    assert "" not in names  # no layer at the position of the whole model
+    assert names[:3] == ["conv_proj", "class_token", "encoder.pos_embedding"]
+    assert names.index("encoder.pos_embedding") < names.index("encoder.layers.encoder_layer_0.ln_1")
+    # nn.MultiheadAttention uses out_proj's weights without calling it: placed where they are used
+    attention = "encoder.layers.encoder_layer_0.self_attention"
+    assert names.index(f"{attention}.in_proj_weight") < names.index(f"{attention}.out_proj")
+    assert names.index(f"{attention}.out_proj") < names.index("encoder.layers.encoder_layer_0.ln_2")
+    assert names[-1] == "heads.head"
+    assert run.meta["depth_source"] == "forward"
+    assert_matches(run.frame(), ref)
+
+
+class Failing(TokenNet):
+    def forward(self, x):
+        super().forward(x)
+        raise RuntimeError("bad batch")
+
+
+def test_first_forward_that_raises_leaves_no_torch_function_mode_behind(tmp_path):
+    model = Failing()
+    depth = torch._C._len_torch_function_stack()
+    with gs.watch(model, tmp_path / "run"):
+        with pytest.raises(RuntimeError, match="bad batch"):
+            model(torch.randn(2, 5, 4))
+        assert torch._C._len_torch_function_stack() == depth

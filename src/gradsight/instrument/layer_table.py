@@ -40,11 +40,26 @@ def layer_rows(
     return rows
 
 
+def depth_source(order: ForwardOrder, layers: list[str]) -> tuple[str, list[str]]:
+    """Where the layers' depths come from, and the layers placed by registration order.
+
+    Returns:
+        ``("forward", [])`` when the observed forward pass ran (or used) every
+        layer; ``("forward+registration", names)`` when it did not run or use the
+        layers ``names`` (placed after the others, in registration order);
+        ``("registration", layers)`` before a forward pass was observed.
+    """
+    if not order.done:
+        return "registration", list(layers)
+    unplaced = order.unseen(layers)
+    return ("forward+registration" if unplaced else "forward"), unplaced
+
+
 class LayerTable:
     """Writes the ``layers`` table when the forward order (or the residual blocks) become known.
 
     Until a forward pass was observed the order is registration order and
-    ``meta.depth_source`` says ``registration``. Once the order and the blocks are
+    ``meta.depth_source`` says ``registration`` (see :func:`depth_source`). Once the order and the blocks are
     final, the forward-order hooks are removed and :meth:`sync` returns at once.
     """
 
@@ -61,7 +76,7 @@ class LayerTable:
         """Write the table if what it is made from changed since it was last written."""
         if self.final:
             return
-        source = "forward" if self._order.done else "registration"
+        source, unplaced = depth_source(self._order, self._inventory.layers)
         module_kinds = self._activations.module_kinds() if self._activations is not None else {}
         signature = (source, tuple(sorted(module_kinds.items())))
         if signature != self._written:
@@ -69,7 +84,7 @@ class LayerTable:
             if self._activations is not None:
                 types.update(self._activations.types)
             self._writer.write_layers(layer_rows(self._inventory.layers, module_kinds, types, self._order.rank))
-            self._writer.set_meta(depth_source=source)
+            self._writer.set_meta(depth_source=source, depth_unplaced=unplaced)
             self._written = signature
         if self._order.done and (self._activations is None or self._activations.blocks_known):
             self._order.remove()

@@ -119,7 +119,10 @@ class Monitor:
                                          schedule=self.schedule, backend=backend, weights=weights,
                                          optimizer=optimizer, scaler=scaler))
         self._writer.write_params(param_rows(inv))
-        self._order = ForwardOrder(model, self._hooks)
+        layer_params: dict[str, list[Tensor]] = {}
+        for pi in inv.watched:
+            layer_params.setdefault(pi.layer, []).append(pi.param)
+        self._order = ForwardOrder(model, self._hooks, layer_params)
         self.activations: ActivationRecorder | None = None
         if activations:
             self.activations = ActivationRecorder(
