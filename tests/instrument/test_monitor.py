@@ -606,3 +606,12 @@ def test_first_forward_that_raises_leaves_no_torch_function_mode_behind(tmp_path
         with pytest.raises(RuntimeError, match="bad batch"):
             model(torch.randn(2, 5, 4))
         assert torch._C._len_torch_function_stack() == depth
+
+
+def test_zero_size_parameter_is_recorded(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 0))  # an empty weight and bias
+    with gs.watch(model, tmp_path / "run") as mon:
+        model(torch.randn(2, 4)).sum().backward()
+        mon.step()
+    frame = gs.open_run(tmp_path / "run").frame(level="param", stat="grad_norm")
+    assert dict(zip(frame.name, frame.value))["1.weight"] == 0.0

@@ -160,6 +160,10 @@ def raw_sums(
         if g.is_sparse:
             rows[i] = _sparse_row(g, wd)
             continue
+        if g.numel() == 0:  # no identity for max: every sum is 0
+            rows[i] = torch.tensor([0.0] * (len(RAW_FIELDS) - 1) + [0.0 if with_weights else float("nan")],
+                                   device=g.device)
+            continue
         if backend == "fused" or (
             backend == "auto" and g.device.type == "cpu" and g.numel() >= FUSED_MIN_NUMEL and _FUSED.available
         ):

@@ -1,0 +1,238 @@
+"""Raw sums and derived statistics (``gradsight.stats.grad``) against a slow float64 NumPy reference.
+
+Each path of :func:`raw_sums` is covered: eager multi-tensor norms (small dense
+tensors), the compiled fused kernel (large CPU tensors), coalesced sparse
+gradients, and empty inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gradsight.stats import grad as grad_stats
+from gradsight.stats.grad import (
+    FUSED_MIN_NUMEL,
+    GRAD_STATS,
+    MAXABS,
+    NONFINITE,
+    NUMEL,
+    RAW_FIELDS,
+    SUMSQ,
+    W_SUMSQ,
+    ZEROS,
+    aggregate,
+    count_nonfinite,
+    derive_stats,
+    raw_sums,
+)
+
+EXACT = (MAXABS, ZEROS, NONFINITE, NUMEL)  #: columns that float32 holds exactly here
+
+
+def reference_raw(g: torch.Tensor, w: torch.Tensor | None) -> np.ndarray:
+    """Raw sums of one tensor, element by element in float64 (sparse gradients densified)."""
+    dense = g.to_dense() if g.is_sparse else g
+    x = dense.detach().to(torch.float64).numpy().reshape(-1)
+    row = [
+        float(np.sum(x * x)),
+        float(np.sum(np.abs(x))),
+        float(np.max(np.abs(x))) if x.size else 0.0,
+        float(np.count_nonzero(x == 0)),
+        float(np.count_nonzero(~np.isfinite(x))),
+        float(x.size),
+        math.nan if w is None else float(np.sum(w.detach().to(torch.float64).numpy() ** 2)),
+    ]
+    return np.array(row)
+
+
+def reference_stats(raw: np.ndarray, inv_scale: float = 1.0) -> np.ndarray:
+    """:data:`GRAD_STATS` of float64 raw-sum rows, written out one formula at a time."""
+    out = []
+    for sumsq, sumabs, maxabs, zeros, nonfinite, numel, w_sumsq in raw:
+        sumsq, sumabs, maxabs = sumsq * inv_scale**2, sumabs * inv_scale, maxabs * inv_scale
+        n = max(numel, 1.0)
+        norm, wnorm = math.sqrt(sumsq), math.sqrt(w_sumsq)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = float(np.float64(norm) / np.float64(wnorm))
+        out.append([norm, math.sqrt(sumsq / n), sumabs / n, maxabs, zeros / n, nonfinite, wnorm, ratio])
+    return np.array(out)
+
+
+def assert_raw_close(got: torch.Tensor, want: np.ndarray, rtol: float = 1e-5) -> None:
+    got = got.double().numpy()
+    assert got.shape == want.shape
+    for col in range(len(RAW_FIELDS)):
+        g, w = got[:, col], want[:, col]
+        if col in EXACT:
+            np.testing.assert_array_equal(g, w, err_msg=RAW_FIELDS[col])
+        else:
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=0, equal_nan=True, err_msg=RAW_FIELDS[col])
+
+
+def _tensors(seed: int, shapes, zero_frac: float = 0.2, dtype=torch.float32) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for shape in shapes:
+        t = torch.randn(shape, generator=gen) * 3
+        t[torch.rand(shape, generator=gen) < zero_frac] = 0
+        out.append(t.to(dtype))
+    return out
+
+
+class CountingKernel:
+    """Stands in for the compiled kernel: counts the tensors it gets, then runs the real one."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.calls: list[int] = []
+
+    @property
+    def available(self) -> bool:
+        return self.real.available
+
+    def __call__(self, g, w):
+        self.calls.append(g.numel())
+        return self.real(g, w)
+
+
+@pytest.fixture
+def fused(monkeypatch) -> CountingKernel:
+    kernel = CountingKernel(grad_stats._FUSED)
+    monkeypatch.setattr(grad_stats, "_FUSED", kernel)
+    return kernel
+
+
+# -- eager -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_eager_raw_sums_match_float64_reference(dtype, fused):
+    shapes = [(7, 5), (1,), (3, 4, 2), (130,)]
+    grads, weights = _tensors(0, shapes, dtype=dtype), _tensors(1, shapes, zero_frac=0.0)
+    got = raw_sums(grads, weights, backend="auto")
+    assert got.dtype == torch.float32 and got.shape == (len(shapes), len(RAW_FIELDS))
+    assert fused.calls == []  # small tensors: multi-tensor norms
+    assert_raw_close(got, np.stack([reference_raw(g, w) for g, w in zip(grads, weights)]), rtol=1e-5)
+
+
+def test_eager_leaves_nonfinite_to_count_nonfinite():
+    g = torch.tensor([1.0, float("nan"), -2.0, float("inf"), 0.0])
+    row = raw_sums([g], [torch.ones(5)], backend="eager")[0]
+    assert not math.isfinite(float(row[SUMSQ]))  # the signal that counting is needed
+    assert float(row[NONFINITE]) == 0.0
+    assert count_nonfinite(g) == reference_raw(g, None)[NONFINITE] == 2.0
+
+
+def test_without_weights_w_sumsq_is_nan():
+    grads = _tensors(2, [(4, 3), (5,)])
+    got = raw_sums(grads, grads, backend="eager", with_weights=False)
+    assert torch.isnan(got[:, W_SUMSQ]).all()
+    want = np.stack([reference_raw(g, None) for g in grads])
+    assert_raw_close(got, want)
+
+
+# -- fused -----------------------------------------------------------------------------
+
+
+def test_large_cpu_tensors_take_the_fused_kernel_and_match_the_reference(fused):
+    n = FUSED_MIN_NUMEL
+    shapes = [(n,), (3, n // 2 + 1), (10,)]
+    grads, weights = _tensors(3, shapes), _tensors(4, shapes, zero_frac=0.0)
+    grads[1][0, 5] = float("nan")
+    grads[1][2, 7] = float("-inf")
+    got = raw_sums(grads, weights, backend="auto")
+    assert fused.calls == [n, 3 * (n // 2 + 1)]  # the small one stays eager
+    assert fused.available, "the fused kernel failed to compile: the eager fallback was measured"
+    want = np.stack([reference_raw(g, w) for g, w in zip(grads, weights)])
+    assert_raw_close(got, want, rtol=1e-4)  # float32 sums over ~10^5 elements
+    assert float(got[1, NONFINITE]) == 2.0  # the fused kernel counts NaN/Inf exactly
+
+
+def test_fused_backend_equals_eager_on_small_tensors():
+    grads, weights = _tensors(5, [(9, 4), (17,)]), _tensors(6, [(9, 4), (17,)], zero_frac=0.0)
+    fused = raw_sums(grads, weights, backend="fused")
+    eager = raw_sums(grads, weights, backend="eager")
+    torch.testing.assert_close(fused, eager, rtol=1e-6, atol=0)
+
+
+# -- sparse ----------------------------------------------------------------------------
+
+
+def test_sparse_gradient_with_duplicates_and_explicit_zeros():
+    indices = torch.tensor([[0, 3, 3, 7, 9], [1, 0, 0, 2, 2]])
+    values = torch.tensor([1.5, -2.0, 0.5, 0.0, float("nan")])
+    g = torch.sparse_coo_tensor(indices, values, (10, 4), check_invariants=True)  # not coalesced: (3, 0) twice
+    w = torch.randn(10, 4)
+    for backend in ("auto", "eager", "fused"):
+        got = raw_sums([g], [w], backend=backend)
+        assert_raw_close(got, reference_raw(g, w)[None])
+    assert count_nonfinite(g) == 1.0
+
+
+def test_sparse_gradient_without_values():
+    g = torch.sparse_coo_tensor(torch.zeros((2, 0), dtype=torch.long), torch.zeros(0), (3, 5), check_invariants=True)
+    w = torch.ones(3, 5)
+    got = raw_sums([g], [w])
+    assert_raw_close(got, reference_raw(g, w)[None])
+    assert float(got[0, ZEROS]) == 15.0 and float(got[0, MAXABS]) == 0.0
+
+
+# -- empty -----------------------------------------------------------------------------
+
+
+def test_no_tensors_gives_zero_rows():
+    got = raw_sums([], [])
+    assert got.shape == (0, len(RAW_FIELDS))
+    assert derive_stats(got).shape == (0, len(GRAD_STATS))
+
+
+@pytest.mark.parametrize("backend", ["eager", "fused"])
+def test_empty_tensor_among_others(backend):
+    grads = [torch.zeros(0), *_tensors(7, [(6,)])]
+    weights = [torch.zeros(0), torch.ones(6)]
+    got = raw_sums(grads, weights, backend=backend)
+    assert_raw_close(got, np.stack([reference_raw(g, w) for g, w in zip(grads, weights)]))
+    stats = derive_stats(got)[0]
+    # numel 0: means are 0 (not NaN); the weight norm is 0, so the ratio is 0/0
+    assert stats[:6].tolist() == [0.0] * 6 and float(stats[6]) == 0.0 and math.isnan(float(stats[7]))
+
+
+def test_mismatched_lengths_raise():
+    with pytest.raises(ValueError, match="differ in length"):
+        raw_sums([torch.ones(2)], [])
+
+
+# -- derived statistics and aggregation ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inv_scale", [None, 1 / 1024])
+def test_derived_statistics_match_the_formulas(inv_scale):
+    shapes = [(5, 5), (12,), (3,)]
+    grads, weights = _tensors(8, shapes), _tensors(9, shapes, zero_frac=0.0)
+    weights[2] = torch.zeros(3)  # ratio with a zero weight norm: inf
+    raw = raw_sums(grads, weights, backend="eager")
+    scale = None if inv_scale is None else torch.tensor(inv_scale)
+    got = derive_stats(raw, scale).double().numpy()
+    want = reference_stats(raw.double().numpy(), 1.0 if inv_scale is None else inv_scale)
+    np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+    assert math.isinf(got[2, GRAD_STATS.index("grad_weight_ratio")])
+
+
+def test_aggregate_sums_rows_and_takes_the_max_of_maxabs():
+    grads = _tensors(10, [(4,), (9,), (2, 3), (5,)])
+    weights = _tensors(11, [(4,), (9,), (2, 3), (5,)], zero_frac=0.0)
+    raw = raw_sums(grads, weights, backend="eager")
+    group = torch.tensor([1, 0, 1, 1])
+    got = aggregate(raw, group, 3)
+    members = {0: [1], 1: [0, 2, 3], 2: []}
+    for k, rows in members.items():
+        if not rows:
+            assert got[k].eq(0).all()
+            continue
+        g = torch.cat([grads[i].reshape(-1) for i in rows])
+        w = torch.cat([weights[i].reshape(-1) for i in rows])
+        assert_raw_close(got[k : k + 1], reference_raw(g, w)[None])
