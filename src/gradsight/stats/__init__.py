@@ -5,7 +5,6 @@ from gradsight.stats.grad import (
     RAW_FIELDS,
     derive_stats,
     raw_sums,
-    raw_sums_reference,
 )
 
-__all__ = ["GRAD_STATS", "RAW_FIELDS", "derive_stats", "raw_sums", "raw_sums_reference"]
+__all__ = ["GRAD_STATS", "RAW_FIELDS", "derive_stats", "raw_sums"]

@@ -210,23 +210,6 @@ def count_nonfinite(g: Tensor) -> float:
     return float((~torch.isfinite(g)).sum().item())
 
 
-def raw_sums_reference(g: Tensor, w: Tensor) -> list[float]:
-    """Slow, obviously correct raw sums of one tensor in float64 (for tests)."""
-    if g.is_sparse:
-        g = g.to_dense()
-    g = g.detach().double().reshape(-1)
-    w = w.detach().double().reshape(-1)
-    return [
-        float((g * g).sum()),
-        float(g.abs().sum()),
-        float(g.abs().max()) if g.numel() else 0.0,
-        float((g == 0).sum()),
-        float((~torch.isfinite(g)).sum()),
-        float(g.numel()),
-        float((w * w).sum()),
-    ]
-
-
 def aggregate(raw: Tensor, group: Tensor, num_groups: int) -> Tensor:
     """Combine raw-sum rows into groups (sums add, ``maxabs`` takes the max).
 
