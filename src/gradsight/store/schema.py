@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 CREATE TABLE IF NOT EXISTS params (
     name      TEXT PRIMARY KEY,      -- as model.named_parameters() gives it
-    layer     TEXT NOT NULL,         -- qualified name of the owning module ('' = root)
+    layer     TEXT NOT NULL,         -- owning module ('' = root), or the parameter's own name when a container owns it
     shape     TEXT NOT NULL,         -- JSON list
     numel     INTEGER NOT NULL,
     dtype     TEXT NOT NULL,
