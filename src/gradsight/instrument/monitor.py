@@ -12,6 +12,10 @@ Data flow of one recorded step (see docs/design.md):
    step) crosses to the host in a single transfer.
 5. The values, with precomputed series ids, go on the writer's queue; the
    writer thread inserts them and commits at least every second.
+
+The monitor holds the parts together; each has its own module: ``layers``
+(inventory, forward order), ``layer_table``, ``series``, ``meta``, ``transfer``,
+``scaler``, ``update_ratio``, ``listeners``, ``distributed`` and ``activations``.
 """
 
 from __future__ import annotations
