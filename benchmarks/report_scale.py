@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradsight.store.schema import DB_NAME, SCHEMA
+from gradsight.store.schema import DB_NAME, SCHEMA, SCHEMA_VERSION
 
 LIMIT_S = 30.0
 LIMIT_MB = 20.0
@@ -51,7 +51,7 @@ def build_store(run_dir: Path, layers: int, steps: int, seed: int = 0) -> Path:
         "model_class": "synthetic.DeepMLP", "torch_version": "-", "gradsight_version": "-", "config": {"depth": layers},
         "schedule": "every(1)", "backend": "eager", "device": "cpu", "num_params": layers * 4160,
         "num_trainable": layers * 4160, "optimizer": "SGD", "amp": False, "depth_source": "forward",
-        "steps_recorded": steps, "step_calls": steps, "schema_version": 1,
+        "steps_recorded": steps, "step_calls": steps, "schema_version": SCHEMA_VERSION,
     }
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
     conn.executemany("INSERT INTO layers VALUES (?, ?, 'Linear', 'layer')", [(n, d) for d, n in enumerate(names)])

@@ -259,7 +259,7 @@ def test_zoo_resnet_split_every_block(tmp_path):
     model = gs.models.create_model("resnet20", in_channels=1).eval()  # eval: BN is per-sample
     x = torch.randn(3, 1, 28, 28)
     inputs, outputs = {}, {}
-    blocks = {n: m for n, m in model.named_modules() if getattr(m, "is_residual_block", False)}
+    blocks = {n: m for n, m in model.named_modules() if isinstance(m, gs.models.ResidualBlock)}
     def keep(name):
         def hook(mod, args, out):
             inputs[name], outputs[name] = args[0], out

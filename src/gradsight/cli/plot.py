@@ -53,7 +53,7 @@ def command(runs: tuple[Path, ...], stat: str, kind: str, level: str, steps: tup
 def _figure(run_list: list, stat: str, kind: str, level: str, steps: tuple[int, ...], title: str | None):
     from matplotlib.figure import Figure
 
-    from gradsight import plots
+    import gradsight.plots as plots
 
     if kind == "update" and stat == "grad_norm":
         stat = "update_ratio"

@@ -18,6 +18,7 @@ from gradsight.store.query import (
     step_sample,
 )
 from gradsight.store.reader import Run
+from gradsight.store.schema import Kind, Level
 
 
 class RunData:
@@ -36,10 +37,10 @@ class RunData:
         sampled = step_sample(steps, max_steps)
         self.sample_steps: list[int] | None = sampled if len(sampled) < len(steps) else None
         kinds = run.layers(kind=None)
-        self.kind = dict(zip(kinds.name, kinds.kind))
+        self.blocks = set(kinds.name[kinds.kind == Kind.BLOCK])  # a name may be a layer and a block
         self.type = dict(zip(kinds.name, kinds.module_type))
         self.depth = dict(zip(kinds.name, kinds.depth))
-        self.stats = {lvl: set(run.stats(lvl)) for lvl in ("param", "layer", "model", "module", "block")}
+        self.stats = {lvl: set(run.stats(lvl)) for lvl in Level.ALL if lvl != Level.METRIC}
 
     def wide(self, level: str, stat: str) -> pd.DataFrame:
         key = (level, stat)
@@ -47,7 +48,7 @@ class RunData:
             if stat not in self.stats.get(level, ()):
                 self._cache[key] = pd.DataFrame()
             else:
-                sample = None if level in ("model", "metric") or stat == "grad_missing" else self.sample_steps
+                sample = None if level in Level.TOTALS or stat == "grad_missing" else self.sample_steps
                 self._cache[key] = self.run.series(stat, level, steps=sample)
         return self._cache[key]
 
@@ -61,21 +62,21 @@ class RunData:
     def backward_profile(self) -> tuple[str, pd.DataFrame]:
         """Output-gradient norms along depth: per residual block if any, else per
         layer (module statistics), else the layers' parameter-gradient norms."""
-        blocks = self.wide("block", "skip_grad_norm")
-        grads = self.wide("module", "out_grad_norm")
+        blocks = self.wide(Level.BLOCK, "skip_grad_norm")
+        grads = self.wide(Level.MODULE, "out_grad_norm")
         if not grads.empty:
-            block_cols = [c for c in grads.columns if self.kind.get(c) == "block"]
+            block_cols = [c for c in grads.columns if c in self.blocks]
             if len(block_cols) >= 2 and not blocks.empty:
                 return "block", grads[block_cols]
-            layer_cols = [c for c in grads.columns if self.kind.get(c) != "block"]
+            layer_cols = [c for c in grads.columns if c not in self.blocks]
             return "layer output", grads[layer_cols]
-        return "layer weight", self.wide("layer", "grad_norm")
+        return "layer weight", self.wide(Level.LAYER, "grad_norm")
 
     def forward_profile(self) -> tuple[str, pd.DataFrame]:
-        acts = self.wide("module", "act_rms")
+        acts = self.wide(Level.MODULE, "act_rms")
         if acts.empty:
             return "", acts
-        block_cols = [c for c in acts.columns if self.kind.get(c) == "block"]
+        block_cols = [c for c in acts.columns if c in self.blocks]
         if len(block_cols) >= 2:
             return "block", acts[block_cols]
         cols = [c for c in acts.columns if "Norm" not in str(self.type.get(c, ""))]
@@ -91,18 +92,18 @@ def _finite_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
-    model_nf = data.wide("model", "grad_nonfinite")
-    act = data.wide("module", "act_rms")
+    model_nf = data.wide(Level.MODEL, "grad_nonfinite")
+    act = data.wide(Level.MODULE, "act_rms")
     bad_steps: set[int] = set()
     if not model_nf.empty:
         bad_steps |= set(model_nf.index[(model_nf.fillna(0).to_numpy() > 0).any(axis=1)])
-        norm = data.wide("model", "grad_norm")
+        norm = data.wide(Level.MODEL, "grad_norm")
         bad_steps |= set(norm.index[~np.isfinite(norm.to_numpy(dtype=float)).all(axis=1)])
     if not act.empty:
         bad_steps |= set(act.index[~np.isfinite(act.to_numpy(dtype=float)).all(axis=1)])
     if not bad_steps:
         return []
-    skipped = data.wide("model", "skipped")
+    skipped = data.wide(Level.MODEL, "skipped")
     skipped_steps = set(skipped.index[skipped.iloc[:, 0] > 0]) if not skipped.empty else set()
     if skipped_steps and bad_steps <= skipped_steps:
         n_rec = data.n_steps
@@ -114,16 +115,16 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
     step = min(bad_steps - skipped_steps) if bad_steps - skipped_steps else min(bad_steps)
     forward_origin = backward_origin = None
     details = []
-    row = data.at_step("module", "act_rms", step)
+    row = data.at_step(Level.MODULE, "act_rms", step)
     if row is not None:
-        nonblock = [c for c in row.index if data.kind.get(c) != "block"]
+        nonblock = [c for c in row.index if c not in data.blocks]
         bad = [c for c in nonblock if not math.isfinite(row[c])]
         if bad:
             forward_origin = min(bad, key=lambda c: data.depth.get(c, 0))
             details.append(f"in the forward pass they first appear at the output of '{display_name(forward_origin)}'")
-    row = data.at_step("module", "out_grad_nonfinite", step)
+    row = data.at_step(Level.MODULE, "out_grad_nonfinite", step)
     if row is not None:
-        cols = [c for c in row.index if data.kind.get(c) != "block"]
+        cols = [c for c in row.index if c not in data.blocks]
         cols.sort(key=lambda c: data.depth.get(c, 0))
         bad = [c for c in cols if not (row[c] == 0)]
         if bad:
@@ -138,7 +139,7 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
                 details.append(f"the gradient arriving at the last module '{display_name(deepest)}' was already "
                                "non-finite (the loss or its gradient)")
     if not details:
-        row = data.at_step("layer", "grad_nonfinite", step)
+        row = data.at_step(Level.LAYER, "grad_nonfinite", step)
         if row is not None:
             names = list(row.index)
             bad = [c for c in names if row[c] > 0]
@@ -208,7 +209,7 @@ def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
             f"than at '{last_name}' ({_fmt(med_gain)} per {where} going back), as in deep batch-normed plain networks at "
             "initialization (Yang et al. 2019). Use residual connections, a smaller learning rate or gradient clipping.",
             layers=[first, last], steps=list(map(int, ratio.index[ratio > th.explode_ratio]))[:50], measured=measured))
-    total = data.wide("model", "grad_norm")
+    total = data.wide(Level.MODEL, "grad_norm")
     total = total.iloc[:, 0].astype(float) if not total.empty else pd.Series(dtype=float)
     total = total[np.isfinite(total)]
     if len(total) >= 8:
@@ -258,7 +259,7 @@ def forward_signal(data: RunData, th: Thresholds) -> list[Finding]:
 
 
 def dead_units(data: RunData, th: Thresholds) -> list[Finding]:
-    zf = data.wide("layer", "grad_zero_frac")
+    zf = data.wide(Level.LAYER, "grad_zero_frac")
     if zf.empty:
         return []
     med = zf.median()
@@ -276,7 +277,7 @@ def dead_units(data: RunData, th: Thresholds) -> list[Finding]:
 
 
 def missing_gradients(data: RunData, th: Thresholds) -> list[Finding]:
-    missing = data.wide("param", "grad_missing")
+    missing = data.wide(Level.PARAM, "grad_missing")
     if missing.empty:
         return []
     n_steps = data.n_steps
@@ -292,7 +293,7 @@ def missing_gradients(data: RunData, th: Thresholds) -> list[Finding]:
 
 
 def update_ratios(data: RunData, th: Thresholds) -> list[Finding]:
-    ur = data.wide("layer", "update_ratio")
+    ur = data.wide(Level.LAYER, "update_ratio")
     if ur.empty:
         return []
     med = ur.replace([np.inf, -np.inf], np.nan).median()
@@ -317,8 +318,8 @@ def update_ratios(data: RunData, th: Thresholds) -> list[Finding]:
 
 
 def residual_branches(data: RunData, th: Thresholds) -> list[Finding]:
-    skip = data.wide("block", "skip_grad_norm")
-    branch = data.wide("block", "branch_grad_norm")
+    skip = data.wide(Level.BLOCK, "skip_grad_norm")
+    branch = data.wide(Level.BLOCK, "branch_grad_norm")
     if skip.empty or branch.empty:
         return []
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -35,6 +35,7 @@ from torch.autograd.graph import get_gradient_edge
 
 from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.residual import ResidualSplit, find_residual_split
+from gradsight.store.schema import Kind, Level
 
 ACT_STATS = ("act_rms", "act_mean_sq", "act_var", "out_grad_norm", "out_grad_rms", "out_grad_nonfinite")
 BLOCK_STATS = ("skip_grad_norm", "branch_grad_norm", "skip_branch_cos", "branch_var")
@@ -346,12 +347,12 @@ class ActivationRecorder:
                 continue
             mean_sq = acc.mean.square().mean()
             var = (acc.m2 / max(acc.n, 1)).mean()
-            keys += [("module", name, "act_rms"), ("module", name, "act_mean_sq"), ("module", name, "act_var")]
+            keys += [(Level.MODULE, name, "act_rms"), (Level.MODULE, name, "act_mean_sq"), (Level.MODULE, name, "act_var")]
             values += [(mean_sq + var).sqrt(), mean_sq, var]
             if acc.grad_sumsq is not None:
                 sumsq = acc.grad_sumsq if inv_scale is None else acc.grad_sumsq * inv_scale * inv_scale
-                keys += [("module", name, "out_grad_norm"), ("module", name, "out_grad_rms"),
-                         ("module", name, "out_grad_nonfinite")]
+                keys += [(Level.MODULE, name, "out_grad_norm"), (Level.MODULE, name, "out_grad_rms"),
+                         (Level.MODULE, name, "out_grad_nonfinite")]
                 values += [sumsq.sqrt(), (sumsq / max(acc.grad_numel, 1)).sqrt(), acc.grad_nonfinite]
         for name in self.blocks:
             acc = self.block_acc.get(name)
@@ -361,14 +362,14 @@ class ActivationRecorder:
             if acc.skip_sumsq is not None and acc.branch_sumsq is not None:
                 s = acc.skip_sumsq if scale2 is None else acc.skip_sumsq * scale2
                 b = acc.branch_sumsq if scale2 is None else acc.branch_sumsq * scale2
-                keys += [("block", name, "skip_grad_norm"), ("block", name, "branch_grad_norm")]
+                keys += [(Level.BLOCK, name, "skip_grad_norm"), (Level.BLOCK, name, "branch_grad_norm")]
                 values += [s.sqrt(), b.sqrt()]
                 if acc.dot is not None:
                     d = acc.dot if scale2 is None else acc.dot * scale2
-                    keys.append(("block", name, "skip_branch_cos"))
+                    keys.append((Level.BLOCK, name, "skip_branch_cos"))
                     values.append(d / (s.sqrt() * b.sqrt()))
             if acc.branch_var is not None:
-                keys.append(("block", name, "branch_var"))
+                keys.append((Level.BLOCK, name, "branch_var"))
                 values.append(acc.branch_var / acc.pending.get("branch_var_count", 1))
         self.reset()
         return keys, values
@@ -383,6 +384,6 @@ class ActivationRecorder:
 
     def module_kinds(self) -> dict[str, str]:
         """Name -> 'block' for residual blocks, 'module' for other tracked modules."""
-        kinds = {n: "module" for n in self.tracked}
-        kinds.update({n: "block" for n in self.blocks})
+        kinds = {n: Kind.MODULE for n in self.tracked}
+        kinds.update({n: Kind.BLOCK for n in self.blocks})
         return kinds

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from gradsight.instrument.activations import ActivationRecorder
 from gradsight.instrument.layers import ForwardOrder, Inventory
 from gradsight.store.writer import Writer
+from gradsight.store.schema import Kind
 
 #: ``(name, depth, module_type, kind)``
 LayerRow = tuple[str, int, str, str]
@@ -30,13 +31,13 @@ def layer_rows(
         ``module`` row for every other tracked module. ``depth`` ranks layers among
         layers, blocks among blocks and modules among modules and layers.
     """
-    blocks = [n for n, k in module_kinds.items() if k == "block"]
+    blocks = [n for n, k in module_kinds.items() if k == Kind.BLOCK]
     taken = set(layers) | set(blocks)
-    modules = [n for n, k in module_kinds.items() if k == "module" and n not in taken]
+    modules = [n for n, k in module_kinds.items() if k == Kind.MODULE and n not in taken]
     module_set = set(modules)
-    rows = [(n, d, types.get(n, "?"), "layer") for d, n in enumerate(rank(list(layers)))]
-    rows += [(n, d, types.get(n, "?"), "block") for d, n in enumerate(rank(blocks))]
-    rows += [(n, d, types.get(n, "?"), "module") for d, n in enumerate(rank(modules + list(layers))) if n in module_set]
+    rows = [(n, d, types.get(n, "?"), Kind.LAYER) for d, n in enumerate(rank(list(layers)))]
+    rows += [(n, d, types.get(n, "?"), Kind.BLOCK) for d, n in enumerate(rank(blocks))]
+    rows += [(n, d, types.get(n, "?"), Kind.MODULE) for d, n in enumerate(rank(modules + list(layers))) if n in module_set]
     return rows
 
 

@@ -45,6 +45,7 @@ from gradsight.instrument.series import SeriesIds
 from gradsight.instrument.transfer import to_host
 from gradsight.instrument.update_ratio import UpdateRatio
 from gradsight.stats.grad import GRAD_STATS, SUMSQ, W_SUMSQ, aggregate, derive_stats
+from gradsight.store.schema import Level
 
 _OPEN_MONITORS: weakref.WeakSet = weakref.WeakSet()
 _NONFINITE = GRAD_STATS.index("grad_nonfinite")
@@ -114,9 +115,9 @@ class Monitor:
         self._stat_cols = [k for k, st in enumerate(GRAD_STATS)
                            if weights or st not in ("weight_norm", "grad_weight_ratio")]
         kept_stats = [GRAD_STATS[k] for k in self._stat_cols]
-        self._param_ids = self._series.grid("param", [pi.name for pi in inv.watched], kept_stats)
-        self._layer_ids = self._series.grid("layer", inv.layers, kept_stats)
-        self._model_ids = self._series.grid("model", [""], kept_stats).reshape(-1)
+        self._param_ids = self._series.grid(Level.PARAM, [pi.name for pi in inv.watched], kept_stats)
+        self._layer_ids = self._series.grid(Level.LAYER, inv.layers, kept_stats)
+        self._model_ids = self._series.grid(Level.MODEL, [""], kept_stats).reshape(-1)
         self._series.flush()
 
         self._writer.set_meta(**run_meta(model, inv, name=name or self.run_dir.name, config=config,
@@ -277,17 +278,17 @@ class Monitor:
         ids: list[int] = []
         vals: list[float] = []
         for i in missing:
-            ids.append(series.id("param", self.inventory.watched[i].name, "grad_missing"))
+            ids.append(series.id(Level.PARAM, self.inventory.watched[i].name, "grad_missing"))
             vals.append(1.0)
         if missing:
-            ids.append(series.id("model", "", "grad_missing"))
+            ids.append(series.id(Level.MODEL, "", "grad_missing"))
             vals.append(float(len(missing)))
         if scale_h is not None:
             skipped = float(not np.isfinite(model_stats[0]) or model_stats[_NONFINITE] > 0)
-            ids += [series.id("model", "", "loss_scale"), series.id("model", "", "skipped")]
+            ids += [series.id(Level.MODEL, "", "loss_scale"), series.id(Level.MODEL, "", "skipped")]
             vals += [float(scale_h[0]), skipped]
         if loss_h is not None:
-            ids.append(series.id("metric", "loss", "loss"))
+            ids.append(series.id(Level.METRIC, "loss", "loss"))
             vals.append(float(loss_h[0]))
         if act_keys:
             ids += [series.id(*key) for key in act_keys]
@@ -305,7 +306,7 @@ class Monitor:
         at = max(self.step_count - 1, 0) if step is None else int(step)
         ids, vals = [], []
         for key, value in metrics.items():
-            ids.append(self._series.id("metric", str(key), str(key)))
+            ids.append(self._series.id(Level.METRIC, str(key), str(key)))
             vals.append(float(value.item() if isinstance(value, Tensor) else value))
         self._series.flush()
         self._emit(at, np.asarray(ids, dtype=np.int64), np.asarray(vals, dtype=np.float64))

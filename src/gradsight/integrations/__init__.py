@@ -9,8 +9,8 @@ module                   what                                        install
 ``lightning``            ``GradFlowCallback`` for ``lightning.pytorch``  ``gradsight[lightning]``
 ``huggingface``          ``GradFlowCallback`` for ``transformers.Trainer``  ``gradsight[huggingface]``
 ``tensorboard``          event files from a run, or live while training  ``gradsight[tensorboard]``
-``distributed``          DDP and FSDP2: rank 0 records the global batch  (torch)
 =======================  ==========================================  ===========================
 
-See docs/integrations.md.
+Distributed training (DDP, FSDP2) is part of the core monitor
+(:mod:`gradsight.instrument.distributed`). See docs/integrations.md.
 """

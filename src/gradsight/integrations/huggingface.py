@@ -48,7 +48,7 @@ except ImportError:
         "gradsight.integrations.huggingface needs transformers: pip install 'gradsight[huggingface]'"
     ) from None
 
-from gradsight import schedules
+import gradsight.schedules as schedules
 from gradsight.instrument.monitor import Monitor, watch
 from gradsight.integrations._tap import Key, add_listener, scalar_tag, select
 

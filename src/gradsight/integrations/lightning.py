@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - the standalone package
             "gradsight.integrations.lightning needs Lightning: pip install 'gradsight[lightning]'"
         ) from None
 
-from gradsight import schedules
+import gradsight.schedules as schedules
 from gradsight.instrument.monitor import Monitor, watch
 from gradsight.integrations._tap import Key, add_listener, scalar_tag, select
 

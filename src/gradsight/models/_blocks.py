@@ -32,8 +32,6 @@ class ResidualBlock(nn.Module):
     ``None``) when ``skip`` is off, so a plain block has no unused parameters.
     """
 
-    is_residual_block = True  # for code that looks for the attribute; gradsight uses isinstance
-
     def __init__(
         self,
         branch: nn.Module,

@@ -27,13 +27,14 @@ import pandas as pd
 
 from gradsight.store.reader import Run, list_runs, open_run
 from gradsight.store.schema import DB_NAME
+from gradsight.store.schema import Level
 
 #: What readers accept as run data: a Run, a run directory, or a long frame
 #: (columns ``step, level, name, depth, stat, value`` as from ``Run.frame()``).
 RunData = Union[Run, str, Path, pd.DataFrame]
 
 #: Levels that hold one row per module (layers, and modules/blocks from activation hooks).
-MODULE_LEVELS = ("layer", "module", "block")
+MODULE_LEVELS = Level.PER_MODULE
 
 #: Recorded steps a reader looks at, at most, unless told otherwise (evenly spaced).
 DEFAULT_MAX_STEPS = 400
@@ -128,8 +129,8 @@ def name_order(df: pd.DataFrame, layer_order: Sequence[str] | None = None) -> li
     """
     first = df.drop_duplicates("name")
     names = list(first["name"])
-    levels = set(first["level"]) if "level" in first else {"layer"}
-    if levels <= {"layer", "param"} and "depth" in first and not first["depth"].isna().any():
+    levels = set(first["level"]) if "level" in first else {Level.LAYER}
+    if levels <= {Level.LAYER, Level.PARAM} and "depth" in first and not first["depth"].isna().any():
         return list(first.sort_values("depth", kind="mergesort")["name"])
     if layer_order is None:
         return names
@@ -162,7 +163,7 @@ def forward_order(names: Sequence[str], layer_order: Sequence[str]) -> list[str]
     return [name for _, name in sorted(enumerate(names), key=key)]
 
 
-def layer_matrix(data: RunData, stat: str = "grad_norm", *, level: str = "layer",
+def layer_matrix(data: RunData, stat: str = "grad_norm", *, level: str = Level.LAYER,
                  max_steps: int | None = DEFAULT_MAX_STEPS, steps: Sequence[int] | None = None) -> pd.DataFrame:
     """One statistic as a wide table: index = step, columns = names in forward order.
 
@@ -204,7 +205,7 @@ def layer_matrices(data: RunData, *, level: str | Iterable[str] = MODULE_LEVELS,
     if df.empty:
         return {}
     if "level" not in df:
-        df = df.assign(level=level if isinstance(level, str) else "layer")
+        df = df.assign(level=level if isinstance(level, str) else Level.LAYER)
     step_index = pd.Index(np.unique(df["step"].to_numpy(dtype=np.int64)), name="step")
     row_of = np.searchsorted(step_index.to_numpy(), df["step"].to_numpy(dtype=np.int64))
     values = df["value"].to_numpy(dtype=float)
@@ -212,7 +213,7 @@ def layer_matrices(data: RunData, *, level: str | Iterable[str] = MODULE_LEVELS,
     out: dict[tuple[str, str], pd.DataFrame] = {}
     for lv, idx in df.groupby("level", sort=False).indices.items():
         group = df.iloc[idx]
-        if layer_order is None and lv not in ("layer", "param") and not isinstance(data, pd.DataFrame):
+        if layer_order is None and lv not in (Level.LAYER, Level.PARAM) and not isinstance(data, pd.DataFrame):
             layer_order = list(open_data(data).layers()["name"])
         names = pd.Index(name_order(group, layer_order), name="name")
         col_of = names.get_indexer(group["name"])
@@ -233,7 +234,7 @@ def positive(values: np.ndarray) -> np.ndarray:
         return np.where(np.isfinite(values) & (values > 0), values, np.nan)
 
 
-def layer_profile(data: RunData, stat: str = "grad_norm", *, level: str = "layer", agg: str = "median",
+def layer_profile(data: RunData, stat: str = "grad_norm", *, level: str = Level.LAYER, agg: str = "median",
                   step: int | None = None, max_steps: int | None = DEFAULT_MAX_STEPS) -> pd.Series:
     """One value per name (forward order): ``agg`` of the positive, finite values of
     ``stat`` over the sampled steps, or its value at ``step``."""
@@ -281,7 +282,7 @@ def first_last_ratios(matrix: pd.DataFrame) -> pd.Series:
         return pd.Series(first / last, index=matrix.index, dtype=float)
 
 
-def first_last_ratio(data: RunData, stat: str = "grad_norm", *, level: str = "layer", agg: str = "median",
+def first_last_ratio(data: RunData, stat: str = "grad_norm", *, level: str = Level.LAYER, agg: str = "median",
                      max_steps: int | None = DEFAULT_MAX_STEPS) -> float:
     """One number for a run: ``agg`` over the sampled steps of :func:`first_last_ratios`
     (NaN when it cannot be computed)."""
@@ -292,7 +293,7 @@ def first_last_ratio(data: RunData, stat: str = "grad_norm", *, level: str = "la
     return float(AGGREGATES[agg](ratios)) if len(ratios) else float("nan")
 
 
-def nonfinite_events(data: RunData, *, level: str = "layer", max_events: int = 5000,
+def nonfinite_events(data: RunData, *, level: str = Level.LAYER, max_events: int = 5000,
                      model_frame: pd.DataFrame | None = None) -> pd.DataFrame:
     """Where gradients went non-finite, over all recorded steps.
 
@@ -314,9 +315,9 @@ def nonfinite_events(data: RunData, *, level: str = "layer", max_events: int = 5
         return df[["step", "name", "value"]].rename(columns={"value": "count"}).head(max_events).reset_index(drop=True)
     run = open_data(data)
     if model_frame is None:
-        model = run.frame(level="model", stat="grad_nonfinite")
+        model = run.frame(level=Level.MODEL, stat="grad_nonfinite")
     else:
-        model = model_frame[(model_frame["level"] == "model") & (model_frame["stat"] == "grad_nonfinite")]
+        model = model_frame[(model_frame["level"] == Level.MODEL) & (model_frame["stat"] == "grad_nonfinite")]
     bad = sorted(model.loc[model["value"] > 0, "step"].unique().tolist())
     if not bad:
         return pd.DataFrame(columns=cols)

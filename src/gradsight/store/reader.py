@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from gradsight._errors import RunError
-from gradsight.store.schema import DB_NAME
+from gradsight.store.schema import DB_NAME, Kind, Level
 
 _REQUIRED_TABLES = {"meta", "params", "layers", "series", "scalars", "steps"}
 
@@ -137,7 +137,7 @@ class Run:
         df["trainable"] = df["trainable"].astype(bool)
         return df
 
-    def layers(self, kind: str | None = "layer") -> pd.DataFrame:
+    def layers(self, kind: str | None = Kind.LAYER) -> pd.DataFrame:
         """Modules in forward-execution order: ``kind='layer'`` (default) the modules
         owning parameters, ``'block'`` residual blocks, ``'module'`` other modules
         with activation statistics, ``None`` all of them."""
@@ -210,7 +210,7 @@ class Run:
         df["depth"] = df["depth"].astype(float)
         return df
 
-    def series(self, stat: str, level: str = "layer", steps: Iterable[int] | None = None) -> pd.DataFrame:
+    def series(self, stat: str, level: str = Level.LAYER, steps: Iterable[int] | None = None) -> pd.DataFrame:
         """One statistic as a wide table: index = step, columns = names in depth order.
 
         Args:
@@ -259,14 +259,14 @@ class Run:
 
     def metrics(self) -> pd.DataFrame:
         """User-logged values (``monitor.log``) as a wide table indexed by step."""
-        df = self.frame(level="metric")
+        df = self.frame(level=Level.METRIC)
         if df.empty:
             return pd.DataFrame()
         return df.pivot_table(index="step", columns="stat", values="value", aggfunc="last", dropna=False)
 
     def layer_summary(self, stat: str = "grad_norm") -> pd.DataFrame:
         """Per layer: depth, mean/median/min/max of ``stat`` over recorded steps."""
-        df = self.frame(level="layer", stat=stat)
+        df = self.frame(level=Level.LAYER, stat=stat)
         if df.empty:
             return pd.DataFrame(columns=["name", "depth", "mean", "median", "min", "max"])
         g = df.groupby(["name"], sort=False)

@@ -6,6 +6,31 @@ See ``docs/design.md`` for the meaning of every table and column.
 from __future__ import annotations
 
 DB_NAME = "gradsight.sqlite"
+
+
+class Level:
+    """The levels of the ``series`` table: what one series' ``name`` names."""
+
+    PARAM = "param"    # a parameter, as named_parameters() names it
+    LAYER = "layer"    # a module owning parameters (or a parameter owned by a container)
+    MODEL = "model"    # the whole model (name '')
+    METRIC = "metric"  # the loss and values given to monitor.log() (name = the metric)
+    MODULE = "module"  # a module's output activation and output gradient
+    BLOCK = "block"    # a residual addition: skip and branch statistics
+
+    ALL = (PARAM, LAYER, MODEL, METRIC, MODULE, BLOCK)
+    #: Levels with one row per module, ``layer`` first.
+    PER_MODULE = (LAYER, MODULE, BLOCK)
+    #: Levels without per-module rows.
+    TOTALS = (MODEL, METRIC)
+
+
+class Kind:
+    """The kinds of the ``layers`` table (one name may have several)."""
+
+    LAYER = "layer"
+    BLOCK = "block"
+    MODULE = "module"
 #: 2: ``layers`` is keyed on ``(name, kind)`` (version 1: on ``name``), so a residual
 #: block that owns parameters has a ``layer`` row and a ``block`` row.
 SCHEMA_VERSION = 2

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from gradsight import schedules
+import gradsight.schedules as schedules
 from gradsight.data import DatasetSplits, batches
 from gradsight.instrument.monitor import watch
 from gradsight.models import info_of
