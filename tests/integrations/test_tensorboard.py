@@ -10,7 +10,7 @@ from torch import nn
 
 import gradsight as gs
 from gradsight.cli import main
-from gradsight.integrations._tap import add_listener, scalar_tag
+from gradsight.integrations._tap import scalar_tag
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
@@ -45,7 +45,7 @@ def test_scalar_tags():
     assert scalar_tag("layer", "features.0", "grad_norm") == "layer/grad_norm/features.0"
     assert scalar_tag("model", "", "update_ratio") == "model/update_ratio"
     assert scalar_tag("metric", "loss", "loss") == "metric/loss"
-    assert scalar_tag("layer", "", "grad_norm") == "layer/grad_norm/(root)"
+    assert scalar_tag("layer", "", "grad_norm") == "layer/grad_norm/(model)"
 
 
 def test_export_writes_every_layer_and_model_scalar(tiny_run, tmp_path):
@@ -131,7 +131,7 @@ def test_a_failing_listener_never_reaches_the_training_loop(tmp_path, caplog):
         raise RuntimeError("listener bug")
 
     with gs.watch(model, tmp_path / "run", backend="eager") as monitor:
-        add_listener(monitor, broken)
+        monitor.add_listener(broken)
         for _ in range(2):
             model(torch.randn(2, 3)).sum().backward()
             monitor.step()

@@ -8,7 +8,6 @@ skip connections, colouring by a recorded statistic, DOT output and rendering.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -20,7 +19,7 @@ from gradsight.compgraph.structure import Graph
 from gradsight.compgraph.trace import trace, trace_inputs_for
 
 __all__ = [
-    "GRAPH_FILE", "Call", "Edge", "Graph", "Node", "dot_binary", "graph", "load_graph", "render", "to_dot",
+    "GRAPH_FILE", "Call", "Edge", "Graph", "Node", "dot_binary", "graph", "render", "to_dot",
     "trace", "trace_inputs_for",
 ]
 
@@ -64,8 +63,3 @@ def graph(
     if view == "module":
         g = g.module_view(max_depth)
     return g
-
-
-def load_graph(path: str | Path) -> Graph:
-    """A graph saved with :meth:`Graph.save`."""
-    return Graph.load(path)

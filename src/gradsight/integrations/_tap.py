@@ -8,22 +8,13 @@ listener with ``(step, keys, values)`` where ``keys[i] = (level, name, stat)`` n
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
+from gradsight.store.query import display_name
+
 Key = tuple[str, str, str]
 Listener = Callable[[int, list[Key], np.ndarray], None]
-
-
-def add_listener(monitor: Any, listener: Listener, on_close: Callable[[], None] | None = None) -> Callable[[], None]:
-    """``monitor.add_listener(listener, on_close)``; returns the function that removes it."""
-    return monitor.add_listener(listener, on_close)
-
-
-def writes_store(monitor: Any) -> bool:
-    """Whether this process writes ``monitor``'s store (False on ranks other than 0)."""
-    return monitor.writes_store
 
 
 def scalar_tag(level: str, name: str, stat: str) -> str:
@@ -32,13 +23,13 @@ def scalar_tag(level: str, name: str, stat: str) -> str:
     ``("layer", "features.0", "grad_norm") -> "layer/grad_norm/features.0"``,
     ``("model", "", "grad_norm") -> "model/grad_norm"``,
     ``("metric", "loss", "loss") -> "metric/loss"``; the root module (name ``""``)
-    of a non-model level is ``(root)``.
+    of a non-model level is ``(model)`` (:data:`~gradsight.store.query.ROOT_DISPLAY_NAME`).
     """
     if level == "metric":
         return f"metric/{name or stat}"
     if level == "model":
         return f"model/{stat}"
-    return f"{level}/{stat}/{name or '(root)'}"
+    return f"{level}/{stat}/{display_name(name)}"
 
 
 def select(keys: Sequence[Key], levels: Sequence[str] | None, stats: Sequence[str] | None) -> list[int]:

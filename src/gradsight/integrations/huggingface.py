@@ -50,7 +50,7 @@ except ImportError:
 
 import gradsight.schedules as schedules
 from gradsight.instrument.monitor import Monitor, watch
-from gradsight.integrations._tap import Key, add_listener, scalar_tag, select
+from gradsight.integrations._tap import Key, scalar_tag, select
 
 __all__ = ["GradFlowCallback"]
 
@@ -134,7 +134,7 @@ class GradFlowCallback(TrainerCallback):
         )
         self._latest = {}
         if self.log_levels:
-            add_listener(self.monitor, self._keep_latest)
+            self.monitor.add_listener(self._keep_latest)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.monitor is not None and not self.monitor.closed:

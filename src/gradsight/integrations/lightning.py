@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - the standalone package
 
 import gradsight.schedules as schedules
 from gradsight.instrument.monitor import Monitor, watch
-from gradsight.integrations._tap import Key, add_listener, scalar_tag, select
+from gradsight.integrations._tap import Key, scalar_tag, select
 
 __all__ = ["GradFlowCallback"]
 
@@ -121,7 +121,7 @@ class GradFlowCallback(Callback):
         )
         self._trainer = trainer
         if self.log_levels:
-            add_listener(self.monitor, self._to_loggers)
+            self.monitor.add_listener(self._to_loggers)
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         if self.monitor is None or self.monitor.closed:

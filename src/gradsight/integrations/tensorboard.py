@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gradsight.integrations._tap import Key, add_listener, scalar_tag, select, writes_store
+from gradsight.integrations._tap import Key, scalar_tag, select
 
 #: Prefix of the histogram tags.
 HISTOGRAM_PREFIX = "param_distribution"
@@ -161,9 +161,9 @@ class LiveTensorBoard:
         self.log_dir = Path(log_dir)
         self._sink: _EventSink | None = None
         self._remove = lambda: None
-        if writes_store(monitor):
+        if monitor.writes_store:
             self._sink = _EventSink(_summary_writer(self.log_dir, flush_secs=flush_secs), levels, stats, histograms)
-            self._remove = add_listener(monitor, self._sink.write, on_close=self.close)
+            self._remove = monitor.add_listener(self._sink.write, on_close=self.close)
 
     @property
     def scalars_written(self) -> int:
