@@ -269,7 +269,9 @@ BLOCK_ON_THE_INPUT = {"simple_resnet"}
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="a block on the raw input gets no block row"))
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=(
+            "a block on the raw model input: autograd never computes dL/dx there, so its skip/branch split "
+            "cannot be measured during training")))
         if name in BLOCK_ON_THE_INPUT
         else name
         for name in list_models()
