@@ -16,27 +16,43 @@ import torch
 from gradsight.stats import grad as grad_stats
 from gradsight.stats.grad import (
     FUSED_MIN_NUMEL,
+    DEAD_ROWS,
     GRAD_STATS,
     MAXABS,
     NONFINITE,
     NUMEL,
     RAW_FIELDS,
+    ROWS,
     SUMSQ,
     W_SUMSQ,
     ZEROS,
     aggregate,
     count_nonfinite,
+    dead_rows,
     derive_stats,
     raw_sums,
 )
 
-EXACT = (MAXABS, ZEROS, NONFINITE, NUMEL)  #: columns that float32 holds exactly here
+EXACT = (MAXABS, ZEROS, NONFINITE, NUMEL, ROWS, DEAD_ROWS)  #: columns that float32 holds exactly here
+
+
+def reference_dead_rows(x: np.ndarray) -> tuple[float, float]:
+    """``(rows, dead rows)`` of a float64 array: a row is a slice along dim 0 of an array of
+    >= 2 dims, dead when every element of it is exactly zero; arrays of fewer dims have none."""
+    if x.ndim < 2:
+        return 0.0, 0.0
+    dead = 0
+    for r in range(x.shape[0]):
+        if all(v == 0 for v in x[r].reshape(-1).tolist()):
+            dead += 1
+    return float(x.shape[0]), float(dead)
 
 
 def reference_raw(g: torch.Tensor, w: torch.Tensor | None) -> np.ndarray:
     """Raw sums of one tensor, element by element in float64 (sparse gradients densified)."""
     dense = g.to_dense() if g.is_sparse else g
-    x = dense.detach().to(torch.float64).numpy().reshape(-1)
+    full = dense.detach().to(torch.float64).numpy()
+    x = full.reshape(-1)
     row = [
         float(np.sum(x * x)),
         float(np.sum(np.abs(x))),
@@ -45,6 +61,7 @@ def reference_raw(g: torch.Tensor, w: torch.Tensor | None) -> np.ndarray:
         float(np.count_nonzero(~np.isfinite(x))),
         float(x.size),
         math.nan if w is None else float(np.sum(w.detach().to(torch.float64).numpy() ** 2)),
+        *(reference_dead_rows(full) if x.size else (0.0, 0.0)),
     ]
     return np.array(row)
 
@@ -52,7 +69,7 @@ def reference_raw(g: torch.Tensor, w: torch.Tensor | None) -> np.ndarray:
 def reference_stats(raw: np.ndarray, inv_scale: float = 1.0) -> np.ndarray:
     """:data:`GRAD_STATS` of float64 raw-sum rows, written out one formula at a time."""
     out = []
-    for sumsq, sumabs, maxabs, zeros, nonfinite, numel, w_sumsq in raw:
+    for sumsq, sumabs, maxabs, zeros, nonfinite, numel, w_sumsq, _rows, _dead in raw:
         sumsq, sumabs, maxabs = sumsq * inv_scale**2, sumabs * inv_scale, maxabs * inv_scale
         n = max(numel, 1.0)
         norm, wnorm = math.sqrt(sumsq), math.sqrt(w_sumsq)
@@ -206,6 +223,67 @@ def test_mismatched_lengths_raise():
         raw_sums([torch.ones(2)], [])
 
 
+# -- dead rows -------------------------------------------------------------------------
+
+
+def _with_dead_rows(seed: int, shapes, dead: dict[int, list[int]]) -> list[torch.Tensor]:
+    """Random gradients (some zero elements) whose listed rows (along dim 0) are all zero."""
+    grads = _tensors(seed, shapes, zero_frac=0.3)
+    for i, rows in dead.items():
+        grads[i][rows] = 0
+    return grads
+
+
+@pytest.mark.parametrize("backend", ["eager", "fused", "auto"])
+def test_dead_rows_match_a_float64_count(backend):
+    shapes = [(6, 3, 3, 3), (5, 4), (7,), (4, 1), (3, 2, 2), (2, FUSED_MIN_NUMEL)]
+    grads = _with_dead_rows(12, shapes, {0: [1, 4], 1: [0, 1, 2, 3, 4], 2: [0, 1], 4: [2], 5: [1]})
+    grads[3][:] = 0.0
+    grads[3][2, 0] = 1.0  # one live row among zeros
+    weights = _tensors(13, shapes, zero_frac=0.0)
+    got = raw_sums(grads, weights, backend=backend)
+    want = np.stack([reference_raw(g, w) for g, w in zip(grads, weights)])
+    assert_raw_close(got, want, rtol=1e-4)
+    assert got[:, DEAD_ROWS].tolist() == [2.0, 5.0, 0.0, 3.0, 1.0, 1.0]
+    assert got[:, ROWS].tolist() == [6.0, 5.0, 0.0, 4.0, 3.0, 2.0]  # a vector has no rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dead_rows_in_low_precision_and_nan_rows_are_alive(dtype):
+    g = torch.randn(5, 8)
+    g[[0, 3]] = 0
+    g[1] = 0
+    g[1, 2] = float("nan")  # not zero: a NaN row is not dead
+    got = raw_sums([g.to(dtype)], [torch.ones(5, 8)], backend="eager")
+    assert float(got[0, DEAD_ROWS]) == reference_dead_rows(g.double().numpy())[1] == 2.0
+
+
+def test_dead_rows_of_a_channels_last_convolution_gradient():
+    g = torch.randn(8, 4, 3, 3)
+    g[[2, 5]] = 0
+    cl = g.contiguous(memory_format=torch.channels_last)
+    got = raw_sums([cl], [torch.ones_like(cl)], backend="eager")
+    assert_raw_close(got, reference_raw(g, torch.ones_like(g))[None])
+
+
+def test_dead_rows_of_a_sparse_embedding_gradient():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    emb(torch.tensor([[1, 3, 3], [7, 1, 0]])).sum().backward()
+    g = emb.weight.grad
+    got = raw_sums([g], [emb.weight])
+    assert_raw_close(got, reference_raw(g, emb.weight)[None])
+    assert float(got[0, DEAD_ROWS]) == 10 - 4  # tokens 0, 1, 3, 7 got a gradient
+
+
+def test_dead_rows_statistic_is_nan_without_rows():
+    grads = [torch.zeros(4, 2), torch.zeros(3), torch.randn(2, 2)]
+    raw = raw_sums(grads, grads, backend="eager")
+    layer = aggregate(raw, torch.tensor([0, 0, 1]), 3)
+    got = dead_rows(torch.cat([raw, layer])).tolist()
+    assert got[:3] == [4.0, got[1], 0.0] and math.isnan(got[1])
+    assert got[3:5] == [4.0, 0.0] and math.isnan(got[5])  # the empty group has no rows
+
+
 # -- derived statistics and aggregation ------------------------------------------------------------
 
 
@@ -235,4 +313,6 @@ def test_aggregate_sums_rows_and_takes_the_max_of_maxabs():
             continue
         g = torch.cat([grads[i].reshape(-1) for i in rows])
         w = torch.cat([weights[i].reshape(-1) for i in rows])
-        assert_raw_close(got[k : k + 1], reference_raw(g, w)[None])
+        want = reference_raw(g, w)
+        want[[ROWS, DEAD_ROWS]] = sum(reference_raw(grads[i], None)[[ROWS, DEAD_ROWS]] for i in rows)  # rows add up
+        assert_raw_close(got[k : k + 1], want[None])

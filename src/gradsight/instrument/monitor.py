@@ -5,7 +5,7 @@ Data flow of one recorded step (see docs/design.md):
 1. ``monitor.step()`` collects each trainable parameter's ``.grad`` (tensors are
    only referenced, never copied).
 2. :func:`gradsight.stats.grad.raw_sums` reduces every gradient and weight to
-   seven raw sums in one fused pass (or a few multi-tensor passes).
+   nine raw sums in one fused pass (or a few multi-tensor passes).
 3. Raw sums are aggregated per layer and for the whole model on the device, and
    the statistics are derived, vectorized.
 4. Everything for the step (plus the update ratios of the previous optimizer
@@ -44,11 +44,12 @@ from gradsight.instrument.scaler import LossScale
 from gradsight.instrument.series import SeriesIds
 from gradsight.instrument.transfer import to_host
 from gradsight.instrument.update_ratio import UpdateRatio
-from gradsight.stats.grad import GRAD_STATS, SUMSQ, W_SUMSQ, aggregate, derive_stats
+from gradsight.stats.grad import DEAD_ROWS_STAT, GRAD_STATS, SUMSQ, W_SUMSQ, aggregate, dead_rows, derive_stats
 from gradsight.store.schema import Level
 
 _OPEN_MONITORS: weakref.WeakSet = weakref.WeakSet()
 _NONFINITE = GRAD_STATS.index("grad_nonfinite")
+_DEAD_ROWS = len(GRAD_STATS)  #: the column after GRAD_STATS in a step's statistics
 
 
 @atexit.register
@@ -118,6 +119,7 @@ class Monitor:
         self._param_ids = self._series.grid(Level.PARAM, [pi.name for pi in inv.watched], kept_stats)
         self._layer_ids = self._series.grid(Level.LAYER, inv.layers, kept_stats)
         self._model_ids = self._series.grid(Level.MODEL, [""], kept_stats).reshape(-1)
+        self._dead_param_ids, self._dead_layer_ids = self._dead_rows_ids(inv)
         self._series.flush()
 
         self._writer.set_meta(**run_meta(model, inv, name=name or self.run_dir.name, config=config,
@@ -142,6 +144,17 @@ class Monitor:
             self._hooks.add(optimizer.register_step_post_hook(self._updates.measure), "optimizer")
         self._writer.flush()  # metadata on disk at once: a reader sees status 'running', not 'unknown'
         _OPEN_MONITORS.add(self)
+
+    def _dead_rows_ids(self, inv: Inventory) -> tuple[np.ndarray, np.ndarray]:
+        """Series ids of ``grad_dead_rows`` per watched parameter and per layer, -1 where it
+        does not apply (no tensor of >= 2 dims: nothing has rows)."""
+        has_rows = [pi.param.dim() >= 2 for pi in inv.watched]
+        layers_with_rows = {pi.layer for pi, rows in zip(inv.watched, has_rows) if rows}
+        params = [self._series.id(Level.PARAM, pi.name, DEAD_ROWS_STAT) if rows else -1
+                  for pi, rows in zip(inv.watched, has_rows)]
+        layers = [self._series.id(Level.LAYER, ln, DEAD_ROWS_STAT) if ln in layers_with_rows else -1
+                  for ln in inv.layers]
+        return np.array(params, dtype=np.int64), np.array(layers, dtype=np.int64)
 
     # -- writing and listening --------------------------------------------------------
     def _emit(self, step: int, ids: np.ndarray, values: np.ndarray, time_s: float | None = None) -> None:
@@ -213,7 +226,8 @@ class Monitor:
         raw_layers = aggregate(raw, group, n_layers)
         raw_model = aggregate(raw, torch.zeros(len(present), dtype=torch.long, device=device), 1)
         inv_scale, scale = self._loss_scale.factors(device)
-        stats = derive_stats(torch.cat([raw, raw_layers, raw_model]), inv_scale)
+        raw_all = torch.cat([raw, raw_layers, raw_model])
+        stats = torch.cat([derive_stats(raw_all, inv_scale), dead_rows(raw_all)[:, None]], dim=1)
         act_keys, act_values = self.activations.collect(inv_scale) if self.activations is not None else ([], [])
         pending = self._updates.take_pending()
         stats_h, sumsq_h, scale_h, loss_h, act_h, *pending_h = to_host(
@@ -247,6 +261,11 @@ class Monitor:
         cols = self._stat_cols
         ids = [self._param_ids[present].reshape(-1), self._layer_ids[present_layers].reshape(-1), self._model_ids]
         values = [param_stats[:, cols].reshape(-1), layer_stats[present_layers][:, cols].reshape(-1), model_stats[cols]]
+        dead_ids = np.concatenate([self._dead_param_ids[present], self._dead_layer_ids[present_layers]])
+        dead = np.concatenate([param_stats[:, _DEAD_ROWS], layer_stats[present_layers, _DEAD_ROWS]])
+        applies = (dead_ids >= 0) & np.isfinite(dead)  # a layer whose tensors with rows had no gradient: NaN
+        ids.append(dead_ids[applies])
+        values.append(dead[applies])
         if loss is not None and not isinstance(loss, Tensor):
             loss_h = np.array([float(loss)])
         extra_ids, extra_vals = self._extra_rows(missing, model_stats, scale_h, loss_h, act_keys, act_h)

@@ -1,28 +1,33 @@
 """Gradient statistics computed in as few passes over memory as possible.
 
-Every statistic of a parameter is derived from seven *raw sums* of its gradient
+Every statistic of a parameter is derived from nine *raw sums* of its gradient
 ``g`` and weight ``w`` (one row per tensor)::
 
     sumsq      = sum(g**2)                 sumabs    = sum(|g|)
     maxabs     = max(|g|)                  zeros     = count(g == 0)
     nonfinite  = count(not isfinite(g))    numel     = g.numel()
     w_sumsq    = sum(w**2)
+    rows       = g.shape[0] if g.dim() >= 2 else 0
+    dead_rows  = count of r with g[r] == 0 everywhere (tensors of >= 2 dims)
 
-Raw sums add up across tensors (``maxabs`` takes the max), so layer- and
-model-level statistics are exact aggregates of parameter rows, and the
-derived statistics (``grad_norm = sqrt(sumsq)``, ``grad_rms = sqrt(sumsq / numel)``,
-...) are computed once, vectorized, at the end.
+A *row* is one slice along dim 0: an output channel of a convolution, an output
+unit of a linear layer, a token of an embedding table. Raw sums add up across
+tensors (``maxabs`` takes the max), so layer- and model-level statistics are exact
+aggregates of parameter rows, and the derived statistics (``grad_norm =
+sqrt(sumsq)``, ``grad_rms = sqrt(sumsq / numel)``, ``grad_dead_rows``, ...) are
+computed once, vectorized, at the end.
 
 Two ways to compute raw sums:
 
-* ``eager``: multi-tensor ``torch._foreach_norm`` passes (L2, L1, Linf and L0,
-  the count of nonzeros) over all tensors at once, plus one over the weights. On a
-  GPU these are a handful of kernel launches for the whole model. ``nonfinite`` is
+* ``eager``: multi-tensor ``torch._foreach_norm`` passes (L2, L1 and L0, the count
+  of nonzeros) over all tensors at once, one row-wise max-abs reduction per tensor
+  (``maxabs`` is the max of the row maxima, ``dead_rows`` counts the zero ones, both
+  for all tensors at once), plus one pass over the weights. ``nonfinite`` is
   not counted here: a tensor whose ``sumsq`` is finite has no NaN/Inf, so the count
   is only needed (and taken by :func:`count_nonfinite`) on the rare steps where a
   norm is not finite.
 * ``fused``: one ``torch.compile``-d kernel per tensor that reads the gradient (and
-  the weight, unless weight statistics are off) once and produces all seven sums.
+  the weight, unless weight statistics are off) once and produces all the sums.
   Used for large tensors on the CPU when compilation works; any failure falls back
   to ``eager``.
 """
@@ -40,8 +45,8 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 #: Columns of a raw-sum row, in order.
-RAW_FIELDS = ("sumsq", "sumabs", "maxabs", "zeros", "nonfinite", "numel", "w_sumsq")
-SUMSQ, SUMABS, MAXABS, ZEROS, NONFINITE, NUMEL, W_SUMSQ = range(len(RAW_FIELDS))
+RAW_FIELDS = ("sumsq", "sumabs", "maxabs", "zeros", "nonfinite", "numel", "w_sumsq", "rows", "dead_rows")
+SUMSQ, SUMABS, MAXABS, ZEROS, NONFINITE, NUMEL, W_SUMSQ, ROWS, DEAD_ROWS = range(len(RAW_FIELDS))
 
 #: Statistics derived from raw sums, in the order :func:`derive_stats` returns them.
 GRAD_STATS = (
@@ -55,27 +60,54 @@ GRAD_STATS = (
     "grad_weight_ratio",
 )
 
+#: Recorded only where it applies: for tensors (and layers) with rows, i.e. at least
+#: one parameter of >= 2 dims (see :func:`dead_rows`).
+DEAD_ROWS_STAT = "grad_dead_rows"
+
 #: Tensors with at least this many elements use the fused kernel on the CPU.
 FUSED_MIN_NUMEL = 1 << 16
 
 
+def row_count(shape: Sequence[int]) -> int:
+    """The rows of a tensor of this shape: ``shape[0]`` for >= 2 dims, else 0 (no rows)."""
+    return int(shape[0]) if len(shape) >= 2 else 0
+
+
+def _as_rows(g: Tensor) -> Tensor:
+    """``g`` as a 2-d view ``[rows, rest]`` (a tensor without rows as one row)."""
+    return g.reshape(g.shape[0] if g.dim() >= 2 else 1, -1)
+
+
+def _row_max(g: Tensor) -> Tensor:
+    """``[rows]`` float32 max |g| of each row (one value for a tensor without rows);
+    reduces over the other dims in place, so a channels-last gradient is not copied."""
+    if g.dim() >= 2:
+        return torch.linalg.vector_norm(g, math.inf, dim=tuple(range(1, g.dim())), dtype=torch.float32)
+    return torch.linalg.vector_norm(g.reshape(1, -1), math.inf, dim=1, dtype=torch.float32)
+
+
 def _fused_kernel(g: Tensor, w: Tensor | None) -> Tensor:
+    """The raw sums of a ``[rows, rest]`` gradient; ``rows`` is filled in by the caller."""
     g = g.float()
     a = g.abs()
+    row_max = a.amax(1)
     if w is None:
         w_sumsq = torch.full((), float("nan"), dtype=torch.float32, device=g.device)
     else:
         w = w.float()
         w_sumsq = (w * w).sum()
+    zero = torch.zeros((), dtype=torch.float32, device=g.device)
     return torch.stack(
         [
             (g * g).sum(),
             a.sum(),
-            a.amax(),
+            row_max.amax(),
             (g == 0).sum().float(),
             (~torch.isfinite(g)).sum().float(),
-            torch.zeros((), dtype=torch.float32, device=g.device) + g.numel(),
+            zero + g.numel(),
             w_sumsq,
+            zero,
+            (row_max == 0).sum().float(),
         ]
     )
 
@@ -100,7 +132,7 @@ class _FusedKernel:
                 if self._fn is None:
                     log.info("gradsight: compiling the fused statistics kernel (once per process)")
                     self._fn = torch.compile(_fused_kernel, dynamic=True, fullgraph=True)
-            return self._fn(g.reshape(-1), None if w is None else w.reshape(-1))
+            return self._fn(_as_rows(g), None if w is None else w.reshape(-1))
         except Exception as exc:  # no compiler, unsupported device, ...
             self._failed = True
             log.warning("gradsight: fused statistics kernel unavailable (%s); using eager ops", exc)
@@ -112,11 +144,20 @@ _FUSED = _FusedKernel()
 
 def _sparse_row(g: Tensor, w: Tensor | None) -> Tensor:
     """Raw sums of a sparse (COO) gradient: implicit entries are zeros."""
-    values = g.coalesce().values().float()
+    coalesced = g.coalesce()
+    values = coalesced.values().float()
     a = values.abs()
     numel = g.numel()
     implicit_zeros = numel - values.numel()
     maxabs = a.max() if values.numel() else torch.zeros((), device=values.device)
+    rows = row_count(g.shape)
+    if rows:  # a row is alive when one of its stored values is nonzero
+        per_entry = values.flatten(1) if values.dim() > 1 else values.unsqueeze(1)
+        nonzero = (per_entry != 0).any(1).float()
+        alive = torch.zeros(rows, device=values.device).index_add_(0, coalesced.indices()[0], nonzero)
+        dead = (alive == 0).sum().float()
+    else:
+        dead = torch.zeros((), device=values.device)
     return torch.stack(
         [
             (values * values).sum(),
@@ -126,6 +167,8 @@ def _sparse_row(g: Tensor, w: Tensor | None) -> Tensor:
             (~torch.isfinite(values)).sum().float(),
             torch.tensor(float(numel), device=values.device),
             w.detach().float().pow(2).sum() if w is not None else torch.tensor(float("nan"), device=values.device),
+            torch.tensor(float(rows), device=values.device),
+            dead,
         ]
     )
 
@@ -143,7 +186,7 @@ def raw_sums(
         with_weights: False skips the pass over the weights (``w_sumsq`` is NaN).
 
     Returns:
-        float32 tensor of shape ``[len(grads), 7]`` with columns :data:`RAW_FIELDS`,
+        float32 tensor of shape ``[len(grads), 9]`` with columns :data:`RAW_FIELDS`,
         on the gradients' device. ``nonfinite`` is only exact in rows whose
         ``sumsq`` is not finite when the eager path was used; call
         :func:`count_nonfinite` for those rows (finite ``sumsq`` implies zero).
@@ -155,13 +198,14 @@ def raw_sums(
         return torch.zeros((0, len(RAW_FIELDS)))
     rows: dict[int, Tensor] = {}
     eager_idx: list[int] = []
+    fused_idx: list[int] = []
     for i, (g, w) in enumerate(zip(grads, weights)):
         wd = w.detach() if with_weights else None
         if g.is_sparse:
             rows[i] = _sparse_row(g, wd)
             continue
-        if g.numel() == 0:  # no identity for max: every sum is 0
-            rows[i] = torch.tensor([0.0] * (len(RAW_FIELDS) - 1) + [0.0 if with_weights else float("nan")],
+        if g.numel() == 0:  # no identity for max: every sum is 0, and there are no rows to count
+            rows[i] = torch.tensor([0.0] * W_SUMSQ + [0.0 if with_weights else float("nan"), 0.0, 0.0],
                                    device=g.device)
             continue
         if backend == "fused" or (
@@ -170,6 +214,7 @@ def raw_sums(
             row = _FUSED(g, wd)
             if row is not None:
                 rows[i] = row
+                fused_idx.append(i)
                 continue
         eager_idx.append(i)
     device = grads[0].device
@@ -179,28 +224,82 @@ def raw_sums(
                                      with_weights, device)
     if rows:
         out[list(rows)] = torch.stack([r.to(device) for r in rows.values()])
+    if fused_idx:  # the kernel counts zero rows of any tensor; only tensors of >= 2 dims have rows
+        rows_of = _layout([grads[i] for i in fused_idx], device).rows
+        out[fused_idx, ROWS] = rows_of
+        out[fused_idx, DEAD_ROWS] = torch.where(rows_of > 0, out[fused_idx, DEAD_ROWS], 0.0)
     return out
 
 
+class _Layout:
+    """What the eager path needs to know about a list of gradients' shapes, on the device.
+
+    Attributes:
+        view_rows: the rows of each tensor's 2-d view (1 for a tensor without rows).
+        numel, rows: ``[n]`` float32 element and row counts (:func:`row_count`).
+        owner: ``[sum(view_rows)]`` int64, the tensor of each row of the views.
+        dead_slot: like ``owner``, but ``n`` for the rows of tensors without rows
+            (a slot that is dropped).
+    """
+
+    def __init__(self, shapes: Sequence[tuple[int, ...]], device: torch.device) -> None:
+        self.view_rows = [s[0] if len(s) >= 2 else 1 for s in shapes]
+        n = len(shapes)
+        self.numel = torch.tensor([float(math.prod(s)) for s in shapes], dtype=torch.float32, device=device)
+        self.rows = torch.tensor([float(row_count(s)) for s in shapes], dtype=torch.float32, device=device)
+        counts = torch.tensor(self.view_rows, dtype=torch.long)
+        owner = torch.repeat_interleave(torch.arange(n), counts)
+        has_rows = torch.tensor([len(s) >= 2 for s in shapes], dtype=torch.bool)
+        self.owner = owner.to(device)
+        self.dead_slot = torch.where(has_rows[owner], owner, n).to(device)
+
+
+_LAYOUTS: dict[tuple, _Layout] = {}
+_LAYOUTS_MAX = 16
+
+
+def _layout(grads: Sequence[Tensor], device: torch.device) -> _Layout:
+    """The cached :class:`_Layout` of these gradients' shapes: built once per set of
+    shapes, so a recorded step copies nothing from the host to the device."""
+    shapes = tuple(tuple(g.shape) for g in grads)
+    key = (shapes, str(device))
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        if len(_LAYOUTS) >= _LAYOUTS_MAX:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+        layout = _LAYOUTS[key] = _Layout(shapes, device)
+    return layout
+
+
 def _eager_rows(grads: list[Tensor], weights: list[Tensor], with_weights: bool, device: torch.device) -> Tensor:
-    """Raw-sum rows ``[len(grads), 7]`` from multi-tensor norm kernels (one call per column)."""
+    """Raw-sum rows ``[len(grads), 9]`` from multi-tensor norm kernels (one call per column) and
+    one row-wise max per tensor."""
 
     one_device = all(g.device == device for g in grads)
 
     def column(scalars) -> Tensor:  # per-tensor 0-d results, possibly on several devices
         return torch.stack(list(scalars) if one_device else [t.to(device) for t in scalars])
 
+    layout = _layout(grads, device)
+    n = len(grads)
     sumsq = column(torch._foreach_norm(grads, 2, dtype=torch.float32)).square()
     sumabs = column(torch._foreach_norm(grads, 1, dtype=torch.float32))
-    maxabs = column(torch._foreach_norm(grads, math.inf, dtype=torch.float32))
     nonzero = column(torch._foreach_norm(grads, 0, dtype=torch.float32))  # L0 "norm": count of nonzeros
-    numel = torch.tensor([float(g.numel()) for g in grads], dtype=torch.float32, device=device)
+    # max |g| of every row of every tensor: the tensor's maxabs and its all-zero rows, from one read
+    row_max = [_row_max(g) for g in grads]
+    row_max = torch.cat(row_max if one_device else [t.to(device) for t in row_max])
+    maxabs = torch.zeros(n, dtype=torch.float32, device=device).scatter_reduce_(
+        0, layout.owner, row_max, reduce="amax", include_self=False)
+    dead = torch.zeros(n + 1, dtype=torch.float32, device=device).index_add_(
+        0, layout.dead_slot, (row_max == 0).float())[:n]
+    numel = layout.numel
     if with_weights:
         w_sumsq = column(torch._foreach_norm(weights, 2, dtype=torch.float32)).square()
     else:
         w_sumsq = torch.full_like(numel, float("nan"))
     # nonfinite stays 0 here: a finite sumsq implies none; see count_nonfinite
-    return torch.stack([sumsq, sumabs, maxabs, numel - nonzero, torch.zeros_like(numel), numel, w_sumsq], dim=1)
+    return torch.stack([sumsq, sumabs, maxabs, numel - nonzero, torch.zeros_like(numel), numel, w_sumsq,
+                        layout.rows, dead], dim=1)
 
 
 def count_nonfinite(g: Tensor) -> float:
@@ -214,12 +313,12 @@ def aggregate(raw: Tensor, group: Tensor, num_groups: int) -> Tensor:
     """Combine raw-sum rows into groups (sums add, ``maxabs`` takes the max).
 
     Args:
-        raw: ``[R, 7]`` raw sums.
+        raw: ``[R, 9]`` raw sums.
         group: ``[R]`` int64 group index of each row.
         num_groups: number of groups G.
 
     Returns:
-        ``[G, 7]`` raw sums of each group (rows of empty groups are zero).
+        ``[G, 9]`` raw sums of each group (rows of empty groups are zero).
     """
     out = torch.zeros((num_groups, raw.shape[1]), dtype=raw.dtype, device=raw.device)
     out.index_add_(0, group, raw)
@@ -233,7 +332,7 @@ def derive_stats(raw: Tensor, inv_scale: Tensor | float | None = None) -> Tensor
     """Statistics :data:`GRAD_STATS` from raw sums.
 
     Args:
-        raw: ``[R, 7]`` raw sums.
+        raw: ``[R, 9]`` raw sums.
         inv_scale: optional loss-scale reciprocal (mixed precision): gradients were
             multiplied by ``1/inv_scale`` and are reported unscaled.
 
@@ -262,3 +361,16 @@ def derive_stats(raw: Tensor, inv_scale: Tensor | float | None = None) -> Tensor
         ],
         dim=1,
     )
+
+
+def dead_rows(raw: Tensor) -> Tensor:
+    """``grad_dead_rows`` of raw-sum rows: how many rows (along dim 0 of every tensor
+    of >= 2 dims) have an all-zero gradient; NaN for a row without such tensors.
+
+    Args:
+        raw: ``[R, 9]`` raw sums (a parameter, or a layer's or the model's aggregate).
+
+    Returns:
+        ``[R]`` float32.
+    """
+    return torch.where(raw[:, ROWS] > 0, raw[:, DEAD_ROWS], torch.full_like(raw[:, ROWS], float("nan")))
