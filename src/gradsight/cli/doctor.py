@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from gradsight._errors import GradsightError
 from gradsight.cli import UserError
 from gradsight.cli._args import build, input_options, model_arg_option, parse_kwargs, parse_shape, resolve_input
 
@@ -39,7 +40,8 @@ def command(ctx: click.Context, target: str, input_shape: str | None, input_dtyp
     parameters without gradients, update ratios and residual branches.
 
     Exit status: 0 when healthy, 1 when a finding is at least --fail-on severe
-    (so it can gate CI), 2 on bad input.
+    (so it can gate CI), 2 on bad input (never a traceback: a rule that fails
+    is reported as a rule_failed finding).
     """
     import torch
 
@@ -47,7 +49,12 @@ def command(ctx: click.Context, target: str, input_shape: str | None, input_dtyp
 
     path = Path(target)
     if path.exists():
-        findings = diagnose(path)
+        try:
+            findings = diagnose(path)
+        except GradsightError:
+            raise
+        except Exception as exc:  # an unreadable store the reader did not recognize
+            raise UserError(f"could not diagnose {path}: {type(exc).__name__}: {_first_line(exc)}") from None
         source = f"run {path}"
     else:
         kwargs = parse_kwargs(model_args)
@@ -55,15 +62,20 @@ def command(ctx: click.Context, target: str, input_shape: str | None, input_dtyp
             raise UserError(f"{target!r} is not a run directory; to check a model pass --input-shape, e.g. 1,28,28")
         shape = parse_shape(input_shape)
         torch.manual_seed(seed)
-        model, info = build(target, kwargs, shape)
+        try:
+            model, info = build(target, kwargs, shape)
+        except (UserError, GradsightError, ValueError, OSError):
+            raise
+        except Exception as exc:  # e.g. a factory that rejects its keywords
+            raise UserError(f"could not build {target!r}: {type(exc).__name__}: {_first_line(exc)}") from None
         sample = resolve_input(info, shape, input_dtype, vocab_size)
         inputs = None if sample.is_float else sample.batch(batch_size, generator=torch.Generator().manual_seed(seed))
         try:
             findings, _ = checkup(model, inputs=inputs, input_shape=sample.shape, steps=steps, lr=lr,
                                   batch_size=batch_size, seed=seed, run_dir=keep_run, progress=True)
-        except RuntimeError as exc:
-            raise UserError(f"the model does not accept input of shape {sample.describe()}: "
-                            f"{str(exc).splitlines()[0]}") from None
+        except (RuntimeError, TypeError, IndexError, ValueError) as exc:
+            raise UserError(f"the model does not train on input of shape {sample.describe()}: "
+                            f"{type(exc).__name__}: {_first_line(exc)}") from None
         source = f"model {target} after {steps} step(s) on random data"
     if as_json:
         click.echo(json.dumps({"target": source, "findings": [f.to_dict() for f in findings]}, indent=2))
@@ -74,3 +86,8 @@ def command(ctx: click.Context, target: str, input_shape: str | None, input_dtyp
             click.echo(f"run kept at {keep_run}")
     if any(f.severity >= Severity(fail_on) for f in findings):
         ctx.exit(1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"

@@ -30,11 +30,21 @@ def diagnose(run: Run | str | Path, thresholds: Thresholds | None = None) -> lis
     r = open_run(run) if owned else run
     try:
         data = RunData(r)
-        findings = [f for rule in RULES for f in rule(data, th)]
+        findings = [f for rule in RULES for f in _apply(rule, data, th)]
     finally:
         if owned:
             r.close()
     return sorted(findings, key=lambda f: f.severity, reverse=True)
+
+
+def _apply(rule, data: RunData, th: Thresholds) -> list[Finding]:
+    """A rule's findings; a rule that fails says so in a finding instead of raising."""
+    try:
+        return list(rule(data, th))
+    except Exception as exc:  # one rule's failure must not hide the others' findings
+        return [Finding("rule_failed", "warning",
+                        f"The rule '{rule.__name__}' could not judge this run ({type(exc).__name__}: {exc}); "
+                        "the other rules ran.", measured={})]
 
 
 __all__ = [

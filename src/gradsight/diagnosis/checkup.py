@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -24,10 +24,25 @@ class UnhealthyGradientsError(AssertionError):
 
 def _default_loss(output: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
     if targets is not None:
-        if output.dim() == 2 and not targets.is_floating_point():
-            return nn.functional.cross_entropy(output, targets)
+        if output.dim() >= 2 and not targets.is_floating_point() and targets.shape == output.shape[:-1]:
+            return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]).float(), targets.reshape(-1))
         return nn.functional.mse_loss(output, targets)
     return output.float().pow(2).mean()
+
+
+def _main_output(out) -> torch.Tensor:
+    """The tensor a model returns: itself, the first item of a tuple or list, the
+    ``logits`` of a Hugging Face output, or the first value of a mapping."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)) and out:
+        return _main_output(out[0])
+    raise TypeError(f"the model returned {type(out).__name__}, not a tensor")
 
 
 def checkup(
@@ -52,7 +67,10 @@ def checkup(
         model: any module.
         inputs, targets: a batch to use at every step; default fresh unit-Gaussian
             batches of ``input_shape`` with random class targets (cross-entropy) when
-            the output is ``[N, C]``, else the mean squared output is the loss.
+            the output is ``[N, C]``; an ``[N, T, C]`` output (a language model's
+            logits) gets random targets per position; else the mean squared output is
+            the loss. A tuple, mapping or Hugging Face output counts by its first
+            tensor (``logits``).
         loss_fn: ``loss_fn(output, targets)`` (or ``loss_fn(output)`` without targets).
         steps: optimizer steps (Adam, ``lr``); with ``steps=1`` only one backward
             pass and no update.
@@ -86,12 +104,13 @@ def checkup(
                 iterator = tqdm(iterator, desc="check-up", unit="step")
             for _ in iterator:
                 x = inputs if inputs is not None else torch.randn((batch_size, *input_shape), generator=gen).to(device)
-                out = net(x)
-                out = out[0] if isinstance(out, (tuple, list)) else out
+                out = _main_output(net(x))
                 y = targets
-                if y is None and inputs is None and out.dim() == 2 and out.shape[1] > 1:
-                    num_classes = out.shape[1]
-                    y = torch.randint(0, num_classes, (out.shape[0],), generator=gen).to(device)
+                if y is None and out.dim() >= 2 and out.shape[-1] > 1 and (inputs is None or out.dim() == 3):
+                    # random classes: per sample ([N, C] from generated inputs), or per position
+                    # ([N, T, C], a language model's logits)
+                    num_classes = out.shape[-1]
+                    y = torch.randint(0, num_classes, tuple(out.shape[:-1]), generator=gen).to(device)
                 if loss_fn is not None:
                     loss = loss_fn(out, y) if y is not None else loss_fn(out)
                 else:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -19,6 +22,44 @@ from gradsight.store.query import (
 )
 from gradsight.store.reader import Run
 from gradsight.store.schema import Kind, Level
+
+
+#: The roles a layer can have (the ``role`` column of ``Run.layers()``, or derived here
+#: from the module type for stores that do not record it; see :func:`layer_roles`).
+EMBEDDING, NORM, WEIGHTED, HEAD, SCALAR, OTHER = "embedding", "norm", "weighted", "head", "scalar", "other"
+
+_NORM_TYPE = re.compile(r"(Norm([123][dD])?|Normalization)$")
+_WEIGHTED_TYPE = re.compile(r"(Linear|Conv(Transpose)?([123][dD])?(Same)?|Conv1D)$")
+_EMBEDDING_TYPE = re.compile(r"Embedding(Bag|s)?$")
+_IN_PROJECTION = frozenset({"in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"})
+
+
+def _role_of_type(module_type: str, name: str) -> str:
+    if module_type == "Parameter":
+        return WEIGHTED if name.rsplit(".", 1)[-1] in _IN_PROJECTION else OTHER
+    if _EMBEDDING_TYPE.search(module_type):
+        return EMBEDDING
+    if _NORM_TYPE.search(module_type):
+        return NORM
+    if _WEIGHTED_TYPE.search(module_type):
+        return WEIGHTED
+    return OTHER
+
+
+def layer_roles(layers: pd.DataFrame) -> dict[str, str]:
+    """The role of each layer (rows of ``Run.layers()``, forward order): the recorded
+    ``role`` column when the store has one, else from the module type (``Embedding``,
+    ``EmbeddingBag`` and types ending in ``Embedding(s)``: embedding; types ending in
+    ``Norm``: norm; convolutions and linear maps: weighted), the last layer being the
+    ``head`` when it is weighted."""
+    if "role" in layers.columns and layers["role"].notna().all():
+        return dict(zip(layers["name"], layers["role"].astype(str)))
+    roles = {n: _role_of_type(str(t), str(n)) for n, t in zip(layers["name"], layers["module_type"])}
+    if len(layers):
+        last = layers["name"].iloc[-1]
+        if roles[last] == WEIGHTED:
+            roles[last] = HEAD
+    return roles
 
 
 class RunData:
@@ -40,7 +81,11 @@ class RunData:
         self.blocks = set(kinds.name[kinds.kind == Kind.BLOCK])  # a name may be a layer and a block
         self.type = dict(zip(kinds.name, kinds.module_type))
         self.depth = dict(zip(kinds.name, kinds.depth))
+        self.layer_order = list(run.layers()["name"])
+        self.roles = layer_roles(run.layers())
         self.stats = {lvl: set(run.stats(lvl)) for lvl in Level.ALL if lvl != Level.METRIC}
+        clip = run.meta.get("grad_clip") or run.config.get("grad_clip")
+        self.grad_clip: dict = clip if isinstance(clip, dict) and clip.get("post_clip") else {}
 
     def wide(self, level: str, stat: str) -> pd.DataFrame:
         key = (level, stat)
@@ -59,28 +104,51 @@ class RunData:
         df = self.run.series(stat, level, steps=[step])
         return None if df.empty or step not in df.index else df.loc[step]
 
+    def role(self, name: str) -> str:
+        """The role of a layer (``other`` for a name that is not a layer)."""
+        return self.roles.get(name, OTHER)
+
+    def is_embedding(self, name: str) -> bool:
+        """Whether a layer is an input embedding (rows of tokens not in a batch get no gradient)."""
+        return self.role(name) == EMBEDDING
+
+    def weighted(self, names, *, head: bool = False) -> list[str]:
+        """The weighted layers (convolutions, linear maps) among ``names``, in their order:
+        no norm layers, no embeddings, and the head only when asked for."""
+        keep = (WEIGHTED, HEAD) if head else (WEIGHTED,)
+        return [n for n in names if self.role(n) in keep]
+
+    def parameter_profile(self) -> pd.DataFrame:
+        """Per-element parameter gradients (``grad_rms``) of the weighted layers, steps x
+        layers in forward order: what every run records, so a recorded run and a model
+        check are judged alike."""
+        rms = self.wide(Level.LAYER, "grad_rms")
+        return rms[self.weighted(rms.columns)] if not rms.empty else rms
+
     def backward_profile(self) -> tuple[str, pd.DataFrame]:
-        """Output-gradient norms along depth: per residual block if any, else per
-        layer (module statistics), else the layers' parameter-gradient norms."""
-        blocks = self.wide(Level.BLOCK, "skip_grad_norm")
-        grads = self.wide(Level.MODULE, "out_grad_norm")
-        if not grads.empty:
-            block_cols = [c for c in grads.columns if c in self.blocks]
-            if len(block_cols) >= 2 and not blocks.empty:
-                return "block", grads[block_cols]
-            layer_cols = [c for c in grads.columns if c not in self.blocks]
-            return "layer output", grads[layer_cols]
-        return "layer weight", self.wide(Level.LAYER, "grad_norm")
+        """Per-element output gradients along depth (activation statistics): at the
+        residual blocks if there are at least two, else at the weighted layers (not the
+        head: the gradient of the logits is not like a hidden layer's); empty without
+        activation statistics."""
+        grads = self.wide(Level.MODULE, "out_grad_rms")
+        if grads.empty:
+            return "", grads
+        block_cols = [c for c in grads.columns if c in self.blocks]
+        if len(block_cols) >= 2:
+            return "block", grads[block_cols]
+        return "layer output", grads[self.weighted([c for c in grads.columns if c not in self.blocks])]
 
     def forward_profile(self) -> tuple[str, pd.DataFrame]:
+        """Output RMS along depth: the residual stream (block outputs) if there are at
+        least two blocks, else the weighted layers' outputs (no norm layers, embeddings
+        or head: like with like)."""
         acts = self.wide(Level.MODULE, "act_rms")
         if acts.empty:
             return "", acts
         block_cols = [c for c in acts.columns if c in self.blocks]
         if len(block_cols) >= 2:
             return "block", acts[block_cols]
-        cols = [c for c in acts.columns if "Norm" not in str(self.type.get(c, ""))]
-        return "layer", acts[cols]
+        return "layer", acts[self.weighted([c for c in acts.columns if c not in self.blocks])]
 
 
 def _fmt(x: float) -> str:
@@ -166,56 +234,134 @@ def _profile_ratio(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """Per step: the first/last-layer ratio (:func:`gradsight.store.query.first_last_ratios`)
     along a steps x names profile, and the geometric-mean gain per step back (the ratio's
     ``1/(n-1)``-th power over the ``n`` names that hold positive values); steps where the
-    ratio is unknown are left out."""
+    ratio is unknown (a zero, NaN or infinite end) are left out."""
     n = int((~np.isnan(positive(df.to_numpy())).all(axis=0)).sum()) if not df.empty else 0
     if n < 2:
         return pd.Series(dtype=float), pd.Series(dtype=float)
     ratio = first_last_ratios(df)
-    ratio = ratio[np.isfinite(ratio.to_numpy())]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    ratio = ratio[np.isfinite(ratio.to_numpy()) & (ratio.to_numpy() > 0)]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         gain = ratio ** (1.0 / (n - 1))
     return ratio, gain
 
 
-def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
-    findings = []
-    where, prof = data.backward_profile()
+@dataclass
+class _Scale:
+    """What one depth profile says about the gradient's scale (see :func:`gradient_scale`)."""
+
+    what: str  #: e.g. "parameter gradient (per element)"
+    where: str  #: "layer", "block", ...
+    ratio: pd.Series  #: first / last, per step
+    gain: pd.Series  #: per step back, per step
+    ends: tuple[str, str]
+    depth: int
+    use_gain: bool
+
+    @property
+    def median_ratio(self) -> float:
+        return float(self.ratio.median())
+
+    @property
+    def median_gain(self) -> float:
+        return float(self.gain.median())
+
+    def vanishing(self, th: Thresholds) -> bool:
+        return self.median_ratio < 1 / th.vanish_ratio or (
+            self.use_gain and self.depth >= th.min_depth and self.median_gain < th.gain_low)
+
+    def exploding(self, th: Thresholds) -> bool:
+        return self.median_ratio > th.explode_ratio
+
+
+def _scale(what: str, where: str, prof: pd.DataFrame, use_gain: bool) -> _Scale | None:
     if prof.empty or prof.shape[1] < 2:
-        return findings
+        return None
     ratio, gain = _profile_ratio(prof)
-    if ratio.empty:
-        return findings
-    med_ratio = float(ratio.median())
-    med_gain = float(gain.median())
-    n = prof.shape[1]
-    first, last = first_last_columns(prof)
-    first_name, last_name = display_name(first), display_name(last)
-    measured = {"first_over_last": med_ratio, "gain_per_step_back": med_gain, "depth": float(n)}
-    vanishing = med_ratio < 1 / th.vanish_ratio or (n >= th.min_depth and med_gain < th.gain_low)
+    ends = first_last_columns(prof)
+    if ratio.empty or ends is None:
+        return None
+    n = int((~np.isnan(positive(prof.to_numpy())).all(axis=0)).sum())
+    return _Scale(what, where, ratio, gain, ends, n, use_gain)
+
+
+def _alike(data: RunData, names: list[str]) -> list[str]:
+    """The largest set of ``names`` whose layers have the same parameter shapes (the
+    repeated layer of a plain stack), in order: a gain per layer compares like with like."""
+    params = data.run.params()
+    shapes: dict[str, list] = {}
+    for layer, shape, trainable in zip(params["layer"], params["shape"], params["trainable"]):
+        if trainable:
+            shapes.setdefault(layer, []).append(tuple(shape))
+    groups: dict[tuple, list[str]] = {}
+    for n in names:
+        groups.setdefault(tuple(shapes.get(n, ())), []).append(n)
+    return max(groups.values(), key=len) if groups else []
+
+
+def gradient_scales(data: RunData) -> list[_Scale]:
+    """The depth profiles the gradient-scale rules judge:
+
+    - the weighted layers' parameter gradients per element (every run has them; a
+      recorded run and a model check are judged alike): first/last ratio;
+    - with activation statistics, the output gradients per element at the blocks or
+      the weighted layers: first/last ratio, and the gain per step back over the
+      blocks, or over the largest set of weighted layers of one shape (a plain stack's
+      repeated layer), when there are at least ``min_depth`` of them.
+    """
+    found = [_scale("parameter gradient per element", "layer", data.parameter_profile(), use_gain=False)]
+    where, prof = data.backward_profile()
+    if where:
+        found.append(_scale("output gradient per element", where, prof, use_gain=where == "block"))
+        if where != "block":
+            stack = prof[_alike(data, list(prof.columns))]
+            found.append(_scale("output gradient per element", where, stack, use_gain=True))
+    return [s for s in found if s is not None]
+
+
+def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
+    """``vanishing_gradients`` / ``exploding_gradients`` by depth, and
+    ``growing_gradient_norm`` over time (not judged on post-clip values)."""
+    findings = []
+    scales = gradient_scales(data)
+    vanishing = [s for s in scales if s.vanishing(th)]
+    exploding = [s for s in scales if s.exploding(th)]
+    measured_all = {f"{s.where} {s.what}: first_over_last": s.median_ratio for s in scales}
     if vanishing:
-        sev = "error" if med_ratio < 1 / th.vanish_ratio_error else "warning"
+        s = min(vanishing, key=lambda s: (s.median_ratio, s.median_gain))
+        first_name, last_name = (display_name(n) for n in s.ends)
+        sev = "error" if s.median_ratio < 1 / th.vanish_ratio_error else "warning"
+        bad = (s.ratio < 1 / th.vanish_ratio) | ((s.gain < th.gain_low) if s.use_gain else False)
         findings.append(Finding(
             "vanishing_gradients", sev,
-            f"Gradients vanish toward the input: the {where} gradient at '{first_name}' is {_fmt(1 / med_ratio if med_ratio > 0 else math.inf)} times "
-            f"smaller than at '{last_name}' (median over steps; {_fmt(med_gain)} per {where} going back). Use residual "
-            "connections, normalization, ReLU-family activations with He initialization, or a shallower network.",
-            layers=[first, last], steps=list(map(int, ratio.index[(ratio < 1 / th.vanish_ratio) | (gain < th.gain_low)]))[:50],
-            measured=measured))
-    elif med_ratio > th.explode_ratio:
-        sev = "error" if med_ratio > th.explode_ratio_error else "warning"
+            f"Gradients vanish toward the input: the {s.what} at '{first_name}' is {_fmt(1 / s.median_ratio)} "
+            f"times smaller than at '{last_name}' (median over steps; {_fmt(s.median_gain)} per {s.where} going "
+            "back). Use residual connections, normalization, ReLU-family activations with He initialization, or "
+            "a shallower network.",
+            layers=list(s.ends), steps=list(map(int, s.ratio.index[bad]))[:50],
+            measured={"first_over_last": s.median_ratio, "gain_per_step_back": s.median_gain,
+                      "depth": float(s.depth), **measured_all}))
+    elif exploding:
+        s = max(exploding, key=lambda s: s.median_ratio)
+        first_name, last_name = (display_name(n) for n in s.ends)
+        sev = "error" if s.median_ratio > th.explode_ratio_error else "warning"
         findings.append(Finding(
             "exploding_gradients", sev,
-            f"Gradients grow toward the input: the {where} gradient at '{first_name}' is {_fmt(med_ratio)} times larger "
-            f"than at '{last_name}' ({_fmt(med_gain)} per {where} going back), as in deep batch-normed plain networks at "
-            "initialization (Yang et al. 2019). Use residual connections, a smaller learning rate or gradient clipping.",
-            layers=[first, last], steps=list(map(int, ratio.index[ratio > th.explode_ratio]))[:50], measured=measured))
+            f"Gradients grow toward the input: the {s.what} at '{first_name}' is {_fmt(s.median_ratio)} times "
+            f"larger than at '{last_name}' (median over steps; {_fmt(s.median_gain)} per {s.where} going back), "
+            "as in deep batch-normed plain networks at initialization (Yang et al. 2019). Use residual "
+            "connections, a smaller learning rate or gradient clipping.",
+            layers=list(s.ends), steps=list(map(int, s.ratio.index[s.ratio > th.explode_ratio]))[:50],
+            measured={"first_over_last": s.median_ratio, "gain_per_step_back": s.median_gain,
+                      "depth": float(s.depth), **measured_all}))
+    if data.grad_clip:
+        return findings  # post-clip norms cannot grow past the clipping threshold
     total = data.wide(Level.MODEL, "grad_norm")
     total = total.iloc[:, 0].astype(float) if not total.empty else pd.Series(dtype=float)
     total = total[np.isfinite(total)]
     if len(total) >= 8:
         q = max(len(total) // 4, 2)
         early, late = float(total.iloc[:q].median()), float(total.iloc[-q:].median())
-        if early > 0 and late / early > th.global_growth:
+        if early > 0 and math.isfinite(late) and late / early > th.global_growth:
             findings.append(Finding(
                 "growing_gradient_norm", "warning",
                 f"The model's gradient norm grew {_fmt(late / early)} times during training (median of the first "
@@ -225,55 +371,155 @@ def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
     return findings
 
 
+def clipped_gradients(data: RunData, th: Thresholds) -> list[Finding]:
+    """``clipped_gradients`` (info): the run recorded gradients after clipping."""
+    if not data.grad_clip:
+        return []
+    max_norm = data.grad_clip.get("max_norm")
+    try:
+        max_norm = float(max_norm)
+    except (TypeError, ValueError):
+        max_norm = math.nan
+    return [Finding(
+        "clipped_gradients", "info",
+        f"The recorded gradients are after clipping at max_norm={_fmt(max_norm)}: the growth of the gradient "
+        "norm over time cannot be judged (growing_gradient_norm was not checked); ratios between layers are "
+        "unaffected (clipping scales every layer by one factor). Record before clipping to see the raw norms.",
+        measured={"max_norm": max_norm})]
+
+
+def _ratio_over_steps(prof: pd.DataFrame) -> tuple[pd.Series, str, str] | None:
+    """Per step: the last column's value over the first's (positive finite values only)."""
+    ends = first_last_columns(prof)
+    if ends is None:
+        return None
+    first, last = (positive(prof[c].to_numpy()) for c in ends)
+    with np.errstate(all="ignore"):
+        growth = pd.Series(last / first, index=prof.index, dtype=float)
+    growth = growth[np.isfinite(growth.to_numpy())]
+    return (growth, *ends) if not growth.empty else None
+
+
 def forward_signal(data: RunData, th: Thresholds) -> list[Finding]:
+    """``exploding_forward`` / ``vanishing_forward``: the output RMS of the last block
+    (or weighted layer) over the first's, at any recorded step. A residual stream may
+    grow as the square root of its number of blocks (each block adds a branch of about
+    constant variance: pre-LN transformers, batch-normed ResNets); only growth beyond
+    ``sqrt(blocks)`` times ``stream_growth`` is flagged there."""
     where, prof = data.forward_profile()
     if prof.empty or prof.shape[1] < 2:
         return []
-    df = _finite_rows(prof.dropna(axis=1, how="all"))
-    if df.empty or df.shape[1] < 2:
+    found = _ratio_over_steps(prof)
+    if found is None:
         return []
-    growth = (df.iloc[:, -1] / df.iloc[:, 0]).astype(float)
-    first, last = df.columns[0], df.columns[-1]
+    growth, first, last = found
+    n = int((~np.isnan(positive(prof.to_numpy())).all(axis=0)).sum())
+    allowed = th.stream_growth * math.sqrt(n) if where == "block" else th.forward_explode
     first_name, last_name = display_name(first), display_name(last)
     high, low = float(growth.max()), float(growth.min())
-    if high > th.forward_explode:
+    measured = {"depth": float(n), "allowed": allowed}
+    if high > allowed:
         sev = "error" if high > th.forward_explode_error else "warning"
-        steps = [int(s) for s in growth.index[growth > th.forward_explode]]
+        steps = [int(s) for s in growth.index[growth > allowed]]
+        why = (f"more than the {_fmt(allowed)} that {n} blocks adding branches of constant variance allow "
+               f"({_fmt(th.stream_growth)} x sqrt({n}))" if where == "block" else f"more than {_fmt(allowed)} times")
         return [Finding(
             "exploding_forward", sev,
             f"The forward signal explodes: the RMS of the {where} output grows up to {_fmt(high)} times from "
-            f"'{first_name}' to '{last_name}' (its variance {_fmt(high * high)} times; at step {steps[0]}). Unnormalized "
-            "residual networks add a branch's variance at every block; use normalization, scale the branches down "
-            "(Fixup, SkipInit) or zero-initialize each branch's last layer.",
-            layers=[first, last], steps=steps[:50],
-            measured={"last_over_first_rms": high, "depth": float(df.shape[1])})]
+            f"'{first_name}' to '{last_name}', {why} (its variance {_fmt(high * high)} times; at step {steps[0]}). "
+            "Unnormalized residual networks add a branch's variance at every block, so the stream grows "
+            "geometrically; use normalization, scale the branches down (Fixup, SkipInit) or zero-initialize each "
+            "branch's last layer.",
+            layers=[first, last], steps=steps[:50], measured={"last_over_first_rms": high, **measured})]
     if low < th.forward_vanish:
         steps = [int(s) for s in growth.index[growth < th.forward_vanish]]
         return [Finding(
             "vanishing_forward", "warning",
             f"The forward signal fades: the RMS of the {where} output shrinks up to {_fmt(1 / low)} times from "
-            f"'{first_name}' to '{last_name}' (at step {steps[0]}). Check the initialization (He for ReLU) or add normalization.",
-            layers=[first, last], steps=steps[:50],
-            measured={"last_over_first_rms": low, "depth": float(df.shape[1])})]
+            f"'{first_name}' to '{last_name}' (at step {steps[0]}). Check the initialization (He for ReLU) or add "
+            "normalization.",
+            layers=[first, last], steps=steps[:50], measured={"last_over_first_rms": low, **measured})]
     return []
 
 
+def _layer_rows(data: RunData) -> dict[str, int]:
+    """Rows per layer: the sum of dim 0 over its trainable tensors of >= 2 dims."""
+    params = data.run.params()
+    rows: dict[str, int] = {}
+    for layer, shape, trainable in zip(params["layer"], params["shape"], params["trainable"]):
+        if trainable and len(shape) >= 2:
+            rows[layer] = rows.get(layer, 0) + int(shape[0])
+    return rows
+
+
+def _cut_off_steps(data: RunData, layer: str, steps: pd.Index) -> set[int]:
+    """Steps at which a later layer's weights were exactly zero (a zero-initialized head
+    or branch): no gradient can reach ``layer`` through it, so its zero rows say nothing."""
+    wn = data.wide(Level.LAYER, "weight_norm")
+    if wn.empty or layer not in wn.columns:
+        return set()
+    later = [c for c in wn.columns if data.depth.get(c, -1) > data.depth.get(layer, -1)]
+    if not later:
+        return set()
+    zero = (wn.loc[wn.index.intersection(steps), later] == 0).any(axis=1)
+    return set(int(s) for s in zero.index[zero])
+
+
 def dead_units(data: RunData, th: Thresholds) -> list[Finding]:
-    zf = data.wide(Level.LAYER, "grad_zero_frac")
-    if zf.empty:
-        return []
-    med = zf.median()
-    dead = med[med >= th.dead_frac]
+    """``dead_units``: layers with output rows (channels, units) whose gradient is exactly
+    zero at every step of the window (the last half of the sampled steps); never
+    embeddings, whose rows of tokens absent from a batch get no gradient by design."""
+    dead = data.wide(Level.LAYER, "grad_dead_rows")
     if dead.empty:
         return []
-    worst_layer = dead.idxmax()
-    return [Finding(
-        "dead_units", "warning",
-        f"{len(dead)} layer(s) have mostly zero gradients (up to {_fmt(100 * float(dead.max()))}% of "
-        f"'{display_name(worst_layer)}', "
-        "median over steps): their units are dead (ReLU stuck at zero) or unused. Try a lower learning rate, "
-        "LeakyReLU/GELU, or check the initialization and biases.",
-        layers=list(dead.index), measured={k: float(v) for k, v in dead.items()})]
+    window = dead.index[len(dead.index) // 2:]
+    rows = _layer_rows(data)
+    whole, units, outputs = {}, {}, {}
+    for layer in dead.columns:
+        if data.is_embedding(layer) or rows.get(layer, 0) == 0:
+            continue
+        steps = [s for s in window if s not in _cut_off_steps(data, layer, window)]
+        counts = dead.loc[steps, layer].to_numpy(dtype=float)
+        counts = counts[np.isfinite(counts)]
+        if len(counts) == 0 or counts.min() < 1:
+            continue
+        frac = float(counts.min()) / rows[layer]
+        if frac < th.dead_frac:
+            continue
+        if counts.min() >= rows[layer]:
+            whole[layer] = frac
+        elif data.role(layer) == HEAD:
+            outputs[layer] = frac
+        else:
+            units[layer] = frac
+    findings = []
+    n_window = len(window)
+    if units:
+        worst = max(units, key=units.get)
+        findings.append(Finding(
+            "dead_units", "warning",
+            f"{len(units)} layer(s) have output units (rows, channels) whose gradient was exactly zero at every one "
+            f"of the last {n_window} recorded step(s) (up to {_fmt(100 * units[worst])}% of '{display_name(worst)}'): "
+            "those units are dead, their activation is zero for every input (a ReLU stuck at zero). Lower the "
+            "learning rate, check the biases and initialization, or use LeakyReLU/GELU.",
+            layers=sorted(units, key=units.get, reverse=True), measured=units))
+    if outputs:
+        (layer, frac), = list(outputs.items())[:1]
+        findings.append(Finding(
+            "dead_units", "warning",
+            f"{_fmt(100 * frac)}% of the outputs of the last layer '{display_name(layer)}' got no gradient at every "
+            f"one of the last {n_window} recorded step(s): the loss never uses them (e.g. more classes than the "
+            "targets hold, or outputs sliced away). Shrink the layer to the outputs used or check the loss.",
+            layers=list(outputs), measured=outputs))
+    if whole:
+        findings.append(Finding(
+            "dead_units", "warning",
+            f"{len(whole)} layer(s) got no gradient in any weight at every one of the last {n_window} recorded "
+            f"step(s) (first: '{display_name(next(iter(whole)))}'): nothing reaches them, because their input is "
+            "all zero (the layer before is dead) or a later part of the network passes no gradient back (dead "
+            "units, a detach(), or a layer stuck at zero). Look at the layers before and after them.",
+            layers=list(whole), measured=whole))
+    return findings
 
 
 def missing_gradients(data: RunData, th: Thresholds) -> list[Finding]:
@@ -292,12 +538,39 @@ def missing_gradients(data: RunData, th: Thresholds) -> list[Finding]:
         "graph.", layers=list(never.index), measured={"parameters": float(len(never))})]
 
 
+def _judged_updates(data: RunData, ur: pd.DataFrame, warmup: int) -> pd.DataFrame:
+    """``ur`` with the updates that cannot be judged left out (NaN): non-finite ones, and
+    for a tensor that started at zero (an infinite ratio, or a zero weight norm) the
+    first ``warmup`` updates after the last step at which it was zero."""
+    ur = ur.replace([np.inf, -np.inf], np.nan).copy()
+    raw = data.wide(Level.LAYER, "update_ratio")
+    wn = data.wide(Level.LAYER, "weight_norm")
+    steps = ur.index.to_numpy()
+    for layer in ur.columns:
+        zero = set()
+        if layer in raw.columns:
+            zero |= set(raw.index[np.isposinf(raw[layer].to_numpy(dtype=float))])
+        if layer in wn.columns:
+            zero |= set(wn.index[wn[layer].to_numpy(dtype=float) == 0])
+        if zero:
+            ur.loc[steps <= max(zero) + warmup, layer] = np.nan
+    return ur
+
+
 def update_ratios(data: RunData, th: Thresholds) -> list[Finding]:
+    """``update_ratio_high`` / ``update_ratio_low``: median ``||dw||/||w||`` per layer.
+
+    A tensor that starts at zero (a zero-initialized head, a class token) has an infinite
+    first ratio, and after ``k`` updates of similar size a ratio between ``1/k``
+    (aligned updates) and ``1/sqrt(k)`` (random directions) whatever the learning rate;
+    its first ``1/update_high**2`` updates after it was last zero are not judged."""
     ur = data.wide(Level.LAYER, "update_ratio")
     if ur.empty:
         return []
-    med = ur.replace([np.inf, -np.inf], np.nan).median()
-    med = med.dropna()
+    warmup = math.ceil(1 / th.update_high**2) if th.update_high > 0 else 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = _judged_updates(data, ur, warmup).median().dropna()
     findings = []
     low = med[med < th.update_low]
     high = med[med > th.update_high]
@@ -305,14 +578,14 @@ def update_ratios(data: RunData, th: Thresholds) -> list[Finding]:
         findings.append(Finding(
             "update_ratio_high", "warning",
             f"{len(high)} layer(s) change by more than {_fmt(th.update_high)} of their norm per step (up to "
-            f"{_fmt(float(high.max()))} at '{high.idxmax()}'; about 1e-3 is customary): the learning rate is too "
-            "high for them.", layers=list(high.index), measured={k: float(v) for k, v in high.items()}))
+            f"{_fmt(float(high.max()))} at '{display_name(high.idxmax())}'; about 1e-3 is customary): the learning "
+            "rate is too high for them.", layers=list(high.index), measured={k: float(v) for k, v in high.items()}))
     if not low.empty:
         findings.append(Finding(
             "update_ratio_low", "warning",
             f"{len(low)} layer(s) change by less than {_fmt(th.update_low)} of their norm per step (down to "
-            f"{_fmt(float(low.min()))} at '{low.idxmin()}'; about 1e-3 is customary): they barely learn; raise the "
-            "learning rate or check their gradients.", layers=list(low.index),
+            f"{_fmt(float(low.min()))} at '{display_name(low.idxmin())}'; about 1e-3 is customary): they barely "
+            "learn; raise the learning rate or check their gradients.", layers=list(low.index),
             measured={k: float(v) for k, v in low.items()}))
     return findings
 
@@ -345,4 +618,5 @@ def residual_branches(data: RunData, th: Thresholds) -> list[Finding]:
     return findings
 
 
-RULES = (nonfinite, gradient_scale, forward_signal, dead_units, missing_gradients, update_ratios, residual_branches)
+RULES = (nonfinite, clipped_gradients, gradient_scale, forward_signal, dead_units, missing_gradients, update_ratios,
+         residual_branches)

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 
 @dataclass
 class Thresholds:
-    #: Vanishing: the gradient arriving at the first layer is this many times smaller
-    #: than at the last layer (three orders of magnitude: Glorot & Bengio 2010 show
-    #: saturating deep nets losing several orders within ~5 layers).
+    #: Vanishing: the gradient per element at the first weighted layer (or block) is
+    #: this many times smaller than at the last (three orders of magnitude: Glorot &
+    #: Bengio 2010 show saturating deep nets losing several orders within ~5 layers).
+    #: Judged on the weighted layers' parameter gradients (``grad_rms``: conv/linear
+    #: layers, no norm layers, embeddings or head), and with activation statistics on
+    #: the output gradients too.
     vanish_ratio: float = 1e3
     #: ... and an error beyond this (no useful learning signal reaches the input).
     vanish_ratio_error: float = 1e6
@@ -22,19 +25,28 @@ class Thresholds:
     gain_low: float = 0.8
     #: Gain rules need at least this many layers/blocks.
     min_depth: int = 6
-    #: Exploding: the gradient at the first layer is this many times larger than at
-    #: the last (Yang et al. 2019: batch-normed plain nets grow gradients toward the
-    #: input at initialization).
+    #: Exploding: the gradient per element at the first weighted layer is this many
+    #: times larger than at the last (Yang et al. 2019: batch-normed plain nets grow
+    #: gradients toward the input at initialization, geometrically in depth; Balduzzi
+    #: et al. 2017: their gradients shatter).
     explode_ratio: float = 1e3
     explode_ratio_error: float = 1e6
     #: Exploding: the model gradient norm grows by this factor from its early median.
     global_growth: float = 1e2
-    #: Forward signal: RMS of the last block/layer output over the first.
+    #: Forward signal without residual blocks: RMS of the last weighted layer's output
+    #: over the first's (He et al. 2015: with the right init it stays about constant).
     forward_explode: float = 10.0
+    #: Forward signal along a residual stream (block outputs): blocks that add a branch
+    #: of about constant variance (pre-LN transformers, batch-normed ResNets) make the
+    #: stream's RMS grow up to ``sqrt(blocks)`` times; growth beyond this factor times
+    #: ``sqrt(blocks)`` is geometric (unnormalized ResNets double the variance per block:
+    #: De & Smith 2020, Brock et al. 2021).
+    stream_growth: float = 3.0
     forward_explode_error: float = 1e3
     forward_vanish: float = 1e-2
-    #: Dead units: a layer with at least this fraction of exactly-zero gradients.
-    dead_frac: float = 0.5
+    #: Dead units: a layer with at least this fraction of its rows (output channels or
+    #: units) exactly zero at every step of the window.
+    dead_frac: float = 0.05
     #: Update ratio ||dw||/||w|| per step: about 1e-3 is customary (Karpathy, CS231n
     #: "ratio of updates to weights"); flag layers a factor 100 away.
     update_low: float = 1e-5
