@@ -316,3 +316,23 @@ def test_aggregate_sums_rows_and_takes_the_max_of_maxabs():
         want = reference_raw(g, w)
         want[[ROWS, DEAD_ROWS]] = sum(reference_raw(grads[i], None)[[ROWS, DEAD_ROWS]] for i in rows)  # rows add up
         assert_raw_close(got[k : k + 1], want[None])
+
+
+def test_a_kind_of_tensor_the_compiler_rejects_goes_eager_alone(monkeypatch):
+    kernel = grad_stats._FusedKernel()
+    real_copy = grad_stats._kernel_copy
+
+    def copy(tag):
+        if "float16" in tag:
+            raise RuntimeError("recompile limit")
+        return real_copy(tag)
+
+    monkeypatch.setattr(grad_stats, "_kernel_copy", copy)
+    monkeypatch.setattr(grad_stats, "_FUSED", kernel)
+    grads = _tensors(14, [(4, 5)])
+    raw_sums(grads, grads, backend="fused")
+    half = [g.half() for g in grads]
+    got = raw_sums(half, half, backend="fused")  # falls back to the eager path for this kind only
+    assert kernel.available and len(kernel._eager_kinds) == 1
+    assert_raw_close(got, np.stack([reference_raw(g, w) for g, w in zip(half, half)]), rtol=1e-3)
+    assert raw_sums(grads, grads, backend="fused") is not None and len(kernel._fns) == 1

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import types
 from collections.abc import Sequence
 
 import torch
@@ -73,11 +74,6 @@ def row_count(shape: Sequence[int]) -> int:
     return int(shape[0]) if len(shape) >= 2 else 0
 
 
-def _as_rows(g: Tensor) -> Tensor:
-    """``g`` as a 2-d view ``[rows, rest]`` (a tensor without rows as one row)."""
-    return g.reshape(g.shape[0] if g.dim() >= 2 else 1, -1)
-
-
 def _row_max(g: Tensor) -> Tensor:
     """``[rows]`` float32 max |g| of each row (one value for a tensor without rows);
     reduces over the other dims in place, so a channels-last gradient is not copied."""
@@ -87,10 +83,11 @@ def _row_max(g: Tensor) -> Tensor:
 
 
 def _fused_kernel(g: Tensor, w: Tensor | None) -> Tensor:
-    """The raw sums of a ``[rows, rest]`` gradient; ``rows`` is filled in by the caller."""
+    """The raw sums of a gradient; ``rows`` is filled in by the caller (``dead_rows``
+    counts the zero rows, taking a tensor without rows as one row)."""
     g = g.float()
     a = g.abs()
-    row_max = a.amax(1)
+    row_max = a.amax(dim=tuple(range(1, g.dim()))) if g.dim() >= 2 else a.amax().reshape(1)
     if w is None:
         w_sumsq = torch.full((), float("nan"), dtype=torch.float32, device=g.device)
     else:
@@ -112,12 +109,24 @@ def _fused_kernel(g: Tensor, w: Tensor | None) -> Tensor:
     )
 
 
+def _kernel_copy(tag: str):
+    """:func:`_fused_kernel` as a function with a code object of its own: the compiler
+    keeps its compiled versions, and its limit on recompilations, per code object."""
+    code = _fused_kernel.__code__.replace(co_name=f"_fused_kernel_{tag}")
+    return types.FunctionType(code, _fused_kernel.__globals__, code.co_name)
+
+
 class _FusedKernel:
-    """Lazily compiled fused kernel; remembers a failure and stops trying."""
+    """Lazily compiled fused kernels, one per kind of input (number of dims, dtype,
+    with or without weights, device type), each with its own recompilation budget;
+    remembers a failure and stops trying: a kind that fails after another compiled
+    goes to the eager path on its own, a failure before any success turns it off."""
 
     def __init__(self) -> None:
-        self._fn = None
+        self._fns: dict[tuple, object] = {}
         self._failed = False
+        self._compiled = False
+        self._eager_kinds: set[tuple] = set()
         self._lock = threading.Lock()
 
     @property
@@ -125,17 +134,28 @@ class _FusedKernel:
         return not self._failed
 
     def __call__(self, g: Tensor, w: Tensor | None) -> Tensor | None:
-        if self._failed:
+        kind = (g.dim(), g.dtype, w is None, g.device.type)
+        if self._failed or kind in self._eager_kinds:
             return None
         try:
-            with self._lock:
-                if self._fn is None:
-                    log.info("gradsight: compiling the fused statistics kernel (once per process)")
-                    self._fn = torch.compile(_fused_kernel, dynamic=True, fullgraph=True)
-            return self._fn(_as_rows(g), None if w is None else w.reshape(-1))
-        except Exception as exc:  # no compiler, unsupported device, ...
-            self._failed = True
-            log.warning("gradsight: fused statistics kernel unavailable (%s); using eager ops", exc)
+            fn = self._fns.get(kind)
+            if fn is None:
+                with self._lock:
+                    if not self._fns:
+                        log.info("gradsight: compiling the fused statistics kernel (once per kind of tensor)")
+                    tag = "_".join(str(k).replace("torch.", "") for k in kind)
+                    fn = self._fns[kind] = torch.compile(_kernel_copy(tag), dynamic=True, fullgraph=True)
+            out = fn(g, w)
+            self._compiled = True
+            return out
+        except Exception as exc:  # no compiler, unsupported device, too many recompilations ...
+            if self._compiled:
+                self._eager_kinds.add(kind)
+                log.info("gradsight: fused statistics kernel not compiled for %s (%s); using eager ops for it",
+                         kind, exc)
+            else:
+                self._failed = True
+                log.warning("gradsight: fused statistics kernel unavailable (%s); using eager ops", exc)
             return None
 
 
