@@ -125,30 +125,28 @@ class RunData:
         rms = self.wide(Level.LAYER, "grad_rms")
         return rms[self.weighted(rms.columns)] if not rms.empty else rms
 
-    def backward_profile(self) -> tuple[str, pd.DataFrame]:
-        """Per-element output gradients along depth (activation statistics): at the
-        residual blocks if there are at least two, else at the weighted layers (not the
-        head: the gradient of the logits is not like a hidden layer's); empty without
-        activation statistics."""
-        grads = self.wide(Level.MODULE, "out_grad_rms")
-        if grads.empty:
-            return "", grads
-        block_cols = [c for c in grads.columns if c in self.blocks]
+    def module_profile(self, stat: str) -> tuple[str, pd.DataFrame]:
+        """A module statistic along depth: at the residual blocks if there are at least
+        two (``"block"``), else at the weighted layers (``"layer"``: no norm layers,
+        embeddings or head, like with like); empty when not recorded."""
+        values = self.wide(Level.MODULE, stat)
+        if values.empty:
+            return "", values
+        block_cols = [c for c in values.columns if c in self.blocks]
         if len(block_cols) >= 2:
-            return "block", grads[block_cols]
-        return "layer output", grads[self.weighted([c for c in grads.columns if c not in self.blocks])]
+            return "block", values[block_cols]
+        return "layer", values[self.weighted([c for c in values.columns if c not in self.blocks])]
+
+    def backward_profile(self) -> tuple[str, pd.DataFrame]:
+        """Per-element output gradients along depth (activation statistics), see
+        :meth:`module_profile` (the gradient of the logits is not like a hidden layer's)."""
+        where, prof = self.module_profile("out_grad_rms")
+        return ("layer output" if where == "layer" else where), prof
 
     def forward_profile(self) -> tuple[str, pd.DataFrame]:
-        """Output RMS along depth: the residual stream (block outputs) if there are at
-        least two blocks, else the weighted layers' outputs (no norm layers, embeddings
-        or head: like with like)."""
-        acts = self.wide(Level.MODULE, "act_rms")
-        if acts.empty:
-            return "", acts
-        block_cols = [c for c in acts.columns if c in self.blocks]
-        if len(block_cols) >= 2:
-            return "block", acts[block_cols]
-        return "layer", acts[self.weighted([c for c in acts.columns if c not in self.blocks])]
+        """Output RMS along depth: the residual stream (block outputs), or the weighted
+        layers' outputs (:meth:`module_profile`)."""
+        return self.module_profile("act_rms")
 
 
 def _fmt(x: float) -> str:
@@ -249,7 +247,8 @@ def _profile_ratio(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 class _Scale:
     """What one depth profile says about the gradient's scale (see :func:`gradient_scale`)."""
 
-    what: str  #: e.g. "parameter gradient (per element)"
+    key: str  #: names its numbers in ``Finding.measured``
+    what: str  #: e.g. "parameter gradient per element"
     where: str  #: "layer", "block", ...
     ratio: pd.Series  #: first / last, per step
     gain: pd.Series  #: per step back, per step
@@ -273,7 +272,7 @@ class _Scale:
         return self.median_ratio > th.explode_ratio
 
 
-def _scale(what: str, where: str, prof: pd.DataFrame, use_gain: bool) -> _Scale | None:
+def _scale(key: str, what: str, where: str, prof: pd.DataFrame, use_gain: bool) -> _Scale | None:
     if prof.empty or prof.shape[1] < 2:
         return None
     ratio, gain = _profile_ratio(prof)
@@ -281,7 +280,7 @@ def _scale(what: str, where: str, prof: pd.DataFrame, use_gain: bool) -> _Scale 
     if ratio.empty or ends is None:
         return None
     n = int((~np.isnan(positive(prof.to_numpy())).all(axis=0)).sum())
-    return _Scale(what, where, ratio, gain, ends, n, use_gain)
+    return _Scale(key, what, where, ratio, gain, ends, n, use_gain)
 
 
 def _alike(data: RunData, names: list[str]) -> list[str]:
@@ -308,13 +307,13 @@ def gradient_scales(data: RunData) -> list[_Scale]:
       blocks, or over the largest set of weighted layers of one shape (a plain stack's
       repeated layer), when there are at least ``min_depth`` of them.
     """
-    found = [_scale("parameter gradient per element", "layer", data.parameter_profile(), use_gain=False)]
+    what = "output gradient per element"
+    found = [_scale("param", "parameter gradient per element", "layer", data.parameter_profile(), use_gain=False)]
     where, prof = data.backward_profile()
     if where:
-        found.append(_scale("output gradient per element", where, prof, use_gain=where == "block"))
+        found.append(_scale("output", what, where, prof, use_gain=where == "block"))
         if where != "block":
-            stack = prof[_alike(data, list(prof.columns))]
-            found.append(_scale("output gradient per element", where, stack, use_gain=True))
+            found.append(_scale("output_alike", what, where, prof[_alike(data, list(prof.columns))], use_gain=True))
     return [s for s in found if s is not None]
 
 
@@ -325,7 +324,7 @@ def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
     scales = gradient_scales(data)
     vanishing = [s for s in scales if s.vanishing(th)]
     exploding = [s for s in scales if s.exploding(th)]
-    measured_all = {f"{s.where} {s.what}: first_over_last": s.median_ratio for s in scales}
+    measured_all = {f"{s.key}_first_over_last": s.median_ratio for s in scales}
     if vanishing:
         s = min(vanishing, key=lambda s: (s.median_ratio, s.median_gain))
         first_name, last_name = (display_name(n) for n in s.ends)
@@ -389,15 +388,14 @@ def clipped_gradients(data: RunData, th: Thresholds) -> list[Finding]:
 
 
 def _ratio_over_steps(prof: pd.DataFrame) -> tuple[pd.Series, str, str] | None:
-    """Per step: the last column's value over the first's (positive finite values only)."""
+    """Per step: the last column's value over the first's, the inverse of
+    :func:`gradsight.store.query.first_last_ratios` (steps where it is unknown left out)."""
     ends = first_last_columns(prof)
     if ends is None:
         return None
-    first, last = (positive(prof[c].to_numpy()) for c in ends)
-    with np.errstate(all="ignore"):
-        growth = pd.Series(last / first, index=prof.index, dtype=float)
-    growth = growth[np.isfinite(growth.to_numpy())]
-    return (growth, *ends) if not growth.empty else None
+    ratio = first_last_ratios(prof)
+    ratio = ratio[np.isfinite(ratio.to_numpy()) & (ratio.to_numpy() > 0)]
+    return (1.0 / ratio, *ends) if not ratio.empty else None
 
 
 def forward_signal(data: RunData, th: Thresholds) -> list[Finding]:
