@@ -73,7 +73,7 @@ class Case:
         name: short identifier.
         kind: ``"healthy"`` or ``"sick"``.
         expected: finding codes a sick case must get (empty for healthy ones).
-        build: returns the :class:`Training` (seeded inside, so runs repeat).
+        build: returns the :class:`Training` (called after ``torch.manual_seed(0)``).
         why: what is wrong with the network, or why it is a fair healthy example.
     """
 
@@ -144,6 +144,21 @@ def _tokens(vocab: int, length: int, batch: int = 8) -> Callable[[torch.Generato
     return make
 
 
+def _classification(model: nn.Module, shape: tuple[int, ...], optimizer: Callable[..., torch.optim.Optimizer],
+                    *, batch: int = 16, steps: int = 4, **options) -> Training:
+    """Cross-entropy on random inputs of ``shape`` and random labels of 10 classes."""
+    return Training(model, optimizer(model.parameters()), _images(shape, batch=batch), _cross_entropy, steps,
+                    **options)
+
+
+def _adam(params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def _adamw(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-3)
+
+
 def _mlp(widths: list[int], activation: type[nn.Module]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
@@ -158,49 +173,39 @@ def _mlp(widths: list[int], activation: type[nn.Module]) -> nn.Sequential:
 def _resnet18() -> Training:
     from torchvision.models import resnet18
 
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10)
-    return Training(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
-                    _images((3, 32, 32)), _cross_entropy, steps=4)
+    return _classification(resnet18(num_classes=10), (3, 32, 32),
+                           lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9), batch=8)
 
 
 def _vit() -> Training:
     from torchvision.models import VisionTransformer
 
-    torch.manual_seed(0)
     model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
                               num_classes=10)
-    return Training(model, torch.optim.AdamW(model.parameters(), lr=1e-3), _images((3, 32, 32)), _cross_entropy,
-                    steps=4)
+    return _classification(model, (3, 32, 32), _adamw, batch=8)
 
 
 def _gpt2() -> Training:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32))
-    return Training(model, torch.optim.AdamW(model.parameters(), lr=1e-3), _tokens(vocab=100, length=16),
-                    _next_token, steps=4)
+    return Training(model, _adamw(model.parameters()), _tokens(vocab=100, length=16), _next_token, steps=4)
 
 
 # -- sick networks ----------------------------------------------------------------------
 
 def _sigmoid_mlp() -> Training:
-    torch.manual_seed(0)
     model = _mlp([64] + [32] * 20 + [10], nn.Sigmoid)
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_normal_(m.weight)
             nn.init.zeros_(m.bias)
-    return Training(model, torch.optim.SGD(model.parameters(), lr=0.1), _images((64,), batch=16), _cross_entropy,
-                    steps=3)
+    return _classification(model, (64,), lambda params: torch.optim.SGD(params, lr=0.1), steps=3)
 
 
 def _plain_cnn() -> Training:
-    torch.manual_seed(0)
-    model = gs.models.create_model("plain56", in_channels=1)
-    return Training(model, torch.optim.Adam(model.parameters(), lr=1e-3), _images((1, 28, 28)), _cross_entropy,
-                    steps=4, activations=False)
+    return _classification(gs.models.create_model("plain56", in_channels=1), (1, 28, 28), _adam, batch=8,
+                           activations=False)
 
 
 class _DeadLayerNet(nn.Module):
@@ -223,14 +228,10 @@ class _DeadLayerNet(nn.Module):
 
 
 def _dead_layer() -> Training:
-    torch.manual_seed(0)
-    model = _DeadLayerNet()
-    return Training(model, torch.optim.SGD(model.parameters(), lr=0.01), _images((32,), batch=16), _cross_entropy,
-                    steps=4)
+    return _classification(_DeadLayerNet(), (32,), lambda params: torch.optim.SGD(params, lr=0.01))
 
 
 def _diverging_lr() -> Training:
-    torch.manual_seed(0)
     model = _mlp([16, 64, 64, 1], nn.ReLU)
     return Training(model, torch.optim.SGD(model.parameters(), lr=50.0), _regression(16), _mse, steps=10)
 
@@ -249,14 +250,10 @@ class _UnusedParameterNet(nn.Module):
 
 
 def _unused_parameter() -> Training:
-    torch.manual_seed(0)
-    model = _UnusedParameterNet()
-    return Training(model, torch.optim.Adam(model.parameters(), lr=1e-3), _images((32,), batch=16), _cross_entropy,
-                    steps=4)
+    return _classification(_UnusedParameterNet(), (32,), _adam)
 
 
 def _fp16_overflow() -> Training:
-    torch.manual_seed(0)
     model = _mlp([32, 64, 64, 1], nn.ReLU)
     # a loss scale above what fp16 activation gradients can hold: the first steps
     # overflow, and the scaler skips each one and halves the scale
@@ -292,10 +289,7 @@ class _IdleBranchNet(nn.Module):
 
 
 def _idle_branch() -> Training:
-    torch.manual_seed(0)
-    model = _IdleBranchNet()
-    return Training(model, torch.optim.Adam(model.parameters(), lr=1e-3), _images((32,), batch=16), _cross_entropy,
-                    steps=4)
+    return _classification(_IdleBranchNet(), (32,), _adam)
 
 
 def _codes(*codes: str) -> frozenset[str]:
@@ -308,8 +302,8 @@ CASES: list[Case] = [
     Case("vit", HEALTHY, _codes(), _vit,
          "torchvision VisionTransformer, 2 pre-LN blocks; its head and class token start at zero"),
     Case("gpt2", HEALTHY, _codes(), _gpt2,
-         "Hugging Face GPT-2, 2 pre-LN blocks, tied token embedding; next-token loss on random tokens "
-         "(most embedding rows see no token in a batch)"),
+         "Hugging Face GPT-2, 2 pre-LN blocks, tied token embedding; next-token loss on 16 random tokens, "
+         "so the position embedding's rows 16-31 get no gradient"),
     Case("sigmoid_mlp", SICK, _codes("vanishing_gradients"), _sigmoid_mlp,
          "20 sigmoid layers with Xavier init: the sigmoid's slope (at most 1/4) shrinks the gradient at every layer"),
     Case("plain56_run", SICK, _codes("exploding_gradients"), _plain_cnn,
@@ -323,8 +317,8 @@ CASES: list[Case] = [
     Case("unused_parameter", SICK, _codes("no_gradient"), _unused_parameter,
          "an auxiliary head defined in __init__ that forward never calls"),
     Case("fp16_overflow", SICK, _codes("amp_skipped_steps"), _fp16_overflow,
-         "fp16 autocast with a GradScaler whose scale (2^40) overflows the fp16 gradients: the scaler "
-         "skips the steps"),
+         "fp16 autocast with a GradScaler whose initial scale (2^24) overflows the fp16 gradients: the scaler "
+         "skips 8 of 12 steps while it halves the scale"),
     Case("idle_branch", SICK, _codes("idle_branch"), _idle_branch,
          "a residual MLP whose middle block multiplies its branch by a fixed 0: the block does nothing "
          "and can never learn to"),
@@ -364,6 +358,7 @@ def run_case(case: Case, tmp_dir: str | Path) -> CaseResult:
     result = CaseResult(case)
     try:
         run_dir = Path(tmp_dir) / case.name
+        torch.manual_seed(0)
         record(case.build(), run_dir, case.name)
         result.findings = gs.diagnose(run_dir)
     except Exception as exc:  # a crash is a verdict of its own
