@@ -108,7 +108,6 @@ class PreClipReference:
 
     def __init__(self, trainer) -> None:
         self.refs: dict[int, dict] = {}
-        self.trainer = trainer
         clip = trainer.accelerator.clip_grad_norm_
 
         def clip_grad_norm_(*args, **kwargs):
