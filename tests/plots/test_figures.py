@@ -34,7 +34,7 @@ def test_flow_draws_layers_in_forward_order_on_a_log_axis(nan_run):
 
 def test_flow_lines_equal_the_stored_values(nan_run):
     wide = nan_run.series("grad_norm")  # step x layer, depth order
-    ax = plots.flow(nan_run, steps=[3, 7]).axes[0]
+    ax = plots.flow(nan_run, "grad_norm", steps=[3, 7]).axes[0]
     median, step3, step7 = ax.get_lines()
     np.testing.assert_allclose(step3.get_ydata(), wide.loc[3].to_numpy(), rtol=1e-6)
     np.testing.assert_allclose(step7.get_ydata(), wide.loc[7].to_numpy(), rtol=1e-6)
@@ -129,10 +129,29 @@ def test_compare_lines_up_depths_and_sweep_reports_first_over_last(runs_dir):
     fams = {line.get_label(): line for line in sweep.get_lines() if not line.get_label().startswith("equal")}
     assert set(fams) == {"plain", "residual"}
     with gs.open_run(runs_dir / "plain8") as run:
-        wide = run.series("grad_norm")
-        expected = np.median([wide.loc[s].iloc[0] / wide.loc[s].iloc[-1] for s in wide.index])
+        wide = run.series("grad_rms")  # inp, blocks.fc0..fc5, head: the ratio is inp / blocks.fc5
+        assert list(wide.columns)[-2:] == ["blocks.fc5", "head"]
+        expected = np.median([wide.loc[s, "inp"] / wide.loc[s, "blocks.fc5"] for s in wide.index])
     assert list(fams["plain"].get_xdata()) == [4, 8]
     assert fams["plain"].get_ydata()[1] == pytest.approx(expected, rel=1e-6)
+    assert sweep.get_ylabel() == "grad_rms: first / last weighted layer"
+    assert any("head left out" in t.get_text() for t in sweep.texts)
+
+
+def test_depth_sweep_leaves_out_runs_without_a_recorded_family_and_says_so(runs_dir, tmp_path):
+    from tests.plots.runs import make_run
+
+    unnamed = make_run(tmp_path / "resnet18", depth=3, steps=3)
+    with gs.open_run(unnamed) as run:  # no family or depth in its config, whatever its name says
+        run.meta["config"] = {}
+        runs = {"plain4": runs_dir / "plain4", "plain8": runs_dir / "plain8", "resnet18": run}
+        sweep = plots.depth_sweep(runs).axes[0]
+        fams = [line.get_label() for line in sweep.get_lines() if not line.get_label().startswith("equal")]
+        assert fams == ["plain"]
+        assert any("left out" in t.get_text() and "resnet18" in t.get_text() for t in sweep.texts)
+        compared = plots.compare(runs).axes[0]  # the overlay by relative depth still draws it
+        assert {line.get_label() for line in compared.get_lines()} == {
+            "plain4 (4 layers)", "plain8 (8 layers)", "resnet18 (5 layers)"}
 
 
 def test_family_and_depth_come_from_the_config_never_from_the_name():
@@ -146,8 +165,9 @@ def test_family_and_depth_come_from_the_config_never_from_the_name():
             return [0] * 7
 
     assert family_and_depth(FakeRun("x", {"family": "plain", "depth": 32})) == ("plain", 32)
-    assert family_and_depth(FakeRun("plain56", {})) == ("pkg.DeepNet", 7)
-    assert family_and_depth(FakeRun("resnet-20", {"depth": 20})) == ("pkg.DeepNet", 20)
+    assert family_and_depth(FakeRun("plain56", {})) is None
+    assert family_and_depth(FakeRun("resnet-20", {"depth": 20})) is None
+    assert family_and_depth(FakeRun("gpt2", {"family": "gpt", "depth": "two"})) is None
 
 
 def test_figures_render_to_every_format(nan_run, tmp_path):

@@ -82,7 +82,7 @@ def test_hover_shows_layer_name_and_value(browser_page):
     page.mouse.move(box["x"] + 2, box["y"] + box["height"] / 2)  # the first layer
     tip = page.locator("#gs-tip")
     assert tip.is_visible()
-    assert "inp" in tip.text_content() and "grad_norm:" in tip.text_content()
+    assert "inp" in tip.text_content() and "grad_rms:" in tip.text_content()
     heat = page.locator("#run-1 [data-chart=heatmap] canvas")
     heat.scroll_into_view_if_needed()
     hb = heat.bounding_box()

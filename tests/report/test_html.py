@@ -168,11 +168,13 @@ def test_every_first_last_ratio_on_the_page_is_the_one_definition(tmp_path):
                 model(torch.randn(8, 4)).pow(2).mean().backward()
                 mon.step()
                 model.zero_grad()
-        _set_layer_values(run_dir, "grad_norm", "0", [scale * v for v in (1.0, 2.0, 30.0, 40.0)])
-        _set_layer_values(run_dir, "grad_norm", "4", [1.0, 1.0, 10.0, 1000.0])
+        for stat in ("grad_norm", "grad_rms"):  # the ratio is over the weighted layers '0' and '2' ('4' is the head)
+            _set_layer_values(run_dir, stat, "0", [scale * v for v in (1.0, 2.0, 30.0, 40.0)])
+            for last in ("2", "4"):
+                _set_layer_values(run_dir, stat, last, [1.0, 1.0, 10.0, 1000.0])
         run_dirs.append(run_dir)
     text = build_report(run_dirs)
-    table = text[text.index("<h3>First / last layer grad_norm</h3>"):]
+    table = text[text.index("<h3>First / last weighted layer grad_rms</h3>"):]
     table = table[: table.index("</table>")]
     for k, (run_dir, scale) in enumerate(zip(run_dirs, (1e-4, 1e-5), strict=True)):
         ratio = first_last_ratio(run_dir)

@@ -292,11 +292,14 @@ def roles_by_name(data: RunData, level: str = Level.LAYER) -> dict[str, str]:
 
 def view_roles(data: RunData, role: Roles = DEFAULT_ROLES, level: str = Level.LAYER) -> tuple[str, ...] | None:
     """The role filter a view uses: ``role`` (None or ``'all'``: every layer), except that
-    the default (:data:`DEFAULT_ROLES`) falls back to every layer when the run has no
-    weighted layer or head at ``level`` (a network of custom module types)."""
+    the default (:data:`DEFAULT_ROLES`) applies to layers and parameters only (module and
+    block rows of activation statistics are all shown), and falls back to every layer
+    when the run has no weighted layer or head (a network of custom module types)."""
     roles = as_roles(role)
     if roles is None or tuple(roles) != tuple(DEFAULT_ROLES):
         return roles
+    if level not in (Level.LAYER, Level.PARAM):
+        return None
     present = set(roles_by_name(data, level).values())
     if not present or present & set(roles):
         return roles
@@ -461,6 +464,7 @@ class RunSummary:
     layers: pd.DataFrame | None = field(repr=False)
     stat: str = DEFAULT_STAT
     roles: tuple[str, ...] | None = None  #: the roles of ``layers`` (None: all)
+    role_counts: dict[str, int] = field(default_factory=dict)  #: layers per role, in Role.ALL order
     details: dict[str, str] = field(default_factory=dict)  # optimizer, device, amp, torch version, schedule
 
     def rows(self, base: Path | None = None) -> list[tuple[str, str]]:
@@ -474,6 +478,7 @@ class RunSummary:
             ("time", when),
             ("parameters", f"{self.num_params:,} ({self.num_trainable:,} trainable, {self.num_tensors} tensors)"),
             ("layers", f"{self.num_layers} (depth order from {self.depth_source})"),
+            *([("layer roles", ", ".join(f"{n} {r}" for r, n in self.role_counts.items()))] if self.role_counts else []),
             ("steps recorded", f"{len(self.steps):,}" + (f" (steps {self.steps[0]}…{self.steps[-1]})" if self.steps else "")),
         ]
         out += list(self.details.items())
@@ -499,6 +504,9 @@ def run_summary(data: Run | str | Path, stat: str = DEFAULT_STAT, *, with_layers
     with the roles ``role`` (:func:`view_roles`: by default weighted layers and the head)."""
     run = open_data(data)
     roles = view_roles(run, role)
+    layer_rows = run.layers()
+    counts = layer_rows["role"].value_counts()
+    role_counts = {r: int(counts[r]) for r in Role.ALL if r in counts}
     meta = run.meta
 
     def as_int(x: Any) -> int:
@@ -520,8 +528,8 @@ def run_summary(data: Run | str | Path, stat: str = DEFAULT_STAT, *, with_layers
         error=str(meta["error"]) if meta.get("error") else None,
         start=format_time(meta.get("start_time")), end=format_time(meta.get("end_time")), duration_s=duration,
         num_params=as_int(meta.get("num_params")), num_trainable=as_int(meta.get("num_trainable")),
-        num_tensors=len(run.params()), num_layers=len(run.layers()),
+        num_tensors=len(run.params()), num_layers=len(layer_rows),
         depth_source=str(meta.get("depth_source", "?")), steps=run.steps(),
         layers=run.layer_summary(stat, role=roles) if with_layers else None,
-        stat=stat, roles=roles, details=details,
+        stat=stat, roles=roles, role_counts=role_counts, details=details,
     )

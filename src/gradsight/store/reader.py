@@ -274,7 +274,7 @@ class Run:
             if level in Level.PER_MODULE or level == Level.PARAM:
                 roles = self.roles(Level.LAYER if level == Level.PARAM else level)
                 out.iloc[idx] = df["layer"].iloc[idx].map(roles).to_numpy()
-        return out
+        return out.astype(df["layer"].dtype)  # the store's text type, as every other text column
 
     def series(self, stat: str, level: str = Level.LAYER, steps: Iterable[int] | None = None, *,
                role: str | Iterable[str] | None = None) -> pd.DataFrame:
