@@ -6,6 +6,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 from matplotlib.collections import PathCollection
 from matplotlib.colors import LogNorm, to_hex
 from matplotlib.figure import Figure
@@ -181,3 +182,81 @@ def test_missing_statistic_gives_an_empty_figure_not_an_error(nan_run):
     ax = plots.flow(nan_run, "act_rms", level="module").axes[0]
     assert any("no act_rms" in t.get_text() for t in ax.texts)
     assert matplotlib.get_backend().lower() == "agg"
+
+
+class NormedNet(torch.nn.Module):
+    """conv -> batch norm -> conv -> batch norm -> linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.c1, self.b1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+class Custom(torch.nn.Module):
+    """A layer of a type no role knows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(5, 5) / 2)
+
+    def forward(self, x):
+        return torch.tanh(x @ self.w)
+
+
+@pytest.fixture(scope="module")
+def normed_run(tmp_path_factory):
+    torch.manual_seed(0)
+    model = NormedNet()
+    run_dir = tmp_path_factory.mktemp("normed") / "run"
+    with gs.watch(model, run_dir) as mon:
+        for _ in range(3):
+            model(torch.randn(4, 1, 6, 6)).pow(2).mean().backward()
+            mon.step()
+            model.zero_grad()
+    with gs.open_run(run_dir) as run:
+        yield run
+
+
+def test_depth_figures_show_weighted_layers_and_the_head_by_default(normed_run):
+    ax = plots.flow(normed_run).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["c1", "c2", "fc"]
+    assert ax.get_ylabel() == "grad_rms (log scale)"
+    assert ax.get_xlabel() == "weighted layers and head, in forward order (input → output)"
+    wide = normed_run.series("grad_rms", role=("weighted", "head"))
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), np.nanmedian(wide.to_numpy(), axis=0), rtol=1e-6)
+    heat = plots.heatmap(normed_run).axes[0]
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["c1", "c2", "fc"]
+    assert len(plots.update_ratio(normed_run).axes[0].get_lines()) <= 1  # no optimizer: nothing but no error
+    (line,) = plots.compare([normed_run]).axes[0].get_lines()
+    assert len(line.get_xdata()) == 3
+
+
+def test_every_role_is_one_argument_away(normed_run):
+    every = plots.flow(normed_run, role=None).axes[0]
+    assert [t.get_text() for t in every.get_xticklabels()] == ["c1", "b1", "c2", "b2", "fc"]
+    assert every.get_xlabel().startswith("all layers")
+    norms = plots.heatmap(normed_run, "grad_norm", role="norm").axes[0]
+    assert [t.get_text() for t in norms.get_yticklabels()] == ["b1", "b2"]
+    assert plots.layer_matrix(normed_run, "grad_rms", role=["head"]).columns.tolist() == ["fc"]
+    with pytest.raises(ValueError, match="unknown role"):
+        plots.flow(normed_run, role="convolution")
+
+
+def test_a_network_without_weighted_layers_shows_all_its_layers_by_default(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Custom(), Custom())
+    with gs.watch(model, tmp_path / "run") as mon:
+        model(torch.randn(3, 5)).sum().backward()
+        mon.step()
+    with gs.open_run(tmp_path / "run") as run:
+        assert set(run.layers().role) == {"other"}
+        ax = plots.flow(run).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
+    assert ax.get_xlabel().startswith("all layers")

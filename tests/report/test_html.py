@@ -186,3 +186,29 @@ def test_every_first_last_ratio_on_the_page_is_the_one_definition(tmp_path):
         section = text[text.index(f"<h2>{run_dir.name}</h2>"):]
         section = section[: section.index("</ul>")]
         assert f"is {_fmt(1 / ratio)} times smaller" in section
+
+
+def test_layer_charts_have_a_role_filter_and_the_payload_the_roles(report_html):
+    text = report_html.read_text()
+    plain = run_data(text, "plain4")
+    assert plain["roles"]["layer"] == ["weighted", "weighted", "weighted", "head"]
+    assert plain["names"]["layer"] == ["inp", "blocks.fc0", "blocks.fc1", "head"]
+    assert plain["default_roles"] == {"layer": ["weighted", "head"], "module": None}
+    assert plain["default_key"] == "layer:grad_rms"
+    section = text[text.index('<section class="run" id="run-1">'):]
+    select = section[section.index('<select class="role"'): section.index("</select></label> (activation")]
+    values = re.findall(r'<option value="([^"]+)"', select)
+    assert values == ["default", "all", "weighted", "head"]
+    assert '<option value="default" selected>weighted layers + head</option>' in select
+    assert 'id="compare-role"' in text
+
+
+def test_depth_sweep_of_the_report_leaves_out_runs_without_family_and_depth(report_html):
+    text = report_html.read_text()
+    comparison = text[text.index('<section id="comparison">'):]
+    comparison = comparison[: comparison.index("</section>")]
+    assert "Ratio: first / last weighted layer, in forward order" in comparison
+    assert '<td class="text">hostile</td><td class="text">-</td><td>-</td>' in comparison
+    note = comparison[comparison.index("Not on the depth sweep"):]
+    assert "hostile" in note[: note.index("</p>")] and "plain4" not in note[: note.index("</p>")]
+    assert run_data(text, "hostile")["family"] is None and run_data(text, "plain4")["family"] == "plain"
