@@ -158,3 +158,31 @@ def test_stores_without_roles_derive_the_same_roles(tmp_path):
         assert run.frame(role="embedding").equals(frame)
     assert got.equals(want)
     assert set(frame["layer"]) == {"class_token", "encoder.pos_embedding"}
+
+
+def test_roles_are_written_to_the_store_not_only_derived(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4), nn.Linear(4, 4), nn.Linear(4, 10))
+    model[3].weight = model[0].weight  # an output head tied to the input embedding
+    _record(model, tmp_path / "run", torch.randint(0, 10, (3, 5)))
+    with closing(sqlite3.connect(tmp_path / "run" / DB_NAME)) as conn:
+        rows = conn.execute("SELECT name, role, tied FROM layers WHERE kind = 'layer' ORDER BY depth").fetchall()
+        (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    # the tied head's bias still has a row of its own: the last layer, weighted by its type
+    assert rows == [("0", "embedding", 1), ("1", "norm", 0), ("2", "weighted", 0), ("3", "head", 0)]
+    assert version == "3"
+
+
+def test_role_filters_of_the_reader(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    with _record(model, tmp_path / "run", torch.randn(6, 4)) as run:
+        assert list(run.series("grad_norm", role="norm").columns) == ["1", "3"]
+        assert list(run.series("grad_norm", role=Role.DEPTH).columns) == ["0", "2", "4"]
+        assert sorted(run.series("grad_norm", level="param", role="head").columns) == ["4.bias", "4.weight"]
+        frame = run.frame(stat="grad_rms", role=["weighted"])
+        assert set(frame["layer"]) == {"0", "2"} and set(frame["level"]) == {"layer", "param"}
+        assert run.frame(role="all").equals(run.frame())
+        summary = run.layer_summary("grad_rms", role="norm")
+        assert list(summary["name"]) == ["1", "3"] and set(summary["role"]) == {"norm"}
+        assert list(run.layers(role="head")["name"]) == ["4"]
