@@ -15,6 +15,7 @@ from torch import nn
 import gradsight as gs
 from gradsight.cli import main
 from gradsight.store.schema import DB_NAME
+from tests.plots.runs import make_normed_run
 from tests.store.helpers import corrupt_table
 
 COMMANDS = ("info", "export", "demo")
@@ -148,30 +149,9 @@ def test_info_shows_the_root_module_by_its_display_name(capsys, tmp_path):
     assert "layers:     1" in out[5]
 
 
-class NormedNet(nn.Module):
-    """conv -> batch norm -> conv -> batch norm -> linear head: norm layers between the weighted ones."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1, self.b1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
-        self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        h = torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
-        return self.fc(h.mean(dim=(2, 3)))
-
-
 @pytest.fixture
 def normed_run(tmp_path) -> Path:
-    torch.manual_seed(0)
-    model = NormedNet()
-    with gs.watch(model, tmp_path / "normed") as monitor:
-        for _ in range(2):
-            model(torch.randn(4, 1, 6, 6)).pow(2).mean().backward()
-            monitor.step()
-            model.zero_grad()
-    return tmp_path / "normed"
+    return make_normed_run(tmp_path / "normed")
 
 
 def _ranked(out: str) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ from torch import nn
 import gradsight as gs
 from gradsight.store.roles import SCALAR_MAX_NUMEL, Role, as_roles, layer_roles, role_of
 from gradsight.store.schema import DB_NAME
+from tests.instrument.test_monitor import ReZeroBlock
 
 
 def _record(model: nn.Module, run_dir: Path, *inputs, loss=lambda out: out.float().pow(2).mean()) -> gs.Run:
@@ -117,16 +118,6 @@ def test_gpt2_tied_token_embedding_has_no_head_row(tmp_path):
     for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
         assert roles[f"transformer.h.1.{name}"] == "weighted"
     assert "lm_head" not in roles and "head" not in roles.values()
-
-
-class ReZeroBlock(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.alpha = nn.Parameter(torch.zeros(1))
-        self.f = nn.Sequential(nn.Linear(width, width), nn.ReLU())
-
-    def forward(self, x):
-        return x + self.alpha * self.f(x)
 
 
 def test_rezero_alpha_is_a_scalar(tmp_path):

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 import gradsight as gs
 from gradsight import plots
 from gradsight.plots.style import NONFINITE_COLOR
+from tests.plots.runs import make_normed_run
 
 LAYERS4 = ["inp", "blocks.fc0", "blocks.fc1", "head"]
 
@@ -184,21 +185,6 @@ def test_missing_statistic_gives_an_empty_figure_not_an_error(nan_run):
     assert matplotlib.get_backend().lower() == "agg"
 
 
-class NormedNet(torch.nn.Module):
-    """conv -> batch norm -> conv -> batch norm -> linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        nn = torch.nn
-        self.c1, self.b1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
-        self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        h = torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
-        return self.fc(h.mean(dim=(2, 3)))
-
-
 class Custom(torch.nn.Module):
     """A layer of a type no role knows."""
 
@@ -212,15 +198,7 @@ class Custom(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def normed_run(tmp_path_factory):
-    torch.manual_seed(0)
-    model = NormedNet()
-    run_dir = tmp_path_factory.mktemp("normed") / "run"
-    with gs.watch(model, run_dir) as mon:
-        for _ in range(3):
-            model(torch.randn(4, 1, 6, 6)).pow(2).mean().backward()
-            mon.step()
-            model.zero_grad()
-    with gs.open_run(run_dir) as run:
+    with gs.open_run(make_normed_run(tmp_path_factory.mktemp("normed") / "run", steps=3)) as run:
         yield run
 
 
