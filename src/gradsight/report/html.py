@@ -253,6 +253,8 @@ def _comparison_section(payloads: list[RunPayload], stat: str) -> str:
              f'{_role_select("role", sorted({r for p in payloads for r in p.roles}), "compare-role")}</div>',
              '<div class="chart" id="compare-chart"></div>']
     try:
+        if not all(stat in p.run.stats("layer") for p in payloads):
+            stat = "grad_norm"  # runs recorded without it
         rows = [(p.run.name, p.family, p.depth, first_last_ratio(p.run, stat)) for p in payloads]
         table = "".join(
             f'<tr><td class="text">{esc(n)}</td><td class="text">{esc(f or "-")}</td><td>{"-" if d is None else d}</td>'
