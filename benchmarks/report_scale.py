@@ -54,7 +54,7 @@ def build_store(run_dir: Path, layers: int, steps: int, seed: int = 0) -> Path:
         "steps_recorded": steps, "step_calls": steps, "schema_version": SCHEMA_VERSION,
     }
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-    conn.executemany("INSERT INTO layers VALUES (?, ?, 'Linear', 'layer')", [(n, d) for d, n in enumerate(names)])
+    conn.executemany("INSERT INTO layers(name, depth, module_type, kind) VALUES (?, ?, 'Linear', 'layer')", [(n, d) for d, n in enumerate(names)])
     conn.executemany("INSERT INTO params VALUES (?, ?, '[64, 64]', 4096, 'float32', 1, '[]', ?)",
                      [(f"{n}.weight", n, i) for i, n in enumerate(names)])
     layer_stats = ("grad_norm", "update_ratio", "grad_nonfinite")

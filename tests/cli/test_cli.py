@@ -15,6 +15,7 @@ from torch import nn
 import gradsight as gs
 from gradsight.cli import main
 from gradsight.store.schema import DB_NAME
+from tests.plots.runs import make_normed_run
 from tests.store.helpers import corrupt_table
 
 COMMANDS = ("info", "export", "demo")
@@ -45,7 +46,7 @@ def _run_cli(*args: str, script: bool = False) -> subprocess.CompletedProcess:
 def _normalized(frame: pd.DataFrame) -> pd.DataFrame:
     """Model rows have name '' and metric/model rows layer None; in CSV both read back as missing."""
     frame = frame.copy()
-    for col in ("level", "name", "layer", "stat"):
+    for col in ("level", "name", "layer", "role", "stat"):
         frame[col] = frame[col].fillna("").astype(str)
     return frame.reset_index(drop=True)
 
@@ -107,8 +108,8 @@ def test_info_summarizes_the_run(capsys, tiny_run):
     assert "3 recorded, 0..2" in out
     assert "layers:     2" in out
     assert "finished" in out
-    assert "smallest mean grad_norm" in out
-    assert "largest mean grad_norm" in out
+    assert "smallest mean grad_rms among weighted layers and head" in out
+    assert "largest mean grad_rms" in out
 
 
 def test_info_ranks_layers_by_their_mean_statistic(capsys, tmp_path):
@@ -124,9 +125,9 @@ def test_info_ranks_layers_by_their_mean_statistic(capsys, tmp_path):
         frame = run.frame(level="layer", stat="grad_norm")
     means = frame.groupby("name")["value"].mean().sort_values()
 
-    assert main(["info", str(run_dir), "--top", "2"]) == 0
+    assert main(["info", str(run_dir), "--top", "2", "--stat", "grad_norm"]) == 0
     out = capsys.readouterr().out.splitlines()
-    smallest = out.index("smallest mean grad_norm (depth, layer, value):")
+    smallest = out.index("smallest mean grad_norm among weighted layers and head (depth, layer, role, value):")
     largest = out.index("largest mean grad_norm:")
     names = lambda rows: [row.split()[1] for row in rows]  # noqa: E731
     assert names(out[smallest + 1 : largest]) == list(means.index[:2])
@@ -143,9 +144,55 @@ def test_info_shows_the_root_module_by_its_display_name(capsys, tmp_path):
         monitor.step()
     assert main(["info", str(tmp_path / "run"), "--top", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
-    smallest = out.index("smallest mean grad_norm (depth, layer, value):")
-    assert out[smallest + 1].split()[1] == ROOT_DISPLAY_NAME
+    smallest = out.index("smallest mean grad_rms among weighted layers and head (depth, layer, role, value):")
+    assert out[smallest + 1].split()[1:3] == [ROOT_DISPLAY_NAME, "head"]
     assert "layers:     1" in out[5]
+
+
+@pytest.fixture
+def normed_run(tmp_path) -> Path:
+    return make_normed_run(tmp_path / "normed")
+
+
+def _ranked(out: str) -> list[tuple[str, str]]:
+    """``(layer, role)`` of the rows under 'smallest mean' and 'largest mean'."""
+    return [tuple(line.split()[1:3]) for line in out.splitlines() if line.startswith("  ")]
+
+
+def test_info_ranks_weighted_layers_and_the_head_by_default_and_every_role_on_request(capsys, normed_run):
+    assert main(["info", str(normed_run), "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "layers:     5 (depth order from forward); 2 norm, 2 weighted, 1 head" in out
+    assert {name for name, _ in _ranked(out)} == {"c1", "c2", "fc"}
+    assert dict(_ranked(out))["fc"] == "head"
+    assert main(["info", str(normed_run), "--top", "5", "--role", "norm"]) == 0
+    out = capsys.readouterr().out
+    assert "smallest mean grad_rms among norm layers" in out
+    assert {name for name, _ in _ranked(out)} == {"b1", "b2"}
+    assert main(["info", str(normed_run), "--top", "5", "--role", "all"]) == 0
+    assert {name for name, _ in _ranked(capsys.readouterr().out)} == {"c1", "b1", "c2", "b2", "fc"}
+
+
+def test_info_of_a_statistic_that_was_not_recorded_is_one_error_line(capsys, normed_run):
+    assert main(["info", str(normed_run), "--stat", "nope"]) == 2
+    _assert_one_error_line(capsys.readouterr().err, contains="no layer statistic 'nope'")
+
+
+def test_export_filters_by_role(normed_run, tmp_path):
+    out_file = tmp_path / "norm.csv"
+    assert main(["export", str(normed_run), "-o", str(out_file), "--role", "norm", "--role", "head"]) == 0
+    got = pd.read_csv(out_file, dtype={"level": str, "name": str, "layer": str, "stat": str})
+    assert set(got["role"]) == {"norm", "head"} and set(got["layer"]) == {"b1", "b2", "fc"}
+    assert set(got["level"]) == {"layer", "param"}
+    assert main(["export", str(normed_run), "-o", str(tmp_path / "tb"), "--format", "tensorboard",
+                 "--role", "norm"]) == 2
+
+
+def test_role_choices_are_the_store_roles():
+    from gradsight.cli.plot import ROLE_CHOICES
+    from gradsight.store.roles import Role
+
+    assert ROLE_CHOICES == ("all", *Role.ALL)
 
 
 def test_info_with_another_stat(capsys, tiny_run):
@@ -177,8 +224,8 @@ def test_export_csv_round_trips_to_frame(capsys, nonfinite_run, tmp_path):
     assert f"wrote {len(expected):,} rows" in capsys.readouterr().out
     assert not list(out_file.parent.glob("*.partial"))
 
-    got = pd.read_csv(out_file, dtype={"level": str, "name": str, "layer": str, "stat": str})
-    assert list(got.columns) == ["step", "level", "name", "layer", "depth", "stat", "value"]
+    got = pd.read_csv(out_file, dtype={"level": str, "name": str, "layer": str, "role": str, "stat": str})
+    assert list(got.columns) == ["step", "level", "name", "layer", "depth", "role", "stat", "value"]
     assert len(got) == len(expected)
     assert np.isnan(expected["value"]).any() and np.isposinf(expected["value"]).any()
     pd.testing.assert_frame_equal(_normalized(got), _normalized(expected), check_dtype=False, check_exact=True)
@@ -209,7 +256,7 @@ def test_export_replaces_an_existing_file(nonfinite_run, tmp_path):
     out_file = tmp_path / "run.csv"
     out_file.write_text("old contents\n")
     assert main(["export", str(nonfinite_run), "-o", str(out_file)]) == 0
-    assert out_file.read_text().startswith("step,level,name,layer,depth,stat,value")
+    assert out_file.read_text().startswith("step,level,name,layer,depth,role,stat,value")
 
 
 def test_export_in_a_fresh_interpreter_with_the_console_script(tiny_run, tmp_path):

@@ -42,7 +42,19 @@ class Reference(transformers.TrainerCallback):
         self.refs[state.global_step] = reference(model)
 
 
-def _trainer(tmp_path, max_grad_norm: float, report_to: list[str]):
+class ScaledLoss(transformers.Trainer):
+    """A Trainer whose loss is multiplied by ``loss_scale`` (to make gradients large)."""
+
+    def __init__(self, *args, loss_scale: float = 1.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_scale = loss_scale
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+        return (self.loss_scale * loss, outputs) if return_outputs else self.loss_scale * loss
+
+
+def _trainer(tmp_path, max_grad_norm: float, report_to: list[str], loss_scale: float = 1.0):
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
     model = transformers.GPT2LMHeadModel(config)
@@ -52,7 +64,7 @@ def _trainer(tmp_path, max_grad_norm: float, report_to: list[str]):
         logging_steps=1, report_to=report_to, save_strategy="no", use_cpu=True, disable_tqdm=True,
         dataloader_num_workers=0, seed=0,
     )
-    return transformers.Trainer(model=model, args=args, train_dataset=Tokens())
+    return ScaledLoss(model=model, args=args, train_dataset=Tokens(), loss_scale=loss_scale)
 
 
 def test_records_each_optimizer_step_and_logs_to_the_reporters(tmp_path):
@@ -91,14 +103,68 @@ def test_records_each_optimizer_step_and_logs_to_the_reporters(tmp_path):
     assert callback.monitor.closed
 
 
-def test_with_clipping_the_clipped_gradients_are_recorded(tmp_path):
+class PreClipReference:
+    """Slow reference statistics taken inside the trainer's ``clip_grad_norm_``, before clipping."""
+
+    def __init__(self, trainer) -> None:
+        self.refs: dict[int, dict] = {}
+        clip = trainer.accelerator.clip_grad_norm_
+
+        def clip_grad_norm_(*args, **kwargs):
+            self.refs[trainer.state.global_step] = reference(trainer.model)
+            return clip(*args, **kwargs)
+
+        trainer.accelerator.clip_grad_norm_ = clip_grad_norm_
+        self.wrapper = clip_grad_norm_
+
+
+def test_attached_with_clipping_it_records_the_gradients_before_clipping(tmp_path):
+    """``max_grad_norm=1.0`` (the Trainer's default) with gradients far larger: the
+    recorded statistics are the pre-clip ones, equal to a reference taken just before
+    the clip and to the ``grad_norm`` the Trainer logs; ``config["grad_clip"]`` says so."""
+    trainer = _trainer(tmp_path, max_grad_norm=1.0, report_to=[], loss_scale=100.0)
+    ref = PreClipReference(trainer)
+    GradFlowCallback.attach(trainer, tmp_path / "run", backend="eager", log_levels=())
+    clipped = Reference()
+    trainer.add_callback(clipped)
+    trainer.train()
+
+    run = gs.open_run(tmp_path / "run")
+    assert run.config["grad_clip"] == {"post_clip": False, "max_norm": 1.0}
+    frame = run.frame()
+    assert set(ref.refs) == set(range(STEPS))
+    for step, want in ref.refs.items():
+        assert_matches(frame, want, step=step)
+    model = run.frame(level="model", stat="grad_norm").set_index("step").value
+    logged = run.metrics()["grad_norm"]
+    for step in range(STEPS):
+        assert model[step] > 10
+        assert math.isclose(logged[step], model[step], rel_tol=1e-5)
+        assert math.isclose(clipped.refs[step][("model", "")]["grad_norm"], 1.0, rel_tol=1e-4)  # what was applied
+    assert trainer.accelerator.clip_grad_norm_ is ref.wrapper  # the callback's wrapper is gone
+
+
+def test_passed_as_a_callback_with_clipping_it_records_clipped_gradients_and_says_so(tmp_path, caplog):
     trainer = _trainer(tmp_path, max_grad_norm=1e-3, report_to=[])
     trainer.add_callback(GradFlowCallback(tmp_path / "run", backend="eager", log_levels=()))
-    trainer.train()
+    with caplog.at_level("WARNING", logger="gradsight.integrations.huggingface"):
+        trainer.train()
+    assert "GradFlowCallback.attach(trainer)" in caplog.text
     run = gs.open_run(tmp_path / "run")
     frame = run.frame(level="model", stat="grad_norm").set_index("step").value
     pre_clip = run.metrics()["grad_norm"]
     assert run.config["huggingface"]["max_grad_norm"] == 1e-3
+    assert run.config["grad_clip"] == {"post_clip": True, "max_norm": 1e-3}
     for step in range(STEPS):
         assert math.isclose(frame[step], 1e-3, rel_tol=1e-3)
         assert pre_clip[step] > 10 * frame[step]
+
+
+def test_without_clipping_grad_clip_says_none(tmp_path):
+    trainer = _trainer(tmp_path, max_grad_norm=0.0, report_to=[])
+    GradFlowCallback.attach(trainer, tmp_path / "run", backend="eager", log_levels=())
+    trainer.train()
+    run = gs.open_run(tmp_path / "run")
+    assert run.config["grad_clip"] == {"post_clip": False, "max_norm": None}
+    assert run.steps() == list(range(STEPS))
+    assert "clip_grad_norm_" not in vars(trainer.accelerator)

@@ -49,3 +49,29 @@ def make_run(run_dir: Path, *, depth: int = 4, skip: bool = False, steps: int = 
             opt.zero_grad()
         mon.log({"accuracy": 0.5})
     return run_dir
+
+
+class NormedNet(nn.Module):
+    """conv -> batch norm -> conv -> batch norm -> linear head: norm layers between the weighted ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def make_normed_run(run_dir: Path, steps: int = 2) -> Path:
+    """Record ``steps`` backward passes of a :class:`NormedNet` (layers c1, b1, c2, b2, fc)."""
+    torch.manual_seed(0)
+    model = NormedNet()
+    with gs.watch(model, run_dir) as mon:
+        for _ in range(steps):
+            model(torch.randn(4, 1, 6, 6)).pow(2).mean().backward()
+            mon.step()
+            model.zero_grad()
+    return run_dir

@@ -27,7 +27,7 @@ def test_plot_several_runs_stacks_one_panel_per_run(runs_dir, tmp_path):
     out = tmp_path / "flow.svg"
     assert main(["plot", str(runs_dir / "plain4"), str(runs_dir / "plain8"), "--step", "3", "-o", str(out)]) == 0
     svg = out.read_text()
-    assert "grad_norm by layer: plain4" in svg and "grad_norm by layer: plain8" in svg
+    assert "grad_rms by layer: plain4" in svg and "grad_rms by layer: plain8" in svg
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -6,6 +6,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 from matplotlib.collections import PathCollection
 from matplotlib.colors import LogNorm, to_hex
 from matplotlib.figure import Figure
@@ -13,6 +14,7 @@ from matplotlib.figure import Figure
 import gradsight as gs
 from gradsight import plots
 from gradsight.plots.style import NONFINITE_COLOR
+from tests.plots.runs import make_normed_run
 
 LAYERS4 = ["inp", "blocks.fc0", "blocks.fc1", "head"]
 
@@ -34,7 +36,7 @@ def test_flow_draws_layers_in_forward_order_on_a_log_axis(nan_run):
 
 def test_flow_lines_equal_the_stored_values(nan_run):
     wide = nan_run.series("grad_norm")  # step x layer, depth order
-    ax = plots.flow(nan_run, steps=[3, 7]).axes[0]
+    ax = plots.flow(nan_run, "grad_norm", steps=[3, 7]).axes[0]
     median, step3, step7 = ax.get_lines()
     np.testing.assert_allclose(step3.get_ydata(), wide.loc[3].to_numpy(), rtol=1e-6)
     np.testing.assert_allclose(step7.get_ydata(), wide.loc[7].to_numpy(), rtol=1e-6)
@@ -129,10 +131,29 @@ def test_compare_lines_up_depths_and_sweep_reports_first_over_last(runs_dir):
     fams = {line.get_label(): line for line in sweep.get_lines() if not line.get_label().startswith("equal")}
     assert set(fams) == {"plain", "residual"}
     with gs.open_run(runs_dir / "plain8") as run:
-        wide = run.series("grad_norm")
-        expected = np.median([wide.loc[s].iloc[0] / wide.loc[s].iloc[-1] for s in wide.index])
+        wide = run.series("grad_rms")  # inp, blocks.fc0..fc5, head: the ratio is inp / blocks.fc5
+        assert list(wide.columns)[-2:] == ["blocks.fc5", "head"]
+        expected = np.median([wide.loc[s, "inp"] / wide.loc[s, "blocks.fc5"] for s in wide.index])
     assert list(fams["plain"].get_xdata()) == [4, 8]
     assert fams["plain"].get_ydata()[1] == pytest.approx(expected, rel=1e-6)
+    assert sweep.get_ylabel() == "grad_rms: first / last weighted layer"
+    assert any("head left out" in t.get_text() for t in sweep.texts)
+
+
+def test_depth_sweep_leaves_out_runs_without_a_recorded_family_and_says_so(runs_dir, tmp_path):
+    from tests.plots.runs import make_run
+
+    unnamed = make_run(tmp_path / "resnet18", depth=3, steps=3)
+    with gs.open_run(unnamed) as run:  # no family or depth in its config, whatever its name says
+        run.meta["config"] = {}
+        runs = {"plain4": runs_dir / "plain4", "plain8": runs_dir / "plain8", "resnet18": run}
+        sweep = plots.depth_sweep(runs).axes[0]
+        fams = [line.get_label() for line in sweep.get_lines() if not line.get_label().startswith("equal")]
+        assert fams == ["plain"]
+        assert any("left out" in t.get_text() and "resnet18" in t.get_text() for t in sweep.texts)
+        compared = plots.compare(runs).axes[0]  # the overlay by relative depth still draws it
+        assert {line.get_label() for line in compared.get_lines()} == {
+            "plain4 (4 layers)", "plain8 (8 layers)", "resnet18 (5 layers)"}
 
 
 def test_family_and_depth_come_from_the_config_never_from_the_name():
@@ -146,8 +167,9 @@ def test_family_and_depth_come_from_the_config_never_from_the_name():
             return [0] * 7
 
     assert family_and_depth(FakeRun("x", {"family": "plain", "depth": 32})) == ("plain", 32)
-    assert family_and_depth(FakeRun("plain56", {})) == ("pkg.DeepNet", 7)
-    assert family_and_depth(FakeRun("resnet-20", {"depth": 20})) == ("pkg.DeepNet", 20)
+    assert family_and_depth(FakeRun("plain56", {})) is None
+    assert family_and_depth(FakeRun("resnet-20", {"depth": 20})) is None
+    assert family_and_depth(FakeRun("gpt2", {"family": "gpt", "depth": "two"})) is None
 
 
 def test_figures_render_to_every_format(nan_run, tmp_path):
@@ -161,3 +183,58 @@ def test_missing_statistic_gives_an_empty_figure_not_an_error(nan_run):
     ax = plots.flow(nan_run, "act_rms", level="module").axes[0]
     assert any("no act_rms" in t.get_text() for t in ax.texts)
     assert matplotlib.get_backend().lower() == "agg"
+
+
+class Custom(torch.nn.Module):
+    """A layer of a type no role knows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(5, 5) / 2)
+
+    def forward(self, x):
+        return torch.tanh(x @ self.w)
+
+
+@pytest.fixture(scope="module")
+def normed_run(tmp_path_factory):
+    with gs.open_run(make_normed_run(tmp_path_factory.mktemp("normed") / "run", steps=3)) as run:
+        yield run
+
+
+def test_depth_figures_show_weighted_layers_and_the_head_by_default(normed_run):
+    ax = plots.flow(normed_run).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["c1", "c2", "fc"]
+    assert ax.get_ylabel() == "grad_rms (log scale)"
+    assert ax.get_xlabel() == "weighted layers and head, in forward order (input → output)"
+    wide = normed_run.series("grad_rms", role=("weighted", "head"))
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), np.nanmedian(wide.to_numpy(), axis=0), rtol=1e-6)
+    heat = plots.heatmap(normed_run).axes[0]
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["c1", "c2", "fc"]
+    assert len(plots.update_ratio(normed_run).axes[0].get_lines()) <= 1  # no optimizer: nothing but no error
+    (line,) = plots.compare([normed_run]).axes[0].get_lines()
+    assert len(line.get_xdata()) == 3
+
+
+def test_every_role_is_one_argument_away(normed_run):
+    every = plots.flow(normed_run, role=None).axes[0]
+    assert [t.get_text() for t in every.get_xticklabels()] == ["c1", "b1", "c2", "b2", "fc"]
+    assert every.get_xlabel().startswith("all layers")
+    norms = plots.heatmap(normed_run, "grad_norm", role="norm").axes[0]
+    assert [t.get_text() for t in norms.get_yticklabels()] == ["b1", "b2"]
+    assert plots.layer_matrix(normed_run, "grad_rms", role=["head"]).columns.tolist() == ["fc"]
+    with pytest.raises(ValueError, match="unknown role"):
+        plots.flow(normed_run, role="convolution")
+
+
+def test_a_network_without_weighted_layers_shows_all_its_layers_by_default(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Custom(), Custom())
+    with gs.watch(model, tmp_path / "run") as mon:
+        model(torch.randn(3, 5)).sum().backward()
+        mon.step()
+    with gs.open_run(tmp_path / "run") as run:
+        assert set(run.layers().role) == {"other"}
+        ax = plots.flow(run).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
+    assert ax.get_xlabel().startswith("all layers")

@@ -82,7 +82,7 @@ def test_hover_shows_layer_name_and_value(browser_page):
     page.mouse.move(box["x"] + 2, box["y"] + box["height"] / 2)  # the first layer
     tip = page.locator("#gs-tip")
     assert tip.is_visible()
-    assert "inp" in tip.text_content() and "grad_norm:" in tip.text_content()
+    assert "inp" in tip.text_content() and "grad_rms:" in tip.text_content()
     heat = page.locator("#run-1 [data-chart=heatmap] canvas")
     heat.scroll_into_view_if_needed()
     hb = heat.bounding_box()
@@ -97,7 +97,24 @@ def test_picking_an_activation_statistic_redraws(browser_page):
     assert flow.locator(".title").text_content().startswith("act_rms by module")
     assert flow.locator("svg").get_attribute("data-series") == "6"
     assert page.locator("#run-1 [data-chart=heatmap] canvas").get_attribute("data-rows") == "3"
-    page.select_option("#run-1 select.stat", "layer:grad_norm")
+    page.select_option("#run-1 select.stat", "layer:grad_rms")
+
+
+def test_the_role_filter_redraws_every_layer_chart(browser_page):
+    page = browser_page.page
+    run = page.locator("#run-1")
+    page.select_option("#run-1 select.role", "head")
+    assert run.locator("[data-chart=heatmap] canvas").get_attribute("data-rows") == "1"
+    assert run.locator("[data-chart=update] svg path.series").count() == 1
+    assert "(head, forward order)" in run.locator("[data-chart=flow] .title").text_content()
+    page.select_option("#run-1 select.role", "weighted")
+    assert run.locator("[data-chart=heatmap] canvas").get_attribute("data-rows") == "3"
+    page.select_option("#run-1 select.role", "default")
+    assert run.locator("[data-chart=heatmap] canvas").get_attribute("data-rows") == "4"
+    page.select_option("#compare-role", "head")
+    assert page.locator("#compare-chart svg path.series").count() == 3
+    page.select_option("#compare-role", "default")
+    assert browser_page.console_errors == []
 
 
 def test_screenshot_is_not_blank(browser_page):

@@ -168,11 +168,13 @@ def test_every_first_last_ratio_on_the_page_is_the_one_definition(tmp_path):
                 model(torch.randn(8, 4)).pow(2).mean().backward()
                 mon.step()
                 model.zero_grad()
-        _set_layer_values(run_dir, "grad_norm", "0", [scale * v for v in (1.0, 2.0, 30.0, 40.0)])
-        _set_layer_values(run_dir, "grad_norm", "4", [1.0, 1.0, 10.0, 1000.0])
+        for stat in ("grad_norm", "grad_rms"):  # the ratio is over the weighted layers '0' and '2' ('4' is the head)
+            _set_layer_values(run_dir, stat, "0", [scale * v for v in (1.0, 2.0, 30.0, 40.0)])
+            for last in ("2", "4"):
+                _set_layer_values(run_dir, stat, last, [1.0, 1.0, 10.0, 1000.0])
         run_dirs.append(run_dir)
     text = build_report(run_dirs)
-    table = text[text.index("<h3>First / last layer grad_norm</h3>"):]
+    table = text[text.index("<h3>First / last weighted layer grad_rms</h3>"):]
     table = table[: table.index("</table>")]
     for k, (run_dir, scale) in enumerate(zip(run_dirs, (1e-4, 1e-5), strict=True)):
         ratio = first_last_ratio(run_dir)
@@ -184,3 +186,29 @@ def test_every_first_last_ratio_on_the_page_is_the_one_definition(tmp_path):
         section = text[text.index(f"<h2>{run_dir.name}</h2>"):]
         section = section[: section.index("</ul>")]
         assert f"is {_fmt(1 / ratio)} times smaller" in section
+
+
+def test_layer_charts_have_a_role_filter_and_the_payload_the_roles(report_html):
+    text = report_html.read_text()
+    plain = run_data(text, "plain4")
+    assert plain["roles"]["layer"] == ["weighted", "weighted", "weighted", "head"]
+    assert plain["names"]["layer"] == ["inp", "blocks.fc0", "blocks.fc1", "head"]
+    assert plain["default_roles"] == {"layer": ["weighted", "head"], "module": None}
+    assert plain["default_key"] == "layer:grad_rms"
+    section = text[text.index('<section class="run" id="run-1">'):]
+    select = section[section.index('<select class="role"'): section.index("</select></label> (activation")]
+    values = re.findall(r'<option value="([^"]+)"', select)
+    assert values == ["default", "all", "weighted", "head"]
+    assert '<option value="default" selected>weighted layers + head</option>' in select
+    assert 'id="compare-role"' in text
+
+
+def test_depth_sweep_of_the_report_leaves_out_runs_without_family_and_depth(report_html):
+    text = report_html.read_text()
+    comparison = text[text.index('<section id="comparison">'):]
+    comparison = comparison[: comparison.index("</section>")]
+    assert "Ratio: first / last weighted layer, in forward order" in comparison
+    assert '<td class="text">hostile</td><td class="text">-</td><td>-</td>' in comparison
+    note = comparison[comparison.index("Not on the depth sweep"):]
+    assert "hostile" in note[: note.index("</p>")] and "plain4" not in note[: note.index("</p>")]
+    assert run_data(text, "hostile")["family"] is None and run_data(text, "plain4")["family"] == "plain"

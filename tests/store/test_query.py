@@ -155,13 +155,19 @@ def test_first_last_ratios_by_hand():
     assert first_last_ratios(pd.DataFrame()).empty
 
 
-def test_first_last_ratio_is_the_median_over_steps_of_the_per_step_ratio(small_run):
+@pytest.mark.parametrize("stat", ["grad_rms", "grad_norm"])
+def test_first_last_ratio_is_the_median_over_steps_of_the_per_step_ratio_of_weighted_layers(small_run, stat):
     with gs.open_run(small_run) as run:
-        wide = run.series("grad_norm")  # step x layer, all steps, forward order
-        by_hand = [wide.loc[s, "inp"] / wide.loc[s, "head"] for s in wide.index]
+        wide = run.series(stat)  # step x layer, all steps, forward order
+        # the weighted layers: 'inp' to 'blocks.fc3'; the head is left out
+        assert dict(zip(run.layers().name, run.layers().role))["head"] == "head"
+        by_hand = [wide.loc[s, "inp"] / wide.loc[s, "blocks.fc3"] for s in wide.index]
         by_hand = [r for r in by_hand if np.isfinite(r)]
-        assert first_last_ratio(run) == pytest.approx(float(np.median(by_hand)), rel=1e-12)
-        assert first_last_ratio(run, agg="max") == pytest.approx(max(by_hand), rel=1e-12)
+        kwargs = {} if stat == query.DEFAULT_STAT else {"stat": stat}
+        assert first_last_ratio(run, **kwargs) == pytest.approx(float(np.median(by_hand)), rel=1e-12)
+        assert first_last_ratio(run, stat, agg="max") == pytest.approx(max(by_hand), rel=1e-12)
+        weighted = layer_matrix(run, stat, role="weighted", max_steps=None)
+        assert list(weighted.columns) == ["inp", "blocks.fc0", "blocks.fc1", "blocks.fc2", "blocks.fc3"]
         assert plots.first_last_ratio is first_last_ratio
         with pytest.raises(ValueError, match="agg"):
             first_last_ratio(run, agg="mode")
@@ -177,7 +183,9 @@ def test_run_summary_against_the_store(small_run):
         assert s.steps == run.steps() and s.num_layers == len(run.layers()) == 6
         assert s.num_tensors == len(run.params()) == 12
         assert s.num_params == run.meta["num_params"]
-        pd.testing.assert_frame_equal(s.layers, run.layer_summary("grad_norm"))
+        assert s.stat == "grad_rms" and s.roles == ("weighted", "head")
+        pd.testing.assert_frame_equal(s.layers, run.layer_summary("grad_rms", role=("weighted", "head")))
+        assert list(s.layers["role"]) == ["weighted"] * 5 + ["head"]
         assert s.start == format_time(run.meta["start_time"]) and s.end == format_time(run.meta["end_time"])
         assert run_summary(run, with_layers=False).layers is None
     rows = dict(s.rows(base=small_run.parent))
@@ -190,8 +198,8 @@ def test_run_summary_against_the_store(small_run):
 def test_family_and_depth_from_the_config(small_run, long_run):
     with gs.open_run(small_run) as run:
         assert family_and_depth(run) == ("plain", 6)
-    with gs.open_run(long_run) as run:  # no family in its config: the model class, never a guess from the name
-        assert family_and_depth(run) == ("synthetic.DeepMLP", 6)
+    with gs.open_run(long_run) as run:  # a depth but no family in its config: nothing is guessed
+        assert run.config == {"depth": 6} and family_and_depth(run) is None
 
 
 def test_the_root_module_has_one_display_name():
@@ -219,13 +227,13 @@ def test_plots_report_diagnosis_and_graph_read_the_same_step_sample(long_run):
         assert overlaid == step_sample(sample, 5) and len(overlaid) == 5
 
         # flow: the median over steps is the median over exactly those steps; the same steps overlaid
-        median, *lines = plots.flow(run).axes[0].get_lines()
+        median, *lines = plots.flow(run, "grad_norm").axes[0].get_lines()
         assert median.get_label() == "median over steps"
         np.testing.assert_allclose(median.get_ydata(), np.nanmedian(values, axis=0), rtol=1e-12)
         assert [line.get_label() for line in lines] == [f"step {s}" for s in overlaid]
 
         # heatmap: one column per sampled step
-        image = plots.heatmap(run).axes[0].get_images()[0]
+        image = plots.heatmap(run, "grad_norm").axes[0].get_images()[0]
         assert image.get_array().shape == (6, len(sample))
         np.testing.assert_allclose(np.ma.filled(image.get_array().astype(float), np.nan), values.T, rtol=1e-12)
 

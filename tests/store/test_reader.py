@@ -18,7 +18,7 @@ import gradsight as gs
 from gradsight.store.schema import DB_NAME
 from tests.store.helpers import connect_readonly, corrupt_table, store_files
 
-FRAME_COLUMNS = ["step", "level", "name", "layer", "depth", "stat", "value"]
+FRAME_COLUMNS = ["step", "level", "name", "layer", "depth", "role", "stat", "value"]
 
 
 class Reordered(nn.Module):
@@ -495,7 +495,7 @@ def _as_schema_version_1(run_dir: Path) -> None:
 def test_stores_of_schema_version_1_read_the_same(reordered_run, tmp_path):
     run_dir, _ = reordered_run
     with gs.open_run(run_dir) as run:
-        assert run.meta["schema_version"] == 2
+        assert run.meta["schema_version"] == 3
         want = (run.frame(), run.series("grad_norm"), run.params(), run.layers())
     _as_schema_version_1(run_dir)
     with gs.open_run(run_dir) as run:

@@ -17,7 +17,7 @@ import torch
 import gradsight as gs
 from gradsight.cli import main
 from gradsight.plots import training
-from gradsight.store.query import first_last_ratios
+from gradsight.store.query import first_last_ratios, layer_matrix
 from gradsight.train import build_model, train
 from gradsight.train import compare as compare_module
 from gradsight.train.compare import CompareResult, check_depth, compare, reproducibility
@@ -87,7 +87,9 @@ def test_results_table_ratio_is_the_query_layers_first_last_ratio(compared):
     for cells in rows:
         key, step, ratio = cells[0].strip("| "), int(cells[1]), cells[-1].strip(" |")
         with gs.open_run(out / "runs" / key) as run:
-            expected = first_last_ratios(training.weighted_matrix(run, "grad_norm", [step]))[step]
+            weighted = layer_matrix(run, "grad_norm", role="weighted", steps=[step])
+            assert list(weighted.columns) == training.weighted_layers(run)[:-1]  # the head left out
+            expected = first_last_ratios(weighted)[step]
         assert ratio == f"{expected:.3g}"
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from gradsight.cli import UserError
+from gradsight.cli.plot import ROLE_CHOICES
 
 
 @click.command()
@@ -18,14 +19,21 @@ from gradsight.cli import UserError
 @click.option("--level", type=click.Choice(["param", "layer", "model", "metric"]), multiple=True,
               help="Only these levels (repeatable). Default: all; for tensorboard all but param.")
 @click.option("--stat", multiple=True, help="Only these statistics (repeatable). Default: all.")
-def command(run: Path, fmt: str, output: Path, level: tuple[str, ...], stat: tuple[str, ...]) -> None:
+@click.option("--role", "roles", type=click.Choice(ROLE_CHOICES), multiple=True,
+              help="Only rows of layers with these roles (repeatable; csv and parquet): embedding, norm, weighted, "
+                   "head, scalar, other. Model and metric rows have no role and are left out. Default: all rows.")
+def command(run: Path, fmt: str, output: Path, level: tuple[str, ...], stat: tuple[str, ...],
+            roles: tuple[str, ...]) -> None:
     """Write the statistics of RUN as a long table (step, level, name, layer,
-    depth, stat, value) to a CSV or Parquet file, or as TensorBoard event files
-    (a scalar per level, statistic and name; per-step histograms across
+    depth, role, stat, value) to a CSV or Parquet file, or as TensorBoard event
+    files (a scalar per level, statistic and name; per-step histograms across
     parameters) into a directory that TensorBoard can open."""
     from gradsight.store.reader import open_run
 
+    role = None if not roles or "all" in roles else list(roles)
     if fmt == "tensorboard":
+        if role is not None:
+            raise UserError("--role applies to csv and parquet export")
         _export_tensorboard(run, output, level, stat)
         return
     if fmt == "parquet":
@@ -34,7 +42,7 @@ def command(run: Path, fmt: str, output: Path, level: tuple[str, ...], stat: tup
         except ImportError:
             raise UserError("parquet export needs pyarrow: pip install 'gradsight[parquet]'") from None
     with open_run(run) as r:
-        df = r.frame(level=list(level) or None, stat=list(stat) or None)
+        df = r.frame(level=list(level) or None, stat=list(stat) or None, role=role)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
     try:

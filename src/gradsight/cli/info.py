@@ -7,25 +7,40 @@ from typing import TYPE_CHECKING
 
 import click
 
+from gradsight.cli.plot import ROLE_CHOICES
+
 if TYPE_CHECKING:
     from gradsight.store.query import RunSummary
 
 
 @click.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--stat", default="grad_norm", show_default=True, help="Statistic used to rank layers.")
+@click.option("--stat", default="grad_rms", show_default=True,
+              help="Statistic used to rank layers (grad_rms: per element, comparable across layer sizes).")
+@click.option("--role", "roles", type=click.Choice(ROLE_CHOICES), multiple=True,
+              help="Layers to rank by role (repeatable), or all. Default: weighted and head.")
 @click.option("--top", default=3, show_default=True, type=click.IntRange(min=1), help="How many layers to show at each end.")
-def command(run: Path, stat: str, top: int) -> None:
-    """Summarize RUN: model, steps recorded, layers, and the layers with the
-    smallest and largest gradients (mean over recorded steps)."""
-    from gradsight.store.query import run_summary
+def command(run: Path, stat: str, roles: tuple[str, ...], top: int) -> None:
+    """Summarize RUN: model, steps recorded, layers by role, and the layers with the
+    smallest and largest gradients (mean over recorded steps; by default among the
+    weighted layers and the head)."""
+    from gradsight.cli import UserError
+    from gradsight.store.query import DEFAULT_ROLES, run_summary
 
-    click.echo(info_text(run_summary(run, stat), top=top))
+    summary = run_summary(run, stat, role=roles or DEFAULT_ROLES)
+    if summary.layers is not None and summary.layers.empty and summary.num_layers:
+        from gradsight.store.reader import open_run
+
+        with open_run(run) as r:
+            if stat not in r.stats("layer"):
+                raise UserError(f"run {run} has no layer statistic {stat!r}; available: "
+                                f"{', '.join(r.stats('layer')) or 'none'}")
+    click.echo(info_text(summary, top=top))
 
 
 def info_text(s: RunSummary, *, top: int = 3) -> str:
     """The lines ``gradsight info`` prints of a run summary."""
-    from gradsight.store.query import display_name
+    from gradsight.store.query import display_name, role_label
 
     steps = s.steps
     lines = [
@@ -34,7 +49,8 @@ def info_text(s: RunSummary, *, top: int = 3) -> str:
         f"status:     {s.status}" + (f" ({s.error})" if s.error else ""),
         f"started:    {s.start}   ended: {s.end}",
         f"parameters: {s.num_params:,} ({s.num_trainable:,} trainable, {s.num_tensors} tensors)",
-        f"layers:     {s.num_layers} (depth order from {s.depth_source})",
+        f"layers:     {s.num_layers} (depth order from {s.depth_source})"
+        + (f"; {', '.join(f'{n} {r}' for r, n in s.role_counts.items())}" if s.role_counts else ""),
         f"steps:      {len(steps)} recorded" + (f", {steps[0]}..{steps[-1]}" if steps else ""),
     ]
     if s.layers is not None and not s.layers.empty:
@@ -42,9 +58,10 @@ def info_text(s: RunSummary, *, top: int = 3) -> str:
         width = max((len(display_name(n)) for n in ranked["name"]), default=10)
 
         def rows(df):
-            return [f"  {int(r.depth):>4}  {display_name(r.name):<{width}}  {r.mean:.3e}" for r in df.itertuples()]
+            return [f"  {int(r.depth):>4}  {display_name(r.name):<{width}}  {r.role:<9}  {r.mean:.3e}"
+                    for r in df.itertuples()]
 
-        lines.append(f"smallest mean {s.stat} (depth, layer, value):")
+        lines.append(f"smallest mean {s.stat} among {role_label(s.roles)} (depth, layer, role, value):")
         lines += rows(ranked.head(top))
         lines.append(f"largest mean {s.stat}:")
         lines += rows(ranked.tail(top).iloc[::-1])

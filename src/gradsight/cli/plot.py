@@ -9,12 +9,17 @@ import click
 from gradsight.cli import UserError
 
 FORMATS = (".png", ".svg", ".pdf")
+#: ``--role`` choices: the roles of gradsight.store.roles.Role.ALL, and ``all``.
+ROLE_CHOICES = ("all", "embedding", "norm", "weighted", "head", "scalar", "other")
+#: Kinds that draw layers chosen by role (the sweep's ratio is over weighted layers by definition).
+ROLE_KINDS = ("flow", "heatmap", "bands", "update", "compare")
 
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--stat", default="grad_norm", show_default=True,
-              help="Statistic to draw (grad_norm, grad_rms, update_ratio, an activation statistic, ...).")
+@click.option("--stat", default=None,
+              help="Statistic to draw (grad_rms, grad_norm, update_ratio, an activation statistic, ...). "
+                   "Default: grad_rms (grad_norm for runs without it; update_ratio for --kind update).")
 @click.option("--kind", type=click.Choice(["flow", "heatmap", "bands", "update", "nonfinite", "compare", "sweep"]),
               default="flow", show_default=True,
               help="flow: by layer, several steps overlaid; heatmap: layer x step; bands: spread across layers "
@@ -22,17 +27,21 @@ FORMATS = (".png", ".svg", ".pdf")
                    "by relative depth; sweep: first/last layer ratio against depth.")
 @click.option("--level", default="layer", show_default=True,
               help="Rows to draw: layer, param, or a module level (module, block).")
+@click.option("--role", "roles", type=click.Choice(ROLE_CHOICES), multiple=True,
+              help="Layers to draw by role (repeatable): embedding, norm, weighted, head, scalar, other, or all. "
+                   "Default: weighted and head. The sweep's ratio is always over weighted layers.")
 @click.option("--step", "steps", type=int, multiple=True, help="flow: overlay these steps (repeatable).")
 @click.option("--title", default=None, help="Figure title (single figure).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Image file to write: .png, .svg or .pdf.")
-def command(runs: tuple[Path, ...], stat: str, kind: str, level: str, steps: tuple[int, ...], title: str | None,
-            output: Path) -> None:
+def command(runs: tuple[Path, ...], stat: str | None, kind: str, level: str, roles: tuple[str, ...],
+            steps: tuple[int, ...], title: str | None, output: Path) -> None:
     """Draw a figure of one or more recorded RUNS to an image file.
 
     \b
     Examples:
       gradsight plot runs/plain20 --kind flow -o flow.png
+      gradsight plot runs/plain20 --kind flow --role all --stat grad_norm -o all-layers.png
       gradsight plot runs/plain20 runs/resnet20 --kind heatmap -o heat.svg
       gradsight plot runs/compare --kind compare --stat grad_norm -o compare.pdf
     """
@@ -43,20 +52,34 @@ def command(runs: tuple[Path, ...], stat: str, kind: str, level: str, steps: tup
 
     if output.suffix.lower() not in FORMATS:
         raise UserError(f"cannot write {output.name}: the output must end in .png, .svg or .pdf")
+    if roles and kind not in ROLE_KINDS:
+        raise UserError(f"--role does not apply to --kind {kind}; it applies to {', '.join(ROLE_KINDS)}")
     with matplotlib.rc_context(STYLE):
-        fig = _figure(expand_runs(runs), stat, kind, level, steps, title)
+        fig = _figure(expand_runs(runs), stat, kind, level, steps, title, roles)
         output.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(output, dpi=150, bbox_inches="tight")
     click.echo(f"wrote {output}")
 
 
-def _figure(run_list: list, stat: str, kind: str, level: str, steps: tuple[int, ...], title: str | None):
+def _default_stat(run_list: list, kind: str, level: str) -> str:
+    from gradsight.store.query import DEFAULT_STAT
+
+    if kind == "update":
+        return "update_ratio"
+    if kind == "nonfinite" or not all(DEFAULT_STAT in run.stats(level) for run in run_list):
+        return "grad_norm"
+    return DEFAULT_STAT
+
+
+def _figure(run_list: list, stat: str | None, kind: str, level: str, steps: tuple[int, ...], title: str | None,
+            roles: tuple[str, ...] = ()):
     from matplotlib.figure import Figure
 
     import gradsight.plots as plots
+    from gradsight.store.query import DEFAULT_ROLES
 
-    if kind == "update" and stat == "grad_norm":
-        stat = "update_ratio"
+    stat = stat or _default_stat(run_list, kind, level)
+    role = (None if "all" in roles else roles) if roles else DEFAULT_ROLES
     if kind not in ("nonfinite",):
         for run in run_list:
             available = run.stats(level)
@@ -64,7 +87,9 @@ def _figure(run_list: list, stat: str, kind: str, level: str, steps: tuple[int, 
                 raise UserError(f"run {run.path} has no statistic {stat!r} at level {level!r}; "
                                 f"available: {', '.join(available) or 'none'}")
     fn = plots.KINDS[kind]
-    if kind in plots.MULTI_RUN_KINDS:
+    if kind == "compare":
+        fig = fn(run_list, stat, level=level, role=role, title=title)
+    elif kind in plots.MULTI_RUN_KINDS:
         fig = fn(run_list, stat, level=level, title=title)
     elif kind == "nonfinite":
         if len(run_list) == 1:
@@ -74,7 +99,7 @@ def _figure(run_list: list, stat: str, kind: str, level: str, steps: tuple[int, 
             for run, ax in zip(run_list, fig.subplots(len(run_list), 1, squeeze=False)[:, 0]):
                 fn(run, stat, ax=ax)
     else:
-        kwargs = {"level": level}
+        kwargs = {"level": level, "role": role}
         if kind == "flow" and steps:
             kwargs["steps"] = list(steps)
         if kind == "update":

@@ -14,8 +14,9 @@ from gradsight.cli._args import GRAPH_BATCH, build, input_options, model_arg_opt
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True,
               help="HTML file to write.")
-@click.option("--stat", default="grad_norm", show_default=True,
-              help="Statistic shown first (any recorded statistic can be picked on the page).")
+@click.option("--stat", default="grad_rms", show_default=True,
+              help="Statistic shown first (grad_norm for runs without it; any recorded statistic can be picked "
+                   "on the page). The layer charts show the weighted layers and the head first, every role a click away.")
 @click.option("--title", default=None, help="Page title.")
 @click.option("--graph", "graph_spec", default=None, metavar="MODEL_SPEC",
               help="Also draw the computation graph of this model (see 'gradsight graph --help'), coloured by "

@@ -6,15 +6,17 @@ from collections.abc import Callable
 
 from gradsight.instrument.activations import ActivationRecorder
 from gradsight.instrument.layers import ForwardOrder, Inventory
-from gradsight.store.writer import Writer
+from gradsight.store.roles import row_roles
 from gradsight.store.schema import Kind
+from gradsight.store.writer import Writer
 
-#: ``(name, depth, module_type, kind)``
-LayerRow = tuple[str, int, str, str]
+#: ``(name, depth, module_type, kind, role, tied)``
+LayerRow = tuple[str, int, str, str, str, int]
 
 
 def layer_rows(
-    layers: list[str], module_kinds: dict[str, str], types: dict[str, str], rank: Callable[[list[str]], list[str]]
+    layers: list[str], module_kinds: dict[str, str], types: dict[str, str], rank: Callable[[list[str]], list[str]],
+    numel: dict[str, int] | None = None, aliased: set[str] | frozenset[str] = frozenset(),
 ) -> list[LayerRow]:
     """Rows of the ``layers`` table.
 
@@ -24,12 +26,15 @@ def layer_rows(
             tracked modules (activation statistics).
         types: ``name -> module type`` shown in the table.
         rank: orders names by forward execution.
+        numel: trainable elements per layer (for the ``scalar`` role).
+        aliased: layers with a tied parameter.
 
     Returns:
         A ``layer`` row for every layer, a ``block`` row for every residual block
         (a name can have both: a block that owns parameters itself) and a
         ``module`` row for every other tracked module. ``depth`` ranks layers among
-        layers, blocks among blocks and modules among modules and layers.
+        layers, blocks among blocks and modules among modules and layers; ``role``
+        and ``tied`` are :func:`gradsight.store.roles.row_roles`.
     """
     blocks = [n for n, k in module_kinds.items() if k == Kind.BLOCK]
     taken = set(layers) | set(blocks)
@@ -38,7 +43,7 @@ def layer_rows(
     rows = [(n, d, types.get(n, "?"), Kind.LAYER) for d, n in enumerate(rank(list(layers)))]
     rows += [(n, d, types.get(n, "?"), Kind.BLOCK) for d, n in enumerate(rank(blocks))]
     rows += [(n, d, types.get(n, "?"), Kind.MODULE) for d, n in enumerate(rank(modules + list(layers))) if n in module_set]
-    return rows
+    return [row + extra for row, extra in zip(rows, row_roles(rows, numel or {}, aliased))]
 
 
 def depth_source(order: ForwardOrder, layers: list[str]) -> tuple[str, list[str]]:
@@ -84,7 +89,9 @@ class LayerTable:
             types = dict(self._inventory.layer_types)
             if self._activations is not None:
                 types.update(self._activations.types)
-            self._writer.write_layers(layer_rows(self._inventory.layers, module_kinds, types, self._order.rank))
+            inv = self._inventory
+            self._writer.write_layers(layer_rows(inv.layers, module_kinds, types, self._order.rank,
+                                                 inv.layer_numel(), inv.tied_layers()))
             self._writer.set_meta(depth_source=source, depth_unplaced=unplaced)
             self._written = signature
         if self._order.done and (self._activations is None or self._activations.blocks_known):

@@ -17,8 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-#: ``module_type`` of a layer that is a single parameter owned by a container.
-PARAMETER_LAYER_TYPE = "Parameter"
+from gradsight.store.roles import PARAMETER_LAYER_TYPE
 
 
 @dataclass
@@ -81,6 +80,17 @@ class Inventory:
         own = {pi.layer for pi in watched if pi.layer == pi.name}
         types = {ln: PARAMETER_LAYER_TYPE if ln in own else type(model.get_submodule(ln)).__name__ for ln in layers}
         return cls(params, watched, layers, types)
+
+    def layer_numel(self) -> dict[str, int]:
+        """Trainable elements per layer."""
+        out: dict[str, int] = {}
+        for pi in self.watched:
+            out[pi.layer] = out.get(pi.layer, 0) + pi.param.numel()
+        return out
+
+    def tied_layers(self) -> set[str]:
+        """Layers with a watched parameter that has other names (a tied embedding and head)."""
+        return {pi.layer for pi in self.watched if pi.aliases}
 
 
 #: Tensor methods and attributes that read metadata, not values: not a use of a parameter.

@@ -2,9 +2,13 @@
 
 With depth normalized to [0, 1] (first layer 0, last layer 1) a 20-layer and a
 56-layer network line up, so a plain and a residual family at several depths can
-be read off one figure. The depth sweep reduces each run to one number, the ratio
-of the first layer's to the last layer's statistic, and draws it against depth per
-family: a plain network's vanishing gradient is a ratio falling with depth.
+be read off one figure; by default the weighted layers and the head are drawn, with
+``grad_rms``. The depth sweep reduces each run to one number, the ratio of the first
+weighted layer's statistic to the last one's (the head left out:
+:func:`gradsight.store.query.first_last_ratio`), and draws it against depth per
+family: a plain network's vanishing gradient is a ratio falling with depth. Family
+and depth come from each run's recorded config only; runs without them are left off
+the sweep (the figure says which).
 """
 
 from __future__ import annotations
@@ -20,7 +24,18 @@ from matplotlib.figure import Figure
 
 from gradsight.plots._figure import new_axes, no_data, styled, tidy_log_axis
 from gradsight.plots.style import PALETTE, family_looks
-from gradsight.store.query import family_and_depth, first_last_ratio, layer_profile, open_data
+from gradsight.store.query import (
+    DEFAULT_ROLES,
+    DEFAULT_STAT,
+    RATIO_DEFINITION,
+    Roles,
+    family_and_depth,
+    first_last_ratio,
+    layer_profile,
+    open_data,
+    role_label,
+    view_roles,
+)
 from gradsight.store.reader import Run
 
 Runs = Union[Sequence[Union[Run, str, Path]], Mapping[str, Union[Run, str, Path]]]
@@ -33,21 +48,23 @@ def _runs(runs: Runs) -> list[tuple[str, Run]]:
     return [(r.name, r) for r in opened]
 
 
-def _families(named: list[tuple[str, Run]], family: Callable[[Run], tuple[str, int]] | None
-              ) -> list[tuple[str, Run, str, int]]:
+def _families(named: list[tuple[str, Run]], family: Callable[[Run], tuple[str, int] | None] | None
+              ) -> list[tuple[str, Run, str | None, int | None]]:
+    """``(label, run, family, depth)``; family and depth None where the run has none recorded."""
     out = []
     for label, run in named:
-        fam, depth = (family or family_and_depth)(run)
-        out.append((label, run, fam, depth))
+        found = (family or family_and_depth)(run)
+        out.append((label, run, *(found if found is not None else (None, None))))
     return out
 
 
 @styled
 def compare(
     runs: Runs,
-    stat: str = "grad_norm",
+    stat: str = DEFAULT_STAT,
     *,
     level: str = "layer",
+    role: Roles = DEFAULT_ROLES,
     agg: str = "median",
     step: int | None = None,
     normalize_depth: bool = True,
@@ -68,7 +85,8 @@ def compare(
             line up; else the layer index.
         family: ``run -> (family, depth)``; default
             :func:`gradsight.store.query.family_and_depth` (the run's config). A family
-            gets one colour, deeper members a darker shade.
+            gets one colour, deeper members a darker shade; a run without a recorded
+            family is drawn in a colour of its own.
         ax: draw into these axes.
         title: the title.
     """
@@ -79,12 +97,15 @@ def compare(
     if not entries:
         no_data(ax, "no runs")
         return fig
+    entries = [(label, run, fam if fam is not None else f"({label})", depth or 0) for label, run, fam, depth in entries]
     fams = list(dict.fromkeys(e[2] for e in entries))
     entries = sorted(entries, key=lambda e: (fams.index(e[2]), e[3]))
     looks = family_looks([(fam, depth) for _, _, fam, depth in entries])
-    drawn = 0
+    drawn, shown = 0, set()
     for (label, run, fam, depth), (color, style) in zip(entries, looks, strict=True):
-        prof = layer_profile(run, stat, level=level, agg=agg, step=step)
+        roles = view_roles(run, role, level)
+        shown.add(role_label(roles))
+        prof = layer_profile(run, stat, level=level, role=roles, agg=agg, step=step)
         if prof.empty:
             continue
         n = len(prof)
@@ -99,7 +120,8 @@ def compare(
     ax.autoscale_view()
     tidy_log_axis(ax)
     ax.set_ylabel(f"{stat} (log scale)")
-    ax.set_xlabel("relative depth (0 = first layer, 1 = last)" if normalize_depth else "layer index")
+    which = " / ".join(sorted(shown))
+    ax.set_xlabel(f"relative depth over {which} (0 = first, 1 = last)" if normalize_depth else f"index among {which}")
     ax.legend(loc="best", ncols=2 if drawn > 4 else 1, frameon=True, framealpha=0.85)
     return fig
 
@@ -107,38 +129,47 @@ def compare(
 @styled
 def depth_sweep(
     runs: Runs,
-    stat: str = "grad_norm",
+    stat: str = DEFAULT_STAT,
     *,
     level: str = "layer",
     agg: str = "median",
-    family: Callable[[Run], tuple[str, int]] | None = None,
+    family: Callable[[Run], tuple[str, int] | None] | None = None,
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Figure:
     """First-layer / last-layer ratio of ``stat`` against depth, one line per family.
 
     The ratio is :func:`gradsight.store.query.first_last_ratio`: per step, the first
-    layer's value over the last layer's, reduced over the sampled steps by ``agg``.
+    weighted layer's value over the last weighted layer's (forward order; embeddings,
+    norm layers and the head left out), reduced over the sampled steps by ``agg``.
     A ratio near 1 means gradients reach the first layer as strongly as the last;
-    far below 1, they vanish on the way back; far above, they explode.
+    far below 1, they vanish on the way back; far above, they explode. Runs without
+    a recorded family and depth are left out, and a note under the axes names them.
 
     Args:
         runs: runs or run directories, or a mapping label -> run.
         stat: the statistic.
         level: ``layer`` or a module level.
         agg: ``median`` (default), ``mean``, ``max`` or ``min`` over steps.
-        family: ``run -> (family, depth)``; default from the run's config.
+        family: ``run -> (family, depth)`` or None; default from the run's config.
         ax: draw into these axes.
         title: the title.
     """
     entries = _families(_runs(runs), family)
     fig, ax = new_axes(ax, (6.5, 4.4))
-    ax.set_title(title or f"first / last layer {stat} vs depth")
-    rows = [(fam, depth, first_last_ratio(run, stat, level=level, agg=agg)) for _, run, fam, depth in entries]
+    ax.set_title(title or f"first / last weighted layer {stat} vs depth")
+    left_out = [label for label, _, fam, _ in entries if fam is None]
+    notes = ["ratio: " + RATIO_DEFINITION]
+    if left_out:
+        notes.append(f"left out (no family and depth recorded in their config): {', '.join(left_out)}")
+    ax.annotate("\n".join(notes), (0.0, -0.24), xycoords="axes fraction", va="top", fontsize=7,
+                color="#555555", wrap=True)
+    rows = [(fam, depth, first_last_ratio(run, stat, level=level, agg=agg))
+            for _, run, fam, depth in entries if fam is not None]
     df = pd.DataFrame(rows, columns=["family", "depth", "ratio"]).dropna()
     df = df[df["ratio"] > 0]
     if df.empty:
-        no_data(ax, f"no {stat} recorded in these runs")
+        no_data(ax, "no run has a family and depth recorded" if not rows else f"no {stat} recorded in these runs")
         return fig
     for i, (fam, g) in enumerate(df.groupby("family", sort=False)):
         g = g.groupby("depth", as_index=False)["ratio"].median().sort_values("depth")
@@ -150,8 +181,8 @@ def depth_sweep(
     ax.set_yscale("log")
     ax.autoscale_view()
     tidy_log_axis(ax)
-    ax.set_xlabel("depth (layers)")
-    ax.set_ylabel(f"{stat}: first layer / last layer")
+    ax.set_xlabel("depth (as recorded in each run's config)")
+    ax.set_ylabel(f"{stat}: first / last weighted layer")
     depths = sorted(df["depth"].unique())
     ax.set_xticks(depths, [str(int(d)) for d in depths])
     ax.legend(loc="best", frameon=True, framealpha=0.85)

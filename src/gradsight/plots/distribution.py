@@ -13,12 +13,17 @@ from gradsight.plots._figure import mark_nonfinite_x, new_axes, no_data, styled,
 from gradsight.plots.style import CMAP, NONFINITE_COLOR, PALETTE, plural, short_label
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
+    DEFAULT_ROLES,
+    DEFAULT_STAT,
     RunData,
+    Roles,
     layer_matrix,
     nonfinite_events,
     open_data,
     positive,
+    role_label,
     run_label,
+    view_roles,
 )
 
 #: The customary healthy size of one update relative to the weights (Karpathy's "update:data ratio").
@@ -28,9 +33,10 @@ UPDATE_RATIO_REFERENCE = 1e-3
 @styled
 def quantile_bands(
     data: RunData,
-    stat: str = "grad_norm",
+    stat: str = DEFAULT_STAT,
     *,
     level: str = "layer",
+    role: Roles = DEFAULT_ROLES,
     quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
     ax: Axes | None = None,
     title: str | None = None,
@@ -43,6 +49,7 @@ def quantile_bands(
         data: a ``Run``, run directory or long frame.
         stat: the statistic.
         level: ``layer``, ``param`` or a module level.
+        role: the layers by role (default: weighted layers and the head; ``None``: all).
         quantiles: an odd number of increasing quantiles; outer pairs become bands,
             the middle one the line (default 5/25/50/75/95%).
         ax: draw into these axes (default: a new figure).
@@ -56,9 +63,10 @@ def quantile_bands(
     qs = sorted(quantiles)
     if len(qs) % 2 == 0:
         raise ValueError("quantiles must be an odd number of values (pairs of bands and a middle line)")
-    m = layer_matrix(data, stat, level=level, max_steps=max_steps)  # steps x names
+    role = view_roles(data, role, level)
+    m = layer_matrix(data, stat, level=level, role=role, max_steps=max_steps)  # steps x names
     fig, ax = new_axes(ax, (9.0, 4.2))
-    ax.set_title(title or f"{stat} across layers over training: {run_label(data)}")
+    ax.set_title(title or f"{stat} across {role_label(role)} over training: {run_label(data)}")
     if m.empty:
         no_data(ax, f"no {stat} recorded at level {level!r}")
         return fig
@@ -97,6 +105,7 @@ def update_ratio(
     *,
     stat: str = "update_ratio",
     level: str = "layer",
+    role: Roles = DEFAULT_ROLES,
     reference: float | None = UPDATE_RATIO_REFERENCE,
     ax: Axes | None = None,
     title: str | None = None,
@@ -109,6 +118,7 @@ def update_ratio(
         data: a ``Run``, run directory or long frame (recorded with ``optimizer=``).
         stat: the statistic (default ``update_ratio``).
         level: ``layer`` or ``param``.
+        role: the layers by role (default: weighted layers and the head; ``None``: all).
         reference: a dashed reference line (default 1e-3, the customary healthy
             update size); None for none.
         ax: draw into these axes.
@@ -119,9 +129,10 @@ def update_ratio(
     Returns:
         The figure, with a colour bar for layer depth.
     """
-    m = layer_matrix(data, stat, level=level, max_steps=max_steps)  # steps x names
+    role = view_roles(data, role, level)
+    m = layer_matrix(data, stat, level=level, role=role, max_steps=max_steps)  # steps x names
     fig, ax = new_axes(ax, (9.0, 4.2))
-    ax.set_title(title or f"{stat} per layer: {run_label(data)}")
+    ax.set_title(title or f"{stat} per layer ({role_label(role)}): {run_label(data)}")
     if m.empty:
         no_data(ax, f"no {stat} recorded (watch the model with optimizer=...)")
         return fig

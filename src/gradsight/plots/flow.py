@@ -4,6 +4,8 @@ The lecture's ``plot_gradients`` done right: layers (not parameter indices) on t
 x axis in the order the forward pass runs them, named; a log y axis, on which a
 vanishing gradient is a slope rather than a line glued to zero; several steps of
 training overlaid, over the median and the 5-95% range across all (displayed) steps.
+By default the weighted layers and the head, size-normalised (``grad_rms``): norm
+layers, whose scale and shift gradients live on another scale, would zigzag the line.
 """
 
 from __future__ import annotations
@@ -19,12 +21,17 @@ from gradsight.plots._figure import layer_ticks, new_axes, no_data, styled, tidy
 from gradsight.plots.style import NONFINITE_COLOR, plural
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
+    DEFAULT_ROLES,
+    DEFAULT_STAT,
     RunData,
+    Roles,
     layer_matrix,
     nonfinite_events,
     positive,
+    role_label,
     run_label,
     step_sample,
+    view_roles,
 )
 
 #: Steps a gradient-flow figure overlays unless told otherwise (evenly spaced, first and last included).
@@ -34,11 +41,12 @@ OVERLAID_STEPS = 5
 @styled
 def flow(
     data: RunData,
-    stat: str = "grad_norm",
+    stat: str = DEFAULT_STAT,
     *,
     steps: Sequence[int] | None = None,
     n_steps: int = OVERLAID_STEPS,
     level: str = "layer",
+    role: Roles = DEFAULT_ROLES,
     ax: Axes | None = None,
     title: str | None = None,
     max_steps: int | None = DEFAULT_MAX_STEPS,
@@ -54,6 +62,8 @@ def flow(
             steps shown, first and last included, as the report overlays them).
         n_steps: how many steps to overlay when ``steps`` is not given.
         level: ``layer``, ``param`` or a module level such as ``module``/``block``.
+        role: the layers to show by role (default: weighted layers and the head;
+            ``None``: all, see :func:`gradsight.store.query.view_roles`).
         ax: draw into these axes (default: a new figure).
         title: the title (default: ``"<stat> by layer: <run>"``).
         max_steps: the median and 5-95% band use at most this many evenly spaced steps.
@@ -63,7 +73,8 @@ def flow(
         The figure. Layers whose value was non-finite at an overlaid step get a red
         triangle on the top edge.
     """
-    band = layer_matrix(data, stat, level=level, max_steps=max_steps)  # steps x names
+    role = view_roles(data, role, level)
+    band = layer_matrix(data, stat, level=level, role=role, max_steps=max_steps)  # steps x names
     fig, ax = new_axes(ax, (min(16.0, max(6.5, 0.22 * band.shape[1] + 3)), 4.6))
     ax.set_title(title or f"{stat} by layer: {run_label(data)}")
     if band.empty:
@@ -74,7 +85,7 @@ def flow(
     if steps is None:
         sel = band.loc[step_sample(list(band.index), n_steps)]
     else:
-        sel = layer_matrix(data, stat, level=level, steps=list(steps)).reindex(columns=names)
+        sel = layer_matrix(data, stat, level=level, role=role, steps=list(steps)).reindex(columns=names)
 
     vals = positive(band.to_numpy())
     with np.errstate(all="ignore"):
@@ -104,7 +115,7 @@ def flow(
     ax.autoscale_view()
     tidy_log_axis(ax)
     ax.set_ylabel(f"{stat} (log scale)")
-    ax.set_xlabel("layer, in forward order (input → output)")
+    ax.set_xlabel(f"{role_label(role)}, in forward order (input → output)")
     layer_ticks(ax, names, max_labels=max_labels)
     ax.legend(loc="best", ncols=2 if len(overlaid) > 3 else 1)
     return fig

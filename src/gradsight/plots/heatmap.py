@@ -12,21 +12,27 @@ from gradsight.plots._figure import layer_ticks, new_axes, no_data, styled
 from gradsight.plots.style import CMAP, MISSING_COLOR, NONFINITE_COLOR, plural
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
+    DEFAULT_ROLES,
+    DEFAULT_STAT,
     RunData,
+    Roles,
     layer_matrix,
     nonfinite_events,
     positive,
+    role_label,
     run_label,
     step_sample,
+    view_roles,
 )
 
 
 @styled
 def heatmap(
     data: RunData,
-    stat: str = "grad_norm",
+    stat: str = DEFAULT_STAT,
     *,
     level: str = "layer",
+    role: Roles = DEFAULT_ROLES,
     ax: Axes | None = None,
     title: str | None = None,
     max_steps: int | None = DEFAULT_MAX_STEPS,
@@ -41,6 +47,8 @@ def heatmap(
         data: a ``Run``, run directory or long frame.
         stat: the statistic.
         level: ``layer``, ``param`` or a module level (``module``, ``block``).
+        role: the layers to show by role (default: weighted layers and the head;
+            ``None``: all, see :func:`gradsight.store.query.view_roles`).
         ax: draw into these axes (default: a new figure).
         title: the title (default: ``"<stat> over training: <run>"``).
         max_steps: show at most this many evenly spaced recorded steps as columns.
@@ -53,7 +61,8 @@ def heatmap(
         red crosses: layers whose gradient had NaN/Inf elements at a step (found over
         all steps, drawn at the nearest displayed column).
     """
-    m = layer_matrix(data, stat, level=level, max_steps=max_steps)  # steps x names
+    role = view_roles(data, role, level)
+    m = layer_matrix(data, stat, level=level, role=role, max_steps=max_steps)  # steps x names
     names = list(m.columns)
     n_rows = len(names)
     fig, ax = new_axes(ax, (10.0, min(14.0, max(3.2, 0.16 * n_rows + 1.8))))
@@ -90,7 +99,7 @@ def heatmap(
     xt = step_sample(range(n_cols), 8)  # tick positions: eight evenly spaced columns
     ax.set_xticks(xt, [str(int(steps[i])) for i in xt])
     ax.set_xlabel("step" + (f" ({n_cols} shown, evenly spaced)" if max_steps and n_cols >= max_steps else ""))
-    ax.set_ylabel("layer (forward order)")
+    ax.set_ylabel(f"{role_label(role)} (forward order)")
     ax.grid(False)
     cb = fig.colorbar(im, ax=ax, pad=0.01, fraction=0.04, extend="neither")
     cb.set_label(f"{stat} (log scale)")

@@ -1,10 +1,11 @@
 """Figures of training runs side by side: gradient flow per run, every run overlaid, training curves.
 
 The lecture's ``plot_gradients`` done right, for runs of :func:`gradsight.train.train`: the x
-axis is the network's weighted layers (convolutions and the linear head, the layers that "20"
-and "56" count) in forward order; the y axis is logarithmic, so a gradient that shrinks or grows
-geometrically with depth is a straight slope. Batch-norm layers are left out: their scale and
-shift gradients live on another scale and would zigzag the line.
+axis is the network's weighted layers and head (roles ``weighted`` and ``head``: convolutions
+and the linear head, the layers that "20" and "56" count) in forward order; the y axis is
+logarithmic, so a gradient that shrinks or grows geometrically with depth is a straight slope.
+Batch-norm layers are left out: their scale and shift gradients live on another scale and
+would zigzag the line.
 
 Runs are read through :mod:`gradsight.store.query`. Every function takes runs (a ``Run`` or a
 run directory) and optional axes, and returns the matplotlib ``Figure``; none calls
@@ -25,11 +26,10 @@ from matplotlib.figure import Figure
 from gradsight.plots._figure import no_data, styled, tidy_log_axis
 from gradsight.plots.flow import flow
 from gradsight.plots.style import family_looks
-from gradsight.store.query import family_and_depth, layer_matrix, open_data, positive
+from gradsight.store.query import DEFAULT_ROLES, family_and_depth, layer_matrix, open_data, positive, view_roles
 from gradsight.store.reader import Run
 
 __all__ = [
-    "WEIGHTED_TYPES",
     "first_and_late_steps",
     "grad_flow",
     "grad_flow_overlay",
@@ -39,15 +39,9 @@ __all__ = [
     "weighted_matrix",
 ]
 
-#: Module types counted as weighted layers (what a network's depth counts).
-WEIGHTED_TYPES = ("Conv1d", "Conv2d", "Conv3d", "Linear")
-
-
 def weighted_layers(run: Run) -> list[str]:
-    """Names of the run's convolution and linear layers in forward order (all layers if none)."""
-    layers = run.layers()
-    weighted = layers[layers["module_type"].isin(WEIGHTED_TYPES)]
-    return list((weighted if len(weighted) else layers)["name"])
+    """Names of the run's weighted layers and head in forward order (all layers if none)."""
+    return list(run.layers(role=view_roles(run, DEFAULT_ROLES))["name"])
 
 
 def weighted_matrix(run: Run, stat: str = "grad_norm", steps: Sequence[int] | None = None) -> pd.DataFrame:
@@ -101,7 +95,7 @@ def grad_flow(run: Run | str | Path, *, stat: str = "grad_norm", steps: Sequence
 
 def _look(runs: Sequence[Run]) -> list[tuple[str, str]]:
     """Per run, its colour and line style (see :func:`~gradsight.plots.style.family_looks`)."""
-    return family_looks([family_and_depth(run) for run in runs])
+    return family_looks([family_and_depth(run) or (f"({run.name})", 0) for run in runs])
 
 
 @styled

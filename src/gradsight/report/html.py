@@ -35,6 +35,9 @@ from gradsight.report.payload import CELL_BUDGET, DiagnosisJob, RunPayload, resu
 from gradsight.report.static import CSS, JS
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
+    DEFAULT_ROLES,
+    DEFAULT_STAT,
+    RATIO_DEFINITION,
     ROOT_DISPLAY_NAME,
     display_name,
     display_path,
@@ -42,6 +45,7 @@ from gradsight.store.query import (
     first_last_ratio,
 )
 from gradsight.store.reader import Run
+from gradsight.store.roles import Role
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +70,13 @@ def _png(fig: Any) -> str:
 
 
 def _run_colors(payloads: list[RunPayload]) -> None:
-    fams = list(dict.fromkeys(p.family for p in payloads))
-    for p in payloads:
-        depths = sorted({q.depth for q in payloads if q.family == p.family})
-        t = depths.index(p.depth) / (len(depths) - 1) if len(depths) > 1 else 1.0
-        fi = fams.index(p.family)
+    """One colour per family (deeper runs darker); a run without a recorded family has its own."""
+    looks = [(p.family, p.depth) if p.family is not None else (f"({p.run.name})", 0) for p in payloads]
+    fams = list(dict.fromkeys(fam for fam, _ in looks))
+    for p, (family, depth) in zip(payloads, looks):
+        depths = sorted({d for f, d in looks if f == family})
+        t = depths.index(depth) / (len(depths) - 1) if len(depths) > 1 else 1.0
+        fi = fams.index(family)
         p.data["color"] = shade(PALETTE[fi % len(PALETTE)], t)
         p.data["dash"] = "6 3" if fi % 2 else None
 
@@ -201,7 +207,8 @@ def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str
     parts.append(_nonfinite_html(p))
     if p.stat_options:
         parts.append(f'<div class="controls"><label>statistic: <select class="stat" aria-label="statistic">{options}'
-                     "</select></label> (activation statistics appear with their level in brackets)</div>")
+                     f"</select></label> {_role_select('role', p.roles)} (activation statistics appear with their "
+                     "level in brackets)</div>")
         parts.append('<h3>Gradient flow</h3><div class="chart" data-chart="flow"></div>')
         parts.append('<h3>Over training</h3><div class="chart" data-chart="heatmap"></div>'
                      '<div class="chart" data-chart="bands"></div>')
@@ -216,34 +223,60 @@ def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str
     return "\n".join(x for x in parts if x)
 
 
+#: The role filter's choices: value -> label (``default``: weighted layers and the head, or
+#: every layer for a run without them).
+ROLE_CHOICES = {"default": "weighted layers + head", "all": "all layers"}
+
+
+def _role_select(css_class: str, roles: Sequence[str], element_id: str | None = None) -> str:
+    """The layer charts' role filter: weighted + head (default), all, and each role present."""
+    choices = dict(ROLE_CHOICES)
+    choices.update((r, f"{r} only") for r in Role.ALL if r in roles)
+    options = "".join(f'<option value="{esc(k)}"{" selected" if k == "default" else ""}>{esc(v)}</option>'
+                      for k, v in choices.items())
+    ident = f' id="{esc(element_id)}"' if element_id else ""
+    return f'<label>layers: <select class="{esc(css_class)}"{ident} aria-label="layers">{options}</select></label>'
+
+
 def _comparison_section(payloads: list[RunPayload], stat: str) -> str:
     keys: dict[str, str] = {}
     for p in payloads:
         for k, label in p.stat_options:
             keys.setdefault(k, label)
-    default = f"layer:{stat}" if f"layer:{stat}" in keys else next(iter(keys), "")
+    default = next((k for k in (f"layer:{stat}", "layer:grad_norm") if k in keys), next(iter(keys), ""))
     options = "".join(f'<option value="{esc(k)}"{" selected" if k == default else ""}>{esc(v)}</option>'
                       for k, v in keys.items())
     parts = ['<section id="comparison"><h2>Comparison</h2>',
-             '<p class="note">Depth is normalized (first layer 0, last layer 1) so networks of different depth line up; '
-             "one colour per family, darker for deeper networks.</p>",
-             f'<div class="controls"><label>statistic: <select id="compare-stat">{options}</select></label></div>',
+             '<p class="note">Depth is normalized (first shown layer 0, last 1) so networks of different depth line '
+             "up; one colour per family, darker for deeper networks.</p>",
+             f'<div class="controls"><label>statistic: <select id="compare-stat">{options}</select></label> '
+             f'{_role_select("role", sorted({r for p in payloads for r in p.roles}), "compare-role")}</div>',
              '<div class="chart" id="compare-chart"></div>']
     try:
-        runs = [p.run for p in payloads]
+        if not all(stat in p.run.stats("layer") for p in payloads):
+            stat = "grad_norm"  # runs recorded without it
         rows = [(p.run.name, p.family, p.depth, first_last_ratio(p.run, stat)) for p in payloads]
         table = "".join(
-            f'<tr><td class="text">{esc(n)}</td><td class="text">{esc(f)}</td><td>{d}</td><td>{esc(fmt_value(r))}</td></tr>'
+            f'<tr><td class="text">{esc(n)}</td><td class="text">{esc(f or "-")}</td><td>{"-" if d is None else d}</td>'
+            f"<td>{esc(fmt_value(r))}</td></tr>"
             for n, f, d, r in rows
         )
-        parts.append(f'<h3>First / last layer {esc(stat)}</h3><table class="grid"><thead><tr><th class="text">run</th>'
+        parts.append(f'<h3>First / last weighted layer {esc(stat)}</h3>'
+                     f'<p class="note">Ratio: {esc(RATIO_DEFINITION)}.</p>'
+                     '<table class="grid"><thead><tr><th class="text">run</th>'
                      f'<th class="text">family</th><th>depth</th>'
-                     f"<th>first / last (median over steps of the per-step ratio)</th></tr></thead>"
+                     f"<th>first / last weighted layer</th></tr></thead>"
                      f"<tbody>{table}</tbody></table>")
-        if len({(f, d) for _, f, d, _ in rows}) >= 2:
-            fig = depth_sweep(runs, stat)
-            parts.append(f'<div class="img"><img alt="{esc(stat)}: first / last layer ratio against depth" '
+        swept = [p for p in payloads if p.family is not None]
+        left_out = [p.run.name for p in payloads if p.family is None]
+        if len({(p.family, p.depth) for p in swept}) >= 2:
+            fig = depth_sweep([p.run for p in swept], stat)
+            parts.append(f'<div class="img"><img alt="{esc(stat)}: first / last weighted layer ratio against depth" '
                          f'src="{_png(fig)}"></div>')
+        if left_out:
+            parts.append(f'<p class="note">Not on the depth sweep (no family and depth recorded in their config; '
+                         f'record them with gs.watch(..., config={{"family": ..., "depth": ...}})): '
+                         f"{esc(', '.join(left_out))}.</p>")
     except Exception as exc:  # the sweep is a summary; never lose the report over it
         log.warning("depth sweep failed: %s", exc)
     parts.append("</section>")
@@ -253,7 +286,7 @@ def _comparison_section(payloads: list[RunPayload], stat: str) -> str:
 def build_report(
     runs: Iterable[Run | str | Path],
     *,
-    stat: str = "grad_norm",
+    stat: str = DEFAULT_STAT,
     title: str | None = None,
     graphs: Mapping[Any, Graph] | Graph | None = None,
     cell_budget: int = CELL_BUDGET,
@@ -266,7 +299,8 @@ def build_report(
     Args:
         runs: runs, run directories, or directories holding runs.
         stat: the statistic shown first (every recorded statistic can be picked on
-            the page, activation statistics included).
+            the page, activation statistics included); the layer charts show the
+            weighted layers and the head first, every role one choice away.
         title: the page title (default: from the run names).
         graphs: computation graphs to show, one for all runs or keyed by run
             directory or name; by default a run's ``graph.json`` (see

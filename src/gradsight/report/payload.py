@@ -30,14 +30,18 @@ from gradsight.plots.flow import OVERLAID_STEPS
 from gradsight.plots.style import fmt_value
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
+    DEFAULT_ROLES,
+    DEFAULT_STAT,
     family_and_depth,
     layer_matrices,
     module_levels,
     nonfinite_events,
     run_summary,
     step_sample,
+    view_roles,
 )
 from gradsight.store.reader import Run
+from gradsight.store.roles import Role
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +70,10 @@ class RunPayload:
     summary: list[tuple[str, str]]
     stat_options: list[tuple[str, str]]  # (key "level:stat", label)
     default_key: str | None
-    family: str
-    depth: int
+    family: str | None  #: None when the run's config records no family and depth
+    depth: int | None
     notes: list[str] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)  #: the roles of the run's layers, in Role.ALL order
 
 
 def _encode_matrices(matrices: dict[tuple[str, str], pd.DataFrame]) -> dict[str, dict[str, Any]]:
@@ -100,7 +105,7 @@ def display_max_steps(per_step: int, *, cell_budget: int = CELL_BUDGET,
     return cap if max_steps is None else min(max_steps, cap)
 
 
-def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: int = CELL_BUDGET,
+def run_payload(run: Run, index: int, *, stat: str = DEFAULT_STAT, cell_budget: int = CELL_BUDGET,
                 max_steps: int | None = DEFAULT_MAX_STEPS, base: Path | None = None) -> RunPayload:
     """Read what the report shows of ``run``; its path is shown relative to ``base`` when inside it."""
     all_steps = run.steps()
@@ -129,6 +134,11 @@ def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: i
     for (lv, _), m in tables.items():
         names.setdefault(lv, [str(n) for n in m.columns])
     matrices = _encode_matrices(tables)
+    roles = {}
+    for lv, level_names in names.items():
+        of = run.roles(lv)
+        roles[lv] = [of.get(n, "other") for n in level_names]
+    default_roles = {lv: view_roles(run, DEFAULT_ROLES, lv) for lv in names}
 
     options = []
     for lv in levels:
@@ -136,7 +146,8 @@ def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: i
             key = f"{lv}:{st}"
             if key in matrices:
                 options.append((key, st if lv == "layer" else f"{st} ({lv})"))
-    default_key = f"layer:{stat}" if f"layer:{stat}" in matrices else (options[0][0] if options else None)
+    default_key = next((k for k in (f"layer:{stat}", "layer:grad_norm") if k in matrices),
+                       options[0][0] if options else None)
 
     # whole-model line and non-finite events over all steps
     small = run.frame(level=["model", "metric"])  # one pass over the store for all of these
@@ -153,7 +164,7 @@ def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: i
     for name, g in small[small["level"] == "metric"].groupby("stat", sort=False):
         metrics[str(name)] = _line(g.sort_values("step"))
 
-    family, depth = family_and_depth(run)
+    family, depth = family_and_depth(run) or (None, None)
     summary = run_summary(run, stat, with_layers=False).rows(base)
     for name, line in metrics.items():
         if line["last"] is not None:
@@ -164,6 +175,9 @@ def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: i
         "flow_columns": step_sample(range(len(steps)), OVERLAID_STEPS),  # positions in ``steps``
         "total_steps": len(all_steps),
         "names": names,
+        "roles": roles,  # per level, the role of each name
+        # per level, the roles shown first (None: all names)
+        "default_roles": {lv: list(r) if r is not None else None for lv, r in default_roles.items()},
         "matrices": matrices,
         "default_key": default_key,
         "update_key": "layer:update_ratio" if "layer:update_ratio" in matrices else None,
@@ -173,7 +187,9 @@ def run_payload(run: Run, index: int, *, stat: str = "grad_norm", cell_budget: i
         "family": family,
         "depth": depth,
     }
-    return RunPayload(index, run, data, summary, options, default_key, family, depth, notes)
+    present = set(roles.get("layer", []))
+    return RunPayload(index, run, data, summary, options, default_key, family, depth, notes,
+                      [r for r in Role.ALL if r in present])
 
 
 def results_table(runs: list[Run]) -> list[tuple[Path, pd.DataFrame]]:

@@ -387,11 +387,35 @@ JS = r"""
   }
 
   // ---------------------------------------------------------------- per-run charts
-  function matrixOf(run, key) {
+  // the role filter: "default" (the weighted layers and the head, or every name of a level without them),
+  // "all", or one role; rows of other roles are left out of every layer chart
+  function rolesFor(run, level, choice) {
+    if (choice === "all") return null;
+    if (!choice || choice === "default") return (run.default_roles || {})[level] || null;
+    return [choice];
+  }
+  function roleLabel(run, level, choice) {
+    var keep = rolesFor(run, level, choice);
+    if (!keep) return "all";
+    return choice === "default" || !choice ? "weighted + head" : choice;
+  }
+  function matrixOf(run, key, choice) {
     var m = run.matrices[key];
     if (!m) return null;
     if (!m._data) m._data = decode(m.data);
-    return { names: run.names[m.level], steps: run.steps, data: m._data, stat: m.stat, level: m.level };
+    var names = run.names[m.level], data = m._data, k = run.steps.length;
+    var keep = rolesFor(run, m.level, choice), roles = (run.roles || {})[m.level];
+    if (keep && roles) {
+      var rows = [];
+      for (var r = 0; r < names.length; r++) if (keep.indexOf(roles[r]) >= 0) rows.push(r);
+      if (rows.length < names.length) {
+        var out = new Float32Array(rows.length * k);
+        rows.forEach(function (r0, i) { out.set(data.subarray(r0 * k, (r0 + 1) * k), i * k); });
+        names = rows.map(function (r0) { return names[r0]; });
+        data = out;
+      }
+    }
+    return { names: names, steps: run.steps, data: data, stat: m.stat, level: m.level, shown: roleLabel(run, m.level, choice) };
   }
   function column(m, c) { var n = m.names.length, k = m.steps.length, out = new Array(n); for (var r = 0; r < n; r++) out[r] = m.data[r * k + c]; return out; }
   function row(m, r) { var k = m.steps.length; return Array.prototype.slice.call(m.data.subarray(r * k, (r + 1) * k)); }
@@ -418,8 +442,8 @@ JS = r"""
   function range(n) { var a = new Array(n); for (var i = 0; i < n; i++) a[i] = i; return a; }
   var STEP_COLORS = ["#0d0887", "#6a00a8", "#b12a90", "#e16462", "#fca636", "#f0f921"];
 
-  function drawFlow(el, run, key) {
-    var m = matrixOf(run, key);
+  function drawFlow(el, run, key, choice) {
+    var m = matrixOf(run, key, choice);
     if (!m) { el.textContent = "no data"; return; }
     var xs = range(m.names.length), q = rowQuantiles(m, [0.05, 0.5, 0.95]);
     var cols = run.flow_columns;  // the overlaid steps, chosen by the same sampler as every step sample
@@ -433,12 +457,12 @@ JS = r"""
       if (r >= 0 && m.level === "layer") markers.push({ x: r, label: shownName(e[1]) + ": " + e[2] + " NaN/Inf elements at step " + e[0] });
     });
     var by = m.level === "layer" ? "layer" : m.level === "param" ? "parameter" : m.level;
-    lineChart(el, { title: m.stat + " by " + by + " (forward order)", xLabels: m.names, series: series, ylabel: m.stat,
+    lineChart(el, { title: m.stat + " by " + by + " (" + m.shown + ", forward order)", xLabels: m.names, series: series, ylabel: m.stat,
       bands: [{ xs: xs, lo: q[0], hi: q[2], color: "#9e9e9e", opacity: 0.3, name: "5\u201395% over " + m.steps.length + " steps" }],
-      markers: markers, xlabel: by + ", input \u2192 output", height: 340 });
+      markers: markers, xlabel: by + ", input \u2192 output", height: 340, empty: "no " + m.shown + " " + by + "s" });
   }
-  function drawHeatmap(el, run, key) {
-    var m = matrixOf(run, key);
+  function drawHeatmap(el, run, key, choice) {
+    var m = matrixOf(run, key, choice);
     if (!m) { el.textContent = "no data"; return; }
     var marks = [];
     if (m.level === "layer") (run.nonfinite || []).forEach(function (e) {
@@ -447,10 +471,10 @@ JS = r"""
       m.steps.forEach(function (s, c) { var d = Math.abs(s - e[0]); if (d < bd) { bd = d; best = c; } });
       marks.push([r, best]);
     });
-    heatmapChart(el, { title: m.stat + ": " + (m.level === "layer" ? "layer" : m.level) + " \u00d7 step (log colour)", rows: m.names, cols: m.steps, data: m.data, markers: marks, stat: m.stat });
+    heatmapChart(el, { title: m.stat + ": " + (m.level === "layer" ? "layer" : m.level) + " (" + m.shown + ") \u00d7 step (log colour)", rows: m.names, cols: m.steps, data: m.data, markers: marks, stat: m.stat });
   }
-  function drawBands(el, run, key) {
-    var m = matrixOf(run, key);
+  function drawBands(el, run, key, choice) {
+    var m = matrixOf(run, key, choice);
     if (!m) { el.textContent = "no data"; return; }
     var q = colQuantiles(m, [0.05, 0.25, 0.5, 0.75, 0.95]), xs = m.steps;
     var series = [{ name: "median of layers", xs: xs, ys: q[2], color: PALETTE[0], width: 2 }];
@@ -461,20 +485,20 @@ JS = r"""
     var steps = {};
     (run.nonfinite || []).forEach(function (e) { steps[e[0]] = (steps[e[0]] || 0) + 1; });
     var markers = Object.keys(steps).map(function (s) { return { x: Number(s), label: "step " + s + ": non-finite gradients in " + steps[s] + " layer(s)" }; });
-    lineChart(el, { title: m.stat + " across " + (m.level === "layer" ? "layers" : m.level + "s") + " over training (quantile bands)", series: series, ylabel: m.stat, xlabel: "step", xname: "step",
+    lineChart(el, { title: m.stat + " across " + (m.level === "layer" ? "layers" : m.level + "s") + " (" + m.shown + ") over training (quantile bands)", series: series, ylabel: m.stat, xlabel: "step", xname: "step",
       bands: [{ xs: xs, lo: q[0], hi: q[4], color: PALETTE[0], opacity: 0.15, name: "5\u201395% of layers" },
               { xs: xs, lo: q[1], hi: q[3], color: PALETTE[0], opacity: 0.3, name: "25\u201375% of layers" }],
       markers: markers });
   }
-  function drawUpdate(el, run) {
-    var key = run.update_key, m = key ? matrixOf(run, key) : null;
+  function drawUpdate(el, run, choice) {
+    var key = run.update_key, m = key ? matrixOf(run, key, choice) : null;
     if (!m) { el.textContent = ""; el.style.display = "none"; return; }
     var n = m.names.length, series = [];
     for (var r = 0; r < n; r++) {
       series.push({ name: shownName(m.names[r]), hoverName: shownName(m.names[r]) + " (depth " + r + ")", xs: m.steps, ys: row(m, r),
         color: lutColor(n > 1 ? r / (n - 1) : 0), width: n > 100 ? 0.6 : 1.1, opacity: n > 100 ? 0.6 : 0.9, legend: false });
     }
-    lineChart(el, { title: "update ratio \u2016\u0394w\u2016/\u2016w\u2016 per layer (dark = first layer, bright = last)", series: series,
+    lineChart(el, { title: "update ratio \u2016\u0394w\u2016/\u2016w\u2016 per layer (" + m.shown + "; dark = first layer, bright = last)", series: series,
       refs: [{ y: DATA.update_reference, label: "reference " + DATA.update_reference }], ylabel: "update_ratio", xlabel: "step", xname: "step", legend: false });
   }
   function lineValues(line) { if (!line._values) line._values = decode(line.values); return line._values; }
@@ -512,38 +536,40 @@ JS = r"""
   }
 
   function drawRun(section, run) {
-    var sel = section.querySelector("select.stat");
+    var sel = section.querySelector("select.stat"), rsel = section.querySelector("select.role");
     function redraw() {
-      var key = sel ? sel.value : run.default_key;
+      var key = sel ? sel.value : run.default_key, choice = rsel ? rsel.value : "default";
       section.querySelectorAll("[data-chart]").forEach(function (el) {
         var kind = el.getAttribute("data-chart");
         try {
-          if (kind === "flow") drawFlow(el, run, key);
-          else if (kind === "heatmap") drawHeatmap(el, run, key);
-          else if (kind === "bands") drawBands(el, run, key);
-          else if (kind === "update") drawUpdate(el, run);
+          if (kind === "flow") drawFlow(el, run, key, choice);
+          else if (kind === "heatmap") drawHeatmap(el, run, key, choice);
+          else if (kind === "bands") drawBands(el, run, key, choice);
+          else if (kind === "update") drawUpdate(el, run, choice);
           else if (kind === "model") drawModel(el, run);
           else if (kind === "metrics") drawMetrics(el, run);
         } catch (err) { el.textContent = "could not draw this chart: " + err; throw err; }
       });
     }
     if (sel) sel.addEventListener("change", redraw);
+    if (rsel) rsel.addEventListener("change", redraw);
     redraw();
     drawGraphHover(section);
     return redraw;
   }
 
-  function drawCompare(el, key) {
-    var series = [];
+  function drawCompare(el, key, choice) {
+    var series = [], shown = {};
     DATA.runs.forEach(function (run) {
-      var m = matrixOf(run, key);
+      var m = matrixOf(run, key, choice);
       if (!m) return;
       var n = m.names.length, q = rowQuantiles(m, [0.5])[0];
+      shown[m.shown] = true;
       var xs = range(n).map(function (i) { return n > 1 ? i / (n - 1) : 0; });
       series.push({ name: run.name + " (" + n + " layers)", xs: xs, ys: q, color: run.color, width: 1.8, dash: run.dash || null, dots: n <= 60 });
     });
     var stat = key.split(":").slice(1).join(":");
-    lineChart(el, { title: stat + " by relative depth, median over steps (0 = first layer, 1 = last)", series: series, ylabel: stat,
+    lineChart(el, { title: stat + " by relative depth (" + Object.keys(shown).join(" / ") + "), median over steps (0 = first layer, 1 = last)", series: series, ylabel: stat,
       xlabel: "relative depth", xname: "relative depth", height: 360, empty: "no run has " + stat });
   }
 
@@ -554,9 +580,10 @@ JS = r"""
   });
   var cmp = document.getElementById("compare-chart");
   if (cmp) {
-    var csel = document.getElementById("compare-stat");
-    var cdraw = function () { drawCompare(cmp, csel ? csel.value : DATA.compare_key); };
+    var csel = document.getElementById("compare-stat"), crole = document.getElementById("compare-role");
+    var cdraw = function () { drawCompare(cmp, csel ? csel.value : DATA.compare_key, crole ? crole.value : "default"); };
     if (csel) csel.addEventListener("change", cdraw);
+    if (crole) crole.addEventListener("change", cdraw);
     cdraw();
     redraws.push(cdraw);
   }

@@ -8,8 +8,13 @@ comparison tables read runs through these functions, so they agree on
   read time, never in the store; non-finite gradients are found over *all* steps.
 - one wide orientation: :func:`layer_matrix` is steps x names (as ``Run.series``),
   names in forward order.
+- which layers a depth view shows: by role (:mod:`gradsight.store.roles`), by default
+  the weighted layers and the head (:data:`DEFAULT_ROLES`), with ``grad_rms`` (size
+  normalised) as the default statistic (:data:`DEFAULT_STAT`); ``role=None`` shows all.
 - one first/last-layer ratio: :func:`first_last_ratios` (per step) and
-  :func:`first_last_ratio` (one number for a run).
+  :func:`first_last_ratio` (one number for a run), over the weighted layers in forward
+  order (:data:`RATIO_DEFINITION`).
+- one family and depth of a run, from its recorded metadata only (:func:`family_and_depth`).
 - one run summary: :func:`run_summary`, with one time format (:func:`format_time`).
 """
 
@@ -26,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from gradsight.store.reader import Run, list_runs, open_run
-from gradsight.store.schema import DB_NAME
-from gradsight.store.schema import Level
+from gradsight.store.roles import Role, as_roles
+from gradsight.store.schema import DB_NAME, Level
 
 #: What readers accept as run data: a Run, a run directory, or a long frame
 #: (columns ``step, level, name, depth, stat, value`` as from ``Run.frame()``).
@@ -41,6 +46,21 @@ DEFAULT_MAX_STEPS = 400
 
 #: How the root module (the model itself, whose qualified name is ``""``) is shown.
 ROOT_DISPLAY_NAME = "(model)"
+
+#: The statistic depth views show unless told otherwise: size-normalised, so a layer's
+#: value does not grow with its number of elements.
+DEFAULT_STAT = "grad_rms"
+
+#: The layers depth views (flow, heatmap, comparisons, ``info``, the report) show unless
+#: told otherwise: weighted layers and the head (``role=None`` shows all).
+DEFAULT_ROLES = Role.DEPTH
+
+#: A role filter: one role, several, or None (every layer).
+Roles = Union[str, Sequence[str], None]
+
+#: The first/last-layer ratio in words, for figures and tables.
+RATIO_DEFINITION = ("first / last weighted layer, in forward order (embeddings, norm layers and the head "
+                    "left out); median over steps of the per-step ratio")
 
 #: How values over steps are reduced to one per layer.
 AGGREGATES = {"median": np.nanmedian, "mean": np.nanmean, "max": np.nanmax, "min": np.nanmin}
@@ -96,9 +116,12 @@ def recorded_steps(data: RunData) -> list[int]:
 
 
 def _long(data: RunData, *, stat: str | Iterable[str] | None, level: str | Iterable[str] | None,
-          max_steps: int | None, steps: Sequence[int] | None = None) -> pd.DataFrame:
+          max_steps: int | None, steps: Sequence[int] | None = None, role: Roles = None) -> pd.DataFrame:
+    roles = as_roles(role)
     if isinstance(data, pd.DataFrame):
         df = data
+        if roles is not None and "role" in df:
+            df = df[df["role"].isin(roles)]
         if stat is not None and "stat" in df:
             df = df[df["stat"].isin([stat] if isinstance(stat, str) else list(stat))]
         if level is not None and "level" in df:
@@ -111,10 +134,10 @@ def _long(data: RunData, *, stat: str | Iterable[str] | None, level: str | Itera
         return df
     run = open_data(data)
     if steps is not None:
-        return run.frame(level=level, stat=stat, steps=[int(s) for s in steps])
+        return run.frame(level=level, stat=stat, steps=[int(s) for s in steps], role=roles)
     all_steps = run.steps()
     sampled = step_sample(all_steps, max_steps)
-    return run.frame(level=level, stat=stat, steps=None if len(sampled) == len(all_steps) else sampled)
+    return run.frame(level=level, stat=stat, steps=None if len(sampled) == len(all_steps) else sampled, role=roles)
 
 
 def name_order(df: pd.DataFrame, layer_order: Sequence[str] | None = None) -> list[str]:
@@ -163,7 +186,7 @@ def forward_order(names: Sequence[str], layer_order: Sequence[str]) -> list[str]
     return [name for _, name in sorted(enumerate(names), key=key)]
 
 
-def layer_matrix(data: RunData, stat: str = "grad_norm", *, level: str = Level.LAYER,
+def layer_matrix(data: RunData, stat: str = "grad_norm", *, level: str = Level.LAYER, role: Roles = None,
                  max_steps: int | None = DEFAULT_MAX_STEPS, steps: Sequence[int] | None = None) -> pd.DataFrame:
     """One statistic as a wide table: index = step, columns = names in forward order.
 
@@ -171,6 +194,9 @@ def layer_matrix(data: RunData, stat: str = "grad_norm", *, level: str = Level.L
         data: a run, run directory or long frame.
         stat: the statistic.
         level: ``layer`` (default), ``param``, or a module level (``module``, ``block``).
+        role: only names with these roles, e.g. ``("weighted",)`` or
+            :data:`DEFAULT_ROLES` (default None: every name; a long frame without a
+            ``role`` column is not filtered).
         max_steps: at most this many evenly spaced steps (None = all).
         steps: exactly these steps instead.
 
@@ -179,12 +205,13 @@ def layer_matrix(data: RunData, stat: str = "grad_norm", *, level: str = Level.L
         steps at which ``stat`` was recorded), columns named ``name``; empty when the
         run has no such statistic at that level.
     """
-    found = layer_matrices(data, level=level, stat=stat, max_steps=max_steps, steps=steps)
+    found = layer_matrices(data, level=level, stat=stat, role=role, max_steps=max_steps, steps=steps)
     return found.get((level, stat), pd.DataFrame(dtype=float))
 
 
 def layer_matrices(data: RunData, *, level: str | Iterable[str] = MODULE_LEVELS,
-                   stat: str | Iterable[str] | None = None, max_steps: int | None = DEFAULT_MAX_STEPS,
+                   stat: str | Iterable[str] | None = None, role: Roles = None,
+                   max_steps: int | None = DEFAULT_MAX_STEPS,
                    steps: Sequence[int] | None = None) -> dict[tuple[str, str], pd.DataFrame]:
     """Several statistics at several levels as :func:`layer_matrix` tables, read in one query.
 
@@ -192,6 +219,7 @@ def layer_matrices(data: RunData, *, level: str | Iterable[str] = MODULE_LEVELS,
         data: a run, run directory or long frame.
         level: the levels to read (default: every level with one row per module).
         stat: the statistics to read (default: all).
+        role: only names with these roles (default None: every name).
         max_steps: at most this many evenly spaced steps (None = all).
         steps: exactly these steps instead.
 
@@ -201,7 +229,7 @@ def layer_matrices(data: RunData, *, level: str | Iterable[str] = MODULE_LEVELS,
         columns (every name recorded at that level, in forward order), so a
         statistic not recorded for a name or at a step is NaN there.
     """
-    df = _long(data, stat=stat, level=level, max_steps=max_steps, steps=steps)
+    df = _long(data, stat=stat, level=level, max_steps=max_steps, steps=steps, role=role)
     if df.empty:
         return {}
     if "level" not in df:
@@ -234,20 +262,58 @@ def positive(values: np.ndarray) -> np.ndarray:
         return np.where(np.isfinite(values) & (values > 0), values, np.nan)
 
 
-def layer_profile(data: RunData, stat: str = "grad_norm", *, level: str = Level.LAYER, agg: str = "median",
-                  step: int | None = None, max_steps: int | None = DEFAULT_MAX_STEPS) -> pd.Series:
-    """One value per name (forward order): ``agg`` of the positive, finite values of
-    ``stat`` over the sampled steps, or its value at ``step``."""
+def layer_profile(data: RunData, stat: str = "grad_norm", *, level: str = Level.LAYER, role: Roles = None,
+                  agg: str = "median", step: int | None = None,
+                  max_steps: int | None = DEFAULT_MAX_STEPS) -> pd.Series:
+    """One value per name (forward order, names with the roles ``role`` only): ``agg`` of
+    the positive, finite values of ``stat`` over the sampled steps, or its value at ``step``."""
     if agg not in AGGREGATES:
         raise ValueError(f"agg must be one of {', '.join(AGGREGATES)}, got {agg!r}")
-    m = layer_matrix(data, stat, level=level, steps=[step]) if step is not None else \
-        layer_matrix(data, stat, level=level, max_steps=max_steps)
+    m = layer_matrix(data, stat, level=level, role=role, steps=[step]) if step is not None else \
+        layer_matrix(data, stat, level=level, role=role, max_steps=max_steps)
     if m.empty:
         return pd.Series(dtype=float, name=stat)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, which is right
         values = AGGREGATES[agg](positive(m.to_numpy()), axis=0)
     return pd.Series(values, index=m.columns, name=stat)
+
+
+def roles_by_name(data: RunData, level: str = Level.LAYER) -> dict[str, str]:
+    """``name -> role`` of a run's names at ``level`` (of a long frame: from its ``role``
+    column, empty without one)."""
+    if isinstance(data, pd.DataFrame):
+        if "role" not in data:
+            return {}
+        rows = data if "level" not in data else data[data["level"] == level]
+        return dict(zip(rows["name"], rows["role"]))
+    return open_data(data).roles(level)
+
+
+def view_roles(data: RunData, role: Roles = DEFAULT_ROLES, level: str = Level.LAYER) -> tuple[str, ...] | None:
+    """The role filter a view uses: ``role`` (None or ``'all'``: every layer), except that
+    the default (:data:`DEFAULT_ROLES`) applies to layers and parameters only (module and
+    block rows of activation statistics are all shown), and falls back to every layer
+    when the run has no weighted layer or head (a network of custom module types)."""
+    roles = as_roles(role)
+    if roles is None or tuple(roles) != tuple(DEFAULT_ROLES):
+        return roles
+    if level not in (Level.LAYER, Level.PARAM):
+        return None
+    present = set(roles_by_name(data, level).values())
+    if not present or present & set(roles):
+        return roles
+    return None
+
+
+def role_label(roles: Roles) -> str:
+    """How a figure names the layers it shows: ``'weighted layers and head'``, ``'all layers'`` ..."""
+    roles = as_roles(roles)
+    if roles is None:
+        return "all layers"
+    if tuple(roles) == tuple(DEFAULT_ROLES):
+        return "weighted layers and head"
+    return " + ".join(roles) + " layers"
 
 
 def first_last_columns(matrix: pd.DataFrame) -> tuple[str, str] | None:
@@ -266,9 +332,10 @@ def first_last_ratios(matrix: pd.DataFrame) -> pd.Series:
     """Per step: the first layer's value divided by the last layer's.
 
     The one definition of the first/last-layer ratio. ``matrix`` is steps x names in
-    forward order (as :func:`layer_matrix`); the first and last layers are the first
-    and last columns that hold a positive finite value at any step
-    (:func:`first_last_columns`). Above 1, gradients grow toward the input (explode on
+    forward order; for a run's ratio it holds the weighted layers
+    (``layer_matrix(run, stat, role=Role.RATIO)``, as :func:`first_last_ratio` reads
+    it). The first and last layers are the first and last columns that hold a
+    positive finite value at any step (:func:`first_last_columns`). Above 1, gradients grow toward the input (explode on
     the way back); below 1, they vanish. A step where either value is missing, zero or
     non-finite gives NaN.
     """
@@ -282,13 +349,16 @@ def first_last_ratios(matrix: pd.DataFrame) -> pd.Series:
         return pd.Series(first / last, index=matrix.index, dtype=float)
 
 
-def first_last_ratio(data: RunData, stat: str = "grad_norm", *, level: str = Level.LAYER, agg: str = "median",
+def first_last_ratio(data: RunData, stat: str = DEFAULT_STAT, *, level: str = Level.LAYER, agg: str = "median",
                      max_steps: int | None = DEFAULT_MAX_STEPS) -> float:
     """One number for a run: ``agg`` over the sampled steps of :func:`first_last_ratios`
-    (NaN when it cannot be computed)."""
+    over the run's weighted layers in forward order (role ``weighted``: embeddings,
+    norm layers, scalars and the head are left out; :data:`RATIO_DEFINITION`). NaN when
+    it cannot be computed."""
     if agg not in AGGREGATES:
         raise ValueError(f"agg must be one of {', '.join(AGGREGATES)}, got {agg!r}")
-    ratios = first_last_ratios(layer_matrix(data, stat, level=level, max_steps=max_steps)).to_numpy()
+    matrix = layer_matrix(data, stat, level=level, role=Role.RATIO, max_steps=max_steps)
+    ratios = first_last_ratios(matrix).to_numpy()
     ratios = ratios[np.isfinite(ratios)]
     return float(AGGREGATES[agg](ratios)) if len(ratios) else float("nan")
 
@@ -345,19 +415,22 @@ def run_label(data: RunData) -> str:
     return Path(data).name
 
 
-def family_and_depth(run: Run) -> tuple[str, int]:
-    """The network family (``plain``, ``resnet`` ...) and depth of a run.
+def family_and_depth(run: Run) -> tuple[str, int] | None:
+    """The network family (``plain``, ``resnet`` ...) and depth of a run, or None.
 
-    From the run's config (``family`` and ``depth``, recorded by :func:`gradsight.train.train`
-    from the model registry) when present; otherwise nothing is guessed from names: the
-    family is the model's class and the depth the number of layers recorded.
+    Only from the run's recorded config (``family`` and ``depth``): written by
+    :func:`gradsight.train.train` from the model registry, by ``compare``, or given as
+    ``gs.watch(..., config={"family": ..., "depth": ...})``. Nothing is guessed from
+    names or layer counts: a run without both is None (and is left off depth sweeps).
     """
     cfg = run.config
-    family = cfg.get("family") or run.meta.get("model_class") or "run"
-    depth = cfg.get("depth")
-    if depth is None:
-        depth = len(run.layers())
-    return str(family), int(depth)
+    family, depth = cfg.get("family"), cfg.get("depth")
+    if not family or depth is None:
+        return None
+    try:
+        return str(family), int(depth)
+    except (TypeError, ValueError):
+        return None
 
 
 def format_time(t: Any) -> str:
@@ -386,10 +459,12 @@ class RunSummary:
     num_layers: int
     depth_source: str
     steps: list[int]
-    #: Per layer: name, depth, mean, median, min, max of ``stat`` over all recorded
-    #: steps (None when not asked for).
+    #: Per layer: name, depth, role, mean, median, min, max of ``stat`` over all
+    #: recorded steps (None when not asked for), the layers of ``roles`` only.
     layers: pd.DataFrame | None = field(repr=False)
-    stat: str = "grad_norm"
+    stat: str = DEFAULT_STAT
+    roles: tuple[str, ...] | None = None  #: the roles of ``layers`` (None: all)
+    role_counts: dict[str, int] = field(default_factory=dict)  #: layers per role, in Role.ALL order
     details: dict[str, str] = field(default_factory=dict)  # optimizer, device, amp, torch version, schedule
 
     def rows(self, base: Path | None = None) -> list[tuple[str, str]]:
@@ -403,6 +478,7 @@ class RunSummary:
             ("time", when),
             ("parameters", f"{self.num_params:,} ({self.num_trainable:,} trainable, {self.num_tensors} tensors)"),
             ("layers", f"{self.num_layers} (depth order from {self.depth_source})"),
+            *([("layer roles", ", ".join(f"{n} {r}" for r, n in self.role_counts.items()))] if self.role_counts else []),
             ("steps recorded", f"{len(self.steps):,}" + (f" (steps {self.steps[0]}…{self.steps[-1]})" if self.steps else "")),
         ]
         out += list(self.details.items())
@@ -419,12 +495,18 @@ def display_path(path: Path, base: Path | None) -> str:
     return str(path)
 
 
-def run_summary(data: Run | str | Path, stat: str = "grad_norm", *, with_layers: bool = True) -> RunSummary:
+def run_summary(data: Run | str | Path, stat: str = DEFAULT_STAT, *, with_layers: bool = True,
+                role: Roles = DEFAULT_ROLES) -> RunSummary:
     """The summary of a run shown by ``gradsight info`` and at the top of the report.
 
     ``with_layers`` adds the per-layer summary of ``stat`` over all recorded steps
-    (:meth:`Run.layer_summary`, one pass over that statistic's rows)."""
+    (:meth:`Run.layer_summary`, one pass over that statistic's rows) of the layers
+    with the roles ``role`` (:func:`view_roles`: by default weighted layers and the head)."""
     run = open_data(data)
+    roles = view_roles(run, role)
+    layer_rows = run.layers()
+    counts = layer_rows["role"].value_counts()
+    role_counts = {r: int(counts[r]) for r in Role.ALL if r in counts}
     meta = run.meta
 
     def as_int(x: Any) -> int:
@@ -446,8 +528,8 @@ def run_summary(data: Run | str | Path, stat: str = "grad_norm", *, with_layers:
         error=str(meta["error"]) if meta.get("error") else None,
         start=format_time(meta.get("start_time")), end=format_time(meta.get("end_time")), duration_s=duration,
         num_params=as_int(meta.get("num_params")), num_trainable=as_int(meta.get("num_trainable")),
-        num_tensors=len(run.params()), num_layers=len(run.layers()),
+        num_tensors=len(run.params()), num_layers=len(layer_rows),
         depth_source=str(meta.get("depth_source", "?")), steps=run.steps(),
-        layers=run.layer_summary(stat) if with_layers else None,
-        stat=stat, details=details,
+        layers=run.layer_summary(stat, role=roles) if with_layers else None,
+        stat=stat, roles=roles, role_counts=role_counts, details=details,
     )

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from gradsight._errors import RunError
+from gradsight.store.roles import as_roles, row_roles
 from gradsight.store.schema import DB_NAME, Kind, Level
 
 _REQUIRED_TABLES = {"meta", "params", "layers", "series", "scalars", "steps"}
@@ -137,15 +138,62 @@ class Run:
         df["trainable"] = df["trainable"].astype(bool)
         return df
 
-    def layers(self, kind: str | None = Kind.LAYER) -> pd.DataFrame:
+    def layers(self, kind: str | None = Kind.LAYER, *, role: str | Iterable[str] | None = None) -> pd.DataFrame:
         """Modules in forward-execution order: ``kind='layer'`` (default) the modules
         owning parameters, ``'block'`` residual blocks, ``'module'`` other modules
-        with activation statistics, ``None`` all of them."""
+        with activation statistics, ``None`` all of them.
+
+        Returns:
+            Columns ``name, depth, module_type, kind, role, tied``: ``role`` as in
+            :mod:`gradsight.store.roles` (derived from the rows for stores written
+            before roles were recorded), ``tied`` True for a layer whose parameter has
+            other names. ``role`` keeps only rows of these roles (``None``/``'all'``: every row).
+        """
+        df = self._layer_rows()
         if kind is None:
-            return self._query("SELECT name, depth, module_type, kind FROM layers ORDER BY kind, depth, name")
-        return self._query(
-            "SELECT name, depth, module_type, kind FROM layers WHERE kind = ? ORDER BY depth, name", [kind]
-        )
+            df = df.sort_values(["kind", "depth", "name"], kind="mergesort")
+        else:
+            df = df[df["kind"] == kind].sort_values(["depth", "name"], kind="mergesort")
+        roles = as_roles(role)
+        if roles is not None:
+            df = df[df["role"].isin(roles)]
+        return df.reset_index(drop=True)
+
+    def _layer_rows(self) -> pd.DataFrame:
+        """Every ``layers`` row with its ``role`` and ``tied`` (recorded, or derived as the
+        writer derives them: :func:`gradsight.store.roles.row_roles`)."""
+        columns = set(self._query("PRAGMA table_info(layers)")["name"])
+        extra = "role, tied" if {"role", "tied"} <= columns else "NULL AS role, NULL AS tied"
+        df = self._query(f"SELECT name, depth, module_type, kind, {extra} FROM layers")
+        if df["role"].isna().any() or df["tied"].isna().any():
+            params = self._query("SELECT layer, numel, trainable, aliases FROM params")
+            params = params[params["trainable"].astype(bool)]
+            numel = {str(k): int(v) for k, v in params.groupby("layer")["numel"].sum().items()}
+            aliased = {str(n) for n, a in zip(params["layer"], params["aliases"]) if json.loads(a)}
+            rows = [(n, None if pd.isna(d) else int(d), t, k) for n, d, t, k in
+                    zip(df["name"], df["depth"], df["module_type"], df["kind"])]
+            derived = row_roles(rows, numel, aliased)
+            df["role"] = [r if isinstance(r, str) else d[0] for r, d in zip(df["role"], derived)]
+            df["tied"] = [t if pd.notna(t) else d[1] for t, d in zip(df["tied"], derived)]
+        df["role"] = df["role"].astype(str)
+        df["tied"] = df["tied"].astype(bool)
+        return df
+
+    def roles(self, level: str = Level.LAYER) -> dict[str, str]:
+        """``name -> role`` of the names at a series level (``layer``, ``param``,
+        ``module``, ``block``): a parameter has its layer's role, a name its row of the
+        level's kind (else, as for depths, its ``block``, ``layer`` or ``module`` row)."""
+        rows = self._layer_rows()
+        kind = Kind.LAYER if level == Level.PARAM else level
+        preference = [kind] + [k for k in (Kind.BLOCK, Kind.LAYER, Kind.MODULE) if k != kind]
+        out: dict[str, str] = {}
+        for k in reversed(preference):
+            part = rows[rows["kind"] == k]
+            out.update(zip(part["name"], part["role"]))
+        if level == Level.PARAM:
+            params = self._query("SELECT name, layer FROM params")
+            return {n: out[ln] for n, ln in zip(params["name"], params["layer"]) if ln in out}
+        return out
 
     def steps(self) -> list[int]:
         """Recorded steps, ascending."""
@@ -168,15 +216,21 @@ class Run:
         stat: str | Iterable[str] | None = None,
         name: str | Iterable[str] | None = None,
         steps: Iterable[int] | None = None,
+        role: str | Iterable[str] | None = None,
     ) -> pd.DataFrame:
         """All recorded values in long format, optionally filtered.
 
+        ``role`` keeps the rows of names with these roles (:mod:`gradsight.store.roles`;
+        ``None``/``'all'``: every row); model and metric rows have no role and go.
+
         Returns:
-            DataFrame with columns ``step, level, name, layer, depth, stat, value``:
-            ``layer`` is the owning layer of a parameter (the layer itself for layer
-            rows), ``depth`` its forward-execution index (NaN for model and metric
-            rows), ``value`` a float (NaN where the statistic was NaN).
+            DataFrame with columns ``step, level, name, layer, depth, role, stat,
+            value``: ``layer`` is the owning layer of a parameter (the layer itself for
+            layer rows), ``depth`` its forward-execution index and ``role`` its role
+            (NaN/None for model and metric rows), ``value`` a float (NaN where the
+            statistic was NaN).
         """
+        roles = as_roles(role)
         where, args = [], []
         for col, val in (("se.level", level), ("se.stat", stat), ("se.name", name)):
             if val is None:
@@ -208,9 +262,22 @@ class Run:
         df = self._query(sql, args)
         df["value"] = df["value"].astype(float)
         df["depth"] = df["depth"].astype(float)
+        df.insert(5, "role", self._role_column(df))
+        if roles is not None:
+            df = df[df["role"].isin(roles)].reset_index(drop=True)
         return df
 
-    def series(self, stat: str, level: str = Level.LAYER, steps: Iterable[int] | None = None) -> pd.DataFrame:
+    def _role_column(self, df: pd.DataFrame) -> pd.Series:
+        """The role of each row of a long frame (None for model and metric rows)."""
+        out = pd.Series(None, index=df.index, dtype=object)
+        for level, idx in df.groupby("level", sort=False).indices.items():
+            if level in Level.PER_MODULE or level == Level.PARAM:
+                roles = self.roles(Level.LAYER if level == Level.PARAM else level)
+                out.iloc[idx] = df["layer"].iloc[idx].map(roles).to_numpy()
+        return out.astype(df["layer"].dtype)  # the store's text type, as every other text column
+
+    def series(self, stat: str, level: str = Level.LAYER, steps: Iterable[int] | None = None, *,
+               role: str | Iterable[str] | None = None) -> pd.DataFrame:
         """One statistic as a wide table: index = step, columns = names in depth order.
 
         Args:
@@ -218,7 +285,10 @@ class Run:
             level: ``param``, ``layer``, ``model``, ``module``, ``block`` or ``metric``.
             steps: only these steps (default: all). Reading goes through the
                 series index, so a subset of steps of a long run is cheap.
+            role: only names with these roles (:mod:`gradsight.store.roles`;
+                ``None``/``'all'``: all names).
         """
+        roles = as_roles(role)
         ids = self._query(
             f"""WITH {_DEPTHS}
                SELECT se.id AS id, se.name AS name, d.depth AS depth
@@ -229,6 +299,9 @@ class Run:
                WHERE se.level = ? AND se.stat = ?""",
             [level, stat],
         )
+        if roles is not None and not ids.empty:
+            of = self.roles(level)
+            ids = ids[[of.get(n) in roles for n in ids["name"]]]
         if ids.empty:
             return pd.DataFrame()
         ids = ids.sort_values(["depth", "name"], na_position="last").drop_duplicates("id")
@@ -264,13 +337,16 @@ class Run:
             return pd.DataFrame()
         return df.pivot_table(index="step", columns="stat", values="value", aggfunc="last", dropna=False)
 
-    def layer_summary(self, stat: str = "grad_norm") -> pd.DataFrame:
-        """Per layer: depth, mean/median/min/max of ``stat`` over recorded steps."""
-        df = self.frame(level=Level.LAYER, stat=stat)
+    def layer_summary(self, stat: str = "grad_norm", *, role: str | Iterable[str] | None = None) -> pd.DataFrame:
+        """Per layer: depth, role, mean/median/min/max of ``stat`` over recorded steps
+        (``role``: only layers with these roles)."""
+        columns = ["name", "depth", "role", "mean", "median", "min", "max"]
+        df = self.frame(level=Level.LAYER, stat=stat, role=role)
         if df.empty:
-            return pd.DataFrame(columns=["name", "depth", "mean", "median", "min", "max"])
+            return pd.DataFrame(columns=columns)
         g = df.groupby(["name"], sort=False)
         out = g["value"].agg(["mean", "median", "min", "max"]).reset_index()
         out["depth"] = g["depth"].first().values
-        return out.sort_values(["depth", "name"]).reset_index(drop=True)[["name", "depth", "mean", "median", "min", "max"]]
+        out["role"] = g["role"].first().values
+        return out.sort_values(["depth", "name"]).reset_index(drop=True)[columns]
 

@@ -31,9 +31,13 @@ class Kind:
     LAYER = "layer"
     BLOCK = "block"
     MODULE = "module"
+
+
 #: 2: ``layers`` is keyed on ``(name, kind)`` (version 1: on ``name``), so a residual
 #: block that owns parameters has a ``layer`` row and a ``block`` row.
-SCHEMA_VERSION = 2
+#: 3: ``layers`` has ``role`` and ``tied`` (:mod:`gradsight.store.roles`); readers derive
+#: them for older stores from the same rows.
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -55,6 +59,8 @@ CREATE TABLE IF NOT EXISTS layers (
     depth       INTEGER,             -- forward-execution order among rows of one kind, 0 = first
     module_type TEXT NOT NULL,
     kind        TEXT NOT NULL,       -- 'layer' (owns parameters), 'block', 'module'
+    role        TEXT,                -- 'embedding', 'norm', 'weighted', 'head', 'scalar', 'other' (NULL: derive)
+    tied        INTEGER,             -- 1: a parameter of the layer has other names (aliases)
     PRIMARY KEY (name, kind)
 );
 CREATE TABLE IF NOT EXISTS series (

@@ -41,8 +41,9 @@ class Writer(Protocol):
 
     def write_params(self, rows: list[tuple]) -> None: ...
 
-    def write_layers(self, rows: list[tuple[str, int | None, str, str]]) -> None:
-        """Replace the whole ``layers`` table by ``(name, depth, module_type, kind)`` rows."""
+    def write_layers(self, rows: list[tuple]) -> None:
+        """Replace the whole ``layers`` table by ``(name, depth, module_type, kind, role, tied)``
+        rows (``role`` and ``tied`` may be left out: readers derive them)."""
 
     def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray,
                       time_s: float | None = None) -> None: ...
@@ -71,7 +72,7 @@ class NullWriter:
     def write_params(self, rows: list[tuple]) -> None:
         pass
 
-    def write_layers(self, rows: list[tuple[str, int | None, str, str]]) -> None:
+    def write_layers(self, rows: list[tuple]) -> None:
         pass
 
     def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray,
@@ -131,8 +132,9 @@ class StoreWriter:
     def write_params(self, rows: list[tuple]) -> None:
         self._put(("many", "INSERT OR REPLACE INTO params VALUES (?,?,?,?,?,?,?,?)", rows))
 
-    def write_layers(self, rows: list[tuple[str, int | None, str, str]]) -> None:
-        """Replace the whole ``layers`` table by ``(name, depth, module_type, kind)`` rows."""
+    def write_layers(self, rows: list[tuple]) -> None:
+        """Replace the whole ``layers`` table by ``(name, depth, module_type, kind, role, tied)``
+        rows (``role`` and ``tied`` may be left out: readers derive them)."""
         self._put(("layers", rows))
 
     def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray, time_s: float | None = None) -> None:
@@ -237,7 +239,8 @@ class StoreWriter:
             conn.executemany(item[1], item[2])
         elif kind == "layers":  # in one transaction: a reader never sees the table empty
             conn.execute("DELETE FROM layers")
-            conn.executemany("INSERT INTO layers(name, depth, module_type, kind) VALUES (?,?,?,?)", item[1])
+            conn.executemany("INSERT INTO layers(name, depth, module_type, kind, role, tied) VALUES (?,?,?,?,?,?)",
+                             [tuple(row) + (None,) * (6 - len(row)) for row in item[1]])
         elif kind == "meta":
             self._handle_meta(conn, item[1])
         else:  # pragma: no cover - programming error

@@ -36,7 +36,8 @@ import torch
 from gradsight.data import DatasetSplits, list_datasets, load_dataset
 from gradsight.models import list_models, model_info
 from gradsight.plots import training
-from gradsight.store.query import first_last_ratios
+from gradsight.store.query import first_last_ratios, layer_matrix
+from gradsight.store.roles import Role
 from gradsight.store.reader import open_run
 from gradsight.train.recipes import Recipe, get_recipe
 from gradsight.train.runner import TrainResult, resolve_device, train
@@ -187,15 +188,16 @@ def _per_epoch_markdown(results: Sequence[TrainResult]) -> str:
 
 def _grad_flow_markdown(run_dirs: dict[str, Path]) -> str:
     """Gradient norm of the first weighted layer, the median one, the one before the head and the head,
-    and the first/last-layer ratio (:func:`gradsight.store.query.first_last_ratios`), at the first
-    recorded step and late in training."""
-    header = "| run | step | first layer | median layer | layer before the head | head | first / last layer |"
+    and the first/last-layer ratio (:func:`gradsight.store.query.first_last_ratios` over the weighted
+    layers, the head left out), at the first recorded step and late in training."""
+    header = ("| run | step | first layer | median layer | layer before the head | head "
+              "| first / last weighted layer |")
     lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key, path in run_dirs.items():
         with open_run(path) as run:
             steps = sorted(set(training.first_and_late_steps(run)))
             values = training.weighted_matrix(run, "grad_norm", steps)
-            ratios = first_last_ratios(values)
+            ratios = first_last_ratios(layer_matrix(run, "grad_norm", role=Role.RATIO, steps=steps))
             names = list(values.columns)
             before_head = names[-2] if len(names) > 1 else names[-1]
             for step in steps:
