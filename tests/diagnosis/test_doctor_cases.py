@@ -31,16 +31,8 @@ def _load_cases():
 
 doctor_cases = _load_cases()
 
-#: Cases the rules at this commit misjudge, and the rule at fault.
-MISJUDGED = {
-    "resnet18": "dead_units counts zero gradient elements: 3x3 taps over layer4's 1x1 feature maps are "
-                "structurally zero (padding); update_ratio_high flags conv1, whose relative update is large "
-                "because BatchNorm follows it",
-    "vit": "forward_signal divides by the RMS of the zero-initialised head's output (ZeroDivisionError); "
-           "behind it, vanishing_gradients compares layer-output gradients of unlike modules and "
-           "update_ratio_high flags zero-initialised tensors (class_token, heads.head, in_proj_bias)",
-    "gpt2": "dead_units counts zero gradient elements: rows of wpe for positions never seen get no gradient",
-}
+#: Cases the rules at this commit misjudge, and the rule at fault (none).
+MISJUDGED: dict[str, str] = {}
 
 
 def _params():

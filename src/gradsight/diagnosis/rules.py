@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass
 
@@ -21,45 +20,8 @@ from gradsight.store.query import (
     step_sample,
 )
 from gradsight.store.reader import Run
+from gradsight.store.roles import Role
 from gradsight.store.schema import Kind, Level
-
-
-#: The roles a layer can have (the ``role`` column of ``Run.layers()``, or derived here
-#: from the module type for stores that do not record it; see :func:`layer_roles`).
-EMBEDDING, NORM, WEIGHTED, HEAD, SCALAR, OTHER = "embedding", "norm", "weighted", "head", "scalar", "other"
-
-_NORM_TYPE = re.compile(r"(Norm([123][dD])?|Normalization)$")
-_WEIGHTED_TYPE = re.compile(r"(Linear|Conv(Transpose)?([123][dD])?(Same)?|Conv1D)$")
-_EMBEDDING_TYPE = re.compile(r"Embedding(Bag|s)?$")
-_IN_PROJECTION = frozenset({"in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"})
-
-
-def _role_of_type(module_type: str, name: str) -> str:
-    if module_type == "Parameter":
-        return WEIGHTED if name.rsplit(".", 1)[-1] in _IN_PROJECTION else OTHER
-    if _EMBEDDING_TYPE.search(module_type):
-        return EMBEDDING
-    if _NORM_TYPE.search(module_type):
-        return NORM
-    if _WEIGHTED_TYPE.search(module_type):
-        return WEIGHTED
-    return OTHER
-
-
-def layer_roles(layers: pd.DataFrame) -> dict[str, str]:
-    """The role of each layer (rows of ``Run.layers()``, forward order): the recorded
-    ``role`` column when the store has one, else from the module type (``Embedding``,
-    ``EmbeddingBag`` and types ending in ``Embedding(s)``: embedding; types ending in
-    ``Norm``: norm; convolutions and linear maps: weighted), the last layer being the
-    ``head`` when it is weighted."""
-    if "role" in layers.columns and layers["role"].notna().all():
-        return dict(zip(layers["name"], layers["role"].astype(str)))
-    roles = {n: _role_of_type(str(t), str(n)) for n, t in zip(layers["name"], layers["module_type"])}
-    if len(layers):
-        last = layers["name"].iloc[-1]
-        if roles[last] == WEIGHTED:
-            roles[last] = HEAD
-    return roles
 
 
 class RunData:
@@ -81,8 +43,9 @@ class RunData:
         self.blocks = set(kinds.name[kinds.kind == Kind.BLOCK])  # a name may be a layer and a block
         self.type = dict(zip(kinds.name, kinds.module_type))
         self.depth = dict(zip(kinds.name, kinds.depth))
-        self.layer_order = list(run.layers()["name"])
-        self.roles = layer_roles(run.layers())
+        layers = run.layers()
+        self.layer_order = list(layers["name"])
+        self.roles = dict(zip(layers["name"], layers["role"]))  # recorded, or derived by the reader
         self.stats = {lvl: set(run.stats(lvl)) for lvl in Level.ALL if lvl != Level.METRIC}
         clip = run.meta.get("grad_clip") or run.config.get("grad_clip")
         self.grad_clip: dict = clip if isinstance(clip, dict) and clip.get("post_clip") else {}
@@ -105,17 +68,24 @@ class RunData:
         return None if df.empty or step not in df.index else df.loc[step]
 
     def role(self, name: str) -> str:
-        """The role of a layer (``other`` for a name that is not a layer)."""
-        return self.roles.get(name, OTHER)
+        """The role of a layer (:class:`gradsight.store.roles.Role`; ``other`` for a name
+        that is not a layer)."""
+        return self.roles.get(name, Role.OTHER)
+
+    def normalized(self) -> set[str]:
+        """Weighted layers whose next layer in forward order is a norm layer (a convolution
+        followed by BatchNorm): the loss does not change when their weights are scaled."""
+        order = self.layer_order
+        return {a for a, b in zip(order, order[1:]) if self.role(a) == Role.WEIGHTED and self.role(b) == Role.NORM}
 
     def is_embedding(self, name: str) -> bool:
         """Whether a layer is an input embedding (rows of tokens not in a batch get no gradient)."""
-        return self.role(name) == EMBEDDING
+        return self.role(name) == Role.EMBEDDING
 
     def weighted(self, names, *, head: bool = False) -> list[str]:
         """The weighted layers (convolutions, linear maps) among ``names``, in their order:
         no norm layers, no embeddings, and the head only when asked for."""
-        keep = (WEIGHTED, HEAD) if head else (WEIGHTED,)
+        keep = (Role.WEIGHTED, Role.HEAD) if head else (Role.WEIGHTED,)
         return [n for n in names if self.role(n) in keep]
 
     def parameter_profile(self) -> pd.DataFrame:
@@ -486,7 +456,7 @@ def dead_units(data: RunData, th: Thresholds) -> list[Finding]:
             continue
         if counts.min() >= rows[layer]:
             whole[layer] = frac
-        elif data.role(layer) == HEAD:
+        elif data.role(layer) == Role.HEAD:
             outputs[layer] = frac
         else:
             units[layer] = frac
@@ -561,7 +531,10 @@ def update_ratios(data: RunData, th: Thresholds) -> list[Finding]:
     A tensor that starts at zero (a zero-initialized head, a class token) has an infinite
     first ratio, and after ``k`` updates of similar size a ratio between ``1/k``
     (aligned updates) and ``1/sqrt(k)`` (random directions) whatever the learning rate;
-    its first ``1/update_high**2`` updates after it was last zero are not judged."""
+    its first ``1/update_high**2`` updates after it was last zero are not judged. A
+    weighted layer followed by a norm layer is scale-invariant (its gradient scales as
+    ``1/||w||``, so its norm grows until the relative update settles): it is not
+    judged too high."""
     ur = data.wide(Level.LAYER, "update_ratio")
     if ur.empty:
         return []
@@ -571,7 +544,8 @@ def update_ratios(data: RunData, th: Thresholds) -> list[Finding]:
         med = _judged_updates(data, ur, warmup).median().dropna()
     findings = []
     low = med[med < th.update_low]
-    high = med[med > th.update_high]
+    normalized = data.normalized()
+    high = med[(med > th.update_high) & ~med.index.isin(list(normalized))]
     if not high.empty:
         findings.append(Finding(
             "update_ratio_high", "warning",
