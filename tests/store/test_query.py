@@ -134,8 +134,9 @@ def test_layer_matrices_read_at_once_equal_one_at_a_time(small_run):
         for (level, stat), table in tables.items():
             alone = layer_matrix(run, stat, level=level)
             assert list(table.index) == run.steps()  # one index for all; alone: the steps holding the stat
-            pd.testing.assert_frame_equal(table.loc[alone.index], alone, obj=f"{level}:{stat}")
+            pd.testing.assert_frame_equal(table.loc[alone.index, alone.columns], alone, obj=f"{level}:{stat}")
             assert table.drop(alone.index).isna().all().all()
+            assert table.drop(columns=alone.columns).isna().all().all()  # e.g. grad_dead_rows of a vector
         assert len(layer_matrix(run, "update_ratio")) == 11  # no update at the skipped step 5
     assert layer_matrix(small_run, "no_such_stat").empty
 
