@@ -426,7 +426,8 @@ def _cut_off_steps(data: RunData, layer: str, steps: pd.Index) -> set[int]:
     wn = data.wide(Level.LAYER, "weight_norm")
     if wn.empty or layer not in wn.columns:
         return set()
-    later = [c for c in wn.columns if data.depth.get(c, -1) > data.depth.get(layer, -1)]
+    position = {name: i for i, name in enumerate(data.layer_order)}
+    later = [c for c in wn.columns if position.get(c, -1) > position.get(layer, -1)]
     if not later:
         return set()
     zero = (wn.loc[wn.index.intersection(steps), later] == 0).any(axis=1)
@@ -446,7 +447,8 @@ def dead_units(data: RunData, th: Thresholds) -> list[Finding]:
     for layer in dead.columns:
         if data.is_embedding(layer) or rows.get(layer, 0) == 0:
             continue
-        steps = [s for s in window if s not in _cut_off_steps(data, layer, window)]
+        cut_off = _cut_off_steps(data, layer, window)
+        steps = [s for s in window if s not in cut_off]
         counts = dead.loc[steps, layer].to_numpy(dtype=float)
         counts = counts[np.isfinite(counts)]
         if len(counts) == 0 or counts.min() < 1:
