@@ -20,9 +20,10 @@ computed once, vectorized, at the end.
 Two ways to compute raw sums:
 
 * ``eager``: multi-tensor ``torch._foreach_norm`` passes (L2, L1 and L0, the count
-  of nonzeros) over all tensors at once, one row-wise max-abs reduction per tensor
-  (``maxabs`` is the max of the row maxima, ``dead_rows`` counts the zero ones, both
-  for all tensors at once), plus one pass over the weights. ``nonfinite`` is
+  of nonzeros) over all tensors at once, one row-wise max-abs reduction per tensor of
+  >= 2 dims (``maxabs`` is the max of its row maxima, ``dead_rows`` counts the zero
+  ones, both for all tensors at once; a ``_foreach_norm`` L-inf pass gives the other
+  tensors' ``maxabs``), plus one pass over the weights. ``nonfinite`` is
   not counted here: a tensor whose ``sumsq`` is finite has no NaN/Inf, so the count
   is only needed (and taken by :func:`count_nonfinite`) on the rare steps where a
   norm is not finite.
@@ -75,19 +76,18 @@ def row_count(shape: Sequence[int]) -> int:
 
 
 def _row_max(g: Tensor) -> Tensor:
-    """``[rows]`` float32 max |g| of each row (one value for a tensor without rows);
-    reduces over the other dims in place, so a channels-last gradient is not copied."""
-    if g.dim() >= 2:
-        return torch.linalg.vector_norm(g, math.inf, dim=tuple(range(1, g.dim())), dtype=torch.float32)
-    return torch.linalg.vector_norm(g.reshape(1, -1), math.inf, dim=1, dtype=torch.float32)
+    """``[rows]`` float32 max |g| of each row of a tensor of >= 2 dims; reduces over the
+    other dims in place, so a channels-last gradient is not copied."""
+    return torch.linalg.vector_norm(g, math.inf, dim=tuple(range(1, g.dim())), dtype=torch.float32)
 
 
 def _fused_kernel(g: Tensor, w: Tensor | None) -> Tensor:
     """The raw sums of a gradient; ``rows`` is filled in by the caller (``dead_rows``
-    counts the zero rows, taking a tensor without rows as one row)."""
-    g = g.float()
+    counts the zero rows, taking a tensor without rows as one row). Every sum is taken
+    per row first, along one axis, so the compiler reads the gradient in one loop."""
+    g = (g.reshape(g.shape[0], -1) if g.dim() >= 2 else g.reshape(1, -1)).float()
     a = g.abs()
-    row_max = a.amax(dim=tuple(range(1, g.dim()))) if g.dim() >= 2 else a.amax().reshape(1)
+    row_max = a.amax(1)
     if w is None:
         w_sumsq = torch.full((), float("nan"), dtype=torch.float32, device=g.device)
     else:
@@ -96,11 +96,11 @@ def _fused_kernel(g: Tensor, w: Tensor | None) -> Tensor:
     zero = torch.zeros((), dtype=torch.float32, device=g.device)
     return torch.stack(
         [
-            (g * g).sum(),
-            a.sum(),
+            (g * g).sum(1).sum(),
+            a.sum(1).sum(),
             row_max.amax(),
-            (g == 0).sum().float(),
-            (~torch.isfinite(g)).sum().float(),
+            (g == 0).sum(1).sum().float(),
+            (~torch.isfinite(g)).sum(1).sum().float(),
             zero + g.numel(),
             w_sumsq,
             zero,
@@ -255,23 +255,22 @@ class _Layout:
     """What the eager path needs to know about a list of gradients' shapes, on the device.
 
     Attributes:
-        view_rows: the rows of each tensor's 2-d view (1 for a tensor without rows).
         numel, rows: ``[n]`` float32 element and row counts (:func:`row_count`).
-        owner: ``[sum(view_rows)]`` int64, the tensor of each row of the views.
-        dead_slot: like ``owner``, but ``n`` for the rows of tensors without rows
-            (a slot that is dropped).
+        with_rows, without_rows: the positions of the tensors of >= 2 dims, and of the others.
+        owner: ``[sum(rows)]`` int64, the tensor of each row.
+        without_rows_index: ``without_rows`` as an int64 tensor.
     """
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], device: torch.device) -> None:
-        self.view_rows = [s[0] if len(s) >= 2 else 1 for s in shapes]
-        n = len(shapes)
+        counts = [row_count(s) for s in shapes]
+        self.with_rows = [i for i, r in enumerate(counts) if r]
+        self.without_rows = [i for i, r in enumerate(counts) if not r]
         self.numel = torch.tensor([float(math.prod(s)) for s in shapes], dtype=torch.float32, device=device)
-        self.rows = torch.tensor([float(row_count(s)) for s in shapes], dtype=torch.float32, device=device)
-        counts = torch.tensor(self.view_rows, dtype=torch.long)
-        owner = torch.repeat_interleave(torch.arange(n), counts)
-        has_rows = torch.tensor([len(s) >= 2 for s in shapes], dtype=torch.bool)
-        self.owner = owner.to(device)
-        self.dead_slot = torch.where(has_rows[owner], owner, n).to(device)
+        self.rows = torch.tensor([float(r) for r in counts], dtype=torch.float32, device=device)
+        self.owner = torch.repeat_interleave(torch.tensor(self.with_rows, dtype=torch.long),
+                                             torch.tensor([counts[i] for i in self.with_rows], dtype=torch.long)
+                                             ).to(device)
+        self.without_rows_index = torch.tensor(self.without_rows, dtype=torch.long, device=device)
 
 
 _LAYOUTS: dict[tuple, _Layout] = {}
@@ -305,13 +304,17 @@ def _eager_rows(grads: list[Tensor], weights: list[Tensor], with_weights: bool, 
     sumsq = column(torch._foreach_norm(grads, 2, dtype=torch.float32)).square()
     sumabs = column(torch._foreach_norm(grads, 1, dtype=torch.float32))
     nonzero = column(torch._foreach_norm(grads, 0, dtype=torch.float32))  # L0 "norm": count of nonzeros
-    # max |g| of every row of every tensor: the tensor's maxabs and its all-zero rows, from one read
-    row_max = [_row_max(g) for g in grads]
-    row_max = torch.cat(row_max if one_device else [t.to(device) for t in row_max])
-    maxabs = torch.zeros(n, dtype=torch.float32, device=device).scatter_reduce_(
-        0, layout.owner, row_max, reduce="amax", include_self=False)
-    dead = torch.zeros(n + 1, dtype=torch.float32, device=device).index_add_(
-        0, layout.dead_slot, (row_max == 0).float())[:n]
+    # the rows' max |g| of every tensor with rows gives its maxabs and its all-zero rows
+    maxabs = torch.zeros(n, dtype=torch.float32, device=device)
+    dead = torch.zeros(n, dtype=torch.float32, device=device)
+    if layout.with_rows:
+        row_max = [_row_max(grads[i]) for i in layout.with_rows]
+        row_max = torch.cat(row_max if one_device else [t.to(device) for t in row_max])
+        maxabs.scatter_reduce_(0, layout.owner, row_max, reduce="amax", include_self=False)
+        dead.index_add_(0, layout.owner, (row_max == 0).float())
+    if layout.without_rows:
+        flat = column(torch._foreach_norm([grads[i] for i in layout.without_rows], math.inf, dtype=torch.float32))
+        maxabs.index_copy_(0, layout.without_rows_index, flat)
     numel = layout.numel
     if with_weights:
         w_sumsq = column(torch._foreach_norm(weights, 2, dtype=torch.float32)).square()
