@@ -302,6 +302,13 @@ class ActivationRecorder:
         self._made_by: dict[int, tuple[object, list[str]]] = {}  # discovery: id(grad_fn) -> modules that output it
         self._operands = _AddOperands()
         self._mode_depth = 0
+        #: block rows whose addition lies inside another row's branch (discovery)
+        self.nested: set[str] = set()
+        self._row_of_add: dict[int, str] = {}
+        #: called as ``on_addition(row, split)`` for every addition of a known row instead of measuring it
+        self.on_addition: Callable[[str, ResidualSplit], None] | None = None
+        #: calls of each owner since the last :meth:`reset` (calls that build a graph)
+        self.owner_calls: dict[str, int] = {}
         self._forward_seen = False
         for name in self.tracked:
             hooks.add(modules[name].register_forward_hook(self._make_forward(name)), self.TAG)
@@ -366,6 +373,7 @@ class ActivationRecorder:
                         pass
             stack.append(stops)
             self._forward_seen = True
+            self.owner_calls[name] = self.owner_calls.get(name, 0) + 1
             if self._mode_depth == 0:
                 self._operands.__enter__()
             self._mode_depth += 1
@@ -399,6 +407,10 @@ class ActivationRecorder:
             return
         if not self.blocks_known and name not in self.owners:
             rows = self._row_names(name, splits)
+            for row, split in zip(rows, splits):
+                inner = {id(n) for n in split.branch_nodes} & set(self._row_of_add)
+                self.nested.update(self._row_of_add[i] for i in inner)
+                self._row_of_add[id(split.add_node)] = row
             self.owners[name] = rows
             for row, split in zip(rows, splits):
                 self._block_order[row] = split.add_node._sequence_nr()
@@ -407,7 +419,10 @@ class ActivationRecorder:
                 self.types[row] = type(module).__name__
         rows = self.owners.get(name, [])
         for row, split in zip(rows, splits):
-            self._attach(row, split)
+            if self.on_addition is not None:
+                self.on_addition(row, split)
+            else:
+                self._attach(row, split)
         if rows == [name] and name not in self._tracked_set and self.patterns is None:
             self._observe(name, module, y)
 
@@ -453,6 +468,7 @@ class ActivationRecorder:
         self.hooks.remove(self.TAG + "-discovery")
         self.hooks.remove(self.TAG + "-blocks")
         self._made_by.clear()
+        self._row_of_add.clear()
         missing = sorted(self.marked - set(self.owners))
         if missing:
             warnings.warn(f"no residual addition found in {missing}", stacklevel=2)
@@ -511,6 +527,7 @@ class ActivationRecorder:
         self._inputs.clear()
         self._claimed.clear()
         self._operands.clear()
+        self.owner_calls.clear()
         self.hooks.remove(self.ITER_TAG)
 
     def module_kinds(self) -> dict[str, str]:
