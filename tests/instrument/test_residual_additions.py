@@ -322,3 +322,28 @@ def test_parameter_free_additions_are_not_residual(tmp_path):
         model(torch.randn(3, 4)).sum().backward()
         mon.step()
     assert gs.open_run(tmp_path / "run").layers("block").empty
+
+
+class InlineHead(nn.Module):
+    """``head(h + body(h))`` written in the model's own forward."""
+
+    def __init__(self, then_head: bool) -> None:
+        super().__init__()
+        self.inp = nn.Linear(3, 6)
+        self.body = nn.Sequential(nn.Linear(6, 6), nn.Tanh())
+        self.head = nn.Linear(6, 2) if then_head else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.head(torch.relu(h + self.body(h)))
+
+
+@pytest.mark.parametrize("then_head", [True, False])
+def test_an_addition_in_the_models_own_forward_counts_only_at_its_end(tmp_path, then_head):
+    torch.manual_seed(0)
+    model = InlineHead(then_head)
+    with gs.watch(model, tmp_path / "run", activations=True) as mon:
+        model(torch.randn(4, 3)).sum().backward()
+        mon.step()
+    names = gs.open_run(tmp_path / "run").layers("block").name.tolist()
+    assert names == ([] if then_head else [""])

@@ -39,7 +39,7 @@ from torch.utils import _pytree as pytree
 
 from gradsight.compgraph.nodes import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge, Node
 from gradsight.compgraph.structure import Graph
-from gradsight.instrument.residual import ResidualSplit, find_residual_additions
+from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
 
 
 def op_type(name: str) -> str:
@@ -120,6 +120,8 @@ class _CallRecorder:
         y = _first_tensor(output)
         if y is not None and y.grad_fn is not None:
             splits = find_residual_additions(y.grad_fn, call["stops"], skip=self.claimed)
+            if not self.stack:  # the model's own forward
+                splits = [split for split in splits if not parameterized_after(y.grad_fn, split.add_node)]
             self.claimed.update(id(split.add_node) for split in splits)
             self.keep.extend(split.add_node for split in splits)
             call["splits"] = splits

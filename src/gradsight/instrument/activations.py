@@ -36,7 +36,7 @@ from torch.autograd.graph import get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
 from gradsight.instrument.hooks import HookRegistry
-from gradsight.instrument.residual import ResidualSplit, find_residual_additions
+from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
 from gradsight.store.schema import Kind, Level
 
 ACT_STATS = ("act_rms", "act_mean_sq", "act_var", "out_grad_norm", "out_grad_rms", "out_grad_nonfinite")
@@ -401,6 +401,8 @@ class ActivationRecorder:
 
     def _found(self, name: str, module: nn.Module, y: Tensor, stops: list) -> None:
         splits = find_residual_additions(y.grad_fn, stops, skip=set(self._claimed))
+        if module is self.model:
+            splits = [split for split in splits if not parameterized_after(y.grad_fn, split.add_node)]
         for split in splits:
             self._claimed[id(split.add_node)] = split.add_node
         if not splits:

@@ -17,7 +17,10 @@ matter). Additions of two parameter-free functions of one tensor (rotary embeddi
 Nodes are looked for between a module call's output and its inputs (the graph is not
 followed past the inputs' gradient edges), so an addition whose stream or branch
 starts outside a module's forward is not that module's; the monitor gives each
-addition to the innermost module whose forward holds the whole ``s + f(s)``.
+addition to the innermost module whose forward holds the whole ``s + f(s)``. An
+addition written in the model's own forward counts only when no parameterized
+operation follows it (the model is then itself one residual block); otherwise it is
+part of the model's plumbing (``head(h + block(h))``), not a row.
 """
 
 from __future__ import annotations
@@ -178,6 +181,36 @@ def find_residual_additions(y_node: Node | None, stops: Iterable[Node] = (),
             found.append(split)
     found.sort(key=lambda s: s.add_node._sequence_nr())
     return found
+
+
+def _holds_parameter(node: Node, hops: int = 3) -> bool:
+    """Whether ``node`` is a parameter, or reaches one through a chain of single-input nodes
+    (a transpose, a view, a cast) of at most ``hops`` steps."""
+    for _ in range(hops + 1):
+        if _is_parameter(node):
+            return True
+        kids = _children(node)
+        if len(kids) != 1:
+            return False
+        node = kids[0][0]
+    return False
+
+
+def parameterized_after(y_node: Node, add: Node) -> bool:
+    """Whether an operation on a path from the addition ``add`` to the output ``y_node`` takes a
+    parameter (a head after an addition written in a model's own forward)."""
+    nodes = _collect(y_node, {add})
+    if nodes is None:
+        return True
+    between = {add}
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(nodes):
+            if node not in between and any(c in between for c, _, _ in _children(node)):
+                between.add(node)
+                changed = True
+    return any(_holds_parameter(c) for node in between - {add} for c, _, _ in _children(node) if c not in between)
 
 
 def find_residual_split(y_node: Node | None, x_node: Node | None, x_nr: int = 0, *, strict: bool = True) -> ResidualSplit | None:
