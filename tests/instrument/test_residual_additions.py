@@ -347,3 +347,21 @@ def test_an_addition_in_the_models_own_forward_counts_only_at_its_end(tmp_path, 
         mon.step()
     names = gs.open_run(tmp_path / "run").layers("block").name.tolist()
     assert names == ([] if then_head else [""])
+
+
+def test_an_exception_inside_a_block_leaves_no_mode_behind(tmp_path):
+    from torch.overrides import _get_current_function_mode_stack
+
+    model, idx = _model()
+    with gs.watch(model, tmp_path / "run", activations=True) as mon:
+        _loss(model, idx).backward()
+        mon.step()
+        model.blocks[1].attn.heads = 3  # 16 channels do not split into 3 heads
+        with pytest.raises(RuntimeError):
+            _loss(model, idx)
+        assert not _get_current_function_mode_stack()
+        model.blocks[1].attn.heads = 2
+        _loss(model, idx).backward()
+        mon.step()
+    got = gs.open_run(tmp_path / "run").frame(level="block")
+    assert set(got.step) == {0, 1} and len(set(got.name)) == 6
