@@ -238,3 +238,69 @@ def test_trace_inputs_come_from_the_registry_not_the_first_layer():
     assert trace_inputs_for(create_model("mlp", in_features=12), batch=3).shape == (3, 12)
     with pytest.raises(ValueError, match="is not known"):
         trace_inputs_for(nn.Linear(4, 2))
+
+
+def _cycle(graph) -> tuple[str, str] | None:
+    """An edge that closes a cycle, or None."""
+    succ: dict[str, list[str]] = {}
+    for e in graph.edges:
+        succ.setdefault(e.src, []).append(e.dst)
+    state: dict[str, int] = {}
+    for start in [n.id for n in graph.nodes]:
+        if start in state:
+            continue
+        state[start] = 1
+        stack = [(start, iter(succ.get(start, [])))]
+        while stack:
+            node, it = stack[-1]
+            for nxt in it:
+                if state.get(nxt) == 1:
+                    return node, nxt
+                if nxt not in state:
+                    state[nxt] = 1
+                    stack.append((nxt, iter(succ.get(nxt, []))))
+                    break
+            else:
+                state[node] = 2
+                stack.pop()
+    return None
+
+
+def test_pre_ln_transformer_module_view_has_one_node_per_addition_and_no_cycle():
+    from tests.instrument.test_residual_additions import TinyGPT
+
+    g = trace(TinyGPT(depth=2, width=8, heads=2), torch.randint(0, 50, (2, 8)), probe=False)
+    view = g.module_view()
+    adds = [n.label for n in view.nodes if n.label.endswith("]")]
+    assert adds == ["blocks.0[attn]", "blocks.0[mlp]", "blocks.1[attn]", "blocks.1[mlp]"]
+    assert [(e.src, e.dst) for e in view.skip_edges][1:] == [
+        ("module:blocks.0[attn]", "module:blocks.0[mlp]"), ("module:blocks.0[mlp]", "module:blocks.1[attn]"),
+        ("module:blocks.1[attn]", "module:blocks.1[mlp]")]
+    for depth in (None, 0, 1, 2, 3):
+        assert _cycle(g.module_view(max_depth=depth)) is None, depth
+    assert [n.label for n in g.module_view(max_depth=2).nodes if n.kind == "module"][2:4] == ["blocks.0", "blocks.1"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_hugging_face_module_views_have_no_cycle(family):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = {
+        "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32)),
+        "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=100, max_position_embeddings=64)),
+        "bert": lambda: transformers.BertForMaskedLM(transformers.BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100,
+            max_position_embeddings=64)),
+    }[family]()
+    g = trace(model, {"input_ids": torch.randint(0, 100, (2, 8))}, probe=False)
+    view = g.module_view()
+    assert _cycle(view) is None
+    assert len(view.skip_edges) >= 4
+    if family == "gpt2":
+        assert [n.label for n in view.nodes if n.label.endswith("]")] == [
+            f"transformer.h.{i}[{b}]" for i in range(2) for b in ("attn", "mlp")]
+    for depth in range(5):
+        assert _cycle(g.module_view(max_depth=depth)) is None, depth

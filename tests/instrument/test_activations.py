@@ -319,7 +319,7 @@ def test_torchvision_blocks(tmp_path, arch):
 
 
 class TwoAdds(nn.Module):
-    """A transformer-like block: two residual adds in one module (not detected automatically)."""
+    """A transformer-like block: two residual additions in one module."""
 
     def __init__(self):
         super().__init__()
@@ -331,18 +331,37 @@ class TwoAdds(nn.Module):
         return x + self.g(x)
 
 
-def test_marked_block_is_measured(tmp_path):
+def test_two_additions_in_one_module_give_one_row_each(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), TwoAdds(), nn.Linear(4, 1))
     with gs.watch(model, tmp_path / "auto", activations=True) as mon:
         model(torch.randn(3, 4)).sum().backward()
         mon.step()
-    assert gs.open_run(tmp_path / "auto").frame(level="block").empty
-    model.zero_grad()
-    with gs.watch(model, tmp_path / "marked", activations=True, residual_blocks=["1"]) as mon:
+    run = gs.open_run(tmp_path / "auto")
+    assert run.layers("block").name.tolist() == ["1[f]", "1[g]"]
+    got = run.frame(level="block")
+    assert set(got.stat) >= {"skip_grad_norm", "branch_grad_norm", "skip_branch_cos", "branch_var", "act_rms"}
+
+
+class LeafResidual(nn.Module):
+    """``x + tanh(x @ W)`` with the weight held by the module itself (no submodules)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4) / 2)
+
+    def forward(self, x):
+        return x + torch.tanh(x @ self.weight)
+
+
+def test_an_addition_in_a_module_without_submodules_is_that_modules(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), LeafResidual(), nn.Linear(4, 1))
+    with gs.watch(model, tmp_path / "auto", activations=True, residual_blocks=["1"]) as mon:
         model(torch.randn(3, 4)).sum().backward()
         mon.step()
-    got = gs.open_run(tmp_path / "marked").frame(level="block")
+    got = gs.open_run(tmp_path / "auto").frame(level="block")
+    assert set(got.name) == {"1"}
     assert set(got.stat) >= {"skip_grad_norm", "branch_grad_norm", "skip_branch_cos"}
 
 

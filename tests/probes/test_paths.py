@@ -235,3 +235,29 @@ def test_cli_bad_input_is_one_line_and_exit_status_2(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_addition_of_a_transformer_is_a_block_and_all_paths_add_up() -> None:
+    """A pre-LN transformer: two additions per layer; the 2**n gated paths sum to the gradient
+    at the first layer's input."""
+    from tests.instrument.test_residual_additions import TinyGPT
+
+    model = TinyGPT(depth=2, width=8, heads=2).double()
+    idx = torch.randint(0, 50, (2, 8))
+    blocks = find_residual_blocks(model, idx)
+    assert blocks == [f"blocks.{i}[{b}]" for i in range(2) for b in ("attn", "mlp")]
+    v = torch.randn_like(model(idx))
+    seen = []
+
+    def capture(_module: nn.Module, args: tuple) -> tuple:
+        seen.append(args[0].detach().requires_grad_())
+        return (seen[-1],)
+
+    handle = model.blocks[0].register_forward_pre_hook(capture)
+    try:
+        want = torch.autograd.grad(model(idx), seen[0], v)[0]
+    finally:
+        handle.remove()
+    total = sum(path_gradient(model, idx, flags, v) for flags in itertools.product([False, True], repeat=4))
+    torch.testing.assert_close(total, want)
+    assert no_hooks_left(model)

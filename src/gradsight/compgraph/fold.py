@@ -11,14 +11,51 @@ if TYPE_CHECKING:
     from gradsight.compgraph.structure import Graph
 
 
+def _level(call) -> int:
+    """Nesting depth of a call; an addition's call (``block[attn]``) is one below its block."""
+    return call.level + (1 if call.module.endswith("]") else 0)
+
+
 def _folded_key(key: str, calls: dict, max_depth: int | None) -> str:
-    """The call ``key`` belongs to at ``max_depth`` (its ancestor at that nesting level)."""
+    """The call ``key`` belongs to at ``max_depth``: its ancestor at that nesting level, or the
+    call itself (or its ancestor) that runs directly inside a call above that level."""
     if max_depth is None:
         return key
     call = calls[key]
-    while call.level > max_depth and call.parent is not None:
+    # a parent above max_depth (a ModuleList between them never runs) does not swallow the call
+    while _level(call) > max_depth and call.parent is not None and _level(calls[call.parent]) >= max_depth:
         call = calls[call.parent]
     return call.key
+
+
+def _own_segments(graph: Graph, calls: dict, folded: dict[str, str]) -> dict[str, str]:
+    """``node id -> "~i"`` for the operations a container call runs itself (and no other call is
+    folded into), when they fall in several pieces not joined by an edge (a model that adds its embeddings first and reshapes
+    its output last): piece ``i >= 1`` becomes a node of its own, so the view has no cycle
+    through the container. The first piece keeps the call's node id."""
+    parents = {c.parent for c in calls.values()}
+    absorbing = {f for k, f in folded.items() if k != f}  # calls that other calls fold into stay whole
+    own: dict[str, str] = {n.id: n.call for n in graph.nodes if n.kind == OP and n.call in calls
+                           and n.call in parents and folded[n.call] == n.call and n.call not in absorbing}
+    root = {i: i for i in own}
+
+    def find(i: str) -> str:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    for e in graph.edges:
+        if e.src in own and e.dst in own and own[e.src] == own[e.dst]:
+            root[find(e.src)] = find(e.dst)
+    pieces: dict[str, list[str]] = {}
+    for n in graph.nodes:
+        if n.id in own:
+            pieces.setdefault(own[n.id], [])
+            r = find(n.id)
+            if r not in pieces[own[n.id]]:
+                pieces[own[n.id]].append(r)
+    return {i: f"~{pieces[own[i]].index(find(i))}" for i in own if pieces[own[i]].index(find(i)) > 0}
 
 
 def fold(graph: Graph, max_depth: int | None = None) -> Graph:
@@ -38,12 +75,13 @@ def fold(graph: Graph, max_depth: int | None = None) -> Graph:
             if n.kind == OP and n.value is not None:
                 layer_value.setdefault(n.layer, n.value)
 
+    segment = _own_segments(graph, calls, folded)
     group: dict[str, str] = {}  # node id -> id of the node it folds into
     members: dict[str, list[Node]] = {}
     for n in graph.nodes:
         key = n.call if n.kind in (OP, PARAM) else None
         if key is not None and key in calls and (key != "" or max_depth == 0):
-            gid = "module:" + folded[key]
+            gid = "module:" + folded[key] + segment.get(n.id, "")
         elif n.kind == PARAM:
             gid = n.id  # a parameter of a module that never ran
         else:
@@ -64,7 +102,7 @@ def fold(graph: Graph, max_depth: int | None = None) -> Graph:
         if not gid.startswith("module:"):
             nodes.append(ms[0])
             continue
-        key = gid[len("module:"):]
+        key = gid[len("module:"):].split("~")[0]
         call = calls[key]
         inner = {k for k, f in folded.items() if f == key}
         layers = tuple(sorted({calls[k].module for k in inner} & layers_with_params, key=layer_first.__getitem__))

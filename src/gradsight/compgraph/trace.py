@@ -14,12 +14,13 @@ How it works:
    ``named_parameters``), the inputs, or other tensors.
 4. A call owns the nodes reachable from its outputs without passing its inputs;
    every operation goes to the innermost call owning it.
-5. Skip connections are those of the residual blocks, found as everywhere in
-   gradsight (:func:`gradsight.instrument.residual.find_residual_split`): a call of
-   a module with children whose output adds its input's skip path and a branch,
-   with no parameterized operation after the addition. The edges of the skip
-   path, from the block's input through any shortcut (a projection, its norm) to
-   the addition, are marked.
+5. Skip connections are those of the residual additions ``s + f(s)``, found as
+   everywhere in gradsight (:mod:`gradsight.instrument.residual`), each owned by the
+   innermost call whose forward holds it. The edges of the skip path, from the
+   stream ``s`` through any shortcut (a projection, its norm) to the addition, are
+   marked. A call that owns several additions (a transformer block) gets one child
+   call per addition, ``<module>[<branch>]`` as in the monitor's block rows, which
+   owns that addition, so the module view has one node per addition.
 
 Ids are deterministic: operations are numbered in a forward topological order
 obtained by a depth-first walk that follows ``next_functions`` in order.
@@ -38,7 +39,7 @@ from torch.utils import _pytree as pytree
 
 from gradsight.compgraph.nodes import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge, Node
 from gradsight.compgraph.structure import Graph
-from gradsight.instrument.residual import ResidualSplit, find_residual_split
+from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
 
 
 def op_type(name: str) -> str:
@@ -75,12 +76,12 @@ class _CallRecorder:
 
     def __init__(self, model: nn.Module) -> None:
         self.names = {id(m): name for name, m in model.named_modules()}
-        self.containers = {id(m) for m in model.modules() if any(True for _ in m.children())}
         self.counter = 0
         self.stack: list[int] = []
         self.calls: list[dict[str, Any]] = []
         self.n_calls: dict[str, int] = {}
         self.keep: list[Any] = []  # autograd nodes referenced by id; kept alive so ids stay unique
+        self.claimed: set[int] = set()  # ids of additions owned by a call that ended
         self.handles = []
         for m in model.modules():
             self.handles.append(m.register_forward_pre_hook(self._pre, with_kwargs=True))
@@ -101,8 +102,8 @@ class _CallRecorder:
             "end": None,
             "inputs": {id(f) for f in inputs},
             "outputs": [],
-            "input_edge": _input_edge(args) if id(module) in self.containers else None,
-            "split": None,
+            "stops": [e.node for e in _input_edges((args, kwargs))],
+            "splits": [],
         })
         self.stack.append(len(self.calls) - 1)
         self.counter += 1
@@ -116,11 +117,15 @@ class _CallRecorder:
         call["outputs"] = outputs
         call["end"] = self.counter
         self.counter += 1
-        edge, y = call["input_edge"], _first_tensor(output)
-        if edge is not None and y is not None and y.grad_fn is not None:
-            split = find_residual_split(y.grad_fn, edge.node, edge.output_nr)
-            if split is not None:
-                call["split"] = (split, edge.node, edge.output_nr)
+        y = _first_tensor(output)
+        if y is not None and y.grad_fn is not None:
+            splits = find_residual_additions(y.grad_fn, call["stops"], skip=self.claimed)
+            if not self.stack:  # the model's own forward
+                splits = [split for split in splits if not parameterized_after(y.grad_fn, split.add_node)]
+            self.claimed.update(id(split.add_node) for split in splits)
+            self.keep.extend(split.add_node for split in splits)
+            call["splits"] = splits
+        call["stops"] = []
 
     def remove(self) -> None:
         for h in self.handles:
@@ -131,15 +136,16 @@ def _first_tensor(obj: Any) -> torch.Tensor | None:
     return next((t for t in pytree.tree_leaves(obj) if isinstance(t, torch.Tensor)), None)
 
 
-def _input_edge(args: tuple) -> Any:
-    """The gradient edge of a call's first tensor argument, when it has one."""
-    x = _first_tensor(args)
-    if x is None or not x.requires_grad:
-        return None
-    try:
-        return get_gradient_edge(x)
-    except RuntimeError:
-        return None
+def _input_edges(obj: Any) -> list[Any]:
+    """The gradient edges of a call's floating-point tensor arguments that require grad."""
+    edges = []
+    for x in pytree.tree_leaves(obj):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.requires_grad:
+            try:
+                edges.append(get_gradient_edge(x))
+            except RuntimeError:
+                pass
+    return edges
 
 
 def _topological(roots: list[Any]) -> list[Any]:
@@ -250,6 +256,7 @@ def _trace(model: nn.Module, inputs: Any, params: dict[int, str], owner: dict[st
         for fid in _owned(c):
             if fid not in innermost or width < innermost[fid][0]:
                 innermost[fid] = (width, c["key"])
+    calls = _addition_calls(calls, innermost)
     module_of_call = {c["key"]: c["module"] for c in calls}
     layers = set(owner.values())
 
@@ -305,7 +312,7 @@ def _trace(model: nn.Module, inputs: Any, params: dict[int, str], owner: dict[st
         if src is not None:
             edges.append(Edge(src, oid))
 
-    edges = _mark_skips(nodes, edges, node_id, [c["split"] for c in calls if c["split"] is not None])
+    edges = _mark_skips(nodes, edges, node_id, [split for c in calls for split in c.get("splits", [])])
     graph = Graph(
         nodes=nodes,
         edges=edges,
@@ -342,10 +349,48 @@ def _probe(model: nn.Module, outputs: list[torch.Tensor]) -> dict[str, float]:
     return values
 
 
-def _skip_path(split: ResidualSplit, x_node: Any, x_nr: int) -> set[tuple[int, int]]:
-    """``(id(src), id(dst))`` of the autograd edges of a block's skip path: from the block's
-    input through the shortcut's operations to the addition."""
+def _addition_calls(calls: list[dict[str, Any]], innermost: dict[int, tuple[int, str]]) -> list[dict[str, Any]]:
+    """``calls`` plus, after each call that owns several additions, one child call per addition
+    (``<key>[<branch>]``, ``branch`` the call's child the branch runs through, else the
+    addition's index); each addition node is given to its child call."""
+    out = []
+    parent_of = {c["key"]: c["parent"] for c in calls}
+
+    def child_of(key: str | None, ancestor: str) -> str | None:
+        while key is not None and parent_of.get(key) != ancestor:
+            key = parent_of.get(key)
+        return key
+
+    for c in calls:
+        out.append(c)
+        splits = c.get("splits", [])
+        if len(splits) < 2:
+            continue
+        labels = []
+        for split in splits:
+            label = None
+            for fn in split.branch_nodes:
+                key = innermost.get(id(fn), (0, None))[1]
+                child = child_of(key, c["key"]) if key is not None and key != c["key"] else None
+                if child is not None:
+                    label = next(x["module"] for x in calls if x["key"] == child)
+                    label = label[len(c["module"]) + 1:] if c["module"] else label
+                    break
+            labels.append(label)
+        for i, (split, label) in enumerate(zip(splits, labels)):
+            suffix = f"[{label if label is not None and labels.count(label) == 1 else i}]"
+            key = c["key"] + suffix
+            out.append({"key": key, "module": c["module"] + suffix, "type": c["type"], "parent": c["key"],
+                        "params": 0, "start": c["start"], "end": c["end"], "splits": []})
+            innermost[id(split.add_node)] = (-1, key)
+    return out
+
+
+def _skip_path(split: ResidualSplit) -> set[tuple[int, int]]:
+    """``(id(src), id(dst))`` of the autograd edges of an addition's skip path: from the
+    stream through the shortcut's operations to the addition."""
     add = split.add_node
+    x_node = split.stream[0] if split.stream is not None else None
     if split.skip_node is None:  # identity: the addition takes the input itself
         return {(id(x_node), id(add))}
     pairs = {(id(split.skip_node), id(add))}
@@ -364,13 +409,13 @@ def _skip_path(split: ResidualSplit, x_node: Any, x_nr: int) -> set[tuple[int, i
 
 
 def _mark_skips(nodes: list[Node], edges: list[Edge], node_id: dict[int, str],
-                splits: list[tuple[ResidualSplit, Any, int]]) -> list[Edge]:
+                splits: list[ResidualSplit]) -> list[Edge]:
     """Mark the edges of the residual blocks' skip paths (see the module docstring); only edges
     between operations and inputs, not those from parameters."""
     data = {n.id for n in nodes if n.kind in (OP, INPUT)}
     skip: set[tuple[str, str]] = set()
-    for split, x_node, x_nr in splits:
-        for src, dst in _skip_path(split, x_node, x_nr):
+    for split in splits:
+        for src, dst in _skip_path(split):
             if src in node_id and dst in node_id and node_id[src] in data and node_id[dst] in data:
                 skip.add((node_id[src], node_id[dst]))
     return [replace(e, skip=True) if (e.src, e.dst) in skip else e for e in edges]

@@ -26,19 +26,21 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
+from torch.overrides import TorchFunctionMode
 
 from gradsight.instrument.hooks import HookRegistry
-from gradsight.instrument.residual import ResidualSplit, find_residual_split
+from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
 from gradsight.store.schema import Kind, Level
 
 ACT_STATS = ("act_rms", "act_mean_sq", "act_var", "out_grad_norm", "out_grad_rms", "out_grad_nonfinite")
-BLOCK_STATS = ("skip_grad_norm", "branch_grad_norm", "skip_branch_cos", "branch_var")
+BLOCK_STATS = ("skip_grad_norm", "branch_grad_norm", "skip_branch_cos", "branch_var", "act_rms")
 
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
                   nn.GroupNorm, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
@@ -54,7 +56,7 @@ def channel_dim(module: nn.Module, t: Tensor) -> int:
 
 
 def channel_moments(t: Tensor, dim: int) -> tuple[int, Tensor, Tensor]:
-    """(count per channel, per-channel mean, per-channel population variance), fp32.
+    """(count per channel, per-channel mean, per-channel population variance), fp32 (fp64 for fp64 input).
 
     One sum and one sum of squares per channel, reduced over contiguous planes (no
     transposed copy): about twenty times faster than ``var_mean`` on ``[N, C, H, W]``
@@ -65,7 +67,7 @@ def channel_moments(t: Tensor, dim: int) -> tuple[int, Tensor, Tensor]:
     if t.dim() <= 1:
         t = t.reshape(-1, 1)
         dim = 1
-    x = t if t.dtype == torch.float32 else t.float()
+    x = t if t.dtype in (torch.float32, torch.float64) else t.float()
     dim = dim % x.dim()
     channels = x.shape[dim]
     before = math.prod(x.shape[:dim])
@@ -121,7 +123,7 @@ class _ModuleAcc:
 
     def add_grad(self, g: Tensor) -> None:
         g = g.detach()
-        sumsq = torch.linalg.vector_norm(g, dtype=torch.float32).square()
+        sumsq = torch.linalg.vector_norm(g, dtype=torch.float64 if g.dtype == torch.float64 else torch.float32).square()
         if g.device.type == "cpu" and bool(torch.isfinite(sumsq)):
             # a finite sum of squares means no NaN/Inf: skip the counting pass (free check on the CPU;
             # on an accelerator it would cost a host sync per module, so the count is always taken there)
@@ -141,12 +143,67 @@ class _BlockAcc:
     skip_sumsq: Tensor | None = None
     branch_sumsq: Tensor | None = None
     dot: Tensor | None = None
-    branch_var: Tensor | None = None
-    pending: dict = field(default_factory=dict)  # per forward: partial sums per path
+    stream: _ModuleAcc = field(default_factory=_ModuleAcc)  # the skip operand before the addition
+    branch: _ModuleAcc = field(default_factory=_ModuleAcc)  # the branch operand before the addition
 
     def add(self, name: str, value: Tensor) -> None:
         cur = getattr(self, name)
         setattr(self, name, value if cur is None else cur + value)
+
+
+_ADD_FUNCS = {torch.add, Tensor.add, Tensor.add_, Tensor.__add__, Tensor.__iadd__}
+_NO_MODULE = nn.Module()
+
+
+def _moments(t: Tensor) -> tuple[int, Tensor, Tensor]:
+    return channel_moments(t, channel_dim(_NO_MODULE, t))
+
+
+class _AddOperands(TorchFunctionMode):
+    """While active: for every addition of two tensors that require grad, the operands' channel moments.
+
+    ``operands(node)`` gives ``[(n, mean, var)] * 2`` for the addition whose autograd
+    node is ``node``, in the node's input order. In-place additions are measured before
+    they run; out-of-place ones only when asked for.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[int, tuple[object, list]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (func in _ADD_FUNCS and len(args) >= 2 and not kwargs.get("alpha")
+                and all(isinstance(a, Tensor) and a.is_floating_point() and a.requires_grad for a in args[:2])
+                and torch.is_grad_enabled()):
+            inplace = func in (Tensor.add_, Tensor.__iadd__)
+            pre = [_moments(a) if inplace else a.detach() for a in args[:2]]
+            out = func(*args, **kwargs)
+            if isinstance(out, Tensor) and out.grad_fn is not None:
+                self._seen[id(out.grad_fn)] = (out.grad_fn, pre)
+            return out
+        return func(*args, **kwargs)
+
+    def operands(self, node: object) -> list | None:
+        entry = self._seen.get(id(node))
+        if entry is None or entry[0] is not node:
+            return None
+        ops = entry[1]
+        entry[1][:] = [_moments(o) if isinstance(o, Tensor) else o for o in ops]
+        return ops
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+
+def block_owner(row: str) -> str:
+    """The module that owns a block row: ``transformer.h.0`` for ``transformer.h.0[attn]``."""
+    return row[: row.index("[")] if row.endswith("]") and "[" in row else row
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass (a checkpointed forward being recomputed)."""
+    return torch._C._current_graph_task_id() != -1
 
 
 class _PathJoin:
@@ -164,7 +221,8 @@ class _PathJoin:
             self.partial[path] = g if self.partial[path] is None else self.partial[path] + g
         self.remaining[path] -= 1
         if self.remaining[path] == 0 and self.partial[path] is not None:
-            full = self.partial[path].float().reshape(-1)
+            full = self.partial[path]
+            full = (full if full.dtype == torch.float64 else full.float()).reshape(-1)
             self.partial[path] = None
             self.acc.add("skip_sumsq" if path == 0 else "branch_sumsq", torch.linalg.vector_norm(full).square())
             other = self.done[1 - path]
@@ -182,11 +240,19 @@ class ActivationRecorder:
         model: the model.
         select: ``True`` for the default choice (every leaf module with parameters
             and every residual block), or fnmatch patterns of module names.
-        residual_blocks: names of modules to treat as residual blocks even where
-            automatic detection does not see them (a looser rule is then used).
+        residual_blocks: names of modules expected to own residual additions
+            (every module is looked into anyway); a warning names those that own
+            none after the first recorded forward.
         hooks: the registry that owns every handle.
         is_active: called in a forward hook; True when this forward belongs to a
             recorded step.
+
+    Block rows (level ``block``) are residual additions (see
+    :mod:`gradsight.instrument.residual`), each owned by the innermost module whose
+    forward holds it: a module with one addition gives one row named after the
+    module, a module with several one row per addition in forward order, named
+    ``module[branch]`` (``branch`` the module's child that the branch runs through
+    last) or ``module[i]`` when no child tells them apart.
     """
 
     TAG = "activations"
@@ -222,29 +288,42 @@ class ActivationRecorder:
 
         self.tracked = [n for n, m in modules.items() if chosen(n, m)]
         self._tracked_set = set(self.tracked)
-        # candidates for residual blocks: containers (and marked modules); decided on the first forward
-        self.candidates = [n for n, m in modules.items() if any(True for _ in m.children()) or n in self.marked]
-        self.candidates += [n for n in self.marked if n not in self.candidates]
-        self.blocks: list[str] = []
+        # modules that may own residual additions: all of them, until the first recorded forward shows which do
+        self.candidates = list(modules)
+        self.blocks: list[str] = []  #: block rows, additions in forward order
+        self._block_order: dict[str, int] = {}  # row -> autograd sequence number of its addition
+        self.owners: dict[str, list[str]] = {}  #: owner module -> its block rows, additions in forward order
         self.blocks_known = False
-        self._branch_module: dict[str, str] = {}
         self.types = {n: type(m).__name__ for n, m in modules.items()}
         self.acc: dict[str, _ModuleAcc] = {}
         self.block_acc: dict[str, _BlockAcc] = {}
-        self._producer: dict[int, str] = {}  # id(grad_fn) -> tracked module, this forward
         self._inputs: dict[str, list] = {}
-        self._var_by_fn: dict[int, Tensor] = {}
+        self._claimed: dict[int, object] = {}  # id(addition node) -> node, given to an owner this step
+        self._made_by: dict[int, tuple[object, list[str]]] = {}  # discovery: id(grad_fn) -> modules that output it
+        self._operands = _AddOperands()
+        self._mode_depth = 0
+        #: block rows whose addition lies inside another row's branch (discovery)
+        self.nested: set[str] = set()
+        self._row_of_add: dict[int, str] = {}
+        #: called as ``on_addition(row, split)`` for every addition of a known row instead of measuring it
+        self.on_addition: Callable[[str, ResidualSplit], None] | None = None
+        #: calls of each owner since the last :meth:`reset` (calls that build a graph)
+        self.owner_calls: dict[str, int] = {}
+        self._forward_seen = False
         for name in self.tracked:
             hooks.add(modules[name].register_forward_hook(self._make_forward(name)), self.TAG)
-        for name in self.candidates:
-            mod = modules[name]
-            hooks.add(mod.register_forward_pre_hook(self._make_block_pre(name)), self.TAG + "-blocks")
-            hooks.add(mod.register_forward_hook(self._make_block_post(name)), self.TAG + "-blocks")
+        self._hook_blocks(self.candidates)
+        for name, mod in modules.items():
+            hooks.add(mod.register_forward_hook(self._make_discovery(name)), self.TAG + "-discovery")
+
+    def _measuring(self) -> bool:
+        return (self.is_active() and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and not _in_backward())
 
     # -- leaf/module statistics ---------------------------------------------------
     def _make_forward(self, name: str):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
-            if not self.is_active() or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            if not self._measuring():
                 return
             t = first_tensor(output)
             if t is not None:
@@ -256,27 +335,48 @@ class ActivationRecorder:
         acc = self.acc.setdefault(name, _ModuleAcc())
         n, mean, var = channel_moments(t, channel_dim(module, t))
         acc.add_moments(n, mean, var)
-        if t.grad_fn is not None:
-            self._producer[id(t.grad_fn)] = name
-            self._var_by_fn[id(t.grad_fn)] = var.mean()
         if t.requires_grad:
             self.hooks.add(t.register_hook(acc.add_grad), self.ITER_TAG)
 
-    # -- residual blocks ------------------------------------------------------------
+    # -- residual additions ---------------------------------------------------------
+    def _hook_blocks(self, names: Sequence[str]) -> None:
+        modules = dict(self.model.named_modules())
+        for name in names:
+            mod = modules[name]
+            self.hooks.add(mod.register_forward_pre_hook(self._make_block_pre(name), with_kwargs=True),
+                           self.TAG + "-blocks")
+            self.hooks.add(mod.register_forward_hook(self._make_block_post(name), always_call=True),
+                           self.TAG + "-blocks")
+
+    def _make_discovery(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if self.blocks_known or not self._measuring():
+                return
+            t = first_tensor(output)
+            if t is not None and t.grad_fn is not None:
+                self._made_by.setdefault(id(t.grad_fn), (t.grad_fn, []))[1].append(name)
+
+        return hook
+
     def _make_block_pre(self, name: str):
-        def pre(module: nn.Module, args: tuple) -> None:
-            if not self.is_active() or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            stack = self._inputs.setdefault(name, [])
+            if not self._measuring():
+                stack.append(None)
                 return
-            if self.blocks_known and name not in self.blocks:
-                return
-            x = first_tensor(args)
-            edge = None
-            if x is not None and x.requires_grad:
-                try:
-                    edge = get_gradient_edge(x)
-                except RuntimeError:
-                    edge = None
-            self._inputs.setdefault(name, []).append(edge)
+            stops = []
+            for t in _tensors((args, kwargs)):
+                if t.requires_grad:
+                    try:
+                        stops.append(get_gradient_edge(t).node)
+                    except RuntimeError:
+                        pass
+            stack.append(stops)
+            self._forward_seen = True
+            self.owner_calls[name] = self.owner_calls.get(name, 0) + 1
+            if self._mode_depth == 0:
+                self._operands.__enter__()
+            self._mode_depth += 1
 
         return pre
 
@@ -285,29 +385,75 @@ class ActivationRecorder:
             stack = self._inputs.get(name)
             if not stack:
                 return
-            edge = stack.pop()
-            y = first_tensor(output)
-            if edge is None or y is None or y.grad_fn is None:
+            stops = stack.pop()
+            if stops is None:
                 return
-            strict = name not in self.marked
-            split = find_residual_split(y.grad_fn, edge.node, edge.output_nr, strict=strict)
-            if split is None:
-                return
-            if not self.blocks_known and name not in self.blocks:
-                self.blocks.append(name)
-            self._attach(name, split)
-            if name not in self._tracked_set and self.patterns is None:
-                self._observe(name, module, y)
+            self._mode_depth -= 1
+            try:
+                y = first_tensor(output)
+                if y is not None and y.grad_fn is not None:
+                    self._found(name, module, y, stops)
+            finally:
+                if self._mode_depth == 0:
+                    self._operands.__exit__(None, None, None)
 
         return post
 
-    def _attach(self, name: str, split: ResidualSplit) -> None:
-        acc = self.block_acc.setdefault(name, _BlockAcc())
-        branch_var = self._var_by_fn.get(id(split.branch_node)) if split.branch_node is not None else None
-        if branch_var is not None:
-            acc.add("branch_var", branch_var)
-            acc.pending["branch_var_count"] = acc.pending.get("branch_var_count", 0) + 1
-            self._branch_module.setdefault(name, self._producer.get(id(split.branch_node), ""))
+    def _found(self, name: str, module: nn.Module, y: Tensor, stops: list) -> None:
+        splits = find_residual_additions(y.grad_fn, stops, skip=set(self._claimed))
+        if module is self.model:
+            splits = [split for split in splits if not parameterized_after(y.grad_fn, split.add_node)]
+        for split in splits:
+            self._claimed[id(split.add_node)] = split.add_node
+        if not splits:
+            return
+        if not self.blocks_known and name not in self.owners:
+            rows = self._row_names(name, splits)
+            for row, split in zip(rows, splits):
+                inner = {id(n) for n in split.branch_nodes} & set(self._row_of_add)
+                self.nested.update(self._row_of_add[i] for i in inner)
+                self._row_of_add[id(split.add_node)] = row
+            self.owners[name] = rows
+            for row, split in zip(rows, splits):
+                self._block_order[row] = split.add_node._sequence_nr()
+            self.blocks = sorted(self.blocks + rows, key=self._block_order.__getitem__)
+            for row in rows:
+                self.types[row] = type(module).__name__
+        rows = self.owners.get(name, [])
+        for row, split in zip(rows, splits):
+            if self.on_addition is not None:
+                self.on_addition(row, split)
+            else:
+                self._attach(row, split)
+        if rows == [name] and name not in self._tracked_set and self.patterns is None:
+            self._observe(name, module, y)
+
+    def _row_names(self, owner: str, splits: list[ResidualSplit]) -> list[str]:
+        """``[owner]`` for one addition; ``owner[branch]`` (or ``owner[i]``) for several."""
+        if len(splits) == 1:
+            return [owner]
+        prefix = f"{owner}." if owner else ""
+        labels: list[str | None] = []
+        for split in splits:
+            label = None
+            for node in split.branch_nodes:
+                entry = self._made_by.get(id(node))
+                if entry is None or entry[0] is not node:
+                    continue
+                children = {m[len(prefix):].split(".")[0] for m in entry[1] if m.startswith(prefix) and m != owner}
+                if children:
+                    label = children.pop() if len(children) == 1 else None
+                    break
+            labels.append(label)
+        return [f"{owner}[{label if label is not None and labels.count(label) == 1 else i}]"
+                for i, label in enumerate(labels)]
+
+    def _attach(self, row: str, split: ResidualSplit) -> None:
+        acc = self.block_acc.setdefault(row, _BlockAcc())
+        operands = self._operands.operands(split.add_node)
+        if operands is not None:
+            acc.stream.add_moments(*operands[split.skip_index])
+            acc.branch.add_moments(*operands[1 - split.skip_index])
         join = _PathJoin(acc, (len(split.consumers[0]), len(split.consumers[1])))
         for path, consumers in enumerate(split.consumers):
             for node, index in consumers:
@@ -317,18 +463,18 @@ class ActivationRecorder:
                 self.hooks.add(node.register_hook(node_hook), self.ITER_TAG)
 
     def finish_discovery(self) -> None:
-        """After the first recorded forward: keep hooks only on real blocks."""
+        """After the first recorded forward: keep hooks only on modules that own additions."""
         if self.blocks_known:
             return
         self.blocks_known = True
-        keep = set(self.blocks)
+        self.hooks.remove(self.TAG + "-discovery")
         self.hooks.remove(self.TAG + "-blocks")
-        modules = dict(self.model.named_modules())
-        for name in self.candidates:
-            if name in keep:
-                mod = modules[name]
-                self.hooks.add(mod.register_forward_pre_hook(self._make_block_pre(name)), self.TAG + "-blocks")
-                self.hooks.add(mod.register_forward_hook(self._make_block_post(name)), self.TAG + "-blocks")
+        self._made_by.clear()
+        self._row_of_add.clear()
+        missing = sorted(self.marked - set(self.owners))
+        if missing:
+            warnings.warn(f"no residual addition found in {missing}", stacklevel=2)
+        self._hook_blocks([n for n in self.candidates if n in self.owners])
 
     # -- collection -------------------------------------------------------------------
     def collect(self, inv_scale: Tensor | None = None) -> tuple[list[tuple[str, str, str]], list[Tensor]]:
@@ -337,7 +483,7 @@ class ActivationRecorder:
         Levels: ``module`` for :data:`ACT_STATS`, ``block`` for :data:`BLOCK_STATS`.
         Resets the accumulators and drops this step's graph hooks.
         """
-        if self._inputs or self.acc or self.block_acc:
+        if self._forward_seen or self.acc:
             self.finish_discovery()
         keys: list[tuple[str, str, str]] = []
         values: list[Tensor] = []
@@ -368,22 +514,37 @@ class ActivationRecorder:
                     d = acc.dot if scale2 is None else acc.dot * scale2
                     keys.append((Level.BLOCK, name, "skip_branch_cos"))
                     values.append(d / (s.sqrt() * b.sqrt()))
-            if acc.branch_var is not None:
+            if acc.branch.mean is not None:
                 keys.append((Level.BLOCK, name, "branch_var"))
-                values.append(acc.branch_var / acc.pending.get("branch_var_count", 1))
+                values.append((acc.branch.m2 / max(acc.branch.n, 1)).mean())
+            if acc.stream.mean is not None:
+                keys.append((Level.BLOCK, name, "act_rms"))
+                values.append((acc.stream.mean.square().mean() + (acc.stream.m2 / max(acc.stream.n, 1)).mean()).sqrt())
         self.reset()
         return keys, values
 
     def reset(self) -> None:
         self.acc.clear()
         self.block_acc.clear()
-        self._producer.clear()
         self._inputs.clear()
-        self._var_by_fn.clear()
+        self._claimed.clear()
+        self._operands.clear()
+        self.owner_calls.clear()
         self.hooks.remove(self.ITER_TAG)
 
     def module_kinds(self) -> dict[str, str]:
-        """Name -> 'block' for residual blocks, 'module' for other tracked modules."""
+        """Name -> 'block' for block rows, 'module' for other tracked modules."""
         kinds = {n: Kind.MODULE for n in self.tracked}
         kinds.update({n: Kind.BLOCK for n in self.blocks})
         return kinds
+
+
+def _tensors(obj: object) -> list[Tensor]:
+    """Every floating-point tensor in nested tuples, lists and dicts."""
+    if isinstance(obj, Tensor):
+        return [obj] if obj.is_floating_point() else []
+    if isinstance(obj, (tuple, list)):
+        return [t for item in obj for t in _tensors(item)]
+    if isinstance(obj, dict):
+        return [t for item in obj.values() for t in _tensors(item)]
+    return []

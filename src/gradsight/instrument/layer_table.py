@@ -22,16 +22,17 @@ def layer_rows(
 
     Args:
         layers: names of the layers (what owns watched parameters).
-        module_kinds: ``name -> 'block' | 'module'`` of residual blocks and other
-            tracked modules (activation statistics).
+        module_kinds: ``name -> 'block' | 'module'`` of residual additions (in the
+            forward order of the additions) and other tracked modules (activation statistics).
         types: ``name -> module type`` shown in the table.
         rank: orders names by forward execution.
         numel: trainable elements per layer (for the ``scalar`` role).
         aliased: layers with a tied parameter.
 
     Returns:
-        A ``layer`` row for every layer, a ``block`` row for every residual block
-        (a name can have both: a block that owns parameters itself) and a
+        A ``layer`` row for every layer, a ``block`` row for every residual addition
+        (named after the module that owns it, ``module[branch]`` when it owns several;
+        a name can have both: a block that owns parameters itself) and a
         ``module`` row for every other tracked module. ``depth`` ranks layers among
         layers, blocks among blocks and modules among modules and layers; ``role``
         and ``tied`` are :func:`gradsight.store.roles.row_roles`.
@@ -41,7 +42,7 @@ def layer_rows(
     modules = [n for n, k in module_kinds.items() if k == Kind.MODULE and n not in taken]
     module_set = set(modules)
     rows = [(n, d, types.get(n, "?"), Kind.LAYER) for d, n in enumerate(rank(list(layers)))]
-    rows += [(n, d, types.get(n, "?"), Kind.BLOCK) for d, n in enumerate(rank(blocks))]
+    rows += [(n, d, types.get(n, "?"), Kind.BLOCK) for d, n in enumerate(blocks)]
     rows += [(n, d, types.get(n, "?"), Kind.MODULE) for d, n in enumerate(rank(modules + list(layers))) if n in module_set]
     return [row + extra for row, extra in zip(rows, row_roles(rows, numel or {}, aliased))]
 

@@ -1,21 +1,34 @@
-"""Finding the residual add inside a module from the autograd graph of one forward.
+"""Finding residual additions ``s + f(s)`` in the autograd graph of one forward.
 
-A module is a *residual block* when its output ``y`` is computed from its input
-``x`` by an addition whose two operands both depend on ``x`` through node-disjoint
-parts of the graph (the skip path and the branch), with no parameterized operation
-between the addition and ``y`` (a final ReLU is fine). This covers ``y = x + f(x)``,
-``y = f(x) + shortcut(x)``, in-place ``out += identity`` and torchvision's
-``BasicBlock``/``Bottleneck``, and rejects containers of several blocks (a stage),
-whose additions are followed by more parameterized layers.
+A *residual addition* is an addition node whose two operands both depend on one
+tensor ``s`` (the residual stream) through node-disjoint parts of the graph: the
+*skip* operand is ``s`` itself or a function of it holding fewer parameters
+(an identity, a parameter-free shortcut such as zero padding, or a projection), the
+*branch* operand ``f(s)`` holds more parameters than the skip (at least one). ``s``
+is the one node that both operands reach and that no other such node lies above.
+This covers ``y = x + f(x)``, ``y = f(x) + shortcut(x)``, in-place
+``out += identity``, torchvision's ``BasicBlock``/``Bottleneck``, the two additions
+of a transformer block (``h = x + attn(ln1(x))``; ``y = h + mlp(ln2(h))``, whose
+stream ``h`` is the first addition's output) and post-LN additions
+(``LayerNorm(x + f(x))``: the addition is found, the LayerNorm after it does not
+matter). Additions of two parameter-free functions of one tensor (rotary embeddings,
+``x + c * x**3`` in GELU) are not residual.
 
-The *skip* operand is the one whose part of the graph holds fewer parameters (none
-for an identity shortcut).
+Nodes are looked for between a module call's output and its inputs (the graph is not
+followed past the inputs' gradient edges), so an addition whose stream or branch
+starts outside a module's forward is not that module's; the monitor gives each
+addition to the innermost module whose forward holds the whole ``s + f(s)``. An
+addition written in the model's own forward counts only when no parameterized
+operation follows it (the model is then itself one residual block); otherwise it is
+part of the model's plumbing (``head(h + block(h))``), not a row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from torch import nn
 from torch.autograd.graph import Node
 
 _ADD_NODES = {"AddBackward0", "AddBackward1"}
@@ -24,18 +37,23 @@ MAX_NODES = 20_000
 
 @dataclass
 class ResidualSplit:
-    """Where the gradient reaching a block's input splits into skip and branch.
+    """Where the gradient reaching the stream ``s`` of one addition splits into skip and branch.
 
     ``consumers[p]`` lists ``(node, index)`` pairs: graph nodes on path ``p``
-    (0 = skip, 1 = branch) whose input ``index`` is the block's input ``x``; the
-    gradient a node passes to that input is the path's contribution to dL/dx.
-    ``branch_node`` produces the branch operand of the addition.
+    (0 = skip, 1 = branch) whose input ``index`` is the stream ``s``; the gradient a
+    node passes to that input is the path's contribution to dL/ds.
+    ``stream`` is the gradient edge ``(node, output_nr)`` of ``s``; ``skip_index`` the
+    operand of ``add_node`` that is the skip (0 or 1); ``branch_nodes`` the branch's
+    part of the graph in breadth-first order from the addition.
     """
 
     add_node: Node
     consumers: tuple[list[tuple[Node, int]], list[tuple[Node, int]]]
     branch_node: Node | None
     skip_node: Node | None
+    stream: tuple[Node, int] | None = None
+    skip_index: int = 0
+    branch_nodes: tuple[Node, ...] = ()
 
 
 def _children(node: Node) -> list[tuple[Node, int, int]]:
@@ -43,15 +61,18 @@ def _children(node: Node) -> list[tuple[Node, int, int]]:
     return [(fn, nr, i) for i, (fn, nr) in enumerate(node.next_functions) if fn is not None]
 
 
-def _collect(start: Node, stop: Node) -> list[Node] | None:
-    """Nodes reachable from ``start`` without expanding ``stop`` (BFS order)."""
+def _collect(start: Node, stops: Iterable[Node] | Node | None) -> list[Node] | None:
+    """Nodes reachable from ``start`` without expanding the ``stops`` (BFS order); None past ``MAX_NODES``."""
+    if isinstance(stops, Node):
+        stops = {stops}
+    stop_set = set(stops or ())
     seen = {start}
     order = [start]
     frontier = [start]
     while frontier:
         nxt = []
         for node in frontier:
-            if node is stop:
+            if node in stop_set:
                 continue
             for child, _, _ in _children(node):
                 if child not in seen:
@@ -64,94 +85,145 @@ def _collect(start: Node, stop: Node) -> list[Node] | None:
     return order
 
 
-def _reaches(nodes: list[Node], target: Node) -> set[Node]:
-    """Subset of ``nodes`` from which ``target`` is reachable (``target`` included)."""
-    reach: set[Node] = {target}
-    changed = True
-    # nodes are in BFS order from the top; iterate bottom-up until stable
-    while changed:
-        changed = False
-        for node in reversed(nodes):
-            if node in reach:
-                continue
-            if any(child in reach for child, _, _ in _children(node)):
-                reach.add(node)
-                changed = True
-    return reach
+def _is_parameter(node: Node) -> bool:
+    return type(node).__name__ == "AccumulateGrad" and isinstance(getattr(node, "variable", None), nn.Parameter)
 
 
-def _subgraph(start: Node, stop: Node) -> set[Node]:
-    nodes = _collect(start, stop) or []
-    return {n for n in nodes if n is not stop}
-
-
-def _param_count(nodes: set[Node]) -> int:
+def _param_count(nodes: Iterable[Node]) -> int:
     return sum(1 for n in nodes if type(n).__name__ == "AccumulateGrad")
 
 
-def _parameterized_after(nodes: list[Node], add: Node, subs: list[set[Node]], x_node: Node, reach_x: set[Node]) -> bool:
-    """Whether an operation between the addition and the output uses parameters.
+def split_addition(add: Node, stops: Iterable[Node] = ()) -> ResidualSplit | None:
+    """The skip/branch split of one addition node, or None if it is not a residual addition.
 
-    The nodes between are those that reach the addition; their side inputs (children
-    that do not lead to the block input) hold parameters when an ``AccumulateGrad``
-    node (possibly behind a transpose or a cast) is among them.
+    Args:
+        add: an ``AddBackward`` node.
+        stops: nodes the search does not go past (the gradient edges of a module's inputs).
     """
-    above = [n for n in nodes if n is not add and n is not x_node and n not in subs[0] and n not in subs[1]]
-    between = _reaches(above + [add], add) - {add}
-    for node in between:
-        for child, _, _ in _children(node):
-            if child in between or child is add or child in reach_x:
-                continue
-            side = _collect(child, x_node) or [child]
-            if any(type(n).__name__ == "AccumulateGrad" for n in side):
-                return True
+    if type(add).__name__ not in _ADD_NODES:
+        return None
+    stops = set(stops)
+    kids = _children(add)
+    if len(kids) != 2:
+        return None
+    reach = [_collect(child, stops) for child, _, _ in kids]
+    if reach[0] is None or reach[1] is None:
+        return None
+    common = (set(reach[0]) & set(reach[1])) - {add}
+    common = {n for n in common if not _is_parameter(n)}
+    if not common:
+        return None
+    below = {c for n in common if n not in stops for c, _, _ in _children(n) if c in common}
+    tops = common - below
+    if len(tops) != 1:
+        return None
+    (stream,) = tops
+    subs: list[list[Node]] = []
+    for child, _, _ in kids:
+        if child is stream:
+            subs.append([])
+        else:
+            nodes = _collect(child, stops | {stream})
+            subs.append([n for n in nodes if n is not stream] if nodes is not None else [])
+    sets = [set(s) for s in subs]
+    if (sets[0] & sets[1]) - {n for n in sets[0] if _is_parameter(n)}:
+        return None
+    params = [_param_count(s) for s in sets]
+    skip = 0 if params[0] < params[1] else 1
+    branch = 1 - skip
+    if params[branch] <= params[skip]:
+        return None
+    consumers: list[list[tuple[Node, int]]] = [[], []]
+    outputs: set[int] = set()
+    for p, ((child, nr, idx), sub) in enumerate(zip(kids, subs)):
+        if child is stream:
+            consumers[p].append((add, idx))
+            outputs.add(nr)
+        for node in sub:
+            for c, cnr, cidx in _children(node):
+                if c is stream:
+                    consumers[p].append((node, cidx))
+                    outputs.add(cnr)
+    if not consumers[0] or not consumers[1] or len(outputs) != 1:
+        return None
+    return ResidualSplit(
+        add_node=add,
+        consumers=(consumers[skip], consumers[branch]),
+        branch_node=kids[branch][0] if kids[branch][0] is not stream else None,
+        skip_node=kids[skip][0] if kids[skip][0] is not stream else None,
+        stream=(stream, outputs.pop()),
+        skip_index=skip,
+        branch_nodes=tuple(subs[branch]),
+    )
+
+
+def find_residual_additions(y_node: Node | None, stops: Iterable[Node] = (),
+                            skip: set[int] | frozenset[int] = frozenset()) -> list[ResidualSplit]:
+    """Every residual addition between a module call's output and its inputs, in forward order.
+
+    Args:
+        y_node: ``grad_fn`` of the module's output.
+        stops: ``grad_fn`` (gradient-edge nodes) of the module's inputs.
+        skip: ``id`` of addition nodes already given to an inner module.
+    """
+    if y_node is None:
+        return []
+    stops = set(stops)
+    nodes = _collect(y_node, stops)
+    if nodes is None:
+        return []
+    found = []
+    for node in nodes:
+        if type(node).__name__ not in _ADD_NODES or id(node) in skip or node in stops:
+            continue
+        split = split_addition(node, stops)
+        if split is not None:
+            found.append(split)
+    found.sort(key=lambda s: s.add_node._sequence_nr())
+    return found
+
+
+def _holds_parameter(node: Node, hops: int = 3) -> bool:
+    """Whether ``node`` is a parameter, or reaches one through a chain of single-input nodes
+    (a transpose, a view, a cast) of at most ``hops`` steps."""
+    for _ in range(hops + 1):
+        if _is_parameter(node):
+            return True
+        kids = _children(node)
+        if len(kids) != 1:
+            return False
+        node = kids[0][0]
     return False
 
 
+def parameterized_after(y_node: Node, add: Node) -> bool:
+    """Whether an operation on a path from the addition ``add`` to the output ``y_node`` takes a
+    parameter (a head after an addition written in a model's own forward)."""
+    nodes = _collect(y_node, {add})
+    if nodes is None:
+        return True
+    between = {add}
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(nodes):
+            if node not in between and any(c in between for c, _, _ in _children(node)):
+                between.add(node)
+                changed = True
+    return any(_holds_parameter(c) for node in between - {add} for c, _, _ in _children(node) if c not in between)
+
+
 def find_residual_split(y_node: Node | None, x_node: Node | None, x_nr: int = 0, *, strict: bool = True) -> ResidualSplit | None:
-    """The residual addition between a block's input and output, or None.
+    """The residual addition of a block whose stream is its input ``x``, closest to the output, or None.
 
     Args:
         y_node: ``grad_fn`` of the block's output.
         x_node, x_nr: the gradient edge of the block's input
             (``torch.autograd.graph.get_gradient_edge(x)``).
-        strict: require no parameterized operation between the addition and the
-            output (automatic detection). ``False`` (blocks marked by the user)
-            accepts the addition closest to the output with disjoint operands.
+        strict: unused; kept for callers of the single-addition rule.
     """
     if y_node is None or x_node is None:
         return None
-    nodes = _collect(y_node, x_node)
-    if nodes is None or x_node not in nodes:
-        return None
-    reach_x = _reaches(nodes, x_node)
-    for add in nodes:
-        if type(add).__name__ not in _ADD_NODES:
-            continue
-        kids = _children(add)
-        if len(kids) != 2 or not all(child in reach_x for child, _, _ in kids):
-            continue
-        subs = [_subgraph(child, x_node) if child is not x_node else set() for child, _, _ in kids]
-        if subs[0] & subs[1]:
-            continue
-        if strict and _parameterized_after(nodes, add, subs, x_node, reach_x):
-            continue
-        consumers: list[list[tuple[Node, int]]] = [[], []]
-        for p, ((child, nr, idx), sub) in enumerate(zip(kids, subs)):
-            if child is x_node and nr == x_nr:
-                consumers[p].append((add, idx))
-            for node in sub:
-                for c, cnr, cidx in _children(node):
-                    if c is x_node and cnr == x_nr:
-                        consumers[p].append((node, cidx))
-        if not consumers[0] or not consumers[1]:
-            continue
-        skip = 0 if (_param_count(subs[0]), len(subs[0])) <= (_param_count(subs[1]), len(subs[1])) else 1
-        branch = 1 - skip
-        return ResidualSplit(
-            add_node=add,
-            consumers=(consumers[skip], consumers[branch]),
-            branch_node=kids[branch][0] if kids[branch][0] is not x_node else None,
-            skip_node=kids[skip][0] if kids[skip][0] is not x_node else None,
-        )
-    return None
+    found = [s for s in find_residual_additions(y_node, {x_node})
+             if s.stream is not None and s.stream[0] is x_node and s.stream[1] == x_nr]
+    return found[-1] if found else None

@@ -20,14 +20,15 @@ its sum is not the norm of the full gradient (paths add as vectors, not as norms
 almost all of ResNet-110's gradient comes from paths of length 5 to 17.
 
 Residual blocks are found in the autograd graph, as everywhere in gradsight
-(:func:`gradsight.instrument.residual.find_residual_split`): a module is a block when its output
-is an addition of its input's skip path and a branch, with no parameterized operation after the
-addition. So any residual network works (the zoo's, torchvision's ``resnet18`` with its in-place
-``out += identity``), and ``n`` counts the blocks of the outermost level that has them.
+(:mod:`gradsight.instrument.residual`): each residual addition ``s + f(s)`` is one block (a
+transformer layer has two), named after the innermost module whose forward holds it. So any
+residual network works (the zoo's, torchvision's ``resnet18`` with its in-place
+``out += identity``, a GPT-2), and ``n`` counts the additions of the outermost level that has
+them. The gradient is measured at the input of the module that owns the first addition.
 
 Gating leaves every forward value unchanged: in each forward pass, the split of every block is
 found again, and a hook on the autograd nodes where the skip path (or the branch) consumes the
-block's input replaces the gradient they pass to it by zeros. One forward pass per sample.
+addition's stream replaces the gradient they pass to it by zeros. One forward pass per sample.
 In post-activation blocks (``relu(branch(x) + shortcut(x))``, the CIFAR ResNet) the gradient
 goes through the ReLU's mask, which depends on both terms, before it splits; that mask is part
 of every path through the block. BN layers run in the model's current mode (batch statistics
@@ -44,10 +45,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from torch.autograd.graph import get_gradient_edge
-
-from gradsight.instrument.activations import first_tensor
-from gradsight.instrument.residual import ResidualSplit, find_residual_split
+from gradsight.instrument.activations import ActivationRecorder, block_owner, first_tensor
+from gradsight.instrument.hooks import HookRegistry
+from gradsight.instrument.residual import ResidualSplit
 from gradsight.models import info_of
 from gradsight.probes._state import state_restored
 
@@ -117,116 +117,41 @@ class PathLengthResult:
         return lo, min(hi, self.n_blocks)
 
 
-def _container_names(model: nn.Module) -> list[str]:
-    """Modules that can be residual blocks: those with children (as the monitor's rule)."""
-    return [name for name, module in model.named_modules() if any(True for _ in module.children())]
-
-
-class _BlockHooks:
-    """Forward hooks on candidate modules that find each call's residual split.
-
-    ``on_split(index, split)`` is called for every call of candidate ``index`` whose output adds
-    its input's skip path and a branch; ``calls[index]`` counts every call.
-    """
-
-    def __init__(self, model: nn.Module, names: Sequence[str],
-                 on_split: Callable[[int, ResidualSplit], None] | None = None,
-                 replace_first_input: bool = False) -> None:
-        modules = dict(model.named_modules())
-        self.modules = [modules[name] for name in names]
-        self.on_split = on_split
-        self.replace_first_input = replace_first_input
-        self.calls = [0] * len(names)
-        self.found = [0] * len(names)
-        self.entered: list[int] = []  # candidate indices in the order their calls began
-        self.starts: list[torch.Tensor] = []
-        self._edges: list[list[Any]] = [[] for _ in names]
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def __enter__(self) -> _BlockHooks:
-        try:
-            for i, module in enumerate(self.modules):
-                self.handles.append(module.register_forward_pre_hook(self._pre(i)))
-                self.handles.append(module.register_forward_hook(self._post(i)))
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        while self.handles:
-            self.handles.pop().remove()
-
-    def _pre(self, index: int):
-        def hook(_module: nn.Module, args: tuple) -> tuple | None:
-            self.calls[index] += 1
-            self.entered.append(index)
-            replaced = None
-            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            if index == 0 and self.replace_first_input and x is not None:
-                x = x.detach().requires_grad_(True)  # the measuring point
-                self.starts.append(x)
-                replaced = (x, *args[1:])
-            edge = get_gradient_edge(x) if x is not None and x.requires_grad else None
-            self._edges[index].append(edge)
-            return replaced
-
-        return hook
-
-    def _post(self, index: int):
-        def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
-            edge = self._edges[index].pop() if self._edges[index] else None
-            y = output if isinstance(output, torch.Tensor) else None
-            if edge is None or y is None or y.grad_fn is None:
-                return
-            split = find_residual_split(y.grad_fn, edge.node, edge.output_nr)
-            if split is None:
-                return
-            self.found[index] += 1
-            if self.on_split is not None:
-                self.on_split(index, split)
-
-        return hook
+def _recorder(model: nn.Module, hooks: HookRegistry) -> ActivationRecorder:
+    """The monitor's detection of residual additions, measuring nothing."""
+    return ActivationRecorder(model, [], None, hooks, is_active=lambda: True)
 
 
 def find_residual_blocks(model: nn.Module, inputs: torch.Tensor) -> list[str]:
-    """Names of the residual blocks of ``model``, in forward order, found in one forward pass.
+    """The residual additions of ``model``, in forward order, found in one forward pass.
 
-    A block is a module whose output adds its input's skip path (identity or a shortcut) and a
-    branch, with no parameterized operation after the addition
-    (:func:`gradsight.instrument.residual.find_residual_split`, the rule the monitor uses), so
-    stages and the model itself are not blocks. A container whose output is a block's addition
-    (a ``Sequential`` holding one block) is that block; blocks nested inside another block's
-    branch are dropped, so only the outermost level counts. Training flags and BN buffers are
-    restored.
+    The rule of the monitor and ``gs.probe`` (:mod:`gradsight.instrument.residual`): every
+    addition ``s + f(s)`` is one block, named after the innermost module whose forward holds
+    it (``module[branch]`` when that module holds several, as a transformer block does), so
+    stages and the model itself are not blocks and a container of one block is that block.
+    Additions inside another addition's branch are dropped, so only the outermost level
+    counts. Training flags and BN buffers are restored.
     """
-    names = _container_names(model)
-    by_add: dict[int, str] = {}  # the first (innermost) module whose output is this addition
-    keep: list[Any] = []  # the additions' nodes, so their ids stay unique during the pass
-
-    def found(index: int, split: ResidualSplit) -> None:
-        keep.append(split.add_node)
-        by_add.setdefault(id(split.add_node), names[index])
-
-    with _BlockHooks(model, names, on_split=found) as hooks, state_restored(model), torch.enable_grad():
-        x = inputs.detach().requires_grad_(True) if inputs.is_floating_point() else inputs
-        model(x)
-    started = [names[i] for i in dict.fromkeys(hooks.entered)]
-    blocks = sorted(set(by_add.values()), key=started.index)
-    return [b for b in blocks if not any(b.startswith(f"{outer}.") for outer in blocks if outer != b)]
+    hooks = HookRegistry()
+    try:
+        recorder = _recorder(model, hooks)
+        with state_restored(model), torch.enable_grad():
+            x = inputs.detach().requires_grad_(True) if inputs.is_floating_point() else inputs
+            model(x)
+        recorder.finish_discovery()
+        return [row for row in recorder.blocks if row not in recorder.nested]
+    finally:
+        hooks.remove_all()
 
 
 class _PathGates:
     """Routes the gradient along one path at a time, and catches the first block's input.
 
-    While open, a forward pre-hook on the first block replaces its input by a detached copy
-    that requires grad (the measuring point), and a forward hook on every block finds its
-    residual split and hooks the autograd nodes where the blocked path consumes the block's
-    input, so that path passes no gradient to it. Closing removes every module hook; the node
-    hooks go with the graph of the pass.
+    While open, a forward pre-hook on the module that owns the first addition replaces its
+    input by a detached copy that requires grad (the measuring point), and the monitor's
+    detection finds every addition again in each forward and hooks the autograd nodes where
+    the blocked path consumes the addition's stream, so that path passes no gradient to it.
+    Closing removes every module hook; the node hooks go with the graph of the pass.
     """
 
     def __init__(self, model: nn.Module, blocks: Sequence[str]) -> None:
@@ -237,20 +162,42 @@ class _PathGates:
             )
         self.model = model
         self.blocks = list(blocks)
+        self.index = {row: i for i, row in enumerate(self.blocks)}
         self.through_branch = [False] * len(blocks)
-        self.hooks = _BlockHooks(model, blocks, on_split=self._gate, replace_first_input=True)
+        self.found = [0] * len(blocks)
+        self.starts: list[torch.Tensor] = []
+        self.hooks = HookRegistry()
 
     def __enter__(self) -> _PathGates:
-        self.hooks.__enter__()
+        try:
+            self.recorder = _recorder(self.model, self.hooks)
+            self.recorder.on_addition = self._gate
+            first = dict(self.model.named_modules())[block_owner(self.blocks[0])]
+            self.hooks.add(first.register_forward_pre_hook(self._measuring_point, prepend=True))
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.hooks.close()
+        self.close()
 
     def close(self) -> None:
-        self.hooks.close()
+        self.hooks.remove_all()
 
-    def _gate(self, index: int, split: ResidualSplit) -> None:
+    def _measuring_point(self, _module: nn.Module, args: tuple) -> tuple | None:
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if x is None or not x.is_floating_point():
+            return None
+        x = x.detach().requires_grad_(True)
+        self.starts.append(x)
+        return (x, *args[1:])
+
+    def _gate(self, row: str, split: ResidualSplit) -> None:
+        index = self.index.get(row)
+        if index is None:
+            return
+        self.found[index] += 1
         skip_consumers, branch_consumers = split.consumers
         blocked = skip_consumers if self.through_branch[index] else branch_consumers
         indices: dict[Any, set[int]] = {}
@@ -275,23 +222,24 @@ class _PathGates:
                 "residual blocks"
             )
         self.through_branch = [bool(flag) for flag in through_branch]
-        hooks = self.hooks
-        hooks.calls = [0] * len(self.blocks)
-        hooks.found = [0] * len(self.blocks)
-        hooks.starts = []
+        self.found = [0] * len(self.blocks)
+        self.starts = []
+        self.recorder.reset()
         with torch.enable_grad():
             output = self.model(inputs)
-        if len(hooks.starts) != 1 or any(count != 1 for count in hooks.calls):
+        self.recorder.finish_discovery()
+        calls = self.recorder.owner_calls
+        twice = {owner: n for owner, n in calls.items() if n != 1 and any(block_owner(b) == owner for b in self.blocks)}
+        if len(self.starts) != 1 or twice:
             raise ValueError(
                 "every residual block must run once per forward pass; in this model "
-                + ", ".join(f"{name} ran {count} times" for name, count in zip(self.blocks, hooks.calls)
-                            if count != 1)
+                + ", ".join(f"{name} ran {count} times" for name, count in twice.items())
             )
-        if any(found != 1 for found in hooks.found):
-            missing = [name for name, found in zip(self.blocks, hooks.found) if found != 1]
+        if any(found != 1 for found in self.found):
+            missing = [name for name, found in zip(self.blocks, self.found) if found != 1]
             raise ValueError(f"the residual addition of {', '.join(missing)} was not found in this forward pass")
-        (start,) = hooks.starts
-        hooks.starts = []
+        (start,) = self.starts
+        self.starts = []
         output = first_tensor(output)
         if output is None or not output.requires_grad:
             return torch.zeros_like(start)

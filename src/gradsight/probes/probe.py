@@ -21,7 +21,7 @@ from gradsight.instrument.layers import ForwardOrder
 from gradsight.models import info_of
 from gradsight.probes._state import state_restored
 
-PROBE_COLUMNS = ("name", "kind", "depth", "module_type") + ACT_STATS + BLOCK_STATS
+PROBE_COLUMNS = ("name", "kind", "depth", "module_type") + ACT_STATS + tuple(s for s in BLOCK_STATS if s != "act_rms") + ("stream_rms",)
 
 
 def _input_batch(model: nn.Module, inputs, input_shape, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -66,9 +66,12 @@ def probe(
         parameters, ``block`` for residual blocks, ``module`` otherwise) with
         columns ``name, kind, depth, module_type`` and the statistics
         ``act_rms, act_mean_sq, act_var, out_grad_norm, out_grad_rms,
-        out_grad_nonfinite`` and, for blocks, ``skip_grad_norm, branch_grad_norm,
-        skip_branch_cos, branch_var``; ``depth`` ranks rows of one kind in
-        forward-execution order. Parameter gradients, training flags and BatchNorm buffers
+        out_grad_nonfinite`` and, for blocks (one row per residual addition, named as
+        in ``gs.watch``), ``skip_grad_norm, branch_grad_norm, skip_branch_cos,
+        branch_var`` and ``stream_rms`` (``act_rms`` of the stream before the
+        addition; the ``act_*`` columns of a block row describe the owning module's
+        output and are empty for a module with several additions); ``depth`` ranks
+        rows of one kind in forward-execution order (blocks: of their additions). Parameter gradients, training flags and BatchNorm buffers
         (running mean and variance, batch count) are left as they were.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -89,6 +92,7 @@ def probe(
             grad = torch.randn(out.shape, generator=gen).to(out.device, out.dtype)
             out.backward(grad)
         kinds = recorder.module_kinds()
+        blocks = list(recorder.blocks)
         keys, values = recorder.collect()
         types = recorder.types
     finally:
@@ -97,6 +101,8 @@ def probe(
             p.grad = g
     table: dict[str, dict[str, float]] = {}
     for (level, name, stat), value in zip(keys, torch.stack(values).tolist() if values else []):
+        if level == "block" and stat == "act_rms":
+            stat = "stream_rms"  # the stream before the addition; a block's own act_rms is its output's
         table.setdefault(name, {})[stat] = value
     has_params = {n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
     rows = []
@@ -106,7 +112,7 @@ def probe(
             names = [n for n, k in kinds.items() if k == "module" and n in has_params]
         elif kind == "module":
             names = [n for n, k in kinds.items() if k == "module" and n not in has_params]
-        for depth, name in enumerate(order.rank(names)):
+        for depth, name in enumerate(blocks if kind == "block" else order.rank(names)):
             rows.append({"name": name, "kind": kind, "depth": depth, "module_type": types.get(name, "?"),
                          **table.get(name, {})})
     df = pd.DataFrame(rows)
