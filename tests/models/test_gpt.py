@@ -182,9 +182,6 @@ def test_no_skip_gpt_has_no_residual_blocks(tmp_path: Path) -> None:
         assert len(run.layers("layer")) == len([m for m in model.modules() if list(m.parameters(recurse=False))])
 
 
-@pytest.mark.xfail(
-    strict=True, reason="two residual additions in one forward: the one-addition-per-module rule finds neither"
-)
 @pytest.mark.parametrize("name", ["gpt_preln", "gpt_postln"])
 def test_pre_and_post_ln_gpts_have_residual_blocks(name: str) -> None:
     model = create_model(name, **SMALL)

@@ -284,9 +284,6 @@ BLOCK_ON_THE_INPUT = {"simple_resnet"}
             "a block on the raw model input: autograd never computes dL/dx there, so its skip/branch split "
             "cannot be measured during training")))
         if name in BLOCK_ON_THE_INPUT
-        else pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=(
-            "two residual additions in one forward: the one-addition-per-module rule finds neither")))
-        if name in ADDITION_BLOCKS
         else name
         for name in list_models()
     ],
