@@ -11,6 +11,7 @@ from torch import nn
 import gradsight as gs
 from gradsight.instrument import monitor
 from gradsight.models import (
+    GPT,
     INPUT_KINDS,
     ModelInfo,
     _registry,
@@ -233,7 +234,9 @@ def test_zoo_models_have_no_in_place_ops_and_support_full_backward_hooks(name: s
 
 def _main_path_layers(model: nn.Module) -> int:
     """Convs and linears that are not part of a shortcut (projection); a token model's
-    embeddings are not counted."""
+    embeddings are not counted. A transformer's depth counts its blocks."""
+    if isinstance(model, GPT):
+        return len(model.transformer.h)
     return sum(
         1
         for name, module in model.named_modules()
@@ -261,6 +264,14 @@ def test_the_example_input_fits_every_model(name: str) -> None:
 FOREIGN_BLOCKS = {"inplace_resnet": ["layer1.0", "layer2.0"]}
 
 
+#: Models with two residual additions per block: one row per addition, ``<block>[<branch>]``.
+ADDITION_BLOCKS = {"gpt_preln", "gpt_postln"}
+
+
+def _addition_rows(model: nn.Module) -> list[str]:
+    return [f"transformer.h.{i}[{branch}]" for i in range(len(model.transformer.h)) for branch in ("attn", "mlp")]
+
+
 #: Models whose first module is a residual block: the model's input has no gradient edge, so
 #: the monitor cannot split the gradient at that block's input and records no block row.
 BLOCK_ON_THE_INPUT = {"simple_resnet"}
@@ -273,6 +284,9 @@ BLOCK_ON_THE_INPUT = {"simple_resnet"}
             "a block on the raw model input: autograd never computes dL/dx there, so its skip/branch split "
             "cannot be measured during training")))
         if name in BLOCK_ON_THE_INPUT
+        else pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=(
+            "two residual additions in one forward: the one-addition-per-module rule finds neither")))
+        if name in ADDITION_BLOCKS
         else name
         for name in list_models()
     ],
@@ -290,7 +304,11 @@ def test_watch_with_activations_records_layers_and_blocks_of_every_model(name: s
     finally:
         mon.close()
     names = {id(m): n for n, m in model.named_modules()}
-    expected_blocks = FOREIGN_BLOCKS.get(name) or [names[id(b)] for b in residual_blocks(model)]
+    expected_blocks = (
+        _addition_rows(model)
+        if name in ADDITION_BLOCKS
+        else FOREIGN_BLOCKS.get(name) or [names[id(b)] for b in residual_blocks(model)]
+    )
     with gs.open_run(tmp_path / "run") as run:
         layers = run.layers("layer").name.tolist()
         blocks = run.layers("block").name.tolist()

@@ -34,6 +34,7 @@ from gradsight.models.cifar_resnet import (
     PreActBlock,
     blocks_per_stage,
 )
+from gradsight.models.gpt import GPT, GPTConfig
 from gradsight.models.inplace import InplaceResNet
 from gradsight.models.lecture import LectureBlock, LectureSimpleResNet, SimpleResNet
 from gradsight.models.mlp import MLP, MLPBlock
@@ -46,6 +47,8 @@ __all__ = [
     "MLP",
     "BasicBlock",
     "CifarResNet",
+    "GPT",
+    "GPTConfig",
     "InplaceResNet",
     "LectureBlock",
     "LectureSimpleResNet",

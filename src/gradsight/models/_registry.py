@@ -259,7 +259,8 @@ def model_info(name: str, **kwargs: Any) -> ModelInfo:
         features = int(kwargs.get("in_features", math.prod(shape)))
         info = replace(info, input_shape=(features,), in_features=features)
     elif reg.input_kind == "tokens":
-        info = replace(info, vocab_size=int(kwargs.get("vocab_size", reg.vocab_size)))
+        length = int(kwargs.get("context", shape[0]))  # token models take sequences up to ``context``
+        info = replace(info, input_shape=(length,), vocab_size=int(kwargs.get("vocab_size", reg.vocab_size)))
     return info
 
 
