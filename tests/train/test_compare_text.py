@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import gradsight as gs
 from gradsight.cli import main
+from gradsight.train import get_recipe
 from gradsight.train.compare import compare
 
 LM = ["--models", "token_resmlp", "--depths", "3,5", "--dataset", "pystdlib", "--recipe", "gpt", "--epochs", "1",
@@ -87,3 +90,19 @@ def test_compare_on_a_local_text_folder(tmp_path):
                      context=8, progress=False)
     assert result.table[0]["test_bits_per_byte"] > 0
     assert f"Dataset **text:{corpus}**" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_compare_trains_the_gpt_family_with_and_without_warmup(tmp_path):
+    recipe = replace(get_recipe("gpt"), batches_per_epoch=8, batch_size=8)
+    runs = {}
+    for warmup in (0, 4):
+        runs[warmup] = compare(["gpt_preln", "gpt_postln", "gpt_noskip"], [1, 2], "pystdlib", out=tmp_path / f"w{warmup}",
+                               recipe=recipe, epochs=1, limit=2048, context=16, warmup=warmup, progress=False)
+    result = runs[4]
+    assert [(r["network"], r["layers"]) for r in result.table] == [
+        ("gpt_preln", 1), ("gpt_preln", 2), ("gpt_postln", 1), ("gpt_postln", 2), ("gpt_noskip", 1), ("gpt_noskip", 2)]
+    assert all(math.isfinite(r["test_loss"]) for r in result.table)
+    with gs.open_run(runs[0].run_dirs[0]) as cold, gs.open_run(result.run_dirs[0]) as warm:
+        assert cold.config["recipe"]["warmup_steps"] == 0 and warm.config["recipe"]["warmup_steps"] == 4
+        assert cold.metrics()["loss"].iloc[0] == warm.metrics()["loss"].iloc[0]  # same weights, same first batch
+        assert cold.metrics()["loss"].iloc[1] != warm.metrics()["loss"].iloc[1]  # a quarter of the step size
