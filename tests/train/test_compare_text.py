@@ -71,6 +71,7 @@ def test_language_model_runs_record_the_corpus_and_the_schedule(compared_lm):
     (["--dataset", "text:/no/such/folder"], ["does not exist"]),
     (["--limit", "10"], ["too short for windows of 16 bytes"]),
     (["--warmup", "-1"], ["--warmup"]),
+    (["--dataset", "mnist5k"], ["'token_resmlp' is a language model", "pystdlib"]),
 ])
 def test_bad_language_model_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, contains):
     before = _entries(tmp_path)

@@ -13,8 +13,8 @@ from torch import nn
 
 import gradsight as gs
 from gradsight.data import TextSplits, fixed_windows, load_dataset, token_batch
-from gradsight.train import build_model, get_recipe, train
-from gradsight.train.runner import TEST_WINDOWS, evaluate_tokens
+from gradsight.train import build_model, evaluate, get_recipe, train
+from gradsight.train.runner import TEST_WINDOWS
 
 CONTEXT = 16
 TINY_GPT = replace(get_recipe("gpt"), batch_size=4, batches_per_epoch=6, epochs=2)
@@ -82,7 +82,7 @@ def test_test_loss_is_measured_on_fixed_windows_of_the_test_split(corpus, tmp_pa
     with torch.no_grad():
         logits = model(x)
     assert result.final.test_loss == pytest.approx(float(F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))))
-    assert evaluate_tokens(model, x, y) == pytest.approx((result.final.test_loss, result.final.test_error))
+    assert evaluate(model, x, y, batch_size=7) == pytest.approx((result.final.test_loss, result.final.test_error))
     assert model.training
 
 

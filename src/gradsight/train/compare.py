@@ -365,13 +365,16 @@ def compare(
     else:
         data = dataset if limit is None else _limited(dataset, limit)
     text = isinstance(data, TextSplits)
+    for family in families:
+        kind = model_info(family, depth=depth_list[0]).input_kind
+        if text and kind != "tokens":
+            raise ValueError(f"{family!r} takes {kind or 'unknown'} inputs, not tokens; dataset {data.name!r} "
+                             "needs a language model (a family registered with input_kind='tokens')")
+        if not text and kind == "tokens":
+            raise ValueError(f"{family!r} is a language model; train it on a text dataset (pystdlib or text:PATH), "
+                             f"not {data.name!r}")
     if text:
         context = recipe.context or DEFAULT_CONTEXT
-        for family in families:
-            kind = model_info(family, depth=depth_list[0]).input_kind
-            if kind != "tokens":
-                raise ValueError(f"{family!r} takes {kind or 'unknown'} inputs, not tokens; dataset {data.name!r} "
-                                 "needs a language model (a family registered with input_kind='tokens')")
         shortest = min(data.num_train, data.num_test)
         if shortest < context + 1:
             raise ValueError(f"dataset {data.name!r} has a split of {shortest} bytes, too short for windows of "

@@ -55,8 +55,7 @@ from gradsight.models import info_of
 from gradsight.models.spec import build_model as build_from_spec
 from gradsight.train.recipes import Recipe, get_recipe
 
-__all__ = ["EpochMetrics", "TrainResult", "auto_schedule", "build_model", "evaluate", "evaluate_tokens",
-           "resolve_device", "train"]
+__all__ = ["EpochMetrics", "TrainResult", "auto_schedule", "build_model", "evaluate", "resolve_device", "train"]
 
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_BATCH_SIZE = 1000
@@ -192,7 +191,10 @@ def build_model(name: str, data: DatasetSplits | TextSplits, *, seed: int = 0, c
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> tuple[float, float]:
     """(mean cross-entropy, error fraction) of ``model`` in eval mode on ``x`` [N, ...], ``y`` [N].
 
-    Restores the model's training mode afterwards.
+    For a language model, ``x`` and ``y`` are input and target windows (int64 [N, context]): the
+    mean is over every position of every window (nats per token), the error the fraction of
+    positions whose most likely next token is not the target. Restores the model's training
+    mode afterwards.
     """
     was_training = model.training
     model.eval()
@@ -200,28 +202,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     wrong = torch.zeros((), device=x.device, dtype=torch.long)
     for xb, yb in batches(x, y, batch_size, shuffle=False):
         logits = model(xb)
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-        wrong += (logits.argmax(1) != yb).sum()
-    model.train(was_training)
-    n = max(int(x.shape[0]), 1)
-    return float(loss_sum) / n, int(wrong) / n
-
-
-@torch.no_grad()
-def evaluate_tokens(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    batch_size: int = EVAL_WINDOWS_BATCH) -> tuple[float, float]:
-    """(mean next-token cross-entropy in nats, next-token error fraction) of ``model`` in eval mode
-    over every position of the windows ``x``, ``y`` (int64 [windows, context]).
-
-    Restores the model's training mode afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
-    wrong = torch.zeros((), device=x.device, dtype=torch.long)
-    for xb, yb in batches(x, y, batch_size, shuffle=False):
-        logits = model(xb)
-        loss_sum += F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum").double()
+        loss_sum += F.cross_entropy(logits.flatten(0, -2), yb.flatten(), reduction="sum").double()
         wrong += (logits.argmax(-1) != yb).sum()
     model.train(was_training)
     n = max(int(y.numel()), 1)
@@ -388,7 +369,7 @@ def train(
                                         refresh=False)
             lr = recipe.lr_at(step - 1, total_steps)
             train_loss, train_error = float(loss_sum) / seen, 1.0 - int(correct) / seen
-            test_loss, test_error = (evaluate_tokens if text else evaluate)(model, test_x, test_y)
+            test_loss, test_error = evaluate(model, test_x, test_y, EVAL_WINDOWS_BATCH if text else EVAL_BATCH_SIZE)
             bits = {"train_bits_per_byte": train_loss / math.log(2), "test_bits_per_byte": test_loss / math.log(2)}
             metrics = EpochMetrics(
                 epoch=epoch, step=step - 1, lr=lr, train_loss=train_loss, train_error=train_error,
