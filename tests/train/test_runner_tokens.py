@@ -120,3 +120,11 @@ def test_pystdlib_trains_a_registered_token_model(tmp_path):
     assert math.isfinite(result.final.test_loss)
     with gs.open_run(tmp_path / "run") as run:
         assert run.config["text"]["python_version"] and run.config["dataset"] == "pystdlib"
+
+
+def test_a_short_training_stream_is_caught_before_anything_is_recorded(corpus, tmp_path):
+    short = replace(corpus, train=corpus.train[:CONTEXT])
+    with pytest.raises(ValueError, match="too short"):
+        train("token_resmlp", short, TINY_GPT, depth=3, device="cpu", run_dir=tmp_path / "run", progress=False,
+              context=CONTEXT)
+    assert not (tmp_path / "run").exists()

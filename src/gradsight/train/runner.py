@@ -268,7 +268,7 @@ def train(
         train_stream, test_stream = data.train.to(dev), data.test.to(dev)
         try:
             test_x, test_y = fixed_windows(test_stream, context, TEST_WINDOWS)
-            token_batch(train_stream, context, 1)
+            fixed_windows(train_stream, context, 1)  # the training stream is long enough too
         except ValueError as exc:
             raise ValueError(f"dataset {data.name!r}: {exc}") from None
     model_name = model if isinstance(model, str) else None
