@@ -26,7 +26,7 @@ import math
 import os
 import sys
 import sysconfig
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,8 @@ class TextSplits:
     """A byte-level corpus in memory: ``train`` and ``test`` are uint8 [N] byte streams.
 
     A sample is one byte (token id = byte value); models read windows of it
-    (:func:`gradsight.data.token_batch`). ``files`` are the train and test file counts;
-    ``python_version`` is set for ``pystdlib``.
+    (:func:`gradsight.data.token_batch`). ``train_files``/``test_files`` count the corpus's files
+    in each split (all of them, also under a ``limit``); ``python_version`` is set for ``pystdlib``.
     """
 
     train: torch.Tensor = field(repr=False)
@@ -84,8 +84,6 @@ class TextSplits:
 
     def limited(self, limit: int) -> TextSplits:
         """The first ``limit`` bytes of each split."""
-        from dataclasses import replace
-
         return replace(self, train=self.train[:limit], test=self.test[:limit], limit=limit)
 
     def __repr__(self) -> str:
