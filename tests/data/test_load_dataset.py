@@ -22,7 +22,7 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_list_datasets():
-    assert list_datasets() == ["mnist5k", "mnist", "fashion-mnist"]
+    assert list_datasets() == ["mnist5k", "mnist", "fashion-mnist", "pystdlib"]
 
 
 def test_unknown_name_lists_valid_names():

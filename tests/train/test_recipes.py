@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from gradsight.train import RECIPES, Recipe, get_recipe, he2016, lecture, train
+from gradsight.train import RECIPES, Recipe, get_recipe, gpt, he2016, lecture, train
 
 
 def test_lecture_is_adam_1e3_batch64_10_epochs():
@@ -60,8 +62,8 @@ def test_runner_logs_the_he2016_lr_of_each_epoch(small_data, tmp_path):
 
 def test_get_recipe_names_the_valid_ones():
     assert get_recipe("lecture") is lecture and get_recipe(he2016) is he2016
-    assert sorted(RECIPES) == ["he2016", "lecture"]
-    with pytest.raises(ValueError, match="lecture, he2016"):
+    assert sorted(RECIPES) == ["gpt", "he2016", "lecture"]
+    with pytest.raises(ValueError, match="lecture, he2016, gpt"):
         get_recipe("adamw")
 
 
@@ -70,3 +72,38 @@ def test_recipe_rejects_bad_settings():
         Recipe(name="x", optimizer="rmsprop", lr=0.1, batch_size=1, epochs=1)
     with pytest.raises(ValueError, match="fractions"):
         Recipe(name="x", optimizer="sgd", lr=0.1, batch_size=1, epochs=1, lr_milestones=(50,))
+    with pytest.raises(ValueError, match="warmup_steps"):
+        Recipe(name="x", optimizer="adam", lr=0.1, batch_size=1, epochs=1, warmup_steps=-1)
+    with pytest.raises(ValueError, match="batches_per_epoch"):
+        Recipe(name="x", optimizer="adam", lr=0.1, batch_size=1, epochs=1, batches_per_epoch=0)
+
+
+def test_gpt_is_adamw_with_nanogpt_betas_and_decay_on_matrices_only():
+    assert (gpt.optimizer, gpt.lr, gpt.betas, gpt.weight_decay) == ("adamw", 1e-3, (0.9, 0.95), 0.1)
+    assert (gpt.batch_size, gpt.context, gpt.batches_per_epoch, gpt.warmup_steps, gpt.grad_clip) == (32, 64, 100, 0, 0)
+    assert gpt.steps_per_epoch(10_000_000) == 100  # an epoch is a fixed number of batches
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 3))
+    optimizer = gpt.make_optimizer(model.parameters())
+    assert isinstance(optimizer, torch.optim.AdamW)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert {id(p) for p in plain["params"]} == {id(model[1].weight), id(model[1].bias), id(model[2].bias)}
+    assert all(g["betas"] == (0.9, 0.95) for g in optimizer.param_groups)
+    assert "AdamW, lr 0.001, betas (0.9, 0.95), weight decay 0.1 on matrices, batch 32, context 64" in gpt.summary()
+
+
+def test_linear_warmup_scales_the_first_steps_then_holds_the_rate():
+    warm = replace(gpt, warmup_steps=4)
+    assert [warm.lr_at(step, 100) for step in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert [gpt.lr_at(step, 100) for step in (0, 50, 99)] == [1e-3] * 3
+    assert "linear warmup over 4 steps" in warm.summary()
+    model = torch.nn.Linear(2, 2)
+    optimizer = warm.make_optimizer(model.parameters())
+    scheduler = warm.make_scheduler(optimizer, 100)
+    seen = []
+    for _ in range(5):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([warm.lr_at(step, 100) for step in range(5)])

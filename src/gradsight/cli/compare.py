@@ -1,4 +1,4 @@
-"""``gradsight compare``: train plain and residual networks of several depths side by side."""
+"""``gradsight compare``: train plain and residual networks (or language models) of several depths side by side."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def _every(value: str) -> int | str:
 def canonical_command(name: str, params: dict[str, Any]) -> str:
     """The command line that reproduces this run, every setting spelled out."""
     args = ["gradsight", name]
-    keys = ("models", "depths", "dataset", "epochs", "recipe", "seed", "device", "data_dir", "every", "limit", "threads", "out")
+    keys = ("models", "depths", "dataset", "epochs", "recipe", "context", "warmup", "seed", "device", "data_dir",
+            "every", "limit", "threads", "out")
     for key in keys:
         value = params.get(key)
         if value is None or (key == "every" and value == "auto"):
@@ -81,13 +82,22 @@ def threads_option(fn):
 
 @click.command()
 @click.option("--models", default="plain,resnet", show_default=True,
-              help="Comma-separated model families: plain, resnet, preresnet, mlp, resmlp.")
+              help="Comma-separated model families: plain, resnet, preresnet, mlp, resmlp; language models "
+                   "(token_resmlp, gpt_preln, ...) for a text dataset.")
 @click.option("--depths", default="20,56", show_default=True,
               help="Comma-separated depths; 6n+2 for the CNN families (20, 32, 44, 56, 110).")
-@click.option("--dataset", default="mnist5k", show_default=True, help="mnist5k (offline), mnist or fashion-mnist.")
+@click.option("--dataset", default="mnist5k", show_default=True,
+              help="mnist5k (offline), mnist or fashion-mnist; pystdlib (this Python's standard library as bytes, "
+                   "offline) or text:PATH (a local text file or folder) for language models.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per run [default: the recipe's].")
 @click.option("--recipe", default="lecture", show_default=True,
-              help="lecture (Adam 1e-3, batch 64, 10 epochs) or he2016 (SGD 0.1 momentum 0.9, /10 at 50%/75%, wd 1e-4, batch 128).")
+              help="lecture (Adam 1e-3, batch 64, 10 epochs), he2016 (SGD 0.1 momentum 0.9, /10 at 50%/75%, wd 1e-4, "
+                   "batch 128) or gpt (AdamW 1e-3, betas 0.9/0.95, wd 0.1 on matrices, batch 32 x 64 bytes, "
+                   "100 batches per epoch, 5 epochs).")
+@click.option("--context", type=click.IntRange(min=1), default=None,
+              help="Language models: window length in bytes [default: the recipe's, 64].")
+@click.option("--warmup", type=click.IntRange(min=0), default=None,
+              help="Linear learning-rate warmup over the first STEPS steps (0: none) [default: the recipe's, none].")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True,
               help="Output directory (must not exist unless --overwrite).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every run: weights and data order.")
@@ -98,13 +108,14 @@ def threads_option(fn):
 @click.option("--every", default="auto", show_default=True,
               help="Record gradient statistics every k-th step, or 'auto' (first 10 steps, then about 100 more).")
 @click.option("--activations", is_flag=True, help="Also record activation and residual-split statistics (slower).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training and test samples.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use only the first N training and test samples (bytes of a text dataset).")
 @threads_option
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (once the new results are complete).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(models: str, depths: str, dataset: str, epochs: int | None, recipe: str, out: Path, seed: int, device: str,
-            data_dir: Path | None, no_download: bool, every: str, activations: bool, limit: int | None,
-            threads: int | None, overwrite: bool, quiet: bool) -> None:
+def command(models: str, depths: str, dataset: str, epochs: int | None, recipe: str, context: int | None,
+            warmup: int | None, out: Path, seed: int, device: str, data_dir: Path | None, no_download: bool, every: str,
+            activations: bool, limit: int | None, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Train every combination of --models and --depths on --dataset with the same seed
     and the same data order, and write a results table (Markdown and CSV), each run's
     store, a gradient-flow figure per run, one overlaying all runs, the training curves
@@ -114,6 +125,8 @@ def command(models: str, depths: str, dataset: str, epochs: int | None, recipe: 
     Example:
       gradsight compare --models plain,resnet --depths 20,56 --dataset mnist5k \\
           --epochs 5 --recipe lecture --out runs/cmp
+      gradsight compare --models gpt_preln,gpt_postln --depths 6,12 \\
+          --dataset pystdlib --recipe gpt --warmup 100 --out runs/gpt
     """
     params = dict(locals())
     every_value = _every(every)
@@ -129,6 +142,7 @@ def command(models: str, depths: str, dataset: str, epochs: int | None, recipe: 
             models, depths, dataset, out=out, epochs=epochs, recipe=recipe, seed=seed, device=device,
             data_dir=data_dir, download=not no_download, every=every_value, activations=activations, limit=limit,
             overwrite=overwrite, progress=not quiet, command=canonical_command("compare", params),
+            context=context, warmup=warmup,
         )
     except ValueError as exc:  # DatasetError included: bad input, nothing was written
         raise UserError(str(exc)) from None

