@@ -57,6 +57,7 @@ def first_and_late_steps(run: Run) -> tuple[int, int]:
     When the training set does not divide into batches, an epoch's last batch is smaller and
     its gradient noisier, so for runs of :func:`gradsight.train.train` (whose config says the
     batch size and the number of training samples) such steps are passed over for "late".
+    Language models train on windows drawn at random, every batch full, so nothing is skipped.
     """
     steps = run.steps()
     if not steps:
@@ -65,7 +66,8 @@ def first_and_late_steps(run: Run) -> tuple[int, int]:
     per_epoch, num_train = config.get("steps_per_epoch"), config.get("num_train")
     batch_size = (config.get("recipe") or {}).get("batch_size")
     late = steps[-1]
-    if per_epoch and num_train and batch_size and num_train % batch_size:
+    windows = config.get("input_kind") == "tokens"
+    if per_epoch and num_train and batch_size and num_train % batch_size and not windows:
         full = [s for s in steps if (s + 1) % per_epoch]
         late = full[-1] if full else late
     return steps[0], late
