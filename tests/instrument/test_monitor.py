@@ -615,3 +615,19 @@ def test_zero_size_parameter_is_recorded(tmp_path):
         mon.step()
     frame = gs.open_run(tmp_path / "run").frame(level="param", stat="grad_norm")
     assert dict(zip(frame.name, frame.value))["1.weight"] == 0.0
+
+
+def test_float64_model_is_recorded_with_update_ratios(tmp_path):
+    """Regression: a float64 model crashed monitor.step() (a float32 norm of a float64 tensor)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gs.watch(model, tmp_path / "run", optimizer=opt) as monitor:
+        model(torch.randn(3, 4, dtype=torch.float64)).sum().backward()
+        grads = {n: p.grad.norm().item() for n, p in model.named_parameters()}
+        monitor.step()
+        opt.step()
+    with gs.open_run(tmp_path / "run") as run:
+        got = run.frame(level="param", stat="grad_norm").set_index("name")["value"]
+        assert run.stats("layer") and "update_ratio" in run.stats("layer")
+    assert got.to_dict() == pytest.approx(grads, rel=1e-6)

@@ -136,6 +136,18 @@ def test_eager_raw_sums_match_float64_reference(dtype, fused):
     assert_raw_close(got, np.stack([reference_raw(g, w) for g, w in zip(grads, weights)]), rtol=1e-5)
 
 
+def test_float64_gradients_and_weights_among_float32_ones(fused):
+    """A float64 model (or part of one): norms may not narrow their input, so float64 tensors
+    are reduced in float64 and cast; the result matches the reference like the others."""
+    shapes = [(7, 5), (1,), (3, 4, 2), (130,)]
+    dtypes = [torch.float64, torch.float32, torch.float64, torch.float32]
+    grads = [t.to(d) for t, d in zip(_tensors(0, shapes), dtypes)]
+    weights = [t.to(d) for t, d in zip(_tensors(1, shapes, zero_frac=0.0), dtypes)]
+    got = raw_sums(grads, weights, backend="auto")
+    assert got.dtype == torch.float32
+    assert_raw_close(got, np.stack([reference_raw(g, w) for g, w in zip(grads, weights)]), rtol=1e-5)
+
+
 def test_eager_leaves_nonfinite_to_count_nonfinite():
     g = torch.tensor([1.0, float("nan"), -2.0, float("inf"), 0.0])
     row = raw_sums([g], [torch.ones(5)], backend="eager")[0]

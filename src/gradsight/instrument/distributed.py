@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from gradsight.instrument.layers import Inventory
-from gradsight.stats.grad import MAXABS, RAW_FIELDS, W_SUMSQ, count_nonfinite, raw_sums
+from gradsight.stats.grad import MAXABS, RAW_FIELDS, W_SUMSQ, count_nonfinite, norms_fp32, raw_sums
 from gradsight.store.writer import NullWriter, StoreWriter, Writer
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Local:
         """``[len(tensors)]`` float32 sums of squares."""
         if not tensors:
             return torch.zeros(0)
-        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).pow(2)
+        return torch.stack(norms_fp32(tensors, 2)).pow(2)
 
 
 class Distributed:
@@ -232,7 +232,7 @@ class Distributed:
         if not tensors:
             return torch.zeros(0)
         local = [_local(t) for t in tensors]
-        sq = torch.stack(torch._foreach_norm(local, 2, dtype=torch.float32)).pow(2)
+        sq = torch.stack(norms_fp32(local, 2)).pow(2)
         if self.mode == "replicated":
             return sq
         mask = torch.tensor([self._counts(t) for t in tensors], dtype=torch.bool, device=sq.device)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from gradsight.instrument.series import SeriesIds
+from gradsight.stats.grad import norms_fp32
 
 #: ``(step, series ids, values on the device)`` waiting for the next host transfer.
 Pending = tuple[int, np.ndarray, Tensor]
@@ -98,7 +99,7 @@ class UpdateRatio:
             dsq = self._sumsq(torch._foreach_sub(current, self._snapshot))
             wsq = self._wsumsq
             if not self._weights:  # weight norms were not taken at record time
-                wsq = torch.stack(torch._foreach_norm(self._snapshot, 2, dtype=torch.float32)).pow(2)
+                wsq = torch.stack(norms_fp32(self._snapshot, 2)).pow(2)
             n_layers = len(self._layer_names)
             layer_dsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, self._group, dsq)
             layer_wsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, self._group, wsq)

@@ -75,10 +75,27 @@ def row_count(shape: Sequence[int]) -> int:
     return int(shape[0]) if len(shape) >= 2 else 0
 
 
+def norms_fp32(tensors: Sequence[Tensor], ord: float) -> list[Tensor]:
+    """``torch._foreach_norm(tensors, ord)`` as 0-d float32 tensors, accumulated in float32
+    (float64 tensors in float64, then cast: a norm may not narrow its input's dtype)."""
+    wide = [i for i, t in enumerate(tensors) if t.dtype == torch.float64]
+    if not wide:
+        return list(torch._foreach_norm(list(tensors), ord, dtype=torch.float32))
+    out: list[Tensor] = [torch.empty(0)] * len(tensors)
+    narrow = [i for i in range(len(tensors)) if tensors[i].dtype != torch.float64]
+    if narrow:
+        for i, v in zip(narrow, torch._foreach_norm([tensors[i] for i in narrow], ord, dtype=torch.float32)):
+            out[i] = v
+    for i, v in zip(wide, torch._foreach_norm([tensors[i] for i in wide], ord)):
+        out[i] = v.float()
+    return out
+
+
 def _row_max(g: Tensor) -> Tensor:
     """``[rows]`` float32 max |g| of each row of a tensor of >= 2 dims; reduces over the
-    other dims in place, so a channels-last gradient is not copied."""
-    return torch.linalg.vector_norm(g, math.inf, dim=tuple(range(1, g.dim())), dtype=torch.float32)
+    other dims in place, so a channels-last gradient is not copied (a max is exact in any
+    dtype, so it is taken in the gradient's own)."""
+    return torch.linalg.vector_norm(g, math.inf, dim=tuple(range(1, g.dim()))).float()
 
 
 def _fused_kernel(g: Tensor, w: Tensor | None) -> Tensor:
@@ -301,9 +318,9 @@ def _eager_rows(grads: list[Tensor], weights: list[Tensor], with_weights: bool, 
 
     layout = _layout(grads, device)
     n = len(grads)
-    sumsq = column(torch._foreach_norm(grads, 2, dtype=torch.float32)).square()
-    sumabs = column(torch._foreach_norm(grads, 1, dtype=torch.float32))
-    nonzero = column(torch._foreach_norm(grads, 0, dtype=torch.float32))  # L0 "norm": count of nonzeros
+    sumsq = column(norms_fp32(grads, 2)).square()
+    sumabs = column(norms_fp32(grads, 1))
+    nonzero = column(norms_fp32(grads, 0))  # L0 "norm": count of nonzeros
     # the rows' max |g| of every tensor with rows gives its maxabs and its all-zero rows
     maxabs = torch.zeros(n, dtype=torch.float32, device=device)
     dead = torch.zeros(n, dtype=torch.float32, device=device)
@@ -313,11 +330,11 @@ def _eager_rows(grads: list[Tensor], weights: list[Tensor], with_weights: bool, 
         maxabs.scatter_reduce_(0, layout.owner, row_max, reduce="amax", include_self=False)
         dead.index_add_(0, layout.owner, (row_max == 0).float())
     if layout.without_rows:
-        flat = column(torch._foreach_norm([grads[i] for i in layout.without_rows], math.inf, dtype=torch.float32))
+        flat = column(norms_fp32([grads[i] for i in layout.without_rows], math.inf))
         maxabs.index_copy_(0, layout.without_rows_index, flat)
     numel = layout.numel
     if with_weights:
-        w_sumsq = column(torch._foreach_norm(weights, 2, dtype=torch.float32)).square()
+        w_sumsq = column(norms_fp32(weights, 2)).square()
     else:
         w_sumsq = torch.full_like(numel, float("nan"))
     # nonfinite stays 0 here: a finite sumsq implies none; see count_nonfinite
