@@ -141,26 +141,26 @@ def load_text(name: str, *, limit: int | None = None, device: torch.device | str
     )
 
 
+def _files(root: Path, keep_dir, keep_file) -> list[Path]:
+    """Files under ``root`` that ``keep_file(path)`` accepts, in folders ``keep_dir(name)``
+    accepts, sorted by relative path (the same order on every machine)."""
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if keep_dir(d)]
+        found += [path for path in (Path(folder) / n for n in names) if keep_file(path)]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
 def pystdlib_files(root: Path) -> list[Path]:
     """The standard library's ``.py`` files under ``root``, sorted by relative path, the
     folders of :data:`PYSTDLIB_EXCLUDED_DIRS` left out."""
-    found = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in PYSTDLIB_EXCLUDED_DIRS]
-        found += [Path(folder) / n for n in names if n.endswith(".py")]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    return _files(root, lambda d: d not in PYSTDLIB_EXCLUDED_DIRS, lambda p: p.name.endswith(".py"))
 
 
 def text_files(root: Path) -> list[Path]:
     """Text files under ``root`` (no NUL byte in the first 8 KiB), hidden ones skipped, sorted by relative path."""
-    found = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for n in names:
-            path = Path(folder) / n
-            if not n.startswith(".") and path.is_file() and _is_text(path):
-                found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    return _files(root, lambda d: not d.startswith("."),
+                  lambda p: not p.name.startswith(".") and p.is_file() and _is_text(p))
 
 
 def is_test_file(index: int, count: int) -> bool:

@@ -415,8 +415,8 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             gradient at every residual block (level ``block``). ``True`` tracks every
             leaf module with parameters and every residual block; a pattern or list
             of fnmatch patterns picks modules by name.
-        residual_blocks: names of modules to treat as residual blocks where
-            automatic detection does not see them.
+        residual_blocks: names of modules expected to own residual additions;
+            detection does not depend on it, a warning names those that own none.
         weights: ``False`` skips ``weight_norm`` and ``grad_weight_ratio``, saving one
             pass over the weights' memory at every recorded step.
 

@@ -211,19 +211,3 @@ def parameterized_after(y_node: Node, add: Node) -> bool:
                 between.add(node)
                 changed = True
     return any(_holds_parameter(c) for node in between - {add} for c, _, _ in _children(node) if c not in between)
-
-
-def find_residual_split(y_node: Node | None, x_node: Node | None, x_nr: int = 0, *, strict: bool = True) -> ResidualSplit | None:
-    """The residual addition of a block whose stream is its input ``x``, closest to the output, or None.
-
-    Args:
-        y_node: ``grad_fn`` of the block's output.
-        x_node, x_nr: the gradient edge of the block's input
-            (``torch.autograd.graph.get_gradient_edge(x)``).
-        strict: unused; kept for callers of the single-addition rule.
-    """
-    if y_node is None or x_node is None:
-        return None
-    found = [s for s in find_residual_additions(y_node, {x_node})
-             if s.stream is not None and s.stream[0] is x_node and s.stream[1] == x_nr]
-    return found[-1] if found else None

@@ -15,7 +15,7 @@ exactly the two terms of the sum, and ``register_full_backward_hook`` works.
 This structure is for building the zoo (Fixup initialization needs each branch's layers).
 Measuring does not rely on it: the monitor, ``gs.path_lengths``, ``gs.probe`` and the graph find
 residual blocks of any model in the autograd graph
-(:func:`gradsight.instrument.residual.find_residual_split`), and find exactly the zoo's blocks.
+(:func:`gradsight.instrument.residual.find_residual_additions`), and find exactly the zoo's blocks.
 """
 
 from __future__ import annotations

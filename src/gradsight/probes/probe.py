@@ -59,7 +59,7 @@ def probe(
         batch_size: size of the Gaussian batch.
         seed: seed of the Gaussian input and output gradient.
         modules: which modules to track (as ``gs.watch(activations=...)``).
-        residual_blocks: modules to treat as residual blocks where detection fails.
+        residual_blocks: modules expected to own residual additions; a warning names those that own none.
 
     Returns:
         One row per module (``kind`` = ``layer`` for leaf modules with
