@@ -15,6 +15,8 @@ from gradsight._errors import RunError
 from gradsight.store.roles import as_roles, row_roles
 from gradsight.store.schema import DB_NAME, Kind, Level
 
+#: Series ids passed to one query at most (SQLite allows 32,766 variables).
+_MAX_SQL_IDS = 30_000
 _REQUIRED_TABLES = {"meta", "params", "layers", "series", "scalars", "steps"}
 
 #: ``depths(level, name, depth)``: the depth of a name at a series level ('layer',
@@ -242,6 +244,11 @@ class Run:
             st = [int(s) for s in steps]
             where.append(f"s.step IN ({','.join('?' * len(st))})")
             args.extend(st)
+        if roles is not None:  # read only the series of names with these roles
+            ids = self._series_ids_with_roles(roles)
+            if len(ids) <= _MAX_SQL_IDS:  # beyond SQLite's variable limit, filter after reading
+                where.append(f"se.id IN ({','.join('?' * len(ids))})")
+                args.extend(ids)
         sql = f"""
             WITH {_DEPTHS}
             SELECT s.step AS step, se.level AS level, se.name AS name,
@@ -266,6 +273,18 @@ class Run:
         if roles is not None:
             df = df[df["role"].isin(roles)].reset_index(drop=True)
         return df
+
+    def _series_ids_with_roles(self, roles: Iterable[str]) -> list[int]:
+        """Ids of the series whose names have one of ``roles`` (model and metric series have none)."""
+        keep = set(roles)
+        series = self._query("SELECT id, level, name FROM series")
+        ids: list[int] = []
+        for level, part in series.groupby("level", sort=False):
+            if level in Level.TOTALS:
+                continue
+            of = self.roles(str(level))
+            ids += [int(i) for i, n in zip(part["id"], part["name"]) if of.get(n) in keep]
+        return ids
 
     def _role_column(self, df: pd.DataFrame) -> pd.Series:
         """The role of each row of a long frame (None for model and metric rows)."""
