@@ -204,6 +204,8 @@ class Monitor:
         if self._closed:
             raise RuntimeError("this monitor is closed")
         index = self.step_count if step is None else int(step)
+        if not -2**63 <= index < 2**63:
+            raise ValueError(f"step={index} does not fit the store's 64-bit step column; pass a smaller step")
         record = self.should_record(self.step_count)
         self.step_count += 1
         if not record:
