@@ -44,6 +44,9 @@ BUSY_TIMEOUT_S = 2.0
 GIVE_UP_BUSY_TIMEOUT_S = 0.5
 #: Statistics waiting to be written, at most, in bytes; beyond, the oldest recorded steps are dropped.
 MAX_QUEUE_BYTES = 128 * 2**20
+#: Bytes kept in ``gradsight.sqlite-reserve`` while recording, freed to record the status
+#: of a run whose disk is full.
+RESERVE_BYTES = 64 * 2**10
 #: Seconds ``close()`` waits for the writer thread, at most (it ends within about
 #: ``CLOSE_RETRY_S + 2 * BUSY_TIMEOUT_S`` unless a filesystem call hangs).
 CLOSE_JOIN_S = 120.0
@@ -191,6 +194,25 @@ def _nbytes(item: tuple) -> int:
     return sum(x.nbytes for x in item if isinstance(x, np.ndarray))
 
 
+RESERVE_SUFFIX = "-reserve"
+
+
+def _write_reserve(path: Path) -> None:
+    """Keep :data:`RESERVE_BYTES` of disk next to the store (none if the disk has no room)."""
+    reserve = Path(str(path) + RESERVE_SUFFIX)
+    try:
+        reserve.write_bytes(os.urandom(RESERVE_BYTES))  # random: not stored as a hole or compressed away
+    except OSError:
+        reserve.unlink(missing_ok=True)
+
+
+def _free_reserve(path: Path) -> None:
+    try:
+        Path(str(path) + RESERVE_SUFFIX).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def _sql_text(text: str) -> str:
     """``text`` as an SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
@@ -230,9 +252,10 @@ def _claim(run_dir: Path, path: Path, overwrite: bool) -> RunLock:
         if any(Path(str(path) + suffix).exists() for suffix in ("", "-wal")):
             if not overwrite:
                 raise RunError(f"{run_dir} already holds a run; pass overwrite=True or choose another run_dir")
-            for suffix in ("", "-wal", "-shm"):
+            for suffix in ("", "-wal", "-shm", RESERVE_SUFFIX):
                 Path(str(path) + suffix).unlink(missing_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        _write_reserve(path)
     except FileExistsError:
         lock.release()
         raise RunError(f"{run_dir} already holds a run: another process created it just now") from None
@@ -288,7 +311,7 @@ class StoreWriter:
         self._thread.start()
         ready.wait()
         if self._error is not None:
-            for suffix in ("", "-wal", "-shm"):  # created by this writer a moment ago
+            for suffix in ("", "-wal", "-shm", RESERVE_SUFFIX):  # created by this writer a moment ago
                 Path(str(self.path) + suffix).unlink(missing_ok=True)
             self._lock.release()
             raise RunError(f"cannot create the run store {self.path} ({self._error})") from None
@@ -343,6 +366,7 @@ class StoreWriter:
             log.error("gradsight: the writer of %s did not finish within %.0f s; the run directory stays locked "
                       "until this process ends", self.path, CLOSE_JOIN_S)
             return
+        _free_reserve(self.path)
         self._lock.release()
 
     @property
@@ -487,7 +511,7 @@ class StoreWriter:
         self._failure, self._failed_since = str(exc), time.monotonic()
         log.error(
             "gradsight: cannot write the run store %s (%s): %s. Training goes on; the last commit stays readable; "
-            "writing is retried every %.0f s and the oldest recorded steps are dropped once %.0f MB wait in memory",
+            "writing is retried every %g s and the oldest recorded steps are dropped once %.0f MB wait in memory",
             self.path, exc, _advice(exc), RETRY_INTERVAL_S, self._backlog.max_bytes / 2**20)
 
     def _recovered(self) -> None:
@@ -524,6 +548,15 @@ class StoreWriter:
         keep = [item for item in rest if item[0] not in ("scalars", "flush")]
         final = self._final_items()
         marked = self._commit(conn, keep, final) or self._commit(conn, [], final)
+        if not marked:  # a full disk: free the reserve for the metadata
+            _free_reserve(self.path)
+            marked = self._commit(conn, [], final)
+        if not marked:  # a file size limit: moving the WAL into the database may leave room
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            marked = self._commit(conn, [], final)
         log.error("gradsight: closed the run store %s without writing %d recorded steps (%s); it keeps the steps "
                   "committed before%s", self.path, self._backlog.steps_dropped, self._failure,
                   "" if marked else ", and its status still says 'running'")
