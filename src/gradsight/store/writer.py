@@ -384,7 +384,7 @@ class StoreWriter:
         if self._backlog.put(item) and not self._warned_drop and self._failure is None:
             self._warned_drop = True  # a failing store has said so already
             log.warning(
-                "gradsight: the run store %s cannot keep up: more than %.0f MB of statistics wait to be written, "
+                "gradsight: the run store %s cannot keep up: more than %.3g MB of statistics wait to be written, "
                 "so the oldest recorded steps are dropped (counted in meta 'steps_dropped'); record less often "
                 "(every=) or write to a faster disk", self.path, self._backlog.max_bytes / 2**20)
 
@@ -436,7 +436,7 @@ class StoreWriter:
                 batch = [item for item in batch if item[0] != "flush"]
                 for item in flushes:
                     item[1].set()
-                if self._commit(conn, batch, self._final_items()):
+                if self._commit(conn, batch, final=True):
                     self._recovered()
                     self._finish(conn)
                     return
@@ -444,7 +444,7 @@ class StoreWriter:
             timeout = max(0.0, COMMIT_INTERVAL_S - (time.monotonic() - last_commit)) if batch else None
             item = self._backlog.get(timeout)
             if item is _CLOSE:
-                if self._commit(conn, batch, self._final_items()):
+                if self._commit(conn, batch, final=True):
                     self._finish(conn)
                     return
                 continue
@@ -460,19 +460,20 @@ class StoreWriter:
                 if flush is not None:
                     flush.set()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple], extra: list[tuple] = ()) -> bool:
-        """Write ``batch`` and ``extra`` in one transaction; True when committed.
+    def _commit(self, conn: sqlite3.Connection, batch: list[tuple], final: bool = False) -> bool:
+        """Write ``batch`` (and, if ``final``, the closing metadata) in one transaction;
+        True when committed.
 
-        An item whose values cannot be stored is left out of ``batch`` (logged once,
+        An item whose values cannot be stored is taken out of ``batch`` (logged once,
         counted as dropped); a store failure rolls everything back and is logged by
         :meth:`_failed`.
         """
-        if not batch and not extra:
+        if not batch and not final:
             return True
         bad: list[int] = []
         try:
             conn.execute("BEGIN")
-            for k, item in enumerate([*batch, *extra]):
+            for k, item in enumerate(batch):
                 conn.execute("SAVEPOINT item")
                 try:
                     self._handle(conn, item)
@@ -483,6 +484,8 @@ class StoreWriter:
                     bad.append(k)
                     self._bad_item(item, exc)
                 conn.execute("RELEASE item")
+            if final:  # after the items: its counts include what they dropped
+                self._handle_meta(conn, self._final_meta_items())
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -492,8 +495,9 @@ class StoreWriter:
                     pass
             self._failed(exc)
             return False
-        for k in reversed([k for k in bad if k < len(batch)]):
-            del batch[k]
+        finally:
+            for k in reversed(bad):
+                del batch[k]
         return True
 
     def _bad_item(self, item: tuple, exc: Exception) -> None:
@@ -511,7 +515,7 @@ class StoreWriter:
         self._failure, self._failed_since = str(exc), time.monotonic()
         log.error(
             "gradsight: cannot write the run store %s (%s): %s. Training goes on; the last commit stays readable; "
-            "writing is retried every %g s and the oldest recorded steps are dropped once %.0f MB wait in memory",
+            "writing is retried every %g s and the oldest recorded steps are dropped once %.3g MB wait in memory",
             self.path, exc, _advice(exc), RETRY_INTERVAL_S, self._backlog.max_bytes / 2**20)
 
     def _recovered(self) -> None:
@@ -519,13 +523,13 @@ class StoreWriter:
                     self.path, time.monotonic() - self._failed_since, self._backlog.steps_dropped)
         self._failure = None
 
-    def _final_items(self) -> list[tuple]:
+    def _final_meta_items(self) -> dict[str, Any]:
         """The closing metadata: status, end time, what was dropped and the first store failure."""
         meta = dict(self._final_meta, steps_dropped=self._backlog.steps_dropped,
                     values_dropped=self._backlog.values_dropped)
         if self._store_error is not None:
             meta["store_error"] = self._store_error
-        return [("meta", meta)]
+        return meta
 
     def _finish(self, conn: sqlite3.Connection) -> None:
         try:  # leave one plain file; stays in WAL mode while a reader holds it open (or the disk is full)
@@ -546,17 +550,16 @@ class StoreWriter:
                 item[1].set()
         self._backlog.count_lost(rest)
         keep = [item for item in rest if item[0] not in ("scalars", "flush")]
-        final = self._final_items()
-        marked = self._commit(conn, keep, final) or self._commit(conn, [], final)
+        marked = self._commit(conn, keep, final=True) or self._commit(conn, [], final=True)
         if not marked:  # a full disk: free the reserve for the metadata
             _free_reserve(self.path)
-            marked = self._commit(conn, [], final)
+            marked = self._commit(conn, [], final=True)
         if not marked:  # a file size limit: moving the WAL into the database may leave room
             try:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
-            marked = self._commit(conn, [], final)
+            marked = self._commit(conn, [], final=True)
         log.error("gradsight: closed the run store %s without writing %d recorded steps (%s); it keeps the steps "
                   "committed before%s", self.path, self._backlog.steps_dropped, self._failure,
                   "" if marked else ", and its status still says 'running'")
