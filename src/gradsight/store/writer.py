@@ -40,15 +40,15 @@ CLOSE_RETRY_S = 3.0
 CLOSE_RETRY_INTERVAL_S = 0.25
 #: Seconds a statement waits for another process's write lock before it fails.
 BUSY_TIMEOUT_S = 2.0
-#: The same, for the last metadata written by a close that gives up.
-GIVE_UP_BUSY_TIMEOUT_S = 0.5
+#: The same while ``close()`` retries a failed store and gives up.
+CLOSING_BUSY_TIMEOUT_S = 0.2
 #: Statistics waiting to be written, at most, in bytes; beyond, the oldest recorded steps are dropped.
 MAX_QUEUE_BYTES = 128 * 2**20
 #: Bytes kept in ``gradsight.sqlite-reserve`` while recording, freed to record the status
 #: of a run whose disk is full.
 RESERVE_BYTES = 64 * 2**10
 #: Seconds ``close()`` waits for the writer thread, at most (it ends within about
-#: ``CLOSE_RETRY_S + 2 * BUSY_TIMEOUT_S`` unless a filesystem call hangs).
+#: ``CLOSE_RETRY_S + BUSY_TIMEOUT_S + 5 * CLOSING_BUSY_TIMEOUT_S`` unless a filesystem call hangs).
 CLOSE_JOIN_S = 120.0
 
 
@@ -56,7 +56,8 @@ class Writer(Protocol):
     """What the monitor writes a run through: :class:`StoreWriter` or :class:`NullWriter`.
 
     Every method only queues work and returns at once, except :meth:`flush` and
-    :meth:`close`, which block until what was queued is on disk.
+    :meth:`close`, which block until what was queued is on disk (or, for a store
+    that cannot be written, until the writer has said so; see :class:`StoreWriter`).
     """
 
     run_dir: Path
@@ -427,6 +428,7 @@ class StoreWriter:
                         self._recovered()
                         batch, last_commit = [], time.monotonic()
                     continue
+                conn.execute(f"PRAGMA busy_timeout = {int(CLOSING_BUSY_TIMEOUT_S * 1000)}")
                 if time.monotonic() >= self._close_deadline:
                     self._give_up(conn, batch)
                     return
@@ -543,7 +545,6 @@ class StoreWriter:
 
     def _give_up(self, conn: sqlite3.Connection, batch: list[tuple]) -> None:
         """Close a store that still fails: count what was not written, try to record that and the status."""
-        conn.execute(f"PRAGMA busy_timeout = {int(GIVE_UP_BUSY_TIMEOUT_S * 1000)}")
         rest = batch + self._backlog.drain()
         for item in rest:
             if item[0] == "flush":
