@@ -288,6 +288,26 @@ def test_a_locked_store_drops_the_oldest_queued_steps_and_counts_them(tmp_path, 
     assert len(_messages(caplog, logging.ERROR)) == 1
 
 
+def test_what_waits_in_memory_stays_bounded_while_the_writer_is_busy(tmp_path, fast_retries):
+    """Steps the writer thread has taken but not committed count too: it commits once it holds
+    a quarter of the bound, so a locked store keeps at most 1.25 bounds of statistics."""
+    run_dir = tmp_path / "run"
+    writer = StoreWriter(run_dir, max_queue_bytes=8 * VALUES_PER_STEP * 16)
+    _write_step(writer, 0)
+    writer.flush()
+    blocker = _lock_store(run_dir)
+    for step in range(1, 101):  # no flush: the writer takes steps as they come
+        _write_step(writer, step)
+        time.sleep(0.001)
+    blocker.execute("ROLLBACK")
+    writer.close()
+    with gs.open_run(run_dir) as run:
+        kept = run.steps()[1:]
+        assert kept[-8:] == list(range(93, 101))  # the newest are kept
+        assert len(kept) <= 8 + 2  # the queue's 8 and what the writer held (2 steps = a quarter)
+        assert run.meta["steps_dropped"] == 100 - len(kept)
+
+
 def test_a_slow_store_warns_once_when_it_starts_dropping(tmp_path, caplog):
     """The queue fills while the writer thread is busy: one warning, the count in the store."""
     run_dir = tmp_path / "run"

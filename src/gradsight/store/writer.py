@@ -43,13 +43,17 @@ BUSY_TIMEOUT_S = 2.0
 #: The same while ``close()`` retries a failed store and gives up.
 CLOSING_BUSY_TIMEOUT_S = 0.2
 #: Statistics waiting to be written, at most, in bytes; beyond, the oldest recorded steps are dropped.
-MAX_QUEUE_BYTES = 128 * 2**20
+MAX_QUEUE_BYTES = 32 * 2**20
+#: The writer commits once it holds this fraction of the queue's bound (else every second),
+#: so what waits in memory stays below ``1.25 * max_queue_bytes``.
+BATCH_FRACTION = 0.25
 #: Bytes kept in ``gradsight.sqlite-reserve`` while recording, freed to record the status
 #: of a run whose disk is full.
 RESERVE_BYTES = 64 * 2**10
-#: Seconds ``close()`` waits for the writer thread, at most (it ends within about
-#: ``CLOSE_RETRY_S + BUSY_TIMEOUT_S + 5 * CLOSING_BUSY_TIMEOUT_S`` unless a filesystem call hangs).
-CLOSE_JOIN_S = 120.0
+#: Seconds ``close()`` waits for a writer thread that makes no progress (a filesystem call
+#: that hangs); a failing store ends it within about
+#: ``CLOSE_RETRY_S + BUSY_TIMEOUT_S + 5 * CLOSING_BUSY_TIMEOUT_S``.
+CLOSE_STALL_S = 60.0
 
 
 class Writer(Protocol):
@@ -305,6 +309,7 @@ class StoreWriter:
         self._warned_bad_value = False
         self._final_meta: dict[str, Any] = {}
         self._close_deadline = math.inf
+        self._progress = time.monotonic()  # when the writer last wrote an item
         self._closed = False
         self._error: BaseException | None = None
         ready = threading.Event()
@@ -362,11 +367,14 @@ class StoreWriter:
         self._final_meta = dict(status=status, end_time=time.time(), **meta)
         self._close_deadline = time.monotonic() + CLOSE_RETRY_S
         self._backlog.close()
-        self._thread.join(CLOSE_JOIN_S)
-        if self._thread.is_alive():  # pragma: no cover - a filesystem call that hangs
-            log.error("gradsight: the writer of %s did not finish within %.0f s; the run directory stays locked "
-                      "until this process ends", self.path, CLOSE_JOIN_S)
-            return
+        while True:  # as long as the writer makes progress: what was queued is written
+            self._thread.join(0.5)
+            if not self._thread.is_alive():
+                break
+            if time.monotonic() - self._progress > CLOSE_STALL_S:  # pragma: no cover - a hung filesystem
+                log.error("gradsight: the writer of %s made no progress for %.0f s; the run directory stays "
+                          "locked until this process ends", self.path, CLOSE_STALL_S)
+                return
         _free_reserve(self.path)
         self._lock.release()
 
@@ -419,6 +427,7 @@ class StoreWriter:
         """Commit queued items every :data:`COMMIT_INTERVAL_S` seconds, on flush and at close;
         while the store fails, retry the uncommitted items until it works again or close gives up."""
         batch: list[tuple] = []  # taken from the queue, not committed yet (replayed after a failure)
+        batch_bytes = 0  # of the statistics in batch
         last_commit = time.monotonic()
         while True:
             if self._failure is not None:
@@ -426,7 +435,7 @@ class StoreWriter:
                     self._backlog.closing.wait(RETRY_INTERVAL_S)
                     if self._commit(conn, batch):
                         self._recovered()
-                        batch, last_commit = [], time.monotonic()
+                        batch, batch_bytes, last_commit = [], 0, time.monotonic()
                     continue
                 conn.execute(f"PRAGMA busy_timeout = {int(CLOSING_BUSY_TIMEOUT_S * 1000)}")
                 if time.monotonic() >= self._close_deadline:
@@ -456,9 +465,11 @@ class StoreWriter:
                     flush = item[1]
                 else:
                     batch.append(item)
-            if flush is not None or (batch and time.monotonic() - last_commit >= COMMIT_INTERVAL_S):
+                    batch_bytes += _nbytes(item)
+            if (flush is not None or batch_bytes >= BATCH_FRACTION * self._backlog.max_bytes
+                    or (batch and time.monotonic() - last_commit >= COMMIT_INTERVAL_S)):
                 if self._commit(conn, batch):
-                    batch, last_commit = [], time.monotonic()
+                    batch, batch_bytes, last_commit = [], 0, time.monotonic()
                 if flush is not None:
                     flush.set()
 
@@ -479,6 +490,7 @@ class StoreWriter:
                 conn.execute("SAVEPOINT item")
                 try:
                     self._handle(conn, item)
+                    self._progress = time.monotonic()
                 except Exception as exc:
                     if _is_store_failure(exc):
                         raise
