@@ -478,41 +478,40 @@ class StoreWriter:
         True when committed.
 
         An item whose values cannot be stored is taken out of ``batch`` (logged once,
-        counted as dropped); a store failure rolls everything back and is logged by
-        :meth:`_failed`.
+        counted as dropped) and the rest written again; a store failure rolls
+        everything back and is logged by :meth:`_failed`.
         """
         if not batch and not final:
             return True
-        bad: list[int] = []
-        try:
-            conn.execute("BEGIN")
-            for k, item in enumerate(batch):
-                conn.execute("SAVEPOINT item")
-                try:
-                    self._handle(conn, item)
+        while True:
+            bad: tuple[int, Exception] | None = None
+            try:
+                conn.execute("BEGIN")
+                for k, item in enumerate(batch):
+                    try:
+                        self._handle(conn, item)
+                    except Exception as exc:
+                        if _is_store_failure(exc):
+                            raise
+                        bad = (k, exc)
+                        break
                     self._progress = time.monotonic()
-                except Exception as exc:
-                    if _is_store_failure(exc):
-                        raise
-                    conn.execute("ROLLBACK TO item")
-                    bad.append(k)
-                    self._bad_item(item, exc)
-                conn.execute("RELEASE item")
-            if final:  # after the items: its counts include what they dropped
-                self._handle_meta(conn, self._final_meta_items())
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            self._failed(exc)
-            return False
-        finally:
-            for k in reversed(bad):
-                del batch[k]
-        return True
+                if bad is None:
+                    if final:  # after the items: its counts include what they dropped
+                        self._handle_meta(conn, self._final_meta_items())
+                    conn.execute("COMMIT")
+                    return True
+                conn.execute("ROLLBACK")  # rare: no savepoint per item, which would cost every commit
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                self._failed(exc)
+                return False
+            k, exc = bad
+            self._bad_item(batch.pop(k), exc)
 
     def _bad_item(self, item: tuple, exc: Exception) -> None:
         self._backlog.count_lost([item])
