@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import sqlite3
 import time
 from contextlib import closing
@@ -100,7 +101,7 @@ def describe_owner(db_path: Path) -> str:
         owner = read_owner(db_path)
         if owner is not None:
             pid, host = owner
-            this = " (this process)" if pid == os.getpid() and host == _hostname() else ""
+            this = " (this process)" if pid == os.getpid() and host == socket.gethostname() else ""
             return f"pid {pid} on {host}{this}"
         if time.monotonic() >= deadline:
             return "another process (its pid and host are not in the store yet)"
@@ -109,20 +110,14 @@ def describe_owner(db_path: Path) -> str:
 
 def read_owner(db_path: Path) -> tuple[int, str] | None:
     """``(pid, host)`` recorded in the store at ``db_path``, or None if unreadable."""
-    if not db_path.exists() or db_path.stat().st_size == 0:
-        return None
     try:
+        if db_path.stat().st_size == 0:
+            return None
         with closing(connect_readonly(db_path)) as conn:
             rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('pid', 'host')"))
         return int(json.loads(rows["pid"])), str(json.loads(rows["host"]))
-    except (sqlite3.Error, KeyError, ValueError, TypeError):
+    except (OSError, sqlite3.Error, KeyError, ValueError, TypeError):
         return None
-
-
-def _hostname() -> str:
-    import socket
-
-    return socket.gethostname()
 
 
 def connect_readonly(db_path: Path) -> sqlite3.Connection:

@@ -71,7 +71,7 @@ def _check_permissions(db_path: Path, after: BaseException | None = None) -> Non
                        "SQLite cannot build its -shm index; copy the run directory and open the copy")
 
 
-def check_schema_version(db_path: Path, version: Any) -> None:
+def _check_schema_version(db_path: Path, version: Any) -> None:
     """Raise :class:`RunError` unless this gradsight reads stores of schema ``version``
     (:data:`~gradsight.store.schema.READABLE_VERSIONS`)."""
     readable = f"{min(READABLE_VERSIONS)} to {max(READABLE_VERSIONS)}"
@@ -124,16 +124,23 @@ class Run:
         except sqlite3.DatabaseError as exc:
             _check_permissions(self.db_path, after=exc)
             raise RunError(f"{self.db_path} is corrupted or not a SQLite database ({exc})") from None
+        try:
+            self.meta: dict[str, Any] = self._checked_meta(tables)
+        except RunError:
+            self._conn.close()
+            raise
+
+    def _checked_meta(self, tables: set[str]) -> dict[str, Any]:
+        """The ``meta`` table, once the store has every table and a schema version this reads."""
         missing = _REQUIRED_TABLES - tables
         if missing:
             raise RunError(f"{self.db_path} is not a gradsight store (missing tables: {', '.join(sorted(missing))})")
         try:
-            self.meta: dict[str, Any] = {
-                k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")
-            }
+            meta = {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
         except (sqlite3.DatabaseError, json.JSONDecodeError, TypeError) as exc:
             raise RunError(f"{self.db_path} is corrupted ({exc})") from None
-        check_schema_version(self.db_path, self.meta.get("schema_version"))
+        _check_schema_version(self.db_path, meta.get("schema_version"))
+        return meta
 
     # -- metadata ---------------------------------------------------------------
     def __repr__(self) -> str:
