@@ -11,6 +11,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -552,14 +553,67 @@ def test_watch_into_a_directory_it_cannot_write_raises_run_error_naming_it(read_
     assert not model._forward_pre_hooks and not model._forward_hooks
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def _obeying_file_permissions(code: str, *args: str) -> str:
+    """Run ``code`` in a child that file permissions apply to (root: without CAP_DAC_OVERRIDE
+    and CAP_DAC_READ_SEARCH); returns its stdout."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root, and no setpriv to make file permissions apply")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    env = dict(os.environ, PYTHONPATH=SOURCE_ROOT)
+    proc = subprocess.run([*prefix, sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip()
+
+
+_OPEN_RUN = """
+import sys
+import gradsight as gs
+try:
+    gs.open_run(sys.argv[1]).close()
+    print("opened")
+except gs.RunError as exc:
+    print(exc)
+"""
+
+_START_WRITER = """
+import sys
+import gradsight as gs
+from gradsight.store.writer import StoreWriter
+try:
+    StoreWriter(sys.argv[1]).close()
+    print("started")
+except gs.RunError as exc:
+    print(exc)
+"""
+
+
 def test_an_unreadable_store_is_reported_as_a_permission_problem(finished_run):
-    (finished_run / DB_NAME).chmod(0)
+    db = finished_run / DB_NAME
+    db.chmod(0)
     try:
-        with pytest.raises(gs.RunError, match="cannot be read: permission denied"):
-            gs.open_run(finished_run)
+        assert _obeying_file_permissions(_OPEN_RUN, str(finished_run)) == (
+            f"{db} cannot be read: permission denied (ask its owner, or copy the run)")
     finally:
-        (finished_run / DB_NAME).chmod(0o644)
+        db.chmod(0o644)
+    assert _obeying_file_permissions(_OPEN_RUN, str(finished_run)) == "opened"
+
+
+def test_a_run_directory_without_write_permission_raises_run_error_naming_it(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_dir.chmod(0o555)
+    try:
+        assert _obeying_file_permissions(_START_WRITER, str(run_dir)) == (
+            f"cannot write the run store {run_dir / DB_NAME}: Permission denied; choose a writable run_dir")
+        assert _obeying_file_permissions(_START_WRITER, str(run_dir / "sub")) == (
+            f"cannot create the run directory {run_dir / 'sub'}: Permission denied")
+    finally:
+        run_dir.chmod(0o755)
+    assert _obeying_file_permissions(_START_WRITER, str(run_dir)) == "started"
 
 
 def test_a_step_beyond_64_bits_is_refused_not_dropped(tmp_path):
