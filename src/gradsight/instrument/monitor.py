@@ -217,7 +217,8 @@ class Monitor:
             try:
                 self._writer.close(status="failed")
             finally:
-                self._created.remove()
+                if self._dist.writes_store:  # (another rank's store is not this process's to delete)
+                    self._created.remove()
 
     def _dead_rows_ids(self, inv: Inventory) -> tuple[np.ndarray, np.ndarray]:
         """Series ids of ``grad_dead_rows`` per watched parameter and per layer, -1 where it
