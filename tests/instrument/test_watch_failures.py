@@ -117,3 +117,18 @@ def test_complete_model_does_not_warn(tmp_path):
         with gs.watch(model, tmp_path / "run") as mon:
             model(torch.randn(2, 3)).sum().backward()
             mon.step()
+
+
+def test_parameters_added_later_in_training_are_found(tmp_path):
+    """The check runs at the 1st, 2nd, 3rd, 5th, 9th, ... recorded step."""
+    model = _model()
+    with gs.watch(model, tmp_path / "run") as mon:
+        for _ in range(5):
+            model(torch.randn(2, 3)).sum().backward()
+            mon.step()
+        model.late = nn.Parameter(torch.ones(3))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(4):
+                mon.step()
+    assert [str(w.message).count("late") for w in caught] == [1]
