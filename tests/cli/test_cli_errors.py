@@ -14,6 +14,7 @@ from torch import nn
 
 import gradsight as gs
 import gradsight.cli.info as info_module
+from gradsight._errors import RunError
 from gradsight.cli import main
 from gradsight.store.schema import DB_NAME
 
@@ -119,6 +120,20 @@ def test_doctor_keep_run_leaves_an_existing_run_alone_unless_overwrite(tiny_run,
     assert (tiny_run / DB_NAME).read_bytes() == before
     assert main([*argv, "--overwrite"]) in (0, 1)
     assert gs.open_run(tiny_run).name == "doctor"
+
+
+@pytest.mark.parametrize("exc", [RunError("no run at x"), FileNotFoundError(2, "No such file", "x.csv"),
+                                 PermissionError(13, "Permission denied", "x"), ValueError("bad\nvalue"),
+                                 MemoryError(), torch.OutOfMemoryError("CUDA out of memory"),
+                                 sqlite3.OperationalError("no such column: layer"),
+                                 sqlite3.DatabaseError("file is not a database")])
+def test_every_kind_of_user_failure_is_one_line_and_exit_2(tiny_run, capsys, monkeypatch, exc):
+    def failing(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(info_module, "info_text", failing)
+    assert main(["info", str(tiny_run)]) == 2
+    _one_error_line(capsys)
 
 
 # -- bugs: traceback, a request to report, exit status 1 -----------------------------------

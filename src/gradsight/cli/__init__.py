@@ -76,7 +76,8 @@ for _name in COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, mapping user errors to exit status 2."""
+    """Entry point: run the CLI; user errors give one line and exit status 2, bugs a traceback
+    and exit status 1."""
     try:
         code = cli.main(args=argv, prog_name="gradsight", standalone_mode=False)
         if isinstance(code, int):  # a command called ctx.exit(code)
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         return 0
     except click.UsageError as exc:
-        click.echo(f"gradsight: error: {exc.format_message()} (see 'gradsight --help')", err=True)
+        click.echo(f"gradsight: error: {one_line(exc.format_message())} (see 'gradsight --help')", err=True)
         return 2
     except click.ClickException as exc:
         click.echo(f"gradsight: error: {one_line(exc.format_message())}", err=True)
