@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from gradsight.cli import UserError
+from gradsight.cli._args import require_stat
 
 FORMATS = (".png", ".svg", ".pdf")
 #: ``--role`` choices: the roles of gradsight.store.roles.Role.ALL, and ``all``.
@@ -82,10 +83,16 @@ def _figure(run_list: list, stat: str | None, kind: str, level: str, steps: tupl
     role = (None if "all" in roles else roles) if roles else DEFAULT_ROLES
     if kind not in ("nonfinite",):
         for run in run_list:
-            available = run.stats(level)
-            if stat not in available:
-                raise UserError(f"run {run.path} has no statistic {stat!r} at level {level!r}; "
-                                f"available: {', '.join(available) or 'none'}")
+            require_stat(run, stat, level)
+    if steps:
+        if kind != "flow":
+            raise UserError(f"--step applies to --kind flow, not {kind}")
+        for run in run_list:
+            recorded = run.steps()
+            missing = sorted(set(steps) - set(recorded))
+            if missing:
+                raise UserError(f"run {run.path} has no recorded step {', '.join(map(str, missing))}; "
+                                f"it recorded {_describe_steps(recorded)}")
     fn = plots.KINDS[kind]
     if kind == "compare":
         fig = fn(run_list, stat, level=level, role=role, title=title)
@@ -115,3 +122,12 @@ def _figure(run_list: list, stat: str | None, kind: str, level: str, steps: tupl
             for run, ax in zip(run_list, fig.subplots(len(run_list), 1, squeeze=False)[:, 0]):
                 fn(run, *args, ax=ax, **kwargs)
     return fig
+
+
+def _describe_steps(steps: list[int]) -> str:
+    """``no steps``, ``steps 0, 5, 10`` or ``120 steps from 0 to 1190``."""
+    if not steps:
+        return "no steps"
+    if len(steps) <= 8:
+        return "step" + ("s " if len(steps) > 1 else " ") + ", ".join(map(str, steps))
+    return f"{len(steps):,} steps from {steps[0]} to {steps[-1]}"

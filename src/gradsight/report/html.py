@@ -318,6 +318,9 @@ def build_report(
     run_list = expand_runs(runs)
     if not run_list:
         raise ValueError("no runs to report on")
+    recorded = sorted({s for r in run_list for s in r.stats()})
+    if stat != DEFAULT_STAT and stat not in recorded:  # runs without the default show grad_norm instead
+        raise ValueError(f"no run records the statistic {stat!r}; recorded: {', '.join(recorded) or 'none'}")
     deadline = time.monotonic() + diagnosis_timeout
     jobs = [DiagnosisJob(r.path) for r in run_list]
     payloads = [run_payload(r, i, stat=stat, cell_budget=cell_budget, max_steps=max_steps, base=base)
@@ -388,6 +391,9 @@ def write_report(runs: Iterable[Run | str | Path], path: str | Path, **kwargs: A
     text = build_report(runs, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # nothing half-written stays behind when writing fails
     return path
