@@ -82,3 +82,7 @@ CREATE TABLE IF NOT EXISTS steps (
     time REAL NOT NULL               -- unix time when the step was recorded
 );
 """
+
+from gradsight.store.histograms import DDL as _HISTOGRAMS_DDL  # noqa: E402
+
+SCHEMA += _HISTOGRAMS_DDL
