@@ -106,3 +106,30 @@ def _empty():
     return pd.DataFrame({"step": pd.Series(dtype=np.int64), "level": pd.Series(dtype=object),
                          "name": pd.Series(dtype=object), "log2_bucket": pd.Series(dtype=np.int64),
                          "count": pd.Series(dtype=np.int64)})
+
+
+def matrix(frame, name: str, steps=None):
+    """One name's histograms as a dense ``buckets x steps`` array.
+
+    Args:
+        frame: a frame of :func:`read` (one level).
+        name: the layer ('' for the model).
+        steps: the columns (default: the steps of ``name`` in ``frame``).
+
+    Returns:
+        ``(steps, buckets, counts)``: ascending step and bucket lists, int64 counts
+        ``[len(buckets), len(steps)]`` (0 where a bucket was empty). ``buckets`` spans
+        the lowest to the highest nonzero bucket of ``name``; empty when it has none.
+    """
+    part = frame[frame["name"] == name]
+    step_list = sorted(int(s) for s in (part["step"].unique() if steps is None else steps))
+    if part.empty or not step_list:
+        return step_list, [], np.zeros((0, len(step_list)), dtype=np.int64)
+    lo, hi = int(part["log2_bucket"].min()), int(part["log2_bucket"].max())
+    col = {s: k for k, s in enumerate(step_list)}
+    out = np.zeros((hi - lo + 1, len(step_list)), dtype=np.int64)
+    keep = part["step"].isin(col)
+    rows = part["log2_bucket"].to_numpy()[keep.to_numpy()] - lo
+    cols = np.fromiter((col[int(s)] for s in part["step"][keep]), dtype=np.int64)
+    np.add.at(out, (rows, cols), part["count"].to_numpy()[keep.to_numpy()])
+    return step_list, list(range(lo, hi + 1)), out
