@@ -13,4 +13,5 @@ def test_ranges_equal_torch_finfo():
         assert rng.smallest == smallest_subnormal(dtype)
         assert torch.tensor(rng.smallest).to(dtype).float().item() == rng.smallest  # representable
         assert rng.largest == torch.finfo(dtype).max
+        assert rng.smallest_normal == torch.finfo(dtype).smallest_normal
     assert UNDERFLOW_STATS + OVERFLOW_STATS == HEADROOM_STATS

@@ -2,8 +2,8 @@
 as plain numbers (no torch import: figures and diagnosis read them).
 
 ``smallest`` is the smallest positive (subnormal) value, ``largest`` the largest finite
-one; values at or below ``smallest / 2`` round to 0 when cast, values above ``largest``
-overflow. ``tests/stats/test_formats.py`` checks them against ``torch.finfo``;
+one, ``smallest_normal`` the smallest with full precision; values at or below
+``smallest / 2`` round to 0 when cast, values above ``largest`` overflow. ``tests/stats/test_formats.py`` checks them against ``torch.finfo``;
 :mod:`gradsight.stats.histogram` derives its thresholds from ``torch.finfo`` itself.
 """
 
@@ -13,16 +13,17 @@ from typing import NamedTuple
 
 
 class FormatRange(NamedTuple):
-    smallest: float  #: smallest positive (subnormal) value
-    largest: float   #: largest finite value
+    smallest: float         #: smallest positive (subnormal) value
+    largest: float          #: largest finite value
+    smallest_normal: float  #: below it values are subnormal: fewer significant bits, then 0
 
 
 #: name -> range, in the order of the headroom statistics.
 FORMAT_RANGES: dict[str, FormatRange] = {
-    "fp16": FormatRange(2.0**-24, 65504.0),
-    "bf16": FormatRange(2.0**-133, (2 - 2.0**-7) * 2.0**127),
-    "fp8e4m3": FormatRange(2.0**-9, 448.0),
-    "fp8e5m2": FormatRange(2.0**-16, 57344.0),
+    "fp16": FormatRange(2.0**-24, 65504.0, 2.0**-14),
+    "bf16": FormatRange(2.0**-133, (2 - 2.0**-7) * 2.0**127, 2.0**-126),
+    "fp8e4m3": FormatRange(2.0**-9, 448.0, 2.0**-6),
+    "fp8e5m2": FormatRange(2.0**-16, 57344.0, 2.0**-14),
 }
 
 #: The headroom statistics recorded with ``gs.watch(..., histograms=...)``.
