@@ -77,7 +77,7 @@ def check(grads: list[torch.Tensor], scale: float | None = None) -> None:
     lo, hi = bucket_range([g.dtype for g in grads])
     counts = log2_counts(grads, None if scale is None else torch.tensor(scale), lo, hi)
     assert counts.shape[0] == len(grads)
-    heads = headroom_counts(counts, lo)
+    heads = headroom_counts(counts)
     for g, got_hist, got_head in zip(grads, dense_of(counts, lo), heads.tolist()):
         if scale is not None:
             g = (g.to_dense() if g.is_sparse else g).float() * scale
@@ -104,7 +104,7 @@ def test_rounding_to_the_smallest_subnormal_is_not_an_underflow():
         assert float(half.to(dtype).float()) == 0.0  # the tie rounds to even: 0
         assert float(above.to(dtype).float()) == s
         lo, hi = bucket_range([torch.float32])
-        head = headroom_counts(log2_counts([torch.cat([half, above])], None, lo, hi), lo)[0]
+        head = headroom_counts(log2_counts([torch.cat([half, above])], None, lo, hi))[0]
         assert int(head[HEADROOM_STATS.index(f"{fmt}_underflow")]) == 1
 
 
@@ -123,7 +123,7 @@ def test_float64_gradients_use_the_float64_range():
     assert (lo, hi) == H.RANGE_FP64
     counts = log2_counts([g], None, lo, hi)
     assert dense_of(counts, lo) == [reference_histogram(g)]
-    assert int(headroom_counts(counts, lo)[0, HEADROOM_STATS.index("fp16_underflow")]) == 3
+    assert int(headroom_counts(counts)[0, HEADROOM_STATS.index("fp16_underflow")]) == 3
     check([g, boundary_values().double()])
 
 
@@ -146,14 +146,26 @@ def test_several_tensors_and_chunks_agree_with_one_at_a_time(monkeypatch):
     gen = torch.Generator().manual_seed(1)
     grads = [torch.randn(n, generator=gen) * 10.0 ** float(k - 4) for k, n in enumerate([7, 300, 1, 5000, 64])]
     grads[2] = torch.zeros(1)
+    grads.append(boundary_values())
     lo, hi = bucket_range([torch.float32])
     whole = log2_counts(grads, None, lo, hi)
-    monkeypatch.setattr(H, "CHUNK_NUMEL", 100)  # batches of small tensors, slices of large ones
-    chunked = log2_counts(grads, None, lo, hi)
-    assert torch.equal(whole, chunked)
     for k, g in enumerate(grads):
         assert torch.equal(whole[k], log2_counts([g], None, lo, hi)[0])
+    # the float64 path (frexp, in chunks) agrees with the float32 bit path on the same values
+    monkeypatch.setattr(H, "CHUNK_NUMEL", 100)
+    wide = log2_counts([g.double() for g in grads], None, lo, hi)
+    assert torch.equal(whole, wide)
     check(grads)
+
+
+def test_subnormal_and_overflow_buckets_are_counted_on_the_side():
+    # a tensor with a float32 subnormal, one with elements in the buckets of 448 and 65504
+    lo, hi = bucket_range([torch.float32])
+    g = torch.tensor([1e-40, 2.0**-134, 2.0**-133, 0.0, 1.0])
+    big = torch.tensor([300.0, 448.0, 449.0, 500.0, 60000.0, 65504.0, 65505.0, 1e5, math.inf])
+    check([g, big, torch.ones(3)])
+    head = dict(zip(HEADROOM_STATS, headroom_counts(log2_counts([big], None, lo, hi))[0].tolist()))
+    assert head["fp8e4m3_overflow"] == 6 and head["fp16_overflow"] == 2 and head["fp8e5m2_overflow"] == 4
 
 
 def test_headroom_of_summed_rows_is_the_headroom_of_the_union():
@@ -163,7 +175,7 @@ def test_headroom_of_summed_rows_is_the_headroom_of_the_union():
     counts = log2_counts(grads, None, lo, hi)
     union = torch.cat(grads)
     assert dense_of(counts.sum(0, keepdim=True), lo) == [reference_histogram(union)]
-    assert dict(zip(HEADROOM_STATS, headroom_counts(counts.sum(0, keepdim=True), lo)[0].tolist())) == \
+    assert dict(zip(HEADROOM_STATS, headroom_counts(counts.sum(0, keepdim=True))[0].tolist())) == \
         reference_headroom(union)
 
 
@@ -177,6 +189,6 @@ def test_thresholds_come_from_the_formats():
 def test_empty_input():
     lo, hi = bucket_range([])
     counts = log2_counts([], None, lo, hi)
-    assert counts.shape == (0, hi - lo + 1, H.N_CLASSES)
-    assert headroom_counts(counts, lo).shape == (0, len(HEADROOM_STATS))
+    assert counts.shape == (0, hi - lo + 1 + len(HEADROOM_STATS))
+    assert headroom_counts(counts).shape == (0, len(HEADROOM_STATS))
     assert np.array_equal(histogram(log2_counts([torch.zeros(3)], None, lo, hi)).numpy(), np.zeros((1, hi - lo + 1)))

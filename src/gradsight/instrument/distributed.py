@@ -240,7 +240,7 @@ class Distributed:
         local = [_local(g) for g in grads]
         counts = log2_counts(local, scale, lo, hi)
         mask = torch.tensor([self._counts(g) for g in grads], dtype=torch.bool, device=counts.device)
-        counts = torch.where(mask[:, None, None], counts, torch.zeros_like(counts))
+        counts = torch.where(mask[:, None], counts, torch.zeros_like(counts))
         _dist().all_reduce(counts)
         return counts
 

@@ -80,15 +80,13 @@ class HistogramRecorder:
             int64 counts of buckets ``bucket_lo, bucket_lo + 1, ...``.
         """
         lo, hi = bucket_range([g.dtype for g in grads])
-        counts = self._log2_counts(grads, scale, lo, hi)
+        counts = self._log2_counts(grads, scale, lo, hi)  # [present, buckets + headroom], adds up
         n_layers = len(self._layers)
-        flat = counts.reshape(len(present), -1)
-        layer_counts = torch.zeros((n_layers, flat.shape[1]), dtype=flat.dtype, device=flat.device)
-        layer_counts.index_add_(0, group, flat)
-        all_counts = torch.cat([flat, layer_counts[list(present_layers)], flat.sum(0, keepdim=True)])
-        all_counts = all_counts.reshape(-1, *counts.shape[1:])
+        layer_counts = torch.zeros((n_layers, counts.shape[1]), dtype=counts.dtype, device=counts.device)
+        layer_counts.index_add_(0, group, counts)
+        all_counts = torch.cat([counts, layer_counts[list(present_layers)], counts.sum(0, keepdim=True)])
         hist = histogram(all_counts)
-        head = headroom_counts(all_counts, lo)
+        head = headroom_counts(all_counts)
         host = torch.cat([head.reshape(-1), hist[len(present):].reshape(-1)]).cpu().numpy()
         head_h = host[: head.numel()].reshape(head.shape)
         hist_h = host[head.numel():].reshape(-1, hist.shape[1])
