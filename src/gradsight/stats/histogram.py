@@ -182,17 +182,33 @@ def log2_counts(grads: Sequence[Tensor], scale: Tensor | float | None = None,
     return out
 
 
+def _tie_mask() -> tuple[int, int]:
+    """``(mask, pattern)``: ``bits & mask == pattern`` holds for every float32 ``±2**e`` at an
+    underflow edge of a normal float32 (and for few other values: exact powers of two
+    sharing one exponent bit with all the edges, infinities), never for zeros, so
+    picking those elements out costs little even when half a gradient is zero."""
+    fields = [f for f in _EDGE_FIELD.values() if f >= 1]
+    common = [b for b in range(8) if all(f >> b & 1 for f in fields)]
+    bit = (1 << (23 + common[0])) if common else 0  # no common bit: zeros are picked out too
+    return _MANT_MASK | bit, bit
+
+
+_TIE_MASK, _TIE_PATTERN = _tie_mask()
+
+
 def _fp32_pass(values: Tensor) -> tuple[Tensor, Tensor]:
     """``(by_field, pow2)``: int64 ``[256]`` element counts of a float32 tensor by exponent
-    field (either sign), and of its elements with all mantissa bits zero (``±2**e``, zeros
-    in field 0, infinities in field 255)."""
+    field (either sign; field 0 holds zeros and subnormals), and the exact powers of two
+    ``±2**e`` among them at the underflow edges, with the count of zeros in ``pow2[0]``."""
     bits = values.contiguous().view(torch.int32)
     key = bits >> 23  # sign and exponent: -256..255
     key += 256
     counts = torch.bincount(key, minlength=512)
     by_field = counts[:256] + counts[256:]
-    special = bits[(bits & _MANT_MASK) == 0]
-    pow2 = torch.bincount((special >> 23) & 0xFF, minlength=256)
+    ties = bits[(bits & _TIE_MASK) == _TIE_PATTERN]
+    pow2 = torch.bincount((ties >> 23) & 0xFF, minlength=256)
+    if _TIE_PATTERN:
+        pow2[0] = values.numel() - torch.count_nonzero(values)
     return by_field, pow2
 
 
