@@ -32,17 +32,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradsight as gs
+from overhead import make_mlp  # benchmarks/ is on the path when this script runs
 
 VARIANTS = {"bare": None, "quickstart": False, "+ histograms=10": 10, "+ histograms=True": True}
-
-
-def make_mlp(depth: int = 12, width: int = 1024) -> nn.Module:
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        layers.append(nn.Linear(width, width))
-        if i < depth - 1:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 def bench(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int,
@@ -98,7 +90,7 @@ def main() -> None:
     torch.manual_seed(0)
     if args.model in ("mlp", "all"):
         x, y = torch.randn(16, 1024), torch.randn(16, 1024)
-        report("MLP 12x1024, batch 16", bench("mlp", make_mlp(), x, y, args.steps, args.warmup, F.mse_loss))
+        report("MLP 12x1024, batch 16", bench("mlp", make_mlp(depth=12), x, y, args.steps, args.warmup, F.mse_loss))
     if args.model in ("resnet18", "all"):
         try:
             from torchvision.models import resnet18

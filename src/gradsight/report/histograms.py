@@ -4,10 +4,9 @@ drawn as lines), and the precision headroom of the model by format."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -21,12 +20,6 @@ log = logging.getLogger(__name__)
 
 #: Layers drawn, at most (evenly spaced in forward order, first and last included).
 MAX_LAYERS = 12
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def headroom_rows(run: Run) -> list[tuple[str, str, str]]:
@@ -43,8 +36,9 @@ def headroom_rows(run: Run) -> list[tuple[str, str, str]]:
     return rows
 
 
-def histograms_html(run: Run) -> str:
-    """The section's HTML, or ``""`` for a run without histograms."""
+def histograms_html(run: Run, png: Callable) -> str:
+    """The section's HTML, or ``""`` for a run without histograms (``png(fig)``: a figure
+    as a data URL, as the report inlines its figures)."""
     try:
         if run.histograms(level=Level.MODEL).empty:
             return ""
@@ -57,7 +51,7 @@ def histograms_html(run: Run) -> str:
                 "Dashed lines: each format rounds values at or below them to 0; solid lines: its largest value.</p>"
                 '<table class="grid"><thead><tr><th class="text">format</th><th>model underflow (median share)</th>'
                 f"<th>model overflow (median share)</th></tr></thead><tbody>{rows}</tbody></table>"
-                f'<div class="img"><img alt="log2 gradient histograms per layer" src="{_png(fig)}"></div>')
+                f'<div class="img"><img alt="log2 gradient histograms per layer" src="{png(fig)}"></div>')
     except Exception as exc:  # a section of its own; never lose the report over it
         log.warning("gradient distribution section failed: %s", exc)
         return ""

@@ -218,7 +218,7 @@ def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str
     parts.append('<div class="chart" data-chart="update"></div>')
     parts.append('<div class="chart" data-chart="model"></div>')
     parts.append('<div class="chart" data-chart="metrics"></div>')
-    parts.append(histograms_html(p.run))
+    parts.append(histograms_html(p.run, _png))
     if graph_html:
         parts.append("<h3>Computation graph</h3>" + graph_html)
     parts.append("</section>")
