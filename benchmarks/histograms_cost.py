@@ -14,7 +14,7 @@ Prints the mean step time of each variant over the same steps (a multiple of 10,
 core on a shared machine) and in wall time, with the ratios of each histogram row to
 ``quickstart`` (the target: at most 1.05x with ``histograms=10``) and to ``bare``.
 
-    python benchmarks/histograms_cost.py                 # MLP 12x1024 and torchvision resnet18
+    python benchmarks/histograms_cost.py                 # MLP 12x1024, torchvision resnet18, a small GPT-2
     python benchmarks/histograms_cost.py --model mlp --steps 60
 """
 
@@ -80,7 +80,7 @@ def report(name: str, means: dict[str, tuple[float, float]]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["mlp", "resnet18", "all"], default="all")
+    ap.add_argument("--model", choices=["mlp", "resnet18", "gpt2", "all"], default="all")
     ap.add_argument("--steps", type=int, default=40, help="measured steps per variant (a multiple of 10)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
@@ -96,10 +96,24 @@ def main() -> None:
             from torchvision.models import resnet18
         except ImportError:
             print("\nresnet18: skipped (torchvision is not installed)")
-            return
-        x, y = torch.randn(16, 3, 64, 64), torch.randint(0, 10, (16,))
-        report("torchvision resnet18, batch 16, 64x64",
-               bench("resnet18", resnet18(num_classes=10), x, y, args.steps, args.warmup, F.cross_entropy))
+        else:
+            x, y = torch.randn(16, 3, 64, 64), torch.randint(0, 10, (16,))
+            report("torchvision resnet18, batch 16, 64x64",
+                   bench("resnet18", resnet18(num_classes=10), x, y, args.steps, args.warmup, F.cross_entropy))
+    if args.model in ("gpt2", "all"):
+        try:
+            from transformers import GPT2Config, GPT2LMHeadModel
+        except ImportError:
+            print("\ngpt2: skipped (transformers is not installed)")
+        else:
+            config = GPT2Config(n_layer=4, n_embd=256, n_head=4, n_positions=128)  # GPT-2's vocabulary: 50,257
+            ids = torch.randint(0, config.vocab_size, (4, 128))
+
+            def next_token(out, target):
+                return F.cross_entropy(out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), target[:, 1:].reshape(-1))
+
+            report("Hugging Face GPT-2 (4 layers, width 256, GPT-2 vocabulary), 4 x 128 tokens",
+                   bench("gpt2", GPT2LMHeadModel(config), ids, ids, args.steps, args.warmup, next_token))
 
 
 if __name__ == "__main__":
