@@ -101,21 +101,25 @@ def log2_histogram(
 
 
 def layer_names(data, max_layers: int = 12) -> list[str]:
-    """The layers with histograms, in forward order, at most ``max_layers`` evenly spaced (first and last kept)."""
+    """The layers with histograms (at the first or last step with one), in forward order, at
+    most ``max_layers`` evenly spaced (first and last kept)."""
     run = open_data(data)
-    have = set(run.histograms(level=Level.LAYER)["name"])
+    steps = sorted(set(run.histograms(level=Level.MODEL)["step"].tolist()))
+    have = set(run.histograms(level=Level.LAYER, steps=steps[:1] + steps[-1:])["name"]) if steps else set()
     order = [n for n in run.layers()["name"] if n in have]
     return step_sample(order, max_layers)
 
 
 @styled
 def log2_histograms(data, names: Sequence[str] | None = None, *, max_layers: int = 12,
-                    title: str | None = None) -> Figure:
+                    max_steps: int | None = 200, title: str | None = None) -> Figure:
     """:func:`log2_histogram` of several layers, one panel each, in forward order (default:
-    at most ``max_layers`` evenly spaced layers with histograms)."""
+    at most ``max_layers`` evenly spaced layers with histograms), at most ``max_steps``
+    evenly spaced steps with a histogram (only those are read)."""
     run = open_data(data)
     names = list(names) if names is not None else layer_names(run, max_layers)
-    frame = run.histograms(level=Level.LAYER, name=names) if names else None
+    steps = step_sample(sorted(set(run.histograms(level=Level.MODEL)["step"].tolist())), max_steps)
+    frame = run.histograms(level=Level.LAYER, name=names, steps=steps) if names else None
     fig = Figure(figsize=(11.0, 3.2 * max(1, len(names))), layout="constrained")
     axes = fig.subplots(max(1, len(names)), 1, squeeze=False)[:, 0]
     if not names:
