@@ -140,6 +140,9 @@ def test_a_loss_scale_multiplies_in_float32():
     g = torch.tensor([2.0**-40, 1e-7, 3e-9, 1.0, 0.5, 2.0**-30])
     check([g], scale=65536.0)
     check([g], scale=1000.0)
+    lo, hi = bucket_range([torch.float64])
+    for grads in ([g], [g.double()]):  # a plain float works as the scale too
+        assert torch.equal(log2_counts(grads, 1000.0, lo, hi), log2_counts(grads, torch.tensor(1000.0), lo, hi))
 
 
 def test_several_tensors_and_chunks_agree_with_one_at_a_time(monkeypatch):

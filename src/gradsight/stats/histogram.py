@@ -144,8 +144,8 @@ def log2_counts(grads: Sequence[Tensor], scale: Tensor | float | None = None,
     n_buckets = bucket_hi - bucket_lo + 1
     device = grads[0].device if grads else torch.device("cpu")
     out = torch.zeros((len(grads), n_buckets + N_HEADROOM), dtype=torch.int64, device=device)
-    if isinstance(scale, Tensor):
-        scale = scale.to(device=device, dtype=torch.float32)
+    if scale is not None:
+        scale = torch.as_tensor(scale, dtype=torch.float32).to(device)
     fast: list[tuple[int, Tensor, Tensor, Tensor]] = []
     for i, g in enumerate(grads):
         values = g.coalesce().values() if g.is_sparse else g
