@@ -36,10 +36,11 @@ from torch import Tensor, nn
 import gradsight.schedules as schedules
 from gradsight.instrument.activations import ActivationRecorder
 from gradsight.instrument.distributed import resolve as resolve_distributed
+from gradsight.instrument.histograms import HistogramRecorder, resolve_every
 from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.layer_table import LayerTable
 from gradsight.instrument.layers import ForwardOrder, Inventory
-from gradsight.instrument.listeners import Listener, Listeners
+from gradsight.instrument.listeners import HistogramListener, Listener, Listeners
 from gradsight.instrument.meta import default_run_dir, param_rows, run_meta
 from gradsight.instrument.scaler import LossScale
 from gradsight.instrument.series import SeriesIds
@@ -136,6 +137,7 @@ class Monitor:
         activations: bool | str | Sequence[str] = False,
         residual_blocks: Sequence[str] | None = None,
         weights: bool = True,
+        histograms: bool | int = False,
     ) -> None:
         _check_arguments(model, backend=backend, optimizer=optimizer, scaler=scaler, config=config, name=name,
                          overwrite=overwrite, activations=activations, residual_blocks=residual_blocks)
@@ -186,6 +188,11 @@ class Monitor:
         self._layer_ids = self._series.grid(Level.LAYER, inv.layers, kept_stats)
         self._model_ids = self._series.grid(Level.MODEL, [""], kept_stats).reshape(-1)
         self._dead_param_ids, self._dead_layer_ids = self._dead_rows_ids(inv)
+        self._histograms: HistogramRecorder | None = None
+        if resolve_every(histograms):
+            self._histograms = HistogramRecorder(resolve_every(histograms), [pi.name for pi in inv.watched],
+                                                 inv.layers, [pi.param.numel() for pi in inv.watched],
+                                                 self._series, self._dist.log2_counts)
         self._series.flush()
 
         self._writer.set_meta(**run_meta(model, inv, name=name or self.run_dir.name, config=config,
@@ -239,7 +246,8 @@ class Monitor:
         if self._listeners and self.writes_store:
             self._listeners.values(int(step), self._series.keys(ids), np.asarray(values, dtype=np.float64))
 
-    def add_listener(self, listener: Listener, on_close: Callable[[], None] | None = None) -> Callable[[], None]:
+    def add_listener(self, listener: Listener, on_close: Callable[[], None] | None = None,
+                     on_histograms: HistogramListener | None = None) -> Callable[[], None]:
         """Call ``listener(step, keys, values)`` for everything recorded from now on.
 
         ``keys[i] = (level, name, stat)`` names ``values[i]`` (a float64 array). It is
@@ -247,11 +255,14 @@ class Monitor:
         store, only in the process that writes the store (rank 0 under
         ``torch.distributed``); an exception in it is logged once and never reaches
         the training loop. ``on_close()`` is called once after the store is closed.
+        ``on_histograms(step, keys, bucket_lo, dense)`` receives the log2 histograms
+        (``histograms=``): ``keys[i] = (level, name)``, ``dense[i]`` the int64 counts of
+        buckets ``bucket_lo, bucket_lo + 1, ...``.
 
         Returns:
-            A function that removes the listener (and ``on_close``).
+            A function that removes the listener (and ``on_close``, ``on_histograms``).
         """
-        return self._listeners.add(listener, on_close)
+        return self._listeners.add(listener, on_close, on_histograms)
 
     @property
     def writes_store(self) -> bool:
@@ -364,6 +375,16 @@ class Monitor:
         extra_ids, extra_vals = self._extra_rows(missing, model_stats, scale_h, loss_h, act_keys, act_h)
         if act_keys:
             self._layer_table.sync()
+        if self._histograms is not None and present and self._histograms.due(self.recorded_steps):
+            # the gradient as stored: after unscale_ (no 1/scale to apply) it carries the scale no more
+            stored_scale = scale if inv_scale is None else None
+            h_ids, h_vals, h_keys, h_lo, h_dense = self._histograms.measure(grads, present, group, present_layers,
+                                                                            stored_scale)
+            extra_ids += h_ids.tolist()
+            extra_vals += h_vals.tolist()
+            self._writer.write_histograms(step, h_keys, h_lo, h_dense)
+            if self._listeners and self.writes_store:
+                self._listeners.histograms(int(step), h_keys, h_lo, h_dense)
         self._series.flush()
         self._emit(
             step,
@@ -512,6 +533,13 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             detection does not depend on it, a warning names those that own none.
         weights: ``False`` skips ``weight_norm`` and ``grad_weight_ratio``, saving one
             pass over the weights' memory at every recorded step.
+        histograms: ``True`` (every recorded step) or ``k`` (every k-th recorded step,
+            the first included): a log2-magnitude histogram of the gradient per layer
+            and for the model (``Run.histograms()``), and the precision headroom
+            ``fp16_underflow``, ``bf16_underflow``, ``fp8e4m3_underflow``,
+            ``fp8e5m2_underflow``, ``fp16_overflow``, ``fp8e4m3_overflow``,
+            ``fp8e5m2_overflow`` per parameter, layer and model, on the gradient as
+            stored (times the loss scale with ``scaler=``).
 
     The keyword arguments, their defaults and types are those of :class:`Monitor`
     (the signature shown here is read from it).

@@ -31,6 +31,7 @@ from gradsight.compgraph.structure import Graph
 from gradsight.plots.compare import depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
 from gradsight.plots.style import MISSING_COLOR, NONFINITE_COLOR, PALETTE, fmt_value, lut, shade
+from gradsight.report.histograms import histograms_html
 from gradsight.report.payload import CELL_BUDGET, DiagnosisJob, RunPayload, results_table, run_payload
 from gradsight.report.static import CSS, JS
 from gradsight.store.query import (
@@ -217,6 +218,7 @@ def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str
     parts.append('<div class="chart" data-chart="update"></div>')
     parts.append('<div class="chart" data-chart="model"></div>')
     parts.append('<div class="chart" data-chart="metrics"></div>')
+    parts.append(histograms_html(p.run, _png))
     if graph_html:
         parts.append("<h3>Computation graph</h3>" + graph_html)
     parts.append("</section>")

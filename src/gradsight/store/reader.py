@@ -407,6 +407,28 @@ class Run:
         wide.columns.name = "name"
         return wide
 
+    def histograms(self, level: str = Level.LAYER, name: str | Iterable[str] | None = None,
+                   steps: Iterable[int] | None = None) -> pd.DataFrame:
+        """Log2-magnitude gradient histograms (``gs.watch(..., histograms=...)``).
+
+        Args:
+            level: ``layer`` or ``model``.
+            name: only these layers (default: all).
+            steps: only these steps (default: all with a histogram).
+
+        Returns:
+            Long frame with columns ``step, level, name, log2_bucket, count``, one row
+            per nonzero bucket: ``count`` elements had ``2**log2_bucket <= |g| <
+            2**(log2_bucket + 1)`` (the gradient as stored, times the loss scale with a
+            GradScaler); empty when the run recorded none.
+        """
+        from gradsight.store import histograms
+
+        try:
+            return histograms.read(self._conn, level, name, steps)
+        except sqlite3.DatabaseError as exc:
+            raise RunError(f"{self.db_path} could not be read ({exc})") from None
+
     def metrics(self) -> pd.DataFrame:
         """User-logged values (``monitor.log``) as a wide table indexed by step."""
         df = self.frame(level=Level.METRIC)

@@ -26,6 +26,7 @@ import numpy as np
 
 from gradsight._errors import RunError
 from gradsight.store.access import RunLock
+from gradsight.store import histograms as _histograms
 from gradsight.store.schema import DB_NAME, SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class Writer(Protocol):
     def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray,
                       time_s: float | None = None) -> None: ...
 
+    def write_histograms(self, step: int, keys: list[tuple[str, str]], bucket_lo: int, dense: np.ndarray) -> None:
+        """Log2 histograms ``dense[i]`` (int64, column 0 = bucket ``bucket_lo``) of ``keys[i] = (level, name)``."""
+
     def flush(self, timeout: float | None = 30.0) -> None: ...
 
     def close(self, status: str = "finished", **meta: Any) -> None: ...
@@ -108,6 +112,9 @@ class NullWriter:
 
     def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray,
                       time_s: float | None = None) -> None:
+        pass
+
+    def write_histograms(self, step: int, keys: list[tuple[str, str]], bucket_lo: int, dense: np.ndarray) -> None:
         pass
 
     def flush(self, timeout: float | None = 30.0) -> None:
@@ -341,6 +348,11 @@ class StoreWriter:
     def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray, time_s: float | None = None) -> None:
         """Values of several series at one step (NaN is stored as NULL)."""
         self._put(("scalars", int(step), series_ids, values, time_s))
+
+    def write_histograms(self, step: int, keys: list[tuple[str, str]], bucket_lo: int, dense: np.ndarray) -> None:
+        """Log2 histograms ``dense[i]`` (int64, column 0 = bucket ``bucket_lo``) of
+        ``keys[i] = (level, name)``; stored sparsely (:mod:`gradsight.store.histograms`)."""
+        self._put(("histograms", int(step), keys, int(bucket_lo), dense))
 
     def flush(self, timeout: float | None = 30.0) -> None:
         """Block until everything queued so far is committed, or the store has failed
@@ -589,6 +601,8 @@ class StoreWriter:
                 conn.execute("INSERT OR REPLACE INTO steps(step, time) VALUES (?,?)", (step, time_s))
         elif kind == "many":
             conn.executemany(item[1], item[2])
+        elif kind == "histograms":
+            conn.executemany(_histograms.INSERT, _histograms.rows(*item[1:]))
         elif kind == "layers":  # in one transaction: a reader never sees the table empty
             conn.execute("DELETE FROM layers")
             conn.executemany("INSERT INTO layers(name, depth, module_type, kind, role, tied) VALUES (?,?,?,?,?,?)",
