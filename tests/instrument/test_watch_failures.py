@@ -43,6 +43,8 @@ BAD_ARGUMENTS = [
     dict(activations=3),
     dict(activations=True, residual_blocks=["no.such.module"]),
     dict(residual_blocks="0"),
+    dict(histograms=0),
+    dict(histograms="often"),
 ]
 
 

@@ -64,7 +64,7 @@ def _close_open_monitors() -> None:
 
 
 def _check_arguments(model: Any, *, backend: Any, optimizer: Any, scaler: Any, config: Any, name: Any,
-                     overwrite: Any, activations: Any, residual_blocks: Any) -> None:
+                     overwrite: Any, activations: Any, residual_blocks: Any, histograms: Any = False) -> None:
     """Raise ``TypeError``/``ValueError`` for a bad ``gs.watch`` argument, before anything is created."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"gs.watch expects a torch.nn.Module, got {type(model).__name__}")
@@ -89,6 +89,7 @@ def _check_arguments(model: Any, *, backend: Any, optimizer: Any, scaler: Any, c
     if residual_blocks is not None and (isinstance(residual_blocks, str) or not isinstance(residual_blocks, Sequence)
                                         or not all(isinstance(b, str) for b in residual_blocks)):
         raise TypeError(f"residual_blocks must be a list of module names or None, got {residual_blocks!r:.60}")
+    resolve_every(histograms)
 
 
 class _NewPaths:
@@ -140,7 +141,8 @@ class Monitor:
         histograms: bool | int = False,
     ) -> None:
         _check_arguments(model, backend=backend, optimizer=optimizer, scaler=scaler, config=config, name=name,
-                         overwrite=overwrite, activations=activations, residual_blocks=residual_blocks)
+                         overwrite=overwrite, activations=activations, residual_blocks=residual_blocks,
+                         histograms=histograms)
         self.model = model
         self.schedule = schedules.resolve(every)
         self.optimizer = optimizer
@@ -158,14 +160,14 @@ class Monitor:
         self._created = _NewPaths(self.run_dir)
         try:
             self._build(model, optimizer, scaler, config, name, backend, overwrite, distributed, activations,
-                        residual_blocks, weights)
+                        residual_blocks, weights, histograms)
         except BaseException:
             self._undo_build()
             raise
         _OPEN_MONITORS.add(self)
 
     def _build(self, model, optimizer, scaler, config, name, backend, overwrite, distributed, activations,
-               residual_blocks, weights) -> None:
+               residual_blocks, weights, histograms) -> None:
         """Everything that registers hooks or creates files (undone by :meth:`_undo_build` on failure)."""
         self.inventory = inv = Inventory.of(model)
         if not inv.watched:
