@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from gradsight.plots._figure import no_data, styled, tidy_log_axis
 from gradsight.plots.flow import flow
@@ -214,6 +215,9 @@ def training_curves(runs: Sequence[Run | str | Path], *, axes: Sequence[Axes] | 
     if kinds == {"bits"} and axes[1].get_lines():
         nats = axes[1].secondary_yaxis("right", functions=(lambda b: b * math.log(2), lambda n: n / math.log(2)))
         nats.set_ylabel("loss in nats per byte")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 2, 2.5, 3 rather than 2x10^0
+        nats.yaxis.set_major_formatter(plain)
+        nats.yaxis.set_minor_formatter(plain)
     return fig
 
 
