@@ -6,17 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from gradsight.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_probe_prints_the_stream_rms_of_every_addition(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
