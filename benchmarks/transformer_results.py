@@ -9,9 +9,12 @@ Three stages, each printing the Markdown tables the page quotes::
 ``init`` needs no training: for every (layout, depth, variant) it draws ``--seeds`` models and,
 for each, ``--batches`` training batches of the ``gpt`` recipe (32 windows of 64 bytes of
 pystdlib), and takes the gradient of the mean next-byte loss with ``torch.autograd.grad``. It
-prints the norm of the gradient of every block's weight matrices (mean over seeds and batches)
-and draws ``docs/img/transformer_init_grads.png`` (the FFN output matrix ``mlp.c_proj.weight``,
-Xiong et al.'s W^(2), per layer).
+prints the gradient norm of every block's weight matrices, of the first attention output
+bias and of the whole block (mean over seeds and batches), for three initializations
+(``VARIANTS``), and draws ``docs/img/transformer_init_grads.png`` (the FFN output matrix
+``mlp.c_proj.weight``, Xiong et al.'s W^(2), per layer). ``--width``/``--heads`` size the
+models (default: the recipe's width 64, 4 heads); ``--variants`` picks initializations (the
+figure is drawn only with all of them).
 
 ``train`` runs ``gradsight.train.compare`` three times (the stores go under ``--out``):
 ``activations`` (pre-LN, post-LN and no-skip at depth 6 and 12, recipe ``gpt`` as it is,
