@@ -8,6 +8,10 @@ gradients, and empty inputs.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -111,9 +115,9 @@ class CountingKernel:
     def available(self) -> bool:
         return self.real.available
 
-    def __call__(self, g, w):
+    def __call__(self, g, w, wait=True):
         self.calls.append(g.numel())
-        return self.real(g, w)
+        return self.real(g, w, wait)
 
 
 @pytest.fixture
@@ -348,3 +352,45 @@ def test_a_kind_of_tensor_the_compiler_rejects_goes_eager_alone(monkeypatch):
     assert kernel.available and len(kernel._eager_kinds) == 1
     assert_raw_close(got, np.stack([reference_raw(g, w) for g, w in zip(half, half)]), rtol=1e-3)
     assert raw_sums(grads, grads, backend="fused") is not None and len(kernel._fns) == 1
+
+
+FIRST_STEP_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    import gradsight as gs
+    from gradsight.stats import grad as G
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
+    optimizer = torch.optim.AdamW(model.parameters())
+    monitor = gs.watch(model, RUN_DIR, optimizer=optimizer)
+    model(torch.randn(8, 512)).pow(2).mean().backward()
+    monitor.step()
+    assert not G._FUSED._ready, "the first recorded step waited for the compiler"
+    grads = [p.grad for p in model.parameters()]
+    params = list(model.parameters())
+    pending = G.raw_sums(grads, params, backend="auto")  # the eager formula, compiler still busy
+    assert G._FUSED.wait_ready(600), "compiling took over 10 minutes"
+    compiled = G.raw_sums(grads, params, backend="auto")
+    assert G._FUSED._ready and G._FUSED.available
+    torch.testing.assert_close(compiled, pending, rtol=1e-6, atol=0)
+    optimizer.step()
+    monitor.close()
+    print("ok")
+    """
+)
+
+
+@pytest.mark.slow
+def test_first_recorded_step_does_not_wait_for_the_compiler_and_prints_nothing(tmp_path):
+    """A fresh process with an empty compiler cache: the first recorded step takes the eager
+    formula while the kernel compiles in the background; the compiled kernel then gives the
+    same sums, and nothing is printed on stderr (no "No CUDA runtime is found")."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "OMP_NUM_THREADS": "1"}
+    env.pop("TORCH_LOGS", None)
+    script = f"RUN_DIR = {str(tmp_path / 'run')!r}\n" + FIRST_STEP_SCRIPT
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    assert done.stderr == ""

@@ -35,8 +35,12 @@ Two ways to compute raw sums:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import math
+import queue
+import sys
 import threading
 import types
 from collections.abc import Sequence
@@ -134,10 +138,18 @@ def _kernel_copy(tag: str):
 
 
 class _FusedKernel:
-    """Lazily compiled fused kernels, one per kind of input (number of dims, dtype,
-    with or without weights, device type), each with its own recompilation budget;
-    remembers a failure and stops trying: a kind that fails after another compiled
-    goes to the eager path on its own, a failure before any success turns it off."""
+    """Compiled fused kernels, one per kind of input (number of dims, dtype, with or
+    without weights, device type), each with its own recompilation budget; remembers a
+    failure and stops trying: a kind that fails after another compiled goes to the eager
+    path on its own, a failure before any success turns it off.
+
+    ``wait=False`` (the ``auto`` backend) never compiles on the caller's thread: a tensor
+    whose compiled kernel is not ready yet is reduced by the same formula run eagerly
+    (:func:`_fused_kernel`), while one background thread compiles the kernel and runs it
+    once on a tensor of that exact shape, stride and grad mode, so the caller's first
+    compiled call finds its guards satisfied. Compiling takes seconds with an empty
+    compiler cache; the first recorded steps then cost what the eager formula costs.
+    """
 
     def __init__(self) -> None:
         self._fns: dict[tuple, object] = {}
@@ -145,27 +157,72 @@ class _FusedKernel:
         self._compiled = False
         self._eager_kinds: set[tuple] = set()
         self._lock = threading.Lock()
+        self._ready: set[tuple] = set()  #: signatures the compiled kernel has run on
+        self._queued: set[tuple] = set()
+        self._jobs: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stopping = False
 
     @property
     def available(self) -> bool:
         return not self._failed
 
-    def __call__(self, g: Tensor, w: Tensor | None) -> Tensor | None:
+    def __call__(self, g: Tensor, w: Tensor | None, wait: bool = True) -> Tensor | None:
+        """The raw-sum row of ``(g, w)``, or None when the eager path must take it."""
         kind = (g.dim(), g.dtype, w is None, g.device.type)
         if self._failed or kind in self._eager_kinds:
             return None
-        try:
+        if wait:
+            return self._run(kind, g, w)
+        signature = _signature(g, w)
+        if signature in self._ready:
+            return self._run(kind, g, w)
+        with self._lock:
+            if signature not in self._queued:
+                self._queued.add(signature)
+                self._idle.clear()
+                self._jobs.put(signature)
+                if self._worker is None:
+                    self._worker = threading.Thread(target=self._work, name="gradsight-compile", daemon=True)
+                    self._worker.start()
+                    # before concurrent.futures refuses new work at exit, which the compiler needs
+                    getattr(threading, "_register_atexit", atexit.register)(self._stop)
+        return _fused_kernel(g, w)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until every queued compilation is done; False on timeout."""
+        return self._idle.wait(timeout)
+
+    def _stop(self) -> None:
+        """At exit: skip what is queued and wait for the compilation in progress (a daemon
+        thread stopped inside the compiler aborts the interpreter)."""
+        self._stopping = True
+        worker = self._worker
+        if worker is not None and worker.is_alive():
+            self._jobs.put(None)
+            worker.join()
+
+    def _compiled_fn(self, kind: tuple):
+        with self._lock:
             fn = self._fns.get(kind)
             if fn is None:
-                with self._lock:
-                    if not self._fns:
-                        log.info("gradsight: compiling the fused statistics kernel (once per kind of tensor)")
-                    tag = "_".join(str(k).replace("torch.", "") for k in kind)
-                    fn = self._fns[kind] = torch.compile(_kernel_copy(tag), dynamic=True, fullgraph=True)
-            out = fn(g, w)
+                if not self._fns:
+                    log.info("gradsight: compiling the fused statistics kernel (once per kind of tensor)")
+                tag = "_".join(str(k).replace("torch.", "") for k in kind)
+                fn = self._fns[kind] = torch.compile(_kernel_copy(tag), dynamic=True, fullgraph=True)
+            return fn
+
+    def _run(self, kind: tuple, g: Tensor, w: Tensor | None) -> Tensor | None:
+        try:
+            with _quiet_compiler_import():
+                out = self._compiled_fn(kind)(g, w)
             self._compiled = True
             return out
         except Exception as exc:  # no compiler, unsupported device, too many recompilations ...
+            if self._stopping:  # the interpreter is exiting
+                return None
             if self._compiled:
                 self._eager_kinds.add(kind)
                 log.info("gradsight: fused statistics kernel not compiled for %s (%s); using eager ops for it",
@@ -174,6 +231,51 @@ class _FusedKernel:
                 self._failed = True
                 log.warning("gradsight: fused statistics kernel unavailable (%s); using eager ops", exc)
             return None
+
+    def _work(self) -> None:
+        """The background thread: compiles and runs the kernel for each queued signature."""
+        while True:
+            signature = self._jobs.get()
+            if signature is None or self._stopping:
+                self._idle.set()
+                return
+            shape, stride, dtype, device, with_weights, grad_mode = signature
+            kind = (len(shape), dtype, not with_weights, torch.device(device).type)
+            try:
+                g = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
+                w = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_() if with_weights else None
+                with torch.set_grad_enabled(grad_mode):
+                    ok = not self._failed and kind not in self._eager_kinds and self._run(kind, g, w) is not None
+            except Exception as exc:  # an example tensor that cannot be made: leave it to the eager formula
+                log.info("gradsight: fused statistics kernel not prepared for %s (%s)", signature, exc)
+                ok = False
+            with self._lock:
+                if ok:
+                    self._ready.add(signature)
+                if self._jobs.empty():
+                    self._idle.set()
+
+
+def _signature(g: Tensor, w: Tensor | None) -> tuple:
+    """What the compiled kernel's guards depend on (exactly: the same shape and strides)."""
+    return (tuple(g.shape), tuple(g.stride()), g.dtype, str(g.device), w is not None, torch.is_grad_enabled())
+
+
+@contextlib.contextmanager
+def _quiet_compiler_import():
+    """Importing ``torch.utils.cpp_extension`` (done by the compiler) warns "No CUDA runtime
+    is found" on machines with a CUDA toolkit but no GPU; nothing a user of gradsight acts on."""
+    if "torch.utils.cpp_extension" in sys.modules:
+        yield
+        return
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 _FUSED = _FusedKernel()
@@ -248,7 +350,7 @@ def raw_sums(
         if backend == "fused" or (
             backend == "auto" and g.device.type == "cpu" and g.numel() >= FUSED_MIN_NUMEL and _FUSED.available
         ):
-            row = _FUSED(g, wd)
+            row = _FUSED(g, wd, wait=backend == "fused")
             if row is not None:
                 rows[i] = row
                 fused_idx.append(i)
