@@ -357,7 +357,7 @@ class Monitor:
             self._layer_table.sync()
             self._flush_pending()
         finally:
-            self._updates.forget()
+            self._updates.release()
             meta: dict[str, Any] = {"steps_recorded": self.recorded_steps, "step_calls": self.step_count}
             if error is not None:
                 meta["error"] = error

@@ -35,11 +35,9 @@ Two ways to compute raw sums:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import math
-import queue
 import sys
 import threading
 import types
@@ -95,6 +93,68 @@ def norms_fp32(tensors: Sequence[Tensor], ord: float) -> list[Tensor]:
     return out
 
 
+#: :func:`sumsq_fp32` on the CPU: tensors of at least ``SUMSQ_SPLIT`` elements are reduced
+#: in rows of ``SUMSQ_ROW`` elements whose squares are added in float64 (the CPU's float32
+#: norm kernel drifts by ~1e-5 relative over 10^6 elements; over 10^3 by ~1e-7).
+SUMSQ_ROW = 1 << 10
+SUMSQ_SPLIT = 1 << 14
+
+
+def _flat(t: Tensor) -> Tensor:
+    """The elements of ``t`` as a 1-D tensor, in memory order: a view when ``t`` is dense
+    (contiguous in any dim order, e.g. channels-last), else a copy."""
+    if t.is_contiguous():
+        return t.view(-1)
+    order = sorted(range(t.dim()), key=lambda d: t.stride(d))
+    expected = 1
+    for d in order:
+        if t.size(d) != 1 and t.stride(d) != expected:
+            return t.reshape(-1)
+        expected *= t.size(d)
+    return t.as_strided((t.numel(),), (1,))
+
+
+def sumsq_fp32(tensors: Sequence[Tensor]) -> Tensor:
+    """``[len(tensors)]`` float32 sums of squares, within ~1e-6 relative of a float64 sum.
+
+    On the CPU a large tensor is viewed as rows of :data:`SUMSQ_ROW` elements, the rows'
+    norms taken in one reduction and their squares added in float64; the small tensors
+    and the rows' remainders go through one multi-tensor norm pass. Costs about one
+    ``torch._foreach_norm`` pass, without its drift on large tensors. Elsewhere (whose
+    norm kernels reduce in a tree) it is that pass.
+    """
+    if not tensors:
+        return torch.zeros(0)
+    device = tensors[0].device
+    if device.type != "cpu":
+        return torch.stack(norms_fp32(tensors, 2)).square()
+    squares: list[Tensor] = []
+    owners: list[int] = []
+    counts: list[int] = []
+    rest: list[Tensor] = []
+    rest_owners: list[int] = []
+    for i, t in enumerate(tensors):
+        flat = _flat(t)
+        n = flat.numel()
+        full = n - n % SUMSQ_ROW if n >= SUMSQ_SPLIT else 0
+        if full:
+            rows = flat[:full].view(-1, SUMSQ_ROW)
+            norms = torch.linalg.vector_norm(rows, dim=1, dtype=None if t.dtype == torch.float64 else torch.float32)
+            squares.append(norms.double().square())
+            owners.append(i)
+            counts.append(full // SUMSQ_ROW)
+        if full < n:
+            rest.append(flat[full:])
+            rest_owners.append(i)
+    if rest:
+        squares.append(torch.stack(norms_fp32(rest, 2)).double().square())
+        owners.extend(rest_owners)
+        counts.extend([1] * len(rest))
+    index = torch.repeat_interleave(torch.tensor(owners), torch.tensor(counts))
+    total = torch.zeros(len(tensors), dtype=torch.float64).index_add_(0, index, torch.cat(squares))
+    return total.float()
+
+
 def _row_max(g: Tensor) -> Tensor:
     """``[rows]`` float32 max |g| of each row of a tensor of >= 2 dims; reduces over the
     other dims in place, so a channels-last gradient is not copied (a max is exact in any
@@ -138,18 +198,10 @@ def _kernel_copy(tag: str):
 
 
 class _FusedKernel:
-    """Compiled fused kernels, one per kind of input (number of dims, dtype, with or
-    without weights, device type), each with its own recompilation budget; remembers a
-    failure and stops trying: a kind that fails after another compiled goes to the eager
-    path on its own, a failure before any success turns it off.
-
-    ``wait=False`` (the ``auto`` backend) never compiles on the caller's thread: a tensor
-    whose compiled kernel is not ready yet is reduced by the same formula run eagerly
-    (:func:`_fused_kernel`), while one background thread compiles the kernel and runs it
-    once on a tensor of that exact shape, stride and grad mode, so the caller's first
-    compiled call finds its guards satisfied. Compiling takes seconds with an empty
-    compiler cache; the first recorded steps then cost what the eager formula costs.
-    """
+    """Lazily compiled fused kernels, one per kind of input (number of dims, dtype,
+    with or without weights, device type), each with its own recompilation budget;
+    remembers a failure and stops trying: a kind that fails after another compiled
+    goes to the eager path on its own, a failure before any success turns it off."""
 
     def __init__(self) -> None:
         self._fns: dict[tuple, object] = {}
@@ -157,72 +209,28 @@ class _FusedKernel:
         self._compiled = False
         self._eager_kinds: set[tuple] = set()
         self._lock = threading.Lock()
-        self._ready: set[tuple] = set()  #: signatures the compiled kernel has run on
-        self._queued: set[tuple] = set()
-        self._jobs: queue.SimpleQueue[tuple] = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
-        self._idle = threading.Event()
-        self._idle.set()
-        self._stopping = False
 
     @property
     def available(self) -> bool:
         return not self._failed
 
-    def __call__(self, g: Tensor, w: Tensor | None, wait: bool = True) -> Tensor | None:
-        """The raw-sum row of ``(g, w)``, or None when the eager path must take it."""
+    def __call__(self, g: Tensor, w: Tensor | None) -> Tensor | None:
         kind = (g.dim(), g.dtype, w is None, g.device.type)
         if self._failed or kind in self._eager_kinds:
             return None
-        if wait:
-            return self._run(kind, g, w)
-        signature = _signature(g, w)
-        if signature in self._ready:
-            return self._run(kind, g, w)
-        with self._lock:
-            if signature not in self._queued:
-                self._queued.add(signature)
-                self._idle.clear()
-                self._jobs.put(signature)
-                if self._worker is None:
-                    self._worker = threading.Thread(target=self._work, name="gradsight-compile", daemon=True)
-                    self._worker.start()
-                    # before concurrent.futures refuses new work at exit, which the compiler needs
-                    getattr(threading, "_register_atexit", atexit.register)(self._stop)
-        return _fused_kernel(g, w)
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        """Block until every queued compilation is done; False on timeout."""
-        return self._idle.wait(timeout)
-
-    def _stop(self) -> None:
-        """At exit: skip what is queued and wait for the compilation in progress (a daemon
-        thread stopped inside the compiler aborts the interpreter)."""
-        self._stopping = True
-        worker = self._worker
-        if worker is not None and worker.is_alive():
-            self._jobs.put(None)
-            worker.join()
-
-    def _compiled_fn(self, kind: tuple):
-        with self._lock:
+        try:
             fn = self._fns.get(kind)
             if fn is None:
-                if not self._fns:
-                    log.info("gradsight: compiling the fused statistics kernel (once per kind of tensor)")
-                tag = "_".join(str(k).replace("torch.", "") for k in kind)
-                fn = self._fns[kind] = torch.compile(_kernel_copy(tag), dynamic=True, fullgraph=True)
-            return fn
-
-    def _run(self, kind: tuple, g: Tensor, w: Tensor | None) -> Tensor | None:
-        try:
+                with self._lock:
+                    if not self._fns:
+                        log.info("gradsight: compiling the fused statistics kernel (once per kind of tensor)")
+                    tag = "_".join(str(k).replace("torch.", "") for k in kind)
+                    fn = self._fns[kind] = torch.compile(_kernel_copy(tag), dynamic=True, fullgraph=True)
             with _quiet_compiler_import():
-                out = self._compiled_fn(kind)(g, w)
+                out = fn(g, w)
             self._compiled = True
             return out
         except Exception as exc:  # no compiler, unsupported device, too many recompilations ...
-            if self._stopping:  # the interpreter is exiting
-                return None
             if self._compiled:
                 self._eager_kinds.add(kind)
                 log.info("gradsight: fused statistics kernel not compiled for %s (%s); using eager ops for it",
@@ -231,34 +239,6 @@ class _FusedKernel:
                 self._failed = True
                 log.warning("gradsight: fused statistics kernel unavailable (%s); using eager ops", exc)
             return None
-
-    def _work(self) -> None:
-        """The background thread: compiles and runs the kernel for each queued signature."""
-        while True:
-            signature = self._jobs.get()
-            if signature is None or self._stopping:
-                self._idle.set()
-                return
-            shape, stride, dtype, device, with_weights, grad_mode = signature
-            kind = (len(shape), dtype, not with_weights, torch.device(device).type)
-            try:
-                g = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
-                w = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_() if with_weights else None
-                with torch.set_grad_enabled(grad_mode):
-                    ok = not self._failed and kind not in self._eager_kinds and self._run(kind, g, w) is not None
-            except Exception as exc:  # an example tensor that cannot be made: leave it to the eager formula
-                log.info("gradsight: fused statistics kernel not prepared for %s (%s)", signature, exc)
-                ok = False
-            with self._lock:
-                if ok:
-                    self._ready.add(signature)
-                if self._jobs.empty():
-                    self._idle.set()
-
-
-def _signature(g: Tensor, w: Tensor | None) -> tuple:
-    """What the compiled kernel's guards depend on (exactly: the same shape and strides)."""
-    return (tuple(g.shape), tuple(g.stride()), g.dtype, str(g.device), w is not None, torch.is_grad_enabled())
 
 
 @contextlib.contextmanager
@@ -350,7 +330,7 @@ def raw_sums(
         if backend == "fused" or (
             backend == "auto" and g.device.type == "cpu" and g.numel() >= FUSED_MIN_NUMEL and _FUSED.available
         ):
-            row = _FUSED(g, wd, wait=backend == "fused")
+            row = _FUSED(g, wd)
             if row is not None:
                 rows[i] = row
                 fused_idx.append(i)
