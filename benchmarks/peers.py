@@ -87,8 +87,11 @@ def resnet18_problem() -> Problem:
 
 def gpt2_problem() -> Problem:
     from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
 
-    config = GPT2Config(n_layer=4, n_embd=256, n_head=4, n_positions=128, vocab_size=8192)
+    hf_logging.set_verbosity_error()  # its notes on a small random config are not the benchmark's output
+    config = GPT2Config(n_layer=4, n_embd=256, n_head=4, n_positions=128, vocab_size=8192, bos_token_id=0,
+                        eos_token_id=0)
     model = GPT2LMHeadModel(config)
     tokens = torch.randint(0, config.vocab_size, (8, 64))
     return Problem("GPT-2 (4 layers, width 256), batch 8x64 tokens", model,
