@@ -52,13 +52,17 @@ def test_update_ratio_within_1e_5_of_float64_on_million_element_tensors(tmp_path
             assert abs(got[key] - value) <= 1e-5 * value, (step, key, got[key], value)
 
 
-def test_snapshot_buffers_are_freed_on_close(tmp_path):
+def test_snapshot_buffers_are_reused_between_steps_and_freed_on_close(tmp_path):
     model = nn.Linear(4, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     mon = gs.watch(model, tmp_path / "run", optimizer=opt)
-    model(torch.randn(2, 4)).sum().backward()
-    mon.step()
-    opt.step()
-    assert len(mon._updates._buffers) == 2
+    pointers = []
+    for _ in range(2):
+        model(torch.randn(2, 4)).sum().backward()
+        mon.step()
+        opt.step()
+        opt.zero_grad()
+        pointers.append(sorted(b.data_ptr() for b in mon._updates._buffers.values()))
+    assert len(pointers[0]) == 2 and pointers[0] == pointers[1]
     mon.close()
     assert mon._updates._buffers == {}
