@@ -201,7 +201,12 @@ class _FusedKernel:
     """Lazily compiled fused kernels, one per kind of input (number of dims, dtype,
     with or without weights, device type), each with its own recompilation budget;
     remembers a failure and stops trying: a kind that fails after another compiled
-    goes to the eager path on its own, a failure before any success turns it off."""
+    goes to the eager path on its own, a failure before any success turns it off.
+
+    Compiled on the caller's thread, at the first recorded step: a compilation in
+    another thread would restore the process's random-number state when it ends
+    (undoing the training thread's draws meanwhile) and make
+    ``torch.compiler.is_compiling()`` true on every thread while it runs."""
 
     def __init__(self) -> None:
         self._fns: dict[tuple, object] = {}
