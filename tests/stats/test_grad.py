@@ -8,6 +8,10 @@ gradients, and empty inputs.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -348,3 +352,55 @@ def test_a_kind_of_tensor_the_compiler_rejects_goes_eager_alone(monkeypatch):
     assert kernel.available and len(kernel._eager_kinds) == 1
     assert_raw_close(got, np.stack([reference_raw(g, w) for g, w in zip(half, half)]), rtol=1e-3)
     assert raw_sums(grads, grads, backend="fused") is not None and len(kernel._fns) == 1
+
+
+FIRST_STEP_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    import gradsight as gs
+    from gradsight.stats import grad as G
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
+    optimizer = torch.optim.AdamW(model.parameters())
+    with gs.watch(model, RUN_DIR, optimizer=optimizer) as monitor:
+        model(torch.randn(8, 512)).pow(2).mean().backward()
+        monitor.step()
+        optimizer.step()
+    assert G._FUSED._compiled and G._FUSED.available, "the fused kernel did not compile"
+    print("ok")
+    """
+)
+
+
+@pytest.mark.slow
+def test_first_compilation_in_a_fresh_process_prints_nothing(tmp_path):
+    """A fresh process with an empty compiler cache compiles the fused kernel at the first
+    recorded step without printing anything (no "No CUDA runtime is found")."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "OMP_NUM_THREADS": "1"}
+    env.pop("TORCH_LOGS", None)
+    script = f"RUN_DIR = {str(tmp_path / 'run')!r}\n" + FIRST_STEP_SCRIPT
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    assert done.stderr == ""
+
+
+# -- sums of squares -------------------------------------------------------------------
+
+
+def test_sumsq_fp32_within_1e_6_of_float64_on_large_and_odd_layouts():
+    torch.manual_seed(0)
+    same_sign = torch.full((2_000_003,), 1e-3) * (1 + 0.1 * torch.rand(2_000_003))  # worst case for float32 drift
+    channels_last = torch.randn(64, 32, 9, 9).to(memory_format=torch.channels_last)
+    strided = torch.randn(300, 400)[:, ::2]  # not dense: copied
+    tensors = [same_sign, channels_last, strided, torch.randn(5).double(), torch.randn(70_000).half(),
+               torch.zeros(0), torch.randn(3, 4).t()]
+    got = grad_stats.sumsq_fp32(tensors)
+    assert got.dtype == torch.float32 and got.shape == (len(tensors),)
+    for value, t in zip(got.tolist(), tensors):
+        want = float(t.double().pow(2).sum())
+        assert abs(value - want) <= 1e-6 * want, (tuple(t.shape), value, want)
+    plain = float(torch._foreach_norm([same_sign], 2)[0]) ** 2  # what one float32 norm pass gives
+    assert abs(plain - float(same_sign.double().pow(2).sum())) > 1e-6 * float(same_sign.double().pow(2).sum())

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from gradsight.instrument.layers import Inventory
 from gradsight.stats.histogram import log2_counts
-from gradsight.stats.grad import MAXABS, RAW_FIELDS, W_SUMSQ, count_nonfinite, norms_fp32, raw_sums
+from gradsight.stats.grad import MAXABS, RAW_FIELDS, W_SUMSQ, count_nonfinite, raw_sums, sumsq_fp32
 from gradsight.store.writer import NullWriter, StoreWriter, Writer
 
 log = logging.getLogger(__name__)
@@ -136,9 +136,7 @@ class Local:
 
     def sumsq(self, tensors: Sequence[Tensor]) -> Tensor:
         """``[len(tensors)]`` float32 sums of squares."""
-        if not tensors:
-            return torch.zeros(0)
-        return torch.stack(norms_fp32(tensors, 2)).pow(2)
+        return sumsq_fp32(tensors)
 
 
 class Distributed:
@@ -248,8 +246,7 @@ class Distributed:
         """``[len(tensors)]`` float32 sums of squares of the global tensors."""
         if not tensors:
             return torch.zeros(0)
-        local = [_local(t) for t in tensors]
-        sq = torch.stack(norms_fp32(local, 2)).pow(2)
+        sq = sumsq_fp32([_local(t) for t in tensors])
         if self.mode == "replicated":
             return sq
         mask = torch.tensor([self._counts(t) for t in tensors], dtype=torch.bool, device=sq.device)

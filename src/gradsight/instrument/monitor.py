@@ -473,7 +473,7 @@ class Monitor:
             self._layer_table.sync()
             self._flush_pending()
         finally:
-            self._updates.forget()
+            self._updates.release()
             meta: dict[str, Any] = {"steps_recorded": self.recorded_steps, "step_calls": self.step_count}
             if error is not None:
                 meta["error"] = error
@@ -515,8 +515,8 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
         every: record every k-th call of ``monitor.step()``, or a schedule
             (``step -> bool``, see :mod:`gradsight.schedules`).
         optimizer: when given, ``update_ratio`` (||dw|| / ||w|| across the
-            optimizer step) is recorded too; on recorded steps this keeps a copy of
-            the weights until the optimizer step.
+            optimizer step) is recorded too; this keeps one copy of the watched
+            weights (made at the first recorded step, freed by ``close()``).
         scaler: a ``torch.amp.GradScaler``: values are reported unscaled and steps
             with non-finite gradients (which the scaler skips) are marked ``skipped``.
         config: JSON-serializable settings stored with the run.

@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 
 from gradsight.instrument.series import SeriesIds
-from gradsight.stats.grad import norms_fp32
 
 #: ``(step, series ids, values on the device)`` waiting for the next host transfer.
 Pending = tuple[int, np.ndarray, Tensor]
@@ -19,8 +18,12 @@ Pending = tuple[int, np.ndarray, Tensor]
 class UpdateRatio:
     """Snapshots the weights of a recorded step and measures how far the optimizer moved them.
 
-    The snapshot is one multi-tensor copy; the ratios stay on the device until the
-    next recorded step's transfer takes them (:meth:`take_pending`).
+    The snapshot is one multi-tensor copy into buffers kept between recorded steps (one
+    copy of the watched weights, allocated at the first snapshot and freed by
+    :meth:`release`); the optimizer's step is then subtracted from it in place and its
+    norm taken by :func:`~gradsight.stats.grad.sumsq_fp32` (within ~1e-6 of float64).
+    The ratios stay on the device until the next recorded step's transfer takes them
+    (:meth:`take_pending`).
 
     Args:
         watched: the watched parameters, in inventory order.
@@ -53,12 +56,26 @@ class UpdateRatio:
         self._group: Tensor | None = None
         self._wsumsq: Tensor | None = None
         self._snapshot: list[Tensor] | None = None
+        self._buffers: dict[int, Tensor] = {}  #: watched index -> its snapshot buffer
         self._pending: list[Pending] = []
 
     def forget(self) -> None:
         """Drop a snapshot whose optimizer step never came."""
         self._step = None
         self._snapshot = None
+
+    def release(self) -> None:
+        """Free the snapshot buffers (the monitor is closing)."""
+        self.forget()
+        self._buffers = {}
+
+    def _buffer(self, i: int) -> Tensor:
+        """The snapshot buffer of watched parameter ``i``, (re)made to match it."""
+        w = self._watched[i]
+        buf = self._buffers.get(i)
+        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
+            buf = self._buffers[i] = torch.empty_like(w, memory_format=torch.preserve_format)
+        return buf
 
     def arm(self, step: int, present: list[int], wsumsq: Tensor, group: Tensor, layers: list[int]) -> None:
         """Measure the next optimizer step for recorded ``step``.
@@ -88,7 +105,13 @@ class UpdateRatio:
         if self._step is None or self._snapshot is not None:
             return
         with torch.no_grad():
-            self._snapshot = torch._foreach_mul([self._watched[i].detach() for i in self._present], 1.0)
+            current = [self._watched[i].detach() for i in self._present]
+            if all(type(t) is Tensor for t in current):
+                snapshot = [self._buffer(i) for i in self._present]
+                torch._foreach_copy_(snapshot, current)
+            else:  # tensor subclasses (DTensor under FSDP) have no in-place multi-tensor copy
+                snapshot = torch._foreach_mul(current, 1.0)
+            self._snapshot = snapshot
 
     def measure(self, *hook_args: Any) -> None:
         """Optimizer step post-hook: the ratios per parameter, layer and model, kept on the device."""
@@ -96,10 +119,14 @@ class UpdateRatio:
             return
         with torch.no_grad():
             current = [self._watched[i].detach() for i in self._present]
-            dsq = self._sumsq(torch._foreach_sub(current, self._snapshot))
             wsq = self._wsumsq
             if not self._weights:  # weight norms were not taken at record time
-                wsq = torch.stack(norms_fp32(self._snapshot, 2)).pow(2)
+                wsq = self._sumsq(self._snapshot)
+            if all(type(t) is Tensor for t in self._snapshot):
+                torch._foreach_sub_(self._snapshot, current)  # the snapshot becomes -(w_after - w_before)
+                dsq = self._sumsq(self._snapshot)
+            else:
+                dsq = self._sumsq(torch._foreach_sub(current, self._snapshot))
             n_layers = len(self._layer_names)
             layer_dsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, self._group, dsq)
             layer_wsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, self._group, wsq)

@@ -35,8 +35,10 @@ Two ways to compute raw sums:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sys
 import threading
 import types
 from collections.abc import Sequence
@@ -91,6 +93,68 @@ def norms_fp32(tensors: Sequence[Tensor], ord: float) -> list[Tensor]:
     return out
 
 
+#: :func:`sumsq_fp32` on the CPU: tensors of at least ``SUMSQ_SPLIT`` elements are reduced
+#: in rows of ``SUMSQ_ROW`` elements whose squares are added in float64 (the CPU's float32
+#: norm kernel drifts by ~1e-5 relative over 10^6 elements; over 10^3 by ~1e-7).
+SUMSQ_ROW = 1 << 10
+SUMSQ_SPLIT = 1 << 14
+
+
+def _flat(t: Tensor) -> Tensor:
+    """The elements of ``t`` as a 1-D tensor, in memory order: a view when ``t`` is dense
+    (contiguous in any dim order, e.g. channels-last), else a copy."""
+    if t.is_contiguous():
+        return t.view(-1)
+    order = sorted(range(t.dim()), key=lambda d: t.stride(d))
+    expected = 1
+    for d in order:
+        if t.size(d) != 1 and t.stride(d) != expected:
+            return t.reshape(-1)
+        expected *= t.size(d)
+    return t.as_strided((t.numel(),), (1,))
+
+
+def sumsq_fp32(tensors: Sequence[Tensor]) -> Tensor:
+    """``[len(tensors)]`` float32 sums of squares, within ~1e-6 relative of a float64 sum.
+
+    On the CPU a large tensor is viewed as rows of :data:`SUMSQ_ROW` elements, the rows'
+    norms taken in one reduction and their squares added in float64; the small tensors
+    and the rows' remainders go through one multi-tensor norm pass. Costs about one
+    ``torch._foreach_norm`` pass, without its drift on large tensors. Elsewhere (whose
+    norm kernels reduce in a tree) it is that pass.
+    """
+    if not tensors:
+        return torch.zeros(0)
+    device = tensors[0].device
+    if device.type != "cpu":
+        return torch.stack(norms_fp32(tensors, 2)).square()
+    squares: list[Tensor] = []
+    owners: list[int] = []
+    counts: list[int] = []
+    rest: list[Tensor] = []
+    rest_owners: list[int] = []
+    for i, t in enumerate(tensors):
+        flat = _flat(t)
+        n = flat.numel()
+        full = n - n % SUMSQ_ROW if n >= SUMSQ_SPLIT else 0
+        if full:
+            rows = flat[:full].view(-1, SUMSQ_ROW)
+            norms = torch.linalg.vector_norm(rows, dim=1, dtype=None if t.dtype == torch.float64 else torch.float32)
+            squares.append(norms.double().square())
+            owners.append(i)
+            counts.append(full // SUMSQ_ROW)
+        if full < n:
+            rest.append(flat[full:])
+            rest_owners.append(i)
+    if rest:
+        squares.append(torch.stack(norms_fp32(rest, 2)).double().square())
+        owners.extend(rest_owners)
+        counts.extend([1] * len(rest))
+    index = torch.repeat_interleave(torch.tensor(owners), torch.tensor(counts))
+    total = torch.zeros(len(tensors), dtype=torch.float64).index_add_(0, index, torch.cat(squares))
+    return total.float()
+
+
 def _row_max(g: Tensor) -> Tensor:
     """``[rows]`` float32 max |g| of each row of a tensor of >= 2 dims; reduces over the
     other dims in place, so a channels-last gradient is not copied (a max is exact in any
@@ -137,7 +201,12 @@ class _FusedKernel:
     """Lazily compiled fused kernels, one per kind of input (number of dims, dtype,
     with or without weights, device type), each with its own recompilation budget;
     remembers a failure and stops trying: a kind that fails after another compiled
-    goes to the eager path on its own, a failure before any success turns it off."""
+    goes to the eager path on its own, a failure before any success turns it off.
+
+    Compiled on the caller's thread, at the first recorded step: a compilation in
+    another thread would restore the process's random-number state when it ends
+    (undoing the training thread's draws meanwhile) and make
+    ``torch.compiler.is_compiling()`` true on every thread while it runs."""
 
     def __init__(self) -> None:
         self._fns: dict[tuple, object] = {}
@@ -162,7 +231,8 @@ class _FusedKernel:
                         log.info("gradsight: compiling the fused statistics kernel (once per kind of tensor)")
                     tag = "_".join(str(k).replace("torch.", "") for k in kind)
                     fn = self._fns[kind] = torch.compile(_kernel_copy(tag), dynamic=True, fullgraph=True)
-            out = fn(g, w)
+            with _quiet_compiler_import():
+                out = fn(g, w)
             self._compiled = True
             return out
         except Exception as exc:  # no compiler, unsupported device, too many recompilations ...
@@ -174,6 +244,23 @@ class _FusedKernel:
                 self._failed = True
                 log.warning("gradsight: fused statistics kernel unavailable (%s); using eager ops", exc)
             return None
+
+
+@contextlib.contextmanager
+def _quiet_compiler_import():
+    """Importing ``torch.utils.cpp_extension`` (done by the compiler) warns "No CUDA runtime
+    is found" on machines with a CUDA toolkit but no GPU; nothing a user of gradsight acts on."""
+    if "torch.utils.cpp_extension" in sys.modules:
+        yield
+        return
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 _FUSED = _FusedKernel()

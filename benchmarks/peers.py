@@ -1,0 +1,427 @@
+"""Overhead of gradient monitoring, gradsight and its peers, measured side by side in one process.
+
+Every row trains its own copy of the model (same initial weights, AdamW, every step
+recorded or logged) in interleaved rounds with a bare loop, so drift and the noise of a
+shared machine hit every row alike. Each cell is the median over rounds of
+``step time / bare step time in the same round``, with the 25-75 % range of those ratios.
+
+Rows:
+
+* ``gradsight quickstart``: ``gs.watch(model, dir, optimizer=opt)`` and
+  ``monitor.step(loss)``, as in the README's quickstart (gradient and weight statistics,
+  ``update_ratio``, the loss);
+* ``gradsight grads only``: ``gs.watch(model, dir, weights=False)``, no optimizer;
+* ``gradsight activations=True``: the quickstart plus ``activations=True``;
+* ``gradsight histograms=10``: the quickstart plus ``histograms=10`` (skipped, with a
+  note, where ``gs.watch`` has no such option);
+* ``Lightning grad_norm``: ``lightning.pytorch.utilities.grad_norm(model, 2)``;
+* ``p.grad.norm().item() loop``: ``[p.grad.norm().item() for p in params]``;
+* ``wandb.watch(log="gradients")``: offline run, ``log_freq=1``, ``run.log({"loss": ...})``;
+* ``TensorBoard add_histogram``: ``SummaryWriter.add_histogram`` of every parameter's gradient.
+
+Models: an MLP of 12 Linear(1024, 1024) layers, batch 16 (parameter-heavy); torchvision
+resnet18, batch 16 at 3x64x64; a Hugging Face GPT-2 (4 layers, width 256, random init),
+batch 8 of 64 tokens. Peers are optional installs; a missing one is skipped with a note.
+
+``--first-step`` also measures, in a fresh process with an empty compiler cache, how much
+longer the first recorded step of the quickstart takes than a later one, and what it prints.
+
+    python benchmarks/peers.py                   # everything (about 10-20 minutes on 2 cores)
+    python benchmarks/peers.py --quick           # fewer rounds, a few minutes
+    python benchmarks/peers.py --models mlp --rows quickstart,bare --rounds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import inspect
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import gradsight as gs
+
+# -- models ----------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    """A model and one batch; ``loss(model)`` runs the forward pass."""
+
+    label: str
+    model: nn.Module
+    loss: Callable[[nn.Module], torch.Tensor]
+
+
+def mlp_problem() -> Problem:
+    layers: list[nn.Module] = []
+    for i in range(12):
+        layers.append(nn.Linear(1024, 1024))
+        if i < 11:
+            layers.append(nn.ReLU())
+    x, y = torch.randn(16, 1024), torch.randn(16, 1024)
+    return Problem("MLP 12x1024, batch 16", nn.Sequential(*layers), lambda m: nn.functional.mse_loss(m(x), y))
+
+
+def resnet18_problem() -> Problem:
+    import torchvision
+
+    x, y = torch.randn(16, 3, 64, 64), torch.randint(0, 1000, (16,))
+    return Problem("torchvision resnet18, batch 16, 3x64x64", torchvision.models.resnet18(weights=None),
+                   lambda m: nn.functional.cross_entropy(m(x), y))
+
+
+def gpt2_problem() -> Problem:
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its notes on a small random config are not the benchmark's output
+    config = GPT2Config(n_layer=4, n_embd=256, n_head=4, n_positions=128, vocab_size=8192, bos_token_id=0,
+                        eos_token_id=0)
+    model = GPT2LMHeadModel(config)
+    tokens = torch.randint(0, config.vocab_size, (8, 64))
+    return Problem("GPT-2 (4 layers, width 256), batch 8x64 tokens", model,
+                   lambda m: m(input_ids=tokens, labels=tokens).loss)
+
+
+MODELS: dict[str, tuple[Callable[[], Problem], str | None]] = {
+    "mlp": (mlp_problem, None),
+    "resnet18": (resnet18_problem, "torchvision"),
+    "gpt2": (gpt2_problem, "transformers"),
+}
+
+# -- rows ------------------------------------------------------------------------------
+
+
+class Row:
+    """One way of monitoring: ``setup`` once per model copy, ``after_backward`` every step."""
+
+    name = ""
+    needs: str | None = None  #: module to import, or None
+
+    def available(self) -> str | None:
+        """None when the row can run, else why not."""
+        if self.needs is None:
+            return None
+        try:
+            __import__(self.needs)
+        except Exception as exc:  # not installed, or broken
+            return f"{self.needs} not importable ({type(exc).__name__}: {exc})"
+        return None
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path) -> None:
+        pass
+
+    def after_backward(self, model: nn.Module, loss: torch.Tensor, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Bare(Row):
+    name = "bare"
+
+
+class Gradsight(Row):
+    def __init__(self, name: str, with_optimizer: bool, **options) -> None:
+        self.name = name
+        self.with_optimizer = with_optimizer
+        self.options = options
+        self.monitor = None
+
+    def available(self) -> str | None:
+        missing = set(self.options) - set(inspect.signature(gs.watch).parameters)
+        if missing:
+            return f"gs.watch has no option {', '.join(sorted(missing))} in this version"
+        return None
+
+    def setup(self, model, optimizer, run_dir):
+        optimizer_arg = {"optimizer": optimizer} if self.with_optimizer else {}
+        self.monitor = gs.watch(model, run_dir, **optimizer_arg, **self.options)
+
+    def after_backward(self, model, loss, step):
+        self.monitor.step(loss)
+
+    def close(self):
+        self.monitor.close()
+
+
+class LightningGradNorm(Row):
+    name = "Lightning grad_norm"
+    needs = "lightning"
+
+    def setup(self, model, optimizer, run_dir):
+        from lightning.pytorch.utilities import grad_norm
+
+        self.grad_norm = grad_norm
+        self.last: dict = {}
+
+    def after_backward(self, model, loss, step):
+        self.last = self.grad_norm(model, norm_type=2)  # what a LightningModule passes to self.log_dict
+
+
+class ItemLoop(Row):
+    name = "p.grad.norm().item() loop"
+
+    def after_backward(self, model, loss, step):
+        [p.grad.norm().item() for p in model.parameters() if p.grad is not None]
+
+
+class WandbWatch(Row):
+    name = 'wandb.watch(log="gradients")'
+    needs = "wandb"
+
+    def setup(self, model, optimizer, run_dir):
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(mode="offline", dir=str(run_dir), project="peers")
+        self.run.watch(model, log="gradients", log_freq=1)
+
+    def after_backward(self, model, loss, step):
+        self.run.log({"loss": loss.item()}, step=step)
+
+    def close(self):
+        self.run.finish()
+
+
+class TensorBoardHistograms(Row):
+    name = "TensorBoard add_histogram"
+    needs = "tensorboard"
+
+    def setup(self, model, optimizer, run_dir):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir))
+
+    def after_backward(self, model, loss, step):
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                self.writer.add_histogram(f"{name}/grad", p.grad, step)
+        self.writer.add_scalar("loss", loss.item(), step)
+
+    def close(self):
+        self.writer.close()
+
+
+def all_rows() -> dict[str, Row]:
+    return {
+        "bare": Bare(),
+        "quickstart": Gradsight("gradsight quickstart (optimizer=)", True),
+        "grads": Gradsight("gradsight grads only (weights=False, no optimizer)", False, weights=False),
+        "activations": Gradsight("gradsight quickstart + activations=True", True, activations=True),
+        "histograms": Gradsight("gradsight quickstart + histograms=10", True, histograms=10),
+        "lightning": LightningGradNorm(),
+        "item": ItemLoop(),
+        "wandb": WandbWatch(),
+        "tensorboard": TensorBoardHistograms(),
+    }
+
+
+# -- measuring -------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    ratio: float  #: median over rounds of this row's step time / bare's
+    low: float  #: 25 % quantile of those ratios
+    high: float  #: 75 %
+    median_ms: float
+
+
+def bench(problem: Problem, rows: dict[str, Row], rounds: int, warmup: int, deadline: float,
+          tmp: Path) -> tuple[dict[str, Cell], int]:
+    """Interleaved rounds of one step per row; returns the cells and the rounds measured."""
+    models = {k: copy.deepcopy(problem.model) for k in rows}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    for key, row in rows.items():
+        row.setup(models[key], opts[key], tmp / key)
+    steps = dict.fromkeys(rows, 0)
+
+    def step(key: str) -> float:
+        model, opt, row = models[key], opts[key], rows[key]
+        t0 = time.perf_counter()
+        loss = problem.loss(model)
+        loss.backward()
+        row.after_backward(model, loss, steps[key])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        steps[key] += 1
+        return time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    try:
+        for _ in range(warmup):  # the first recorded step compiles gradsight's fused kernel
+            for key in rows:
+                step(key)
+        done = 0
+        while done < rounds and (done < 3 or time.perf_counter() < deadline):
+            order = list(rows) if done % 2 == 0 else list(reversed(rows))  # no row always runs after another
+            for key in order:
+                times[key].append(step(key))
+            done += 1
+    finally:
+        for row in rows.values():
+            row.close()
+    cells = {}
+    for key in rows:
+        ratios = [t / b for t, b in zip(times[key], times["bare"])]
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        cells[key] = Cell(statistics.median(ratios), q[0], q[2], statistics.median(times[key]) * 1e3)
+    return cells, done
+
+
+# -- the first recorded step -----------------------------------------------------------
+
+FIRST_STEP = r"""
+import sys, time, torch
+import gradsight as gs
+sys.path.insert(0, {bench_dir!r})
+from peers import MODELS
+problem = MODELS[{model!r}][0]()
+model = problem.model
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+times = []
+with gs.watch(model, {run_dir!r}, optimizer=opt) as monitor:
+    for step in range(6):
+        loss = problem.loss(model)
+        loss.backward()
+        t0 = time.perf_counter()
+        monitor.step(loss)
+        times.append(time.perf_counter() - t0)
+        opt.step()
+        opt.zero_grad()
+print(" ".join(f"{{t:.4f}}" for t in times))
+"""
+
+
+def first_step(model: str, tmp: Path) -> str:
+    """One line: the first recorded step's monitor.step() against the median of later ones,
+    in a fresh process with an empty compiler cache, and what it printed on stderr."""
+    cache = tmp / f"inductor-{model}"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    code = FIRST_STEP.format(bench_dir=str(Path(__file__).resolve().parent), model=model,
+                             run_dir=str(tmp / f"first-{model}"))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"{model}: failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})"
+    times = [float(t) for t in done.stdout.split()]
+    later = statistics.median(times[2:])
+    printed = done.stderr.strip()
+    return (f"{model}: first recorded step {times[0]:.2f} s, later ones {later * 1e3:.0f} ms (median of steps 2-5): "
+            f"{times[0] - later:+.2f} s; stderr: {repr(printed[:200]) if printed else 'empty'}")
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="mlp,resnet18,gpt2", help="comma-separated: " + ", ".join(MODELS))
+    ap.add_argument("--rows", default=",".join(all_rows()), help="comma-separated: " + ", ".join(all_rows()))
+    ap.add_argument("--rounds", type=int, default=25, help="interleaved rounds per model (default 25)")
+    ap.add_argument("--warmup", type=int, default=3, help="rounds run before measuring (default 3)")
+    ap.add_argument("--time-limit", type=float, default=600.0,
+                    help="seconds per model after warm-up; rounds stop there (at least 3 are run)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch.set_num_threads (default: torch's choice); 1 is steadier on a busy machine")
+    ap.add_argument("--quick", action="store_true", help="8 rounds, 2 warm-up, 60 s per model, no --first-step")
+    ap.add_argument("--first-step", action="store_true",
+                    help="also time the first recorded step in a fresh process with an empty compiler cache")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.warmup, args.time_limit = 8, 2, 60.0
+    rows_wanted = ["bare"] + [r for r in args.rows.split(",") if r and r != "bare"]
+    models_wanted = [m for m in args.models.split(",") if m]
+    for name in models_wanted:
+        if name not in MODELS:
+            raise SystemExit(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
+    catalogue = all_rows()
+    for name in rows_wanted:
+        if name not in catalogue:
+            raise SystemExit(f"unknown row {name!r}: choose from {', '.join(catalogue)}")
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, device cpu, "
+          f"load average {load:.1f} at start")
+    notes: list[str] = []
+    results: dict[str, dict[str, Cell]] = {}
+    labels: dict[str, str] = {}
+    row_names = {key: catalogue[key].name for key in rows_wanted}
+    tmp = Path(tempfile.mkdtemp(prefix="gradsight-peers-"))
+    for model_key in models_wanted:
+        make, needs = MODELS[model_key]
+        if needs is not None:
+            try:
+                __import__(needs)
+            except Exception as exc:
+                notes.append(f"{model_key}: skipped, {needs} not importable ({type(exc).__name__})")
+                continue
+        torch.manual_seed(0)
+        problem = make()
+        labels[model_key] = problem.label
+        rows: dict[str, Row] = {}
+        for key in rows_wanted:
+            row = all_rows()[key]  # fresh objects per model
+            why = row.available()
+            if why is None:
+                rows[key] = row
+            elif f"{row.name}: skipped" not in " ".join(notes):
+                notes.append(f"{row.name}: skipped, {why}")
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # peers' deprecation chatter is not the table
+            cells, done = bench(problem, rows, args.rounds, args.warmup, t0 + args.time_limit, tmp / model_key)
+        results[model_key] = cells
+        print(f"  {problem.label}: {done} rounds in {time.perf_counter() - t0:.0f} s, bare step "
+              f"{cells['bare'].median_ms:.1f} ms", flush=True)
+
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nMedian step time / bare, same round (25-75 % of rounds); load average {load_end:.1f} at end\n")
+    header = "| row | " + " | ".join(labels[m] for m in results) + " |"
+    print(header)
+    print("| --- |" + " ---: |" * len(results))
+    for key in rows_wanted:
+        cells = [results[m].get(key) for m in results]
+        if all(c is None for c in cells):
+            continue
+        text = []
+        for c in cells:
+            if c is None:
+                text.append("skipped")
+            elif key == "bare":
+                text.append(f"{c.median_ms:.1f} ms")
+            else:
+                text.append(f"{c.ratio:.2f}x ({c.low:.2f}-{c.high:.2f})")
+        print(f"| {row_names[key]} | " + " | ".join(text) + " |")
+    for note in notes:
+        print(f"\nnote: {note}")
+    if args.first_step and not args.quick:
+        print("\nFirst recorded step, fresh process, empty TORCHINDUCTOR_CACHE_DIR (quickstart configuration):")
+        for model_key in results:
+            print("  " + first_step(model_key, tmp), flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
