@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gradsight.store.packed import PackedWriter
 from gradsight.store.schema import DB_NAME, SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class StoreWriter:
         overwrite: replace an existing store in ``run_dir`` instead of raising.
     """
 
+    _packed: PackedWriter | None = None  #: packs values on the writer thread (created there)
+
     def __init__(self, run_dir: str | Path, *, overwrite: bool = False) -> None:
         from gradsight._errors import RunError
 
@@ -138,7 +141,7 @@ class StoreWriter:
         self._put(("layers", rows))
 
     def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray, time_s: float | None = None) -> None:
-        """Values of several series at one step (NaN is stored as NULL)."""
+        """Values of several series at one step (packed: :mod:`gradsight.store.packed`)."""
         self._put(("scalars", int(step), series_ids, values, time_s))
 
     def flush(self, timeout: float | None = 30.0) -> None:
@@ -228,11 +231,9 @@ class StoreWriter:
         kind = item[0]
         if kind == "scalars":
             _, step, ids, values, time_s = item
-            vals = values.tolist()  # SQLite stores NaN as NULL; +-inf as is
-            conn.executemany(
-                "INSERT OR REPLACE INTO scalars(step, series, value) VALUES (?,?,?)",
-                zip([step] * len(vals), ids.tolist(), vals),
-            )
+            if self._packed is None:
+                self._packed = PackedWriter(conn)
+            self._packed.write(step, ids, values)
             if time_s is not None:
                 conn.execute("INSERT OR REPLACE INTO steps(step, time) VALUES (?,?)", (step, time_s))
         elif kind == "many":

@@ -1,0 +1,317 @@
+"""How recorded values lie in the store: packed arrays (schema version 4), and the
+row-per-value ``scalars`` table of older stores (version 3 and before), read alike.
+
+A write of several series at one step (``Writer.write_scalars``) is split into
+*groups* of series: a statistic of one level with at least :data:`SPLIT_MIN` values in
+the write is a group (so one statistic of every layer of a wide model is read without
+the others); the rest of the write is one group. A group is a row of ``series_groups`` (its series
+ids, ascending: the series table gives the order); each write of a group at a step is
+one row of ``packed`` holding its values as one array:
+
+- float32 where every value is exactly a float32 (what the recorder computes), with the
+  positions and float64 values of the few that are not (a logged ``0.1``); float64 when
+  those are many; NaN and +-inf as themselves; float32 arrays as byte planes (the first
+  byte of every value, then the second ...), so signs and exponents compress;
+- zlib-compressed when that makes it smaller (counts, zeros, repeated values).
+
+A later write of a series at a step replaces the earlier one, as ``INSERT OR REPLACE``
+did in the row-per-value layout: readers take the value of the row written last
+(highest ``rowid``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+#: The tables of the packed layout (schema version 4 on).
+PACKED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series_groups (
+    id     INTEGER PRIMARY KEY,
+    series BLOB NOT NULL             -- int64 little-endian series ids, ascending: the order of values in packed.data
+);
+CREATE TABLE IF NOT EXISTS packed (
+    grp  INTEGER NOT NULL REFERENCES series_groups(id),
+    step INTEGER NOT NULL,
+    data BLOB NOT NULL,              -- one byte of encoding, then the values (see gradsight.store.packed)
+    PRIMARY KEY (grp, step)
+);
+"""
+
+#: The row-per-value layout of schema version 3 and before: read, never written.
+ROW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scalars (
+    step   INTEGER NOT NULL,
+    series INTEGER NOT NULL REFERENCES series(id),
+    value  REAL,                     -- NULL stores NaN
+    PRIMARY KEY (step, series)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS scalars_by_series ON scalars(series, step);
+"""
+
+#: Tables holding the values, per layout.
+PACKED_TABLES = ("packed", "series_groups")
+ROW_TABLES = ("scalars",)
+
+#: A statistic of one level with at least this many values in one write is a group of its
+#: own (a row of at least about 7 KB, which SQLite stores in full overflow pages); the
+#: other values of the write are one group.
+SPLIT_MIN = 2048
+
+#: Series ids or steps passed to one query at most (SQLite allows 32,766 variables).
+MAX_SQL_VARS = 30_000
+
+# Encodings (the first byte of ``packed.data``); ZLIB is a flag on either.
+F32 = 1  # n float32 as 4 byte planes
+F32_EXCEPT = 2  # uint32 k, k uint32 positions, k float64 values, then n float32 as 4 byte planes
+F64 = 3  # n float64
+ZLIB = 0x80
+
+#: Compressed data is kept when at most this fraction of the plain size.
+_KEEP_COMPRESSED = 0.97
+
+
+# -- encoding ---------------------------------------------------------------------------
+def encode(values: np.ndarray) -> bytes:
+    """One group's values (float64, in the group's order) as ``packed.data``; exact:
+    :func:`decode` gives back the same float64 values (any NaN as NaN)."""
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        f32 = values.astype("<f4")
+        inexact = np.flatnonzero((f32.astype(np.float64) != values) & ~np.isnan(values))
+    k = len(inexact)
+    if k == 0:
+        kind, payload = F32, _planes(f32)
+    elif 4 + 12 * k < 4 * len(values):
+        kind = F32_EXCEPT
+        payload = b"".join((struct.pack("<I", k), inexact.astype("<u4").tobytes(),
+                            values[inexact].astype("<f8").tobytes(), _planes(f32)))
+    else:
+        kind, payload = F64, values.astype("<f8").tobytes()
+    packed = zlib.compress(payload, 1)
+    if len(packed) <= _KEEP_COMPRESSED * len(payload):
+        return bytes((kind | ZLIB,)) + packed
+    return bytes((kind,)) + payload
+
+
+def _planes(f32: np.ndarray) -> bytes:
+    """float32 values as 4 byte planes (the first bytes of all values, then the second ...):
+    the planes of signs and exponents compress well, the low mantissa bytes do not."""
+    return f32.view(np.uint8).reshape(-1, 4).T.tobytes()
+
+
+def _from_planes(payload: bytes, n: int, offset: int = 0) -> np.ndarray:
+    planes = np.frombuffer(payload, dtype=np.uint8, count=4 * n, offset=offset).reshape(4, n)
+    return planes.T.copy().view("<f4").reshape(n).astype(np.float64)
+
+
+def decode(data: bytes, n: int) -> np.ndarray:
+    """The ``n`` float64 values of one ``packed.data``."""
+    kind = data[0]
+    payload = zlib.decompress(data[1:]) if kind & ZLIB else data[1:]
+    kind &= ~ZLIB
+    if kind == F32:
+        return _from_planes(payload, n)
+    if kind == F64:
+        return np.frombuffer(payload, dtype="<f8", count=n).astype(np.float64)
+    if kind == F32_EXCEPT:
+        (k,) = struct.unpack_from("<I", payload)
+        positions = np.frombuffer(payload, dtype="<u4", count=k, offset=4)
+        exact = np.frombuffer(payload, dtype="<f8", count=k, offset=4 + 4 * k)
+        out = _from_planes(payload, n, offset=4 + 12 * k)
+        out[positions] = exact
+        return out
+    raise ValueError(f"unknown encoding {kind} of packed values")
+
+
+# -- writing ----------------------------------------------------------------------------
+class PackedWriter:
+    """Writes values in the packed layout through the writer thread's connection
+    (the tables exist: :data:`PACKED_SCHEMA` is part of the store's schema)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._series: dict[int, tuple[str | None, str | None]] = {}  # id -> (level, stat)
+        self._plans: dict[bytes, list[tuple[int, np.ndarray]]] = {}  # ids of a write -> (group, positions)
+        self._groups: dict[bytes, int] = {}  # a group's series ids -> its id
+
+    def write(self, step: int, ids: np.ndarray, values: np.ndarray) -> None:
+        """The values of series ``ids`` at ``step`` (a later write of a series at a step replaces it)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return
+        values = np.asarray(values, dtype=np.float64)
+        key = ids.tobytes()
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plan(ids)
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO packed(grp, step, data) VALUES (?,?,?)",
+            [(group, step, encode(values[positions])) for group, positions in plan],
+        )
+
+    def _plan(self, ids: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Groups of one write: ``(group id, positions in the write)``, each group's ids ascending;
+        a series given twice keeps its last value."""
+        reversed_ids = ids[::-1]
+        unique, first_from_end = np.unique(reversed_ids, return_index=True)
+        positions = len(ids) - 1 - first_from_end  # ascending ids, last occurrence of each
+        self._learn(unique)
+        level = np.array([str(self._series[int(i)][0]) for i in unique], dtype=object)
+        stat = np.array([str(self._series[int(i)][1]) for i in unique], dtype=object)
+        parts: list[np.ndarray] = []
+        rest = np.ones(len(unique), dtype=bool)
+        for lv, st in dict.fromkeys(zip(level.tolist(), stat.tolist())):
+            part = (level == lv) & (stat == st)
+            if part.sum() >= SPLIT_MIN:
+                parts.append(np.flatnonzero(part))
+                rest &= ~part
+        if rest.any():
+            parts.append(np.flatnonzero(rest))
+        return [(self._group(unique[part]), positions[part]) for part in parts]
+
+    def _learn(self, ids: np.ndarray) -> None:
+        """Look up the level and statistic of series not seen yet (None for unregistered ids)."""
+        new = [int(i) for i in ids if int(i) not in self._series]
+        for start in range(0, len(new), MAX_SQL_VARS):
+            chunk = new[start : start + MAX_SQL_VARS]
+            rows = self._conn.execute(
+                f"SELECT id, level, stat FROM series WHERE id IN ({','.join('?' * len(chunk))})", chunk
+            ).fetchall()
+            found = {int(r[0]): (r[1], r[2]) for r in rows}
+            for i in chunk:
+                self._series[i] = found.get(i, (None, None))
+
+    def _group(self, ids: np.ndarray) -> int:
+        key = np.ascontiguousarray(ids, dtype="<i8").tobytes()
+        group = self._groups.get(key)
+        if group is None:
+            group = self._conn.execute("INSERT INTO series_groups(series) VALUES (?)", (key,)).lastrowid
+            self._groups[key] = group
+        return group
+
+
+# -- reading ----------------------------------------------------------------------------
+def layout(tables: set[str]) -> str | None:
+    """``'packed'`` or ``'rows'`` for a store with these tables (None: neither)."""
+    if set(PACKED_TABLES) <= tables:
+        return "packed"
+    if set(ROW_TABLES) <= tables:
+        return "rows"
+    return None
+
+
+def _in_list(column: str, values: Sequence[int] | None) -> tuple[str, list[int]]:
+    """A ``column IN (...)`` condition and its arguments ('' when ``values`` is None or too long:
+    the caller filters after reading)."""
+    if values is None or len(values) > MAX_SQL_VARS:
+        return "", []
+    return f"{column} IN ({','.join('?' * len(values))})", [int(v) for v in values]
+
+
+def read_matrix(conn: sqlite3.Connection, ids: Sequence[int], steps: Sequence[int] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The values of series ``ids`` (ascending, unique) at ``steps`` (None: all).
+
+    Returns:
+        ``(step_values, values, present)``: the steps at which any of the series has a
+        value (ascending int64), float64 ``values[len(step_values), len(ids)]`` (NaN where
+        nothing was written) and bool ``present`` of the same shape (a written NaN is present).
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    wanted_steps = None if steps is None else np.unique(np.asarray(list(steps), dtype=np.int64))
+    if len(ids) == 0 or (wanted_steps is not None and len(wanted_steps) == 0):
+        return np.zeros(0, np.int64), np.zeros((0, len(ids))), np.zeros((0, len(ids)), bool)
+    if layout(tables) == "packed":
+        return _read_packed(conn, ids, wanted_steps)
+    return _read_rows(conn, ids, wanted_steps)
+
+
+def read_long(conn: sqlite3.Connection, ids: Sequence[int], steps: Sequence[int] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(step, series, value)`` arrays of every value written of series ``ids`` (ascending,
+    unique) at ``steps`` (None: all), ordered by step, then series id."""
+    ids = np.asarray(ids, dtype=np.int64)
+    step_values, values, present = read_matrix(conn, ids, steps)
+    rows, cols = np.nonzero(present)
+    return step_values[rows], ids[cols], values[rows, cols]
+
+
+def _read_rows(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The row-per-value layout (``scalars``, schema version 3 and before)."""
+    where, args = [], []
+    for column, vals in (("series", ids.tolist()), ("step", None if steps is None else steps.tolist())):
+        cond, a = _in_list(column, vals)
+        if cond:
+            where.append(cond)
+            args += a
+    sql = "SELECT step, series, value FROM scalars" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = conn.execute(sql, args).fetchall()
+    arr = np.array(rows, dtype=float).reshape(-1, 3)  # NULL (a NaN) -> nan
+    step_col, series_col = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
+    keep = np.isin(series_col, ids)
+    if steps is not None:
+        keep &= np.isin(step_col, steps)
+    step_col, series_col, value_col = step_col[keep], series_col[keep], arr[keep, 2]
+    step_values, row_of = np.unique(step_col, return_inverse=True)
+    values = np.full((len(step_values), len(ids)), np.nan)
+    present = np.zeros(values.shape, dtype=bool)
+    cols = np.searchsorted(ids, series_col)
+    values[row_of, cols] = value_col
+    present[row_of, cols] = True
+    return step_values, values, present
+
+
+def _read_packed(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The packed layout: read the rows of the groups holding any of ``ids``, decode, place."""
+    blocks = []  # (rowids, steps, columns in ids, values[rows, columns])
+    seen = np.zeros(len(ids), dtype=np.int64)  # groups holding each id
+    for group, blob in conn.execute("SELECT id, series FROM series_groups ORDER BY id").fetchall():
+        group_ids = np.frombuffer(blob, dtype="<i8")
+        take = np.flatnonzero(np.isin(group_ids, ids))
+        if len(take) == 0:
+            continue
+        cols = np.searchsorted(ids, group_ids[take])
+        seen[cols] += 1
+        cond, args = _in_list("step", None if steps is None else steps.tolist())
+        rows = conn.execute(
+            "SELECT rowid, step, data FROM packed WHERE grp = ?" + (f" AND {cond}" if cond else "") + " ORDER BY step",
+            [group, *args],
+        ).fetchall()
+        if steps is not None and not cond:
+            wanted = set(steps.tolist())
+            rows = [r for r in rows if r[1] in wanted]
+        if not rows:
+            continue
+        n = len(group_ids)
+        values = np.empty((len(rows), len(take)))
+        whole = len(take) == n
+        for k, (_, _, data) in enumerate(rows):
+            decoded = decode(data, n)
+            values[k] = decoded if whole else decoded[take]
+        blocks.append((np.fromiter((r[0] for r in rows), np.int64, len(rows)),
+                       np.fromiter((r[1] for r in rows), np.int64, len(rows)), cols, values))
+    if not blocks:
+        return np.zeros(0, np.int64), np.zeros((0, len(ids))), np.zeros((0, len(ids)), bool)
+    step_values = np.unique(np.concatenate([b[1] for b in blocks]))
+    matrix = np.full((len(step_values), len(ids)), np.nan)
+    present = np.zeros(matrix.shape, dtype=bool)
+    overlapping = bool((seen > 1).any())  # an id in several groups: the row written last wins
+    written = np.full(matrix.shape, -1, dtype=np.int64) if overlapping else None
+    for rowids, block_steps, cols, values in blocks:
+        rows = np.searchsorted(step_values, block_steps)
+        if written is None:
+            matrix[rows[:, None], cols] = values
+        else:
+            newer = rowids[:, None] > written[rows[:, None], cols]
+            matrix[rows[:, None], cols] = np.where(newer, values, matrix[rows[:, None], cols])
+            written[rows[:, None], cols] = np.maximum(written[rows[:, None], cols], rowids[:, None])
+        present[rows[:, None], cols] = True
+    return step_values, matrix, present
