@@ -213,23 +213,27 @@ def _in_list(column: str, values: Sequence[int] | None) -> tuple[str, list[int]]
     return f"{column} IN ({','.join('?' * len(values))})", [int(v) for v in values]
 
 
-def read_matrix(conn: sqlite3.Connection, ids: Sequence[int], steps: Sequence[int] | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The values of series ``ids`` (ascending, unique) at ``steps`` (None: all).
+def read_matrix(conn: sqlite3.Connection, ids: Sequence[int], steps: Sequence[int] | None = None, *,
+                with_present: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The values of series ``ids`` (unique, in any order) at ``steps`` (None: all).
 
     Returns:
         ``(step_values, values, present)``: the steps at which any of the series has a
-        value (ascending int64), float64 ``values[len(step_values), len(ids)]`` (NaN where
-        nothing was written) and bool ``present`` of the same shape (a written NaN is present).
+        value (ascending int64), float64 ``values[len(step_values), len(ids)]`` (columns
+        in the order of ``ids``, NaN where nothing was written; Fortran order, one column
+        per series), and with ``with_present`` a bool array of the same shape, True where
+        a value was written (a written NaN too), else None.
     """
     ids = np.asarray(ids, dtype=np.int64)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     wanted_steps = None if steps is None else np.unique(np.asarray(list(steps), dtype=np.int64))
     if len(ids) == 0 or (wanted_steps is not None and len(wanted_steps) == 0):
-        return np.zeros(0, np.int64), np.zeros((0, len(ids))), np.zeros((0, len(ids)), bool)
-    if layout(tables) == "packed":
-        return _read_packed(conn, ids, wanted_steps)
-    return _read_rows(conn, ids, wanted_steps)
+        pieces = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros(0, np.int64))]
+    elif layout(tables) == "packed":
+        pieces = _packed_pieces(conn, ids, wanted_steps)
+    else:
+        pieces = _row_pieces(conn, ids, wanted_steps)
+    return _place(pieces, len(ids), with_present)
 
 
 def read_long(conn: sqlite3.Connection, ids: Sequence[int], steps: Sequence[int] | None = None
@@ -237,14 +241,45 @@ def read_long(conn: sqlite3.Connection, ids: Sequence[int], steps: Sequence[int]
     """``(step, series, value)`` arrays of every value written of series ``ids`` (ascending,
     unique) at ``steps`` (None: all), ordered by step, then series id."""
     ids = np.asarray(ids, dtype=np.int64)
-    step_values, values, present = read_matrix(conn, ids, steps)
-    rows, cols = np.nonzero(present)
+    step_values, values, present = read_matrix(conn, ids, steps, with_present=True)
+    rows, cols = np.nonzero(present)  # row-major: by step, then column
     return step_values[rows], ids[cols], values[rows, cols]
 
 
-def _read_rows(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The row-per-value layout (``scalars``, schema version 3 and before)."""
+def _columns(ids: np.ndarray, of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``of`` of the entries of ``ids`` found there, and the positions of those in ``ids``."""
+    sorter = np.argsort(of, kind="stable")
+    at = np.searchsorted(of, ids, sorter=sorter).clip(max=len(of) - 1)
+    found = np.flatnonzero(of[sorter[at]] == ids)
+    return found, sorter[at[found]]
+
+
+#: A piece of values to place: ``(steps, columns, values[len(steps), len(columns)], write order)``
+#: (rows of one piece have distinct steps; of two values at one place, the later write order wins).
+Piece = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _place(pieces: list[Piece], n_columns: int, with_present: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    step_values = np.unique(np.concatenate([p[0] for p in pieces])) if pieces else np.zeros(0, np.int64)
+    shape = (len(step_values), n_columns)
+    matrix = np.full(shape, np.nan, order="F")
+    present = np.zeros(shape, dtype=bool, order="F") if with_present else None
+    columns_seen = np.bincount(np.concatenate([p[1] for p in pieces]), minlength=n_columns) if pieces else []
+    written = np.full(shape, -1, dtype=np.int64, order="F") if (np.asarray(columns_seen) > 1).any() else None
+    for steps, cols, values, order in pieces:
+        at = (np.searchsorted(step_values, steps)[:, None], cols[None, :])
+        if written is not None:  # a series in several pieces: the value written last wins
+            newer = order[:, None] > written[at]
+            values = np.where(newer, values, matrix[at])
+            written[at] = np.maximum(written[at], order[:, None])
+        matrix[at] = values
+        if present is not None:
+            present[at] = True
+    return step_values, matrix, present
+
+
+def _row_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | None) -> list[Piece]:
+    """The row-per-value layout (``scalars``, schema version 3 and before): one piece per series."""
     where, args = [], []
     for column, vals in (("series", ids.tolist()), ("step", None if steps is None else steps.tolist())):
         cond, a = _in_list(column, vals)
@@ -252,41 +287,35 @@ def _read_rows(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | No
             where.append(cond)
             args += a
     sql = "SELECT step, series, value FROM scalars" + (" WHERE " + " AND ".join(where) if where else "")
-    rows = conn.execute(sql, args).fetchall()
-    arr = np.array(rows, dtype=float).reshape(-1, 3)  # NULL (a NaN) -> nan
+    sql += " ORDER BY series, step"
+    arr = np.array(conn.execute(sql, args).fetchall(), dtype=float).reshape(-1, 3)  # NULL (a NaN) -> nan
     step_col, series_col = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
-    keep = np.isin(series_col, ids)
-    if steps is not None:
-        keep &= np.isin(step_col, steps)
+    keep = np.isin(series_col, ids) & (np.isin(step_col, steps) if steps is not None else True)
     step_col, series_col, value_col = step_col[keep], series_col[keep], arr[keep, 2]
-    step_values, row_of = np.unique(step_col, return_inverse=True)
-    values = np.full((len(step_values), len(ids)), np.nan)
-    present = np.zeros(values.shape, dtype=bool)
-    cols = np.searchsorted(ids, series_col)
-    values[row_of, cols] = value_col
-    present[row_of, cols] = True
-    return step_values, values, present
+    pieces = []
+    bounds = np.flatnonzero(np.diff(series_col)) + 1
+    for part in np.split(np.arange(len(series_col)), bounds):
+        if len(part):
+            _, col = _columns(series_col[part[:1]], ids)
+            pieces.append((step_col[part], col, value_col[part][:, None], np.zeros(len(part), np.int64)))
+    return pieces
 
 
-def _read_packed(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The packed layout: read the rows of the groups holding any of ``ids``, decode, place."""
-    blocks = []  # (rowids, steps, columns in ids, values[rows, columns])
-    seen = np.zeros(len(ids), dtype=np.int64)  # groups holding each id
+def _packed_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | None) -> list[Piece]:
+    """The packed layout: the rows of the groups holding any of ``ids``, decoded, one piece per group."""
+    pieces = []
+    cond, args = _in_list("step", None if steps is None else steps.tolist())
+    wanted = None if steps is None or cond else set(steps.tolist())
     for group, blob in conn.execute("SELECT id, series FROM series_groups ORDER BY id").fetchall():
         group_ids = np.frombuffer(blob, dtype="<i8")
-        take = np.flatnonzero(np.isin(group_ids, ids))
+        take, cols = _columns(group_ids, ids)
         if len(take) == 0:
             continue
-        cols = np.searchsorted(ids, group_ids[take])
-        seen[cols] += 1
-        cond, args = _in_list("step", None if steps is None else steps.tolist())
         rows = conn.execute(
             "SELECT rowid, step, data FROM packed WHERE grp = ?" + (f" AND {cond}" if cond else "") + " ORDER BY step",
             [group, *args],
         ).fetchall()
-        if steps is not None and not cond:
-            wanted = set(steps.tolist())
+        if wanted is not None:
             rows = [r for r in rows if r[1] in wanted]
         if not rows:
             continue
@@ -296,22 +325,6 @@ def _read_packed(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | 
         for k, (_, _, data) in enumerate(rows):
             decoded = decode(data, n)
             values[k] = decoded if whole else decoded[take]
-        blocks.append((np.fromiter((r[0] for r in rows), np.int64, len(rows)),
-                       np.fromiter((r[1] for r in rows), np.int64, len(rows)), cols, values))
-    if not blocks:
-        return np.zeros(0, np.int64), np.zeros((0, len(ids))), np.zeros((0, len(ids)), bool)
-    step_values = np.unique(np.concatenate([b[1] for b in blocks]))
-    matrix = np.full((len(step_values), len(ids)), np.nan)
-    present = np.zeros(matrix.shape, dtype=bool)
-    overlapping = bool((seen > 1).any())  # an id in several groups: the row written last wins
-    written = np.full(matrix.shape, -1, dtype=np.int64) if overlapping else None
-    for rowids, block_steps, cols, values in blocks:
-        rows = np.searchsorted(step_values, block_steps)
-        if written is None:
-            matrix[rows[:, None], cols] = values
-        else:
-            newer = rowids[:, None] > written[rows[:, None], cols]
-            matrix[rows[:, None], cols] = np.where(newer, values, matrix[rows[:, None], cols])
-            written[rows[:, None], cols] = np.maximum(written[rows[:, None], cols], rowids[:, None])
-        present[rows[:, None], cols] = True
-    return step_values, matrix, present
+        pieces.append((np.fromiter((r[1] for r in rows), np.int64, len(rows)), cols, values,
+                       np.fromiter((r[0] for r in rows), np.int64, len(rows))))
+    return pieces

@@ -283,9 +283,9 @@ class Run:
         return df
 
     def _values(self, ids: np.ndarray, steps: Iterable[int] | None, *, wide: bool = False) -> tuple:
-        """The values of series ``ids`` (ascending) at ``steps`` (None: all), in either layout:
-        ``(step, series, value)`` arrays (:func:`gradsight.store.packed.read_long`), or with
-        ``wide`` ``(steps, values, present)`` (:func:`gradsight.store.packed.read_matrix`)."""
+        """The values of series ``ids`` at ``steps`` (None: all), in either layout: ``(step,
+        series, value)`` arrays (:func:`gradsight.store.packed.read_long`; ``ids`` ascending),
+        or with ``wide`` ``(steps, values, None)`` (:func:`gradsight.store.packed.read_matrix`)."""
         try:
             return (read_matrix if wide else read_long)(self._conn, ids, steps)
         except sqlite3.DatabaseError as exc:
@@ -342,18 +342,14 @@ class Run:
             return pd.DataFrame()
         ids = ids.sort_values(["depth", "name"], na_position="last").drop_duplicates("id")
         id_list = [int(i) for i in ids["id"]]
-        order = np.argsort(id_list, kind="stable")
-        sorted_ids = np.asarray(id_list, dtype=np.int64)[order]
         if steps is not None:
             steps = sorted({int(x) for x in steps})
             if not steps:
                 return pd.DataFrame(columns=list(ids["name"]))
-        step_values, values, _ = self._values(sorted_ids, steps, wide=True)
+        step_values, matrix, _ = self._values(np.asarray(id_list, dtype=np.int64), steps, wide=True)
         if not len(step_values):
             return pd.DataFrame(columns=list(ids["name"]))
-        matrix = np.empty_like(values)
-        matrix[:, order] = values
-        wide = pd.DataFrame(matrix, index=pd.Index(step_values, name="step"), columns=list(ids["name"]))
+        wide = pd.DataFrame(matrix, index=pd.Index(step_values, name="step"), columns=list(ids["name"]), copy=False)
         wide.columns.name = "name"
         return wide
 
