@@ -148,6 +148,21 @@ def tensorboard_side(pool: list[np.ndarray], tags: list[str], steps: int, max_va
             f"{n / seconds:,.0f} values/s")
 
 
+def value_table_bytes(run_dir: Path) -> int | None:
+    """Bytes of the pages of the tables holding the values (and their indexes), from SQLite's
+    ``dbstat`` (None where SQLite is built without it): the file less the run's metadata."""
+    import sqlite3
+
+    tables = ("packed", "series_groups", "scalars", "scalars_by_series", "sqlite_autoindex_packed_1")
+    try:
+        with sqlite3.connect((run_dir / DB_NAME).resolve().as_uri() + "?mode=ro", uri=True) as conn:
+            rows = conn.execute(f"SELECT SUM(pgsize) FROM dbstat WHERE name IN ({','.join('?' * len(tables))})",
+                                tables).fetchone()
+        return int(rows[0]) if rows and rows[0] is not None else None
+    except sqlite3.DatabaseError:
+        return None
+
+
 def read_times(run_dir: Path) -> dict[str, float]:
     out = {}
     with gs.open_run(run_dir) as run:
@@ -187,11 +202,14 @@ def main(argv: list[str] | None = None) -> int:
                     tags += ["model/grad_norm", "metric/loss"]
                     tb_line = tensorboard_side(pool, tags, shape.steps, args.tb_values, root / f"{name}_tb")
             size = (run_dir / DB_NAME).stat().st_size
+            value_bytes = value_table_bytes(run_dir)
             with gs.open_run(run_dir) as run:
                 version = run.meta.get("schema_version")
             reads = read_times(run_dir)
             print(f"{name}: {values:,} values, schema_version {version}, {size / 1e6:,.1f} MB: "
-                  f"{size / values:.2f} B/value; {values / seconds:,.0f} values/s ({rate_label}, {seconds:.1f} s)")
+                  f"{size / values:.2f} B/value"
+                  + (f" (value tables alone {value_bytes / values:.2f})" if value_bytes else "")
+                  + f"; {values / seconds:,.0f} values/s ({rate_label}, {seconds:.1f} s)")
             print("    read: " + ", ".join(f"{k} {v:.3f}" for k, v in reads.items()))
             if tb_line:
                 print("    " + tb_line)

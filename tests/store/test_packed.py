@@ -112,25 +112,39 @@ def test_values_read_back_exactly_and_the_last_write_of_a_value_wins(tmp_path):
             assert _same([wide.loc[step, name]], [v])
 
 
-def test_a_wide_level_is_stored_one_statistic_per_row(tmp_path):
-    names = [f"l{i}" for i in range(packed.SPLIT_MIN)]  # two statistics of a group each, and the rest
+@pytest.mark.parametrize("one_group", [True, False])
+def test_each_wide_statistic_is_a_segment_and_large_writes_several_groups(tmp_path, monkeypatch, one_group):
+    if not one_group:
+        monkeypatch.setattr(packed, "GROUP_MAX", packed.SEGMENT_MIN)
+    names = [f"l{i}" for i in range(packed.SEGMENT_MIN)]
     writer = StoreWriter(tmp_path / "run")
     series = _register(writer, names, ["a", "b"])
     series[(Level.MODEL, "", "a")] = len(series) + 1
     writer.add_series([(series[(Level.MODEL, "", "a")], Level.MODEL, "", "a")])
-    ids = np.array(list(series.values()))
+    ids = np.array(list(series.values()))[::-1].copy()  # any order
     for step in range(3):
-        writer.write_scalars(step, ids, np.arange(len(ids), dtype=np.float64) + step, 1.0)
+        writer.write_scalars(step, ids, ids * 10.0 + step, 1.0)
     writer.close()
     with closing(connect_readonly(tmp_path / "run")) as conn:
-        groups = [np.frombuffer(b, "<i8") for (b,) in conn.execute("SELECT series FROM series_groups ORDER BY id")]
+        groups = [(np.frombuffer(b, "<i8").tolist(), np.frombuffer(g, "<i4").tolist())
+                  for b, g in conn.execute("SELECT series, segments FROM series_groups ORDER BY id")]
         rows = conn.execute("SELECT COUNT(*) FROM packed").fetchone()[0]
     by_stat = [sorted(i for (lv, _, st), i in series.items() if lv == Level.LAYER and st == s) for s in "ab"]
-    assert [g.tolist() for g in groups] == by_stat + [[series[(Level.MODEL, "", "a")]]]
-    assert rows == 3 * 3
+    segments = by_stat + [[series[(Level.MODEL, "", "a")]]]
+    if one_group:  # one row per step, a segment per statistic and one for the rest
+        assert groups == [(sum(segments, []), [len(s) for s in segments])]
+    else:  # a group per segment
+        assert groups == [(s, [len(s)]) for s in segments]
+    assert rows == 3 * len(groups)
     with gs.open_run(tmp_path / "run") as run:
-        b = run.series("b")
-    assert b.to_numpy().tolist() == [[float(series[(Level.LAYER, n, "b")] - 1 + s) for n in names] for s in range(3)]
+        for stat in "ab":
+            wide = run.series(stat)
+            assert wide.to_numpy().tolist() == [[series[(Level.LAYER, n, stat)] * 10.0 + s for n in names]
+                                                for s in range(3)]
+        assert run.series("a", level=Level.MODEL).to_numpy().tolist() == [[len(series) * 10.0 + s] for s in range(3)]
+        frame = run.frame(name=names[:3] + [""], steps=[1, 2])
+    want = sorted((s, series[k]) for s in (1, 2) for k in series if k[1] in names[:3] + [""])
+    assert frame["value"].tolist() == [sid * 10.0 + s for s, sid in want]
 
 
 def test_a_closed_store_of_float32_values_takes_under_four_and_a_half_bytes_per_value(tmp_path):
@@ -169,11 +183,11 @@ def _as_schema_version_3(run_dir: Path) -> None:
     (NaN as NULL), from the store's own rows, not through the reader."""
     with closing(sqlite3.connect(run_dir / DB_NAME)) as conn:
         rows = []
-        for group, blob in conn.execute("SELECT id, series FROM series_groups ORDER BY id").fetchall():
-            ids = np.frombuffer(blob, "<i8").tolist()
-            for step, data in conn.execute("SELECT step, data FROM packed WHERE grp = ? ORDER BY rowid", (group,)):
-                values = packed.decode(data, len(ids)).tolist()
-                rows += [(step, i, None if math.isnan(v) else v) for i, v in zip(ids, values)]
+        for step, data, blob, segments in conn.execute(
+            "SELECT p.step, p.data, g.series, g.segments FROM packed p JOIN series_groups g ON g.id = p.grp ORDER BY p.rowid"
+        ):  # in the order written: a later value of a series at a step replaces the earlier one
+            values = packed.decode_row(data, np.frombuffer(segments, "<i4")).tolist()
+            rows += [(step, i, None if math.isnan(v) else v) for i, v in zip(np.frombuffer(blob, "<i8").tolist(), values)]
         conn.executescript(packed.ROW_SCHEMA)
         conn.executemany("INSERT OR REPLACE INTO scalars VALUES (?,?,?)", rows)
         conn.execute("DROP TABLE packed")

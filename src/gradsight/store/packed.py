@@ -1,12 +1,15 @@
 """How recorded values lie in the store: packed arrays (schema version 4), and the
 row-per-value ``scalars`` table of older stores (version 3 and before), read alike.
 
-A write of several series at one step (``Writer.write_scalars``) is split into
-*groups* of series: a statistic of one level with at least :data:`SPLIT_MIN` values in
-the write is a group (so one statistic of every layer of a wide model is read without
-the others); the rest of the write is one group. A group is a row of ``series_groups`` (its series
-ids, ascending: the series table gives the order); each write of a group at a step is
-one row of ``packed`` holding its values as one array:
+A write of several series at one step (``Writer.write_scalars``) is one row of
+``packed`` per *group* of series (a write of more than :data:`GROUP_MAX` values has
+several groups), its values split into *segments*: each statistic of a level with at
+least :data:`SEGMENT_MIN` values in the write is a segment (or several, of at most
+:data:`GROUP_MAX`), the rest of the write is one, so one statistic of every layer is
+decoded without the others. A ``series_groups`` row
+holds a group's series ids, segment by segment (ascending within each: the series table
+gives the order) and its segment lengths. ``packed.data`` starts with the end offset of
+each segment (uint32), then each segment as one byte of encoding and its values:
 
 - float32 where every value is exactly a float32 (what the recorder computes), with the
   positions and float64 values of the few that are not (a logged ``0.1``); float64 when
@@ -31,13 +34,14 @@ import numpy as np
 #: The tables of the packed layout (schema version 4 on).
 PACKED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS series_groups (
-    id     INTEGER PRIMARY KEY,
-    series BLOB NOT NULL             -- int64 little-endian series ids, ascending: the order of values in packed.data
+    id       INTEGER PRIMARY KEY,
+    series   BLOB NOT NULL,          -- int64 little-endian series ids, segment by segment: the order of the values
+    segments BLOB NOT NULL           -- int32 little-endian number of series of each segment
 );
 CREATE TABLE IF NOT EXISTS packed (
     grp  INTEGER NOT NULL REFERENCES series_groups(id),
     step INTEGER NOT NULL,
-    data BLOB NOT NULL,              -- one byte of encoding, then the values (see gradsight.store.packed)
+    data BLOB NOT NULL,              -- segment end offsets, then the segments (gradsight.store.packed)
     PRIMARY KEY (grp, step)
 );
 """
@@ -57,10 +61,16 @@ CREATE INDEX IF NOT EXISTS scalars_by_series ON scalars(series, step);
 PACKED_TABLES = ("packed", "series_groups")
 ROW_TABLES = ("scalars",)
 
-#: A statistic of one level with at least this many values in one write is a group of its
-#: own (a row of at least about 7 KB, which SQLite stores in full overflow pages); the
-#: other values of the write are one group.
-SPLIT_MIN = 2048
+#: A statistic of one level with at least this many values in one write is a segment of its own.
+SEGMENT_MIN = 256
+
+#: A group holds at most this many values (a longer segment is split): rows of at most
+#: about 4 KB fill the store's 64 KB pages with little room left over.
+GROUP_MAX = 1024
+
+#: SQLite page size of a store (set before it is created): rows of many sizes up to
+#: 4 KB pack into 64 KB pages with a few percent left over (into 4 KB pages, about 15%).
+PAGE_SIZE = 65536
 
 #: Series ids or steps passed to one query at most (SQLite allows 32,766 variables).
 MAX_SQL_VARS = 30_000
@@ -128,6 +138,28 @@ def decode(data: bytes, n: int) -> np.ndarray:
     raise ValueError(f"unknown encoding {kind} of packed values")
 
 
+def encode_row(values: np.ndarray, segments: Sequence[int]) -> bytes:
+    """A group's values (in its order) as ``packed.data``: the end offset of each segment
+    (uint32, after this header), then each segment :func:`encode`-d."""
+    ends = np.cumsum(segments)
+    parts = [encode(values[start:end]) for start, end in zip(np.concatenate([[0], ends[:-1]]), ends)]
+    offsets = np.cumsum([len(p) for p in parts]).astype("<u4")
+    return offsets.tobytes() + b"".join(parts)
+
+
+def decode_segment(data: bytes, segments: Sequence[int], k: int) -> np.ndarray:
+    """The float64 values of segment ``k`` of one ``packed.data``."""
+    header = 4 * len(segments)
+    offsets = np.frombuffer(data, dtype="<u4", count=len(segments))
+    start = header + (int(offsets[k - 1]) if k else 0)
+    return decode(data[start : header + int(offsets[k])], int(segments[k]))
+
+
+def decode_row(data: bytes, segments: Sequence[int]) -> np.ndarray:
+    """All float64 values of one ``packed.data``, in its group's order."""
+    return np.concatenate([decode_segment(data, segments, k) for k in range(len(segments))])
+
+
 # -- writing ----------------------------------------------------------------------------
 class PackedWriter:
     """Writes values in the packed layout through the writer thread's connection
@@ -136,8 +168,8 @@ class PackedWriter:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._series: dict[int, tuple[str | None, str | None]] = {}  # id -> (level, stat)
-        self._plans: dict[bytes, list[tuple[int, np.ndarray]]] = {}  # ids of a write -> (group, positions)
-        self._groups: dict[bytes, int] = {}  # a group's series ids -> its id
+        self._plans: dict[bytes, list[tuple[int, np.ndarray, list[int]]]] = {}  # ids of a write -> groups
+        self._groups: dict[tuple[bytes, bytes], int] = {}  # (series, segments) -> group id
 
     def write(self, step: int, ids: np.ndarray, values: np.ndarray) -> None:
         """The values of series ``ids`` at ``step`` (a later write of a series at a step replaces it)."""
@@ -151,28 +183,35 @@ class PackedWriter:
             plan = self._plans[key] = self._plan(ids)
         self._conn.executemany(
             "INSERT OR REPLACE INTO packed(grp, step, data) VALUES (?,?,?)",
-            [(group, step, encode(values[positions])) for group, positions in plan],
+            [(group, step, encode_row(values[positions], segments)) for group, positions, segments in plan],
         )
 
-    def _plan(self, ids: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Groups of one write: ``(group id, positions in the write)``, each group's ids ascending;
-        a series given twice keeps its last value."""
-        reversed_ids = ids[::-1]
-        unique, first_from_end = np.unique(reversed_ids, return_index=True)
+    def _plan(self, ids: np.ndarray) -> list[tuple[int, np.ndarray, list[int]]]:
+        """Groups of one write: ``(group id, positions in the write, segment lengths)``; a
+        series given twice keeps its last value."""
+        unique, first_from_end = np.unique(ids[::-1], return_index=True)
         positions = len(ids) - 1 - first_from_end  # ascending ids, last occurrence of each
         self._learn(unique)
-        level = np.array([str(self._series[int(i)][0]) for i in unique], dtype=object)
-        stat = np.array([str(self._series[int(i)][1]) for i in unique], dtype=object)
-        parts: list[np.ndarray] = []
-        rest = np.ones(len(unique), dtype=bool)
-        for lv, st in dict.fromkeys(zip(level.tolist(), stat.tolist())):
-            part = (level == lv) & (stat == st)
-            if part.sum() >= SPLIT_MIN:
-                parts.append(np.flatnonzero(part))
-                rest &= ~part
-        if rest.any():
-            parts.append(np.flatnonzero(rest))
-        return [(self._group(unique[part]), positions[part]) for part in parts]
+        keys = [self._series[int(i)] for i in unique]
+        by_key: dict[tuple, list[int]] = {}
+        for k, key in enumerate(keys):
+            by_key.setdefault(key, []).append(k)
+        parts = [np.array(v) for v in by_key.values() if len(v) >= SEGMENT_MIN]
+        rest = sorted(k for v in by_key.values() if len(v) < SEGMENT_MIN for k in v)
+        if rest:
+            parts.append(np.array(rest))
+        parts = [p[i : i + GROUP_MAX] for p in parts for i in range(0, len(p), GROUP_MAX)]
+        groups: list[list[np.ndarray]] = [[]]
+        for part in parts:
+            if groups[-1] and sum(map(len, groups[-1])) + len(part) > GROUP_MAX:
+                groups.append([])
+            groups[-1].append(part)
+        plan = []
+        for segments in groups:
+            order = np.concatenate(segments)
+            lengths = [len(p) for p in segments]
+            plan.append((self._group(unique[order], lengths), positions[order], lengths))
+        return plan
 
     def _learn(self, ids: np.ndarray) -> None:
         """Look up the level and statistic of series not seen yet (None for unregistered ids)."""
@@ -186,11 +225,11 @@ class PackedWriter:
             for i in chunk:
                 self._series[i] = found.get(i, (None, None))
 
-    def _group(self, ids: np.ndarray) -> int:
-        key = np.ascontiguousarray(ids, dtype="<i8").tobytes()
+    def _group(self, ids: np.ndarray, segments: list[int]) -> int:
+        key = (np.ascontiguousarray(ids, dtype="<i8").tobytes(), np.array(segments, dtype="<i4").tobytes())
         group = self._groups.get(key)
         if group is None:
-            group = self._conn.execute("INSERT INTO series_groups(series) VALUES (?)", (key,)).lastrowid
+            group = self._conn.execute("INSERT INTO series_groups(series, segments) VALUES (?,?)", key).lastrowid
             self._groups[key] = group
         return group
 
@@ -306,11 +345,18 @@ def _packed_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray 
     pieces = []
     cond, args = _in_list("step", None if steps is None else steps.tolist())
     wanted = None if steps is None or cond else set(steps.tolist())
-    for group, blob in conn.execute("SELECT id, series FROM series_groups ORDER BY id").fetchall():
+    for group, blob, segment_blob in conn.execute("SELECT id, series, segments FROM series_groups ORDER BY id"):
         group_ids = np.frombuffer(blob, dtype="<i8")
         take, cols = _columns(group_ids, ids)
         if len(take) == 0:
             continue
+        segments = np.frombuffer(segment_blob, dtype="<i4")
+        starts = np.concatenate([[0], np.cumsum(segments)[:-1]])
+        needed = np.unique(np.searchsorted(starts, take, side="right") - 1)
+        # positions of the wanted values within the needed segments, decoded one after another
+        offset_of = {int(k): o for k, o in zip(needed, np.concatenate([[0], np.cumsum(segments[needed])[:-1]]))}
+        segment_of = np.searchsorted(starts, take, side="right") - 1
+        pick = np.array([offset_of[int(k)] for k in segment_of]) + (take - starts[segment_of])
         rows = conn.execute(
             "SELECT rowid, step, data FROM packed WHERE grp = ?" + (f" AND {cond}" if cond else "") + " ORDER BY step",
             [group, *args],
@@ -319,12 +365,13 @@ def _packed_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray 
             rows = [r for r in rows if r[1] in wanted]
         if not rows:
             continue
-        n = len(group_ids)
+        n_needed = int(segments[needed].sum())
         values = np.empty((len(rows), len(take)))
-        whole = len(take) == n
+        in_order = n_needed == len(take) and np.array_equal(pick, np.arange(len(pick)))
         for k, (_, _, data) in enumerate(rows):
-            decoded = decode(data, n)
-            values[k] = decoded if whole else decoded[take]
+            decoded = np.concatenate([decode_segment(data, segments, int(j)) for j in needed]) if len(needed) > 1 \
+                else decode_segment(data, segments, int(needed[0]))
+            values[k] = decoded if in_order else decoded[pick]
         pieces.append((np.fromiter((r[1] for r in rows), np.int64, len(rows)), cols, values,
                        np.fromiter((r[0] for r in rows), np.int64, len(rows))))
     return pieces

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gradsight.store.packed import PackedWriter
+from gradsight.store.packed import PAGE_SIZE, PackedWriter
 from gradsight.store.schema import DB_NAME, SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ class StoreWriter:
     def _run(self, ready: threading.Event) -> None:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=2.0)
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL mode, which fixes it
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
