@@ -12,10 +12,11 @@ gives the order) and its segment lengths. ``packed.data`` starts with the end of
 each segment (uint32), then each segment as one byte of encoding and its values:
 
 - float32 where every value is exactly a float32 (what the recorder computes), with the
-  positions and float64 values of the few that are not (a logged ``0.1``); float64 when
-  those are many; NaN and +-inf as themselves; float32 arrays as byte planes (the first
-  byte of every value, then the second ...), so signs and exponents compress;
-- zlib-compressed when that makes it smaller (counts, zeros, repeated values).
+  positions and float64 values of the few that are not (a logged ``0.1``); float64
+  (zlib-compressed when that saves 3%) when those are many; NaN and +-inf as themselves;
+- float32 values as their four byte planes: a plane of equal bytes as one byte (the low
+  mantissa bytes of counts and zeros), the plane of signs and exponents zlib-compressed,
+  the mantissa bytes as they are.
 
 A later write of a series at a step replaces the earlier one, as ``INSERT OR REPLACE``
 did in the row-per-value layout: readers take the value of the row written last
@@ -75,59 +76,91 @@ PAGE_SIZE = 65536
 #: Series ids or steps passed to one query at most (SQLite allows 32,766 variables).
 MAX_SQL_VARS = 30_000
 
-# Encodings (the first byte of ``packed.data``); ZLIB is a flag on either.
-F32 = 1  # n float32 as 4 byte planes
-F32_EXCEPT = 2  # uint32 k, k uint32 positions, k float64 values, then n float32 as 4 byte planes
+# Encodings of a segment (its first byte).
+F32 = 1  # n float32 as byte planes (_planes)
+F32_EXCEPT = 2  # uint32 k, k uint32 positions, k float64 values, then n float32 as byte planes
 F64 = 3  # n float64
-ZLIB = 0x80
+F64_ZLIB = 4  # n float64, zlib-compressed
 
-#: Compressed data is kept when at most this fraction of the plain size.
+# How one byte plane of float32 values is stored (its first byte).
+_PLANE_CONSTANT = 0  # one byte: every value has it
+_PLANE_RAW = 1  # n bytes
+_PLANE_ZLIB = 2  # uint32 length, then the n bytes zlib-compressed
+
+#: Compressed bytes are kept when at most this fraction of the plain size.
 _KEEP_COMPRESSED = 0.97
 
 
 # -- encoding ---------------------------------------------------------------------------
 def encode(values: np.ndarray) -> bytes:
-    """One group's values (float64, in the group's order) as ``packed.data``; exact:
-    :func:`decode` gives back the same float64 values (any NaN as NaN)."""
+    """One segment's values (float64) as bytes; exact: :func:`decode` gives back the same
+    float64 values (any NaN as NaN, the sign of zero kept)."""
     values = np.asarray(values, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         f32 = values.astype("<f4")
         inexact = np.flatnonzero((f32.astype(np.float64) != values) & ~np.isnan(values))
     k = len(inexact)
     if k == 0:
-        kind, payload = F32, _planes(f32)
-    elif 4 + 12 * k < 4 * len(values):
-        kind = F32_EXCEPT
-        payload = b"".join((struct.pack("<I", k), inexact.astype("<u4").tobytes(),
-                            values[inexact].astype("<f8").tobytes(), _planes(f32)))
-    else:
-        kind, payload = F64, values.astype("<f8").tobytes()
-    packed = zlib.compress(payload, 1)
-    if len(packed) <= _KEEP_COMPRESSED * len(payload):
-        return bytes((kind | ZLIB,)) + packed
-    return bytes((kind,)) + payload
+        return bytes((F32,)) + _planes(f32)
+    if 4 + 12 * k < 4 * len(values):
+        return b"".join((bytes((F32_EXCEPT,)), struct.pack("<I", k), inexact.astype("<u4").tobytes(),
+                         values[inexact].astype("<f8").tobytes(), _planes(f32)))
+    plain = values.astype("<f8").tobytes()
+    packed = zlib.compress(plain, 1)
+    if len(packed) <= _KEEP_COMPRESSED * len(plain):
+        return bytes((F64_ZLIB,)) + packed
+    return bytes((F64,)) + plain
 
 
 def _planes(f32: np.ndarray) -> bytes:
-    """float32 values as 4 byte planes (the first bytes of all values, then the second ...):
-    the planes of signs and exponents compress well, the low mantissa bytes do not."""
-    return f32.view(np.uint8).reshape(-1, 4).T.tobytes()
+    """float32 values as their 4 byte planes, lowest byte first: a plane whose bytes are all
+    equal (the low mantissa bytes of counts and zeros) as one byte, the plane of signs and
+    exponents zlib-compressed when that saves 3%, the others as they are (mantissa bytes of
+    measured values are noise: compressing them costs time and saves nothing)."""
+    out = []
+    for p, plane in enumerate(f32.view(np.uint8).reshape(-1, 4).T):
+        raw = plane.tobytes()
+        if len(raw) and raw.count(raw[:1]) == len(raw):
+            out.append(bytes((_PLANE_CONSTANT,)) + raw[:1])
+            continue
+        if p == 3:
+            packed = zlib.compress(raw, 1)
+            if len(packed) <= _KEEP_COMPRESSED * len(raw):
+                out.append(bytes((_PLANE_ZLIB,)) + struct.pack("<I", len(packed)) + packed)
+                continue
+        out.append(bytes((_PLANE_RAW,)) + raw)
+    return b"".join(out)
 
 
 def _from_planes(payload: bytes, n: int, offset: int = 0) -> np.ndarray:
-    planes = np.frombuffer(payload, dtype=np.uint8, count=4 * n, offset=offset).reshape(4, n)
-    return planes.T.copy().view("<f4").reshape(n).astype(np.float64)
+    """The float64 values of :func:`_planes` bytes at ``offset`` of ``payload``."""
+    planes = np.empty((n, 4), dtype=np.uint8)
+    for p in range(4):
+        mode = payload[offset]
+        offset += 1
+        if mode == _PLANE_CONSTANT:
+            planes[:, p] = payload[offset]
+            offset += 1
+        elif mode == _PLANE_RAW:
+            planes[:, p] = np.frombuffer(payload, dtype=np.uint8, count=n, offset=offset)
+            offset += n
+        elif mode == _PLANE_ZLIB:
+            (length,) = struct.unpack_from("<I", payload, offset)
+            planes[:, p] = np.frombuffer(zlib.decompress(payload[offset + 4 : offset + 4 + length]), dtype=np.uint8)
+            offset += 4 + length
+        else:
+            raise ValueError(f"unknown byte plane encoding {mode} of packed values")
+    return planes.view("<f4").reshape(n).astype(np.float64)
 
 
 def decode(data: bytes, n: int) -> np.ndarray:
-    """The ``n`` float64 values of one ``packed.data``."""
-    kind = data[0]
-    payload = zlib.decompress(data[1:]) if kind & ZLIB else data[1:]
-    kind &= ~ZLIB
+    """The ``n`` float64 values of one :func:`encode`-d segment."""
+    kind, payload = data[0], data[1:]
     if kind == F32:
         return _from_planes(payload, n)
-    if kind == F64:
-        return np.frombuffer(payload, dtype="<f8", count=n).astype(np.float64)
+    if kind in (F64, F64_ZLIB):
+        plain = zlib.decompress(payload) if kind == F64_ZLIB else payload
+        return np.frombuffer(plain, dtype="<f8", count=n).astype(np.float64)
     if kind == F32_EXCEPT:
         (k,) = struct.unpack_from("<I", payload)
         positions = np.frombuffer(payload, dtype="<u4", count=k, offset=4)
