@@ -51,6 +51,19 @@ def test_encode_decode_is_exact(values):
     assert _same(packed.decode(data, len(values)), values)
 
 
+def test_decoding_many_segments_at_once_is_decoding_each():
+    rng = np.random.default_rng(0)
+    n = 40
+    arrays = [rng.lognormal(size=n).astype(np.float32), np.zeros(n), np.arange(n, dtype=float),
+              np.where(np.arange(n) == 3, 0.1, 1.5), rng.normal(size=n), np.full(n, math.nan),
+              np.array((SPECIAL + NOT_FLOAT32) * 3)[:n]]
+    data = [packed.encode(np.asarray(a, dtype=np.float64)) for a in arrays]
+    assert {d[0] for d in data} >= {packed.F32, packed.F32_EXCEPT, packed.F64}
+    many = packed.decode_many(data, n)
+    for row, d, a in zip(many, data, arrays):
+        assert _same(row, packed.decode(d, n)) and _same(row, a)
+
+
 def test_float32_values_take_four_bytes_or_less_and_others_their_float64():
     f32 = np.random.default_rng(0).lognormal(size=1000).astype(np.float32).astype(np.float64)
     assert len(packed.encode(f32)) <= 1 + 4 * len(f32)

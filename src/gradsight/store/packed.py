@@ -85,7 +85,7 @@ F64_ZLIB = 4  # n float64, zlib-compressed
 # How one byte plane of float32 values is stored (its first byte).
 _PLANE_CONSTANT = 0  # one byte: every value has it
 _PLANE_RAW = 1  # n bytes
-_PLANE_ZLIB = 2  # uint32 length, then the n bytes zlib-compressed
+_PLANE_ZLIB = 2  # uint32 length, then the n bytes compressed (raw deflate: zlib without header and checksum)
 
 #: Compressed bytes are kept when at most this fraction of the plain size.
 _KEEP_COMPRESSED = 0.97
@@ -124,7 +124,8 @@ def _planes(f32: np.ndarray) -> bytes:
             out.append(bytes((_PLANE_CONSTANT,)) + raw[:1])
             continue
         if p == 3:
-            packed = zlib.compress(raw, 1)
+            deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
+            packed = deflate.compress(raw) + deflate.flush()
             if len(packed) <= _KEEP_COMPRESSED * len(raw):
                 out.append(bytes((_PLANE_ZLIB,)) + struct.pack("<I", len(packed)) + packed)
                 continue
@@ -134,23 +135,70 @@ def _planes(f32: np.ndarray) -> bytes:
 
 def _from_planes(payload: bytes, n: int, offset: int = 0) -> np.ndarray:
     """The float64 values of :func:`_planes` bytes at ``offset`` of ``payload``."""
-    planes = np.empty((n, 4), dtype=np.uint8)
-    for p in range(4):
+    view = memoryview(payload)
+    planes = []
+    for _ in range(4):
         mode = payload[offset]
-        offset += 1
         if mode == _PLANE_CONSTANT:
-            planes[:, p] = payload[offset]
-            offset += 1
+            planes.append(bytes(payload[offset + 1 : offset + 2]) * n)
+            offset += 2
         elif mode == _PLANE_RAW:
-            planes[:, p] = np.frombuffer(payload, dtype=np.uint8, count=n, offset=offset)
-            offset += n
+            planes.append(view[offset + 1 : offset + 1 + n])
+            offset += 1 + n
         elif mode == _PLANE_ZLIB:
-            (length,) = struct.unpack_from("<I", payload, offset)
-            planes[:, p] = np.frombuffer(zlib.decompress(payload[offset + 4 : offset + 4 + length]), dtype=np.uint8)
-            offset += 4 + length
+            (length,) = struct.unpack_from("<I", payload, offset + 1)
+            planes.append(zlib.decompress(view[offset + 5 : offset + 5 + length], -15))
+            offset += 5 + length
         else:
             raise ValueError(f"unknown byte plane encoding {mode} of packed values")
-    return planes.view("<f4").reshape(n).astype(np.float64)
+    by_plane = np.frombuffer(b"".join(planes), dtype=np.uint8).reshape(4, n)
+    return by_plane.T.copy().view("<f4").reshape(n).astype(np.float64)
+
+
+def _planes_into(payload: bytes, n: int, offset: int, out: np.ndarray) -> None:
+    """Fill ``out`` (uint8 ``[4, n]``) with the byte planes of :func:`_planes` bytes at ``offset``."""
+    for p in range(4):
+        mode = payload[offset]
+        if mode == _PLANE_CONSTANT:
+            out[p] = payload[offset + 1]
+            offset += 2
+        elif mode == _PLANE_RAW:
+            out[p] = np.frombuffer(payload, dtype=np.uint8, count=n, offset=offset + 1)
+            offset += 1 + n
+        elif mode == _PLANE_ZLIB:
+            (length,) = struct.unpack_from("<I", payload, offset + 1)
+            out[p] = np.frombuffer(zlib.decompress(payload[offset + 5 : offset + 5 + length], -15), dtype=np.uint8)
+            offset += 5 + length
+        else:
+            raise ValueError(f"unknown byte plane encoding {mode} of packed values")
+
+
+def decode_many(segments_data: Sequence[bytes], n: int) -> np.ndarray:
+    """float64 ``[len(segments_data), n]``: :func:`decode` of each, the float32 ones in one pass."""
+    out = np.empty((len(segments_data), n))
+    planes = np.empty((len(segments_data), 4, n), dtype=np.uint8)
+    f32 = np.zeros(len(segments_data), dtype=bool)
+    exceptions = []
+    for r, data in enumerate(segments_data):
+        kind = data[0]
+        if kind == F32:
+            _planes_into(data, n, 1, planes[r])
+            f32[r] = True
+        elif kind == F32_EXCEPT:
+            (k,) = struct.unpack_from("<I", data, 1)
+            _planes_into(data, n, 5 + 12 * k, planes[r])
+            f32[r] = True
+            exceptions.append((r, np.frombuffer(data, dtype="<u4", count=k, offset=5),
+                               np.frombuffer(data, dtype="<f8", count=k, offset=5 + 4 * k)))
+        else:
+            out[r] = decode(data, n)
+    if f32.all():
+        out[:] = planes.transpose(0, 2, 1).copy().view("<f4").reshape(len(segments_data), n)
+    elif f32.any():
+        out[f32] = planes[f32].transpose(0, 2, 1).copy().view("<f4").reshape(int(f32.sum()), n)
+    for r, positions, exact in exceptions:
+        out[r, positions] = exact
+    return out
 
 
 def decode(data: bytes, n: int) -> np.ndarray:
@@ -180,12 +228,16 @@ def encode_row(values: np.ndarray, segments: Sequence[int]) -> bytes:
     return offsets.tobytes() + b"".join(parts)
 
 
+def segment_bytes(data: bytes, n_segments: int, k: int) -> memoryview:
+    """Segment ``k`` of one ``packed.data`` (of ``n_segments``), as :func:`encode` gave it."""
+    header = 4 * n_segments
+    start = header + (struct.unpack_from("<I", data, 4 * (k - 1))[0] if k else 0)
+    return memoryview(data)[start : header + struct.unpack_from("<I", data, 4 * k)[0]]
+
+
 def decode_segment(data: bytes, segments: Sequence[int], k: int) -> np.ndarray:
     """The float64 values of segment ``k`` of one ``packed.data``."""
-    header = 4 * len(segments)
-    offsets = np.frombuffer(data, dtype="<u4", count=len(segments))
-    start = header + (int(offsets[k - 1]) if k else 0)
-    return decode(data[start : header + int(offsets[k])], int(segments[k]))
+    return decode(segment_bytes(data, len(segments), k), int(segments[k]))
 
 
 def decode_row(data: bytes, segments: Sequence[int]) -> np.ndarray:
@@ -339,7 +391,14 @@ def _place(pieces: list[Piece], n_columns: int, with_present: bool) -> tuple[np.
     columns_seen = np.bincount(np.concatenate([p[1] for p in pieces]), minlength=n_columns) if pieces else []
     written = np.full(shape, -1, dtype=np.int64, order="F") if (np.asarray(columns_seen) > 1).any() else None
     for steps, cols, values, order in pieces:
-        at = (np.searchsorted(step_values, steps)[:, None], cols[None, :])
+        rows = np.searchsorted(step_values, steps)
+        if written is None and len(rows) == len(step_values) and len(cols) and cols[-1] - cols[0] == len(cols) - 1 \
+                and (np.diff(cols) == 1).all():  # every step, adjacent columns: a block copy
+            matrix[:, cols[0] : cols[-1] + 1] = values
+            if present is not None:
+                present[:, cols[0] : cols[-1] + 1] = True
+            continue
+        at = (rows[:, None], cols[None, :])
         if written is not None:  # a series in several pieces: the value written last wins
             newer = order[:, None] > written[at]
             values = np.where(newer, values, matrix[at])
@@ -376,8 +435,11 @@ def _row_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | N
 def _packed_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | None) -> list[Piece]:
     """The packed layout: the rows of the groups holding any of ``ids``, decoded, one piece per group."""
     pieces = []
-    cond, args = _in_list("step", None if steps is None else steps.tolist())
-    wanted = None if steps is None or cond else set(steps.tolist())
+    if steps is not None and len(steps) > 1000 and steps[-1] - steps[0] < 16 * len(steps):
+        cond, args = "step BETWEEN ? AND ?", [int(steps[0]), int(steps[-1])]  # a dense range: one index scan
+    else:
+        cond, args = _in_list("step", None if steps is None else steps.tolist())
+    wanted = None if steps is None or cond.startswith("step IN") else set(steps.tolist())
     for group, blob, segment_blob in conn.execute("SELECT id, series, segments FROM series_groups ORDER BY id"):
         group_ids = np.frombuffer(blob, dtype="<i8")
         take, cols = _columns(group_ids, ids)
@@ -398,13 +460,11 @@ def _packed_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray 
             rows = [r for r in rows if r[1] in wanted]
         if not rows:
             continue
-        n_needed = int(segments[needed].sum())
-        values = np.empty((len(rows), len(take)))
-        in_order = n_needed == len(take) and np.array_equal(pick, np.arange(len(pick)))
-        for k, (_, _, data) in enumerate(rows):
-            decoded = np.concatenate([decode_segment(data, segments, int(j)) for j in needed]) if len(needed) > 1 \
-                else decode_segment(data, segments, int(needed[0]))
-            values[k] = decoded if in_order else decoded[pick]
+        decoded = [decode_many([segment_bytes(r[2], len(segments), int(j)) for r in rows], int(segments[j]))
+                   for j in needed]
+        values = decoded[0] if len(decoded) == 1 else np.concatenate(decoded, axis=1)
+        if not (values.shape[1] == len(take) and np.array_equal(pick, np.arange(len(pick)))):
+            values = values[:, pick]
         pieces.append((np.fromiter((r[1] for r in rows), np.int64, len(rows)), cols, values,
                        np.fromiter((r[0] for r in rows), np.int64, len(rows))))
     return pieces
