@@ -11,8 +11,9 @@ Four runs, each written, closed, measured and deleted in turn:
 
 Synthetic values are float32 gradient-like numbers (log-normal over layers, drifting over
 steps), as the recorder produces them. Printed per run: values written, bytes per value of
-the closed store (file size / values), writer values/s (first value queued to ``close()``
-returned), and read times: ``Run.series`` of one statistic of every layer over all steps and
+the closed store (file size / values; and of the tables holding the values alone, without
+the run's metadata, where SQLite has ``dbstat``), writer values/s (first value queued to
+``close()`` returned; ``small``: values over the whole recorded training loop), and read times: ``Run.series`` of one statistic of every layer over all steps and
 over the last 10,000, ``layer_matrix`` with its default step sample, ``Run.frame`` of one
 statistic. With ``tensorboard`` installed, the same values of the first steps (up to
 ``--tb-values``) are also written as TensorBoard event files (``SummaryWriter.add_scalar``,
