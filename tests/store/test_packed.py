@@ -127,8 +127,7 @@ def test_values_read_back_exactly_and_the_last_write_of_a_value_wins(tmp_path):
 
 @pytest.mark.parametrize("one_group", [True, False])
 def test_each_wide_statistic_is_a_segment_and_large_writes_several_groups(tmp_path, monkeypatch, one_group):
-    if not one_group:
-        monkeypatch.setattr(packed, "GROUP_MAX", packed.SEGMENT_MIN)
+    monkeypatch.setattr(packed, "GROUP_MAX", 2 * packed.SEGMENT_MIN + 1 if one_group else packed.SEGMENT_MIN)
     names = [f"l{i}" for i in range(packed.SEGMENT_MIN)]
     writer = StoreWriter(tmp_path / "run")
     series = _register(writer, names, ["a", "b"])

@@ -66,12 +66,13 @@ ROW_TABLES = ("scalars",)
 SEGMENT_MIN = 256
 
 #: A group holds at most this many values (a longer segment is split): rows of at most
-#: about 4 KB fill the store's 64 KB pages with little room left over.
-GROUP_MAX = 1024
+#: about 2 KB fill the store's 16 KB pages with little room left over.
+GROUP_MAX = 512
 
-#: SQLite page size of a store (set before it is created): rows of many sizes up to
-#: 4 KB pack into 64 KB pages with a few percent left over (into 4 KB pages, about 15%).
-PAGE_SIZE = 65536
+#: SQLite page size of a store (set before it is created). Rows of many sizes up to 2 KB
+#: leave a few percent of a 16 KB page over (of 4 KB pages, about 15%); 64 KB pages would
+#: save a few percent more on long runs but make every small store about 1 MB.
+PAGE_SIZE = 16384
 
 #: Series ids or steps passed to one query at most (SQLite allows 32,766 variables).
 MAX_SQL_VARS = 30_000

@@ -12,12 +12,10 @@ import numpy as np
 import pandas as pd
 
 from gradsight._errors import RunError
-from gradsight.store.packed import PACKED_TABLES, layout, read_long, read_matrix
+from gradsight.store.packed import MAX_SQL_VARS, PACKED_TABLES, layout, read_long, read_matrix
 from gradsight.store.roles import as_roles, row_roles
 from gradsight.store.schema import DB_NAME, Kind, Level
 
-#: Series ids passed to one query at most (SQLite allows 32,766 variables).
-_MAX_SQL_IDS = 30_000
 _REQUIRED_TABLES = {"meta", "params", "layers", "series", "steps"}  # and the values' (packed.layout)
 
 #: ``depths(level, name, depth)``: the depth of a name at a series level ('layer',
@@ -246,7 +244,7 @@ class Run:
             steps = st
         if roles is not None:  # read only the series of names with these roles
             ids = self._series_ids_with_roles(roles)
-            if len(ids) <= _MAX_SQL_IDS:  # beyond SQLite's variable limit, filter after reading
+            if len(ids) <= MAX_SQL_VARS:  # beyond SQLite's variable limit, filter after reading
                 where.append(f"se.id IN ({','.join('?' * len(ids))})")
                 args.extend(ids)
         sql = f"""
