@@ -2,7 +2,8 @@
 
 Every case trains a small network from random initialization for a few steps on
 random data, recorded with :func:`gradsight.watch` (with the optimizer, so update
-ratios are recorded, and with activation statistics unless the case says otherwise),
+ratios are recorded, with histograms and precision headroom every 4th step, and with
+activation statistics unless the case says otherwise),
 then runs :func:`gradsight.diagnose` on the run. A healthy case passes when no
 finding is ``warning`` or worse; a sick case passes when every expected code is
 among the findings at ``warning`` or worse. A case whose recording or diagnosis
@@ -262,6 +263,15 @@ def _fp16_overflow() -> Training:
                     scaler=scaler, autocast=torch.float16)
 
 
+def _fp16_underflow() -> Training:
+    model = _mlp([32, 64, 64, 1], nn.ReLU)
+    # a small loss (a sum of many terms averaged, a tiny regularizer, ...) under a loss
+    # scale of 1 that never grows: most gradient elements are below fp16's range
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0, growth_interval=1000)
+    return Training(model, torch.optim.SGD(model.parameters(), lr=0.01), _regression(32),
+                    lambda m, x, y: _mse(m, x, y) * 1e-6, steps=12, scaler=scaler, autocast=torch.float16)
+
+
 class _GatedBlock(nn.Module):
     """``x + gate * branch(x)``; the gate is a buffer, so it never learns."""
 
@@ -319,6 +329,9 @@ CASES: list[Case] = [
     Case("fp16_overflow", SICK, _codes("amp_skipped_steps"), _fp16_overflow,
          "fp16 autocast with a GradScaler whose initial scale (2^24) overflows the fp16 gradients: the scaler "
          "skips 8 of 12 steps while it halves the scale"),
+    Case("fp16_underflow", SICK, _codes("amp_underflow"), _fp16_underflow,
+         "fp16 autocast with a GradScaler kept at scale 1 and a loss 10^6 times smaller than the MSE: most "
+         "gradient elements are below half fp16's smallest subnormal and become 0"),
     Case("idle_branch", SICK, _codes("idle_branch"), _idle_branch,
          "a residual MLP whose middle block multiplies its branch by a fixed 0: the block does nothing "
          "and can never learn to"),
@@ -333,7 +346,7 @@ def record(training: Training, run_dir: Path, name: str) -> None:
     gen = torch.Generator().manual_seed(0)
     model.train()
     with gs.watch(model, run_dir, optimizer=optimizer, scaler=scaler, activations=training.activations,
-                  overwrite=True, name=name) as monitor:
+                  histograms=4, overwrite=True, name=name) as monitor:
         for _ in range(training.steps):
             x, y = training.batch(gen)
             with _autocast(training.autocast):

@@ -175,7 +175,7 @@ def test_info_ranks_weighted_layers_and_the_head_by_default_and_every_role_on_re
 
 def test_info_of_a_statistic_that_was_not_recorded_is_one_error_line(capsys, normed_run):
     assert main(["info", str(normed_run), "--stat", "nope"]) == 2
-    _assert_one_error_line(capsys.readouterr().err, contains="no layer statistic 'nope'")
+    _assert_one_error_line(capsys.readouterr().err, contains="has no statistic 'nope' at level 'layer'")
 
 
 def test_export_filters_by_role(normed_run, tmp_path):

@@ -60,7 +60,8 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 def train(model: nn.Module, monitored: nn.Module, run_dir: Path, rank: int, world: int, distributed) -> None:
     """``STEPS`` SGD steps of ``model`` on this rank's shard of each global batch."""
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
-    with gs.watch(monitored, run_dir, optimizer=optimizer, backend="eager", distributed=distributed) as monitor:
+    with gs.watch(monitored, run_dir, optimizer=optimizer, backend="eager", distributed=distributed,
+                  histograms=2) as monitor:
         for step in range(STEPS):
             x, y = batch(step)
             shard = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)

@@ -74,6 +74,16 @@ def test_rank0_records_the_global_batch(runs, case):
 
 
 @pytest.mark.parametrize("case", ["ddp", "fsdp"])
+def test_histograms_are_those_of_the_global_gradient(runs, case):
+    for level in ("layer", "model"):
+        want = gs.open_run(runs / "reference").histograms(level=level)
+        got = gs.open_run(runs / f"{case}-rank0").histograms(level=level)
+        assert not want.empty and got.equals(want)
+    headroom = {(level, stat) for _, level, _, stat in _values(runs / "reference")}
+    assert ("param", "fp8e4m3_underflow") in headroom  # compared number for number above
+
+
+@pytest.mark.parametrize("case", ["ddp", "fsdp"])
 def test_only_rank0_writes_the_store(runs, case):
     assert not (runs / f"{case}-rank1").exists()
     run = gs.open_run(runs / f"{case}-rank0")

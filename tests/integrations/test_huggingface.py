@@ -168,3 +168,12 @@ def test_without_clipping_grad_clip_says_none(tmp_path):
     assert run.config["grad_clip"] == {"post_clip": False, "max_norm": None}
     assert run.steps() == list(range(STEPS))
     assert "clip_grad_norm_" not in vars(trainer.accelerator)
+
+
+def test_histograms_are_passed_to_the_monitor(tmp_path):
+    trainer = _trainer(tmp_path, max_grad_norm=0.0, report_to=[])
+    GradFlowCallback.attach(trainer, tmp_path / "run", backend="eager", histograms=2)
+    trainer.train()
+    run = gs.open_run(tmp_path / "run")
+    assert sorted(set(run.histograms(level="model").step)) == [0, 2]
+    assert set(run.frame(level="model", stat="fp16_underflow").step) == {0, 2}

@@ -138,3 +138,35 @@ def test_a_failing_listener_never_reaches_the_training_loop(tmp_path, caplog):
     assert calls == [0, 1]
     assert sum("listener bug" in r.getMessage() for r in caplog.records) == 1
     assert gs.open_run(tmp_path / "run").steps() == [0, 1]
+
+
+def _log2_events(acc, tag) -> dict[int, dict[int, int]]:
+    """``{step: {bucket: count}}`` of a log2 histogram tag (bucket limit e + 1 holds bucket e)."""
+    out = {}
+    for ev in acc.Histograms(tag):
+        h = ev.histogram_value
+        out[ev.step] = {int(lim) - 1: int(c) for lim, c in zip(h.bucket_limit, h.bucket) if c}
+    return out
+
+
+def _log2_stored(run_dir, level, name) -> dict[int, dict[int, int]]:
+    df = gs.open_run(run_dir).histograms(level=level, name=name)
+    return {int(s): dict(zip(g.log2_bucket.tolist(), g["count"].tolist())) for s, g in df.groupby("step")}
+
+
+def test_log2_histograms_exported_and_written_live(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    with gs.watch(model, tmp_path / "run", histograms=2) as monitor:
+        live(monitor, tmp_path / "live", flush_secs=1)
+        for _ in range(4):
+            model.zero_grad()
+            (model(torch.randn(8, 4)).pow(2).mean() * 1e-3).backward()
+            monitor.step()
+    export_tensorboard(tmp_path / "run", tmp_path / "export")
+    for log_dir in ("live", "export"):
+        acc = _read(tmp_path / log_dir)
+        assert {"grad_log2_abs/0", "grad_log2_abs/2", "grad_log2_abs/model"} <= set(acc.Tags()["histograms"])
+        for tag, key in [("grad_log2_abs/0", ("layer", "0")), ("grad_log2_abs/model", ("model", ""))]:
+            got = _log2_events(acc, tag)
+            assert got == _log2_stored(tmp_path / "run", *key) and set(got) == {0, 2}

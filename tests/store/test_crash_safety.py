@@ -20,6 +20,9 @@ from torch import nn
 import gradsight as gs
 from tests.store.helpers import integrity, store_files
 
+#: The gradsight under test, for the child (which runs in another directory).
+SOURCE_ROOT = str(Path(gs.__file__).resolve().parents[1])
+
 pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL"), pytest.mark.timeout(120)]
 
 #: Seconds to wait for the child to start and record (importing torch takes a few).
@@ -67,7 +70,7 @@ class Child:
 
     def __init__(self, script: str, *args: str, cwd: Path) -> None:
         self.stderr_path = cwd / "child.stderr"
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=SOURCE_ROOT)
         with open(self.stderr_path, "w") as stderr:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", script, *args],
@@ -147,13 +150,9 @@ def killed_run(_killed_run_original, tmp_path) -> Path:
     return Path(shutil.copytree(_killed_run_original, tmp_path / "run"))
 
 
-def _data_files(files: dict[str, str]) -> dict[str, str]:
-    """The database and its WAL; the -shm (SQLite's shared-memory index) is rebuilt by readers."""
-    return {name: digest for name, digest in files.items() if not name.endswith("-shm")}
-
-
 def test_killed_after_recording_keeps_every_step_committed_by_the_timer(killed_run):
-    assert sorted(store_files(killed_run)) == ["gradsight.sqlite", "gradsight.sqlite-shm", "gradsight.sqlite-wal"]
+    assert sorted(store_files(killed_run)) == [
+        "gradsight.sqlite", "gradsight.sqlite-reserve", "gradsight.sqlite-shm", "gradsight.sqlite-wal"]
     assert integrity(killed_run) == ["ok"]
     with gs.open_run(killed_run) as run:
         assert run.status == "running"
@@ -168,28 +167,29 @@ def test_killed_after_recording_keeps_every_step_committed_by_the_timer(killed_r
         assert rows_per_step.nunique() == 1
 
 
-def test_reading_a_killed_run_never_changes_its_database_or_wal(killed_run):
+def test_reading_a_killed_run_never_changes_its_files(killed_run):
     before = store_files(killed_run)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in killed_run.iterdir()}
     for _ in range(2):
         with gs.open_run(killed_run) as run:
             steps = run.steps()
             run.frame(), run.params(), run.layers(), run.metrics()
-        after = store_files(killed_run)
-        # Byte-identical database and WAL, no file added or removed; a reader may only
-        # rewrite the -shm index (it rebuilds it after a crash).
-        assert _data_files(after) == _data_files(before)
-        assert set(after) == set(before)
+        # Byte-identical database, WAL and -shm index (opened read-only), no file added or removed.
+        assert store_files(killed_run) == before
+        assert {p.name: p.stat().st_mtime_ns for p in killed_run.iterdir()} == mtimes
     assert steps == list(range(KILLED_RUN_STEPS))
 
-    # Even without the -shm (e.g. the store was copied without it), reading adds at most a -shm.
+
+def test_reading_a_killed_run_copied_without_its_shm_adds_only_the_shm(killed_run):
+    """The documented exception: SQLite rebuilds a missing -shm index of a WAL with content."""
     (killed_run / "gradsight.sqlite-shm").unlink()
     before = store_files(killed_run)
     with gs.open_run(killed_run) as run:
         assert run.steps() == list(range(KILLED_RUN_STEPS))
         run.frame()
     after = store_files(killed_run)
-    assert _data_files(after) == _data_files(before)
-    assert set(after) - set(before) <= {"gradsight.sqlite-shm"}
+    assert {n: d for n, d in after.items() if not n.endswith("-shm")} == before
+    assert set(after) - set(before) == {"gradsight.sqlite-shm"}
 
 
 def test_killed_mid_stream_keeps_a_contiguous_prefix_of_steps(tmp_path, spawn):

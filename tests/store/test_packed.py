@@ -159,6 +159,25 @@ def test_each_wide_statistic_is_a_segment_and_large_writes_several_groups(tmp_pa
     assert frame["value"].tolist() == [sid * 10.0 + s for s, sid in want]
 
 
+def test_writes_after_a_rolled_back_transaction_keep_their_groups(tmp_path):
+    """The writer rolls a batch back when the store fails and writes it again later."""
+    writer = StoreWriter(tmp_path / "run")
+    series = _register(writer, ["x", "y"], ["a"])
+    writer.close()
+    ids = np.array(list(series.values()))
+    with closing(sqlite3.connect(tmp_path / "run" / DB_NAME, isolation_level=None)) as conn:
+        values = packed.PackedWriter(conn)
+        conn.execute("BEGIN")
+        values.write(0, ids, np.array([1.0, 2.0]))
+        conn.execute("ROLLBACK")  # takes the new group's row with it
+        conn.execute("BEGIN")
+        values.write(0, ids, np.array([1.0, 2.0]))
+        values.write(1, ids, np.array([3.0, 4.0]))
+        conn.execute("COMMIT")
+    with gs.open_run(tmp_path / "run") as run:
+        assert run.series("a").to_numpy().tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
 def test_a_closed_store_of_float32_values_takes_under_four_and_a_half_bytes_per_value(tmp_path):
     """The row-per-value layout took 28 to 32 bytes; random float32 mantissas do not compress."""
     rng = np.random.default_rng(0)

@@ -3,18 +3,22 @@
 Each command lives in its own module of this package and defines a click command
 named ``command``; :data:`COMMAND_MODULES` lists them in ``--help`` order. Every
 command turns bad input into a one-line ``gradsight: error: ...`` on stderr and exit
-status 2, never a traceback.
+status 2, never a traceback (:data:`USER_ERRORS`); any other exception is a bug and
+prints its traceback with a request to report it (exit status 1).
 """
 
 from __future__ import annotations
 
 import importlib
+import sqlite3
 import sys
+import traceback
 
 import click
 
 from gradsight._version import __version__
 from gradsight._errors import GradsightError
+from gradsight._text import printable
 
 #: Command modules, in the order ``gradsight --help`` lists them; a module that is
 #: not present (an optional part not installed) is skipped.
@@ -72,7 +76,8 @@ for _name in COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, mapping user errors to exit status 2."""
+    """Entry point: run the CLI; user errors give one line and exit status 2, bugs a traceback
+    and exit status 1."""
     try:
         code = cli.main(args=argv, prog_name="gradsight", standalone_mode=False)
         if isinstance(code, int):  # a command called ctx.exit(code)
@@ -86,15 +91,38 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         return 0
     except click.UsageError as exc:
-        click.echo(f"gradsight: error: {exc.format_message()} (see 'gradsight --help')", err=True)
+        click.echo(f"gradsight: error: {one_line(exc.format_message())} (see 'gradsight --help')", err=True)
         return 2
     except click.ClickException as exc:
-        click.echo(f"gradsight: error: {exc.format_message()}", err=True)
+        click.echo(f"gradsight: error: {one_line(exc.format_message())}", err=True)
         return exc.exit_code if exc.exit_code != 1 else 2
-    except (GradsightError, OSError, ValueError) as exc:
-        click.echo(f"gradsight: error: {exc}", err=True)
+    except USER_ERRORS as exc:
+        click.echo(f"gradsight: error: {one_line(str(exc))}", err=True)
         return 2
+    except KeyboardInterrupt:
+        click.echo("gradsight: aborted", err=True)
+        return 130
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # torch's, a RuntimeError: the input was too large
+            click.echo(f"gradsight: error: out of memory ({one_line(str(exc))}); use a smaller input or batch",
+                       err=True)
+            return 2
+        traceback.print_exc()
+        click.echo(f"gradsight: internal error ({type(exc).__name__}): this is a bug in gradsight {__version__}; "
+                   "please report it with the traceback above and the command that caused it", err=True)
+        return 1
     return 0
+
+
+#: Failures caused by what the user gave (files, stores, values): one line and exit status 2.
+#: Anything else escaping a command is a bug in gradsight: a traceback and exit status 1.
+USER_ERRORS = (GradsightError, OSError, ValueError, MemoryError, sqlite3.DatabaseError)
+
+
+def one_line(text: str) -> str:
+    """An error message as one line of printable text: line breaks joined, control characters
+    shown (a module name may hold a terminal escape)."""
+    return printable(" ".join(line.strip() for line in str(text).splitlines() if line.strip()))
 
 
 def run() -> None:

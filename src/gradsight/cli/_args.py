@@ -15,8 +15,10 @@ Every command that builds a model takes it the same way:
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,11 +36,13 @@ __all__ = [
     "INPUT_DTYPES",
     "InputSpec",
     "build",
+    "forward_errors",
     "input_options",
     "model_arg_option",
     "parse_int_list",
     "parse_kwargs",
     "parse_shape",
+    "require_stat",
     "resolve_input",
 ]
 
@@ -49,6 +53,10 @@ INPUT_DTYPES = ("float", "long")
 
 #: Samples in the batch a computation graph is traced on.
 GRAPH_BATCH = 2
+#: Largest ``--input-shape`` accepted, in elements of one sample (a 3x2048x2048 image has 12.6 million):
+#: beyond it the forward pass's activations would not fit in memory.
+MAX_SAMPLE_ELEMENTS = 2**24
+
 
 def parse_shape(text: str | None, option: str = "--input-shape") -> tuple[int, ...] | None:
     """``"1,28,28"`` or ``"1x28x28"`` -> ``(1, 28, 28)``; ``None`` stays ``None``.
@@ -62,7 +70,36 @@ def parse_shape(text: str | None, option: str = "--input-shape") -> tuple[int, .
     if not all(part.strip().isdigit() and int(part) > 0 for part in parts):
         raise UserError(f"bad {option} {text!r}: write positive integers such as 1,28,28 "
                         "(one sample, without the batch dimension)")
-    return tuple(int(part) for part in parts)
+    shape = tuple(int(part) for part in parts)
+    if math.prod(shape) > MAX_SAMPLE_ELEMENTS:
+        raise UserError(f"{option} {text!r} has {math.prod(shape):,} elements per sample, more than the "
+                        f"{MAX_SAMPLE_ELEMENTS:,} gradsight accepts (the forward pass would not fit in memory)")
+    return shape
+
+
+def require_stat(run: Any, stat: str, level: str | None = None) -> None:
+    """Raise :class:`UserError` listing what ``run`` records when it has no statistic ``stat``
+    (at ``level``, or at any level)."""
+    available = run.stats(level)
+    if stat not in available:
+        where = f" at level {level!r}" if level is not None else ""
+        raise UserError(f"run {run.path} has no statistic {stat!r}{where}; available: "
+                        f"{', '.join(available) or 'none'}")
+
+
+@contextmanager
+def forward_errors(shape: Sequence[int]) -> Iterator[None]:
+    """Turn a failing forward (or backward) pass of a model on an input of ``shape`` into a
+    :class:`UserError` that names the shape; running out of memory says so."""
+    try:
+        yield
+    except (RuntimeError, IndexError, ValueError, MemoryError) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text:
+            raise UserError(f"out of memory on an input of shape {tuple(shape)}: give a smaller --input-shape "
+                            "(one sample, without the batch dimension)") from None
+        raise UserError(f"the forward pass failed on an input of shape {tuple(shape)}: {text} "
+                        "(give --input-shape: one sample, without the batch dimension)") from None
 
 
 def parse_int_list(text: str, option: str) -> list[int]:
@@ -162,10 +199,11 @@ class InputSpec:
         import torch
 
         size = (batch_size, *self.shape)
-        if self.is_float:
-            x = torch.randn(size, generator=generator)
-        else:
-            x = torch.randint(0, self.vocab_size or 2, size, generator=generator)
+        with forward_errors(size):
+            if self.is_float:
+                x = torch.randn(size, generator=generator)
+            else:
+                x = torch.randint(0, self.vocab_size or 2, size, generator=generator)
         return x if device is None else x.to(device)
 
     def describe(self) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from gradsight._errors import GradsightError
+from gradsight._text import printable
 from gradsight.cli import UserError
 from gradsight.cli._args import build, input_options, model_arg_option, parse_kwargs, parse_shape, resolve_input
 
@@ -22,13 +23,14 @@ from gradsight.cli._args import build, input_options, model_arg_option, parse_kw
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=2))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--keep-run", type=click.Path(path_type=Path), help="Keep the model check's recorded run here.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --keep-run's directory.")
 @click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True,
               help="Exit with status 1 when a finding is at least this severe.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @click.pass_context
 def command(ctx: click.Context, target: str, input_shape: str | None, input_dtype: str | None,
             vocab_size: int | None, model_args: tuple[str, ...], steps: int, lr: float, batch_size: int, seed: int,
-            keep_run: Path | None, fail_on: str, as_json: bool) -> None:
+            keep_run: Path | None, overwrite: bool, fail_on: str, as_json: bool) -> None:
     """Diagnose gradient problems in plain language.
 
     TARGET is a recorded run directory, or a model spec: a registered name (e.g.
@@ -72,7 +74,8 @@ def command(ctx: click.Context, target: str, input_shape: str | None, input_dtyp
         inputs = None if sample.is_float else sample.batch(batch_size, generator=torch.Generator().manual_seed(seed))
         try:
             findings, _ = checkup(model, inputs=inputs, input_shape=sample.shape, steps=steps, lr=lr,
-                                  batch_size=batch_size, seed=seed, run_dir=keep_run, progress=True)
+                                  batch_size=batch_size, seed=seed, run_dir=keep_run, overwrite=overwrite,
+                                  progress=True)
         except (RuntimeError, TypeError, IndexError, ValueError) as exc:
             raise UserError(f"the model does not train on input of shape {sample.describe()}: "
                             f"{type(exc).__name__}: {_first_line(exc)}") from None
@@ -80,8 +83,8 @@ def command(ctx: click.Context, target: str, input_shape: str | None, input_dtyp
     if as_json:
         click.echo(json.dumps({"target": source, "findings": [f.to_dict() for f in findings]}, indent=2))
     else:
-        click.echo(f"gradsight doctor: {source}")
-        click.echo(format_findings(findings))
+        click.echo(printable(f"gradsight doctor: {source}"))
+        click.echo(printable(format_findings(findings)))  # layer names may hold terminal escapes
         if keep_run is not None and not path.exists():
             click.echo(f"run kept at {keep_run}")
     if any(f.severity >= Severity(fail_on) for f in findings):

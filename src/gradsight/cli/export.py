@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from gradsight.cli import UserError
+from gradsight.cli._args import require_stat
 from gradsight.cli.plot import ROLE_CHOICES
 
 
@@ -30,6 +31,9 @@ def command(run: Path, fmt: str, output: Path, level: tuple[str, ...], stat: tup
     parameters) into a directory that TensorBoard can open."""
     from gradsight.store.reader import open_run
 
+    if not output.name:
+        raise UserError(f"-o {str(output)!r} names no file: give the file (or, for tensorboard, the directory) "
+                        "to write, e.g. -o run.csv")
     role = None if not roles or "all" in roles else list(roles)
     if fmt == "tensorboard":
         if role is not None:
@@ -42,6 +46,8 @@ def command(run: Path, fmt: str, output: Path, level: tuple[str, ...], stat: tup
         except ImportError:
             raise UserError("parquet export needs pyarrow: pip install 'gradsight[parquet]'") from None
     with open_run(run) as r:
+        for name in stat:
+            require_stat(r, name)
         df = r.frame(level=list(level) or None, stat=list(stat) or None, role=role)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
@@ -67,6 +73,8 @@ def _export_tensorboard(run: Path, output: Path, level: tuple[str, ...], stat: t
     if output.exists() and not output.is_dir():
         raise UserError(f"{output} is a file; tensorboard export writes a directory of event files")
     with open_run(run) as r:
+        for name in stat:
+            require_stat(r, name)
         counts = export_tensorboard(r, output, levels=list(level) or None, stats=list(stat) or None)
     click.echo(
         f"wrote {counts['scalars']:,} scalars and {counts['histograms']:,} histograms "

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from gradsight.cli import UserError
-from gradsight.cli._args import GRAPH_BATCH, build, input_options, model_arg_option, parse_shape, resolve_input
-
+from gradsight.cli._args import (GRAPH_BATCH, build, forward_errors, input_options, model_arg_option, parse_shape,
+                                 require_stat, resolve_input)
 
 
 @click.command()
@@ -59,14 +59,9 @@ def command(model_spec: str, output: Path, run_dir: Path | None, stat: str, view
         from gradsight.store.reader import open_run
 
         run = open_run(run_dir)
-        if stat not in run.stats("layer"):
-            raise UserError(f"run {run_dir} has no layer statistic {stat!r}; available: "
-                            f"{', '.join(run.stats('layer')) or 'none'}")
-    try:
+        require_stat(run, stat, "layer")
+    with forward_errors(x.shape):
         g = graph(model, x, run, stat=stat, view=view, max_depth=max_depth, probe=not no_probe)
-    except (RuntimeError, IndexError, ValueError) as exc:
-        raise UserError(f"the forward pass failed on an input of shape {tuple(x.shape)}: {exc} "
-                        "(give --input-shape: one sample, without the batch dimension)") from None
     if run is not None and not any(n.value is not None for n in g.nodes):
         click.echo(f"note: none of the layers of {run_dir} match the modules of {model_spec}; nodes are not coloured",
                    err=True)

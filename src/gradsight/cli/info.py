@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from gradsight._text import printable
+from gradsight.cli._args import require_stat
 from gradsight.cli.plot import ROLE_CHOICES
 
 if TYPE_CHECKING:
@@ -24,18 +26,15 @@ def command(run: Path, stat: str, roles: tuple[str, ...], top: int) -> None:
     """Summarize RUN: model, steps recorded, layers by role, and the layers with the
     smallest and largest gradients (mean over recorded steps; by default among the
     weighted layers and the head)."""
-    from gradsight.cli import UserError
     from gradsight.store.query import DEFAULT_ROLES, run_summary
 
-    summary = run_summary(run, stat, role=roles or DEFAULT_ROLES)
-    if summary.layers is not None and summary.layers.empty and summary.num_layers:
-        from gradsight.store.reader import open_run
+    from gradsight.store.reader import open_run
 
-        with open_run(run) as r:
-            if stat not in r.stats("layer"):
-                raise UserError(f"run {run} has no layer statistic {stat!r}; available: "
-                                f"{', '.join(r.stats('layer')) or 'none'}")
-    click.echo(info_text(summary, top=top))
+    with open_run(run) as r:
+        if r.stats("layer"):  # (a run of a model with nothing trainable has no layer rows at all)
+            require_stat(r, stat, "layer")
+    summary = run_summary(run, stat, role=roles or DEFAULT_ROLES)
+    click.echo(printable(info_text(summary, top=top)))
 
 
 def info_text(s: RunSummary, *, top: int = 3) -> str:

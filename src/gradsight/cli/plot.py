@@ -1,4 +1,4 @@
-"""``gradsight plot RUN... --kind flow|heatmap|bands|update|nonfinite|compare|sweep -o FILE``."""
+"""``gradsight plot RUN... --kind flow|heatmap|bands|update|nonfinite|compare|sweep|hist -o FILE``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from gradsight.cli import UserError
+from gradsight.cli._args import require_stat
 
 FORMATS = (".png", ".svg", ".pdf")
 #: ``--role`` choices: the roles of gradsight.store.roles.Role.ALL, and ``all``.
@@ -20,11 +21,14 @@ ROLE_KINDS = ("flow", "heatmap", "bands", "update", "compare")
 @click.option("--stat", default=None,
               help="Statistic to draw (grad_rms, grad_norm, update_ratio, an activation statistic, ...). "
                    "Default: grad_rms (grad_norm for runs without it; update_ratio for --kind update).")
-@click.option("--kind", type=click.Choice(["flow", "heatmap", "bands", "update", "nonfinite", "compare", "sweep"]),
+@click.option("--kind", type=click.Choice(["flow", "heatmap", "bands", "update", "nonfinite", "compare", "sweep",
+                                          "hist"]),
               default="flow", show_default=True,
               help="flow: by layer, several steps overlaid; heatmap: layer x step; bands: spread across layers "
                    "over time; update: update ratio per layer; nonfinite: NaN/Inf steps; compare: several runs "
-                   "by relative depth; sweep: first/last layer ratio against depth.")
+                   "by relative depth; sweep: first/last layer ratio against depth; hist: log2 |gradient| histograms "
+                   "over training with the fp16/bf16/fp8 ranges (--level layer: up to 12 layers, --level model: "
+                   "the model; needs gs.watch(..., histograms=...)).")
 @click.option("--level", default="layer", show_default=True,
               help="Rows to draw: layer, param, or a module level (module, block).")
 @click.option("--role", "roles", type=click.Choice(ROLE_CHOICES), multiple=True,
@@ -44,6 +48,7 @@ def command(runs: tuple[Path, ...], stat: str | None, kind: str, level: str, rol
       gradsight plot runs/plain20 --kind flow --role all --stat grad_norm -o all-layers.png
       gradsight plot runs/plain20 runs/resnet20 --kind heatmap -o heat.svg
       gradsight plot runs/compare --kind compare --stat grad_norm -o compare.pdf
+      gradsight plot runs/amp --kind hist --level model -o hist.png
     """
     import matplotlib
 
@@ -78,14 +83,22 @@ def _figure(run_list: list, stat: str | None, kind: str, level: str, steps: tupl
     import gradsight.plots as plots
     from gradsight.store.query import DEFAULT_ROLES
 
+    if kind == "hist":
+        return _histograms(run_list, level, title)
     stat = stat or _default_stat(run_list, kind, level)
     role = (None if "all" in roles else roles) if roles else DEFAULT_ROLES
     if kind not in ("nonfinite",):
         for run in run_list:
-            available = run.stats(level)
-            if stat not in available:
-                raise UserError(f"run {run.path} has no statistic {stat!r} at level {level!r}; "
-                                f"available: {', '.join(available) or 'none'}")
+            require_stat(run, stat, level)
+    if steps:
+        if kind != "flow":
+            raise UserError(f"--step applies to --kind flow, not {kind}")
+        for run in run_list:
+            recorded = run.steps()
+            missing = sorted(set(steps) - set(recorded))
+            if missing:
+                raise UserError(f"run {run.path} has no recorded step {', '.join(map(str, missing))}; "
+                                f"it recorded {_describe_steps(recorded)}")
     fn = plots.KINDS[kind]
     if kind == "compare":
         fig = fn(run_list, stat, level=level, role=role, title=title)
@@ -115,3 +128,29 @@ def _figure(run_list: list, stat: str | None, kind: str, level: str, steps: tupl
             for run, ax in zip(run_list, fig.subplots(len(run_list), 1, squeeze=False)[:, 0]):
                 fn(run, *args, ax=ax, **kwargs)
     return fig
+
+
+def _describe_steps(steps: list[int]) -> str:
+    """``no steps``, ``steps 0, 5, 10`` or ``120 steps from 0 to 1190``."""
+    if not steps:
+        return "no steps"
+    if len(steps) <= 8:
+        return "step" + ("s " if len(steps) > 1 else " ") + ", ".join(map(str, steps))
+    return f"{len(steps):,} steps from {steps[0]} to {steps[-1]}"
+
+
+def _histograms(run_list: list, level: str, title: str | None):
+    """``--kind hist``: the model's histogram, or up to 12 layers', of one run."""
+    import gradsight.plots as plots
+
+    if len(run_list) != 1:
+        raise UserError(f"--kind hist draws one run; got {len(run_list)}")
+    if level not in ("layer", "model"):
+        raise UserError(f"--kind hist draws --level layer or model, not {level!r}")
+    run = run_list[0]
+    if run.histograms(level=level).empty:
+        raise UserError(f"run {run.path} has no histograms; record them with gs.watch(..., histograms=True) "
+                        f"or histograms=k (every k-th recorded step)")
+    if level == "model":
+        return plots.log2_histogram(run, title=title)
+    return plots.log2_histograms(run, title=title)

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from gradsight.cli import UserError
-from gradsight.cli._args import GRAPH_BATCH, build, input_options, model_arg_option, parse_shape, resolve_input
+from gradsight.cli._args import (GRAPH_BATCH, build, forward_errors, input_options, model_arg_option, parse_shape,
+                                 resolve_input)
 
 
 @click.command()
@@ -43,7 +44,8 @@ def command(runs: tuple[Path, ...], output: Path, stat: str, title: str | None, 
 
         model, info = build(graph_spec, model_args, parse_shape(input_shape))
         inputs = resolve_input(info, input_shape, input_dtype, vocab_size).batch(GRAPH_BATCH)
-        graphs = graph(model, inputs, probe=False)
+        with forward_errors(inputs.shape):
+            graphs = graph(model, inputs, probe=False)
     path = write_report(runs, output, stat=stat, title=title, graphs=graphs)
     size = path.stat().st_size
     click.echo(f"wrote {path} ({size / 1e6:.1f} MB)")

@@ -13,6 +13,7 @@ import html
 import math
 from typing import TYPE_CHECKING
 
+from gradsight._text import printable
 from gradsight.compgraph.nodes import INPUT, LEAF, MODULE, OP, OUTPUT, PARAM, Node
 from gradsight.plots.style import NONFINITE_COLOR, SKIP_COLOR, LogScale, fmt_value, lut, text_color
 from gradsight.store.query import display_name
@@ -30,14 +31,17 @@ _STYLE = {INPUT: "filled", OUTPUT: "filled", PARAM: "filled", LEAF: "filled", OP
 
 
 def quote(text: str) -> str:
-    """A DOT double-quoted string: backslashes and quotes escaped, line breaks as ``\\n``."""
-    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    """A DOT double-quoted string: control characters written visibly (:func:`printable`; a NUL
+    would end Graphviz's string), backslashes and quotes escaped, ``&`` as ``&amp;`` (Graphviz
+    reads entities in labels), line breaks as ``\\n``."""
+    text = printable(text).replace("\\", "\\\\").replace('"', '\\"').replace("&", "&amp;")
     return '"' + text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n") + '"'
 
 
 def html_text(text: str) -> str:
-    """Text for a DOT HTML-like label (``&``, ``<``, ``>``, quotes escaped)."""
-    return html.escape(text, quote=True)
+    """Text for a DOT HTML-like label (control characters written visibly, ``&``, ``<``, ``>``,
+    quotes escaped)."""
+    return html.escape(printable(text), quote=True)
 
 
 class _HTMLLabel(str):

@@ -29,12 +29,23 @@ def diagnose(run: Run | str | Path, thresholds: Thresholds | None = None) -> lis
     owned = not isinstance(run, Run)
     r = open_run(run) if owned else run
     try:
+        if not r.steps():
+            return [_nothing_recorded(r)]
         data = RunData(r)
         findings = [f for rule in RULES for f in _apply(rule, data, th)]
     finally:
         if owned:
             r.close()
     return sorted(findings, key=lambda f: f.severity, reverse=True)
+
+
+def _nothing_recorded(run: Run) -> Finding:
+    calls = run.meta.get("step_calls")
+    called = f" ({calls} call(s) of monitor.step())" if isinstance(calls, int) else ""
+    return Finding("nothing_recorded", "warning",
+                   f"The run recorded no gradient steps{called}, so there is nothing to judge: call "
+                   "monitor.step() after each loss.backward(), and check the schedule (every=...).",
+                   measured={"steps_recorded": 0})
 
 
 def _apply(rule, data: RunData, th: Thresholds) -> list[Finding]:

@@ -57,6 +57,7 @@ def checkup(
     lr: float = 1e-3,
     seed: int = 0,
     run_dir: str | Path | None = None,
+    overwrite: bool = False,
     thresholds=None,
     train_copy: bool = True,
     progress: bool = False,
@@ -75,6 +76,7 @@ def checkup(
         steps: optimizer steps (Adam, ``lr``); with ``steps=1`` only one backward
             pass and no update.
         run_dir: keep the recorded run here (default: a temporary directory, removed).
+        overwrite: replace a run already in ``run_dir`` (otherwise that raises ``RunError``).
         train_copy: train a deep copy so the caller's model is not changed.
 
     Returns:
@@ -95,7 +97,7 @@ def checkup(
     optimizer = torch.optim.Adam(net.parameters(), lr=lr) if steps > 1 else None
     num_classes = None
     try:
-        with watch(net, path, optimizer=optimizer, activations=True, overwrite=True, name="doctor",
+        with watch(net, path, optimizer=optimizer, activations=True, overwrite=overwrite or temp, name="doctor",
                    config={"steps": steps, "lr": lr, "seed": seed}) as mon:
             iterator = range(steps)
             if progress:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from gradsight.diagnosis.findings import Finding
 from gradsight.diagnosis.thresholds import Thresholds
+from gradsight.stats.formats import FORMAT_RANGES
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     display_name,
@@ -592,5 +593,92 @@ def residual_branches(data: RunData, th: Thresholds) -> list[Finding]:
     return findings
 
 
+def training_format(run: Run) -> str | None:
+    """The low-precision format the gradients live in: ``fp16`` (fp16 weights, or a
+    GradScaler, which goes with fp16 autocast), ``bf16`` (bf16 weights), else None."""
+    params = run.params()
+    params = params[params["trainable"]]
+    if params.empty:
+        return None
+    dtype = str(params.groupby("dtype")["numel"].sum().idxmax())
+    if dtype == "bfloat16":
+        return "bf16"
+    if dtype == "float16" or run.meta.get("amp"):
+        return "fp16"
+    return None
+
+
+def _finite_median(values) -> float:
+    arr = np.asarray(values, dtype=float)
+    arr = arr[np.isfinite(arr)]
+    return float(np.median(arr)) if arr.size else math.nan
+
+
+def _subnormal_share(run: Run, fmt: str) -> pd.Series:
+    """Per step with a histogram: the share of the model's nonzero gradient elements below
+    the format's smallest normal value (where it keeps fewer bits and then rounds to 0)."""
+    hist = run.histograms(level=Level.MODEL)
+    if hist.empty:
+        return pd.Series(dtype=float)
+    edge = math.log2(FORMAT_RANGES[fmt].smallest_normal)
+    low = hist["count"].where(hist["log2_bucket"] < edge, 0).groupby(hist["step"]).sum()
+    return low / hist.groupby("step")["count"].sum().clip(lower=1)
+
+
+def precision_headroom(data: RunData, th: Thresholds) -> list[Finding]:
+    """Gradients at or past the bottom of the training format's range (``histograms=``):
+    elements that would become 0 in it (gradients kept wider than the format), or a
+    share of elements already in its subnormal range (gradients computed in it, whose
+    smaller elements already became 0), and whether the loss scale has room to rise."""
+    fmt = training_format(data.run)
+    if fmt is None:
+        return []
+    stat = f"{fmt}_underflow"
+    model = data.wide(Level.MODEL, stat)
+    if model.empty:
+        return []
+    frac = _finite_median(model.iloc[:, 0])
+    subnormal = _finite_median(_subnormal_share(data.run, fmt))
+    per_layer = data.wide(Level.LAYER, stat)
+    medians = per_layer[data.weighted(per_layer.columns, head=True)].median() if not per_layer.empty else pd.Series()
+    layers = [str(n) for n in medians.index[medians > th.underflow_layer_frac]]
+    measured = {stat: frac, "subnormal_share": subnormal, **{f"{stat}[{n}]": float(medians[n]) for n in layers[:20]}}
+    if frac > th.underflow_frac:
+        what = f"{frac:.1%} of the model's gradient elements become 0 in {fmt}, the training format"
+    elif layers:
+        what = (f"over {th.underflow_layer_frac:.0%} of the gradient elements of {len(layers)} layer(s) become 0 in "
+                f"{fmt}, the training format")
+    elif subnormal > th.underflow_frac:
+        what = (f"{subnormal:.1%} of the model's nonzero gradient elements are below {fmt}'s smallest normal value "
+                f"(2^{math.log2(FORMAT_RANGES[fmt].smallest_normal):.0f}), where {fmt} keeps fewer bits and the "
+                "smaller ones already became 0")
+    else:
+        return []
+    scaled = bool(data.run.meta.get("amp")) and fmt == "fp16"
+    if scaled:
+        scale = data.wide(Level.MODEL, "loss_scale")
+        absmax = data.wide(Level.MODEL, "grad_abs_max")
+        stored_max = (absmax.iloc[:, 0] * scale.iloc[:, 0]).reindex(model.index) if not (
+            scale.empty or absmax.empty) else pd.Series(dtype=float)
+        room = FORMAT_RANGES[fmt].largest / _finite_median(stored_max) if len(stored_max) else math.nan
+        measured["headroom_factor"] = room
+        if math.isfinite(room) and room >= th.headroom_factor:
+            advice = (f"the largest scaled gradient is {room:.3g}x below fp16's largest value, so the loss scale can "
+                      f"rise about 2^{math.floor(math.log2(room / 2))}x: pass a larger "
+                      "GradScaler(init_scale=...) or a shorter growth_interval, or train in bf16")
+        else:
+            advice = (f"the largest scaled gradient is already within {room:.3g}x of fp16's largest value, so no loss "
+                      "scale fits both ends: train in bf16 (autocast dtype=torch.bfloat16) or keep these layers in fp32")
+    elif fmt == "fp16":
+        advice = "use loss scaling (torch.amp.GradScaler) or train in bf16"
+    else:
+        advice = ("keep fp32 parameters and gradients (autocast with dtype=torch.bfloat16 around the forward pass "
+                  "instead of bf16 weights)")
+    return [Finding(
+        "amp_underflow", "warning",
+        f"{what} (median over the steps with a histogram), so that part of the gradient is lost; {advice}.",
+        layers=layers, steps=[int(x) for x in model.index[:50]], measured=measured)]
+
+
 RULES = (nonfinite, clipped_gradients, gradient_scale, forward_signal, dead_units, missing_gradients, update_ratios,
-         residual_branches)
+         residual_branches, precision_headroom)

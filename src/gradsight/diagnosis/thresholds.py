@@ -54,3 +54,13 @@ class Thresholds:
     #: A residual branch carrying under this share of the gradient at its input does
     #: little; a skip carrying under it no longer helps the gradient through.
     branch_share_low: float = 0.01
+    #: Mixed precision (``histograms=``): the model's gradient elements that become 0 in
+    #: the training format (fp16 with a GradScaler or fp16 weights, bf16 weights), median
+    #: over the steps with a histogram. A few tiny elements are harmless (they would be
+    #: rounded away by the update anyway); a percent of them is lost signal.
+    underflow_frac: float = 0.01
+    #: ... or of one weighted layer's elements (a layer whose gradient is mostly lost).
+    underflow_layer_frac: float = 0.1
+    #: The scaled gradient's largest element within this factor of the format's largest
+    #: value leaves no room to raise the loss scale.
+    headroom_factor: float = 4.0

@@ -311,10 +311,10 @@ class ActivationRecorder:
         self.owner_calls: dict[str, int] = {}
         self._forward_seen = False
         for name in self.tracked:
-            hooks.add(modules[name].register_forward_hook(self._make_forward(name)), self.TAG)
+            hooks.attach(modules[name], "register_forward_hook", self._make_forward(name), self.TAG)
         self._hook_blocks(self.candidates)
         for name, mod in modules.items():
-            hooks.add(mod.register_forward_hook(self._make_discovery(name)), self.TAG + "-discovery")
+            hooks.attach(mod, "register_forward_hook", self._make_discovery(name), self.TAG + "-discovery")
 
     def _measuring(self) -> bool:
         return (self.is_active() and torch.is_grad_enabled() and not torch.compiler.is_compiling()
@@ -343,10 +343,10 @@ class ActivationRecorder:
         modules = dict(self.model.named_modules())
         for name in names:
             mod = modules[name]
-            self.hooks.add(mod.register_forward_pre_hook(self._make_block_pre(name), with_kwargs=True),
-                           self.TAG + "-blocks")
-            self.hooks.add(mod.register_forward_hook(self._make_block_post(name), always_call=True),
-                           self.TAG + "-blocks")
+            self.hooks.attach(mod, "register_forward_pre_hook", self._make_block_pre(name), self.TAG + "-blocks",
+                              with_kwargs=True)
+            self.hooks.attach(mod, "register_forward_hook", self._make_block_post(name), self.TAG + "-blocks",
+                              always_call=True)
 
     def _make_discovery(self, name: str):
         def hook(module: nn.Module, args: tuple, output: object) -> None:

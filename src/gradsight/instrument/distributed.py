@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from gradsight.instrument.layers import Inventory
+from gradsight.stats.histogram import log2_counts
 from gradsight.stats.grad import MAXABS, RAW_FIELDS, W_SUMSQ, count_nonfinite, norms_fp32, raw_sums
 from gradsight.store.writer import NullWriter, StoreWriter, Writer
 
@@ -128,6 +129,10 @@ class Local:
     def count_nonfinite(self, grads: Sequence[Tensor], rows: Sequence[int]) -> list[float]:
         """Exact NaN/Inf counts of ``grads[k]`` for ``k`` in ``rows``."""
         return [count_nonfinite(grads[k]) for k in rows]
+
+    def log2_counts(self, grads: Sequence[Tensor], scale: Tensor | None, lo: int, hi: int) -> Tensor:
+        """Log2 bucket counts of the gradients (:func:`gradsight.stats.histogram.log2_counts`)."""
+        return log2_counts(grads, scale, lo, hi)
 
     def sumsq(self, tensors: Sequence[Tensor]) -> Tensor:
         """``[len(tensors)]`` float32 sums of squares."""
@@ -226,6 +231,18 @@ class Distributed:
         counts = torch.tensor(local, dtype=torch.float64, device=_device(grads))
         _dist().all_reduce(counts)
         return counts.tolist()
+
+    def log2_counts(self, grads: Sequence[Tensor], scale: Tensor | None, lo: int, hi: int) -> Tensor:
+        """Log2 bucket counts of the global gradients: ``sharded`` sums the counted
+        shards of all ranks (one ``all_reduce``)."""
+        if self.mode == "replicated":
+            return log2_counts(grads, scale, lo, hi)
+        local = [_local(g) for g in grads]
+        counts = log2_counts(local, scale, lo, hi)
+        mask = torch.tensor([self._counts(g) for g in grads], dtype=torch.bool, device=counts.device)
+        counts = torch.where(mask[:, None], counts, torch.zeros_like(counts))
+        _dist().all_reduce(counts)
+        return counts
 
     def sumsq(self, tensors: Sequence[Tensor]) -> Tensor:
         """``[len(tensors)]`` float32 sums of squares of the global tensors."""

@@ -171,11 +171,11 @@ class ForwardOrder:
         self._params = {id(p): name for name, ps in (params or {}).items() for p in ps} if own else {}
         self._mode: _FirstUse | None = None
         for name, mod in model.named_modules():
-            hooks.add(mod.register_forward_pre_hook(self._make_pre(name)), self.TAG)
-        hooks.add(model.register_forward_hook(self._on_model_end), self.TAG)
+            hooks.attach(mod, "register_forward_pre_hook", self._make_pre(name), self.TAG)
+        hooks.attach(model, "register_forward_hook", self._on_model_end, self.TAG)
         if self._params:
-            hooks.add(model.register_forward_pre_hook(self._watch_params), self.TAG)
-            hooks.add(model.register_forward_hook(self._stop_watching_params, always_call=True), self.TAG)
+            hooks.attach(model, "register_forward_pre_hook", self._watch_params, self.TAG)
+            hooks.attach(model, "register_forward_hook", self._stop_watching_params, self.TAG, always_call=True)
 
     def _note(self, name: str) -> None:
         if name not in self._seen_set:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import inspect
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,17 +36,18 @@ from torch import Tensor, nn
 import gradsight.schedules as schedules
 from gradsight.instrument.activations import ActivationRecorder
 from gradsight.instrument.distributed import resolve as resolve_distributed
+from gradsight.instrument.histograms import HistogramRecorder, resolve_every
 from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.layer_table import LayerTable
 from gradsight.instrument.layers import ForwardOrder, Inventory
-from gradsight.instrument.listeners import Listener, Listeners
+from gradsight.instrument.listeners import HistogramListener, Listener, Listeners
 from gradsight.instrument.meta import default_run_dir, param_rows, run_meta
 from gradsight.instrument.scaler import LossScale
 from gradsight.instrument.series import SeriesIds
 from gradsight.instrument.transfer import to_host
 from gradsight.instrument.update_ratio import UpdateRatio
 from gradsight.stats.grad import DEAD_ROWS_STAT, GRAD_STATS, SUMSQ, W_SUMSQ, aggregate, dead_rows, derive_stats
-from gradsight.store.schema import Level
+from gradsight.store.schema import DB_NAME, Level
 
 _OPEN_MONITORS: weakref.WeakSet = weakref.WeakSet()
 _NONFINITE = GRAD_STATS.index("grad_nonfinite")
@@ -59,6 +61,57 @@ def _close_open_monitors() -> None:
             mon.close()
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
+
+
+def _check_arguments(model: Any, *, backend: Any, optimizer: Any, scaler: Any, config: Any, name: Any,
+                     overwrite: Any, activations: Any, residual_blocks: Any, histograms: Any = False) -> None:
+    """Raise ``TypeError``/``ValueError`` for a bad ``gs.watch`` argument, before anything is created."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"gs.watch expects a torch.nn.Module, got {type(model).__name__}")
+    if backend not in ("auto", "eager", "fused"):
+        raise ValueError(f"backend must be 'auto', 'eager' or 'fused', got {backend!r}")
+    if optimizer is not None and not all(callable(getattr(optimizer, m, None))
+                                         for m in ("register_step_pre_hook", "register_step_post_hook")):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__} "
+                        f"{optimizer!r:.60}")
+    if scaler is not None and not callable(getattr(scaler, "scale", None)):
+        raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__} {scaler!r:.60}")
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a string or None, got {type(name).__name__}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r:.60}")
+    patterns_ok = isinstance(activations, (bool, str)) or (
+        isinstance(activations, Sequence) and all(isinstance(a, str) for a in activations))
+    if not patterns_ok:
+        raise TypeError(f"activations must be True, False, a pattern or a list of patterns, got {activations!r:.60}")
+    if residual_blocks is not None and (isinstance(residual_blocks, str) or not isinstance(residual_blocks, Sequence)
+                                        or not all(isinstance(b, str) for b in residual_blocks)):
+        raise TypeError(f"residual_blocks must be a list of module names or None, got {residual_blocks!r:.60}")
+    resolve_every(histograms)
+
+
+class _NewPaths:
+    """What a run's construction may create under ``run_dir``, noted before it starts, so that a
+    failed construction can delete it: the store's files and the directories that did not exist."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.store = run_dir / DB_NAME
+        self.dirs = []  # missing directories, deepest first
+        d = run_dir
+        while not d.exists() and d != d.parent:
+            self.dirs.append(d)
+            d = d.parent
+
+    def remove(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(str(self.store) + suffix).unlink(missing_ok=True)
+        for d in self.dirs:
+            try:
+                d.rmdir()
+            except OSError:  # not empty (someone else's files) or already gone
+                break
 
 
 class Monitor:
@@ -85,11 +138,11 @@ class Monitor:
         activations: bool | str | Sequence[str] = False,
         residual_blocks: Sequence[str] | None = None,
         weights: bool = True,
+        histograms: bool | int = False,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"gs.watch expects a torch.nn.Module, got {type(model).__name__}")
-        if backend not in ("auto", "eager", "fused"):
-            raise ValueError(f"backend must be 'auto', 'eager' or 'fused', got {backend!r}")
+        _check_arguments(model, backend=backend, optimizer=optimizer, scaler=scaler, config=config, name=name,
+                         overwrite=overwrite, activations=activations, residual_blocks=residual_blocks,
+                         histograms=histograms)
         self.model = model
         self.schedule = schedules.resolve(every)
         self.optimizer = optimizer
@@ -101,8 +154,25 @@ class Monitor:
         self.recorded_steps = 0
         self._closed = False
         self._hooks = HookRegistry()
+        self._writer = None
+        self._warned_new_params = False
+        self._known_params: set[int] | None = None  # ids of the parameters seen at watch()
+        self._created = _NewPaths(self.run_dir)
+        try:
+            self._build(model, optimizer, scaler, config, name, backend, overwrite, distributed, activations,
+                        residual_blocks, weights, histograms)
+        except BaseException:
+            self._undo_build()
+            raise
+        _OPEN_MONITORS.add(self)
 
+    def _build(self, model, optimizer, scaler, config, name, backend, overwrite, distributed, activations,
+               residual_blocks, weights, histograms) -> None:
+        """Everything that registers hooks or creates files (undone by :meth:`_undo_build` on failure)."""
         self.inventory = inv = Inventory.of(model)
+        if not inv.watched:
+            warnings.warn(f"{type(model).__name__} has no trainable parameters: gs.watch records no gradient "
+                          "statistics (frozen parameters are listed only)", stacklevel=4)
         self._watched = [pi.param for pi in inv.watched]
         layer_index = {ln: i for i, ln in enumerate(inv.layers)}
         self._param_layer = torch.tensor([layer_index[pi.layer] for pi in inv.watched], dtype=torch.long)
@@ -120,6 +190,11 @@ class Monitor:
         self._layer_ids = self._series.grid(Level.LAYER, inv.layers, kept_stats)
         self._model_ids = self._series.grid(Level.MODEL, [""], kept_stats).reshape(-1)
         self._dead_param_ids, self._dead_layer_ids = self._dead_rows_ids(inv)
+        self._histograms: HistogramRecorder | None = None
+        if resolve_every(histograms):
+            self._histograms = HistogramRecorder(resolve_every(histograms), [pi.name for pi in inv.watched],
+                                                 inv.layers, [pi.param.numel() for pi in inv.watched],
+                                                 self._series, self._dist.log2_counts)
         self._series.flush()
 
         self._writer.set_meta(**run_meta(model, inv, name=name or self.run_dir.name, config=config,
@@ -140,10 +215,20 @@ class Monitor:
         self._updates = UpdateRatio(self._watched, [pi.name for pi in inv.watched], inv.layers, self._series,
                                     self._dist.sumsq, weights)
         if optimizer is not None:
-            self._hooks.add(optimizer.register_step_pre_hook(self._updates.snapshot), "optimizer")
-            self._hooks.add(optimizer.register_step_post_hook(self._updates.measure), "optimizer")
+            self._hooks.attach(optimizer, "register_step_pre_hook", self._updates.snapshot, "optimizer")
+            self._hooks.attach(optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
         self._writer.flush()  # metadata on disk at once: a reader sees status 'running', not 'unknown'
-        _OPEN_MONITORS.add(self)
+
+    def _undo_build(self) -> None:
+        """After a failed construction: remove the hooks, stop the writer and delete what it created."""
+        self._closed = True
+        self._hooks.remove_all()
+        if self._writer is not None:
+            try:
+                self._writer.close(status="failed")
+            finally:
+                if self._dist.writes_store:  # (another rank's store is not this process's to delete)
+                    self._created.remove()
 
     def _dead_rows_ids(self, inv: Inventory) -> tuple[np.ndarray, np.ndarray]:
         """Series ids of ``grad_dead_rows`` per watched parameter and per layer, -1 where it
@@ -163,7 +248,8 @@ class Monitor:
         if self._listeners and self.writes_store:
             self._listeners.values(int(step), self._series.keys(ids), np.asarray(values, dtype=np.float64))
 
-    def add_listener(self, listener: Listener, on_close: Callable[[], None] | None = None) -> Callable[[], None]:
+    def add_listener(self, listener: Listener, on_close: Callable[[], None] | None = None,
+                     on_histograms: HistogramListener | None = None) -> Callable[[], None]:
         """Call ``listener(step, keys, values)`` for everything recorded from now on.
 
         ``keys[i] = (level, name, stat)`` names ``values[i]`` (a float64 array). It is
@@ -171,11 +257,14 @@ class Monitor:
         store, only in the process that writes the store (rank 0 under
         ``torch.distributed``); an exception in it is logged once and never reaches
         the training loop. ``on_close()`` is called once after the store is closed.
+        ``on_histograms(step, keys, bucket_lo, dense)`` receives the log2 histograms
+        (``histograms=``): ``keys[i] = (level, name)``, ``dense[i]`` the int64 counts of
+        buckets ``bucket_lo, bucket_lo + 1, ...``.
 
         Returns:
-            A function that removes the listener (and ``on_close``).
+            A function that removes the listener (and ``on_close``, ``on_histograms``).
         """
-        return self._listeners.add(listener, on_close)
+        return self._listeners.add(listener, on_close, on_histograms)
 
     @property
     def writes_store(self) -> bool:
@@ -204,12 +293,29 @@ class Monitor:
         if self._closed:
             raise RuntimeError("this monitor is closed")
         index = self.step_count if step is None else int(step)
+        if not -2**63 <= index < 2**63:
+            raise ValueError(f"step={index} does not fit the store's 64-bit step column; pass a smaller step")
         record = self.should_record(self.step_count)
         self.step_count += 1
         if not record:
             return False
+        n = self.recorded_steps
+        if not self._warned_new_params and n & (n - 1) == 0:  # recorded steps 0, 1, 2, 4, 8, ...: the walk costs
+            self._warn_new_params()                             # ~0.6 ms on a 56-layer net
         self._record(index, loss)
         return True
+
+    def _warn_new_params(self) -> None:
+        """Warn once, naming them, about trainable parameters added to the model after ``watch()``
+        (checked at the 1st, 2nd, 3rd, 5th, 9th, ... recorded step)."""
+        if self._known_params is None:
+            self._known_params = {id(pi.param) for pi in self.inventory.params}
+        new = [n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in self._known_params]
+        if new:
+            self._warned_new_params = True
+            shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+            warnings.warn(f"{len(new)} trainable parameter(s) were added to the model after gs.watch() and are "
+                          f"not recorded: {shown}; call gs.watch() after the model is complete", stacklevel=3)
 
     @torch.no_grad()
     def _record(self, step: int, loss: Tensor | float | None) -> None:
@@ -271,6 +377,16 @@ class Monitor:
         extra_ids, extra_vals = self._extra_rows(missing, model_stats, scale_h, loss_h, act_keys, act_h)
         if act_keys:
             self._layer_table.sync()
+        if self._histograms is not None and present and self._histograms.due(self.recorded_steps):
+            # the gradient as stored: after unscale_ (no 1/scale to apply) it carries the scale no more
+            stored_scale = scale if inv_scale is None else None
+            h_ids, h_vals, h_keys, h_lo, h_dense = self._histograms.measure(grads, present, group, present_layers,
+                                                                            stored_scale)
+            extra_ids += h_ids.tolist()
+            extra_vals += h_vals.tolist()
+            self._writer.write_histograms(step, h_keys, h_lo, h_dense)
+            if self._listeners and self.writes_store:
+                self._listeners.histograms(int(step), h_keys, h_lo, h_dense)
         self._series.flush()
         self._emit(
             step,
@@ -419,6 +535,13 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             detection does not depend on it, a warning names those that own none.
         weights: ``False`` skips ``weight_norm`` and ``grad_weight_ratio``, saving one
             pass over the weights' memory at every recorded step.
+        histograms: ``True`` (every recorded step) or ``k`` (every k-th recorded step,
+            the first included): a log2-magnitude histogram of the gradient per layer
+            and for the model (``Run.histograms()``), and the precision headroom
+            ``fp16_underflow``, ``bf16_underflow``, ``fp8e4m3_underflow``,
+            ``fp8e5m2_underflow``, ``fp16_overflow``, ``fp8e4m3_overflow``,
+            ``fp8e5m2_overflow`` per parameter, layer and model, on the gradient as
+            stored (times the loss scale with ``scaler=``).
 
     The keyword arguments, their defaults and types are those of :class:`Monitor`
     (the signature shown here is read from it).

@@ -6,7 +6,11 @@ TensorBoard shows one section per level and statistic with a curve per layer.
 The store records statistics, not the gradient values themselves, so the
 histograms are the *distribution across parameters* of each parameter-level
 statistic at each step (``param_distribution/grad_norm``); they are written where
-parameter-level values were recorded.
+parameter-level values were recorded. Runs recorded with ``gs.watch(...,
+histograms=...)`` also get the distribution of the gradient's values themselves: the
+log2-magnitude histogram of each layer and of the model (``grad_log2_abs/<layer>``,
+``grad_log2_abs/model``), whose x axis is ``log2 |g|`` with one bin per power of two
+(exact counts; min, max, sum and sum of squares are those of the bins' lower edges).
 
 Needs the ``tensorboard`` package: ``pip install "gradsight[tensorboard]"``.
 
@@ -26,11 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from gradsight.integrations._tap import Key, scalar_tag, select
+from gradsight.store.query import display_name
 
 #: Prefix of the histogram tags.
 HISTOGRAM_PREFIX = "param_distribution"
+#: Prefix of the log2-magnitude gradient histogram tags.
+LOG2_PREFIX = "grad_log2_abs"
 
 __all__ = ["LiveTensorBoard", "export_tensorboard", "live", "scalar_tag"]
 
@@ -85,6 +93,26 @@ class _EventSink:
                 self.writer.add_histogram(f"{HISTOGRAM_PREFIX}/{stat}", arr, step, walltime=walltime)
                 self.histograms_written += 1
 
+    def write_log2(self, step: int, keys: Sequence[tuple[str, str]], bucket_lo: int, dense: np.ndarray,
+                   walltime: float | None = None) -> None:
+        """Log2 histograms ``dense[i]`` (buckets ``bucket_lo, ...``) of ``keys[i] = (level, name)``."""
+        if not self.histograms:
+            return
+        for (level, name), counts in zip(keys, dense):
+            nz = np.flatnonzero(counts)
+            if not len(nz):
+                continue
+            buckets = np.arange(nz[0], nz[-1] + 1) + bucket_lo
+            c = np.asarray(counts[nz[0] : nz[-1] + 1], dtype=np.float64)
+            tag = f"{LOG2_PREFIX}/model" if level == "model" else f"{LOG2_PREFIX}/{display_name(name)}"
+            self.writer.add_histogram_raw(
+                tag, min=float(buckets[0]), max=float(buckets[-1]), num=float(c.sum()),
+                sum=float((c * buckets).sum()), sum_squares=float((c * buckets * buckets).sum()),
+                bucket_limits=(buckets + 1).astype(np.float64).tolist(), bucket_counts=c.tolist(),
+                global_step=step, walltime=walltime,
+            )
+            self.histograms_written += 1
+
 
 def export_tensorboard(
     run: Any,
@@ -104,7 +132,8 @@ def export_tensorboard(
         stats: only these statistics (default: all); metrics (``loss``, your
             ``monitor.log`` values) are kept whatever ``stats`` says.
         histograms: also write the per-step distribution across parameters of each
-            parameter-level statistic (when parameters were recorded).
+            parameter-level statistic (when parameters were recorded), and the log2
+            gradient histograms (when the run recorded them).
 
     Returns:
         ``{"scalars": n, "histograms": m, "steps": k}`` written.
@@ -116,6 +145,7 @@ def export_tensorboard(
     try:
         frame = r.frame()
         times = _step_times(r)
+        log2 = pd.concat([r.histograms(level="layer"), r.histograms(level="model")]) if histograms else None
     finally:
         if own:
             r.close()
@@ -127,6 +157,16 @@ def export_tensorboard(
             keys = list(zip(group["level"], group["name"], group["stat"]))
             sink.write(int(step), keys, group["value"].to_numpy(dtype=np.float64), walltime=times.get(int(step)))
             steps += 1
+        if log2 is not None and not log2.empty:
+            lo = int(log2["log2_bucket"].min())
+            width = int(log2["log2_bucket"].max()) - lo + 1
+            for step, group in log2.groupby("step", sort=True):
+                keys = list(dict.fromkeys(zip(group["level"], group["name"])))
+                row = {k: i for i, k in enumerate(keys)}
+                dense = np.zeros((len(keys), width), dtype=np.int64)
+                idx = [row[k] for k in zip(group["level"], group["name"])]
+                dense[idx, group["log2_bucket"].to_numpy() - lo] = group["count"].to_numpy()
+                sink.write_log2(int(step), keys, lo, dense, walltime=times.get(int(step)))
     finally:
         writer.close()
     return {"scalars": sink.scalars_written, "histograms": sink.histograms_written, "steps": steps}
@@ -163,7 +203,8 @@ class LiveTensorBoard:
         self._remove = lambda: None
         if monitor.writes_store:
             self._sink = _EventSink(_summary_writer(self.log_dir, flush_secs=flush_secs), levels, stats, histograms)
-            self._remove = monitor.add_listener(self._sink.write, on_close=self.close)
+            self._remove = monitor.add_listener(self._sink.write, on_close=self.close,
+                                                on_histograms=self._sink.write_log2)
 
     @property
     def scalars_written(self) -> int:

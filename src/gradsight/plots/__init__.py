@@ -19,6 +19,7 @@ from gradsight.plots.compare import compare, depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE, nonfinite, quantile_bands, update_ratio
 from gradsight.plots.flow import flow
 from gradsight.plots.heatmap import heatmap
+from gradsight.plots.histograms import log2_histogram, log2_histograms
 from gradsight.plots.probes import plot_path_lengths, plot_shattering, plot_signal_propagation
 from gradsight.plots.training import grad_flow, grad_flow_overlay, training_curves
 from gradsight.store.query import first_last_ratio, layer_matrix, layer_profile, nonfinite_events
@@ -48,6 +49,8 @@ __all__ = [
     "grad_flow_overlay",
     "heatmap",
     "layer_matrix",
+    "log2_histogram",
+    "log2_histograms",
     "layer_profile",
     "nonfinite",
     "nonfinite_events",

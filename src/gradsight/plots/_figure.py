@@ -11,6 +11,8 @@ import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.ticker import LogFormatter, ScalarFormatter
 
 from gradsight.plots.style import NONFINITE_COLOR, fmt_value, short_labels
 
@@ -40,14 +42,50 @@ STYLE: dict[str, Any] = {
 
 
 def styled(fn: F) -> F:
-    """Run a plot function inside the house style (``matplotlib.rc_context(STYLE)``)."""
+    """Run a plot function inside the house style (``matplotlib.rc_context(STYLE)``); the text
+    it adds is shown as written (:func:`plain_text`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Figure:
+        before = {(id(t), t.get_text()) for fig in _given_figures(args, kwargs) for t in fig.findobj(Text)}
         with matplotlib.rc_context(STYLE):
-            return fn(*args, **kwargs)
+            fig = fn(*args, **kwargs)
+        if isinstance(fig, Figure):
+            plain_text(fig, skip=before)
+        return fig
 
     return wrapper  # type: ignore[return-value]
+
+
+def _given_figures(args: Sequence[Any], kwargs: dict[str, Any]) -> set[Figure]:
+    """Figures of the axes passed to a plot function (alone or in a list or array)."""
+    found = set()
+    stack = [*args, *kwargs.values()]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Axes):
+            found.add(item.figure)
+        elif isinstance(item, (list, tuple)) or (isinstance(item, np.ndarray) and item.dtype == object):
+            stack.extend(item)
+    return found
+
+
+def plain_text(fig: Figure, skip: set[tuple[int, str]] = frozenset()) -> None:
+    """Show every text of ``fig`` as written: no mathtext, so a module or run name with
+    ``$...$`` is printed, not parsed as maths (which fails or garbles it). Tick labels set
+    from a list of strings (layer names) count as text; those of Matplotlib's numeric
+    formatters, which write mathtext (``10^{-3}``), are left alone, and so are texts whose
+    ``(id, text)`` is in ``skip`` (unchanged text of a figure the caller passed)."""
+    texts = fig.findobj(Text)  # first: listing an axis's children can add ticks
+    numeric_ticks = set()
+    for ax in fig.axes:
+        for axis in ax._axis_map.values():
+            for ticks, formatter in ((axis.majorTicks, axis.major.formatter), (axis.minorTicks, axis.minor.formatter)):
+                if isinstance(formatter, (ScalarFormatter, LogFormatter)):
+                    numeric_ticks |= {id(label) for tick in ticks for label in (tick.label1, tick.label2)}
+    for text in texts:
+        if id(text) not in numeric_ticks and (id(text), text.get_text()) not in skip:
+            text.set_parse_math(False)
 
 
 def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:

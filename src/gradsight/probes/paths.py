@@ -173,7 +173,7 @@ class _PathGates:
             self.recorder = _recorder(self.model, self.hooks)
             self.recorder.on_addition = self._gate
             first = dict(self.model.named_modules())[block_owner(self.blocks[0])]
-            self.hooks.add(first.register_forward_pre_hook(self._measuring_point, prepend=True))
+            self.hooks.attach(first, "register_forward_pre_hook", self._measuring_point, prepend=True)
         except BaseException:
             self.close()
             raise

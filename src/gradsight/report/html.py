@@ -31,6 +31,7 @@ from gradsight.compgraph.structure import Graph
 from gradsight.plots.compare import depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
 from gradsight.plots.style import MISSING_COLOR, NONFINITE_COLOR, PALETTE, fmt_value, lut, shade
+from gradsight.report.histograms import histograms_html
 from gradsight.report.payload import CELL_BUDGET, DiagnosisJob, RunPayload, results_table, run_payload
 from gradsight.report.static import CSS, JS
 from gradsight.store.query import (
@@ -217,6 +218,7 @@ def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str
     parts.append('<div class="chart" data-chart="update"></div>')
     parts.append('<div class="chart" data-chart="model"></div>')
     parts.append('<div class="chart" data-chart="metrics"></div>')
+    parts.append(histograms_html(p.run, _png))
     if graph_html:
         parts.append("<h3>Computation graph</h3>" + graph_html)
     parts.append("</section>")
@@ -318,6 +320,9 @@ def build_report(
     run_list = expand_runs(runs)
     if not run_list:
         raise ValueError("no runs to report on")
+    recorded = sorted({s for r in run_list for s in r.stats()})
+    if stat != DEFAULT_STAT and stat not in recorded:  # runs without the default show grad_norm instead
+        raise ValueError(f"no run records the statistic {stat!r}; recorded: {', '.join(recorded) or 'none'}")
     deadline = time.monotonic() + diagnosis_timeout
     jobs = [DiagnosisJob(r.path) for r in run_list]
     payloads = [run_payload(r, i, stat=stat, cell_budget=cell_budget, max_steps=max_steps, base=base)
@@ -388,6 +393,9 @@ def write_report(runs: Iterable[Run | str | Path], path: str | Path, **kwargs: A
     text = build_report(runs, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # nothing half-written stays behind when writing fails
     return path

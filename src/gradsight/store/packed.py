@@ -254,8 +254,10 @@ class PackedWriter:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._series: dict[int, tuple[str | None, str | None]] = {}  # id -> (level, stat)
-        self._plans: dict[bytes, list[tuple[int, np.ndarray, list[int]]]] = {}  # ids of a write -> groups
+        self._plans: dict[bytes, list[tuple[tuple, np.ndarray, list[int]]]] = {}  # ids of a write -> groups
         self._groups: dict[tuple[bytes, bytes], int] = {}  # (series, segments) -> group id
+        (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM series_groups").fetchone()
+        self._next_group = int(last) + 1
 
     def write(self, step: int, ids: np.ndarray, values: np.ndarray) -> None:
         """The values of series ``ids`` at ``step`` (a later write of a series at a step replaces it)."""
@@ -267,14 +269,18 @@ class PackedWriter:
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._plan(ids)
+        # the groups' rows with every write: a transaction rolled back (and written again by
+        # the writer) may have taken them away, and a packed row must never lack its group
+        self._conn.executemany("INSERT OR IGNORE INTO series_groups(id, series, segments) VALUES (?,?,?)",
+                               [group_row for group_row, _, _ in plan])
         self._conn.executemany(
             "INSERT OR REPLACE INTO packed(grp, step, data) VALUES (?,?,?)",
-            [(group, step, encode_row(values[positions], segments)) for group, positions, segments in plan],
+            [(group_row[0], step, encode_row(values[positions], segments)) for group_row, positions, segments in plan],
         )
 
-    def _plan(self, ids: np.ndarray) -> list[tuple[int, np.ndarray, list[int]]]:
-        """Groups of one write: ``(group id, positions in the write, segment lengths)``; a
-        series given twice keeps its last value."""
+    def _plan(self, ids: np.ndarray) -> list[tuple[tuple, np.ndarray, list[int]]]:
+        """Groups of one write: ``(series_groups row, positions in the write, segment
+        lengths)``; a series given twice keeps its last value."""
         unique, first_from_end = np.unique(ids[::-1], return_index=True)
         positions = len(ids) - 1 - first_from_end  # ascending ids, last occurrence of each
         self._learn(unique)
@@ -311,13 +317,14 @@ class PackedWriter:
             for i in chunk:
                 self._series[i] = found.get(i, (None, None))
 
-    def _group(self, ids: np.ndarray, segments: list[int]) -> int:
+    def _group(self, ids: np.ndarray, segments: list[int]) -> tuple[int, bytes, bytes]:
+        """The ``series_groups`` row of a group (a new id for a group not seen yet)."""
         key = (np.ascontiguousarray(ids, dtype="<i8").tobytes(), np.array(segments, dtype="<i4").tobytes())
         group = self._groups.get(key)
         if group is None:
-            group = self._conn.execute("INSERT INTO series_groups(series, segments) VALUES (?,?)", key).lastrowid
-            self._groups[key] = group
-        return group
+            group = self._groups[key] = self._next_group
+            self._next_group += 1
+        return (group, *key)
 
 
 # -- reading ----------------------------------------------------------------------------

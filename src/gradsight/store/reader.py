@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,9 +13,10 @@ import numpy as np
 import pandas as pd
 
 from gradsight._errors import RunError
+from gradsight.store.access import connect_readonly
 from gradsight.store.packed import MAX_SQL_VARS, PACKED_TABLES, layout, read_long, read_matrix
 from gradsight.store.roles import as_roles, row_roles
-from gradsight.store.schema import DB_NAME, Kind, Level
+from gradsight.store.schema import DB_NAME, READABLE_VERSIONS, SCHEMA_VERSION, Kind, Level
 
 _REQUIRED_TABLES = {"meta", "params", "layers", "series", "steps"}  # and the values' (packed.layout)
 
@@ -43,14 +45,46 @@ _DEPTHS = """
 
 def _resolve_db(path: str | Path) -> Path:
     p = Path(path)
-    if not p.exists():
-        raise RunError(f"no run at {p}: the path does not exist")
-    if p.is_dir():
-        db = p / DB_NAME
-        if not db.exists():
-            raise RunError(f"{p} is not a gradsight run: it has no {DB_NAME}")
-        return db
+    try:
+        if not p.exists():
+            raise RunError(f"no run at {p}: the path does not exist")
+        if p.is_dir():
+            db = p / DB_NAME
+            if not db.exists():
+                raise RunError(f"{p} is not a gradsight run: it has no {DB_NAME}")
+            return db
+    except PermissionError:
+        raise RunError(f"{p} cannot be read: permission denied (ask its owner, or copy the run)") from None
     return p
+
+
+def _check_permissions(db_path: Path, after: BaseException | None = None) -> None:
+    """Raise a permission error as one: the store or its ``-wal``/``-shm`` cannot be read
+    or, ``after`` SQLite failed, a killed run's ``-shm`` index cannot be created."""
+    for f in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        if f.exists() and not os.access(f, os.R_OK):
+            raise RunError(f"{f} cannot be read: permission denied (ask its owner, or copy the run)")
+    if after is not None and not os.access(db_path.parent, os.W_OK) and Path(f"{db_path}-wal").exists() \
+            and not Path(f"{db_path}-shm").exists():
+        raise RunError(f"{db_path} was not closed by its writer and {db_path.parent} is not writable, so "
+                       "SQLite cannot build its -shm index; copy the run directory and open the copy")
+
+
+def _check_schema_version(db_path: Path, version: Any) -> None:
+    """Raise :class:`RunError` unless this gradsight reads stores of schema ``version``
+    (:data:`~gradsight.store.schema.READABLE_VERSIONS`)."""
+    readable = f"{min(READABLE_VERSIONS)} to {max(READABLE_VERSIONS)}"
+    if version is None:
+        raise RunError(f"{db_path} is not a gradsight store: its meta table has no schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise RunError(f"{db_path} has schema_version {version!r}, not an integer: it is corrupted "
+                       "or not a gradsight store")
+    if version > SCHEMA_VERSION:
+        raise RunError(f"{db_path} has schema version {version}, newer than this gradsight reads ({readable}); "
+                       "upgrade gradsight to read it")
+    if version not in READABLE_VERSIONS:
+        raise RunError(f"{db_path} has schema version {version}, which this gradsight does not read "
+                       f"(it reads {readable}); open it with the gradsight version that wrote it")
 
 
 def open_run(path: str | Path) -> Run:
@@ -61,8 +95,9 @@ def open_run(path: str | Path) -> Run:
             ``gradsight.sqlite`` file.
 
     Raises:
-        RunError: the path is missing, is not a run, or its database is empty,
-            corrupted or not a gradsight store.
+        RunError: the path is missing or cannot be read (permissions), is not a
+            run, or its database is empty, corrupted, not a gradsight store or of a
+            schema version this gradsight does not read.
     """
     return Run(path)
 
@@ -79,23 +114,32 @@ class Run:
     def __init__(self, path: str | Path) -> None:
         self.db_path = _resolve_db(path)
         self.path = self.db_path.parent
+        _check_permissions(self.db_path)
         if self.db_path.stat().st_size == 0:
             raise RunError(f"{self.db_path} is empty: the run never wrote its store")
-        uri = self.db_path.resolve().as_uri() + "?mode=ro"
         try:
-            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._conn = connect_readonly(self.db_path)
             tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as exc:
+            _check_permissions(self.db_path, after=exc)
             raise RunError(f"{self.db_path} is corrupted or not a SQLite database ({exc})") from None
+        try:
+            self.meta: dict[str, Any] = self._checked_meta(tables)
+        except RunError:
+            self._conn.close()
+            raise
+
+    def _checked_meta(self, tables: set[str]) -> dict[str, Any]:
+        """The ``meta`` table, once the store has every table and a schema version this reads."""
         missing = _REQUIRED_TABLES - tables | (set() if layout(tables) else set(PACKED_TABLES))
         if missing:
             raise RunError(f"{self.db_path} is not a gradsight store (missing tables: {', '.join(sorted(missing))})")
         try:
-            self.meta: dict[str, Any] = {
-                k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")
-            }
-        except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+            meta = {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
+        except (sqlite3.DatabaseError, json.JSONDecodeError, TypeError) as exc:
             raise RunError(f"{self.db_path} is corrupted ({exc})") from None
+        _check_schema_version(self.db_path, meta.get("schema_version"))
+        return meta
 
     # -- metadata ---------------------------------------------------------------
     def __repr__(self) -> str:
@@ -128,14 +172,27 @@ class Run:
         except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
             raise RunError(f"{self.db_path} could not be read ({exc.__cause__ or exc})") from None
 
+    def _json_lists(self, texts: Iterable[Any], column: str) -> list[list]:
+        """The JSON lists stored in a text column; :class:`RunError` naming the column for any other value."""
+        out = []
+        for text in texts:
+            try:
+                value = json.loads(text)
+            except (TypeError, ValueError):
+                value = None
+            if not isinstance(value, list):
+                raise RunError(f"{self.db_path} is corrupted: {column} holds {text!r}, not a JSON list")
+            out.append(value)
+        return out
+
     def params(self) -> pd.DataFrame:
         """One row per parameter: name, layer, shape, numel, dtype, trainable, aliases, position, depth."""
         df = self._query(
             f"WITH {_DEPTHS} SELECT p.*, d.depth FROM params p "
             "LEFT JOIN depths d ON d.level = 'layer' AND d.name = p.layer ORDER BY p.position"
         )
-        df["shape"] = df["shape"].map(lambda s: tuple(json.loads(s)))
-        df["aliases"] = df["aliases"].map(json.loads)
+        df["shape"] = [tuple(v) for v in self._json_lists(df["shape"], "params.shape")]
+        df["aliases"] = self._json_lists(df["aliases"], "params.aliases")
         df["trainable"] = df["trainable"].astype(bool)
         return df
 
@@ -170,7 +227,8 @@ class Run:
             params = self._query("SELECT layer, numel, trainable, aliases FROM params")
             params = params[params["trainable"].astype(bool)]
             numel = {str(k): int(v) for k, v in params.groupby("layer")["numel"].sum().items()}
-            aliased = {str(n) for n, a in zip(params["layer"], params["aliases"]) if json.loads(a)}
+            aliased = {str(n) for n, a in zip(params["layer"], self._json_lists(params["aliases"], "params.aliases"))
+                       if a}
             rows = [(n, None if pd.isna(d) else int(d), t, k) for n, d, t, k in
                     zip(df["name"], df["depth"], df["module_type"], df["kind"])]
             derived = row_roles(rows, numel, aliased)
@@ -350,6 +408,28 @@ class Run:
         wide = pd.DataFrame(matrix, index=pd.Index(step_values, name="step"), columns=list(ids["name"]), copy=False)
         wide.columns.name = "name"
         return wide
+
+    def histograms(self, level: str = Level.LAYER, name: str | Iterable[str] | None = None,
+                   steps: Iterable[int] | None = None) -> pd.DataFrame:
+        """Log2-magnitude gradient histograms (``gs.watch(..., histograms=...)``).
+
+        Args:
+            level: ``layer`` or ``model``.
+            name: only these layers (default: all).
+            steps: only these steps (default: all with a histogram).
+
+        Returns:
+            Long frame with columns ``step, level, name, log2_bucket, count``, one row
+            per nonzero bucket: ``count`` elements had ``2**log2_bucket <= |g| <
+            2**(log2_bucket + 1)`` (the gradient as stored, times the loss scale with a
+            GradScaler); empty when the run recorded none.
+        """
+        from gradsight.store import histograms
+
+        try:
+            return histograms.read(self._conn, level, name, steps)
+        except sqlite3.DatabaseError as exc:
+            raise RunError(f"{self.db_path} could not be read ({exc})") from None
 
     def metrics(self) -> pd.DataFrame:
         """User-logged values (``monitor.log``) as a wide table indexed by step."""

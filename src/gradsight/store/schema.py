@@ -79,3 +79,10 @@ CREATE TABLE IF NOT EXISTS steps (
     time REAL NOT NULL               -- unix time when the step was recorded
 );
 """ + PACKED_SCHEMA
+
+#: Schema versions :func:`gradsight.open_run` reads; it refuses others with both versions named.
+READABLE_VERSIONS = frozenset(range(1, SCHEMA_VERSION + 1))
+
+from gradsight.store.histograms import DDL as _HISTOGRAMS_DDL  # noqa: E402
+
+SCHEMA += _HISTOGRAMS_DDL

@@ -220,6 +220,7 @@ def train(
     run_dir: str | Path | None = None,
     every: int | schedules.Schedule | str = "auto",
     activations: bool | str = False,
+    histograms: bool | int = False,
     name: str | None = None,
     network: str | None = None,
     layers: int | None = None,
@@ -245,6 +246,7 @@ def train(
         every: which steps record gradient statistics: ``"auto"`` (see :func:`auto_schedule`),
             every k-th step, or a schedule ``step -> bool``.
         activations: passed to :func:`gradsight.watch` (activation and residual-split statistics).
+        histograms: passed to :func:`gradsight.watch` (log2 gradient histograms and precision headroom).
         name: display name of the run (default: the run directory's name).
         network, layers: how tables name the model (default: the model name, else its registered
             family, else its class; and its registered depth).
@@ -317,7 +319,7 @@ def train(
     }
     monitor = watch(
         model, run_dir, every=schedule, optimizer=optimizer, config=settings, name=name,
-        overwrite=overwrite, activations=activations,
+        overwrite=overwrite, activations=activations, histograms=histograms,
     )
     result = TrainResult(
         name=name or monitor.run_dir.name, network=network, layers=layers, parameters=parameters,

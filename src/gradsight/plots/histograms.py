@@ -1,0 +1,131 @@
+"""Log2 gradient histograms over training: bucket x step, with the ranges of fp16, bf16
+and fp8 drawn as lines (``gs.watch(..., histograms=...)``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from gradsight.plots._figure import new_axes, no_data, styled
+from gradsight.plots.style import CMAP, MISSING_COLOR, PALETTE
+from gradsight.stats.formats import FORMAT_RANGES
+from gradsight.store import histograms as store_histograms
+from gradsight.store.query import display_name, open_data, run_label, step_sample
+from gradsight.store.schema import Level
+
+#: Line colour of each format's range.
+FORMAT_COLORS = dict(zip(FORMAT_RANGES, PALETTE[1:]))
+
+
+def format_lines(lo: float, hi: float) -> list[tuple[str, float, str]]:
+    """``(format, log2 value, edge)`` of the format range edges within ``[lo, hi]`` (log2
+    units): ``edge`` is ``"zero"`` where values start to round to 0 (at or below half the
+    smallest subnormal) or ``"max"`` at the largest finite value."""
+    out = []
+    for fmt, rng in FORMAT_RANGES.items():
+        for value, edge in ((math.log2(rng.smallest) - 1, "zero"), (math.log2(rng.largest), "max")):
+            if lo <= value <= hi:
+                out.append((fmt, value, edge))
+    return out
+
+
+@styled
+def log2_histogram(
+    data,
+    name: str | None = None,
+    *,
+    level: str = Level.LAYER,
+    ax: Axes | None = None,
+    title: str | None = None,
+    max_steps: int | None = 200,
+    cmap: str = CMAP,
+) -> Figure:
+    """The log2-magnitude histogram of one layer's (or the model's) gradient over training.
+
+    Args:
+        data: a ``Run``, a run directory, or a frame of ``Run.histograms()``.
+        name: the layer (default: the model, ``level='model'``).
+        level: ``layer`` or ``model``.
+        ax: draw into these axes (default: a new figure).
+        title: the title (default: the name and the run).
+        max_steps: at most this many evenly spaced steps with a histogram.
+        cmap: matplotlib colour map.
+
+    Returns:
+        The figure: rows are log2 buckets (``2**e <= |g| < 2**(e+1)``), columns steps,
+        colour the fraction of the nonzero finite elements in the bucket (log scale);
+        dashed lines where each format starts to round values to 0, solid lines at
+        its largest finite value.
+    """
+    if name is None:
+        name, level = "", Level.MODEL
+    frame = data if hasattr(data, "columns") else open_data(data).histograms(level=level, name=name)
+    frame = frame[frame["level"] == level] if "level" in frame else frame
+    steps = step_sample(sorted(int(s) for s in frame.loc[frame["name"] == name, "step"].unique()), max_steps)
+    steps, buckets, counts = store_histograms.matrix(frame, name, steps)
+    fig, ax = new_axes(ax, (9.0, 4.6))
+    label = display_name(name) if level != Level.MODEL else "model"
+    ax.set_title(title or f"log2 |gradient| of {label}" + ("" if hasattr(data, "columns") else f": {run_label(data)}"))
+    if not buckets:
+        no_data(ax, f"no histogram recorded for {label} (gs.watch(..., histograms=True))")
+        return fig
+    totals = counts.sum(0, keepdims=True)
+    frac = np.where(totals > 0, counts / np.maximum(totals, 1), np.nan)
+    shown = np.where(frac > 0, frac, np.nan)
+    positive = shown[np.isfinite(shown)]
+    cm = matplotlib.colormaps[cmap].with_extremes(bad=MISSING_COLOR)
+    im = ax.imshow(shown, aspect="auto", origin="lower", cmap=cm, interpolation="nearest",
+                   norm=LogNorm(max(positive.min(), 1e-9), max(positive.max(), positive.min() * 10)),
+                   extent=(-0.5, len(steps) - 0.5, buckets[0], buckets[-1] + 1))
+    margin = 3
+    ax.set_ylim(buckets[0] - margin, buckets[-1] + 1 + margin)
+    for fmt, value, edge in format_lines(buckets[0] - margin, buckets[-1] + 1 + margin):
+        ax.axhline(value, color=FORMAT_COLORS[fmt], ls="--" if edge == "zero" else "-", lw=1.3,
+                   label=f"{fmt}: rounds to 0 at or below" if edge == "zero" else f"{fmt}: largest value")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.16, 1.0), fontsize=8, frameon=False)
+    xt = step_sample(range(len(steps)), 8)
+    ax.set_xticks(xt, [str(steps[i]) for i in xt])
+    ax.set_xlabel("step")
+    ax.set_ylabel("log2 |g| (bucket e: 2^e <= |g| < 2^(e+1))")
+    ax.grid(False)
+    cb = fig.colorbar(im, ax=ax, pad=0.01, fraction=0.04)
+    cb.set_label("fraction of nonzero elements")
+    return fig
+
+
+def layer_names(data, max_layers: int = 12) -> list[str]:
+    """The layers with histograms (at the first or last step with one), in forward order, at
+    most ``max_layers`` evenly spaced (first and last kept)."""
+    run = open_data(data)
+    steps = sorted(set(run.histograms(level=Level.MODEL)["step"].tolist()))
+    have = set(run.histograms(level=Level.LAYER, steps=steps[:1] + steps[-1:])["name"]) if steps else set()
+    order = [n for n in run.layers()["name"] if n in have]
+    return step_sample(order, max_layers)
+
+
+@styled
+def log2_histograms(data, names: Sequence[str] | None = None, *, max_layers: int = 12,
+                    max_steps: int | None = 200, title: str | None = None) -> Figure:
+    """:func:`log2_histogram` of several layers, one panel each, in forward order (default:
+    at most ``max_layers`` evenly spaced layers with histograms), at most ``max_steps``
+    evenly spaced steps with a histogram (only those are read)."""
+    run = open_data(data)
+    names = list(names) if names is not None else layer_names(run, max_layers)
+    steps = step_sample(sorted(set(run.histograms(level=Level.MODEL)["step"].tolist())), max_steps)
+    frame = run.histograms(level=Level.LAYER, name=names, steps=steps) if names else None
+    fig = Figure(figsize=(11.0, 3.2 * max(1, len(names))), layout="constrained")
+    axes = fig.subplots(max(1, len(names)), 1, squeeze=False)[:, 0]
+    if not names:
+        no_data(axes[0], "no histograms recorded (gs.watch(..., histograms=True))")
+        return fig
+    for name, ax in zip(names, axes):
+        log2_histogram(frame, name, ax=ax, title=f"{display_name(name)}")
+    fig.suptitle(title or f"log2 |gradient| per layer: {run_label(run)}")
+    return fig
