@@ -80,7 +80,9 @@ def write_synthetic(run_dir: Path, shape: Shape, seed: int = 0) -> tuple[int, fl
     rng = np.random.default_rng(seed)
     names = [f"blocks.{i // 2}.fc{i % 2 + 1}" for i in range(shape.layers)]
     pool = _step_values(rng, shape.layers)
-    writer = StoreWriter(run_dir)
+    # the whole run may wait in the queue (it holds the same few arrays): nothing is dropped,
+    # and the writer's own speed is measured
+    writer = StoreWriter(run_dir, max_queue_bytes=1 << 40)
     writer.set_meta(name=run_dir.name, status="running", model_class="synthetic.DeepMLP", start_time=time.time())
     writer.write_params([(f"{n}.weight", n, "[64, 64]", 4096, "float32", 1, "[]", i) for i, n in enumerate(names)])
     writer.write_layers([(n, d, "Linear", Kind.LAYER) for d, n in enumerate(names)])
@@ -206,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             value_bytes = value_table_bytes(run_dir)
             with gs.open_run(run_dir) as run:
                 version = run.meta.get("schema_version")
+                if name != "small" and len(run.steps()) != SHAPES[name].steps:
+                    raise SystemExit(f"{name}: {len(run.steps())} of {SHAPES[name].steps} steps were written")
             reads = read_times(run_dir)
             print(f"{name}: {values:,} values, schema_version {version}, {size / 1e6:,.1f} MB: "
                   f"{size / values:.2f} B/value"
