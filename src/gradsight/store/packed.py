@@ -15,8 +15,8 @@ each segment (uint32), then each segment as one byte of encoding and its values:
   positions and float64 values of the few that are not (a logged ``0.1``); float64
   (zlib-compressed when that saves 3%) when those are many; NaN and +-inf as themselves;
 - float32 values as their four byte planes: a plane of equal bytes as one byte (the low
-  mantissa bytes of counts and zeros), the plane of signs and exponents zlib-compressed,
-  the mantissa bytes as they are.
+  mantissa bytes of counts and zeros), the plane of signs and exponents (and a plane of
+  mostly zero bytes) deflated, the mantissa bytes of measured values as they are.
 
 A later write of a series at a step replaces the earlier one, as ``INSERT OR REPLACE``
 did in the row-per-value layout: readers take the value of the row written last
@@ -116,15 +116,16 @@ def encode(values: np.ndarray) -> bytes:
 def _planes(f32: np.ndarray) -> bytes:
     """float32 values as their 4 byte planes, lowest byte first: a plane whose bytes are all
     equal (the low mantissa bytes of counts and zeros) as one byte, the plane of signs and
-    exponents zlib-compressed when that saves 3%, the others as they are (mantissa bytes of
-    measured values are noise: compressing them costs time and saves nothing)."""
+    exponents, and a plane that is mostly zero bytes, deflated when that saves 3%, the others
+    as they are (mantissa bytes of measured values are noise: compressing them costs time
+    and saves nothing)."""
     out = []
     for p, plane in enumerate(f32.view(np.uint8).reshape(-1, 4).T):
         raw = plane.tobytes()
         if len(raw) and raw.count(raw[:1]) == len(raw):
             out.append(bytes((_PLANE_CONSTANT,)) + raw[:1])
             continue
-        if p == 3:
+        if p == 3 or 4 * raw.count(0) > len(raw):  # signs and exponents; mantissas of counts, zeros
             deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
             packed = deflate.compress(raw) + deflate.flush()
             if len(packed) <= _KEEP_COMPRESSED * len(raw):
