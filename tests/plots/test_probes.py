@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -74,3 +75,30 @@ def test_no_module_chooses_a_backend_or_uses_pyplot() -> None:
                  if re.search(r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot",
                               path.read_text())]
     assert offending == []
+
+
+def test_signal_propagation_of_a_transformer_uses_the_stream_of_each_addition(tmp_path) -> None:
+    """A pre-LN GPT block has two additions and no single output: the forward panel shows the
+    stream's mean square before each addition (stream_rms**2; the first one is the embedding sum,
+    computed here directly), the backward panel the gradient through each skip."""
+    model = create_model("gpt_preln", depth=3, width=16, heads=2, context=8)
+    ids = torch.randint(0, 256, (4, 8))
+    table = gs.probe(model, ids)
+    blocks = table[table["kind"] == "block"].sort_values("depth")
+    assert len(blocks) == 6 and blocks["act_var"].isna().all() and blocks["out_grad_norm"].isna().all()
+    fig = plot_signal_propagation(table, title="gpt_preln")
+    fwd, bwd = fig.axes[:2]
+    lines = {line.get_label(): line for line in fwd.lines}
+    assert set(lines) == {"residual-branch variance", "stream mean square before the addition"}
+    stream = lines["stream mean square before the addition"]
+    np.testing.assert_allclose(stream.get_xdata(), range(6))
+    np.testing.assert_allclose(stream.get_ydata(), blocks["stream_rms"] ** 2, rtol=1e-12)
+    with torch.no_grad():
+        embedded = (model.transformer.wte(ids) + model.transformer.wpe(torch.arange(8))).double()
+    assert stream.get_ydata()[0] == pytest.approx(float(embedded.pow(2).mean()), rel=1e-4)
+    (skip,) = bwd.lines
+    assert skip.get_label() == "additions: gradient through the skip"
+    np.testing.assert_allclose(skip.get_ydata(), blocks["skip_grad_norm"], rtol=1e-12)
+    assert np.isfinite(skip.get_ydata()).all() and (skip.get_ydata() > 0).all()
+    fig.savefig(tmp_path / "spp.png")
+    assert (tmp_path / "spp.png").stat().st_size > 10_000

@@ -3,6 +3,7 @@ training curves."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,3 +103,40 @@ def test_into_given_axes(two_runs):
     fig2 = Figure()
     ax = fig2.add_subplot()
     assert training.grad_flow(two_runs["resnet-14"], ax=ax) is fig2
+
+
+@pytest.fixture(scope="module")
+def language_runs(tmp_path_factory) -> dict[str, Path]:
+    """gpt_preln and gpt_postln of depth 1, 2 epochs of 3 batches on 4 KiB of pystdlib."""
+    data = gs.data.load_dataset("pystdlib", limit=4096)
+    recipe = replace(gs.train.get_recipe("gpt"), batch_size=4, context=16, batches_per_epoch=3, epochs=2)
+    root = tmp_path_factory.mktemp("lm")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {key: train(key, data, recipe, depth=1, width=16, heads=2, run_dir=root / key, name=key,
+                           device="cpu", progress=False).run_dir
+                for key in ("gpt_preln", "gpt_postln")}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_training_curves_of_language_models_show_bits_per_byte(language_runs):
+    """Next-byte error says little about a language model: its runs show the train and test
+    loss per epoch in bits per byte (the logged loss / ln 2), with nats on the right axis."""
+    fig = training.training_curves(list(language_runs.values()))
+    loss_ax, bits_ax = fig.axes[:2]
+    assert len(loss_ax.get_lines()) == 2
+    assert bits_ax.get_ylabel() == "loss in bits per byte (log scale)"
+    for key, path in language_runs.items():
+        with gs.open_run(path) as run:
+            metrics = run.metrics().dropna(subset=["epoch"])
+        drawn = {line.get_label(): line for line in bits_ax.get_lines()}
+        for split in ("train", "test"):
+            line = drawn[f"{key} {split}"]
+            assert list(line.get_xdata()) == [1.0, 2.0]
+            expected = metrics[f"{split}_loss"].to_numpy() / math.log(2)
+            np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
+            assert not np.allclose(line.get_ydata(), metrics[f"{split}_error"].to_numpy())
+    nats = [child for child in bits_ax.get_children() if type(child).__name__ == "SecondaryAxis"]
+    assert len(nats) == 1 and nats[0].get_ylabel() == "loss in nats per byte"

@@ -27,7 +27,7 @@ def command(model_spec: str, input_shape: str | None, input_dtype: str | None, v
 
     Prints, per residual block (or per layer when there are none), the forward
     signal (average squared channel mean, channel variance, residual-branch
-    variance) and the backward signal (gradient norm at the block output, and the
+    variance, RMS of the stream before the addition) and the backward signal (gradient norm at the block output, and the
     skip/branch split of the gradient reaching its input). MODEL_SPEC is a
     registered model, with optional arguments (resnet:depth=56), or
     package.module:factory; the batch holds --batch-size samples of --input-shape
@@ -51,8 +51,8 @@ def command(model_spec: str, input_shape: str | None, input_dtype: str | None, v
                         f"{str(exc).splitlines()[0]}") from None
     kind = "block" if (table.kind == "block").any() else "layer"
     rows = table[table.kind == kind]
-    cols = ["depth", "name", "act_mean_sq", "act_var", "branch_var", "out_grad_norm", "skip_grad_norm",
-            "branch_grad_norm", "skip_branch_cos"]
+    cols = ["depth", "name", "act_mean_sq", "act_var", "branch_var", "stream_rms", "out_grad_norm",
+            "skip_grad_norm", "branch_grad_norm", "skip_branch_cos"]
     cols = [c for c in cols if rows[c].notna().any()]
     click.echo(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3e}"))
     if csv_path is not None:

@@ -139,6 +139,38 @@ def plot_path_lengths(result: PathLengthResult, axes: Sequence[Axes] | None = No
 #: Forward statistics of :func:`gradsight.probe`'s table: column -> (line style, legend text).
 SPP_FORWARD = {"act_mean_sq": ("-", "avg squared channel mean"), "act_var": ("--", "avg channel variance"),
                "branch_var": (":", "residual-branch variance")}
+#: Line style and legend text of the stream's mean square before an addition (``stream_rms**2``),
+#: drawn for the addition rows whose module output has no statistics (modules with several additions).
+SPP_STREAM = ("-.", "stream mean square before the addition")
+
+
+def _signal_lines(rows: pd.DataFrame) -> tuple[dict[str, tuple[str, str, pd.Series]], dict[str, pd.Series]]:
+    """The forward and backward lines of :func:`plot_signal_propagation` for one network's rows.
+
+    Forward: ``act_mean_sq``, ``act_var`` (of each block's output) and ``branch_var``; where a
+    block row has no output statistics (a module with several additions, such as a transformer
+    block, has one row per addition and no single output), the stream's mean square as it
+    arrives at the addition, ``stream_rms**2``. Backward: ``out_grad_norm``, the gradient at
+    each block's output; where a row has none, ``skip_grad_norm``, the gradient that reaches the
+    stream through the addition's skip (``||dL/dz||`` at the addition's output ``z`` for an
+    identity skip). Each value is NaN where its row has another line; lines without values go.
+    """
+    forward: dict[str, tuple[str, str, pd.Series]] = {}
+    for stat, (ls, text) in SPP_FORWARD.items():
+        if stat in rows:
+            forward[stat] = (ls, text, rows[stat])
+    backward: dict[str, pd.Series] = {}
+    if "out_grad_norm" in rows:
+        backward["output"] = rows["out_grad_norm"]
+    if "stream_rms" in rows:
+        missing = rows["act_var"].isna() if "act_var" in rows else pd.Series(True, index=rows.index)
+        forward["stream"] = (*SPP_STREAM, (rows["stream_rms"] ** 2).where(missing))
+    if "skip_grad_norm" in rows:
+        missing = rows["out_grad_norm"].isna() if "out_grad_norm" in rows else pd.Series(True, index=rows.index)
+        backward["skip"] = rows["skip_grad_norm"].where(missing)
+    forward = {k: v for k, v in forward.items() if v[2].notna().any()}
+    backward = {k: v for k, v in backward.items() if v.notna().any()}
+    return forward, backward
 
 
 @styled
@@ -156,9 +188,13 @@ def plot_signal_propagation(table: pd.DataFrame, *, title: str | None = None,
         The figure: left, the average squared channel mean (``act_mean_sq``), average channel
         variance (``act_var``) and residual-branch variance (``branch_var``) of each block's
         output against block depth; right, the gradient norm arriving at each block's output
-        (``out_grad_norm``). Uses conv/linear layers instead when the network has no residual
-        blocks. Log y scale; with several networks (a ``label`` column) depth is normalized to
-        0..1 so networks of different depth line up.
+        (``out_grad_norm``). A module with several additions (a transformer block) has one
+        row per addition and no output statistics: for those rows the left panel shows the
+        stream's mean square before the addition (``stream_rms**2``) and the right panel the
+        gradient reaching the stream through the skip (``skip_grad_norm``). Uses conv/linear
+        layers instead when the network has no residual blocks. Log y scale; with several
+        networks (a ``label`` column) depth is normalized to 0..1 so networks of different
+        depth line up.
     """
     if axes is None:
         fig = Figure(figsize=(12, 4.5), layout="constrained")
@@ -178,11 +214,15 @@ def plot_signal_propagation(table: pd.DataFrame, *, title: str | None = None,
         if normalize:
             x = x / max(len(rows) - 1, 1)
         prefix = f"{label}: " if label is not None else ""
-        for stat, (ls, text) in SPP_FORWARD.items():
-            if stat in rows and rows[stat].notna().any():
-                fwd.plot(x, rows[stat], ls, color=_color(i), marker="o", ms=2.5, label=prefix + text)
-        bwd.plot(x, rows["out_grad_norm"], "-", color=_color(i), marker="o", ms=2.5,
-                 label=prefix + ("blocks" if kind == "block" else "conv/linear layers"))
+        forward, backward = _signal_lines(rows) if kind == "block" else _signal_lines(
+            rows.drop(columns=["stream_rms", "skip_grad_norm"], errors="ignore"))
+        for ls, text, values in forward.values():
+            fwd.plot(x, values, ls, color=_color(i), marker="o", ms=2.5, label=prefix + text)
+        for key, values in backward.items():
+            text = ("blocks" if kind == "block" else "conv/linear layers") if key == "output" else \
+                "additions: gradient through the skip"
+            bwd.plot(x, values, "-" if key == "output" else "-.", color=_color(i), marker="o", ms=2.5,
+                     label=prefix + text)
     xlabel = "relative depth (0 = input side, 1 = output side)" if normalize else "block (or layer) index, forward order"
     for ax in axes:
         ax.set_xlabel(xlabel)
@@ -192,7 +232,7 @@ def plot_signal_propagation(table: pd.DataFrame, *, title: str | None = None,
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fwd.set_title("forward: signal propagation")
-    bwd.set_title("backward: gradient reaching each output")
+    bwd.set_title("backward: gradient reaching each output (or addition)")
     if title:
         fig.suptitle(title)
     return fig

@@ -14,6 +14,7 @@ run directory) and optional axes, and returns the matplotlib ``Figure``; none ca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from gradsight.plots._figure import no_data, styled, tidy_log_axis
 from gradsight.plots.flow import flow
@@ -156,10 +158,15 @@ def grad_flow_overlay(runs: Sequence[Run | str | Path], *, stat: str = "grad_nor
 
 @styled
 def training_curves(runs: Sequence[Run | str | Path], *, axes: Sequence[Axes] | None = None) -> Figure:
-    """Training loss at the recorded steps (left) and train/test error per epoch (right), per run.
+    """Training loss at the recorded steps (left) and, per epoch (right), the train/test error of
+    each classifier run or the train/test loss in bits per byte of each language-model run.
 
-    A family has one colour (deeper members darker); in the right panel the training error is
-    drawn with circles and the test error with crosses.
+    A family has one colour (deeper members darker); in the right panel training values are
+    drawn with circles and test values with crosses. A language-model run (one that logged
+    ``test_bits_per_byte``, as :func:`gradsight.train.train` does on a byte-level corpus) shows
+    ``train_bits_per_byte`` (the running mean over the epoch's batches) and
+    ``test_bits_per_byte`` (the model at the end of the epoch); when every run is one, the right
+    axis gives the same values as a loss in nats per byte (bits x ln 2).
     """
     if axes is None:
         fig = Figure(figsize=(12.0, 4.2), layout="constrained")
@@ -170,22 +177,33 @@ def training_curves(runs: Sequence[Run | str | Path], *, axes: Sequence[Axes] | 
         names = [run.name for run in opened]
         looks = _look(opened)
         logged = [run.metrics() for run in opened]
+    kinds = set()
     for name, metrics, (color, style) in zip(names, logged, looks):
         if "loss" in metrics:
             loss = metrics["loss"].dropna()
             axes[0].plot(loss.index, loss.to_numpy(), style, color=color, lw=1.2, label=name)
         if "epoch" in metrics:
             per_epoch = metrics.dropna(subset=["epoch"])
-            axes[1].plot(per_epoch["epoch"], per_epoch["train_error"], style, marker="o", ms=4, color=color,
+            language = "test_bits_per_byte" in per_epoch and per_epoch["test_bits_per_byte"].notna().any()
+            kinds.add("bits" if language else "error")
+            train, test = ("train_bits_per_byte", "test_bits_per_byte") if language else ("train_error", "test_error")
+            axes[1].plot(per_epoch["epoch"], per_epoch[train], style, marker="o", ms=4, color=color,
                          label=f"{name} train")
-            axes[1].plot(per_epoch["epoch"], per_epoch["test_error"], style, marker="x", ms=5, color=color,
+            axes[1].plot(per_epoch["epoch"], per_epoch[test], style, marker="x", ms=5, color=color,
                          label=f"{name} test")
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("training loss (mini-batch, log scale)")
     axes[0].set_title("training loss at the recorded steps")
     axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel("error (log scale)")
-    axes[1].set_title("train error (o, running over the epoch) and test error (x)")
+    if kinds == {"bits"}:
+        axes[1].set_ylabel("loss in bits per byte (log scale)")
+        axes[1].set_title("train loss (o, running over the epoch) and test loss (x)")
+    elif kinds == {"bits", "error"}:
+        axes[1].set_ylabel("error, or loss in bits per byte (log scale)")
+        axes[1].set_title("train (o) and test (x): error of classifiers, bits per byte of language models")
+    else:
+        axes[1].set_ylabel("error (log scale)")
+        axes[1].set_title("train error (o, running over the epoch) and test error (x)")
     for ax in axes:
         if not ax.get_lines():
             no_data(ax, "nothing logged")
@@ -194,6 +212,12 @@ def training_curves(runs: Sequence[Run | str | Path], *, axes: Sequence[Axes] | 
         ax.autoscale_view()
         tidy_log_axis(ax)
         ax.legend(loc="best", ncols=2 if len(names) > 2 else 1)
+    if kinds == {"bits"} and axes[1].get_lines():
+        nats = axes[1].secondary_yaxis("right", functions=(lambda b: b * math.log(2), lambda n: n / math.log(2)))
+        nats.set_ylabel("loss in nats per byte")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 2, 2.5, 3 rather than 2x10^0
+        nats.yaxis.set_major_formatter(plain)
+        nats.yaxis.set_minor_formatter(plain)
     return fig
 
 

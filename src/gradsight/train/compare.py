@@ -8,6 +8,7 @@ Writes, into ``out``::
     figures/gradflow-<network>-<layers>.png   gradient norm by layer, first and last step
     figures/gradflow-all.png    every run, relative depth 0..1, first step and late in training
     figures/training-curves.png training loss per recorded step, train/test error per epoch
+                                (language models: train/test loss in bits per byte)
 
 and returns a :class:`CompareResult` (``gradsight compare`` adds ``report.html``). Each run's
 config records, besides the settings, the conditions its numbers depend on
