@@ -4,8 +4,8 @@ Builds a synthetic run store of ``--layers`` layers x ``--steps`` recorded steps
 (default 1,000 x 10,000: layer-level ``grad_norm``, ``update_ratio`` and
 ``grad_nonfinite``, model-level ``grad_norm`` and ``grad_nonfinite``, the metric
 ``loss``, and a few steps with non-finite gradients), then times
-``gradsight.report.write_report`` on it. The store is written once with plain
-sqlite3 in the gradsight schema (``--store`` keeps it for the next run).
+``gradsight.report.write_report`` on it. The store is written once through the
+store's writer (``--store`` keeps it for the next run).
 
     python benchmarks/report_scale.py                 # 1,000 layers x 10,000 steps
     python benchmarks/report_scale.py --check         # exit 1 unless < 30 s and < 20 MB
@@ -18,8 +18,6 @@ downsampled for display (evenly spaced steps), never in the store.
 from __future__ import annotations
 
 import argparse
-import json
-import sqlite3
 import sys
 import tempfile
 import time
@@ -27,36 +25,27 @@ from pathlib import Path
 
 import numpy as np
 
-from gradsight.store.schema import DB_NAME, SCHEMA, SCHEMA_VERSION
+from gradsight.store.schema import DB_NAME
+from gradsight.store.writer import StoreWriter
 
 LIMIT_S = 30.0
 LIMIT_MB = 20.0
 
 
 def build_store(run_dir: Path, layers: int, steps: int, seed: int = 0) -> Path:
-    """Write a synthetic finished run to ``run_dir`` and return it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    db = run_dir / DB_NAME
-    db.unlink(missing_ok=True)
+    """Write a synthetic finished run to ``run_dir`` (through the store's writer) and return it."""
     rng = np.random.default_rng(seed)
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=OFF")
-    conn.execute("PRAGMA synchronous=OFF")
-    conn.executescript(SCHEMA)
-    conn.execute("BEGIN")
     names = [f"blocks.{i // 2}.fc{i % 2 + 1}" for i in range(layers)]
     now = time.time()
-    meta = {
-        "name": run_dir.name, "status": "finished", "start_time": now - 3600, "end_time": now,
-        "model_class": "synthetic.DeepMLP", "torch_version": "-", "gradsight_version": "-", "config": {"depth": layers},
-        "schedule": "every(1)", "backend": "eager", "device": "cpu", "num_params": layers * 4160,
-        "num_trainable": layers * 4160, "optimizer": "SGD", "amp": False, "depth_source": "forward",
-        "steps_recorded": steps, "step_calls": steps, "schema_version": SCHEMA_VERSION,
-    }
-    conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-    conn.executemany("INSERT INTO layers(name, depth, module_type, kind) VALUES (?, ?, 'Linear', 'layer')", [(n, d) for d, n in enumerate(names)])
-    conn.executemany("INSERT INTO params VALUES (?, ?, '[64, 64]', 4096, 'float32', 1, '[]', ?)",
-                     [(f"{n}.weight", n, i) for i, n in enumerate(names)])
+    writer = StoreWriter(run_dir, overwrite=True)
+    writer.set_meta(
+        name=run_dir.name, status="running", start_time=now - 3600, model_class="synthetic.DeepMLP",
+        torch_version="-", gradsight_version="-", config={"depth": layers}, schedule="every(1)", backend="eager",
+        device="cpu", num_params=layers * 4160, num_trainable=layers * 4160, optimizer="SGD", amp=False,
+        depth_source="forward", steps_recorded=steps, step_calls=steps,
+    )
+    writer.write_layers([(n, d, "Linear", "layer") for d, n in enumerate(names)])
+    writer.write_params([(f"{n}.weight", n, "[64, 64]", 4096, "float32", 1, "[]", i) for i, n in enumerate(names)])
     layer_stats = ("grad_norm", "update_ratio", "grad_nonfinite")
     series, sid = [], 0
     for stat in layer_stats:
@@ -70,7 +59,8 @@ def build_store(run_dir: Path, layers: int, steps: int, seed: int = 0) -> Path:
         series.append((sid, "model", "", stat))
     loss_id = sid + 1
     series.append((loss_id, "metric", "loss", "loss"))
-    conn.executemany("INSERT INTO series VALUES (?, ?, ?, ?)", series)
+    writer.add_series(series)
+    ids = np.array([s[0] for s in series], dtype=np.int64)  # layer stats, model stats, loss
 
     depth = np.arange(layers)
     profile = 0.05 * np.exp(-3.0 * depth / layers)  # gradients shrink toward the input... read backwards
@@ -88,17 +78,12 @@ def build_store(run_dir: Path, layers: int, steps: int, seed: int = 0) -> Path:
             if start <= s < start + k:
                 grad[: layer + 1, s - start] = np.inf
                 nonfinite[: layer + 1, s - start] = 3
-        values = np.concatenate([grad, upd, nonfinite])  # rows in series-id order
-        ids = np.arange(1, 3 * layers + 1)
-        rows = [(int(step), int(i), float(v)) for j, step in enumerate(t) for i, v in zip(ids, values[:, j])]
         model_norm = np.sqrt((grad**2).sum(axis=0))
-        rows += [(int(step), model_ids["grad_norm"], float(v)) for step, v in zip(t, model_norm)]
-        rows += [(int(step), model_ids["grad_nonfinite"], float(v)) for step, v in zip(t, nonfinite.sum(axis=0))]
-        rows += [(int(step), loss_id, float(2.3 * np.exp(-step / steps) + 0.05)) for step in t]
-        conn.executemany("INSERT INTO scalars VALUES (?, ?, ?)", rows)
-        conn.executemany("INSERT INTO steps VALUES (?, ?)", [(int(s), now - 3600 + float(s)) for s in t])
-    conn.execute("COMMIT")
-    conn.close()
+        loss = 2.3 * np.exp(-t / steps) + 0.05
+        values = np.concatenate([grad, upd, nonfinite, model_norm[None], nonfinite.sum(axis=0)[None], loss[None]])
+        for j, step in enumerate(t):  # rows of ``values`` in series-id order
+            writer.write_scalars(int(step), ids, values[:, j], now - 3600 + float(step))
+    writer.close(status="finished")
     return run_dir
 
 

@@ -299,10 +299,10 @@ def test_bad_run_path_is_one_error_line_and_exit_2(capsys, tmp_path, monkeypatch
 
 @pytest.mark.parametrize(("command", "table", "fails"), [
     (["info"], "steps", True),
-    (["info"], "scalars", True),
+    (["info"], "packed", True),
     (["info"], "params", True),
     (["export", "-o", "out.csv"], "steps", False),  # export reads the values, not the list of steps
-    (["export", "-o", "out.csv"], "scalars", True),
+    (["export", "-o", "out.csv"], "packed", True),
     (["export", "-o", "out.csv"], "params", True),
 ])
 def test_corrupted_store_is_one_error_line_and_exit_2(capsys, tiny_run, monkeypatch, command, table, fails):

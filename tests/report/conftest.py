@@ -3,12 +3,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import gradsight as gs
 from gradsight.compgraph import GRAPH_FILE
+from gradsight.store.packed import PackedWriter
 from tests.plots.runs import TinyNet, make_run
 
 HOSTILE = "<script>alert(1)</script>"
@@ -38,10 +40,11 @@ def add_module_stat(run_dir: Path, stat: str = "act_rms", names=("inp", "blocks"
     with conn:
         (next_id,) = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM series").fetchone()
         steps = [r[0] for r in conn.execute("SELECT step FROM steps ORDER BY step")]
-        for k, name in enumerate(names):
-            conn.execute("INSERT INTO series VALUES (?, 'module', ?, ?)", (next_id + k, name, stat))
-            conn.executemany("INSERT INTO scalars VALUES (?, ?, ?)",
-                             [(s, next_id + k, 0.5 + 0.1 * k + 0.01 * s) for s in steps])
+        ids = np.arange(next_id, next_id + len(names))
+        conn.executemany("INSERT INTO series VALUES (?, 'module', ?, ?)", zip(ids.tolist(), names, [stat] * len(names)))
+        values = PackedWriter(conn)
+        for s in steps:
+            values.write(s, ids, 0.5 + 0.1 * np.arange(len(names)) + 0.01 * s)
     conn.close()
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 import gradsight as gs
 from gradsight.report import build_report, expand_runs
+from gradsight.store.packed import PackedWriter
 from tests.plots.runs import make_run
 from tests.report.conftest import HOSTILE
 
@@ -145,8 +146,9 @@ def _set_layer_values(run_dir, stat: str, name: str, values: list[float]) -> Non
         (series,) = conn.execute("SELECT id FROM series WHERE level = 'layer' AND name = ? AND stat = ?",
                                  (name, stat)).fetchone()
         steps = [r[0] for r in conn.execute("SELECT step FROM steps ORDER BY step")]
-        conn.executemany("UPDATE scalars SET value = ? WHERE series = ? AND step = ?",
-                         [(v, series, s) for v, s in zip(values, steps, strict=True)])
+        writer = PackedWriter(conn)
+        for v, s in zip(values, steps, strict=True):
+            writer.write(s, np.array([series]), np.array([v]))
     conn.close()
 
 

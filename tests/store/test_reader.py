@@ -129,7 +129,7 @@ def test_open_run_raises_run_error_saying_what_is_wrong(tmp_path, make, message)
 
 
 def test_open_run_error_on_other_sqlite_db_names_the_missing_tables(tmp_path):
-    with pytest.raises(gs.RunError, match="missing tables: layers, params, scalars, series, steps"):
+    with pytest.raises(gs.RunError, match="missing tables: layers, packed, params, series, series_groups, steps"):
         gs.open_run(_other_sqlite_db(tmp_path))
 
 
@@ -156,7 +156,7 @@ def test_open_run_handles_special_characters_in_the_path(tmp_path):
         assert run.steps() == [0]
 
 
-@pytest.mark.parametrize("table", ["steps", "series", "scalars", "params", "layers"])
+@pytest.mark.parametrize("table", ["steps", "series", "packed", "series_groups", "params", "layers"])
 def test_corrupted_table_raises_run_error_from_every_reader(tiny_run, table):
     """The store opens (meta is sound) but one table's pages are garbage."""
     corrupt_table(tiny_run, table)
@@ -497,7 +497,7 @@ def _as_schema_version_1(run_dir: Path) -> None:
 def test_stores_of_schema_version_1_read_the_same(reordered_run, tmp_path):
     run_dir, _ = reordered_run
     with gs.open_run(run_dir) as run:
-        assert run.meta["schema_version"] == 3
+        assert run.meta["schema_version"] == 4
         want = (run.frame(), run.series("grad_norm"), run.params(), run.layers())
     _as_schema_version_1(run_dir)
     with gs.open_run(run_dir) as run:

@@ -14,12 +14,11 @@ import pandas as pd
 
 from gradsight._errors import RunError
 from gradsight.store.access import connect_readonly
+from gradsight.store.packed import MAX_SQL_VARS, PACKED_TABLES, layout, read_long, read_matrix
 from gradsight.store.roles import as_roles, row_roles
 from gradsight.store.schema import DB_NAME, READABLE_VERSIONS, SCHEMA_VERSION, Kind, Level
 
-#: Series ids passed to one query at most (SQLite allows 32,766 variables).
-_MAX_SQL_IDS = 30_000
-_REQUIRED_TABLES = {"meta", "params", "layers", "series", "scalars", "steps"}
+_REQUIRED_TABLES = {"meta", "params", "layers", "series", "steps"}  # and the values' (packed.layout)
 
 #: ``depths(level, name, depth)``: the depth of a name at a series level ('layer',
 #: 'block', 'module'; a parameter has its layer's), from the ``layers`` row of the
@@ -132,7 +131,7 @@ class Run:
 
     def _checked_meta(self, tables: set[str]) -> dict[str, Any]:
         """The ``meta`` table, once the store has every table and a schema version this reads."""
-        missing = _REQUIRED_TABLES - tables
+        missing = _REQUIRED_TABLES - tables | (set() if layout(tables) else set(PACKED_TABLES))
         if missing:
             raise RunError(f"{self.db_path} is not a gradsight store (missing tables: {', '.join(sorted(missing))})")
         try:
@@ -300,37 +299,53 @@ class Run:
             args.extend(vals)
         if steps is not None:
             st = [int(s) for s in steps]
-            where.append(f"s.step IN ({','.join('?' * len(st))})")
-            args.extend(st)
+            steps = st
         if roles is not None:  # read only the series of names with these roles
             ids = self._series_ids_with_roles(roles)
-            if len(ids) <= _MAX_SQL_IDS:  # beyond SQLite's variable limit, filter after reading
+            if len(ids) <= MAX_SQL_VARS:  # beyond SQLite's variable limit, filter after reading
                 where.append(f"se.id IN ({','.join('?' * len(ids))})")
                 args.extend(ids)
         sql = f"""
             WITH {_DEPTHS}
-            SELECT s.step AS step, se.level AS level, se.name AS name,
+            SELECT se.id AS id, se.level AS level, se.name AS name,
                    CASE se.level WHEN 'param' THEN p.layer
                                  WHEN 'model' THEN NULL
                                  WHEN 'metric' THEN NULL
                                  ELSE se.name END AS layer,
-                   d.depth AS depth, se.stat AS stat, s.value AS value
-            FROM scalars s
-            JOIN series se ON se.id = s.series
+                   d.depth AS depth, se.stat AS stat
+            FROM series se
             LEFT JOIN params p ON se.level = 'param' AND p.name = se.name
             LEFT JOIN depths d ON d.level = (CASE se.level WHEN 'param' THEN 'layer' ELSE se.level END)
                               AND d.name = (CASE se.level WHEN 'param' THEN p.layer ELSE se.name END)
         """
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY s.step, se.id"
-        df = self._query(sql, args)
+        sql += " ORDER BY se.id"
+        series = self._query(sql, args)
+        step_col, series_col, value_col = self._values(series["id"].to_numpy(dtype=np.int64), steps)
+        if len(value_col):
+            df = series.iloc[np.searchsorted(series["id"].to_numpy(dtype=np.int64), series_col)]
+            df = df.drop(columns="id").reset_index(drop=True)
+            df.insert(0, "step", step_col)
+            df["value"] = value_col
+        else:  # as an empty query result: every column of type object
+            df = pd.DataFrame({c: pd.Series(dtype=object) for c in
+                               ("step", "level", "name", "layer", "depth", "stat", "value")})
         df["value"] = df["value"].astype(float)
         df["depth"] = df["depth"].astype(float)
         df.insert(5, "role", self._role_column(df))
         if roles is not None:
             df = df[df["role"].isin(roles)].reset_index(drop=True)
         return df
+
+    def _values(self, ids: np.ndarray, steps: Iterable[int] | None, *, wide: bool = False) -> tuple:
+        """The values of series ``ids`` at ``steps`` (None: all), in either layout: ``(step,
+        series, value)`` arrays (:func:`gradsight.store.packed.read_long`; ``ids`` ascending),
+        or with ``wide`` ``(steps, values, None)`` (:func:`gradsight.store.packed.read_matrix`)."""
+        try:
+            return (read_matrix if wide else read_long)(self._conn, ids, steps)
+        except sqlite3.DatabaseError as exc:
+            raise RunError(f"{self.db_path} could not be read ({exc})") from None
 
     def _series_ids_with_roles(self, roles: Iterable[str]) -> list[int]:
         """Ids of the series whose names have one of ``roles`` (model and metric series have none)."""
@@ -383,27 +398,14 @@ class Run:
             return pd.DataFrame()
         ids = ids.sort_values(["depth", "name"], na_position="last").drop_duplicates("id")
         id_list = [int(i) for i in ids["id"]]
-        sql = f"SELECT step, series, value FROM scalars WHERE series IN ({','.join('?' * len(id_list))})"
-        args: list[Any] = list(id_list)
         if steps is not None:
-            st = sorted({int(x) for x in steps})
-            if not st:
+            steps = sorted({int(x) for x in steps})
+            if not steps:
                 return pd.DataFrame(columns=list(ids["name"]))
-            sql += f" AND step IN ({','.join('?' * len(st))})"
-            args += st
-        try:
-            rows = self._conn.execute(sql, args).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise RunError(f"{self.db_path} could not be read ({exc})") from None
-        if not rows:
+        step_values, matrix, _ = self._values(np.asarray(id_list, dtype=np.int64), steps, wide=True)
+        if not len(step_values):
             return pd.DataFrame(columns=list(ids["name"]))
-        arr = np.array(rows, dtype=float)  # NULL -> nan
-        step_values, step_pos = np.unique(arr[:, 0].astype(np.int64), return_inverse=True)
-        col_of = {sid: k for k, sid in enumerate(id_list)}
-        cols = np.fromiter((col_of[int(v)] for v in arr[:, 1]), dtype=np.int64, count=len(arr))
-        matrix = np.full((len(step_values), len(id_list)), np.nan)
-        matrix[step_pos, cols] = arr[:, 2]
-        wide = pd.DataFrame(matrix, index=pd.Index(step_values, name="step"), columns=list(ids["name"]))
+        wide = pd.DataFrame(matrix, index=pd.Index(step_values, name="step"), columns=list(ids["name"]), copy=False)
         wide.columns.name = "name"
         return wide
 

@@ -5,6 +5,8 @@ See ``docs/design.md`` for the meaning of every table and column.
 
 from __future__ import annotations
 
+from gradsight.store.packed import PACKED_SCHEMA
+
 DB_NAME = "gradsight.sqlite"
 
 
@@ -37,7 +39,9 @@ class Kind:
 #: block that owns parameters has a ``layer`` row and a ``block`` row.
 #: 3: ``layers`` has ``role`` and ``tied`` (:mod:`gradsight.store.roles`); readers derive
 #: them for older stores from the same rows.
-SCHEMA_VERSION = 3
+#: 4: values are packed arrays (``series_groups``, ``packed``: :mod:`gradsight.store.packed`)
+#: instead of one ``scalars`` row per value; readers read both.
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -70,18 +74,11 @@ CREATE TABLE IF NOT EXISTS series (
     stat  TEXT NOT NULL,
     UNIQUE (level, name, stat)
 );
-CREATE TABLE IF NOT EXISTS scalars (
-    step   INTEGER NOT NULL,
-    series INTEGER NOT NULL REFERENCES series(id),
-    value  REAL,                     -- NULL stores NaN
-    PRIMARY KEY (step, series)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS scalars_by_series ON scalars(series, step);
 CREATE TABLE IF NOT EXISTS steps (
     step INTEGER PRIMARY KEY,
     time REAL NOT NULL               -- unix time when the step was recorded
 );
-"""
+""" + PACKED_SCHEMA
 
 #: Schema versions :func:`gradsight.open_run` reads; it refuses others with both versions named.
 READABLE_VERSIONS = frozenset(range(1, SCHEMA_VERSION + 1))

@@ -27,6 +27,7 @@ import numpy as np
 from gradsight._errors import RunError
 from gradsight.store.access import RunLock
 from gradsight.store import histograms as _histograms
+from gradsight.store.packed import PAGE_SIZE, PackedWriter
 from gradsight.store.schema import DB_NAME, SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,8 @@ class StoreWriter:
             process, or holds a run and ``overwrite`` is False.
     """
 
+    _packed: PackedWriter | None = None  #: packs values on the writer thread (created there)
+
     def __init__(self, run_dir: str | Path, *, overwrite: bool = False, max_queue_bytes: int | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / DB_NAME
@@ -346,7 +349,7 @@ class StoreWriter:
         self._put(("layers", rows))
 
     def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray, time_s: float | None = None) -> None:
-        """Values of several series at one step (NaN is stored as NULL)."""
+        """Values of several series at one step (packed: :mod:`gradsight.store.packed`)."""
         self._put(("scalars", int(step), series_ids, values, time_s))
 
     def write_histograms(self, step: int, keys: list[tuple[str, str]], bucket_lo: int, dense: np.ndarray) -> None:
@@ -414,6 +417,7 @@ class StoreWriter:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
             try:
+                conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL mode, which fixes it
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 # tables, schema version and owner in one commit (a second process names this one from them)
@@ -592,11 +596,9 @@ class StoreWriter:
         kind = item[0]
         if kind == "scalars":
             _, step, ids, values, time_s = item
-            vals = values.tolist()  # SQLite stores NaN as NULL; +-inf as is
-            conn.executemany(
-                "INSERT OR REPLACE INTO scalars(step, series, value) VALUES (?,?,?)",
-                zip([step] * len(vals), ids.tolist(), vals),
-            )
+            if self._packed is None:
+                self._packed = PackedWriter(conn)
+            self._packed.write(step, ids, values)
             if time_s is not None:
                 conn.execute("INSERT OR REPLACE INTO steps(step, time) VALUES (?,?)", (step, time_s))
         elif kind == "many":
