@@ -17,13 +17,13 @@ import gradsight as gs  # noqa: E402
 
 @pytest.fixture
 def tiny_run(tmp_path: Path) -> Path:
-    """Directory of a finished run: a 4-8-3 MLP, 3 recorded SGD steps with their loss,
+    """Directory of a finished run: a 4-8-3 MLP, 3 recorded SGD steps with their loss and update ratios,
     config ``{"lr": 0.1}`` and the metric ``accuracy`` logged once at step 2."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     run_dir = tmp_path / "tiny_run"
-    with gs.watch(model, run_dir, optimizer=optimizer, config={"lr": 0.1}) as monitor:
+    with gs.watch(model, run_dir, optimizer=optimizer, config={"lr": 0.1}, update_ratio=True) as monitor:
         for _ in range(3):
             loss = model(torch.randn(16, 4)).pow(2).mean()
             loss.backward()

@@ -61,7 +61,7 @@ def train(model: nn.Module, monitored: nn.Module, run_dir: Path, rank: int, worl
     """``STEPS`` SGD steps of ``model`` on this rank's shard of each global batch."""
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     with gs.watch(monitored, run_dir, optimizer=optimizer, backend="eager", distributed=distributed,
-                  histograms=2) as monitor:
+                  histograms=2, update_ratio=True) as monitor:
         for step in range(STEPS):
             x, y = batch(step)
             shard = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)

@@ -196,7 +196,7 @@ def test_mixed_precision_values_unscaled_and_skips_recorded(tmp_path):
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    with gs.watch(model, tmp_path / "run", optimizer=opt, scaler=scaler) as mon:
+    with gs.watch(model, tmp_path / "run", optimizer=opt, scaler=scaler, update_ratio=True) as mon:
         # step 0: normal
         scaler.scale(_train_step(model, torch.randn(8, 10)) * 0 + model(torch.randn(8, 10)).pow(2).mean())
         model.zero_grad()
@@ -494,7 +494,8 @@ def test_watch_shows_monitor_keywords():
     watch_params = inspect.signature(gs.watch).parameters
     assert watch_params == inspect.signature(gs.Monitor).parameters
     assert list(watch_params)[2:] == ["every", "optimizer", "scaler", "config", "name", "backend", "overwrite",
-                                      "distributed", "activations", "residual_blocks", "weights", "histograms"]
+                                      "distributed", "activations", "residual_blocks", "weights", "histograms",
+                                      "update_ratio"]
     for keyword in list(watch_params)[2:]:
         assert f"{keyword}:" in gs.watch.__doc__
 

@@ -27,7 +27,7 @@ def test_update_ratio_within_1e_5_of_float64_on_million_element_tensors(tmp_path
     # accumulation over 10^6 elements drifts most
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     expected: dict[int, dict[tuple[str, str], float]] = {}
-    with gs.watch(model, tmp_path / "run", optimizer=opt, weights=weights) as mon:
+    with gs.watch(model, tmp_path / "run", optimizer=opt, weights=weights, update_ratio=True) as mon:
         for step in range(3):
             model(torch.randn(8, 1024)).pow(2).mean().backward()
             if step == 1:
@@ -55,7 +55,7 @@ def test_update_ratio_within_1e_5_of_float64_on_million_element_tensors(tmp_path
 def test_snapshot_buffers_are_reused_between_steps_and_freed_on_close(tmp_path):
     model = nn.Linear(4, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    mon = gs.watch(model, tmp_path / "run", optimizer=opt)
+    mon = gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=True)
     pointers = []
     for _ in range(2):
         model(torch.randn(2, 4)).sum().backward()
@@ -66,3 +66,89 @@ def test_snapshot_buffers_are_reused_between_steps_and_freed_on_close(tmp_path):
     assert len(pointers[0]) == 2 and pointers[0] == pointers[1]
     mon.close()
     assert mon._updates._buffers == {}
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, mon: gs.Monitor, steps: int) -> dict[int, dict[str, float]]:
+    """``steps`` training steps; the float64 reference ratio of every parameter and of the
+    model across each step's optimizer step."""
+    names = [n for n, _ in model.named_parameters()]
+    want = {}
+    for step in range(steps):
+        model(torch.randn(8, 6)).pow(2).mean().backward()
+        mon.step()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.step()
+        opt.zero_grad()
+        after = {n: p.detach().clone() for n, p in model.named_parameters()}
+        want[step] = {n: _reference(before, after, [n]) for n in names}
+        want[step][""] = _reference(before, after, names)
+    return want
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_update_ratio_every_kth_recorded_step_equals_float64_reference(tmp_path, every):
+    """``update_ratio=k`` with ``every=2``: recorded steps 0, 2, 4, ..., 16; the 1st, (k+1)-th,
+    ... of them (the first included) have update ratios, equal to the reference there."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with gs.watch(model, tmp_path / "run", optimizer=opt, every=2, update_ratio=every) as mon:
+        want = _train(model, opt, mon, 17)
+    frame = gs.open_run(tmp_path / "run").frame(stat="update_ratio")
+    recorded = list(range(0, 17, 2))
+    measured = recorded[::every]
+    assert sorted(set(frame.step)) == measured
+    for step in measured:
+        rows = frame[frame.step == step]
+        got = {r.name: r.value for r in rows.itertuples() if r.level in ("param", "model")}
+        assert set(got) == set(want[step])
+        for name, value in want[step].items():
+            assert abs(got[name] - value) <= 1e-5 * value, (step, name, got[name], value)
+    # the other statistics are recorded at every recorded step
+    grad = gs.open_run(tmp_path / "run").frame(stat="grad_norm", level="model")
+    assert sorted(grad.step) == recorded
+
+
+def test_update_ratio_default_is_every_tenth_recorded_step(tmp_path):
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gs.watch(model, tmp_path / "run", optimizer=opt) as mon:
+        _train(model, opt, mon, 25)
+    assert sorted(set(gs.open_run(tmp_path / "run").frame(stat="update_ratio").step)) == [0, 10, 20]
+
+
+def test_update_ratio_false_records_none_and_registers_no_optimizer_hooks(tmp_path):
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=False) as mon:
+        assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+        _train(model, opt, mon, 3)
+        assert mon._updates._buffers == {}
+    frame = gs.open_run(tmp_path / "run").frame()
+    assert "update_ratio" not in set(frame.stat) and sorted(set(frame.step)) == [0, 1, 2]
+
+
+def test_no_snapshot_on_recorded_steps_without_update_ratio(tmp_path, monkeypatch):
+    """``update_ratio=3``: the weights are copied (and the difference taken) only at
+    recorded steps 0, 3, 6; at the others the optimizer hooks return at once."""
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    copies, subtractions = [], []
+    real_copy, real_sub = torch._foreach_copy_, torch._foreach_sub_
+    monkeypatch.setattr(torch, "_foreach_copy_", lambda *a, **k: (copies.append(step), real_copy(*a, **k))[1])
+    monkeypatch.setattr(torch, "_foreach_sub_", lambda *a, **k: (subtractions.append(step), real_sub(*a, **k))[1])
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=3) as mon:
+        pointers = {}
+        for step in range(8):
+            model(torch.randn(8, 6)).pow(2).mean().backward()
+            mon.step()
+            before = {i: b.clone() for i, b in mon._updates._buffers.items()}
+            opt.step()
+            opt.zero_grad()
+            if step not in (0, 3, 6):  # buffers untouched by this step
+                assert before.keys() == mon._updates._buffers.keys()
+                assert all(torch.equal(before[i], b) for i, b in mon._updates._buffers.items())
+            pointers[step] = sorted(b.data_ptr() for b in mon._updates._buffers.values())
+    assert copies == [0, 3, 6] and subtractions == [0, 3, 6]
+    assert pointers[0] == pointers[7] and len(pointers[0]) == 4
+    assert sorted(set(gs.open_run(tmp_path / "run").frame(stat="update_ratio").step)) == [0, 3, 6]

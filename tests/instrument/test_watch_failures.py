@@ -45,6 +45,10 @@ BAD_ARGUMENTS = [
     dict(residual_blocks="0"),
     dict(histograms=0),
     dict(histograms="often"),
+    dict(update_ratio=0),
+    dict(update_ratio=-10),
+    dict(update_ratio=2.5),
+    dict(update_ratio="often"),
 ]
 
 

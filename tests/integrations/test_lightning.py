@@ -91,7 +91,7 @@ def test_records_once_per_optimizer_step_with_accumulated_gradients(tmp_path):
 
 
 def test_scalars_reach_the_trainers_logger(tmp_path):
-    callback = GradFlowCallback(tmp_path / "run", backend="eager", log_levels=["model"])
+    callback = GradFlowCallback(tmp_path / "run", backend="eager", log_levels=["model"], update_ratio=True)
     _, trainer = _fit(tmp_path, callback, callbacks=[callback])
     logged = pd.read_csv(f"{trainer.logger.log_dir}/metrics.csv")
     stored = gs.open_run(tmp_path / "run").frame(level="model")
@@ -133,7 +133,7 @@ def test_update_ratio_at_every_step_although_lightning_steps_with_a_closure(tmp_
     """Regression: Lightning calls optimizer.step(closure) and records inside the
     closure, after the optimizer's pre-hooks, so every other step lost its
     update_ratio. With SGD, ||dw|| / ||w|| = lr * ||g|| / ||w||."""
-    callback = GradFlowCallback(tmp_path / "run", backend="eager", log_levels=())
+    callback = GradFlowCallback(tmp_path / "run", backend="eager", log_levels=(), update_ratio=True)
     _fit(tmp_path, callback, callbacks=[callback])
     model = gs.open_run(tmp_path / "run").frame(level="model")
     update = model[model.stat == "update_ratio"].set_index("step").value

@@ -103,7 +103,7 @@ def test_live_writes_what_is_recorded_while_training(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gs.watch(model, tmp_path / "run", optimizer=optimizer, backend="eager") as monitor:
+    with gs.watch(model, tmp_path / "run", optimizer=optimizer, backend="eager", update_ratio=True) as monitor:
         board = live(monitor, tmp_path / "tb", flush_secs=1)
         for _ in range(3):
             loss = model(torch.randn(8, 4)).pow(2).mean()

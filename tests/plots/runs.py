@@ -37,7 +37,8 @@ def make_run(run_dir: Path, *, depth: int = 4, skip: bool = False, steps: int = 
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
     config = {"family": "residual" if skip else "plain", "depth": depth + 2, "skip": skip}
-    with gs.watch(model, run_dir, optimizer=opt, config=config, name=name, overwrite=True, every=every) as mon:
+    with gs.watch(model, run_dir, optimizer=opt, config=config, name=name, overwrite=True, every=every,
+                  update_ratio=True) as mon:
         for step in range(steps):
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()

@@ -259,7 +259,7 @@ def recorded_run(tmp_path: Path) -> Path:
     model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     run_dir = tmp_path / "run"
-    with gs.watch(model, run_dir, optimizer=opt) as monitor:
+    with gs.watch(model, run_dir, optimizer=opt, update_ratio=True) as monitor:
         for step in range(6):
             opt.zero_grad()
             loss = model(torch.randn(4, 3)).pow(2).mean()

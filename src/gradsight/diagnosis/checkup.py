@@ -97,7 +97,9 @@ def checkup(
     optimizer = torch.optim.Adam(net.parameters(), lr=lr) if steps > 1 else None
     num_classes = None
     try:
-        with watch(net, path, optimizer=optimizer, activations=True, overwrite=overwrite or temp, name="doctor",
+        # few steps: an update ratio at each of them (gs.watch's default measures every 10th)
+        with watch(net, path, optimizer=optimizer, activations=True, update_ratio=True, overwrite=overwrite or temp,
+                   name="doctor",
                    config={"steps": steps, "lr": lr, "seed": seed}) as mon:
             iterator = range(steps)
             if progress:

@@ -510,12 +510,16 @@ def missing_gradients(data: RunData, th: Thresholds) -> list[Finding]:
 
 
 def _judged_updates(data: RunData, ur: pd.DataFrame, warmup: int) -> pd.DataFrame:
-    """``ur`` with the updates that cannot be judged left out (NaN): non-finite ones, and
-    for a tensor that started at zero (an infinite ratio, or a zero weight norm) the
-    first ``warmup`` updates after the last step at which it was zero."""
+    """``ur`` with the updates that cannot be judged left out (NaN): non-finite ones; those
+    of a step at which the layer's gradient was all zero (what moved it, if anything, was
+    momentum or weight decay: with a zero-initialized head, every layer before it at the
+    first step); and for a tensor that started at zero (an infinite ratio, or a zero
+    weight norm) the first ``warmup`` updates after the last step at which it was zero."""
     ur = ur.replace([np.inf, -np.inf], np.nan).copy()
     raw = data.wide(Level.LAYER, "update_ratio")
     wn = data.wide(Level.LAYER, "weight_norm")
+    gn = data.wide(Level.LAYER, "grad_norm").reindex(index=ur.index, columns=ur.columns)
+    ur = ur.mask(gn == 0)
     steps = ur.index.to_numpy()
     for layer in ur.columns:
         zero = set()

@@ -27,15 +27,23 @@ from gradsight.stats.histogram import HEADROOM_STATS, bucket_range, headroom_cou
 from gradsight.store.schema import Level
 
 
-def resolve_every(histograms: bool | int) -> int:
-    """Every how many recorded steps a histogram is taken (0: never) for ``histograms=``."""
-    if histograms is True:
+def resolve_every(value: bool | int, name: str = "histograms") -> int:
+    """Every how many recorded steps a measurement is taken (0: never) for an option
+    ``name=value`` that is ``True`` (every recorded step), ``False`` or ``k`` (every k-th
+    recorded step): ``histograms=`` and ``update_ratio=``."""
+    if value is True:
         return 1
-    if histograms is False or histograms is None:
+    if value is False or value is None:
         return 0
-    if isinstance(histograms, int) and histograms >= 1:
-        return int(histograms)
-    raise ValueError(f"histograms must be True, False or a positive int (every k-th recorded step), got {histograms!r}")
+    if isinstance(value, int) and value >= 1:
+        return int(value)
+    raise ValueError(f"{name} must be True, False or a positive int (every k-th recorded step), got {value!r:.60}")
+
+
+def due(every: int, recorded_index: int) -> bool:
+    """Whether the recorded step with this index (0 = the first) is measured, for
+    :func:`resolve_every`'s ``every``."""
+    return every > 0 and recorded_index % every == 0
 
 
 class HistogramRecorder:
@@ -61,7 +69,7 @@ class HistogramRecorder:
 
     def due(self, recorded_index: int) -> bool:
         """Whether the recorded step with this index (0 = the first) takes a histogram."""
-        return self.every > 0 and recorded_index % self.every == 0
+        return due(self.every, recorded_index)
 
     @torch.no_grad()
     def measure(self, grads: Sequence[Tensor], present: Sequence[int], group: Tensor, present_layers: Sequence[int],

@@ -64,7 +64,8 @@ def _close_open_monitors() -> None:
 
 
 def _check_arguments(model: Any, *, backend: Any, optimizer: Any, scaler: Any, config: Any, name: Any,
-                     overwrite: Any, activations: Any, residual_blocks: Any, histograms: Any = False) -> None:
+                     overwrite: Any, activations: Any, residual_blocks: Any, histograms: Any = False,
+                     update_ratio: Any = True) -> None:
     """Raise ``TypeError``/``ValueError`` for a bad ``gs.watch`` argument, before anything is created."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"gs.watch expects a torch.nn.Module, got {type(model).__name__}")
@@ -90,6 +91,7 @@ def _check_arguments(model: Any, *, backend: Any, optimizer: Any, scaler: Any, c
                                         or not all(isinstance(b, str) for b in residual_blocks)):
         raise TypeError(f"residual_blocks must be a list of module names or None, got {residual_blocks!r:.60}")
     resolve_every(histograms)
+    resolve_every(update_ratio, "update_ratio")
 
 
 class _NewPaths:
@@ -139,10 +141,11 @@ class Monitor:
         residual_blocks: Sequence[str] | None = None,
         weights: bool = True,
         histograms: bool | int = False,
+        update_ratio: bool | int = 10,
     ) -> None:
         _check_arguments(model, backend=backend, optimizer=optimizer, scaler=scaler, config=config, name=name,
                          overwrite=overwrite, activations=activations, residual_blocks=residual_blocks,
-                         histograms=histograms)
+                         histograms=histograms, update_ratio=update_ratio)
         self.model = model
         self.schedule = schedules.resolve(every)
         self.optimizer = optimizer
@@ -160,14 +163,14 @@ class Monitor:
         self._created = _NewPaths(self.run_dir)
         try:
             self._build(model, optimizer, scaler, config, name, backend, overwrite, distributed, activations,
-                        residual_blocks, weights, histograms)
+                        residual_blocks, weights, histograms, update_ratio)
         except BaseException:
             self._undo_build()
             raise
         _OPEN_MONITORS.add(self)
 
     def _build(self, model, optimizer, scaler, config, name, backend, overwrite, distributed, activations,
-               residual_blocks, weights, histograms) -> None:
+               residual_blocks, weights, histograms, update_ratio) -> None:
         """Everything that registers hooks or creates files (undone by :meth:`_undo_build` on failure)."""
         self.inventory = inv = Inventory.of(model)
         if not inv.watched:
@@ -213,8 +216,8 @@ class Monitor:
         self._layer_table = LayerTable(inv, self._order, self.activations, self._writer)
         self._loss_scale = LossScale(scaler, optimizer)
         self._updates = UpdateRatio(self._watched, [pi.name for pi in inv.watched], inv.layers, self._series,
-                                    self._dist.sumsq, weights)
-        if optimizer is not None:
+                                    self._dist.sumsq, weights, resolve_every(update_ratio, "update_ratio"))
+        if optimizer is not None and self._updates.every:
             self._hooks.attach(optimizer, "register_step_pre_hook", self._updates.snapshot, "optimizer")
             self._hooks.attach(optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
         self._writer.flush()  # metadata on disk at once: a reader sees status 'running', not 'unknown'
@@ -321,6 +324,7 @@ class Monitor:
     def _record(self, step: int, loss: Tensor | float | None) -> None:
         self._layer_table.sync()
         self._updates.forget()  # an optimizer step not seen since the last record
+        recorded_index = self.recorded_steps  # 0 at the first recorded step
         watched = self._watched
         present = [i for i, p in enumerate(watched) if p.grad is not None]
         missing = [i for i, p in enumerate(watched) if p.grad is None]
@@ -377,7 +381,7 @@ class Monitor:
         extra_ids, extra_vals = self._extra_rows(missing, model_stats, scale_h, loss_h, act_keys, act_h)
         if act_keys:
             self._layer_table.sync()
-        if self._histograms is not None and present and self._histograms.due(self.recorded_steps):
+        if self._histograms is not None and present and self._histograms.due(recorded_index):
             # the gradient as stored: after unscale_ (no 1/scale to apply) it carries the scale no more
             stored_scale = scale if inv_scale is None else None
             h_ids, h_vals, h_keys, h_lo, h_dense = self._histograms.measure(grads, present, group, present_layers,
@@ -395,7 +399,7 @@ class Monitor:
             time.time(),
         )
         self.recorded_steps += 1
-        if self.optimizer is not None and present:
+        if self.optimizer is not None and present and self._updates.due(recorded_index):
             self._updates.arm(step, present, raw[:, W_SUMSQ], group, present_layers)
 
     def _extra_rows(
@@ -515,8 +519,9 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
         every: record every k-th call of ``monitor.step()``, or a schedule
             (``step -> bool``, see :mod:`gradsight.schedules`).
         optimizer: when given, ``update_ratio`` (||dw|| / ||w|| across the
-            optimizer step) is recorded too; this keeps one copy of the watched
-            weights (made at the first recorded step, freed by ``close()``).
+            optimizer step) is recorded too (see ``update_ratio``); this keeps one
+            copy of the watched weights (made at the first recorded step, freed by
+            ``close()``).
         scaler: a ``torch.amp.GradScaler``: values are reported unscaled and steps
             with non-finite gradients (which the scaler skips) are marked ``skipped``.
         config: JSON-serializable settings stored with the run.
@@ -542,6 +547,12 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             ``fp8e5m2_underflow``, ``fp16_overflow``, ``fp8e4m3_overflow``,
             ``fp8e5m2_overflow`` per parameter, layer and model, on the gradient as
             stored (times the loss scale with ``scaler=``).
+        update_ratio: with ``optimizer=``, measure ``update_ratio`` at every (``True``)
+            or every k-th (``k``, the first recorded step included) recorded step, or
+            never (``False``). Default 10: each measured step copies the watched
+            weights before the optimizer step and takes the norm of the difference
+            after it, about three passes over the weights' memory; the other
+            recorded steps copy nothing.
 
     The keyword arguments, their defaults and types are those of :class:`Monitor`
     (the signature shown here is read from it).

@@ -1,4 +1,9 @@
-"""``update_ratio = ||w_after - w_before|| / ||w_before||`` across the optimizer step after a recorded step."""
+"""``update_ratio = ||w_after - w_before|| / ||w_before||`` across the optimizer step after a recorded step.
+
+Measured at every ``every``-th recorded step (``gs.watch(..., update_ratio=k)``, the first
+recorded step included; ``True`` is every one). On the other recorded steps the monitor
+does not arm it: nothing is copied, and its optimizer hooks return at once.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gradsight.instrument.histograms import due
 from gradsight.instrument.series import SeriesIds
 
 #: ``(step, series ids, values on the device)`` waiting for the next host transfer.
@@ -33,6 +39,8 @@ class UpdateRatio:
             ``torch.distributed``).
         weights: whether weight norms are taken at record time (else they are taken
             from the snapshot).
+        every: measure at every ``every``-th recorded step (0: never; see
+            :func:`~gradsight.instrument.histograms.resolve_every`).
     """
 
     def __init__(
@@ -43,7 +51,9 @@ class UpdateRatio:
         series: SeriesIds,
         sumsq: Callable[[Sequence[Tensor]], Tensor],
         weights: bool,
+        every: int = 1,
     ) -> None:
+        self.every = every
         self._watched = list(watched)
         self._param_names = list(param_names)
         self._layer_names = list(layer_names)
@@ -58,6 +68,10 @@ class UpdateRatio:
         self._snapshot: list[Tensor] | None = None
         self._buffers: dict[int, Tensor] = {}  #: watched index -> its snapshot buffer
         self._pending: list[Pending] = []
+
+    def due(self, recorded_index: int) -> bool:
+        """Whether the recorded step with this index (0 = the first) measures its optimizer step."""
+        return due(self.every, recorded_index)
 
     def forget(self) -> None:
         """Drop a snapshot whose optimizer step never came."""

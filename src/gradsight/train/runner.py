@@ -221,6 +221,7 @@ def train(
     every: int | schedules.Schedule | str = "auto",
     activations: bool | str = False,
     histograms: bool | int = False,
+    update_ratio: bool | int = True,
     name: str | None = None,
     network: str | None = None,
     layers: int | None = None,
@@ -247,6 +248,8 @@ def train(
             every k-th step, or a schedule ``step -> bool``.
         activations: passed to :func:`gradsight.watch` (activation and residual-split statistics).
         histograms: passed to :func:`gradsight.watch` (log2 gradient histograms and precision headroom).
+        update_ratio: passed to :func:`gradsight.watch`; ``True`` (the default here, unlike
+            ``gs.watch``'s 10): every recorded step of the sparse ``"auto"`` schedule has one.
         name: display name of the run (default: the run directory's name).
         network, layers: how tables name the model (default: the model name, else its registered
             family, else its class; and its registered depth).
@@ -320,6 +323,7 @@ def train(
     monitor = watch(
         model, run_dir, every=schedule, optimizer=optimizer, config=settings, name=name,
         overwrite=overwrite, activations=activations, histograms=histograms,
+        update_ratio=update_ratio,
     )
     result = TrainResult(
         name=name or monitor.run_dir.name, network=network, layers=layers, parameters=parameters,
