@@ -8,8 +8,10 @@ shared machine hit every row alike. Each cell is the median over rounds of
 Rows:
 
 * ``gradsight quickstart``: ``gs.watch(model, dir, optimizer=opt)`` and
-  ``monitor.step(loss)``, as in the README's quickstart (gradient and weight statistics,
-  ``update_ratio``, the loss);
+  ``monitor.step(loss)``, as in the README's quickstart (gradient and weight statistics
+  and the loss at every step, ``update_ratio`` at every 10th: the default ``update_ratio=10``);
+* ``gradsight quickstart, update_ratio=True``: the quickstart with ``update_ratio`` at
+  every recorded step (a copy of the weights before each optimizer step);
 * ``gradsight grads only``: ``gs.watch(model, dir, weights=False)``, no optimizer;
 * ``gradsight activations=True``: the quickstart plus ``activations=True``;
 * ``gradsight histograms=10``: the quickstart plus ``histograms=10`` (skipped, with a
@@ -223,7 +225,8 @@ class TensorBoardHistograms(Row):
 def all_rows() -> dict[str, Row]:
     return {
         "bare": Bare(),
-        "quickstart": Gradsight("gradsight quickstart (optimizer=)", True),
+        "quickstart": Gradsight("gradsight quickstart (optimizer=, default update_ratio=10)", True),
+        "quickstart_ur": Gradsight("gradsight quickstart, update_ratio=True", True, update_ratio=True),
         "grads": Gradsight("gradsight grads only (weights=False, no optimizer)", False, weights=False),
         "activations": Gradsight("gradsight quickstart + activations=True", True, activations=True),
         "histograms": Gradsight("gradsight quickstart + histograms=10", True, histograms=10),
