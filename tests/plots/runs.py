@@ -29,16 +29,17 @@ class TinyNet(nn.Module):
 
 
 def make_run(run_dir: Path, *, depth: int = 4, skip: bool = False, steps: int = 12, nan_at: int | None = None,
-             name: str | None = None, seed: int = 0, every: int = 1) -> Path:
-    """Record ``steps`` SGD steps of a :class:`TinyNet`; at step ``nan_at`` the gradient of
-    ``blocks.fc1.weight`` gets a NaN (and the optimizer step is skipped)."""
+             name: str | None = None, seed: int = 0, every: int = 1, update_ratio: bool | int = True) -> Path:
+    """Record ``steps`` SGD steps of a :class:`TinyNet` (``update_ratio`` as in ``gs.watch``);
+    at step ``nan_at`` the gradient of ``blocks.fc1.weight`` gets a NaN (and the optimizer
+    step is skipped)."""
     torch.manual_seed(seed)
     model = TinyNet(depth, skip)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
     config = {"family": "residual" if skip else "plain", "depth": depth + 2, "skip": skip}
     with gs.watch(model, run_dir, optimizer=opt, config=config, name=name, overwrite=True, every=every,
-                  update_ratio=True) as mon:
+                  update_ratio=update_ratio) as mon:
         for step in range(steps):
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()

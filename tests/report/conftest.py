@@ -51,12 +51,13 @@ def add_module_stat(run_dir: Path, stat: str = "act_rms", names=("inp", "blocks"
 @pytest.fixture(scope="package")
 def report_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 'compare' output directory: results.csv, plain4 (NaN at step 5, act_rms at module level,
-    graph.json), residual4, and a run of a network with HTML in its module names."""
+    graph.json), residual4 (update ratios at every 4th step), and a run of a network with HTML
+    in its module names."""
     root = tmp_path_factory.mktemp("report_runs") / "compare"
     root.mkdir()
     (root / "results.csv").write_text(RESULTS_CSV)
     make_run(root / "plain4", depth=2, nan_at=5)
-    make_run(root / "residual4", depth=2, skip=True)
+    make_run(root / "residual4", depth=2, skip=True, update_ratio=4)
     add_module_stat(root / "plain4")
     torch.manual_seed(0)
     gs.graph(TinyNet(2, False), torch.randn(2, 4), probe=False).save(root / "plain4" / GRAPH_FILE)

@@ -100,6 +100,15 @@ def test_picking_an_activation_statistic_redraws(browser_page):
     page.select_option("#run-1 select.stat", "layer:grad_rms")
 
 
+def test_update_ratio_lines_are_drawn_through_a_sparse_series(browser_page):
+    """residual4 has update ratios at steps 0, 4, 8 only: one line of 3 points per layer."""
+    paths = browser_page.page.locator("#run-2 [data-chart=update] svg path.series")
+    assert paths.count() == 4
+    for i in range(4):
+        d = paths.nth(i).get_attribute("d")
+        assert d.count("M") == 1 and d.count("L") == 2, d
+
+
 def test_the_role_filter_redraws_every_layer_chart(browser_page):
     page = browser_page.page
     run = page.locator("#run-1")

@@ -214,3 +214,24 @@ def test_depth_sweep_of_the_report_leaves_out_runs_without_family_and_depth(repo
     note = comparison[comparison.index("Not on the depth sweep"):]
     assert "hostile" in note[: note.index("</p>")] and "plain4" not in note[: note.index("</p>")]
     assert run_data(text, "hostile")["family"] is None and run_data(text, "plain4")["family"] == "plain"
+
+
+def test_update_ratio_chart_of_a_sparse_series_takes_the_steps_that_hold_it(tmp_path):
+    """``update_ratio=3``: update ratios at steps 0, 3, 6, 9 of 12. The chart's matrix has
+    exactly those steps and the stored values (on the run's shared steps, 2 of every 3
+    points would be gaps and the lines would not be drawn)."""
+    run_dir = make_run(tmp_path / "sparse", update_ratio=3)
+    data = run_data(build_report([run_dir]), "sparse")
+    with gs.open_run(run_dir) as run:
+        wide = run.series("update_ratio")
+    assert list(wide.index) == [0, 3, 6, 9] and data["steps"] == list(range(12))
+    m = data["matrices"][data["update_key"]]
+    assert m["steps"] == [0, 3, 6, 9] and m["stat"] == "update_ratio"
+    values = decode(m["data"]).reshape(len(data["names"]["layer"]), -1)
+    assert data["names"]["layer"] == list(wide.columns)
+    np.testing.assert_allclose(values, wide.to_numpy().T.astype(np.float32), rtol=1e-6)
+
+
+def test_update_ratio_chart_of_an_every_step_series_shares_the_runs_steps(tmp_path):
+    data = run_data(build_report([make_run(tmp_path / "dense")]), "dense")
+    assert data["update_key"] == "layer:update_ratio" and "steps" not in data["matrices"][data["update_key"]]

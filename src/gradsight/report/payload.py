@@ -34,6 +34,7 @@ from gradsight.store.query import (
     DEFAULT_STAT,
     family_and_depth,
     layer_matrices,
+    layer_matrix,
     module_levels,
     nonfinite_events,
     run_summary,
@@ -134,6 +135,16 @@ def run_payload(run: Run, index: int, *, stat: str = DEFAULT_STAT, cell_budget: 
     for (lv, _), m in tables.items():
         names.setdefault(lv, [str(n) for n in m.columns])
     matrices = _encode_matrices(tables)
+    update_key = "layer:update_ratio" if "layer:update_ratio" in matrices else None
+    if update_key is not None:
+        # measured at every k-th recorded step (gs.watch(update_ratio=k)): its chart takes
+        # its own sample of the steps that hold it, not the shared one of all recorded steps
+        own = layer_matrix(run, "update_ratio", max_steps=shown)
+        if [int(s) for s in own.index] != steps:
+            own = own.reindex(columns=tables[("layer", "update_ratio")].columns)
+            update_key = "update_ratio:own_steps"
+            matrices[update_key] = {"level": "layer", "stat": "update_ratio", "steps": [int(s) for s in own.index],
+                                    "data": encode_f32(own.to_numpy(dtype=float).T)}
     roles = {}
     for lv, level_names in names.items():
         of = run.roles(lv)
@@ -180,7 +191,7 @@ def run_payload(run: Run, index: int, *, stat: str = DEFAULT_STAT, cell_budget: 
         "default_roles": {lv: list(r) if r is not None else None for lv, r in default_roles.items()},
         "matrices": matrices,
         "default_key": default_key,
-        "update_key": "layer:update_ratio" if "layer:update_ratio" in matrices else None,
+        "update_key": update_key,
         "model": model,
         "metrics": metrics,
         "nonfinite": nonfinite,

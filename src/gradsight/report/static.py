@@ -403,7 +403,8 @@ JS = r"""
     var m = run.matrices[key];
     if (!m) return null;
     if (!m._data) m._data = decode(m.data);
-    var names = run.names[m.level], data = m._data, k = run.steps.length;
+    var steps = m.steps || run.steps;  // a matrix of its own steps (update ratios), or the run's
+    var names = run.names[m.level], data = m._data, k = steps.length;
     var keep = rolesFor(run, m.level, choice), roles = (run.roles || {})[m.level];
     if (keep && roles) {
       var rows = [];
@@ -415,7 +416,7 @@ JS = r"""
         data = out;
       }
     }
-    return { names: names, steps: run.steps, data: data, stat: m.stat, level: m.level, shown: roleLabel(run, m.level, choice) };
+    return { names: names, steps: steps, data: data, stat: m.stat, level: m.level, shown: roleLabel(run, m.level, choice) };
   }
   function column(m, c) { var n = m.names.length, k = m.steps.length, out = new Array(n); for (var r = 0; r < n; r++) out[r] = m.data[r * k + c]; return out; }
   function row(m, r) { var k = m.steps.length; return Array.prototype.slice.call(m.data.subarray(r * k, (r + 1) * k)); }
