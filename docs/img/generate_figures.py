@@ -39,7 +39,7 @@ def train_runs(root: Path, steps: int = 150) -> dict[str, Path]:
                                  activation="sigmoid", init="xavier")
             opt = torch.optim.SGD(model.parameters(), lr=0.1)
             name = f"{family}{depth}"
-            with gs.watch(model, root / name, optimizer=opt, name=name, overwrite=True,
+            with gs.watch(model, root / name, optimizer=opt, name=name, overwrite=True, update_ratio=True,
                           config={"family": family, "depth": depth}) as mon:
                 for step in range(steps):
                     idx = torch.randint(0, len(x), (64,), generator=g)
