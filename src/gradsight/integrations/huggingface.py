@@ -76,7 +76,7 @@ class GradFlowCallback(TrainerCallback):
         log_levels: levels added to the Trainer's logs (``()`` for none).
         log_stats: statistics added to the logs (default: all).
         **watch_kwargs: passed to :func:`gradsight.watch` (``config``, ``name``,
-            ``backend``, ``overwrite``, ``distributed``, ...). The optimizer and any
+            ``backend``, ``overwrite``, ``distributed``, ``update_ratio``, ...). The optimizer and any
             ``GradScaler`` are taken from the Trainer.
 
     Create it with :meth:`attach` to record gradients before the ``Trainer`` clips

@@ -59,9 +59,9 @@ class GradFlowCallback(Callback):
             everything is always written to the run store.
         log_stats: statistics sent to the loggers (default: all).
         **watch_kwargs: passed to :func:`gradsight.watch` (``config``, ``name``,
-            ``backend``, ``overwrite``, ``distributed``, ...). The optimizer (when
-            there is one) and the ``GradScaler`` of ``16-mixed`` precision are taken
-            from the trainer.
+            ``backend``, ``overwrite``, ``distributed``, ``update_ratio``, ...). The
+            optimizer (when there is one) and the ``GradScaler`` of ``16-mixed``
+            precision are taken from the trainer.
 
     After ``fit``, :attr:`monitor` is the closed monitor and :attr:`run_dir` the run.
     """
