@@ -1,4 +1,5 @@
-"""Small tools for looking at a run store from outside gradsight (plain sqlite3, raw bytes)."""
+"""Small tools for the store tests: a tiny model recorded for a few steps, and looks at a run
+store from outside gradsight (plain sqlite3, raw bytes)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,24 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from gradsight.store.schema import DB_NAME
+
+
+def tiny_mlp() -> nn.Module:
+    """A seeded 4 -> 8 -> 2 MLP."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def record_steps(model: nn.Module, monitor, steps: int) -> None:
+    """``steps`` backward passes on random batches of 5, each followed by ``monitor.step()``."""
+    for _ in range(steps):
+        model(torch.randn(5, 4)).sum().backward()
+        monitor.step()
+        model.zero_grad()
 
 
 def store_files(run_dir: Path) -> dict[str, str]:

@@ -24,13 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import gradsight as gs
 from gradsight.store import writer as store_writer
 from gradsight.store.schema import DB_NAME, SCHEMA_VERSION
 from gradsight.store.writer import StoreWriter
-from tests.store.helpers import integrity, store_files
+from tests.store.helpers import integrity, record_steps, store_files, tiny_mlp
 
 pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="needs fork, flock and rlimits"),
               pytest.mark.timeout(120)]
@@ -40,18 +39,6 @@ SOURCE_ROOT = str(Path(gs.__file__).resolve().parents[1])
 
 #: Series written per step by the StoreWriter tests.
 VALUES_PER_STEP = 50
-
-
-def _mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-
-
-def _record(model: nn.Module, monitor: gs.Monitor, steps: int) -> None:
-    for _ in range(steps):
-        model(torch.randn(5, 4)).sum().backward()
-        monitor.step()
-        model.zero_grad()
 
 
 def _write_step(writer: StoreWriter, step: int) -> None:
@@ -413,10 +400,10 @@ def _try_overwrite(run_dir: str, results) -> None:
 
 
 def test_overwrite_never_replaces_a_run_another_process_is_recording(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     run_dir = tmp_path / "run"
     with gs.watch(model, run_dir) as monitor:
-        _record(model, monitor, 2)
+        record_steps(model, monitor, 2)
         monitor.flush()
         ctx = multiprocessing.get_context("fork")
         results = ctx.Queue()
@@ -425,19 +412,19 @@ def test_overwrite_never_replaces_a_run_another_process_is_recording(tmp_path):
         refusal = results.get(timeout=30)
         child.join(timeout=30)
         assert f"is being recorded by pid {os.getpid()} on {socket.gethostname()}" in refusal
-        _record(model, monitor, 1)
+        record_steps(model, monitor, 1)
     with gs.open_run(run_dir) as run:
         assert run.steps() == [0, 1, 2]
         assert run.status == "finished"
 
 
 def test_a_second_monitor_of_one_run_directory_in_this_process_is_refused(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     with gs.watch(model, tmp_path / "run") as monitor:
-        _record(model, monitor, 1)
+        record_steps(model, monitor, 1)
         with pytest.raises(gs.RunError, match=r"\(this process\)"):
-            gs.watch(_mlp(), tmp_path / "run", overwrite=True)
-        _record(model, monitor, 1)
+            gs.watch(tiny_mlp(), tmp_path / "run", overwrite=True)
+        record_steps(model, monitor, 1)
     with gs.open_run(tmp_path / "run") as run:
         assert run.steps() == [0, 1]
 
@@ -461,9 +448,9 @@ def test_a_forked_child_does_not_keep_the_run_directory_locked(tmp_path):
 
 @pytest.fixture
 def finished_run(tmp_path) -> Path:
-    model = _mlp()
+    model = tiny_mlp()
     with gs.watch(model, tmp_path / "run") as monitor:
-        _record(model, monitor, 2)
+        record_steps(model, monitor, 2)
     return tmp_path / "run"
 
 
@@ -520,9 +507,9 @@ def test_watch_into_a_path_that_is_a_file_raises_run_error_naming_it(tmp_path):
     target = tmp_path / "notes.txt"
     target.write_text("not a run")
     with pytest.raises(gs.RunError, match=f"{target} is a file, not a directory"):
-        gs.watch(_mlp(), target)
+        gs.watch(tiny_mlp(), target)
     with pytest.raises(gs.RunError, match=f"cannot create the run directory {target / 'run'}"):
-        gs.watch(_mlp(), target / "run")
+        gs.watch(tiny_mlp(), target / "run")
     assert target.read_text() == "not a run"
 
 
@@ -546,7 +533,7 @@ def read_only_dir(tmp_path):
 
 
 def test_watch_into_a_directory_it_cannot_write_raises_run_error_naming_it(read_only_dir):
-    model = _mlp()
+    model = tiny_mlp()
     with pytest.raises(gs.RunError, match=f"cannot (write the run store|create the run directory) {read_only_dir}"):
         gs.watch(model, read_only_dir)
     with pytest.raises(gs.RunError, match=f"cannot create the run directory {read_only_dir / 'run'}"):
@@ -618,7 +605,7 @@ def test_a_run_directory_without_write_permission_raises_run_error_naming_it(tmp
 
 
 def test_a_step_beyond_64_bits_is_refused_not_dropped(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     with gs.watch(model, tmp_path / "run") as monitor:
         model(torch.randn(5, 4)).sum().backward()
         with pytest.raises(ValueError, match=r"step=1180591620717411303424 does not fit"):
@@ -647,15 +634,15 @@ def test_a_value_the_store_cannot_hold_is_logged_once_and_counted(tmp_path, capl
 
 
 def test_a_reader_of_a_live_run_sees_new_commits(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     run_dir = tmp_path / "run"
     with gs.watch(model, run_dir) as monitor:
-        _record(model, monitor, 1)
+        record_steps(model, monitor, 1)
         monitor.flush()
         with gs.open_run(run_dir) as run:  # one connection, kept open
             assert run.steps() == [0]
             for n in range(2, 5):
-                _record(model, monitor, 1)
+                record_steps(model, monitor, 1)
                 monitor.flush()
                 assert run.steps() == list(range(n))
                 assert sorted(run.frame()["step"].unique()) == list(range(n))

@@ -8,27 +8,13 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
 import gradsight as gs
 from gradsight.store.schema import DB_NAME
-from tests.store.helpers import connect_readonly, integrity, journal_mode, store_files
+from tests.store.helpers import connect_readonly, integrity, journal_mode, record_steps, store_files, tiny_mlp
 
 #: The spec: rows are committed at least every two seconds while a run is recording.
 MAX_COMMIT_DELAY_S = 2.0
-
-
-def _mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-
-
-def _record(model: nn.Module, monitor: gs.Monitor, steps: int) -> None:
-    for _ in range(steps):
-        model(torch.randn(5, 4)).sum().backward()
-        monitor.step()
-        model.zero_grad()
 
 
 def _visible_steps(run_dir: Path) -> list[int]:
@@ -37,19 +23,19 @@ def _visible_steps(run_dir: Path) -> list[int]:
 
 
 def test_store_is_one_sqlite_file_in_the_run_dir(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     run_dir = tmp_path / "nested" / "run"  # parents are created
     with gs.watch(model, run_dir) as monitor:
-        _record(model, monitor, 2)
+        record_steps(model, monitor, 2)
     assert [p.name for p in run_dir.iterdir()] == [DB_NAME]
     assert (run_dir / DB_NAME).read_bytes().startswith(b"SQLite format 3\x00")
 
 
 def test_store_is_in_wal_mode_while_running(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     run_dir = tmp_path / "run"
     with gs.watch(model, run_dir) as monitor:
-        _record(model, monitor, 1)
+        record_steps(model, monitor, 1)
         monitor.flush()
         assert journal_mode(run_dir) == "wal"
         with closing(connect_readonly(run_dir)) as conn:
@@ -57,10 +43,10 @@ def test_store_is_in_wal_mode_while_running(tmp_path):
 
 
 def test_rows_are_committed_within_two_seconds_without_flush(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     run_dir = tmp_path / "run"
     with gs.watch(model, run_dir) as monitor:
-        _record(model, monitor, 4)
+        record_steps(model, monitor, 4)
         recorded_at = time.monotonic()
         deadline = recorded_at + MAX_COMMIT_DELAY_S + 0.5  # scheduling slack on a busy machine
         while _visible_steps(run_dir) != [0, 1, 2, 3] and time.monotonic() < deadline:
@@ -73,20 +59,20 @@ def test_rows_are_committed_within_two_seconds_without_flush(tmp_path):
 
 
 def test_flush_commits_immediately(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     run_dir = tmp_path / "run"
     with gs.watch(model, run_dir) as monitor:
-        _record(model, monitor, 3)
+        record_steps(model, monitor, 3)
         monitor.flush()
         assert _visible_steps(run_dir) == [0, 1, 2]
 
 
 def test_clean_exit_finishes_the_run_and_leaves_a_plain_database(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     run_dir = tmp_path / "run"
     before = time.time()
     with gs.watch(model, run_dir) as monitor:
-        _record(model, monitor, 3)
+        record_steps(model, monitor, 3)
     after = time.time()
 
     assert sorted(p.name for p in run_dir.iterdir()) == [DB_NAME]  # no -wal, no -shm
@@ -103,11 +89,11 @@ def test_clean_exit_finishes_the_run_and_leaves_a_plain_database(tmp_path):
 
 
 def test_exception_in_with_block_marks_the_run_failed(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     run_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="loss exploded"):
         with gs.watch(model, run_dir) as monitor:
-            _record(model, monitor, 2)
+            record_steps(model, monitor, 2)
             raise RuntimeError("loss exploded")
 
     assert sorted(p.name for p in run_dir.iterdir()) == [DB_NAME]
@@ -121,10 +107,10 @@ def test_exception_in_with_block_marks_the_run_failed(tmp_path):
 
 
 def test_close_is_idempotent(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     run_dir = tmp_path / "run"
     monitor = gs.watch(model, run_dir)
-    _record(model, monitor, 1)
+    record_steps(model, monitor, 1)
     monitor.close()
     files = store_files(run_dir)
     monitor.close()
@@ -136,12 +122,12 @@ def test_close_is_idempotent(tmp_path):
 
 def test_watch_into_an_existing_run_raises_and_leaves_it_untouched(tmp_path):
     run_dir = tmp_path / "run"
-    first = _mlp()
+    first = tiny_mlp()
     with gs.watch(first, run_dir) as monitor:
-        _record(first, monitor, 3)
+        record_steps(first, monitor, 3)
     files = store_files(run_dir)
 
-    second = _mlp()
+    second = tiny_mlp()
     with pytest.raises(gs.RunError, match="overwrite=True"):
         gs.watch(second, run_dir)
     assert store_files(run_dir) == files
@@ -152,13 +138,13 @@ def test_watch_into_an_existing_run_raises_and_leaves_it_untouched(tmp_path):
 
 def test_watch_with_overwrite_replaces_the_run(tmp_path):
     run_dir = tmp_path / "run"
-    first = _mlp()
+    first = tiny_mlp()
     with gs.watch(first, run_dir, config={"attempt": 1}) as monitor:
-        _record(first, monitor, 3)
+        record_steps(first, monitor, 3)
 
-    second = _mlp()
+    second = tiny_mlp()
     with gs.watch(second, run_dir, overwrite=True, config={"attempt": 2}) as monitor:
-        _record(second, monitor, 1)
+        record_steps(second, monitor, 1)
     with gs.open_run(run_dir) as run:
         assert run.config == {"attempt": 2}
         assert run.steps() == [0]
@@ -168,17 +154,17 @@ def test_watch_with_overwrite_replaces_the_run(tmp_path):
 def test_watch_into_an_existing_empty_directory_is_allowed(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    model = _mlp()
+    model = tiny_mlp()
     with gs.watch(model, run_dir) as monitor:
-        _record(model, monitor, 1)
+        record_steps(model, monitor, 1)
     assert _visible_steps(run_dir) == [0]
 
 
 def test_close_while_a_reader_has_the_run_open_returns_promptly(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     run_dir = tmp_path / "run"
     monitor = gs.watch(model, run_dir)
-    _record(model, monitor, 2)
+    record_steps(model, monitor, 2)
     reader = monitor.open()  # e.g. a notebook looking at the live run
     closer = threading.Thread(target=monitor.close, daemon=True)
     closer.start()
@@ -193,7 +179,7 @@ def test_close_while_a_reader_has_the_run_open_returns_promptly(tmp_path):
 
 
 def test_status_is_running_as_soon_as_watch_returns(tmp_path):
-    model = _mlp()
+    model = tiny_mlp()
     monitor = gs.watch(model, tmp_path / "run")
     try:
         with gs.open_run(tmp_path / "run") as run:

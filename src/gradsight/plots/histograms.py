@@ -67,37 +67,47 @@ def log2_histogram(
         name, level = "", Level.MODEL
     frame = data if hasattr(data, "columns") else open_data(data).histograms(level=level, name=name)
     frame = frame[frame["level"] == level] if "level" in frame else frame
-    steps = step_sample(sorted(int(s) for s in frame.loc[frame["name"] == name, "step"].unique()), max_steps)
-    steps, buckets, counts = store_histograms.matrix(frame, name, steps)
     fig, ax = new_axes(ax, (9.0, 4.6))
     label = display_name(name) if level != Level.MODEL else "model"
     ax.set_title(title or f"log2 |gradient| of {label}" + ("" if hasattr(data, "columns") else f": {run_label(data)}"))
+    im = _panel(ax, frame, name, label, max_steps, cmap, norm=None)
+    if im is None:
+        return fig
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
+    cb = fig.colorbar(im, ax=ax, pad=0.01, fraction=0.04)
+    cb.set_label("fraction of nonzero elements")
+    return fig
+
+
+def _panel(ax: Axes, frame, name: str, label: str, max_steps: int | None, cmap: str, norm: LogNorm | None):
+    """Draw one histogram (bucket x step) with the format lines into ``ax``; returns the
+    image, or None when ``name`` has no histogram (a note is drawn instead)."""
+    steps = step_sample(sorted(int(s) for s in frame.loc[frame["name"] == name, "step"].unique()), max_steps)
+    steps, buckets, counts = store_histograms.matrix(frame, name, steps)
     if not buckets:
         no_data(ax, f"no histogram recorded for {label} (gs.watch(..., histograms=True))")
-        return fig
+        return None
     totals = counts.sum(0, keepdims=True)
     frac = np.where(totals > 0, counts / np.maximum(totals, 1), np.nan)
     shown = np.where(frac > 0, frac, np.nan)
-    positive = shown[np.isfinite(shown)]
+    if norm is None:
+        positive = shown[np.isfinite(shown)]
+        norm = LogNorm(max(positive.min(), 1e-9), max(positive.max(), positive.min() * 10))
     cm = matplotlib.colormaps[cmap].with_extremes(bad=MISSING_COLOR)
-    im = ax.imshow(shown, aspect="auto", origin="lower", cmap=cm, interpolation="nearest",
-                   norm=LogNorm(max(positive.min(), 1e-9), max(positive.max(), positive.min() * 10)),
+    im = ax.imshow(shown, aspect="auto", origin="lower", cmap=cm, interpolation="nearest", norm=norm,
                    extent=(-0.5, len(steps) - 0.5, buckets[0], buckets[-1] + 1))
     margin = 3
     ax.set_ylim(buckets[0] - margin, buckets[-1] + 1 + margin)
     for fmt, value, edge in format_lines(buckets[0] - margin, buckets[-1] + 1 + margin):
         ax.axhline(value, color=FORMAT_COLORS[fmt], ls="--" if edge == "zero" else "-", lw=1.3,
                    label=f"{fmt}: rounds to 0 at or below" if edge == "zero" else f"{fmt}: largest value")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.16, 1.0), fontsize=8, frameon=False)
     xt = step_sample(range(len(steps)), 8)
     ax.set_xticks(xt, [str(steps[i]) for i in xt])
     ax.set_xlabel("step")
     ax.set_ylabel("log2 |g| (bucket e: 2^e <= |g| < 2^(e+1))")
     ax.grid(False)
-    cb = fig.colorbar(im, ax=ax, pad=0.01, fraction=0.04)
-    cb.set_label("fraction of nonzero elements")
-    return fig
+    return im
 
 
 def layer_names(data, max_layers: int = 12) -> list[str]:
@@ -112,20 +122,44 @@ def layer_names(data, max_layers: int = 12) -> list[str]:
 
 @styled
 def log2_histograms(data, names: Sequence[str] | None = None, *, max_layers: int = 12,
-                    max_steps: int | None = 200, title: str | None = None) -> Figure:
+                    max_steps: int | None = 200, title: str | None = None, cmap: str = CMAP) -> Figure:
     """:func:`log2_histogram` of several layers, one panel each, in forward order (default:
     at most ``max_layers`` evenly spaced layers with histograms), at most ``max_steps``
-    evenly spaced steps with a histogram (only those are read)."""
+    evenly spaced steps with a histogram (only those are read); up to three panels per
+    row, one colour scale (fraction of nonzero elements, 1e-6 to 1) and one legend."""
     run = open_data(data)
     names = list(names) if names is not None else layer_names(run, max_layers)
     steps = step_sample(sorted(set(run.histograms(level=Level.MODEL)["step"].tolist())), max_steps)
     frame = run.histograms(level=Level.LAYER, name=names, steps=steps) if names else None
-    fig = Figure(figsize=(11.0, 3.2 * max(1, len(names))), layout="constrained")
-    axes = fig.subplots(max(1, len(names)), 1, squeeze=False)[:, 0]
+    n = max(1, len(names))
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.6 * cols + 1.6, 3.1 * rows + 0.9), layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False)
+    axes = list(grid.ravel())
     if not names:
         no_data(axes[0], "no histograms recorded (gs.watch(..., histograms=True))")
         return fig
-    for name, ax in zip(names, axes):
-        log2_histogram(frame, name, ax=ax, title=f"{display_name(name)}")
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    # one colour scale for every panel: the colours compare across layers
+    norm = LogNorm(1e-6, 1.0)
+    image, lines = None, {}
+    for i, (name, ax) in enumerate(zip(names, axes)):
+        ax.set_title(display_name(name), fontsize=9)
+        im = _panel(ax, frame, name, display_name(name), max_steps, cmap, norm)
+        image = image or im
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            lines.setdefault(label, handle)
+        if i % cols:
+            ax.set_ylabel("")
+        if i < len(names) - cols:
+            ax.set_xlabel("")
+    if image is not None:
+        cb = fig.colorbar(image, ax=axes[:len(names)], pad=0.01, fraction=0.03, shrink=0.9)
+        cb.set_label("fraction of nonzero elements")
+    if lines:
+        fig.legend(list(lines.values()), list(lines.keys()), loc="outside lower center",
+                   ncol=min(3, len(lines)), fontsize=8, frameon=False)
     fig.suptitle(title or f"log2 |gradient| per layer: {run_label(run)}")
     return fig
