@@ -152,3 +152,16 @@ def test_no_snapshot_on_recorded_steps_without_update_ratio(tmp_path, monkeypatc
     assert copies == [0, 3, 6] and subtractions == [0, 3, 6]
     assert pointers[0] == pointers[7] and len(pointers[0]) == 4
     assert sorted(set(gs.open_run(tmp_path / "run").frame(stat="update_ratio").step)) == [0, 3, 6]
+
+
+def test_run_metadata_says_how_often_update_ratios_and_histograms_are_taken(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gs.watch(model, tmp_path / "a", optimizer=opt, histograms=4):
+        pass
+    with gs.watch(model, tmp_path / "b", update_ratio=True):  # no optimizer: no update ratios
+        pass
+    assert gs.open_run(tmp_path / "a").meta["update_ratio_every"] == 10
+    assert gs.open_run(tmp_path / "a").meta["histograms_every"] == 4
+    assert gs.open_run(tmp_path / "b").meta["update_ratio_every"] == 0
+    assert gs.open_run(tmp_path / "b").meta["histograms_every"] == 0

@@ -40,6 +40,8 @@ def run_meta(
     weights: bool,
     optimizer: torch.optim.Optimizer | None,
     scaler: Any | None,
+    update_ratio_every: int = 0,
+    histograms_every: int = 0,
 ) -> dict[str, Any]:
     """The metadata written when a run starts (JSON-serializable values; see docs/design.md)."""
     device = next((pi.param.device for pi in inventory.watched), torch.device("cpu"))
@@ -59,6 +61,8 @@ def run_meta(
         num_trainable=sum(pi.param.numel() for pi in inventory.watched),
         optimizer=type(optimizer).__name__ if optimizer is not None else None,
         amp=scaler is not None,
+        update_ratio_every=update_ratio_every if optimizer is not None else 0,
+        histograms_every=histograms_every,
         depth_source="pending",
         host=socket.gethostname(),
         pid=os.getpid(),

@@ -202,7 +202,9 @@ class Monitor:
 
         self._writer.set_meta(**run_meta(model, inv, name=name or self.run_dir.name, config=config,
                                          schedule=self.schedule, backend=backend, weights=weights,
-                                         optimizer=optimizer, scaler=scaler))
+                                         optimizer=optimizer, scaler=scaler,
+                                         update_ratio_every=resolve_every(update_ratio, "update_ratio"),
+                                         histograms_every=resolve_every(histograms)))
         self._writer.write_params(param_rows(inv))
         layer_params: dict[str, list[Tensor]] = {}
         for pi in inv.watched:
