@@ -230,6 +230,7 @@ def all_rows() -> dict[str, Row]:
         "grads": Gradsight("gradsight grads only (weights=False, no optimizer)", False, weights=False),
         "activations": Gradsight("gradsight quickstart + activations=True", True, activations=True),
         "histograms": Gradsight("gradsight quickstart + histograms=10", True, histograms=10),
+        "histograms_all": Gradsight("gradsight quickstart + histograms=True (every step)", True, histograms=True),
         "lightning": LightningGradNorm(),
         "item": ItemLoop(),
         "wandb": WandbWatch(),
