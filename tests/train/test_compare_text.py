@@ -25,12 +25,13 @@ def _entries(folder: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def compared_lm(tmp_path_factory) -> tuple[Path, str]:
-    """token_resmlp at depths 3 and 5 on 4 KiB of each pystdlib split, 1 epoch, warmup 10 steps."""
+    """token_resmlp at depths 3 and 5 on 4 KiB of each pystdlib split, 1 epoch, warmup 10 steps,
+    histograms at every 2nd recorded step."""
     out = tmp_path_factory.mktemp("lm") / "out"
     with pytest.MonkeyPatch.context() as mp:
         printed: list[str] = []
         mp.setattr("click.echo", lambda message="", **kw: printed.append(str(message)))
-        assert main(["compare", *LM, "--warmup", "10", "--threads", "1", "--out", str(out)]) == 0
+        assert main(["compare", *LM, "--warmup", "10", "--histograms", "2", "--threads", "1", "--out", str(out)]) == 0
     return out, "\n".join(printed)
 
 
@@ -45,13 +46,22 @@ def test_compare_writes_the_language_model_table_runs_figures_and_report(compare
         assert float(row["test_bits_per_byte"]) == pytest.approx(float(row["test_loss"]) / 0.6931471805599453)
     markdown = (out / "results.md").read_text()
     assert "| network | layers | parameters | train loss | test loss | test bits per byte | time (s) |" in markdown
-    assert "--recipe gpt --context 16 --warmup 10" in markdown
+    assert "--recipe gpt --context 16 --warmup 10" in markdown and "--histograms 2" in markdown
     assert "Dataset **pystdlib** (first 4096 bytes of each split): 4,096 training and 4,096 test bytes" in markdown
     assert "linear warmup over 10 steps" in markdown and "context 16" in markdown
     assert "token_resmlp-3 train / test loss" in markdown
     assert FIGURES <= _entries(out / "figures")
     assert (out / "report.html").stat().st_size > 10_000
     assert "| token_resmlp | 3 |" in printed and "test bits per byte" in printed
+
+
+def test_compare_histograms_option_records_them_at_every_kth_recorded_step(compared_lm):
+    out, _ = compared_lm
+    with gs.open_run(out / "runs" / "token_resmlp-3") as run:
+        recorded = run.steps()
+        hist_steps = sorted(set(run.histograms(level="model")["step"]))
+        assert run.meta["histograms_every"] == 2
+    assert len(recorded) >= 4 and hist_steps == recorded[::2]
 
 
 def test_language_model_runs_record_the_corpus_and_the_schedule(compared_lm):

@@ -27,7 +27,7 @@ def canonical_command(name: str, params: dict[str, Any]) -> str:
     """The command line that reproduces this run, every setting spelled out."""
     args = ["gradsight", name]
     keys = ("models", "depths", "dataset", "epochs", "recipe", "context", "warmup", "seed", "device", "data_dir",
-            "every", "limit", "threads", "out")
+            "every", "histograms", "limit", "threads", "out")
     for key in keys:
         value = params.get(key)
         if value is None or (key == "every" and value == "auto"):
@@ -108,6 +108,9 @@ def threads_option(fn):
 @click.option("--every", default="auto", show_default=True,
               help="Record gradient statistics every k-th step, or 'auto' (first 10 steps, then about 100 more).")
 @click.option("--activations", is_flag=True, help="Also record activation and residual-split statistics (slower).")
+@click.option("--histograms", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Also record log2 gradient histograms and fp16/bf16/fp8 headroom at every K-th recorded step "
+                   "(1: every recorded one); see gradsight plot --kind hist.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use only the first N training and test samples (bytes of a text dataset).")
 @threads_option
@@ -115,7 +118,7 @@ def threads_option(fn):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(models: str, depths: str, dataset: str, epochs: int | None, recipe: str, context: int | None,
             warmup: int | None, out: Path, seed: int, device: str, data_dir: Path | None, no_download: bool, every: str,
-            activations: bool, limit: int | None, threads: int | None, overwrite: bool, quiet: bool) -> None:
+            activations: bool, histograms: int | None, limit: int | None, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Train every combination of --models and --depths on --dataset with the same seed
     and the same data order, and write a results table (Markdown and CSV), each run's
     store, a gradient-flow figure per run, one overlaying all runs, the training curves
@@ -140,7 +143,8 @@ def command(models: str, depths: str, dataset: str, epochs: int | None, recipe: 
     try:
         result = compare(
             models, depths, dataset, out=out, epochs=epochs, recipe=recipe, seed=seed, device=device,
-            data_dir=data_dir, download=not no_download, every=every_value, activations=activations, limit=limit,
+            data_dir=data_dir, download=not no_download, every=every_value, activations=activations,
+            histograms=histograms or False, limit=limit,
             overwrite=overwrite, progress=not quiet, command=canonical_command("compare", params),
             context=context, warmup=warmup,
         )

@@ -296,6 +296,7 @@ def compare(
     download: bool = True,
     every: int | str = "auto",
     activations: bool = False,
+    histograms: bool | int = False,
     limit: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -318,6 +319,8 @@ def compare(
         data_dir, download: where to find the full datasets (see ``load_dataset``).
         every: the runs' recording schedule (``"auto"`` or every k-th step).
         activations: also record activation and residual-split statistics.
+        histograms: also record log2 gradient histograms and precision headroom at every
+            (True) or every k-th recorded step (:func:`gradsight.watch`'s ``histograms=``).
         limit: use only the first ``limit`` training and test samples (bytes of a text corpus; smoke tests).
         overwrite: replace ``out`` if it exists (only once the new results are complete).
         progress: progress bars per epoch.
@@ -397,7 +400,7 @@ def compare(
             run_dirs[key] = tmp / "runs" / key
             result.results.append(
                 train(family, data, recipe, depth=depth, epochs=epochs, seed=seed, device=dev,
-                      run_dir=run_dirs[key], every=every, activations=activations, name=key,
+                      run_dir=run_dirs[key], every=every, activations=activations, histograms=histograms, name=key,
                       network=family, layers=depth, progress=progress, context=context,
                       config={"reproducibility": result.reproducibility,
                               "compare": {"models": families, "depths": depth_list, "limit": limit,
