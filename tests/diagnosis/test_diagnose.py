@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -236,3 +237,33 @@ def test_severity_is_ordered_and_reads_as_its_word():
         gs.Finding("x", "fatal", "message")
     findings = [gs.Finding(c, sev, "m") for c, sev in (("a", "info"), ("b", "error"), ("c", "warning"))]
     assert [line.split()[1] for line in gs.format_findings(findings).splitlines()] == ["b:", "c:", "a:"]
+
+
+def _bert_like_profile(per_block: float) -> pd.DataFrame:
+    """grad_rms of a 3-block encoder + pooler over 4 steps: query/key 100x smaller than the
+    other layers of a block (attention near uniform at init), the pooler 30x larger, and
+    each block ``per_block`` times the next one's."""
+    block = {"attention.self.query": 1e-6, "attention.self.key": 1e-6, "attention.self.value": 1e-4,
+             "attention.output.dense": 1e-4, "intermediate.dense": 1e-4, "output.dense": 1e-4}
+    columns = {f"encoder.layer.{i}.{k}": v * per_block ** (2 - i) for i in range(3) for k, v in block.items()}
+    columns["pooler.dense"] = 3e-3
+    return pd.DataFrame([columns] * 4, index=pd.Index([0, 1, 2, 3], name="step"))
+
+
+def test_vanishing_gradients_compares_like_with_like_layers_regression_bert_query_vs_pooler():
+    from gradsight.diagnosis.rules import _kind_ratios, _scale, layer_kind
+    from gradsight.diagnosis.thresholds import Thresholds
+
+    th = Thresholds()
+    assert layer_kind("bert.encoder.layer.10.attention.self.query") == "bert.encoder.layer.*.attention.self.query"
+    healthy = _bert_like_profile(1.0)  # first/last 1e-6 / 3e-3: far below 1e-3, but no layer shrinks with depth
+    scale = _scale("param", "parameter gradient per element", "layer", healthy, use_gain=False)
+    scale.alike = _kind_ratios(healthy)
+    assert scale.median_ratio < 1 / th.vanish_ratio
+    assert scale.alike.tolist() == pytest.approx([1.0] * 4)
+    assert not scale.vanishing(th) and not scale.exploding(th)
+    sick = _bert_like_profile(1e-3)  # each block 1000x below the next: every kind shrinks 1e6 over the stack
+    scale = _scale("param", "parameter gradient per element", "layer", sick, use_gain=False)
+    scale.alike = _kind_ratios(sick)
+    assert scale.alike.tolist() == pytest.approx([1e-6] * 4)
+    assert scale.vanishing(th)

@@ -226,21 +226,63 @@ class _Scale:
     ends: tuple[str, str]
     depth: int
     use_gain: bool
+    #: per step, the median over repeated kinds of layer of each kind's first / last ratio
+    #: (:func:`_kind_ratios`); None where no kind repeats
+    alike: pd.Series | None = None
 
     @property
     def median_ratio(self) -> float:
         return float(self.ratio.median())
+
+    def _alike_agrees(self, below: float | None = None, above: float | None = None) -> bool:
+        """Whether like-with-like layers say the same as the first/last ratio (True where
+        they cannot say: no repeated kind, or no step with a ratio)."""
+        if self.alike is None or self.alike.dropna().empty:
+            return True
+        m = float(self.alike.median())
+        return (below is None or m < below) and (above is None or m > above)
 
     @property
     def median_gain(self) -> float:
         return float(self.gain.median())
 
     def vanishing(self, th: Thresholds) -> bool:
-        return self.median_ratio < 1 / th.vanish_ratio or (
+        return (self.median_ratio < 1 / th.vanish_ratio and self._alike_agrees(below=1 / th.vanish_ratio)) or (
             self.use_gain and self.depth >= th.min_depth and self.median_gain < th.gain_low)
 
     def exploding(self, th: Thresholds) -> bool:
-        return self.median_ratio > th.explode_ratio
+        return self.median_ratio > th.explode_ratio and self._alike_agrees(above=th.explode_ratio)
+
+
+def layer_kind(name: str) -> str:
+    """A layer's name with every all-digit part replaced by ``*``: the layers of repeated
+    blocks share it (``encoder.layer.*.attention.self.query``, ``layers.*``)."""
+    return ".".join("*" if part.isdigit() else part for part in name.split("."))
+
+
+def _kind_ratios(prof: pd.DataFrame) -> pd.Series | None:
+    """Per step, the median over the kinds of layer (:func:`layer_kind`) that occur at least
+    twice of the first occurrence's value over the last's; None when no kind repeats.
+
+    A first/last ratio compares two different layers; in a transformer the first weighted
+    layer is an attention query, whose gradient is small at initialization whatever the
+    depth, and the last one may be a pooler fed straight by the loss. Comparing each
+    repeated layer with itself deeper in the network asks only whether the gradient
+    shrinks with depth."""
+    kinds: dict[str, list[str]] = {}
+    for name in prof.columns:
+        kinds.setdefault(layer_kind(name), []).append(name)
+    pairs = [(names[0], names[-1]) for names in kinds.values() if len(names) >= 2]
+    if not pairs:
+        return None
+    values = positive(prof.to_numpy())
+    col = {name: i for i, name in enumerate(prof.columns)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.stack([values[:, col[a]] / values[:, col[b]] for a, b in pairs], axis=1)
+    ratios[~np.isfinite(ratios)] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps stay NaN
+        return pd.Series(np.nanmedian(ratios, axis=1), index=prof.index)
 
 
 def _scale(key: str, what: str, where: str, prof: pd.DataFrame, use_gain: bool) -> _Scale | None:
@@ -279,7 +321,10 @@ def gradient_scales(data: RunData) -> list[_Scale]:
       repeated layer), when there are at least ``min_depth`` of them.
     """
     what = "output gradient per element"
-    found = [_scale("param", "parameter gradient per element", "layer", data.parameter_profile(), use_gain=False)]
+    param_prof = data.parameter_profile()
+    found = [_scale("param", "parameter gradient per element", "layer", param_prof, use_gain=False)]
+    if found[0] is not None:
+        found[0].alike = _kind_ratios(param_prof)
     where, prof = data.backward_profile()
     if where:
         found.append(_scale("output", what, where, prof, use_gain=where == "block"))
