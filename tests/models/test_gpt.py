@@ -26,6 +26,13 @@ def _ids(batch: int = 2, length: int = SMALL["context"], vocab: int = SMALL["voc
     return torch.randint(0, vocab, (batch, length))
 
 
+def _record_one_step(model: nn.Module, ids: torch.Tensor, run_dir: Path, **options) -> None:
+    """One next-token backward pass on ``ids``, recorded into ``run_dir``."""
+    with monitor.watch(model, run_dir=run_dir, **options) as mon:
+        F.cross_entropy(model(ids).flatten(0, 1), ids.flatten()).backward()
+        mon.step()
+
+
 @pytest.mark.parametrize("name", GPTS)
 def test_logits_have_one_row_per_position_and_token(name: str) -> None:
     model = create_model(name, **SMALL)
@@ -154,13 +161,7 @@ def test_tied_head_shares_the_token_embedding_and_the_store_marks_it(tmp_path: P
     assert model.lm_head.weight is model.transformer.wte.weight
     untied = create_model("gpt_preln", **SMALL)
     assert count_parameters(untied) - count_parameters(model) == SMALL["vocab_size"] * SMALL["width"]
-    ids = _ids()
-    mon = monitor.watch(model, run_dir=tmp_path / "run")
-    try:
-        F.cross_entropy(model(ids).flatten(0, 1), ids.flatten()).backward()
-        mon.step()
-    finally:
-        mon.close()
+    _record_one_step(model, _ids(), tmp_path / "run")
     with gs.open_run(tmp_path / "run") as run:
         layers = run.layers("layer").set_index("name")
     assert "lm_head" not in layers.index
@@ -171,12 +172,7 @@ def test_no_skip_gpt_has_no_residual_blocks(tmp_path: Path) -> None:
     model = create_model("gpt_noskip", **SMALL)
     ids = _ids()
     assert find_residual_blocks(model, ids) == []
-    mon = monitor.watch(model, run_dir=tmp_path / "run", activations=True)
-    try:
-        F.cross_entropy(model(ids).flatten(0, 1), ids.flatten()).backward()
-        mon.step()
-    finally:
-        mon.close()
+    _record_one_step(model, ids, tmp_path / "run", activations=True)
     with gs.open_run(tmp_path / "run") as run:
         assert run.layers("block").empty
         assert len(run.layers("layer")) == len([m for m in model.modules() if list(m.parameters(recurse=False))])
