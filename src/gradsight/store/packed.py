@@ -434,11 +434,11 @@ def _packed_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray 
             continue
         segments = np.frombuffer(segment_blob, dtype="<i4")
         starts = np.concatenate([[0], np.cumsum(segments)[:-1]])
-        needed = np.unique(np.searchsorted(starts, take, side="right") - 1)
-        # positions of the wanted values within the needed segments, decoded one after another
-        offset_of = {int(k): o for k, o in zip(needed, np.concatenate([[0], np.cumsum(segments[needed])[:-1]]))}
         segment_of = np.searchsorted(starts, take, side="right") - 1
-        pick = np.array([offset_of[int(k)] for k in segment_of]) + (take - starts[segment_of])
+        needed, needed_of = np.unique(segment_of, return_inverse=True)
+        # positions of the wanted values within the needed segments, decoded one after another
+        needed_starts = np.concatenate([[0], np.cumsum(segments[needed])[:-1]])
+        pick = needed_starts[needed_of] + (take - starts[segment_of])
         rows = conn.execute(
             "SELECT rowid, step, data FROM packed WHERE grp = ?" + (f" AND {cond}" if cond else "") + " ORDER BY step",
             [group, *args],
