@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from gradsight.store.packed import MAX_SQL_VARS
+
 DDL = """
 CREATE TABLE IF NOT EXISTS histograms (
     step    INTEGER NOT NULL,
@@ -69,20 +71,20 @@ def read(conn: sqlite3.Connection, level: str | None = "layer", name: str | Iter
     if level is not None:
         where.append("level = ?")
         args.append(level)
-    if name is not None:
-        names = [name] if isinstance(name, str) else list(name)
-        where.append(f"name IN ({','.join('?' * len(names))})")
-        args += names
-    if steps is not None:
-        st = [int(s) for s in steps]
-        where.append(f"step IN ({','.join('?' * len(st))})")
-        args += st
+    names = None if name is None else {name} if isinstance(name, str) else set(name)
+    wanted_steps = None if steps is None else {int(s) for s in steps}
+    for column, wanted in (("name", names), ("step", wanted_steps)):
+        if wanted is not None and len(wanted) <= MAX_SQL_VARS:  # beyond SQLite's variable limit, filter after reading
+            where.append(f"{column} IN ({','.join('?' * len(wanted))})")
+            args += list(wanted)
     sql = "SELECT step, level, name, buckets FROM histograms"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY step, level, name"
     parts = {c: [] for c in COLUMNS}
     for step, lv, nm, blob in conn.execute(sql, args):
+        if (names is not None and nm not in names) or (wanted_steps is not None and step not in wanted_steps):
+            continue
         buckets, counts = decode(blob)
         parts["step"].append(np.full(len(buckets), step, dtype=np.int64))
         parts["level"] += [lv] * len(buckets)

@@ -135,28 +135,6 @@ def _planes(f32: np.ndarray) -> bytes:
     return b"".join(out)
 
 
-def _from_planes(payload: bytes, n: int, offset: int = 0) -> np.ndarray:
-    """The float64 values of :func:`_planes` bytes at ``offset`` of ``payload``."""
-    view = memoryview(payload)
-    planes = []
-    for _ in range(4):
-        mode = payload[offset]
-        if mode == _PLANE_CONSTANT:
-            planes.append(bytes(payload[offset + 1 : offset + 2]) * n)
-            offset += 2
-        elif mode == _PLANE_RAW:
-            planes.append(view[offset + 1 : offset + 1 + n])
-            offset += 1 + n
-        elif mode == _PLANE_ZLIB:
-            (length,) = struct.unpack_from("<I", payload, offset + 1)
-            planes.append(zlib.decompress(view[offset + 5 : offset + 5 + length], -15))
-            offset += 5 + length
-        else:
-            raise ValueError(f"unknown byte plane encoding {mode} of packed values")
-    by_plane = np.frombuffer(b"".join(planes), dtype=np.uint8).reshape(4, n)
-    return by_plane.T.copy().view("<f4").reshape(n).astype(np.float64)
-
-
 def _planes_into(payload: bytes, n: int, offset: int, out: np.ndarray) -> None:
     """Fill ``out`` (uint8 ``[4, n]``) with the byte planes of :func:`_planes` bytes at ``offset``."""
     for p in range(4):
@@ -205,20 +183,20 @@ def decode_many(segments_data: Sequence[bytes], n: int) -> np.ndarray:
 
 def decode(data: bytes, n: int) -> np.ndarray:
     """The ``n`` float64 values of one :func:`encode`-d segment."""
-    kind, payload = data[0], data[1:]
-    if kind == F32:
-        return _from_planes(payload, n)
+    kind = data[0]
     if kind in (F64, F64_ZLIB):
-        plain = zlib.decompress(payload) if kind == F64_ZLIB else payload
+        plain = zlib.decompress(data[1:]) if kind == F64_ZLIB else data[1:]
         return np.frombuffer(plain, dtype="<f8", count=n).astype(np.float64)
-    if kind == F32_EXCEPT:
-        (k,) = struct.unpack_from("<I", payload)
-        positions = np.frombuffer(payload, dtype="<u4", count=k, offset=4)
-        exact = np.frombuffer(payload, dtype="<f8", count=k, offset=4 + 4 * k)
-        out = _from_planes(payload, n, offset=4 + 12 * k)
-        out[positions] = exact
-        return out
-    raise ValueError(f"unknown encoding {kind} of packed values")
+    if kind not in (F32, F32_EXCEPT):
+        raise ValueError(f"unknown encoding {kind} of packed values")
+    k = struct.unpack_from("<I", data, 1)[0] if kind == F32_EXCEPT else 0
+    planes = np.empty((4, n), dtype=np.uint8)
+    _planes_into(data, n, 1 if kind == F32 else 5 + 12 * k, planes)
+    out = planes.T.copy().view("<f4").reshape(n).astype(np.float64)
+    if k:
+        out[np.frombuffer(data, dtype="<u4", count=k, offset=5)] = np.frombuffer(data, dtype="<f8", count=k,
+                                                                                 offset=5 + 4 * k)
+    return out
 
 
 def encode_row(values: np.ndarray, segments: Sequence[int]) -> bytes:
@@ -456,11 +434,11 @@ def _packed_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray 
             continue
         segments = np.frombuffer(segment_blob, dtype="<i4")
         starts = np.concatenate([[0], np.cumsum(segments)[:-1]])
-        needed = np.unique(np.searchsorted(starts, take, side="right") - 1)
-        # positions of the wanted values within the needed segments, decoded one after another
-        offset_of = {int(k): o for k, o in zip(needed, np.concatenate([[0], np.cumsum(segments[needed])[:-1]]))}
         segment_of = np.searchsorted(starts, take, side="right") - 1
-        pick = np.array([offset_of[int(k)] for k in segment_of]) + (take - starts[segment_of])
+        needed, needed_of = np.unique(segment_of, return_inverse=True)
+        # positions of the wanted values within the needed segments, decoded one after another
+        needed_starts = np.concatenate([[0], np.cumsum(segments[needed])[:-1]])
+        pick = needed_starts[needed_of] + (take - starts[segment_of])
         rows = conn.execute(
             "SELECT rowid, step, data FROM packed WHERE grp = ?" + (f" AND {cond}" if cond else "") + " ORDER BY step",
             [group, *args],

@@ -5,6 +5,7 @@ See ``docs/design.md`` for the meaning of every table and column.
 
 from __future__ import annotations
 
+from gradsight.store.histograms import DDL as HISTOGRAMS_SCHEMA
 from gradsight.store.packed import PACKED_SCHEMA
 
 DB_NAME = "gradsight.sqlite"
@@ -78,11 +79,7 @@ CREATE TABLE IF NOT EXISTS steps (
     step INTEGER PRIMARY KEY,
     time REAL NOT NULL               -- unix time when the step was recorded
 );
-""" + PACKED_SCHEMA
+""" + PACKED_SCHEMA + HISTOGRAMS_SCHEMA
 
 #: Schema versions :func:`gradsight.open_run` reads; it refuses others with both versions named.
 READABLE_VERSIONS = frozenset(range(1, SCHEMA_VERSION + 1))
-
-from gradsight.store.histograms import DDL as _HISTOGRAMS_DDL  # noqa: E402
-
-SCHEMA += _HISTOGRAMS_DDL
