@@ -104,3 +104,27 @@ def test_numeric_log_ticks_keep_mathtext_and_a_given_figure_keeps_its_own_text()
     assert mine.title.get_parse_math()
     powers = [t for t in theirs.get_yticklabels() if "$" in t.get_text()]
     assert powers and all(t.get_parse_math() for t in powers)
+
+
+def test_secondary_axis_log_ticks_keep_mathtext():
+    """A secondary axis is a child of its axes, not in ``fig.axes``: its numeric tick labels
+    (10^{0}) keep mathtext too instead of showing ``$\\mathdefault{...}$`` as written."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    from gradsight.plots._figure import styled
+
+    @styled
+    def with_secondary():
+        fig = Figure()
+        ax = fig.subplots()
+        ax.semilogy([1, 2, 3], [1.0, 1e2, 1e4])
+        ax.secondary_yaxis("right", functions=(lambda v: v * 2, lambda v: v / 2))
+        return fig
+
+    fig = with_secondary()
+    fig.savefig(io.BytesIO(), format="png")
+    secondary = fig.axes[0].child_axes[0]
+    powers = [t for t in secondary.yaxis.get_ticklabels() if "$" in t.get_text()]
+    assert powers and all(t.get_parse_math() for t in powers)

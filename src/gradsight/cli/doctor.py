@@ -39,7 +39,8 @@ def command(ctx: click.Context, target: str, input_shape: str | None, input_dtyp
     without the batch dimension; --input-dtype long --vocab-size N for a language
     model). Findings cover vanishing and
     exploding gradients, non-finite values and where they started, dead units,
-    parameters without gradients, update ratios and residual branches.
+    parameters without gradients, update ratios, residual branches and, for runs
+    recorded with histograms=, gradients lost to fp16 or bf16 (amp_underflow).
 
     Exit status: 0 when healthy, 1 when a finding is at least --fail-on severe
     (so it can gate CI), 2 on bad input (never a traceback: a rule that fails

@@ -27,13 +27,12 @@ def command(run: Path, stat: str, roles: tuple[str, ...], top: int) -> None:
     smallest and largest gradients (mean over recorded steps; by default among the
     weighted layers and the head)."""
     from gradsight.store.query import DEFAULT_ROLES, run_summary
-
     from gradsight.store.reader import open_run
 
     with open_run(run) as r:
         if r.stats("layer"):  # (a run of a model with nothing trainable has no layer rows at all)
             require_stat(r, stat, "layer")
-    summary = run_summary(run, stat, role=roles or DEFAULT_ROLES)
+        summary = run_summary(r, stat, role=roles or DEFAULT_ROLES)
     click.echo(printable(info_text(summary, top=top)))
 
 

@@ -148,7 +148,7 @@ def _histograms(run_list: list, level: str, title: str | None):
     if level not in ("layer", "model"):
         raise UserError(f"--kind hist draws --level layer or model, not {level!r}")
     run = run_list[0]
-    if run.histograms(level=level).empty:
+    if run.histograms(level="model").empty:  # one row a step; the layers' are recorded with it
         raise UserError(f"run {run.path} has no histograms; record them with gs.watch(..., histograms=True) "
                         f"or histograms=k (every k-th recorded step)")
     if level == "model":

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.ticker import LogFormatter, ScalarFormatter
@@ -78,11 +79,10 @@ def plain_text(fig: Figure, skip: set[tuple[int, str]] = frozenset()) -> None:
     ``(id, text)`` is in ``skip`` (unchanged text of a figure the caller passed)."""
     texts = fig.findobj(Text)  # first: listing an axis's children can add ticks
     numeric_ticks = set()
-    for ax in fig.axes:
-        for axis in ax._axis_map.values():
-            for ticks, formatter in ((axis.majorTicks, axis.major.formatter), (axis.minorTicks, axis.minor.formatter)):
-                if isinstance(formatter, (ScalarFormatter, LogFormatter)):
-                    numeric_ticks |= {id(label) for tick in ticks for label in (tick.label1, tick.label2)}
+    for axis in fig.findobj(Axis):  # every axes' axes, a secondary axis's too (not in fig.axes)
+        for ticks, formatter in ((axis.majorTicks, axis.major.formatter), (axis.minorTicks, axis.minor.formatter)):
+            if isinstance(formatter, (ScalarFormatter, LogFormatter)):
+                numeric_ticks |= {id(label) for tick in ticks for label in (tick.label1, tick.label2)}
     for text in texts:
         if id(text) not in numeric_ticks and (id(text), text.get_text()) not in skip:
             text.set_parse_math(False)

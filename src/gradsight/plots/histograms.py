@@ -110,11 +110,17 @@ def _panel(ax: Axes, frame, name: str, label: str, max_steps: int | None, cmap: 
     return im
 
 
-def layer_names(data, max_layers: int = 12) -> list[str]:
+def histogram_steps(run) -> list[int]:
+    """The steps with a histogram (those of the model's), ascending."""
+    return sorted(set(run.histograms(level=Level.MODEL)["step"].tolist()))
+
+
+def layer_names(data, max_layers: int = 12, steps: Sequence[int] | None = None) -> list[str]:
     """The layers with histograms (at the first or last step with one), in forward order, at
-    most ``max_layers`` evenly spaced (first and last kept)."""
+    most ``max_layers`` evenly spaced (first and last kept); ``steps``: the run's
+    :func:`histogram_steps`, when the caller has them."""
     run = open_data(data)
-    steps = sorted(set(run.histograms(level=Level.MODEL)["step"].tolist()))
+    steps = histogram_steps(run) if steps is None else list(steps)
     have = set(run.histograms(level=Level.LAYER, steps=steps[:1] + steps[-1:])["name"]) if steps else set()
     order = [n for n in run.layers()["name"] if n in have]
     return step_sample(order, max_layers)
@@ -128,8 +134,9 @@ def log2_histograms(data, names: Sequence[str] | None = None, *, max_layers: int
     evenly spaced steps with a histogram (only those are read); up to three panels per
     row, one colour scale (fraction of nonzero elements, 1e-6 to 1) and one legend."""
     run = open_data(data)
-    names = list(names) if names is not None else layer_names(run, max_layers)
-    steps = step_sample(sorted(set(run.histograms(level=Level.MODEL)["step"].tolist())), max_steps)
+    recorded = histogram_steps(run)
+    names = list(names) if names is not None else layer_names(run, max_layers, recorded)
+    steps = step_sample(recorded, max_steps)
     frame = run.histograms(level=Level.LAYER, name=names, steps=steps) if names else None
     n = max(1, len(names))
     cols = min(3, n)

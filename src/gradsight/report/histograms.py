@@ -27,13 +27,12 @@ def headroom_rows(run: Run) -> list[tuple[str, str, str]]:
     a histogram, as text (``-`` where a format has no such statistic)."""
     frame = run.frame(level=Level.MODEL, stat=list(UNDERFLOW_STATS + OVERFLOW_STATS))
     median = frame.groupby("stat")["value"].median().to_dict() if not frame.empty else {}
-    rows = []
-    for fmt in FORMAT_RANGES:
-        under = median.get(f"{fmt}_underflow")
-        over = median.get(f"{fmt}_overflow")
-        rows.append((fmt, "-" if under is None or np.isnan(under) else fmt_value(under),
-                     "-" if over is None or np.isnan(over) else fmt_value(over)))
-    return rows
+
+    def cell(stat: str) -> str:
+        value = median.get(stat)
+        return "-" if value is None or np.isnan(value) else fmt_value(value)
+
+    return [(fmt, cell(f"{fmt}_underflow"), cell(f"{fmt}_overflow")) for fmt in FORMAT_RANGES]
 
 
 def histograms_html(run: Run, png: Callable) -> str:

@@ -320,9 +320,10 @@ def build_report(
     run_list = expand_runs(runs)
     if not run_list:
         raise ValueError("no runs to report on")
-    recorded = sorted({s for r in run_list for s in r.stats()})
-    if stat != DEFAULT_STAT and stat not in recorded:  # runs without the default show grad_norm instead
-        raise ValueError(f"no run records the statistic {stat!r}; recorded: {', '.join(recorded) or 'none'}")
+    if stat != DEFAULT_STAT:  # runs without the default show grad_norm instead
+        recorded = sorted({s for r in run_list for s in r.stats()})
+        if stat not in recorded:
+            raise ValueError(f"no run records the statistic {stat!r}; recorded: {', '.join(recorded) or 'none'}")
     deadline = time.monotonic() + diagnosis_timeout
     jobs = [DiagnosisJob(r.path) for r in run_list]
     payloads = [run_payload(r, i, stat=stat, cell_budget=cell_budget, max_steps=max_steps, base=base)
