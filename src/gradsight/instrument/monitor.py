@@ -197,7 +197,7 @@ class Monitor:
         if resolve_every(histograms):
             self._histograms = HistogramRecorder(resolve_every(histograms), [pi.name for pi in inv.watched],
                                                  inv.layers, [pi.param.numel() for pi in inv.watched],
-                                                 self._series, self._dist.log2_counts)
+                                                 self._param_layer_h, self._series, self._dist.log2_counts)
         self._series.flush()
 
         self._writer.set_meta(**run_meta(model, inv, name=name or self.run_dir.name, config=config,
@@ -365,7 +365,7 @@ class Monitor:
             counts[bad] = self._dist.count_nonfinite(grads, bad)
             param_stats[:, _NONFINITE] = counts
             layer_counts = np.zeros(n_layers)
-            np.add.at(layer_counts, group.cpu().numpy(), counts)
+            np.add.at(layer_counts, self._param_layer_h[present], counts)
             layer_stats[:, _NONFINITE] = layer_counts
             model_stats[_NONFINITE] = counts.sum()
 
