@@ -193,9 +193,11 @@ class Monitor:
         self._layer_ids = self._series.grid(Level.LAYER, inv.layers, kept_stats)
         self._model_ids = self._series.grid(Level.MODEL, [""], kept_stats).reshape(-1)
         self._dead_param_ids, self._dead_layer_ids = self._dead_rows_ids(inv)
+        histograms_every = resolve_every(histograms)
+        update_ratio_every = resolve_every(update_ratio, "update_ratio")
         self._histograms: HistogramRecorder | None = None
-        if resolve_every(histograms):
-            self._histograms = HistogramRecorder(resolve_every(histograms), [pi.name for pi in inv.watched],
+        if histograms_every:
+            self._histograms = HistogramRecorder(histograms_every, [pi.name for pi in inv.watched],
                                                  inv.layers, [pi.param.numel() for pi in inv.watched],
                                                  self._param_layer_h, self._series, self._dist.log2_counts)
         self._series.flush()
@@ -203,8 +205,7 @@ class Monitor:
         self._writer.set_meta(**run_meta(model, inv, name=name or self.run_dir.name, config=config,
                                          schedule=self.schedule, backend=backend, weights=weights,
                                          optimizer=optimizer, scaler=scaler,
-                                         update_ratio_every=resolve_every(update_ratio, "update_ratio"),
-                                         histograms_every=resolve_every(histograms)))
+                                         update_ratio_every=update_ratio_every, histograms_every=histograms_every))
         self._writer.write_params(param_rows(inv))
         layer_params: dict[str, list[Tensor]] = {}
         for pi in inv.watched:
@@ -218,7 +219,7 @@ class Monitor:
         self._layer_table = LayerTable(inv, self._order, self.activations, self._writer)
         self._loss_scale = LossScale(scaler, optimizer)
         self._updates = UpdateRatio(self._watched, [pi.name for pi in inv.watched], inv.layers, self._series,
-                                    self._dist.sumsq, weights, resolve_every(update_ratio, "update_ratio"))
+                                    self._dist.sumsq, weights, update_ratio_every)
         if optimizer is not None and self._updates.every:
             self._hooks.attach(optimizer, "register_step_pre_hook", self._updates.snapshot, "optimizer")
             self._hooks.attach(optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
