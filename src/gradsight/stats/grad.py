@@ -100,7 +100,7 @@ SUMSQ_ROW = 1 << 10
 SUMSQ_SPLIT = 1 << 14
 
 
-def _flat(t: Tensor) -> Tensor:
+def flat_in_memory_order(t: Tensor) -> Tensor:
     """The elements of ``t`` as a 1-D tensor, in memory order: a view when ``t`` is dense
     (contiguous in any dim order, e.g. channels-last), else a copy."""
     if t.is_contiguous():
@@ -134,7 +134,7 @@ def sumsq_fp32(tensors: Sequence[Tensor]) -> Tensor:
     rest: list[Tensor] = []
     rest_owners: list[int] = []
     for i, t in enumerate(tensors):
-        flat = _flat(t)
+        flat = flat_in_memory_order(t)
         n = flat.numel()
         full = n - n % SUMSQ_ROW if n >= SUMSQ_SPLIT else 0
         if full:

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from gradsight.stats.formats import OVERFLOW_FORMATS, OVERFLOW_STATS, UNDERFLOW_STATS
+from gradsight.stats.grad import flat_in_memory_order
 
 #: The formats whose headroom is recorded: name -> dtype.
 FORMATS: dict[str, torch.dtype] = {
@@ -147,8 +148,7 @@ def log2_counts(grads: Sequence[Tensor], scale: Tensor | float | None = None,
         scale = torch.as_tensor(scale, dtype=torch.float32).to(device)
     fast: list[tuple[int, Tensor, Tensor, Tensor]] = []
     for i, g in enumerate(grads):
-        values = g.coalesce().values() if g.is_sparse else g
-        values = values.reshape(-1)
+        values = flat_in_memory_order(g.coalesce().values() if g.is_sparse else g)  # a channels-last gradient: no copy
         if values.numel() == 0:
             continue
         if values.dtype == torch.float64:
