@@ -522,9 +522,9 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
         every: record every k-th call of ``monitor.step()``, or a schedule
             (``step -> bool``, see :mod:`gradsight.schedules`).
         optimizer: when given, ``update_ratio`` (||dw|| / ||w|| across the
-            optimizer step) is recorded too (see ``update_ratio``); this keeps one
-            copy of the watched weights (made at the first recorded step, freed by
-            ``close()``).
+            optimizer step) is recorded too (see ``update_ratio``); unless
+            ``update_ratio=False`` this keeps one copy of the watched weights (made at
+            the first recorded step, freed by ``close()``).
         scaler: a ``torch.amp.GradScaler``: values are reported unscaled and steps
             with non-finite gradients (which the scaler skips) are marked ``skipped``.
         config: JSON-serializable settings stored with the run.
