@@ -382,6 +382,8 @@ class Monitor:
         if loss is not None and not isinstance(loss, Tensor):
             loss_h = np.array([float(loss)])
         extra_ids, extra_vals = self._extra_rows(missing, model_stats, scale_h, loss_h, act_keys, act_h)
+        ids.append(np.asarray(extra_ids, dtype=np.int64))
+        values.append(np.asarray(extra_vals, dtype=np.float64))
         if act_keys:
             self._layer_table.sync()
         if self._histograms is not None and present and self._histograms.due(recorded_index):
@@ -389,18 +391,13 @@ class Monitor:
             stored_scale = scale if inv_scale is None else None
             h_ids, h_vals, h_keys, h_lo, h_dense = self._histograms.measure(grads, present, group, present_layers,
                                                                             stored_scale)
-            extra_ids += h_ids.tolist()
-            extra_vals += h_vals.tolist()
+            ids.append(h_ids)
+            values.append(h_vals)
             self._writer.write_histograms(step, h_keys, h_lo, h_dense)
             if self._listeners and self.writes_store:
                 self._listeners.histograms(int(step), h_keys, h_lo, h_dense)
         self._series.flush()
-        self._emit(
-            step,
-            np.concatenate(ids + [np.asarray(extra_ids, dtype=np.int64)]),
-            np.concatenate(values + [np.asarray(extra_vals, dtype=np.float64)]).astype(np.float64),
-            time.time(),
-        )
+        self._emit(step, np.concatenate(ids), np.concatenate(values).astype(np.float64), time.time())
         self.recorded_steps += 1
         if self.optimizer is not None and present and self._updates.due(recorded_index):
             self._updates.arm(step, present, raw[:, W_SUMSQ], group, present_layers)
