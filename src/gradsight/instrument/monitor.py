@@ -64,8 +64,8 @@ def _close_open_monitors() -> None:
 
 
 def _check_arguments(model: Any, *, backend: Any, optimizer: Any, scaler: Any, config: Any, name: Any,
-                     overwrite: Any, activations: Any, residual_blocks: Any, histograms: Any = False,
-                     update_ratio: Any = True) -> None:
+                     overwrite: Any, activations: Any, residual_blocks: Any, histograms: Any,
+                     update_ratio: Any) -> None:
     """Raise ``TypeError``/``ValueError`` for a bad ``gs.watch`` argument, before anything is created."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"gs.watch expects a torch.nn.Module, got {type(model).__name__}")
