@@ -195,3 +195,9 @@ def test_empty_input():
     assert counts.shape == (0, hi - lo + 1 + len(HEADROOM_STATS))
     assert headroom_counts(counts).shape == (0, len(HEADROOM_STATS))
     assert np.array_equal(histogram(log2_counts([torch.zeros(3)], None, lo, hi)).numpy(), np.zeros((1, hi - lo + 1)))
+
+
+def test_channels_last_gradient_counts_equal_the_contiguous_ones():
+    g = torch.randn(16, 8, 3, 3) * torch.logspace(-30, 3, 9 * 8 * 16).reshape(16, 8, 3, 3)
+    cl = g.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(log2_counts([cl]), log2_counts([g]))

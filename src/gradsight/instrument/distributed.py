@@ -235,12 +235,7 @@ class Distributed:
         shards of all ranks (one ``all_reduce``)."""
         if self.mode == "replicated":
             return log2_counts(grads, scale, lo, hi)
-        local = [_local(g) for g in grads]
-        counts = log2_counts(local, scale, lo, hi)
-        mask = torch.tensor([self._counts(g) for g in grads], dtype=torch.bool, device=counts.device)
-        counts = torch.where(mask[:, None], counts, torch.zeros_like(counts))
-        _dist().all_reduce(counts)
-        return counts
+        return self._sum_counted(log2_counts([_local(g) for g in grads], scale, lo, hi), grads)
 
     def sumsq(self, tensors: Sequence[Tensor]) -> Tensor:
         """``[len(tensors)]`` float32 sums of squares of the global tensors."""
@@ -249,12 +244,17 @@ class Distributed:
         sq = sumsq_fp32([_local(t) for t in tensors])
         if self.mode == "replicated":
             return sq
-        mask = torch.tensor([self._counts(t) for t in tensors], dtype=torch.bool, device=sq.device)
-        sq = torch.where(mask, sq, torch.zeros_like(sq))
-        _dist().all_reduce(sq)
-        return sq
+        return self._sum_counted(sq, tensors)
 
     # -- helpers --------------------------------------------------------------------
+    def _sum_counted(self, rows: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+        """``rows[i]`` (computed on this rank's part of ``tensors[i]``) summed over the ranks
+        whose part is counted (:meth:`_counts`); one ``all_reduce``."""
+        mask = torch.tensor([self._counts(t) for t in tensors], dtype=torch.bool, device=rows.device)
+        rows = torch.where(mask.reshape(-1, *[1] * (rows.dim() - 1)), rows, torch.zeros_like(rows))
+        _dist().all_reduce(rows)
+        return rows
+
     def _counts(self, t: Tensor) -> bool:
         """Whether this rank's local part of ``t`` is counted in a global sum."""
         if not _is_dtensor(t):

@@ -53,15 +53,17 @@ class HistogramRecorder:
         every: take them at every ``every``-th recorded step (the first recorded step included).
         param_names, layers: the watched parameters and the layers, as the monitor has them.
         param_numel: elements of each watched parameter.
+        param_layer: layer index of each watched parameter (on the host).
         series: the run's series ids (headroom series are registered here, once).
         log2_counts: ``(grads, scale, lo, hi) -> counts``, local or over all ranks.
     """
 
     def __init__(self, every: int, param_names: Sequence[str], layers: Sequence[str],
-                 param_numel: Sequence[int], series: SeriesIds, log2_counts) -> None:
+                 param_numel: Sequence[int], param_layer: Sequence[int], series: SeriesIds, log2_counts) -> None:
         self.every = every
         self._layers = list(layers)
         self._numel = np.asarray(param_numel, dtype=np.int64)
+        self._param_layer = np.asarray(param_layer, dtype=np.int64)
         self._log2_counts = log2_counts
         self._param_ids = series.grid(Level.PARAM, list(param_names), list(HEADROOM_STATS))
         self._layer_ids = series.grid(Level.LAYER, self._layers, list(HEADROOM_STATS))
@@ -101,7 +103,7 @@ class HistogramRecorder:
 
         numel = self._numel[list(present)]
         layer_numel = np.zeros(n_layers, dtype=np.int64)
-        np.add.at(layer_numel, group.cpu().numpy(), numel)
+        np.add.at(layer_numel, self._param_layer[list(present)], numel)
         rows_numel = np.concatenate([numel, layer_numel[list(present_layers)], [numel.sum()]])
         fractions = head_h / np.maximum(rows_numel, 1)[:, None]
         ids = np.concatenate([self._param_ids[list(present)].reshape(-1),

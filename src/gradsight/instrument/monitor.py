@@ -64,8 +64,8 @@ def _close_open_monitors() -> None:
 
 
 def _check_arguments(model: Any, *, backend: Any, optimizer: Any, scaler: Any, config: Any, name: Any,
-                     overwrite: Any, activations: Any, residual_blocks: Any, histograms: Any = False,
-                     update_ratio: Any = True) -> None:
+                     overwrite: Any, activations: Any, residual_blocks: Any, histograms: Any,
+                     update_ratio: Any) -> None:
     """Raise ``TypeError``/``ValueError`` for a bad ``gs.watch`` argument, before anything is created."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"gs.watch expects a torch.nn.Module, got {type(model).__name__}")
@@ -193,18 +193,19 @@ class Monitor:
         self._layer_ids = self._series.grid(Level.LAYER, inv.layers, kept_stats)
         self._model_ids = self._series.grid(Level.MODEL, [""], kept_stats).reshape(-1)
         self._dead_param_ids, self._dead_layer_ids = self._dead_rows_ids(inv)
+        histograms_every = resolve_every(histograms)
+        update_ratio_every = resolve_every(update_ratio, "update_ratio")
         self._histograms: HistogramRecorder | None = None
-        if resolve_every(histograms):
-            self._histograms = HistogramRecorder(resolve_every(histograms), [pi.name for pi in inv.watched],
+        if histograms_every:
+            self._histograms = HistogramRecorder(histograms_every, [pi.name for pi in inv.watched],
                                                  inv.layers, [pi.param.numel() for pi in inv.watched],
-                                                 self._series, self._dist.log2_counts)
+                                                 self._param_layer_h, self._series, self._dist.log2_counts)
         self._series.flush()
 
         self._writer.set_meta(**run_meta(model, inv, name=name or self.run_dir.name, config=config,
                                          schedule=self.schedule, backend=backend, weights=weights,
                                          optimizer=optimizer, scaler=scaler,
-                                         update_ratio_every=resolve_every(update_ratio, "update_ratio"),
-                                         histograms_every=resolve_every(histograms)))
+                                         update_ratio_every=update_ratio_every, histograms_every=histograms_every))
         self._writer.write_params(param_rows(inv))
         layer_params: dict[str, list[Tensor]] = {}
         for pi in inv.watched:
@@ -218,7 +219,7 @@ class Monitor:
         self._layer_table = LayerTable(inv, self._order, self.activations, self._writer)
         self._loss_scale = LossScale(scaler, optimizer)
         self._updates = UpdateRatio(self._watched, [pi.name for pi in inv.watched], inv.layers, self._series,
-                                    self._dist.sumsq, weights, resolve_every(update_ratio, "update_ratio"))
+                                    self._dist.sumsq, weights, update_ratio_every)
         if optimizer is not None and self._updates.every:
             self._hooks.attach(optimizer, "register_step_pre_hook", self._updates.snapshot, "optimizer")
             self._hooks.attach(optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
@@ -365,7 +366,7 @@ class Monitor:
             counts[bad] = self._dist.count_nonfinite(grads, bad)
             param_stats[:, _NONFINITE] = counts
             layer_counts = np.zeros(n_layers)
-            np.add.at(layer_counts, group.cpu().numpy(), counts)
+            np.add.at(layer_counts, self._param_layer_h[present], counts)
             layer_stats[:, _NONFINITE] = layer_counts
             model_stats[_NONFINITE] = counts.sum()
 
@@ -381,6 +382,8 @@ class Monitor:
         if loss is not None and not isinstance(loss, Tensor):
             loss_h = np.array([float(loss)])
         extra_ids, extra_vals = self._extra_rows(missing, model_stats, scale_h, loss_h, act_keys, act_h)
+        ids.append(np.asarray(extra_ids, dtype=np.int64))
+        values.append(np.asarray(extra_vals, dtype=np.float64))
         if act_keys:
             self._layer_table.sync()
         if self._histograms is not None and present and self._histograms.due(recorded_index):
@@ -388,18 +391,13 @@ class Monitor:
             stored_scale = scale if inv_scale is None else None
             h_ids, h_vals, h_keys, h_lo, h_dense = self._histograms.measure(grads, present, group, present_layers,
                                                                             stored_scale)
-            extra_ids += h_ids.tolist()
-            extra_vals += h_vals.tolist()
+            ids.append(h_ids)
+            values.append(h_vals)
             self._writer.write_histograms(step, h_keys, h_lo, h_dense)
             if self._listeners and self.writes_store:
                 self._listeners.histograms(int(step), h_keys, h_lo, h_dense)
         self._series.flush()
-        self._emit(
-            step,
-            np.concatenate(ids + [np.asarray(extra_ids, dtype=np.int64)]),
-            np.concatenate(values + [np.asarray(extra_vals, dtype=np.float64)]).astype(np.float64),
-            time.time(),
-        )
+        self._emit(step, np.concatenate(ids), np.concatenate(values).astype(np.float64), time.time())
         self.recorded_steps += 1
         if self.optimizer is not None and present and self._updates.due(recorded_index):
             self._updates.arm(step, present, raw[:, W_SUMSQ], group, present_layers)
@@ -521,9 +519,9 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
         every: record every k-th call of ``monitor.step()``, or a schedule
             (``step -> bool``, see :mod:`gradsight.schedules`).
         optimizer: when given, ``update_ratio`` (||dw|| / ||w|| across the
-            optimizer step) is recorded too (see ``update_ratio``); this keeps one
-            copy of the watched weights (made at the first recorded step, freed by
-            ``close()``).
+            optimizer step) is recorded too (see ``update_ratio``); unless
+            ``update_ratio=False`` this keeps one copy of the watched weights (made at
+            the first recorded step, freed by ``close()``).
         scaler: a ``torch.amp.GradScaler``: values are reported unscaled and steps
             with non-finite gradients (which the scaler skips) are marked ``skipped``.
         config: JSON-serializable settings stored with the run.

@@ -26,6 +26,9 @@ FORMAT_RANGES: dict[str, FormatRange] = {
     "fp8e5m2": FormatRange(2.0**-16, 57344.0, 2.0**-14),
 }
 
+#: Formats with a smaller range than float32 (bf16 has float32's exponent range).
+OVERFLOW_FORMATS = ("fp16", "fp8e4m3", "fp8e5m2")
+
 #: The headroom statistics recorded with ``gs.watch(..., histograms=...)``.
 UNDERFLOW_STATS = tuple(f"{f}_underflow" for f in FORMAT_RANGES)
-OVERFLOW_STATS = ("fp16_overflow", "fp8e4m3_overflow", "fp8e5m2_overflow")
+OVERFLOW_STATS = tuple(f"{f}_overflow" for f in OVERFLOW_FORMATS)

@@ -35,7 +35,6 @@ Two ways to compute raw sums:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys
@@ -100,7 +99,7 @@ SUMSQ_ROW = 1 << 10
 SUMSQ_SPLIT = 1 << 14
 
 
-def _flat(t: Tensor) -> Tensor:
+def flat_in_memory_order(t: Tensor) -> Tensor:
     """The elements of ``t`` as a 1-D tensor, in memory order: a view when ``t`` is dense
     (contiguous in any dim order, e.g. channels-last), else a copy."""
     if t.is_contiguous():
@@ -134,7 +133,7 @@ def sumsq_fp32(tensors: Sequence[Tensor]) -> Tensor:
     rest: list[Tensor] = []
     rest_owners: list[int] = []
     for i, t in enumerate(tensors):
-        flat = _flat(t)
+        flat = flat_in_memory_order(t)
         n = flat.numel()
         full = n - n % SUMSQ_ROW if n >= SUMSQ_SPLIT else 0
         if full:
@@ -231,8 +230,8 @@ class _FusedKernel:
                         log.info("gradsight: compiling the fused statistics kernel (once per kind of tensor)")
                     tag = "_".join(str(k).replace("torch.", "") for k in kind)
                     fn = self._fns[kind] = torch.compile(_kernel_copy(tag), dynamic=True, fullgraph=True)
-            with _quiet_compiler_import():
-                out = fn(g, w)
+                _import_cpp_extension_quietly()  # before the first call compiles
+            out = fn(g, w)
             self._compiled = True
             return out
         except Exception as exc:  # no compiler, unsupported device, too many recompilations ...
@@ -246,19 +245,17 @@ class _FusedKernel:
             return None
 
 
-@contextlib.contextmanager
-def _quiet_compiler_import():
-    """Importing ``torch.utils.cpp_extension`` (done by the compiler) warns "No CUDA runtime
-    is found" on machines with a CUDA toolkit but no GPU; nothing a user of gradsight acts on."""
+def _import_cpp_extension_quietly() -> None:
+    """Import ``torch.utils.cpp_extension`` (which the compiler imports) with its logger
+    quiet: on machines with a CUDA toolkit but no GPU the import warns "No CUDA runtime is
+    found", nothing a user of gradsight acts on."""
     if "torch.utils.cpp_extension" in sys.modules:
-        yield
         return
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
         import torch.utils.cpp_extension  # noqa: F401
-        yield
     finally:
         logger.setLevel(level)
 

@@ -36,6 +36,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from gradsight.stats.formats import OVERFLOW_FORMATS, OVERFLOW_STATS, UNDERFLOW_STATS
+from gradsight.stats.grad import flat_in_memory_order
+
 #: The formats whose headroom is recorded: name -> dtype.
 FORMATS: dict[str, torch.dtype] = {
     "fp16": torch.float16,
@@ -43,11 +46,8 @@ FORMATS: dict[str, torch.dtype] = {
     "fp8e4m3": torch.float8_e4m3fn,
     "fp8e5m2": torch.float8_e5m2,
 }
-#: Formats with a smaller range than float32 (bf16 has float32's exponent range).
-OVERFLOW_FORMATS = ("fp16", "fp8e4m3", "fp8e5m2")
-
 #: Headroom statistics, in the order :func:`headroom_counts` returns them.
-HEADROOM_STATS = tuple(f"{f}_underflow" for f in FORMATS) + tuple(f"{f}_overflow" for f in OVERFLOW_FORMATS)
+HEADROOM_STATS = UNDERFLOW_STATS + OVERFLOW_STATS
 
 
 def smallest_subnormal(dtype: torch.dtype) -> float:
@@ -148,8 +148,7 @@ def log2_counts(grads: Sequence[Tensor], scale: Tensor | float | None = None,
         scale = torch.as_tensor(scale, dtype=torch.float32).to(device)
     fast: list[tuple[int, Tensor, Tensor, Tensor]] = []
     for i, g in enumerate(grads):
-        values = g.coalesce().values() if g.is_sparse else g
-        values = values.reshape(-1)
+        values = flat_in_memory_order(g.coalesce().values() if g.is_sparse else g)  # a channels-last gradient: no copy
         if values.numel() == 0:
             continue
         if values.dtype == torch.float64:
