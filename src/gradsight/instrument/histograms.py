@@ -23,27 +23,9 @@ import torch
 from torch import Tensor
 
 from gradsight.instrument.series import SeriesIds
+from gradsight.schedules import due
 from gradsight.stats.histogram import HEADROOM_STATS, bucket_range, headroom_counts, histogram
 from gradsight.store.schema import Level
-
-
-def resolve_every(value: bool | int, name: str = "histograms") -> int:
-    """Every how many recorded steps a measurement is taken (0: never) for an option
-    ``name=value`` that is ``True`` (every recorded step), ``False`` or ``k`` (every k-th
-    recorded step): ``histograms=`` and ``update_ratio=``."""
-    if value is True:
-        return 1
-    if value is False or value is None:
-        return 0
-    if isinstance(value, int) and value >= 1:
-        return int(value)
-    raise ValueError(f"{name} must be True, False or a positive int (every k-th recorded step), got {value!r:.60}")
-
-
-def due(every: int, recorded_index: int) -> bool:
-    """Whether the recorded step with this index (0 = the first) is measured, for
-    :func:`resolve_every`'s ``every``."""
-    return every > 0 and recorded_index % every == 0
 
 
 class HistogramRecorder:

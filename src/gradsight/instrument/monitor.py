@@ -36,7 +36,7 @@ from torch import Tensor, nn
 import gradsight.schedules as schedules
 from gradsight.instrument.activations import ActivationRecorder
 from gradsight.instrument.distributed import resolve as resolve_distributed
-from gradsight.instrument.histograms import HistogramRecorder, resolve_every
+from gradsight.instrument.histograms import HistogramRecorder
 from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.layer_table import LayerTable
 from gradsight.instrument.layers import ForwardOrder, Inventory
@@ -90,8 +90,8 @@ def _check_arguments(model: Any, *, backend: Any, optimizer: Any, scaler: Any, c
     if residual_blocks is not None and (isinstance(residual_blocks, str) or not isinstance(residual_blocks, Sequence)
                                         or not all(isinstance(b, str) for b in residual_blocks)):
         raise TypeError(f"residual_blocks must be a list of module names or None, got {residual_blocks!r:.60}")
-    resolve_every(histograms)
-    resolve_every(update_ratio, "update_ratio")
+    schedules.resolve_every(histograms)
+    schedules.resolve_every(update_ratio, "update_ratio")
 
 
 class _NewPaths:
@@ -193,8 +193,8 @@ class Monitor:
         self._layer_ids = self._series.grid(Level.LAYER, inv.layers, kept_stats)
         self._model_ids = self._series.grid(Level.MODEL, [""], kept_stats).reshape(-1)
         self._dead_param_ids, self._dead_layer_ids = self._dead_rows_ids(inv)
-        histograms_every = resolve_every(histograms)
-        update_ratio_every = resolve_every(update_ratio, "update_ratio")
+        histograms_every = schedules.resolve_every(histograms)
+        update_ratio_every = schedules.resolve_every(update_ratio, "update_ratio")
         self._histograms: HistogramRecorder | None = None
         if histograms_every:
             self._histograms = HistogramRecorder(histograms_every, [pi.name for pi in inv.watched],

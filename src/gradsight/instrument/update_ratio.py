@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradsight.instrument.histograms import due
+from gradsight.schedules import due
 from gradsight.instrument.series import SeriesIds
 
 #: ``(step, series ids, values on the device)`` waiting for the next host transfer.
