@@ -12,11 +12,11 @@ import pytest
 
 import gradsight as gs
 from gradsight import plots
-from gradsight.diagnosis.rules import RunData
 from gradsight.compgraph.nodes import OP, PARAM, Node
 from gradsight.compgraph.structure import Graph
 from gradsight.report.payload import run_payload
 from gradsight.store import query
+from gradsight.store.view import RunView
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     ROOT_DISPLAY_NAME,
@@ -239,9 +239,9 @@ def test_plots_report_diagnosis_and_graph_read_the_same_step_sample(long_run):
         np.testing.assert_allclose(np.ma.filled(image.get_array().astype(float), np.nan), values.T, rtol=1e-12)
 
         # diagnosis: the per-layer tables
-        data = RunData(run)
-        assert data.sample_steps == sample
-        assert list(data.wide("layer", "grad_norm").index) == sample
+        data = RunView(run)
+        assert data.sample == sample
+        assert list(data.matrix("layer", "grad_norm").index) == sample
 
         # graph colouring: the mean over those steps
         layer = "blocks.0.fc1"

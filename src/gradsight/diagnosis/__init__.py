@@ -10,36 +10,36 @@ from pathlib import Path
 
 from gradsight.diagnosis.checkup import UnhealthyGradientsError, assert_healthy, checkup
 from gradsight.diagnosis.findings import Finding, Severity, format_findings
-from gradsight.diagnosis.rules import RULES, RunData
+from gradsight.diagnosis.rules import RULES
 from gradsight.diagnosis.thresholds import Thresholds
-from gradsight.store.reader import Run, open_run
+from gradsight.store.reader import Run
+from gradsight.store.view import RunView, view_of
 
 
-def diagnose(run: Run | str | Path, thresholds: Thresholds | None = None) -> list[Finding]:
+def diagnose(run: RunView | Run | str | Path, thresholds: Thresholds | None = None) -> list[Finding]:
     """Findings about a recorded run, worst first.
 
     Args:
-        run: a :class:`gradsight.Run` or the path of a run directory.
+        run: a :class:`gradsight.Run`, a :class:`~gradsight.store.view.RunView` (whose
+            tables other readers share) or the path of a run directory.
         thresholds: rule thresholds (defaults: :class:`Thresholds`).
 
     Returns:
         A list of :class:`Finding` (empty when nothing is wrong).
     """
     th = thresholds or Thresholds()
-    owned = not isinstance(run, Run)
-    r = open_run(run) if owned else run
+    view = view_of(run)
     try:
-        if not r.steps():
-            return [_nothing_recorded(r)]
-        data = RunData(r)
-        findings = [f for rule in RULES for f in _apply(rule, data, th)]
+        if not view.steps:
+            return [_nothing_recorded(view)]
+        findings = [f for rule in RULES for f in _apply(rule, view, th)]
     finally:
-        if owned:
-            r.close()
+        if view is not run:
+            view.close()
     return sorted(findings, key=lambda f: f.severity, reverse=True)
 
 
-def _nothing_recorded(run: Run) -> Finding:
+def _nothing_recorded(run: RunView) -> Finding:
     calls = run.meta.get("step_calls")
     called = f" ({calls} call(s) of monitor.step())" if isinstance(calls, int) else ""
     return Finding("nothing_recorded", "warning",
@@ -48,10 +48,10 @@ def _nothing_recorded(run: Run) -> Finding:
                    measured={"steps_recorded": 0})
 
 
-def _apply(rule, data: RunData, th: Thresholds) -> list[Finding]:
+def _apply(rule, view: RunView, th: Thresholds) -> list[Finding]:
     """A rule's findings; a rule that fails says so in a finding instead of raising."""
     try:
-        return list(rule(data, th))
+        return list(rule(view, th))
     except Exception as exc:  # one rule's failure must not hide the others' findings
         return [Finding("rule_failed", "warning",
                         f"The rule '{rule.__name__}' could not judge this run ({type(exc).__name__}: {exc}); "

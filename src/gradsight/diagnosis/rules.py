@@ -1,4 +1,4 @@
-"""Diagnosis rules: each reads a run and returns findings. Pure functions of the data."""
+"""Diagnosis rules: each reads a run and returns findings. Pure functions of the view."""
 
 from __future__ import annotations
 
@@ -12,138 +12,99 @@ import pandas as pd
 from gradsight.diagnosis.findings import Finding
 from gradsight.diagnosis.thresholds import Thresholds
 from gradsight.stats.formats import FORMAT_RANGES
-from gradsight.store.query import (
-    DEFAULT_MAX_STEPS,
-    display_name,
-    first_last_columns,
-    first_last_ratios,
-    positive,
-    step_sample,
-)
-from gradsight.store.reader import Run
+from gradsight.store.query import display_name, first_last_columns, first_last_ratios, positive
 from gradsight.store.roles import Role
-from gradsight.store.schema import Kind, Level
+from gradsight.store.schema import Level
+from gradsight.store.view import RunSource, RunView, view_of
 
 
-class RunData:
-    """Cached wide tables of one run: ``wide(level, stat)`` is steps x names in depth order.
+def _grad_clip(view: RunView) -> dict:
+    """The recorded clipping (``grad_clip`` in the run's meta or config) when the recorded
+    gradients are after it (``post_clip``), else empty."""
+    clip = view.meta.get("grad_clip") or view.config.get("grad_clip")
+    return clip if isinstance(clip, dict) and clip.get("post_clip") else {}
 
-    Per-module rules look at the steps of :func:`gradsight.store.query.step_sample`
-    (at most ``max_steps`` evenly spaced recorded steps, as the plots and the report
-    show); whole-model series and missing-gradient counts are read over all steps.
-    """
 
-    def __init__(self, run: Run, max_steps: int | None = DEFAULT_MAX_STEPS) -> None:
-        self.run = run
-        self._cache: dict[tuple[str, str], pd.DataFrame] = {}
-        steps = run.steps()
-        self.n_steps = len(steps)
-        sampled = step_sample(steps, max_steps)
-        self.sample_steps: list[int] | None = sampled if len(sampled) < len(steps) else None
-        kinds = run.layers(kind=None)
-        self.blocks = set(kinds.name[kinds.kind == Kind.BLOCK])  # a name may be a layer and a block
-        self.type = dict(zip(kinds.name, kinds.module_type))
-        self.depth = dict(zip(kinds.name, kinds.depth))
-        layers = run.layers()
-        self.layer_order = list(layers["name"])
-        self.roles = dict(zip(layers["name"], layers["role"]))  # recorded, or derived by the reader
-        self.stats = {lvl: set(run.stats(lvl)) for lvl in Level.ALL if lvl != Level.METRIC}
-        clip = run.meta.get("grad_clip") or run.config.get("grad_clip")
-        self.grad_clip: dict = clip if isinstance(clip, dict) and clip.get("post_clip") else {}
+def _table(view: RunView, level: str, stat: str) -> pd.DataFrame:
+    """The steps x names table a rule judges: per-module statistics at the view's sample
+    (the steps the plots and the report show), whole-model series and missing-gradient
+    counts over every recorded step."""
+    every = level in Level.TOTALS or stat == "grad_missing"
+    return view.matrix(level, stat, steps="all" if every else "sample")
 
-    def wide(self, level: str, stat: str) -> pd.DataFrame:
-        key = (level, stat)
-        if key not in self._cache:
-            if stat not in self.stats.get(level, ()):
-                self._cache[key] = pd.DataFrame()
-            else:
-                sample = None if level in Level.TOTALS or stat == "grad_missing" else self.sample_steps
-                self._cache[key] = self.run.series(stat, level, steps=sample)
-        return self._cache[key]
 
-    def at_step(self, level: str, stat: str, step: int) -> pd.Series | None:
-        """One statistic of every name at one step (None when not recorded)."""
-        if stat not in self.stats.get(level, ()):
-            return None
-        df = self.run.series(stat, level, steps=[step])
-        return None if df.empty or step not in df.index else df.loc[step]
+def _normalized(view: RunView) -> set[str]:
+    """Weighted layers whose next layer in forward order is a norm layer (a convolution
+    followed by BatchNorm): the loss does not change when their weights are scaled."""
+    order = view.layer_order
+    return {a for a, b in zip(order, order[1:]) if view.role(a) == Role.WEIGHTED and view.role(b) == Role.NORM}
 
-    def role(self, name: str) -> str:
-        """The role of a layer (:class:`gradsight.store.roles.Role`; ``other`` for a name
-        that is not a layer)."""
-        return self.roles.get(name, Role.OTHER)
 
-    def normalized(self) -> set[str]:
-        """Weighted layers whose next layer in forward order is a norm layer (a convolution
-        followed by BatchNorm): the loss does not change when their weights are scaled."""
-        order = self.layer_order
-        return {a for a, b in zip(order, order[1:]) if self.role(a) == Role.WEIGHTED and self.role(b) == Role.NORM}
+def _weighted(view: RunView, names) -> list[str]:
+    """The weighted layers (convolutions, linear maps) among ``names``, in their order: no
+    norm layers, no embeddings, no head."""
+    return [n for n in names if view.role(n) == Role.WEIGHTED]
 
-    def is_embedding(self, name: str) -> bool:
-        """Whether a layer is an input embedding (rows of tokens not in a batch get no gradient)."""
-        return self.role(name) == Role.EMBEDDING
 
-    def weighted(self, names, *, head: bool = False) -> list[str]:
-        """The weighted layers (convolutions, linear maps) among ``names``, in their order:
-        no norm layers, no embeddings, and the head only when asked for."""
-        keep = (Role.WEIGHTED, Role.HEAD) if head else (Role.WEIGHTED,)
-        return [n for n in names if self.role(n) in keep]
+def _weighted_or_head(view: RunView, names) -> list[str]:
+    """The weighted layers and the head among ``names``, in their order."""
+    return [n for n in names if view.role(n) in (Role.WEIGHTED, Role.HEAD)]
 
-    def parameter_profile(self) -> pd.DataFrame:
-        """Per-element parameter gradients (``grad_rms``) of the weighted layers, steps x
-        layers in forward order: what every run records, so a recorded run and a model
-        check are judged alike."""
-        rms = self.wide(Level.LAYER, "grad_rms")
-        return rms[self.weighted(rms.columns)] if not rms.empty else rms
 
-    def module_profile(self, stat: str) -> tuple[str, pd.DataFrame]:
-        """A module statistic along depth: at the residual blocks if there are at least
-        two (``"block"``), else at the weighted layers (``"layer"``: no norm layers,
-        embeddings or head, like with like); empty when not recorded."""
-        values = self.wide(Level.MODULE, stat)
-        if values.empty:
-            return "", values
-        block_cols = [c for c in values.columns if c in self.blocks]
-        if len(block_cols) >= 2:
-            return "block", values[block_cols]
-        return "layer", values[self.weighted([c for c in values.columns if c not in self.blocks])]
+def parameter_profile(view: RunView) -> pd.DataFrame:
+    """Per-element parameter gradients (``grad_rms``) of the weighted layers, steps x
+    layers in forward order: what every run records, so a recorded run and a model
+    check are judged alike."""
+    rms = _table(view, Level.LAYER, "grad_rms")
+    return rms[_weighted(view, rms.columns)] if not rms.empty else rms
 
-    def backward_profile(self) -> tuple[str, pd.DataFrame]:
-        """Per-element output gradients along depth (activation statistics), see
-        :meth:`module_profile` (the gradient of the logits is not like a hidden layer's)."""
-        where, prof = self.module_profile("out_grad_rms")
-        return ("layer output" if where == "layer" else where), prof
 
-    def forward_profile(self) -> tuple[str, pd.DataFrame]:
-        """Output RMS along depth: the residual stream (block outputs), or the weighted
-        layers' outputs (:meth:`module_profile`)."""
-        return self.module_profile("act_rms")
+def module_profile(view: RunView, stat: str) -> tuple[str, pd.DataFrame]:
+    """A module statistic along depth: at the residual blocks if there are at least
+    two (``"block"``), else at the weighted layers (``"layer"``: no norm layers,
+    embeddings or head, like with like); empty when not recorded."""
+    values = _table(view, Level.MODULE, stat)
+    if values.empty:
+        return "", values
+    block_cols = [c for c in values.columns if c in view.blocks]
+    if len(block_cols) >= 2:
+        return "block", values[block_cols]
+    return "layer", values[_weighted(view, [c for c in values.columns if c not in view.blocks])]
+
+
+def backward_profile(view: RunView) -> tuple[str, pd.DataFrame]:
+    """Per-element output gradients along depth (activation statistics), see
+    :func:`module_profile` (the gradient of the logits is not like a hidden layer's)."""
+    where, prof = module_profile(view, "out_grad_rms")
+    return ("layer output" if where == "layer" else where), prof
+
+
+def forward_profile(view: RunView) -> tuple[str, pd.DataFrame]:
+    """Output RMS along depth: the residual stream (block outputs), or the weighted
+    layers' outputs (:func:`module_profile`)."""
+    return module_profile(view, "act_rms")
 
 
 def _fmt(x: float) -> str:
     return f"{x:.3g}" if math.isfinite(x) else str(x)
 
 
-def _finite_rows(df: pd.DataFrame) -> pd.DataFrame:
-    return df[np.isfinite(df.to_numpy(dtype=float)).all(axis=1)] if not df.empty else df
-
-
-def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
-    model_nf = data.wide(Level.MODEL, "grad_nonfinite")
-    act = data.wide(Level.MODULE, "act_rms")
+def nonfinite(view: RunView, th: Thresholds) -> list[Finding]:
+    model_nf = _table(view, Level.MODEL, "grad_nonfinite")
+    act = _table(view, Level.MODULE, "act_rms")
     bad_steps: set[int] = set()
     if not model_nf.empty:
         bad_steps |= set(model_nf.index[(model_nf.fillna(0).to_numpy() > 0).any(axis=1)])
-        norm = data.wide(Level.MODEL, "grad_norm")
+        norm = _table(view, Level.MODEL, "grad_norm")
         bad_steps |= set(norm.index[~np.isfinite(norm.to_numpy(dtype=float)).all(axis=1)])
     if not act.empty:
         bad_steps |= set(act.index[~np.isfinite(act.to_numpy(dtype=float)).all(axis=1)])
     if not bad_steps:
         return []
-    skipped = data.wide(Level.MODEL, "skipped")
+    skipped = _table(view, Level.MODEL, "skipped")
     skipped_steps = set(skipped.index[skipped.iloc[:, 0] > 0]) if not skipped.empty else set()
     if skipped_steps and bad_steps <= skipped_steps:
-        n_rec = data.n_steps
+        n_rec = len(view.steps)
         sev = "warning" if len(bad_steps) > max(3, 0.05 * n_rec) else "info"
         return [Finding("amp_skipped_steps", sev,
                         f"The loss scaler skipped {len(bad_steps)} of {n_rec} recorded steps for non-finite gradients; "
@@ -152,21 +113,21 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
     step = min(bad_steps - skipped_steps) if bad_steps - skipped_steps else min(bad_steps)
     forward_origin = backward_origin = None
     details = []
-    row = data.at_step(Level.MODULE, "act_rms", step)
+    row = view.at_step(Level.MODULE, "act_rms", step)
     if row is not None:
-        nonblock = [c for c in row.index if c not in data.blocks]
+        nonblock = [c for c in row.index if c not in view.blocks]
         bad = [c for c in nonblock if not math.isfinite(row[c])]
         if bad:
-            forward_origin = min(bad, key=lambda c: data.depth.get(c, 0))
+            forward_origin = min(bad, key=lambda c: view.depth.get(c, 0))
             details.append(f"in the forward pass they first appear at the output of '{display_name(forward_origin)}'")
-    row = data.at_step(Level.MODULE, "out_grad_nonfinite", step)
+    row = view.at_step(Level.MODULE, "out_grad_nonfinite", step)
     if row is not None:
-        cols = [c for c in row.index if c not in data.blocks]
-        cols.sort(key=lambda c: data.depth.get(c, 0))
+        cols = [c for c in row.index if c not in view.blocks]
+        cols.sort(key=lambda c: view.depth.get(c, 0))
         bad = [c for c in cols if not (row[c] == 0)]
         if bad:
-            deepest = max(bad, key=lambda c: data.depth.get(c, 0))
-            after = [c for c in cols if data.depth.get(c, 0) > data.depth.get(deepest, 0)]
+            deepest = max(bad, key=lambda c: view.depth.get(c, 0))
+            after = [c for c in cols if view.depth.get(c, 0) > view.depth.get(deepest, 0)]
             if after:
                 backward_origin = after[0]
                 details.append(f"in the backward pass they first appear in '{display_name(backward_origin)}' "
@@ -176,7 +137,7 @@ def nonfinite(data: RunData, th: Thresholds) -> list[Finding]:
                 details.append(f"the gradient arriving at the last module '{display_name(deepest)}' was already "
                                "non-finite (the loss or its gradient)")
     if not details:
-        row = data.at_step(Level.LAYER, "grad_nonfinite", step)
+        row = view.at_step(Level.LAYER, "grad_nonfinite", step)
         if row is not None:
             names = list(row.index)
             bad = [c for c in names if row[c] > 0]
@@ -296,10 +257,10 @@ def _scale(key: str, what: str, where: str, prof: pd.DataFrame, use_gain: bool) 
     return _Scale(key, what, where, ratio, gain, ends, n, use_gain)
 
 
-def _alike(data: RunData, names: list[str]) -> list[str]:
+def _alike(view: RunView, names: list[str]) -> list[str]:
     """The largest set of ``names`` whose layers have the same parameter shapes (the
     repeated layer of a plain stack), in order: a gain per layer compares like with like."""
-    params = data.run.params()
+    params = view.params
     shapes: dict[str, list] = {}
     for layer, shape, trainable in zip(params["layer"], params["shape"], params["trainable"]):
         if trainable:
@@ -310,7 +271,7 @@ def _alike(data: RunData, names: list[str]) -> list[str]:
     return max(groups.values(), key=len) if groups else []
 
 
-def gradient_scales(data: RunData) -> list[_Scale]:
+def gradient_scales(view: RunView) -> list[_Scale]:
     """The depth profiles the gradient-scale rules judge:
 
     - the weighted layers' parameter gradients per element (every run has them; a
@@ -321,23 +282,23 @@ def gradient_scales(data: RunData) -> list[_Scale]:
       repeated layer), when there are at least ``min_depth`` of them.
     """
     what = "output gradient per element"
-    param_prof = data.parameter_profile()
+    param_prof = parameter_profile(view)
     found = [_scale("param", "parameter gradient per element", "layer", param_prof, use_gain=False)]
     if found[0] is not None:
         found[0].alike = _kind_ratios(param_prof)
-    where, prof = data.backward_profile()
+    where, prof = backward_profile(view)
     if where:
         found.append(_scale("output", what, where, prof, use_gain=where == "block"))
         if where != "block":
-            found.append(_scale("output_alike", what, where, prof[_alike(data, list(prof.columns))], use_gain=True))
+            found.append(_scale("output_alike", what, where, prof[_alike(view, list(prof.columns))], use_gain=True))
     return [s for s in found if s is not None]
 
 
-def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
+def gradient_scale(view: RunView, th: Thresholds) -> list[Finding]:
     """``vanishing_gradients`` / ``exploding_gradients`` by depth, and
     ``growing_gradient_norm`` over time (not judged on post-clip values)."""
     findings = []
-    scales = gradient_scales(data)
+    scales = gradient_scales(view)
     vanishing = [s for s in scales if s.vanishing(th)]
     exploding = [s for s in scales if s.exploding(th)]
     measured_all = {f"{s.key}_first_over_last": s.median_ratio for s in scales}
@@ -368,9 +329,9 @@ def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
             layers=list(s.ends), steps=list(map(int, s.ratio.index[s.ratio > th.explode_ratio]))[:50],
             measured={"first_over_last": s.median_ratio, "gain_per_step_back": s.median_gain,
                       "depth": float(s.depth), **measured_all}))
-    if data.grad_clip:
+    if _grad_clip(view):
         return findings  # post-clip norms cannot grow past the clipping threshold
-    total = data.wide(Level.MODEL, "grad_norm")
+    total = _table(view, Level.MODEL, "grad_norm")
     total = total.iloc[:, 0].astype(float) if not total.empty else pd.Series(dtype=float)
     total = total[np.isfinite(total)]
     if len(total) >= 8:
@@ -386,11 +347,11 @@ def gradient_scale(data: RunData, th: Thresholds) -> list[Finding]:
     return findings
 
 
-def clipped_gradients(data: RunData, th: Thresholds) -> list[Finding]:
+def clipped_gradients(view: RunView, th: Thresholds) -> list[Finding]:
     """``clipped_gradients`` (info): the run recorded gradients after clipping."""
-    if not data.grad_clip:
+    if not _grad_clip(view):
         return []
-    max_norm = data.grad_clip.get("max_norm")
+    max_norm = _grad_clip(view).get("max_norm")
     try:
         max_norm = float(max_norm)
     except (TypeError, ValueError):
@@ -414,13 +375,13 @@ def _ratio_over_steps(prof: pd.DataFrame) -> tuple[pd.Series, str, str] | None:
     return (1.0 / ratio, *ends) if not ratio.empty else None
 
 
-def forward_signal(data: RunData, th: Thresholds) -> list[Finding]:
+def forward_signal(view: RunView, th: Thresholds) -> list[Finding]:
     """``exploding_forward`` / ``vanishing_forward``: the output RMS of the last block
     (or weighted layer) over the first's, at any recorded step. A residual stream may
     grow as the square root of its number of blocks (each block adds a branch of about
     constant variance: pre-LN transformers, batch-normed ResNets); only growth beyond
     ``sqrt(blocks)`` times ``stream_growth`` is flagged there."""
-    where, prof = data.forward_profile()
+    where, prof = forward_profile(view)
     if prof.empty or prof.shape[1] < 2:
         return []
     found = _ratio_over_steps(prof)
@@ -456,9 +417,9 @@ def forward_signal(data: RunData, th: Thresholds) -> list[Finding]:
     return []
 
 
-def _layer_rows(data: RunData) -> dict[str, int]:
+def _layer_rows(view: RunView) -> dict[str, int]:
     """Rows per layer: the sum of dim 0 over its trainable tensors of >= 2 dims."""
-    params = data.run.params()
+    params = view.params
     rows: dict[str, int] = {}
     for layer, shape, trainable in zip(params["layer"], params["shape"], params["trainable"]):
         if trainable and len(shape) >= 2:
@@ -466,13 +427,13 @@ def _layer_rows(data: RunData) -> dict[str, int]:
     return rows
 
 
-def _cut_off_steps(data: RunData, layer: str, steps: pd.Index) -> set[int]:
+def _cut_off_steps(view: RunView, layer: str, steps: pd.Index) -> set[int]:
     """Steps at which a later layer's weights were exactly zero (a zero-initialized head
     or branch): no gradient can reach ``layer`` through it, so its zero rows say nothing."""
-    wn = data.wide(Level.LAYER, "weight_norm")
+    wn = _table(view, Level.LAYER, "weight_norm")
     if wn.empty or layer not in wn.columns:
         return set()
-    position = {name: i for i, name in enumerate(data.layer_order)}
+    position = {name: i for i, name in enumerate(view.layer_order)}
     later = [c for c in wn.columns if position.get(c, -1) > position.get(layer, -1)]
     if not later:
         return set()
@@ -480,20 +441,20 @@ def _cut_off_steps(data: RunData, layer: str, steps: pd.Index) -> set[int]:
     return set(int(s) for s in zero.index[zero])
 
 
-def dead_units(data: RunData, th: Thresholds) -> list[Finding]:
+def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
     """``dead_units``: layers with output rows (channels, units) whose gradient is exactly
     zero at every step of the window (the last half of the sampled steps); never
     embeddings, whose rows of tokens absent from a batch get no gradient by design."""
-    dead = data.wide(Level.LAYER, "grad_dead_rows")
+    dead = _table(view, Level.LAYER, "grad_dead_rows")
     if dead.empty:
         return []
     window = dead.index[len(dead.index) // 2:]
-    rows = _layer_rows(data)
+    rows = _layer_rows(view)
     whole, units, outputs = {}, {}, {}
     for layer in dead.columns:
-        if data.is_embedding(layer) or rows.get(layer, 0) == 0:
+        if view.role(layer) == Role.EMBEDDING or rows.get(layer, 0) == 0:
             continue
-        cut_off = _cut_off_steps(data, layer, window)
+        cut_off = _cut_off_steps(view, layer, window)
         steps = [s for s in window if s not in cut_off]
         counts = dead.loc[steps, layer].to_numpy(dtype=float)
         counts = counts[np.isfinite(counts)]
@@ -504,7 +465,7 @@ def dead_units(data: RunData, th: Thresholds) -> list[Finding]:
             continue
         if counts.min() >= rows[layer]:
             whole[layer] = frac
-        elif data.role(layer) == Role.HEAD:
+        elif view.role(layer) == Role.HEAD:
             outputs[layer] = frac
         else:
             units[layer] = frac
@@ -538,11 +499,11 @@ def dead_units(data: RunData, th: Thresholds) -> list[Finding]:
     return findings
 
 
-def missing_gradients(data: RunData, th: Thresholds) -> list[Finding]:
-    missing = data.wide(Level.PARAM, "grad_missing")
+def missing_gradients(view: RunView, th: Thresholds) -> list[Finding]:
+    missing = _table(view, Level.PARAM, "grad_missing")
     if missing.empty:
         return []
-    n_steps = data.n_steps
+    n_steps = len(view.steps)
     counts = missing.fillna(0).sum()
     never = counts[counts >= n_steps]
     if never.empty:
@@ -554,16 +515,16 @@ def missing_gradients(data: RunData, th: Thresholds) -> list[Finding]:
         "graph.", layers=list(never.index), measured={"parameters": float(len(never))})]
 
 
-def _judged_updates(data: RunData, ur: pd.DataFrame, warmup: int) -> pd.DataFrame:
+def _judged_updates(view: RunView, ur: pd.DataFrame, warmup: int) -> pd.DataFrame:
     """``ur`` with the updates that cannot be judged left out (NaN): non-finite ones; those
     of a step at which the layer's gradient was all zero (what moved it, if anything, was
     momentum or weight decay: with a zero-initialized head, every layer before it at the
     first step); and for a tensor that started at zero (an infinite ratio, or a zero
     weight norm) the first ``warmup`` updates after the last step at which it was zero."""
     ur = ur.replace([np.inf, -np.inf], np.nan).copy()
-    raw = data.wide(Level.LAYER, "update_ratio")
-    wn = data.wide(Level.LAYER, "weight_norm")
-    gn = data.wide(Level.LAYER, "grad_norm").reindex(index=ur.index, columns=ur.columns)
+    raw = _table(view, Level.LAYER, "update_ratio")
+    wn = _table(view, Level.LAYER, "weight_norm")
+    gn = _table(view, Level.LAYER, "grad_norm").reindex(index=ur.index, columns=ur.columns)
     ur = ur.mask(gn == 0)
     steps = ur.index.to_numpy()
     for layer in ur.columns:
@@ -577,7 +538,7 @@ def _judged_updates(data: RunData, ur: pd.DataFrame, warmup: int) -> pd.DataFram
     return ur
 
 
-def update_ratios(data: RunData, th: Thresholds) -> list[Finding]:
+def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
     """``update_ratio_high`` / ``update_ratio_low``: median ``||dw||/||w||`` per layer.
 
     A tensor that starts at zero (a zero-initialized head, a class token) has an infinite
@@ -587,16 +548,16 @@ def update_ratios(data: RunData, th: Thresholds) -> list[Finding]:
     weighted layer followed by a norm layer is scale-invariant (its gradient scales as
     ``1/||w||``, so its norm grows until the relative update settles): it is not
     judged too high."""
-    ur = data.wide(Level.LAYER, "update_ratio")
+    ur = _table(view, Level.LAYER, "update_ratio")
     if ur.empty:
         return []
     warmup = math.ceil(1 / th.update_high**2) if th.update_high > 0 else 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        med = _judged_updates(data, ur, warmup).median().dropna()
+        med = _judged_updates(view, ur, warmup).median().dropna()
     findings = []
     low = med[med < th.update_low]
-    normalized = data.normalized()
+    normalized = _normalized(view)
     high = med[(med > th.update_high) & ~med.index.isin(list(normalized))]
     if not high.empty:
         findings.append(Finding(
@@ -614,9 +575,9 @@ def update_ratios(data: RunData, th: Thresholds) -> list[Finding]:
     return findings
 
 
-def residual_branches(data: RunData, th: Thresholds) -> list[Finding]:
-    skip = data.wide(Level.BLOCK, "skip_grad_norm")
-    branch = data.wide(Level.BLOCK, "branch_grad_norm")
+def residual_branches(view: RunView, th: Thresholds) -> list[Finding]:
+    skip = _table(view, Level.BLOCK, "skip_grad_norm")
+    branch = _table(view, Level.BLOCK, "branch_grad_norm")
     if skip.empty or branch.empty:
         return []
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -642,10 +603,11 @@ def residual_branches(data: RunData, th: Thresholds) -> list[Finding]:
     return findings
 
 
-def training_format(run: Run) -> str | None:
+def training_format(run: RunSource) -> str | None:
     """The low-precision format the gradients live in: ``fp16`` (fp16 weights, or a
     GradScaler, which goes with fp16 autocast), ``bf16`` (bf16 weights), else None."""
-    params = run.params()
+    run = view_of(run)
+    params = run.params
     params = params[params["trainable"]]
     if params.empty:
         return None
@@ -663,7 +625,7 @@ def _finite_median(values) -> float:
     return float(np.median(arr)) if arr.size else math.nan
 
 
-def _subnormal_share(run: Run, fmt: str) -> pd.Series:
+def _subnormal_share(run: RunView, fmt: str) -> pd.Series:
     """Per step with a histogram: the share of the model's nonzero gradient elements below
     the format's smallest normal value (where it keeps fewer bits and then rounds to 0)."""
     hist = run.histograms(level=Level.MODEL)
@@ -674,22 +636,22 @@ def _subnormal_share(run: Run, fmt: str) -> pd.Series:
     return low / hist.groupby("step")["count"].sum().clip(lower=1)
 
 
-def precision_headroom(data: RunData, th: Thresholds) -> list[Finding]:
+def precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
     """Gradients at or past the bottom of the training format's range (``histograms=``):
     elements that would become 0 in it (gradients kept wider than the format), or a
     share of elements already in its subnormal range (gradients computed in it, whose
     smaller elements already became 0), and whether the loss scale has room to rise."""
-    fmt = training_format(data.run)
+    fmt = training_format(view)
     if fmt is None:
         return []
     stat = f"{fmt}_underflow"
-    model = data.wide(Level.MODEL, stat)
+    model = _table(view, Level.MODEL, stat)
     if model.empty:
         return []
     frac = _finite_median(model.iloc[:, 0])
-    subnormal = _finite_median(_subnormal_share(data.run, fmt))
-    per_layer = data.wide(Level.LAYER, stat)
-    medians = per_layer[data.weighted(per_layer.columns, head=True)].median() if not per_layer.empty else pd.Series()
+    subnormal = _finite_median(_subnormal_share(view, fmt))
+    per_layer = _table(view, Level.LAYER, stat)
+    medians = per_layer[_weighted_or_head(view, per_layer.columns)].median() if not per_layer.empty else pd.Series()
     layers = [str(n) for n in medians.index[medians > th.underflow_layer_frac]]
     measured = {stat: frac, "subnormal_share": subnormal, **{f"{stat}[{n}]": float(medians[n]) for n in layers[:20]}}
     if frac > th.underflow_frac:
@@ -703,10 +665,10 @@ def precision_headroom(data: RunData, th: Thresholds) -> list[Finding]:
                 "smaller ones already became 0")
     else:
         return []
-    scaled = bool(data.run.meta.get("amp")) and fmt == "fp16"
+    scaled = bool(view.meta.get("amp")) and fmt == "fp16"
     if scaled:
-        scale = data.wide(Level.MODEL, "loss_scale")
-        absmax = data.wide(Level.MODEL, "grad_abs_max")
+        scale = _table(view, Level.MODEL, "loss_scale")
+        absmax = _table(view, Level.MODEL, "grad_abs_max")
         stored_max = (absmax.iloc[:, 0] * scale.iloc[:, 0]).reindex(model.index) if not (
             scale.empty or absmax.empty) else pd.Series(dtype=float)
         room = FORMAT_RANGES[fmt].largest / _finite_median(stored_max) if len(stored_max) else math.nan

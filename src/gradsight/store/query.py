@@ -30,19 +30,17 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
-from gradsight.store.reader import Run, list_runs, open_run
+from gradsight.store.reader import Run, column_order, forward_order, list_runs, open_run
 from gradsight.store.roles import Role, as_roles
 from gradsight.store.schema import DB_NAME, Level
+from gradsight.store.view import DEFAULT_MAX_STEPS, RunSource, RunView, step_sample, view_of
 
-#: What readers accept as run data: a Run, a run directory, or a long frame
-#: (columns ``step, level, name, depth, stat, value`` as from ``Run.frame()``).
-RunData = Union[Run, str, Path, pd.DataFrame]
+#: What readers accept as run data: a :class:`RunView`, a Run, a run directory, or a long
+#: frame (columns ``step, level, name, depth, stat, value`` as from ``Run.frame()``).
+RunLike = Union[RunView, Run, str, Path, pd.DataFrame]
 
 #: Levels that hold one row per module (layers, and modules/blocks from activation hooks).
 MODULE_LEVELS = Level.PER_MODULE
-
-#: Recorded steps a reader looks at, at most, unless told otherwise (evenly spaced).
-DEFAULT_MAX_STEPS = 400
 
 #: How the root module (the model itself, whose qualified name is ``""``) is shown.
 ROOT_DISPLAY_NAME = "(model)"
@@ -66,28 +64,35 @@ RATIO_DEFINITION = ("first / last weighted layer, in forward order (embeddings, 
 AGGREGATES = {"median": np.nanmedian, "mean": np.nanmean, "max": np.nanmax, "min": np.nanmin}
 
 
-def open_data(data: Run | str | Path) -> Run:
-    """``data`` itself if it is a :class:`Run`, else the run opened from that path."""
+def open_data(data: RunSource) -> Run:
+    """The :class:`Run` of ``data``: itself, a view's run, or the run opened from that path."""
     if isinstance(data, Run):
         return data
+    if isinstance(data, RunView):
+        return data.run
     return open_run(data)
+
+
+def as_view(data: RunLike, max_steps: int | None = DEFAULT_MAX_STEPS) -> RunView | pd.DataFrame:
+    """A long frame as it is, anything else as a :class:`RunView` (:func:`view_of`): what a
+    reader calls first, so that its several reads share one view."""
+    return data if isinstance(data, pd.DataFrame) else view_of(data, max_steps=max_steps)
+
+
+def _steps_of(view: RunView, max_steps: int | None, steps: Sequence[int] | None):
+    """The view's choice of steps for ``max_steps`` / ``steps`` (see :meth:`RunView.matrices`)."""
+    if steps is not None:
+        return [int(s) for s in steps]
+    if max_steps == view.max_steps:
+        return "sample"
+    if max_steps is None:
+        return "all"
+    return step_sample(view.steps, max_steps)
 
 
 def display_name(name: str) -> str:
     """A module's qualified name for display: the root module as :data:`ROOT_DISPLAY_NAME`."""
     return name or ROOT_DISPLAY_NAME
-
-
-def step_sample(steps: Sequence[int], max_steps: int | None = DEFAULT_MAX_STEPS) -> list[int]:
-    """At most ``max_steps`` of ``steps``, evenly spaced, first and last included
-    (``None``: all of them)."""
-    steps = list(steps)
-    if max_steps is None or len(steps) <= max_steps:
-        return steps
-    if max_steps < 2:
-        return steps[-1:]
-    idx = np.unique(np.round(np.linspace(0, len(steps) - 1, max_steps)).astype(int))
-    return [steps[i] for i in idx]
 
 
 def expand_runs(paths: Iterable[Run | str | Path]) -> list[Run]:
@@ -108,90 +113,48 @@ def expand_runs(paths: Iterable[Run | str | Path]) -> list[Run]:
     return runs
 
 
-def recorded_steps(data: RunData) -> list[int]:
+def recorded_steps(data: RunLike) -> list[int]:
     """The recorded steps of a run or frame, ascending."""
     if isinstance(data, pd.DataFrame):
         return sorted(int(s) for s in data["step"].unique())
-    return open_data(data).steps()
+    return list(view_of(data).steps)
 
 
-def _long(data: RunData, *, stat: str | Iterable[str] | None, level: str | Iterable[str] | None,
-          max_steps: int | None, steps: Sequence[int] | None = None, role: Roles = None) -> pd.DataFrame:
+def _frame_long(df: pd.DataFrame, *, stat: str | Iterable[str] | None, level: str | Iterable[str] | None,
+                max_steps: int | None, steps: Sequence[int] | None = None, role: Roles = None) -> pd.DataFrame:
+    """The rows of a long frame that a wide table of it holds."""
     roles = as_roles(role)
-    if isinstance(data, pd.DataFrame):
-        df = data
-        if roles is not None and "role" in df:
-            df = df[df["role"].isin(roles)]
-        if stat is not None and "stat" in df:
-            df = df[df["stat"].isin([stat] if isinstance(stat, str) else list(stat))]
-        if level is not None and "level" in df:
-            df = df[df["level"].isin([level] if isinstance(level, str) else list(level))]
-        if steps is not None:
-            df = df[df["step"].isin(list(steps))]
-        elif max_steps is not None:
-            keep = step_sample(sorted(df["step"].unique()), max_steps)
-            df = df[df["step"].isin(keep)]
-        return df
-    run = open_data(data)
+    if roles is not None and "role" in df:
+        df = df[df["role"].isin(roles)]
+    if stat is not None and "stat" in df:
+        df = df[df["stat"].isin([stat] if isinstance(stat, str) else list(stat))]
+    if level is not None and "level" in df:
+        df = df[df["level"].isin([level] if isinstance(level, str) else list(level))]
     if steps is not None:
-        return run.frame(level=level, stat=stat, steps=[int(s) for s in steps], role=roles)
-    all_steps = run.steps()
-    sampled = step_sample(all_steps, max_steps)
-    return run.frame(level=level, stat=stat, steps=None if len(sampled) == len(all_steps) else sampled, role=roles)
+        df = df[df["step"].isin(list(steps))]
+    elif max_steps is not None:
+        keep = step_sample(sorted(df["step"].unique()), max_steps)
+        df = df[df["step"].isin(keep)]
+    return df
 
 
 def name_order(df: pd.DataFrame, layer_order: Sequence[str] | None = None) -> list[str]:
-    """Names of a long frame in forward order.
-
-    Layer and parameter rows sort by their layer's depth. Rows of other levels
-    (``module``, ``block``: activation statistics) mix kinds whose depths are ranked
-    separately, so with ``layer_order`` (the run's layers, forward order) they sort
-    by the first layer inside them (a container before its contents); modules
-    without parameters go after the last layer of their parent. Without it, or when
-    depths are missing, names keep their order of first appearance.
-    """
+    """Names of a long frame in the one column order (:func:`column_order`): by depth (and
+    order of first appearance) at the layer and parameter levels, anchored on ``layer_order``
+    (the run's layers in forward order) at the module levels."""
     first = df.drop_duplicates("name")
-    names = list(first["name"])
     levels = set(first["level"]) if "level" in first else {Level.LAYER}
-    if levels <= {Level.LAYER, Level.PARAM} and "depth" in first and not first["depth"].isna().any():
-        return list(first.sort_values("depth", kind="mergesort")["name"])
-    if layer_order is None:
-        return names
-    return forward_order(names, layer_order)
+    level = Level.LAYER if levels <= {Level.LAYER, Level.PARAM} else Level.MODULE
+    depths = first["depth"] if "depth" in first else ()
+    return column_order(level, first["name"], depths, (), layer_order or ())
 
 
-def forward_order(names: Sequence[str], layer_order: Sequence[str]) -> list[str]:
-    """``names`` (qualified module names of any kind) sorted into forward order, anchored
-    on ``layer_order``; see :func:`name_order`."""
-    pos = {n: i for i, n in enumerate(layer_order)}
-
-    def inside(prefix: str) -> list[int]:
-        if prefix == "":
-            return list(pos.values())
-        return [i for n, i in pos.items() if n == prefix or n.startswith(prefix + ".")]
-
-    def key(item: tuple[int, str]) -> tuple[float, int, int]:
-        k, name = item
-        own = inside(name)
-        if own:
-            return (min(own), name.count(".") if name else -1, k)
-        parent = name
-        while "." in parent:
-            parent = parent.rsplit(".", 1)[0]
-            under = inside(parent)
-            if under:
-                return (max(under) + 0.5, name.count("."), k)
-        return (float("inf"), 0, k)
-
-    return [name for _, name in sorted(enumerate(names), key=key)]
-
-
-def layer_matrix(data: RunData, stat: str = "grad_norm", *, level: str = Level.LAYER, role: Roles = None,
+def layer_matrix(data: RunLike, stat: str = "grad_norm", *, level: str = Level.LAYER, role: Roles = None,
                  max_steps: int | None = DEFAULT_MAX_STEPS, steps: Sequence[int] | None = None) -> pd.DataFrame:
     """One statistic as a wide table: index = step, columns = names in forward order.
 
     Args:
-        data: a run, run directory or long frame.
+        data: a run view, run, run directory or long frame.
         stat: the statistic.
         level: ``layer`` (default), ``param``, or a module level (``module``, ``block``).
         role: only names with these roles, e.g. ``("weighted",)`` or
@@ -202,21 +165,25 @@ def layer_matrix(data: RunData, stat: str = "grad_norm", *, level: str = Level.L
 
     Returns:
         Float DataFrame (NaN where nothing was recorded), index named ``step`` (the
-        steps at which ``stat`` was recorded), columns named ``name``; empty when the
-        run has no such statistic at that level.
+        steps at which ``stat`` was recorded), columns named ``name`` in the one column
+        order (:func:`column_order`, as ``Run.series``); empty when the run has no such
+        statistic at that level.
     """
-    found = layer_matrices(data, level=level, stat=stat, role=role, max_steps=max_steps, steps=steps)
-    return found.get((level, stat), pd.DataFrame(dtype=float))
+    if isinstance(data, pd.DataFrame):
+        found = layer_matrices(data, level=level, stat=stat, role=role, max_steps=max_steps, steps=steps)
+        return found.get((level, stat), pd.DataFrame(dtype=float))
+    view = view_of(data, max_steps=max_steps)
+    return view.matrix(level, stat, steps=_steps_of(view, max_steps, steps), role=as_roles(role)).copy()
 
 
-def layer_matrices(data: RunData, *, level: str | Iterable[str] = MODULE_LEVELS,
+def layer_matrices(data: RunLike, *, level: str | Iterable[str] = MODULE_LEVELS,
                    stat: str | Iterable[str] | None = None, role: Roles = None,
                    max_steps: int | None = DEFAULT_MAX_STEPS,
                    steps: Sequence[int] | None = None) -> dict[tuple[str, str], pd.DataFrame]:
     """Several statistics at several levels as :func:`layer_matrix` tables, read in one query.
 
     Args:
-        data: a run, run directory or long frame.
+        data: a run view, run, run directory or long frame.
         level: the levels to read (default: every level with one row per module).
         stat: the statistics to read (default: all).
         role: only names with these roles (default None: every name).
@@ -229,7 +196,22 @@ def layer_matrices(data: RunData, *, level: str | Iterable[str] = MODULE_LEVELS,
         columns (every name recorded at that level, in forward order), so a
         statistic not recorded for a name or at a step is NaN there.
     """
-    df = _long(data, stat=stat, level=level, max_steps=max_steps, steps=steps, role=role)
+    levels = [level] if isinstance(level, str) else list(level)
+    if not isinstance(data, pd.DataFrame):
+        view = view_of(data, max_steps=max_steps)
+        stats = None if stat is None else ([stat] if isinstance(stat, str) else list(stat))
+        keys = [(lv, st) for lv in levels for st in (view.stats(lv) if stats is None else stats)]
+        tables = {k: t for k, t in view.matrices(keys, steps=_steps_of(view, max_steps, steps),
+                                                  role=as_roles(role)).items() if not t.empty}
+        if not tables:
+            return {}
+        index = pd.Index(sorted(set().union(*(t.index for t in tables.values()))), name="step", dtype=np.int64)
+        columns: dict[str, set] = {}
+        for (lv, _), t in tables.items():
+            columns.setdefault(lv, set()).update(t.columns)
+        order = {lv: pd.Index([n for n in view.names(lv) if n in names], name="name") for lv, names in columns.items()}
+        return {(lv, st): t.reindex(index=index, columns=order[lv]) for (lv, st), t in tables.items()}
+    df = _frame_long(data, stat=stat, level=level, max_steps=max_steps, steps=steps, role=role)
     if df.empty:
         return {}
     if "level" not in df:
@@ -237,13 +219,10 @@ def layer_matrices(data: RunData, *, level: str | Iterable[str] = MODULE_LEVELS,
     step_index = pd.Index(np.unique(df["step"].to_numpy(dtype=np.int64)), name="step")
     row_of = np.searchsorted(step_index.to_numpy(), df["step"].to_numpy(dtype=np.int64))
     values = df["value"].to_numpy(dtype=float)
-    layer_order = None
     out: dict[tuple[str, str], pd.DataFrame] = {}
     for lv, idx in df.groupby("level", sort=False).indices.items():
         group = df.iloc[idx]
-        if layer_order is None and lv not in (Level.LAYER, Level.PARAM) and not isinstance(data, pd.DataFrame):
-            layer_order = list(open_data(data).layers()["name"])
-        names = pd.Index(name_order(group, layer_order), name="name")
+        names = pd.Index(name_order(group), name="name")
         col_of = names.get_indexer(group["name"])
         stat_codes, stat_names = pd.factorize(group["stat"])
         for k, st in enumerate(stat_names):
@@ -262,13 +241,14 @@ def positive(values: np.ndarray) -> np.ndarray:
         return np.where(np.isfinite(values) & (values > 0), values, np.nan)
 
 
-def layer_profile(data: RunData, stat: str = "grad_norm", *, level: str = Level.LAYER, role: Roles = None,
+def layer_profile(data: RunLike, stat: str = "grad_norm", *, level: str = Level.LAYER, role: Roles = None,
                   agg: str = "median", step: int | None = None,
                   max_steps: int | None = DEFAULT_MAX_STEPS) -> pd.Series:
     """One value per name (forward order, names with the roles ``role`` only): ``agg`` of
     the positive, finite values of ``stat`` over the sampled steps, or its value at ``step``."""
     if agg not in AGGREGATES:
         raise ValueError(f"agg must be one of {', '.join(AGGREGATES)}, got {agg!r}")
+    data = as_view(data, max_steps)
     m = layer_matrix(data, stat, level=level, role=role, steps=[step]) if step is not None else \
         layer_matrix(data, stat, level=level, role=role, max_steps=max_steps)
     if m.empty:
@@ -279,7 +259,7 @@ def layer_profile(data: RunData, stat: str = "grad_norm", *, level: str = Level.
     return pd.Series(values, index=m.columns, name=stat)
 
 
-def roles_by_name(data: RunData, level: str = Level.LAYER) -> dict[str, str]:
+def roles_by_name(data: RunLike, level: str = Level.LAYER) -> dict[str, str]:
     """``name -> role`` of a run's names at ``level`` (of a long frame: from its ``role``
     column, empty without one)."""
     if isinstance(data, pd.DataFrame):
@@ -287,10 +267,10 @@ def roles_by_name(data: RunData, level: str = Level.LAYER) -> dict[str, str]:
             return {}
         rows = data if "level" not in data else data[data["level"] == level]
         return dict(zip(rows["name"], rows["role"]))
-    return open_data(data).roles(level)
+    return view_of(data).roles(level)
 
 
-def view_roles(data: RunData, role: Roles = DEFAULT_ROLES, level: str = Level.LAYER) -> tuple[str, ...] | None:
+def view_roles(data: RunLike, role: Roles = DEFAULT_ROLES, level: str = Level.LAYER) -> tuple[str, ...] | None:
     """The role filter a view uses: ``role`` (None or ``'all'``: every layer), except that
     the default (:data:`DEFAULT_ROLES`) applies to layers and parameters only (module and
     block rows of activation statistics are all shown), and falls back to every layer
@@ -349,7 +329,7 @@ def first_last_ratios(matrix: pd.DataFrame) -> pd.Series:
         return pd.Series(first / last, index=matrix.index, dtype=float)
 
 
-def first_last_ratio(data: RunData, stat: str = DEFAULT_STAT, *, level: str = Level.LAYER, agg: str = "median",
+def first_last_ratio(data: RunLike, stat: str = DEFAULT_STAT, *, level: str = Level.LAYER, agg: str = "median",
                      max_steps: int | None = DEFAULT_MAX_STEPS) -> float:
     """One number for a run: ``agg`` over the sampled steps of :func:`first_last_ratios`
     over the run's weighted layers in forward order (role ``weighted``: embeddings,
@@ -363,19 +343,19 @@ def first_last_ratio(data: RunData, stat: str = DEFAULT_STAT, *, level: str = Le
     return float(AGGREGATES[agg](ratios)) if len(ratios) else float("nan")
 
 
-def nonfinite_events(data: RunData, *, level: str = Level.LAYER, max_events: int = 5000,
+def nonfinite_events(data: RunLike, *, level: str = Level.LAYER, max_events: int = 5000,
                      model_frame: pd.DataFrame | None = None) -> pd.DataFrame:
     """Where gradients went non-finite, over all recorded steps.
 
     Args:
-        data: a run, run directory or long frame.
+        data: a run view, run, run directory or long frame.
         level: the level whose rows to report (``layer`` or ``param``).
         max_events: at most this many rows.
-        model_frame: the run's model-level rows if already read (saves a query).
+        model_frame: not needed any more (a view reads the model rows once); ignored.
 
     Returns:
         DataFrame ``step, name, count`` (``count`` = NaN/Inf elements), at most
-        ``max_events`` rows, earliest first.
+        ``max_events`` rows, earliest first (names of one step in forward order).
     """
     cols = ["step", "name", "count"]
     if isinstance(data, pd.DataFrame):
@@ -383,39 +363,40 @@ def nonfinite_events(data: RunData, *, level: str = Level.LAYER, max_events: int
         if "level" in df:
             df = df[df["level"] == level]
         return df[["step", "name", "value"]].rename(columns={"value": "count"}).head(max_events).reset_index(drop=True)
-    run = open_data(data)
-    if model_frame is None:
-        model = run.frame(level=Level.MODEL, stat="grad_nonfinite")
-    else:
-        model = model_frame[(model_frame["level"] == Level.MODEL) & (model_frame["stat"] == "grad_nonfinite")]
-    bad = sorted(model.loc[model["value"] > 0, "step"].unique().tolist())
+    view = view_of(data)
+    totals = view.totals
+    model = totals[(totals["level"] == Level.MODEL) & (totals["stat"] == "grad_nonfinite")]
+    bad = sorted(int(s) for s in model.loc[model["value"] > 0, "step"].unique())
     if not bad:
         return pd.DataFrame(columns=cols)
-    rows = []
-    for i in range(0, len(bad), 500):  # keep SQL parameter lists short
-        df = run.frame(level=level, stat="grad_nonfinite", steps=bad[i : i + 500])
-        rows.append(df[df["value"] > 0])
+    rows: list[pd.DataFrame] = []
+    for i in range(0, len(bad), 500):  # a bounded number of steps per read
+        table = view.matrix(level, "grad_nonfinite", steps=bad[i : i + 500])
+        if table.empty:
+            continue
+        long = table.stack().rename("count").reset_index()
+        rows.append(long[long["count"] > 0])
         if sum(len(r) for r in rows) >= max_events:
             break
-    out = pd.concat(rows) if rows else pd.DataFrame(columns=["step", "name", "value"])
-    return out[["step", "name", "value"]].rename(columns={"value": "count"}).head(max_events).reset_index(drop=True)
+    out = pd.concat(rows) if rows else pd.DataFrame(columns=cols)
+    return out[cols].head(max_events).reset_index(drop=True)
 
 
-def module_levels(run: Run) -> list[str]:
-    """Levels of ``run`` with per-module rows, ``layer`` first, e.g. ``['layer', 'block']``."""
-    return [lv for lv in MODULE_LEVELS if run.stats(lv)]
+def module_levels(data: RunSource) -> list[str]:
+    """Levels of a run with per-module rows, ``layer`` first, e.g. ``['layer', 'block']``."""
+    return list(view_of(data).module_levels)
 
 
-def run_label(data: RunData) -> str:
+def run_label(data: RunLike) -> str:
     """A short display name of a run."""
     if isinstance(data, pd.DataFrame):
         return str(data.attrs.get("name", "run"))
-    if isinstance(data, Run):
+    if isinstance(data, (Run, RunView)):
         return data.name
     return Path(data).name
 
 
-def family_and_depth(run: Run) -> tuple[str, int] | None:
+def family_and_depth(run: Run | RunView) -> tuple[str, int] | None:
     """The network family (``plain``, ``resnet`` ...) and depth of a run, or None.
 
     Only from the run's recorded config (``family`` and ``depth``): written by
@@ -495,19 +476,19 @@ def display_path(path: Path, base: Path | None) -> str:
     return str(path)
 
 
-def run_summary(data: Run | str | Path, stat: str = DEFAULT_STAT, *, with_layers: bool = True,
+def run_summary(data: RunSource, stat: str = DEFAULT_STAT, *, with_layers: bool = True,
                 role: Roles = DEFAULT_ROLES) -> RunSummary:
     """The summary of a run shown by ``gradsight info`` and at the top of the report.
 
     ``with_layers`` adds the per-layer summary of ``stat`` over all recorded steps
     (:meth:`Run.layer_summary`, one pass over that statistic's rows) of the layers
     with the roles ``role`` (:func:`view_roles`: by default weighted layers and the head)."""
-    run = open_data(data)
-    roles = view_roles(run, role)
-    layer_rows = run.layers()
+    view = view_of(data)
+    roles = view_roles(view, role)
+    layer_rows = view.layers()
     counts = layer_rows["role"].value_counts()
     role_counts = {r: int(counts[r]) for r in Role.ALL if r in counts}
-    meta = run.meta
+    meta = view.meta
 
     def as_int(x: Any) -> int:
         try:
@@ -521,15 +502,19 @@ def run_summary(data: Run | str | Path, stat: str = DEFAULT_STAT, *, with_layers
         duration = None
     details = {key.replace("_", " "): str(meta[key]) for key in ("optimizer", "device", "amp", "torch_version", "schedule")
                if meta.get(key) not in (None, "")}
-    if run.config:
-        details["config"] = ", ".join(f"{k}={v}" for k, v in run.config.items())
+    if view.config:
+        details["config"] = ", ".join(f"{k}={v}" for k, v in view.config.items())
     return RunSummary(
-        path=run.path, name=run.name, model=str(meta.get("model_class", "?")), status=run.status,
+        path=view.path, name=view.name, model=str(meta.get("model_class", "?")), status=view.status,
         error=str(meta["error"]) if meta.get("error") else None,
         start=format_time(meta.get("start_time")), end=format_time(meta.get("end_time")), duration_s=duration,
         num_params=as_int(meta.get("num_params")), num_trainable=as_int(meta.get("num_trainable")),
-        num_tensors=len(run.params()), num_layers=len(layer_rows),
-        depth_source=str(meta.get("depth_source", "?")), steps=run.steps(),
-        layers=run.layer_summary(stat, role=roles) if with_layers else None,
+        num_tensors=len(view.params), num_layers=len(layer_rows),
+        depth_source=str(meta.get("depth_source", "?")), steps=list(view.steps),
+        layers=view._read(view.run.layer_summary, stat, role=roles) if with_layers else None,
         stat=stat, roles=roles, role_counts=role_counts, details=details,
     )
+
+
+#: Deprecated name of :data:`RunLike`.
+RunData = RunLike

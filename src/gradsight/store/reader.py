@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -341,9 +342,11 @@ class Run:
     def _values(self, ids: np.ndarray, steps: Iterable[int] | None, *, wide: bool = False) -> tuple:
         """The values of series ``ids`` at ``steps`` (None: all), in either layout: ``(step,
         series, value)`` arrays (:func:`gradsight.store.packed.read_long`; ``ids`` ascending),
-        or with ``wide`` ``(steps, values, None)`` (:func:`gradsight.store.packed.read_matrix`)."""
+        or with ``wide`` ``(steps, values, present)`` (:func:`gradsight.store.packed.read_matrix`)."""
         try:
-            return (read_matrix if wide else read_long)(self._conn, ids, steps)
+            if wide:
+                return read_matrix(self._conn, ids, steps, with_present=True)
+            return read_long(self._conn, ids, steps)
         except sqlite3.DatabaseError as exc:
             raise RunError(f"{self.db_path} could not be read ({exc})") from None
 
@@ -370,7 +373,8 @@ class Run:
 
     def series(self, stat: str, level: str = Level.LAYER, steps: Iterable[int] | None = None, *,
                role: str | Iterable[str] | None = None) -> pd.DataFrame:
-        """One statistic as a wide table: index = step, columns = names in depth order.
+        """One statistic as a wide table: index = step, columns = names in forward order
+        (:func:`column_order`, the order every reader's tables have).
 
         Args:
             stat: the statistic.
@@ -379,35 +383,83 @@ class Run:
                 series index, so a subset of steps of a long run is cheap.
             role: only names with these roles (:mod:`gradsight.store.roles`;
                 ``None``/``'all'``: all names).
+
+        Returns:
+            The steps at which ``stat`` was written for any name, x names; NaN where
+            nothing was written. Empty when the run has no such series.
         """
+        index = self.series_index()
         roles = as_roles(role)
-        ids = self._query(
+        tables = self.read_tables(index, [(level, stat)], steps,
+                                  roles=None if roles is None else {level: self.roles(level)},
+                                  role=roles, layer_order=self._layer_order())
+        return tables.get((level, stat), pd.DataFrame())
+
+    def series_index(self) -> pd.DataFrame:
+        """Every series of the run: ``id, level, name, stat, depth, position`` (``depth``: the
+        forward rank of the name's row of the level's kind, a parameter's that of its layer;
+        ``position``: a parameter's place in ``named_parameters()``, else NaN)."""
+        return self._query(
             f"""WITH {_DEPTHS}
-               SELECT se.id AS id, se.name AS name, d.depth AS depth
+               SELECT se.id AS id, se.level AS level, se.name AS name, se.stat AS stat,
+                      d.depth AS depth, p.position AS position
                FROM series se
                LEFT JOIN params p ON se.level = 'param' AND p.name = se.name
                LEFT JOIN depths d ON d.level = (CASE se.level WHEN 'param' THEN 'layer' ELSE se.level END)
                                  AND d.name = (CASE se.level WHEN 'param' THEN p.layer ELSE se.name END)
-               WHERE se.level = ? AND se.stat = ?""",
-            [level, stat],
-        )
-        if roles is not None and not ids.empty:
-            of = self.roles(level)
-            ids = ids[[of.get(n) in roles for n in ids["name"]]]
-        if ids.empty:
-            return pd.DataFrame()
-        ids = ids.sort_values(["depth", "name"], na_position="last").drop_duplicates("id")
-        id_list = [int(i) for i in ids["id"]]
+               ORDER BY se.id""")
+
+    def _layer_order(self) -> list[str]:
+        return list(self.layers()["name"])
+
+    def read_tables(self, index: pd.DataFrame, keys: Iterable[tuple[str, str]], steps: Iterable[int] | None = None,
+                    *, roles: dict[str, dict[str, str]] | None = None, role: Iterable[str] | None = None,
+                    layer_order: Sequence[str] = ()) -> dict[tuple[str, str], pd.DataFrame]:
+        """Several ``(level, stat)`` wide tables read in one pass over the values.
+
+        Args:
+            index: :meth:`series_index` (a reader that keeps it passes it again).
+            keys: the ``(level, stat)`` pairs to read.
+            steps: only these steps (None: all).
+            roles: per level, ``name -> role`` (needed with ``role``).
+            role: only names with these roles (None: all).
+            layer_order: the run's layers in forward order (:func:`column_order`).
+
+        Returns:
+            ``(level, stat) -> DataFrame``: each table holds the steps at which that
+            statistic was written for any of its names (index ``step``), its names in
+            :func:`column_order` (columns ``name``); keys without series are left out.
+        """
+        keys = list(dict.fromkeys(keys))
+        wanted = index[pd.MultiIndex.from_frame(index[["level", "stat"]]).isin(keys)] if keys else index.iloc[:0]
+        if role is not None and not wanted.empty:
+            keep = set(role)
+            of = roles or {}
+            wanted = wanted[[of.get(lv, {}).get(n) in keep for lv, n in zip(wanted["level"], wanted["name"])]]
+        if wanted.empty:
+            return {}
+        blocks = {}
+        for key, part in wanted.groupby(["level", "stat"], sort=False):
+            names = column_order(str(key[0]), part["name"], part["depth"], part["position"], layer_order)
+            blocks[(str(key[0]), str(key[1]))] = part.set_index("name").loc[names, "id"]
         if steps is not None:
             steps = sorted({int(x) for x in steps})
             if not steps:
-                return pd.DataFrame(columns=list(ids["name"]))
-        step_values, matrix, _ = self._values(np.asarray(id_list, dtype=np.int64), steps, wide=True)
-        if not len(step_values):
-            return pd.DataFrame(columns=list(ids["name"]))
-        wide = pd.DataFrame(matrix, index=pd.Index(step_values, name="step"), columns=list(ids["name"]), copy=False)
-        wide.columns.name = "name"
-        return wide
+                return {key: _empty_table(ids.index) for key, ids in blocks.items()}
+        ids = np.concatenate([b.to_numpy(dtype=np.int64) for b in blocks.values()])
+        step_values, matrix, present = self._values(ids, steps, wide=True)
+        out, start = {}, 0
+        for key, b in blocks.items():
+            cols = slice(start, start + len(b))
+            start += len(b)
+            rows = np.flatnonzero(present[:, cols].any(axis=1)) if len(step_values) else np.zeros(0, np.int64)
+            if not len(rows):
+                out[key] = _empty_table(b.index)
+                continue
+            table = pd.DataFrame(matrix[rows, cols], index=pd.Index(step_values[rows], name="step"),
+                                 columns=pd.Index(list(b.index), name="name"), copy=False)
+            out[key] = table
+        return out
 
     def histograms(self, level: str = Level.LAYER, name: str | Iterable[str] | None = None,
                    steps: Iterable[int] | None = None) -> pd.DataFrame:
@@ -451,3 +503,68 @@ class Run:
         out["role"] = g["role"].first().values
         return out.sort_values(["depth", "name"]).reset_index(drop=True)[columns]
 
+
+
+def _empty_table(names: Iterable[str]) -> pd.DataFrame:
+    return pd.DataFrame(columns=pd.Index(list(names), name="name"), index=pd.Index([], name="step", dtype=np.int64),
+                        dtype=float)
+
+
+def column_order(level: str, names: Iterable[str], depths: Iterable[Any] = (), positions: Iterable[Any] = (),
+                 layer_order: Sequence[str] = ()) -> list[str]:
+    """The one order of a level's names, as every wide table of a run has it (``Run.series``,
+    the query layer, the plots, the report and the diagnosis).
+
+    Layer and parameter names sort by their layer's forward rank (``depths``), a layer's
+    parameters in ``named_parameters()`` order (``positions``), names without a rank last;
+    ties keep the order given (series are created in that order).
+    Names of other levels (``module``, ``block``: activation statistics) mix rows of kinds
+    ranked apart, so they are placed by the first layer inside them in ``layer_order`` (a
+    container before its contents); a module without parameters goes after the last layer of
+    its parent (:func:`forward_order`), ties by their own rank.
+    """
+    names = list(names)
+    depths = list(depths) or [None] * len(names)
+    positions = list(positions) or [None] * len(names)
+
+    def number(x: Any) -> float:
+        try:
+            x = float(x)
+        except (TypeError, ValueError):
+            return math.inf
+        return math.inf if math.isnan(x) else x
+
+    ranked = [n for _, _, _, n in sorted((number(d), number(p), k, n)
+                                         for k, (n, d, p) in enumerate(zip(names, depths, positions)))]
+    ranked = list(dict.fromkeys(ranked))
+    if level in (Level.LAYER, Level.PARAM) or not layer_order:
+        return ranked
+    return forward_order(ranked, layer_order)
+
+
+def forward_order(names: Sequence[str], layer_order: Sequence[str]) -> list[str]:
+    """``names`` (qualified module names of any kind) sorted into forward order, anchored on
+    ``layer_order`` (the run's layers in forward order): by the first layer inside each (a
+    container before its contents); a name with no layer inside goes after the last layer of
+    its nearest parent that has one, and last of all without one. Ties keep the given order."""
+    pos = {n: i for i, n in enumerate(layer_order)}
+
+    def inside(prefix: str) -> list[int]:
+        if prefix == "":
+            return list(pos.values())
+        return [i for n, i in pos.items() if n == prefix or n.startswith(prefix + ".")]
+
+    def key(item: tuple[int, str]) -> tuple[float, int, int]:
+        k, name = item
+        own = inside(name)
+        if own:
+            return (min(own), name.count(".") if name else -1, k)
+        parent = name
+        while "." in parent:
+            parent = parent.rsplit(".", 1)[0]
+            under = inside(parent)
+            if under:
+                return (max(under) + 0.5, name.count("."), k)
+        return (math.inf, 0, k)
+
+    return [name for _, name in sorted(enumerate(names), key=key)]

@@ -1,0 +1,289 @@
+"""One run as every reader sees it: :class:`RunView`.
+
+The plots, the report, the diagnosis, the graph colouring and ``gradsight info`` read a
+run through one view, so they agree on
+
+- the steps: every recorded step (:attr:`RunView.steps`) and the evenly spaced sample shown
+  (:attr:`RunView.sample`, :func:`step_sample`: at most ``max_steps``, first and last
+  included);
+- the names: layers in forward order, their roles, the residual blocks, and one column
+  order for every wide table (:func:`gradsight.store.reader.column_order`, the order of
+  ``Run.series`` too);
+- the numbers: ``(level, stat)`` tables of steps x names, read once and kept
+  (:meth:`RunView.matrix`, several at once with :meth:`RunView.matrices`), the model and
+  metric lines over all steps (:meth:`RunView.totals`), histograms.
+
+A view reads the store lazily and keeps what it read: metadata once, each table once per
+choice of steps. It is a snapshot: a view of a live run does not see steps written after
+it read them (open a new view for those). Its reads are serialised by a lock, so a
+background thread (the report's diagnosis) can share it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+import pandas as pd
+
+from gradsight.store.reader import Run, open_run
+from gradsight.store.roles import as_roles
+from gradsight.store.schema import Kind, Level
+
+#: Recorded steps a reader looks at, at most, unless told otherwise (evenly spaced).
+DEFAULT_MAX_STEPS = 400
+
+#: Which steps a table holds: ``"sample"`` (the view's sample), ``"all"`` (every
+#: recorded step), or exactly the steps given.
+Steps = Union[Literal["sample", "all"], Sequence[int]]
+
+
+def step_sample(steps: Sequence[int], max_steps: int | None = DEFAULT_MAX_STEPS) -> list[int]:
+    """At most ``max_steps`` of ``steps``, evenly spaced, first and last included
+    (``None``: all of them)."""
+    steps = list(steps)
+    if max_steps is None or len(steps) <= max_steps:
+        return steps
+    if max_steps < 2:
+        return steps[-1:]
+    idx = np.unique(np.round(np.linspace(0, len(steps) - 1, max_steps)).astype(int))
+    return [steps[i] for i in idx]
+
+
+class RunView:
+    """A recorded run as the readers see it (see the module's docstring).
+
+    Args:
+        run: an open :class:`~gradsight.store.reader.Run`, or the path of a run (opened
+            here and closed by :meth:`close`).
+        max_steps: the size of :attr:`sample` (None: every recorded step).
+    """
+
+    def __init__(self, run: Run | str | Path, *, max_steps: int | None = DEFAULT_MAX_STEPS) -> None:
+        self._owned = not isinstance(run, Run)
+        self.run: Run = open_run(run) if self._owned else run
+        self.max_steps = max_steps
+        self._lock = threading.RLock()
+        self._tables: dict[tuple[str, str, Any], pd.DataFrame] = {}
+        self._roles: dict[str, dict[str, str]] = {}
+
+    # -- the run ----------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"RunView({str(self.path)!r}, steps={len(self.steps)}, sample={len(self.sample)})"
+
+    def close(self) -> None:
+        """Close the run if the view opened it."""
+        if self._owned:
+            self.run.close()
+
+    def __enter__(self) -> RunView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.run.meta
+
+    @property
+    def config(self) -> dict:
+        return self.run.config
+
+    @property
+    def status(self) -> str:
+        return self.run.status
+
+    def _read(self, fn, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(*args, **kwargs)
+
+    # -- steps ------------------------------------------------------------------------
+    @cached_property
+    def steps(self) -> list[int]:
+        """Every recorded step, ascending."""
+        return self._read(self.run.steps)
+
+    @cached_property
+    def sample(self) -> list[int]:
+        """The steps shown: :func:`step_sample` of :attr:`steps` with ``max_steps``."""
+        return step_sample(self.steps, self.max_steps)
+
+    # -- names ------------------------------------------------------------------------
+    @cached_property
+    def rows(self) -> pd.DataFrame:
+        """Every ``layers`` row (layers, blocks, modules): ``Run.layers(kind=None)``."""
+        return self._read(self.run.layers, kind=None)
+
+    def layers(self, kind: str | None = Kind.LAYER, *, role: str | Iterable[str] | None = None) -> pd.DataFrame:
+        """As :meth:`Run.layers <gradsight.store.reader.Run.layers>`, from the rows read once."""
+        df = self.rows
+        if kind is not None:
+            df = df[df["kind"] == kind].sort_values(["depth", "name"], kind="mergesort")
+        roles = as_roles(role)
+        if roles is not None:
+            df = df[df["role"].isin(roles)]
+        return df.reset_index(drop=True)
+
+    @cached_property
+    def layer_order(self) -> list[str]:
+        """The run's layers (modules owning parameters) in forward order."""
+        return list(self.layers()["name"])
+
+    @cached_property
+    def blocks(self) -> set[str]:
+        """Names of the residual blocks (a name may be a layer and a block)."""
+        return set(self.rows["name"][self.rows["kind"] == Kind.BLOCK])
+
+    @cached_property
+    def module_type(self) -> dict[str, str]:
+        """``name -> module type`` of every row."""
+        return dict(zip(self.rows["name"], self.rows["module_type"]))
+
+    @cached_property
+    def depth(self) -> dict[str, float]:
+        """``name -> forward rank`` of every row (a name with rows of several kinds: the
+        rank of the kind sorted last, ``module``, else ``layer``, else ``block``)."""
+        return dict(zip(self.rows["name"], self.rows["depth"]))
+
+    def roles(self, level: str = Level.LAYER) -> dict[str, str]:
+        """``name -> role`` at a series level (as :meth:`Run.roles <gradsight.store.reader.Run.roles>`)."""
+        if level not in self._roles:
+            self._roles[level] = self._read(self.run.roles, level)
+        return self._roles[level]
+
+    def role(self, name: str, level: str = Level.LAYER) -> str:
+        """The role of one name (``other`` for a name without one)."""
+        return self.roles(level).get(name, "other")
+
+    @cached_property
+    def params(self) -> pd.DataFrame:
+        """``Run.params()``, read once."""
+        return self._read(self.run.params)
+
+    @cached_property
+    def _index(self) -> pd.DataFrame:
+        return self._read(self.run.series_index)
+
+    def stats(self, level: str | None = None) -> list[str]:
+        """The statistics recorded (at one level), sorted."""
+        index = self._index if level is None else self._index[self._index["level"] == level]
+        return sorted(set(index["stat"]))
+
+    @cached_property
+    def module_levels(self) -> list[str]:
+        """Levels with per-module rows that hold values, ``layer`` first (e.g. ``['layer', 'block']``)."""
+        present = set(self._index["level"])
+        return [lv for lv in Level.PER_MODULE if lv in present]
+
+    def names(self, level: str) -> list[str]:
+        """Every name recorded at ``level``, in the one column order."""
+        from gradsight.store.reader import column_order
+
+        part = self._index[self._index["level"] == level].drop_duplicates("name")
+        return column_order(level, part["name"], part["depth"], part["position"], self.layer_order)
+
+    # -- numbers ----------------------------------------------------------------------
+    def _step_key(self, steps: Steps) -> tuple[Any, list[int] | None]:
+        """The cache key and the steps to read (None: all) of a choice of steps."""
+        if isinstance(steps, str):
+            if steps == "all":
+                return "all", None
+            if steps == "sample":
+                sample = self.sample
+                return ("all", None) if len(sample) == len(self.steps) else ("sample", sample)
+            raise ValueError(f"steps must be 'sample', 'all' or a list of steps, got {steps!r}")
+        chosen = tuple(sorted({int(s) for s in steps}))
+        return chosen, list(chosen)
+
+    def matrices(self, keys: Iterable[tuple[str, str]], *, steps: Steps = "sample",
+                 role: str | Iterable[str] | None = None) -> dict[tuple[str, str], pd.DataFrame]:
+        """Several ``(level, stat)`` tables, the ones not yet read read together in one pass.
+
+        Args:
+            keys: ``(level, stat)`` pairs.
+            steps: ``"sample"`` (default), ``"all"`` or exactly these steps.
+            role: only names with these roles (None: every name).
+
+        Returns:
+            ``(level, stat) -> DataFrame``, steps x names (:meth:`Run.read_tables
+            <gradsight.store.reader.Run.read_tables>`: the steps at which that statistic was
+            written, names in the one column order); an empty frame for a key the run does
+            not hold. The tables are the view's own: copy before changing them.
+        """
+        key, read = self._step_key(steps)
+        keys = list(dict.fromkeys((str(lv), str(st)) for lv, st in keys))
+        missing = [k for k in keys if (*k, key) not in self._tables]
+        if missing:
+            with self._lock:
+                missing = [k for k in missing if (*k, key) not in self._tables]
+                tables = self.run.read_tables(self._index, missing, read, layer_order=self.layer_order) \
+                    if missing else {}
+                for k in missing:
+                    self._tables[(*k, key)] = tables.get(k, pd.DataFrame(dtype=float))
+        out = {k: self._tables[(*k, key)] for k in keys}
+        roles = as_roles(role)
+        if roles is not None:
+            keep = set(roles)
+            out = {k: t[[c for c in t.columns if self.roles(k[0]).get(c) in keep]] if not t.empty else t
+                   for k, t in out.items()}
+        return out
+
+    def matrix(self, level: str, stat: str, *, steps: Steps = "sample",
+               role: str | Iterable[str] | None = None) -> pd.DataFrame:
+        """One ``(level, stat)`` table (see :meth:`matrices`)."""
+        return self.matrices([(level, stat)], steps=steps, role=role)[(level, stat)]
+
+    def at_step(self, level: str, stat: str, step: int) -> pd.Series | None:
+        """One statistic of every name at one step (None when not recorded there)."""
+        table = self.matrix(level, stat, steps=[step])
+        return None if table.empty or step not in table.index else table.loc[step]
+
+    @cached_property
+    def totals(self) -> pd.DataFrame:
+        """The model and metric rows over every step, as a long frame (``Run.frame``)."""
+        return self._read(self.run.frame, level=list(Level.TOTALS))
+
+    def histograms(self, level: str = Level.LAYER, name: str | Iterable[str] | None = None,
+                   steps: Iterable[int] | None = None) -> pd.DataFrame:
+        """``Run.histograms``; a whole level is read once and kept."""
+        key = ("histograms", level, None)
+        if key not in self._tables:
+            self._tables[key] = self._read(self.run.histograms, level=level)
+        df = self._tables[key]
+        if name is not None:
+            df = df[df["name"].isin([name] if isinstance(name, str) else list(name))]
+        if steps is not None:
+            df = df[df["step"].isin([int(s) for s in steps])]
+        return df.reset_index(drop=True)
+
+    def metrics(self) -> pd.DataFrame:
+        """User-logged values as a wide table indexed by step (``Run.metrics``)."""
+        df = self.totals[self.totals["level"] == Level.METRIC]
+        if df.empty:
+            return pd.DataFrame()
+        return df.pivot_table(index="step", columns="stat", values="value", aggfunc="last", dropna=False)
+
+
+#: What readers accept as a run: a view, a run, a run directory; many also take a long
+#: frame (columns ``step, level, name, depth, stat, value`` as from ``Run.frame()``).
+RunSource = Union[RunView, Run, str, Path]
+
+
+def view_of(data: RunSource, *, max_steps: int | None = DEFAULT_MAX_STEPS) -> RunView:
+    """``data`` if it is a view (whatever its ``max_steps``), else a new view of the run or path."""
+    if isinstance(data, RunView):
+        return data
+    return RunView(data, max_steps=max_steps)
