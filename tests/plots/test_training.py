@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 import gradsight as gs
 from gradsight.plots import training
-from gradsight.store.query import layer_matrix
+from gradsight.store.query import DEFAULT_ROLES, layer_matrix
 from gradsight.train import train
 
 
@@ -38,15 +38,25 @@ def two_runs(tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
-def test_weighted_layers_are_the_convs_and_the_head_in_forward_order(two_runs):
+def test_shown_layers_are_the_convs_and_the_head_in_forward_order(two_runs):
     with gs.open_run(two_runs["plain-8"]) as run:
-        names = training.weighted_layers(run)
-        matrix = training.weighted_matrix(run, "grad_norm", [0, 1])
+        names = training.shown_layers(run)
+        matrix = layer_matrix(run, "grad_norm", steps=[0, 1], role=DEFAULT_ROLES)
         full = layer_matrix(run, "grad_norm", steps=[0, 1])
     assert names[0] == "stem.conv" and names[-1] == "head.fc" and len(names) == 8  # 7 convs + fc
     assert not any("bn" in n for n in names)
     assert list(matrix.columns) == names and list(matrix.index) == [0, 1]
     assert matrix.equals(full[names])
+
+
+def test_weighted_layers_and_weighted_matrix_are_deprecated_aliases(two_runs):
+    with gs.open_run(two_runs["plain-8"]) as run:
+        with pytest.warns(DeprecationWarning, match="shown_layers"):
+            names = training.weighted_layers(run)
+        with pytest.warns(DeprecationWarning, match="layer_matrix"):
+            matrix = training.weighted_matrix(run, "grad_norm", [0, 1])
+        assert names == training.shown_layers(run)
+        assert matrix.equals(layer_matrix(run, "grad_norm", steps=[0, 1])[names])
 
 
 def test_late_step_passes_over_the_short_last_batch(two_runs):
@@ -81,7 +91,7 @@ def test_overlay_puts_every_run_on_relative_depth(two_runs):
     assert sorted(len(line.get_xdata()) for line in first_ax.get_lines()) == [8, 14]
     assert late_ax.get_title() == "late in training (step 6)"
     with gs.open_run(two_runs["resnet-14"]) as run:
-        expected = training.weighted_matrix(run, "grad_norm", [0]).loc[0].to_numpy()
+        expected = layer_matrix(run, "grad_norm", steps=[0], role=DEFAULT_ROLES).loc[0].to_numpy()
     drawn = [line for line in first_ax.get_lines() if line.get_label().startswith("resnet-14")][0]
     np.testing.assert_array_equal(drawn.get_ydata(), expected)
 

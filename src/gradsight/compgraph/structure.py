@@ -21,7 +21,7 @@ from gradsight.compgraph.dot import to_dot
 from gradsight.compgraph.fold import fold
 from gradsight.compgraph.nodes import PARAM, Call, Edge, Node, combine_values
 from gradsight.compgraph.render import dot_to_svg, render
-from gradsight.store.query import DEFAULT_MAX_STEPS, open_data, step_sample
+from gradsight.store.view import DEFAULT_MAX_STEPS, step_sample, view_of
 
 @dataclass
 class Graph:
@@ -85,7 +85,8 @@ class Graph:
         return replace(self, nodes=nodes, stat=stat, stat_label=label or stat)
 
     def color_by(self, run: Any, stat: str = "grad_norm", *, max_steps: int | None = DEFAULT_MAX_STEPS) -> Graph:
-        """A copy coloured by the mean of ``stat`` over a run's sampled steps.
+        """A copy coloured by the mean of ``stat`` over a run's sampled steps (the mean, so
+        that one step of a huge gradient shows; ``run``: a run view, run or run directory).
 
         Layer values come from the run's layer rows, parameter values from its
         parameter rows when recorded. The steps are
@@ -93,12 +94,13 @@ class Graph:
         ``max_steps`` evenly spaced ones; None: all), the same steps the plots and the
         report show.
         """
-        run = open_data(run)
-        steps = step_sample(run.steps(), max_steps)
-        df = run.frame(level=["layer", "param"], stat=stat, steps=steps)
-        means = df.groupby("name")["value"].mean()
-        values = {str(k): float(v) for k, v in means.items()}
-        return self.with_values(values, stat, f"{stat}, mean over {len(steps)} steps of {run.name}")
+        view = view_of(run, max_steps=max_steps)
+        steps = "sample" if max_steps == view.max_steps else step_sample(view.steps, max_steps)
+        tables = view.matrices([("layer", stat), ("param", stat)], steps=steps)
+        shown = len(view.sample) if steps == "sample" else len(steps)
+        values = {str(k): float(v) for t in tables.values() if not t.empty
+                  for k, v in t.mean().items() if not math.isnan(v)}
+        return self.with_values(values, stat, f"{stat}, mean over {shown} steps of {view.name}")
 
     # -- views ----------------------------------------------------------------------
     def module_view(self, max_depth: int | None = None) -> Graph:

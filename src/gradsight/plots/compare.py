@@ -32,19 +32,20 @@ from gradsight.store.query import (
     family_and_depth,
     first_last_ratio,
     layer_profile,
-    open_data,
     role_label,
     view_roles,
 )
 from gradsight.store.reader import Run
+from gradsight.store.view import RunView, view_of
 
-Runs = Union[Sequence[Union[Run, str, Path]], Mapping[str, Union[Run, str, Path]]]
+Runs = Union[Sequence[Union[RunView, Run, str, Path]], Mapping[str, Union[RunView, Run, str, Path]]]
 
 
-def _runs(runs: Runs) -> list[tuple[str, Run]]:
+def _runs(runs: Runs) -> list[tuple[str, RunView]]:
+    """``(label, view)`` of each run: one view per run, which its reads share."""
     if isinstance(runs, Mapping):
-        return [(str(k), open_data(v)) for k, v in runs.items()]
-    opened = [open_data(r) for r in runs]
+        return [(str(k), view_of(v)) for k, v in runs.items()]
+    opened = [view_of(r) for r in runs]
     return [(r.name, r) for r in opened]
 
 

@@ -15,16 +15,17 @@ from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     DEFAULT_ROLES,
     DEFAULT_STAT,
-    RunData,
+    RunLike,
     Roles,
+    as_view,
     layer_matrix,
     nonfinite_events,
-    open_data,
     positive,
     role_label,
     run_label,
     view_roles,
 )
+from gradsight.store.view import view_of
 
 #: The customary healthy size of one update relative to the weights (Karpathy's "update:data ratio").
 UPDATE_RATIO_REFERENCE = 1e-3
@@ -32,7 +33,7 @@ UPDATE_RATIO_REFERENCE = 1e-3
 
 @styled
 def quantile_bands(
-    data: RunData,
+    data: RunLike,
     stat: str = DEFAULT_STAT,
     *,
     level: str = "layer",
@@ -63,6 +64,7 @@ def quantile_bands(
     qs = sorted(quantiles)
     if len(qs) % 2 == 0:
         raise ValueError("quantiles must be an odd number of values (pairs of bands and a middle line)")
+    data = as_view(data, max_steps)
     role = view_roles(data, role, level)
     m = layer_matrix(data, stat, level=level, role=role, max_steps=max_steps)  # steps x names
     fig, ax = new_axes(ax, (9.0, 4.2))
@@ -101,7 +103,7 @@ def quantile_bands(
 
 @styled
 def update_ratio(
-    data: RunData,
+    data: RunLike,
     *,
     stat: str = "update_ratio",
     level: str = "layer",
@@ -129,6 +131,7 @@ def update_ratio(
     Returns:
         The figure, with a colour bar for layer depth.
     """
+    data = as_view(data, max_steps)
     role = view_roles(data, role, level)
     m = layer_matrix(data, stat, level=level, role=role, max_steps=max_steps)  # steps x names
     fig, ax = new_axes(ax, (9.0, 4.2))
@@ -159,7 +162,7 @@ def update_ratio(
 
 @styled
 def nonfinite(
-    data: RunData,
+    data: RunLike,
     stat: str = "grad_norm",
     *,
     ax: Axes | None = None,
@@ -174,10 +177,10 @@ def nonfinite(
         ax: draw into these axes.
         title: the title.
     """
-    run = open_data(data)
+    run = view_of(data)
     fig, ax = new_axes(ax, (9.0, 3.6))
     ax.set_title(title or f"non-finite gradients: {run.name}")
-    model = run.frame(level="model", stat=stat)
+    model = run.totals[(run.totals["level"] == "model") & (run.totals["stat"] == stat)]
     if model.empty:
         no_data(ax, f"no model-level {stat} recorded")
         return fig

@@ -23,8 +23,9 @@ from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     DEFAULT_ROLES,
     DEFAULT_STAT,
-    RunData,
+    RunLike,
     Roles,
+    as_view,
     layer_matrix,
     nonfinite_events,
     positive,
@@ -40,7 +41,7 @@ OVERLAID_STEPS = 5
 
 @styled
 def flow(
-    data: RunData,
+    data: RunLike,
     stat: str = DEFAULT_STAT,
     *,
     steps: Sequence[int] | None = None,
@@ -73,6 +74,7 @@ def flow(
         The figure. Layers whose value was non-finite at an overlaid step get a red
         triangle on the top edge.
     """
+    data = as_view(data, max_steps)
     role = view_roles(data, role, level)
     band = layer_matrix(data, stat, level=level, role=role, max_steps=max_steps)  # steps x names
     fig, ax = new_axes(ax, (min(16.0, max(6.5, 0.22 * band.shape[1] + 3)), 4.6))

@@ -14,8 +14,9 @@ from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     DEFAULT_ROLES,
     DEFAULT_STAT,
-    RunData,
+    RunLike,
     Roles,
+    as_view,
     layer_matrix,
     nonfinite_events,
     positive,
@@ -28,7 +29,7 @@ from gradsight.store.query import (
 
 @styled
 def heatmap(
-    data: RunData,
+    data: RunLike,
     stat: str = DEFAULT_STAT,
     *,
     level: str = "layer",
@@ -61,6 +62,7 @@ def heatmap(
         red crosses: layers whose gradient had NaN/Inf elements at a step (found over
         all steps, drawn at the nearest displayed column).
     """
+    data = as_view(data, max_steps)
     role = view_roles(data, role, level)
     m = layer_matrix(data, stat, level=level, role=role, max_steps=max_steps)  # steps x names
     names = list(m.columns)

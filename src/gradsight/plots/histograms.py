@@ -16,8 +16,9 @@ from gradsight.plots._figure import new_axes, no_data, styled
 from gradsight.plots.style import CMAP, MISSING_COLOR, PALETTE
 from gradsight.stats.formats import FORMAT_RANGES
 from gradsight.store import histograms as store_histograms
-from gradsight.store.query import display_name, open_data, run_label, step_sample
+from gradsight.store.query import display_name, run_label, step_sample
 from gradsight.store.schema import Level
+from gradsight.store.view import view_of
 
 #: Line colour of each format's range.
 FORMAT_COLORS = dict(zip(FORMAT_RANGES, PALETTE[1:]))
@@ -65,7 +66,7 @@ def log2_histogram(
     """
     if name is None:
         name, level = "", Level.MODEL
-    frame = data if hasattr(data, "columns") else open_data(data).histograms(level=level, name=name)
+    frame = data if hasattr(data, "columns") else view_of(data).histograms(level=level, name=name)
     frame = frame[frame["level"] == level] if "level" in frame else frame
     fig, ax = new_axes(ax, (9.0, 4.6))
     label = display_name(name) if level != Level.MODEL else "model"
@@ -119,10 +120,10 @@ def layer_names(data, max_layers: int = 12, steps: Sequence[int] | None = None) 
     """The layers with histograms (at the first or last step with one), in forward order, at
     most ``max_layers`` evenly spaced (first and last kept); ``steps``: the run's
     :func:`histogram_steps`, when the caller has them."""
-    run = open_data(data)
+    run = view_of(data)
     steps = histogram_steps(run) if steps is None else list(steps)
     have = set(run.histograms(level=Level.LAYER, steps=steps[:1] + steps[-1:])["name"]) if steps else set()
-    order = [n for n in run.layers()["name"] if n in have]
+    order = [n for n in run.layer_order if n in have]
     return step_sample(order, max_layers)
 
 
@@ -133,7 +134,7 @@ def log2_histograms(data, names: Sequence[str] | None = None, *, max_layers: int
     at most ``max_layers`` evenly spaced layers with histograms), at most ``max_steps``
     evenly spaced steps with a histogram (only those are read); up to three panels per
     row, one colour scale (fraction of nonzero elements, 1e-6 to 1) and one legend."""
-    run = open_data(data)
+    run = view_of(data)
     recorded = histogram_steps(run)
     names = list(names) if names is not None else layer_names(run, max_layers, recorded)
     steps = step_sample(recorded, max_steps)

@@ -15,6 +15,7 @@ run directory) and optional axes, and returns the matplotlib ``Figure``; none ca
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -28,32 +29,43 @@ from matplotlib.ticker import FuncFormatter
 from gradsight.plots._figure import no_data, styled, tidy_log_axis
 from gradsight.plots.flow import flow
 from gradsight.plots.style import family_looks
-from gradsight.store.query import DEFAULT_ROLES, family_and_depth, layer_matrix, open_data, positive, view_roles
+from gradsight.store.query import DEFAULT_ROLES, family_and_depth, layer_matrix, positive, view_roles
 from gradsight.store.reader import Run
+from gradsight.store.view import RunSource, RunView, view_of
 
 __all__ = [
     "first_and_late_steps",
     "grad_flow",
     "grad_flow_overlay",
     "save_png",
+    "shown_layers",
     "training_curves",
     "weighted_layers",
     "weighted_matrix",
 ]
 
-def weighted_layers(run: Run) -> list[str]:
-    """Names of the run's weighted layers and head in forward order (all layers if none)."""
-    return list(run.layers(role=view_roles(run, DEFAULT_ROLES))["name"])
+def shown_layers(run: RunSource) -> list[str]:
+    """Names of the layers depth views show by default (the weighted layers and the head,
+    :data:`~gradsight.store.query.DEFAULT_ROLES`; all layers if none) in forward order."""
+    view = view_of(run)
+    return list(view.layers(role=view_roles(view, DEFAULT_ROLES))["name"])
 
 
-def weighted_matrix(run: Run, stat: str = "grad_norm", steps: Sequence[int] | None = None) -> pd.DataFrame:
-    """``stat`` of the weighted layers at ``steps`` (default: every recorded step): steps x
-    names in forward order, as :func:`gradsight.store.query.layer_matrix`."""
-    matrix = layer_matrix(run, stat, steps=steps, max_steps=None)
-    return matrix.reindex(columns=weighted_layers(run))
+def weighted_layers(run: RunSource) -> list[str]:
+    """Deprecated: :func:`shown_layers` (the name said "weighted" and included the head)."""
+    warnings.warn("weighted_layers is deprecated; use shown_layers", DeprecationWarning, stacklevel=2)
+    return shown_layers(run)
 
 
-def first_and_late_steps(run: Run) -> tuple[int, int]:
+def weighted_matrix(run: RunSource, stat: str = "grad_norm", steps: Sequence[int] | None = None) -> pd.DataFrame:
+    """Deprecated: ``layer_matrix(run, stat, steps=steps, max_steps=None).reindex(columns=shown_layers(run))``."""
+    warnings.warn("weighted_matrix is deprecated; use gradsight.store.query.layer_matrix with shown_layers",
+                  DeprecationWarning, stacklevel=2)
+    view = view_of(run)
+    return layer_matrix(view, stat, steps=steps, max_steps=None).reindex(columns=shown_layers(view))
+
+
+def first_and_late_steps(run: RunView | Run) -> tuple[int, int]:
     """The first recorded step and the last one with a full batch (the end of training).
 
     When the training set does not divide into batches, an epoch's last batch is smaller and
@@ -61,7 +73,7 @@ def first_and_late_steps(run: Run) -> tuple[int, int]:
     batch size and the number of training samples) such steps are passed over for "late".
     Language models train on windows drawn at random, every batch full, so nothing is skipped.
     """
-    steps = run.steps()
+    steps = list(run.steps if isinstance(run, RunView) else run.steps())
     if not steps:
         raise ValueError(f"run {run.name!r} recorded no gradient steps")
     config = run.config
@@ -76,34 +88,33 @@ def first_and_late_steps(run: Run) -> tuple[int, int]:
 
 
 @contextmanager
-def _opened(runs: Sequence[Run | str | Path]) -> Iterator[list[Run]]:
-    """The runs, those given as directories opened here and closed on exit."""
+def _opened(runs: Sequence[RunSource]) -> Iterator[list[RunView]]:
+    """A view of each run, those given as directories opened here and closed on exit."""
     with ExitStack() as stack:
-        yield [run if isinstance(run, Run) else stack.enter_context(open_data(run)) for run in runs]
+        yield [stack.enter_context(view_of(run)) for run in runs]
 
 
-def grad_flow(run: Run | str | Path, *, stat: str = "grad_norm", steps: Sequence[int] | None = None,
+def grad_flow(run: RunSource, *, stat: str = "grad_norm", steps: Sequence[int] | None = None,
               ax: Axes | None = None, title: str | None = None) -> Figure:
-    """:func:`gradsight.plots.flow` over the weighted layers of a training run: ``stat`` at the
-    first and the late step (or ``steps``) over the median and 5-95% range of all recorded steps.
+    """:func:`gradsight.plots.flow` over the weighted layers and head of a training run: ``stat``
+    at the first and the late step (or ``steps``) over the median and 5-95% range of the
+    displayed steps.
 
     Returns:
         The figure.
     """
-    with _opened([run]) as (run,):
-        frame = run.frame(level="layer", stat=stat, name=weighted_layers(run))
-        shown = list(steps) if steps is not None else sorted(set(first_and_late_steps(run)))
-    frame.attrs["name"] = run.name
-    return flow(frame, stat, steps=shown, ax=ax, title=title or f"{stat} by layer: {run.name}")
+    with _opened([run]) as (view,):
+        shown = list(steps) if steps is not None else sorted(set(first_and_late_steps(view)))
+        return flow(view, stat, steps=shown, role=DEFAULT_ROLES, ax=ax, title=title or f"{stat} by layer: {view.name}")
 
 
-def _look(runs: Sequence[Run]) -> list[tuple[str, str]]:
+def _look(runs: Sequence[RunView]) -> list[tuple[str, str]]:
     """Per run, its colour and line style (see :func:`~gradsight.plots.style.family_looks`)."""
     return family_looks([family_and_depth(run) or (f"({run.name})", 0) for run in runs])
 
 
 @styled
-def grad_flow_overlay(runs: Sequence[Run | str | Path], *, stat: str = "grad_norm",
+def grad_flow_overlay(runs: Sequence[RunSource], *, stat: str = "grad_norm",
                       axes: Sequence[Axes] | None = None, title: str | None = None) -> Figure:
     """Every run's ``stat`` by weighted layer at its first step (left) and late in training (right).
 
@@ -132,7 +143,8 @@ def grad_flow_overlay(runs: Sequence[Run | str | Path], *, stat: str = "grad_nor
         for run in opened:
             first, late = first_and_late_steps(run)
             late_steps.append(late)
-            profiles.append((run.name, first, late, weighted_matrix(run, stat, [first, late])))
+            values = layer_matrix(run, stat, steps=[first, late]).reindex(columns=shown_layers(run))
+            profiles.append((run.name, first, late, values))
     for (name, first, late, values), (color, style) in zip(profiles, looks):
         n = values.shape[1]
         depth = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(n)
@@ -157,7 +169,7 @@ def grad_flow_overlay(runs: Sequence[Run | str | Path], *, stat: str = "grad_nor
 
 
 @styled
-def training_curves(runs: Sequence[Run | str | Path], *, axes: Sequence[Axes] | None = None) -> Figure:
+def training_curves(runs: Sequence[RunSource], *, axes: Sequence[Axes] | None = None) -> Figure:
     """Training loss at the recorded steps (left) and, per epoch (right), the train/test error of
     each classifier run or the train/test loss in bits per byte of each language-model run.
 

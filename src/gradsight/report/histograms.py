@@ -13,7 +13,7 @@ import numpy as np
 from gradsight.plots.histograms import log2_histograms
 from gradsight.plots.style import fmt_value
 from gradsight.stats.formats import FORMAT_RANGES, OVERFLOW_STATS, UNDERFLOW_STATS
-from gradsight.store.reader import Run
+from gradsight.store.view import RunSource, view_of
 from gradsight.store.schema import Level
 
 log = logging.getLogger(__name__)
@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 MAX_LAYERS = 12
 
 
-def headroom_rows(run: Run) -> list[tuple[str, str, str]]:
+def headroom_rows(run: RunSource) -> list[tuple[str, str, str]]:
     """``(format, underflow, overflow)``: the model's median fractions over the steps with
     a histogram, as text (``-`` where a format has no such statistic)."""
-    frame = run.frame(level=Level.MODEL, stat=list(UNDERFLOW_STATS + OVERFLOW_STATS))
+    totals = view_of(run).totals
+    frame = totals[(totals["level"] == Level.MODEL) & totals["stat"].isin(UNDERFLOW_STATS + OVERFLOW_STATS)]
     median = frame.groupby("stat")["value"].median().to_dict() if not frame.empty else {}
 
     def cell(stat: str) -> str:
@@ -35,9 +36,10 @@ def headroom_rows(run: Run) -> list[tuple[str, str, str]]:
     return [(fmt, cell(f"{fmt}_underflow"), cell(f"{fmt}_overflow")) for fmt in FORMAT_RANGES]
 
 
-def histograms_html(run: Run, png: Callable) -> str:
+def histograms_html(run: RunSource, png: Callable) -> str:
     """The section's HTML, or ``""`` for a run without histograms (``png(fig)``: a figure
     as a data URL, as the report inlines its figures)."""
+    run = view_of(run)
     try:
         if run.histograms(level=Level.MODEL).empty:
             return ""

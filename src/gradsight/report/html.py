@@ -46,6 +46,7 @@ from gradsight.store.query import (
     first_last_ratio,
 )
 from gradsight.store.reader import Run
+from gradsight.store.view import RunView
 from gradsight.store.roles import Role
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def clean_svg(svg: str) -> str:
     return _XMLNS.sub("", _XML_PROLOG.sub("", svg)).strip()
 
 
-def _load_graph(run: Run, graphs: Mapping[Any, Graph] | Graph | None) -> Graph | None:
+def _load_graph(run: RunView, graphs: Mapping[Any, Graph] | Graph | None) -> Graph | None:
     if isinstance(graphs, Graph):
         return graphs
     if graphs:
@@ -109,7 +110,7 @@ def _load_graph(run: Run, graphs: Mapping[Any, Graph] | Graph | None) -> Graph |
     return None
 
 
-def _graph_html(run: Run, graph: Graph, stat: str) -> str:
+def _graph_html(run: RunView, graph: Graph, stat: str) -> str:
     from gradsight.compgraph.render import GraphvizMissing, INSTALL_HINT, run_dot
 
     try:
@@ -317,7 +318,9 @@ def build_report(
     Returns:
         One self-contained HTML document.
     """
-    run_list = expand_runs(runs)
+    # one view per run: the charts, the diagnosis, the histograms, the graph colouring and
+    # the comparison all read the run through it, so each table is read once
+    run_list = [RunView(r) for r in expand_runs(runs)]
     if not run_list:
         raise ValueError("no runs to report on")
     if stat != DEFAULT_STAT:  # runs without the default show grad_norm instead
@@ -325,7 +328,7 @@ def build_report(
         if stat not in recorded:
             raise ValueError(f"no run records the statistic {stat!r}; recorded: {', '.join(recorded) or 'none'}")
     deadline = time.monotonic() + diagnosis_timeout
-    jobs = [DiagnosisJob(r.path) for r in run_list]
+    jobs = [DiagnosisJob(r) for r in run_list]
     payloads = [run_payload(r, i, stat=stat, cell_budget=cell_budget, max_steps=max_steps, base=base)
                 for i, r in enumerate(run_list)]
     _run_colors(payloads)

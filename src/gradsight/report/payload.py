@@ -35,13 +35,13 @@ from gradsight.store.query import (
     family_and_depth,
     layer_matrices,
     layer_matrix,
-    module_levels,
     nonfinite_events,
     run_summary,
     step_sample,
     view_roles,
 )
 from gradsight.store.reader import Run
+from gradsight.store.view import RunView, view_of
 from gradsight.store.roles import Role
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class RunPayload:
     """One run, ready for the page: ``data`` goes into the JSON payload, the rest into HTML."""
 
     index: int
-    run: Run
+    run: RunView
     data: dict[str, Any]
     summary: list[tuple[str, str]]
     stat_options: list[tuple[str, str]]  # (key "level:stat", label)
@@ -106,24 +106,18 @@ def display_max_steps(per_step: int, *, cell_budget: int = CELL_BUDGET,
     return cap if max_steps is None else min(max_steps, cap)
 
 
-def run_payload(run: Run, index: int, *, stat: str = DEFAULT_STAT, cell_budget: int = CELL_BUDGET,
+def run_payload(run: RunView | Run, index: int, *, stat: str = DEFAULT_STAT, cell_budget: int = CELL_BUDGET,
                 max_steps: int | None = DEFAULT_MAX_STEPS, base: Path | None = None) -> RunPayload:
-    """Read what the report shows of ``run``; its path is shown relative to ``base`` when inside it."""
-    all_steps = run.steps()
-    levels = module_levels(run)
+    """Read what the report shows of ``run`` (through its view, which the report's other
+    readers share); its path is shown relative to ``base`` when inside it."""
+    run = view_of(run)
+    all_steps = run.steps
+    levels = run.module_levels
     stats_by_level = {lv: run.stats(lv) for lv in levels}
-    n_layers = len(run.layers())
     notes: list[str] = []
 
-    # rows per level, to size the step sample (layers are known; other levels from one step)
-    rows = {}
-    for lv in levels:
-        if lv == "layer" and n_layers:
-            rows[lv] = n_layers
-        elif all_steps:
-            rows[lv] = max(1, run.frame(level=lv, stat=stats_by_level[lv][:1], steps=all_steps[-1:])["name"].nunique())
-        else:
-            rows[lv] = 1
+    # names per level, to size the step sample
+    rows = {lv: max(1, len(run.names(lv))) for lv in levels}
     per_step = sum(rows[lv] * len(stats_by_level[lv]) for lv in levels)
     shown = display_max_steps(per_step, cell_budget=cell_budget, max_steps=max_steps)
     tables = layer_matrices(run, level=levels, max_steps=shown) if levels and all_steps else {}
@@ -161,14 +155,14 @@ def run_payload(run: Run, index: int, *, stat: str = DEFAULT_STAT, cell_budget: 
                        options[0][0] if options else None)
 
     # whole-model line and non-finite events over all steps
-    small = run.frame(level=["model", "metric"])  # one pass over the store for all of these
+    small = run.totals  # one read of the store for all of these
     model_rows = small[small["level"] == "model"]
     model_df = model_rows[model_rows["stat"] == stat]
     if model_df.empty:
         model_df = model_rows[model_rows["stat"] == "grad_norm"]
     model = {"stat": str(model_df["stat"].iloc[0]) if len(model_df) else stat, **_line(model_df),
              "sampled": len(model_df) > MAX_LINE_POINTS}
-    events = nonfinite_events(run, level="layer", max_events=MAX_EVENTS, model_frame=model_rows)
+    events = nonfinite_events(run, level="layer", max_events=MAX_EVENTS)
     nonfinite = [[int(s), str(n), int(c)] for s, n, c in events.itertuples(index=False)]
 
     metrics = {}
@@ -203,7 +197,7 @@ def run_payload(run: Run, index: int, *, stat: str = DEFAULT_STAT, cell_budget: 
                       [r for r in Role.ALL if r in present])
 
 
-def results_table(runs: list[Run]) -> list[tuple[Path, pd.DataFrame]]:
+def results_table(runs: list[RunView] | list[Run]) -> list[tuple[Path, pd.DataFrame]]:
     """The ``results.csv`` tables (written by ``gradsight compare``) in the directory holding
     the runs or the one above it (``OUT/results.csv`` with ``OUT/runs/<run>``), once each."""
     seen, out = set(), []
@@ -220,7 +214,7 @@ def results_table(runs: list[Run]) -> list[tuple[Path, pd.DataFrame]]:
     return out
 
 
-def diagnosis(run: Run | Path) -> list[tuple[str, str]]:
+def diagnosis(run: RunView | Run | Path) -> list[tuple[str, str]]:
     """``(severity, message)`` findings of :func:`gradsight.diagnosis.diagnose`, worst first;
     one finding saying so when the diagnosis failed (the report is made all the same)."""
     try:
@@ -232,18 +226,19 @@ def diagnosis(run: Run | Path) -> list[tuple[str, str]]:
 
 
 class DiagnosisJob:
-    """:func:`diagnosis` of a run directory in a background thread (with its own store
-    connection), so it overlaps with reading the charts' data and can be given up on
-    when a very large run takes too long."""
+    """:func:`diagnosis` of a run in a background thread, so that it overlaps with making
+    the charts and can be given up on when a very large run takes too long. It reads
+    through the run's view, which the charts share (the view serialises reads and keeps
+    each table it read once)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run: RunView | Path) -> None:
+        self.run = run
         self._result: list[tuple[str, str]] | None = None
         self._thread = threading.Thread(target=self._work, name="gradsight-report-diagnosis", daemon=True)
         self._thread.start()
 
     def _work(self) -> None:
-        self._result = diagnosis(self.run_dir)
+        self._result = diagnosis(self.run)
 
     def result(self, deadline: float) -> tuple[bool, list[tuple[str, str]] | None]:
         """``(finished, findings)``, waiting until ``deadline`` (``time.monotonic()``) at most."""

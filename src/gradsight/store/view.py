@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from functools import cached_property
+import functools
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -54,6 +54,23 @@ def step_sample(steps: Sequence[int], max_steps: int | None = DEFAULT_MAX_STEPS)
     return [steps[i] for i in idx]
 
 
+def _once(fn):
+    """A property computed once per view, under the view's lock (so a second thread waits
+    for the first read instead of reading again)."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def get(self: RunView) -> Any:
+        memo = self._memo
+        if name not in memo:
+            with self._lock:
+                if name not in memo:
+                    memo[name] = fn(self)
+        return memo[name]
+
+    return property(get)
+
+
 class RunView:
     """A recorded run as the readers see it (see the module's docstring).
 
@@ -70,6 +87,7 @@ class RunView:
         self._lock = threading.RLock()
         self._tables: dict[tuple[str, str, Any], pd.DataFrame] = {}
         self._roles: dict[str, dict[str, str]] = {}
+        self._memo: dict[str, Any] = {}
 
     # -- the run ----------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -111,18 +129,18 @@ class RunView:
             return fn(*args, **kwargs)
 
     # -- steps ------------------------------------------------------------------------
-    @cached_property
+    @_once
     def steps(self) -> list[int]:
         """Every recorded step, ascending."""
         return self._read(self.run.steps)
 
-    @cached_property
+    @_once
     def sample(self) -> list[int]:
         """The steps shown: :func:`step_sample` of :attr:`steps` with ``max_steps``."""
         return step_sample(self.steps, self.max_steps)
 
     # -- names ------------------------------------------------------------------------
-    @cached_property
+    @_once
     def rows(self) -> pd.DataFrame:
         """Every ``layers`` row (layers, blocks, modules): ``Run.layers(kind=None)``."""
         return self._read(self.run.layers, kind=None)
@@ -137,22 +155,22 @@ class RunView:
             df = df[df["role"].isin(roles)]
         return df.reset_index(drop=True)
 
-    @cached_property
+    @_once
     def layer_order(self) -> list[str]:
         """The run's layers (modules owning parameters) in forward order."""
         return list(self.layers()["name"])
 
-    @cached_property
+    @_once
     def blocks(self) -> set[str]:
         """Names of the residual blocks (a name may be a layer and a block)."""
         return set(self.rows["name"][self.rows["kind"] == Kind.BLOCK])
 
-    @cached_property
+    @_once
     def module_type(self) -> dict[str, str]:
         """``name -> module type`` of every row."""
         return dict(zip(self.rows["name"], self.rows["module_type"]))
 
-    @cached_property
+    @_once
     def depth(self) -> dict[str, float]:
         """``name -> forward rank`` of every row (a name with rows of several kinds: the
         rank of the kind sorted last, ``module``, else ``layer``, else ``block``)."""
@@ -161,19 +179,21 @@ class RunView:
     def roles(self, level: str = Level.LAYER) -> dict[str, str]:
         """``name -> role`` at a series level (as :meth:`Run.roles <gradsight.store.reader.Run.roles>`)."""
         if level not in self._roles:
-            self._roles[level] = self._read(self.run.roles, level)
+            with self._lock:
+                if level not in self._roles:
+                    self._roles[level] = self.run.roles(level)
         return self._roles[level]
 
     def role(self, name: str, level: str = Level.LAYER) -> str:
         """The role of one name (``other`` for a name without one)."""
         return self.roles(level).get(name, "other")
 
-    @cached_property
+    @_once
     def params(self) -> pd.DataFrame:
         """``Run.params()``, read once."""
         return self._read(self.run.params)
 
-    @cached_property
+    @_once
     def _index(self) -> pd.DataFrame:
         return self._read(self.run.series_index)
 
@@ -182,7 +202,7 @@ class RunView:
         index = self._index if level is None else self._index[self._index["level"] == level]
         return sorted(set(index["stat"]))
 
-    @cached_property
+    @_once
     def module_levels(self) -> list[str]:
         """Levels with per-module rows that hold values, ``layer`` first (e.g. ``['layer', 'block']``)."""
         present = set(self._index["level"])
@@ -229,8 +249,11 @@ class RunView:
         if missing:
             with self._lock:
                 missing = [k for k in missing if (*k, key) not in self._tables]
-                tables = self.run.read_tables(self._index, missing, read, layer_order=self.layer_order) \
-                    if missing else {}
+                totals = [k for k in missing if k[0] in Level.TOTALS and key == "all"]
+                others = [k for k in missing if k not in totals]
+                tables = self.run.read_tables(self._index, others, read, layer_order=self.layer_order) \
+                    if others else {}
+                tables.update({k: self._from_totals(*k) for k in totals})  # from the one read of those levels
                 for k in missing:
                     self._tables[(*k, key)] = tables.get(k, pd.DataFrame(dtype=float))
         out = {k: self._tables[(*k, key)] for k in keys}
@@ -240,6 +263,17 @@ class RunView:
             out = {k: t[[c for c in t.columns if self.roles(k[0]).get(c) in keep]] if not t.empty else t
                    for k, t in out.items()}
         return out
+
+    def _from_totals(self, level: str, stat: str) -> pd.DataFrame:
+        """A model or metric table over every step, from :attr:`totals`."""
+        part = self.totals[(self.totals["level"] == level) & (self.totals["stat"] == stat)]
+        if part.empty:
+            return pd.DataFrame(dtype=float)
+        table = part.pivot(index="step", columns="name", values="value")
+        table = table.reindex(columns=[n for n in self.names(level) if n in table.columns]).astype(float)
+        table.index = pd.Index(table.index.to_numpy(dtype=np.int64), name="step")
+        table.columns.name = "name"
+        return table
 
     def matrix(self, level: str, stat: str, *, steps: Steps = "sample",
                role: str | Iterable[str] | None = None) -> pd.DataFrame:
@@ -251,23 +285,23 @@ class RunView:
         table = self.matrix(level, stat, steps=[step])
         return None if table.empty or step not in table.index else table.loc[step]
 
-    @cached_property
+    @_once
     def totals(self) -> pd.DataFrame:
         """The model and metric rows over every step, as a long frame (``Run.frame``)."""
         return self._read(self.run.frame, level=list(Level.TOTALS))
 
     def histograms(self, level: str = Level.LAYER, name: str | Iterable[str] | None = None,
                    steps: Iterable[int] | None = None) -> pd.DataFrame:
-        """``Run.histograms``; a whole level is read once and kept."""
-        key = ("histograms", level, None)
-        if key not in self._tables:
-            self._tables[key] = self._read(self.run.histograms, level=level)
-        df = self._tables[key]
-        if name is not None:
-            df = df[df["name"].isin([name] if isinstance(name, str) else list(name))]
-        if steps is not None:
-            df = df[df["step"].isin([int(s) for s in steps])]
-        return df.reset_index(drop=True)
+        """``Run.histograms`` (the long frame ``step, level, name, log2_bucket, count``), each
+        choice of names and steps read once and kept."""
+        names = None if name is None else ((name,) if isinstance(name, str) else tuple(name))
+        chosen = None if steps is None else tuple(sorted({int(s) for s in steps}))
+        key = ("histograms", level, (names, chosen))
+        with self._lock:
+            if key not in self._tables:
+                self._tables[key] = self.run.histograms(level=level, name=None if names is None else list(names),
+                                                        steps=None if chosen is None else list(chosen))
+        return self._tables[key]
 
     def metrics(self) -> pd.DataFrame:
         """User-logged values as a wide table indexed by step (``Run.metrics``)."""

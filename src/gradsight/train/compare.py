@@ -42,9 +42,10 @@ import torch
 from gradsight.data import DatasetSplits, TextSplits, is_text_dataset, list_datasets, load_dataset
 from gradsight.models import list_models, model_info
 from gradsight.plots import training
-from gradsight.store.query import first_last_ratios, layer_matrix
+from gradsight.store.query import DEFAULT_ROLES, first_last_ratios, layer_matrix
 from gradsight.store.roles import Role
 from gradsight.store.reader import open_run
+from gradsight.store.view import RunView
 from gradsight.train.recipes import Recipe, get_recipe
 from gradsight.train.runner import DEFAULT_CONTEXT, TrainResult, resolve_device, train
 
@@ -223,9 +224,9 @@ def _grad_flow_markdown(run_dirs: dict[str, Path]) -> str:
               "| first / last weighted layer |")
     lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key, path in run_dirs.items():
-        with open_run(path) as run:
+        with RunView(path) as run:
             steps = sorted(set(training.first_and_late_steps(run)))
-            values = training.weighted_matrix(run, "grad_norm", steps)
+            values = layer_matrix(run, "grad_norm", steps=steps, role=DEFAULT_ROLES)
             ratios = first_last_ratios(layer_matrix(run, "grad_norm", role=Role.RATIO, steps=steps))
             names = list(values.columns)
             before_head = names[-2] if len(names) > 1 else names[-1]
