@@ -328,9 +328,11 @@ def build_report(
         if stat not in recorded:
             raise ValueError(f"no run records the statistic {stat!r}; recorded: {', '.join(recorded) or 'none'}")
     deadline = time.monotonic() + diagnosis_timeout
-    jobs = [DiagnosisJob(r) for r in run_list]
-    payloads = [run_payload(r, i, stat=stat, cell_budget=cell_budget, max_steps=max_steps, base=base)
-                for i, r in enumerate(run_list)]
+    payloads, jobs = [], []
+    for i, r in enumerate(run_list):
+        payloads.append(run_payload(r, i, stat=stat, cell_budget=cell_budget, max_steps=max_steps, base=base))
+        jobs.append(DiagnosisJob(r))  # after the charts' read, so that it finds most of its tables read
+
     _run_colors(payloads)
     names = [r.name for r in run_list]
     title = title or ("gradsight report: " + (", ".join(names[:4]) + (" …" if len(names) > 4 else "")))

@@ -59,13 +59,15 @@ def rows(step: int, keys: Sequence[tuple[str, str]], bucket_lo: int, dense: np.n
 
 
 def read(conn: sqlite3.Connection, level: str | None = "layer", name: str | Iterable[str] | None = None,
-         steps: Iterable[int] | None = None):
+         steps: Iterable[int] | None = None, *, has_table: bool | None = None):
     """Histograms as a long frame with columns :data:`COLUMNS`, one row per nonzero
     bucket, ordered by step, level, name and bucket; empty when none were recorded
     (also for a store written before histograms existed)."""
     import pandas as pd
 
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='histograms'").fetchone():
+    if has_table is None:
+        has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='histograms'").fetchone()
+    if not has_table:
         return _empty()
     where, args = [], []
     if level is not None:

@@ -324,8 +324,35 @@ def _in_list(column: str, values: Sequence[int] | None) -> tuple[str, list[int]]
     return f"{column} IN ({','.join('?' * len(values))})", [int(v) for v in values]
 
 
+class Catalog:
+    """Where a reader finds values: the store's layout and its series groups, read once per
+    reader (and the groups read again when a wanted series is in none of those known, as
+    when a live run has added a group since)."""
+
+    def __init__(self, conn: sqlite3.Connection, tables: set[str] | None = None) -> None:
+        self.conn = conn
+        self._layout: str | None = None if tables is None else layout(tables)
+        self._groups: list[tuple[int, np.ndarray, np.ndarray]] | None = None
+        self._known = np.zeros(0, np.int64)
+
+    def layout(self) -> str | None:
+        if self._layout is None:
+            self._layout = layout({r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")})
+        return self._layout
+
+    def groups(self, ids: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """``(group id, its series ids, its segment sizes)`` of every group."""
+        if self._groups is None or not np.isin(ids, self._known).all():
+            self._groups = [(int(g), np.frombuffer(blob, dtype="<i8"), np.frombuffer(seg, dtype="<i4"))
+                            for g, blob, seg in self.conn.execute("SELECT id, series, segments FROM series_groups "
+                                                                  "ORDER BY id")]
+            self._known = np.sort(np.concatenate([ids for _, ids, _ in self._groups])) if self._groups else self._known
+        return self._groups
+
+
 def read_matrix(conn: sqlite3.Connection, ids: Sequence[int], steps: Sequence[int] | None = None, *,
-                with_present: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                with_present: bool = False, catalog: Catalog | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The values of series ``ids`` (unique, in any order) at ``steps`` (None: all).
 
     Returns:
@@ -336,23 +363,23 @@ def read_matrix(conn: sqlite3.Connection, ids: Sequence[int], steps: Sequence[in
         a value was written (a written NaN too), else None.
     """
     ids = np.asarray(ids, dtype=np.int64)
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    catalog = catalog or Catalog(conn)
     wanted_steps = None if steps is None else np.unique(np.asarray(list(steps), dtype=np.int64))
     if len(ids) == 0 or (wanted_steps is not None and len(wanted_steps) == 0):
         pieces = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros(0, np.int64))]
-    elif layout(tables) == "packed":
-        pieces = _packed_pieces(conn, ids, wanted_steps)
+    elif catalog.layout() == "packed":
+        pieces = _packed_pieces(conn, ids, wanted_steps, catalog.groups(ids))
     else:
         pieces = _row_pieces(conn, ids, wanted_steps)
     return _place(pieces, len(ids), with_present)
 
 
-def read_long(conn: sqlite3.Connection, ids: Sequence[int], steps: Sequence[int] | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_long(conn: sqlite3.Connection, ids: Sequence[int], steps: Sequence[int] | None = None, *,
+              catalog: Catalog | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(step, series, value)`` arrays of every value written of series ``ids`` (ascending,
     unique) at ``steps`` (None: all), ordered by step, then series id."""
     ids = np.asarray(ids, dtype=np.int64)
-    step_values, values, present = read_matrix(conn, ids, steps, with_present=True)
+    step_values, values, present = read_matrix(conn, ids, steps, with_present=True, catalog=catalog)
     rows, cols = np.nonzero(present)  # row-major: by step, then column
     return step_values[rows], ids[cols], values[rows, cols]
 
@@ -419,7 +446,8 @@ def _row_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | N
     return pieces
 
 
-def _packed_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | None) -> list[Piece]:
+def _packed_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray | None,
+                   groups: list[tuple[int, np.ndarray, np.ndarray]]) -> list[Piece]:
     """The packed layout: the rows of the groups holding any of ``ids``, decoded, one piece per group."""
     pieces = []
     if steps is not None and len(steps) > 1000 and steps[-1] - steps[0] < 16 * len(steps):
@@ -427,12 +455,10 @@ def _packed_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray 
     else:
         cond, args = _in_list("step", None if steps is None else steps.tolist())
     wanted = None if steps is None or cond.startswith("step IN") else set(steps.tolist())
-    for group, blob, segment_blob in conn.execute("SELECT id, series, segments FROM series_groups ORDER BY id"):
-        group_ids = np.frombuffer(blob, dtype="<i8")
+    for group, group_ids, segments in groups:
         take, cols = _columns(group_ids, ids)
         if len(take) == 0:
             continue
-        segments = np.frombuffer(segment_blob, dtype="<i4")
         starts = np.concatenate([[0], np.cumsum(segments)[:-1]])
         segment_of = np.searchsorted(starts, take, side="right") - 1
         needed, needed_of = np.unique(segment_of, return_inverse=True)

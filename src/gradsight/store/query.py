@@ -33,7 +33,7 @@ import pandas as pd
 from gradsight.store.reader import Run, column_order, forward_order, list_runs, open_run
 from gradsight.store.roles import Role, as_roles
 from gradsight.store.schema import DB_NAME, Level
-from gradsight.store.view import DEFAULT_MAX_STEPS, RunSource, RunView, step_sample, view_of
+from gradsight.store.view import DEFAULT_MAX_STEPS, RunSource, RunView, long_rows, step_sample, view_of
 
 #: What readers accept as run data: a :class:`RunView`, a Run, a run directory, or a long
 #: frame (columns ``step, level, name, depth, stat, value`` as from ``Run.frame()``).
@@ -220,9 +220,11 @@ def layer_matrices(data: RunLike, *, level: str | Iterable[str] = MODULE_LEVELS,
     row_of = np.searchsorted(step_index.to_numpy(), df["step"].to_numpy(dtype=np.int64))
     values = df["value"].to_numpy(dtype=float)
     out: dict[tuple[str, str], pd.DataFrame] = {}
+    layer_rows = data[data["level"] == Level.LAYER] if "level" in data and "depth" in data else data.iloc[:0]
+    layer_order = name_order(layer_rows) if len(layer_rows) else None  # anchors the module levels' order
     for lv, idx in df.groupby("level", sort=False).indices.items():
         group = df.iloc[idx]
-        names = pd.Index(name_order(group), name="name")
+        names = pd.Index(name_order(group, layer_order), name="name")
         col_of = names.get_indexer(group["name"])
         stat_codes, stat_names = pd.factorize(group["stat"])
         for k, st in enumerate(stat_names):
@@ -374,7 +376,7 @@ def nonfinite_events(data: RunLike, *, level: str = Level.LAYER, max_events: int
         table = view.matrix(level, "grad_nonfinite", steps=bad[i : i + 500])
         if table.empty:
             continue
-        long = table.stack().rename("count").reset_index()
+        long = long_rows(table).rename(columns={"value": "count"})
         rows.append(long[long["count"] > 0])
         if sum(len(r) for r in rows) >= max_events:
             break

@@ -15,7 +15,7 @@ import pandas as pd
 
 from gradsight._errors import RunError
 from gradsight.store.access import connect_readonly
-from gradsight.store.packed import MAX_SQL_VARS, PACKED_TABLES, layout, read_long, read_matrix
+from gradsight.store.packed import MAX_SQL_VARS, PACKED_TABLES, Catalog, layout, read_long, read_matrix
 from gradsight.store.roles import as_roles, row_roles
 from gradsight.store.schema import DB_NAME, READABLE_VERSIONS, SCHEMA_VERSION, Kind, Level
 
@@ -129,6 +129,8 @@ class Run:
         except RunError:
             self._conn.close()
             raise
+        self._tables = tables  # the store's tables, as opened
+        self._catalog = Catalog(self._conn, tables)
 
     def _checked_meta(self, tables: set[str]) -> dict[str, Any]:
         """The ``meta`` table, once the store has every table and a schema version this reads."""
@@ -243,17 +245,8 @@ class Run:
         """``name -> role`` of the names at a series level (``layer``, ``param``,
         ``module``, ``block``): a parameter has its layer's role, a name its row of the
         level's kind (else, as for depths, its ``block``, ``layer`` or ``module`` row)."""
-        rows = self._layer_rows()
-        kind = Kind.LAYER if level == Level.PARAM else level
-        preference = [kind] + [k for k in (Kind.BLOCK, Kind.LAYER, Kind.MODULE) if k != kind]
-        out: dict[str, str] = {}
-        for k in reversed(preference):
-            part = rows[rows["kind"] == k]
-            out.update(zip(part["name"], part["role"]))
-        if level == Level.PARAM:
-            params = self._query("SELECT name, layer FROM params")
-            return {n: out[ln] for n, ln in zip(params["name"], params["layer"]) if ln in out}
-        return out
+        params = self._query("SELECT name, layer FROM params") if level == Level.PARAM else None
+        return level_roles(self._layer_rows(), level, params)
 
     def steps(self) -> list[int]:
         """Recorded steps, ascending."""
@@ -345,8 +338,8 @@ class Run:
         or with ``wide`` ``(steps, values, present)`` (:func:`gradsight.store.packed.read_matrix`)."""
         try:
             if wide:
-                return read_matrix(self._conn, ids, steps, with_present=True)
-            return read_long(self._conn, ids, steps)
+                return read_matrix(self._conn, ids, steps, with_present=True, catalog=self._catalog)
+            return read_long(self._conn, ids, steps, catalog=self._catalog)
         except sqlite3.DatabaseError as exc:
             raise RunError(f"{self.db_path} could not be read ({exc})") from None
 
@@ -479,7 +472,7 @@ class Run:
         from gradsight.store import histograms
 
         try:
-            return histograms.read(self._conn, level, name, steps)
+            return histograms.read(self._conn, level, name, steps, has_table="histograms" in self._tables)
         except sqlite3.DatabaseError as exc:
             raise RunError(f"{self.db_path} could not be read ({exc})") from None
 
@@ -503,6 +496,20 @@ class Run:
         out["role"] = g["role"].first().values
         return out.sort_values(["depth", "name"]).reset_index(drop=True)[columns]
 
+
+
+def level_roles(rows: pd.DataFrame, level: str, params: pd.DataFrame | None = None) -> dict[str, str]:
+    """``name -> role`` at a series level from the ``layers`` rows (``name, kind, role``) and,
+    for the ``param`` level, the parameters (``name, layer``): see :meth:`Run.roles`."""
+    kind = Kind.LAYER if level == Level.PARAM else level
+    preference = [kind] + [k for k in (Kind.BLOCK, Kind.LAYER, Kind.MODULE) if k != kind]
+    out: dict[str, str] = {}
+    for k in reversed(preference):
+        part = rows[rows["kind"] == k]
+        out.update(zip(part["name"], part["role"]))
+    if level == Level.PARAM:
+        return {n: out[ln] for n, ln in zip(params["name"], params["layer"]) if ln in out}
+    return out
 
 
 def _empty_table(names: Iterable[str]) -> pd.DataFrame:

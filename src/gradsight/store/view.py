@@ -30,7 +30,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import pandas as pd
 
-from gradsight.store.reader import Run, open_run
+from gradsight.store.reader import Run, column_order, level_roles, open_run
 from gradsight.store.roles import as_roles
 from gradsight.store.schema import Kind, Level
 
@@ -181,7 +181,7 @@ class RunView:
         if level not in self._roles:
             with self._lock:
                 if level not in self._roles:
-                    self._roles[level] = self.run.roles(level)
+                    self._roles[level] = level_roles(self.rows, level, self.params if level == Level.PARAM else None)
         return self._roles[level]
 
     def role(self, name: str, level: str = Level.LAYER) -> str:
@@ -210,8 +210,6 @@ class RunView:
 
     def names(self, level: str) -> list[str]:
         """Every name recorded at ``level``, in the one column order."""
-        from gradsight.store.reader import column_order
-
         part = self._index[self._index["level"] == level].drop_duplicates("name")
         return column_order(level, part["name"], part["depth"], part["position"], self.layer_order)
 
@@ -249,11 +247,10 @@ class RunView:
         if missing:
             with self._lock:
                 missing = [k for k in missing if (*k, key) not in self._tables]
-                totals = [k for k in missing if k[0] in Level.TOTALS and key == "all"]
-                others = [k for k in missing if k not in totals]
-                tables = self.run.read_tables(self._index, others, read, layer_order=self.layer_order) \
-                    if others else {}
-                tables.update({k: self._from_totals(*k) for k in totals})  # from the one read of those levels
+                if missing and key == "all":  # the model and metric series are few: read them along
+                    missing += [k for k in self._total_keys if (*k, key) not in self._tables and k not in missing]
+                tables = self.run.read_tables(self._index, missing, read, layer_order=self.layer_order) \
+                    if missing else {}
                 for k in missing:
                     self._tables[(*k, key)] = tables.get(k, pd.DataFrame(dtype=float))
         out = {k: self._tables[(*k, key)] for k in keys}
@@ -264,16 +261,10 @@ class RunView:
                    for k, t in out.items()}
         return out
 
-    def _from_totals(self, level: str, stat: str) -> pd.DataFrame:
-        """A model or metric table over every step, from :attr:`totals`."""
-        part = self.totals[(self.totals["level"] == level) & (self.totals["stat"] == stat)]
-        if part.empty:
-            return pd.DataFrame(dtype=float)
-        table = part.pivot(index="step", columns="name", values="value")
-        table = table.reindex(columns=[n for n in self.names(level) if n in table.columns]).astype(float)
-        table.index = pd.Index(table.index.to_numpy(dtype=np.int64), name="step")
-        table.columns.name = "name"
-        return table
+    @property
+    def _total_keys(self) -> list[tuple[str, str]]:
+        index = self._index[self._index["level"].isin(Level.TOTALS)]
+        return list(dict.fromkeys(zip(index["level"], index["stat"])))
 
     def matrix(self, level: str, stat: str, *, steps: Steps = "sample",
                role: str | Iterable[str] | None = None) -> pd.DataFrame:
@@ -287,8 +278,17 @@ class RunView:
 
     @_once
     def totals(self) -> pd.DataFrame:
-        """The model and metric rows over every step, as a long frame (``Run.frame``)."""
-        return self._read(self.run.frame, level=list(Level.TOTALS))
+        """The model and metric values over every step as a long frame ``step, level, name,
+        stat, value`` (ordered by level, statistic and step; a value written as NaN is a row),
+        read with the first table over every step."""
+        tables = self.matrices(self._total_keys, steps="all")
+        parts = [long_rows(t).assign(level=lv, stat=st) for (lv, st), t in tables.items() if not t.empty]
+        columns = ["step", "level", "name", "stat", "value"]
+        if not parts:
+            return pd.DataFrame({c: pd.Series(dtype=float if c == "value" else object) for c in columns})
+        # one name per model or metric series, and a table holds only the steps at which it was
+        # written: every row is a written value (NaN included)
+        return pd.concat(parts, ignore_index=True)[columns]
 
     def histograms(self, level: str = Level.LAYER, name: str | Iterable[str] | None = None,
                    steps: Iterable[int] | None = None) -> pd.DataFrame:
@@ -309,6 +309,15 @@ class RunView:
         if df.empty:
             return pd.DataFrame()
         return df.pivot_table(index="step", columns="stat", values="value", aggfunc="last", dropna=False)
+
+
+def long_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """A steps x names table as rows ``step, name, value``, by step then column, every cell
+    (NaN included)."""
+    n_steps, n_names = table.shape
+    return pd.DataFrame({"step": np.repeat(table.index.to_numpy(dtype=np.int64), n_names),
+                         "name": np.tile(np.asarray(table.columns, dtype=object), n_steps),
+                         "value": table.to_numpy(dtype=float).ravel()})
 
 
 #: What readers accept as a run: a view, a run, a run directory; many also take a long
