@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
-from gradsight.compgraph.nodes import MODULE, OP, PARAM, Edge, Node, combine_values
+from gradsight.compgraph.nodes import MODULE, OP, PARAM, Call, Edge, GraphData, Node, combine_values
 
-if TYPE_CHECKING:
-    from gradsight.compgraph.structure import Graph
+G = TypeVar("G", bound=GraphData)
 
 
-def _level(call) -> int:
-    """Nesting depth of a call; an addition's call (``block[attn]``) is one below its block."""
+def _level(call: Call) -> int:
+    """Nesting level of a call; an addition's call (``block[attn]``) is one below its block."""
     return call.level + (1 if call.module.endswith("]") else 0)
 
 
-def _folded_key(key: str, calls: dict, max_depth: int | None) -> str:
+def _folded_key(key: str, calls: dict[str, Call], max_depth: int | None) -> str:
     """The call ``key`` belongs to at ``max_depth``: its ancestor at that nesting level, or the
     call itself (or its ancestor) that runs directly inside a call above that level."""
     if max_depth is None:
@@ -28,7 +27,7 @@ def _folded_key(key: str, calls: dict, max_depth: int | None) -> str:
     return call.key
 
 
-def _own_segments(graph: Graph, calls: dict, folded: dict[str, str]) -> dict[str, str]:
+def _own_segments(graph: GraphData, calls: dict[str, Call], folded: dict[str, str]) -> dict[str, str]:
     """``node id -> "~i"`` for the operations a container call runs itself (and no other call is
     folded into), when they fall in several pieces not joined by an edge (a model that adds its embeddings first and reshapes
     its output last): piece ``i >= 1`` becomes a node of its own, so the view has no cycle
@@ -58,8 +57,9 @@ def _own_segments(graph: Graph, calls: dict, folded: dict[str, str]) -> dict[str
     return {i: f"~{pieces[own[i]].index(find(i))}" for i in own if pieces[own[i]].index(find(i)) > 0}
 
 
-def fold(graph: Graph, max_depth: int | None = None) -> Graph:
-    """Module-level view of an autograd ``graph``; see :meth:`Graph.module_view`."""
+def fold(graph: G, max_depth: int | None = None) -> G:
+    """Module-level view of an autograd ``graph`` (a copy of it, ``dataclasses.replace``); see
+    :meth:`~gradsight.compgraph.structure.Graph.module_view`."""
     if graph.view != "autograd":
         raise ValueError("module_view needs the autograd-level graph")
     if max_depth is not None and max_depth < 0:

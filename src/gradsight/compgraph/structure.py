@@ -5,7 +5,9 @@ A :class:`Graph` is plain data with deterministic ids, built by
 :func:`gradsight.compgraph.trace.trace` from one forward pass. Edges point in the
 forward direction (from an input, parameter or earlier operation to the operation
 that consumes it); gradients flow against them. Drawing lives elsewhere
-(:mod:`gradsight.compgraph.dot`, :mod:`gradsight.compgraph.render`).
+(:mod:`gradsight.compgraph.dot`, :mod:`gradsight.compgraph.render`) and so does folding
+(:mod:`gradsight.compgraph.fold`): functions of the graph's data
+(:class:`~gradsight.compgraph.nodes.GraphData`) that the methods here call.
 """
 
 from __future__ import annotations

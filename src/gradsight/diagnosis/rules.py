@@ -11,10 +11,10 @@ import pandas as pd
 
 from gradsight.diagnosis.findings import Finding
 from gradsight.diagnosis.thresholds import Thresholds
+from gradsight.display import display_name
 from gradsight.stats.formats import FORMAT_RANGES
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
-    display_name,
     first_last_columns,
     first_last_ratios,
     positive,

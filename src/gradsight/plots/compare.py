@@ -22,8 +22,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from gradsight.display import PALETTE, family_looks
 from gradsight.plots._figure import new_axes, no_data, styled, tidy_log_axis
-from gradsight.plots.style import PALETTE, family_looks
 from gradsight.store.query import (
     DEFAULT_ROLES,
     DEFAULT_STAT,
@@ -33,10 +33,10 @@ from gradsight.store.query import (
     first_last_ratio,
     layer_profile,
     open_data,
-    role_label,
     view_roles,
 )
 from gradsight.store.reader import Run
+from gradsight.store.roles import role_label
 
 Runs = Union[Sequence[Union[Run, str, Path]], Mapping[str, Union[Run, str, Path]]]
 

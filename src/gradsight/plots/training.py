@@ -27,7 +27,7 @@ from matplotlib.ticker import FuncFormatter
 
 from gradsight.plots._figure import no_data, styled, tidy_log_axis
 from gradsight.plots.flow import flow
-from gradsight.plots.style import family_looks
+from gradsight.display import family_looks
 from gradsight.store.query import DEFAULT_ROLES, family_and_depth, layer_matrix, open_data, positive, view_roles
 from gradsight.store.reader import Run
 
@@ -98,7 +98,7 @@ def grad_flow(run: Run | str | Path, *, stat: str = "grad_norm", steps: Sequence
 
 
 def _look(runs: Sequence[Run]) -> list[tuple[str, str]]:
-    """Per run, its colour and line style (see :func:`~gradsight.plots.style.family_looks`)."""
+    """Per run, its colour and line style (see :func:`~gradsight.display.family_looks`)."""
     return family_looks([family_and_depth(run) or (f"({run.name})", 0) for run in runs])
 
 
