@@ -125,10 +125,10 @@ def _graph_html(run: Run, graph: Graph, stat: str) -> str:
         log.warning("could not colour the graph by %s: %s", stat, exc)
     if graph.view == "autograd" and len(graph.nodes) > GRAPH_MAX_NODES:
         full, graph = graph, graph.module_view()
-        for depth in (3, 2, 1):
+        for nesting in (3, 2, 1):
             if len(graph.nodes) <= GRAPH_MAX_NODES:
                 break
-            graph = full.module_view(depth)
+            graph = full.module_view(nesting)
     dot = graph.to_dot()
     parts = [f'<p class="note">{esc(graph.title)}: {len(graph.nodes)} nodes ({esc(graph.view)} view), '
              f"{len(graph.skip_edges)} skip-connection edges (dashed, orange); nodes coloured by "
