@@ -15,11 +15,11 @@ SRC = Path(gradsight.__file__).resolve().parent
 
 #: Lower layers never import higher ones (a module may import its own layer and below).
 LAYERS = {
-    "_errors": 0, "_version": 0, "_text": 0, "schedules": 0, "stats": 0,
+    "_errors": 0, "_version": 0, "_text": 0, "display": 0, "schedules": 0, "stats": 0,
     "store": 1, "data": 1, "models": 1,
     "instrument": 2,
-    "probes": 3, "diagnosis": 3, "integrations": 3,
-    "plots": 4, "compgraph": 4,
+    "probes": 3, "diagnosis": 3, "integrations": 3, "compgraph": 3,
+    "plots": 4,
     "train": 5, "report": 5,
     "cli": 6,
 }
@@ -34,22 +34,13 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """gradsight modules imported by a module, anywhere in it (deferred imports count; imports
-    for type checkers only do not)."""
+    """gradsight modules imported by a module, anywhere in it: deferred imports and imports for
+    type checkers only (``if TYPE_CHECKING:``) count too, since a type a module names is a
+    dependency of its design even when it is not loaded at run time."""
     is_pkg = path.name == "__init__.py"
     out = set()
-    tree = ast.parse(path.read_text())
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
-                   for stmt in block.body for n in ast.walk(stmt)}
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.startswith("gradsight")}
         elif isinstance(node, ast.ImportFrom):
@@ -77,6 +68,15 @@ def _top(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+def test_imports_for_type_checkers_count(tmp_path):
+    path = tmp_path / "mod.py"
+    path.write_text("from typing import TYPE_CHECKING\n"
+                    "if TYPE_CHECKING:\n    from gradsight.store.reader import Run\n"
+                    "def f():\n    import gradsight.plots\n")
+    known = {"gradsight.store.reader", "gradsight.plots"}
+    assert _imports("gradsight.probes.mod", path, known) == {"gradsight.store.reader", "gradsight.plots"}
+
+
 def test_nothing_imports_the_package_root():
     offenders = sorted(m for m, deps in _graph().items() if "gradsight" in deps and m != "gradsight")
     assert offenders == [], f"modules importing the package root: {offenders}"
@@ -85,7 +85,7 @@ def test_nothing_imports_the_package_root():
 def test_no_module_imports_a_higher_layer():
     bad = []
     for mod, deps in _graph().items():
-        if mod == "gradsight":
+        if mod == "gradsight":  # the package root: the public names of every layer, loaded on first use
             continue
         for dep in deps:
             a, b = _top(mod), _top(dep)
@@ -139,6 +139,12 @@ def _fresh(code: str) -> str:
 
 def test_import_gradsight_loads_neither_torch_nor_matplotlib():
     assert _fresh("import sys, gradsight; print(sorted({'torch', 'matplotlib', 'pandas'} & set(sys.modules)))") == "[]"
+
+
+def test_the_graph_and_the_display_vocabulary_do_not_load_matplotlib():
+    code = ("import sys, gradsight.display; low = sorted({'numpy', 'matplotlib'} & set(sys.modules))\n"
+            "import gradsight.compgraph; print(low, 'matplotlib' in sys.modules)")
+    assert _fresh(code) == "[] False"
 
 
 def test_watch_does_not_load_matplotlib():

@@ -101,7 +101,7 @@ def main() -> int:
             lecture = gs.graph(LectureSimpleResNet(), torch.randn(1, 1, 28, 28))
             lecture.render(HERE / "graph_lecture.png")
             lecture.module_view().render(HERE / "graph_lecture_modules.png")
-            resnet = gs.graph(create_model("resnet20"), torch.randn(2, 3, 32, 32), view="module", max_depth=2)
+            resnet = gs.graph(create_model("resnet20"), torch.randn(2, 3, 32, 32), view="module", max_nesting=2)
             resnet.render(HERE / "graph_resnet20_blocks.png")
             print("wrote graphs")
         from gradsight.report import write_report

@@ -135,7 +135,7 @@ def test_info_ranks_layers_by_their_mean_statistic(capsys, tmp_path):
 
 
 def test_info_shows_the_root_module_by_its_display_name(capsys, tmp_path):
-    from gradsight.store.query import ROOT_DISPLAY_NAME
+    from gradsight.display import ROOT_DISPLAY_NAME
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)  # the model itself is its only layer, named ''

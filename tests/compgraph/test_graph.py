@@ -91,9 +91,23 @@ def test_torchvision_style_inplace_blocks_have_skips_and_a_projection_shortcut()
     assert len(into_add) == 2  # one per block, both adds are the in-place `out += identity`
     shortcut_calls = {by_id[e.dst].call for e in g.skip_edges if by_id[e.dst].call}
     assert {"layer2.0.downsample.0", "layer2.0.downsample.1"} <= shortcut_calls
-    folded = g.module_view(max_depth=1)
+    folded = g.module_view(max_nesting=1)
     assert [n.label for n in folded.nodes if n.kind == "module"] == ["conv1", "bn1", "relu", "layer1", "layer2",
                                                                       "avgpool", "fc"]
+
+
+def test_max_depth_is_a_deprecated_name_of_max_nesting():
+    g = trace(create_model("inplace_resnet"), torch.randn(2, 3, 16, 16), probe=False)
+    with pytest.warns(DeprecationWarning, match="max_nesting") as warned:
+        old = g.module_view(max_depth=1)
+    assert old == g.module_view(max_nesting=1) == g.module_view(1)
+    with pytest.warns(DeprecationWarning, match="max_nesting") as warned_too:
+        old = gs.graph(create_model("inplace_resnet"), torch.randn(2, 3, 16, 16), view="module", max_depth=1,
+                       probe=False)
+    assert [n.label for n in old.nodes] == [n.label for n in g.module_view(1).nodes]
+    assert warned[0].filename == warned_too[0].filename == __file__  # the warning names the caller's line
+    with pytest.raises(TypeError, match="max_nesting only"):
+        g.module_view(max_nesting=1, max_depth=1)
 
 
 def test_plain_network_has_no_skip_edges_and_residual_twin_has_one_per_block():
@@ -276,9 +290,9 @@ def test_pre_ln_transformer_module_view_has_one_node_per_addition_and_no_cycle()
     assert [(e.src, e.dst) for e in view.skip_edges][1:] == [
         ("module:blocks.0[attn]", "module:blocks.0[mlp]"), ("module:blocks.0[mlp]", "module:blocks.1[attn]"),
         ("module:blocks.1[attn]", "module:blocks.1[mlp]")]
-    for depth in (None, 0, 1, 2, 3):
-        assert _cycle(g.module_view(max_depth=depth)) is None, depth
-    assert [n.label for n in g.module_view(max_depth=2).nodes if n.kind == "module"][2:4] == ["blocks.0", "blocks.1"]
+    for nesting in (None, 0, 1, 2, 3):
+        assert _cycle(g.module_view(max_nesting=nesting)) is None, nesting
+    assert [n.label for n in g.module_view(max_nesting=2).nodes if n.kind == "module"][2:4] == ["blocks.0", "blocks.1"]
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
@@ -302,5 +316,5 @@ def test_hugging_face_module_views_have_no_cycle(family):
     if family == "gpt2":
         assert [n.label for n in view.nodes if n.label.endswith("]")] == [
             f"transformer.h.{i}[{b}]" for i in range(2) for b in ("attn", "mlp")]
-    for depth in range(5):
-        assert _cycle(g.module_view(max_depth=depth)) is None, depth
+    for nesting in range(5):
+        assert _cycle(g.module_view(max_nesting=nesting)) is None, nesting

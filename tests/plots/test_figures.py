@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 import gradsight as gs
 from gradsight import plots
-from gradsight.plots.style import NONFINITE_COLOR
+from gradsight.display import NONFINITE_COLOR
 from tests.plots.runs import make_normed_run
 
 LAYERS4 = ["inp", "blocks.fc0", "blocks.fc1", "head"]

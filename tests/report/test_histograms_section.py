@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import gradsight as gs
-from gradsight.plots.style import fmt_value
+from gradsight.display import fmt_value
 from gradsight.report.histograms import headroom_rows, histograms_html
 from gradsight.report.html import write_report
 

@@ -157,7 +157,7 @@ def test_every_first_last_ratio_on_the_page_is_the_one_definition(tmp_path):
     median over steps of the per-step ratio (here 1.5e-4 and 1.5e-5), not the ratio of
     the medians (2.9e-4 and 2.9e-5)."""
     from gradsight.diagnosis.rules import _fmt
-    from gradsight.plots.style import fmt_value
+    from gradsight.display import fmt_value
     from gradsight.store.query import first_last_ratio
 
     run_dirs = []

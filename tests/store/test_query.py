@@ -14,17 +14,15 @@ import gradsight as gs
 from gradsight import plots
 from gradsight.compgraph.nodes import OP, PARAM, Node
 from gradsight.compgraph.structure import Graph
+from gradsight.display import format_time, summary_rows
 from gradsight.report.payload import run_payload
 from gradsight.store import query
 from gradsight.store.view import RunView
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
-    ROOT_DISPLAY_NAME,
-    display_name,
     family_and_depth,
     first_last_ratio,
     first_last_ratios,
-    format_time,
     layer_matrices,
     layer_matrix,
     run_summary,
@@ -189,7 +187,7 @@ def test_run_summary_against_the_store(small_run):
         assert list(s.layers["role"]) == ["weighted"] * 5 + ["head"]
         assert s.start == format_time(run.meta["start_time"]) and s.end == format_time(run.meta["end_time"])
         assert run_summary(run, with_layers=False).layers is None
-    rows = dict(s.rows(base=small_run.parent))
+    rows = dict(summary_rows(s, base=small_run.parent))
     assert rows["run"] == "plain6"
     assert rows["steps recorded"] == "12 (steps 0…11)"
     assert rows["layers"] == "6 (depth order from forward)"
@@ -201,13 +199,6 @@ def test_family_and_depth_from_the_config(small_run, long_run):
         assert family_and_depth(run) == ("plain", 6)
     with gs.open_run(long_run) as run:  # a depth but no family in its config: nothing is guessed
         assert run.config == {"depth": 6} and family_and_depth(run) is None
-
-
-def test_the_root_module_has_one_display_name():
-    assert display_name("") == ROOT_DISPLAY_NAME == "(model)"
-    assert display_name("blocks.fc0") == "blocks.fc0"
-    assert plots.style.short_label("") == ROOT_DISPLAY_NAME
-    assert str(gs.Finding("x", "info", "m", layers=[""])).endswith(f"[{ROOT_DISPLAY_NAME}]")
 
 
 # -- every reader looks at the same steps ----------------------------------------------------

@@ -21,7 +21,7 @@ from gradsight.cli._args import (GRAPH_BATCH, build, forward_errors, input_optio
 @click.option("--view", type=click.Choice(["autograd", "module"]), default="autograd", show_default=True,
               help="autograd: every operation, parameters as leaves; module: operations folded into modules.")
 @click.option("--max-depth", type=click.IntRange(min=0), default=None,
-              help="Module view: fold modules nested deeper than this.")
+              help="Module view: fold modules nested deeper than this many levels (1 = the model's children).")
 @input_options
 @model_arg_option
 @click.option("--no-probe", is_flag=True,
@@ -61,7 +61,7 @@ def command(model_spec: str, output: Path, run_dir: Path | None, stat: str, view
         run = open_run(run_dir)
         require_stat(run, stat, "layer")
     with forward_errors(x.shape):
-        g = graph(model, x, run, stat=stat, view=view, max_depth=max_depth, probe=not no_probe)
+        g = graph(model, x, run, stat=stat, view=view, max_nesting=max_depth, probe=not no_probe)
     if run is not None and not any(n.value is not None for n in g.nodes):
         click.echo(f"note: none of the layers of {run_dir} match the modules of {model_spec}; nodes are not coloured",
                    err=True)

@@ -38,7 +38,8 @@ def command(run: Path, stat: str, roles: tuple[str, ...], top: int) -> None:
 
 def info_text(s: RunSummary, *, top: int = 3) -> str:
     """The lines ``gradsight info`` prints of a run summary."""
-    from gradsight.store.query import display_name, role_label
+    from gradsight.display import display_name
+    from gradsight.store.roles import role_label
 
     steps = s.steps
     lines = [

@@ -1,4 +1,4 @@
-"""DOT text for a :class:`~gradsight.compgraph.structure.Graph`, in pure Python.
+"""DOT text for a computation graph (:class:`~gradsight.compgraph.nodes.GraphData`), in pure Python.
 
 Every string that reaches the DOT text goes through :func:`quote` (quoted IDs and
 labels) or :func:`html_text` (the legend's HTML-like label), so module names
@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import html
 import math
-from typing import TYPE_CHECKING
 
 from gradsight._text import printable
-from gradsight.compgraph.nodes import INPUT, LEAF, MODULE, OP, OUTPUT, PARAM, Node
-from gradsight.plots.style import NONFINITE_COLOR, SKIP_COLOR, LogScale, fmt_value, lut, text_color
-from gradsight.store.query import display_name
-
-if TYPE_CHECKING:
-    from gradsight.compgraph.structure import Graph
+from gradsight.compgraph.nodes import INPUT, LEAF, MODULE, OP, OUTPUT, PARAM, GraphData, Node
+from gradsight.display import NONFINITE_COLOR, SKIP_COLOR, LogScale, display_name, fmt_value, lut, text_color
 
 FONT = "Helvetica,Arial,sans-serif"
 EDGE_COLOR = "#6f6f6f"
@@ -66,7 +61,7 @@ def _shape_text(shape: tuple[int, ...] | None) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
-def node_lines(n: Node, graph: Graph) -> list[str]:
+def node_lines(n: Node, graph: GraphData) -> list[str]:
     """The lines of a node's label."""
     if n.kind in (INPUT, OUTPUT):
         lines = [n.label, _shape_text(n.shape)]
@@ -86,7 +81,7 @@ def node_lines(n: Node, graph: Graph) -> list[str]:
     return [line for line in lines if line]
 
 
-def _tooltip(n: Node, graph: Graph) -> str:
+def _tooltip(n: Node, graph: GraphData) -> str:
     parts = [n.label]
     if n.kind == MODULE and n.type:
         parts.append(n.type)
@@ -97,7 +92,7 @@ def _tooltip(n: Node, graph: Graph) -> str:
     return "\n".join(parts)
 
 
-def _legend(graph: Graph, scale: LogScale | None, has_nonfinite: bool) -> _HTMLLabel | None:
+def _legend(graph: GraphData, scale: LogScale | None, has_nonfinite: bool) -> _HTMLLabel | None:
     rows = []
     if scale is not None:
         colors = lut()
@@ -115,7 +110,7 @@ def _legend(graph: Graph, scale: LogScale | None, has_nonfinite: bool) -> _HTMLL
     if has_nonfinite:
         rows.append(f'<TR><TD BGCOLOR="{NONFINITE_COLOR}" COLSPAN="2"></TD>'
                     '<TD COLSPAN="8" ALIGN="LEFT">non-finite</TD></TR>')
-    if graph.skip_edges:
+    if any(e.skip for e in graph.edges):
         rows.append(f'<TR><TD COLSPAN="10" ALIGN="LEFT"><FONT COLOR="{SKIP_COLOR}">- - - &gt;</FONT>'
                     " skip connection</TD></TR>")
     if not rows:
@@ -124,7 +119,7 @@ def _legend(graph: Graph, scale: LogScale | None, has_nonfinite: bool) -> _HTMLL
                       + "".join(rows) + "</TABLE>")
 
 
-def to_dot(graph: Graph, *, rankdir: str = "TB", legend: bool = True, title: bool = True) -> str:
+def to_dot(graph: GraphData, *, rankdir: str = "TB", legend: bool = True, title: bool = True) -> str:
     """DOT text of ``graph``.
 
     Args:

@@ -2,33 +2,45 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
-from gradsight.compgraph.nodes import MODULE, OP, PARAM, Edge, Node, combine_values
+from gradsight.compgraph.nodes import MODULE, OP, PARAM, Call, Edge, GraphData, Node, combine_values
 
-if TYPE_CHECKING:
-    from gradsight.compgraph.structure import Graph
+G = TypeVar("G", bound=GraphData)
 
 
-def _level(call) -> int:
-    """Nesting depth of a call; an addition's call (``block[attn]``) is one below its block."""
+def nesting_argument(max_nesting: int | None, max_depth: int | None, *, stacklevel: int = 3) -> int | None:
+    """``max_nesting``, or ``max_depth``, its deprecated name (a ``DeprecationWarning``: "depth"
+    is a layer's place in forward order, not how deeply a module is nested)."""
+    if max_depth is None:
+        return max_nesting
+    if max_nesting is not None:
+        raise TypeError("give max_nesting only (max_depth is its deprecated name)")
+    warnings.warn("max_depth= is deprecated: use max_nesting= (how many module levels the view keeps)",
+                  DeprecationWarning, stacklevel=stacklevel)
+    return max_depth
+
+
+def _level(call: Call) -> int:
+    """Nesting level of a call; an addition's call (``block[attn]``) is one below its block."""
     return call.level + (1 if call.module.endswith("]") else 0)
 
 
-def _folded_key(key: str, calls: dict, max_depth: int | None) -> str:
-    """The call ``key`` belongs to at ``max_depth``: its ancestor at that nesting level, or the
+def _folded_key(key: str, calls: dict[str, Call], max_nesting: int | None) -> str:
+    """The call ``key`` belongs to at ``max_nesting``: its ancestor at that nesting level, or the
     call itself (or its ancestor) that runs directly inside a call above that level."""
-    if max_depth is None:
+    if max_nesting is None:
         return key
     call = calls[key]
-    # a parent above max_depth (a ModuleList between them never runs) does not swallow the call
-    while _level(call) > max_depth and call.parent is not None and _level(calls[call.parent]) >= max_depth:
+    # a parent above max_nesting (a ModuleList between them never runs) does not swallow the call
+    while _level(call) > max_nesting and call.parent is not None and _level(calls[call.parent]) >= max_nesting:
         call = calls[call.parent]
     return call.key
 
 
-def _own_segments(graph: Graph, calls: dict, folded: dict[str, str]) -> dict[str, str]:
+def _own_segments(graph: GraphData, calls: dict[str, Call], folded: dict[str, str]) -> dict[str, str]:
     """``node id -> "~i"`` for the operations a container call runs itself (and no other call is
     folded into), when they fall in several pieces not joined by an edge (a model that adds its embeddings first and reshapes
     its output last): piece ``i >= 1`` becomes a node of its own, so the view has no cycle
@@ -58,14 +70,15 @@ def _own_segments(graph: Graph, calls: dict, folded: dict[str, str]) -> dict[str
     return {i: f"~{pieces[own[i]].index(find(i))}" for i in own if pieces[own[i]].index(find(i)) > 0}
 
 
-def fold(graph: Graph, max_depth: int | None = None) -> Graph:
-    """Module-level view of an autograd ``graph``; see :meth:`Graph.module_view`."""
+def fold(graph: G, max_nesting: int | None = None) -> G:
+    """Module-level view of an autograd ``graph`` (a copy of it, ``dataclasses.replace``); see
+    :meth:`~gradsight.compgraph.structure.Graph.module_view`."""
     if graph.view != "autograd":
         raise ValueError("module_view needs the autograd-level graph")
-    if max_depth is not None and max_depth < 0:
-        raise ValueError(f"max_depth must be >= 0, got {max_depth}")
+    if max_nesting is not None and max_nesting < 0:
+        raise ValueError(f"max_nesting must be >= 0, got {max_nesting}")
     calls = {c.key: c for c in graph.calls}
-    folded = {c.key: _folded_key(c.key, calls, max_depth) for c in graph.calls}
+    folded = {c.key: _folded_key(c.key, calls, max_nesting) for c in graph.calls}
     layers_with_params = {n.layer for n in graph.nodes if n.kind == PARAM}
     layer_value: dict[str, float] = {}
     layer_first: dict[str, int] = {}
@@ -80,7 +93,7 @@ def fold(graph: Graph, max_depth: int | None = None) -> Graph:
     members: dict[str, list[Node]] = {}
     for n in graph.nodes:
         key = n.call if n.kind in (OP, PARAM) else None
-        if key is not None and key in calls and (key != "" or max_depth == 0):
+        if key is not None and key in calls and (key != "" or max_nesting == 0):
             gid = "module:" + folded[key] + segment.get(n.id, "")
         elif n.kind == PARAM:
             gid = n.id  # a parameter of a module that never ran

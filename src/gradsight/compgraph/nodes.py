@@ -1,10 +1,12 @@
 """The nodes of a computation graph: :class:`Node`, :class:`Edge`, :class:`Call` and the
-node kinds, as plain data shared by the graph, its folding and its drawing."""
+node kinds, as plain data shared by the graph, its folding and its drawing, and
+:class:`GraphData`, what folding and drawing read of a graph."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 #: Node kinds.
 INPUT, OUTPUT, PARAM, LEAF, OP, MODULE = "input", "output", "param", "leaf", "op", "module"
@@ -95,5 +97,20 @@ class Call:
 
     @property
     def level(self) -> int:
-        """Nesting depth of the module: 0 for the model, 1 for its children, ..."""
+        """Nesting level of the module: 0 for the model, 1 for its children, ..."""
         return 0 if self.module == "" else self.module.count(".") + 1
+
+
+class GraphData(Protocol):
+    """A computation graph as folding (:mod:`~gradsight.compgraph.fold`) and drawing
+    (:mod:`~gradsight.compgraph.dot`) read it: the fields of
+    :class:`~gradsight.compgraph.structure.Graph`, which builds on them, so that they need
+    not import it."""
+
+    nodes: list[Node]
+    edges: list[Edge]
+    calls: list[Call]
+    view: str
+    stat: str | None
+    stat_label: str | None
+    title: str

@@ -5,7 +5,9 @@ A :class:`Graph` is plain data with deterministic ids, built by
 :func:`gradsight.compgraph.trace.trace` from one forward pass. Edges point in the
 forward direction (from an input, parameter or earlier operation to the operation
 that consumes it); gradients flow against them. Drawing lives elsewhere
-(:mod:`gradsight.compgraph.dot`, :mod:`gradsight.compgraph.render`).
+(:mod:`gradsight.compgraph.dot`, :mod:`gradsight.compgraph.render`) and so does folding
+(:mod:`gradsight.compgraph.fold`): functions of the graph's data
+(:class:`~gradsight.compgraph.nodes.GraphData`) that the methods here call.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gradsight.compgraph.dot import to_dot
-from gradsight.compgraph.fold import fold
+from gradsight.compgraph.fold import fold, nesting_argument
 from gradsight.compgraph.nodes import PARAM, Call, Edge, Node, combine_values
 from gradsight.compgraph.render import dot_to_svg, render
 from gradsight.store.view import DEFAULT_MAX_STEPS, step_sample, view_of
@@ -103,12 +105,14 @@ class Graph:
         return self.with_values(values, stat, f"{stat}, mean over {shown} steps of {view.name}")
 
     # -- views ----------------------------------------------------------------------
-    def module_view(self, max_depth: int | None = None) -> Graph:
+    def module_view(self, max_nesting: int | None = None, *, max_depth: int | None = None) -> Graph:
         """Fold operations into the module calls that ran them.
 
         Args:
-            max_depth: fold modules nested deeper than this into their ancestor at
-                this depth (1 = the model's children); None keeps the innermost module.
+            max_nesting: fold modules nested deeper than this many levels into their
+                ancestor at that level (1 = the model's children); None keeps the
+                innermost module.
+            max_depth: deprecated name of ``max_nesting``.
 
         Returns:
             A graph with ``view="module"``: inputs, outputs and one node per module
@@ -117,7 +121,7 @@ class Graph:
             top level) stay single nodes. Skip edges stay skip edges.
         """
 
-        return fold(self, max_depth)
+        return fold(self, nesting_argument(max_nesting, max_depth))
 
     # -- drawing --------------------------------------------------------------------
     def to_dot(self, **kwargs: Any) -> str:

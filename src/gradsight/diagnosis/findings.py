@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from gradsight.store.query import display_name
+from gradsight.display import display_name
 
 
 class Severity(str, enum.Enum):

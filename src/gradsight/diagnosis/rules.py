@@ -11,8 +11,9 @@ import pandas as pd
 
 from gradsight.diagnosis.findings import Finding
 from gradsight.diagnosis.thresholds import Thresholds
+from gradsight.display import display_name
 from gradsight.stats.formats import FORMAT_RANGES
-from gradsight.store.query import display_name, first_last_columns, first_last_ratios, positive
+from gradsight.store.query import first_last_columns, first_last_ratios, positive
 from gradsight.store.roles import Role
 from gradsight.store.schema import Level
 from gradsight.store.view import RunSource, RunView, view_of

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from gradsight.store.query import display_name
+from gradsight.display import display_name
 
 Key = tuple[str, str, str]
 Listener = Callable[[int, list[Key], np.ndarray], None]
@@ -23,7 +23,7 @@ def scalar_tag(level: str, name: str, stat: str) -> str:
     ``("layer", "features.0", "grad_norm") -> "layer/grad_norm/features.0"``,
     ``("model", "", "grad_norm") -> "model/grad_norm"``,
     ``("metric", "loss", "loss") -> "metric/loss"``; the root module (name ``""``)
-    of a non-model level is ``(model)`` (:data:`~gradsight.store.query.ROOT_DISPLAY_NAME`).
+    of a non-model level is ``(model)`` (:data:`~gradsight.display.ROOT_DISPLAY_NAME`).
     """
     if level == "metric":
         return f"metric/{name or stat}"

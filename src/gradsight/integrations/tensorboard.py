@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gradsight.display import display_name
 from gradsight.integrations._tap import Key, scalar_tag, select
-from gradsight.store.query import display_name
 
 #: Prefix of the histogram tags.
 HISTOGRAM_PREFIX = "param_distribution"

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.ticker import LogFormatter, ScalarFormatter
 
-from gradsight.plots.style import NONFINITE_COLOR, fmt_value, short_labels
+from gradsight.display import NONFINITE_COLOR, fmt_value, short_labels
 
 F = TypeVar("F", bound=Callable[..., Figure])
 

@@ -22,8 +22,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from gradsight.display import PALETTE, family_looks
 from gradsight.plots._figure import new_axes, no_data, styled, tidy_log_axis
-from gradsight.plots.style import PALETTE, family_looks
 from gradsight.store.query import (
     DEFAULT_ROLES,
     DEFAULT_STAT,
@@ -32,10 +32,10 @@ from gradsight.store.query import (
     family_and_depth,
     first_last_ratio,
     layer_profile,
-    role_label,
     view_roles,
 )
 from gradsight.store.reader import Run
+from gradsight.store.roles import role_label
 from gradsight.store.view import RunView, view_of
 
 Runs = Union[Sequence[Union[RunView, Run, str, Path]], Mapping[str, Union[RunView, Run, str, Path]]]

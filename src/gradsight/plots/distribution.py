@@ -9,8 +9,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from gradsight.display import CMAP, NONFINITE_COLOR, PALETTE, plural, short_label
 from gradsight.plots._figure import mark_nonfinite_x, new_axes, no_data, styled, tidy_log_axis
-from gradsight.plots.style import CMAP, NONFINITE_COLOR, PALETTE, plural, short_label
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     DEFAULT_ROLES,
@@ -21,10 +21,10 @@ from gradsight.store.query import (
     layer_matrix,
     nonfinite_events,
     positive,
-    role_label,
     run_label,
     view_roles,
 )
+from gradsight.store.roles import role_label
 from gradsight.store.view import view_of
 
 #: The customary healthy size of one update relative to the weights (Karpathy's "update:data ratio").

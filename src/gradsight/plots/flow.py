@@ -17,8 +17,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from gradsight.display import NONFINITE_COLOR, plural
 from gradsight.plots._figure import layer_ticks, new_axes, no_data, styled, tidy_log_axis
-from gradsight.plots.style import NONFINITE_COLOR, plural
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     DEFAULT_ROLES,
@@ -29,11 +29,11 @@ from gradsight.store.query import (
     layer_matrix,
     nonfinite_events,
     positive,
-    role_label,
     run_label,
     step_sample,
     view_roles,
 )
+from gradsight.store.roles import role_label
 
 #: Steps a gradient-flow figure overlays unless told otherwise (evenly spaced, first and last included).
 OVERLAID_STEPS = 5

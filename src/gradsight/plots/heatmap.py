@@ -8,8 +8,8 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from gradsight.display import CMAP, MISSING_COLOR, NONFINITE_COLOR, plural
 from gradsight.plots._figure import layer_ticks, new_axes, no_data, styled
-from gradsight.plots.style import CMAP, MISSING_COLOR, NONFINITE_COLOR, plural
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     DEFAULT_ROLES,
@@ -20,11 +20,11 @@ from gradsight.store.query import (
     layer_matrix,
     nonfinite_events,
     positive,
-    role_label,
     run_label,
     step_sample,
     view_roles,
 )
+from gradsight.store.roles import role_label
 
 
 @styled

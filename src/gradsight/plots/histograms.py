@@ -12,11 +12,11 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from gradsight.display import CMAP, MISSING_COLOR, PALETTE, display_name
 from gradsight.plots._figure import new_axes, no_data, styled
-from gradsight.plots.style import CMAP, MISSING_COLOR, PALETTE
 from gradsight.stats.formats import FORMAT_RANGES
 from gradsight.store import histograms as store_histograms
-from gradsight.store.query import display_name, run_label, step_sample
+from gradsight.store.query import run_label, step_sample
 from gradsight.store.schema import Level
 from gradsight.store.view import view_of
 

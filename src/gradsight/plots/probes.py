@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from gradsight.plots._figure import new_axes, styled, tidy_log_axis
-from gradsight.plots.style import PALETTE
+from gradsight.display import PALETTE
 
 if TYPE_CHECKING:
     from gradsight.probes.paths import PathLengthResult

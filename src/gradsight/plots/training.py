@@ -28,7 +28,7 @@ from matplotlib.ticker import FuncFormatter
 
 from gradsight.plots._figure import no_data, styled, tidy_log_axis
 from gradsight.plots.flow import flow
-from gradsight.plots.style import family_looks
+from gradsight.display import family_looks
 from gradsight.store.query import DEFAULT_ROLES, family_and_depth, layer_matrix, positive, view_roles
 from gradsight.store.reader import Run
 from gradsight.store.view import RunSource, RunView, view_of
@@ -109,7 +109,7 @@ def grad_flow(run: RunSource, *, stat: str = "grad_norm", steps: Sequence[int] |
 
 
 def _look(runs: Sequence[RunView]) -> list[tuple[str, str]]:
-    """Per run, its colour and line style (see :func:`~gradsight.plots.style.family_looks`)."""
+    """Per run, its colour and line style (see :func:`~gradsight.display.family_looks`)."""
     return family_looks([family_and_depth(run) or (f"({run.name})", 0) for run in runs])
 
 

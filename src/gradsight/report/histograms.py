@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from gradsight.display import fmt_value
 from gradsight.plots.histograms import log2_histograms
-from gradsight.plots.style import fmt_value
 from gradsight.stats.formats import FORMAT_RANGES, OVERFLOW_STATS, UNDERFLOW_STATS
 from gradsight.store.view import RunSource, view_of
 from gradsight.store.schema import Level

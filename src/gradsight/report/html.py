@@ -28,9 +28,19 @@ import pandas as pd
 
 from gradsight.compgraph.nodes import GRAPH_FILE
 from gradsight.compgraph.structure import Graph
+from gradsight.display import (
+    MISSING_COLOR,
+    NONFINITE_COLOR,
+    PALETTE,
+    ROOT_DISPLAY_NAME,
+    display_name,
+    display_path,
+    fmt_value,
+    lut,
+    shade,
+)
 from gradsight.plots.compare import depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
-from gradsight.plots.style import MISSING_COLOR, NONFINITE_COLOR, PALETTE, fmt_value, lut, shade
 from gradsight.report.histograms import histograms_html
 from gradsight.report.payload import CELL_BUDGET, DiagnosisJob, RunPayload, results_table, run_payload
 from gradsight.report.static import CSS, JS
@@ -39,9 +49,6 @@ from gradsight.store.query import (
     DEFAULT_ROLES,
     DEFAULT_STAT,
     RATIO_DEFINITION,
-    ROOT_DISPLAY_NAME,
-    display_name,
-    display_path,
     expand_runs,
     first_last_ratio,
 )
@@ -119,10 +126,10 @@ def _graph_html(run: RunView, graph: Graph, stat: str) -> str:
         log.warning("could not colour the graph by %s: %s", stat, exc)
     if graph.view == "autograd" and len(graph.nodes) > GRAPH_MAX_NODES:
         full, graph = graph, graph.module_view()
-        for depth in (3, 2, 1):
+        for nesting in (3, 2, 1):
             if len(graph.nodes) <= GRAPH_MAX_NODES:
                 break
-            graph = full.module_view(depth)
+            graph = full.module_view(nesting)
     dot = graph.to_dot()
     parts = [f'<p class="note">{esc(graph.title)}: {len(graph.nodes)} nodes ({esc(graph.view)} view), '
              f"{len(graph.skip_edges)} skip-connection edges (dashed, orange); nodes coloured by "

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from gradsight.diagnosis import diagnose
+from gradsight.display import fmt_value, summary_rows
 from gradsight.plots.flow import OVERLAID_STEPS
-from gradsight.plots.style import fmt_value
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     DEFAULT_ROLES,
@@ -170,7 +170,7 @@ def run_payload(run: RunView | Run, index: int, *, stat: str = DEFAULT_STAT, cel
         metrics[str(name)] = _line(g.sort_values("step"))
 
     family, depth = family_and_depth(run) or (None, None)
-    summary = run_summary(run, stat, with_layers=False).rows(base)
+    summary = summary_rows(run_summary(run, stat, with_layers=False), base)
     for name, line in metrics.items():
         if line["last"] is not None:
             summary.append((f"{name} (last)", fmt_value(line["last"], 4) + f" at step {line['steps'][-1]}"))

@@ -15,7 +15,8 @@ comparison tables read runs through these functions, so they agree on
   :func:`first_last_ratio` (one number for a run), over the weighted layers in forward
   order (:data:`RATIO_DEFINITION`).
 - one family and depth of a run, from its recorded metadata only (:func:`family_and_depth`).
-- one run summary: :func:`run_summary`, with one time format (:func:`format_time`).
+- one run summary: :func:`run_summary` (shown as text by :func:`gradsight.display.summary_rows`,
+  with one time format, :func:`gradsight.display.format_time`).
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import pandas as pd
 
-from gradsight.store.reader import Run, column_order, forward_order, list_runs, open_run
-from gradsight.store.roles import Role, as_roles
+# the display vocabulary lives in gradsight.display; its names stay importable from here
+from gradsight.display import ROOT_DISPLAY_NAME, display_name, display_path, format_time, summary_rows  # noqa: F401
+from gradsight.store.reader import Run, column_order, forward_order, list_runs, open_run  # noqa: F401
+from gradsight.store.roles import Role, as_roles, role_label  # noqa: F401
 from gradsight.store.schema import DB_NAME, Level
 from gradsight.store.view import DEFAULT_MAX_STEPS, RunSource, RunView, long_rows, step_sample, view_of
 
@@ -42,8 +44,6 @@ RunLike = Union[RunView, Run, str, Path, pd.DataFrame]
 #: Levels that hold one row per module (layers, and modules/blocks from activation hooks).
 MODULE_LEVELS = Level.PER_MODULE
 
-#: How the root module (the model itself, whose qualified name is ``""``) is shown.
-ROOT_DISPLAY_NAME = "(model)"
 
 #: The statistic depth views show unless told otherwise: size-normalised, so a layer's
 #: value does not grow with its number of elements.
@@ -88,11 +88,6 @@ def _steps_of(view: RunView, max_steps: int | None, steps: Sequence[int] | None)
     if max_steps is None:
         return "all"
     return step_sample(view.steps, max_steps)
-
-
-def display_name(name: str) -> str:
-    """A module's qualified name for display: the root module as :data:`ROOT_DISPLAY_NAME`."""
-    return name or ROOT_DISPLAY_NAME
 
 
 def expand_runs(paths: Iterable[Run | str | Path]) -> list[Run]:
@@ -288,16 +283,6 @@ def view_roles(data: RunLike, role: Roles = DEFAULT_ROLES, level: str = Level.LA
     return None
 
 
-def role_label(roles: Roles) -> str:
-    """How a figure names the layers it shows: ``'weighted layers and head'``, ``'all layers'`` ..."""
-    roles = as_roles(roles)
-    if roles is None:
-        return "all layers"
-    if tuple(roles) == tuple(DEFAULT_ROLES):
-        return "weighted layers and head"
-    return " + ".join(roles) + " layers"
-
-
 def first_last_columns(matrix: pd.DataFrame) -> tuple[str, str] | None:
     """The first and the last layer of a steps x names table as :func:`first_last_ratios`
     takes them: the first and last columns holding a positive finite value at any step
@@ -416,14 +401,6 @@ def family_and_depth(run: Run | RunView) -> tuple[str, int] | None:
         return None
 
 
-def format_time(t: Any) -> str:
-    """A unix time as ``YYYY-mm-dd HH:MM:SS`` (local time), ``-`` when unknown."""
-    try:
-        return datetime.fromtimestamp(float(t)).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "-"
-
-
 @dataclass
 class RunSummary:
     """What one looks at first about a run (see :func:`run_summary`)."""
@@ -451,31 +428,10 @@ class RunSummary:
     details: dict[str, str] = field(default_factory=dict)  # optimizer, device, amp, torch version, schedule
 
     def rows(self, base: Path | None = None) -> list[tuple[str, str]]:
-        """``(label, text)`` pairs, the run's path shown relative to ``base`` when inside it."""
-        status = self.status + (f" ({self.error})" if self.error else "")
-        when = f"{self.start} → {self.end}" + (f" ({self.duration_s:.1f} s)" if self.duration_s is not None else "")
-        out = [
-            ("run", display_path(self.path, base)),
-            ("model", self.model),
-            ("status", status),
-            ("time", when),
-            ("parameters", f"{self.num_params:,} ({self.num_trainable:,} trainable, {self.num_tensors} tensors)"),
-            ("layers", f"{self.num_layers} (depth order from {self.depth_source})"),
-            *([("layer roles", ", ".join(f"{n} {r}" for r, n in self.role_counts.items()))] if self.role_counts else []),
-            ("steps recorded", f"{len(self.steps):,}" + (f" (steps {self.steps[0]}…{self.steps[-1]})" if self.steps else "")),
-        ]
-        out += list(self.details.items())
-        return out
-
-
-def display_path(path: Path, base: Path | None) -> str:
-    """``path`` relative to ``base`` when inside it, else as is."""
-    if base is not None:
-        try:
-            return str(path.resolve().relative_to(base.resolve()))
-        except ValueError:
-            pass
-    return str(path)
+        """Deprecated: :func:`gradsight.display.summary_rows` (the rows are display, not data)."""
+        warnings.warn("RunSummary.rows(base) is deprecated: use gradsight.display.summary_rows(summary, base)",
+                      DeprecationWarning, stacklevel=2)
+        return summary_rows(self, base)
 
 
 def run_summary(data: RunSource, stat: str = DEFAULT_STAT, *, with_layers: bool = True,

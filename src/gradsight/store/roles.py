@@ -141,6 +141,16 @@ def as_roles(role: str | Iterable[str] | None) -> tuple[str, ...] | None:
     return roles
 
 
+def role_label(roles: str | Iterable[str] | None) -> str:
+    """How a figure names the layers it shows: ``'weighted layers and head'``, ``'all layers'`` ..."""
+    roles = as_roles(roles)
+    if roles is None:
+        return "all layers"
+    if tuple(roles) == Role.DEPTH:
+        return "weighted layers and head"
+    return " + ".join(roles) + " layers"
+
+
 def row_roles(rows: Sequence[tuple[str, int | None, str, str]], numel: Mapping[str, int],
               aliased: Collection[str]) -> list[tuple[str, int]]:
     """``(role, tied)`` of every row of the ``layers`` table.
