@@ -15,7 +15,7 @@ SRC = Path(gradsight.__file__).resolve().parent
 
 #: Lower layers never import higher ones (a module may import its own layer and below).
 LAYERS = {
-    "_errors": 0, "_version": 0, "_text": 0, "display": 0, "schedules": 0, "stats": 0,
+    "_errors": 0, "_files": 0, "_version": 0, "_text": 0, "display": 0, "schedules": 0, "stats": 0,
     "store": 1, "data": 1, "models": 1,
     "instrument": 2,
     "probes": 3, "diagnosis": 3, "integrations": 3, "compgraph": 3,

@@ -109,3 +109,10 @@ def test_probe_leaves_batchnorm_running_statistics_as_they_were():
 def test_probe_takes_the_registered_input_shape_by_default():
     table = probe(gs.models.create_model("resmlp", depth=6, width=8, in_features=6), batch_size=4)
     assert table[table.kind == "block"].name.tolist() == ["body.block0", "body.block1"]
+
+
+def test_probe_is_exported_by_the_probes_package_as_path_lengths_and_shattering_are() -> None:
+    import gradsight.probes
+
+    assert {"path_lengths", "probe", "shattering"} <= set(gradsight.probes.__all__)
+    assert gradsight.probes.probe is gs.probe is probe

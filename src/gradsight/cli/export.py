@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from gradsight._files import atomic_path
 from gradsight.cli import UserError
 from gradsight.cli._args import require_stat
 from gradsight.cli.plot import ROLE_CHOICES
@@ -49,16 +50,11 @@ def command(run: Path, fmt: str, output: Path, level: tuple[str, ...], stat: tup
         for name in stat:
             require_stat(r, name)
         df = r.frame(level=list(level) or None, stat=list(stat) or None, role=role)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".partial")
-    try:
+    with atomic_path(output) as partial:
         if fmt == "csv":
-            df.to_csv(tmp, index=False)
+            df.to_csv(partial, index=False)
         else:
-            df.to_parquet(tmp, index=False)
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
+            df.to_parquet(partial, index=False)
     click.echo(f"wrote {len(df):,} rows to {output}")
 
 

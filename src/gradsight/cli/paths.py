@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from gradsight._files import save_figure
 from gradsight.cli import UserError
 from gradsight.cli._args import build, input_options, model_arg_option, parse_shape, resolve_input
 
@@ -89,5 +90,5 @@ def command(model_spec: str, output: Path | None, samples: int, input_shape: str
 
         fig = plot_path_lengths(result, title=f"{model_spec}: gradient per path length "
                                 f"({result.n_blocks} blocks, {samples} samples per length)")
-        fig.savefig(output, dpi=120)
+        save_figure(fig, output, dpi=120)
         click.echo(f"wrote {output}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from gradsight._files import save_figure
 from gradsight.cli import UserError
 from gradsight.cli._args import require_stat
 
@@ -61,8 +62,7 @@ def command(runs: tuple[Path, ...], stat: str | None, kind: str, level: str, rol
         raise UserError(f"--role does not apply to --kind {kind}; it applies to {', '.join(ROLE_KINDS)}")
     with matplotlib.rc_context(STYLE):
         fig = _figure(expand_runs(runs), stat, kind, level, steps, title, roles)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(output, dpi=150, bbox_inches="tight")
+        save_figure(fig, output, dpi=150, bbox_inches="tight")
     click.echo(f"wrote {output}")
 
 

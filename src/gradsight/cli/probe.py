@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from gradsight._files import atomic_path, save_figure
 from gradsight.cli import UserError
 from gradsight.cli._args import build, input_options, model_arg_option, parse_shape, resolve_input
 
@@ -56,12 +57,12 @@ def command(model_spec: str, input_shape: str | None, input_dtype: str | None, v
     cols = [c for c in cols if rows[c].notna().any()]
     click.echo(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3e}"))
     if csv_path is not None:
-        table.to_csv(csv_path, index=False)
+        with atomic_path(csv_path) as partial:
+            table.to_csv(partial, index=False)
         click.echo(f"table written to {csv_path}")
     if output is not None:
         from gradsight.plots.probes import plot_signal_propagation
 
         fig = plot_signal_propagation(table, title=f"{model_spec}: signal propagation at initialization")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(output, dpi=120)
+        save_figure(fig, output, dpi=120)
         click.echo(f"figure written to {output}")

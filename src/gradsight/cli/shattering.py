@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from gradsight._files import save_figure
 from gradsight.cli import UserError
 from gradsight.cli._args import parse_int_list
 
@@ -67,5 +68,5 @@ def command(depths: str, blocks: str, width: int, points: int, norm: str, seed: 
 
         fig = plot_shattering(results)
         fig.suptitle(f"dy/dx at initialization (width {width}, norm={norm}, seed {seed})", fontsize=10)
-        fig.savefig(output, dpi=120)
+        save_figure(fig, output, dpi=120)
         click.echo(f"wrote {output}")

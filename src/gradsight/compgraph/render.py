@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from gradsight._files import write_bytes, write_text
+
 log = logging.getLogger(__name__)
 
 #: Output formats passed to ``dot -T``.
@@ -61,17 +63,14 @@ def render(dot_text: str, path: str | Path, *, fmt: str | None = None) -> Path:
     """
     path = Path(path)
     fmt = (fmt or path.suffix.lstrip(".") or "svg").lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt in ("dot", "gv"):
-        path.write_text(dot_text, encoding="utf-8")
-        return path
+        return write_text(path, dot_text)
     if fmt not in FORMATS:
         raise ValueError(f"cannot render to .{fmt}: use .svg, .png, .pdf or .dot")
     if dot_binary() is None:
         dot_path = path.with_suffix(".dot")
-        dot_path.write_text(dot_text, encoding="utf-8")
+        write_text(dot_path, dot_text)
         log.warning("Graphviz 'dot' not found; wrote %s instead. Render it with: dot -T%s %s -o %s (%s)",
                     dot_path, fmt, dot_path, path, INSTALL_HINT)
         return dot_path
-    path.write_bytes(run_dot(dot_text, fmt))
-    return path
+    return write_bytes(path, run_dot(dot_text, fmt))

@@ -235,9 +235,5 @@ class ForwardOrder:
         """Those of ``names`` that the observed forward pass did not run (or use); all before it."""
         return [n for n in names if not self.done or n not in self._seen_set]
 
-    def exec_index(self) -> dict[str, int]:
-        """Global first-execution index of every module (registration order if unknown)."""
-        return {n: i for i, n in enumerate(self.rank(self._registration))}
-
     def remove(self) -> None:
         self._hooks.remove(self.TAG)

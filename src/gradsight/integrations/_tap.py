@@ -7,14 +7,11 @@ listener with ``(step, keys, values)`` where ``keys[i] = (level, name, stat)`` n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-import numpy as np
+from collections.abc import Sequence
 
 from gradsight.display import display_name
 
 Key = tuple[str, str, str]
-Listener = Callable[[int, list[Key], np.ndarray], None]
 
 
 def scalar_tag(level: str, name: str, stat: str) -> str:

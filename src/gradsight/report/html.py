@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from gradsight._files import write_text
 from gradsight.compgraph.nodes import GRAPH_FILE
 from gradsight.compgraph.structure import Graph
 from gradsight.display import (
@@ -403,12 +404,4 @@ def write_report(runs: Iterable[Run | str | Path], path: str | Path, **kwargs: A
     """Write :func:`build_report` to ``path`` (atomically) and return the path."""
     path = Path(path)
     kwargs.setdefault("base", path.parent)
-    text = build_report(runs, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # nothing half-written stays behind when writing fails
-    return path
+    return write_text(path, build_report(runs, **kwargs))
