@@ -39,6 +39,7 @@ from torch.utils import _pytree as pytree
 
 from gradsight.compgraph.nodes import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge, Node
 from gradsight.compgraph.structure import Graph
+from gradsight.instrument.outputs import main_output
 from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
 
 
@@ -117,7 +118,7 @@ class _CallRecorder:
         call["outputs"] = outputs
         call["end"] = self.counter
         self.counter += 1
-        y = _first_tensor(output)
+        y = main_output(output)
         if y is not None and y.grad_fn is not None:
             splits = find_residual_additions(y.grad_fn, call["stops"], skip=self.claimed)
             if not self.stack:  # the model's own forward
@@ -130,10 +131,6 @@ class _CallRecorder:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-
-
-def _first_tensor(obj: Any) -> torch.Tensor | None:
-    return next((t for t in pytree.tree_leaves(obj) if isinstance(t, torch.Tensor)), None)
 
 
 def _input_edges(obj: Any) -> list[Any]:

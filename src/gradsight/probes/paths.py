@@ -45,8 +45,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradsight.instrument.activations import ActivationRecorder, block_owner, first_tensor
+from gradsight.instrument.activations import ActivationRecorder, block_owner
 from gradsight.instrument.hooks import HookRegistry
+from gradsight.instrument.outputs import main_output
 from gradsight.instrument.residual import ResidualSplit
 from gradsight.models import info_of
 from gradsight.probes._state import state_restored
@@ -240,7 +241,7 @@ class _PathGates:
             raise ValueError(f"the residual addition of {', '.join(missing)} was not found in this forward pass")
         (start,) = self.starts
         self.starts = []
-        output = first_tensor(output)
+        output = main_output(output)
         if output is None or not output.requires_grad:
             return torch.zeros_like(start)
         if output_grad is None:
@@ -340,7 +341,7 @@ def path_lengths(
     n = len(blocks)
     if output_grad is None:
         with torch.no_grad(), state_restored(model):
-            output = first_tensor(model(inputs))
+            output = main_output(model(inputs))
         output_grad = torch.randn(output.shape, generator=generator, dtype=torch.float64)
         output_grad = (output_grad / output_grad.norm()).to(output)
     magnitudes = torch.empty(n + 1, samples, dtype=torch.float64)

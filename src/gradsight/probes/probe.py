@@ -15,9 +15,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from gradsight.instrument.activations import ACT_STATS, BLOCK_STATS, ActivationRecorder, first_tensor
+from gradsight.instrument.activations import ACT_STATS, BLOCK_STATS, ActivationRecorder
 from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.layers import ForwardOrder
+from gradsight.instrument.outputs import main_output
 from gradsight.models import info_of
 from gradsight.probes._state import state_restored
 
@@ -86,7 +87,7 @@ def probe(
         with torch.enable_grad(), state_restored(model):
             if not x.requires_grad and x.is_floating_point():
                 x = x.detach().requires_grad_(True)  # so the first block's input has a gradient edge
-            out = first_tensor(model(x))
+            out = main_output(model(x))
             if out is None:
                 raise ValueError("the model's output holds no floating-point tensor")
             grad = torch.randn(out.shape, generator=gen).to(out.device, out.dtype)
