@@ -420,16 +420,13 @@ def _mark_skips(nodes: list[Node], edges: list[Edge], node_id: dict[int, str],
 
 def trace_inputs_for(model: nn.Module, batch: int = 2) -> torch.Tensor:
     """A random batch of ``batch`` samples of what a registered model takes
-    (``model.model_info``, see :class:`gradsight.models.ModelInfo`): unit-Gaussian floats, or
-    token ids for a language model.
+    (:func:`gradsight.models.sample_input` of ``model.model_info``): unit-Gaussian floats, or
+    token ids for a language model, on the device of the model's parameters.
 
     Raises:
-        ValueError: ``model`` was not built by the model registry, so its input is not known.
+        UnknownInputError: ``model`` was not built by the model registry, so its input is not
+            known (a ``ValueError``).
     """
-    from gradsight.models import info_of
+    from gradsight.models.info import sample_input
 
-    info = info_of(model)
-    if info is None or info.input_shape is None:
-        raise ValueError(f"the input of {type(model).__name__} is not known: give an input "
-                         "(or, on the command line, --input-shape)")
-    return info.example_input(batch)
+    return sample_input(model, batch)
