@@ -52,11 +52,6 @@ class ModelSpec:
     attr: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def is_registered(self) -> bool:
-        """Whether the spec names a registered model."""
-        return self.name is not None
-
 
 def parse_value(text: str) -> Any:
     """A Python literal (``56``, ``True``, ``1e-3``, ``'A'``, ``(1, 2)``), or else the text itself."""
