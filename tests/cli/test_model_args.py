@@ -159,6 +159,12 @@ def test_a_model_from_elsewhere_needs_an_input_shape(command: list[str], capsys:
     assert "give --input-shape" in capsys.readouterr().err
 
 
+def test_doctor_of_a_model_from_elsewhere_needs_an_input_shape(capsys: pytest.CaptureFixture) -> None:
+    assert main(["doctor", "tests.cli.test_model_args:TokenNet"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --input-shape" in err and len(err.strip().splitlines()) == 1
+
+
 def test_report_draws_the_graph_of_a_registered_token_model(tmp_path: Path) -> None:
     from tests.plots.runs import make_run
 

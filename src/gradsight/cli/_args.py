@@ -19,7 +19,6 @@ import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -27,14 +26,12 @@ import click
 from gradsight.cli import UserError
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
-    from gradsight.models import ModelInfo
+    from gradsight.models.info import InputSpec, ModelInfo
 
 __all__ = [
     "INPUT_DTYPES",
-    "InputSpec",
     "build",
     "forward_errors",
     "input_options",
@@ -175,60 +172,27 @@ def build(spec: str, model_args: Sequence[str] | dict[str, Any] = (),
         raise UserError(str(exc)) from None
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """What one input sample of a command looks like.
-
-    Attributes:
-        shape: one sample, without the batch dimension.
-        dtype: ``"float"`` (unit-Gaussian) or ``"long"`` (token ids).
-        vocab_size: token ids are drawn from ``[0, vocab_size)`` (``long`` only).
-    """
-
-    shape: tuple[int, ...]
-    dtype: str = "float"
-    vocab_size: int | None = None
-
-    @property
-    def is_float(self) -> bool:
-        return self.dtype == "float"
-
-    def batch(self, batch_size: int, *, generator: torch.Generator | None = None,
-              device: torch.device | str | None = None) -> torch.Tensor:
-        """A random batch: ``(batch_size, *shape)`` floats, or token ids as ``torch.long``."""
-        import torch
-
-        size = (batch_size, *self.shape)
-        with forward_errors(size):
-            if self.is_float:
-                x = torch.randn(size, generator=generator)
-            else:
-                x = torch.randint(0, self.vocab_size or 2, size, generator=generator)
-        return x if device is None else x.to(device)
-
-    def describe(self) -> str:
-        dims = ",".join(map(str, self.shape))
-        return dims if self.is_float else f"{dims} (token ids < {self.vocab_size})"
-
-
 def resolve_input(info: ModelInfo | None, input_shape: Sequence[int] | str | None,
                   input_dtype: str | None = None, vocab_size: int | None = None) -> InputSpec:
-    """The input of a command: the options where given, else the registered model's.
+    """The input of a command: the options where given, else the registered model's
+    (:func:`gradsight.models.info.input_spec`, the rule of the Python API).
 
     Raises:
         UserError: no shape for a model that is not registered, or integer inputs without a
             vocabulary size.
     """
+    from gradsight.models.info import UnknownInputError, input_spec
+
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
-    if shape is None:
-        if info is None or info.input_shape is None:
-            raise UserError("this model is not registered, so give --input-shape: the shape of one sample "
-                            "without the batch dimension, e.g. 3,32,32 (or 16 with --input-dtype long)")
-        shape = info.input_shape
-    tokens = info is not None and info.input_kind == "tokens"
-    dtype = input_dtype or ("long" if tokens else "float")
-    if dtype == "long":
-        vocab_size = vocab_size or (info.vocab_size if info is not None else None)
-        if vocab_size is None:
-            raise UserError("--input-dtype long draws token ids: give --vocab-size N as well")
-    return InputSpec(tuple(int(n) for n in shape), dtype, vocab_size if dtype == "long" else None)
+    try:
+        return input_spec(info, input_shape=shape, input_dtype=input_dtype, vocab_size=vocab_size)
+    except UnknownInputError as exc:
+        raise UserError(_MISSING_INPUT[exc.missing]) from None
+
+
+#: What a command says when :func:`resolve_input` lacks an option (by the keyword it lacks).
+_MISSING_INPUT = {
+    "input_shape": "this model is not registered, so give --input-shape: the shape of one sample "
+                   "without the batch dimension, e.g. 3,32,32 (or 16 with --input-dtype long)",
+    "vocab_size": "--input-dtype long draws token ids: give --vocab-size N as well",
+}

@@ -39,6 +39,7 @@ from torch.utils import _pytree as pytree
 
 from gradsight.compgraph.nodes import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge, Node
 from gradsight.compgraph.structure import Graph
+from gradsight.instrument.outputs import main_output
 from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
 
 
@@ -117,7 +118,7 @@ class _CallRecorder:
         call["outputs"] = outputs
         call["end"] = self.counter
         self.counter += 1
-        y = _first_tensor(output)
+        y = main_output(output)
         if y is not None and y.grad_fn is not None:
             splits = find_residual_additions(y.grad_fn, call["stops"], skip=self.claimed)
             if not self.stack:  # the model's own forward
@@ -130,10 +131,6 @@ class _CallRecorder:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-
-
-def _first_tensor(obj: Any) -> torch.Tensor | None:
-    return next((t for t in pytree.tree_leaves(obj) if isinstance(t, torch.Tensor)), None)
 
 
 def _input_edges(obj: Any) -> list[Any]:
@@ -423,16 +420,13 @@ def _mark_skips(nodes: list[Node], edges: list[Edge], node_id: dict[int, str],
 
 def trace_inputs_for(model: nn.Module, batch: int = 2) -> torch.Tensor:
     """A random batch of ``batch`` samples of what a registered model takes
-    (``model.model_info``, see :class:`gradsight.models.ModelInfo`): unit-Gaussian floats, or
-    token ids for a language model.
+    (:func:`gradsight.models.sample_input` of ``model.model_info``): unit-Gaussian floats, or
+    token ids for a language model, on the device of the model's parameters.
 
     Raises:
-        ValueError: ``model`` was not built by the model registry, so its input is not known.
+        UnknownInputError: ``model`` was not built by the model registry, so its input is not
+            known (a ``ValueError``).
     """
-    from gradsight.models import info_of
+    from gradsight.models.info import sample_input
 
-    info = info_of(model)
-    if info is None or info.input_shape is None:
-        raise ValueError(f"the input of {type(model).__name__} is not known: give an input "
-                         "(or, on the command line, --input-shape)")
-    return info.example_input(batch)
+    return sample_input(model, batch)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from gradsight.diagnosis.findings import Finding, Severity, format_findings
+from gradsight.instrument.outputs import main_output
 
 
 class UnhealthyGradientsError(AssertionError):
@@ -28,21 +29,6 @@ def _default_loss(output: torch.Tensor, targets: torch.Tensor | None) -> torch.T
             return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]).float(), targets.reshape(-1))
         return nn.functional.mse_loss(output, targets)
     return output.float().pow(2).mean()
-
-
-def _main_output(out) -> torch.Tensor:
-    """The tensor a model returns: itself, the first item of a tuple or list, the
-    ``logits`` of a Hugging Face output, or the first value of a mapping."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(out, Mapping):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)) and out:
-        return _main_output(out[0])
-    raise TypeError(f"the model returned {type(out).__name__}, not a tensor")
 
 
 def checkup(
@@ -66,12 +52,17 @@ def checkup(
 
     Args:
         model: any module.
-        inputs, targets: a batch to use at every step; default fresh unit-Gaussian
-            batches of ``input_shape`` with random class targets (cross-entropy) when
-            the output is ``[N, C]``; an ``[N, T, C]`` output (a language model's
-            logits) gets random targets per position; else the mean squared output is
-            the loss. A tuple, mapping or Hugging Face output counts by its first
-            tensor (``logits``).
+        inputs, targets: a batch to use at every step; default fresh random batches
+            (:func:`~gradsight.models.sample_input`: unit-Gaussian samples of
+            ``input_shape``, token ids for a registered token model) with random class
+            targets (cross-entropy) when the output is ``[N, C]``; an ``[N, T, C]``
+            output (a language model's logits) gets random targets per position; else
+            the mean squared output is the loss. A tuple, mapping or Hugging Face
+            output counts by its main tensor (:func:`~gradsight.instrument.outputs.main_output`:
+            its ``logits``, else its first floating-point tensor).
+        input_shape: one sample, without the batch dimension, when ``inputs`` is not
+            given; default the registered model's (``model.model_info``), and a model
+            from elsewhere needs it.
         loss_fn: ``loss_fn(output, targets)`` (or ``loss_fn(output)`` without targets).
         steps: optimizer steps (Adam, ``lr``); with ``steps=1`` only one backward
             pass and no update.
@@ -84,11 +75,9 @@ def checkup(
     """
     from gradsight.diagnosis import diagnose
     from gradsight.instrument.monitor import watch
+    from gradsight.models.info import input_spec
 
-    if inputs is None and input_shape is None:
-        input_shape = getattr(model, "input_shape", None)
-        if input_shape is None:
-            raise ValueError("a check-up needs inputs or input_shape (the shape of one sample, e.g. 1,28,28)")
+    sample = None if inputs is not None else input_spec(model, input_shape=input_shape)
     net = copy.deepcopy(model) if train_copy else model
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
@@ -107,8 +96,11 @@ def checkup(
 
                 iterator = tqdm(iterator, desc="check-up", unit="step")
             for _ in iterator:
-                x = inputs if inputs is not None else torch.randn((batch_size, *input_shape), generator=gen).to(device)
-                out = _main_output(net(x))
+                x = inputs if inputs is not None else sample.batch(batch_size, generator=gen, device=device)
+                output = net(x)
+                out = main_output(output)
+                if out is None:
+                    raise TypeError(f"the model returned {type(output).__name__}, which holds no floating-point tensor")
                 y = targets
                 if y is None and out.dim() >= 2 and out.shape[-1] > 1 and (inputs is None or out.dim() == 3):
                     # random classes: per sample ([N, C] from generated inputs), or per position

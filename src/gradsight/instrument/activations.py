@@ -36,6 +36,7 @@ from torch.autograd.graph import get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
 from gradsight.instrument.hooks import HookRegistry
+from gradsight.instrument.outputs import main_output
 from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
 from gradsight.store.schema import Kind, Level
 
@@ -83,23 +84,6 @@ def channel_moments(t: Tensor, dim: int) -> tuple[int, Tensor, Tensor]:
     mean = total / max(n, 1)
     var = (total_sq / max(n, 1) - mean * mean).clamp_min(0)
     return n, mean, var
-
-
-def first_tensor(obj: object) -> Tensor | None:
-    """The first floating-point tensor in a module's output (tensor, tuple, list or dict)."""
-    if isinstance(obj, Tensor):
-        return obj if obj.is_floating_point() else None
-    if isinstance(obj, (tuple, list)):
-        for item in obj:
-            t = first_tensor(item)
-            if t is not None:
-                return t
-    if isinstance(obj, dict):
-        for item in obj.values():
-            t = first_tensor(item)
-            if t is not None:
-                return t
-    return None
 
 
 @dataclass
@@ -325,7 +309,7 @@ class ActivationRecorder:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             if not self._measuring():
                 return
-            t = first_tensor(output)
+            t = main_output(output)
             if t is not None:
                 self._observe(name, module, t)
 
@@ -352,7 +336,7 @@ class ActivationRecorder:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             if self.blocks_known or not self._measuring():
                 return
-            t = first_tensor(output)
+            t = main_output(output)
             if t is not None and t.grad_fn is not None:
                 self._made_by.setdefault(id(t.grad_fn), (t.grad_fn, []))[1].append(name)
 
@@ -390,7 +374,7 @@ class ActivationRecorder:
                 return
             self._mode_depth -= 1
             try:
-                y = first_tensor(output)
+                y = main_output(output)
                 if y is not None and y.grad_fn is not None:
                     self._found(name, module, y, stops)
             finally:

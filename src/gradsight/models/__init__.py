@@ -9,7 +9,8 @@
     >>> model, info = build_model("resnet:depth=110")   # a model spec, as the CLI takes it
 
 Each registration says the model's family, depth and input (``ModelInfo``); ``create_model``
-records it on the model (``info_of(model)``).
+records it on the model (``info_of(model)``); ``sample_input(model, batch_size)`` draws a batch
+the model takes (the registry's input, or ``input_shape=``).
 
 The zoo's blocks subclass ``ResidualBlock`` (attributes ``branch``, ``shortcut`` (``None`` when
 off), ``skip`` and ``post_act``); ``residual_blocks(model)`` lists them.
@@ -17,16 +18,7 @@ off), ``skip`` and ``post_act``); ``residual_blocks(model)`` lists them.
 
 from gradsight.models._blocks import ResidualBlock, residual_blocks
 from gradsight.models._init import INIT_SCHEMES
-from gradsight.models._registry import (
-    INPUT_KINDS,
-    ModelInfo,
-    create_model,
-    info_of,
-    is_model,
-    list_models,
-    model_info,
-    register_model,
-)
+from gradsight.models._registry import create_model, is_model, list_models, model_info, register_model
 from gradsight.models.cifar_resnet import (
     BasicBlock,
     CifarResNet,
@@ -35,6 +27,15 @@ from gradsight.models.cifar_resnet import (
     blocks_per_stage,
 )
 from gradsight.models.gpt import GPT, GPTConfig
+from gradsight.models.info import (
+    INPUT_KINDS,
+    InputSpec,
+    ModelInfo,
+    UnknownInputError,
+    info_of,
+    input_spec,
+    sample_input,
+)
 from gradsight.models.inplace import InplaceResNet
 from gradsight.models.lecture import LectureBlock, LectureSimpleResNet, SimpleResNet
 from gradsight.models.mlp import MLP, MLPBlock
@@ -50,6 +51,7 @@ __all__ = [
     "GPT",
     "GPTConfig",
     "InplaceResNet",
+    "InputSpec",
     "LectureBlock",
     "LectureSimpleResNet",
     "MLPBlock",
@@ -60,10 +62,12 @@ __all__ = [
     "ResidualBlock",
     "SimpleResNet",
     "TokenMLP",
+    "UnknownInputError",
     "blocks_per_stage",
     "build_model",
     "create_model",
     "info_of",
+    "input_spec",
     "is_model",
     "list_models",
     "load_model",
@@ -71,4 +75,5 @@ __all__ = [
     "parse_spec",
     "register_model",
     "residual_blocks",
+    "sample_input",
 ]

@@ -3,7 +3,9 @@
 Modelled on timm: a factory function registers itself under its own name, and every factory
 takes keyword-only arguments, so ``create_model(name, **kwargs)`` is the only way in that the rest
 of gradsight (CLI, training, tests) needs. The registration also says what the model is and what
-it eats, so nothing downstream has to guess it from the name or the first layer::
+it eats (a :class:`~gradsight.models.info.ModelInfo`, from which
+:func:`~gradsight.models.info.sample_input` draws its inputs), so nothing downstream has to guess it
+from the name or the first layer::
 
     @register_model(family="resnet", depth=lambda kw: kw.get("depth", 20),
                     input_kind="image", input_shape=(3, 32, 32))
@@ -22,10 +24,11 @@ import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, TypeVar, overload
 
-import torch
 from torch import nn
+
+from gradsight.models.info import INFO_ATTRIBUTE, INPUT_KINDS, InputKind, ModelInfo, info_of
 
 __all__ = [
     "INPUT_KINDS",
@@ -40,13 +43,6 @@ __all__ = [
 ]
 
 Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
-InputKind = Literal["image", "vector", "tokens"]
-#: What a model takes: ``image`` (N, C, H, W) floats, ``vector`` (N, F) floats (any shape that
-#: flattens to F), ``tokens`` (N, T) integer ids in ``[0, vocab_size)``.
-INPUT_KINDS: tuple[str, ...] = ("image", "vector", "tokens")
-#: Attribute under which :func:`create_model` records a model's :class:`ModelInfo`.
-INFO_ATTRIBUTE = "model_info"
-
 DepthRule = int | Callable[[Mapping[str, Any]], int] | None
 
 
@@ -61,67 +57,6 @@ class _Registration:
 
 
 _model_entrypoints: dict[str, _Registration] = {}
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the registry knows about one model, resolved for the keywords it is built with.
-
-    Attributes:
-        name: the registered name.
-        family: the architecture family (``"plain"``, ``"resnet"``, ``"mlp"`` ...): twins of
-            different depths share it.
-        depth: weighted layers on the main path (convs + linears for the CNNs, linear layers
-            for the MLPs), or ``None`` when the registration does not say.
-        input_kind: ``"image"``, ``"vector"`` or ``"tokens"`` (see :data:`INPUT_KINDS`), or
-            ``None`` when the registration does not say.
-        input_shape: shape of ONE sample, without the batch dimension: ``(C, H, W)`` for
-            images, ``(F,)`` for vectors, ``(T,)`` (sequence length) for tokens.
-        in_channels: image channels (``image`` models), else ``None``.
-        in_features: flattened input size (``vector`` models), else ``None``.
-        vocab_size: number of token ids (``tokens`` models), else ``None``.
-        summary: first line of the factory's docstring.
-        module: the module that defines the factory.
-    """
-
-    name: str
-    family: str
-    depth: int | None
-    input_kind: InputKind | None
-    input_shape: tuple[int, ...] | None
-    in_channels: int | None = None
-    in_features: int | None = None
-    vocab_size: int | None = None
-    summary: str = ""
-    module: str = ""
-
-    @property
-    def input_dtype(self) -> torch.dtype:
-        """``torch.long`` for token models, ``torch.float32`` otherwise."""
-        return torch.long if self.input_kind == "tokens" else torch.float32
-
-    def example_input(
-        self,
-        batch_size: int = 2,
-        *,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> torch.Tensor:
-        """A random batch the model accepts: shape ``(batch_size, *input_shape)``.
-
-        Unit-Gaussian floats, or uniform token ids in ``[0, vocab_size)`` for token models.
-
-        Raises:
-            ValueError: the registration gives no input shape.
-        """
-        if self.input_shape is None:
-            raise ValueError(f"model {self.name!r} does not say what input it takes; give an input shape")
-        shape = (batch_size, *self.input_shape)
-        if self.input_kind == "tokens":
-            x = torch.randint(0, self.vocab_size or 2, shape, generator=generator)
-        else:
-            x = torch.randn(shape, generator=generator)
-        return x if device is None else x.to(device)
 
 
 @overload
@@ -262,12 +197,6 @@ def model_info(name: str, **kwargs: Any) -> ModelInfo:
         length = int(kwargs.get("context", shape[0]))  # token models take sequences up to ``context``
         info = replace(info, input_shape=(length,), vocab_size=int(kwargs.get("vocab_size", reg.vocab_size)))
     return info
-
-
-def info_of(model: nn.Module) -> ModelInfo | None:
-    """The :class:`ModelInfo` that :func:`create_model` recorded on ``model``, or ``None``."""
-    info = getattr(model, INFO_ATTRIBUTE, None)
-    return info if isinstance(info, ModelInfo) else None
 
 
 def _entrypoint(name: str) -> _Registration:

@@ -29,7 +29,8 @@ from typing import Any
 
 from torch import nn
 
-from gradsight.models._registry import INFO_ATTRIBUTE, ModelInfo, create_model, info_of, is_model, list_models, model_info
+from gradsight.models._registry import create_model, is_model, list_models, model_info
+from gradsight.models.info import INFO_ATTRIBUTE, ModelInfo, info_of
 
 __all__ = ["ModelSpec", "build_model", "load_model", "parse_kwargs", "parse_spec", "parse_value", "sized_kwargs"]
 
@@ -50,11 +51,6 @@ class ModelSpec:
     module: str | None = None
     attr: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_registered(self) -> bool:
-        """Whether the spec names a registered model."""
-        return self.name is not None
 
 
 def parse_value(text: str) -> Any:

@@ -39,16 +39,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from gradsight.instrument.activations import ActivationRecorder, block_owner, first_tensor
+from gradsight.instrument.activations import ActivationRecorder, block_owner
 from gradsight.instrument.hooks import HookRegistry
+from gradsight.instrument.outputs import main_output
 from gradsight.instrument.residual import ResidualSplit
-from gradsight.models import info_of
+from gradsight.models.info import input_spec
 from gradsight.probes._state import state_restored
 
 __all__ = ["PathLengthResult", "find_residual_blocks", "path_fractions", "path_gradient", "path_lengths"]
@@ -240,7 +241,7 @@ class _PathGates:
             raise ValueError(f"the residual addition of {', '.join(missing)} was not found in this forward pass")
         (start,) = self.starts
         self.starts = []
-        output = first_tensor(output)
+        output = main_output(output)
         if output is None or not output.requires_grad:
             return torch.zeros_like(start)
         if output_grad is None:
@@ -280,16 +281,6 @@ def path_gradient(
         return gates.gradient(inputs, through_branch, output_grad)
 
 
-def _default_input_shape(model: nn.Module) -> tuple[int, ...]:
-    info = info_of(model)
-    if info is None or info.input_shape is None:
-        raise ValueError(
-            f"{type(model).__name__} is not a registered model, so pass inputs or input_shape "
-            "(the shape of one sample, without the batch dimension)"
-        )
-    return info.input_shape
-
-
 def path_lengths(
     model: nn.Module,
     inputs: torch.Tensor | None = None,
@@ -308,8 +299,9 @@ def path_lengths(
 
     Args:
         model: a network with ``n >= 1`` residual blocks (see :func:`find_residual_blocks`).
-        inputs: the batch to measure on; by default ``batch_size`` standard normal samples of
-            ``input_shape``.
+        inputs: the batch to measure on; by default ``batch_size`` samples of ``input_shape``
+            (:func:`~gradsight.models.input_spec`: standard normal, drawn in float64 and rounded to
+            the parameters' dtype, or token ids for a registered token model).
         samples: random block sets per path length.
         seed: seeds the input batch, the output gradient and the block sets.
         input_shape: shape of one sample without the batch dimension, e.g. ``(1, 28, 28)``;
@@ -328,19 +320,17 @@ def path_lengths(
     generator = torch.Generator().manual_seed(seed)
     param = next(model.parameters(), None)
     if inputs is None:
-        info = info_of(model)
-        shape = tuple(input_shape) if input_shape is not None else _default_input_shape(model)
-        if info is not None and info.input_kind == "tokens":
-            inputs = torch.randint(0, info.vocab_size or 2, (batch_size, *shape), generator=generator)
-        else:
-            inputs = torch.randn((batch_size, *shape), generator=generator, dtype=torch.float64)
+        spec = input_spec(model, input_shape=input_shape)
+        if spec.is_float:
+            spec = replace(spec, dtype=torch.float64)  # then rounded to the parameters' dtype
+        inputs = spec.batch(batch_size, generator=generator)
         if param is not None:
             inputs = inputs.to(param.device, param.dtype if inputs.is_floating_point() else inputs.dtype)
     blocks = find_residual_blocks(model, inputs)
     n = len(blocks)
     if output_grad is None:
         with torch.no_grad(), state_restored(model):
-            output = first_tensor(model(inputs))
+            output = main_output(model(inputs))
         output_grad = torch.randn(output.shape, generator=generator, dtype=torch.float64)
         output_grad = (output_grad / output_grad.norm()).to(output)
     magnitudes = torch.empty(n + 1, samples, dtype=torch.float64)

@@ -15,27 +15,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from gradsight.instrument.activations import ACT_STATS, BLOCK_STATS, ActivationRecorder, first_tensor
+from gradsight.instrument.activations import ACT_STATS, BLOCK_STATS, ActivationRecorder
 from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.layers import ForwardOrder
-from gradsight.models import info_of
+from gradsight.instrument.outputs import main_output
+from gradsight.models.info import sample_input
 from gradsight.probes._state import state_restored
 
 PROBE_COLUMNS = ("name", "kind", "depth", "module_type") + ACT_STATS + tuple(s for s in BLOCK_STATS if s != "act_rms") + ("stream_rms",)
-
-
-def _input_batch(model: nn.Module, inputs, input_shape, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    if inputs is not None:
-        return inputs
-    info = info_of(model)
-    shape = input_shape or (info.input_shape if info is not None else None)
-    if shape is None:
-        raise ValueError("gs.probe needs inputs or input_shape (the shape of one sample, e.g. (1, 28, 28)) "
-                         "for a model that is not registered")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    if info is not None and info.input_kind == "tokens":
-        return torch.randint(0, info.vocab_size or 2, (batch_size, *tuple(shape)), generator=generator).to(device)
-    return torch.randn((batch_size, *tuple(shape)), generator=generator).to(device)
 
 
 def probe(
@@ -52,10 +39,10 @@ def probe(
 
     Args:
         model: any ``nn.Module`` (its train/eval mode is used as it is).
-        inputs: a batch; default a unit-Gaussian batch of ``input_shape`` (token ids for a
-            registered token model).
+        inputs: a batch; default :func:`~gradsight.models.sample_input` of the model: a
+            unit-Gaussian batch of ``input_shape`` (token ids for a registered token model).
         input_shape: shape of one sample when ``inputs`` is not given; default the registered
-            model's (``model.model_info``).
+            model's (``model.model_info``); a model from elsewhere needs it.
         batch_size: size of the Gaussian batch.
         seed: seed of the Gaussian input and output gradient.
         modules: which modules to track (as ``gs.watch(activations=...)``).
@@ -75,7 +62,7 @@ def probe(
         (running mean and variance, batch count) are left as they were.
     """
     gen = torch.Generator().manual_seed(seed)
-    x = _input_batch(model, inputs, input_shape, batch_size, gen)
+    x = inputs if inputs is not None else sample_input(model, batch_size, input_shape=input_shape, generator=gen)
     saved_grads = {p: p.grad for p in model.parameters()}
     for p in saved_grads:
         p.grad = None  # backward would accumulate into the user's gradients in place
@@ -86,7 +73,7 @@ def probe(
         with torch.enable_grad(), state_restored(model):
             if not x.requires_grad and x.is_floating_point():
                 x = x.detach().requires_grad_(True)  # so the first block's input has a gradient edge
-            out = first_tensor(model(x))
+            out = main_output(model(x))
             if out is None:
                 raise ValueError("the model's output holds no floating-point tensor")
             grad = torch.randn(out.shape, generator=gen).to(out.device, out.dtype)

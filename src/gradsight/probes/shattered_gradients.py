@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from gradsight.instrument.outputs import main_output
 from gradsight.probes._state import batchnorms, state_restored
 
 __all__ = [
@@ -146,7 +147,8 @@ def shattering(
 
     The inputs form one batch of shape ``(n_points, 1)``; BN layers use that batch's statistics
     (see :func:`batch_statistics_frozen`). The model must map ``(n, 1)`` to ``(n,)`` or
-    ``(n, 1)``, e.g. ``create_model("mlp", in_features=1, num_classes=1, ...)``. Its parameters
+    ``(n, 1)`` (its main output, :func:`~gradsight.instrument.outputs.main_output`), e.g.
+    ``create_model("mlp", in_features=1, num_classes=1, ...)``. Its parameters
     get no ``.grad``; its modes and BN buffers are left as they were.
 
     Raises:
@@ -160,11 +162,12 @@ def shattering(
     x = torch.linspace(lo, hi, n_points, device=device, dtype=dtype).unsqueeze(1)
     with batch_statistics_frozen(model, x):
         x.requires_grad_(True)
-        y = model(x)
-        if y.shape not in ((n_points,), (n_points, 1)):
+        y = main_output(model(x))
+        if y is None or y.shape not in ((n_points,), (n_points, 1)):
+            got = "no floating-point tensor" if y is None else f"output shape {tuple(y.shape)}"
             raise ValueError(
                 f"shattering needs one scalar output per point: input (n, 1) -> output (n,) or "
-                f"(n, 1); got output shape {tuple(y.shape)} (build e.g. "
+                f"(n, 1); got {got} (build e.g. "
                 "create_model('mlp', in_features=1, num_classes=1))"
             )
         (grad,) = torch.autograd.grad(y.sum(), x)
