@@ -29,6 +29,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "open_run": ("gradsight.store.reader", "open_run"),
     "list_runs": ("gradsight.store.reader", "list_runs"),
     "Run": ("gradsight.store.reader", "Run"),
+    "RunView": ("gradsight.store.view", "RunView"),
     "probe": ("gradsight.probes.probe", "probe"),
     "path_lengths": ("gradsight.probes", "path_lengths"),
     "shattering": ("gradsight.probes", "shattering"),
@@ -74,3 +75,4 @@ if TYPE_CHECKING:  # what static tools and IDEs see
     from gradsight.probes.probe import probe
     from gradsight.stats.grad import GRAD_STATS
     from gradsight.store.reader import Run, list_runs, open_run
+    from gradsight.store.view import RunView
