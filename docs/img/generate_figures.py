@@ -95,7 +95,7 @@ def main() -> int:
         save(plots.quantile_bands(plain), "bands.png")
         save(plots.update_ratio(plain), "update_ratio.png")
         save(plots.nonfinite(plain), "nonfinite.png")
-        save(plots.compare(list(runs.values())), "compare.png")
+        save(plots.depth_overlay(list(runs.values())), "compare.png")
         save(plots.depth_sweep(list(runs.values())), "depth_sweep.png")
         if shutil.which("dot"):
             lecture = gs.graph(LectureSimpleResNet(), torch.randn(1, 1, 28, 28))

@@ -121,7 +121,7 @@ def test_nonfinite_timeline_names_the_first_layer(nan_run):
 
 def test_compare_lines_up_depths_and_sweep_reports_first_over_last(runs_dir):
     runs = [runs_dir / n for n in ("plain4", "plain8", "residual4", "residual8")]
-    ax = plots.compare(runs).axes[0]
+    ax = plots.depth_overlay(runs).axes[0]
     lines = ax.get_lines()
     assert len(lines) == 4
     assert all(line.get_xdata()[0] == 0 and line.get_xdata()[-1] == 1 for line in lines)
@@ -151,7 +151,7 @@ def test_depth_sweep_leaves_out_runs_without_a_recorded_family_and_says_so(runs_
         fams = [line.get_label() for line in sweep.get_lines() if not line.get_label().startswith("equal")]
         assert fams == ["plain"]
         assert any("left out" in t.get_text() and "resnet18" in t.get_text() for t in sweep.texts)
-        compared = plots.compare(runs).axes[0]  # the overlay by relative depth still draws it
+        compared = plots.depth_overlay(runs).axes[0]  # the overlay by relative depth still draws it
         assert {line.get_label() for line in compared.get_lines()} == {
             "plain4 (4 layers)", "plain8 (8 layers)", "resnet18 (5 layers)"}
 
@@ -212,7 +212,7 @@ def test_depth_figures_show_weighted_layers_and_the_head_by_default(normed_run):
     heat = plots.heatmap(normed_run).axes[0]
     assert [t.get_text() for t in heat.get_yticklabels()] == ["c1", "c2", "fc"]
     assert len(plots.update_ratio(normed_run).axes[0].get_lines()) <= 1  # no optimizer: nothing but no error
-    (line,) = plots.compare([normed_run]).axes[0].get_lines()
+    (line,) = plots.depth_overlay([normed_run]).axes[0].get_lines()
     assert len(line.get_xdata()) == 3
 
 
@@ -238,3 +238,12 @@ def test_a_network_without_weighted_layers_shows_all_its_layers_by_default(tmp_p
         ax = plots.flow(run).axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
     assert ax.get_xlabel().startswith("all layers")
+
+
+def test_plots_compare_is_a_deprecated_alias_of_depth_overlay(runs_dir):
+    runs = sorted(runs_dir.iterdir())
+    with pytest.warns(DeprecationWarning, match="depth_overlay"):
+        old = plots.compare(runs).axes[0]
+    new = plots.depth_overlay(runs).axes[0]
+    assert [line.get_label() for line in old.get_lines()] == [line.get_label() for line in new.get_lines()]
+    assert plots.KINDS["compare"] is plots.depth_overlay

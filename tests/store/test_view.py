@@ -185,3 +185,13 @@ def test_the_view_is_a_snapshot_and_its_tables_are_its_own(mixed_run):
     assert small.sample == [0, 2, 5] and list(small.matrix("layer", "grad_norm").index) == [0, 2, 5]
     small.close()
 
+
+
+@pytest.mark.parametrize("name", ["display_name", "ROOT_DISPLAY_NAME", "display_path", "role_label", "forward_order",
+                                  "RunData"])
+def test_names_that_left_the_query_layer_still_import_with_a_warning(name):
+    with pytest.warns(DeprecationWarning, match=f"query.{name} is deprecated"):
+        value = getattr(query, name)
+    assert value is not None
+    with pytest.raises(AttributeError):
+        query.no_such_name  # noqa: B018

@@ -12,10 +12,10 @@ training runs (``grad_flow``, ``grad_flow_overlay``, ``training_curves``) and of
 
     >>> from gradsight import plots
     >>> plots.flow("runs/exp1").savefig("flow.png")
-    >>> plots.compare(["runs/plain20", "runs/resnet20"]).savefig("compare.svg")
+    >>> plots.depth_overlay(["runs/plain20", "runs/resnet20"]).savefig("compare.svg")
 """
 
-from gradsight.plots.compare import compare, depth_sweep
+from gradsight.plots.compare import compare, depth_overlay, depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE, nonfinite, quantile_bands, update_ratio
 from gradsight.plots.flow import flow
 from gradsight.plots.heatmap import heatmap
@@ -32,7 +32,7 @@ KINDS = {
     "bands": quantile_bands,
     "update": update_ratio,
     "nonfinite": nonfinite,
-    "compare": compare,
+    "compare": depth_overlay,
     "sweep": depth_sweep,
 }
 MULTI_RUN_KINDS = ("compare", "sweep")
@@ -42,6 +42,7 @@ __all__ = [
     "MULTI_RUN_KINDS",
     "UPDATE_RATIO_REFERENCE",
     "compare",
+    "depth_overlay",
     "depth_sweep",
     "first_last_ratio",
     "flow",

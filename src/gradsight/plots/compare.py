@@ -14,8 +14,9 @@ the sweep (the figure says which).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import warnings
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 import pandas as pd
@@ -60,7 +61,7 @@ def _families(named: list[tuple[str, Run]], family: Callable[[Run], tuple[str, i
 
 
 @styled
-def compare(
+def depth_overlay(
     runs: Runs,
     stat: str = DEFAULT_STAT,
     *,
@@ -188,3 +189,11 @@ def depth_sweep(
     ax.set_xticks(depths, [str(int(d)) for d in depths])
     ax.legend(loc="best", frameon=True, framealpha=0.85)
     return fig
+
+
+def compare(*args: Any, **kwargs: Any) -> Figure:
+    """Deprecated name of :func:`depth_overlay` (``compare`` also names the training
+    comparison, :func:`gradsight.train.compare`, and the ``gradsight compare`` command)."""
+    warnings.warn("gradsight.plots.compare is deprecated; use gradsight.plots.depth_overlay",
+                  DeprecationWarning, stacklevel=2)
+    return depth_overlay(*args, **kwargs)

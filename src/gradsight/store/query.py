@@ -30,10 +30,9 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
-# the display vocabulary lives in gradsight.display; its names stay importable from here
-from gradsight.display import ROOT_DISPLAY_NAME, display_name, display_path, format_time, summary_rows  # noqa: F401
-from gradsight.store.reader import Run, column_order, forward_order, list_runs, open_run  # noqa: F401
-from gradsight.store.roles import Role, as_roles, role_label  # noqa: F401
+from gradsight.display import format_time
+from gradsight.store.reader import Run, column_order, list_runs, open_run
+from gradsight.store.roles import Role, as_roles
 from gradsight.store.schema import DB_NAME, Level
 from gradsight.store.view import DEFAULT_MAX_STEPS, RunSource, RunView, long_rows, step_sample, view_of
 
@@ -474,5 +473,22 @@ def run_summary(data: RunSource, stat: str = DEFAULT_STAT, *, with_layers: bool 
     )
 
 
-#: Deprecated name of :data:`RunLike`.
-RunData = RunLike
+#: Names that moved out of this module: (new module, name). Importing them from here
+#: still works, with a DeprecationWarning, for one release.
+_MOVED = {
+    "ROOT_DISPLAY_NAME": "gradsight.display", "display_name": "gradsight.display",
+    "display_path": "gradsight.display", "summary_rows": "gradsight.display",
+    "role_label": "gradsight.store.roles", "forward_order": "gradsight.store.reader",
+    "RunData": None,  # this module's own RunLike
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    where = _MOVED[name]
+    new = f"{where}.{name}" if where else f"{__name__}.RunLike"
+    warnings.warn(f"{__name__}.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(where), name) if where else RunLike
