@@ -119,7 +119,7 @@ def check_options(options: Mapping[str, Any] | None, owner: str, taken: Sequence
     options = dict(options or {})
     for key in taken:
         if key in options:
-            raise TypeError(f"{owner} passes {key}= to gs.watch itself; do not pass {key}=")
+            raise TypeError(f"{owner} sets {key}= itself; do not pass {key}=")
     resolve(options, owner)
     return options
 
