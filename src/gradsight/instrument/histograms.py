@@ -27,7 +27,6 @@ from gradsight.instrument.series import SeriesIds
 from gradsight.instrument.transfer import to_host
 from gradsight.schedules import due
 from gradsight.stats.histogram import HEADROOM_STATS, bucket_range, headroom_counts, histogram
-from gradsight.store.schema import Level
 
 
 class HistogramRecorder:
@@ -44,6 +43,7 @@ class HistogramRecorder:
     def __init__(self, every: int, param_names: Sequence[str], layers: Sequence[str],
                  param_numel: Sequence[int], series: SeriesIds, log2_counts) -> None:
         self.every = every
+        self._param_names = list(param_names)
         self._layers = list(layers)
         self._numel = np.asarray(param_numel, dtype=np.int64)
         self._log2_counts = log2_counts
@@ -74,6 +74,6 @@ class HistogramRecorder:
         head = headroom_counts(counts)
         head_h, hist_h = to_host([head, hist])
         fractions = head_h.reshape(head.shape) / np.maximum(rows.stack_host(self._numel[rows.present]), 1)[:, None]
-        keys = [(Level.LAYER, self._layers[k]) for k in rows.layers] + [(Level.MODEL, "")]
+        keys = rows.names(self._param_names, self._layers)[rows.layer_rows.start:]
         return (rows.ids(self._ids).reshape(-1), fractions.reshape(-1).astype(np.float64), keys, lo,
                 hist_h.reshape(hist.shape))

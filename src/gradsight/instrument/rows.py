@@ -4,7 +4,7 @@ A recorded step has one row per watched parameter with a gradient (level ``param
 per layer those parameters belong to (``layer``) and one for the model (``model``), in that
 order. The monitor's statistics, the histograms and the update ratios are all stacked on
 the device (:meth:`StepRows.stack`, :meth:`StepRows.stack_host` for values on the host) and
-named (:meth:`StepRows.ids`) by this one layout; its slices say where each level's rows are.
+named (:meth:`StepRows.ids`, :meth:`StepRows.names`) by this one layout; its slices say where each level's rows are.
 """
 
 from __future__ import annotations
@@ -94,6 +94,11 @@ class StepRows:
         layers = np.zeros(self.n_layers, dtype=values.dtype)
         np.add.at(layers, self._layer_of, values)
         return np.concatenate([values, layers[self.layers], [values.sum()]])
+
+    def names(self, param_names: Sequence[str], layer_names: Sequence[str]) -> list[tuple[str, str]]:
+        """``(level, name)`` of each row, in the order of :meth:`stack`."""
+        return ([(Level.PARAM, param_names[i]) for i in self.present] + [(Level.LAYER, layer_names[k]) for k in self.layers]
+                + [(Level.MODEL, "")])
 
     def ids(self, ids: LevelIds) -> np.ndarray:
         """The series ids of the rows: ``[P + L + 1, stats]``, in the order of :meth:`stack`."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradsight.instrument.rows import LevelIds, StepRows
+from gradsight.instrument.rows import StepRows
 from gradsight.instrument.series import SeriesIds
 from gradsight.schedules import due
 
@@ -61,7 +61,6 @@ class UpdateRatio:
         self._series = series
         self._sumsq = sumsq
         self._weights = weights
-        self._ids: LevelIds | None = None  # registered at the first measurement
         self._step: int | None = None  #: the recorded step waiting for its optimizer step
         self._rows: StepRows | None = None
         self._wsumsq: Tensor | None = None
@@ -140,10 +139,11 @@ class UpdateRatio:
             else:
                 dsq = self._sumsq(torch._foreach_sub(current, self._snapshot))
             ratios = (rows.stack(dsq) / rows.stack(wsq)).sqrt()
-        if self._ids is None:
-            self._ids = LevelIds.register(self._series, self._param_names, self._layer_names, ["update_ratio"])
-            self._series.flush()
-        self._pending.append((self._step, rows.ids(self._ids).reshape(-1), ratios))
+        # series of the rows measured (a parameter that never has a gradient gets none)
+        ids = [self._series.id(level, name, "update_ratio") for level, name in rows.names(self._param_names,
+                                                                                             self._layer_names)]
+        self._series.flush()
+        self._pending.append((self._step, np.asarray(ids, dtype=np.int64), ratios))
         self.forget()
 
     def take_pending(self) -> list[Pending]:
