@@ -112,14 +112,15 @@ def resolve(options: Mapping[str, Any], owner: str = "gs.watch") -> WatchOptions
     return watch_options(**options)
 
 
-def check_options(options: Mapping[str, Any] | None, owner: str, taken: Sequence[str] = ()) -> dict[str, Any]:
+def check_options(options: Mapping[str, Any] | None, owner: str, taken: Sequence[str] = (),
+                  source: str = "itself") -> dict[str, Any]:
     """The user's ``gs.watch`` options for ``owner`` (a dict; None is empty), checked before
     anything starts: every key a keyword of ``gs.watch`` with a valid value, none of those
-    that ``owner`` sets itself (``taken``)."""
+    that ``owner`` sets itself (``taken``; the error says where it takes them: ``source``)."""
     options = dict(options or {})
     for key in taken:
         if key in options:
-            raise TypeError(f"{owner} sets {key}= itself; do not pass {key}=")
+            raise TypeError(f"{owner} takes {key} {source}; do not pass {key}=")
     resolve(options, owner)
     return options
 

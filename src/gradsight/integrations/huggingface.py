@@ -94,7 +94,7 @@ class GradFlowCallback(TrainerCallback):
         log_stats: Sequence[str] | None = None,
         **watch_kwargs: Any,
     ) -> None:
-        check_options(watch_kwargs, "GradFlowCallback", taken=("optimizer", "scaler"))
+        check_options(watch_kwargs, "GradFlowCallback", taken=("optimizer", "scaler"), source="from the Trainer")
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.every = every
         self.log_levels = tuple(log_levels)

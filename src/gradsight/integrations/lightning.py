@@ -77,7 +77,7 @@ class GradFlowCallback(Callback):
         **watch_kwargs: Any,
     ) -> None:
         super().__init__()
-        check_options(watch_kwargs, "GradFlowCallback", taken=("optimizer", "scaler"))
+        check_options(watch_kwargs, "GradFlowCallback", taken=("optimizer", "scaler"), source="from the trainer")
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.every = every
         self.log_levels = tuple(log_levels)
