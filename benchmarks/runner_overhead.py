@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from gradsight.data import batches, load_dataset
-from gradsight.train import auto_schedule, build_model, lecture, train
+from gradsight.train import auto_schedule, build_for_data, lecture, train
 
 
 class Timer:
@@ -106,7 +106,7 @@ def main() -> None:
     }
 
     def run(which: str, tag: str) -> Timer:
-        model = build_model(args.model, data, depth=args.depth, seed=seed)
+        model = build_for_data(args.model, data, depth=args.depth, seed=seed)
         with Timer() as timer:
             if which == "bare":
                 bare_loop(model, data, epochs=args.epochs, seed=seed)

@@ -267,3 +267,14 @@ def test_vanishing_gradients_compares_like_with_like_layers_regression_bert_quer
     scale.alike = _kind_ratios(sick)
     assert scale.alike.tolist() == pytest.approx([1e-6] * 4)
     assert scale.vanishing(th)
+
+
+def test_checkup_passes_watch_options_through(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    checkup(model, input_shape=(4,), steps=2, run_dir=tmp_path / "run", watch={"histograms": 1, "weights": False})
+    run = gs.open_run(tmp_path / "run")
+    assert (run.meta["histograms_every"], run.meta["weight_stats"], run.meta["update_ratio_every"]) == (1, False, 1)
+    assert run.config == {"steps": 2, "lr": 1e-3, "seed": 0} and run.meta["name"] == "doctor"
+    with pytest.raises(TypeError, match="checkup takes optimizer itself"):
+        checkup(model, input_shape=(4,), steps=2, watch={"optimizer": None})

@@ -177,3 +177,10 @@ def test_histograms_are_passed_to_the_monitor(tmp_path):
     run = gs.open_run(tmp_path / "run")
     assert sorted(set(run.histograms(level="model").step)) == [0, 2]
     assert set(run.frame(level="model", stat="fp16_underflow").step) == {0, 2}
+
+
+def test_options_taken_from_the_trainer_or_not_of_gs_watch_are_refused_when_the_callback_is_made():
+    with pytest.raises(TypeError, match="takes optimizer from the Trainer"):
+        GradFlowCallback(optimizer=object())
+    with pytest.raises(TypeError, match="unexpected keyword argument 'histogram'"):
+        GradFlowCallback(histogram=2)

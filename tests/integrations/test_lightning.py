@@ -129,6 +129,13 @@ def test_optimizer_and_scaler_come_from_the_trainer():
         GradFlowCallback(optimizer=object())
 
 
+def test_watch_options_are_checked_when_the_callback_is_made():
+    with pytest.raises(ValueError, match="histograms must be"):
+        GradFlowCallback(histograms="often")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'histogram'"):
+        GradFlowCallback(histogram=2)
+
+
 def test_update_ratio_at_every_step_although_lightning_steps_with_a_closure(tmp_path):
     """Regression: Lightning calls optimizer.step(closure) and records inside the
     closure, after the optimizer's pre-hooks, so every other step lost its

@@ -18,7 +18,7 @@ import gradsight as gs
 from gradsight.cli import main
 from gradsight.plots import training
 from gradsight.store.query import first_last_ratios, layer_matrix
-from gradsight.train import build_model, train
+from gradsight.train import build_for_data, train
 from gradsight.train import compare as compare_module
 from gradsight.train.compare import CompareResult, check_depth, compare, reproducibility
 
@@ -61,7 +61,7 @@ def test_compare_writes_tables_runs_and_figures(compared):
     for row in rows:
         assert float(row["test_accuracy"]) == pytest.approx(1 - float(row["test_error"]))
     # the twins have the same parameters
-    plain8 = build_model("plain", gs.data.load_dataset("mnist5k"), depth=8)
+    plain8 = build_for_data("plain", gs.data.load_dataset("mnist5k"), depth=8)
     assert rows[0]["parameters"] == rows[1]["parameters"] == str(sum(p.numel() for p in plain8.parameters()))
     markdown = (out / "results.md").read_text()
     assert "| network | layers | parameters | train error | test error | test accuracy | time (s) |" in markdown
@@ -256,3 +256,16 @@ def test_recording_does_not_change_training(tmp_path, small_data):
     with gs.open_run(tmp_path / "all") as full, gs.open_run(tmp_path / "sparse") as short:
         assert short.steps() == [0]
         assert short.series("grad_norm").loc[0].equals(full.series("grad_norm").loc[0])
+
+
+def test_watch_options_go_to_every_run_and_are_checked_before_training(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(compare_module, "train", lambda *args, **kwargs: seen.append(kwargs["watch"]) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        compare(["plain"], [8], "mnist5k", out=tmp_path / "out", epochs=1, limit=64, progress=False, histograms=2,
+                watch={"weights": False})
+    assert seen == [{"activations": False, "histograms": 2, "weights": False}]
+    for bad in ({"every": 2}, {"no_such_option": 1}):
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            compare(["plain"], [8], "mnist5k", out=tmp_path / "out", epochs=1, limit=64, progress=False, watch=bad)
+    assert len(seen) == 1 and _entries(tmp_path) <= {"cache"}

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import gradsight as gs
 from gradsight.data import batches
-from gradsight.train import auto_schedule, build_model, evaluate, resolve_device, runner, train
+from gradsight.train import auto_schedule, build_for_data, evaluate, resolve_device, tasks, train
 
 EPOCH_METRICS = ("epoch", "lr", "train_loss", "train_error", "test_loss", "test_error", "test_accuracy", "epoch_time_s")
 
@@ -46,7 +46,7 @@ def test_one_epoch_records_epoch_metrics_and_gradient_stats(small_data, tmp_path
                    every=1, progress=False)
     steps = math.ceil(256 / 64)
     assert result.steps == steps and len(result.epochs) == 1
-    assert (result.network, result.layers, result.dataset, result.recipe) == ("plain", 8, "mnist5k", "lecture")
+    assert (result.network, result.depth, result.dataset, result.recipe) == ("plain", 8, "mnist5k", "lecture")
     with gs.open_run(run_dir) as run:
         assert run.status == "finished"
         metrics = run.metrics()
@@ -66,7 +66,7 @@ def test_one_epoch_records_epoch_metrics_and_gradient_stats(small_data, tmp_path
         assert metrics["loss"].notna().sum() == steps
         assert "update_ratio" in run.stats("layer")
         meta = run.meta
-        assert meta["parameters"] == result.parameters == sum(p.numel() for p in build_model("plain", small_data, depth=8).parameters())
+        assert meta["parameters"] == result.parameters == sum(p.numel() for p in build_for_data("plain", small_data, depth=8).parameters())
         assert meta["wall_time_s"] == pytest.approx(result.wall_time_s)
         assert (meta["dataset"], meta["recipe"], meta["network"], meta["layers"]) == ("mnist5k", "lecture", "plain", 8)
         assert run.config["recipe"]["name"] == "lecture" and run.config["seed"] == 0
@@ -76,10 +76,10 @@ def test_one_epoch_records_epoch_metrics_and_gradient_stats(small_data, tmp_path
 
 def test_runner_is_the_bare_loop_plus_monitoring(small_data, tmp_path):
     """Same seed, same data order: the runner's numbers and final weights equal a hand-written loop's."""
-    model = build_model("resnet", small_data, depth=8, seed=3)
+    model = build_for_data("resnet", small_data, depth=8, seed=3)
     result = train(model, small_data, "lecture", epochs=2, seed=3, device="cpu", run_dir=tmp_path / "run",
                    every=1, progress=False)
-    reference = build_model("resnet", small_data, depth=8, seed=3)
+    reference = build_for_data("resnet", small_data, depth=8, seed=3)
     expected = bare_loop(reference, small_data, epochs=2, seed=3)
     for epoch, (loss, error) in zip(result.epochs, expected):
         assert epoch.train_loss == pytest.approx(loss, rel=1e-6)
@@ -117,7 +117,7 @@ def test_every_model_sees_the_same_data_order(small_data, tmp_path, monkeypatch)
                 current.append(y.tolist())
             yield x, y
 
-    monkeypatch.setattr(runner, "batches", recording_batches)
+    monkeypatch.setattr(tasks, "batches", recording_batches)
     for name, seed in (("plain", 0), ("resnet", 0), ("resnet", 1)):
         current.clear()
         train(name, small_data, "lecture", depth=8, epochs=2, seed=seed, run_dir=tmp_path / f"{name}{seed}",
@@ -129,7 +129,7 @@ def test_every_model_sees_the_same_data_order(small_data, tmp_path, monkeypatch)
 
 
 def test_evaluate_restores_training_mode(small_data):
-    model = build_model("plain", small_data, depth=8)
+    model = build_for_data("plain", small_data, depth=8)
     model.train()
     loss, error = evaluate(model, small_data.test_x, small_data.test_y, batch_size=50)
     assert model.training and loss > 0 and 0 <= error <= 1
@@ -155,7 +155,7 @@ def test_resolve_device():
 
 def test_model_keywords_need_a_model_name(small_data):
     with pytest.raises(TypeError, match="model name"):
-        train(build_model("plain", small_data, depth=8), small_data, depth=8, epochs=1, progress=False)
+        train(build_for_data("plain", small_data, depth=8), small_data, depth=8, epochs=1, progress=False)
 
 
 def test_a_vector_model_is_sized_from_its_registration_not_its_name(small_data, monkeypatch):
@@ -172,16 +172,52 @@ def test_a_vector_model_is_sized_from_its_registration_not_its_name(small_data, 
         """One linear layer on flattened inputs."""
         return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
 
-    model = build_model("softmax_regression", small_data)
+    model = build_for_data("softmax_regression", small_data)
     assert model[1].in_features == 784 and model.model_info.input_shape == (1, 28, 28)
-    assert build_model("resmlp", small_data, depth=4, width=8).stem.fc.in_features == 784
-    assert build_model("resnet20", small_data).stem.conv.in_channels == 1
+    assert build_for_data("resmlp", small_data, depth=4, width=8).stem.fc.in_features == 784
+    assert build_for_data("resnet20", small_data).stem.conv.in_channels == 1
 
 
 def test_a_model_passed_as_a_module_records_its_registered_family_and_depth(small_data, tmp_path):
-    model = build_model("resmlp", small_data, depth=4, width=8)
+    model = build_for_data("resmlp", small_data, depth=4, width=8)
     result = train(model, small_data, "lecture", epochs=1, device="cpu", run_dir=tmp_path / "run", progress=False)
-    assert (result.network, result.layers) == ("resmlp", 4)
+    assert (result.network, result.depth) == ("resmlp", 4)
     with gs.open_run(tmp_path / "run") as run:
         assert (run.config["family"], run.config["depth"], run.config["input_kind"]) == ("resmlp", 4, "vector")
         assert run.config["model"] == "resmlp"
+
+
+def test_watch_options_pass_through_to_gs_watch(small_data, tmp_path):
+    """train(watch=...) hands gs.watch's options through; the runner's own keywords are folded in
+    (watch= entries win) and its config gains the user's entries."""
+    result = train("plain", small_data, "lecture", depth=8, epochs=1, device="cpu", run_dir=tmp_path / "run",
+                   every=2, histograms=3, progress=False,
+                   watch={"weights": False, "histograms": 1, "config": {"note": "mine"}})
+    with gs.open_run(result.run_dir) as run:
+        assert run.meta["weight_stats"] is False and run.meta["histograms_every"] == 1
+        assert run.meta["update_ratio_every"] == 1  # the runner's default, unlike gs.watch's 10
+        assert run.config["note"] == "mine" and run.config["network"] == "plain"
+        assert "weight_norm" not in set(run.frame(level="layer").stat)
+
+
+@pytest.mark.parametrize("watch, error", [({"every": 3}, TypeError), ({"optimizer": None}, TypeError),
+                                          ({"histogram": 1}, TypeError), ({"histograms": "often"}, ValueError)])
+def test_watch_options_the_runner_sets_or_gs_watch_does_not_take_are_refused(small_data, tmp_path, watch, error):
+    with pytest.raises(error, match=next(iter(watch))):
+        train("plain", small_data, depth=8, epochs=1, device="cpu", run_dir=tmp_path / "run", progress=False,
+              watch=watch)
+    assert not (tmp_path / "run").exists()
+
+
+def test_build_model_is_a_deprecated_alias_of_build_for_data(small_data):
+    with pytest.warns(DeprecationWarning, match="build_for_data"):
+        model = gs.train.build_model("plain", small_data, depth=8, seed=1)
+    reference = build_for_data("plain", small_data, depth=8, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+
+
+def test_train_result_layers_is_a_deprecated_alias_of_depth(small_data, tmp_path):
+    result = train("plain", small_data, depth=8, epochs=1, device="cpu", run_dir=tmp_path / "run", progress=False)
+    with pytest.warns(DeprecationWarning, match="TrainResult.depth"):
+        assert result.layers == result.depth == 8
+    assert result.row()["layers"] == 8  # the results table keeps its column

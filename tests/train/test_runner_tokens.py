@@ -13,8 +13,8 @@ from torch import nn
 
 import gradsight as gs
 from gradsight.data import TextSplits, fixed_windows, load_dataset, token_batch
-from gradsight.train import build_model, evaluate, get_recipe, train
-from gradsight.train.runner import TEST_WINDOWS
+from gradsight.train import build_for_data, evaluate, get_recipe, train
+from gradsight.train.tasks import TEST_WINDOWS
 
 CONTEXT = 16
 TINY_GPT = replace(get_recipe("gpt"), batch_size=4, batches_per_epoch=6, epochs=2)
@@ -76,7 +76,7 @@ def test_epoch_metrics_are_losses_next_byte_errors_and_bits_per_byte(corpus, tmp
 
 
 def test_test_loss_is_measured_on_fixed_windows_of_the_test_split(corpus, tmp_path):
-    model = build_model("token_resmlp", corpus, context=CONTEXT, depth=3, width=16)
+    model = build_for_data("token_resmlp", corpus, context=CONTEXT, depth=3, width=16)
     result = train(model, corpus, TINY_GPT, device="cpu", run_dir=tmp_path / "run", progress=False, context=CONTEXT)
     x, y = fixed_windows(corpus.test, CONTEXT, TEST_WINDOWS)
     with torch.no_grad():
@@ -87,7 +87,7 @@ def test_test_loss_is_measured_on_fixed_windows_of_the_test_split(corpus, tmp_pa
 
 
 def test_a_token_model_is_built_with_the_context_and_the_corpus_vocabulary(corpus):
-    model = build_model("token_resmlp", corpus, context=32, depth=3)
+    model = build_for_data("token_resmlp", corpus, context=32, depth=3)
     assert model.position.num_embeddings == 32 and model.head.out_features == 256
     assert model.model_info.input_shape == (32,) and model.model_info.input_kind == "tokens"
 

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +48,7 @@ def checkup(
     thresholds=None,
     train_copy: bool = True,
     progress: bool = False,
+    watch: Mapping[str, Any] | None = None,
 ) -> tuple[list[Finding], Path | None]:
     """Train (a copy of) ``model`` for a few steps with everything recorded, then diagnose.
 
@@ -69,12 +71,15 @@ def checkup(
         run_dir: keep the recorded run here (default: a temporary directory, removed).
         overwrite: replace a run already in ``run_dir`` (otherwise that raises ``RunError``).
         train_copy: train a deep copy so the caller's model is not changed.
+        watch: more :func:`gradsight.watch` options (``histograms``, ``weights``, ...), or
+            others than the check-up's ``activations=True``, ``update_ratio=True``.
 
     Returns:
         (findings, run_dir or None when the run was temporary).
     """
     from gradsight.diagnosis import diagnose
-    from gradsight.instrument.monitor import watch
+    from gradsight.instrument import monitor
+    from gradsight.instrument.options import watch_arguments
     from gradsight.models.info import input_spec
 
     sample = None if inputs is not None else input_spec(model, input_shape=input_shape)
@@ -87,9 +92,9 @@ def checkup(
     num_classes = None
     try:
         # few steps: an update ratio at each of them (gs.watch's default measures every 10th)
-        with watch(net, path, optimizer=optimizer, activations=True, update_ratio=True, overwrite=overwrite or temp,
-                   name="doctor",
-                   config={"steps": steps, "lr": lr, "seed": seed}) as mon:
+        with monitor.watch(net, path, **watch_arguments(
+                watch, "checkup", defaults={"activations": True, "update_ratio": True, "name": "doctor"},
+                optimizer=optimizer, overwrite=overwrite or temp, config={"steps": steps, "lr": lr, "seed": seed})) as mon:
             iterator = range(steps)
             if progress:
                 from tqdm.auto import tqdm

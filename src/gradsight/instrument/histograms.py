@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gradsight.instrument.rows import LevelIds, StepRows
 from gradsight.instrument.series import SeriesIds
+from gradsight.instrument.transfer import to_host
 from gradsight.schedules import due
 from gradsight.stats.histogram import HEADROOM_STATS, bucket_range, headroom_counts, histogram
-from gradsight.store.schema import Level
 
 
 class HistogramRecorder:
@@ -35,35 +36,31 @@ class HistogramRecorder:
         every: take them at every ``every``-th recorded step (the first recorded step included).
         param_names, layers: the watched parameters and the layers, as the monitor has them.
         param_numel: elements of each watched parameter.
-        param_layer: layer index of each watched parameter (on the host).
         series: the run's series ids (headroom series are registered here, once).
         log2_counts: ``(grads, scale, lo, hi) -> counts``, local or over all ranks.
     """
 
     def __init__(self, every: int, param_names: Sequence[str], layers: Sequence[str],
-                 param_numel: Sequence[int], param_layer: Sequence[int], series: SeriesIds, log2_counts) -> None:
+                 param_numel: Sequence[int], series: SeriesIds, log2_counts) -> None:
         self.every = every
+        self._param_names = list(param_names)
         self._layers = list(layers)
         self._numel = np.asarray(param_numel, dtype=np.int64)
-        self._param_layer = np.asarray(param_layer, dtype=np.int64)
         self._log2_counts = log2_counts
-        self._param_ids = series.grid(Level.PARAM, list(param_names), list(HEADROOM_STATS))
-        self._layer_ids = series.grid(Level.LAYER, self._layers, list(HEADROOM_STATS))
-        self._model_ids = series.grid(Level.MODEL, [""], list(HEADROOM_STATS)).reshape(-1)
+        self._ids = LevelIds.register(series, param_names, self._layers, HEADROOM_STATS)
 
     def due(self, recorded_index: int) -> bool:
         """Whether the recorded step with this index (0 = the first) takes a histogram."""
         return due(self.every, recorded_index)
 
     @torch.no_grad()
-    def measure(self, grads: Sequence[Tensor], present: Sequence[int], group: Tensor, present_layers: Sequence[int],
+    def measure(self, grads: Sequence[Tensor], rows: StepRows,
                 scale: Tensor | None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]], int, np.ndarray]:
         """One step's headroom and histograms.
 
         Args:
-            grads: the gradients of the watched parameters ``present`` (indices).
-            group: ``[len(present)]`` layer index of each, on the gradients' device.
-            present_layers: the layers with at least one gradient (indices).
+            grads: the gradients of the watched parameters ``rows.present``.
+            rows: the step's rows (on the gradients' device).
             scale: multiply the gradients by this (the loss scale after ``unscale_``), or None.
 
         Returns:
@@ -72,23 +69,11 @@ class HistogramRecorder:
             int64 counts of buckets ``bucket_lo, bucket_lo + 1, ...``.
         """
         lo, hi = bucket_range([g.dtype for g in grads])
-        counts = self._log2_counts(grads, scale, lo, hi)  # [present, buckets + headroom], adds up
-        n_layers = len(self._layers)
-        layer_counts = torch.zeros((n_layers, counts.shape[1]), dtype=counts.dtype, device=counts.device)
-        layer_counts.index_add_(0, group, counts)
-        all_counts = torch.cat([counts, layer_counts[list(present_layers)], counts.sum(0, keepdim=True)])
-        hist = histogram(all_counts)
-        head = headroom_counts(all_counts)
-        host = torch.cat([head.reshape(-1), hist[len(present):].reshape(-1)]).cpu().numpy()
-        head_h = host[: head.numel()].reshape(head.shape)
-        hist_h = host[head.numel():].reshape(-1, hist.shape[1])
-
-        numel = self._numel[list(present)]
-        layer_numel = np.zeros(n_layers, dtype=np.int64)
-        np.add.at(layer_numel, self._param_layer[list(present)], numel)
-        rows_numel = np.concatenate([numel, layer_numel[list(present_layers)], [numel.sum()]])
-        fractions = head_h / np.maximum(rows_numel, 1)[:, None]
-        ids = np.concatenate([self._param_ids[list(present)].reshape(-1),
-                              self._layer_ids[list(present_layers)].reshape(-1), self._model_ids])
-        keys = [(Level.LAYER, self._layers[k]) for k in present_layers] + [(Level.MODEL, "")]
-        return ids, fractions.reshape(-1).astype(np.float64), keys, lo, hist_h
+        counts = rows.stack(self._log2_counts(grads, scale, lo, hi))  # [rows, buckets + headroom], adds up
+        hist = histogram(counts)[rows.layer_rows.start:]  # the layers and the model
+        head = headroom_counts(counts)
+        head_h, hist_h = to_host([head, hist])
+        fractions = head_h.reshape(head.shape) / np.maximum(rows.stack_host(self._numel[rows.present]), 1)[:, None]
+        keys = rows.names(self._param_names, self._layers)[rows.layer_rows.start:]
+        return (rows.ids(self._ids).reshape(-1), fractions.reshape(-1).astype(np.float64), keys, lo,
+                hist_h.reshape(hist.shape))

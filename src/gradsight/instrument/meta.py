@@ -16,6 +16,7 @@ from torch import nn
 
 from gradsight._version import __version__
 from gradsight.instrument.layers import Inventory
+from gradsight.instrument.options import WatchOptions
 
 
 def default_run_dir(model: nn.Module) -> Path:
@@ -29,20 +30,7 @@ def default_run_dir(model: nn.Module) -> Path:
     return path
 
 
-def run_meta(
-    model: nn.Module,
-    inventory: Inventory,
-    *,
-    name: str,
-    config: dict | None,
-    schedule: Any,
-    backend: str,
-    weights: bool,
-    optimizer: torch.optim.Optimizer | None,
-    scaler: Any | None,
-    update_ratio_every: int = 0,
-    histograms_every: int = 0,
-) -> dict[str, Any]:
+def run_meta(model: nn.Module, inventory: Inventory, options: WatchOptions, name: str) -> dict[str, Any]:
     """The metadata written when a run starts (JSON-serializable values; see docs/design.md)."""
     device = next((pi.param.device for pi in inventory.watched), torch.device("cpu"))
     return dict(
@@ -52,17 +40,17 @@ def run_meta(
         model_class=f"{type(model).__module__}.{type(model).__qualname__}",
         torch_version=torch.__version__,
         gradsight_version=__version__,
-        config=config or {},
-        schedule=getattr(schedule, "__name__", repr(schedule)),
-        backend=backend,
-        weight_stats=weights,
+        config=options.config or {},
+        schedule=getattr(options.schedule, "__name__", repr(options.schedule)),
+        backend=options.backend,
+        weight_stats=options.weights,
         device=str(device),
         num_params=sum(pi.param.numel() for pi in inventory.params),
         num_trainable=sum(pi.param.numel() for pi in inventory.watched),
-        optimizer=type(optimizer).__name__ if optimizer is not None else None,
-        amp=scaler is not None,
-        update_ratio_every=update_ratio_every if optimizer is not None else 0,
-        histograms_every=histograms_every,
+        optimizer=type(options.optimizer).__name__ if options.optimizer is not None else None,
+        amp=options.scaler is not None,
+        update_ratio_every=options.update_ratio_every if options.optimizer is not None else 0,
+        histograms_every=options.histograms_every,
         depth_source="pending",
         host=socket.gethostname(),
         pid=os.getpid(),

@@ -25,7 +25,7 @@ import inspect
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import gradsight.schedules as schedules
 from gradsight.instrument.activations import ActivationRecorder
 from gradsight.instrument.distributed import resolve as resolve_distributed
 from gradsight.instrument.histograms import HistogramRecorder
@@ -42,6 +41,9 @@ from gradsight.instrument.layer_table import LayerTable
 from gradsight.instrument.layers import ForwardOrder, Inventory
 from gradsight.instrument.listeners import HistogramListener, Listener, Listeners
 from gradsight.instrument.meta import default_run_dir, param_rows, run_meta
+from gradsight.instrument.options import WatchOptions, with_options
+from gradsight.instrument.options import resolve as resolve_options
+from gradsight.instrument.rows import LevelIds, StepRows
 from gradsight.instrument.scaler import LossScale
 from gradsight.instrument.series import SeriesIds
 from gradsight.instrument.transfer import to_host
@@ -61,37 +63,6 @@ def _close_open_monitors() -> None:
             mon.close()
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
-
-
-def _check_arguments(model: Any, *, backend: Any, optimizer: Any, scaler: Any, config: Any, name: Any,
-                     overwrite: Any, activations: Any, residual_blocks: Any, histograms: Any,
-                     update_ratio: Any) -> None:
-    """Raise ``TypeError``/``ValueError`` for a bad ``gs.watch`` argument, before anything is created."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"gs.watch expects a torch.nn.Module, got {type(model).__name__}")
-    if backend not in ("auto", "eager", "fused"):
-        raise ValueError(f"backend must be 'auto', 'eager' or 'fused', got {backend!r}")
-    if optimizer is not None and not all(callable(getattr(optimizer, m, None))
-                                         for m in ("register_step_pre_hook", "register_step_post_hook")):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__} "
-                        f"{optimizer!r:.60}")
-    if scaler is not None and not callable(getattr(scaler, "scale", None)):
-        raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__} {scaler!r:.60}")
-    if config is not None and not isinstance(config, dict):
-        raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"name must be a string or None, got {type(name).__name__}")
-    if not isinstance(overwrite, bool):
-        raise TypeError(f"overwrite must be True or False, got {overwrite!r:.60}")
-    patterns_ok = isinstance(activations, (bool, str)) or (
-        isinstance(activations, Sequence) and all(isinstance(a, str) for a in activations))
-    if not patterns_ok:
-        raise TypeError(f"activations must be True, False, a pattern or a list of patterns, got {activations!r:.60}")
-    if residual_blocks is not None and (isinstance(residual_blocks, str) or not isinstance(residual_blocks, Sequence)
-                                        or not all(isinstance(b, str) for b in residual_blocks)):
-        raise TypeError(f"residual_blocks must be a list of module names or None, got {residual_blocks!r:.60}")
-    schedules.resolve_every(histograms)
-    schedules.resolve_every(update_ratio, "update_ratio")
 
 
 class _NewPaths:
@@ -124,34 +95,11 @@ class Monitor:
     :meth:`close`.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        run_dir: str | Path | None = None,
-        *,
-        every: int | schedules.Schedule = 1,
-        optimizer: torch.optim.Optimizer | None = None,
-        scaler: Any | None = None,
-        config: dict | None = None,
-        name: str | None = None,
-        backend: str = "auto",
-        overwrite: bool = False,
-        distributed: str | None = "auto",
-        activations: bool | str | Sequence[str] = False,
-        residual_blocks: Sequence[str] | None = None,
-        weights: bool = True,
-        histograms: bool | int = False,
-        update_ratio: bool | int = 10,
-    ) -> None:
-        _check_arguments(model, backend=backend, optimizer=optimizer, scaler=scaler, config=config, name=name,
-                         overwrite=overwrite, activations=activations, residual_blocks=residual_blocks,
-                         histograms=histograms, update_ratio=update_ratio)
+    def __init__(self, model: nn.Module, run_dir: str | Path | None = None, **options: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"gs.watch expects a torch.nn.Module, got {type(model).__name__}")
+        self.options = resolve_options(options)  #: the resolved keyword arguments (:class:`WatchOptions`)
         self.model = model
-        self.schedule = schedules.resolve(every)
-        self.optimizer = optimizer
-        self.scaler = scaler
-        self.backend = backend
-        self.weights = weights
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(model)
         self.step_count = 0  #: number of step() calls so far
         self.recorded_steps = 0
@@ -162,67 +110,59 @@ class Monitor:
         self._known_params: set[int] | None = None  # ids of the parameters seen at watch()
         self._created = _NewPaths(self.run_dir)
         try:
-            self._build(model, optimizer, scaler, config, name, backend, overwrite, distributed, activations,
-                        residual_blocks, weights, histograms, update_ratio)
+            self._build(model, self.options)
         except BaseException:
             self._undo_build()
             raise
         _OPEN_MONITORS.add(self)
 
-    def _build(self, model, optimizer, scaler, config, name, backend, overwrite, distributed, activations,
-               residual_blocks, weights, histograms, update_ratio) -> None:
+    def _build(self, model: nn.Module, opts: WatchOptions) -> None:
         """Everything that registers hooks or creates files (undone by :meth:`_undo_build` on failure)."""
         self.inventory = inv = Inventory.of(model)
         if not inv.watched:
             warnings.warn(f"{type(model).__name__} has no trainable parameters: gs.watch records no gradient "
                           "statistics (frozen parameters are listed only)", stacklevel=4)
         self._watched = [pi.param for pi in inv.watched]
+        param_names = [pi.name for pi in inv.watched]
         layer_index = {ln: i for i, ln in enumerate(inv.layers)}
-        self._param_layer = torch.tensor([layer_index[pi.layer] for pi in inv.watched], dtype=torch.long)
-        self._param_layer_h = self._param_layer.numpy()
+        self._param_layer = np.array([layer_index[pi.layer] for pi in inv.watched], dtype=np.int64)
 
         # one process (Local) or torch.distributed (only rank 0 writes the store)
-        self._dist = resolve_distributed(distributed, model)
-        self._writer = self._dist.writer(self.run_dir, overwrite)
+        self._dist = resolve_distributed(opts.distributed, model)
+        self._writer = self._dist.writer(self.run_dir, opts.overwrite)
         self._series = SeriesIds(self._writer)
         self._listeners = Listeners()
         self._stat_cols = [k for k, st in enumerate(GRAD_STATS)
-                           if weights or st not in ("weight_norm", "grad_weight_ratio")]
-        kept_stats = [GRAD_STATS[k] for k in self._stat_cols]
-        self._param_ids = self._series.grid(Level.PARAM, [pi.name for pi in inv.watched], kept_stats)
-        self._layer_ids = self._series.grid(Level.LAYER, inv.layers, kept_stats)
-        self._model_ids = self._series.grid(Level.MODEL, [""], kept_stats).reshape(-1)
-        self._dead_param_ids, self._dead_layer_ids = self._dead_rows_ids(inv)
-        histograms_every = schedules.resolve_every(histograms)
-        update_ratio_every = schedules.resolve_every(update_ratio, "update_ratio")
+                           if opts.weights or st not in ("weight_norm", "grad_weight_ratio")]
+        self._stat_ids = LevelIds.register(self._series, param_names, inv.layers,
+                                           [GRAD_STATS[k] for k in self._stat_cols])
+        self._dead_ids = self._dead_rows_ids(inv)
         self._histograms: HistogramRecorder | None = None
-        if histograms_every:
-            self._histograms = HistogramRecorder(histograms_every, [pi.name for pi in inv.watched],
-                                                 inv.layers, [pi.param.numel() for pi in inv.watched],
-                                                 self._param_layer_h, self._series, self._dist.log2_counts)
+        if opts.histograms_every:
+            self._histograms = HistogramRecorder(opts.histograms_every, param_names, inv.layers,
+                                                 [pi.param.numel() for pi in inv.watched], self._series,
+                                                 self._dist.log2_counts)
         self._series.flush()
 
-        self._writer.set_meta(**run_meta(model, inv, name=name or self.run_dir.name, config=config,
-                                         schedule=self.schedule, backend=backend, weights=weights,
-                                         optimizer=optimizer, scaler=scaler,
-                                         update_ratio_every=update_ratio_every, histograms_every=histograms_every))
+        self._writer.set_meta(**run_meta(model, inv, opts, name=opts.name or self.run_dir.name))
         self._writer.write_params(param_rows(inv))
         layer_params: dict[str, list[Tensor]] = {}
         for pi in inv.watched:
             layer_params.setdefault(pi.layer, []).append(pi.param)
         self._order = ForwardOrder(model, self._hooks, layer_params)
         self.activations: ActivationRecorder | None = None
-        if activations:
+        if opts.activations:
             self.activations = ActivationRecorder(
-                model, activations, residual_blocks, self._hooks, is_active=lambda: not self._closed and self.should_record()
+                model, opts.activations, opts.residual_blocks, self._hooks,
+                is_active=lambda: not self._closed and self.should_record(),
             )
         self._layer_table = LayerTable(inv, self._order, self.activations, self._writer)
-        self._loss_scale = LossScale(scaler, optimizer)
-        self._updates = UpdateRatio(self._watched, [pi.name for pi in inv.watched], inv.layers, self._series,
-                                    self._dist.sumsq, weights, update_ratio_every)
-        if optimizer is not None and self._updates.every:
-            self._hooks.attach(optimizer, "register_step_pre_hook", self._updates.snapshot, "optimizer")
-            self._hooks.attach(optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
+        self._loss_scale = LossScale(opts.scaler, opts.optimizer)
+        self._updates = UpdateRatio(self._watched, param_names, inv.layers, self._series, self._dist.sumsq,
+                                    opts.weights, opts.update_ratio_every)
+        if opts.optimizer is not None and self._updates.every:
+            self._hooks.attach(opts.optimizer, "register_step_pre_hook", self._updates.snapshot, "optimizer")
+            self._hooks.attach(opts.optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
         self._writer.flush()  # metadata on disk at once: a reader sees status 'running', not 'unknown'
 
     def _undo_build(self) -> None:
@@ -236,16 +176,17 @@ class Monitor:
                 if self._dist.writes_store:  # (another rank's store is not this process's to delete)
                     self._created.remove()
 
-    def _dead_rows_ids(self, inv: Inventory) -> tuple[np.ndarray, np.ndarray]:
+    def _dead_rows_ids(self, inv: Inventory) -> LevelIds:
         """Series ids of ``grad_dead_rows`` per watched parameter and per layer, -1 where it
-        does not apply (no tensor of >= 2 dims: nothing has rows)."""
+        does not apply (no tensor of >= 2 dims: nothing has rows) and for the model."""
         has_rows = [pi.param.dim() >= 2 for pi in inv.watched]
         layers_with_rows = {pi.layer for pi, rows in zip(inv.watched, has_rows) if rows}
         params = [self._series.id(Level.PARAM, pi.name, DEAD_ROWS_STAT) if rows else -1
                   for pi, rows in zip(inv.watched, has_rows)]
         layers = [self._series.id(Level.LAYER, ln, DEAD_ROWS_STAT) if ln in layers_with_rows else -1
                   for ln in inv.layers]
-        return np.array(params, dtype=np.int64), np.array(layers, dtype=np.int64)
+        return LevelIds(np.array(params, dtype=np.int64).reshape(-1, 1), np.array(layers, dtype=np.int64).reshape(-1, 1),
+                        np.array([[-1]], dtype=np.int64))
 
     # -- writing and listening --------------------------------------------------------
     def _emit(self, step: int, ids: np.ndarray, values: np.ndarray, time_s: float | None = None) -> None:
@@ -280,7 +221,7 @@ class Monitor:
     # -- recording --------------------------------------------------------------------
     def should_record(self, step: int | None = None) -> bool:
         """Whether the given (default: next) call of :meth:`step` is recorded."""
-        return bool(self.schedule(self.step_count if step is None else step))
+        return bool(self.options.schedule(self.step_count if step is None else step))
 
     def step(self, loss: Tensor | float | None = None, *, step: int | None = None) -> bool:
         """Record the gradients as they are now, if this call is scheduled.
@@ -332,15 +273,13 @@ class Monitor:
         present = [i for i, p in enumerate(watched) if p.grad is not None]
         missing = [i for i, p in enumerate(watched) if p.grad is None]
         grads = [watched[i].grad for i in present]
-        raw = self._dist.raw_sums(grads, [watched[i] for i in present], self.backend, self.weights)
+        opts = self.options
+        raw = self._dist.raw_sums(grads, [watched[i] for i in present], opts.backend, opts.weights)
         device = raw.device
-        n_layers = len(self.inventory.layers)
-        group = self._param_layer[present].to(device)
-        raw_layers = aggregate(raw, group, n_layers)
-        raw_model = aggregate(raw, torch.zeros(len(present), dtype=torch.long, device=device), 1)
+        rows = StepRows(present, self._param_layer, len(self.inventory.layers), device)
         inv_scale, scale = self._loss_scale.factors(device)
-        raw_all = torch.cat([raw, raw_layers, raw_model])
-        stats = torch.cat([derive_stats(raw_all, inv_scale), dead_rows(raw_all)[:, None]], dim=1)
+        raw_rows = rows.stack(raw, aggregate)
+        stats = torch.cat([derive_stats(raw_rows, inv_scale), dead_rows(raw_rows)[:, None]], dim=1)
         act_keys, act_values = self.activations.collect(inv_scale) if self.activations is not None else ([], [])
         pending = self._updates.take_pending()
         stats_h, sumsq_h, scale_h, loss_h, act_h, *pending_h = to_host(
@@ -356,32 +295,22 @@ class Monitor:
         for (pstep, ids, _), values in zip(pending, pending_h):
             self._emit(pstep, ids, values)
 
-        stats_h = stats_h.reshape(stats.shape)
-        param_stats = stats_h[: len(present)]
-        layer_stats = stats_h[len(present) : len(present) + n_layers]
-        model_stats = stats_h[len(present) + n_layers]
+        stats_h = stats_h.reshape(stats.shape)  # [rows, GRAD_STATS + dead rows]
         bad = np.flatnonzero(~np.isfinite(sumsq_h))
         if len(bad):  # exact counts only where a norm is not finite (rare)
             counts = np.zeros(len(present))
             counts[bad] = self._dist.count_nonfinite(grads, bad)
-            param_stats[:, _NONFINITE] = counts
-            layer_counts = np.zeros(n_layers)
-            np.add.at(layer_counts, self._param_layer_h[present], counts)
-            layer_stats[:, _NONFINITE] = layer_counts
-            model_stats[_NONFINITE] = counts.sum()
+            stats_h[:, _NONFINITE] = rows.stack_host(counts)
 
-        present_layers = sorted(set(self._param_layer_h[present].tolist()))
-        cols = self._stat_cols
-        ids = [self._param_ids[present].reshape(-1), self._layer_ids[present_layers].reshape(-1), self._model_ids]
-        values = [param_stats[:, cols].reshape(-1), layer_stats[present_layers][:, cols].reshape(-1), model_stats[cols]]
-        dead_ids = np.concatenate([self._dead_param_ids[present], self._dead_layer_ids[present_layers]])
-        dead = np.concatenate([param_stats[:, _DEAD_ROWS], layer_stats[present_layers, _DEAD_ROWS]])
+        ids = [rows.ids(self._stat_ids).reshape(-1)]
+        values = [stats_h[:, self._stat_cols].reshape(-1)]
+        dead_ids, dead = rows.ids(self._dead_ids).reshape(-1), stats_h[:, _DEAD_ROWS]
         applies = (dead_ids >= 0) & np.isfinite(dead)  # a layer whose tensors with rows had no gradient: NaN
         ids.append(dead_ids[applies])
         values.append(dead[applies])
         if loss is not None and not isinstance(loss, Tensor):
             loss_h = np.array([float(loss)])
-        extra_ids, extra_vals = self._extra_rows(missing, model_stats, scale_h, loss_h, act_keys, act_h)
+        extra_ids, extra_vals = self._extra_rows(missing, stats_h[rows.model], scale_h, loss_h, act_keys, act_h)
         ids.append(np.asarray(extra_ids, dtype=np.int64))
         values.append(np.asarray(extra_vals, dtype=np.float64))
         if act_keys:
@@ -389,8 +318,7 @@ class Monitor:
         if self._histograms is not None and present and self._histograms.due(recorded_index):
             # the gradient as stored: after unscale_ (no 1/scale to apply) it carries the scale no more
             stored_scale = scale if inv_scale is None else None
-            h_ids, h_vals, h_keys, h_lo, h_dense = self._histograms.measure(grads, present, group, present_layers,
-                                                                            stored_scale)
+            h_ids, h_vals, h_keys, h_lo, h_dense = self._histograms.measure(grads, rows, stored_scale)
             ids.append(h_ids)
             values.append(h_vals)
             self._writer.write_histograms(step, h_keys, h_lo, h_dense)
@@ -399,8 +327,8 @@ class Monitor:
         self._series.flush()
         self._emit(step, np.concatenate(ids), np.concatenate(values).astype(np.float64), time.time())
         self.recorded_steps += 1
-        if self.optimizer is not None and present and self._updates.due(recorded_index):
-            self._updates.arm(step, present, raw[:, W_SUMSQ], group, present_layers)
+        if opts.optimizer is not None and present and self._updates.due(recorded_index):
+            self._updates.arm(step, rows, raw[:, W_SUMSQ])
 
     def _extra_rows(
         self,
@@ -554,8 +482,10 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             after it, about three passes over the weights' memory; the other
             recorded steps copy nothing.
 
-    The keyword arguments, their defaults and types are those of :class:`Monitor`
-    (the signature shown here is read from it).
+    The keyword arguments, their defaults and types are declared once, by
+    :func:`gradsight.instrument.options.watch_options` (the signature shown here is read
+    from it), and resolved into ``monitor.options`` (a frozen
+    :class:`~gradsight.instrument.options.WatchOptions`).
 
     Returns:
         The :class:`Monitor`; call ``monitor.step()`` after each backward pass and
@@ -564,4 +494,5 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
     return Monitor(model, run_dir, **options)
 
 
+Monitor.__init__.__signature__ = with_options(Monitor.__init__)  # type: ignore[attr-defined]
 watch.__signature__ = inspect.signature(Monitor).replace(return_annotation="Monitor")  # type: ignore[attr-defined]

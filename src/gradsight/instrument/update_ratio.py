@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradsight.schedules import due
+from gradsight.instrument.rows import StepRows
 from gradsight.instrument.series import SeriesIds
+from gradsight.schedules import due
 
 #: ``(step, series ids, values on the device)`` waiting for the next host transfer.
 Pending = tuple[int, np.ndarray, Tensor]
@@ -40,7 +41,7 @@ class UpdateRatio:
         weights: whether weight norms are taken at record time (else they are taken
             from the snapshot).
         every: measure at every ``every``-th recorded step (0: never; see
-            :func:`~gradsight.instrument.histograms.resolve_every`).
+            :func:`~gradsight.schedules.resolve_every`).
     """
 
     def __init__(
@@ -61,9 +62,7 @@ class UpdateRatio:
         self._sumsq = sumsq
         self._weights = weights
         self._step: int | None = None  #: the recorded step waiting for its optimizer step
-        self._present: list[int] = []
-        self._layers: list[int] = []  # host-side copy: no device sync in the post-hook
-        self._group: Tensor | None = None
+        self._rows: StepRows | None = None
         self._wsumsq: Tensor | None = None
         self._snapshot: list[Tensor] | None = None
         self._buffers: dict[int, Tensor] = {}  #: watched index -> its snapshot buffer
@@ -91,21 +90,17 @@ class UpdateRatio:
             buf = self._buffers[i] = torch.empty_like(w, memory_format=torch.preserve_format)
         return buf
 
-    def arm(self, step: int, present: list[int], wsumsq: Tensor, group: Tensor, layers: list[int]) -> None:
+    def arm(self, step: int, rows: StepRows, wsumsq: Tensor) -> None:
         """Measure the next optimizer step for recorded ``step``.
 
         Args:
             step: the recorded step.
-            present: indices of the watched parameters that had a gradient.
-            wsumsq: ``[len(present)]`` their squared weight norms (NaN if not taken).
-            group: ``[len(present)]`` int64 layer index of each, on the device.
-            layers: the layer indices present, ascending.
+            rows: its rows (the watched parameters that had a gradient, their layers).
+            wsumsq: ``[len(rows.present)]`` their squared weight norms (NaN if not taken).
         """
         self._step = step
-        self._present = present
+        self._rows = rows
         self._wsumsq = wsumsq
-        self._group = group
-        self._layers = layers
         self._snapshot = None
         self.snapshot()
 
@@ -119,9 +114,10 @@ class UpdateRatio:
         if self._step is None or self._snapshot is not None:
             return
         with torch.no_grad():
-            current = [self._watched[i].detach() for i in self._present]
+            present = self._rows.present
+            current = [self._watched[i].detach() for i in present]
             if all(type(t) is Tensor for t in current):
-                snapshot = [self._buffer(i) for i in self._present]
+                snapshot = [self._buffer(i) for i in present]
                 torch._foreach_copy_(snapshot, current)
             else:  # tensor subclasses (DTensor under FSDP) have no in-place multi-tensor copy
                 snapshot = torch._foreach_mul(current, 1.0)
@@ -132,7 +128,8 @@ class UpdateRatio:
         if self._step is None or self._snapshot is None:
             return
         with torch.no_grad():
-            current = [self._watched[i].detach() for i in self._present]
+            rows = self._rows
+            current = [self._watched[i].detach() for i in rows.present]
             wsq = self._wsumsq
             if not self._weights:  # weight norms were not taken at record time
                 wsq = self._sumsq(self._snapshot)
@@ -141,20 +138,10 @@ class UpdateRatio:
                 dsq = self._sumsq(self._snapshot)
             else:
                 dsq = self._sumsq(torch._foreach_sub(current, self._snapshot))
-            n_layers = len(self._layer_names)
-            layer_dsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, self._group, dsq)
-            layer_wsq = torch.zeros(n_layers, device=dsq.device).index_add_(0, self._group, wsq)
-            layers = self._layers
-            ratios = torch.cat(
-                [
-                    (dsq / wsq).sqrt(),
-                    (layer_dsq[layers] / layer_wsq[layers]).sqrt(),
-                    (dsq.sum() / wsq.sum()).sqrt().reshape(1),
-                ]
-            )
-        ids = [self._series.id("param", self._param_names[i], "update_ratio") for i in self._present]
-        ids += [self._series.id("layer", self._layer_names[k], "update_ratio") for k in layers]
-        ids.append(self._series.id("model", "", "update_ratio"))
+            ratios = (rows.stack(dsq) / rows.stack(wsq)).sqrt()
+        # series of the rows measured (a parameter that never has a gradient gets none)
+        ids = [self._series.id(level, name, "update_ratio") for level, name in rows.names(self._param_names,
+                                                                                             self._layer_names)]
         self._series.flush()
         self._pending.append((self._step, np.asarray(ids, dtype=np.int64), ratios))
         self.forget()

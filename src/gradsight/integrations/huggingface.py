@@ -57,6 +57,7 @@ except ImportError:
 
 import gradsight.schedules as schedules
 from gradsight.instrument.monitor import Monitor, watch
+from gradsight.instrument.options import check_options, watch_arguments
 from gradsight.integrations._tap import Key, scalar_tag, select
 
 __all__ = ["GradFlowCallback"]
@@ -93,9 +94,7 @@ class GradFlowCallback(TrainerCallback):
         log_stats: Sequence[str] | None = None,
         **watch_kwargs: Any,
     ) -> None:
-        for taken in ("optimizer", "scaler"):
-            if taken in watch_kwargs:
-                raise TypeError(f"GradFlowCallback takes {taken} from the Trainer; do not pass {taken}=")
+        check_options(watch_kwargs, "GradFlowCallback", taken=("optimizer", "scaler"), source="from the Trainer")
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.every = every
         self.log_levels = tuple(log_levels)
@@ -147,18 +146,11 @@ class GradFlowCallback(TrainerCallback):
                 "learning_rate": args.learning_rate,
             },
             "grad_clip": _grad_clip(args.max_grad_norm, post_clip=accelerator is None),
-            **(self.watch_kwargs.get("config") or {}),
         }
-        kwargs_ = {k: v for k, v in self.watch_kwargs.items() if k != "config"}
-        self.monitor = watch(
-            model,
-            self.run_dir,
-            every=self.every,
-            optimizer=inner,
-            scaler=getattr(optimizer, "scaler", None),
-            config=self._config,
-            **kwargs_,
-        )
+        arguments = watch_arguments(self.watch_kwargs, "GradFlowCallback", every=self.every, optimizer=inner,
+                                    scaler=getattr(optimizer, "scaler", None), config=self._config)
+        self._config = arguments["config"]
+        self.monitor = watch(model, self.run_dir, **arguments)
         self._latest = {}
         if self.log_levels:
             self.monitor.add_listener(self._keep_latest)

@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover - the standalone package
 
 import gradsight.schedules as schedules
 from gradsight.instrument.monitor import Monitor, watch
+from gradsight.instrument.options import check_options, watch_arguments
 from gradsight.integrations._tap import Key, scalar_tag, select
 
 __all__ = ["GradFlowCallback"]
@@ -76,9 +77,7 @@ class GradFlowCallback(Callback):
         **watch_kwargs: Any,
     ) -> None:
         super().__init__()
-        for taken in ("optimizer", "scaler"):
-            if taken in watch_kwargs:
-                raise TypeError(f"GradFlowCallback takes {taken} from the trainer; do not pass {taken}=")
+        check_options(watch_kwargs, "GradFlowCallback", taken=("optimizer", "scaler"), source="from the trainer")
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.every = every
         self.log_levels = tuple(log_levels)
@@ -107,18 +106,11 @@ class GradFlowCallback(Callback):
                 "world_size": trainer.world_size,
                 "strategy": type(trainer.strategy).__name__,
             },
-            **(self.watch_kwargs.get("config") or {}),
         }
-        kwargs = {k: v for k, v in self.watch_kwargs.items() if k != "config"}
-        self.monitor = watch(
-            pl_module,
-            self.run_dir,
-            every=self.every,
+        self.monitor = watch(pl_module, self.run_dir, **watch_arguments(
+            self.watch_kwargs, "GradFlowCallback", every=self.every,
             optimizer=optimizers[0] if len(optimizers) == 1 else None,
-            scaler=getattr(precision, "scaler", None),
-            config=config,
-            **kwargs,
-        )
+            scaler=getattr(precision, "scaler", None), config=config))
         self._trainer = trainer
         if self.log_levels:
             self.monitor.add_listener(self._to_loggers)

@@ -32,7 +32,7 @@ import logging
 import os
 import platform
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,9 @@ from gradsight.store.roles import Role
 from gradsight.store.reader import open_run
 from gradsight.store.view import RunView
 from gradsight.train.recipes import Recipe, get_recipe
-from gradsight.train.runner import DEFAULT_CONTEXT, TrainResult, resolve_device, train
+from gradsight.instrument.options import check_options
+from gradsight.train.runner import RUNNER_SETS, TrainResult, resolve_device, train
+from gradsight.train.tasks import DEFAULT_CONTEXT
 
 __all__ = ["CompareResult", "check_depth", "compare", "format_markdown", "parse_list", "reproducibility"]
 
@@ -199,7 +201,7 @@ def _per_epoch_markdown(results: Sequence[TrainResult]) -> str:
     epochs = max(len(r.epochs) for r in results)
     language = results[0].task == "next-token"
     what = "train / test loss" if language else "train / test error"
-    header = "| epoch | " + " | ".join(f"{r.network}-{r.layers} {what}" for r in results) + " |"
+    header = "| epoch | " + " | ".join(f"{r.network}-{r.depth} {what}" for r in results) + " |"
     rule = "| ---: |" + " ---: |" * len(results)
     lines = [header, rule]
     for e in range(epochs):
@@ -298,6 +300,7 @@ def compare(
     every: int | str = "auto",
     activations: bool = False,
     histograms: bool | int = False,
+    watch: Mapping[str, Any] | None = None,
     limit: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -322,6 +325,9 @@ def compare(
         activations: also record activation and residual-split statistics.
         histograms: also record log2 gradient histograms and precision headroom at every
             (True) or every k-th recorded step (:func:`gradsight.watch`'s ``histograms=``).
+        watch: more :func:`gradsight.watch` options for every run, passed through to
+            :func:`~gradsight.train.train` (its ``watch=``); its entries win over ``activations``
+            and ``histograms``.
         limit: use only the first ``limit`` training and test samples (bytes of a text corpus; smoke tests).
         overwrite: replace ``out`` if it exists (only once the new results are complete).
         progress: progress bars per epoch.
@@ -353,6 +359,8 @@ def compare(
         recipe = replace(recipe, context=context)
     if epochs is not None and epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    options = check_options({"activations": activations, "histograms": histograms, **(watch or {})}, "compare",
+                            taken=RUNNER_SETS)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     dev = resolve_device(device)
@@ -401,7 +409,7 @@ def compare(
             run_dirs[key] = tmp / "runs" / key
             result.results.append(
                 train(family, data, recipe, depth=depth, epochs=epochs, seed=seed, device=dev,
-                      run_dir=run_dirs[key], every=every, activations=activations, histograms=histograms, name=key,
+                      run_dir=run_dirs[key], every=every, watch=options, name=key,
                       network=family, layers=depth, progress=progress, context=context,
                       config={"reproducibility": result.reproducibility,
                               "compare": {"models": families, "depths": depth_list, "limit": limit,

@@ -22,23 +22,20 @@ What the run store holds (``gs.open_run(run_dir)``):
   registry did not build), and ``network``, ``layers``, ``parameters``, ``dataset``, ``recipe``,
   ``seed``, ``epochs``, ``wall_time_s``.
 
-On a byte-level corpus (:class:`gradsight.data.TextSplits`) the model is a language model: it
-takes windows of ``context`` bytes (``context=``, else the recipe's, else ``DEFAULT_CONTEXT``) and
-is built with ``context`` and ``vocab_size=256``. Each step trains on ``batch_size`` windows at
-random offsets of the training stream (:func:`gradsight.data.token_batch`, offsets from the seeded
-generator); an epoch is the recipe's ``batches_per_epoch`` steps. The loss is next-token
-cross-entropy averaged over every position of every window; the test loss is the same on a fixed
-set of up to ``TEST_WINDOWS`` evenly spaced windows of the test stream
-(:func:`gradsight.data.fixed_windows`). Errors are next-byte errors (the most likely byte is not
-the next one), and ``train_bits_per_byte`` / ``test_bits_per_byte`` are the losses divided by ln 2
-(tokens are bytes). The config adds ``context``, ``vocab_size`` and ``text`` (the corpus: bytes and
-files per split, the Python version of ``pystdlib``).
+What differs between image classification and a language model on a byte-level corpus
+(:class:`gradsight.data.TextSplits`: windows of ``context`` bytes, ``context=``, else the recipe's,
+else ``DEFAULT_CONTEXT``) is a task object (:mod:`gradsight.train.tasks`): how the model is sized,
+the batches of an epoch, the test set, and what the config and the metrics add (for a language
+model ``train_bits_per_byte`` / ``test_bits_per_byte``, and ``context``, ``vocab_size``,
+``test_windows`` and ``text`` in the config); the loop below is the same for both.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,23 +46,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import gradsight.schedules as schedules
-from gradsight.data import DatasetSplits, TextSplits, batches, fixed_windows, token_batch
-from gradsight.instrument.monitor import watch
+from gradsight.data import DatasetSplits, TextSplits
+from gradsight.instrument import monitor as monitor_module
+from gradsight.instrument.options import watch_arguments
 from gradsight.models import info_of
-from gradsight.models.spec import build_model as build_from_spec
 from gradsight.train.recipes import Recipe, get_recipe
+from gradsight.train.tasks import Task, evaluate, task_for
 
-__all__ = ["EpochMetrics", "TrainResult", "auto_schedule", "build_model", "evaluate", "resolve_device", "train"]
+__all__ = ["EpochMetrics", "TrainResult", "auto_schedule", "build_for_data", "build_model", "evaluate",
+           "resolve_device", "train"]
 
 DEVICES = ("auto", "cpu", "cuda")
-EVAL_BATCH_SIZE = 1000
-#: Token data: windows per evaluation batch, windows of the test loss, context without one given.
-EVAL_WINDOWS_BATCH = 64
-TEST_WINDOWS = 256
-DEFAULT_CONTEXT = 64
 #: "auto" records every one of the first AUTO_FIRST steps, then about AUTO_TARGET more.
 AUTO_FIRST = 10
 AUTO_TARGET = 100
+#: The ``gs.watch`` options that :func:`train` sets itself (``watch=`` may not name them).
+RUNNER_SETS = ("every", "optimizer", "name", "overwrite")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -121,7 +117,7 @@ class TrainResult:
 
     name: str
     network: str  # model family or registered name, e.g. "plain", "resnet"
-    layers: int | None  # depth (weighted layers) when known
+    depth: int | None  # weighted layers (the results table's "layers" column) when known
     parameters: int  # trainable parameters
     dataset: str
     recipe: str
@@ -134,6 +130,13 @@ class TrainResult:
     task: str = "classification"  # or "next-token" (a language model on a byte-level corpus)
 
     @property
+    def layers(self) -> int | None:
+        """Deprecated: :attr:`depth` (the number of weighted layers)."""
+        warnings.warn("TrainResult.layers is deprecated; use TrainResult.depth (the number of weighted layers)",
+                      DeprecationWarning, stacklevel=2)
+        return self.depth
+
+    @property
     def final(self) -> EpochMetrics:
         """The last epoch's metrics."""
         return self.epochs[-1]
@@ -143,24 +146,13 @@ class TrainResult:
         for a language model the final train and test loss and the test bits per byte instead."""
         last = self.final
         if self.task == "next-token":
-            return {
-                "network": self.network,
-                "layers": self.layers,
-                "parameters": self.parameters,
-                "train_loss": last.train_loss,
-                "test_loss": last.test_loss,
-                "test_bits_per_byte": last.test_bits_per_byte,
-                "time_s": self.wall_time_s,
-            }
-        return {
-            "network": self.network,
-            "layers": self.layers,
-            "parameters": self.parameters,
-            "train_error": last.train_error,
-            "test_error": last.test_error,
-            "test_accuracy": last.test_accuracy,
-            "time_s": self.wall_time_s,
-        }
+            scores = {"train_loss": last.train_loss, "test_loss": last.test_loss,
+                      "test_bits_per_byte": last.test_bits_per_byte}
+        else:
+            scores = {"train_error": last.train_error, "test_error": last.test_error,
+                      "test_accuracy": last.test_accuracy}
+        return {"network": self.network, "layers": self.depth, "parameters": self.parameters, **scores,
+                "time_s": self.wall_time_s}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -168,8 +160,8 @@ class TrainResult:
         return d
 
 
-def build_model(name: str, data: DatasetSplits | TextSplits, *, seed: int = 0, context: int | None = None,
-                **model_kwargs: Any) -> nn.Module:
+def build_for_data(name: str, data: DatasetSplits | TextSplits, *, seed: int = 0, context: int | None = None,
+                   **model_kwargs: Any) -> nn.Module:
     """``create_model(name, ...)`` sized for ``data``, with weights drawn after ``torch.manual_seed(seed)``.
 
     What the model takes comes from its registration (:func:`gradsight.models.model_info`):
@@ -178,40 +170,19 @@ def build_model(name: str, data: DatasetSplits | TextSplits, *, seed: int = 0, c
     (default ``DEFAULT_CONTEXT``) and ``vocab_size`` (256) instead. Explicit ``model_kwargs``
     win. The model's :class:`~gradsight.models.ModelInfo` is ``model.model_info``.
     """
-    torch.manual_seed(seed)
-    if isinstance(data, TextSplits):
-        context = DEFAULT_CONTEXT if context is None else context
-        kwargs: dict[str, Any] = {"context": context, "vocab_size": data.vocab_size, **model_kwargs}
-        return build_from_spec(name, input_shape=(context,), **kwargs)[0]
-    kwargs = {"num_classes": data.num_classes, **model_kwargs}
-    return build_from_spec(name, input_shape=data.input_shape, **kwargs)[0]
+    return task_for(data, context).build_model(name, seed=seed, **model_kwargs)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> tuple[float, float]:
-    """(mean cross-entropy, error fraction) of ``model`` in eval mode on ``x`` [N, ...], ``y`` [N].
-
-    For a language model, ``x`` and ``y`` are input and target windows (int64 [N, context]): the
-    mean is over every position of every window (nats per token), the error the fraction of
-    positions whose most likely next token is not the target. Restores the model's training
-    mode afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
-    wrong = torch.zeros((), device=x.device, dtype=torch.long)
-    for xb, yb in batches(x, y, batch_size, shuffle=False):
-        logits = model(xb)
-        loss_sum += F.cross_entropy(logits.flatten(0, -2), yb.flatten(), reduction="sum").double()
-        wrong += (logits.argmax(-1) != yb).sum()
-    model.train(was_training)
-    n = max(int(y.numel()), 1)
-    return float(loss_sum) / n, int(wrong) / n
+def build_model(name: str, data: DatasetSplits | TextSplits, **kwargs: Any) -> nn.Module:
+    """Deprecated: :func:`build_for_data` (``gs.models.build_model`` builds from a model spec alone)."""
+    warnings.warn("gradsight.train.build_model is deprecated; use gradsight.train.build_for_data",
+                  DeprecationWarning, stacklevel=2)
+    return build_for_data(name, data, **kwargs)
 
 
 def train(
     model: nn.Module | str,
-    data: DatasetSplits,
+    data: DatasetSplits | TextSplits,
     recipe: Recipe | str = "lecture",
     *,
     epochs: int | None = None,
@@ -222,6 +193,7 @@ def train(
     activations: bool | str = False,
     histograms: bool | int = False,
     update_ratio: bool | int = True,
+    watch: Mapping[str, Any] | None = None,
     name: str | None = None,
     network: str | None = None,
     layers: int | None = None,
@@ -234,7 +206,7 @@ def train(
     """Train ``model`` on ``data`` with ``recipe``, evaluating on the test split after every epoch.
 
     Args:
-        model: a module, or a registered model name built with :func:`build_model`
+        model: a module, or a registered model name built with :func:`build_for_data`
             (``model_kwargs``, e.g. ``depth=56``, go to its factory; the seed is applied first).
         data: in-memory splits from :func:`gradsight.data.load_dataset`: images, or a byte-level
             corpus for a language model (see the module docstring).
@@ -246,10 +218,12 @@ def train(
         run_dir: the run store's directory (default: the monitor's ``runs/<time>-<Model>``).
         every: which steps record gradient statistics: ``"auto"`` (see :func:`auto_schedule`),
             every k-th step, or a schedule ``step -> bool``.
-        activations: passed to :func:`gradsight.watch` (activation and residual-split statistics).
-        histograms: passed to :func:`gradsight.watch` (log2 gradient histograms and precision headroom).
-        update_ratio: passed to :func:`gradsight.watch`; ``True`` (the default here, unlike
-            ``gs.watch``'s 10): every recorded step of the sparse ``"auto"`` schedule has one.
+        activations, histograms, update_ratio: :func:`gradsight.watch`'s options of these names
+            (``update_ratio=True``, unlike ``gs.watch``'s 10: every recorded step of the sparse
+            ``"auto"`` schedule has one); ``watch=`` entries win over them.
+        watch: more :func:`gradsight.watch` options, passed through (``weights``, ``backend``,
+            ``residual_blocks``, ...; a ``config`` is added to the run's config). The runner sets
+            ``every``, ``optimizer``, ``name`` and ``overwrite`` itself.
         name: display name of the run (default: the run directory's name).
         network, layers: how tables name the model (default: the model name, else its registered
             family, else its class; and its registered depth).
@@ -267,47 +241,35 @@ def train(
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     dev = resolve_device(device)
-    text = isinstance(data, TextSplits)
-    if text:
-        context = context or recipe.context or DEFAULT_CONTEXT
-        train_stream, test_stream = data.train.to(dev), data.test.to(dev)
-        try:
-            test_x, test_y = fixed_windows(test_stream, context, TEST_WINDOWS)
-            fixed_windows(train_stream, context, 1)  # the training stream is long enough too
-        except ValueError as exc:
-            raise ValueError(f"dataset {data.name!r}: {exc}") from None
+    task = task_for(data, context or recipe.context)
+    task.load(dev)
     model_name = model if isinstance(model, str) else None
     if isinstance(model, str):
-        model = build_model(model, data, seed=seed, context=context if text else None, **model_kwargs)
+        model = task.build_model(model, seed=seed, **model_kwargs)
     elif model_kwargs:
         raise TypeError(f"model keywords {sorted(model_kwargs)} need a model name, not a module")
     torch.manual_seed(seed)
     order = torch.Generator().manual_seed(seed)  # on the CPU: the same order on every device
-
     model.to(dev)
-    if not text:
-        train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
-        test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
     steps_per_epoch = recipe.steps_per_epoch(data.num_train)
     total_steps = steps_per_epoch * epochs
-    schedule = auto_schedule(total_steps) if every == "auto" else every
     optimizer = recipe.make_optimizer(model.parameters())
     scheduler = recipe.make_scheduler(optimizer, total_steps)
 
     info = info_of(model)
     family = info.family if info else network
     network = network or model_name or (info.family if info else type(model).__name__)
-    layers = layers if layers is not None else (info.depth if info else None)
+    depth = layers if layers is not None else (info.depth if info else None)
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     settings = {
         "model": model_name or (info.name if info else f"{type(model).__module__}.{type(model).__qualname__}"),
         "model_kwargs": model_kwargs,
         "network": network,
-        "layers": layers,
+        "layers": depth,
         "family": family,
-        "depth": info.depth if info else layers,
-        "input_kind": info.input_kind if info else ("tokens" if text else None),
-        "input_shape": [context] if text else list(data.input_shape),
+        "depth": info.depth if info else depth,
+        "input_kind": info.input_kind if info else task.input_kind,
+        "input_shape": list(task.input_shape),
         "recipe": recipe.to_dict(),
         "epochs": epochs,
         "seed": seed,
@@ -316,87 +278,105 @@ def train(
         "num_test": data.num_test,
         "device": str(dev),
         "steps_per_epoch": steps_per_epoch,
-        **({"context": context, "vocab_size": data.vocab_size, "test_windows": int(test_x.shape[0]),
-            "text": data.config()} if text else {}),
+        **task.config(),
         **(config or {}),
     }
-    monitor = watch(
-        model, run_dir, every=schedule, optimizer=optimizer, config=settings, name=name,
-        overwrite=overwrite, activations=activations, histograms=histograms,
-        update_ratio=update_ratio,
-    )
+    monitor = monitor_module.watch(model, run_dir, **watch_arguments(
+        watch, "gs.train.train", defaults={"activations": activations, "histograms": histograms,
+                                           "update_ratio": update_ratio},
+        every=auto_schedule(total_steps) if every == "auto" else every, optimizer=optimizer, config=settings,
+        name=name, overwrite=overwrite))
     result = TrainResult(
-        name=name or monitor.run_dir.name, network=network, layers=layers, parameters=parameters,
+        name=name or monitor.run_dir.name, network=network, depth=depth, parameters=parameters,
         dataset=data.name, recipe=recipe.name, seed=seed, device=str(dev), steps=0, wall_time_s=0.0,
-        run_dir=monitor.run_dir, task="next-token" if text else "classification",
+        run_dir=monitor.run_dir, task=task.name,
     )
-    monitor.set_meta(network=network, layers=layers, parameters=parameters, dataset=data.name,
+    monitor.set_meta(network=network, layers=depth, parameters=parameters, dataset=data.name,
                      recipe=recipe.name, seed=seed, epochs=epochs)
-
+    loop = _Loop(model=model, task=task, recipe=recipe, optimizer=optimizer, scheduler=scheduler, monitor=monitor,
+                 order=order, steps_per_epoch=steps_per_epoch, total_steps=total_steps, device=dev, progress=progress)
     start = time.perf_counter()
-    step = 0
     with monitor:
         model.train()
         for epoch in range(1, epochs + 1):
-            epoch_start = time.perf_counter()
-            loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
-            correct = torch.zeros((), device=dev, dtype=torch.long)
-            seen = 0
-            bar = tqdm(total=steps_per_epoch, desc=f"{result.name} {epoch}/{epochs}", unit="batch",
-                       disable=not progress, leave=True, dynamic_ncols=True)
-            last_shown = 0.0
-            if text:
-                data_order = (token_batch(train_stream, context, recipe.batch_size, generator=order)
-                              for _ in range(steps_per_epoch))
-            else:
-                data_order = batches(train_x, train_y, recipe.batch_size, shuffle=True, generator=order)
-            for xb, yb in data_order:
-                logits = model(xb)
-                # Classifier: logits [B, classes]; language model: [B, T, vocab], every position.
-                loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                monitor.step(loss)
-                if recipe.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                with torch.no_grad():
-                    loss_sum += loss.detach().double() * yb.numel()
-                    correct += (logits.argmax(-1) == yb).sum()
-                seen += yb.numel()
-                step += 1
-                if progress:
-                    bar.update()
-                    now = time.monotonic()
-                    if now - last_shown > 0.5:  # a host sync, so at most twice a second
-                        last_shown = now
-                        bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.4f}",
-                                        refresh=False)
-            lr = recipe.lr_at(step - 1, total_steps)
-            train_loss, train_error = float(loss_sum) / seen, 1.0 - int(correct) / seen
-            test_loss, test_error = evaluate(model, test_x, test_y, EVAL_WINDOWS_BATCH if text else EVAL_BATCH_SIZE)
-            bits = {"train_bits_per_byte": train_loss / math.log(2), "test_bits_per_byte": test_loss / math.log(2)}
-            metrics = EpochMetrics(
-                epoch=epoch, step=step - 1, lr=lr, train_loss=train_loss, train_error=train_error,
-                test_loss=test_loss, test_error=test_error, test_accuracy=1.0 - test_error,
-                time_s=time.perf_counter() - epoch_start, **(bits if text else {}),
-            )
-            result.epochs.append(metrics)
-            monitor.log(
-                {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_error": train_error,
-                 "test_loss": test_loss, "test_error": test_error, "test_accuracy": metrics.test_accuracy,
-                 **(bits if text else {}), "epoch_time_s": metrics.time_s},
-                step=step - 1,
-            )
-            if progress and text:
-                bar.set_postfix(loss=f"{train_loss:.4f}", test_loss=f"{test_loss:.4f}",
-                                test_bpb=f"{bits['test_bits_per_byte']:.3f}", refresh=False)
-            elif progress:
-                bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{1 - train_error:.4f}",
-                                test_acc=f"{metrics.test_accuracy:.4f}", refresh=False)
-            bar.close()
-        result.steps = step
+            result.epochs.append(loop.epoch(epoch, f"{result.name} {epoch}/{epochs}"))
+        result.steps = loop.step
         result.wall_time_s = time.perf_counter() - start
-        monitor.set_meta(wall_time_s=result.wall_time_s, steps=step)
+        monitor.set_meta(wall_time_s=result.wall_time_s, steps=loop.step)
     return result
+
+
+@dataclass
+class _Loop:
+    """One training run's loop: what it steps through, and the optimizer steps taken (``step``)."""
+
+    model: nn.Module
+    task: Task
+    recipe: Recipe
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    monitor: monitor_module.Monitor
+    order: torch.Generator
+    steps_per_epoch: int
+    total_steps: int
+    device: torch.device
+    progress: bool
+    step: int = 0
+
+    def epoch(self, epoch: int, desc: str) -> EpochMetrics:
+        """Train one epoch, evaluate, log the epoch's metrics at its last step and return them."""
+        start = time.perf_counter()
+        bar = tqdm(total=self.steps_per_epoch, desc=desc, unit="batch", disable=not self.progress, leave=True,
+                   dynamic_ncols=True)
+        train_loss, train_error = self._train(bar)
+        lr = self.recipe.lr_at(self.step - 1, self.total_steps)
+        test_loss, test_error = self.task.evaluate(self.model)
+        extra = self.task.epoch_metrics(train_loss, test_loss)
+        metrics = EpochMetrics(
+            epoch=epoch, step=self.step - 1, lr=lr, train_loss=train_loss, train_error=train_error,
+            test_loss=test_loss, test_error=test_error, test_accuracy=1.0 - test_error,
+            time_s=time.perf_counter() - start, **extra,
+        )
+        logged = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_error": train_error,
+                  "test_loss": test_loss, "test_error": test_error, "test_accuracy": metrics.test_accuracy,
+                  **extra, "epoch_time_s": metrics.time_s}
+        self.monitor.log(logged, step=self.step - 1)
+        if self.progress:
+            bar.set_postfix(**self.task.postfix(logged), refresh=False)
+        bar.close()
+        return metrics
+
+    def _train(self, bar: tqdm) -> tuple[float, float]:
+        """The epoch's training steps; the mean training loss and error over its batches.
+
+        Running sums stay on the device (no host sync per batch but the progress bar's, at
+        most twice a second)."""
+        model, optimizer, recipe = self.model, self.optimizer, self.recipe
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        last_shown = 0.0
+        for xb, yb in self.task.epoch(recipe.batch_size, self.steps_per_epoch, self.order):
+            logits = model(xb)
+            # Classifier: logits [B, classes]; language model: [B, T, vocab], every position.
+            loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.monitor.step(loss)
+            if recipe.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            optimizer.step()
+            self.scheduler.step()
+            with torch.no_grad():
+                loss_sum += loss.detach().double() * yb.numel()
+                correct += (logits.argmax(-1) == yb).sum()
+            seen += yb.numel()
+            self.step += 1
+            if self.progress:
+                bar.update()
+                now = time.monotonic()
+                if now - last_shown > 0.5:
+                    last_shown = now
+                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.4f}",
+                                    refresh=False)
+        return float(loss_sum) / seen, 1.0 - int(correct) / seen

@@ -1,0 +1,145 @@
+"""``gs.watch``'s options: declared once, checked and resolved once.
+
+:func:`watch_options` is the one declaration of the keywords ``gs.watch`` takes and of their
+defaults (``gs.watch`` and :class:`~gradsight.instrument.monitor.Monitor` show its
+signature); it checks them and resolves them into one frozen :class:`WatchOptions`, which is
+all the monitor reads. Code that starts a monitor for its user (the training runner,
+``compare``, the model check, the Lightning and Hugging Face callbacks) takes the user's
+options as one mapping and passes it through with :func:`watch_arguments`, adding only what
+it sets itself (the optimizer, the schedule, its part of the config).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import gradsight.schedules as schedules
+
+if TYPE_CHECKING:
+    import torch
+
+BACKENDS = ("auto", "eager", "fused")
+
+
+@dataclass(frozen=True, eq=False)
+class WatchOptions:
+    """``gs.watch``'s keyword arguments, checked and resolved (:func:`gradsight.watch` documents each)."""
+
+    schedule: schedules.Schedule  #: from ``every=``: which ``step()`` calls are recorded
+    optimizer: torch.optim.Optimizer | None
+    scaler: Any | None
+    config: dict | None
+    name: str | None
+    backend: str
+    overwrite: bool
+    distributed: str | bool | None
+    activations: bool | str | Sequence[str]
+    residual_blocks: Sequence[str] | None
+    weights: bool
+    histograms_every: int  #: from ``histograms=``: every k-th recorded step, 0: never
+    update_ratio_every: int  #: from ``update_ratio=``: every k-th recorded step, 0: never
+
+
+def watch_options(
+    *,
+    every: int | schedules.Schedule = 1,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any | None = None,
+    config: dict | None = None,
+    name: str | None = None,
+    backend: str = "auto",
+    overwrite: bool = False,
+    distributed: str | None = "auto",
+    activations: bool | str | Sequence[str] = False,
+    residual_blocks: Sequence[str] | None = None,
+    weights: bool = True,
+    histograms: bool | int = False,
+    update_ratio: bool | int = 10,
+) -> WatchOptions:
+    """Check ``gs.watch``'s keyword arguments and resolve them (raises ``TypeError`` or
+    ``ValueError`` for a bad one; creates nothing)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'eager' or 'fused', got {backend!r}")
+    if optimizer is not None and not all(callable(getattr(optimizer, m, None))
+                                         for m in ("register_step_pre_hook", "register_step_post_hook")):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__} "
+                        f"{optimizer!r:.60}")
+    if scaler is not None and not callable(getattr(scaler, "scale", None)):
+        raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__} {scaler!r:.60}")
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a string or None, got {type(name).__name__}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r:.60}")
+    patterns_ok = isinstance(activations, (bool, str)) or (
+        isinstance(activations, Sequence) and all(isinstance(a, str) for a in activations))
+    if not patterns_ok:
+        raise TypeError(f"activations must be True, False, a pattern or a list of patterns, got {activations!r:.60}")
+    if residual_blocks is not None and (isinstance(residual_blocks, str) or not isinstance(residual_blocks, Sequence)
+                                        or not all(isinstance(b, str) for b in residual_blocks)):
+        raise TypeError(f"residual_blocks must be a list of module names or None, got {residual_blocks!r:.60}")
+    return WatchOptions(
+        schedule=schedules.resolve(every), optimizer=optimizer, scaler=scaler, config=config, name=name,
+        backend=backend, overwrite=overwrite, distributed=distributed, activations=activations,
+        residual_blocks=residual_blocks, weights=weights, histograms_every=schedules.resolve_every(histograms),
+        update_ratio_every=schedules.resolve_every(update_ratio, "update_ratio"),
+    )
+
+
+#: The keyword arguments of ``gs.watch``, in order.
+WATCH_KEYWORDS: tuple[str, ...] = tuple(inspect.signature(watch_options).parameters)
+
+
+def with_options(fn: Callable) -> inspect.Signature:
+    """The signature of ``fn(..., **options)`` with ``**options`` spelled out as the keywords of
+    :func:`watch_options`, their defaults and types (what ``help(gs.watch)`` shows)."""
+    sig = inspect.signature(fn)
+    leading = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return sig.replace(parameters=[*leading, *inspect.signature(watch_options).parameters.values()])
+
+
+def resolve(options: Mapping[str, Any], owner: str = "gs.watch") -> WatchOptions:
+    """:func:`watch_options` of a mapping of keywords; a key that is not one is a ``TypeError``
+    naming ``owner``."""
+    unknown = [k for k in options if k not in WATCH_KEYWORDS]
+    if unknown:
+        raise TypeError(f"{owner} got an unexpected keyword argument {unknown[0]!r}; gs.watch takes "
+                        f"{', '.join(WATCH_KEYWORDS)}")
+    return watch_options(**options)
+
+
+def check_options(options: Mapping[str, Any] | None, owner: str, taken: Sequence[str] = (),
+                  source: str = "itself") -> dict[str, Any]:
+    """The user's ``gs.watch`` options for ``owner`` (a dict; None is empty), checked before
+    anything starts: every key a keyword of ``gs.watch`` with a valid value, none of those
+    that ``owner`` sets itself (``taken``; the error says where it takes them: ``source``)."""
+    options = dict(options or {})
+    for key in taken:
+        if key in options:
+            raise TypeError(f"{owner} takes {key} {source}; do not pass {key}=")
+    resolve(options, owner)
+    return options
+
+
+def watch_arguments(options: Mapping[str, Any] | None, owner: str, *, defaults: Mapping[str, Any] | None = None,
+                    **own: Any) -> dict[str, Any]:
+    """Keyword arguments for ``gs.watch`` from code that starts a monitor for its user.
+
+    Args:
+        options: the user's ``gs.watch`` options, or None.
+        owner: the caller, named in errors (``"gs.train.train"``).
+        defaults: the caller's own defaults; ``options`` overrides them.
+        **own: what the caller sets itself; ``options`` may not name these, except
+            ``config``: the user's entries are added to the caller's (the user's win).
+
+    Raises:
+        TypeError, ValueError: as :func:`check_options`.
+    """
+    options = check_options(options, owner, [k for k in own if k != "config"])
+    if "config" in own and options.get("config"):
+        own = {**own, "config": {**(own["config"] or {}), **options["config"]}}
+    return {**(defaults or {}), **options, **own}

@@ -1,0 +1,105 @@
+"""The rows of a recorded step: the parameter, layer and model levels stacked in one array.
+
+A recorded step has one row per watched parameter with a gradient (level ``param``), one
+per layer those parameters belong to (``layer``) and one for the model (``model``), in that
+order. The monitor's statistics, the histograms and the update ratios are all stacked on
+the device (:meth:`StepRows.stack`, :meth:`StepRows.stack_host` for values on the host) and
+named (:meth:`StepRows.ids`, :meth:`StepRows.names`) by this one layout; its slices say where each level's rows are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gradsight.instrument.series import SeriesIds
+from gradsight.store.schema import Level
+
+#: ``combine(rows [R, ...], group [R], n) -> [n, ...]``: rows combined by group.
+Combine = Callable[[Tensor, Tensor, int], Tensor]
+
+
+@dataclass(frozen=True)
+class LevelIds:
+    """Series ids of some statistics at every level: ``param`` ``[watched, stats]``, ``layer``
+    ``[layers, stats]`` and ``model`` ``[1, stats]`` (-1 where a statistic does not apply)."""
+
+    param: np.ndarray
+    layer: np.ndarray
+    model: np.ndarray
+
+    @classmethod
+    def register(cls, series: SeriesIds, param_names: Sequence[str], layer_names: Sequence[str],
+                 stats: Sequence[str]) -> LevelIds:
+        """The ids of every statistic in ``stats`` of every parameter, layer and the model."""
+        return cls(series.grid(Level.PARAM, list(param_names), list(stats)),
+                   series.grid(Level.LAYER, list(layer_names), list(stats)),
+                   series.grid(Level.MODEL, [""], list(stats)))
+
+
+class StepRows:
+    """Where the rows of one recorded step are in a stacked ``[P + L + 1, ...]`` array.
+
+    Args:
+        present: indices of the watched parameters with a gradient (``P`` of them).
+        param_layer: the layer index of every watched parameter (on the host).
+        n_layers: the number of layers.
+        device: where :meth:`stack` combines rows.
+
+    Attributes:
+        present, layers: the watched parameters and the layers (``L`` of them, ascending)
+            that have rows.
+        group: ``[P]`` int64 layer index of each present parameter, on ``device``.
+        params, layer_rows: the slices of the parameter rows and of the layer rows.
+        model: the index of the model row.
+    """
+
+    def __init__(self, present: Sequence[int], param_layer: np.ndarray, n_layers: int, device: torch.device) -> None:
+        self.present = list(present)
+        self._layer_of = np.asarray(param_layer, dtype=np.int64)[self.present]
+        self.layers = sorted(set(self._layer_of.tolist()))
+        self.n_layers = n_layers
+        p, n = len(self.present), len(self.layers)
+        index = torch.from_numpy(np.concatenate([self._layer_of, np.asarray(self.layers, dtype=np.int64)]))
+        index = index.to(device)  # one copy for both
+        self.group, self._layer_index = index[:p], index[p:]
+        self.params = slice(0, p)
+        self.layer_rows = slice(p, p + n)
+        self.model = p + n
+
+    def __len__(self) -> int:
+        return self.model + 1
+
+    def stack(self, rows: Tensor, combine: Combine | None = None) -> Tensor:
+        """``[P, ...]`` parameter rows -> ``[P + L + 1, ...]``: the rows, each present layer's
+        combination of its parameters' rows, then the model's of all of them.
+
+        ``combine`` defaults to sums (raw sums take :func:`~gradsight.stats.grad.aggregate`,
+        whose ``maxabs`` is a maximum).
+        """
+        if combine is None:
+            layers = rows.new_zeros((self.n_layers, *rows.shape[1:])).index_add_(0, self.group, rows)
+            model = rows.sum(0, keepdim=True)
+        else:
+            layers = combine(rows, self.group, self.n_layers)
+            model = combine(rows, torch.zeros_like(self.group), 1)
+        return torch.cat([rows, layers[self._layer_index], model])
+
+    def stack_host(self, values: np.ndarray) -> np.ndarray:
+        """:meth:`stack` with sums of ``[P]`` values on the host."""
+        layers = np.zeros(self.n_layers, dtype=values.dtype)
+        np.add.at(layers, self._layer_of, values)
+        return np.concatenate([values, layers[self.layers], [values.sum()]])
+
+    def names(self, param_names: Sequence[str], layer_names: Sequence[str]) -> list[tuple[str, str]]:
+        """``(level, name)`` of each row, in the order of :meth:`stack`."""
+        return ([(Level.PARAM, param_names[i]) for i in self.present] + [(Level.LAYER, layer_names[k]) for k in self.layers]
+                + [(Level.MODEL, "")])
+
+    def ids(self, ids: LevelIds) -> np.ndarray:
+        """The series ids of the rows: ``[P + L + 1, stats]``, in the order of :meth:`stack`."""
+        return np.concatenate([ids.param[self.present], ids.layer[self.layers], ids.model])

@@ -1,0 +1,46 @@
+"""StepRows: the parameter, layer and model rows of a recorded step, against Python loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gradsight.instrument.rows import LevelIds, StepRows
+from gradsight.stats.grad import MAXABS, aggregate
+
+PARAM_LAYER = np.array([0, 0, 2, 2, 3])  # layer 1 owns no watched parameter
+PRESENT = [0, 2, 3]  # parameters 1 and 4 have no gradient: layer 3 has no row
+
+
+def test_stack_puts_parameters_then_their_layers_then_the_model():
+    rows = StepRows(PRESENT, PARAM_LAYER, 4, torch.device("cpu"))
+    assert rows.layers == [0, 2] and len(rows) == 6
+    assert (rows.params, rows.layer_rows, rows.model) == (slice(0, 3), slice(3, 5), 5)
+    values = torch.tensor([[1.0, 10.0], [2.0, 20.0], [4.0, 40.0]])
+    want = [[1, 10], [2, 20], [4, 40], [1, 10], [6, 60], [7, 70]]
+    assert rows.stack(values).tolist() == want
+    assert rows.stack_host(np.array([1, 2, 4])).tolist() == [1, 2, 4, 1, 6, 7]
+
+
+def test_stack_with_a_combine_function_combines_layers_and_model_alike():
+    rows = StepRows(PRESENT, PARAM_LAYER, 4, torch.device("cpu"))
+    raw = torch.rand(3, 9)
+    stacked = rows.stack(raw, aggregate)
+    for row, members in ((3, [0]), (4, [1, 2]), (5, [0, 1, 2])):
+        assert torch.allclose(stacked[row, :MAXABS], raw[members, :MAXABS].sum(0))
+        assert stacked[row, MAXABS] == raw[members, MAXABS].max()
+
+
+def test_ids_and_names_follow_the_rows():
+    rows = StepRows(PRESENT, PARAM_LAYER, 4, torch.device("cpu"))
+    ids = LevelIds(param=np.arange(10).reshape(5, 2), layer=np.arange(100, 108).reshape(4, 2), model=np.array([[-1, 7]]))
+    assert rows.ids(ids).tolist() == [[0, 1], [4, 5], [6, 7], [100, 101], [104, 105], [-1, 7]]
+    names = rows.names(["a.w", "a.b", "c.w", "c.b", "d.w"], ["a", "b", "c", "d"])
+    assert names == [("param", "a.w"), ("param", "c.w"), ("param", "c.b"), ("layer", "a"), ("layer", "c"),
+                     ("model", "")]
+
+
+def test_no_gradient_leaves_the_model_row_alone():
+    rows = StepRows([], PARAM_LAYER, 4, torch.device("cpu"))
+    assert rows.layers == [] and len(rows) == 1
+    assert rows.stack(torch.zeros(0, 2)).tolist() == [[0.0, 0.0]]
