@@ -18,7 +18,7 @@ from torch import nn
 import gradsight as gs
 from gradsight.store import packed
 from gradsight.store.query import layer_matrix
-from gradsight.store.schema import DB_NAME, SCHEMA_VERSION, Kind, Level
+from gradsight.store.schema import DB_NAME, SCHEMA_VERSION, RowKind, Level
 from gradsight.store.writer import StoreWriter
 from tests.store.helpers import connect_readonly, store_files
 
@@ -84,7 +84,7 @@ def _register(writer: StoreWriter, names: list[str], stats: list[str], level: st
         for stat in stats:
             series[(level, name, stat)] = len(series) + 1
     writer.add_series([(i, *key) for key, i in series.items()])
-    writer.write_layers([(n, d, "Linear", Kind.LAYER) for d, n in enumerate(names)])
+    writer.write_layers([(n, d, "Linear", RowKind.LAYER) for d, n in enumerate(names)])
     return series
 
 

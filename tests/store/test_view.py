@@ -195,3 +195,10 @@ def test_names_that_left_the_query_layer_still_import_with_a_warning(name):
     assert value is not None
     with pytest.raises(AttributeError):
         query.no_such_name  # noqa: B018
+
+
+def test_schema_kind_is_a_deprecated_name_of_row_kind():
+    from gradsight.store import schema
+
+    with pytest.warns(DeprecationWarning, match="RowKind"):
+        assert schema.Kind is schema.RowKind

@@ -38,7 +38,7 @@ from torch.overrides import TorchFunctionMode
 from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.outputs import main_output
 from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
-from gradsight.store.schema import Kind, Level
+from gradsight.store.schema import RowKind, Level
 
 ACT_STATS = ("act_rms", "act_mean_sq", "act_var", "out_grad_norm", "out_grad_rms", "out_grad_nonfinite")
 BLOCK_STATS = ("skip_grad_norm", "branch_grad_norm", "skip_branch_cos", "branch_var", "act_rms")
@@ -518,8 +518,8 @@ class ActivationRecorder:
 
     def module_kinds(self) -> dict[str, str]:
         """Name -> 'block' for block rows, 'module' for other tracked modules."""
-        kinds = {n: Kind.MODULE for n in self.tracked}
-        kinds.update({n: Kind.BLOCK for n in self.blocks})
+        kinds = {n: RowKind.MODULE for n in self.tracked}
+        kinds.update({n: RowKind.BLOCK for n in self.blocks})
         return kinds
 
 

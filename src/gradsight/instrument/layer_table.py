@@ -7,7 +7,7 @@ from collections.abc import Callable
 from gradsight.instrument.activations import ActivationRecorder
 from gradsight.instrument.layers import ForwardOrder, Inventory
 from gradsight.store.roles import row_roles
-from gradsight.store.schema import Kind
+from gradsight.store.schema import RowKind
 from gradsight.store.writer import Writer
 
 #: ``(name, depth, module_type, kind, role, tied)``
@@ -37,13 +37,13 @@ def layer_rows(
         layers, blocks among blocks and modules among modules and layers; ``role``
         and ``tied`` are :func:`gradsight.store.roles.row_roles`.
     """
-    blocks = [n for n, k in module_kinds.items() if k == Kind.BLOCK]
+    blocks = [n for n, k in module_kinds.items() if k == RowKind.BLOCK]
     taken = set(layers) | set(blocks)
-    modules = [n for n, k in module_kinds.items() if k == Kind.MODULE and n not in taken]
+    modules = [n for n, k in module_kinds.items() if k == RowKind.MODULE and n not in taken]
     module_set = set(modules)
-    rows = [(n, d, types.get(n, "?"), Kind.LAYER) for d, n in enumerate(rank(list(layers)))]
-    rows += [(n, d, types.get(n, "?"), Kind.BLOCK) for d, n in enumerate(blocks)]
-    rows += [(n, d, types.get(n, "?"), Kind.MODULE) for d, n in enumerate(rank(modules + list(layers))) if n in module_set]
+    rows = [(n, d, types.get(n, "?"), RowKind.LAYER) for d, n in enumerate(rank(list(layers)))]
+    rows += [(n, d, types.get(n, "?"), RowKind.BLOCK) for d, n in enumerate(blocks)]
+    rows += [(n, d, types.get(n, "?"), RowKind.MODULE) for d, n in enumerate(rank(modules + list(layers))) if n in module_set]
     return [row + extra for row, extra in zip(rows, row_roles(rows, numel or {}, aliased))]
 
 

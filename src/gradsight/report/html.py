@@ -47,7 +47,6 @@ from gradsight.report.payload import CELL_BUDGET, DiagnosisJob, RunPayload, resu
 from gradsight.report.static import CSS, JS
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
-    DEFAULT_ROLES,
     DEFAULT_STAT,
     RATIO_DEFINITION,
     expand_runs,

@@ -30,7 +30,7 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
-from gradsight.display import format_time
+from gradsight.display import format_time, summary_rows
 from gradsight.store.reader import Run, column_order, list_runs, open_run
 from gradsight.store.roles import Role, as_roles
 from gradsight.store.schema import DB_NAME, Level

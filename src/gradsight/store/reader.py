@@ -17,7 +17,7 @@ from gradsight._errors import RunError
 from gradsight.store.access import connect_readonly
 from gradsight.store.packed import MAX_SQL_VARS, PACKED_TABLES, Catalog, layout, read_long, read_matrix
 from gradsight.store.roles import as_roles, row_roles
-from gradsight.store.schema import DB_NAME, READABLE_VERSIONS, SCHEMA_VERSION, Kind, Level
+from gradsight.store.schema import DB_NAME, READABLE_VERSIONS, SCHEMA_VERSION, RowKind, Level
 
 _REQUIRED_TABLES = {"meta", "params", "layers", "series", "steps"}  # and the values' (packed.layout)
 
@@ -199,7 +199,7 @@ class Run:
         df["trainable"] = df["trainable"].astype(bool)
         return df
 
-    def layers(self, kind: str | None = Kind.LAYER, *, role: str | Iterable[str] | None = None) -> pd.DataFrame:
+    def layers(self, kind: str | None = RowKind.LAYER, *, role: str | Iterable[str] | None = None) -> pd.DataFrame:
         """Modules in forward-execution order: ``kind='layer'`` (default) the modules
         owning parameters, ``'block'`` residual blocks, ``'module'`` other modules
         with activation statistics, ``None`` all of them.
@@ -501,8 +501,8 @@ class Run:
 def level_roles(rows: pd.DataFrame, level: str, params: pd.DataFrame | None = None) -> dict[str, str]:
     """``name -> role`` at a series level from the ``layers`` rows (``name, kind, role``) and,
     for the ``param`` level, the parameters (``name, layer``): see :meth:`Run.roles`."""
-    kind = Kind.LAYER if level == Level.PARAM else level
-    preference = [kind] + [k for k in (Kind.BLOCK, Kind.LAYER, Kind.MODULE) if k != kind]
+    kind = RowKind.LAYER if level == Level.PARAM else level
+    preference = [kind] + [k for k in (RowKind.BLOCK, RowKind.LAYER, RowKind.MODULE) if k != kind]
     out: dict[str, str] = {}
     for k in reversed(preference):
         part = rows[rows["kind"] == k]

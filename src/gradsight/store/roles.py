@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from gradsight.store.schema import Kind
+from gradsight.store.schema import RowKind
 
 #: ``module_type`` of a layer that is a single parameter owned by a container.
 PARAMETER_LAYER_TYPE = "Parameter"
@@ -166,13 +166,13 @@ def row_roles(rows: Sequence[tuple[str, int | None, str, str]], numel: Mapping[s
         the role of the layer of the same name, else :func:`role_of` its type; a
         ``block`` row :func:`role_of` its type. ``tied`` is 1 for a tied layer's rows.
     """
-    layer_idx = [i for i, r in enumerate(rows) if r[3] == Kind.LAYER]
+    layer_idx = [i for i, r in enumerate(rows) if r[3] == RowKind.LAYER]
     layer_idx.sort(key=lambda i: (rows[i][1] is None, rows[i][1] if rows[i][1] is not None else 0, i))
     ranked = layer_roles([(rows[i][0], rows[i][2], numel.get(rows[i][0])) for i in layer_idx])
     of_layer = {rows[i][0]: role for i, role in zip(layer_idx, ranked)}
     out = []
     for name, _, module_type, kind in rows:
-        if kind == Kind.LAYER or (kind == Kind.MODULE and name in of_layer):
+        if kind == RowKind.LAYER or (kind == RowKind.MODULE and name in of_layer):
             role = of_layer[name]
         else:
             role = role_of(module_type, name=name)

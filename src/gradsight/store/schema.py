@@ -28,8 +28,9 @@ class Level:
     TOTALS = (MODEL, METRIC)
 
 
-class Kind:
-    """The kinds of the ``layers`` table (one name may have several)."""
+class RowKind:
+    """What a ``layers`` row is (its ``kind`` column; one name may have rows of several
+    kinds). Not a :class:`Level`, though three of the names are shared."""
 
     LAYER = "layer"
     BLOCK = "block"
@@ -83,3 +84,12 @@ CREATE TABLE IF NOT EXISTS steps (
 
 #: Schema versions :func:`gradsight.open_run` reads; it refuses others with both versions named.
 READABLE_VERSIONS = frozenset(range(1, SCHEMA_VERSION + 1))
+
+
+def __getattr__(name: str):
+    if name == "Kind":  # its name until row kinds and series levels were told apart
+        import warnings
+
+        warnings.warn("gradsight.store.schema.Kind is deprecated; use RowKind", DeprecationWarning, stacklevel=2)
+        return RowKind
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

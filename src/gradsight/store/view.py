@@ -32,7 +32,7 @@ import pandas as pd
 
 from gradsight.store.reader import Run, column_order, level_roles, open_run
 from gradsight.store.roles import as_roles
-from gradsight.store.schema import Kind, Level
+from gradsight.store.schema import RowKind, Level
 
 #: Recorded steps a reader looks at, at most, unless told otherwise (evenly spaced).
 DEFAULT_MAX_STEPS = 400
@@ -145,7 +145,7 @@ class RunView:
         """Every ``layers`` row (layers, blocks, modules): ``Run.layers(kind=None)``."""
         return self._read(self.run.layers, kind=None)
 
-    def layers(self, kind: str | None = Kind.LAYER, *, role: str | Iterable[str] | None = None) -> pd.DataFrame:
+    def layers(self, kind: str | None = RowKind.LAYER, *, role: str | Iterable[str] | None = None) -> pd.DataFrame:
         """As :meth:`Run.layers <gradsight.store.reader.Run.layers>`, from the rows read once."""
         df = self.rows
         if kind is not None:
@@ -163,7 +163,7 @@ class RunView:
     @_once
     def blocks(self) -> set[str]:
         """Names of the residual blocks (a name may be a layer and a block)."""
-        return set(self.rows["name"][self.rows["kind"] == Kind.BLOCK])
+        return set(self.rows["name"][self.rows["kind"] == RowKind.BLOCK])
 
     @_once
     def module_type(self) -> dict[str, str]:
