@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 # -- names, times, paths -------------------------------------------------------------------
 
@@ -218,31 +218,11 @@ class LogScale:
 
 # -- a run summary as text -----------------------------------------------------------------
 
-class SummaryFields(Protocol):
-    """What :func:`summary_rows` reads of a run summary
-    (:class:`gradsight.store.query.RunSummary` has it)."""
-
-    path: Path
-    model: str
-    status: str
-    error: str | None
-    start: str
-    end: str
-    duration_s: float | None
-    num_params: int
-    num_trainable: int
-    num_tensors: int
-    num_layers: int
-    depth_source: str
-    steps: list[int]
-    role_counts: dict[str, int]
-    details: dict[str, str]
-
-
-def summary_rows(summary: SummaryFields, base: Path | None = None) -> list[tuple[str, str]]:
-    """A run summary (:func:`gradsight.store.query.run_summary`) as ``(label, text)`` rows, as
-    ``gradsight info`` and the report show them; the run's path relative to ``base`` when
-    inside it."""
+def summary_rows(summary: Any, base: Path | None = None) -> list[tuple[str, str]]:
+    """A run summary (a :class:`gradsight.store.query.RunSummary`, as
+    :func:`gradsight.store.query.run_summary` returns it; this module imports nothing from
+    the store) as ``(label, text)`` rows, as ``gradsight info`` and the report show them;
+    the run's path relative to ``base`` when inside it."""
     s = summary
     status = s.status + (f" ({s.error})" if s.error else "")
     when = f"{s.start} → {s.end}" + (f" ({s.duration_s:.1f} s)" if s.duration_s is not None else "")

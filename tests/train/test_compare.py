@@ -88,7 +88,7 @@ def test_results_table_ratio_is_the_query_layers_first_last_ratio(compared):
         key, step, ratio = cells[0].strip("| "), int(cells[1]), cells[-1].strip(" |")
         with gs.open_run(out / "runs" / key) as run:
             weighted = layer_matrix(run, "grad_norm", role="weighted", steps=[step])
-            assert list(weighted.columns) == training.weighted_layers(run)[:-1]  # the head left out
+            assert list(weighted.columns) == training.shown_layers(run)[:-1]  # the head left out
             expected = first_last_ratios(weighted)[step]
         assert ratio == f"{expected:.3g}"
 
