@@ -135,8 +135,10 @@ def test_a_view_reads_each_table_once_and_serves_every_reader(mixed_run, monkeyp
 
 
 def _count_store_access(monkeypatch) -> tuple[collections.Counter, dict[str, collections.Counter]]:
-    """Connections opened per store, and the SQL statements run on each (with their values)."""
+    """Connections opened per store, and the SQL statements run on each (with their values);
+    ``connections.opened`` keeps the connections themselves."""
     connections: collections.Counter = collections.Counter()
+    connections.opened = []
     statements: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     connect = reader.connect_readonly
 
@@ -145,6 +147,7 @@ def _count_store_access(monkeypatch) -> tuple[collections.Counter, dict[str, col
         connections[key] += 1
         conn = connect(db_path)
         conn.set_trace_callback(lambda sql: statements[key].update([sql]))
+        connections.opened.append(conn)
         return conn
 
     monkeypatch.setattr(reader, "connect_readonly", counting)
@@ -167,6 +170,9 @@ def test_the_report_reads_each_store_once(mixed_run, tmp_path, monkeypatch):
     for store, counter in statements.items():
         repeated = {sql: n for sql, n in counter.items() if n > 1}
         assert not repeated, (store, repeated)  # metadata once, each group of values once
+    for conn in connections.opened:  # the runs the report opened, it closed
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("SELECT 1")
 
 
 def test_the_view_is_a_snapshot_and_its_tables_are_its_own(mixed_run):

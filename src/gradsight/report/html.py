@@ -53,7 +53,7 @@ from gradsight.store.query import (
     first_last_ratio,
 )
 from gradsight.store.reader import Run
-from gradsight.store.view import RunView
+from gradsight.store.view import RunView, view_of
 from gradsight.store.roles import Role
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def _comparison_section(payloads: list[RunPayload], stat: str) -> str:
 
 
 def build_report(
-    runs: Iterable[Run | str | Path],
+    runs: Iterable[RunView | Run | str | Path],
     *,
     stat: str = DEFAULT_STAT,
     title: str | None = None,
@@ -307,7 +307,8 @@ def build_report(
     """The HTML text of a report on ``runs``.
 
     Args:
-        runs: runs, run directories, or directories holding runs.
+        runs: run views, runs, run directories, or directories holding runs (runs opened
+            here are closed when the report is made).
         stat: the statistic shown first (every recorded statistic can be picked on
             the page, activation statistics included); the layer charts show the
             weighted layers and the head first, every role one choice away.
@@ -327,7 +328,28 @@ def build_report(
     """
     # one view per run: the charts, the diagnosis, the histograms, the graph colouring and
     # the comparison all read the run through it, so each table is read once
-    run_list = [RunView(r) for r in expand_runs(runs)]
+    run_list, opened = [], []
+    for given in list(runs):
+        if isinstance(given, (Run, RunView)):
+            run_list.append(view_of(given))
+            continue
+        found = [RunView(r) for r in expand_runs([given])]
+        run_list += found
+        opened += found
+    jobs: list[DiagnosisJob] = []
+    try:
+        return _report_html(run_list, jobs, stat=stat, title=title, graphs=graphs, cell_budget=cell_budget,
+                            max_steps=max_steps, diagnosis_timeout=diagnosis_timeout, base=base)
+    finally:
+        for view, job in zip(run_list, jobs + [None] * len(run_list)):
+            if view in opened and (job is None or job.done):  # a diagnosis given up on keeps its run
+                view.run.close()
+
+
+def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str, title: str | None,
+                 graphs: Mapping[Any, Graph] | Graph | None, cell_budget: int, max_steps: int | None,
+                 diagnosis_timeout: float, base: Path | None) -> str:
+    """:func:`build_report` of these views; ``jobs`` receives each run's diagnosis job."""
     if not run_list:
         raise ValueError("no runs to report on")
     if stat != DEFAULT_STAT:  # runs without the default show grad_norm instead
@@ -335,7 +357,7 @@ def build_report(
         if stat not in recorded:
             raise ValueError(f"no run records the statistic {stat!r}; recorded: {', '.join(recorded) or 'none'}")
     deadline = time.monotonic() + diagnosis_timeout
-    payloads, jobs = [], []
+    payloads = []
     for i, r in enumerate(run_list):
         payloads.append(run_payload(r, i, stat=stat, cell_budget=cell_budget, max_steps=max_steps, base=base))
         jobs.append(DiagnosisJob(r))  # after the charts' read, so that it finds most of its tables read

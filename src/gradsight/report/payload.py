@@ -240,6 +240,10 @@ class DiagnosisJob:
     def _work(self) -> None:
         self._result = diagnosis(self.run)
 
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
     def result(self, deadline: float) -> tuple[bool, list[tuple[str, str]] | None]:
         """``(finished, findings)``, waiting until ``deadline`` (``time.monotonic()``) at most."""
         self._thread.join(max(0.0, deadline - time.monotonic()))
