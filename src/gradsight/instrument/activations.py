@@ -36,6 +36,7 @@ from torch.autograd.graph import get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
 from gradsight.instrument.hooks import HookRegistry
+from gradsight.instrument.layers import is_adapter_wrapper, layer_modules
 from gradsight.instrument.outputs import main_output
 from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
 from gradsight.store.schema import RowKind, Level
@@ -222,8 +223,9 @@ class ActivationRecorder:
 
     Args:
         model: the model.
-        select: ``True`` for the default choice (every leaf module with parameters
-            and every residual block), or fnmatch patterns of module names.
+        select: ``True`` for the default choice (every module that is a layer by
+            itself, :func:`~gradsight.instrument.layers.layer_modules`, and every
+            residual block), or fnmatch patterns of module names.
         residual_blocks: names of modules expected to own residual additions
             (every module is looked into anyway); a warning names those that own
             none after the first recorded forward.
@@ -264,13 +266,10 @@ class ActivationRecorder:
             patterns = [select] if isinstance(select, str) else list(select)
         self.patterns = patterns
 
-        def chosen(name: str, mod: nn.Module) -> bool:
-            if patterns is not None:
-                return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-            has_params = any(True for _ in mod.parameters(recurse=False))
-            return has_params and not any(True for _ in mod.children())
-
-        self.tracked = [n for n, m in modules.items() if chosen(n, m)]
+        if patterns is None:
+            self.tracked = layer_modules(model)
+        else:
+            self.tracked = [n for n in modules if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
         self._tracked_set = set(self.tracked)
         # modules that may own residual additions: all of them, until the first recorded forward shows which do
         self.candidates = list(modules)
@@ -389,7 +388,7 @@ class ActivationRecorder:
             splits = [split for split in splits if not parameterized_after(y.grad_fn, split.add_node)]
         for split in splits:
             self._claimed[id(split.add_node)] = split.add_node
-        if not splits:
+        if not splits or is_adapter_wrapper(module):  # an adapter's update onto its layer is no residual block
             return
         if not self.blocks_known and name not in self.owners:
             rows = self._row_names(name, splits)

@@ -17,6 +17,7 @@ LayerRow = tuple[str, int, str, str, str, int]
 def layer_rows(
     layers: list[str], module_kinds: dict[str, str], types: dict[str, str], rank: Callable[[list[str]], list[str]],
     numel: dict[str, int] | None = None, aliased: set[str] | frozenset[str] = frozenset(),
+    frozen: list[tuple[str, str, int]] | tuple[()] = (),
 ) -> list[LayerRow]:
     """Rows of the ``layers`` table.
 
@@ -28,6 +29,9 @@ def layer_rows(
         rank: orders names by forward execution.
         numel: trainable elements per layer (for the ``scalar`` role).
         aliased: layers with a tied parameter.
+        frozen: :func:`frozen_places`: the layers of frozen parameters only have no
+            rows, but the roles are decided over every layer in forward order (a
+            frozen output layer is the head, so no recorded layer is).
 
     Returns:
         A ``layer`` row for every layer, a ``block`` row for every residual addition
@@ -44,7 +48,23 @@ def layer_rows(
     rows = [(n, d, types.get(n, "?"), RowKind.LAYER) for d, n in enumerate(rank(list(layers)))]
     rows += [(n, d, types.get(n, "?"), RowKind.BLOCK) for d, n in enumerate(blocks)]
     rows += [(n, d, types.get(n, "?"), RowKind.MODULE) for d, n in enumerate(rank(modules + list(layers))) if n in module_set]
-    return [row + extra for row, extra in zip(rows, row_roles(rows, numel or {}, aliased))]
+    roles = row_roles(rows, numel or {}, aliased, frozen)
+    return [row + extra for row, extra in zip(rows, roles)]
+
+
+def frozen_places(layers: list[str], frozen: list[str] | tuple[str, ...], types: dict[str, str],
+                  rank: Callable[[list[str]], list[str]]) -> list[tuple[str, str, int]]:
+    """``(name, module_type, before)`` of every layer of frozen parameters only, in forward
+    order: ``before`` counts the (recorded) ``layers`` that run before it
+    (``meta.frozen_layers``, what :func:`gradsight.store.roles.row_roles` places them by)."""
+    trainable = set(layers)
+    out, before = [], 0
+    for name in rank(list(layers) + [n for n in frozen if n not in trainable]):
+        if name in trainable:
+            before += 1
+        else:
+            out.append((name, types.get(name, "?"), before))
+    return out
 
 
 def depth_source(order: ForwardOrder, layers: list[str]) -> tuple[str, list[str]]:
@@ -91,9 +111,10 @@ class LayerTable:
             if self._activations is not None:
                 types.update(self._activations.types)
             inv = self._inventory
+            frozen = frozen_places(inv.layers, inv.frozen_layers, types, self._order.rank)
             self._writer.write_layers(layer_rows(inv.layers, module_kinds, types, self._order.rank,
-                                                 inv.layer_numel(), inv.tied_layers()))
-            self._writer.set_meta(depth_source=source, depth_unplaced=unplaced)
+                                                 inv.layer_numel(), inv.tied_layers(), frozen))
+            self._writer.set_meta(depth_source=source, depth_unplaced=unplaced, frozen_layers=frozen)
             self._written = signature
         if self._order.done and (self._activations is None or self._activations.blocks_known):
             self._order.remove()

@@ -6,6 +6,14 @@ token, a learned temperature, an encoder's position embedding). Such a parameter
 is a layer of its own, named by the parameter (``class_token``,
 ``encoder.pos_embedding``), and :class:`ForwardOrder` places it where the forward
 pass first uses it rather than where its container starts.
+
+Some modules hold what makes one layer in submodules (:func:`module_owners`): a
+parametrized module (``torch.nn.utils.parametrize``: ``weight_norm``,
+``spectral_norm``, ``orthogonal``) keeps its tensors' originals in
+``lin.parametrizations.weight.original0``, and an adapter wrapper (PEFT's LoRA
+``Linear``) holds the layer it adapts in ``base_layer`` and its adapter in
+``lora_A``/``lora_B``. Those submodules are parts of their owner: the parametrized
+module (``lin``) or the wrapper (``q_proj``) is the layer, with every parameter below it.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 from gradsight.store.roles import PARAMETER_LAYER_TYPE
@@ -33,16 +42,92 @@ class ParamInfo:
         return self.param.requires_grad
 
 
-def _containers(model: nn.Module) -> set[str]:
-    """Names of the modules that have a descendant owning parameters."""
-    owners = {name for name, mod in model.named_modules() if next(mod.parameters(recurse=False), None) is not None}
-    return {prefix for name in owners if name for prefix in _ancestors(name)}
-
-
 def _ancestors(name: str) -> list[str]:
     """``'a.b.c' -> ['', 'a', 'a.b']``."""
     parts = name.split(".")
     return [""] + [".".join(parts[:k]) for k in range(1, len(parts))]
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _module_of(param_name: str) -> str:
+    """The qualified name of the module a parameter is registered on."""
+    return param_name.rsplit(".", 1)[0] if "." in param_name else ""
+
+
+def is_adapter_wrapper(module: nn.Module) -> bool:
+    """Whether ``module`` wraps a layer with an adapter: a ``base_layer`` submodule plus the
+    adapter's (PEFT's tuner layers name theirs in ``adapter_layer_names``; else children
+    named ``lora_*``, as a hand-written LoRA names them)."""
+    if not isinstance(getattr(module, "base_layer", None), nn.Module):
+        return False
+    return bool(getattr(module, "adapter_layer_names", ())) or any(n.startswith("lora_") for n, _ in module.named_children())
+
+
+def module_owners(model: nn.Module) -> dict[str, str]:
+    """``module name -> the module whose layer it is part of`` (every name, shared modules under each).
+
+    A module is its own owner except the parts of a parametrized module (its
+    ``parametrizations`` and everything below, owned by the parametrized module) and
+    everything below an adapter wrapper (:func:`is_adapter_wrapper`: its ``base_layer``
+    and adapter, owned by the wrapper); the outermost such owner wins.
+    """
+    parts_of: dict[str, str] = {}  # path -> owner of that path and everything below it
+    adapters: set[str] = set()  # owners of everything strictly below them
+    named = list(model.named_modules(remove_duplicate=False))
+    for name, mod in named:
+        if is_adapter_wrapper(mod):
+            adapters.add(name)
+        elif parametrize.is_parametrized(mod):
+            parts_of[_join(name, "parametrizations")] = name
+    owners = {}
+    for name, _ in named:
+        owners[name] = name
+        paths = (_ancestors(name) + [name] if name else [name]) if parts_of or adapters else []
+        for path in paths:  # outermost first
+            if path in parts_of or (path in adapters and path != name):
+                owners[name] = parts_of.get(path, path)
+                break
+    return owners
+
+
+class _Layering:
+    """Which layer each parameter belongs to (see the module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.owners = module_owners(model)
+        #: modules that own parameters (their own, their parametrizations', their adapter's)
+        self.owning = {self.owners[name] for name, mod in model.named_modules()
+                       if next(mod.parameters(recurse=False), None) is not None}
+        #: modules with a descendant that owns parameters
+        self.containers = {prefix for name in self.owning if name for prefix in _ancestors(name)}
+
+    def layer(self, param_name: str) -> str:
+        """The layer of a parameter: its owning module, or for a container a name of its own:
+        the parameter's (``class_token``) or the parametrized tensor's (``block.scale`` for
+        ``block.parametrizations.scale.original``)."""
+        module = _module_of(param_name)
+        owner = self.owners[module]
+        if owner not in self.containers:
+            return owner
+        if owner == module:
+            return param_name
+        below = param_name[len(owner) + 1 if owner else 0:].split(".")  # parametrizations.<tensor>.original
+        return _join(owner, below[1])
+
+    def leaf_layers(self, model: nn.Module) -> list[str]:
+        """Modules that are a layer by themselves: they own parameters and every submodule is a part of them."""
+        names = [name for name, _ in model.named_modules() if self.owners[name] == name]
+        parents = {_module_of(name) for name, owner in self.owners.items() if name and owner == name}
+        return [name for name in names if name in self.owning and name not in parents]
+
+
+def layer_modules(model: nn.Module) -> list[str]:
+    """Modules that are layers by themselves: a leaf module with parameters, a parametrized
+    module or an adapter wrapper (the default choice of modules with activation statistics)."""
+    return _Layering(model).leaf_layers(model)
 
 
 @dataclass
@@ -52,40 +137,49 @@ class Inventory:
     ``params`` lists every unique parameter (tied parameters once, under their
     first name); ``watched`` the trainable ones, which are recorded; ``layers``
     the layers of watched parameters, in registration order until the forward
-    order is known (see :class:`ForwardOrder`). A layer that is a single
-    container-owned parameter has the ``layer_types`` entry ``"Parameter"``.
+    order is known (see :class:`ForwardOrder`); ``frozen_layers`` the layers of
+    frozen parameters only (not recorded; their place decides which layer is the
+    head). A layer that is a single container-owned parameter has the
+    ``layer_types`` entry ``"Parameter"``.
     """
 
     params: list[ParamInfo]
     watched: list[ParamInfo]
     layers: list[str]
-    layer_types: dict[str, str]
+    layer_types: dict[str, str]  #: of ``layers`` and ``frozen_layers``
+    frozen_layers: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, model: nn.Module) -> Inventory:
         aliases: dict[int, list[str]] = {}
         for name, p in model.named_parameters(remove_duplicate=False):
             aliases.setdefault(id(p), []).append(name)
-        containers = _containers(model)
+        layering = _Layering(model)
         params = []
         for pos, (name, p) in enumerate(model.named_parameters()):
-            owner = name.rsplit(".", 1)[0] if "." in name else ""
-            layer = name if owner in containers else owner
-            params.append(ParamInfo(name, p, layer, [a for a in aliases[id(p)] if a != name], pos))
+            params.append(ParamInfo(name, p, layering.layer(name), [a for a in aliases[id(p)] if a != name], pos))
         watched = [pi for pi in params if pi.trainable]
         layers: list[str] = []
         for pi in watched:
             if pi.layer not in layers:
                 layers.append(pi.layer)
-        own = {pi.layer for pi in watched if pi.layer == pi.name}
-        types = {ln: PARAMETER_LAYER_TYPE if ln in own else type(model.get_submodule(ln)).__name__ for ln in layers}
-        return cls(params, watched, layers, types)
+        frozen = [ln for ln in dict.fromkeys(pi.layer for pi in params) if ln not in layers]
+        types = {ln: type(model.get_submodule(ln)).__name__ if ln in layering.owners else PARAMETER_LAYER_TYPE
+                 for ln in layers + frozen}  # a name that is no module: a container's parameter
+        return cls(params, watched, layers, types, frozen)
 
     def layer_numel(self) -> dict[str, int]:
         """Trainable elements per layer."""
         out: dict[str, int] = {}
         for pi in self.watched:
             out[pi.layer] = out.get(pi.layer, 0) + pi.param.numel()
+        return out
+
+    def layer_params(self) -> dict[str, list[Tensor]]:
+        """Every layer's parameters, frozen layers included (what :class:`ForwardOrder` places)."""
+        out: dict[str, list[Tensor]] = {}
+        for pi in self.params:
+            out.setdefault(pi.layer, []).append(pi.param)
         return out
 
     def tied_layers(self) -> set[str]:

@@ -146,10 +146,7 @@ class Monitor:
 
         self._writer.set_meta(**run_meta(model, inv, opts, name=opts.name or self.run_dir.name))
         self._writer.write_params(param_rows(inv))
-        layer_params: dict[str, list[Tensor]] = {}
-        for pi in inv.watched:
-            layer_params.setdefault(pi.layer, []).append(pi.param)
-        self._order = ForwardOrder(model, self._hooks, layer_params)
+        self._order = ForwardOrder(model, self._hooks, inv.layer_params())
         self.activations: ActivationRecorder | None = None
         if opts.activations:
             self.activations = ActivationRecorder(

@@ -20,7 +20,14 @@ starts outside a module's forward is not that module's; the monitor gives each
 addition to the innermost module whose forward holds the whole ``s + f(s)``. An
 addition written in the model's own forward counts only when no parameterized
 operation follows it (the model is then itself one residual block); otherwise it is
-part of the model's plumbing (``head(h + block(h))``), not a row.
+part of the model's plumbing (``head(h + block(h))``), not a row. The addition of an
+adapter wrapper (:func:`gradsight.instrument.layers.is_adapter_wrapper`; LoRA's
+``base_layer(x) + lora_B(lora_A(x))``) is the adapter's update of the layer it wraps:
+the monitor claims it for the wrapper, so no outer module takes it, and gives it no row.
+
+Parameters are seen in the graph only when they require grad: with a frozen base
+model a branch counts as parameterized only through trainable parameters (an adapter),
+and a stream that does not require grad (a frozen embedding's output) has no node.
 """
 
 from __future__ import annotations

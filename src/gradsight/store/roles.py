@@ -21,7 +21,11 @@ Roles (:class:`Role`):
 - ``head``: the layer producing the output: the last layer in forward order, when it
   is weighted. A head whose weight is tied to the input embedding has no row of its
   own (a tied parameter is recorded once, under its first name): the embedding's row
-  is marked ``tied`` and there is no head.
+  is marked ``tied`` and there is no head. The order is that of every layer, frozen or
+  not (what owns parameters, decided by the module structure,
+  :mod:`gradsight.instrument.layers`): a frozen output layer (LoRA fine-tuning with a
+  frozen ``lm_head``) is the head, so no recorded layer is; its ``module`` row
+  (activation statistics) has the role ``head``.
 - ``scalar``: a layer of at most :data:`SCALAR_MAX_NUMEL` elements that is none of the
   above (a temperature, a ReZero ``alpha``, a PReLU slope).
 - ``other``: everything else (e.g. a per-channel layer scale, ``in_proj_bias``).
@@ -152,24 +156,31 @@ def role_label(roles: str | Iterable[str] | None) -> str:
 
 
 def row_roles(rows: Sequence[tuple[str, int | None, str, str]], numel: Mapping[str, int],
-              aliased: Collection[str]) -> list[tuple[str, int]]:
+              aliased: Collection[str], frozen: Sequence[tuple[str, str, int]] = ()) -> list[tuple[str, int]]:
     """``(role, tied)`` of every row of the ``layers`` table.
 
     Args:
         rows: ``(name, depth, module_type, kind)`` rows, any order.
         numel: trainable elements per layer name.
         aliased: names of the layers with a parameter that has other names (tied).
+        frozen: ``(name, module_type, before)`` of the layers of frozen parameters
+            only, which have no row: ``before`` is how many ``layer`` rows come before
+            it in forward order (``meta.frozen_layers``).
 
     Returns:
         For each row, in the order given: a ``layer`` row's role from
-        :func:`layer_roles` over the layer rows in depth order; a ``module`` row takes
-        the role of the layer of the same name, else :func:`role_of` its type; a
-        ``block`` row :func:`role_of` its type. ``tied`` is 1 for a tied layer's rows.
+        :func:`layer_roles` over every layer, the rows' in depth order and the frozen
+        ones at their places; a ``module`` row takes the role of the layer of the same
+        name (a frozen one's too), else :func:`role_of` its type; a ``block`` row
+        :func:`role_of` its type. ``tied`` is 1 for a tied layer's rows.
     """
     layer_idx = [i for i, r in enumerate(rows) if r[3] == RowKind.LAYER]
     layer_idx.sort(key=lambda i: (rows[i][1] is None, rows[i][1] if rows[i][1] is not None else 0, i))
-    ranked = layer_roles([(rows[i][0], rows[i][2], numel.get(rows[i][0])) for i in layer_idx])
-    of_layer = {rows[i][0]: role for i, role in zip(layer_idx, ranked)}
+    placed = [((k, 1, 0), (rows[i][0], rows[i][2])) for k, i in enumerate(layer_idx)]
+    placed += [((before, 0, j), (name, module_type)) for j, (name, module_type, before) in enumerate(frozen)]
+    every = [layer for _, layer in sorted(placed)]
+    ranked = layer_roles([(name, module_type, numel.get(name)) for name, module_type in every])
+    of_layer = {name: role for (name, _), role in zip(every, ranked)}
     out = []
     for name, _, module_type, kind in rows:
         if kind == RowKind.LAYER or (kind == RowKind.MODULE and name in of_layer):
