@@ -301,3 +301,96 @@ def test_peft_lora_projections_are_layers_and_the_frozen_lm_head_is_the_head(tmp
         assert len(named) == 2
         _assert_stats(got, 0, "layer", layer, [p.grad for p in named], named)
     assert (0, projections[0], "out_grad_norm") in _frame(tmp_path / "run", "module")
+
+
+# -- a module called several times in one forward ------------------------------------------------
+
+
+class _TwiceShared(nn.Module):
+    """``head(shared(mid(shared(inp(x)))))`` with tanh between: one Linear applied twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(6, 2)  # registration order differs from the forward order
+        self.shared = nn.Linear(6, 6)
+        self.mid = nn.Linear(6, 6)
+        self.inp = nn.Linear(4, 6)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        h = torch.tanh(self.shared(h))
+        h = torch.tanh(self.mid(h))
+        h = torch.tanh(self.shared(h))
+        return self.head(h)
+
+
+def test_a_module_called_twice_has_one_row_pooled_over_its_calls(tmp_path):
+    torch.manual_seed(0)
+    model = _TwiceShared()
+    x = torch.randn(5, 4)
+    outs: list[torch.Tensor] = []
+
+    def keep(module, args, out):
+        out.retain_grad()
+        outs.append(out)
+
+    handle = model.shared.register_forward_hook(keep)
+    with gs.watch(model, tmp_path / "run", activations=True) as mon:
+        model(x).pow(2).sum().backward()
+        mon.step()
+    handle.remove()
+    assert len(outs) == 2
+    got = _frame(tmp_path / "run", "module")
+    both = torch.cat([o.detach().double() for o in outs])
+    grads = torch.cat([o.grad.double() for o in outs])
+    assert math.isclose(got[(0, "shared", "out_grad_norm")], float(grads.norm()), rel_tol=1e-6)
+    assert math.isclose(got[(0, "shared", "out_grad_rms")], float(grads.pow(2).mean().sqrt()), rel_tol=1e-6)
+    assert math.isclose(got[(0, "shared", "act_rms")], float(both.pow(2).mean().sqrt()), rel_tol=1e-6)
+    assert math.isclose(got[(0, "shared", "act_var")], float(both.var(0, unbiased=False).mean()), rel_tol=1e-5)
+    # the depth of its first call; its parameters' gradient is the sum over both calls (one .grad)
+    run = gs.open_run(tmp_path / "run")
+    assert list(run.layers()["name"]) == ["inp", "shared", "mid", "head"]
+    assert list(run.frame(level="module", stat="act_rms").sort_values("depth").name) == ["inp", "shared", "mid", "head"]
+    _assert_stats(_frame(tmp_path / "run", "layer"), 0, "layer", "shared",
+                  [model.shared.weight.grad, model.shared.bias.grad], [model.shared.weight, model.shared.bias])
+
+
+class _Residual(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.f = nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + torch.tanh(self.f(x))
+
+
+def test_a_shared_residual_block_has_one_block_row_pooled_over_its_calls(tmp_path):
+    torch.manual_seed(0)
+    block = _Residual(6)
+    model = nn.Sequential(nn.Linear(4, 6), block, block, block, nn.Linear(6, 2))  # ALBERT-style: one block, 3 calls
+    x = torch.randn(5, 4)
+    # reference: call k adds b_k = tanh(f(s_k)) to its stream s_k; the skip path passes dL/dy_k to s_k,
+    # the branch path J_b(s_k)^T dL/dy_k
+    streams, branches = [model[0](x)], []
+    for _ in range(3):
+        branches.append(torch.tanh(block.f(streams[-1])))
+        streams.append(streams[-1] + branches[-1])
+    loss = model[4](streams[-1]).pow(2).sum()
+    skip = torch.autograd.grad(loss, streams[1:], retain_graph=True)
+    branch = [torch.autograd.grad(b, s, grad_outputs=g, retain_graph=True)[0]
+              for b, s, g in zip(branches, streams, skip)]
+    skip_all = torch.cat([g.double().reshape(-1) for g in skip])
+    branch_all = torch.cat([g.double().reshape(-1) for g in branch])
+    model.zero_grad()
+    with gs.watch(model, tmp_path / "run", activations=True) as mon:
+        model(x).pow(2).sum().backward()
+        mon.step()
+    run = gs.open_run(tmp_path / "run")
+    assert list(run.layers(kind="block")["name"]) == ["1"]  # the block's first name, once
+    got = _frame(tmp_path / "run", "block")
+    assert math.isclose(got[(0, "1", "skip_grad_norm")], float(skip_all.norm()), rel_tol=1e-6)
+    assert math.isclose(got[(0, "1", "branch_grad_norm")], float(branch_all.norm()), rel_tol=1e-6)
+    cos = float(skip_all @ branch_all) / float(skip_all.norm() * branch_all.norm())
+    assert math.isclose(got[(0, "1", "skip_branch_cos")], cos, rel_tol=1e-5)
+    stream_all = torch.cat([s.detach().double() for s in streams[:3]])
+    assert math.isclose(got[(0, "1", "act_rms")], float(stream_all.pow(2).mean().sqrt()), rel_tol=1e-6)

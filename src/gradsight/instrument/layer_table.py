@@ -39,7 +39,9 @@ def layer_rows(
         a name can have both: a block that owns parameters itself) and a
         ``module`` row for every other tracked module. ``depth`` ranks layers among
         layers, blocks among blocks and modules among modules and layers; ``role``
-        and ``tied`` are :func:`gradsight.store.roles.row_roles`.
+        and ``tied`` are :func:`gradsight.store.roles.row_roles`. A module called
+        several times in one forward (a shared block) has one row, at the depth of its
+        first call; its statistics are pooled over the calls.
     """
     blocks = [n for n, k in module_kinds.items() if k == RowKind.BLOCK]
     taken = set(layers) | set(blocks)
