@@ -146,9 +146,7 @@ class UpdateRatio:
         """
         self.forget()
         owner = self._owners()[rows.present]
-        waiting: dict[int, list[int]] = {}
-        for position, k in enumerate(owner.tolist()):
-            waiting.setdefault(k, []).append(position)
+        waiting = {int(k): np.flatnonzero(owner == k).tolist() for k in np.unique(owner)}
         unowned = waiting.pop(-1, [])
         if unowned and not self._warned_unowned:
             self._warned_unowned = True
@@ -161,15 +159,17 @@ class UpdateRatio:
             return
         self._step, self._rows, self._wsumsq, self._waiting = step, rows, wsumsq, waiting
         with torch.no_grad():
-            order = [(k, p) for k, positions in waiting.items() for p in positions]
-            current = [self._watched[rows.present[p]].detach() for _, p in order]
+            watched = [rows.present[p] for positions in waiting.values() for p in positions]
+            current = [self._watched[i].detach() for i in watched]
             if all(type(t) is Tensor for t in current):
-                copies = [self._buffer(rows.present[p]) for _, p in order]
+                copies = [self._buffer(i) for i in watched]
                 torch._foreach_copy_(copies, current)
             else:  # tensor subclasses (DTensor under FSDP) have no in-place multi-tensor copy
                 copies = list(torch._foreach_mul(current, 1.0))
-        for (k, _), copy in zip(order, copies):
-            self._snapshot.setdefault(k, []).append(copy)
+        start = 0
+        for k, positions in waiting.items():
+            self._snapshot[k] = copies[start : start + len(positions)]
+            start += len(positions)
 
     def measure(self, optimizer: Any = None, *hook_args: Any) -> None:
         """Optimizer step post-hook: the ratios of the parameters ``optimizer`` steps (kept
