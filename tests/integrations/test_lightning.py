@@ -148,3 +148,53 @@ def test_update_ratio_at_every_step_although_lightning_steps_with_a_closure(tmp_
     assert list(update.index) == [0, 1, 2]
     for step in update.index:
         assert math.isclose(update[step], 0.1 * ratio[step], rel_tol=1e-4)
+
+
+class TwoOptimizers(L.LightningModule):
+    """Manual optimization with two optimizers over two nets (a GAN's pattern), noting
+    float64 copies of the weights around each optimizer step, keyed by the global step
+    the callback records it under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.automatic_optimization = False
+        self.first = nn.Linear(4, 8)
+        self.second = nn.Linear(8, 1)
+        self.moves: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.second(torch.tanh(self.first(x))), y)
+        self.manual_backward(loss)
+        for opt in self.optimizers():
+            step = self.trainer.global_step
+            mine = {n: p for n, p in self.named_parameters() if any(p is q for q in opt.param_groups[0]["params"])}
+            before = {n: p.detach().double().clone() for n, p in mine.items()}
+            opt.step()
+            self.moves[step] = {n: (before[n], p.detach().double().clone()) for n, p in mine.items()}
+        for opt in self.optimizers():
+            opt.zero_grad()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.first.parameters(), lr=1e-2), torch.optim.SGD(self.second.parameters(), lr=0.1)
+
+
+def test_several_optimizers_of_manual_optimization_are_all_watched(tmp_path):
+    """Regression: with several optimizers the callback passed none, so no update_ratio
+    was recorded. Each optimizer step is recorded (Lightning counts each in global_step)
+    with the update ratios of that optimizer's parameters (float64 reference), and none
+    for the other's."""
+    module = TwoOptimizers()
+    callback = GradFlowCallback(tmp_path / "run", backend="eager", log_levels=(), update_ratio=True)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=4, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    trainer.fit(module, _loader())
+    frame = gs.open_run(tmp_path / "run").frame(stat="update_ratio", level="param")
+    assert sorted(set(frame.step)) == sorted(module.moves) == [0, 1, 2, 3]
+    for step, moves in module.moves.items():
+        got = {r.name: r.value for r in frame[frame.step == step].itertuples()}
+        assert set(got) == set(moves), step
+        for name, (before, after) in moves.items():
+            want = float((after - before).norm() / before.norm())
+            assert abs(got[name] - want) <= 1e-6 * want, (step, name, got[name], want)

@@ -47,7 +47,7 @@ def run_meta(model: nn.Module, inventory: Inventory, options: WatchOptions, name
         device=str(device),
         num_params=sum(pi.param.numel() for pi in inventory.params),
         num_trainable=sum(pi.param.numel() for pi in inventory.watched),
-        optimizer=type(options.optimizer).__name__ if options.optimizer is not None else None,
+        optimizer=", ".join(type(o).__name__ for o in options.optimizers) or None,
         amp=options.scaler is not None,
         update_ratio_every=options.update_ratio_every if options.optimizer is not None else 0,
         histograms_every=options.histograms_every,

@@ -154,12 +154,11 @@ class Monitor:
                 is_active=lambda: not self._closed and self.should_record(),
             )
         self._layer_table = LayerTable(inv, self._order, self.activations, self._writer)
-        self._loss_scale = LossScale(opts.scaler, opts.optimizer)
+        self._loss_scale = LossScale(opts.scaler, opts.optimizers)
         self._updates = UpdateRatio(self._watched, param_names, inv.layers, self._series, self._dist.sumsq,
-                                    opts.weights, opts.update_ratio_every)
-        if opts.optimizer is not None and self._updates.every:
-            self._hooks.attach(opts.optimizer, "register_step_pre_hook", self._updates.snapshot, "optimizer")
-            self._hooks.attach(opts.optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
+                                    opts.weights, opts.update_ratio_every, opts.optimizers)
+        for optimizer in opts.optimizers if self._updates.every else ():
+            self._hooks.attach(optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
         self._writer.flush()  # metadata on disk at once: a reader sees status 'running', not 'unknown'
 
     def _undo_build(self) -> None:
@@ -443,10 +442,12 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
         run_dir: directory of the run store (default ``runs/<time>-<Model>``).
         every: record every k-th call of ``monitor.step()``, or a schedule
             (``step -> bool``, see :mod:`gradsight.schedules`).
-        optimizer: when given, ``update_ratio`` (||dw|| / ||w|| across the
-            optimizer step) is recorded too (see ``update_ratio``); unless
-            ``update_ratio=False`` this keeps one copy of the watched weights (made at
-            the first recorded step, freed by ``close()``).
+        optimizer: an optimizer, or a list of them (one per parameter set: SparseAdam
+            and Adam, Muon and AdamW); when given, ``update_ratio`` (||dw|| / ||w||
+            across the step of the optimizer that holds the parameter) is recorded too
+            (see ``update_ratio``); parameters that none of them holds get none.
+            Unless ``update_ratio=False`` this keeps one copy of the watched weights
+            (made at the first recorded step, freed by ``close()``).
         scaler: a ``torch.amp.GradScaler``: values are reported unscaled and steps
             with non-finite gradients (which the scaler skips) are marked ``skipped``.
         config: JSON-serializable settings stored with the run.

@@ -29,7 +29,8 @@ class WatchOptions:
     """``gs.watch``'s keyword arguments, checked and resolved (:func:`gradsight.watch` documents each)."""
 
     schedule: schedules.Schedule  #: from ``every=``: which ``step()`` calls are recorded
-    optimizer: torch.optim.Optimizer | None
+    #: as given: one optimizer, several (a list or tuple becomes a tuple, each once), or None
+    optimizer: torch.optim.Optimizer | tuple[torch.optim.Optimizer, ...] | None
     scaler: Any | None
     config: dict | None
     name: str | None
@@ -42,11 +43,18 @@ class WatchOptions:
     histograms_every: int  #: from ``histograms=``: every k-th recorded step, 0: never
     update_ratio_every: int  #: from ``update_ratio=``: every k-th recorded step, 0: never
 
+    @property
+    def optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
+        """The watched optimizers, in the order given (empty without ``optimizer=``)."""
+        if self.optimizer is None:
+            return ()
+        return self.optimizer if isinstance(self.optimizer, tuple) else (self.optimizer,)
+
 
 def watch_options(
     *,
     every: int | schedules.Schedule = 1,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
     scaler: Any | None = None,
     config: dict | None = None,
     name: str | None = None,
@@ -63,10 +71,7 @@ def watch_options(
     ``ValueError`` for a bad one; creates nothing)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto', 'eager' or 'fused', got {backend!r}")
-    if optimizer is not None and not all(callable(getattr(optimizer, m, None))
-                                         for m in ("register_step_pre_hook", "register_step_post_hook")):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__} "
-                        f"{optimizer!r:.60}")
+    optimizer = _optimizers(optimizer)
     if scaler is not None and not callable(getattr(scaler, "scale", None)):
         raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__} {scaler!r:.60}")
     if config is not None and not isinstance(config, dict):
@@ -88,6 +93,22 @@ def watch_options(
         residual_blocks=residual_blocks, weights=weights, histograms_every=schedules.resolve_every(histograms),
         update_ratio_every=schedules.resolve_every(update_ratio, "update_ratio"),
     )
+
+
+def _is_optimizer(obj: Any) -> bool:
+    return all(callable(getattr(obj, m, None)) for m in ("register_step_pre_hook", "register_step_post_hook"))
+
+
+def _optimizers(optimizer: Any) -> torch.optim.Optimizer | tuple[torch.optim.Optimizer, ...] | None:
+    """``optimizer=`` checked: one optimizer as it is; a list or tuple of them as a tuple,
+    each once (an empty one is None)."""
+    if optimizer is None or _is_optimizer(optimizer):
+        return optimizer
+    if isinstance(optimizer, (list, tuple)) and all(_is_optimizer(o) for o in optimizer):
+        unique = tuple({id(o): o for o in optimizer}.values())
+        return unique or None
+    raise TypeError(f"optimizer must be a torch.optim.Optimizer, a list of them or None, got "
+                    f"{type(optimizer).__name__} {optimizer!r:.60}")
 
 
 #: The keyword arguments of ``gs.watch``, in order.

@@ -60,6 +60,7 @@ class StepRows:
 
     def __init__(self, present: Sequence[int], param_layer: np.ndarray, n_layers: int, device: torch.device) -> None:
         self.present = list(present)
+        self._param_layer = param_layer
         self._layer_of = np.asarray(param_layer, dtype=np.int64)[self.present]
         self.layers = sorted(set(self._layer_of.tolist()))
         self.n_layers = n_layers
@@ -73,6 +74,11 @@ class StepRows:
 
     def __len__(self) -> int:
         return self.model + 1
+
+    def subset(self, positions: Sequence[int]) -> StepRows:
+        """The rows of some of the present parameters (``positions`` into :attr:`present`):
+        theirs, their layers' and the model's, combining only them."""
+        return StepRows([self.present[p] for p in positions], self._param_layer, self.n_layers, self.group.device)
 
     def stack(self, rows: Tensor, combine: Combine | None = None) -> Tensor:
         """``[P, ...]`` parameter rows -> ``[P + L + 1, ...]``: the rows, each present layer's

@@ -3,10 +3,22 @@
 Measured at every ``every``-th recorded step (``gs.watch(..., update_ratio=k)``, the first
 recorded step included; ``True`` is every one). On the other recorded steps the monitor
 does not arm it: nothing is copied, and its optimizer hooks return at once.
+
+Several optimizers (``optimizer=[opt_a, opt_b]``, e.g. SparseAdam for the embeddings and
+Adam for the rest, Muon and AdamW): each parameter belongs to the first watched optimizer
+whose ``param_groups`` hold it (read again when those change), and its ratio is measured
+across that optimizer's step. A parameter that none of them holds, or whose optimizer did
+not step before the next recorded step (a GradScaler skipping it), has no ``update_ratio``
+at that step. Layer and model rows combine the parameters measured:
+``sqrt(sum ||dw||^2 / sum ||w||^2)`` over those parameters only.
+
+Complex parameters are measured as real pairs (``torch.view_as_real``): ``||dw||^2`` is
+the sum of ``|dw|^2`` over the complex elements.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,14 +35,16 @@ Pending = tuple[int, np.ndarray, Tensor]
 
 
 class UpdateRatio:
-    """Snapshots the weights of a recorded step and measures how far the optimizer moved them.
+    """Snapshots the weights of a recorded step and measures how far the optimizers moved them.
 
     The snapshot is one multi-tensor copy into buffers kept between recorded steps (one
-    copy of the watched weights, allocated at the first snapshot and freed by
-    :meth:`release`); the optimizer's step is then subtracted from it in place and its
-    norm taken by :func:`~gradsight.stats.grad.sumsq_fp32` (within ~1e-6 of float64).
-    The ratios stay on the device until the next recorded step's transfer takes them
-    (:meth:`take_pending`).
+    copy of the watched weights that a watched optimizer holds, allocated at the first
+    snapshot and freed by :meth:`release`); each optimizer's step is then subtracted from
+    its parameters' copies in place (its step post-hook, :meth:`measure`) and the norms
+    taken by :func:`~gradsight.stats.grad.sumsq_fp32` (within ~1e-6 of float64). When every
+    optimizer holding a parameter of the step has stepped, the ratios are combined per
+    layer and for the model and stay on the device until the next recorded step's
+    transfer takes them (:meth:`take_pending`).
 
     Args:
         watched: the watched parameters, in inventory order.
@@ -42,6 +56,7 @@ class UpdateRatio:
             from the snapshot).
         every: measure at every ``every``-th recorded step (0: never; see
             :func:`~gradsight.schedules.resolve_every`).
+        optimizers: the watched optimizers.
     """
 
     def __init__(
@@ -53,6 +68,7 @@ class UpdateRatio:
         sumsq: Callable[[Sequence[Tensor]], Tensor],
         weights: bool,
         every: int = 1,
+        optimizers: Sequence[torch.optim.Optimizer] = (),
     ) -> None:
         self.every = every
         self._watched = list(watched)
@@ -61,10 +77,17 @@ class UpdateRatio:
         self._series = series
         self._sumsq = sumsq
         self._weights = weights
-        self._step: int | None = None  #: the recorded step waiting for its optimizer step
+        self._optimizers = list(optimizers)
+        self._complex = any(w.is_complex() for w in self._watched)
+        self._owners_key: tuple | None = None
+        self._owner_of = np.full(len(self._watched), -1, dtype=np.int64)
+        self._warned_unowned = False
+        self._step: int | None = None  #: the recorded step waiting for its optimizer steps
         self._rows: StepRows | None = None
         self._wsumsq: Tensor | None = None
-        self._snapshot: list[Tensor] | None = None
+        self._waiting: dict[int, list[int]] = {}  #: optimizer -> positions in rows.present it steps
+        self._snapshot: dict[int, list[Tensor]] = {}  #: optimizer -> its parameters' copies
+        self._measured: list[tuple[list[int], Tensor, Tensor]] = []  #: (positions, ||dw||^2, ||w||^2)
         self._buffers: dict[int, Tensor] = {}  #: watched index -> its snapshot buffer
         self._pending: list[Pending] = []
 
@@ -73,9 +96,13 @@ class UpdateRatio:
         return due(self.every, recorded_index)
 
     def forget(self) -> None:
-        """Drop a snapshot whose optimizer step never came."""
+        """End the measurement of the armed step: what was measured is combined (it waits
+        for :meth:`take_pending`), the copies of optimizers that did not step are dropped."""
+        if self._measured:
+            self._finish()
         self._step = None
-        self._snapshot = None
+        self._waiting = {}
+        self._snapshot = {}
 
     def release(self) -> None:
         """Free the snapshot buffers (the monitor is closing)."""
@@ -90,63 +117,110 @@ class UpdateRatio:
             buf = self._buffers[i] = torch.empty_like(w, memory_format=torch.preserve_format)
         return buf
 
+    def _owners(self) -> np.ndarray:
+        """The optimizer (its index) that steps each watched parameter, -1 for none; read
+        from the optimizers' ``param_groups`` again when their sizes changed
+        (``add_param_group``)."""
+        key = (len(self._watched), *(tuple(len(g["params"]) for g in o.param_groups) for o in self._optimizers))
+        if key != self._owners_key:
+            index = {id(w): i for i, w in enumerate(self._watched)}
+            owner = np.full(len(self._watched), -1, dtype=np.int64)
+            for k in reversed(range(len(self._optimizers))):  # the first optimizer holding a parameter owns it
+                for group in self._optimizers[k].param_groups:
+                    for p in group["params"]:
+                        i = index.get(id(p))
+                        if i is not None:
+                            owner[i] = k
+            self._owners_key, self._owner_of = key, owner
+        return self._owner_of
+
     def arm(self, step: int, rows: StepRows, wsumsq: Tensor) -> None:
-        """Measure the next optimizer step for recorded ``step``.
+        """Measure the next step of each watched optimizer for recorded ``step``, and take
+        the snapshot now (optimizers that call ``step(closure)`` and record inside the
+        closure, like Lightning's, are measured too).
 
         Args:
             step: the recorded step.
             rows: its rows (the watched parameters that had a gradient, their layers).
             wsumsq: ``[len(rows.present)]`` their squared weight norms (NaN if not taken).
         """
-        self._step = step
-        self._rows = rows
-        self._wsumsq = wsumsq
-        self._snapshot = None
-        self.snapshot()
-
-    def snapshot(self, *hook_args: Any) -> None:
-        """Copy the weights before the optimizer changes them (also an optimizer step pre-hook).
-
-        Taken at the end of the recording itself (so optimizers that call
-        ``step(closure)`` and record inside the closure, like Lightning's, are
-        measured too); as a pre-hook it only takes one when none was taken.
-        """
-        if self._step is None or self._snapshot is not None:
+        self.forget()
+        owner = self._owners()[rows.present]
+        waiting = {int(k): np.flatnonzero(owner == k).tolist() for k in np.unique(owner)}
+        unowned = waiting.pop(-1, [])
+        if unowned and not self._warned_unowned:
+            self._warned_unowned = True
+            names = [self._param_names[rows.present[p]] for p in unowned]
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            warnings.warn(f"gradsight: {len(names)} parameter(s) with a gradient are in none of the optimizers "
+                          f"passed to gs.watch(optimizer=...), so no update_ratio is recorded for them: {shown}; "
+                          "pass every optimizer that steps them (optimizer=[opt_a, opt_b])", stacklevel=5)
+        if not waiting:
             return
+        self._step, self._rows, self._wsumsq, self._waiting = step, rows, wsumsq, waiting
         with torch.no_grad():
-            present = self._rows.present
-            current = [self._watched[i].detach() for i in present]
+            watched = [rows.present[p] for positions in waiting.values() for p in positions]
+            current = [self._watched[i].detach() for i in watched]
             if all(type(t) is Tensor for t in current):
-                snapshot = [self._buffer(i) for i in present]
-                torch._foreach_copy_(snapshot, current)
+                copies = [self._buffer(i) for i in watched]
+                torch._foreach_copy_(copies, current)
             else:  # tensor subclasses (DTensor under FSDP) have no in-place multi-tensor copy
-                snapshot = torch._foreach_mul(current, 1.0)
-            self._snapshot = snapshot
+                copies = list(torch._foreach_mul(current, 1.0))
+        start = 0
+        for k, positions in waiting.items():
+            self._snapshot[k] = copies[start : start + len(positions)]
+            start += len(positions)
 
-    def measure(self, *hook_args: Any) -> None:
-        """Optimizer step post-hook: the ratios per parameter, layer and model, kept on the device."""
-        if self._step is None or self._snapshot is None:
+    def measure(self, optimizer: Any = None, *hook_args: Any) -> None:
+        """Optimizer step post-hook: the ratios of the parameters ``optimizer`` steps (kept
+        on the device); once every optimizer of the step has stepped, combined with the
+        others'. A second step of the same optimizer before the next record is not measured."""
+        k = next((k for k, o in enumerate(self._optimizers) if o is optimizer), 0)
+        positions = self._waiting.pop(k, None)
+        if self._step is None or positions is None:
             return
+        snapshot = self._snapshot.pop(k)
         with torch.no_grad():
-            rows = self._rows
-            current = [self._watched[i].detach() for i in rows.present]
-            wsq = self._wsumsq
-            if not self._weights:  # weight norms were not taken at record time
-                wsq = self._sumsq(self._snapshot)
-            if all(type(t) is Tensor for t in self._snapshot):
-                torch._foreach_sub_(self._snapshot, current)  # the snapshot becomes -(w_after - w_before)
-                dsq = self._sumsq(self._snapshot)
+            current = [self._watched[self._rows.present[p]].detach() for p in positions]
+            if self._weights:  # weight norms were taken at record time
+                wsq = self._wsumsq if len(positions) == len(self._rows.present) else self._wsumsq[positions]
             else:
-                dsq = self._sumsq(torch._foreach_sub(current, self._snapshot))
+                wsq = self._sumsq(self._real(snapshot))
+            if all(type(t) is Tensor for t in snapshot):
+                torch._foreach_sub_(snapshot, current)  # the snapshot becomes -(w_after - w_before)
+                dsq = self._sumsq(self._real(snapshot))
+            else:
+                dsq = self._sumsq(self._real(torch._foreach_sub(current, snapshot)))
+        self._measured.append((positions, dsq, wsq))
+        if not self._waiting:
+            self.forget()
+
+    def _real(self, tensors: Sequence[Tensor]) -> Sequence[Tensor]:
+        """Complex tensors as real pairs (the same sum of squares)."""
+        if not self._complex:
+            return tensors
+        return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+
+    def _finish(self) -> None:
+        """Combine the measured parameters' ratios with their layers' and the model's."""
+        measured, self._measured = self._measured, []
+        positions = [p for part, _, _ in measured for p in part]
+        rows = self._rows
+        if positions != list(range(len(rows.present))):  # some parameters were not measured
+            rows = rows.subset(positions)
+        with torch.no_grad():
+            dsq = torch.cat([d for _, d, _ in measured]) if len(measured) > 1 else measured[0][1]
+            wsq = torch.cat([w for _, _, w in measured]) if len(measured) > 1 else measured[0][2]
             ratios = (rows.stack(dsq) / rows.stack(wsq)).sqrt()
-        # series of the rows measured (a parameter that never has a gradient gets none)
         ids = [self._series.id(level, name, "update_ratio") for level, name in rows.names(self._param_names,
                                                                                              self._layer_names)]
         self._series.flush()
         self._pending.append((self._step, np.asarray(ids, dtype=np.int64), ratios))
-        self.forget()
 
     def take_pending(self) -> list[Pending]:
-        """The measured ratios not yet written; the caller writes them."""
+        """The measured ratios not yet written; the caller writes them. A step still waiting
+        for some of its optimizers is ended here (:meth:`forget`) if any has stepped."""
+        if self._measured:
+            self.forget()
         pending, self._pending = self._pending, []
         return pending

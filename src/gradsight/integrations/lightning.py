@@ -61,7 +61,8 @@ class GradFlowCallback(Callback):
         log_stats: statistics sent to the loggers (default: all).
         **watch_kwargs: passed to :func:`gradsight.watch` (``config``, ``name``,
             ``backend``, ``overwrite``, ``distributed``, ``update_ratio``, ...). The
-            optimizer (when there is one) and the ``GradScaler`` of ``16-mixed``
+            optimizers (all of them: manual optimization may have several, a GAN's
+            generator and discriminator) and the ``GradScaler`` of ``16-mixed``
             precision are taken from the trainer.
 
     After ``fit``, :attr:`monitor` is the closed monitor and :attr:`run_dir` the run.
@@ -109,7 +110,7 @@ class GradFlowCallback(Callback):
         }
         self.monitor = watch(pl_module, self.run_dir, **watch_arguments(
             self.watch_kwargs, "GradFlowCallback", every=self.every,
-            optimizer=optimizers[0] if len(optimizers) == 1 else None,
+            optimizer=optimizers[0] if len(optimizers) == 1 else optimizers or None,
             scaler=getattr(precision, "scaler", None), config=config))
         self._trainer = trainer
         if self.log_levels:

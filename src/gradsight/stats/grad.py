@@ -31,6 +31,11 @@ Two ways to compute raw sums:
   the weight, unless weight statistics are off) once and produces all the sums.
   Used for large tensors on the CPU when compilation works; any failure falls back
   to ``eager``.
+
+Complex tensors: ``|g|`` is the modulus, so their raw sums are those of the real tensor
+of moduli ``|g|`` (either path): ``sumsq = sum |g|**2``, ``sumabs = sum |g|``, ``maxabs =
+max |g|``, an element is zero when both parts are and non-finite when either is;
+``w_sumsq = sum |w|**2``; ``numel`` counts complex elements.
 """
 
 from __future__ import annotations
@@ -114,7 +119,8 @@ def flat_in_memory_order(t: Tensor) -> Tensor:
 
 
 def sumsq_fp32(tensors: Sequence[Tensor]) -> Tensor:
-    """``[len(tensors)]`` float32 sums of squares, within ~1e-6 relative of a float64 sum.
+    """``[len(tensors)]`` float32 sums of squares, within ~1e-6 relative of a float64 sum
+    (real tensors: view complex ones as real pairs, ``torch.view_as_real``).
 
     On the CPU a large tensor is viewed as rows of :data:`SUMSQ_ROW` elements, the rows'
     norms taken in one reduction and their squares added in float64; the small tensors
@@ -263,10 +269,19 @@ def _import_cpp_extension_quietly() -> None:
 _FUSED = _FusedKernel()
 
 
+def _complex_row(g: Tensor, w: Tensor | None, backend: str) -> Tensor:
+    """Raw sums ``[9]`` of a dense complex gradient: those of its moduli ``|g|`` (and ``|w|``)."""
+    moduli = g.abs()
+    return raw_sums([moduli], [moduli if w is None else w.abs()], backend, w is not None)[0]
+
+
 def _sparse_row(g: Tensor, w: Tensor | None) -> Tensor:
     """Raw sums of a sparse (COO) gradient: implicit entries are zeros."""
     coalesced = g.coalesce()
-    values = coalesced.values().float()
+    values = coalesced.values()
+    values = (values.abs() if values.is_complex() else values).float()
+    if w is not None and w.is_complex():
+        w = w.abs()
     a = values.abs()
     numel = g.numel()
     implicit_zeros = numel - values.numel()
@@ -300,7 +315,7 @@ def raw_sums(
     """Raw sums of each (gradient, weight) pair.
 
     Args:
-        grads: gradient tensors (dense or sparse COO), any floating dtype.
+        grads: gradient tensors (dense or sparse COO), any floating or complex dtype.
         weights: the matching parameter tensors, same order and shapes.
         backend: ``"eager"``, ``"fused"`` (every dense tensor through the compiled
             kernel) or ``"auto"`` (fused for large tensors on the CPU).
@@ -328,6 +343,9 @@ def raw_sums(
         if g.numel() == 0:  # no identity for max: every sum is 0, and there are no rows to count
             rows[i] = torch.tensor([0.0] * W_SUMSQ + [0.0 if with_weights else float("nan"), 0.0, 0.0],
                                    device=g.device)
+            continue
+        if g.is_complex():
+            rows[i] = _complex_row(g, wd, backend)
             continue
         if backend == "fused" or (
             backend == "auto" and g.device.type == "cpu" and g.numel() >= FUSED_MIN_NUMEL and _FUSED.available

@@ -26,6 +26,11 @@ on the side (see :func:`log2_counts`).
 Float64 gradients: PyTorch casts float64 to these formats through float32, so a
 value within float32 rounding of an underflow edge can round differently from the
 direct rounding counted here.
+
+Complex gradients: the histogram is that of the moduli ``|g|``; the headroom is that of a
+cast to a complex format, which rounds each part: an element underflows when it is
+nonzero and finite and both parts round to 0, overflows when it is finite and either
+part exceeds the format's largest value.
 """
 
 from __future__ import annotations
@@ -113,7 +118,7 @@ _MAX_FIELD = {f: (q + _FIELD_BIAS, _f32_bits(float(torch.finfo(FORMATS[f]).max))
 
 def bucket_range(dtypes: Sequence[torch.dtype]) -> tuple[int, int]:
     """``(lowest, highest)`` bucket that gradients of these dtypes can fill."""
-    return RANGE_FP64 if torch.float64 in dtypes else RANGE_FP32
+    return RANGE_FP64 if torch.float64 in dtypes or torch.complex128 in dtypes else RANGE_FP32
 
 
 def log2_counts(grads: Sequence[Tensor], scale: Tensor | float | None = None,
@@ -129,7 +134,7 @@ def log2_counts(grads: Sequence[Tensor], scale: Tensor | float | None = None,
     through ``torch.frexp`` and a mantissa classification.
 
     Args:
-        grads: dense or sparse (COO) gradients of any floating dtype, on one device.
+        grads: dense or sparse (COO) gradients of any floating or complex dtype, on one device.
         scale: multiply the gradients by this first (a loss scale), in float32.
         bucket_lo, bucket_hi: the bucket range (default :func:`bucket_range`).
 
@@ -150,6 +155,9 @@ def log2_counts(grads: Sequence[Tensor], scale: Tensor | float | None = None,
     for i, g in enumerate(grads):
         values = flat_in_memory_order(g.coalesce().values() if g.is_sparse else g)  # a channels-last gradient: no copy
         if values.numel() == 0:
+            continue
+        if values.is_complex():
+            out[i] = _complex_counts(values, scale, bucket_lo, bucket_hi)
             continue
         if values.dtype == torch.float64:
             out[i] = _exact(values * scale.double() if scale is not None else values, bucket_lo, bucket_hi)
@@ -178,6 +186,24 @@ def log2_counts(grads: Sequence[Tensor], scale: Tensor | float | None = None,
                     col = n_buckets + HEADROOM_STATS.index(f"{fmt}_overflow")
                     in_field = abits < ((field + 1) << 23)  # the higher fields are counted already
                     out[i, col] += ((abits > max_bits) & in_field).sum()
+    return out
+
+
+def _complex_counts(values: Tensor, scale: Tensor | None, lo: int, hi: int) -> Tensor:
+    """Histogram and headroom counts ``[n_buckets + N_HEADROOM]`` of a 1-d complex tensor
+    (see the module docstring): the histogram of ``|g|``, the headroom part by part."""
+    if scale is not None:
+        values = values * (scale.double() if values.dtype == torch.complex128 else scale)
+    out = log2_counts([values.abs()], None, lo, hi)[0]
+    n_buckets = hi - lo + 1
+    head = torch.zeros(N_HEADROOM, dtype=torch.int64, device=values.device)
+    for start in range(0, values.numel(), CHUNK_NUMEL):
+        parts = torch.view_as_real(values[start : start + CHUNK_NUMEL]).abs()  # [n, 2]
+        finite = torch.isfinite(parts).all(-1)
+        counted = [(parts <= underflow_threshold(d)).all(-1) & (parts != 0).any(-1) for d in FORMATS.values()]
+        counted += [(parts > torch.finfo(FORMATS[f]).max).any(-1) for f in OVERFLOW_FORMATS]
+        head += torch.stack([(c & finite).sum() for c in counted])
+    out[n_buckets:] = head
     return out
 
 
