@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
 from gradsight.store.roles import PARAMETER_LAYER_TYPE
@@ -54,6 +55,10 @@ class Inventory:
     the layers of watched parameters, in registration order until the forward
     order is known (see :class:`ForwardOrder`). A layer that is a single
     container-owned parameter has the ``layer_types`` entry ``"Parameter"``.
+
+    Raises:
+        ValueError: for a lazy module (``nn.LazyLinear`` ...) whose parameters are
+            not initialized yet (nothing is known of them before its first forward pass).
     """
 
     params: list[ParamInfo]
@@ -63,6 +68,10 @@ class Inventory:
 
     @classmethod
     def of(cls, model: nn.Module) -> Inventory:
+        lazy = [name for name, mod in model.named_modules()
+                if any(is_lazy(p) for p in mod.parameters(recurse=False))]
+        if lazy:
+            raise ValueError(f"run one forward pass before gs.watch (lazy modules: {', '.join(lazy)})")
         aliases: dict[int, list[str]] = {}
         for name, p in model.named_parameters(remove_duplicate=False):
             aliases.setdefault(id(p), []).append(name)
