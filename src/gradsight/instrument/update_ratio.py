@@ -83,11 +83,12 @@ class UpdateRatio:
         self._buffers = {}
 
     def _buffer(self, i: int) -> Tensor:
-        """The snapshot buffer of watched parameter ``i``, (re)made to match it."""
+        """The snapshot buffer of watched parameter ``i``, (re)made to match it (float32 for
+        half-precision weights: see :func:`_wide`)."""
         w = self._watched[i]
         buf = self._buffers.get(i)
-        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
-            buf = self._buffers[i] = torch.empty_like(w, memory_format=torch.preserve_format)
+        if buf is None or buf.shape != w.shape or buf.dtype != _wide(w.dtype) or buf.device != w.device:
+            buf = self._buffers[i] = torch.empty_like(w, dtype=_wide(w.dtype), memory_format=torch.preserve_format)
         return buf
 
     def arm(self, step: int, rows: StepRows, wsumsq: Tensor) -> None:
@@ -120,7 +121,7 @@ class UpdateRatio:
                 snapshot = [self._buffer(i) for i in present]
                 torch._foreach_copy_(snapshot, current)
             else:  # tensor subclasses (DTensor under FSDP) have no in-place multi-tensor copy
-                snapshot = torch._foreach_mul(current, 1.0)
+                snapshot = [t.to(_wide(t.dtype), copy=True) for t in current]
             self._snapshot = snapshot
 
     def measure(self, *hook_args: Any) -> None:
@@ -131,8 +132,8 @@ class UpdateRatio:
             rows = self._rows
             current = [self._watched[i].detach() for i in rows.present]
             wsq = self._wsumsq
-            if not self._weights:  # weight norms were not taken at record time
-                wsq = self._sumsq(self._snapshot)
+            if not self._weights or any(s.dtype != t.dtype for s, t in zip(self._snapshot, current)):
+                wsq = self._sumsq(self._snapshot)  # not taken at record time, or taken in half precision
             if all(type(t) is Tensor for t in self._snapshot):
                 torch._foreach_sub_(self._snapshot, current)  # the snapshot becomes -(w_after - w_before)
                 dsq = self._sumsq(self._snapshot)
@@ -150,3 +151,10 @@ class UpdateRatio:
         """The measured ratios not yet written; the caller writes them."""
         pending, self._pending = self._pending, []
         return pending
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a snapshot of weights of ``dtype`` is kept in: float32 for 16-bit floats
+    (``model.half()``, ``.to(torch.bfloat16)``), whose difference and norms taken in their own
+    precision put the ratio off by up to ~5e-5; else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
