@@ -51,10 +51,12 @@ class Inventory:
     """What gradsight watches in a model.
 
     ``params`` lists every unique parameter (tied parameters once, under their
-    first name); ``watched`` the trainable ones, which are recorded; ``layers``
-    the layers of watched parameters, in registration order until the forward
-    order is known (see :class:`ForwardOrder`). A layer that is a single
-    container-owned parameter has the ``layer_types`` entry ``"Parameter"``.
+    first name); ``watched`` those recorded: the trainable ones, then those frozen at
+    ``gs.watch`` that were unfrozen later and :meth:`join` the run at their first
+    recorded gradient; ``layers`` the layers of watched parameters, in registration
+    order until the forward order is known (see :class:`ForwardOrder`). ``layer_types``
+    has every parameter's layer (frozen ones too); a layer that is a single
+    container-owned parameter has the entry ``"Parameter"``.
 
     Raises:
         ValueError: for a lazy module (``nn.LazyLinear`` ...) whose parameters are
@@ -82,13 +84,23 @@ class Inventory:
             layer = name if owner in containers else owner
             params.append(ParamInfo(name, p, layer, [a for a in aliases[id(p)] if a != name], pos))
         watched = [pi for pi in params if pi.trainable]
-        layers: list[str] = []
-        for pi in watched:
-            if pi.layer not in layers:
-                layers.append(pi.layer)
-        own = {pi.layer for pi in watched if pi.layer == pi.name}
-        types = {ln: PARAMETER_LAYER_TYPE if ln in own else type(model.get_submodule(ln)).__name__ for ln in layers}
+        layers = list(dict.fromkeys(pi.layer for pi in watched))
+        own = {pi.layer for pi in params if pi.layer == pi.name}
+        types = {pi.layer: PARAMETER_LAYER_TYPE if pi.layer in own else type(model.get_submodule(pi.layer)).__name__
+                 for pi in params}
         return cls(params, watched, layers, types)
+
+    def all_layers(self) -> list[str]:
+        """The layers of every parameter, frozen ones included, in order of their first parameter."""
+        return list(dict.fromkeys(pi.layer for pi in self.params))
+
+    def join(self, pi: ParamInfo) -> bool:
+        """Record ``pi`` (frozen at watch, unfrozen since) from now on; True when its layer is new."""
+        self.watched.append(pi)
+        if pi.layer in self.layers:
+            return False
+        self.layers.append(pi.layer)
+        return True
 
     def layer_numel(self) -> dict[str, int]:
         """Trainable elements per layer."""
