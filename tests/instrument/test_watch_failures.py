@@ -110,8 +110,9 @@ def test_parameters_added_after_watch_warn_once_by_name(tmp_path):
         assert sum("added to the model after" in str(w.message) for w in caught) == 1
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            mon.step()
-            mon.step()
+            for _ in range(2):
+                model(torch.randn(2, 3)).sum().backward()
+                mon.step()
     names = set(gs.open_run(tmp_path / "run").frame(level="param").name)
     assert "extra.weight" not in names and "0.weight" in names
 
@@ -136,6 +137,7 @@ def test_parameters_added_later_in_training_are_found(tmp_path):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for _ in range(4):
+                model(torch.randn(2, 3)).sum().backward()
                 mon.step()
     assert [str(w.message).count("late") for w in caught] == [1]
 

@@ -108,6 +108,10 @@ class Monitor:
         self._hooks = HookRegistry()
         self._writer = None
         self._warned_new_params = False
+        self._warned_no_gradient = False
+        self._warned_same_gradient = False
+        self._sentinels: list[Tensor] = []  # a few parameters with a gradient at the last recorded step
+        self._sentinel_grads: list[tuple[weakref.ref, int] | None] = []  # their .grad at the last step() call
         self._known_params: set[int] | None = None  # ids of the parameters seen at watch()
         self._created = _NewPaths(self.run_dir)
         try:
@@ -243,13 +247,16 @@ class Monitor:
                 calls, starting at 0).
 
         Returns:
-            True when this call was recorded.
+            True when this call recorded gradient statistics (scheduled, and some
+            watched parameter had a gradient).
         """
         if self._closed:
             raise RuntimeError("this monitor is closed")
         index = self.step_count if step is None else int(step)
         if not -2**63 <= index < 2**63:
             raise ValueError(f"step={index} does not fit the store's 64-bit step column; pass a smaller step")
+        if self._sentinels:
+            self._check_same_gradients()
         record = self.should_record(self.step_count)
         self.step_count += 1
         if record:
@@ -258,8 +265,36 @@ class Monitor:
                 if not self._warned_new_params:
                     self._warn_new_params()
                 self._sync_params()
-            self._record(index, loss)
+            record = self._record(index, loss)
         return record
+
+    def _check_same_gradients(self) -> None:
+        """Warn once when the gradients are the very tensors of the previous ``step()`` call, unchanged
+        (no backward pass in between). Looks at a few parameters that had a gradient at the last
+        recorded step: their ``.grad``'s identity (a weak reference) and version counter (a backward
+        pass makes a new tensor or adds into it in place); about 1 us per call."""
+        same, any_grad = True, False
+        state: list[tuple[weakref.ref, int] | None] = []
+        for p, before in zip(self._sentinels, self._sentinel_grads):
+            g = p.grad
+            if g is None:
+                same = same and before is None
+                state.append(None)
+            elif before is not None and before[0]() is g:
+                any_grad = True
+                version = g._version
+                same = same and before[1] == version
+                state.append(before if before[1] == version else (before[0], version))
+            else:
+                same = False
+                state.append((weakref.ref(g), g._version))
+        self._sentinel_grads = state
+        if not (same and any_grad) or self._warned_same_gradient:
+            return
+        self._warned_same_gradient = True
+        warnings.warn("gradsight: monitor.step() was called again without a backward pass in between: the gradients "
+                      "are the same tensors, unchanged since the previous step() call, and each call records them "
+                      "as a step of its own; call monitor.step() once per optimizer step", stacklevel=3)
 
     def _sync_params(self) -> None:
         """Rewrite the ``params`` rows (and ``num_params``, ``num_trainable``) of parameters whose
@@ -284,7 +319,8 @@ class Monitor:
                           f"not recorded: {shown}; call gs.watch() after the model is complete", stacklevel=3)
 
     @torch.no_grad()
-    def _record(self, step: int, loss: Tensor | float | None) -> None:
+    def _record(self, step: int, loss: Tensor | float | None) -> bool:
+        """Record this step's gradients; False (nothing recorded of them) when no parameter has one."""
         self._updates.forget()  # an optimizer step not seen since the last record
         recorded_index = self.recorded_steps  # 0 at the first recorded step
         params, in_run = self._params, self._in_run
@@ -296,6 +332,11 @@ class Monitor:
             if joining:
                 self._join(step, joining)
         self._layer_table.sync()
+        if not present:
+            self._no_gradient(step, loss)
+            return False
+        self._sentinels = [params[i] for i in dict.fromkeys((present[0], present[len(present) // 2], present[-1]))]
+        self._sentinel_grads = [(weakref.ref(p.grad), p.grad._version) for p in self._sentinels]
         grads = [params[i].grad for i in present]
         opts = self.options
         raw = self._dist.raw_sums(grads, [params[i] for i in present], opts.backend, opts.weights)
@@ -351,8 +392,9 @@ class Monitor:
         self._series.flush()
         self._emit(step, np.concatenate(ids), np.concatenate(values).astype(np.float64), time.time())
         self.recorded_steps += 1
-        if opts.optimizer is not None and present and self._updates.due(recorded_index):
+        if opts.optimizer is not None and self._updates.due(recorded_index):
             self._updates.arm(step, rows, raw[:, W_SUMSQ])
+        return True
 
     def _join(self, step: int, joining: list[int]) -> None:
         """Parameters frozen at watch that have a gradient now (unfrozen since): their series, layers
@@ -374,6 +416,25 @@ class Monitor:
         self._writer.write_params(param_rows(inv, [inv.params[i] for i in joining]))
         self._writer.set_meta(unfrozen=self._unfrozen, **sizes(inv))
         self._layer_table.changed()
+
+    def _no_gradient(self, step: int, loss: Tensor | float | None) -> None:
+        """A scheduled step at which no watched parameter has a gradient: no gradient statistics (they
+        would be made up), the loss as a metric if given, and one warning."""
+        if self.activations is not None:
+            self.activations.collect()  # what the forward hooks took belongs to no recorded step
+            self._layer_table.sync()
+        self._flush_pending()
+        if loss is not None:  # as monitor.log() writes it: a metric, not a recorded step
+            value = float(loss.detach().float()) if isinstance(loss, Tensor) else float(loss)
+            ids = np.array([self._series.id(Level.METRIC, "loss", "loss")], dtype=np.int64)
+            self._series.flush()
+            self._emit(step, ids, np.array([value]))
+        if not self._warned_no_gradient and self.inventory.watched:  # (nothing watched: said at watch)
+            self._warned_no_gradient = True
+            warnings.warn("gradsight: monitor.step() found no gradient on any parameter that requires one (every "
+                          ".grad is None: an evaluation step under torch.no_grad(), zero_grad() before step(), or "
+                          "gradients taken with torch.func or torch.autograd.grad without assigning .grad); no "
+                          "gradient statistics are recorded for such a step", stacklevel=5)
 
     def _extra_rows(
         self,
