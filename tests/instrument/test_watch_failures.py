@@ -110,8 +110,9 @@ def test_parameters_added_after_watch_warn_once_by_name(tmp_path):
         assert sum("added to the model after" in str(w.message) for w in caught) == 1
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            mon.step()
-            mon.step()
+            for _ in range(2):
+                model(torch.randn(2, 3)).sum().backward()
+                mon.step()
     names = set(gs.open_run(tmp_path / "run").frame(level="param").name)
     assert "extra.weight" not in names and "0.weight" in names
 
@@ -136,5 +137,23 @@ def test_parameters_added_later_in_training_are_found(tmp_path):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for _ in range(4):
+                model(torch.randn(2, 3)).sum().backward()
                 mon.step()
     assert [str(w.message).count("late") for w in caught] == [1]
+
+
+def test_lazy_module_before_its_first_forward_is_refused_leaving_nothing_behind(tmp_path):
+    model = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Sequential(nn.LazyLinear(2)))
+    run_dir = tmp_path / "runs" / "x"
+    hooks_before = _hook_count(model)  # (a lazy module's own pre-hook)
+    with pytest.raises(ValueError) as caught:
+        gs.watch(model, run_dir)
+    assert str(caught.value) == "run one forward pass before gs.watch (lazy modules: 0, 2.0)"
+    assert _writer_threads() == []
+    assert _hook_count(model) == hooks_before
+    assert not (tmp_path / "runs").exists()
+    model(torch.randn(2, 3))  # the forward pass initializes them
+    with gs.watch(model, run_dir) as mon:
+        model(torch.randn(2, 3)).sum().backward()
+        mon.step()
+    assert set(gs.open_run(run_dir).frame(level="layer").name) == {"0", "2.0"}

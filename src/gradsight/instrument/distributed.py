@@ -286,7 +286,7 @@ class Distributed:
 
 
 def _watched_params(model: nn.Module) -> list[nn.Parameter]:
-    return [pi.param for pi in Inventory.of(model).watched]
+    return [pi.param for pi in Inventory.of(model).params]  # frozen ones too: they join when unfrozen
 
 
 def _device(tensors: Sequence[Tensor]) -> torch.device:

@@ -34,20 +34,25 @@ class HistogramRecorder:
 
     Args:
         every: take them at every ``every``-th recorded step (the first recorded step included).
-        param_names, layers: the watched parameters and the layers, as the monitor has them.
-        param_numel: elements of each watched parameter.
+        param_names, layers: the parameters and the layers, as the monitor has them.
         series: the run's series ids (headroom series are registered here, once).
         log2_counts: ``(grads, scale, lo, hi) -> counts``, local or over all ranks.
+        params, layer_index: the parameters and layers recorded from the start (indices;
+            default all); :meth:`add` adds others when they join.
     """
 
-    def __init__(self, every: int, param_names: Sequence[str], layers: Sequence[str],
-                 param_numel: Sequence[int], series: SeriesIds, log2_counts) -> None:
+    def __init__(self, every: int, param_names: Sequence[str], layers: Sequence[str], series: SeriesIds,
+                 log2_counts, params: Sequence[int] | None = None, layer_index: Sequence[int] | None = None) -> None:
         self.every = every
         self._param_names = list(param_names)
         self._layers = list(layers)
-        self._numel = np.asarray(param_numel, dtype=np.int64)
+        self._series = series
         self._log2_counts = log2_counts
-        self._ids = LevelIds.register(series, param_names, self._layers, HEADROOM_STATS)
+        self._ids = LevelIds.register(series, param_names, self._layers, HEADROOM_STATS, params, layer_index)
+
+    def add(self, params: Sequence[int], layers: Sequence[int]) -> None:
+        """Register the headroom series of parameters and layers that join the run."""
+        self._ids.add(self._series, self._param_names, self._layers, HEADROOM_STATS, params, layers)
 
     def due(self, recorded_index: int) -> bool:
         """Whether the recorded step with this index (0 = the first) takes a histogram."""
@@ -73,7 +78,8 @@ class HistogramRecorder:
         hist = histogram(counts)[rows.layer_rows.start:]  # the layers and the model
         head = headroom_counts(counts)
         head_h, hist_h = to_host([head, hist])
-        fractions = head_h.reshape(head.shape) / np.maximum(rows.stack_host(self._numel[rows.present]), 1)[:, None]
+        numel = np.array([g.numel() for g in grads], dtype=np.int64)  # as they are now (a resized embedding)
+        fractions = head_h.reshape(head.shape) / np.maximum(rows.stack_host(numel), 1)[:, None]
         keys = rows.names(self._param_names, self._layers)[rows.layer_rows.start:]
         return (rows.ids(self._ids).reshape(-1), fractions.reshape(-1).astype(np.float64), keys, lo,
                 hist_h.reshape(hist.shape))

@@ -101,6 +101,12 @@ class LayerTable:
         self._written: tuple | None = None  #: what the table last written was made from
         self.final = False
 
+    def changed(self) -> None:
+        """Layers joined the run (parameters frozen at watch, unfrozen since): the next
+        :meth:`sync` writes the table again."""
+        self.final = False
+        self._written = None
+
     def sync(self) -> None:
         """Write the table if what it is made from changed since it was last written."""
         if self.final:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
@@ -135,12 +136,17 @@ class Inventory:
     """What gradsight watches in a model.
 
     ``params`` lists every unique parameter (tied parameters once, under their
-    first name); ``watched`` the trainable ones, which are recorded; ``layers``
-    the layers of watched parameters, in registration order until the forward
-    order is known (see :class:`ForwardOrder`); ``frozen_layers`` the layers of
-    frozen parameters only (not recorded; their place decides which layer is the
-    head). A layer that is a single container-owned parameter has the
-    ``layer_types`` entry ``"Parameter"``.
+    first name); ``watched`` those recorded: the trainable ones, then those frozen at
+    ``gs.watch`` that were unfrozen later and :meth:`join` the run at their first
+    recorded gradient; ``layers`` the layers of watched parameters, in registration
+    order until the forward order is known (see :class:`ForwardOrder`); ``frozen_layers``
+    the layers of frozen parameters only (not recorded; their place decides which layer
+    is the head). ``layer_types`` has every parameter's layer (frozen ones too); a layer
+    that is a single container-owned parameter has the entry ``"Parameter"``.
+
+    Raises:
+        ValueError: for a lazy module (``nn.LazyLinear`` ...) whose parameters are
+            not initialized yet (nothing is known of them before its first forward pass).
     """
 
     params: list[ParamInfo]
@@ -151,6 +157,10 @@ class Inventory:
 
     @classmethod
     def of(cls, model: nn.Module) -> Inventory:
+        lazy = [name for name, mod in model.named_modules()
+                if any(is_lazy(p) for p in mod.parameters(recurse=False))]
+        if lazy:
+            raise ValueError(f"run one forward pass before gs.watch (lazy modules: {', '.join(lazy)})")
         aliases: dict[int, list[str]] = {}
         for name, p in model.named_parameters(remove_duplicate=False):
             aliases.setdefault(id(p), []).append(name)
@@ -159,14 +169,25 @@ class Inventory:
         for pos, (name, p) in enumerate(model.named_parameters()):
             params.append(ParamInfo(name, p, layering.layer(name), [a for a in aliases[id(p)] if a != name], pos))
         watched = [pi for pi in params if pi.trainable]
-        layers: list[str] = []
-        for pi in watched:
-            if pi.layer not in layers:
-                layers.append(pi.layer)
+        layers = list(dict.fromkeys(pi.layer for pi in watched))
         frozen = [ln for ln in dict.fromkeys(pi.layer for pi in params) if ln not in layers]
         types = {ln: type(model.get_submodule(ln)).__name__ if ln in layering.owners else PARAMETER_LAYER_TYPE
                  for ln in layers + frozen}  # a name that is no module: a container's parameter
         return cls(params, watched, layers, types, frozen)
+
+    def all_layers(self) -> list[str]:
+        """The layers of every parameter, frozen ones included, in order of their first parameter."""
+        return list(dict.fromkeys(pi.layer for pi in self.params))
+
+    def join(self, pi: ParamInfo) -> bool:
+        """Record ``pi`` (frozen at watch, unfrozen since) from now on; True when its layer is new."""
+        self.watched.append(pi)
+        if pi.layer in self.layers:
+            return False
+        self.layers.append(pi.layer)
+        if pi.layer in self.frozen_layers:
+            self.frozen_layers.remove(pi.layer)
+        return True
 
     def layer_numel(self) -> dict[str, int]:
         """Trainable elements per layer."""

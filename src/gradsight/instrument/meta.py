@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gradsight._version import __version__
-from gradsight.instrument.layers import Inventory
+from gradsight.instrument.layers import Inventory, ParamInfo
 from gradsight.instrument.options import WatchOptions
 
 
@@ -32,7 +32,7 @@ def default_run_dir(model: nn.Module) -> Path:
 
 def run_meta(model: nn.Module, inventory: Inventory, options: WatchOptions, name: str) -> dict[str, Any]:
     """The metadata written when a run starts (JSON-serializable values; see docs/design.md)."""
-    device = next((pi.param.device for pi in inventory.watched), torch.device("cpu"))
+    device = next((pi.param.device for pi in inventory.watched or inventory.params), torch.device("cpu"))
     return dict(
         name=name,
         status="running",
@@ -45,8 +45,7 @@ def run_meta(model: nn.Module, inventory: Inventory, options: WatchOptions, name
         backend=options.backend,
         weight_stats=options.weights,
         device=str(device),
-        num_params=sum(pi.param.numel() for pi in inventory.params),
-        num_trainable=sum(pi.param.numel() for pi in inventory.watched),
+        **sizes(inventory),
         optimizer=", ".join(type(o).__name__ for o in options.optimizers) or None,
         amp=options.scaler is not None,
         update_ratio_every=options.update_ratio_every if options.optimizer is not None else 0,
@@ -58,10 +57,21 @@ def run_meta(model: nn.Module, inventory: Inventory, options: WatchOptions, name
     )
 
 
-def param_rows(inventory: Inventory) -> list[tuple]:
-    """Rows of the ``params`` table: name, layer, shape, numel, dtype, trainable, aliases, position."""
+def sizes(inventory: Inventory) -> dict[str, int]:
+    """``num_params`` (elements of every parameter) and ``num_trainable`` (of the recorded
+    ones), as the parameters are now."""
+    return dict(num_params=sum(pi.param.numel() for pi in inventory.params),
+                num_trainable=sum(pi.param.numel() for pi in inventory.watched))
+
+
+def param_rows(inventory: Inventory, params: list[ParamInfo] | None = None) -> list[tuple]:
+    """Rows of the ``params`` table: name, layer, shape, numel, dtype, trainable, aliases, position,
+    of ``params`` (default: every parameter) as they are now; ``trainable`` is 1 for a recorded
+    parameter (:attr:`Inventory.watched`: trainable at watch, or unfrozen and recorded since)."""
+    recorded = {id(pi) for pi in inventory.watched}
     return [
         (pi.name, pi.layer, json.dumps(list(pi.param.shape)), pi.param.numel(),
-         str(pi.param.dtype).replace("torch.", ""), int(pi.trainable), json.dumps(list(pi.aliases)), pi.position)
-        for pi in inventory.params
+         str(pi.param.dtype).replace("torch.", ""), int(id(pi) in recorded), json.dumps(list(pi.aliases)),
+         pi.position)
+        for pi in (inventory.params if params is None else params)
     ]

@@ -2,8 +2,9 @@
 
 Data flow of one recorded step (see docs/design.md):
 
-1. ``monitor.step()`` collects each trainable parameter's ``.grad`` (tensors are
-   only referenced, never copied).
+1. ``monitor.step()`` collects the ``.grad`` of each parameter that requires a
+   gradient now (tensors are only referenced, never copied); one frozen at watch
+   joins the run at its first gradient.
 2. :func:`gradsight.stats.grad.raw_sums` reduces every gradient and weight to
    nine raw sums in one fused pass (or a few multi-tensor passes).
 3. Raw sums are aggregated per layer and for the whole model on the device, and
@@ -40,7 +41,7 @@ from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.layer_table import LayerTable
 from gradsight.instrument.layers import ForwardOrder, Inventory
 from gradsight.instrument.listeners import HistogramListener, Listener, Listeners
-from gradsight.instrument.meta import default_run_dir, param_rows, run_meta
+from gradsight.instrument.meta import default_run_dir, param_rows, run_meta, sizes
 from gradsight.instrument.options import WatchOptions, with_options
 from gradsight.instrument.options import resolve as resolve_options
 from gradsight.instrument.rows import LevelIds, StepRows
@@ -107,6 +108,10 @@ class Monitor:
         self._hooks = HookRegistry()
         self._writer = None
         self._warned_new_params = False
+        self._warned_no_gradient = False
+        self._warned_same_gradient = False
+        self._sentinels: list[Tensor] = []  # a few parameters with a gradient at the last recorded step
+        self._sentinel_grads: list[tuple[weakref.ref, int] | None] = []  # their .grad at the last step() call
         self._known_params: set[int] | None = None  # ids of the parameters seen at watch()
         self._created = _NewPaths(self.run_dir)
         try:
@@ -122,10 +127,17 @@ class Monitor:
         if not inv.watched:
             warnings.warn(f"{type(model).__name__} has no trainable parameters: gs.watch records no gradient "
                           "statistics (frozen parameters are listed only)", stacklevel=4)
-        self._watched = [pi.param for pi in inv.watched]
-        param_names = [pi.name for pi in inv.watched]
-        layer_index = {ln: i for i, ln in enumerate(inv.layers)}
-        self._param_layer = np.array([layer_index[pi.layer] for pi in inv.watched], dtype=np.int64)
+        # every parameter has a row index: one frozen at watch joins the run when it has a gradient (_join)
+        self._params = [pi.param for pi in inv.params]
+        self._param_names = param_names = [pi.name for pi in inv.params]
+        self._layer_names = layer_names = inv.all_layers()
+        layer_index = {ln: i for i, ln in enumerate(layer_names)}
+        self._param_layer = np.array([layer_index[pi.layer] for pi in inv.params], dtype=np.int64)
+        self._in_run = [pi.trainable for pi in inv.params]  #: recorded: trainable at watch, or joined since
+        self._outside = self._in_run.count(False)  #: frozen at watch and not joined (yet)
+        self._unfrozen: dict[str, int] = {}  #: joined parameters and the step they joined at
+        watched = [i for i, recorded in enumerate(self._in_run) if recorded]
+        watched_layers = [layer_index[ln] for ln in inv.layers]
 
         # one process (Local) or torch.distributed (only rank 0 writes the store)
         self._dist = resolve_distributed(opts.distributed, model)
@@ -134,19 +146,21 @@ class Monitor:
         self._listeners = Listeners()
         self._stat_cols = [k for k, st in enumerate(GRAD_STATS)
                            if opts.weights or st not in ("weight_norm", "grad_weight_ratio")]
-        self._stat_ids = LevelIds.register(self._series, param_names, inv.layers,
-                                           [GRAD_STATS[k] for k in self._stat_cols])
-        self._dead_ids = self._dead_rows_ids(inv)
+        self._stat_ids = LevelIds.register(self._series, param_names, layer_names,
+                                           [GRAD_STATS[k] for k in self._stat_cols], watched, watched_layers)
+        self._dead_ids = LevelIds(np.full((len(param_names), 1), -1, dtype=np.int64),
+                                  np.full((len(layer_names), 1), -1, dtype=np.int64), np.array([[-1]], dtype=np.int64))
+        self._add_dead_rows_ids(watched)
         self._histograms: HistogramRecorder | None = None
         if opts.histograms_every:
-            self._histograms = HistogramRecorder(opts.histograms_every, param_names, inv.layers,
-                                                 [pi.param.numel() for pi in inv.watched], self._series,
-                                                 self._dist.log2_counts)
+            self._histograms = HistogramRecorder(opts.histograms_every, param_names, layer_names, self._series,
+                                                 self._dist.log2_counts, watched, watched_layers)
         self._series.flush()
 
         self._writer.set_meta(**run_meta(model, inv, opts, name=opts.name or self.run_dir.name))
         self._writer.write_params(param_rows(inv))
-        self._order = ForwardOrder(model, self._hooks, inv.layer_params())
+        self._param_layout = [(p.shape, p.dtype) for p in self._params]  # as the params table has them
+        self._order = ForwardOrder(model, self._hooks, inv.layer_params())  # frozen layers too: they may join
         self.activations: ActivationRecorder | None = None
         if opts.activations:
             self.activations = ActivationRecorder(
@@ -155,7 +169,7 @@ class Monitor:
             )
         self._layer_table = LayerTable(inv, self._order, self.activations, self._writer)
         self._loss_scale = LossScale(opts.scaler, opts.optimizers)
-        self._updates = UpdateRatio(self._watched, param_names, inv.layers, self._series, self._dist.sumsq,
+        self._updates = UpdateRatio(self._params, param_names, layer_names, self._series, self._dist.sumsq,
                                     opts.weights, opts.update_ratio_every, opts.optimizers)
         for optimizer in opts.optimizers if self._updates.every else ():
             self._hooks.attach(optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
@@ -172,17 +186,15 @@ class Monitor:
                 if self._dist.writes_store:  # (another rank's store is not this process's to delete)
                     self._created.remove()
 
-    def _dead_rows_ids(self, inv: Inventory) -> LevelIds:
-        """Series ids of ``grad_dead_rows`` per watched parameter and per layer, -1 where it
-        does not apply (no tensor of >= 2 dims: nothing has rows) and for the model."""
-        has_rows = [pi.param.dim() >= 2 for pi in inv.watched]
-        layers_with_rows = {pi.layer for pi, rows in zip(inv.watched, has_rows) if rows}
-        params = [self._series.id(Level.PARAM, pi.name, DEAD_ROWS_STAT) if rows else -1
-                  for pi, rows in zip(inv.watched, has_rows)]
-        layers = [self._series.id(Level.LAYER, ln, DEAD_ROWS_STAT) if ln in layers_with_rows else -1
-                  for ln in inv.layers]
-        return LevelIds(np.array(params, dtype=np.int64).reshape(-1, 1), np.array(layers, dtype=np.int64).reshape(-1, 1),
-                        np.array([[-1]], dtype=np.int64))
+    def _add_dead_rows_ids(self, params: list[int]) -> None:
+        """Register the series of ``grad_dead_rows`` of these parameters and of their layers where
+        it applies (a tensor of >= 2 dims: it has rows); it stays -1 elsewhere and for the model."""
+        with_rows = [i for i in params if self._params[i].dim() >= 2]
+        for i in with_rows:
+            self._dead_ids.param[i, 0] = self._series.id(Level.PARAM, self._param_names[i], DEAD_ROWS_STAT)
+        for k in dict.fromkeys(int(self._param_layer[i]) for i in with_rows):
+            if self._dead_ids.layer[k, 0] < 0:
+                self._dead_ids.layer[k, 0] = self._series.id(Level.LAYER, self._layer_names[k], DEAD_ROWS_STAT)
 
     # -- writing and listening --------------------------------------------------------
     def _emit(self, step: int, ids: np.ndarray, values: np.ndarray, time_s: float | None = None) -> None:
@@ -231,22 +243,69 @@ class Monitor:
                 calls, starting at 0).
 
         Returns:
-            True when this call was recorded.
+            True when this call recorded gradient statistics (scheduled, and some
+            watched parameter had a gradient).
         """
         if self._closed:
             raise RuntimeError("this monitor is closed")
         index = self.step_count if step is None else int(step)
         if not -2**63 <= index < 2**63:
             raise ValueError(f"step={index} does not fit the store's 64-bit step column; pass a smaller step")
+        if self._sentinels:
+            self._check_same_gradients()
         record = self.should_record(self.step_count)
         self.step_count += 1
-        if not record:
-            return False
-        n = self.recorded_steps
-        if not self._warned_new_params and n & (n - 1) == 0:  # recorded steps 0, 1, 2, 4, 8, ...: the walk costs
-            self._warn_new_params()                             # ~0.6 ms on a 56-layer net
-        self._record(index, loss)
-        return True
+        if record:
+            n = self.recorded_steps
+            if n & (n - 1) == 0:  # recorded steps 0, 1, 2, 4, 8, ...: the walks cost ~0.6 ms on a 56-layer net
+                if not self._warned_new_params:
+                    self._warn_new_params()
+                self._sync_params()
+            record = self._record(index, loss)
+        return record
+
+    def _forget_gradients(self) -> None:
+        """The next ``step()`` may see this call's gradients again without warning (an
+        integration recording each of several optimizers' steps after one backward pass)."""
+        self._sentinel_grads = [None] * len(self._sentinels)
+
+    def _check_same_gradients(self) -> None:
+        """Warn once when the gradients are the very tensors of the previous ``step()`` call, unchanged
+        (no backward pass in between). Looks at a few parameters that had a gradient at the last
+        recorded step: their ``.grad``'s identity (a weak reference) and version counter (a backward
+        pass makes a new tensor or adds into it in place); about 1 us per call."""
+        same, any_grad = True, False
+        state: list[tuple[weakref.ref, int] | None] = []
+        for p, before in zip(self._sentinels, self._sentinel_grads):
+            g = p.grad
+            if g is None:
+                same = same and before is None
+                state.append(None)
+            elif before is not None and before[0]() is g:
+                any_grad = True
+                version = g._version
+                same = same and before[1] == version
+                state.append(before if before[1] == version else (before[0], version))
+            else:
+                same = False
+                state.append((weakref.ref(g), g._version))
+        self._sentinel_grads = state
+        if not (same and any_grad) or self._warned_same_gradient:
+            return
+        self._warned_same_gradient = True
+        warnings.warn("gradsight: monitor.step() was called again without a backward pass in between: the gradients "
+                      "are the same tensors, unchanged since the previous step() call, and each call records them "
+                      "as a step of its own; call monitor.step() once per optimizer step", stacklevel=3)
+
+    def _sync_params(self) -> None:
+        """Rewrite the ``params`` rows (and ``num_params``, ``num_trainable``) of parameters whose
+        shape or dtype changed since they were written: a resized token embedding, ``model.half()``."""
+        layout = [(p.shape, p.dtype) for p in self._params]
+        changed = [pi for pi, now, then in zip(self.inventory.params, layout, self._param_layout) if now != then]
+        if changed:
+            self._param_layout = layout
+            self._writer.write_params(param_rows(self.inventory, changed))
+            self._writer.set_meta(**sizes(self.inventory))
 
     def _warn_new_params(self) -> None:
         """Warn once, naming them, about trainable parameters added to the model after ``watch()``
@@ -261,18 +320,29 @@ class Monitor:
                           f"not recorded: {shown}; call gs.watch() after the model is complete", stacklevel=3)
 
     @torch.no_grad()
-    def _record(self, step: int, loss: Tensor | float | None) -> None:
-        self._layer_table.sync()
+    def _record(self, step: int, loss: Tensor | float | None) -> bool:
+        """Record this step's gradients; False (nothing recorded of them) when no parameter has one."""
         self._updates.forget()  # an optimizer step not seen since the last record
         recorded_index = self.recorded_steps  # 0 at the first recorded step
-        watched = self._watched
-        present = [i for i, p in enumerate(watched) if p.grad is not None]
-        missing = [i for i, p in enumerate(watched) if p.grad is None]
-        grads = [watched[i].grad for i in present]
+        params, in_run = self._params, self._in_run
+        # a frozen parameter is not recorded: its .grad, if any, is left over from before it was frozen
+        present = [i for i, p in enumerate(params) if p.grad is not None and p.requires_grad]
+        missing = [i for i, p in enumerate(params) if p.grad is None and in_run[i] and p.requires_grad]
+        if self._outside:
+            joining = [i for i in present if not in_run[i]]
+            if joining:
+                self._join(step, joining)
+        self._layer_table.sync()
+        if not present:
+            self._no_gradient(step, loss)
+            return False
+        self._sentinels = [params[i] for i in dict.fromkeys((present[0], present[len(present) // 2], present[-1]))]
+        self._sentinel_grads = [(weakref.ref(p.grad), p.grad._version) for p in self._sentinels]
+        grads = [params[i].grad for i in present]
         opts = self.options
-        raw = self._dist.raw_sums(grads, [watched[i] for i in present], opts.backend, opts.weights)
+        raw = self._dist.raw_sums(grads, [params[i] for i in present], opts.backend, opts.weights)
         device = raw.device
-        rows = StepRows(present, self._param_layer, len(self.inventory.layers), device)
+        rows = StepRows(present, self._param_layer, len(self._layer_names), device)
         inv_scale, scale = self._loss_scale.factors(device)
         raw_rows = rows.stack(raw, aggregate)
         stats = torch.cat([derive_stats(raw_rows, inv_scale), dead_rows(raw_rows)[:, None]], dim=1)
@@ -323,8 +393,49 @@ class Monitor:
         self._series.flush()
         self._emit(step, np.concatenate(ids), np.concatenate(values).astype(np.float64), time.time())
         self.recorded_steps += 1
-        if opts.optimizer is not None and present and self._updates.due(recorded_index):
+        if opts.optimizer is not None and self._updates.due(recorded_index):
             self._updates.arm(step, rows, raw[:, W_SUMSQ])
+        return True
+
+    def _join(self, step: int, joining: list[int]) -> None:
+        """Parameters frozen at watch that have a gradient now (unfrozen since): their series, layers
+        (the ``layers`` table is written again), ``params`` rows and meta ``unfrozen``, from this step on."""
+        inv = self.inventory
+        new_layers = []
+        for i in joining:
+            self._in_run[i] = True
+            if inv.join(inv.params[i]):
+                new_layers.append(int(self._param_layer[i]))
+            self._unfrozen[self._param_names[i]] = step
+        self._outside -= len(joining)
+        self._stat_ids.add(self._series, self._param_names, self._layer_names,
+                           [GRAD_STATS[k] for k in self._stat_cols], joining, new_layers)
+        self._add_dead_rows_ids(joining)
+        if self._histograms is not None:
+            self._histograms.add(joining, new_layers)
+        self._series.flush()
+        self._writer.write_params(param_rows(inv, [inv.params[i] for i in joining]))
+        self._writer.set_meta(unfrozen=self._unfrozen, **sizes(inv))
+        self._layer_table.changed()
+
+    def _no_gradient(self, step: int, loss: Tensor | float | None) -> None:
+        """A scheduled step at which no watched parameter has a gradient: no gradient statistics (they
+        would be made up), the loss as a metric if given, and one warning."""
+        if self.activations is not None:
+            self.activations.collect()  # what the forward hooks took belongs to no recorded step
+            self._layer_table.sync()
+        self._flush_pending()
+        if loss is not None:  # as monitor.log() writes it: a metric, not a recorded step
+            value = float(loss.detach().float()) if isinstance(loss, Tensor) else float(loss)
+            ids = np.array([self._series.id(Level.METRIC, "loss", "loss")], dtype=np.int64)
+            self._series.flush()
+            self._emit(step, ids, np.array([value]))
+        if not self._warned_no_gradient and self.inventory.watched:  # (nothing watched: said at watch)
+            self._warned_no_gradient = True
+            warnings.warn("gradsight: monitor.step() found no gradient on any parameter that requires one (every "
+                          ".grad is None: an evaluation step under torch.no_grad(), zero_grad() before step(), or "
+                          "gradients taken with torch.func or torch.autograd.grad without assigning .grad); no "
+                          "gradient statistics are recorded for such a step", stacklevel=5)
 
     def _extra_rows(
         self,
@@ -341,7 +452,7 @@ class Monitor:
         ids: list[int] = []
         vals: list[float] = []
         for i in missing:
-            ids.append(series.id(Level.PARAM, self.inventory.watched[i].name, "grad_missing"))
+            ids.append(series.id(Level.PARAM, self._param_names[i], "grad_missing"))
             vals.append(1.0)
         if missing:
             ids.append(series.id(Level.MODEL, "", "grad_missing"))
@@ -400,6 +511,7 @@ class Monitor:
         try:
             self._layer_table.sync()
             self._flush_pending()
+            self._sync_params()
         finally:
             self._updates.release()
             meta: dict[str, Any] = {"steps_recorded": self.recorded_steps, "step_calls": self.step_count}
@@ -430,15 +542,17 @@ class Monitor:
             self.close(status="failed", error=f"{exc_type.__name__}: {exc}")
 
     def __repr__(self) -> str:
-        return f"Monitor(run_dir={str(self.run_dir)!r}, params={len(self._watched)}, steps={self.step_count})"
+        return f"Monitor(run_dir={str(self.run_dir)!r}, params={len(self.inventory.watched)}, steps={self.step_count})"
 
 
 def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -> Monitor:
     """Start recording gradient statistics of ``model`` into ``run_dir``.
 
     Args:
-        model: the model; every trainable parameter is watched (frozen ones are
-            listed in the store but not recorded; tied ones count once).
+        model: the model; every trainable parameter is watched (tied ones count
+            once). Frozen ones are listed in the store, and recorded from the first
+            step they have a gradient if unfrozen later; a parameter frozen later is
+            not recorded while frozen. Lazy modules must have run a forward pass.
         run_dir: directory of the run store (default ``runs/<time>-<Model>``).
         every: record every k-th call of ``monitor.step()``, or a schedule
             (``step -> bool``, see :mod:`gradsight.schedules`).

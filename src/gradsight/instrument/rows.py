@@ -34,11 +34,26 @@ class LevelIds:
 
     @classmethod
     def register(cls, series: SeriesIds, param_names: Sequence[str], layer_names: Sequence[str],
-                 stats: Sequence[str]) -> LevelIds:
-        """The ids of every statistic in ``stats`` of every parameter, layer and the model."""
-        return cls(series.grid(Level.PARAM, list(param_names), list(stats)),
-                   series.grid(Level.LAYER, list(layer_names), list(stats)),
-                   series.grid(Level.MODEL, [""], list(stats)))
+                 stats: Sequence[str], params: Sequence[int] | None = None,
+                 layers: Sequence[int] | None = None) -> LevelIds:
+        """The ids of every statistic in ``stats`` of the model and of the parameters ``params``
+        and layers ``layers`` (indices into the names; default all); the others' are -1 until
+        :meth:`add` registers them."""
+        out = cls(np.full((len(param_names), len(stats)), -1, dtype=np.int64),
+                  np.full((len(layer_names), len(stats)), -1, dtype=np.int64),
+                  np.empty((1, len(stats)), dtype=np.int64))
+        out.add(series, param_names, layer_names, stats, range(len(param_names)) if params is None else params,
+                range(len(layer_names)) if layers is None else layers)
+        out.model[:] = series.grid(Level.MODEL, [""], list(stats))
+        return out
+
+    def add(self, series: SeriesIds, param_names: Sequence[str], layer_names: Sequence[str], stats: Sequence[str],
+            params: Sequence[int], layers: Sequence[int]) -> None:
+        """Register the ids of the parameters ``params`` and layers ``layers`` (indices), in place."""
+        for i in params:
+            self.param[i] = series.grid(Level.PARAM, [param_names[i]], list(stats))[0]
+        for k in layers:
+            self.layer[k] = series.grid(Level.LAYER, [layer_names[k]], list(stats))[0]
 
 
 class StepRows:

@@ -110,11 +110,12 @@ class UpdateRatio:
         self._buffers = {}
 
     def _buffer(self, i: int) -> Tensor:
-        """The snapshot buffer of watched parameter ``i``, (re)made to match it."""
+        """The snapshot buffer of watched parameter ``i``, (re)made to match it (float32 for
+        half-precision weights: see :func:`_wide`)."""
         w = self._watched[i]
         buf = self._buffers.get(i)
-        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
-            buf = self._buffers[i] = torch.empty_like(w, memory_format=torch.preserve_format)
+        if buf is None or buf.shape != w.shape or buf.dtype != _wide(w.dtype) or buf.device != w.device:
+            buf = self._buffers[i] = torch.empty_like(w, dtype=_wide(w.dtype), memory_format=torch.preserve_format)
         return buf
 
     def _owners(self) -> np.ndarray:
@@ -165,7 +166,7 @@ class UpdateRatio:
                 copies = [self._buffer(i) for i in watched]
                 torch._foreach_copy_(copies, current)
             else:  # tensor subclasses (DTensor under FSDP) have no in-place multi-tensor copy
-                copies = list(torch._foreach_mul(current, 1.0))
+                copies = [t.to(_wide(t.dtype), copy=True) for t in current]
         start = 0
         for k, positions in waiting.items():
             self._snapshot[k] = copies[start : start + len(positions)]
@@ -182,7 +183,8 @@ class UpdateRatio:
         snapshot = self._snapshot.pop(k)
         with torch.no_grad():
             current = [self._watched[self._rows.present[p]].detach() for p in positions]
-            if self._weights:  # weight norms were taken at record time
+            if self._weights and all(s.dtype == t.dtype for s, t in zip(snapshot, current)):
+                # weight norms were taken at record time (not in half precision)
                 wsq = self._wsumsq if len(positions) == len(self._rows.present) else self._wsumsq[positions]
             else:
                 wsq = self._sumsq(self._real(snapshot))
@@ -224,3 +226,10 @@ class UpdateRatio:
             self.forget()
         pending, self._pending = self._pending, []
         return pending
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a snapshot of weights of ``dtype`` is kept in: float32 for 16-bit floats
+    (``model.half()``, ``.to(torch.bfloat16)``), whose difference and norms taken in their own
+    precision put the ratio off by up to ~5e-5; else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

@@ -125,6 +125,8 @@ class GradFlowCallback(Callback):
         self._stepped_at = step
         # Lightning runs this hook inside optimizer.step(closure); the monitor takes the
         # weight snapshot for update_ratio when it records, so that step is measured too.
+        if len(trainer.optimizers) > 1:  # manual optimization may step each after one backward: by design
+            self.monitor._forget_gradients()
         self._recorded = self.monitor.step(step=step)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
