@@ -20,6 +20,16 @@ branch output before the addition.
 Micro-batches between two recorded ``step()`` calls are combined exactly (sums of
 squares add; channel moments combine with Chan's formula). Everything stays on the
 device until :meth:`ActivationRecorder.collect`.
+
+Which passes count (:class:`BackwardPasses`): the gradients are those of the backward
+passes that gave the parameters the ``.grad`` that ``monitor.step()`` records, that is
+passes that accumulate into ``.grad`` (``loss.backward()``), after the last reset of
+``.grad`` (``zero_grad``). A ``torch.autograd.grad`` pass (a gradient penalty, a MAML
+inner step) and a pass whose gradients were reset before the step (a GAN generator's
+step through the watched discriminator) are left out, and so are the forward passes
+that only such passes reached. Forwards run under a ``torch.func`` transform and
+compiled forwards are not measured (a warning says so once); a forward that reentrant
+checkpointing re-runs during backward is.
 """
 
 from __future__ import annotations
@@ -27,8 +37,10 @@ from __future__ import annotations
 import fnmatch
 import math
 import warnings
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial, wraps
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +50,8 @@ from torch.overrides import TorchFunctionMode
 from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.layers import is_adapter_wrapper, layer_modules
 from gradsight.instrument.outputs import main_output
-from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
+from gradsight.instrument.residual import (ResidualSplit, find_residual_additions, is_reentrant_checkpoint,
+                                          parameterized_after)
 from gradsight.store.schema import RowKind, Level
 
 ACT_STATS = ("act_rms", "act_mean_sq", "act_var", "out_grad_norm", "out_grad_rms", "out_grad_nonfinite")
@@ -87,26 +100,57 @@ def channel_moments(t: Tensor, dim: int) -> tuple[int, Tensor, Tensor]:
     return n, mean, var
 
 
+class _Forward:
+    """One call of the watched model (or one module call outside such a call): whether an output
+    measured in it requires grad, and the backward passes (graph task ids) its gradient reached."""
+
+    __slots__ = ("needs_grad", "tasks")
+
+    def __init__(self) -> None:
+        self.needs_grad = False
+        self.tasks: set[int] = set()
+
+
+class _Moments:
+    """Channel moments of the forwards of one step, combined (Chan's formula) over those kept."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[_Forward, int, Tensor, Tensor]] = []
+
+    def add(self, forward: _Forward, n: int, mean: Tensor, var: Tensor) -> None:
+        self.parts.append((forward, n, mean, var))
+
+    def combined(self, keep: Callable[[_Forward], bool]) -> tuple[int, Tensor, Tensor] | None:
+        """(count, per-channel mean, per-channel population variance) of the kept forwards;
+        a forward whose channel count differs from the ones before starts over."""
+        n, mean, m2 = 0, None, None
+        for forward, k, mu, var in self.parts:
+            if not keep(forward):
+                continue
+            if mean is None or mean.shape != mu.shape:
+                n, mean, m2 = k, mu, var * k
+                continue
+            total = n + k
+            delta = mu - mean
+            m2 = m2 + var * k + delta * delta * (n * k / total)
+            mean = mean + delta * (k / total)
+            n = total
+        return None if mean is None else (n, mean, m2 / max(n, 1))
+
+
+@dataclass
+class _GradSum:
+    sumsq: Tensor
+    nonfinite: Tensor
+    numel: int
+
+
 @dataclass
 class _ModuleAcc:
-    n: int = 0
-    mean: Tensor | None = None
-    m2: Tensor | None = None  # sum of squared deviations per channel
-    grad_sumsq: Tensor | None = None
-    grad_nonfinite: Tensor | None = None
-    grad_numel: int = 0
+    moments: _Moments = field(default_factory=_Moments)
+    grads: dict[int, _GradSum] = field(default_factory=dict)  # backward pass -> sums of dL/dh
 
-    def add_moments(self, n: int, mean: Tensor, var: Tensor) -> None:
-        if self.mean is None or self.mean.shape != mean.shape:
-            self.n, self.mean, self.m2 = n, mean, var * n
-            return
-        total = self.n + n
-        delta = mean - self.mean
-        self.m2 = self.m2 + var * n + delta * delta * (self.n * n / total)
-        self.mean = self.mean + delta * (n / total)
-        self.n = total
-
-    def add_grad(self, g: Tensor) -> None:
+    def add_grad(self, task: int, g: Tensor) -> None:
         g = g.detach()
         sumsq = torch.linalg.vector_norm(g, dtype=torch.float64 if g.dtype == torch.float64 else torch.float32).square()
         if g.device.type == "cpu" and bool(torch.isfinite(sumsq)):
@@ -115,26 +159,167 @@ class _ModuleAcc:
             nonfinite = torch.zeros((), dtype=torch.float32)
         else:
             nonfinite = (~torch.isfinite(g)).sum().float()
-        if self.grad_sumsq is None:
-            self.grad_sumsq, self.grad_nonfinite = sumsq, nonfinite
+        acc = self.grads.get(task)
+        if acc is None:
+            self.grads[task] = _GradSum(sumsq, nonfinite, g.numel())
         else:
-            self.grad_sumsq = self.grad_sumsq + sumsq
-            self.grad_nonfinite = self.grad_nonfinite + nonfinite
-        self.grad_numel += g.numel()
+            acc.sumsq = acc.sumsq + sumsq
+            acc.nonfinite = acc.nonfinite + nonfinite
+            acc.numel += g.numel()
 
 
 @dataclass
 class _BlockAcc:
-    skip_sumsq: Tensor | None = None
-    branch_sumsq: Tensor | None = None
-    dot: Tensor | None = None
-    stream: _ModuleAcc = field(default_factory=_ModuleAcc)  # the skip operand before the addition
-    branch: _ModuleAcc = field(default_factory=_ModuleAcc)  # the branch operand before the addition
+    sums: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # backward pass -> skip_sumsq, branch_sumsq, dot
+    stream: _Moments = field(default_factory=_Moments)  # the skip operand before the addition
+    branch: _Moments = field(default_factory=_Moments)  # the branch operand before the addition
 
-    def add(self, name: str, value: Tensor) -> None:
-        cur = getattr(self, name)
-        setattr(self, name, value if cur is None else cur + value)
+    def add(self, task: int, name: str, value: Tensor) -> None:
+        sums = self.sums.setdefault(task, {})
+        cur = sums.get(name)
+        sums[name] = value if cur is None else cur + value
 
+    def total(self, name: str, tasks: Iterable[int]) -> Tensor | None:
+        parts = [self.sums[t][name] for t in tasks if name in self.sums[t]]
+        return None if not parts else sum(parts[1:], parts[0])
+
+
+def _graph_task() -> int:
+    """Id of the autograd graph task (one backward pass) running now; -1 outside backward."""
+    return torch._C._current_graph_task_id()
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass (a checkpointed forward being recomputed)."""
+    return _graph_task() != -1
+
+
+def _reentrant_recompute() -> bool:
+    """True while reentrant checkpointing (``use_reentrant=True``, torch's or Hugging Face's)
+    re-runs a forward inside the backward of its ``CheckpointFunction``."""
+    return is_reentrant_checkpoint(torch._C._current_autograd_node())
+
+
+def _forward_position(add: object) -> tuple[int, int]:
+    """Where an addition ran in the forward: its node's autograd sequence number, or, found while
+    reentrant checkpointing re-runs a forward during backward (blocks in reverse order), the
+    checkpoint's, then its own."""
+    if _reentrant_recompute():
+        return torch._C._current_autograd_node()._sequence_nr(), add._sequence_nr()
+    return add._sequence_nr(), -1
+
+
+def _under_transform() -> bool:
+    """True inside a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ...)."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+@dataclass
+class _LeftInGrad:
+    """What one backward pass left in a parameter's ``.grad``."""
+
+    task: int
+    grad: weakref.ref
+    version: int
+
+
+class BackwardPasses:
+    """Which backward passes since the last step gave the parameters their ``.grad``.
+
+    A pass (an autograd graph task) counts when it accumulated into the ``.grad`` of a
+    parameter of the model (``loss.backward()``; not ``torch.autograd.grad``, whose
+    gradients a gradient penalty or a MAML inner step uses and ``monitor.step()`` never
+    sees) and ``.grad`` was not reset after it: when a later pass finds a parameter's
+    ``.grad`` set to None, replaced, or changed and all zero (``zero_grad``) since the
+    pass before it left it, every pass up to that one is dropped (a GAN generator's step
+    through the watched discriminator, before the discriminator's own step). Told by hooks
+    on the trainable parameters, armed for a recorded step (:meth:`arm`) and removed by
+    :meth:`reset`: a post-accumulate-grad hook marks the pass, a hook before accumulation
+    compares ``.grad`` with what the previous pass left. Changed but not zero (an all-reduce,
+    clipping) is no reset; telling the two apart costs one host sync, at most once per pass.
+    With no trainable parameter to hook, every pass counts (:attr:`pooled`).
+    """
+
+    TAG = "activations-passes"
+
+    def __init__(self, model: nn.Module, hooks: HookRegistry) -> None:
+        self._params = list(model.parameters())
+        self._hooks = hooks
+        self._hooked: set[int] = set()
+        self._unhookable: set[int] = set()
+        self._accumulated: set[int] = set()
+        self._left: dict[int, _LeftInGrad] = {}  # id(param) -> what the last pass left in its .grad
+        self._checked: set[int] = set()  # passes that took the host sync already
+        self._reset_upto = -1  # passes up to this one were reset
+        self.armed = False
+
+    @property
+    def pooled(self) -> bool:
+        """True when no parameter tells passes apart (a frozen model): every pass counts."""
+        return not self._hooked
+
+    def arm(self) -> None:
+        """Hook every trainable parameter not hooked yet in this step (at each call of the model:
+        one may be unfrozen between two calls, as a GAN's discriminator is)."""
+        self.armed = True
+        with torch._C.DisableTorchFunction():  # a TorchFunctionMode (the forward order's) would see a use
+            for p in self._params:
+                if p.requires_grad and id(p) not in self._hooked and id(p) not in self._unhookable:
+                    try:
+                        after = p.register_post_accumulate_grad_hook(self._accumulated_into)
+                    except RuntimeError:  # not a leaf (a view that a wrapper made a parameter): cannot tell
+                        self._unhookable.add(id(p))
+                        continue
+                    self._hooked.add(id(p))
+                    self._hooks.add(after, self.TAG)
+                    self._hooks.add(p.register_hook(partial(self._before, weakref.ref(p))), self.TAG)
+
+    def mark(self, task: int) -> None:
+        """Count the pass ``task`` as one that accumulates into ``.grad`` (reentrant checkpointing
+        runs only under one)."""
+        self._accumulated.add(task)
+
+    def counts(self, task: int) -> bool:
+        return self.pooled or (task in self._accumulated and task > self._reset_upto)
+
+    def _before(self, ref: weakref.ref, grad: Tensor) -> None:
+        p = ref()
+        if p is None or _under_transform():
+            return
+        task = _graph_task()
+        left = self._left.get(id(p))
+        if left is None or left.task == task:
+            return
+        g = p.grad
+        if g is None or g is not left.grad():
+            self._reset_upto = max(self._reset_upto, left.task)
+        elif g._version != left.version and task not in self._checked:
+            self._checked.add(task)
+            local = g.to_local() if hasattr(g, "to_local") else g  # a DTensor's shard: no collective
+            if not bool((local._values() if local.is_sparse else local).any()):  # zero_grad(set_to_none=False)
+                self._reset_upto = max(self._reset_upto, left.task)
+
+    def _accumulated_into(self, p: Tensor) -> None:
+        if _under_transform():
+            return
+        task = _graph_task()
+        self._accumulated.add(task)
+        if p.grad is not None:
+            self._left[id(p)] = _LeftInGrad(task, weakref.ref(p.grad), p.grad._version)
+
+    def reset(self) -> None:
+        """Forget the passes and remove the parameter hooks (at every step)."""
+        self._hooks.remove(self.TAG)
+        self._hooked.clear()
+        self._accumulated.clear()
+        self._left.clear()
+        self._checked.clear()
+        self._reset_upto = -1
+        self.armed = False
+
+
+_COMPILED = ("its modules get no module or block rows (parameter, layer and model statistics are recorded "
+             "as usual); train the uncompiled model for module and block rows")
 
 _ADD_FUNCS = {torch.add, Tensor.add, Tensor.add_, Tensor.__add__, Tensor.__iadd__}
 _NO_MODULE = nn.Module()
@@ -186,36 +371,39 @@ def block_owner(row: str) -> str:
     return row[: row.index("[")] if row.endswith("]") and "[" in row else row
 
 
-def _in_backward() -> bool:
-    """True while autograd runs a backward pass (a checkpointed forward being recomputed)."""
-    return torch._C._current_graph_task_id() != -1
-
-
 class _PathJoin:
-    """Sums the contributions of one forward's consumers per path, then reduces."""
+    """Sums the contributions of one forward's consumers per path, then reduces (per backward pass)."""
 
-    def __init__(self, acc: _BlockAcc, counts: tuple[int, int]) -> None:
+    def __init__(self, acc: _BlockAcc, counts: tuple[int, int], forward: _Forward, task: int | None) -> None:
         self.acc = acc
-        self.remaining = list(counts)
-        self.partial: list[Tensor | None] = [None, None]
-        self.done: list[Tensor | None] = [None, None]
+        self.counts = counts
+        self.forward = forward
+        self.task = task  # the pass to count in, when fixed (a reentrant recompute); else the running one
+        self.state: dict[int, tuple[list[int], list[Tensor | None], list[Tensor | None]]] = {}
 
     def add(self, path: int, grad: Tensor | None) -> None:
+        if _under_transform():
+            return
+        task = self.task if self.task is not None else _graph_task()
+        self.forward.tasks.add(task)
+        if task not in self.state:
+            self.state[task] = (list(self.counts), [None, None], [None, None])
+        remaining, partial, done = self.state[task]
         if grad is not None:
             g = grad.detach()
-            self.partial[path] = g if self.partial[path] is None else self.partial[path] + g
-        self.remaining[path] -= 1
-        if self.remaining[path] == 0 and self.partial[path] is not None:
-            full = self.partial[path]
+            partial[path] = g if partial[path] is None else partial[path] + g
+        remaining[path] -= 1
+        if remaining[path] == 0 and partial[path] is not None:
+            full = partial[path]
             full = (full if full.dtype == torch.float64 else full.float()).reshape(-1)
-            self.partial[path] = None
-            self.acc.add("skip_sumsq" if path == 0 else "branch_sumsq", torch.linalg.vector_norm(full).square())
-            other = self.done[1 - path]
+            partial[path] = None
+            self.acc.add(task, "skip_sumsq" if path == 0 else "branch_sumsq", torch.linalg.vector_norm(full).square())
+            other = done[1 - path]
             if other is not None:
-                self.acc.add("dot", torch.dot(full, other))
-                self.done[1 - path] = None
+                self.acc.add(task, "dot", torch.dot(full, other))
+                done[1 - path] = None
             else:
-                self.done[path] = full
+                done[path] = full
 
 
 class ActivationRecorder:
@@ -274,7 +462,7 @@ class ActivationRecorder:
         # modules that may own residual additions: all of them, until the first recorded forward shows which do
         self.candidates = list(modules)
         self.blocks: list[str] = []  #: block rows, additions in forward order
-        self._block_order: dict[str, int] = {}  # row -> autograd sequence number of its addition
+        self._block_order: dict[str, tuple[int, int]] = {}  # row -> _forward_position of its addition
         self.owners: dict[str, list[str]] = {}  #: owner module -> its block rows, additions in forward order
         self.blocks_known = False
         self.types = {n: type(m).__name__ for n, m in modules.items()}
@@ -293,15 +481,76 @@ class ActivationRecorder:
         #: calls of each owner since the last :meth:`reset` (calls that build a graph)
         self.owner_calls: dict[str, int] = {}
         self._forward_seen = False
+        self.passes = BackwardPasses(model, hooks)  #: which backward passes the gradients come from
+        self._call: _Forward | None = None  # the model call running now (recorded steps)
+        self._call_depth = 0
+        self._eager_calls = 0  # forwards run outside torch.compile since the last collect
+        self._warned: set[str] = set()
+        hooks.attach(model, "register_forward_pre_hook", self._call_start, self.TAG)
+        hooks.attach(model, "register_forward_hook", self._call_end, self.TAG, always_call=True)
         for name in self.tracked:
             hooks.attach(modules[name], "register_forward_hook", self._make_forward(name), self.TAG)
         self._hook_blocks(self.candidates)
         for name, mod in modules.items():
             hooks.attach(mod, "register_forward_hook", self._make_discovery(name), self.TAG + "-discovery")
+        compiled = [n for n, m in modules.items()
+                    if type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None) is not None]
+        if compiled:
+            shown = ", ".join(repr(n) if n else "the model" for n in compiled[:5])
+            self._warn_once("compiled", f"activations=True: {shown} is compiled with torch.compile; a compiled "
+                            f"forward runs without gradsight's forward hooks, so {_COMPILED}", stacklevel=5)
+
+    def _warn_once(self, key: str, message: str, stacklevel: int = 2) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=stacklevel + 1)
 
     def _measuring(self) -> bool:
-        return (self.is_active() and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and not _in_backward())
+        """Whether a forward running now belongs to a recorded step and can be measured.
+
+        ``is_compiling()`` is asked first, so that dynamo reads (and guards on) none of the
+        monitor's state. A forward re-run by non-reentrant checkpointing during backward is
+        not measured again; one re-run by reentrant checkpointing is (it first ran without
+        grad)."""
+        if torch.compiler.is_compiling() or not torch.is_grad_enabled() or not self.is_active():
+            return False
+        if _under_transform():
+            self._warn_once("transform", "activations=True: forwards and backward passes run under a torch.func "
+                            "transform (vmap, grad, jacrev, ...) are not measured; module and block rows leave "
+                            "them out", stacklevel=4)
+            return False
+        return not _in_backward() or _reentrant_recompute()
+
+    def _call_start(self, module: nn.Module, args: tuple) -> None:
+        if torch.compiler.is_compiling():
+            return
+        self._eager_calls += 1
+        self._call_depth += 1
+        if self._call_depth == 1 and self._measuring():
+            self._call = _Forward()
+            self.passes.arm()
+
+    def _call_end(self, module: nn.Module, args: tuple, output: object) -> None:
+        if torch.compiler.is_compiling():
+            return
+        self._call_depth = max(self._call_depth - 1, 0)
+        if self._call_depth == 0:
+            self._call = None
+
+    def _context(self) -> tuple[_Forward, int | None]:
+        """The model call a measurement belongs to, and the backward pass its gradient counts in
+        when that is fixed: during a reentrant recompute, the pass that runs it (whose nested
+        backward computes the block's gradients)."""
+        forward = self._call
+        if forward is None:  # a module run outside a call of the model (a reentrant recompute)
+            forward = _Forward()
+            if not self.passes.armed:
+                self.passes.arm()
+        task = None
+        if _in_backward():
+            task = _graph_task()
+            self.passes.mark(task)
+        return forward, task
 
     # -- leaf/module statistics ---------------------------------------------------
     def _make_forward(self, name: str):
@@ -315,11 +564,12 @@ class ActivationRecorder:
         return hook
 
     def _observe(self, name: str, module: nn.Module, t: Tensor) -> None:
+        forward, task = self._context()
         acc = self.acc.setdefault(name, _ModuleAcc())
-        n, mean, var = channel_moments(t, channel_dim(module, t))
-        acc.add_moments(n, mean, var)
+        acc.moments.add(forward, *channel_moments(t, channel_dim(module, t)))
         if t.requires_grad:
-            self.hooks.add(t.register_hook(acc.add_grad), self.ITER_TAG)
+            forward.needs_grad = True
+            self.hooks.add(t.register_hook(partial(_output_grad, acc, forward, task)), self.ITER_TAG)
 
     # -- residual additions ---------------------------------------------------------
     def _hook_blocks(self, names: Sequence[str]) -> None:
@@ -333,7 +583,7 @@ class ActivationRecorder:
 
     def _make_discovery(self, name: str):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
-            if self.blocks_known or not self._measuring():
+            if not self._measuring() or self.blocks_known:
                 return
             t = main_output(output)
             if t is not None and t.grad_fn is not None:
@@ -343,44 +593,75 @@ class ActivationRecorder:
 
     def _make_block_pre(self, name: str):
         def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if torch.compiler.is_compiling():
+                return
             stack = self._inputs.setdefault(name, [])
             if not self._measuring():
                 stack.append(None)
                 return
-            stops = []
-            for t in _tensors((args, kwargs)):
-                if t.requires_grad:
-                    try:
-                        stops.append(get_gradient_edge(t).node)
-                    except RuntimeError:
-                        pass
-            stack.append(stops)
+            stack.append(_stops((args, kwargs)))
             self._forward_seen = True
             self.owner_calls[name] = self.owner_calls.get(name, 0) + 1
-            if self._mode_depth == 0:
-                self._operands.__enter__()
-            self._mode_depth += 1
+            self._enter_operands()
 
         return pre
 
+    def _enter_operands(self) -> None:
+        if self._mode_depth == 0:
+            self._operands.__enter__()
+        self._mode_depth += 1
+
+    def _exit_operands(self) -> None:
+        self._mode_depth -= 1
+        if self._mode_depth == 0:
+            self._operands.__exit__(None, None, None)
+
     def _make_block_post(self, name: str):
         def post(module: nn.Module, args: tuple, output: object) -> None:
+            if torch.compiler.is_compiling():
+                return
             stack = self._inputs.get(name)
             if not stack:
                 return
             stops = stack.pop()
             if stops is None:
                 return
-            self._mode_depth -= 1
             try:
                 y = main_output(output)
                 if y is not None and y.grad_fn is not None:
-                    self._found(name, module, y, stops)
+                    if is_reentrant_checkpoint(y.grad_fn):
+                        self._find_when_recomputed(name, module, y.grad_fn)
+                    else:
+                        self._found(name, module, y, stops)
             finally:
-                if self._mode_depth == 0:
-                    self._operands.__exit__(None, None, None)
+                self._exit_operands()
 
         return post
+
+    def _find_when_recomputed(self, name: str, module: nn.Module, node: object) -> None:
+        """The call's output comes straight out of reentrant checkpointing (Hugging Face's
+        ``gradient_checkpointing`` runs a layer's forward, not its hooks, under it): its graph
+        exists only while backward re-runs the forward, so look for the call's additions then."""
+        run = getattr(node, "run_function", None)
+        if run is None:
+            return
+
+        @wraps(run)
+        def rerun(*args: object, **kwargs: object) -> object:
+            if not self._measuring():
+                return run(*args, **kwargs)
+            stops = _stops((args, kwargs))
+            self._enter_operands()
+            try:
+                out = run(*args, **kwargs)
+                y = main_output(out)
+                if y is not None and y.grad_fn is not None:
+                    self._found(name, module, y, stops)
+            finally:
+                self._exit_operands()
+            return out
+
+        node.run_function = rerun
 
     def _found(self, name: str, module: nn.Module, y: Tensor, stops: list) -> None:
         splits = find_residual_additions(y.grad_fn, stops, skip=set(self._claimed))
@@ -398,7 +679,7 @@ class ActivationRecorder:
                 self._row_of_add[id(split.add_node)] = row
             self.owners[name] = rows
             for row, split in zip(rows, splits):
-                self._block_order[row] = split.add_node._sequence_nr()
+                self._block_order[row] = _forward_position(split.add_node)
             self.blocks = sorted(self.blocks + rows, key=self._block_order.__getitem__)
             for row in rows:
                 self.types[row] = type(module).__name__
@@ -432,12 +713,14 @@ class ActivationRecorder:
                 for i, label in enumerate(labels)]
 
     def _attach(self, row: str, split: ResidualSplit) -> None:
+        forward, task = self._context()
         acc = self.block_acc.setdefault(row, _BlockAcc())
         operands = self._operands.operands(split.add_node)
         if operands is not None:
-            acc.stream.add_moments(*operands[split.skip_index])
-            acc.branch.add_moments(*operands[1 - split.skip_index])
-        join = _PathJoin(acc, (len(split.consumers[0]), len(split.consumers[1])))
+            acc.stream.add(forward, *operands[split.skip_index])
+            acc.branch.add(forward, *operands[1 - split.skip_index])
+        forward.needs_grad = True
+        join = _PathJoin(acc, (len(split.consumers[0]), len(split.consumers[1])), forward, task)
         for path, consumers in enumerate(split.consumers):
             for node, index in consumers:
                 def node_hook(grad_inputs, grad_outputs, path=path, index=index):
@@ -463,48 +746,88 @@ class ActivationRecorder:
     def collect(self, inv_scale: Tensor | None = None) -> tuple[list[tuple[str, str, str]], list[Tensor]]:
         """Rows gathered since the last call: ``(level, name, stat)`` keys and 0-d device tensors.
 
-        Levels: ``module`` for :data:`ACT_STATS`, ``block`` for :data:`BLOCK_STATS`.
+        Levels: ``module`` for :data:`ACT_STATS`, ``block`` for :data:`BLOCK_STATS`. Gradients
+        count from the backward passes that :class:`BackwardPasses` keeps; forward statistics
+        from the model calls whose outputs require grad and whose gradient reached none of
+        those passes (a pass it drops, or none: ``G(z).detach()``) are left out.
         Resets the accumulators and drops this step's graph hooks.
         """
         if self._forward_seen or self.acc:
             self.finish_discovery()
+        counts = self.passes.counts
+
+        def kept(forward: _Forward) -> bool:
+            return not forward.needs_grad or any(counts(t) for t in forward.tasks)
+
+        heard: set[int] = set()  # passes that brought a gradient
+        counted = False
         keys: list[tuple[str, str, str]] = []
         values: list[Tensor] = []
+        scale2 = None if inv_scale is None else inv_scale * inv_scale
         for name in self.tracked + [b for b in self.blocks if b not in self._tracked_set]:
             acc = self.acc.get(name)
-            if acc is None or acc.mean is None:
+            if acc is None:
                 continue
-            mean_sq = acc.mean.square().mean()
-            var = (acc.m2 / max(acc.n, 1)).mean()
+            heard.update(acc.grads)
+            moments = acc.moments.combined(kept)
+            if moments is None:
+                continue
+            _, mean, var = moments
+            mean_sq, var = mean.square().mean(), var.mean()
             keys += [(Level.MODULE, name, "act_rms"), (Level.MODULE, name, "act_mean_sq"), (Level.MODULE, name, "act_var")]
             values += [(mean_sq + var).sqrt(), mean_sq, var]
-            if acc.grad_sumsq is not None:
-                sumsq = acc.grad_sumsq if inv_scale is None else acc.grad_sumsq * inv_scale * inv_scale
+            grads = [g for task, g in acc.grads.items() if counts(task)]
+            if grads:
+                counted = True
+                sumsq = sum((g.sumsq for g in grads[1:]), grads[0].sumsq)
+                sumsq = sumsq if scale2 is None else sumsq * scale2
+                numel = sum(g.numel for g in grads)
                 keys += [(Level.MODULE, name, "out_grad_norm"), (Level.MODULE, name, "out_grad_rms"),
                          (Level.MODULE, name, "out_grad_nonfinite")]
-                values += [sumsq.sqrt(), (sumsq / max(acc.grad_numel, 1)).sqrt(), acc.grad_nonfinite]
+                values += [sumsq.sqrt(), (sumsq / max(numel, 1)).sqrt(), sum(g.nonfinite for g in grads)]
         for name in self.blocks:
             acc = self.block_acc.get(name)
             if acc is None:
                 continue
-            scale2 = None if inv_scale is None else inv_scale * inv_scale
-            if acc.skip_sumsq is not None and acc.branch_sumsq is not None:
-                s = acc.skip_sumsq if scale2 is None else acc.skip_sumsq * scale2
-                b = acc.branch_sumsq if scale2 is None else acc.branch_sumsq * scale2
+            heard.update(acc.sums)
+            tasks = [t for t in acc.sums if counts(t)]
+            s, b, d = (acc.total(stat, tasks) for stat in ("skip_sumsq", "branch_sumsq", "dot"))
+            if s is not None and b is not None:
+                counted = True
+                s, b = (s, b) if scale2 is None else (s * scale2, b * scale2)
                 keys += [(Level.BLOCK, name, "skip_grad_norm"), (Level.BLOCK, name, "branch_grad_norm")]
                 values += [s.sqrt(), b.sqrt()]
-                if acc.dot is not None:
-                    d = acc.dot if scale2 is None else acc.dot * scale2
+                if d is not None:
                     keys.append((Level.BLOCK, name, "skip_branch_cos"))
-                    values.append(d / (s.sqrt() * b.sqrt()))
-            if acc.branch.mean is not None:
+                    values.append((d if scale2 is None else d * scale2) / (s.sqrt() * b.sqrt()))
+            branch = acc.branch.combined(kept)
+            if branch is not None:
                 keys.append((Level.BLOCK, name, "branch_var"))
-                values.append((acc.branch.m2 / max(acc.branch.n, 1)).mean())
-            if acc.stream.mean is not None:
+                values.append(branch[2].mean())
+            stream = acc.stream.combined(kept)
+            if stream is not None:
                 keys.append((Level.BLOCK, name, "act_rms"))
-                values.append((acc.stream.mean.square().mean() + (acc.stream.m2 / max(acc.stream.n, 1)).mean()).sqrt())
+                values.append((stream[1].square().mean() + stream[2].mean()).sqrt())
+        self._say_what_is_missing(heard, counted)
         self.reset()
         return keys, values
+
+    def _say_what_is_missing(self, heard: set[int], counted: bool) -> None:
+        """Warn once for each reason a step's rows are missing or pooled."""
+        if not self._eager_calls and not self.acc and not self.block_acc:
+            self._warn_once("compiled", "activations=True recorded no module or block rows at this step: no forward "
+                            "of the model ran in eager mode since the previous recorded step. A torch.compile-d "
+                            f"forward runs without gradsight's forward hooks, so {_COMPILED}", stacklevel=6)
+        if heard and not counted:
+            self._warn_once("passes", "activations=True records no output gradient at this step (nor the forward "
+                            "statistics of calls that only such passes reached): no backward pass since the previous "
+                            "recorded step accumulated into the parameters' .grad and was kept; gradients from "
+                            "torch.autograd.grad, or reset by zero_grad before monitor.step(), are not the ones "
+                            "monitor.step() records", stacklevel=6)
+        if self.passes.pooled and len(heard) > 1:
+            self._warn_once("pooled", "activations=True: the model has no trainable parameter to tell backward "
+                            "passes apart, so module and block rows pool the gradient of every backward pass "
+                            "since the previous recorded step", stacklevel=6)
 
     def reset(self) -> None:
         self.acc.clear()
@@ -513,13 +836,36 @@ class ActivationRecorder:
         self._claimed.clear()
         self._operands.clear()
         self.owner_calls.clear()
+        self._eager_calls = 0
         self.hooks.remove(self.ITER_TAG)
+        self.passes.reset()
 
     def module_kinds(self) -> dict[str, str]:
         """Name -> 'block' for block rows, 'module' for other tracked modules."""
         kinds = {n: RowKind.MODULE for n in self.tracked}
         kinds.update({n: RowKind.BLOCK for n in self.blocks})
         return kinds
+
+
+def _output_grad(acc: _ModuleAcc, forward: _Forward, task: int | None, grad: Tensor) -> None:
+    """Tensor hook on a module output: ``dL/dh`` of the backward pass running (or of ``task``)."""
+    if _under_transform():
+        return
+    task = task if task is not None else _graph_task()
+    forward.tasks.add(task)
+    acc.add_grad(task, grad)
+
+
+def _stops(inputs: object) -> list:
+    """The gradient-edge nodes of a call's floating-point inputs that require grad."""
+    stops = []
+    for t in _tensors(inputs):
+        if t.requires_grad:
+            try:
+                stops.append(get_gradient_edge(t).node)
+            except RuntimeError:
+                pass
+    return stops
 
 
 def _tensors(obj: object) -> list[Tensor]:

@@ -12,7 +12,9 @@ of a transformer block (``h = x + attn(ln1(x))``; ``y = h + mlp(ln2(h))``, whose
 stream ``h`` is the first addition's output) and post-LN additions
 (``LayerNorm(x + f(x))``: the addition is found, the LayerNorm after it does not
 matter). Additions of two parameter-free functions of one tensor (rotary embeddings,
-``x + c * x**3`` in GELU) are not residual.
+``x + c * x**3`` in GELU) are not residual. A reentrant checkpoint (``checkpoint(f, x,
+use_reentrant=True)``) hides its forward's graph; it counts the parameters of the module
+that ``f`` calls (``x + checkpoint(self.mlp, x)`` is a residual addition).
 
 Nodes are looked for between a module call's output and its inputs (the graph is not
 followed past the inputs' gradient edges), so an addition whose stream or branch
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 from torch import nn
 from torch.autograd.graph import Node
@@ -96,8 +99,30 @@ def _is_parameter(node: Node) -> bool:
     return type(node).__name__ == "AccumulateGrad" and isinstance(getattr(node, "variable", None), nn.Parameter)
 
 
+def is_reentrant_checkpoint(node: object) -> bool:
+    """Whether an autograd node is reentrant checkpointing's (``CheckpointFunctionBackward``
+    of ``torch.utils.checkpoint.checkpoint(..., use_reentrant=True)``)."""
+    return getattr(getattr(node, "_forward_cls", None), "__name__", None) == "CheckpointFunction"
+
+
+def checkpointed_params(node: Node) -> int:
+    """The parameters that reentrant checkpointing hides behind ``node`` (its forward ran without
+    a graph): those of the module whose call or method it re-runs (also through
+    ``functools.partial``); 0 for any other node or function."""
+    if not is_reentrant_checkpoint(node):
+        return 0
+    fn = getattr(node, "run_function", None)
+    for _ in range(8):  # partials and wrappers of the function (``__wrapped__``)
+        inner = fn.func if isinstance(fn, partial) else getattr(fn, "__wrapped__", None)
+        if inner is None:
+            break
+        fn = inner
+    owner = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
+    return sum(1 for _ in owner.parameters()) if isinstance(owner, nn.Module) else 0
+
+
 def _param_count(nodes: Iterable[Node]) -> int:
-    return sum(1 for n in nodes if type(n).__name__ == "AccumulateGrad")
+    return sum(1 if type(n).__name__ == "AccumulateGrad" else checkpointed_params(n) for n in nodes)
 
 
 def split_addition(add: Node, stops: Iterable[Node] = ()) -> ResidualSplit | None:
@@ -194,7 +219,7 @@ def _holds_parameter(node: Node, hops: int = 3) -> bool:
     """Whether ``node`` is a parameter, or reaches one through a chain of single-input nodes
     (a transpose, a view, a cast) of at most ``hops`` steps."""
     for _ in range(hops + 1):
-        if _is_parameter(node):
+        if _is_parameter(node) or checkpointed_params(node):
             return True
         kids = _children(node)
         if len(kids) != 1:
