@@ -23,9 +23,11 @@ Rows:
 
 Models: an MLP of 12 Linear(1024, 1024) layers, batch 16 (parameter-heavy); torchvision
 resnet18, batch 16 at 3x64x64; a Hugging Face GPT-2 (4 layers, width 256, random init),
-batch 8 of 64 tokens; ``scalars``: 20,000 scalar parameters (a gain per feature, batch 16;
-``AdamW(fused=True)``), where the cost per tensor, not per element, is what counts.
-Peers are optional installs; a missing one is skipped with a note.
+batch 8 of 64 tokens. ``--models scalars`` (not in the default list: TensorBoard's
+histogram of every tensor takes about 13 s a step there) adds 20,000 scalar parameters
+(a gain per feature, batch 16, ``AdamW(fused=True)``), where the cost per tensor, not
+per element, is what counts. Peers are optional installs; a missing one is skipped with
+a note.
 
 ``--first-step`` also measures, in a fresh process with an empty compiler cache, how much
 longer the first recorded step of the quickstart takes than a later one, and what it prints.

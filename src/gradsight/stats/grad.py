@@ -19,12 +19,12 @@ computed once, vectorized, at the end.
 
 Three ways to compute raw sums:
 
-* ``grouped`` (small tensors, ``backend="auto"``): the dense floating tensors of at most
-  :data:`GROUP_MAX_NUMEL` elements of one dtype and device are copied into one flat
-  buffer, widened to float64, and every sum is one segmented reduction over it
-  (``index_add_``, ``scatter_reduce``), whatever the number of tensors: with thousands of
-  tiny parameters the per-tensor work of the multi-tensor passes, not the memory, is the
-  cost.
+* ``grouped`` (small tensors, ``backend="auto"``): the dense float16, bfloat16, float32
+  and float64 tensors of at most :data:`GROUP_MAX_NUMEL` elements of one dtype and
+  device are copied into one flat buffer, widened to float64, and every sum is one
+  segmented reduction over it (``index_add_``, ``scatter_reduce``), whatever the number
+  of tensors: with thousands of tiny parameters the per-tensor work of the multi-tensor
+  passes, not the memory, is the cost.
 * ``eager``: multi-tensor ``torch._foreach_norm`` passes (L2, L1 and L0, the count
   of nonzeros) over all tensors at once, one row-wise max-abs reduction per tensor of
   >= 2 dims (``maxabs`` is the max of its row maxima, ``dead_rows`` counts the zero
@@ -77,10 +77,10 @@ DEAD_ROWS_STAT = "grad_dead_rows"
 #: Tensors with at least this many elements use the fused kernel on the CPU.
 FUSED_MIN_NUMEL = 1 << 16
 
-#: Dense floating tensors with at most this many elements are reduced together, one group
-#: per dtype and device (``backend="auto"``; :func:`sumsq_fp32` always). Measured on the CPU:
-#: 500 tensors of 256 elements take 10 ms grouped against 21 ms in multi-tensor passes; at
-#: 1024 elements the passes are faster (28 against 53 ms).
+#: Dense float16/bfloat16/float32/float64 tensors with at most this many elements are reduced
+#: together, one group per dtype and device (``backend="auto"``; :func:`sumsq_fp32` always).
+#: Measured on the CPU: 500 tensors of 256 elements take 10 ms grouped against 21 ms in
+#: multi-tensor passes; at 1024 elements the passes are faster (28 against 53 ms).
 GROUP_MAX_NUMEL = 1 << 8
 
 
@@ -133,7 +133,7 @@ def sumsq_fp32(tensors: Sequence[Tensor]) -> Tensor:
     norms taken in one reduction and their squares added in float64; the small tensors
     and the rows' remainders go through one multi-tensor norm pass. Costs about one
     ``torch._foreach_norm`` pass, without its drift on large tensors. Elsewhere (whose
-    norm kernels reduce in a tree) it is that pass. Small dense floating tensors (at most
+    norm kernels reduce in a tree) it is that pass. Small dense real tensors (at most
     :data:`GROUP_MAX_NUMEL` elements) are summed in float64 as one group per dtype and device
     (:class:`_Segments`) on every device.
     """
@@ -432,6 +432,7 @@ class _Segments:
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
+_GROUPED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 #: What a :class:`_Plan` depends on, read with one C-level call per attribute over the list:
 #: none of them allocates an object the garbage collector tracks (a shape would: with tens
 #: of thousands of tensors, keeping one per tensor alive triggers full collections).
@@ -439,8 +440,8 @@ _PLAN_ATTRIBUTES = (type, Tensor.numel, Tensor.dim, attrgetter("dtype"), attrget
 
 
 class _Plan:
-    """How a list of tensors is reduced: the small dense floating ones grouped by dtype and
-    device (:class:`_Segments`, with their positions as an index on ``device``), the others
+    """How a list of tensors is reduced: the small dense float16/bfloat16/float32/float64 ones
+    grouped by dtype and device (:class:`_Segments`, with their positions as an index on ``device``), the others
     one by one (``others``, positions). A tensor is grouped only when it (and its weight,
     for :func:`raw_sums`) is a plain tensor or parameter."""
 
@@ -451,7 +452,7 @@ class _Plan:
         self.others: list[int] = []
         for i, (kind, count, dtype, layout, dev) in enumerate(zip(kinds, counts, dtypes, layouts, devices)):
             if (group and kind in _PLAIN and (weight_kinds is None or weight_kinds[i] in _PLAIN)
-                    and layout == torch.strided and dtype.is_floating_point and 0 < count <= GROUP_MAX_NUMEL):
+                    and layout == torch.strided and dtype in _GROUPED_DTYPES and 0 < count <= GROUP_MAX_NUMEL):
                 groups.setdefault((dtype, dev), []).append(i)
             else:
                 self.others.append(i)
