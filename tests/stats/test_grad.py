@@ -426,6 +426,17 @@ def test_aggregate_sums_rows_and_takes_the_max_of_maxabs():
         assert_raw_close(got[k : k + 1], want[None])
 
 
+def test_aggregate_of_many_rows_is_within_float32_rounding_of_a_float64_sum():
+    """The model row of 20,000 scalar parameters adds 20,000 raw-sum rows."""
+    gen = torch.Generator().manual_seed(21)
+    raw = raw_sums([torch.randn((), generator=gen) for _ in range(20_000)],
+                   [torch.randn((), generator=gen) for _ in range(20_000)])
+    got = aggregate(raw, torch.zeros(20_000, dtype=torch.long), 1)[0].double().numpy()
+    want = raw.double().sum(0).numpy()
+    want[MAXABS] = float(raw[:, MAXABS].max())
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=0)
+
+
 def test_a_kind_of_tensor_the_compiler_rejects_goes_eager_alone(monkeypatch):
     kernel = grad_stats._FusedKernel()
     real_copy = grad_stats._kernel_copy
