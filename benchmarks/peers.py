@@ -23,7 +23,11 @@ Rows:
 
 Models: an MLP of 12 Linear(1024, 1024) layers, batch 16 (parameter-heavy); torchvision
 resnet18, batch 16 at 3x64x64; a Hugging Face GPT-2 (4 layers, width 256, random init),
-batch 8 of 64 tokens. Peers are optional installs; a missing one is skipped with a note.
+batch 8 of 64 tokens. ``--models scalars`` (not in the default list: TensorBoard's
+histogram of every tensor takes about 13 s a step there) adds 20,000 scalar parameters
+(a gain per feature, batch 16, ``AdamW(fused=True)``), where the cost per tensor, not
+per element, is what counts. Peers are optional installs; a missing one is skipped with
+a note.
 
 ``--first-step`` also measures, in a fresh process with an empty compiler cache, how much
 longer the first recorded step of the quickstart takes than a later one, and what it prints.
@@ -31,6 +35,7 @@ longer the first recorded step of the quickstart takes than a later one, and wha
     python benchmarks/peers.py                   # everything (about 10-20 minutes on 2 cores)
     python benchmarks/peers.py --quick           # fewer rounds, a few minutes
     python benchmarks/peers.py --models mlp --rows quickstart,bare --rounds 30
+    python benchmarks/peers.py --models scalars,mlp --rows quickstart,grads --quick
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -62,11 +67,13 @@ import gradsight as gs
 
 @dataclass
 class Problem:
-    """A model and one batch; ``loss(model)`` runs the forward pass."""
+    """A model and one batch; ``loss(model)`` runs the forward pass; ``adamw`` are keyword
+    arguments of its ``AdamW`` beyond ``lr=1e-4``."""
 
     label: str
     model: nn.Module
     loss: Callable[[nn.Module], torch.Tensor]
+    adamw: dict = field(default_factory=dict)
 
 
 def mlp_problem() -> Problem:
@@ -100,8 +107,28 @@ def gpt2_problem() -> Problem:
                    lambda m: m(input_ids=tokens, labels=tokens).loss)
 
 
+class ScalarGains(nn.Module):
+    """``n`` scalar parameters (one gain per feature), stacked into one vector in the forward pass."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.gains = nn.ParameterList(nn.Parameter(torch.ones(())) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.stack(list(self.gains))
+
+
+def scalars_problem() -> Problem:
+    # fused AdamW: the default (one loop over the tensors per operation) takes over a second
+    # per step on 20,000 tensors here, a bare step that would hide the monitor's cost
+    x, y = torch.randn(16, 20_000), torch.randn(16, 20_000)
+    return Problem("20,000 scalar parameters, batch 16", ScalarGains(20_000),
+                   lambda m: nn.functional.mse_loss(m(x), y), adamw={"fused": True})
+
+
 MODELS: dict[str, tuple[Callable[[], Problem], str | None]] = {
     "mlp": (mlp_problem, None),
+    "scalars": (scalars_problem, None),
     "resnet18": (resnet18_problem, "torchvision"),
     "gpt2": (gpt2_problem, "transformers"),
 }
@@ -253,7 +280,7 @@ def bench(problem: Problem, rows: dict[str, Row], rounds: int, warmup: int, dead
           tmp: Path) -> tuple[dict[str, Cell], int]:
     """Interleaved rounds of one step per row; returns the cells and the rounds measured."""
     models = {k: copy.deepcopy(problem.model) for k in rows}
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, **problem.adamw) for k, m in models.items()}
     for key, row in rows.items():
         row.setup(models[key], opts[key], tmp / key)
     steps = dict.fromkeys(rows, 0)
@@ -300,7 +327,7 @@ sys.path.insert(0, {bench_dir!r})
 from peers import MODELS
 problem = MODELS[{model!r}][0]()
 model = problem.model
-opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **problem.adamw)
 times = []
 with gs.watch(model, {run_dir!r}, optimizer=opt) as monitor:
     for step in range(6):

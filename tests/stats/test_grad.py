@@ -1,8 +1,8 @@
 """Raw sums and derived statistics (``gradsight.stats.grad``) against a slow float64 NumPy reference.
 
-Each path of :func:`raw_sums` is covered: eager multi-tensor norms (small dense
-tensors), the compiled fused kernel (large CPU tensors), coalesced sparse
-gradients, and empty inputs.
+Each path of :func:`raw_sums` is covered: small dense tensors grouped into one flat
+buffer, eager multi-tensor norms, the compiled fused kernel (large CPU tensors),
+coalesced sparse gradients, and empty inputs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from gradsight.stats import grad as grad_stats
 from gradsight.stats.grad import (
     FUSED_MIN_NUMEL,
+    GROUP_MAX_NUMEL,
     DEAD_ROWS,
     GRAD_STATS,
     MAXABS,
@@ -136,7 +137,7 @@ def test_eager_raw_sums_match_float64_reference(dtype, fused):
     grads, weights = _tensors(0, shapes, dtype=dtype), _tensors(1, shapes, zero_frac=0.0)
     got = raw_sums(grads, weights, backend="auto")
     assert got.dtype == torch.float32 and got.shape == (len(shapes), len(RAW_FIELDS))
-    assert fused.calls == []  # small tensors: multi-tensor norms
+    assert fused.calls == []  # small tensors: grouped
     assert_raw_close(got, np.stack([reference_raw(g, w) for g, w in zip(grads, weights)]), rtol=1e-5)
 
 
@@ -166,6 +167,97 @@ def test_without_weights_w_sumsq_is_nan():
     assert torch.isnan(got[:, W_SUMSQ]).all()
     want = np.stack([reference_raw(g, None) for g in grads])
     assert_raw_close(got, want)
+
+
+# -- grouped ---------------------------------------------------------------------------
+
+
+def _many_tiny(seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Gradients and weights of 1,500 small tensors of mixed sizes, dims, layouts and dtypes,
+    with NaN, +-Inf, zeros, all-zero tensors and rows, among a few that are not grouped."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(), (1,), (5,), (3, 4), (2, 3, 2), (1, 1), (GROUP_MAX_NUMEL,), (16, 16), (4, 3, 2, 2)]
+    dtypes = [torch.float32, torch.float32, torch.float16, torch.bfloat16, torch.float64]
+    grads, weights = [], []
+    for i in range(1_500):
+        shape, dtype = shapes[i % len(shapes)], dtypes[i % len(dtypes)]
+        g = torch.randn(shape, generator=gen) * 10.0 ** float(torch.randint(-6, 3, (), generator=gen))
+        g[torch.rand(shape, generator=gen) < 0.2] = 0
+        if i % 7 == 0:
+            g.zero_()
+        if g.dim() >= 2 and i % 3 == 0:
+            g[0] = 0  # a dead row
+        w = torch.randn(shape, generator=gen)
+        if i % 11 == 0 and g.dim() == 4:  # channels-last, as a small convolution's gradient can be
+            g, w = g.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+        if i % 13 == 0 and g.dim() == 2:
+            g = g.t().contiguous().t()  # not contiguous
+        grads.append(g.to(dtype))
+        weights.append(w.to(dtype))
+    for i, value in [(2, float("nan")), (3, float("inf")), (40, float("-inf")), (41, float("nan"))]:
+        grads[i].view(-1)[0] = value
+    grads[42].view(-1)[:2] = torch.tensor([float("nan"), float("inf")])
+    # not grouped: empty, larger than GROUP_MAX_NUMEL, sparse
+    extra = [torch.zeros(0), torch.randn(GROUP_MAX_NUMEL + 1, generator=gen),
+             torch.sparse_coo_tensor(torch.tensor([[0, 2, 2]]), torch.tensor([1.0, -2.0, 0.5]), (4,), check_invariants=True)]
+    grads[5:5] = extra
+    weights[5:5] = [torch.zeros(0), torch.randn(GROUP_MAX_NUMEL + 1, generator=gen), torch.randn(4, generator=gen)]
+    return grads, weights
+
+
+def test_many_tiny_tensors_grouped_match_a_float64_per_tensor_reference():
+    grads, weights = _many_tiny(30)
+    got = raw_sums(grads, weights, backend="auto")
+    want = np.stack([reference_raw(g, w) for g, w in zip(grads, weights)])
+    bad = want[:, NONFINITE] > 0
+    assert bad.sum() == 5
+    assert not np.isfinite(got[:, SUMSQ].numpy()[bad]).any()  # the signal for count_nonfinite
+    assert (got[:, NONFINITE] == 0).all()  # as the eager path: counted only where the norm is not finite
+    assert [count_nonfinite(grads[i]) for i in np.flatnonzero(bad)] == want[bad, NONFINITE].tolist()
+    want[:, NONFINITE] = 0
+    grouped = np.ones(len(grads), dtype=bool)
+    grouped[5:8] = False  # the extra ones
+    assert_raw_close(got[grouped], want[grouped], rtol=2e-7)  # summed in float64: only the float32 rounding
+    assert_raw_close(got[~grouped], want[~grouped], rtol=1e-5)
+    assert (want[:, DEAD_ROWS] > 0).sum() > 100 and (want[:, ZEROS] == want[:, NUMEL]).sum() > 100
+    stats = derive_stats(got).numpy()  # grad_abs_max is NaN where a NaN is, inf where only an inf is
+    np.testing.assert_array_equal(stats[:, 3], want[:, MAXABS])
+
+
+def test_many_tiny_tensors_are_reduced_together_not_one_by_one(monkeypatch):
+    """Thousands of tiny parameters: a multi-tensor norm pass costs per tensor, not per
+    element, and it was taken five times a step; the grouped path hands no tensor to it."""
+    per_tensor: list[int] = []
+    real = torch._foreach_norm
+
+    def counting(tensors, *args, **kwargs):
+        per_tensor.append(len(tensors))
+        return real(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_norm", counting)
+    grads = [torch.randn(()) for _ in range(1_000)] + [torch.randn(3) for _ in range(1_000)]
+    weights = [torch.randn(g.shape) for g in grads]
+    got = raw_sums(grads, weights)
+    sumsq = grad_stats.sumsq_fp32(weights)
+    assert per_tensor == []
+    assert_raw_close(got, np.stack([reference_raw(g, w) for g, w in zip(grads, weights)]), rtol=2e-7)
+    np.testing.assert_allclose(sumsq.double().numpy(), [float(w.double().pow(2).sum()) for w in weights], rtol=2e-7)
+
+
+def test_a_changed_shape_dtype_or_layout_is_planned_again():
+    """The grouping is cached per list of kinds of tensors; a tensor whose rows, dtype or layout
+    changed (same element count) gets a new plan, not the old segments."""
+    grads = [torch.randn(2, 6), torch.randn(4)]
+    weights = [torch.randn(2, 6), torch.randn(4)]
+    first = raw_sums(grads, weights)
+    assert first[:, ROWS].tolist() == [2.0, 0.0]
+    for grads2, weights2 in [
+        ([torch.zeros(3, 4), torch.randn(4)], [torch.randn(3, 4), torch.randn(4)]),  # rows 2 -> 3
+        ([torch.zeros(2, 6).double(), torch.randn(4)], [torch.randn(2, 6).double(), torch.randn(4)]),
+        ([torch.zeros(2, 6).to_sparse(), torch.randn(4)], [torch.randn(2, 6), torch.randn(4)]),
+    ]:
+        got = raw_sums(grads2, weights2)
+        assert_raw_close(got, np.stack([reference_raw(g, w) for g, w in zip(grads2, weights2)]), rtol=2e-7)
 
 
 # -- fused -----------------------------------------------------------------------------
@@ -334,6 +426,17 @@ def test_aggregate_sums_rows_and_takes_the_max_of_maxabs():
         assert_raw_close(got[k : k + 1], want[None])
 
 
+def test_aggregate_of_many_rows_is_within_float32_rounding_of_a_float64_sum():
+    """The model row of 20,000 scalar parameters adds 20,000 raw-sum rows."""
+    gen = torch.Generator().manual_seed(21)
+    raw = raw_sums([torch.randn((), generator=gen) for _ in range(20_000)],
+                   [torch.randn((), generator=gen) for _ in range(20_000)])
+    got = aggregate(raw, torch.zeros(20_000, dtype=torch.long), 1)[0].double().numpy()
+    want = raw.double().sum(0).numpy()
+    want[MAXABS] = float(raw[:, MAXABS].max())
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=0)
+
+
 def test_a_kind_of_tensor_the_compiler_rejects_goes_eager_alone(monkeypatch):
     kernel = grad_stats._FusedKernel()
     real_copy = grad_stats._kernel_copy
@@ -397,10 +500,12 @@ def test_sumsq_fp32_within_1e_6_of_float64_on_large_and_odd_layouts():
     strided = torch.randn(300, 400)[:, ::2]  # not dense: copied
     tensors = [same_sign, channels_last, strided, torch.randn(5).double(), torch.randn(70_000).half(),
                torch.zeros(0), torch.randn(3, 4).t()]
+    tensors += [torch.randn(()), torch.randn(7).half(), torch.randn(3, 5).bfloat16().t(), torch.randn(2, 2).double()]
     got = grad_stats.sumsq_fp32(tensors)
     assert got.dtype == torch.float32 and got.shape == (len(tensors),)
     for value, t in zip(got.tolist(), tensors):
         want = float(t.double().pow(2).sum())
         assert abs(value - want) <= 1e-6 * want, (tuple(t.shape), value, want)
+    assert grad_stats.sumsq_fp32([torch.zeros(0), torch.ones(3)]).tolist() == [0.0, 3.0]  # (an FSDP rank's empty shard)
     plain = float(torch._foreach_norm([same_sign], 2)[0]) ** 2  # what one float32 norm pass gives
     assert abs(plain - float(same_sign.double().pow(2).sum())) > 1e-6 * float(same_sign.double().pow(2).sum())
