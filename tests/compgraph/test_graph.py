@@ -318,3 +318,23 @@ def test_hugging_face_module_views_have_no_cycle(family):
             f"transformer.h.{i}[{b}]" for i in range(2) for b in ("attn", "mlp")]
     for nesting in range(5):
         assert _cycle(g.module_view(max_nesting=nesting)) is None, nesting
+
+
+def test_graph_layers_are_the_runs_layers_for_parametrized_modules(tmp_path):
+    """Regression: the graph took a parameter's layer to be its name minus the last part, so a
+    weight-normed Linear's originals belonged to 'lin.parametrizations.weight', a layer the
+    run does not have, and were not coloured by its values."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(weight_norm(torch.nn.Linear(4, 8)), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    with gs.watch(net, tmp_path / "run") as monitor:
+        for _ in range(2):
+            net(torch.randn(3, 4)).sum().backward()
+            monitor.step()
+            net.zero_grad()
+    run_layers = list(gs.open_run(tmp_path / "run").layers()["name"])
+    graph = gs.graph(net, torch.randn(3, 4), run=tmp_path / "run")
+    params = {n.label: n.layer for n in graph.nodes if n.kind == "param"}
+    assert params["0.parametrizations.weight.original0"] == "0" and params["0.bias"] == "0"
+    assert {n.layer for n in graph.nodes if n.layer is not None} == set(run_layers) == {"0", "2"}

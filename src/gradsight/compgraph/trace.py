@@ -39,6 +39,7 @@ from torch.utils import _pytree as pytree
 
 from gradsight.compgraph.nodes import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge, Node
 from gradsight.compgraph.structure import Graph
+from gradsight.instrument.layers import param_layers
 from gradsight.instrument.outputs import main_output
 from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
 
@@ -198,7 +199,7 @@ def trace(model: nn.Module, inputs: Any, *, probe: bool = True) -> Graph:
     if not isinstance(model, nn.Module):
         raise TypeError(f"graph expects a torch.nn.Module, got {type(model).__name__}")
     params = {id(p): name for name, p in model.named_parameters()}
-    owner = {name: (name.rsplit(".", 1)[0] if "." in name else "") for name in params.values()}
+    owner = param_layers(model)  # the layers the run records, so a run's values colour the graph
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     try:
         return _trace(model, inputs, params, owner, probe)
@@ -327,6 +328,7 @@ def _trace(model: nn.Module, inputs: Any, params: dict[int, str], owner: dict[st
 
 def _probe(model: nn.Module, outputs: list[torch.Tensor]) -> dict[str, float]:
     """Gradient norms per parameter and per layer for ``sum(outputs).backward()``."""
+    owner = param_layers(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     outs = [t for t in outputs if t.is_floating_point() and t.grad_fn is not None]
     if not named or not outs:
@@ -340,7 +342,7 @@ def _probe(model: nn.Module, outputs: list[torch.Tensor]) -> dict[str, float]:
             continue
         sq = float(g.detach().float().pow(2).sum())
         values[name] = sq ** 0.5
-        layer = name.rsplit(".", 1)[0] if "." in name else ""
+        layer = owner[name]
         layer_sq[layer] = layer_sq.get(layer, 0.0) + sq
     values.update({k: v ** 0.5 for k, v in layer_sq.items()})
     return values

@@ -125,6 +125,14 @@ class _Layering:
         return [name for name in names if name in self.owning and name not in parents]
 
 
+def param_layers(model: nn.Module) -> dict[str, str]:
+    """``parameter name -> its layer``, as the run records it (:class:`Inventory`): the owning
+    module, a parametrized module for its originals, an adapter wrapper for its adapter, or
+    the parameter's own name for a container's parameter."""
+    layering = _Layering(model)
+    return {name: layering.layer(name) for name, _ in model.named_parameters()}
+
+
 def layer_modules(model: nn.Module) -> list[str]:
     """Modules that are layers by themselves: a leaf module with parameters, a parametrized
     module or an adapter wrapper (the default choice of modules with activation statistics)."""
