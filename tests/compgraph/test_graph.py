@@ -338,3 +338,37 @@ def test_graph_layers_are_the_runs_layers_for_parametrized_modules(tmp_path):
     params = {n.label: n.layer for n in graph.nodes if n.kind == "param"}
     assert params["0.parametrizations.weight.original0"] == "0" and params["0.bias"] == "0"
     assert {n.layer for n in graph.nodes if n.layer is not None} == set(run_layers) == {"0", "2"}
+
+
+def test_an_adapters_update_is_no_skip_connection_in_the_graph():
+    """A LoRA-style wrapper's ``base_layer(x) + lora_B(lora_A(x))`` is the adapter's update of
+    the layer it wraps (as in the run's block rows), not a residual block; the model's own
+    addition still is."""
+
+    class Lora(torch.nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.base_layer = torch.nn.Linear(width, width)
+            self.base_layer.requires_grad_(False)
+            self.lora_A = torch.nn.Linear(width, 2, bias=False)
+            self.lora_B = torch.nn.Linear(2, width, bias=False)
+
+        def forward(self, x):
+            return self.base_layer(x) + self.lora_B(self.lora_A(x))
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = Lora(6)
+            self.mlp = torch.nn.Linear(6, 6)
+
+        def forward(self, x):
+            h = self.proj(x)
+            return h + self.mlp(torch.tanh(h))
+
+    torch.manual_seed(0)
+    graph = gs.graph(Net(), torch.randn(3, 6))
+    (skip,) = graph.skip_edges  # the model's own addition only (the adapter's made two more)
+    assert graph.node(skip.dst).label == "AddBackward0" and graph.node(skip.src).kind != "input"
+    params = {n.label: n.layer for n in graph.nodes if n.kind == "param"}
+    assert params["proj.lora_A.weight"] == params["proj.lora_B.weight"] == "proj"

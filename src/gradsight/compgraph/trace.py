@@ -39,7 +39,7 @@ from torch.utils import _pytree as pytree
 
 from gradsight.compgraph.nodes import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge, Node
 from gradsight.compgraph.structure import Graph
-from gradsight.instrument.layers import param_layers
+from gradsight.instrument.layers import is_adapter_wrapper, param_layers
 from gradsight.instrument.outputs import main_output
 from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
 
@@ -126,7 +126,7 @@ class _CallRecorder:
                 splits = [split for split in splits if not parameterized_after(y.grad_fn, split.add_node)]
             self.claimed.update(id(split.add_node) for split in splits)
             self.keep.extend(split.add_node for split in splits)
-            call["splits"] = splits
+            call["splits"] = [] if is_adapter_wrapper(module) else splits  # an adapter's update is no block
         call["stops"] = []
 
     def remove(self) -> None:
