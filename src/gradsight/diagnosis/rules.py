@@ -87,6 +87,10 @@ def forward_profile(view: RunView) -> tuple[str, pd.DataFrame]:
 
 
 def _fmt(x: float) -> str:
+    """A number for a message: 3 significant digits; ``inf``/``-inf`` as such; a missing
+    (NaN) value in words, so that "nan" never reaches a message."""
+    if math.isnan(x):
+        return "an unknown value"
     return f"{x:.3g}" if math.isfinite(x) else str(x)
 
 
@@ -357,12 +361,13 @@ def clipped_gradients(view: RunView, th: Thresholds) -> list[Finding]:
         max_norm = float(max_norm)
     except (TypeError, ValueError):
         max_norm = math.nan
+    at = f" at max_norm={_fmt(max_norm)}" if math.isfinite(max_norm) else ""
     return [Finding(
         "clipped_gradients", "info",
-        f"The recorded gradients are after clipping at max_norm={_fmt(max_norm)}: the growth of the gradient "
+        f"The recorded gradients are after clipping{at}: the growth of the gradient "
         "norm over time cannot be judged (growing_gradient_norm was not checked); ratios between layers are "
         "unaffected (clipping scales every layer by one factor). Record before clipping to see the raw norms.",
-        measured={"max_norm": max_norm})]
+        measured={"max_norm": max_norm} if math.isfinite(max_norm) else {})]
 
 
 def _ratio_over_steps(prof: pd.DataFrame) -> tuple[pd.Series, str, str] | None:
@@ -673,8 +678,12 @@ def precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
         stored_max = (absmax.iloc[:, 0] * scale.iloc[:, 0]).reindex(model.index) if not (
             scale.empty or absmax.empty) else pd.Series(dtype=float)
         room = FORMAT_RANGES[fmt].largest / _finite_median(stored_max) if len(stored_max) else math.nan
-        measured["headroom_factor"] = room
-        if math.isfinite(room) and room >= th.headroom_factor:
+        if math.isfinite(room):
+            measured["headroom_factor"] = room
+        if not math.isfinite(room):
+            advice = ("no loss scale was recorded, so the room left for it is unknown: pass a larger "
+                      "GradScaler(init_scale=...) or a shorter growth_interval, or train in bf16")
+        elif room >= th.headroom_factor:
             advice = (f"the largest scaled gradient is {room:.3g}x below fp16's largest value, so the loss scale can "
                       f"rise about 2^{math.floor(math.log2(room / 2))}x: pass a larger "
                       "GradScaler(init_scale=...) or a shorter growth_interval, or train in bf16")

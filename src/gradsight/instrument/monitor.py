@@ -563,7 +563,8 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             Unless ``update_ratio=False`` this keeps one copy of the watched weights
             (made at the first recorded step, freed by ``close()``).
         scaler: a ``torch.amp.GradScaler``: values are reported unscaled and steps
-            with non-finite gradients (which the scaler skips) are marked ``skipped``.
+            with non-finite gradients (which the scaler skips) are marked ``skipped``;
+            a disabled one (``enabled=False``) is taken as none.
         config: JSON-serializable settings stored with the run.
         name: a display name (default: the directory name).
         backend: ``"auto"``, ``"eager"`` or ``"fused"`` statistics kernels.

@@ -31,7 +31,7 @@ class WatchOptions:
     schedule: schedules.Schedule  #: from ``every=``: which ``step()`` calls are recorded
     #: as given: one optimizer, several (a list or tuple becomes a tuple, each once), or None
     optimizer: torch.optim.Optimizer | tuple[torch.optim.Optimizer, ...] | None
-    scaler: Any | None
+    scaler: Any | None  #: None also for a disabled GradScaler (enabled=False): no loss scaling
     config: dict | None
     name: str | None
     backend: str
@@ -74,6 +74,8 @@ def watch_options(
     optimizer = _optimizers(optimizer)
     if scaler is not None and not callable(getattr(scaler, "scale", None)):
         raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__} {scaler!r:.60}")
+    if scaler is not None and not getattr(scaler, "is_enabled", lambda: True)():
+        scaler = None  # GradScaler(enabled=False) (fp32/bf16 runs, CPU): no loss scaling, exactly as no scaler
     if config is not None and not isinstance(config, dict):
         raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
     if name is not None and not isinstance(name, str):

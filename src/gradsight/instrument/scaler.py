@@ -14,7 +14,8 @@ class LossScale:
     """The loss scale of a GradScaler, and whether the gradients still carry it.
 
     Args:
-        scaler: a ``torch.amp.GradScaler`` (or None: no loss scaling).
+        scaler: an enabled ``torch.amp.GradScaler`` (or None: no loss scaling; see
+            ``watch_options``, which takes a disabled one as None).
         optimizers: the optimizers whose unscale state counts (empty: any).
     """
 
@@ -26,12 +27,12 @@ class LossScale:
     def factors(self, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
         """``(1/scale to apply to the gradients, scale to record)``, 0-d float32 on ``device``.
 
-        ``(None, None)`` without an enabled scaler or before ``scaler.scale()`` was
+        ``(None, None)`` without a scaler or before ``scaler.scale()`` was
         first called; ``(None, scale)`` when the optimizer's gradients were already
         unscaled (``scaler.unscale_(optimizer)``).
         """
         scaler = self.scaler
-        if scaler is None or not getattr(scaler, "is_enabled", lambda: True)():
+        if scaler is None:
             return None, None
         scale = getattr(scaler, "_scale", None)
         if scale is None:  # scaler.scale() never called yet
