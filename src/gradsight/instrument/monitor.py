@@ -238,7 +238,11 @@ class Monitor:
         ``optimizer.step()``.
 
         Args:
-            loss: optionally the loss, recorded as the metric ``loss``.
+            loss: optionally the loss, recorded as the metric ``loss`` exactly as
+                passed (a tensor as its float32 value). With gradient accumulation pass
+                the loss of the step, the sum of the micro-batch losses that were
+                backpropagated (``total += loss.detach()`` after each ``loss.backward()``),
+                not the last micro-batch's.
             step: the step index to record under (default: the number of earlier
                 calls, starting at 0).
 
