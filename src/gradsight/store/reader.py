@@ -59,6 +59,20 @@ def _resolve_db(path: str | Path) -> Path:
     return p
 
 
+#: The folder name the integrations and scripts give a run (``<output_dir>/gradsight``).
+DEFAULT_RUN_FOLDER = "gradsight"
+
+
+def folder_name(run_dir: str | Path) -> str:
+    """A run's name from its folder: the basename, or the parent folder's name when the
+    basename is the default ``gradsight`` (``out-shakespeare/gradsight`` -> ``out-shakespeare``)."""
+    path = Path(run_dir)
+    if path.name == DEFAULT_RUN_FOLDER:
+        parent = path.resolve().parent if not path.parent.name else path.parent
+        return parent.name or path.name
+    return path.name
+
+
 def _check_permissions(db_path: Path, after: BaseException | None = None) -> None:
     """Raise a permission error as one: the store or its ``-wal``/``-shm`` cannot be read
     or, ``after`` SQLite failed, a killed run's ``-shm`` index cannot be created."""
@@ -159,7 +173,16 @@ class Run:
 
     @property
     def name(self) -> str:
-        return str(self.meta.get("name") or self.path.name)
+        """The name given to ``gs.watch(..., name=...)``, else the run's folder name
+        (:func:`folder_name`: the parent folder's for the default ``.../gradsight``)."""
+        return folder_name(self.path) if self.named_by_folder else str(self.meta["name"])
+
+    @property
+    def named_by_folder(self) -> bool:
+        """True when :attr:`name` comes from the run's path, not from a given name (the
+        writer records the folder's basename when no name is given)."""
+        given = self.meta.get("name")
+        return not given or given in (self.path.name, DEFAULT_RUN_FOLDER)
 
     @property
     def status(self) -> str:
