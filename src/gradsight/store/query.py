@@ -91,7 +91,9 @@ def _steps_of(view: RunView, max_steps: int | None, steps: Sequence[int] | None)
 
 def expand_runs(paths: Iterable[Run | str | Path]) -> list[Run]:
     """Runs from run directories, store files, or directories holding runs (e.g. the
-    output of ``gradsight compare``), in the order given (sorted within a directory)."""
+    output of ``gradsight compare``), in the order given (sorted within a directory): what
+    multi-run commands read (a single-run command takes a folder's one run:
+    :func:`~gradsight.store.reader.resolve_run`)."""
     runs: list[Run] = []
     for p in paths:
         if isinstance(p, Run):
