@@ -52,3 +52,15 @@ def test_given_names_are_kept_and_suffixed_only_when_shared(tmp_path: Path) -> N
     assert run_labels([runs[0], runs[0]]) == ["lstm", "lstm #2"]
     with open_run(runs[2]) as run:
         assert run.name == "gru"
+
+
+def test_compare_figure_tells_same_named_runs_apart(tmp_path: Path) -> None:
+    from gradsight.plots.compare import depth_overlay
+
+    runs = [make_run(tmp_path / d / "exp" / "gradsight", steps=3) for d in "xy"]
+    texts = [t for ax in depth_overlay(runs, "grad_norm").axes if ax.get_legend() for t in _legend_of(ax)]
+    assert any("x/exp" in t for t in texts) and any("y/exp" in t for t in texts), texts
+
+
+def _legend_of(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
