@@ -33,7 +33,7 @@ def command(ctx: click.Context, target: str, input_shape: str | None, input_dtyp
             keep_run: Path | None, overwrite: bool, fail_on: str, as_json: bool) -> None:
     """Diagnose gradient problems in plain language.
 
-    TARGET is a recorded run directory, or a model spec: a registered name (e.g.
+    TARGET is a recorded run directory (or a folder holding one run), or a model spec: a registered name (e.g.
     plain56, resnet:depth=56) or package.module:factory, which gets a short
     monitored training on random data first (--steps; --input-shape is one sample
     without the batch dimension; --input-dtype long --vocab-size N for a language
@@ -50,8 +50,11 @@ def command(ctx: click.Context, target: str, input_shape: str | None, input_dtyp
 
     from gradsight.diagnosis import Severity, checkup, diagnose, format_findings
 
+    from gradsight.store.reader import resolve_run
+
     path = Path(target)
     if path.exists():
+        path = resolve_run(path)  # a run, or the one run below a folder
         try:
             findings = diagnose(path)
         except GradsightError:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
               help="Layers to rank by role (repeatable), or all. Default: weighted and head.")
 @click.option("--top", default=3, show_default=True, type=click.IntRange(min=1), help="How many layers to show at each end.")
 def command(run: Path, stat: str, roles: tuple[str, ...], top: int) -> None:
-    """Summarize RUN: model, steps recorded, layers by role, and the layers with the
+    """Summarize RUN (a run directory, or a folder holding one run): model, steps recorded, layers by role, and the layers with the
     smallest and largest gradients (mean over recorded steps; by default among the
     weighted layers and the head)."""
     from gradsight.store.query import DEFAULT_ROLES, run_summary

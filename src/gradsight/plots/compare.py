@@ -33,6 +33,7 @@ from gradsight.store.query import (
     family_and_depth,
     first_last_ratio,
     layer_profile,
+    run_labels,
     view_roles,
 )
 from gradsight.store.reader import Run
@@ -47,7 +48,7 @@ def _runs(runs: Runs) -> list[tuple[str, RunView]]:
     if isinstance(runs, Mapping):
         return [(str(k), view_of(v)) for k, v in runs.items()]
     opened = [view_of(r) for r in runs]
-    return [(r.name, r) for r in opened]
+    return list(zip(run_labels(opened), opened))
 
 
 def _families(named: list[tuple[str, Run]], family: Callable[[Run], tuple[str, int] | None] | None

@@ -29,7 +29,7 @@ from matplotlib.ticker import FuncFormatter
 from gradsight.plots._figure import no_data, styled, tidy_log_axis
 from gradsight.plots.flow import flow
 from gradsight.display import family_looks
-from gradsight.store.query import DEFAULT_ROLES, family_and_depth, layer_matrix, positive, view_roles
+from gradsight.store.query import DEFAULT_ROLES, family_and_depth, layer_matrix, positive, run_labels, view_roles
 from gradsight.store.reader import Run
 from gradsight.store.view import RunSource, RunView, view_of
 
@@ -110,7 +110,7 @@ def grad_flow(run: RunSource, *, stat: str = "grad_norm", steps: Sequence[int] |
 
 def _look(runs: Sequence[RunView]) -> list[tuple[str, str]]:
     """Per run, its colour and line style (see :func:`~gradsight.display.family_looks`)."""
-    return family_looks([family_and_depth(run) or (f"({run.name})", 0) for run in runs])
+    return family_looks([family_and_depth(run) or (f"({name})", 0) for run, name in zip(runs, run_labels(runs))])
 
 
 @styled
@@ -140,11 +140,11 @@ def grad_flow_overlay(runs: Sequence[RunSource], *, stat: str = "grad_norm",
     with _opened(runs) as opened:
         looks = _look(opened)
         profiles = []
-        for run in opened:
+        for run, name in zip(opened, run_labels(opened)):
             first, late = first_and_late_steps(run)
             late_steps.append(late)
             values = layer_matrix(run, stat, steps=[first, late]).reindex(columns=shown_layers(run))
-            profiles.append((run.name, first, late, values))
+            profiles.append((name, first, late, values))
     for (name, first, late, values), (color, style) in zip(profiles, looks):
         n = values.shape[1]
         depth = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(n)
@@ -186,7 +186,7 @@ def training_curves(runs: Sequence[RunSource], *, axes: Sequence[Axes] | None = 
     else:
         fig = axes[0].figure
     with _opened(runs) as opened:
-        names = [run.name for run in opened]
+        names = run_labels(opened)
         looks = _look(opened)
         logged = [run.metrics() for run in opened]
     kinds = set()

@@ -51,6 +51,7 @@ from gradsight.store.query import (
     RATIO_DEFINITION,
     expand_runs,
     first_last_ratio,
+    run_labels,
 )
 from gradsight.store.reader import Run
 from gradsight.store.view import RunView, view_of
@@ -80,7 +81,7 @@ def _png(fig: Any) -> str:
 
 def _run_colors(payloads: list[RunPayload]) -> None:
     """One colour per family (deeper runs darker); a run without a recorded family has its own."""
-    looks = [(p.family, p.depth) if p.family is not None else (f"({p.run.name})", 0) for p in payloads]
+    looks = [(p.family, p.depth) if p.family is not None else (f"({p.name})", 0) for p in payloads]
     fams = list(dict.fromkeys(fam for fam, _ in looks))
     for p, (family, depth) in zip(payloads, looks):
         depths = sorted({d for f, d in looks if f == family})
@@ -204,7 +205,7 @@ def _nonfinite_html(p: RunPayload) -> str:
 
 
 def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str, str]] | None) -> str:
-    name = esc(p.run.name)
+    name = esc(p.name)
     options = "".join(
         f'<option value="{esc(k)}"{" selected" if k == p.default_key else ""}>{esc(label)}</option>'
         for k, label in p.stat_options
@@ -265,7 +266,7 @@ def _comparison_section(payloads: list[RunPayload], stat: str) -> str:
     try:
         if not all(stat in p.run.stats("layer") for p in payloads):
             stat = "grad_norm"  # runs recorded without it
-        rows = [(p.run.name, p.family, p.depth, first_last_ratio(p.run, stat)) for p in payloads]
+        rows = [(p.name, p.family, p.depth, first_last_ratio(p.run, stat)) for p in payloads]
         table = "".join(
             f'<tr><td class="text">{esc(n)}</td><td class="text">{esc(f or "-")}</td><td>{"-" if d is None else d}</td>'
             f"<td>{esc(fmt_value(r))}</td></tr>"
@@ -278,7 +279,7 @@ def _comparison_section(payloads: list[RunPayload], stat: str) -> str:
                      f"<th>first / last weighted layer</th></tr></thead>"
                      f"<tbody>{table}</tbody></table>")
         swept = [p for p in payloads if p.family is not None]
-        left_out = [p.run.name for p in payloads if p.family is None]
+        left_out = [p.name for p in payloads if p.family is None]
         if len({(p.family, p.depth) for p in swept}) >= 2:
             fig = depth_sweep([p.run for p in swept], stat)
             parts.append(f'<div class="img"><img alt="{esc(stat)}: first / last weighted layer ratio against depth" '
@@ -362,8 +363,10 @@ def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str
         payloads.append(run_payload(r, i, stat=stat, cell_budget=cell_budget, max_steps=max_steps, base=base))
         jobs.append(DiagnosisJob(r))  # after the charts' read, so that it finds most of its tables read
 
+    names = run_labels(run_list)  # names that tell the runs apart (one rule: store.query.run_labels)
+    for p, name in zip(payloads, names):
+        p.name = p.data["name"] = name
     _run_colors(payloads)
-    names = [r.name for r in run_list]
     title = title or ("gradsight report: " + (", ".join(names[:4]) + (" …" if len(names) > 4 else "")))
 
     sections, toc = [], []
@@ -382,7 +385,7 @@ def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str
             findings = [("info", f"The diagnosis did not finish within {diagnosis_timeout:g} s and is left out of this "
                                  f"report; run 'gradsight doctor {display_path(p.run.path, base)}' for it.")]
         sections.append(_run_section(p, graph_html, findings))
-        toc.append((f"run-{p.index}", p.run.name))
+        toc.append((f"run-{p.index}", p.name))
 
     payload = {
         "lut": list(lut()),

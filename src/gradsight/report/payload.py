@@ -75,6 +75,7 @@ class RunPayload:
     depth: int | None
     notes: list[str] = field(default_factory=list)
     roles: list[str] = field(default_factory=list)  #: the roles of the run's layers, in Role.ALL order
+    name: str = ""  #: the run's name in the report (distinct among the runs shown: store.query.run_labels)
 
 
 def _encode_matrices(matrices: dict[tuple[str, str], pd.DataFrame]) -> dict[str, dict[str, Any]]:
@@ -194,7 +195,7 @@ def run_payload(run: RunView | Run, index: int, *, stat: str = DEFAULT_STAT, cel
     }
     present = set(roles.get("layer", []))
     return RunPayload(index, run, data, summary, options, default_key, family, depth, notes,
-                      [r for r in Role.ALL if r in present])
+                      [r for r in Role.ALL if r in present], name=run.name)
 
 
 def results_table(runs: list[RunView] | list[Run]) -> list[tuple[Path, pd.DataFrame]]:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from gradsight.display import format_time, summary_rows
-from gradsight.store.reader import Run, column_order, list_runs, open_run
+from gradsight.store.reader import DEFAULT_RUN_FOLDER, Run, column_order, folder_name, list_runs, open_run
 from gradsight.store.roles import Role, as_roles
 from gradsight.store.schema import DB_NAME, Level
 from gradsight.store.view import DEFAULT_MAX_STEPS, RunSource, RunView, long_rows, step_sample, view_of
@@ -91,7 +91,9 @@ def _steps_of(view: RunView, max_steps: int | None, steps: Sequence[int] | None)
 
 def expand_runs(paths: Iterable[Run | str | Path]) -> list[Run]:
     """Runs from run directories, store files, or directories holding runs (e.g. the
-    output of ``gradsight compare``), in the order given (sorted within a directory)."""
+    output of ``gradsight compare``), in the order given (sorted within a directory): what
+    multi-run commands read (a single-run command takes a folder's one run:
+    :func:`~gradsight.store.reader.resolve_run`)."""
     runs: list[Run] = []
     for p in paths:
         if isinstance(p, Run):
@@ -379,7 +381,59 @@ def run_label(data: RunLike) -> str:
         return str(data.attrs.get("name", "run"))
     if isinstance(data, (Run, RunView)):
         return data.name
-    return Path(data).name
+    return folder_name(data)
+
+
+def _name_and_path(data: RunLike) -> tuple[str, Path | None, bool]:
+    """A run's name, path (None for a frame) and whether the name comes from its folder."""
+    if isinstance(data, pd.DataFrame):
+        return run_label(data), None, True
+    if isinstance(data, (Run, RunView)):
+        run = data.run if isinstance(data, RunView) else data
+        return run.name, run.path, run.named_by_folder
+    with open_run(data) as run:
+        return run.name, run.path, run.named_by_folder
+
+
+def _distinct_suffixes(paths: Sequence[Path]) -> list[str] | None:
+    """The shortest trailing parts of ``paths`` (the default ``gradsight`` folder left off)
+    that tell them apart, or None when two are the same folder."""
+    parts = []
+    for path in paths:
+        p = path.resolve().parts
+        parts.append(p[:-1] if len(p) > 1 and p[-1] == DEFAULT_RUN_FOLDER else p)
+    for k in range(1, max(len(p) for p in parts) + 1):
+        suffixes = ["/".join(p[-k:]) for p in parts]
+        if len(set(suffixes)) == len(suffixes):
+            return suffixes
+    return None
+
+
+def run_labels(runs: Sequence[RunLike]) -> list[str]:
+    """Display names that tell the runs shown together apart, in order.
+
+    Each run's :func:`run_label`; runs that share one are named by the shortest trailing
+    part of their paths that differs (``x/exp`` and ``y/exp`` for ``x/exp/gradsight`` and
+    ``y/exp/gradsight``), after their given name when they have one (``lstm (x/exp)``);
+    the same run twice, or frames, are numbered (``lstm #2``).
+    """
+    named = [_name_and_path(r) for r in runs]
+    labels = [name for name, _, _ in named]
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    for label, members in groups.items():
+        if len(members) < 2:
+            continue
+        paths = [named[i][1] for i in members]
+        suffixes = _distinct_suffixes(paths) if all(p is not None for p in paths) else None
+        for n, i in enumerate(members, start=1):
+            by_folder = named[i][2]
+            if suffixes is None:
+                labels[i] = f"{label} #{n}" if n > 1 else label
+            else:
+                labels[i] = suffixes[n - 1] if by_folder else f"{label} ({suffixes[n - 1]})"
+    return labels
 
 
 def family_and_depth(run: Run | RunView) -> tuple[str, int] | None:

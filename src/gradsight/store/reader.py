@@ -44,19 +44,53 @@ _DEPTHS = """
 """
 
 
-def _resolve_db(path: str | Path) -> Path:
+def resolve_run(path: str | Path) -> Path:
+    """The run a path names, the one rule of every command that reads one run: a run
+    directory or its store file as given, or the one run below a folder that holds
+    exactly one (``out/`` holding ``out/gradsight/gradsight.sqlite`` -> ``out/gradsight``).
+
+    Raises:
+        RunError: the path does not exist or cannot be read, or it is a folder holding no
+            run or several (the error names them).
+    """
     p = Path(path)
     try:
         if not p.exists():
             raise RunError(f"no run at {p}: the path does not exist")
-        if p.is_dir():
-            db = p / DB_NAME
-            if not db.exists():
-                raise RunError(f"{p} is not a gradsight run: it has no {DB_NAME}")
-            return db
+        if not p.is_dir() or (p / DB_NAME).exists():
+            return p
+        found = list_runs(p)
     except PermissionError:
         raise RunError(f"{p} cannot be read: permission denied (ask its owner, or copy the run)") from None
-    return p
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise RunError(f"{p} is not a gradsight run: it has no {DB_NAME}, and no folder below it has one")
+    shown = [str(r) for r in found[:MAX_NAMED_RUNS]]
+    more = f" and {len(found) - len(shown)} more" if len(found) > len(shown) else ""
+    raise RunError(f"{p} holds {len(found)} runs, not one: did you mean {' or '.join(shown)}{more}?")
+
+
+def _resolve_db(path: str | Path) -> Path:
+    p = resolve_run(path)
+    return p / DB_NAME if p.is_dir() else p
+
+
+#: The candidate runs an ambiguous path's error names, at most.
+MAX_NAMED_RUNS = 5
+
+#: The folder name the integrations and scripts give a run (``<output_dir>/gradsight``).
+DEFAULT_RUN_FOLDER = "gradsight"
+
+
+def folder_name(run_dir: str | Path) -> str:
+    """A run's name from its folder: the basename, or the parent folder's name when the
+    basename is the default ``gradsight`` (``out-shakespeare/gradsight`` -> ``out-shakespeare``)."""
+    path = Path(run_dir)
+    if path.name == DEFAULT_RUN_FOLDER:
+        parent = path.resolve().parent if not path.parent.name else path.parent
+        return parent.name or path.name
+    return path.name
 
 
 def _check_permissions(db_path: Path, after: BaseException | None = None) -> None:
@@ -92,19 +126,21 @@ def open_run(path: str | Path) -> Run:
     """Open a recorded run read-only.
 
     Args:
-        path: a run directory (as given to ``gs.watch(run_dir=...)``) or its
-            ``gradsight.sqlite`` file.
+        path: a run directory (as given to ``gs.watch(run_dir=...)``), its
+            ``gradsight.sqlite`` file, or a folder holding exactly one run below it
+            (:func:`resolve_run`).
 
     Raises:
         RunError: the path is missing or cannot be read (permissions), is not a
-            run, or its database is empty, corrupted, not a gradsight store or of a
+            run or holds several, or its database is empty, corrupted, not a gradsight store or of a
             schema version this gradsight does not read.
     """
     return Run(path)
 
 
 def list_runs(parent: str | Path) -> list[Path]:
-    """Run directories at or below ``parent`` (sorted)."""
+    """Run directories at or below ``parent`` (sorted): what a command that reads several
+    runs takes from a folder (one that reads one run: :func:`resolve_run`)."""
     parent = Path(parent)
     return sorted(p.parent for p in parent.rglob(DB_NAME))
 
@@ -159,7 +195,16 @@ class Run:
 
     @property
     def name(self) -> str:
-        return str(self.meta.get("name") or self.path.name)
+        """The name given to ``gs.watch(..., name=...)``, else the run's folder name
+        (:func:`folder_name`: the parent folder's for the default ``.../gradsight``)."""
+        return folder_name(self.path) if self.named_by_folder else str(self.meta["name"])
+
+    @property
+    def named_by_folder(self) -> bool:
+        """True when :attr:`name` comes from the run's path, not from a given name (the
+        writer records the folder's basename when no name is given)."""
+        given = self.meta.get("name")
+        return not given or given in (self.path.name, DEFAULT_RUN_FOLDER)
 
     @property
     def status(self) -> str:
