@@ -103,3 +103,66 @@ def test_whole_model_checkpoint_loads_without_gradsight(tmp_path, monkeypatch):
         print("OK")
     ''')
     assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr
+
+
+_TRAIN = '''
+import os, signal, sys
+import torch
+import gradsight as gs
+
+how, run_dir = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+
+def train(mon, steps=1000):
+    for step in range(steps):
+        loss = model(torch.randn(16, 4)).pow(2).mean()
+        loss.backward()
+        mon.step(loss)
+        opt.step()
+        opt.zero_grad()
+        if step == 2 and how.startswith("sigint"):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after the first recorded steps
+
+
+if how == "sigint-with":
+    with gs.watch(model, run_dir, optimizer=opt, every=1) as mon:
+        train(mon)
+elif how == "sigint":
+    mon = gs.watch(model, run_dir, optimizer=opt, every=1)
+    train(mon)
+elif how == "error":
+    mon = gs.watch(model, run_dir, optimizer=opt, every=1)
+    train(mon, steps=3)
+    raise RuntimeError("loss went away")
+elif how == "no-close":
+    mon = gs.watch(model, run_dir, optimizer=opt, every=1)
+    train(mon, steps=3)
+else:
+    mon = gs.watch(model, run_dir, optimizer=opt, every=1)
+    train(mon, steps=3)
+    mon.close()
+'''
+
+
+def _end_of(tmp_path, how: str) -> tuple[int, dict]:
+    script = tmp_path / "train.py"
+    script.write_text(_TRAIN)
+    done = subprocess.run([sys.executable, str(script), how, str(tmp_path / how)], capture_output=True, text=True,
+                          timeout=180)
+    return done.returncode, gs.open_run(tmp_path / how).meta
+
+
+def test_interrupted_and_unclosed_runs_do_not_read_finished(tmp_path):
+    for how, status, error in [("sigint-with", "interrupted", "KeyboardInterrupt"),
+                               ("sigint", "interrupted", "KeyboardInterrupt"),
+                               ("error", "failed", "RuntimeError: loss went away"),
+                               ("no-close", "interrupted", "the process ended without Monitor.close()"),
+                               ("close", "finished", None)]:
+        rc, meta = _end_of(tmp_path, how)
+        assert (rc != 0) == (how not in ("no-close", "close")), how
+        assert meta["status"] == status, how
+        assert meta.get("error") == error, how
+        assert meta["steps_recorded"] >= 3, how
