@@ -88,7 +88,7 @@ def test_deepcopy_before_close_is_inert_and_saves(tmp_path):
     _, _, plain = _train(tmp_path / "plain", use_copy=None)
     _, copied, with_copy = _train(tmp_path / "copy", use_copy="deepcopy")
     _same(plain, with_copy)
-    assert _hooks(copied) and all(isinstance(h, InertHook) for h in _hooks(copied))
+    assert _hooks(copied) == []  # the copy has none of gradsight's hooks (a watched model copies as an unwatched one)
     buf = io.BytesIO()
     torch.save(copied, buf)
     buf.seek(0)

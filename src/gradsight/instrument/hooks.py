@@ -2,14 +2,18 @@
 
 Module and optimizer hooks are registered through :meth:`HookRegistry.attach`, which
 wraps the function in an :class:`OwnHook`: it runs only when called on the object it
-was registered on. ``copy.deepcopy`` (and with it ``torch.optim.swa_utils.AveragedModel``)
-and pickling copy a module's hook dictionaries; there an :class:`OwnHook` becomes an
-:class:`InertHook`, which does nothing and pickles, so a copy of a watched model never
-touches the original's statistics and can be saved with ``torch.save``.
+was registered on. A module that holds such a hook reduces (for ``pickle``, ``torch.save``,
+``copy.deepcopy`` and with it ``torch.optim.swa_utils.AveragedModel``, ``copy.copy``) to
+its state without gradsight's entries in its hook dictionaries: a copy of a watched model
+never touches the original's statistics, and its pickle is the one of an unwatched model
+(no gradsight name in it; it loads where gradsight is not installed). Elsewhere an
+:class:`OwnHook` that is copied or pickled becomes an :class:`InertHook`, which does nothing.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -60,6 +64,44 @@ class OwnHook:
         return (InertHook, ())
 
 
+_REDUCE = "__reduce_ex__"
+
+
+def _unwatched_state(state: Any) -> Any:
+    """``state`` (a module's ``__getstate__``) without gradsight's hooks: the
+    :class:`OwnHook` entries of its hook dictionaries, their ids in the companion
+    dictionaries (``_forward_hooks_with_kwargs``, ...), and the reducer itself."""
+    if not isinstance(state, dict):
+        return state
+    state = {k: v for k, v in state.items() if k != _REDUCE}
+    ids = {k for v in state.values() if isinstance(v, dict) for k, h in v.items() if isinstance(h, OwnHook)}
+    for key, value in state.items():
+        if ids and isinstance(value, dict) and key.startswith("_") and "hooks" in key and not ids.isdisjoint(value):
+            kept = copy.copy(value)
+            for k in ids:
+                kept.pop(k, None)
+            state[key] = kept
+    return state
+
+
+def _reduce_unwatched(ref: weakref.ref, protocol: int) -> Any:
+    """A module's ``__reduce_ex__`` while gradsight hooks it: the default reduction
+    with :func:`_unwatched_state` as the state."""
+    rv = object.__reduce_ex__(ref(), protocol)
+    if not isinstance(rv, tuple) or len(rv) < 3:
+        return rv
+    return (rv[0], rv[1], _unwatched_state(rv[2]), *rv[3:])
+
+
+def _reduce_without_hooks(owner: Any) -> None:
+    """Make ``owner`` (a module) pickle and copy without gradsight's hooks: an instance
+    ``__reduce_ex__`` (pickle and ``copy`` look it up on the instance), left out of
+    the state it reduces to."""
+    d = getattr(owner, "__dict__", None)
+    if isinstance(d, dict) and "_forward_hooks" in d and _REDUCE not in d:
+        object.__setattr__(owner, _REDUCE, functools.partial(_reduce_unwatched, weakref.ref(owner)))
+
+
 class HookRegistry:
     """Collects removable handles (module, tensor and optimizer hooks).
 
@@ -82,6 +124,7 @@ class HookRegistry:
         Returns:
             The handle, owned by this registry.
         """
+        _reduce_without_hooks(owner)
         return self.add(getattr(owner, register)(OwnHook(owner, fn), **kwargs), tag)
 
     def remove(self, tag: str) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import inspect
+import sys
 import time
 import warnings
 import weakref
@@ -57,11 +58,24 @@ _NONFINITE = GRAD_STATS.index("grad_nonfinite")
 _DEAD_ROWS = len(GRAD_STATS)  #: the column after GRAD_STATS in a step's statistics
 
 
+def _end_status(exc: BaseException | None) -> tuple[str, str | None]:
+    """The status (and ``meta.error``) of a run that ``exc`` ended: ``interrupted`` for
+    Ctrl-C (``KeyboardInterrupt``) or no exception at all (the process ended without
+    ``close()``), ``failed`` for any other exception."""
+    if exc is None:
+        return "interrupted", "the process ended without Monitor.close()"
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    return status, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 @atexit.register
 def _close_open_monitors() -> None:
+    """At exit, a monitor its user never closed did not end on the normal path: the
+    uncaught exception that ended the process (``sys.last_value``) decides its status."""
+    status, error = _end_status(getattr(sys, "last_value", None))
     for mon in list(_OPEN_MONITORS):
         try:
-            mon.close()
+            mon.close(status=status, error=error)
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
 
@@ -543,7 +557,7 @@ class Monitor:
         if exc_type is None:
             self.close()
         else:
-            self.close(status="failed", error=f"{exc_type.__name__}: {exc}")
+            self.close(*_end_status(exc))
 
     def __repr__(self) -> str:
         return f"Monitor(run_dir={str(self.run_dir)!r}, params={len(self.inventory.watched)}, steps={self.step_count})"
