@@ -58,7 +58,7 @@ _NONFINITE = GRAD_STATS.index("grad_nonfinite")
 _DEAD_ROWS = len(GRAD_STATS)  #: the column after GRAD_STATS in a step's statistics
 
 
-def _end_status(exc: BaseException | None) -> tuple[str, str | None]:
+def end_status(exc: BaseException | None) -> tuple[str, str | None]:
     """The status (and ``meta.error``) of a run that ``exc`` ended: ``interrupted`` for
     Ctrl-C (``KeyboardInterrupt``) or no exception at all (the process ended without
     ``close()``), ``failed`` for any other exception."""
@@ -72,7 +72,7 @@ def _end_status(exc: BaseException | None) -> tuple[str, str | None]:
 def _close_open_monitors() -> None:
     """At exit, a monitor its user never closed did not end on the normal path: the
     uncaught exception that ended the process (``sys.last_value``) decides its status."""
-    status, error = _end_status(getattr(sys, "last_value", None))
+    status, error = end_status(getattr(sys, "last_value", None))
     for mon in list(_OPEN_MONITORS):
         try:
             mon.close(status=status, error=error)
@@ -557,7 +557,7 @@ class Monitor:
         if exc_type is None:
             self.close()
         else:
-            self.close(*_end_status(exc))
+            self.close(*end_status(exc))
 
     def __repr__(self) -> str:
         return f"Monitor(run_dir={str(self.run_dir)!r}, params={len(self.inventory.watched)}, steps={self.step_count})"

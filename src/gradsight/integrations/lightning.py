@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - the standalone package
         ) from None
 
 import gradsight.schedules as schedules
-from gradsight.instrument.monitor import Monitor, watch
+from gradsight.instrument.monitor import Monitor, end_status, watch
 from gradsight.instrument.options import check_options, watch_arguments
 from gradsight.integrations._tap import Key, scalar_tag, select
 
@@ -149,7 +149,8 @@ class GradFlowCallback(Callback):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if self.monitor is not None:
-            self.monitor.close(status="failed", error=f"{type(exception).__name__}: {exception}")
+            status, error = end_status(exception)  # Ctrl-C: interrupted; anything else: failed
+            self.monitor.close(status=status, error=error)
 
     # -- loggers ----------------------------------------------------------------------
     def _to_loggers(self, step: int, keys: list[Key], values: np.ndarray) -> None:
