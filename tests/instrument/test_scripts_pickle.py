@@ -166,3 +166,16 @@ def test_interrupted_and_unclosed_runs_do_not_read_finished(tmp_path):
         assert meta["status"] == status, how
         assert meta.get("error") == error, how
         assert meta["steps_recorded"] >= 3, how
+
+
+def test_close_leaves_no_reducer_on_the_modules(tmp_path):
+    """Regression: the instance ``__reduce_ex__`` that keeps gradsight out of pickles stayed on
+    every hooked module after ``close()``; a closed monitor leaves the model as it found it,
+    also when a second monitor on the model still records."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    first = gs.watch(model, tmp_path / "a", activations=True)
+    second = gs.watch(model, tmp_path / "b", activations=True)
+    first.close()
+    assert any("__reduce_ex__" in m.__dict__ for m in model.modules())  # the second still hooks them
+    second.close()
+    assert not any("__reduce_ex__" in m.__dict__ for m in model.modules())

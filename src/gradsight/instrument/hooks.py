@@ -93,13 +93,28 @@ def _reduce_unwatched(ref: weakref.ref, protocol: int) -> Any:
     return (rv[0], rv[1], _unwatched_state(rv[2]), *rv[3:])
 
 
-def _reduce_without_hooks(owner: Any) -> None:
+def _reduce_without_hooks(owner: Any) -> bool:
     """Make ``owner`` (a module) pickle and copy without gradsight's hooks: an instance
     ``__reduce_ex__`` (pickle and ``copy`` look it up on the instance), left out of
-    the state it reduces to."""
+    the state it reduces to. True when this call installed it."""
     d = getattr(owner, "__dict__", None)
     if isinstance(d, dict) and "_forward_hooks" in d and _REDUCE not in d:
         object.__setattr__(owner, _REDUCE, functools.partial(_reduce_unwatched, weakref.ref(owner)))
+        return True
+    return False
+
+
+def _restore_reduce(owner: Any) -> None:
+    """Take back the instance ``__reduce_ex__`` of :func:`_reduce_without_hooks` once no
+    gradsight hook is left on ``owner`` (another monitor's may be), so a closed monitor
+    leaves the module as it found it."""
+    d = getattr(owner, "__dict__", None)
+    reducer = d.get(_REDUCE) if isinstance(d, dict) else None
+    if not (isinstance(reducer, functools.partial) and reducer.func is _reduce_unwatched):
+        return
+    if any(isinstance(h, OwnHook) for v in d.values() if isinstance(v, dict) for h in v.values()):
+        return
+    del d[_REDUCE]
 
 
 class HookRegistry:
@@ -111,6 +126,7 @@ class HookRegistry:
 
     def __init__(self) -> None:
         self._handles: list[tuple[str, _Handle]] = []
+        self._owners: list[weakref.ref] = []  #: objects given an instance reducer by attach
 
     def add(self, handle: Any, tag: str = "default") -> Any:
         self._handles.append((tag, handle))
@@ -125,7 +141,15 @@ class HookRegistry:
             The handle, owned by this registry.
         """
         _reduce_without_hooks(owner)
+        if _REDUCE in getattr(owner, "__dict__", {}) and not any(r() is owner for r in self._owners[-1:]):
+            self._owners.append(weakref.ref(owner))  # (another monitor's reducer too: the last to close takes it)
         return self.add(getattr(owner, register)(OwnHook(owner, fn), **kwargs), tag)
+
+    def _restore_owners(self) -> None:
+        alive = [r for r in self._owners if r() is not None]
+        for r in alive:
+            _restore_reduce(r())
+        self._owners = [r for r in alive if _REDUCE in getattr(r(), "__dict__", {})]
 
     def remove(self, tag: str) -> None:
         keep = []
@@ -134,12 +158,13 @@ class HookRegistry:
                 h.remove()
             else:
                 keep.append((t, h))
-        self._handles = keep
+        self._handles = keep  # (reducers are taken back at remove_all: this runs at every step)
 
     def remove_all(self) -> None:
         handles, self._handles = self._handles, []
         for _, h in handles:
             h.remove()
+        self._restore_owners()
 
     def __len__(self) -> int:
         return len(self._handles)
