@@ -36,6 +36,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "graph": ("gradsight.compgraph", "graph"),
     "diagnose": ("gradsight.diagnosis", "diagnose"),
     "assert_healthy": ("gradsight.diagnosis", "assert_healthy"),
+    "checkup": ("gradsight.diagnosis", "checkup"),
     "format_findings": ("gradsight.diagnosis", "format_findings"),
     "Finding": ("gradsight.diagnosis", "Finding"),
     "Severity": ("gradsight.diagnosis", "Severity"),
@@ -69,7 +70,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what static tools and IDEs see
     from gradsight import data, models, plots, schedules, train
     from gradsight.compgraph import graph
-    from gradsight.diagnosis import Finding, Severity, Thresholds, assert_healthy, diagnose, format_findings
+    from gradsight.diagnosis import (Finding, Severity, Thresholds, assert_healthy, checkup, diagnose,
+                                     format_findings)
     from gradsight.instrument.monitor import Monitor, watch
     from gradsight.probes import path_lengths, shattering
     from gradsight.probes.probe import probe

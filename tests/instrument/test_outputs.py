@@ -71,5 +71,5 @@ def test_probe_and_the_check_up_take_the_logits_of_a_dict_output() -> None:
 
     table = probe(DictModel(), input_shape=(4,), batch_size=8)
     assert table.set_index("name").loc["fc", "out_grad_norm"] > 0
-    findings, _ = checkup(DictModel(), input_shape=(4,), steps=1, batch_size=8)
+    findings = checkup(DictModel(), input_shape=(4,), steps=1, batch_size=8)
     assert isinstance(findings, list)

@@ -141,7 +141,7 @@ def test_the_check_up_no_longer_guesses_a_model_input_shape_attribute() -> None:
 
     with pytest.raises(UnknownInputError, match="pass input_shape="):
         checkup(HasInputShape(), steps=1)
-    findings, _ = checkup(HasInputShape(), input_shape=(4,), steps=1, batch_size=4)
+    findings = checkup(HasInputShape(), input_shape=(4,), steps=1, batch_size=4)
     assert isinstance(findings, list)
 
 
@@ -152,7 +152,7 @@ def test_the_check_up_of_a_registered_model_takes_the_registry_input() -> None:
     from gradsight.diagnosis.checkup import checkup
 
     torch.manual_seed(0)
-    findings, _ = checkup(create_model("token_resmlp", width=8, context=8), steps=1, batch_size=4)
+    findings = checkup(create_model("token_resmlp", width=8, context=8), steps=1, batch_size=4)
     assert isinstance(findings, list)
-    findings, _ = checkup(create_model("mlp", depth=4, width=8, in_features=6), steps=1, batch_size=4)
+    findings = checkup(create_model("mlp", depth=4, width=8, in_features=6), steps=1, batch_size=4)
     assert isinstance(findings, list)

@@ -155,7 +155,8 @@ def _set_layer_values(run_dir, stat: str, name: str, values: list[float]) -> Non
 def test_every_first_last_ratio_on_the_page_is_the_one_definition(tmp_path):
     """The comparison table and the diagnosis show the same first / last layer ratio: the
     median over steps of the per-step ratio (here 1.5e-4 and 1.5e-5), not the ratio of
-    the medians (2.9e-4 and 2.9e-5)."""
+    the medians (2.9e-4 and 2.9e-5). (The diagnosis compares the two Linear(4, 4) layers,
+    the instances of the stack's repeated layer; the head is unlike them.)"""
     from gradsight.diagnosis.rules import _fmt
     from gradsight.display import fmt_value
     from gradsight.store.query import first_last_ratio
@@ -187,7 +188,7 @@ def test_every_first_last_ratio_on_the_page_is_the_one_definition(tmp_path):
                 f"<td>{fmt_value(ratio)}</td>") in table
         section = text[text.index(f"<h2>{run_dir.name}</h2>"):]
         section = section[: section.index("</ul>")]
-        assert f"is {_fmt(1 / ratio)} times smaller" in section
+        assert f"shrinks {_fmt(1 / ratio)} times going back" in section
 
 
 def test_layer_charts_have_a_role_filter_and_the_payload_the_roles(report_html):

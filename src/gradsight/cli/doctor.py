@@ -77,7 +77,7 @@ def command(ctx: click.Context, target: str, input_shape: str | None, input_dtyp
         sample = resolve_input(info, shape, input_dtype, vocab_size)
         inputs = None if sample.is_float else sample.batch(batch_size, generator=torch.Generator().manual_seed(seed))
         try:
-            findings, _ = checkup(model, inputs=inputs, input_shape=sample.shape, steps=steps, lr=lr,
+            findings = checkup(model, inputs=inputs, input_shape=sample.shape, steps=steps, lr=lr,
                                   batch_size=batch_size, seed=seed, run_dir=keep_run, overwrite=overwrite,
                                   progress=True)
         except (RuntimeError, TypeError, IndexError, ValueError) as exc:

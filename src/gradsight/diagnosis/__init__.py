@@ -10,28 +10,32 @@ from pathlib import Path
 
 from gradsight.diagnosis.checkup import UnhealthyGradientsError, assert_healthy, checkup
 from gradsight.diagnosis.findings import Finding, Severity, format_findings
-from gradsight.diagnosis.rules import RULES
+from gradsight.diagnosis.rules import RULES, measure, prefetch
 from gradsight.diagnosis.thresholds import Thresholds
 from gradsight.store.reader import Run
 from gradsight.store.view import RunView, view_of
 
 
-def diagnose(run: RunView | Run | str | Path, thresholds: Thresholds | None = None) -> list[Finding]:
+def diagnose(run: RunView | Run | str | Path, thresholds: Thresholds | None = None, *,
+             until: int | None = None) -> list[Finding]:
     """Findings about a recorded run, worst first.
 
     Args:
         run: a :class:`gradsight.Run`, a :class:`~gradsight.store.view.RunView` (whose
             tables other readers share) or the path of a run directory.
         thresholds: rule thresholds (defaults: :class:`Thresholds`).
+        until: judge the run as it stood at this step (the steps after it are left out;
+            a view passed as ``run`` keeps its own ``until``).
 
     Returns:
         A list of :class:`Finding` (empty when nothing is wrong).
     """
     th = thresholds or Thresholds()
-    view = view_of(run)
+    view = view_of(run, until=until)
     try:
         if not view.steps:
             return [_nothing_recorded(view)]
+        prefetch(view)
         findings = [f for rule in RULES for f in _apply(rule, view, th)]
     finally:
         if view is not run:
@@ -67,4 +71,5 @@ __all__ = [
     "checkup",
     "diagnose",
     "format_findings",
+    "measure",
 ]

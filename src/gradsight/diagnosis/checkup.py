@@ -49,8 +49,13 @@ def checkup(
     train_copy: bool = True,
     progress: bool = False,
     watch: Mapping[str, Any] | None = None,
-) -> tuple[list[Finding], Path | None]:
+) -> list[Finding]:
     """Train (a copy of) ``model`` for a few steps with everything recorded, then diagnose.
+
+    What ``gradsight doctor MODEL`` does, from Python::
+
+        findings = gs.checkup(model, inputs=x, targets=y, loss_fn=F.cross_entropy, steps=20)
+        print(gs.format_findings(findings))
 
     Args:
         model: any module.
@@ -68,14 +73,15 @@ def checkup(
         loss_fn: ``loss_fn(output, targets)`` (or ``loss_fn(output)`` without targets).
         steps: optimizer steps (Adam, ``lr``); with ``steps=1`` only one backward
             pass and no update.
-        run_dir: keep the recorded run here (default: a temporary directory, removed).
+        run_dir: keep the recorded run here (default: a temporary directory, removed);
+            ``gs.diagnose(run_dir, until=k)`` judges its first ``k`` steps again.
         overwrite: replace a run already in ``run_dir`` (otherwise that raises ``RunError``).
         train_copy: train a deep copy so the caller's model is not changed.
         watch: more :func:`gradsight.watch` options (``histograms``, ``weights``, ...), or
             others than the check-up's ``activations=True``, ``update_ratio=True``.
 
     Returns:
-        (findings, run_dir or None when the run was temporary).
+        The findings, worst first (:func:`gradsight.diagnose`).
     """
     from gradsight.diagnosis import diagnose
     from gradsight.instrument import monitor
@@ -127,7 +133,7 @@ def checkup(
             model.zero_grad(set_to_none=True)
         if temp:
             shutil.rmtree(path.parent, ignore_errors=True)
-    return findings, (None if temp else path)
+    return findings
 
 
 def assert_healthy(
@@ -154,7 +160,7 @@ def assert_healthy(
         threshold = Severity(fail_on)
     except ValueError:
         raise ValueError(f"fail_on must be one of {[str(s) for s in Severity]}, got {fail_on!r}") from None
-    findings, _ = checkup(model, inputs=inputs, targets=targets, loss_fn=loss_fn, steps=steps, thresholds=thresholds)
+    findings = checkup(model, inputs=inputs, targets=targets, loss_fn=loss_fn, steps=steps, thresholds=thresholds)
     bad = [f for f in findings if f.severity >= threshold]
     if bad:
         raise UnhealthyGradientsError(findings)

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 
 from gradsight.diagnosis.findings import Finding
+from gradsight.diagnosis.structure import alike_log_ratio, alike_pairs, block_chains
 from gradsight.diagnosis.thresholds import Thresholds
 from gradsight.display import display_name
 from gradsight.stats.formats import FORMAT_RANGES
-from gradsight.store.query import first_last_columns, first_last_ratios, positive
 from gradsight.store.roles import Role
 from gradsight.store.schema import Level
 from gradsight.store.view import RunSource, RunView, view_of
@@ -34,6 +34,34 @@ def _table(view: RunView, level: str, stat: str) -> pd.DataFrame:
     return view.matrix(level, stat, steps="all" if every else "sample")
 
 
+#: The per-module tables the rules read at the view's sample, and over every step.
+_SAMPLE_KEYS = [*((Level.LAYER, s) for s in ("grad_dead_rows", "grad_norm", "grad_rms", "update_ratio", "weight_norm",
+                                               "grad_nonfinite", "fp16_underflow", "bf16_underflow")),
+                (Level.PARAM, "weight_norm"), (Level.MODULE, "act_rms"), (Level.MODULE, "out_grad_rms"),
+                (Level.MODULE, "out_grad_nonfinite"), (Level.BLOCK, "act_rms"), (Level.BLOCK, "skip_grad_norm"),
+                (Level.BLOCK, "branch_grad_norm")]
+_ALL_KEYS = [(Level.PARAM, "grad_missing")]
+
+
+def _needed(view: RunView) -> list[tuple[str, list[tuple[str, str]]]]:
+    if len(view.sample) == len(view.steps):
+        return [("all", _SAMPLE_KEYS + _ALL_KEYS)]
+    return [("sample", _SAMPLE_KEYS), ("all", _ALL_KEYS)]
+
+
+def want(view: RunView) -> None:
+    """Tell the view which tables the rules will read (:meth:`RunView.want`), so that a
+    reader before them (the report's charts) reads them along."""
+    for steps, keys in _needed(view):
+        view.want(keys, steps=steps)
+
+
+def prefetch(view: RunView) -> None:
+    """Read every table the rules need in one pass (one read of each group of values)."""
+    for steps, keys in _needed(view):
+        view.matrices(keys, steps=steps)
+
+
 def _normalized(view: RunView) -> set[str]:
     """Weighted layers whose next layer in forward order is a norm layer (a convolution
     followed by BatchNorm): the loss does not change when their weights are scaled."""
@@ -52,39 +80,6 @@ def _weighted_or_head(view: RunView, names) -> list[str]:
     return [n for n in names if view.role(n) in (Role.WEIGHTED, Role.HEAD)]
 
 
-def parameter_profile(view: RunView) -> pd.DataFrame:
-    """Per-element parameter gradients (``grad_rms``) of the weighted layers, steps x
-    layers in forward order: what every run records, so a recorded run and a model
-    check are judged alike."""
-    rms = _table(view, Level.LAYER, "grad_rms")
-    return rms[_weighted(view, rms.columns)] if not rms.empty else rms
-
-
-def module_profile(view: RunView, stat: str) -> tuple[str, pd.DataFrame]:
-    """A module statistic along depth: at the residual blocks if there are at least
-    two (``"block"``), else at the weighted layers (``"layer"``: no norm layers,
-    embeddings or head, like with like); empty when not recorded."""
-    values = _table(view, Level.MODULE, stat)
-    if values.empty:
-        return "", values
-    block_cols = [c for c in values.columns if c in view.blocks]
-    if len(block_cols) >= 2:
-        return "block", values[block_cols]
-    return "layer", values[_weighted(view, [c for c in values.columns if c not in view.blocks])]
-
-
-def backward_profile(view: RunView) -> tuple[str, pd.DataFrame]:
-    """Per-element output gradients along depth (activation statistics), see
-    :func:`module_profile` (the gradient of the logits is not like a hidden layer's)."""
-    where, prof = module_profile(view, "out_grad_rms")
-    return ("layer output" if where == "layer" else where), prof
-
-
-def forward_profile(view: RunView) -> tuple[str, pd.DataFrame]:
-    """Output RMS along depth: the residual stream (block outputs), or the weighted
-    layers' outputs (:func:`module_profile`)."""
-    return module_profile(view, "act_rms")
-
 
 def _fmt(x: float) -> str:
     """A number for a message: 3 significant digits; ``inf``/``-inf`` as such; a missing
@@ -92,6 +87,7 @@ def _fmt(x: float) -> str:
     if math.isnan(x):
         return "an unknown value"
     return f"{x:.3g}" if math.isfinite(x) else str(x)
+
 
 
 def nonfinite(view: RunView, th: Thresholds) -> list[Finding]:
@@ -103,7 +99,10 @@ def nonfinite(view: RunView, th: Thresholds) -> list[Finding]:
         norm = _table(view, Level.MODEL, "grad_norm")
         bad_steps |= set(norm.index[~np.isfinite(norm.to_numpy(dtype=float)).all(axis=1)])
     if not act.empty:
-        bad_steps |= set(act.index[~np.isfinite(act.to_numpy(dtype=float)).all(axis=1)])
+        # a missing value (a module that did not run at that step: LayerDrop, an early exit,
+        # an expert not routed to) is not a non-finite one
+        written = view.written(Level.MODULE, "act_rms").to_numpy()
+        bad_steps |= set(act.index[(~np.isfinite(act.to_numpy(dtype=float)) & written).any(axis=1)])
     if not bad_steps:
         return []
     skipped = _table(view, Level.MODEL, "skipped")
@@ -120,14 +119,15 @@ def nonfinite(view: RunView, th: Thresholds) -> list[Finding]:
     details = []
     row = view.at_step(Level.MODULE, "act_rms", step)
     if row is not None:
-        nonblock = [c for c in row.index if c not in view.blocks]
+        written = view.written(Level.MODULE, "act_rms", steps=[step]).loc[step]
+        nonblock = [c for c in row.index if c not in view.blocks and written[c]]
         bad = [c for c in nonblock if not math.isfinite(row[c])]
         if bad:
             forward_origin = min(bad, key=lambda c: view.depth.get(c, 0))
             details.append(f"in the forward pass they first appear at the output of '{display_name(forward_origin)}'")
     row = view.at_step(Level.MODULE, "out_grad_nonfinite", step)
     if row is not None:
-        cols = [c for c in row.index if c not in view.blocks]
+        cols = [c for c in row.index if c not in view.blocks and not math.isnan(row[c])]
         cols.sort(key=lambda c: view.depth.get(c, 0))
         bad = [c for c in cols if not (row[c] == 0)]
         if bad:
@@ -165,191 +165,229 @@ def nonfinite(view: RunView, th: Thresholds) -> list[Finding]:
         measured={"first_step": float(step), "nonfinite_steps": float(len(bad_steps))})]
 
 
-def _profile_ratio(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """Per step: the first/last-layer ratio (:func:`gradsight.store.query.first_last_ratios`)
-    along a steps x names profile, and the geometric-mean gain per step back (the ratio's
-    ``1/(n-1)``-th power over the ``n`` names that hold positive values); steps where the
-    ratio is unknown (a zero, NaN or infinite end) are left out."""
-    n = int((~np.isnan(positive(df.to_numpy())).all(axis=0)).sum()) if not df.empty else 0
-    if n < 2:
-        return pd.Series(dtype=float), pd.Series(dtype=float)
-    ratio = first_last_ratios(df)
-    ratio = ratio[np.isfinite(ratio.to_numpy()) & (ratio.to_numpy() > 0)]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        gain = ratio ** (1.0 / (n - 1))
-    return ratio, gain
+
+def _window(view: RunView, table: pd.DataFrame) -> pd.DataFrame:
+    """The last half of a table's steps (at least one): where a condition must still hold to
+    be more than the initialization's."""
+    return table.iloc[len(table) // 2:] if len(table) > 1 else table
+
+
+def _when(steps) -> str:
+    """Words for the steps a finding holds at: "at initialization (step 0)", "at step 7",
+    "at steps 3-19"."""
+    steps = sorted(int(s) for s in steps)
+    if not steps:
+        return ""
+    if len(steps) == 1:
+        return "at initialization (step 0)" if steps[0] == 0 else f"at step {steps[0]}"
+    return f"at steps {steps[0]}-{steps[-1]}"
+
+
+def _initial_rms(view: RunView, level: str = Level.LAYER) -> pd.Series:
+    """The weight RMS of each layer (or parameter) at the first recorded step: how it was
+    initialized (``weight_norm / sqrt(numel)``)."""
+    wn = _table(view, level, "weight_norm")
+    if wn.empty:
+        return pd.Series(dtype=float)
+    params = view.params
+    key = "layer" if level == Level.LAYER else "name"
+    numel = params.groupby(key)["numel"].sum()
+    first = wn.iloc[0]
+    return (first / np.sqrt(numel.reindex(first.index).astype(float))).dropna()
+
+
+def small_initialized(view: RunView, th: Thresholds) -> set[str]:
+    """Layers with a parameter initialized at or near zero (RMS at most ``small_init``) by
+    design: a zero-initialized last BatchNorm scale (timm's ``zero_init_last``), LayerScale
+    (1e-6..1e-5), GRN's gamma, NF-Net and SkipInit gains, a class token of std 1e-6, a
+    zero-initialized head or LoRA ``B``. Recognized from the parameters themselves."""
+    rms = _initial_rms(view, Level.PARAM)
+    if rms.empty:
+        return set()
+    layer_of = dict(zip(view.params["name"], view.params["layer"]))
+    return {layer_of[n] for n, v in rms.items() if v <= th.small_init and n in layer_of and not _is_shift(n)}
+
+
+def _is_shift(param: str) -> bool:
+    """A bias (``bias``, ``beta``, ``b``): zero-initialized everywhere, it shifts rather than
+    scales, so starting at zero makes nothing small."""
+    last = param.rsplit(".", 1)[-1].lower()
+    return "bias" in last or last in ("beta", "b", "shift")
+
+
+def _scaled_by_small(view: RunView, th: Thresholds) -> set[str]:
+    """Layers that sit in a module holding a small-initialized parameter (the branch of a
+    LayerScale block, the block of a zero-initialized last BN): their gradient passes through
+    that small scale, so it is small by design at first."""
+    small = small_initialized(view, th)
+    if not small:
+        return set()
+    out = set()
+    for layer in view.layer_order:
+        parts = layer.split(".")
+        for s in small:
+            sp = s.split(".")
+            # the small scale's parent module contains the layer
+            parent = ".".join(sp[:-1])
+            if layer == s or (parent and (layer == parent or layer.startswith(parent + "."))):
+                out.add(layer)
+                break
+        del parts
+    return out
 
 
 @dataclass
-class _Scale:
-    """What one depth profile says about the gradient's scale (see :func:`gradient_scale`)."""
+class _Depth:
+    """What one like-with-like profile says about a statistic along depth (see
+    :func:`depth_profiles`)."""
 
-    key: str  #: names its numbers in ``Finding.measured``
+    key: str  #: names its number in ``Finding.measured``
     what: str  #: e.g. "parameter gradient per element"
-    where: str  #: "layer", "block", ...
-    ratio: pd.Series  #: first / last, per step
-    gain: pd.Series  #: per step back, per step
-    ends: tuple[str, str]
-    depth: int
-    use_gain: bool
-    #: per step, the median over repeated kinds of layer of each kind's first / last ratio
-    #: (:func:`_kind_ratios`); None where no kind repeats
-    alike: pd.Series | None = None
+    log10: pd.Series  #: per step: log10 of first instance / last instance, summed over chains
+    span: int  #: the repeated instances spanned
+    ends: tuple[str, str]  #: the first and last instance of the longest chain
 
     @property
-    def median_ratio(self) -> float:
-        return float(self.ratio.median())
-
-    def _alike_agrees(self, below: float | None = None, above: float | None = None) -> bool:
-        """Whether like-with-like layers say the same as the first/last ratio (True where
-        they cannot say: no repeated kind, or no step with a ratio)."""
-        if self.alike is None or self.alike.dropna().empty:
-            return True
-        m = float(self.alike.median())
-        return (below is None or m < below) and (above is None or m > above)
+    def median(self) -> float:
+        """log10 of the median over steps of the per-step ratio (the median of the ratios,
+        as :func:`gradsight.store.query.first_last_ratio` takes it)."""
+        values = self.log10.dropna()
+        return float(np.log10((10.0 ** values).median())) if len(values) else math.nan
 
     @property
-    def median_gain(self) -> float:
-        return float(self.gain.median())
-
-    def vanishing(self, th: Thresholds) -> bool:
-        return (self.median_ratio < 1 / th.vanish_ratio and self._alike_agrees(below=1 / th.vanish_ratio)) or (
-            self.use_gain and self.depth >= th.min_depth and self.median_gain < th.gain_low)
-
-    def exploding(self, th: Thresholds) -> bool:
-        return self.median_ratio > th.explode_ratio and self._alike_agrees(above=th.explode_ratio)
+    def gain(self) -> float:
+        """The median gain per repeated instance going back (``(last / first)`` to the
+        ``1/span``): below 1 the gradient shrinks toward the input at every block."""
+        return 10 ** (self.median / self.span) if self.span else math.nan
 
 
-def layer_kind(name: str) -> str:
-    """A layer's name with every all-digit part replaced by ``*``: the layers of repeated
-    blocks share it (``encoder.layer.*.attention.self.query``, ``layers.*``)."""
-    return ".".join("*" if part.isdigit() else part for part in name.split("."))
-
-
-def _kind_ratios(prof: pd.DataFrame) -> pd.Series | None:
-    """Per step, the median over the kinds of layer (:func:`layer_kind`) that occur at least
-    twice of the first occurrence's value over the last's; None when no kind repeats.
-
-    A first/last ratio compares two different layers; in a transformer the first weighted
-    layer is an attention query, whose gradient is small at initialization whatever the
-    depth, and the last one may be a pooler fed straight by the loss. Comparing each
-    repeated layer with itself deeper in the network asks only whether the gradient
-    shrinks with depth."""
-    kinds: dict[str, list[str]] = {}
-    for name in prof.columns:
-        kinds.setdefault(layer_kind(name), []).append(name)
-    pairs = [(names[0], names[-1]) for names in kinds.values() if len(names) >= 2]
-    if not pairs:
+def _depth(view: RunView, key: str, what: str, table: pd.DataFrame) -> _Depth | None:
+    log10, span = alike_log_ratio(view, table)
+    if span == 0 or log10.dropna().empty:
         return None
-    values = positive(prof.to_numpy())
-    col = {name: i for i, name in enumerate(prof.columns)}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.stack([values[:, col[a]] / values[:, col[b]] for a, b in pairs], axis=1)
-    ratios[~np.isfinite(ratios)] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps stay NaN
-        return pd.Series(np.nanmedian(ratios, axis=1), index=prof.index)
+    longest = max((chain for chain, _rel, _members in alike_pairs(view, table.columns)), key=len)
+    return _Depth(key, what, log10, span, (longest.instances[0], longest.instances[-1]))
 
 
-def _scale(key: str, what: str, where: str, prof: pd.DataFrame, use_gain: bool) -> _Scale | None:
-    if prof.empty or prof.shape[1] < 2:
-        return None
-    ratio, gain = _profile_ratio(prof)
-    ends = first_last_columns(prof)
-    if ratio.empty or ends is None:
-        return None
-    n = int((~np.isnan(positive(prof.to_numpy())).all(axis=0)).sum())
-    return _Scale(key, what, where, ratio, gain, ends, n, use_gain)
+def depth_profiles(view: RunView) -> list[_Depth]:
+    """The like-with-like gradient profiles along depth: parameter gradients per element
+    (every run has them), and with activation statistics the output gradients per element
+    of every module and the residual stream's gradient (the skip's share at each block,
+    the gradient at the block's output)."""
+    found = [_depth(view, "param", "parameter gradient per element", _table(view, Level.LAYER, "grad_rms"))]
+    found.append(_depth(view, "output", "output gradient per element", _table(view, Level.MODULE, "out_grad_rms")))
+    found.append(_depth(view, "stream", "gradient along the residual stream",
+                        _table(view, Level.BLOCK, "skip_grad_norm")))
+    return [d for d in found if d is not None]
 
 
-def _alike(view: RunView, names: list[str]) -> list[str]:
-    """The largest set of ``names`` whose layers have the same parameter shapes (the
-    repeated layer of a plain stack), in order: a gain per layer compares like with like."""
-    params = view.params
-    shapes: dict[str, list] = {}
-    for layer, shape, trainable in zip(params["layer"], params["shape"], params["trainable"]):
-        if trainable:
-            shapes.setdefault(layer, []).append(tuple(shape))
-    groups: dict[tuple, list[str]] = {}
-    for n in names:
-        groups.setdefault(tuple(shapes.get(n, ())), []).append(n)
-    return max(groups.values(), key=len) if groups else []
+def _model_series(view: RunView, stat: str, level: str = Level.MODEL) -> pd.Series:
+    table = _table(view, level, stat)
+    if table.empty:
+        return pd.Series(dtype=float)
+    values = table.iloc[:, 0].astype(float)
+    return values[np.isfinite(values)]
 
 
-def gradient_scales(view: RunView) -> list[_Scale]:
-    """The depth profiles the gradient-scale rules judge:
-
-    - the weighted layers' parameter gradients per element (every run has them; a
-      recorded run and a model check are judged alike): first/last ratio;
-    - with activation statistics, the output gradients per element at the blocks or
-      the weighted layers: first/last ratio, and the gain per step back over the
-      blocks, or over the largest set of weighted layers of one shape (a plain stack's
-      repeated layer), when there are at least ``min_depth`` of them.
-    """
-    what = "output gradient per element"
-    param_prof = parameter_profile(view)
-    found = [_scale("param", "parameter gradient per element", "layer", param_prof, use_gain=False)]
-    if found[0] is not None:
-        found[0].alike = _kind_ratios(param_prof)
-    where, prof = backward_profile(view)
-    if where:
-        found.append(_scale("output", what, where, prof, use_gain=where == "block"))
-        if where != "block":
-            found.append(_scale("output_alike", what, where, prof[_alike(view, list(prof.columns))], use_gain=True))
-    return [s for s in found if s is not None]
+def gradient_size(view: RunView) -> float:
+    """The model's gradient per element over its weights per element
+    (``grad_weight_ratio`` at the model level, ``||g|| / ||w||``), median over the steps:
+    how large the gradient is on the weights' own scale. Depth profiles compare layers
+    with each other, and when the forward and backward signals grow together (every
+    weight 10x too large in a ReLU network) the parameter gradients look flat along depth
+    although the gradient is 1e10 times too large; this catches that, and the opposite."""
+    ratio = _model_series(view, "grad_weight_ratio")
+    ratio = ratio[ratio > 0]
+    return float(ratio.median()) if len(ratio) else math.nan
 
 
 def gradient_scale(view: RunView, th: Thresholds) -> list[Finding]:
-    """``vanishing_gradients`` / ``exploding_gradients`` by depth, and
+    """``vanishing_gradients`` / ``exploding_gradients``: along depth like with like
+    (:func:`depth_profiles`), or in absolute size (:func:`gradient_size`); and
     ``growing_gradient_norm`` over time (not judged on post-clip values)."""
     findings = []
-    scales = gradient_scales(view)
-    vanishing = [s for s in scales if s.vanishing(th)]
-    exploding = [s for s in scales if s.exploding(th)]
-    measured_all = {f"{s.key}_first_over_last": s.median_ratio for s in scales}
-    if vanishing:
-        s = min(vanishing, key=lambda s: (s.median_ratio, s.median_gain))
-        first_name, last_name = (display_name(n) for n in s.ends)
-        sev = "error" if s.median_ratio < 1 / th.vanish_ratio_error else "warning"
-        bad = (s.ratio < 1 / th.vanish_ratio) | ((s.gain < th.gain_low) if s.use_gain else False)
+    profiles = depth_profiles(view)
+    measured_all = {f"{d.key}_log10_first_over_last": d.median for d in profiles}
+    low = min(profiles, key=lambda d: d.median, default=None)
+    high = max(profiles, key=lambda d: d.median, default=None)
+    vanish, explode = math.log10(th.vanish_ratio), math.log10(th.explode_ratio)
+    # a gain per block below gain_low over at least min_depth blocks vanishes geometrically
+    # even where the total has not reached vanish_ratio yet (He et al. 2015: 1/sqrt(2) per ReLU layer)
+    fading = [d for d in profiles if d.span >= th.min_depth and d.gain < th.gain_low]
+    if fading and (low is None or low.median >= -vanish):
+        low = min(fading, key=lambda d: d.gain)
+        vanish = -low.median - 1e-12
+    if low is not None and low.median < -vanish:
+        sev = "error" if low.median < -math.log10(th.vanish_ratio_error) else "warning"
+        bad = low.log10.index[low.log10 < -vanish]
         findings.append(Finding(
             "vanishing_gradients", sev,
-            f"Gradients vanish toward the input: the {s.what} at '{first_name}' is {_fmt(1 / s.median_ratio)} "
-            f"times smaller than at '{last_name}' (median over steps; {_fmt(s.median_gain)} per {s.where} going "
-            "back). Use residual connections, normalization, ReLU-family activations with He initialization, or "
-            "a shallower network.",
-            layers=list(s.ends), steps=list(map(int, s.ratio.index[bad]))[:50],
-            measured={"first_over_last": s.median_ratio, "gain_per_step_back": s.median_gain,
-                      "depth": float(s.depth), **measured_all}))
-    elif exploding:
-        s = max(exploding, key=lambda s: s.median_ratio)
-        first_name, last_name = (display_name(n) for n in s.ends)
-        sev = "error" if s.median_ratio > th.explode_ratio_error else "warning"
+            f"Gradients vanish toward the input: the {low.what} shrinks {_fmt(10 ** -low.median)} times going back "
+            f"through {low.span} repeated blocks or layers, each compared with itself in the next one "
+            f"(from '{display_name(low.ends[1])}' back to '{display_name(low.ends[0])}', {_fmt(low.gain)} per block or "
+            f"layer; median {_when(low.log10.index)}). "
+            "Use residual connections, normalization, ReLU-family activations with He initialization, or a "
+            "shallower network.",
+            layers=list(low.ends), steps=[int(s) for s in bad][:50],
+            measured={"first_over_last": 10 ** low.median, "gain_per_step_back": low.gain, "depth": float(low.span),
+                      **measured_all}))
+    elif high is not None and high.median > explode:
+        sev = "error" if high.median > math.log10(th.explode_ratio_error) else "warning"
+        bad = high.log10.index[high.log10 > explode]
         findings.append(Finding(
             "exploding_gradients", sev,
-            f"Gradients grow toward the input: the {s.what} at '{first_name}' is {_fmt(s.median_ratio)} times "
-            f"larger than at '{last_name}' (median over steps; {_fmt(s.median_gain)} per {s.where} going back), "
-            "as in deep batch-normed plain networks at initialization (Yang et al. 2019). Use residual "
-            "connections, a smaller learning rate or gradient clipping.",
-            layers=list(s.ends), steps=list(map(int, s.ratio.index[s.ratio > th.explode_ratio]))[:50],
-            measured={"first_over_last": s.median_ratio, "gain_per_step_back": s.median_gain,
-                      "depth": float(s.depth), **measured_all}))
+            f"Gradients grow toward the input: the {high.what} grows {_fmt(10 ** high.median)} times going back "
+            f"through {high.span} repeated blocks or layers, each compared with itself in the next one "
+            f"(from '{display_name(high.ends[1])}' back to '{display_name(high.ends[0])}'; median "
+            f"{_when(high.log10.index)}), as in deep batch-normed plain networks at initialization (Yang et al. "
+            "2019). Use residual connections, a smaller learning rate or gradient clipping.",
+            layers=list(high.ends), steps=[int(s) for s in bad][:50],
+            measured={"first_over_last": 10 ** high.median, "depth": float(high.span), **measured_all}))
+    size = gradient_size(view)
+    if not findings and math.isfinite(size) and (size > th.grad_size_high or size < th.grad_size_low):
+        steps = [int(s) for s in _model_series(view, "grad_weight_ratio").index]
+        if size > th.grad_size_high:
+            findings.append(Finding(
+                "exploding_gradients", "error" if size > th.grad_size_high * 1e3 else "warning",
+                f"The gradient is {_fmt(size)} times the size of the weights (||g||/||w|| of the whole model, median "
+                f"{_when(steps)}; healthy networks stay below {_fmt(th.grad_size_high)}), although no layer's "
+                "gradient grows relative to the next: the forward and backward signals grow together, as when "
+                "every weight is initialized too large. Check the initialization (He for ReLU, 1/sqrt(fan_in) "
+                "otherwise) or add normalization.",
+                steps=steps[:50], measured={"grad_over_weight": size, **measured_all}))
+        else:
+            findings.append(Finding(
+                "vanishing_gradients", "warning",
+                f"The gradient is only {_fmt(size)} of the size of the weights (||g||/||w|| of the whole model, "
+                f"median {_when(steps)}; healthy networks stay above {_fmt(th.grad_size_low)}): the signal fades in "
+                "the forward and the backward pass together, as when every weight is initialized too small. "
+                "Check the initialization (He for ReLU, 1/sqrt(fan_in) otherwise) or add normalization.",
+                steps=steps[:50], measured={"grad_over_weight": size, **measured_all}))
     if _grad_clip(view):
         return findings  # post-clip norms cannot grow past the clipping threshold
-    total = _table(view, Level.MODEL, "grad_norm")
-    total = total.iloc[:, 0].astype(float) if not total.empty else pd.Series(dtype=float)
-    total = total[np.isfinite(total)]
-    if len(total) >= 8:
-        q = max(len(total) // 4, 2)
-        early, late = float(total.iloc[:q].median()), float(total.iloc[-q:].median())
-        if early > 0 and math.isfinite(late) and late / early > th.global_growth:
-            findings.append(Finding(
-                "growing_gradient_norm", "warning",
-                f"The model's gradient norm grew {_fmt(late / early)} times during training (median of the first "
-                f"quarter {_fmt(early)}, last quarter {_fmt(late)}): training is diverging; lower the learning rate "
-                "or clip gradients.", steps=[int(total.index[0]), int(total.index[-1])],
-                measured={"early_median": early, "late_median": late}))
+    growth = norm_growth(view)
+    if growth is not None and growth[0] > th.global_growth:
+        ratio, early, late, steps = growth
+        findings.append(Finding(
+            "growing_gradient_norm", "warning",
+            f"The model's gradient norm grew {_fmt(ratio)} times during training (median of the first quarter "
+            f"{_fmt(early)}, last quarter {_fmt(late)}, {_when(steps)}): training is diverging; lower the learning "
+            "rate or clip gradients.", steps=[int(steps[0]), int(steps[-1])],
+            measured={"early_median": early, "late_median": late}))
     return findings
+
+
+def norm_growth(view: RunView) -> tuple[float, float, float, list[int]] | None:
+    """The model's gradient norm, median of the last quarter of the steps over the first
+    quarter's (with both medians and the steps); None with fewer than 8 steps."""
+    total = _model_series(view, "grad_norm")
+    if len(total) < 8:
+        return None
+    q = max(len(total) // 4, 2)
+    early, late = float(total.iloc[:q].median()), float(total.iloc[-q:].median())
+    if not early > 0 or not math.isfinite(late):
+        return None
+    return late / early, early, late, [int(s) for s in total.index]
 
 
 def clipped_gradients(view: RunView, th: Thresholds) -> list[Finding]:
@@ -370,56 +408,69 @@ def clipped_gradients(view: RunView, th: Thresholds) -> list[Finding]:
         measured={"max_norm": max_norm} if math.isfinite(max_norm) else {})]
 
 
-def _ratio_over_steps(prof: pd.DataFrame) -> tuple[pd.Series, str, str] | None:
-    """Per step: the last column's value over the first's, the inverse of
-    :func:`gradsight.store.query.first_last_ratios` (steps where it is unknown left out)."""
-    ends = first_last_columns(prof)
-    if ends is None:
-        return None
-    ratio = first_last_ratios(prof)
-    ratio = ratio[np.isfinite(ratio.to_numpy()) & (ratio.to_numpy() > 0)]
-    return (1.0 / ratio, *ends) if not ratio.empty else None
+
+def forward_growth(view: RunView) -> tuple[float, float, tuple[str, str], list[int]]:
+    """How the forward signal changes along depth, like with like, as ``log10`` (median
+    over the steps): (growth of each module's output RMS toward the output, compared with
+    itself in the next repeated block; growth of the residual stream beyond the
+    ``sqrt(blocks)`` that blocks adding branches of constant variance allow, summed over
+    the chains of blocks), the instances at the ends, and the steps. NaN where nothing
+    repeats."""
+    acts = _table(view, Level.MODULE, "act_rms")
+    steps: list[int] = [int(s) for s in acts.index] if not acts.empty else []
+    layer = math.nan
+    ends: tuple[str, str] = ("", "")
+    if not acts.empty:
+        modules = acts[[c for c in acts.columns if c not in view.blocks]]
+        found = _depth(view, "forward", "output RMS", modules)
+        if found is not None:
+            layer, ends = -found.median, found.ends
+    stream = math.nan
+    blocks = _table(view, Level.BLOCK, "act_rms")
+    if not blocks.empty:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log10(blocks.where(blocks > 0))
+        excess = []
+        for chain in block_chains(view, list(blocks.columns)):
+            excess.append(logs[chain[-1]] - logs[chain[0]] - 0.5 * math.log10(len(chain)))
+            if not ends[0]:
+                ends = (chain[0], chain[-1])
+        if excess:
+            total = pd.concat(excess, axis=1).sum(axis=1, min_count=1).dropna()
+            stream = float(total.median()) if len(total) else math.nan
+            steps = steps or [int(s) for s in blocks.index]
+    return layer, stream, ends, steps
 
 
 def forward_signal(view: RunView, th: Thresholds) -> list[Finding]:
-    """``exploding_forward`` / ``vanishing_forward``: the output RMS of the last block
-    (or weighted layer) over the first's, at any recorded step. A residual stream may
-    grow as the square root of its number of blocks (each block adds a branch of about
-    constant variance: pre-LN transformers, batch-normed ResNets); only growth beyond
-    ``sqrt(blocks)`` times ``stream_growth`` is flagged there."""
-    where, prof = forward_profile(view)
-    if prof.empty or prof.shape[1] < 2:
+    """``exploding_forward`` / ``vanishing_forward``: the output RMS along depth, like with
+    like (:func:`forward_growth`)."""
+    layer, stream, ends, steps = forward_growth(view)
+    worst = max((v for v in (layer, stream) if math.isfinite(v)), default=math.nan)
+    if not math.isfinite(worst) and not math.isfinite(layer):
         return []
-    found = _ratio_over_steps(prof)
-    if found is None:
-        return []
-    growth, first, last = found
-    n = int((~np.isnan(positive(prof.to_numpy())).all(axis=0)).sum())
-    allowed = th.stream_growth * math.sqrt(n) if where == "block" else th.forward_explode
-    first_name, last_name = display_name(first), display_name(last)
-    high, low = float(growth.max()), float(growth.min())
-    measured = {"depth": float(n), "allowed": allowed}
-    if high > allowed:
-        sev = "error" if high > th.forward_explode_error else "warning"
-        steps = [int(s) for s in growth.index[growth > allowed]]
-        why = (f"more than the {_fmt(allowed)} that {n} blocks adding branches of constant variance allow "
-               f"({_fmt(th.stream_growth)} x sqrt({n}))" if where == "block" else f"more than {_fmt(allowed)} times")
+    first, last = (display_name(n) for n in ends)
+    measured = {"layer_log10_growth": layer, "stream_log10_excess": stream}
+    if math.isfinite(worst) and worst > math.log10(th.forward_explode):
+        sev = "error" if worst > math.log10(th.forward_explode_error) else "warning"
+        what = ("the RMS of each module's output grows" if worst == layer else
+                "the residual stream's RMS grows, beyond the sqrt(blocks) that blocks adding branches of constant "
+                "variance allow,")
         return [Finding(
             "exploding_forward", sev,
-            f"The forward signal explodes: the RMS of the {where} output grows up to {_fmt(high)} times from "
-            f"'{first_name}' to '{last_name}', {why} (its variance {_fmt(high * high)} times; at step {steps[0]}). "
-            "Unnormalized residual networks add a branch's variance at every block, so the stream grows "
-            "geometrically; use normalization, scale the branches down (Fixup, SkipInit) or zero-initialize each "
-            "branch's last layer.",
-            layers=[first, last], steps=steps[:50], measured={"last_over_first_rms": high, **measured})]
-    if low < th.forward_vanish:
-        steps = [int(s) for s in growth.index[growth < th.forward_vanish]]
+            f"The forward signal explodes: {what} {_fmt(10 ** worst)} times from '{first}' to '{last}' (each module "
+            f"compared with itself in the next repeated block; median {_when(steps)}). Unnormalized residual "
+            "networks add a branch's variance at every block, and weights initialized too large multiply the "
+            "signal at every layer; use normalization, He/1/sqrt(fan_in) initialization, or scale the branches "
+            "down (Fixup, SkipInit, zero-initialize each branch's last layer).",
+            layers=list(ends), steps=steps[:50], measured={"last_over_first_rms": 10 ** worst, **measured})]
+    if math.isfinite(layer) and layer < -math.log10(1 / th.forward_vanish):
         return [Finding(
             "vanishing_forward", "warning",
-            f"The forward signal fades: the RMS of the {where} output shrinks up to {_fmt(1 / low)} times from "
-            f"'{first_name}' to '{last_name}' (at step {steps[0]}). Check the initialization (He for ReLU) or add "
-            "normalization.",
-            layers=[first, last], steps=steps[:50], measured={"last_over_first_rms": low, **measured})]
+            f"The forward signal fades: the RMS of each module's output shrinks {_fmt(10 ** -layer)} times from "
+            f"'{first}' to '{last}' (each module compared with itself in the next repeated block; median "
+            f"{_when(steps)}). Check the initialization (He for ReLU) or add normalization.",
+            layers=list(ends), steps=steps[:50], measured={"last_over_first_rms": 10 ** layer, **measured})]
     return []
 
 
@@ -447,14 +498,23 @@ def _cut_off_steps(view: RunView, layer: str, steps: pd.Index) -> set[int]:
     return set(int(s) for s in zero.index[zero])
 
 
-def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
-    """``dead_units``: layers with output rows (channels, units) whose gradient is exactly
-    zero at every step of the window (the last half of the sampled steps); never
-    embeddings, whose rows of tokens absent from a batch get no gradient by design."""
+def _zero_gradient_steps(view: RunView) -> set[int]:
+    """Steps at which the whole model's gradient was exactly zero."""
+    norm = _model_series(view, "grad_norm")
+    return set(int(s) for s in norm.index[norm == 0])
+
+
+def dead_fractions(view: RunView) -> tuple[dict[str, float], dict[str, float], dict[str, float], int]:
+    """Per layer, the share of its output rows whose gradient was exactly zero at every
+    step of the window (the last half of the sampled steps): hidden layers, the head, and
+    whole layers; with the window's length. Never embeddings (rows of tokens absent from a
+    batch get no gradient by design), nor steps at which a later layer was all zero, nor
+    steps at which the whole model's gradient was zero (underflow, judged elsewhere)."""
     dead = _table(view, Level.LAYER, "grad_dead_rows")
     if dead.empty:
-        return []
+        return {}, {}, {}, 0
     window = dead.index[len(dead.index) // 2:]
+    window = window[~window.isin(list(_zero_gradient_steps(view)))]
     rows = _layer_rows(view)
     whole, units, outputs = {}, {}, {}
     for layer in dead.columns:
@@ -467,24 +527,40 @@ def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
         if len(counts) == 0 or counts.min() < 1:
             continue
         frac = float(counts.min()) / rows[layer]
-        if frac < th.dead_frac:
-            continue
         if counts.min() >= rows[layer]:
             whole[layer] = frac
         elif view.role(layer) == Role.HEAD:
             outputs[layer] = frac
         else:
             units[layer] = frac
+    return units, outputs, whole, len(window)
+
+
+def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
+    """``dead_units``: layers with output rows (channels, units) whose gradient is exactly
+    zero at every step of the window (:func:`dead_fractions`)."""
+    if precision_headroom(view, th):
+        return []  # zero gradients in a low-precision run that underflows: the cause is named there
+    units, outputs, whole, n_window = dead_fractions(view)
+    share, by_design = branch_shares(view, th)
+    idle = [b.split("[", 1)[0] for b in share.index[(share < th.branch_share_low) & ~share.index.isin(list(by_design))]
+            if _cut_at_output(view, b)]
+    # the layers of a switched-off branch get no gradient: idle_branch names the cause
+    whole = {k: v for k, v in whole.items() if not any(k.startswith(b + ".") for b in idle)}
+    # a unit silent on one batch may fire on the next: some units need two steps of evidence
+    # (a whole layer without gradient is evidence enough at once)
+    enough = n_window >= th.dead_min_steps
+    units = {k: v for k, v in units.items() if v >= th.dead_frac and enough}
+    outputs = {k: v for k, v in outputs.items() if v >= th.dead_frac and enough}
     findings = []
-    n_window = len(window)
     if units:
         worst = max(units, key=units.get)
         findings.append(Finding(
             "dead_units", "warning",
             f"{len(units)} layer(s) have output units (rows, channels) whose gradient was exactly zero at every one "
             f"of the last {n_window} recorded step(s) (up to {_fmt(100 * units[worst])}% of '{display_name(worst)}'): "
-            "those units are dead, their activation is zero for every input (a ReLU stuck at zero). Lower the "
-            "learning rate, check the biases and initialization, or use LeakyReLU/GELU.",
+            "their activation is zero for every input, a ReLU stuck at zero. Check the biases and the "
+            "initialization, lower the learning rate if they died during training, or use LeakyReLU/GELU.",
             layers=sorted(units, key=units.get, reverse=True), measured=units))
     if outputs:
         (layer, frac), = list(outputs.items())[:1]
@@ -521,20 +597,24 @@ def missing_gradients(view: RunView, th: Thresholds) -> list[Finding]:
         "graph.", layers=list(never.index), measured={"parameters": float(len(never))})]
 
 
-def _judged_updates(view: RunView, ur: pd.DataFrame, warmup: int) -> pd.DataFrame:
+
+def _judged_updates(view: RunView, ur: pd.DataFrame, warmup: int, th: Thresholds) -> pd.DataFrame:
     """``ur`` with the updates that cannot be judged left out (NaN): non-finite ones; those
     of a step at which the layer's gradient was all zero (what moved it, if anything, was
     momentum or weight decay: with a zero-initialized head, every layer before it at the
-    first step); and for a tensor that started at zero (an infinite ratio, or a zero
-    weight norm) the first ``warmup`` updates after the last step at which it was zero."""
+    first step); and for a tensor that started at or near zero (an infinite ratio, a zero
+    weight norm, or a small-initialized scale: :func:`small_initialized`) the first
+    ``warmup`` updates after the last step at which it was zero or since the start."""
     ur = ur.replace([np.inf, -np.inf], np.nan).copy()
     raw = _table(view, Level.LAYER, "update_ratio")
     wn = _table(view, Level.LAYER, "weight_norm")
     gn = _table(view, Level.LAYER, "grad_norm").reindex(index=ur.index, columns=ur.columns)
     ur = ur.mask(gn == 0)
     steps = ur.index.to_numpy()
+    small = small_initialized(view, th)
+    first = int(view.steps[0]) if view.steps else 0
     for layer in ur.columns:
-        zero = set()
+        zero = {first} if layer in small else set()
         if layer in raw.columns:
             zero |= set(raw.index[np.isposinf(raw[layer].to_numpy(dtype=float))])
         if layer in wn.columns:
@@ -544,68 +624,145 @@ def _judged_updates(view: RunView, ur: pd.DataFrame, warmup: int) -> pd.DataFram
     return ur
 
 
-def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
-    """``update_ratio_high`` / ``update_ratio_low``: median ``||dw||/||w||`` per layer.
-
-    A tensor that starts at zero (a zero-initialized head, a class token) has an infinite
-    first ratio, and after ``k`` updates of similar size a ratio between ``1/k``
-    (aligned updates) and ``1/sqrt(k)`` (random directions) whatever the learning rate;
-    its first ``1/update_high**2`` updates after it was last zero are not judged. A
-    weighted layer followed by a norm layer is scale-invariant (its gradient scales as
-    ``1/||w||``, so its norm grows until the relative update settles): it is not
-    judged too high."""
+def update_sizes(view: RunView, th: Thresholds) -> tuple[pd.Series, pd.Series]:
+    """Per layer, the median ``||dw||/||w||`` over the judged updates of the window (the
+    last half of the steps with one): (those that can be too high: not scale-invariant
+    layers, not tensors that started near zero in their first updates; those that can be
+    too low: not layers whose gradient is below the optimizer's epsilon, behind a small
+    scale by design or cut off)."""
     ur = _table(view, Level.LAYER, "update_ratio")
     if ur.empty:
-        return []
+        return pd.Series(dtype=float), pd.Series(dtype=float)
     warmup = math.ceil(1 / th.update_high**2) if th.update_high > 0 else 0
+    judged = _judged_updates(view, ur, warmup, th)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        med = _judged_updates(view, ur, warmup).median().dropna()
+        med = _window(view, judged).median().dropna()
+    high = med[~med.index.isin(list(_normalized(view)))]
+    rms = _table(view, Level.LAYER, "grad_rms")
+    tiny = set()
+    if not rms.empty:
+        grad = _window(view, rms).median()
+        tiny = set(grad.index[~(grad > th.grad_floor)])
+    low = med[~med.index.isin(list(tiny | _scaled_by_small(view, th)))]
+    return high, low
+
+
+def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
+    """``update_ratio_high`` / ``update_ratio_low``: median ``||dw||/||w||`` per layer
+    (:func:`update_sizes`).
+
+    A tensor that starts at or near zero (a zero-initialized head, a class token of std
+    1e-6, LayerScale) has a huge first ratio, and after ``k`` updates of similar size a
+    ratio between ``1/k`` (aligned updates) and ``1/sqrt(k)`` (random directions) whatever
+    the learning rate; its first ``1/update_high**2`` updates are not judged. A weighted
+    layer followed by a norm layer is scale-invariant (its gradient scales as ``1/||w||``,
+    so its norm grows until the relative update settles): it is not judged too high."""
+    high_ur, low_ur = update_sizes(view, th)
     findings = []
-    low = med[med < th.update_low]
-    normalized = _normalized(view)
-    high = med[(med > th.update_high) & ~med.index.isin(list(normalized))]
+    high = high_ur[high_ur > th.update_high]
+    low = low_ur[low_ur < th.update_low]
+    n = len(_window(view, _table(view, Level.LAYER, "update_ratio")))
     if not high.empty:
         findings.append(Finding(
             "update_ratio_high", "warning",
-            f"{len(high)} layer(s) change by more than {_fmt(th.update_high)} of their norm per step (up to "
-            f"{_fmt(float(high.max()))} at '{display_name(high.idxmax())}'; about 1e-3 is customary): the learning "
-            "rate is too high for them.", layers=list(high.index), measured={k: float(v) for k, v in high.items()}))
+            f"{len(high)} layer(s) change by more than {_fmt(th.update_high)} of their norm per step in the last "
+            f"{n} recorded updates (up to {_fmt(float(high.max()))} at '{display_name(high.idxmax())}'; about 1e-3 "
+            "is customary): the learning rate is too high for them.", layers=list(high.index),
+            measured={k: float(v) for k, v in high.items()}))
     if not low.empty:
         findings.append(Finding(
             "update_ratio_low", "warning",
-            f"{len(low)} layer(s) change by less than {_fmt(th.update_low)} of their norm per step (down to "
-            f"{_fmt(float(low.min()))} at '{display_name(low.idxmin())}'; about 1e-3 is customary): they barely "
-            "learn; raise the learning rate or check their gradients.", layers=list(low.index),
-            measured={k: float(v) for k, v in low.items()}))
+            f"{len(low)} layer(s) change by less than {_fmt(th.update_low)} of their norm per step in the last {n} "
+            f"recorded updates (down to {_fmt(float(low.min()))} at '{display_name(low.idxmin())}'; about 1e-3 is "
+            "customary): they barely learn; raise the learning rate or check their gradients.",
+            layers=list(low.index), measured={k: float(v) for k, v in low.items()}))
     return findings
 
 
-def residual_branches(view: RunView, th: Thresholds) -> list[Finding]:
+def branch_shares(view: RunView, th: Thresholds) -> tuple[pd.Series, set[str]]:
+    """Per residual block, the branch's share of the gradient at its input,
+    ``branch / (skip + branch)`` norms, median over the window (the last half of the
+    steps); with the blocks whose branch holds a small-initialized scale
+    (:func:`small_initialized`), which start idle by design."""
     skip = _table(view, Level.BLOCK, "skip_grad_norm")
     branch = _table(view, Level.BLOCK, "branch_grad_norm")
     if skip.empty or branch.empty:
-        return []
+        return pd.Series(dtype=float), set()
     with np.errstate(divide="ignore", invalid="ignore"):
-        share = (branch / (skip + branch)).median()
-    share = share.dropna()
+        share = _window(view, branch / (skip + branch)).median().dropna()
+    small = _moving(view, small_initialized(view, th))
+    by_design = set()
+    for block in share.index:
+        base = block.split("[", 1)[0]
+        if any(s == base or s.startswith(base + ".") for s in small):
+            by_design.add(block)
+    return share, by_design
+
+
+def _moving(view: RunView, layers: set[str]) -> set[str]:
+    """The layers among ``layers`` whose gradient is nonzero in the window: a small scale
+    that can grow. One that gets no gradient (its branch multiplied by a constant 0 after
+    it) stays small whatever its design."""
+    gn = _table(view, Level.LAYER, "grad_norm")
+    if gn.empty or not layers:
+        return set()
+    window = _window(view, gn)
+    return {n for n in layers if n in window.columns and bool((window[n].fillna(0) > 0).any())}
+
+
+def _cut_at_output(view: RunView, block: str) -> bool:
+    """Whether ``block``'s branch is cut at its output (multiplied by a constant 0,
+    detached) rather than dead inside: a layer in it whose weights got no gradient while
+    the layer itself did (its bias: the gradient arrived, its input was all zero) has dead
+    units before it, and dead_units names them."""
+    base = block.split("[", 1)[0]
+    _units, _outputs, whole, _n = dead_fractions(view)
+    inside = [n for n in whole if n.startswith(base + ".")]
+    if not inside:
+        return True
+    gn = _table(view, Level.LAYER, "grad_norm")
+    window = _window(view, gn[[n for n in inside if n in gn.columns]]) if not gn.empty else gn
+    return window.empty or not bool((window.fillna(0) > 0).any().any())
+
+
+def residual_branches(view: RunView, th: Thresholds) -> list[Finding]:
+    """``idle_branch`` / ``dominant_branch`` (:func:`branch_shares`): a branch that carries
+    almost none of the gradient in the last half of the steps, although nothing in it was
+    initialized small; a skip that carries almost none."""
+    share, by_design = branch_shares(view, th)
+    if share.empty:
+        return []
     findings = []
-    idle = share[share < th.branch_share_low]
+    idle = share[(share < th.branch_share_low) & ~share.index.isin(list(by_design))]
+    # a branch whose gradient arrives inside it and dies there has dead units (dead_units names them)
+    idle = idle[[_cut_at_output(view, b) for b in idle.index]]
     dominant = share[share > 1 - th.branch_share_low]
+    n = len(_window(view, _table(view, Level.BLOCK, "skip_grad_norm")))
     if not idle.empty:
         findings.append(Finding(
             "idle_branch", "warning",
             f"{len(idle)} residual block(s) pass under {_fmt(100 * th.branch_share_low)}% of the gradient through "
-            f"their branch (least: '{share.idxmin()}', {_fmt(100 * float(share.min()))}%): those blocks are doing "
-            "nothing yet (expected right after a zero/Fixup initialization; a problem if it persists).",
-            layers=list(idle.index), measured={k: float(v) for k, v in idle.items()}))
+            f"their branch in the last {n} recorded steps (least: '{display_name(idle.idxmin())}', "
+            f"{_fmt(100 * float(idle.min()))}%), and nothing in those branches was initialized small: the blocks "
+            "do nothing. Check for a branch multiplied by a constant zero, detached, or whose weights are stuck "
+            "at zero.", layers=list(idle.index), measured={k: float(v) for k, v in idle.items()}))
     if not dominant.empty:
         findings.append(Finding(
             "dominant_branch", "warning",
             f"In {len(dominant)} residual block(s) the branch carries over {_fmt(100 * (1 - th.branch_share_low))}% "
-            f"of the gradient (most: '{share.idxmax()}'): the skip connection no longer helps the gradient through; "
-            "check the shortcut (projection scale) and the branch's initialization.",
+            f"of the gradient in the last {n} recorded steps (most: '{display_name(dominant.idxmax())}'): the skip "
+            "connection no longer helps the gradient through; check the shortcut (projection scale) and the "
+            "branch's initialization.",
             layers=list(dominant.index), measured={k: float(v) for k, v in dominant.items()}))
+    quiet = share[(share < th.branch_share_low) & share.index.isin(list(by_design))]
+    if not quiet.empty:
+        findings.append(Finding(
+            "small_init_branch", "info",
+            f"{len(quiet)} residual block(s) pass under {_fmt(100 * th.branch_share_low)}% of the gradient through "
+            f"their branch (least: '{display_name(quiet.idxmin())}'), as designed: each branch holds a scale "
+            "initialized at or near zero (LayerScale, a zero-initialized last norm, SkipInit), which grows as "
+            "the block learns.", layers=list(quiet.index), measured={k: float(v) for k, v in quiet.items()}))
     return findings
 
 
@@ -642,6 +799,30 @@ def _subnormal_share(run: RunView, fmt: str) -> pd.Series:
     return low / hist.groupby("step")["count"].sum().clip(lower=1)
 
 
+def total_underflow(view: RunView) -> Finding | None:
+    """``amp_underflow`` when every gradient element was 0 at half the steps or more in a
+    low-precision run whose loss was not 0: the whole gradient flushed to zero (a tiny
+    loss in fp16 without loss scaling), which no per-element share shows (there is no
+    nonzero element left to count)."""
+    fmt = training_format(view)
+    zero = _zero_gradient_steps(view)
+    steps = view.steps
+    if fmt is None or not steps or len(zero) < max(1, len(steps) / 2):
+        return None
+    loss = _model_series(view, "loss", Level.METRIC)
+    # a loss of exactly 0 at every step is itself flushed to zero (below fp16's smallest subnormal)
+    lost = "the loss itself was 0 in it too (below its smallest value)" if len(loss) and not (loss.abs() > 0).any() \
+        else "the loss was not 0"
+    scaled = bool(view.meta.get("amp")) and fmt == "fp16"
+    advice = ("raise the loss scale (GradScaler(init_scale=...), growth_interval) or train in bf16" if scaled else
+              "use loss scaling (torch.amp.GradScaler) with fp16, keep fp32 weights (autocast), or train in bf16")
+    return Finding(
+        "amp_underflow", "error",
+        f"Every gradient element was 0 at {len(zero)} of {len(steps)} recorded steps ({_when(sorted(zero))}) of a "
+        f"run trained in {fmt}, and {lost}: the whole gradient underflows {fmt} and nothing learns; {advice}.",
+        steps=sorted(zero)[:50], measured={"zero_gradient_steps": float(len(zero)), f"{fmt}_underflow": 1.0})
+
+
 def precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
     """Gradients at or past the bottom of the training format's range (``histograms=``):
     elements that would become 0 in it (gradients kept wider than the format), or a
@@ -650,6 +831,9 @@ def precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
     fmt = training_format(view)
     if fmt is None:
         return []
+    total = total_underflow(view)
+    if total is not None:
+        return [total]
     stat = f"{fmt}_underflow"
     model = _table(view, Level.MODEL, stat)
     if model.empty:
@@ -703,3 +887,47 @@ def precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
 
 RULES = (nonfinite, clipped_gradients, gradient_scale, forward_signal, dead_units, missing_gradients, update_ratios,
          residual_branches, precision_headroom)
+
+
+def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
+    """Every rule's statistic, the number it compares with its threshold (NaN where the run
+    cannot give it): what the calibration reads (``benchmarks/doctor_calibrate.py``).
+
+    ``grad_depth_log10_min`` / ``_max``: the most negative / positive like-with-like depth
+    profile (log10 first / last instance; :func:`depth_profiles`), against
+    ``vanish_ratio`` / ``explode_ratio``; ``grad_size``: :func:`gradient_size`;
+    ``forward_log10_layer`` / ``forward_log10_stream``: :func:`forward_growth`;
+    ``dead_frac_max``: the largest dead share of a hidden layer's rows; ``update_max`` /
+    ``update_min``: :func:`update_sizes`; ``branch_share_min`` / ``_max``: over the blocks
+    not initialized small (:func:`branch_shares`); ``norm_growth``: :func:`norm_growth`."""
+    th = th or Thresholds()
+    nan = math.nan
+    out: dict[str, float] = {}
+    profiles = depth_profiles(view)
+    medians = [d.median for d in profiles if math.isfinite(d.median)]
+    out["grad_depth_log10_min"] = min(medians, default=nan)
+    out["grad_depth_log10_max"] = max(medians, default=nan)
+    for d in profiles:
+        out[f"grad_depth_log10_{d.key}"] = d.median
+    deep = [d.gain for d in profiles if d.span >= th.min_depth and math.isfinite(d.gain)]
+    out["grad_gain_min"] = min(deep, default=nan)
+    out["grad_size"] = gradient_size(view)
+    growth = norm_growth(view)
+    out["norm_growth"] = growth[0] if growth is not None else nan
+    layer, stream, _ends, _steps = forward_growth(view)
+    out["forward_log10_layer"], out["forward_log10_stream"] = layer, stream
+    units, outputs, whole, n_window = dead_fractions(view)
+    has_dead_stat = n_window > 0
+    out["dead_frac_max"] = max(units.values(), default=0.0) if has_dead_stat else nan
+    out["dead_output_frac"] = max(outputs.values(), default=0.0) if has_dead_stat else nan
+    out["dead_whole_layers"] = float(len(whole)) if has_dead_stat else nan
+    high, low = update_sizes(view, th)
+    out["update_max"] = float(high.max()) if len(high) else nan
+    out["update_min"] = float(low.min()) if len(low) else nan
+    share, by_design = branch_shares(view, th)
+    judged = share[~share.index.isin(list(by_design))]
+    out["branch_share_min"] = float(judged.min()) if len(judged) else nan
+    out["branch_share_max"] = float(share.max()) if len(share) else nan
+    out["blocks_small_init"] = float(len(by_design))
+    out["steps"] = float(len(view.steps))
+    return out

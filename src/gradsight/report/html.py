@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from gradsight._files import write_text
+from gradsight.diagnosis import rules as diagnosis_rules
 from gradsight.compgraph.nodes import GRAPH_FILE
 from gradsight.compgraph.structure import Graph
 from gradsight.display import (
@@ -360,6 +361,7 @@ def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str
     deadline = time.monotonic() + diagnosis_timeout
     payloads = []
     for i, r in enumerate(run_list):
+        diagnosis_rules.want(r)  # the charts' read takes the diagnosis' tables along
         payloads.append(run_payload(r, i, stat=stat, cell_budget=cell_budget, max_steps=max_steps, base=base))
         jobs.append(DiagnosisJob(r))  # after the charts' read, so that it finds most of its tables read
 

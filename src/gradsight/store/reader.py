@@ -452,7 +452,8 @@ class Run:
 
     def read_tables(self, index: pd.DataFrame, keys: Iterable[tuple[str, str]], steps: Iterable[int] | None = None,
                     *, roles: dict[str, dict[str, str]] | None = None, role: Iterable[str] | None = None,
-                    layer_order: Sequence[str] = ()) -> dict[tuple[str, str], pd.DataFrame]:
+                    layer_order: Sequence[str] = (), written: dict | None = None
+                    ) -> dict[tuple[str, str], pd.DataFrame]:
         """Several ``(level, stat)`` wide tables read in one pass over the values.
 
         Args:
@@ -462,6 +463,9 @@ class Run:
             roles: per level, ``name -> role`` (needed with ``role``).
             role: only names with these roles (None: all).
             layer_order: the run's layers in forward order (:func:`column_order`).
+            written: a dict to fill with ``(level, stat) -> `` boolean array of each table's
+                shape: True where a value was written (a non-finite value is written as NaN),
+                False where it is missing (the module did not run at that step).
 
         Returns:
             ``(level, stat) -> DataFrame``: each table holds the steps at which that
@@ -496,6 +500,8 @@ class Run:
                 continue
             table = pd.DataFrame(matrix[rows, cols], index=pd.Index(step_values[rows], name="step"),
                                  columns=pd.Index(list(b.index), name="name"), copy=False)
+            if written is not None:  # which cells hold a written value (a NaN for a non-finite one)
+                written[key] = present[rows, cols]
             out[key] = table
         return out
 

@@ -78,20 +78,27 @@ class RunView:
         run: an open :class:`~gradsight.store.reader.Run`, or the path of a run (opened
             here and closed by :meth:`close`).
         max_steps: the size of :attr:`sample` (None: every recorded step).
+        until: only the steps up to this one (None: all): the run as it stood then (the
+            doctor judges the first k steps of a longer run exactly as a k-step run).
     """
 
-    def __init__(self, run: Run | str | Path, *, max_steps: int | None = DEFAULT_MAX_STEPS) -> None:
+    def __init__(self, run: Run | str | Path, *, max_steps: int | None = DEFAULT_MAX_STEPS,
+                 until: int | None = None) -> None:
         self._owned = not isinstance(run, Run)
         self.run: Run = open_run(run) if self._owned else run
         self.max_steps = max_steps
+        self.until = until
         self._lock = threading.RLock()
         self._tables: dict[tuple[str, str, Any], pd.DataFrame] = {}
+        self._written: dict[tuple[str, str, Any], np.ndarray] = {}
+        self._wanted: dict[Any, list[tuple[str, str]]] = {}
         self._roles: dict[str, dict[str, str]] = {}
         self._memo: dict[str, Any] = {}
 
     # -- the run ----------------------------------------------------------------------
     def __repr__(self) -> str:
-        return f"RunView({str(self.path)!r}, steps={len(self.steps)}, sample={len(self.sample)})"
+        until = "" if self.until is None else f", until={self.until}"
+        return f"RunView({str(self.path)!r}, steps={len(self.steps)}, sample={len(self.sample)}{until})"
 
     def close(self) -> None:
         """Close the run if the view opened it."""
@@ -131,8 +138,9 @@ class RunView:
     # -- steps ------------------------------------------------------------------------
     @_once
     def steps(self) -> list[int]:
-        """Every recorded step, ascending."""
-        return self._read(self.run.steps)
+        """Every recorded step (up to :attr:`until`), ascending."""
+        steps = self._read(self.run.steps)
+        return steps if self.until is None else [s for s in steps if s <= self.until]
 
     @_once
     def sample(self) -> list[int]:
@@ -247,12 +255,21 @@ class RunView:
         if missing:
             with self._lock:
                 missing = [k for k in missing if (*k, key) not in self._tables]
+                if missing:  # tables another reader said it will want: read along (each group of values once)
+                    missing += [k for k in self._wanted.pop(key, []) if (*k, key) not in self._tables and k not in missing]
                 if missing and key == "all":  # the model and metric series are few: read them along
                     missing += [k for k in self._total_keys if (*k, key) not in self._tables and k not in missing]
-                tables = self.run.read_tables(self._index, missing, read, layer_order=self.layer_order) \
-                    if missing else {}
+                written: dict = {}
+                tables = self.run.read_tables(self._index, missing, read, layer_order=self.layer_order,
+                                              written=written) if missing else {}
                 for k in missing:
-                    self._tables[(*k, key)] = tables.get(k, pd.DataFrame(dtype=float))
+                    table = tables.get(k, pd.DataFrame(dtype=float))
+                    mask = written.get(k, np.zeros(table.shape, dtype=bool))
+                    if self.until is not None and not table.empty:
+                        keep = np.asarray(table.index <= self.until)
+                        table, mask = table.loc[keep], mask[keep]
+                    self._tables[(*k, key)] = table
+                    self._written[(*k, key)] = mask
         out = {k: self._tables[(*k, key)] for k in keys}
         roles = as_roles(role)
         if roles is not None:
@@ -260,6 +277,25 @@ class RunView:
             out = {k: t[[c for c in t.columns if self.roles(k[0]).get(c) in keep]] if not t.empty else t
                    for k, t in out.items()}
         return out
+
+    def written(self, level: str, stat: str, *, steps: Steps = "sample") -> pd.DataFrame:
+        """Which cells of :meth:`matrix` hold a written value (True; a non-finite value is
+        written as NaN) and which are missing (False: the module did not run at that step,
+        e.g. a layer skipped by LayerDrop or an expert not routed to)."""
+        table = self.matrix(level, stat, steps=steps)
+        mask = self._written.get((str(level), str(stat), self._step_key(steps)[0]))
+        if mask is None or mask.shape != table.shape:
+            mask = table.notna().to_numpy()
+        return pd.DataFrame(mask, index=table.index, columns=table.columns)
+
+    def want(self, keys: Iterable[tuple[str, str]], *, steps: Steps = "sample") -> None:
+        """Say that ``(level, stat)`` tables will be wanted at ``steps``: the next read at those
+        steps reads them along, so that a reader that comes later (the report's diagnosis)
+        finds them without reading the store's values again."""
+        key, _ = self._step_key(steps)
+        with self._lock:
+            pending = self._wanted.setdefault(key, [])
+            pending += [(str(lv), str(st)) for lv, st in keys if (str(lv), str(st), key) not in self._tables]
 
     @property
     def _total_keys(self) -> list[tuple[str, str]]:
@@ -299,8 +335,9 @@ class RunView:
         key = ("histograms", level, (names, chosen))
         with self._lock:
             if key not in self._tables:
-                self._tables[key] = self.run.histograms(level=level, name=None if names is None else list(names),
-                                                        steps=None if chosen is None else list(chosen))
+                hist = self.run.histograms(level=level, name=None if names is None else list(names),
+                                           steps=None if chosen is None else list(chosen))
+                self._tables[key] = hist if self.until is None else hist[hist["step"] <= self.until]
         return self._tables[key]
 
     def metrics(self) -> pd.DataFrame:
@@ -325,8 +362,9 @@ def long_rows(table: pd.DataFrame) -> pd.DataFrame:
 RunSource = Union[RunView, Run, str, Path]
 
 
-def view_of(data: RunSource, *, max_steps: int | None = DEFAULT_MAX_STEPS) -> RunView:
-    """``data`` if it is a view (whatever its ``max_steps``), else a new view of the run or path."""
+def view_of(data: RunSource, *, max_steps: int | None = DEFAULT_MAX_STEPS, until: int | None = None) -> RunView:
+    """``data`` if it is a view (whatever its ``max_steps`` and ``until``), else a new view of
+    the run or path."""
     if isinstance(data, RunView):
         return data
-    return RunView(data, max_steps=max_steps)
+    return RunView(data, max_steps=max_steps, until=until)
