@@ -148,12 +148,12 @@ def _tv_convnext_small_config() -> Training:
 
 
 def _tv_swin_small_config() -> Training:
-    """torchvision Swin Transformer with swin_t's layout at half its width (48) and depths 2-2-2-2, 64x64 images."""
+    """torchvision Swin Transformer with swin_t's layout at half its width (48) and depths 2-2-2-2, 4x4 windows on 32x32 images."""
     from torchvision.models import SwinTransformer
 
     model = SwinTransformer(patch_size=[4, 4], embed_dim=48, depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24],
                             window_size=[4, 4], stochastic_depth_prob=0.2, num_classes=10)
-    return _classification(model, (3, 64, 64), _adamw_wd(0.05), batch=8)
+    return _classification(model, (3, 32, 32), _adamw_wd(0.05), batch=8)
 
 
 def _adamw_wd(weight_decay: float) -> Callable[..., torch.optim.Optimizer]:
@@ -565,18 +565,16 @@ NETS: list[Net] = [
     Net("resmlp_layernorm", "resmlp", "torch", _resmlp_layernorm,
         note="pre-LN residual MLP, 4 blocks x + fc2(relu(fc1(ln(x))))"),
     # torchvision
-    Net("tv_resnet50", "resnet", "torchvision", _tv("resnet50", _sgd(0.1, 1e-4))),
-    Net("tv_resnext50_32x4d", "resnext", "torchvision", _tv("resnext50_32x4d", _sgd(0.1, 1e-4))),
-    Net("tv_wide_resnet50_2", "resnet", "torchvision", _tv("wide_resnet50_2", _sgd(0.1, 1e-4), batch=4)),
-    Net("tv_mobilenet_v2", "mobilenet", "torchvision", _tv("mobilenet_v2", _adam)),
-    Net("tv_efficientnet_b0", "efficientnet", "torchvision", _tv("efficientnet_b0", _adamw)),
-    Net("tv_regnet_x_400mf", "regnet", "torchvision", _tv("regnet_x_400mf", _sgd(0.1, 5e-5))),
-    Net("tv_regnet_y_400mf", "regnet", "torchvision", _tv("regnet_y_400mf", _sgd(0.1, 5e-5))),
-    Net("tv_shufflenet_v2_x0_5", "shufflenet", "torchvision", _tv("shufflenet_v2_x0_5", _adam)),
+    Net("tv_resnet50", "resnet", "torchvision", _tv("resnet50", _sgd(0.1, 1e-4), batch=4)),
+    Net("tv_resnext50_32x4d", "resnext", "torchvision", _tv("resnext50_32x4d", _sgd(0.1, 1e-4), batch=4)),
+    Net("tv_mobilenet_v2", "mobilenet", "torchvision", _tv("mobilenet_v2", _adam, batch=4)),
+    Net("tv_efficientnet_b0", "efficientnet", "torchvision", _tv("efficientnet_b0", _adamw, batch=4)),
+    Net("tv_regnet_x_400mf", "regnet", "torchvision", _tv("regnet_x_400mf", _sgd(0.1, 5e-5), batch=4)),
+    Net("tv_regnet_y_400mf", "regnet", "torchvision", _tv("regnet_y_400mf", _sgd(0.1, 5e-5), batch=4)),
+    Net("tv_shufflenet_v2_x0_5", "shufflenet", "torchvision", _tv("shufflenet_v2_x0_5", _adam, batch=4)),
     Net("tv_squeezenet1_1", "squeezenet", "torchvision", _tv("squeezenet1_1", _adam, size=64)),
-    Net("tv_densenet121", "densenet", "torchvision", _tv("densenet121", _sgd(0.1, 1e-4))),
     Net("tv_googlenet", "googlenet", "torchvision",
-        _tv("googlenet", _sgd(0.01, 1e-4), size=64, aux_logits=False, init_weights=True)),
+        _tv("googlenet", _sgd(0.01, 1e-4), batch=4, aux_logits=False, init_weights=True)),
     Net("tv_mnasnet0_5", "mnasnet", "torchvision", _tv("mnasnet0_5", _adam)),
     Net("tv_convnext_small_config", "convnext", "torchvision", _tv_convnext_small_config),
     Net("tv_swin_small_config", "swin", "torchvision", _tv_swin_small_config),
