@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import gradsight as gs
-from doctor_cases import Training, _adam, _adamw, _classification, _cross_entropy, _images, _mlp
+from doctor_cases import Training, _adam, _adamw, _classification, _cross_entropy, _mlp
 from doctor_population import Net
 
 Batch = tuple[Tensor, Tensor]
@@ -148,7 +148,8 @@ def _tv_convnext_small_config() -> Training:
 
 
 def _tv_swin_small_config() -> Training:
-    """torchvision Swin Transformer with swin_t's layout at half its width (48) and depths 2-2-2-2, 4x4 windows on 32x32 images."""
+    """torchvision Swin Transformer with swin_t's layout at half its width (48), depths 2-2-2-2 and
+    4x4 windows, on 32x32 images."""
     from torchvision.models import SwinTransformer
 
     model = SwinTransformer(patch_size=[4, 4], embed_dim=48, depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24],
