@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -150,8 +149,8 @@ def test_dead_units_missing_gradients_and_update_ratio(tmp_path):
                                                  nn.Linear(32, 2)), "unused": nn.Linear(3, 3)})
     nn.init.constant_(model["body"][2].bias, -100.0)  # every unit after layer 2 is dead
     opt = torch.optim.SGD(model.parameters(), lr=10.0)
-    with gs.watch(model, tmp_path / "run", optimizer=opt) as mon:
-        for _ in range(3):
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=True) as mon:
+        for _ in range(10):  # update ratios are judged from the 5th update of the window on
             model["body"](torch.randn(16, 8)).pow(2).mean().backward()
             mon.step()
             opt.step()

@@ -161,11 +161,14 @@ def test_dead_relu_units_and_unused_outputs_get_their_own_advice(tmp_path):
     def loss(out, y):
         return nn.functional.cross_entropy(out[:, :4], y)  # outputs 4 and 5 are never used
 
-    found = [f for f in gs.diagnose(record(model, tmp_path / "run", batch, loss)) if f.code == "dead_units"]
-    units = [f for f in found if "ReLU" in f.message]
-    outputs = [f for f in found if "never uses" in f.message]
-    assert units and units[0].layers == ["2"] and units[0].measured["2"] >= 12 / 32
-    assert outputs and outputs[0].layers == ["4"] and outputs[0].measured["4"] == pytest.approx(2 / 6)
+    findings = gs.diagnose(record(model, tmp_path / "run", batch, loss, steps=10))
+    # some silent units of a hidden layer are an info (stock squeeze-excite layers leave most of theirs
+    # silent on random data); unused outputs of the last layer a warning
+    (units,) = [f for f in findings if f.code == "silent_units"]
+    (outputs,) = [f for f in findings if f.code == "dead_units"]
+    assert units.severity == "info" and units.layers == ["2"] and units.measured["2"] >= 12 / 32
+    assert "never uses" in outputs.message and outputs.layers == ["4"]
+    assert outputs.measured["4"] == pytest.approx(2 / 6)
 
 
 # -- forward signal: like with like --------------------------------------------------------------

@@ -69,12 +69,6 @@ def _normalized(view: RunView) -> set[str]:
     return {a for a, b in zip(order, order[1:]) if view.role(a) == Role.WEIGHTED and view.role(b) == Role.NORM}
 
 
-def _weighted(view: RunView, names) -> list[str]:
-    """The weighted layers (convolutions, linear maps) among ``names``, in their order: no
-    norm layers, no embeddings, no head."""
-    return [n for n in names if view.role(n) == Role.WEIGHTED]
-
-
 def _weighted_or_head(view: RunView, names) -> list[str]:
     """The weighted layers and the head among ``names``, in their order."""
     return [n for n in names if view.role(n) in (Role.WEIGHTED, Role.HEAD)]
@@ -216,24 +210,21 @@ def _is_shift(param: str) -> bool:
 
 
 def _scaled_by_small(view: RunView, th: Thresholds) -> set[str]:
-    """Layers that sit in a module holding a small-initialized parameter (the branch of a
-    LayerScale block, the block of a zero-initialized last BN): their gradient passes through
-    that small scale, so it is small by design at first."""
+    """Layers that share a residual block (or, without block rows, a parent module) with a
+    small-initialized parameter (a LayerScale, a zero-initialized last BN): the gradient of
+    the branch's layers passes through that small scale, so it is small by design at first."""
     small = small_initialized(view, th)
     if not small:
         return set()
-    out = set()
-    for layer in view.layer_order:
-        parts = layer.split(".")
-        for s in small:
-            sp = s.split(".")
-            # the small scale's parent module contains the layer
-            parent = ".".join(sp[:-1])
-            if layer == s or (parent and (layer == parent or layer.startswith(parent + "."))):
-                out.add(layer)
-                break
-        del parts
-    return out
+    bases = {b.split("[", 1)[0] for b in view.blocks}
+    scopes = set()
+    for s in small:
+        parts = s.split(".")
+        around = [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+        block = next((a for a in around if a in bases), None)
+        scopes.add(block if block is not None else (around[1] if len(around) > 1 else around[0] if around else s))
+    return {layer for layer in view.layer_order
+            if any(layer == sc or layer.startswith(sc + ".") for sc in scopes)}
 
 
 @dataclass
@@ -313,7 +304,7 @@ def gradient_scale(view: RunView, th: Thresholds) -> list[Finding]:
     vanish, explode = math.log10(th.vanish_ratio), math.log10(th.explode_ratio)
     # a gain per block below gain_low over at least min_depth blocks vanishes geometrically
     # even where the total has not reached vanish_ratio yet (He et al. 2015: 1/sqrt(2) per ReLU layer)
-    fading = [d for d in profiles if d.span >= th.min_depth and d.gain < th.gain_low]
+    fading = [d for d in profiles if (d.span >= th.min_depth and d.gain < th.gain_low) or d.gain < th.gain_floor]
     if fading and (low is None or low.median >= -vanish):
         low = min(fading, key=lambda d: d.gain)
         vanish = -low.median - 1e-12
@@ -324,8 +315,8 @@ def gradient_scale(view: RunView, th: Thresholds) -> list[Finding]:
             "vanishing_gradients", sev,
             f"Gradients vanish toward the input: the {low.what} shrinks {_fmt(10 ** -low.median)} times going back "
             f"through {low.span} repeated blocks or layers, each compared with itself in the next one "
-            f"(from '{display_name(low.ends[1])}' back to '{display_name(low.ends[0])}', {_fmt(low.gain)} per block or "
-            f"layer; median {_when(low.log10.index)}). "
+            f"({_fmt(low.gain)} per block or layer; the longest run of them: '{display_name(low.ends[0])}' to "
+            f"'{display_name(low.ends[1])}'; median {_when(low.log10.index)}). "
             "Use residual connections, normalization, ReLU-family activations with He initialization, or a "
             "shallower network.",
             layers=list(low.ends), steps=[int(s) for s in bad][:50],
@@ -338,7 +329,7 @@ def gradient_scale(view: RunView, th: Thresholds) -> list[Finding]:
             "exploding_gradients", sev,
             f"Gradients grow toward the input: the {high.what} grows {_fmt(10 ** high.median)} times going back "
             f"through {high.span} repeated blocks or layers, each compared with itself in the next one "
-            f"(from '{display_name(high.ends[1])}' back to '{display_name(high.ends[0])}'; median "
+            f"(the longest run of them: '{display_name(high.ends[0])}' to '{display_name(high.ends[1])}'; median "
             f"{_when(high.log10.index)}), as in deep batch-normed plain networks at initialization (Yang et al. "
             "2019). Use residual connections, a smaller learning rate or gradient clipping.",
             layers=list(high.ends), steps=[int(s) for s in bad][:50],
@@ -446,7 +437,9 @@ def forward_signal(view: RunView, th: Thresholds) -> list[Finding]:
     """``exploding_forward`` / ``vanishing_forward``: the output RMS along depth, like with
     like (:func:`forward_growth`)."""
     layer, stream, ends, steps = forward_growth(view)
-    worst = max((v for v in (layer, stream) if math.isfinite(v)), default=math.nan)
+    # the stream is judged against its own allowance: as a log10 beyond log10(stream_explode)
+    stream_over = stream - math.log10(th.stream_explode) + math.log10(th.forward_explode)
+    worst = max((v for v in (layer, stream_over) if math.isfinite(v)), default=math.nan)
     if not math.isfinite(worst) and not math.isfinite(layer):
         return []
     first, last = (display_name(n) for n in ends)
@@ -456,6 +449,7 @@ def forward_signal(view: RunView, th: Thresholds) -> list[Finding]:
         what = ("the RMS of each module's output grows" if worst == layer else
                 "the residual stream's RMS grows, beyond the sqrt(blocks) that blocks adding branches of constant "
                 "variance allow,")
+        worst = layer if worst == layer else stream
         return [Finding(
             "exploding_forward", sev,
             f"The forward signal explodes: {what} {_fmt(10 ** worst)} times from '{first}' to '{last}' (each module "
@@ -536,9 +530,41 @@ def dead_fractions(view: RunView) -> tuple[dict[str, float], dict[str, float], d
     return units, outputs, whole, len(window)
 
 
+def _saturation(view: RunView, layer: str) -> float:
+    """How far a layer's output sits from zero in units of its spread, ``|mean| / std``
+    (median over the window; ``inf`` for a constant output, NaN without activation
+    statistics). A layer whose bias pushes it far below zero has a value in the
+    thousands; units silent because their input varies little (squeeze-excite layers fed
+    by pooled features) stay in the tens."""
+    ms, var = _table(view, Level.MODULE, "act_mean_sq"), _table(view, Level.MODULE, "act_var")
+    if ms.empty or var.empty or layer not in ms.columns or layer not in var.columns:
+        return math.nan
+    m2, v = float(_window(view, ms[[layer]]).median().iloc[0]), float(_window(view, var[[layer]]).median().iloc[0])
+    if not (math.isfinite(m2) and math.isfinite(v)):
+        return math.nan
+    return math.inf if v <= 0 else math.sqrt(max(m2 - v, 0.0) / v)
+
+
+def _saturated_logits(view: RunView, head: str, th: Thresholds) -> bool:
+    """Whether the last layer's outputs are so large (RMS above ``logit_saturation``) that a
+    softmax over them flushes some probabilities to exactly 0 in float32 (exp(-104) is below
+    its smallest value): then some outputs get no gradient although the loss uses them."""
+    acts = _table(view, Level.MODULE, "act_rms")
+    if acts.empty or head not in acts.columns:
+        return False
+    return bool(_window(view, acts[[head]]).median().iloc[0] > th.logit_saturation)
+
+
 def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
     """``dead_units``: layers with output rows (channels, units) whose gradient is exactly
-    zero at every step of the window (:func:`dead_fractions`)."""
+    zero at every step of the window (:func:`dead_fractions`).
+
+    A layer none of whose rows gets a gradient is a warning when its output sits far from
+    zero (:func:`_saturation` above ``dead_saturation``: a bias or an input driving its
+    units deep into the flat part of the activation) or is not recorded; some silent rows
+    of a layer are an ``info`` (in the population, stock squeeze-excite layers and heads
+    after pooling leave up to all but a few of their rows silent on random data); unused
+    outputs of the last layer are a warning once ``dead_output_steps`` steps show them."""
     if precision_headroom(view, th):
         return []  # zero gradients in a low-precision run that underflows: the cause is named there
     units, outputs, whole, n_window = dead_fractions(view)
@@ -547,21 +573,30 @@ def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
             if _cut_at_output(view, b)]
     # the layers of a switched-off branch get no gradient: idle_branch names the cause
     whole = {k: v for k, v in whole.items() if not any(k.startswith(b + ".") for b in idle)}
-    # a unit silent on one batch may fire on the next: some units need two steps of evidence
-    # (a whole layer without gradient is evidence enough at once)
-    enough = n_window >= th.dead_min_steps
-    units = {k: v for k, v in units.items() if v >= th.dead_frac and enough}
-    outputs = {k: v for k, v in outputs.items() if v >= th.dead_frac and enough}
+    saturation = {k: _saturation(view, k) for k in whole}
+    # without activation statistics nothing tells stuck units from silent ones: a whole layer
+    # without gradient is a warning; with them, only one whose output sits far from zero
+    recorded = not _table(view, Level.MODULE, "act_mean_sq").empty
+    stuck = {k: v for k, v in whole.items() if saturation[k] > th.dead_saturation
+             or (not recorded and math.isnan(saturation[k]))}
+    units = {k: v for k, v in units.items() if v >= th.dead_frac and n_window >= th.dead_min_steps}
+    units.update({k: v for k, v in whole.items() if k not in stuck})  # silent, but not pushed far from zero
+    outputs = {k: v for k, v in outputs.items() if v >= th.dead_frac and n_window >= th.dead_output_steps
+               and not _saturated_logits(view, k, th)}
     findings = []
-    if units:
-        worst = max(units, key=units.get)
+    if stuck:
+        first = next(iter(stuck))
         findings.append(Finding(
             "dead_units", "warning",
-            f"{len(units)} layer(s) have output units (rows, channels) whose gradient was exactly zero at every one "
-            f"of the last {n_window} recorded step(s) (up to {_fmt(100 * units[worst])}% of '{display_name(worst)}'): "
-            "their activation is zero for every input, a ReLU stuck at zero. Check the biases and the "
-            "initialization, lower the learning rate if they died during training, or use LeakyReLU/GELU.",
-            layers=sorted(units, key=units.get, reverse=True), measured=units))
+            f"{len(stuck)} layer(s) got no gradient in any weight at every one of the last {n_window} recorded "
+            f"step(s) (first: '{display_name(first)}'"
+            + (f", whose output sits {_fmt(saturation[first])} standard deviations from zero" if math.isfinite(
+                saturation[first]) else "") + "): nothing reaches them, because their units are stuck (a bias or an "
+            "input driving them far into the flat part of the activation), their input is all zero (the layer before "
+            "is dead), or a later part passes no gradient back (a detach(), a layer stuck at zero). Check the biases "
+            "and initialization of these layers and the ones after them.",
+            layers=list(stuck), measured={**stuck, **{f"saturation[{k}]": v for k, v in saturation.items()
+                                                     if k in stuck and math.isfinite(v)}}))
     if outputs:
         (layer, frac), = list(outputs.items())[:1]
         findings.append(Finding(
@@ -570,14 +605,16 @@ def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
             f"one of the last {n_window} recorded step(s): the loss never uses them (e.g. more classes than the "
             "targets hold, or outputs sliced away). Shrink the layer to the outputs used or check the loss.",
             layers=list(outputs), measured=outputs))
-    if whole:
+    if units:
+        worst = max(units, key=units.get)
         findings.append(Finding(
-            "dead_units", "warning",
-            f"{len(whole)} layer(s) got no gradient in any weight at every one of the last {n_window} recorded "
-            f"step(s) (first: '{display_name(next(iter(whole)))}'): nothing reaches them, because their input is "
-            "all zero (the layer before is dead) or a later part of the network passes no gradient back (dead "
-            "units, a detach(), or a layer stuck at zero). Look at the layers before and after them.",
-            layers=list(whole), measured=whole))
+            "silent_units", "info",
+            f"{len(units)} layer(s) have output units (rows, channels) whose gradient was exactly zero at every one "
+            f"of the last {n_window} recorded step(s) (up to {_fmt(100 * units[worst])}% of '{display_name(worst)}'): "
+            "their activation is zero for every input seen. Normal for layers fed by pooled features "
+            "(squeeze-excite, a head after global pooling) on random data; if the share grows during training, "
+            "lower the learning rate or use LeakyReLU/GELU.",
+            layers=sorted(units, key=units.get, reverse=True), measured=units))
     return findings
 
 
@@ -590,11 +627,31 @@ def missing_gradients(view: RunView, th: Thresholds) -> list[Finding]:
     never = counts[counts >= n_steps]
     if never.empty:
         return []
-    return [Finding(
-        "no_gradient", "warning",
-        f"{len(never)} trainable parameter(s) never received a gradient in {n_steps} recorded steps: they are "
-        "unused in the forward pass or cut off by detach()/no_grad; freeze them (requires_grad=False) or fix the "
-        "graph.", layers=list(never.index), measured={"parameters": float(len(never))})]
+    # a module none of whose parameters gets a gradient is unused or cut off; a parameter of a
+    # module whose others do (a mask token, a special embedding) serves a mode not run here
+    layer_of = dict(zip(view.params["name"], view.params["layer"]))
+    # a bare parameter (its own layer: a mask token, a class token) belongs to its parent module
+    trainable = view.params["name"][view.params["trainable"]]
+    owner = {n: (n.rpartition(".")[0] if layer_of.get(n) == n else layer_of.get(n)) for n in trainable}
+    got = {owner[n] for n in trainable if n not in never.index}
+    partial = [n for n in never.index if owner.get(n) in got]
+    whole = [n for n in never.index if n not in partial]
+    findings = []
+    if whole:
+        findings.append(Finding(
+            "no_gradient", "warning",
+            f"{len(whole)} trainable parameter(s) never received a gradient in {n_steps} recorded steps, nor did any "
+            "other parameter of their modules: those modules are unused in the forward pass or cut off by "
+            "detach()/no_grad; freeze them (requires_grad=False) or fix the graph.", layers=whole,
+            measured={"parameters": float(len(whole))}))
+    if partial:
+        findings.append(Finding(
+            "no_gradient", "info",
+            f"{len(partial)} trainable parameter(s) never received a gradient in {n_steps} recorded steps while the "
+            "rest of their modules did (e.g. a mask token or a special embedding used only in another mode): "
+            "expected if that mode never runs in this training, else check the inputs that should use them.",
+            layers=partial, measured={"parameters": float(len(partial))}))
+    return findings
 
 
 
@@ -658,11 +715,17 @@ def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
     the learning rate; its first ``1/update_high**2`` updates are not judged. A weighted
     layer followed by a norm layer is scale-invariant (its gradient scales as ``1/||w||``,
     so its norm grows until the relative update settles): it is not judged too high."""
+    n = len(_window(view, _table(view, Level.LAYER, "update_ratio")))
+    if n < th.min_updates:
+        return []  # the first updates of a run are not its learning rate's verdict
     high_ur, low_ur = update_sizes(view, th)
     findings = []
     high = high_ur[high_ur > th.update_high]
     low = low_ur[low_ur < th.update_low]
-    n = len(_window(view, _table(view, Level.LAYER, "update_ratio")))
+    # a learning rate too low slows every layer: the network's median layer decides; a few
+    # slow layers (a scalar scale whose updates are below float32's resolution at 1.0, a
+    # near-frozen norm) are an info
+    network_low = len(low_ur) > 0 and float(low_ur.median()) < th.update_low
     if not high.empty:
         findings.append(Finding(
             "update_ratio_high", "warning",
@@ -671,26 +734,36 @@ def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
             "is customary): the learning rate is too high for them.", layers=list(high.index),
             measured={k: float(v) for k, v in high.items()}))
     if not low.empty:
+        median = float(low_ur.median())
         findings.append(Finding(
-            "update_ratio_low", "warning",
-            f"{len(low)} layer(s) change by less than {_fmt(th.update_low)} of their norm per step in the last {n} "
-            f"recorded updates (down to {_fmt(float(low.min()))} at '{display_name(low.idxmin())}'; about 1e-3 is "
-            "customary): they barely learn; raise the learning rate or check their gradients.",
-            layers=list(low.index), measured={k: float(v) for k, v in low.items()}))
+            "update_ratio_low", "warning" if network_low else "info",
+            (f"The layers change by {_fmt(median)} of their norm per step (median over {len(low_ur)} layers in the "
+             f"last {n} recorded updates; about 1e-3 is customary, under {_fmt(th.update_low)} is too little): the "
+             "network barely learns; raise the learning rate." if network_low else
+             f"{len(low)} layer(s) change by less than {_fmt(th.update_low)} of their norm per step in the last {n} "
+             f"recorded updates (down to {_fmt(float(low.min()))} at '{display_name(low.idxmin())}'), while the "
+             f"median layer changes by {_fmt(median)}: those layers barely learn (a scalar scale near 1, whose "
+             "small updates fall below float32's resolution, or a layer whose gradient is tiny)."),
+            layers=list(low.index), measured={"median": median, **{k: float(v) for k, v in low.items()}}))
     return findings
 
 
 def branch_shares(view: RunView, th: Thresholds) -> tuple[pd.Series, set[str]]:
     """Per residual block, the branch's share of the gradient at its input,
     ``branch / (skip + branch)`` norms, median over the window (the last half of the
-    steps); with the blocks whose branch holds a small-initialized scale
+    steps; for a share below ``branch_share_low`` there, its largest over every step);
+    with the blocks whose branch holds a moving small-initialized scale
     (:func:`small_initialized`), which start idle by design."""
     skip = _table(view, Level.BLOCK, "skip_grad_norm")
     branch = _table(view, Level.BLOCK, "branch_grad_norm")
     if skip.empty or branch.empty:
         return pd.Series(dtype=float), set()
     with np.errstate(divide="ignore", invalid="ignore"):
-        share = _window(view, branch / (skip + branch)).median().dropna()
+        every = branch / (skip + branch)
+        share = _window(view, every).median().dropna()
+    # idle means idle at every recorded step: a branch dropped at some steps (stochastic depth)
+    # carries its share at the others
+    share = share.where(share >= th.branch_share_low, every.max().reindex(share.index))
     small = _moving(view, small_initialized(view, th))
     by_design = set()
     for block in share.index:
@@ -737,7 +810,9 @@ def residual_branches(view: RunView, th: Thresholds) -> list[Finding]:
     idle = share[(share < th.branch_share_low) & ~share.index.isin(list(by_design))]
     # a branch whose gradient arrives inside it and dies there has dead units (dead_units names them)
     idle = idle[[_cut_at_output(view, b) for b in idle.index]]
-    dominant = share[share > 1 - th.branch_share_low]
+    skip = _window(view, _table(view, Level.BLOCK, "skip_grad_norm")).median()
+    # a "skip" that passes exactly no gradient does not lead to the loss: not a skip to judge
+    dominant = share[(share > th.branch_share_high) & (skip.reindex(share.index) > 0)]
     n = len(_window(view, _table(view, Level.BLOCK, "skip_grad_norm")))
     if not idle.empty:
         findings.append(Finding(
@@ -750,7 +825,7 @@ def residual_branches(view: RunView, th: Thresholds) -> list[Finding]:
     if not dominant.empty:
         findings.append(Finding(
             "dominant_branch", "warning",
-            f"In {len(dominant)} residual block(s) the branch carries over {_fmt(100 * (1 - th.branch_share_low))}% "
+            f"In {len(dominant)} residual block(s) the branch carries over {_fmt(100 * th.branch_share_high)}% "
             f"of the gradient in the last {n} recorded steps (most: '{display_name(dominant.idxmax())}'): the skip "
             "connection no longer helps the gradient through; check the shortcut (projection scale) and the "
             "branch's initialization.",
@@ -897,8 +972,9 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     profile (log10 first / last instance; :func:`depth_profiles`), against
     ``vanish_ratio`` / ``explode_ratio``; ``grad_size``: :func:`gradient_size`;
     ``forward_log10_layer`` / ``forward_log10_stream``: :func:`forward_growth`;
-    ``dead_frac_max``: the largest dead share of a hidden layer's rows; ``update_max`` /
-    ``update_min``: :func:`update_sizes`; ``branch_share_min`` / ``_max``: over the blocks
+    ``dead_frac_max``: the largest dead share of a hidden layer's rows; ``update_max`` (the
+    fastest layer) / ``update_median`` (the median layer): :func:`update_sizes`, NaN
+    before the window holds ``min_updates`` updates; ``branch_share_min`` / ``_max``: over the blocks
     not initialized small (:func:`branch_shares`); ``norm_growth``: :func:`norm_growth`."""
     th = th or Thresholds()
     nan = math.nan
@@ -911,6 +987,7 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
         out[f"grad_depth_log10_{d.key}"] = d.median
     deep = [d.gain for d in profiles if d.span >= th.min_depth and math.isfinite(d.gain)]
     out["grad_gain_min"] = min(deep, default=nan)
+    out["grad_gain_floor"] = min((d.gain for d in profiles if math.isfinite(d.gain)), default=nan)
     out["grad_size"] = gradient_size(view)
     growth = norm_growth(view)
     out["norm_growth"] = growth[0] if growth is not None else nan
@@ -922,8 +999,9 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     out["dead_output_frac"] = max(outputs.values(), default=0.0) if has_dead_stat else nan
     out["dead_whole_layers"] = float(len(whole)) if has_dead_stat else nan
     high, low = update_sizes(view, th)
-    out["update_max"] = float(high.max()) if len(high) else nan
-    out["update_min"] = float(low.min()) if len(low) else nan
+    judged = len(_window(view, _table(view, Level.LAYER, "update_ratio"))) >= th.min_updates
+    out["update_max"] = float(high.max()) if len(high) and judged else nan
+    out["update_median"] = float(low.median()) if len(low) and judged else nan
     share, by_design = branch_shares(view, th)
     judged = share[~share.index.isin(list(by_design))]
     out["branch_share_min"] = float(judged.min()) if len(judged) else nan

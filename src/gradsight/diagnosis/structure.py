@@ -71,9 +71,16 @@ def _parent(prefix: str) -> str:
     return prefix.rpartition(".")[0]
 
 
-def _repeatable(prefix: str, n_layers: int) -> bool:
+def _spatial(prefix: str, mtype: dict[str, str]) -> bool:
+    """A layer type over feature maps of some resolution (``Conv2d``, ``BatchNorm2d``, ...)."""
+    t = mtype.get(prefix, "")
+    return t[-2:] in ("1d", "2d", "3d") and not t.startswith(("Linear", "LayerNorm"))
+
+
+def _repeatable(prefix: str, n_layers: int, mtype: dict[str, str] | None = None) -> bool:
     """Whether ``prefix`` is named as one of a run of repeated modules: a child of a
-    ``Sequential``/``ModuleList`` (PyTorch names those by index, ``layers.3``), or a module
+    ``Sequential``/``ModuleList`` (PyTorch names those by index, ``layers.3``; a lone
+    convolution or batch norm there only compares with its siblings when in a block), or a module
     holding several layers named by a stem and a number (``s1.b2``). Two attributes of one
     block with the same shape (``conv1``, ``conv2``; ``bn1``, ``bn2``) hold different places
     in it and are not instances of one another."""
@@ -81,7 +88,9 @@ def _repeatable(prefix: str, n_layers: int) -> bool:
     if prefix.endswith("]"):
         return False
     if last.isdigit():
-        return True
+        # a lone convolution or batch norm among a Sequential's children may sit after a pooling
+        # layer (VGG): its per-element statistics are at another resolution than its sibling's
+        return not (n_layers == 1 and _spatial(prefix, mtype or {}))
     stem = last.rstrip("0123456789")
     return n_layers >= 2 and stem != last and stem.isidentifier()
 
@@ -129,7 +138,7 @@ def _positions(view: RunView) -> dict[str, tuple[Chain, int, str]]:
 
     chains: dict[str, Chain] = {}
     for (parent, sig), members in groups.items():
-        if len(members) >= 2 and all(_repeatable(m, len(sig)) for m in members):
+        if len(members) >= 2 and all(_repeatable(m, len(sig), mtype) for m in members):
             ordered = tuple(sorted(members, key=lambda m: (first_rank(m), m)))
             chain = Chain(parent, ordered)
             for m in ordered:
@@ -190,10 +199,4 @@ def alike_log_ratio(view: RunView, table: pd.DataFrame) -> tuple[pd.Series, int]
 def block_chains(view: RunView, names: Sequence[str]) -> list[list[str]]:
     """The residual blocks among ``names`` grouped by chain (blocks of one stage, of one
     stack), each in forward order; only chains of at least two."""
-    where = chains_of(view)
-    groups: dict[tuple[Chain, str], list[tuple[int, str]]] = {}
-    for n in names:
-        if n in where:
-            chain, idx, rel = where[n]
-            groups.setdefault((chain, rel), []).append((idx, n))
-    return [[n for _, n in sorted(m)] for m in groups.values() if len(m) >= 2]
+    return [[n for _, n in members] for _chain, _rel, members in alike_pairs(view, names)]

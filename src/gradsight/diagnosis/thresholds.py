@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 @dataclass
 class Thresholds:
-    #: Vanishing: the gradient per element at the first weighted layer (or block) is
-    #: this many times smaller than at the last (three orders of magnitude: Glorot &
-    #: Bengio 2010 show saturating deep nets losing several orders within ~5 layers).
-    #: Judged on the weighted layers' parameter gradients (``grad_rms``: conv/linear
-    #: layers, no norm layers, embeddings or head), and with activation statistics on
-    #: the output gradients too.
+    #: Vanishing: like with like (each layer against itself in the other instances of a
+    #: repeated block, :mod:`gradsight.diagnosis.structure`), the first instance's gradient
+    #: per element this many times smaller than the last's, summed over the chains of
+    #: blocks (Glorot & Bengio 2010: saturating deep nets lose several orders within ~5
+    #: layers). Judged on parameter gradients (``grad_rms``) and, with activation
+    #: statistics, on every module's output gradient and the residual stream's.
     vanish_ratio: float = 1e3
     #: ... and an error beyond this (no useful learning signal reaches the input).
     vanish_ratio_error: float = 1e6
@@ -25,16 +25,22 @@ class Thresholds:
     #: derive the gain of 1).
     gain_low: float = 0.8
     min_depth: int = 6
-    #: Exploding: the gradient per element at the first weighted layer is this many
-    #: times larger than at the last (Yang et al. 2019: batch-normed plain nets grow
-    #: gradients toward the input at initialization, geometrically in depth; Balduzzi
-    #: et al. 2017: their gradients shatter).
+    #: ... or below this over any number of repeated blocks or layers (half the lowest
+    #: healthy gain in the population, 0.22, a VGG's batch-normed convolutions).
+    gain_floor: float = 0.11
+    #: Exploding: like with like, the first instance's gradient this many times the last's
+    #: (Yang et al. 2019: batch-normed plain nets grow gradients toward the input at
+    #: initialization, geometrically in depth; Balduzzi et al. 2017: their gradients
+    #: shatter). The population's healthy maximum is 4.3e2 (timm's Visformer: its stream's
+    #: gradient grows 1.65x per block over 12 blocks); a recorded plain-56 reaches 1.2e3..2.3e3
+    #: like with like in its first steps: a thin margin (2.3x), the one the two leave.
     explode_ratio: float = 1e3
     explode_ratio_error: float = 1e6
     #: Absolute size: the whole model's ``||g|| / ||w||`` (median over steps) above this, or
-    #: below ``grad_size_low``, when the depth profiles look flat.
-    grad_size_high: float = 1e2
-    grad_size_low: float = 1e-7
+    #: below ``grad_size_low``, when the depth profiles look flat (the population's healthy
+    #: networks span 1.2e-4..7.1e2; depthwise and squeeze-excite layers have small weights).
+    grad_size_high: float = 3e3
+    grad_size_low: float = 1e-10
     #: A layer whose gradient RMS is below this is not judged for small updates (Adam's
     #: update of an element whose gradient is under its ``eps`` = 1e-8 is small by design:
     #: a branch behind a LayerScale of 1e-6).
@@ -49,19 +55,42 @@ class Thresholds:
     #: over the first's (He et al. 2015: with the right init it stays about constant).
     forward_explode: float = 10.0
     forward_explode_error: float = 1e3
+    #: Forward signal along a residual stream: growth beyond the ``sqrt(blocks)`` that blocks
+    #: adding branches of constant variance allow (pre-LN transformers, batch-normed
+    #: ResNets), summed over the chains of blocks; unnormalized ResNets double the variance
+    #: per block (De & Smith 2020, Brock et al. 2021).
+    stream_explode: float = 5e3
     forward_vanish: float = 1e-2
     #: Dead units: a layer with at least this fraction of its rows (output channels or
     #: units) exactly zero at every step of the window.
     dead_frac: float = 0.05
     #: ... judged on at least this many steps (a whole layer without gradient: any).
     dead_min_steps: int = 2
+    #: A layer none of whose rows gets a gradient is stuck (a warning) when its output's
+    #: ``|mean| / std`` exceeds this (bias -100: 1.5e3..6.5e3 in the fault matrix; stock
+    #: squeeze-excite layers on random data: up to 56 in the population).
+    dead_saturation: float = 300.0
+    #: Unused outputs of the last layer are judged on at least this many steps, and not when
+    #: the last layer's output RMS is above ``logit_saturation`` (a softmax over logits that
+    #: large flushes some probabilities to exactly 0 in float32: SGD-trained RegNet and
+    #: TResNet reach 74..3e3 in the population; the head of a healthy fault-free run ~1-20).
+    dead_output_steps: int = 5
+    logit_saturation: float = 50.0
     #: Update ratio ||dw||/||w|| per step: about 1e-3 is customary (Karpathy, CS231n
-    #: "ratio of updates to weights"); flag layers a factor 100 away.
-    update_low: float = 1e-5
-    update_high: float = 1e-1
+    #: "ratio of updates to weights"). Too high: a layer above ``update_high`` (the
+    #: population's healthy layers stay below 0.18 from the 20th step on); too low: the
+    #: median layer below ``update_low`` (healthy medians go down to 2.4e-5; lr / 1e4 puts
+    #: them at 4e-7..5e-6).
+    update_low: float = 8e-6
+    update_high: float = 0.5
+    #: ... judged once the window holds at least this many updates (the first updates of
+    #: a run with momentum or a warm optimizer state are not its learning rate's verdict).
+    min_updates: int = 5
     #: A residual branch carrying under this share of the gradient at its input does
-    #: little; a skip carrying under it no longer helps the gradient through.
-    branch_share_low: float = 0.01
+    #: nothing; a skip carrying under ``1 - branch_share_high`` no longer helps the gradient
+    #: through. Stock tiny transformers (std-0.02 init at width 32) go down to 3e-5.
+    branch_share_low: float = 1e-6
+    branch_share_high: float = 1 - 1e-6
     #: Mixed precision (``histograms=``): the model's gradient elements that become 0 in
     #: the training format (fp16 with a GradScaler or fp16 weights, bf16 weights), median
     #: over the steps with a histogram. A few tiny elements are harmless (they would be
