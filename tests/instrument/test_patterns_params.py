@@ -394,3 +394,38 @@ def test_a_shared_residual_block_has_one_block_row_pooled_over_its_calls(tmp_pat
     assert math.isclose(got[(0, "1", "skip_branch_cos")], cos, rel_tol=1e-5)
     stream_all = torch.cat([s.detach().double() for s in streams[:3]])
     assert math.isclose(got[(0, "1", "act_rms")], float(stream_all.pow(2).mean().sqrt()), rel_tol=1e-6)
+
+
+def test_recurrent_layers_are_not_residual_blocks(tmp_path):
+    """GRU's state update ``n + z * (h - n)`` is an addition with a parameterized operand at
+    every time step and direction: it carries the state through time, not a residual stream
+    through depth. The recorder used to give an nn.GRU one block row per step and
+    direction (48 for 24 steps, bidirectional), at a cost growing with the sequence; now it
+    claims them for the GRU (no outer module takes them) and gives no block rows."""
+    import time
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(8, 16, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(32, 3)
+
+        def forward(self, x):
+            out, _ = self.gru(x)
+            return self.head(out[:, -1])
+
+    torch.manual_seed(0)
+    model = Classifier()
+    start = time.perf_counter()
+    with gs.watch(model, tmp_path / "run", activations=True) as mon:
+        for _ in range(3):
+            model(torch.randn(4, 24, 8)).sum().backward()
+            mon.step()
+            model.zero_grad()
+    seconds = time.perf_counter() - start
+    with gs.open_run(tmp_path / "run") as run:
+        assert run.layers(kind="block").empty
+        assert {"gru", "head"} <= set(run.series("act_rms", "module").columns)
+    calls = {n.call for n in gs.graph(model, torch.randn(2, 24, 8)).module_view().nodes if n.call}
+    assert "gru" in calls and not [c for c in calls if "[" in c]  # no addition nodes of the GRU either
+    assert seconds < 30

@@ -41,7 +41,8 @@ from gradsight.compgraph.nodes import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge
 from gradsight.compgraph.structure import Graph
 from gradsight.instrument.layers import is_adapter_wrapper, param_layers
 from gradsight.instrument.outputs import main_output
-from gradsight.instrument.residual import ResidualSplit, find_residual_additions, parameterized_after
+from gradsight.instrument.residual import (ResidualSplit, additions_within, find_residual_additions, is_recurrent,
+                                           parameterized_after)
 
 
 def op_type(name: str) -> str:
@@ -120,7 +121,13 @@ class _CallRecorder:
         call["end"] = self.counter
         self.counter += 1
         y = main_output(output)
-        if y is not None and y.grad_fn is not None:
+        if y is not None and y.grad_fn is not None and is_recurrent(module):
+            # a recurrent layer's additions carry its state through time: claimed, no blocks
+            adds = additions_within(y.grad_fn, call["stops"])
+            self.claimed.update(id(a) for a in adds)
+            self.keep.extend(adds)
+            call["splits"] = []
+        elif y is not None and y.grad_fn is not None:
             splits = find_residual_additions(y.grad_fn, call["stops"], skip=self.claimed)
             if not self.stack:  # the model's own forward
                 splits = [split for split in splits if not parameterized_after(y.grad_fn, split.add_node)]

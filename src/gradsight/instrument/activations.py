@@ -50,8 +50,8 @@ from torch.overrides import TorchFunctionMode
 from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.layers import is_adapter_wrapper, layer_modules
 from gradsight.instrument.outputs import main_output
-from gradsight.instrument.residual import (ResidualSplit, find_residual_additions, is_reentrant_checkpoint,
-                                          parameterized_after)
+from gradsight.instrument.residual import (ResidualSplit, additions_within, find_residual_additions, is_recurrent,
+                                           is_reentrant_checkpoint, parameterized_after)
 from gradsight.store.schema import RowKind, Level
 
 ACT_STATS = ("act_rms", "act_mean_sq", "act_var", "out_grad_norm", "out_grad_rms", "out_grad_nonfinite")
@@ -664,6 +664,10 @@ class ActivationRecorder:
         node.run_function = rerun
 
     def _found(self, name: str, module: nn.Module, y: Tensor, stops: list) -> None:
+        if is_recurrent(module):  # its additions carry its state through time: claimed, no rows
+            for add in additions_within(y.grad_fn, stops):
+                self._claimed[id(add)] = add
+            return
         splits = find_residual_additions(y.grad_fn, stops, skip=set(self._claimed))
         if module is self.model:
             splits = [split for split in splits if not parameterized_after(y.grad_fn, split.add_node)]

@@ -189,6 +189,25 @@ def split_addition(add: Node, stops: Iterable[Node] = ()) -> ResidualSplit | Non
     )
 
 
+def is_recurrent(module: nn.Module) -> bool:
+    """A recurrent layer (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``): the additions inside its forward
+    (GRU's ``n + z * (h - n)``, one per time step and direction) carry its state through time,
+    not a residual stream through depth. They are claimed for it, so that no outer module
+    takes them, and give no block rows; they are not split (one search per addition over a
+    graph that grows with the sequence)."""
+    return isinstance(module, nn.RNNBase)
+
+
+def additions_within(y_node: Node | None, stops: Iterable[Node] = ()) -> list[Node]:
+    """Every addition node between a module call's output and its inputs (what a recurrent
+    layer claims)."""
+    if y_node is None:
+        return []
+    stops = set(stops)
+    nodes = _collect(y_node, stops) or []
+    return [n for n in nodes if type(n).__name__ in _ADD_NODES and n not in stops]
+
+
 def find_residual_additions(y_node: Node | None, stops: Iterable[Node] = (),
                             skip: set[int] | frozenset[int] = frozenset()) -> list[ResidualSplit]:
     """Every residual addition between a module call's output and its inputs, in forward order.
