@@ -69,6 +69,8 @@ _WEIGHTED = re.compile(r"(Linear|Conv(Transpose)?([123][dD])?(Same)?)$")
 _EMBEDDING = re.compile(r"Embedding(Bag|s)?$")
 #: Container-owned parameters of ``nn.MultiheadAttention`` that are its in-projection.
 _IN_PROJECTION = frozenset({"in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"})
+#: ... and its biases (of the in-projection; the learned key/value biases): never embeddings.
+_IN_PROJECTION_BIAS = frozenset({"in_proj_bias", "bias_k", "bias_v"})
 
 
 def role_of(module_type: str, *, name: str = "", numel: int | None = None) -> str:
@@ -114,9 +116,10 @@ def layer_roles(layers: Sequence[tuple[str, str, int | None]]) -> list[str]:
     roles = [role_of(t, name=n, numel=k) for n, t, k in layers]
     weighted_before = 0
     input_side = True
-    for i, (_, module_type, _) in enumerate(layers):
+    for i, (name, module_type, _) in enumerate(layers):
         role = roles[i]
-        if module_type == PARAMETER_LAYER_TYPE and role == Role.OTHER and input_side:
+        if module_type == PARAMETER_LAYER_TYPE and role == Role.OTHER and input_side \
+                and name.rsplit(".", 1)[-1] not in _IN_PROJECTION_BIAS:
             roles[i] = role = Role.EMBEDDING
         if role == Role.WEIGHTED:
             weighted_before += 1
