@@ -227,6 +227,8 @@ def test_export_csv_round_trips_to_frame(capsys, nonfinite_run, tmp_path):
     got = pd.read_csv(out_file, dtype={"level": str, "name": str, "layer": str, "role": str, "stat": str})
     assert list(got.columns) == ["step", "level", "name", "layer", "depth", "role", "stat", "value"]
     assert len(got) == len(expected)
+    depths = pd.read_csv(out_file, dtype=str)["depth"].dropna()
+    assert len(depths) and not depths.str.contains(r"\.").any()  # forward ranks written as integers
     assert np.isnan(expected["value"]).any() and np.isposinf(expected["value"]).any()
     pd.testing.assert_frame_equal(_normalized(got), _normalized(expected), check_dtype=False, check_exact=True)
 

@@ -51,8 +51,8 @@ def command(run: Path, fmt: str, output: Path, level: tuple[str, ...], stat: tup
             require_stat(r, name)
         df = r.frame(level=list(level) or None, stat=list(stat) or None, role=role)
     with atomic_path(output) as partial:
-        if fmt == "csv":
-            df.to_csv(partial, index=False)
+        if fmt == "csv":  # a forward rank is an integer (model and metric rows have none): "3", not "3.0"
+            df.assign(depth=df["depth"].astype("Int64")).to_csv(partial, index=False)
         else:
             df.to_parquet(partial, index=False)
     click.echo(f"wrote {len(df):,} rows to {output}")
