@@ -247,3 +247,24 @@ def test_plots_compare_is_a_deprecated_alias_of_depth_overlay(runs_dir):
     new = plots.depth_overlay(runs).axes[0]
     assert [line.get_label() for line in old.get_lines()] == [line.get_label() for line in new.get_lines()]
     assert plots.KINDS["compare"] is plots.depth_overlay
+
+
+def test_heatmap_step_ticks_are_round_numbers_at_their_columns(tmp_path):
+    """The step axis used to label eight evenly spaced columns (0, 21, 43, ...); now round
+    step numbers, each placed where that step falls between the shown columns."""
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with gs.watch(model, tmp_path / "run") as mon:
+        for _ in range(87):
+            model(torch.randn(3, 4)).sum().backward()
+            mon.step()
+            model.zero_grad()
+    ax = gs.plots.heatmap(tmp_path / "run", max_steps=30).axes[0]
+    labels = [int(t.get_text()) for t in ax.get_xticklabels()]
+    assert labels == [0, 20, 40, 60, 80]
+    with gs.open_run(tmp_path / "run") as run:
+        shown = gs.RunView(run, max_steps=30).sample
+    for value, x in zip(labels, ax.get_xticks()):  # each label sits where its step falls between columns
+        assert np.interp(x, range(len(shown)), shown) == pytest.approx(value)

@@ -111,6 +111,24 @@ def layer_ticks(ax: Axes, names: Sequence[str], *, axis: str = "x", max_labels: 
         ax.set_yticks(pos, labels, fontsize=size)
 
 
+def step_ticks(ax: Axes, steps: Sequence[float], *, max_ticks: int = 8) -> None:
+    """Round step numbers (multiples of 1, 2, 5 x 10^k: 0, 20, 40, not 0, 21, 43) on the x axis
+    of a figure whose columns are ``steps`` (one column per shown step, ascending), each at
+    its place between the columns."""
+    from matplotlib.ticker import MaxNLocator
+
+    values = np.asarray(steps, dtype=float)
+    if len(values) == 0:
+        return
+    if len(values) == 1:
+        ax.set_xticks([0], [str(int(values[0]))])
+        return
+    nice = MaxNLocator(nbins=max_ticks, integer=True, steps=[1, 2, 5, 10]).tick_values(values[0], values[-1])
+    nice = [v for v in nice if values[0] <= v <= values[-1]]
+    pos = np.interp(nice, values, np.arange(len(values)))
+    ax.set_xticks(pos, [str(int(v)) for v in nice])
+
+
 def mark_nonfinite_x(ax: Axes, xs: Sequence[float], label: str = "non-finite gradients") -> None:
     """Red triangles along the top edge of ``ax`` at ``xs``."""
     if len(xs) == 0:

@@ -9,7 +9,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from gradsight.display import CMAP, MISSING_COLOR, NONFINITE_COLOR, plural
-from gradsight.plots._figure import layer_ticks, new_axes, no_data, styled
+from gradsight.plots._figure import layer_ticks, new_axes, no_data, step_ticks, styled
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     DEFAULT_ROLES,
@@ -21,7 +21,6 @@ from gradsight.store.query import (
     nonfinite_events,
     positive,
     run_label,
-    step_sample,
     view_roles,
 )
 from gradsight.store.roles import role_label
@@ -98,8 +97,7 @@ def heatmap(
             ax.legend(loc="upper right", frameon=True, framealpha=0.9)
     layer_ticks(ax, names, axis="y", max_labels=max_labels)
     n_cols = len(steps)
-    xt = step_sample(range(n_cols), 8)  # tick positions: eight evenly spaced columns
-    ax.set_xticks(xt, [str(int(steps[i])) for i in xt])
+    step_ticks(ax, steps)
     ax.set_xlabel("step" + (f" ({n_cols} shown, evenly spaced)" if max_steps and n_cols >= max_steps else ""))
     ax.set_ylabel(f"{role_label(role)} (forward order)")
     ax.grid(False)

@@ -13,7 +13,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from gradsight.display import CMAP, MISSING_COLOR, PALETTE, display_name
-from gradsight.plots._figure import new_axes, no_data, styled
+from gradsight.plots._figure import new_axes, no_data, step_ticks, styled
 from gradsight.stats.formats import FORMAT_RANGES
 from gradsight.store import histograms as store_histograms
 from gradsight.store.query import run_label, step_sample
@@ -103,8 +103,7 @@ def _panel(ax: Axes, frame, name: str, label: str, max_steps: int | None, cmap: 
     for fmt, value, edge in format_lines(buckets[0] - margin, buckets[-1] + 1 + margin):
         ax.axhline(value, color=FORMAT_COLORS[fmt], ls="--" if edge == "zero" else "-", lw=1.3,
                    label=f"{fmt}: rounds to 0 at or below" if edge == "zero" else f"{fmt}: largest value")
-    xt = step_sample(range(len(steps)), 8)
-    ax.set_xticks(xt, [str(steps[i]) for i in xt])
+    step_ticks(ax, steps)
     ax.set_xlabel("step")
     ax.set_ylabel("log2 |g| (bucket e: 2^e <= |g| < 2^(e+1))")
     ax.grid(False)
