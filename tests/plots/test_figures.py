@@ -268,3 +268,21 @@ def test_heatmap_step_ticks_are_round_numbers_at_their_columns(tmp_path):
         shown = gs.RunView(run, max_steps=30).sample
     for value, x in zip(labels, ax.get_xticks()):  # each label sits where its step falls between columns
         assert np.interp(x, range(len(shown)), shown) == pytest.approx(value)
+
+
+def test_flow_legend_sits_beside_the_lines(tmp_path):
+    """The flow figure's legend used to sit inside the axes ("best"), over the data points
+    when a dozen steps are overlaid; it sits to the right of the axes."""
+    from torch import nn
+
+    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(6)])
+    with gs.watch(model, tmp_path / "run") as mon:
+        for _ in range(12):
+            model(torch.randn(4, 8)).sum().backward()
+            mon.step()
+            model.zero_grad()
+    fig = gs.plots.flow(tmp_path / "run")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # entirely to the right of the plotting area

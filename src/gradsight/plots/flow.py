@@ -119,5 +119,6 @@ def flow(
     ax.set_ylabel(f"{stat} (log scale)")
     ax.set_xlabel(f"{role_label(role)}, in forward order (input → output)")
     layer_ticks(ax, names, max_labels=max_labels)
-    ax.legend(loc="best", ncols=2 if len(overlaid) > 3 else 1)
+    # beside the axes, never over the lines (with up to a dozen overlaid steps "best" has no free spot)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
     return fig
