@@ -61,3 +61,19 @@ def test_run_summary_rows_is_a_deprecated_alias_of_summary_rows(tiny_run):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert summary_rows(s)[0] == ("run", str(s.path))
+
+
+def test_short_labels_drop_the_shared_prefix_and_cut_at_dots():
+    """Labels used to keep the last characters (``…ion.output.dense``, cut in a name's
+    middle) and to repeat what every name shares (``bert.encoder.``); they drop the shared
+    dotted prefix and keep whole trailing parts."""
+    from gradsight.display import short_labels
+
+    names = ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.11.attention.output.dense",
+             "bert.pooler.dense"]
+    labels = short_labels(names)
+    assert labels == ["…0.attention.self.query", "…11.attention.output.dense", "pooler.dense"]
+    assert all(len(label) <= 28 for label in labels)
+    assert short_label("stages.3.blocks.11.token_mixer.talking_head1") == "…token_mixer.talking_head1"
+    assert short_label("a" * 40) == "…" + "a" * 27  # one part longer than the room: its end
+    assert short_labels(["x.a", "x.b"]) == ["a", "b"] and short_labels(["only.one"]) == ["only.one"]

@@ -72,24 +72,51 @@ def plural(n: int, word: str) -> str:
 
 def short_label(name: str, max_len: int = 28) -> str:
     """A layer name that fits on an axis: the model itself as ``ROOT_DISPLAY_NAME``; long
-    names keep their end (``…block12.branch.fc1``)."""
+    names keep their last whole parts (``…branch.fc1``, never ``…anch.fc1``), and a last
+    part longer than the room its end."""
     if name == "":
         return ROOT_DISPLAY_NAME
     if len(name) <= max_len:
         return name
-    return "…" + name[-(max_len - 1):]
+    parts = name.split(".")
+    kept = parts[-1]
+    for part in reversed(parts[:-1]):
+        if len(part) + 1 + len(kept) > max_len - 1:
+            break
+        kept = f"{part}.{kept}"
+    if len(kept) > max_len - 1:
+        kept = kept[-(max_len - 1):]
+    return "…" + kept
 
 
 def short_labels(names: Sequence[str], max_len: int = 28) -> list[str]:
-    """:func:`short_label` for each name, keeping labels unique."""
+    """:func:`short_label` for each name, after dropping the dotted prefix all of them share
+    (``bert.encoder.``: it tells the names nothing), keeping labels unique."""
+    names = list(names)
+    prefix = _shared_prefix(names)
     out, seen = [], set()
     for n in names:
-        label = short_label(n, max_len)
+        rest = n[len(prefix):]
+        label = short_label(rest, max_len)
         if label in seen:
-            label = short_label(n, max_len + 12)
+            label = short_label(rest, max_len + 12)
         seen.add(label)
         out.append(label)
     return out
+
+
+def _shared_prefix(names: Sequence[str]) -> str:
+    """The whole dotted parts every name starts with, leaving each name a part of its own
+    (``""`` for fewer than two names)."""
+    if len(names) < 2 or any(not n for n in names):
+        return ""
+    split = [n.split(".") for n in names]
+    common = []
+    for parts in zip(*(p[:-1] for p in split)):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common) + "." if common else ""
 
 
 # -- colours -------------------------------------------------------------------------------

@@ -102,7 +102,8 @@ def layer_ticks(ax: Axes, names: Sequence[str], *, axis: str = "x", max_labels: 
     n = len(names)
     step = max(1, math.ceil(n / max_labels))
     pos = np.arange(0, n, step)
-    labels = [short_labels(names, max_len)[i] for i in pos]
+    shortened = short_labels(names, max_len)
+    labels = [shortened[i] for i in pos]
     size = 8 if n <= 25 else 7 if n <= 45 else 6.5
     if axis == "x":
         ax.set_xticks(pos, labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=size)
