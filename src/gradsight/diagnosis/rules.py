@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 import pandas as pd
@@ -160,6 +160,13 @@ def nonfinite(view: RunView, th: Thresholds) -> list[Finding]:
 
 
 
+def _memo(view: RunView, key: tuple, compute):
+    """``compute()`` once per view and key: what several rules (and :func:`measure`) share."""
+    if key not in view._memo:
+        view._memo[key] = compute()
+    return view._memo[key]
+
+
 def _window(view: RunView, table: pd.DataFrame) -> pd.DataFrame:
     """The last half of a table's steps (at least one): where a condition must still hold to
     be more than the initialization's."""
@@ -222,7 +229,7 @@ def _scaled_by_small(view: RunView, th: Thresholds) -> set[str]:
         parts = s.split(".")
         around = [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
         block = next((a for a in around if a in bases), None)
-        scopes.add(block if block is not None else (around[1] if len(around) > 1 else around[0] if around else s))
+        scopes.add(block if block is not None else (around[0] if around else s))
     return {layer for layer in view.layer_order
             if any(layer == sc or layer.startswith(sc + ".") for sc in scopes)}
 
@@ -499,6 +506,11 @@ def _zero_gradient_steps(view: RunView) -> set[int]:
 
 
 def dead_fractions(view: RunView) -> tuple[dict[str, float], dict[str, float], dict[str, float], int]:
+    """See :func:`_dead_fractions` (computed once per view)."""
+    return _memo(view, ("dead_fractions",), lambda: _dead_fractions(view))
+
+
+def _dead_fractions(view: RunView) -> tuple[dict[str, float], dict[str, float], dict[str, float], int]:
     """Per layer, the share of its output rows whose gradient was exactly zero at every
     step of the window (the last half of the sampled steps): hidden layers, the head, and
     whole layers; with the window's length. Never embeddings (rows of tokens absent from a
@@ -568,9 +580,7 @@ def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
     if precision_headroom(view, th):
         return []  # zero gradients in a low-precision run that underflows: the cause is named there
     units, outputs, whole, n_window = dead_fractions(view)
-    share, by_design = branch_shares(view, th)
-    idle = [b.split("[", 1)[0] for b in share.index[(share < th.branch_share_low) & ~share.index.isin(list(by_design))]
-            if _cut_at_output(view, b)]
+    idle = [b.split("[", 1)[0] for b in idle_blocks(view, th).index]
     # the layers of a switched-off branch get no gradient: idle_branch names the cause
     whole = {k: v for k, v in whole.items() if not any(k.startswith(b + ".") for b in idle)}
     saturation = {k: _saturation(view, k) for k in whole}
@@ -705,6 +715,11 @@ def update_sizes(view: RunView, th: Thresholds) -> tuple[pd.Series, pd.Series]:
     return high, low
 
 
+def _updates_in_window(view: RunView) -> int:
+    """How many recorded updates the window holds."""
+    return len(_window(view, _table(view, Level.LAYER, "update_ratio")))
+
+
 def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
     """``update_ratio_high`` / ``update_ratio_low``: median ``||dw||/||w||`` per layer
     (:func:`update_sizes`).
@@ -715,7 +730,7 @@ def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
     the learning rate; its first ``1/update_high**2`` updates are not judged. A weighted
     layer followed by a norm layer is scale-invariant (its gradient scales as ``1/||w||``,
     so its norm grows until the relative update settles): it is not judged too high."""
-    n = len(_window(view, _table(view, Level.LAYER, "update_ratio")))
+    n = _updates_in_window(view)
     if n < th.min_updates:
         return []  # the first updates of a run are not its learning rate's verdict
     high_ur, low_ur = update_sizes(view, th)
@@ -749,6 +764,20 @@ def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
 
 
 def branch_shares(view: RunView, th: Thresholds) -> tuple[pd.Series, set[str]]:
+    """See :func:`_branch_shares` (computed once per view and thresholds)."""
+    return _memo(view, ("branch_shares", th.branch_share_low, th.small_init), lambda: _branch_shares(view, th))
+
+
+def idle_blocks(view: RunView, th: Thresholds) -> pd.Series:
+    """The blocks whose branch is idle (:func:`branch_shares` below ``branch_share_low``, no
+    moving small-initialized scale, cut at the branch's output: :func:`_cut_at_output`),
+    with their shares; the one list both ``idle_branch`` and ``dead_units`` read."""
+    share, by_design = branch_shares(view, th)
+    idle = share[(share < th.branch_share_low) & ~share.index.isin(list(by_design))]
+    return idle[[_cut_at_output(view, b) for b in idle.index]]
+
+
+def _branch_shares(view: RunView, th: Thresholds) -> tuple[pd.Series, set[str]]:
     """Per residual block, the branch's share of the gradient at its input,
     ``branch / (skip + branch)`` norms, median over the window (the last half of the
     steps; for a share below ``branch_share_low`` there, its largest over every step);
@@ -807,9 +836,8 @@ def residual_branches(view: RunView, th: Thresholds) -> list[Finding]:
     if share.empty:
         return []
     findings = []
-    idle = share[(share < th.branch_share_low) & ~share.index.isin(list(by_design))]
     # a branch whose gradient arrives inside it and dies there has dead units (dead_units names them)
-    idle = idle[[_cut_at_output(view, b) for b in idle.index]]
+    idle = idle_blocks(view, th)
     skip = _window(view, _table(view, Level.BLOCK, "skip_grad_norm")).median()
     # a "skip" that passes exactly no gradient does not lead to the loss: not a skip to judge
     dominant = share[(share > th.branch_share_high) & (skip.reindex(share.index) > 0)]
@@ -899,6 +927,12 @@ def total_underflow(view: RunView) -> Finding | None:
 
 
 def precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
+    """See :func:`_precision_headroom` (judged once per view and thresholds: ``dead_units``
+    asks it too)."""
+    return _memo(view, ("precision_headroom", astuple(th)), lambda: _precision_headroom(view, th))
+
+
+def _precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
     """Gradients at or past the bottom of the training format's range (``histograms=``):
     elements that would become 0 in it (gradients kept wider than the format), or a
     share of elements already in its subnormal range (gradients computed in it, whose
@@ -999,7 +1033,7 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     out["dead_output_frac"] = max(outputs.values(), default=0.0) if has_dead_stat else nan
     out["dead_whole_layers"] = float(len(whole)) if has_dead_stat else nan
     high, low = update_sizes(view, th)
-    judged = len(_window(view, _table(view, Level.LAYER, "update_ratio"))) >= th.min_updates
+    judged = _updates_in_window(view) >= th.min_updates
     out["update_max"] = float(high.max()) if len(high) and judged else nan
     out["update_median"] = float(low.median()) if len(low) and judged else nan
     share, by_design = branch_shares(view, th)

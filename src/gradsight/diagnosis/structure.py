@@ -116,30 +116,31 @@ def _positions(view: RunView) -> dict[str, tuple[Chain, int, str]]:
     order = {n: float(d) for n, d in zip(rows["name"], rows["depth"])}
     for i, n in enumerate(view.layer_order):  # layers' forward rank anchors the order
         order[n] = float(i)
-    # every prefix of every name, with its signature: (relative path, type, shapes) of the layers under it
+    # every prefix of every name, with its signature: (relative path, type, shapes) of the layers
+    # under it, and the first forward rank under it; one pass over each name's prefixes
     prefixes = {p for n in names for p in _prefixes(n)}
+    under: dict[str, list] = {p: [] for p in prefixes}
+    for layer in layers:
+        for p in _prefixes(layer):
+            under.setdefault(p, []).append((layer[len(p):], mtype.get(layer, ""), tuple(shapes.get(layer, ()))))
+    first: dict[str, float] = {}
+    for n in names:
+        rank = order.get(n, math.inf)
+        for p in _prefixes(n):
+            first[p] = min(first.get(p, math.inf), rank)
     signature: dict[str, tuple] = {}
     for p in prefixes:
-        under = []
-        for layer in layers:
-            rel = _within(layer, p)
-            if rel is not None:
-                under.append((rel, mtype.get(layer, ""), tuple(shapes.get(layer, ()))))
-        if not under:  # a module without parameters: its type alone (activations, blocks of additions)
-            under.append(("", mtype.get(p, p.rsplit(".", 1)[-1] if p.endswith("]") else ""), ()))
-        signature[p] = tuple(sorted(under))
+        # a module without parameters: its type alone (activations, blocks of additions)
+        signature[p] = tuple(sorted(under[p])) if under[p] else (
+            ("", mtype.get(p, p.rsplit(".", 1)[-1] if p.endswith("]") else ""), ()),)
     groups: dict[tuple[str, tuple], list[str]] = {}
     for p in prefixes:
         groups.setdefault((_parent(p), signature[p]), []).append(p)
 
-    def first_rank(prefix: str) -> float:
-        ranks = [order[n] for n in names if _within(n, prefix) is not None and n in order]
-        return min(ranks) if ranks else math.inf
-
     chains: dict[str, Chain] = {}
     for (parent, sig), members in groups.items():
         if len(members) >= 2 and all(_repeatable(m, len(sig), mtype) for m in members):
-            ordered = tuple(sorted(members, key=lambda m: (first_rank(m), m)))
+            ordered = tuple(sorted(members, key=lambda m: (first.get(m, math.inf), m)))
             chain = Chain(parent, ordered)
             for m in ordered:
                 chains[m] = chain
