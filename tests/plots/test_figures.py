@@ -286,3 +286,44 @@ def test_flow_legend_sits_beside_the_lines(tmp_path):
     ax = fig.axes[0]
     legend = ax.get_legend().get_window_extent()
     assert legend.x0 >= ax.get_window_extent().x1  # entirely to the right of the plotting area
+
+
+def _labelled_ticks(axis) -> list[tuple[float, str]]:
+    """``(value, label)`` of the major ticks inside the view that carry a label."""
+    lo, hi = sorted(axis.get_view_interval())
+    out = []
+    for tick in axis.get_major_ticks():
+        text = tick.label1.get_text() or tick.label2.get_text()
+        if text and lo * (1 - 1e-9) <= tick.get_loc() <= hi * (1 + 1e-9):
+            out.append((float(tick.get_loc()), text))
+    return out
+
+
+@pytest.mark.parametrize("lo, hi", [(0.31, 0.39), (3.0, 40.0), (0.95, 1.5)])
+def test_a_log_axis_within_one_or_two_decades_has_two_labelled_ticks(nan_run, lo, hi):
+    """A log axis spanning less than a decade, or one power of ten, used to carry a single
+    labelled tick (or none): every figure's log axes, colour bars included, now have two or
+    more, each label the number at its tick."""
+    frame = nan_run.frame(stat="grad_rms")
+    frame["value"] = np.linspace(lo, hi, len(frame))
+    figures = {"flow": plots.flow(frame), "bands": plots.quantile_bands(frame), "heatmap": plots.heatmap(frame)}
+    for kind, fig in figures.items():
+        fig.draw_without_rendering()
+        log_axes = [axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis) if axis.get_scale() == "log"]
+        assert log_axes, kind
+        for axis in log_axes:
+            ticks = _labelled_ticks(axis)
+            assert len(ticks) >= 2, (kind, lo, hi, ticks)
+            assert len({text for _, text in ticks}) == len(ticks)
+            for value, text in ticks:
+                assert float(text) == pytest.approx(value, rel=0.01), (kind, text, value)
+
+
+def test_log_ticks_keep_two_inside_any_range():
+    from gradsight.plots._figure import log_ticks
+
+    for lo, hi in [(0.31, 0.39), (3.0, 40.0), (0.30012, 0.30031), (2e-3, 9e-3), (1e-7, 1e2), (0.999, 1.001)]:
+        ticks = log_ticks(lo, hi)
+        assert len(ticks) >= 2 and all(lo <= t <= hi for t in ticks), (lo, hi, ticks)
+    assert all(float(np.log10(t)).is_integer() for t in log_ticks(1e-7, 1e2))  # two decades or more: powers of ten
+    assert log_ticks(3.0, 40.0) == [5.0, 10.0, 20.0]  # one power of ten inside: 1, 2, 5 x 10^k

@@ -13,7 +13,12 @@ from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.text import Text
-from matplotlib.ticker import LogFormatter, ScalarFormatter
+from matplotlib.ticker import (
+    LogFormatter,
+    LogFormatterSciNotation,
+    LogLocator,
+    ScalarFormatter,
+)
 
 from gradsight.display import NONFINITE_COLOR, fmt_value, short_labels
 
@@ -43,8 +48,9 @@ STYLE: dict[str, Any] = {
 
 
 def styled(fn: F) -> F:
-    """Run a plot function inside the house style (``matplotlib.rc_context(STYLE)``); the text
-    it adds is shown as written (:func:`plain_text`)."""
+    """Run a plot function inside the house style (``matplotlib.rc_context(STYLE)``); its log
+    axes get at least two labelled ticks (:func:`label_log_axes`) and the text it adds is
+    shown as written (:func:`plain_text`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Figure:
@@ -52,6 +58,7 @@ def styled(fn: F) -> F:
         with matplotlib.rc_context(STYLE):
             fig = fn(*args, **kwargs)
         if isinstance(fig, Figure):
+            label_log_axes(fig)
             plain_text(fig, skip=before)
         return fig
 
@@ -138,18 +145,76 @@ def mark_nonfinite_x(ax: Axes, xs: Sequence[float], label: str = "non-finite gra
                color=NONFINITE_COLOR, zorder=5, clip_on=False, label=label)
 
 
-def tidy_log_axis(ax: Axes, axis: str = "y") -> None:
-    """On a log axis spanning less than two decades, label ticks as plain numbers
-    (``0.3``, ``2``) instead of ``3×10⁻¹``; wider axes keep matplotlib's powers of ten."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+def log_ticks(lo: float, hi: float, max_ticks: int = 8) -> list[float]:
+    """Round tick values of a log axis over ``[lo, hi]`` (``0 < lo < hi``), at least two of
+    them inside: powers of ten when two or more fall inside, else 1, 2, 5 x 10^k, else every
+    1..9 x 10^k, else round linear steps (an axis spanning a few percent), else the ends.
+    The report's script (``report/static.py``, ``logTicks``) keeps the same promise of two."""
+    from matplotlib.ticker import MaxNLocator
 
-    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
-    if lo <= 0 or hi <= 0 or np.log10(hi / lo) >= 2:
-        return
-    target = ax.yaxis if axis == "y" else ax.xaxis
-    fmt = FuncFormatter(lambda v, _: fmt_value(float(v), 2))
-    target.set_major_formatter(fmt)
-    target.set_minor_formatter(fmt if np.log10(hi / lo) < 1 else NullFormatter())
+    if not (0 < lo < hi and math.isfinite(hi)):
+        return [v for v in (lo, hi) if v > 0 and math.isfinite(v)][:1]
+    a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    for mults in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [float(f"{m}e{e}") for e in range(a, b + 1) for m in mults]
+        ticks = sorted(v for v in ticks if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9))
+        if len(ticks) >= 2:
+            every = math.ceil(len(ticks) / max_ticks)
+            return ticks[::every]
+    linear = [float(v) for v in MaxNLocator(nbins=4, steps=[1, 2, 5, 10]).tick_values(lo, hi) if lo <= v <= hi]
+    return linear if len(linear) >= 2 else [lo, hi]
+
+
+class LogTicks(LogLocator):
+    """Major ticks of a log axis, at least two inside the view: Matplotlib's powers of ten
+    on an axis spanning two decades or more (it always has two), else :func:`log_ticks`."""
+
+    def tick_values(self, vmin: float, vmax: float) -> Sequence[float]:
+        lo, hi = min(vmin, vmax), max(vmin, vmax)
+        if lo > 0 and math.isfinite(hi) and math.log10(hi / lo) >= 2:
+            return super().tick_values(vmin, vmax)
+        return log_ticks(lo, hi)
+
+
+class LogTickLabels(LogFormatterSciNotation):
+    """Labels of :class:`LogTicks`: powers of ten on an axis spanning two decades or more,
+    else plain numbers (``0.3``, ``2``, ``1e-05``) with as many digits as it takes to tell
+    the ticks apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.digits: int | None = None  # None: powers of ten
+
+    def set_locs(self, locs: Sequence[float] | None = None) -> None:
+        super().set_locs(locs)
+        lo, hi = sorted(self.axis.get_view_interval()) if self.axis is not None else (0.0, 0.0)
+        if lo > 0 and math.isfinite(hi) and math.log10(hi / lo) >= 2:
+            self.digits = None
+            return
+        shown = [float(v) for v in (locs if locs is not None else []) if lo <= v <= hi]
+        self.digits = next((d for d in range(2, 8) if len({fmt_value(v, d) for v in shown}) == len(shown)), 8)
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return super().__call__(x, pos) if self.digits is None else fmt_value(float(x), self.digits)
+
+
+def label_log_axes(fig: Figure) -> None:
+    """At least two labelled ticks on every log axis of ``fig`` (colour bars of a log norm
+    included) whose ticks are still Matplotlib's defaults: :class:`LogTicks` labelled by
+    :class:`LogTickLabels`, minor ticks unlabelled."""
+    from matplotlib.ticker import NullFormatter
+
+    for axis in fig.findobj(Axis):
+        if axis.get_scale() != "log" or type(axis.get_major_locator()) is not LogLocator:
+            continue
+        colorbar = getattr(axis.axes, "_colorbar", None)
+        if colorbar is not None and colorbar.long_axis is axis:
+            colorbar.locator, colorbar.formatter = LogTicks(), LogTickLabels()
+            colorbar.minorformatter = NullFormatter()
+        else:
+            axis.set_major_locator(LogTicks())
+            axis.set_major_formatter(LogTickLabels())
+            axis.set_minor_formatter(NullFormatter())
 
 
 def no_data(ax: Axes, message: str) -> None:

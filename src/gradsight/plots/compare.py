@@ -24,7 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from gradsight.display import PALETTE, family_looks
-from gradsight.plots._figure import new_axes, no_data, styled, tidy_log_axis
+from gradsight.plots._figure import new_axes, no_data, styled
 from gradsight.store.query import (
     DEFAULT_ROLES,
     DEFAULT_STAT,
@@ -121,7 +121,6 @@ def depth_overlay(
         return fig
     ax.set_yscale("log")
     ax.autoscale_view()
-    tidy_log_axis(ax)
     ax.set_ylabel(f"{stat} (log scale)")
     which = " / ".join(sorted(shown))
     ax.set_xlabel(f"relative depth over {which} (0 = first, 1 = last)" if normalize_depth else f"index among {which}")
@@ -183,7 +182,6 @@ def depth_sweep(
     ax.axhline(1.0, color="#888888", lw=1.0, ls=":", label="equal (ratio 1)")
     ax.set_yscale("log")
     ax.autoscale_view()
-    tidy_log_axis(ax)
     ax.set_xlabel("depth (as recorded in each run's config)")
     ax.set_ylabel(f"{stat}: first / last weighted layer")
     depths = sorted(df["depth"].unique())

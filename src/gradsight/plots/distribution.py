@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from gradsight.display import CMAP, NONFINITE_COLOR, PALETTE, plural, short_label
-from gradsight.plots._figure import mark_nonfinite_x, new_axes, no_data, styled, tidy_log_axis
+from gradsight.plots._figure import mark_nonfinite_x, new_axes, no_data, styled
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     DEFAULT_ROLES,
@@ -94,7 +94,6 @@ def quantile_bands(
         mark_nonfinite_x(ax, sorted(ev["step"].unique()) if len(ev) else [])
     ax.set_yscale("log")
     ax.autoscale_view()
-    tidy_log_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel(f"{stat} (log scale)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot: the bands fill it
@@ -151,7 +150,6 @@ def update_ratio(
         ax.legend(loc="upper right", frameon=True, framealpha=0.85)
     ax.set_yscale("log")
     ax.autoscale_view()
-    tidy_log_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel(f"{stat} (log scale)")
     sm = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, max(1, n - 1)), cmap=cm)
@@ -201,7 +199,6 @@ def nonfinite(
                 color="#555555")
     ax.set_yscale("log")
     ax.autoscale_view()
-    tidy_log_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel(f"{stat} (log scale)")
     ax.legend(loc="best", frameon=True, framealpha=0.85)

@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from gradsight.display import NONFINITE_COLOR, plural
-from gradsight.plots._figure import layer_ticks, new_axes, no_data, styled, tidy_log_axis
+from gradsight.plots._figure import layer_ticks, new_axes, no_data, styled
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
     DEFAULT_ROLES,
@@ -115,7 +115,6 @@ def flow(
                    label=f"non-finite ({plural(events['step'].nunique(), 'step')})")
     ax.set_yscale("log")
     ax.autoscale_view()
-    tidy_log_axis(ax)
     ax.set_ylabel(f"{stat} (log scale)")
     ax.set_xlabel(f"{role_label(role)}, in forward order (input → output)")
     layer_ticks(ax, names, max_labels=max_labels)

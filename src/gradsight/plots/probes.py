@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gradsight.plots._figure import new_axes, styled, tidy_log_axis
+from gradsight.plots._figure import new_axes, styled
 from gradsight.display import PALETTE
 
 if TYPE_CHECKING:
@@ -112,7 +112,6 @@ def plot_path_lengths(result: PathLengthResult, axes: Sequence[Axes] | None = No
     mag_ax.plot(k, result.magnitude.numpy(), "o-", ms=3, color=_color(1), label="mean")
     mag_ax.set_yscale("log")
     mag_ax.autoscale_view()
-    tidy_log_axis(mag_ax)
     mag_ax.set_xlabel("path length k")
     mag_ax.set_ylabel("gradient magnitude at input")
     mag_ax.set_title("(b) gradient magnitude per path")
@@ -228,7 +227,6 @@ def plot_signal_propagation(table: pd.DataFrame, *, title: str | None = None,
         ax.set_xlabel(xlabel)
         ax.set_yscale("log")
         ax.autoscale_view()
-        tidy_log_axis(ax)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fwd.set_title("forward: signal propagation")

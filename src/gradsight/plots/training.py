@@ -26,7 +26,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from gradsight.plots._figure import no_data, styled, tidy_log_axis
+from gradsight.plots._figure import no_data, styled
 from gradsight.plots.flow import flow
 from gradsight.display import family_looks
 from gradsight.store.query import DEFAULT_ROLES, family_and_depth, layer_matrix, positive, run_labels, view_roles
@@ -222,7 +222,6 @@ def training_curves(runs: Sequence[RunSource], *, axes: Sequence[Axes] | None = 
             continue
         ax.set_yscale("log")
         ax.autoscale_view()
-        tidy_log_axis(ax)
         ax.legend(loc="best", ncols=2 if len(names) > 2 else 1)
     if kinds == {"bits"} and axes[1].get_lines():
         nats = axes[1].secondary_yaxis("right", functions=(lambda b: b * math.log(2), lambda n: n / math.log(2)))

@@ -81,10 +81,16 @@ JS = r"""
     if (a >= 1e-3 && a < 1e4) return String(Number(v.toPrecision(3)));
     return v.toExponential(2);
   }
-  function tickLabel(v) {
-    var e = Math.floor(Math.log10(v) + 1e-9), m = v / Math.pow(10, e);
-    if (e >= -3 && e <= 4) return String(Number(v.toPrecision(3)));
-    return (Math.abs(m - Math.round(m)) < 1e-6 ? String(Math.round(m)) : m.toPrecision(2)) + "e" + e;
+  function tickLabel(v, digits) {
+    if (v === 0) return "0";
+    var p = digits || 3, e = Math.floor(Math.log10(Math.abs(v)) + 1e-9), m = v / Math.pow(10, e);
+    if (e >= -3 && e <= 4) return String(Number(v.toPrecision(p)));
+    return (Math.abs(m - Math.round(m)) < 1e-6 ? String(Math.round(m)) : String(Number(m.toPrecision(p - 1)))) + "e" + e;
+  }
+  function tickLabels(vals) {  // with as many digits as it takes to tell the ticks apart
+    var out = vals.map(function (v) { return tickLabel(v); });
+    for (var p = 4; p <= 8 && new Set(out).size < out.length; p++) out = vals.map(function (v) { return tickLabel(v, p); });
+    return out;
   }
   function svg(tag, attrs, parent) {
     var e = document.createElementNS(SVGNS, tag);
@@ -189,10 +195,11 @@ JS = r"""
     // grid and axes
     var grid = svg("g", { "class": "grid" }, root), axis = svg("g", { "class": "axis" }, root);
     var yt = log ? logTicks(ylo, yhi) : niceLinearTicks(ylo, yhi, 5);
-    yt.forEach(function (v) {
+    var ytl = tickLabels(yt);
+    yt.forEach(function (v, i) {
       var y = Y(v);
       svg("line", { x1: M.l, x2: W - M.r, y1: y, y2: y }, grid);
-      svg("text", { x: M.l - 6, y: y + 4, "text-anchor": "end" }, axis).textContent = tickLabel(v);
+      svg("text", { x: M.l - 6, y: y + 4, "text-anchor": "end", "class": "ytick" }, axis).textContent = ytl[i];
     });
     svg("line", { x1: M.l, x2: M.l, y1: M.t, y2: M.t + ph }, axis);
     svg("line", { x1: M.l, x2: W - M.r, y1: M.t + ph, y2: M.t + ph }, axis);
@@ -374,7 +381,9 @@ JS = r"""
     var bx = W - M.r + 12, bw = 12;
     for (var y2 = 0; y2 < ph; y2++) { ctx.fillStyle = lutColor(1 - y2 / ph); ctx.fillRect(bx, M.t + y2, bw, 1.5); }
     ctx.textAlign = "left"; ctx.textBaseline = "middle"; ctx.fillStyle = "#3b434b";
-    logTicks(lo, hi).forEach(function (t) { var yy = M.t + (1 - frac(t)) * ph; ctx.fillRect(bx + bw, yy, 3, 1); ctx.fillText(tickLabel(t), bx + bw + 5, yy); });
+    var bt = logTicks(lo, hi), btl = tickLabels(bt);
+    cv.setAttribute("data-colorbar-ticks", btl.join(" "));
+    bt.forEach(function (t, i) { var yy = M.t + (1 - frac(t)) * ph; ctx.fillRect(bx + bw, yy, 3, 1); ctx.fillText(btl[i], bx + bw + 5, yy); });
     cv.addEventListener("mousemove", function (ev) {
       var box = cv.getBoundingClientRect(), mx = ev.clientX - box.left - M.l, my = ev.clientY - box.top - M.t;
       if (mx < 0 || my < 0 || mx >= pw || my >= ph) { hideTip(); return; }
