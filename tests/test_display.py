@@ -77,3 +77,12 @@ def test_short_labels_drop_the_shared_prefix_and_cut_at_dots():
     assert short_label("stages.3.blocks.11.token_mixer.talking_head1") == "…token_mixer.talking_head1"
     assert short_label("a" * 40) == "…" + "a" * 27  # one part longer than the room: its end
     assert short_labels(["x.a", "x.b"]) == ["a", "b"] and short_labels(["only.one"]) == ["only.one"]
+
+
+def test_short_labels_that_would_repeat_all_say_which_name_they_are():
+    """The first of several names ending alike (``…attention.output.LayerNorm`` of every
+    block) kept the short label, which named no block; every one of them gets the longer one."""
+    from gradsight.display import short_labels
+
+    names = [f"bert.encoder.layer.{i}.attention.output.LayerNorm" for i in range(3)] + ["bert.pooler.dense"]
+    assert short_labels(names) == [f"…layer.{i}.attention.output.LayerNorm" for i in range(3)] + ["pooler.dense"]

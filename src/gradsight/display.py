@@ -91,18 +91,16 @@ def short_label(name: str, max_len: int = 28) -> str:
 
 def short_labels(names: Sequence[str], max_len: int = 28) -> list[str]:
     """:func:`short_label` for each name, after dropping the dotted prefix all of them share
-    (``bert.encoder.``: it tells the names nothing), keeping labels unique."""
+    (``bert.encoder.``: it tells the names nothing); names whose labels would be the same
+    (``…attention.output.LayerNorm`` of every block) all get longer ones, which tell them apart."""
     names = list(names)
-    prefix = _shared_prefix(names)
-    out, seen = [], set()
-    for n in names:
-        rest = n[len(prefix):]
-        label = short_label(rest, max_len)
-        if label in seen:
-            label = short_label(rest, max_len + 12)
-        seen.add(label)
-        out.append(label)
-    return out
+    cut = len(_shared_prefix(names))
+    rests = [n[cut:] for n in names]
+    labels = [short_label(rest, max_len) for rest in rests]
+    count: dict[str, int] = {}
+    for label in labels:
+        count[label] = count.get(label, 0) + 1
+    return [short_label(rest, max_len + 12) if count[label] > 1 else label for rest, label in zip(rests, labels)]
 
 
 def _shared_prefix(names: Sequence[str]) -> str:

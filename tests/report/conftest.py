@@ -34,6 +34,40 @@ class HostileNet(nn.Module):
         return getattr(self, '"><img src=x onerror=alert(2)>')(h)
 
 
+class _EncoderLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.Module()
+        self.attention.output = nn.Module()
+        self.attention.output.dense = nn.Linear(6, 6)
+        self.attention.output.LayerNorm = nn.LayerNorm(6)
+        self.output = nn.Module()
+        self.output.dense = nn.Linear(6, 6)
+
+    def forward(self, x):
+        h = self.attention.output.LayerNorm(torch.tanh(self.attention.output.dense(x)))
+        return torch.tanh(self.output.dense(h))
+
+
+class Bertish(nn.Module):
+    """Long dotted names sharing the prefix ``bert.``: ``bert.encoder.layer.{0,1,2}.`` +
+    ``attention.output.dense``, ``attention.output.LayerNorm``, ``output.dense``, then the
+    head ``bert.pooler.dense``; a norm layer between each block's weighted layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bert = nn.Module()
+        self.bert.encoder = nn.Module()
+        self.bert.encoder.layer = nn.ModuleList(_EncoderLayer() for _ in range(3))
+        self.bert.pooler = nn.Module()
+        self.bert.pooler.dense = nn.Linear(6, 3)
+
+    def forward(self, x):
+        for layer in self.bert.encoder.layer:
+            x = layer(x)
+        return self.bert.pooler.dense(x)
+
+
 def add_module_stat(run_dir: Path, stat: str = "act_rms", names=("inp", "blocks", "head")) -> None:
     """Append a module-level statistic to a finished run, as activation hooks would record it."""
     conn = sqlite3.connect(run_dir / "gradsight.sqlite")
@@ -77,3 +111,20 @@ def report_html(report_runs: Path) -> Path:
     from gradsight.report import write_report
 
     return write_report([report_runs], report_runs.parent / "report.html")
+
+
+@pytest.fixture(scope="package")
+def bertish_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report of one run of :class:`Bertish` with activation statistics (its ``module``
+    rows are its layers, norm layers included)."""
+    from gradsight.report import write_report
+
+    root = tmp_path_factory.mktemp("bertish")
+    torch.manual_seed(0)
+    model = Bertish()
+    with gs.watch(model, root / "bertish", activations=True) as mon:
+        for _ in range(4):
+            model(torch.randn(8, 6)).pow(2).mean().backward()
+            mon.step()
+            model.zero_grad()
+    return write_report([root / "bertish"], root / "report.html")

@@ -96,7 +96,11 @@ def test_picking_an_activation_statistic_redraws(browser_page):
     flow = page.locator("#run-1 [data-chart=flow]")
     assert flow.locator(".title").text_content().startswith("act_rms by module")
     assert flow.locator("svg").get_attribute("data-series") == "6"
+    # module rows take their layer's role: inp (weighted) and head by default, not blocks (other)
+    assert page.locator("#run-1 [data-chart=heatmap] canvas").get_attribute("data-rows") == "2"
+    page.select_option("#run-1 select.role", "all")
     assert page.locator("#run-1 [data-chart=heatmap] canvas").get_attribute("data-rows") == "3"
+    page.select_option("#run-1 select.role", "default")
     page.select_option("#run-1 select.stat", "layer:grad_rms")
 
 
@@ -135,3 +139,60 @@ def test_screenshot_is_not_blank(browser_page):
     assert ImageStat.Stat(shot).stddev[0] > 20
     heat = Image.open(io.BytesIO(page.locator("#run-1 [data-chart=heatmap] canvas").screenshot())).convert("RGB")
     assert len(heat.getcolors(maxcolors=100_000)) > 20  # a real colour map, not one flat colour
+
+
+@pytest.fixture(scope="module")
+def bertish_page(browser_page, bertish_report: Path):
+    """The report of a run with long names and activation statistics, in a second tab."""
+    page = browser_page.page.context.new_page()
+    url = bertish_report.resolve().as_uri()
+    opened = Page(page, url)
+    page.goto(url)
+    page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=30_000)
+    yield opened
+    page.close()
+
+
+def _axis_labels(page, chart: str) -> list[tuple[str, str]]:
+    """``(shown text, title)`` of a chart's x tick labels."""
+    return page.locator(f"#run-0 [data-chart={chart}] svg text.xtick").evaluate_all(
+        "els => els.map(e => [e.firstChild.nodeValue, e.querySelector('title').textContent])")
+
+
+def test_x_labels_are_whole_trailing_parts_with_the_full_name_on_hover(bertish_page):
+    """Labels used to be the last 25 characters of a name (``…er.0.attention.output.dense``)."""
+    labels = _axis_labels(bertish_page.page, "flow")
+    full = [f"bert.encoder.layer.{i}.{part}" for i in range(3) for part in ("attention.output.dense", "output.dense")]
+    assert [title for _, title in labels] == full + ["bert.pooler.dense"]  # weighted + head by default
+    for shown, title in labels:
+        assert title.endswith("." + shown.removeprefix("…")) and not shown.startswith("bert.")
+    assert [shown for shown, _ in labels][:2] == ["…0.attention.output.dense", "encoder.layer.0.output.dense"]
+    assert bertish_page.console_errors == []
+
+
+def test_the_role_selector_filters_module_statistics(bertish_page):
+    page = bertish_page.page
+    run = page.locator("#run-0")
+    page.select_option("#run-0 select.stat", "module:act_rms")
+    rows = {}
+    for role in ("default", "norm", "all"):
+        page.select_option("#run-0 select.role", role)
+        rows[role] = int(run.locator("[data-chart=heatmap] canvas").get_attribute("data-rows"))
+    assert rows == {"default": 7, "norm": 3, "all": 10}  # 6 linear + the head, 3 LayerNorms, all 10 modules
+    page.select_option("#run-0 select.role", "default")
+    assert "(weighted + head, forward order)" in run.locator("[data-chart=flow] .title").text_content()
+    page.select_option("#run-0 select.stat", "layer:grad_rms")
+
+
+def test_a_log_axis_within_one_decade_has_two_labelled_ticks(bertish_page, bertish_report):
+    """act_rms of the weighted modules lies within one decade (0.3 to 0.9 here): the flow
+    chart's y axis and the heatmap's colour bar each label two ticks or more."""
+    page = bertish_page.page
+    page.select_option("#run-0 select.stat", "module:act_rms")
+    ticks = page.locator("#run-0 [data-chart=flow] svg text.ytick").all_text_contents()
+    bar = page.locator("#run-0 [data-chart=heatmap] canvas").get_attribute("data-colorbar-ticks").split()
+    page.select_option("#run-0 select.stat", "layer:grad_rms")
+    for labels in (ticks, bar):
+        values = [float(v) for v in labels]
+        assert len(values) >= 2 and len(set(labels)) == len(labels)
+        assert max(values) / min(values) < 10

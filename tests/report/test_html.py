@@ -196,12 +196,12 @@ def test_layer_charts_have_a_role_filter_and_the_payload_the_roles(report_html):
     plain = run_data(text, "plain4")
     assert plain["roles"]["layer"] == ["weighted", "weighted", "weighted", "head"]
     assert plain["names"]["layer"] == ["inp", "blocks.fc0", "blocks.fc1", "head"]
-    assert plain["default_roles"] == {"layer": ["weighted", "head"], "module": None}
+    assert plain["default_roles"] == {"layer": ["weighted", "head"], "module": ["weighted", "head"]}
     assert plain["default_key"] == "layer:grad_rms"
     section = text[text.index('<section class="run" id="run-1">'):]
     select = section[section.index('<select class="role"'): section.index("</select></label> (activation")]
     values = re.findall(r'<option value="([^"]+)"', select)
-    assert values == ["default", "all", "weighted", "head"]
+    assert values == ["default", "all", "weighted", "head", "other"]  # other: the module row "blocks"
     assert '<option value="default" selected>weighted layers + head</option>' in select
     assert 'id="compare-role"' in text
 
@@ -236,3 +236,42 @@ def test_update_ratio_chart_of_a_sparse_series_takes_the_steps_that_hold_it(tmp_
 def test_update_ratio_chart_of_an_every_step_series_shares_the_runs_steps(tmp_path):
     data = run_data(build_report([make_run(tmp_path / "dense")]), "dense")
     assert data["update_key"] == "layer:update_ratio" and "steps" not in data["matrices"][data["update_key"]]
+
+
+BERTISH_LAYERS = [f"bert.encoder.layer.{i}.{part}" for i in range(3)
+                  for part in ("attention.output.dense", "attention.output.LayerNorm", "output.dense")]
+BERTISH_LAYERS.append("bert.pooler.dense")
+
+
+def test_axis_labels_drop_the_shared_prefix_and_keep_whole_parts(bertish_report):
+    """The report's axes used to cut names in the middle (``…er.0.attention.output.dense``,
+    the last 25 characters); the page now gets the figures' labels (display.short_labels):
+    the prefix ``bert.`` every name shares dropped, whole trailing parts kept."""
+    data = payload_of(bertish_report.read_text())["runs"][0]
+    expected = []
+    for i in range(3):
+        expected += [f"…{i}.attention.output.dense", f"…layer.{i}.attention.output.LayerNorm",
+                     f"encoder.layer.{i}.output.dense"]
+    expected.append("pooler.dense")
+    for level in ("layer", "module"):
+        assert data["names"][level] == BERTISH_LAYERS
+        assert data["labels"][level] == expected
+    for name, label in zip(BERTISH_LAYERS, expected):  # a dotted tail of the name, never a cut part
+        tail = label.removeprefix("…")
+        assert name.endswith("." + tail)
+
+
+def test_the_role_selector_applies_to_module_statistics(bertish_report):
+    """Module rows (activation statistics) were all shown whatever the selector said by
+    default; they take their layer's role, and the default shows the weighted ones and the head."""
+    text = bertish_report.read_text()
+    data = payload_of(text)["runs"][0]
+    model = __import__("tests.report.conftest", fromlist=["Bertish"]).Bertish()
+    by_type = {name: ("norm" if isinstance(m, nn.LayerNorm) else "weighted")
+               for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.LayerNorm))}
+    by_type["bert.pooler.dense"] = "head"  # the last layer of the forward pass
+    assert data["roles"]["module"] == [by_type[n] for n in data["names"]["module"]]
+    assert data["default_roles"]["module"] == ["weighted", "head"]
+    select = text[text.index('<select class="role"'):]
+    select = select[: select.index("</select>")]
+    assert re.findall(r'<option value="([^"]+)"', select) == ["default", "all", "norm", "weighted", "head"]

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from gradsight.diagnosis import diagnose
-from gradsight.display import fmt_value, summary_rows
+from gradsight.display import fmt_value, short_labels, summary_rows
 from gradsight.plots.flow import OVERLAID_STEPS
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
@@ -74,7 +74,7 @@ class RunPayload:
     family: str | None  #: None when the run's config records no family and depth
     depth: int | None
     notes: list[str] = field(default_factory=list)
-    roles: list[str] = field(default_factory=list)  #: the roles of the run's layers, in Role.ALL order
+    roles: list[str] = field(default_factory=list)  #: the roles of the run's layers and modules, in Role.ALL order
     name: str = ""  #: the run's name in the report (distinct among the runs shown: store.query.run_labels)
 
 
@@ -181,6 +181,9 @@ def run_payload(run: RunView | Run, index: int, *, stat: str = DEFAULT_STAT, cel
         "flow_columns": step_sample(range(len(steps)), OVERLAID_STEPS),  # positions in ``steps``
         "total_steps": len(all_steps),
         "names": names,
+        # per level, each name as the axes show it (display.short_labels: the dotted prefix every
+        # name shares dropped, whole trailing parts kept); hovering shows the full name
+        "labels": {lv: short_labels(level_names) for lv, level_names in names.items()},
         "roles": roles,  # per level, the role of each name
         # per level, the roles shown first (None: all names)
         "default_roles": {lv: list(r) if r is not None else None for lv, r in default_roles.items()},
@@ -193,7 +196,7 @@ def run_payload(run: RunView | Run, index: int, *, stat: str = DEFAULT_STAT, cel
         "family": family,
         "depth": depth,
     }
-    present = set(roles.get("layer", []))
+    present = set(roles.get("layer", [])) | set(roles.get("module", []))  # what the role selector offers
     return RunPayload(index, run, data, summary, options, default_key, family, depth, notes,
                       [r for r in Role.ALL if r in present], name=run.name)
 

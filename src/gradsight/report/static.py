@@ -153,7 +153,8 @@ JS = r"""
   function hideTip() { tip.style.display = "none"; }
 
   // ---------------------------------------------------------------- line chart
-  // spec: {title, xlabel, ylabel, logY, xLabels (category names for x = 0..n-1), series: [{name, xs, ys, color,
+  // spec: {title, xlabel, ylabel, logY, xNames (category names for x = 0..n-1, shown in full on hover),
+  //        xLabels (their axis labels: display.short_labels), series: [{name, xs, ys, color,
   //        width, dash, opacity}], bands: [{xs, lo, hi, color, opacity, name}], refs: [{y, label}],
   //        markers: [{x, label}], legend: bool, note}
   function lineChart(container, spec) {
@@ -206,11 +207,12 @@ JS = r"""
     if (cat) {
       var n = spec.xLabels.length, every = Math.max(1, Math.ceil(n / Math.max(4, Math.floor(pw / 15))));
       for (var i = 0; i < n; i += every) {
-        var x = X(i), lab = spec.xLabels[i];
-        if (lab.length > 26) lab = "\u2026" + lab.slice(-25);
+        var x = X(i);
         svg("line", { x1: x, x2: x, y1: M.t + ph, y2: M.t + ph + 4 }, axis);
-        var t = svg("text", { x: x, y: M.t + ph + 10, "text-anchor": "end", transform: "rotate(-50 " + x + " " + (M.t + ph + 10) + ")" }, axis);
-        t.textContent = shownName(lab);
+        var t = svg("text", { x: x, y: M.t + ph + 10, "text-anchor": "end", "class": "xtick",
+                              transform: "rotate(-50 " + x + " " + (M.t + ph + 10) + ")" }, axis);
+        t.textContent = spec.xLabels[i];
+        svg("title", null, t).textContent = shownName(spec.xNames ? spec.xNames[i] : spec.xLabels[i]);
       }
     } else {
       niceLinearTicks(xlo, xhi, Math.max(3, Math.floor(pw / 90))).forEach(function (v) {
@@ -289,7 +291,7 @@ JS = r"""
       if (!best) { hideTip(); dot.setAttribute("visibility", "hidden"); return; }
       var s = best.s, i = best.i;
       dot.setAttribute("cx", X(s.xs[i])); dot.setAttribute("cy", best.py); dot.setAttribute("visibility", "visible");
-      var where = cat ? shownName(spec.xLabels[s.xs[i]]) : (spec.xname || "x") + " " + fmt(s.xs[i]);
+      var where = cat ? shownName((spec.xNames || spec.xLabels)[s.xs[i]]) : (spec.xname || "x") + " " + fmt(s.xs[i]);
       showTip((s.hoverName || s.name) + "\n" + where + "\n" + (spec.ylabel || "value") + ": " + fmt(s.ys[i]), ev);
     });
     overlay.addEventListener("mouseleave", function () { hideTip(); dot.setAttribute("visibility", "hidden"); });
@@ -313,7 +315,8 @@ JS = r"""
   }
 
   // ---------------------------------------------------------------- heatmap
-  // spec: {title, rows (names), cols (steps), data (Float32Array rows*cols), markers: [[row, col]], stat}
+  // spec: {title, rows (names, shown in full on hover), rowLabels (their axis labels), cols (steps),
+  //        data (Float32Array rows*cols), markers: [[row, col]], stat}
   function heatmapChart(container, spec) {
     container.textContent = "";
     if (spec.title) div("title", container, spec.title);
@@ -366,9 +369,7 @@ JS = r"""
     ctx.fillStyle = "#3b434b"; ctx.font = "11px system-ui, sans-serif"; ctx.textAlign = "right"; ctx.textBaseline = "middle";
     var every = Math.max(1, Math.ceil(rows / Math.floor(ph / 13)));
     for (var i = 0; i < rows; i += every) {
-      var lab = shownName(spec.rows[i]);
-      if (lab.length > 28) lab = "\u2026" + lab.slice(-27);
-      ctx.fillText(lab, M.l - 5, M.t + (i + 0.5) / rows * ph);
+      ctx.fillText(spec.rowLabels[i], M.l - 5, M.t + (i + 0.5) / rows * ph);
     }
     ctx.textAlign = "center"; ctx.textBaseline = "top";
     var nx = Math.min(cols, Math.max(2, Math.floor(pw / 90)));
@@ -386,6 +387,7 @@ JS = r"""
     bt.forEach(function (t, i) { var yy = M.t + (1 - frac(t)) * ph; ctx.fillRect(bx + bw, yy, 3, 1); ctx.fillText(btl[i], bx + bw + 5, yy); });
     cv.addEventListener("mousemove", function (ev) {
       var box = cv.getBoundingClientRect(), mx = ev.clientX - box.left - M.l, my = ev.clientY - box.top - M.t;
+      if (mx < 0 && mx >= -M.l && my >= 0 && my < ph) { showTip(shownName(spec.rows[Math.floor(my / ph * rows)]), ev); return; }  // a row label
       if (mx < 0 || my < 0 || mx >= pw || my >= ph) { hideTip(); return; }
       var c2 = Math.floor(mx / pw * cols), r2 = Math.floor(my / ph * rows);
       var name = shownName(spec.rows[r2]);
@@ -413,7 +415,7 @@ JS = r"""
     if (!m) return null;
     if (!m._data) m._data = decode(m.data);
     var steps = m.steps || run.steps;  // a matrix of its own steps (update ratios), or the run's
-    var names = run.names[m.level], data = m._data, k = steps.length;
+    var names = run.names[m.level], labels = run.labels[m.level], data = m._data, k = steps.length;
     var keep = rolesFor(run, m.level, choice), roles = (run.roles || {})[m.level];
     if (keep && roles) {
       var rows = [];
@@ -422,10 +424,11 @@ JS = r"""
         var out = new Float32Array(rows.length * k);
         rows.forEach(function (r0, i) { out.set(data.subarray(r0 * k, (r0 + 1) * k), i * k); });
         names = rows.map(function (r0) { return names[r0]; });
+        labels = rows.map(function (r0) { return labels[r0]; });
         data = out;
       }
     }
-    return { names: names, steps: steps, data: data, stat: m.stat, level: m.level, shown: roleLabel(run, m.level, choice) };
+    return { names: names, labels: labels, steps: steps, data: data, stat: m.stat, level: m.level, shown: roleLabel(run, m.level, choice) };
   }
   function column(m, c) { var n = m.names.length, k = m.steps.length, out = new Array(n); for (var r = 0; r < n; r++) out[r] = m.data[r * k + c]; return out; }
   function row(m, r) { var k = m.steps.length; return Array.prototype.slice.call(m.data.subarray(r * k, (r + 1) * k)); }
@@ -467,7 +470,7 @@ JS = r"""
       if (r >= 0 && m.level === "layer") markers.push({ x: r, label: shownName(e[1]) + ": " + e[2] + " NaN/Inf elements at step " + e[0] });
     });
     var by = m.level === "layer" ? "layer" : m.level === "param" ? "parameter" : m.level;
-    lineChart(el, { title: m.stat + " by " + by + " (" + m.shown + ", forward order)", xLabels: m.names, series: series, ylabel: m.stat,
+    lineChart(el, { title: m.stat + " by " + by + " (" + m.shown + ", forward order)", xNames: m.names, xLabels: m.labels, series: series, ylabel: m.stat,
       bands: [{ xs: xs, lo: q[0], hi: q[2], color: "#9e9e9e", opacity: 0.3, name: "5\u201395% over " + m.steps.length + " steps" }],
       markers: markers, xlabel: by + ", input \u2192 output", height: 340, empty: "no " + m.shown + " " + by + "s" });
   }
@@ -481,7 +484,7 @@ JS = r"""
       m.steps.forEach(function (s, c) { var d = Math.abs(s - e[0]); if (d < bd) { bd = d; best = c; } });
       marks.push([r, best]);
     });
-    heatmapChart(el, { title: m.stat + ": " + (m.level === "layer" ? "layer" : m.level) + " (" + m.shown + ") \u00d7 step (log colour)", rows: m.names, cols: m.steps, data: m.data, markers: marks, stat: m.stat });
+    heatmapChart(el, { title: m.stat + ": " + (m.level === "layer" ? "layer" : m.level) + " (" + m.shown + ") \u00d7 step (log colour)", rows: m.names, rowLabels: m.labels, cols: m.steps, data: m.data, markers: marks, stat: m.stat });
   }
   function drawBands(el, run, key, choice) {
     var m = matrixOf(run, key, choice);

@@ -270,13 +270,15 @@ def roles_by_name(data: RunLike, level: str = Level.LAYER) -> dict[str, str]:
 
 def view_roles(data: RunLike, role: Roles = DEFAULT_ROLES, level: str = Level.LAYER) -> tuple[str, ...] | None:
     """The role filter a view uses: ``role`` (None or ``'all'``: every layer), except that
-    the default (:data:`DEFAULT_ROLES`) applies to layers and parameters only (module and
-    block rows of activation statistics are all shown), and falls back to every layer
-    when the run has no weighted layer or head (a network of custom module types)."""
+    the default (:data:`DEFAULT_ROLES`) applies to layers, parameters and modules (a
+    ``module`` row of activation statistics has the role of the layer of its name, see
+    :func:`gradsight.store.roles.row_roles`), not to residual blocks (all shown), and
+    falls back to every name when the run has no weighted layer or head (a network of
+    custom module types)."""
     roles = as_roles(role)
     if roles is None or tuple(roles) != tuple(DEFAULT_ROLES):
         return roles
-    if level not in (Level.LAYER, Level.PARAM):
+    if level not in (Level.LAYER, Level.PARAM, Level.MODULE):
         return None
     present = set(roles_by_name(data, level).values())
     if not present or present & set(roles):
