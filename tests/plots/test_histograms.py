@@ -59,6 +59,20 @@ def test_figures_draw_the_buckets_and_the_format_lines(hist_run):
     assert len([a for a in fig.axes if a.images]) == 3  # three layers
 
 
+def test_a_figure_of_some_layers_says_which_and_how_chosen(tmp_path):
+    """The title says how many of how many layers are shown, and how they were picked: evenly
+    spaced in forward order, as the steps are (store.query.step_sample)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(7)])
+    with gs.watch(model, tmp_path / "run", histograms=True) as mon:
+        model(torch.randn(2, 4)).sum().backward()
+        mon.step()
+    fig = log2_histograms(tmp_path / "run", max_layers=4)
+    assert fig.get_suptitle().endswith("(4 of 7 layers, evenly spaced in forward order (first and last included))")
+    assert [ax.get_title() for ax in fig.axes if ax.images] == ["0", "2", "4", "6"]  # round(k * 6 / 3)
+    assert log2_histograms(tmp_path / "run").get_suptitle().endswith("(all 7 layers)")
+
+
 def test_plot_kind_hist(hist_run, tmp_path, capsys):
     for level in ("layer", "model"):
         out = tmp_path / f"{level}.png"

@@ -11,14 +11,25 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from gradsight.display import CMAP, MISSING_COLOR, PALETTE, display_name
+from gradsight.display import (
+    CMAP,
+    MISSING_COLOR,
+    PALETTE,
+    display_name,
+    plural,
+    short_labels,
+)
 from gradsight.plots._figure import new_axes, no_data, step_ticks, styled
 from gradsight.stats.formats import FORMAT_RANGES
 from gradsight.store import histograms as store_histograms
 from gradsight.store.query import run_label, step_sample
 from gradsight.store.schema import Level
 from gradsight.store.view import view_of
+
+#: Layers a figure of several layers' histograms shows, at most (:func:`layer_names`).
+MAX_LAYERS = 12
 
 #: Line colour of each format's range.
 FORMAT_COLORS = dict(zip(FORMAT_RANGES, PALETTE[1:]))
@@ -104,6 +115,7 @@ def _panel(ax: Axes, frame, name: str, label: str, max_steps: int | None, cmap: 
         ax.axhline(value, color=FORMAT_COLORS[fmt], ls="--" if edge == "zero" else "-", lw=1.3,
                    label=f"{fmt}: rounds to 0 at or below" if edge == "zero" else f"{fmt}: largest value")
     step_ticks(ax, steps)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # bucket exponents
     ax.set_xlabel("step")
     ax.set_ylabel("log2 |g| (bucket e: 2^e <= |g| < 2^(e+1))")
     ax.grid(False)
@@ -115,33 +127,54 @@ def histogram_steps(run) -> list[int]:
     return sorted(set(run.histograms(level=Level.MODEL)["step"].tolist()))
 
 
-def layer_names(data, max_layers: int = 12, steps: Sequence[int] | None = None) -> list[str]:
-    """The layers with histograms (at the first or last step with one), in forward order, at
-    most ``max_layers`` evenly spaced (first and last kept); ``steps``: the run's
-    :func:`histogram_steps`, when the caller has them."""
+def histogram_layers(data, steps: Sequence[int] | None = None) -> list[str]:
+    """Every layer with histograms (at the first or last step with one), in forward order;
+    ``steps``: the run's :func:`histogram_steps`, when the caller has them."""
     run = view_of(data)
     steps = histogram_steps(run) if steps is None else list(steps)
     have = set(run.histograms(level=Level.LAYER, steps=steps[:1] + steps[-1:])["name"]) if steps else set()
-    order = [n for n in run.layer_order if n in have]
-    return step_sample(order, max_layers)
+    return [n for n in run.layer_order if n in have]
+
+
+def layer_names(data, max_layers: int = MAX_LAYERS, steps: Sequence[int] | None = None) -> list[str]:
+    """The layers a figure of several layers' histograms shows: :func:`histogram_layers`, at
+    most ``max_layers`` of them evenly spaced in forward order, first and last kept (the
+    steps' sampler, :func:`gradsight.store.query.step_sample`; :func:`layer_choice` says so)."""
+    return step_sample(histogram_layers(data, steps), max_layers)
+
+
+def layer_choice(shown: int, total: int) -> str:
+    """Which layers a figure shows, in words: ``12 of 27 layers, evenly spaced in forward
+    order (first and last included)``, or ``all 5 layers``."""
+    if shown >= total:
+        return f"all {plural(total, 'layer')}" if total != 1 else "1 layer"
+    return f"{shown} of {total} layers, evenly spaced in forward order (first and last included)"
 
 
 @styled
-def log2_histograms(data, names: Sequence[str] | None = None, *, max_layers: int = 12,
-                    max_steps: int | None = 200, title: str | None = None, cmap: str = CMAP) -> Figure:
+def log2_histograms(data, names: Sequence[str] | None = None, *, max_layers: int = MAX_LAYERS,
+                    max_steps: int | None = 200, title: str | None = None, cmap: str = CMAP,
+                    cols: int = 3, panel_size: tuple[float, float] = (4.6, 3.1)) -> Figure:
     """:func:`log2_histogram` of several layers, one panel each, in forward order (default:
-    at most ``max_layers`` evenly spaced layers with histograms), at most ``max_steps``
-    evenly spaced steps with a histogram (only those are read); up to three panels per
-    row, one colour scale (fraction of nonzero elements, 1e-6 to 1) and one legend."""
+    :func:`layer_names`, at most ``max_layers`` evenly spaced layers with histograms, and
+    the title says which), at most ``max_steps`` evenly spaced steps with a histogram (only
+    those are read); up to ``cols`` panels per row, each ``panel_size`` inches (the figure
+    grows with the rows), one colour scale (fraction of nonzero elements, 1e-6 to 1) and
+    one legend. Panel titles are :func:`gradsight.display.short_labels` of the names."""
     run = view_of(data)
     recorded = histogram_steps(run)
-    names = list(names) if names is not None else layer_names(run, max_layers, recorded)
+    choice = None
+    if names is None:
+        names = layer_names(run, max_layers, recorded)
+        choice = layer_choice(len(names), len(histogram_layers(run, recorded)))
+    names = list(names)
     steps = step_sample(recorded, max_steps)
     frame = run.histograms(level=Level.LAYER, name=names, steps=steps) if names else None
     n = max(1, len(names))
-    cols = min(3, n)
+    cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(4.6 * cols + 1.6, 3.1 * rows + 0.9), layout="constrained")
+    width, height = panel_size
+    fig = Figure(figsize=(width * cols + 1.6, height * rows + 0.9), layout="constrained")
     grid = fig.subplots(rows, cols, squeeze=False)
     axes = list(grid.ravel())
     if not names:
@@ -152,14 +185,13 @@ def log2_histograms(data, names: Sequence[str] | None = None, *, max_layers: int
     # one colour scale for every panel: the colours compare across layers
     norm = LogNorm(1e-6, 1.0)
     image, lines = None, {}
-    for i, (name, ax) in enumerate(zip(names, axes)):
-        ax.set_title(display_name(name), fontsize=9)
+    for i, (name, label, ax) in enumerate(zip(names, short_labels(names, 40), axes)):
+        ax.set_title(label, fontsize=9)
         im = _panel(ax, frame, name, display_name(name), max_steps, cmap, norm)
         image = image or im
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            lines.setdefault(label, handle)
-        if i % cols:
-            ax.set_ylabel("")
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            lines.setdefault(text, handle)
+        ax.set_ylabel("" if i % cols else "log2 |g| bucket")  # one panel's full label: log2_histogram
         if i < len(names) - cols:
             ax.set_xlabel("")
     if image is not None:
@@ -168,5 +200,5 @@ def log2_histograms(data, names: Sequence[str] | None = None, *, max_layers: int
     if lines:
         fig.legend(list(lines.values()), list(lines.keys()), loc="outside lower center",
                    ncol=min(3, len(lines)), fontsize=8, frameon=False)
-    fig.suptitle(title or f"log2 |gradient| per layer: {run_label(run)}")
+    fig.suptitle(title or f"log2 |gradient| per layer: {run_label(run)}" + (f" ({choice})" if choice else ""))
     return fig

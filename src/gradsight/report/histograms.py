@@ -1,6 +1,12 @@
 """The report's gradient distribution section of a run recorded with ``histograms=``:
 log2 histograms of up to 12 layers over training (with the fp16, bf16 and fp8 ranges
-drawn as lines), and the precision headroom of the model by format."""
+drawn as lines; which layers, and how they were chosen, is said above the figure), and
+the precision headroom of the model by format.
+
+The figure is shown at :data:`PX_PER_INCH` CSS pixels per inch, never shrunk (the page
+scrolls sideways when narrower), so its smallest text (8 pt tick labels) reads at 13 px,
+the size of the report's tables and notes: two panels per row make it 1,152 px wide
+(the page's column at a 1280 px window), each row of panels 348 px tall."""
 
 from __future__ import annotations
 
@@ -10,16 +16,25 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gradsight.display import fmt_value
-from gradsight.plots.histograms import log2_histograms
+from gradsight.display import display_name, fmt_value
+from gradsight.plots.histograms import (
+    MAX_LAYERS,
+    histogram_layers,
+    histogram_steps,
+    layer_choice,
+    layer_names,
+    log2_histograms,
+)
 from gradsight.stats.formats import FORMAT_RANGES, OVERFLOW_STATS, UNDERFLOW_STATS
 from gradsight.store.view import RunSource, view_of
 from gradsight.store.schema import Level
 
 log = logging.getLogger(__name__)
 
-#: Layers drawn, at most (evenly spaced in forward order, first and last included).
-MAX_LAYERS = 12
+#: CSS pixels per inch of the figure as shown: 8 pt text at 13.3 px.
+PX_PER_INCH = 120
+#: Panels per row and the size of each (inches).
+COLS, PANEL_SIZE = 2, (4.0, 2.9)
 
 
 def headroom_rows(run: RunSource) -> list[tuple[str, str, str]]:
@@ -37,22 +52,28 @@ def headroom_rows(run: RunSource) -> list[tuple[str, str, str]]:
 
 
 def histograms_html(run: RunSource, png: Callable) -> str:
-    """The section's HTML, or ``""`` for a run without histograms (``png(fig)``: a figure
-    as a data URL, as the report inlines its figures)."""
+    """The section's HTML, or ``""`` for a run without histograms (``png(fig, dpi)``: a
+    figure as a data URL, as the report inlines its figures)."""
     run = view_of(run)
     try:
         if run.histograms(level=Level.MODEL).empty:
             return ""
-        fig = log2_histograms(run, max_layers=MAX_LAYERS)
+        steps = histogram_steps(run)
+        every, names = histogram_layers(run, steps), layer_names(run, MAX_LAYERS, steps)
+        fig = log2_histograms(run, names, cols=COLS, panel_size=PANEL_SIZE)
+        width, height = (round(v * PX_PER_INCH) for v in fig.get_size_inches())
         rows = "".join(f'<tr><td class="text">{html.escape(f)}</td><td>{u}</td><td>{o}</td></tr>'
                        for f, u, o in headroom_rows(run))
+        shown = html.escape(", ".join(display_name(n) for n in names))
         return ("<h3>Gradient distributions</h3>"
                 '<p class="note">log2 |gradient| per layer over training (bucket e holds 2^e &le; |g| &lt; '
                 "2^(e+1); colour: share of the layer's nonzero elements; with a GradScaler, the scaled gradient). "
                 "Dashed lines: each format rounds values at or below them to 0; solid lines: its largest value.</p>"
                 '<table class="grid"><thead><tr><th class="text">format</th><th>model underflow (median share)</th>'
                 f"<th>model overflow (median share)</th></tr></thead><tbody>{rows}</tbody></table>"
-                f'<div class="img"><img alt="log2 gradient histograms per layer" src="{png(fig)}"></div>')
+                f'<p class="note layers-shown">Shown: {html.escape(layer_choice(len(names), len(every)))}: {shown}.</p>'
+                f'<div class="img-full"><img alt="log2 gradient histograms per layer" width="{width}" '
+                f'height="{height}" src="{png(fig, 2 * PX_PER_INCH)}"></div>')
     except Exception as exc:  # a section of its own; never lose the report over it
         log.warning("gradient distribution section failed: %s", exc)
         return ""

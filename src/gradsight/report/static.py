@@ -50,6 +50,8 @@ table.grid td.text, table.grid th.text { text-align:left; }
 .graph { overflow:auto; max-height:900px; border:1px solid var(--line); padding:6px; background:#fff; }
 .graph svg { max-width:100%; height:auto; }
 .img img { max-width:min(100%, 720px); }
+.img-full { overflow-x:auto; }
+.img-full img { max-width:none; }
 pre.dot { max-height:300px; overflow:auto; background:var(--panel); padding:8px; font-size:11px; }
 #gs-tip { position:fixed; pointer-events:none; background:rgba(25,30,36,0.94); color:#fff; padding:5px 8px;
           border-radius:4px; font-size:12px; line-height:1.35; z-index:10; display:none; max-width:480px;
