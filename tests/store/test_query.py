@@ -249,3 +249,24 @@ def test_nonfinite_steps_are_found_over_all_steps_not_the_sample(long_run):
         sample = step_sample(run.steps())
     assert sorted(set(events["step"])) == [333, 334, 666]
     assert {333, 334} - set(sample)  # at least one of them is not a displayed step
+
+
+def test_the_default_view_of_module_rows_is_their_layers_weighted_and_head(tmp_path):
+    """view_roles left module rows (activation statistics) unfiltered by default: a
+    figure or the report of act_rms showed norm modules among the weighted ones. Module
+    rows have their layer's role; blocks (residual additions) are all shown."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 6), nn.LayerNorm(6), nn.Linear(6, 2))
+    with gs.watch(model, tmp_path / "run", activations=True) as mon:
+        model(torch.randn(3, 4)).sum().backward()
+        mon.step()
+    kinds = {name: type(m).__name__ for name, m in model.named_children()}
+    with gs.open_run(tmp_path / "run") as run:
+        assert query.view_roles(run, level="module") == ("weighted", "head")
+        assert query.view_roles(run, level="block") is None
+        shown = query.layer_matrix(run, "act_rms", level="module", role=query.view_roles(run, level="module"))
+        assert list(shown.columns) == [n for n, k in kinds.items() if k == "Linear"]  # 0, 2 and the head 4
+        assert list(query.layer_matrix(run, "act_rms", level="module").columns) == list(kinds)
