@@ -85,7 +85,8 @@ def test_the_section_says_which_layers_it_shows_and_how_they_were_chosen(deep_ru
     picked = [0, 2, 5, 7, 9, 12, 14, 17, 19, 21, 24, 26]  # round(k * 26 / 11): evenly spaced, first and last
     assert f"Shown: 12 of 27 layers, evenly spaced in forward order (first and last included): " \
            f"{', '.join(names[i] for i in picked)}." in page
-    assert "Shown: all 3 layers: layer0.attention_dense, layer0.LayerNorm, layer0.output_dense." in _section(deep_runs[3])[0]
+    small, _ = _section(deep_runs[3])
+    assert "Shown: all 3 layers: layer0.attention_dense, layer0.LayerNorm, layer0.output_dense." in small
 
 
 def test_the_figure_is_shown_with_text_no_smaller_than_the_reports(deep_runs):
