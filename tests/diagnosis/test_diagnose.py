@@ -307,3 +307,69 @@ def test_checkup_passes_watch_options_through(tmp_path):
     assert run.config == {"steps": 2, "lr": 1e-3, "seed": 0} and run.meta["name"] == "doctor"
     with pytest.raises(TypeError, match="checkup takes optimizer itself"):
         checkup(model, input_shape=(4,), steps=2, watch={"optimizer": None})
+
+
+class _ZeroScale(nn.Module):
+    """A per-feature scale initialized at exactly zero (zero-init BatchNorm, SkipInit)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def test_zero_scale_without_skip_cuts_the_gradient_off(tmp_path):
+    """A zero-initialized scale with no skip around it, followed by a ReLU: its output is 0,
+    ReLU's slope at 0 is 0, so neither the scale nor anything before it ever gets a gradient
+    (exactly zero, checked here with autograd), and the doctor says the gradient stops."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), _ZeroScale(16), nn.ReLU(),
+                          nn.Linear(16, 4))
+    model(torch.randn(5, 8)).pow(2).mean().backward()
+    assert float(model[0].weight.grad.abs().sum()) == 0 and float(model[5].bias.grad.abs().sum()) > 0
+    model.zero_grad()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with gs.watch(model, tmp_path / "run", optimizer=opt, activations=True) as mon:
+        for _ in range(8):
+            model(torch.randn(5, 8)).pow(2).mean().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    (f,) = [f for f in gs.diagnose(tmp_path / "run") if f.code == "vanishing_gradients"]
+    assert f.severity == "error"
+    assert f.measured["layers_without_gradient"] == 3
+    assert "'3' still holds exactly zero weights" in f.message and "'5'" in f.message
+
+
+def _adam_run(tmp_path, lr: float, steps: int = 20):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(0)
+    with gs.watch(model, tmp_path / f"lr{lr}", optimizer=opt, update_ratio=True) as mon:
+        for _ in range(steps):
+            x, y = torch.randn(16, 16, generator=gen), torch.randint(0, 4, (16,), generator=gen)
+            nn.functional.cross_entropy(model(x), y).backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    return model, gs.diagnose(tmp_path / f"lr{lr}")
+
+
+def test_weights_grown_far_from_their_init_mean_the_learning_rate_is_too_high(tmp_path):
+    """Adam moves every element by about lr per step: at lr 0.1 the weights (RMS ~0.1) are
+    carried several times their own size within 20 steps; at 1e-3 they barely move. The
+    growth the finding reports is the weights' own (checked against the model)."""
+    init = {n: float(p.detach().norm()) for n, p in _adam_run(tmp_path, lr=0.0, steps=1)[0].named_parameters()}
+    model, findings = _adam_run(tmp_path, lr=0.1)
+    (f,) = [f for f in findings if f.code == "update_ratio_high"]
+    assert "grew more than 3 times" in f.message
+    layer = f.layers[0]
+    w = [p for n, p in model.named_parameters() if n.startswith(layer + ".")]
+    w0 = [init[n] for n in init if n.startswith(layer + ".")]
+    grown = float(torch.sqrt(sum(p.detach().pow(2).sum() for p in w))) / float(torch.tensor(w0).pow(2).sum().sqrt())
+    assert f.measured[layer] == pytest.approx(grown, rel=0.2)  # the last recorded step is one update before the end
+    _, calm = _adam_run(tmp_path, lr=1e-3)
+    assert "update_ratio_high" not in codes(calm)

@@ -375,6 +375,74 @@ def gradient_scale(view: RunView, th: Thresholds) -> list[Finding]:
     return findings
 
 
+def cut_prefix(view: RunView) -> tuple[list[str], str | None]:
+    """The layers at the start of the network (in forward order) whose gradient was exactly
+    zero at every step of the window, with the first layer after them; ``([], None)`` when
+    the first layer gets a gradient, or when no later layer does (the whole model's
+    gradient is zero: judged as underflow or a cut-off loss elsewhere)."""
+    gn = _table(view, Level.LAYER, "grad_norm")
+    if gn.empty or len(gn) < 2:
+        return [], None
+    window = _window(view, gn)
+    window = window.loc[~window.index.isin(list(_zero_gradient_steps(view)))]
+    if window.empty:
+        return [], None
+    order = [n for n in view.layer_order if n in window.columns and view.role(n) != Role.EMBEDDING]
+    prefix = []
+    for layer in order:
+        values = window[layer].to_numpy(dtype=float)
+        if not (np.isfinite(values).all() and (values == 0).all()):
+            return (prefix, layer) if len(prefix) >= 2 else ([], None)
+        prefix.append(layer)
+    return [], None
+
+
+def gradient_cut(view: RunView, th: Thresholds) -> list[Finding]:
+    """``vanishing_gradients`` (error) when the gradient stops dead: the first layers of the
+    network got exactly zero gradient at every step of the window while later layers got
+    one (:func:`cut_prefix`). Not when the layer at the cut is stuck (``dead_units`` names
+    that), nor in a low-precision run that underflows (``amp_underflow``)."""
+    prefix, live = cut_prefix(view)
+    if not prefix or precision_headroom(view, th):
+        return []
+    wn = _window(view, _table(view, Level.LAYER, "weight_norm"))
+    stuck_zero = [c for c in prefix if c in wn.columns and (wn[c] == 0).all()]
+    if not stuck_zero and any(_saturation(view, layer) > th.dead_saturation for layer in prefix[-2:]):
+        return []  # a stuck layer cuts the path: dead_units says so
+    steps = [int(s) for s in _window(view, _table(view, Level.LAYER, "grad_norm")).index]
+    others = f" (and {len(stuck_zero) - 1} layer(s) before it)" if len(stuck_zero) > 1 else ""
+    why = (f"'{display_name(stuck_zero[-1])}'{others} still holds exactly zero weights: a scale initialized at zero "
+           "that no gradient reaches, because nothing is added around it and its block passes nothing back. "
+           if stuck_zero else "")
+    return [Finding(
+        "vanishing_gradients", "error",
+        f"Gradients vanish completely toward the input: the first {len(prefix)} of {len(view.layer_order)} layers "
+        f"(from '{display_name(prefix[0])}' to '{display_name(prefix[-1])}') got exactly zero gradient "
+        f"{_when(steps)}, while '{display_name(live)}' and the layers after it got one. {why}"
+        "Something between them multiplies the backward signal by zero or by a factor so small it underflows: "
+        "a block without its skip connection around a zero- or near-zero-initialized scale (zero-init BatchNorm, "
+        "LayerScale), or a constant output. Check that each residual block adds its input back.",
+        layers=[prefix[-1], live, *stuck_zero[-3:]], steps=steps[:50],
+        measured={"layers_without_gradient": float(len(prefix)), "layers": float(len(view.layer_order))})]
+
+
+def weight_growth(view: RunView, th: Thresholds) -> pd.Series:
+    """Per layer, ``log10`` of its weight norm at the view's last step over its first:
+    how far the updates have carried the weights from their initialization. Not for
+    small-initialized tensors (any update is large next to them), embeddings, or
+    scale-invariant layers (a layer feeding a norm layer: its norm grows under Adam
+    without changing the function)."""
+    wn = _table(view, Level.LAYER, "weight_norm")
+    if wn.empty or len(wn) < 2:
+        return pd.Series(dtype=float)
+    skip = small_initialized(view, th) | _normalized(view)
+    cols = [c for c in wn.columns if c not in skip and view.role(c) != Role.EMBEDDING]
+    first, last = wn[cols].iloc[0], wn[cols].iloc[-1]
+    ok = (first > 0) & (last > 0) & np.isfinite(first) & np.isfinite(last)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(last[ok] / first[ok]).astype(float)
+
+
 def norm_growth(view: RunView) -> tuple[float, float, float, list[int]] | None:
     """The model's gradient norm, median of the last quarter of the steps over the first
     quarter's (with both medians and the steps); None with fewer than 8 steps."""
@@ -612,8 +680,10 @@ def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
         findings.append(Finding(
             "dead_units", "warning",
             f"{_fmt(100 * frac)}% of the outputs of the last layer '{display_name(layer)}' got no gradient at every "
-            f"one of the last {n_window} recorded step(s): the loss never uses them (e.g. more classes than the "
-            "targets hold, or outputs sliced away). Shrink the layer to the outputs used or check the loss.",
+            f"one of the last {n_window} recorded step(s): the loss never uses them (more classes than the targets "
+            "hold, outputs sliced away), or an activation after the last layer (a ReLU on the logits, as in "
+            "SqueezeNet) is stuck at zero for them. Shrink the layer to the outputs used, check the loss, or remove "
+            "the activation after the last layer.",
             layers=list(outputs), measured=outputs))
     if units:
         worst = max(units, key=units.get)
@@ -741,7 +811,19 @@ def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
     # slow layers (a scalar scale whose updates are below float32's resolution at 1.0, a
     # near-frozen norm) are an info
     network_low = len(low_ur) > 0 and float(low_ur.median()) < th.update_low
-    if not high.empty:
+    growth = weight_growth(view, th)
+    grown = growth[growth > math.log10(th.weight_growth)]
+    if not grown.empty:
+        worst = grown.idxmax()
+        findings.append(Finding(
+            "update_ratio_high", "warning",
+            f"The weights of {len(grown)} layer(s) grew more than {_fmt(th.weight_growth)} times in "
+            f"{len(view.steps)} recorded steps (up to {_fmt(10 ** float(grown.max()))} times at "
+            f"'{display_name(worst)}'; healthy runs stay within {_fmt(th.weight_growth)} over 100 steps): the "
+            "updates are of the order of the weights themselves, the learning rate is too high. Lower it (or warm it "
+            "up), or clip the gradients.", layers=list(grown.sort_values(ascending=False).index),
+            measured={k: float(10 ** v) for k, v in grown.items()}))
+    elif not high.empty:
         findings.append(Finding(
             "update_ratio_high", "warning",
             f"{len(high)} layer(s) change by more than {_fmt(th.update_high)} of their norm per step in the last "
@@ -994,7 +1076,7 @@ def _precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
         layers=layers, steps=[int(x) for x in model.index[:50]], measured=measured)]
 
 
-RULES = (nonfinite, clipped_gradients, gradient_scale, forward_signal, dead_units, missing_gradients, update_ratios,
+RULES = (nonfinite, clipped_gradients, gradient_cut, gradient_scale, forward_signal, dead_units, missing_gradients, update_ratios,
          residual_branches, precision_headroom)
 
 
@@ -1009,7 +1091,9 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     ``dead_frac_max``: the largest dead share of a hidden layer's rows; ``update_max`` (the
     fastest layer) / ``update_median`` (the median layer): :func:`update_sizes`, NaN
     before the window holds ``min_updates`` updates; ``branch_share_min`` / ``_max``: over the blocks
-    not initialized small (:func:`branch_shares`); ``norm_growth``: :func:`norm_growth`."""
+    not initialized small (:func:`branch_shares`); ``norm_growth``: :func:`norm_growth`;
+    ``weight_growth_max``: the most any layer's weight norm grew (:func:`weight_growth`);
+    ``cut_layers``: the layers at the start without any gradient (:func:`cut_prefix`)."""
     th = th or Thresholds()
     nan = math.nan
     out: dict[str, float] = {}
@@ -1041,5 +1125,9 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     out["branch_share_min"] = float(judged.min()) if len(judged) else nan
     out["branch_share_max"] = float(share.max()) if len(share) else nan
     out["blocks_small_init"] = float(len(by_design))
+    growth = weight_growth(view, th)
+    out["weight_growth_max"] = float(10 ** growth.max()) if len(growth) else nan
+    prefix, _live = cut_prefix(view)
+    out["cut_layers"] = float(len(prefix))
     out["steps"] = float(len(view.steps))
     return out

@@ -83,6 +83,10 @@ class Thresholds:
     #: them at 4e-7..5e-6).
     update_low: float = 8e-6
     update_high: float = 0.5
+    #: A layer whose weight norm grows more than this many times within the run (not a
+    #: small-initialized, embedding or scale-invariant one) has had updates of the order
+    #: of its weights: the learning rate is too high (calibrated on the population).
+    weight_growth: float = 3.0
     #: ... judged once the window holds at least this many updates (the first updates of
     #: a run with momentum or a warm optimizer state are not its learning rate's verdict).
     min_updates: int = 5
