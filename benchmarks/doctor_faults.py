@@ -491,8 +491,10 @@ FAULTS: list[Fault] = [
           "every residual addition removed (the block returns its branch): a deep plain network. Batch-normed "
           "plain nets grow gradients toward the input at init (Yang et al. 2019), unnormalized or LN ones lose "
           "them; at these depths (8-12 blocks) which one wins is not certain for every family, so either code "
-          "catches it. (zoo_resnet20 without skips is zoo_plain20, a healthy population member.)",
-          ("tv_resnet18", "zoo_resnet20", "timm_resnet18", "timm_resnet26", "tv_mobilenet_v3_small",
+          "catches it. Not zoo_resnet20: without its skips it is zoo_plain20, a healthy member of the population "
+          "(the first matrix held that pair, which no doctor can flag without a false alarm); its 56-layer "
+          "version instead.",
+          ("tv_resnet18", "zoo_resnet56", "timm_resnet18", "timm_resnet26", "tv_mobilenet_v3_small",
            "resmlp_layernorm", "timm_vit_tiny_patch16", "timm_convnext_atto", "torch_transformer_encoder")),
     Fault("init_scale_up", _codes("exploding_gradients"), _scale_weights(10.0),
           "every conv/linear/recurrent weight x10 in networks without normalization: each ReLU layer multiplies "

@@ -23,11 +23,19 @@ from doctor_cases import Training, _adam, _adamw, _classification
 from doctor_population import Net
 
 
-def _sgd(params) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+def _sgd(batch: int):
+    """SGD momentum 0.9 at lr 0.1 per 256 samples, scaled linearly to the batch (Goyal et al.
+    2017): lr 0.01 at a batch of 4 made 14 of the first population's CNNs diverge."""
+    return lambda params: torch.optim.SGD(params, lr=0.1 * batch / 256, momentum=0.9)
 
 
-_OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+def _adamw_low(params) -> torch.optim.Optimizer:
+    """AdamW at 1e-4: at 1e-3 without warmup these MetaFormers' loss rose 3-4x."""
+    return torch.optim.AdamW(params, lr=1e-4)
+
+
+_OPTIMIZERS = {"sgd": _sgd, "adam": lambda batch: _adam, "adamw": lambda batch: _adamw,
+               "adamw_low": lambda batch: _adamw_low}
 
 
 def _build(model_name: str, size: int, optimizer: str, batch: int, kwargs: dict) -> Training:
@@ -36,11 +44,34 @@ def _build(model_name: str, size: int, optimizer: str, batch: int, kwargs: dict)
         model = getattr(importlib.import_module(module), cls)(num_classes=10, **kwargs)
     else:
         model = timm.create_model(model_name, pretrained=False, num_classes=10, **kwargs)
-    return _classification(model, (3, size, size), _OPTIMIZERS[optimizer], batch=batch)
+    return _classification(model, (3, size, size), _OPTIMIZERS[optimizer](batch), batch=batch)
+
+
+#: Networks whose first recipe (32 pixels, batches of 2-8) left a BatchNorm fewer than
+#: doctor_population.MIN_BN_VALUES values per channel (``doctor_population.py check``), with
+#: the image size they train at instead.
+_FEW_BN_VALUES = {n: (64, 8) for n in (
+    "resnet18", "resnet26", "resnext26ts", "seresnet18", "regnetx_002", "regnety_002", "dla34", "dla46_c",
+    "densenet121", "dpn48b", "repvgg_a0", "hrnet_w18_small", "skresnet18", "cspresnet50", "darknet17",
+    "ese_vovnet19b_dw", "tresnet_m", "gernet_s", "hgnetv2_b0", "efficientnet_b0", "efficientnet_lite0", "tinynet_e",
+    "mobilenetv3_small_050", "mobilenetv3_small_100", "mobilenetv2_050", "mobilenetv4_conv_small", "ghostnet_050",
+    "lcnet_050", "rexnet_100", "hardcorenas_a", "mnasnet_050", "fasternet_t0", "starnet_s050", "inception_next_atto",
+    "fastvit_t8", "efficientvit_b0", "mobilevit_xxs", "mobilevitv2_050", "maxvit_pico_rw",
+    "efficientformerv2_s0", "visformer_tiny")} | {
+    # a BatchNorm on pooled features (LeViT's head, selective-kernel and squeeze-excite
+    # layers) normalizes one value per sample: a batch of 32
+    n: (64 if n == "levit_128s" else 32, 32) for n in ("levit_128s", "skresnet18", "mobilenetv4_conv_small", "rexnet_100")}
 
 
 def _net(model_name: str, family: str, size: int, optimizer: str, batch: int = 4, note: str = "",
          name: str | None = None, **kwargs) -> Net:
+    if (name or model_name) in _FEW_BN_VALUES:
+        # 64-pixel images in batches of 8: BatchNorm at the 2x2 last stage normalizes 32 values
+        # per channel (doctor_population.MIN_BN_VALUES); at 32 pixels and a batch of 2-4 it
+        # normalized 2-4, and the gradients reached 1e4-1e6 (LeViT: a batch of 32)
+        size, batch = _FEW_BN_VALUES[name or model_name]
+        if "img_size" in kwargs:
+            kwargs["img_size"] = size
     return Net(name=f"timm_{name or model_name}", family=family, source="timm",
                build=functools.partial(_build, model_name, size, optimizer, batch, kwargs), note=note)
 
@@ -87,9 +118,9 @@ NETS: list[Net] = [
     _net("convnext_atto", "convnext", 32, "adamw"),
     _net("convnext_femto", "convnext", 32, "adamw"),
     _net("convnextv2_atto", "convnextv2", 32, "adamw", note="GRN"),
-    _net("inception_next_atto", "inception_next", 64, "adamw"),
-    _net("poolformer_s12", "poolformer", 32, "adamw", batch=2),
-    _net("mambaout_femto", "mambaout", 32, "adamw"),
+    _net("inception_next_atto", "inception_next", 64, "adamw_low"),
+    _net("poolformer_s12", "poolformer", 32, "adamw_low", batch=2),
+    _net("mambaout_femto", "mambaout", 32, "adamw_low"),
     _net("edgenext_xx_small", "edgenext", 64, "adamw"),
     _net("fastvit_t8", "fastvit", 32, "adamw", batch=2),
     _net("efficientvit_b0", "efficientvit", 32, "adamw"),
@@ -124,7 +155,7 @@ NETS: list[Net] = [
     _net("coat_lite_tiny", "coat", 32, "adamw", img_size=32),
     _net("maxvit_pico_rw_256", "maxvit", 32, "adamw", name="maxvit_pico_rw", img_size=32, batch=2),
     _net("efficientformerv2_s0", "efficientformer", 32, "adamw", img_size=32, batch=2),
-    _net("gcvit_xxtiny", "gcvit", 32, "adamw", img_size=32, batch=2),
+    _net("gcvit_xxtiny", "gcvit", 32, "adamw_low", img_size=32, batch=2),
     _net("visformer_tiny", "visformer", 32, "adamw", img_size=32, batch=2),
     _net("tnt_s_patch16_224", "tnt", 64, "adamw", name="tnt_s_patch16_d4", img_size=64, depth=4, batch=2,
          note="4 of its 12 layers"),

@@ -37,6 +37,15 @@ from doctor_cases import Training, record  # noqa: E402
 
 #: Steps at which the population is judged; the runs are recorded for the largest.
 CHECKPOINTS = (5, 20, 100)
+#: The fewest values a BatchNorm may normalize per channel (batch x positions) in a healthy
+#: recipe: an ImageNet CNN fed 32-pixel images in batches of 4 normalizes 4 values per channel
+#: at its 1x1 last stage, and its gradients reach 1e4-1e6 (measured on the first population).
+MIN_BN_VALUES = 32
+#: A healthy run's loss never exceeds this multiple of its first value ...
+MAX_LOSS_RISE = 3.0
+#: ... and the median of its last 5 values stays below this multiple (random labels: nothing to
+#: learn, so a healthy run stays near its start; a diverging one does not).
+MAX_LOSS_END = 1.5
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,9 @@ def record_net(net: Net, out: Path, steps: int) -> dict:
     try:
         torch.manual_seed(0)
         training = dataclasses.replace(net.build(), steps=steps)
+        entry["bn_values"] = bn_values(training)
+        torch.manual_seed(0)
+        training = dataclasses.replace(net.build(), steps=steps)
         record(training, run_dir, net.name)
         entry["error"] = None
     except Exception as exc:  # a crash is a result of its own
@@ -107,6 +119,58 @@ def record_net(net: Net, out: Path, steps: int) -> dict:
         entry["traceback"] = traceback.format_exc()
     entry["seconds"] = round(time.perf_counter() - start, 2)
     return entry
+
+
+def bn_values(training: Training) -> int | None:
+    """The fewest values any BatchNorm of the model normalizes per channel in one training
+    forward pass (batch x spatial positions); None without BatchNorm."""
+    import torch
+    from torch import nn
+
+    from doctor_faults import _buffers_kept
+
+    seen: list[int] = []
+
+    def hook(module, args):
+        x = args[0]
+        seen.append(x.numel() // max(x.shape[1], 1))
+
+    handles = [m.register_forward_pre_hook(hook) for m in training.model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        with _buffers_kept(training.model), torch.no_grad():
+            x, y = training.batch(torch.Generator().manual_seed(1234))
+            training.loss(training.model, x, y)
+    finally:
+        for h in handles:
+            h.remove()
+    return min(seen) if seen else None
+
+
+def health(run_dir: Path, entry: dict) -> str | None:
+    """Why a recorded run is not a healthy member of the population, or None: judged
+    without the doctor, from the recipe (:data:`MIN_BN_VALUES`) and the loss
+    (:data:`MAX_LOSS_RISE`, :data:`MAX_LOSS_END`)."""
+    import math
+
+    from gradsight.store.view import RunView
+
+    bn = entry.get("bn_values")
+    if bn is not None and bn < MIN_BN_VALUES:
+        return f"BatchNorm over {bn} values per channel (< {MIN_BN_VALUES})"
+    with RunView(run_dir) as view:
+        metrics = view.metrics()
+    if "loss" not in metrics.columns:
+        return None
+    loss = [float(v) for v in metrics["loss"] if math.isfinite(float(v))]
+    if len(loss) < 6 or not loss[0] > 0:
+        return None
+    end = sorted(loss[-5:])[2]
+    if max(loss) > MAX_LOSS_RISE * loss[0]:
+        return f"loss rose {max(loss) / loss[0]:.3g}x (from {loss[0]:.3g} to {max(loss):.3g})"
+    if end > MAX_LOSS_END * loss[0]:
+        return f"loss ended {end / loss[0]:.3g}x its start ({loss[0]:.3g} -> {end:.3g})"
+    return None
 
 
 def _done(out: Path) -> dict[str, dict]:
@@ -158,6 +222,22 @@ def _log(out: Path, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
+def _check_main(args) -> int:
+    """Build every network and print the BatchNorm values per channel of its recipe."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    for net in select(load_nets(), args.patterns):
+        torch.manual_seed(0)
+        try:
+            bn = bn_values(net.build())
+        except Exception as exc:  # noqa: BLE001
+            bn = f"{type(exc).__name__}: {exc}"
+        flag = "  < MIN" if isinstance(bn, int) and bn < MIN_BN_VALUES else ""
+        print(f"{net.name}\t{bn}{flag}", flush=True)
+    return 0
+
+
 def _list_main(args) -> int:
     nets = select(load_nets(), args.patterns)
     by_family: dict[str, list[str]] = {}
@@ -184,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads per job (default 1)")
     p.add_argument("--redo", action="store_true", help="record again networks already recorded")
+    p = sub.add_parser("check", help="the BatchNorm values per channel of every network's recipe")
+    p.add_argument("-k", dest="patterns", action="append", default=[])
+    p.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    return {"list": _list_main, "record": _record_main}[args.command](args)
+    return {"list": _list_main, "record": _record_main, "check": _check_main}[args.command](args)
 
 
 if __name__ == "__main__":

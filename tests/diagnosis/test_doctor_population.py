@@ -52,7 +52,7 @@ def test_healthy_network_is_clean_at_5_and_20_steps(benchmarks, name, tmp_path):
                                    ("lr_div_1e4", "mlp_relu"), ("nan_at_module", "mlp_tanh"),
                                    ("fp16_underflow", "mlp_relu"), ("fp16_total_underflow", "mlp_relu"),
                                    ("switched_off_branch", "resmlp_layernorm"), ("unused_module", "mlp_tanh"),
-                                   ("dead_outputs", "mlp_relu")]])
+                                   ("dead_outputs", "mlp_relu"), ("lr_x100", "mlp_relu")]])
 def test_injected_fault_gets_its_expected_code(benchmarks, pair, tmp_path):
     _, faults = benchmarks
     fault, net = pair.split("__")
@@ -64,3 +64,50 @@ def test_injected_fault_gets_its_expected_code(benchmarks, pair, tmp_path):
 def test_the_ci_subset_is_the_benchmarks_own(benchmarks):
     _, faults = benchmarks
     assert set(faults.CI_SUBSET) <= set(faults.PAIRS)
+
+
+def test_bn_values_counts_what_each_batchnorm_normalizes(benchmarks):
+    """A BatchNorm2d over (N, C, H, W) normalizes N*H*W values per channel, a BatchNorm1d over
+    (N, C) N of them: the recipe check takes the fewest."""
+    import torch
+    from torch import nn
+
+    population, _ = benchmarks
+    from doctor_cases import Training
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    batch = lambda gen: (torch.randn(5, 3, 8, 8, generator=gen), torch.randint(0, 2, (5,), generator=gen))  # noqa: E731
+    loss = lambda m, x, y: nn.functional.cross_entropy(m(x), y)  # noqa: E731
+    training = Training(model, torch.optim.SGD(model.parameters(), lr=0.1), batch, loss, steps=1)
+    assert population.bn_values(training) == 5  # BatchNorm1d: the batch; BatchNorm2d: 5 * 4 * 4 = 80
+    model[4] = nn.Identity()
+    assert population.bn_values(training) == 80
+    assert population.bn_values(Training(nn.Sequential(nn.Flatten(), nn.Linear(192, 2)), None, batch, loss, 1)) is None
+
+
+def test_health_rejects_a_diverging_run_and_keeps_a_calm_one(benchmarks, tmp_path):
+    """The population's health criterion reads the loss only (never the doctor): Adam at lr 1 on
+    a tanh MLP makes the loss rise 10-30x above its start; lr 1e-3 keeps it there."""
+    import torch
+    from torch import nn
+
+    population, _ = benchmarks
+    for lr, sick in ((1.0, True), (1e-3, False)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4))
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        gen = torch.Generator().manual_seed(0)
+        with gs.watch(model, tmp_path / f"lr{lr}", optimizer=opt) as mon:
+            for _ in range(20):
+                x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 4, (32,), generator=gen)
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                mon.step(loss)
+                opt.step()
+                opt.zero_grad()
+        reason = population.health(tmp_path / f"lr{lr}", {"bn_values": None})
+        assert (reason is not None) == sick, reason
+        if sick:
+            assert reason.startswith("loss ")
+    assert population.health(tmp_path / "lr0.001", {"bn_values": 4}).startswith("BatchNorm over 4 values")
