@@ -19,7 +19,7 @@ sequence of each ``nn.RNNBase`` (``output[0]``, the last stacked layer's hidden 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 
 import torch
@@ -30,6 +30,8 @@ from gradsight.store.schema import Level
 
 #: A parameter of ``nn.RNNBase`` that belongs to a stacked layer: ``weight_ih_l0``, ``bias_hh_l1_reverse``.
 _STACKED = re.compile(r"^(?:weight|bias)_(?:ih|hh|hr)_(l\d+(?:_reverse)?)$")
+#: The last part of a stacked layer's name: ``l0``, ``l1_reverse``.
+_STACKED_NAME = re.compile(r"^l\d+(?:_reverse)?$")
 #: A parameter whose rows are gates: ``weight_ih``, ``bias_hh_l0``, ... (not the projection ``weight_hr``).
 _GATED = re.compile(r"^(?:weight|bias)_(?:ih|hh)(?:_l\d+(?:_reverse)?)?$")
 
@@ -47,6 +49,15 @@ def stacked_layer(param_leaf: str) -> str | None:
     ``'weight_ih_l1' -> 'l1'``, ``'bias_hh_l0_reverse' -> 'l0_reverse'``; None for others."""
     m = _STACKED.match(param_leaf)
     return m.group(1) if m else None
+
+
+def module_of_stacked_layer(layer: str, modules: Collection[str]) -> str | None:
+    """The recurrent module whose stacked layer ``layer`` is (``'rnn.l0' -> 'rnn'``, given the
+    model's module names ``modules``); None for a layer that is a module itself, or any other."""
+    parent, _, last = layer.rpartition(".")
+    if layer in modules or parent not in modules or not _STACKED_NAME.match(last):
+        return None
+    return parent
 
 
 def gate_names(module: nn.Module) -> tuple[str, ...]:
