@@ -1,8 +1,10 @@
-"""Roles of container-owned parameters: nn.MultiheadAttention's in-projection."""
+"""Roles of container-owned parameters (nn.MultiheadAttention's in-projection) and of recurrent layers."""
 
 from __future__ import annotations
 
-from gradsight.store.roles import Role, layer_roles
+import pytest
+
+from gradsight.store.roles import Role, is_recurrent_type, layer_roles, role_of
 
 
 def test_multihead_attention_in_projection_bias_is_not_an_embedding():
@@ -18,3 +20,17 @@ def test_multihead_attention_in_projection_bias_is_not_an_embedding():
     # a container-owned parameter before the first weighted layer is still an embedding
     assert layer_roles([("pos_embed", "Parameter", 640), ("blocks.0.fc", "Linear", 272),
                         ("head", "Linear", 51)]) == [Role.EMBEDDING, Role.WEIGHTED, Role.HEAD]
+
+
+@pytest.mark.parametrize("module_type", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_recurrent_layers_are_weighted(module_type):
+    """nn.LSTM was role ``other``: the depth figures, which show weighted layers, left it out."""
+    assert role_of(module_type, name="rnn.l0", numel=3000) == Role.WEIGHTED
+    assert is_recurrent_type(module_type)
+    assert layer_roles([("encoder", "Embedding", 100), ("rnn.l0", module_type, 3000), ("rnn.l1", module_type, 3000),
+                        ("decoder", "Linear", 500)]) == [Role.EMBEDDING, Role.WEIGHTED, Role.WEIGHTED, Role.HEAD]
+
+
+@pytest.mark.parametrize("module_type", ["Linear", "Conv2d", "LayerNorm", "Parameter", "RNNBlock"])
+def test_other_layers_are_not_recurrent(module_type):
+    assert not is_recurrent_type(module_type)

@@ -1,4 +1,4 @@
-"""``gradsight plot RUN... --kind flow|heatmap|bands|update|nonfinite|compare|sweep|hist -o FILE``."""
+"""``gradsight plot RUN... --kind flow|heatmap|bands|update|nonfinite|compare|sweep|hist|time -o FILE``."""
 
 from __future__ import annotations
 
@@ -23,13 +23,14 @@ ROLE_KINDS = ("flow", "heatmap", "bands", "update", "compare")
               help="Statistic to draw (grad_rms, grad_norm, update_ratio, an activation statistic, ...). "
                    "Default: grad_rms (grad_norm for runs without it; update_ratio for --kind update).")
 @click.option("--kind", type=click.Choice(["flow", "heatmap", "bands", "update", "nonfinite", "compare", "sweep",
-                                          "hist"]),
+                                          "hist", "time"]),
               default="flow", show_default=True,
               help="flow: by layer, several steps overlaid; heatmap: layer x step; bands: spread across layers "
                    "over time; update: update ratio per layer; nonfinite: NaN/Inf steps; compare: several runs "
                    "by relative depth; sweep: first/last layer ratio against depth; hist: log2 |gradient| histograms "
                    "over training with the fp16/bf16/fp8 ranges (--level layer: up to 12 layers, --level model: "
-                   "the model; needs gs.watch(..., histograms=...)).")
+                   "the model; needs gs.watch(..., histograms=...)); time: the gradient reaching each time step of a "
+                   "recurrent layer's output, |dL/dh_t| against t (needs gs.watch(..., through_time=True)).")
 @click.option("--level", default="layer", show_default=True,
               help="Rows to draw: layer, param, or a module level (module, block).")
 @click.option("--role", "roles", type=click.Choice(ROLE_CHOICES), multiple=True,
@@ -85,6 +86,8 @@ def _figure(run_list: list, stat: str | None, kind: str, level: str, steps: tupl
 
     if kind == "hist":
         return _histograms(run_list, level, title)
+    if kind == "time":
+        return _through_time(run_list, steps, title)
     stat = stat or _default_stat(run_list, kind, level)
     role = (None if "all" in roles else roles) if roles else DEFAULT_ROLES
     if kind not in ("nonfinite",):
@@ -92,7 +95,7 @@ def _figure(run_list: list, stat: str | None, kind: str, level: str, steps: tupl
             require_stat(run, stat, level)
     if steps:
         if kind != "flow":
-            raise UserError(f"--step applies to --kind flow, not {kind}")
+            raise UserError(f"--step applies to --kind flow and time, not {kind}")
         for run in run_list:
             recorded = run.steps()
             missing = sorted(set(steps) - set(recorded))
@@ -137,6 +140,23 @@ def _describe_steps(steps: list[int]) -> str:
     if len(steps) <= 8:
         return "step" + ("s " if len(steps) > 1 else " ") + ", ".join(map(str, steps))
     return f"{len(steps):,} steps from {steps[0]} to {steps[-1]}"
+
+
+def _through_time(run_list: list, steps: tuple[int, ...], title: str | None):
+    """``--kind time``: the gradient through time of the first recurrent module of one run."""
+    import gradsight.plots as plots
+
+    if len(run_list) != 1:
+        raise UserError(f"--kind time draws one run; got {len(run_list)}")
+    run = run_list[0]
+    module, table = plots.through_time_matrix(run, steps="all")
+    if table.empty:
+        raise UserError(f"run {run.path} has no gradient through time; record it with "
+                        "gs.watch(..., through_time=True) on a model with an nn.LSTM, nn.GRU or nn.RNN")
+    missing = sorted(set(steps) - {int(s) for s in table.index})
+    if missing:
+        raise UserError(f"run {run.path} has no gradient through time at step {', '.join(map(str, missing))}")
+    return plots.through_time(run, module, steps=list(steps) or None, title=title)
 
 
 def _histograms(run_list: list, level: str, title: str | None):

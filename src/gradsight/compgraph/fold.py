@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from gradsight.compgraph.nodes import MODULE, OP, PARAM, Call, Edge, GraphData, Node, combine_values
+from gradsight.instrument.recurrent import module_of_stacked_layer
 
 G = TypeVar("G", bound=GraphData)
 
@@ -80,13 +81,19 @@ def fold(graph: G, max_nesting: int | None = None) -> G:
     calls = {c.key: c for c in graph.calls}
     folded = {c.key: _folded_key(c.key, calls, max_nesting) for c in graph.calls}
     layers_with_params = {n.layer for n in graph.nodes if n.kind == PARAM}
+    modules = {c.module for c in graph.calls}
+    # a recurrent module's stacked layers (rnn.l0, rnn.l0_reverse) are parts of its node
+    module_of = {lay: module_of_stacked_layer(lay, modules) or lay for lay in layers_with_params}
     layer_value: dict[str, float] = {}
+    layers_value: dict[tuple[str, ...], float] = {}
     layer_first: dict[str, int] = {}
     for i, n in enumerate(graph.nodes):
         if n.layer is not None:
             layer_first.setdefault(n.layer, i)
             if n.kind == OP and n.value is not None:
                 layer_value.setdefault(n.layer, n.value)
+        elif n.kind == OP and n.layers and n.value is not None:  # a recurrent module's operation
+            layers_value.setdefault(n.layers, n.value)
 
     segment = _own_segments(graph, calls, folded)
     group: dict[str, str] = {}  # node id -> id of the node it folds into
@@ -118,7 +125,9 @@ def fold(graph: G, max_nesting: int | None = None) -> G:
         key = gid[len("module:"):].split("~")[0]
         call = calls[key]
         inner = {k for k, f in folded.items() if f == key}
-        layers = tuple(sorted({calls[k].module for k in inner} & layers_with_params, key=layer_first.__getitem__))
+        inner_modules = {calls[k].module for k in inner}
+        layers = tuple(sorted({lay for lay in layers_with_params if module_of[lay] in inner_modules},
+                              key=layer_first.__getitem__))
         ops = []  # named only for containers: a leaf module's one op repeats its type
         if any(c.parent == key for c in graph.calls):
             for m in ms:
@@ -128,7 +137,7 @@ def fold(graph: G, max_nesting: int | None = None) -> G:
         if layers == (own_layer,):
             value = layer_value.get(own_layer)
         else:
-            value = combine_values(graph.stat, [layer_value.get(lay) for lay in layers])
+            value = layers_value.get(layers, combine_values(graph.stat, [layer_value.get(lay) for lay in layers]))
         nodes.append(Node(
             id=gid,
             kind=MODULE,

@@ -36,7 +36,8 @@ class Node:
         value: the colouring statistic, or None.
         ops: for module nodes, the simplified names of the operations folded into it.
         layers: for module nodes, the layers folded into it (their values combine
-            into the node's value, see :func:`combine_values`).
+            into the node's value, see :func:`combine_values`); for an operation of a
+            recurrent module, its stacked layers (``rnn.l0``, ``rnn.l1``).
     """
 
     id: str

@@ -41,6 +41,7 @@ from gradsight.compgraph.nodes import INPUT, LEAF, OP, OUTPUT, PARAM, Call, Edge
 from gradsight.compgraph.structure import Graph
 from gradsight.instrument.layers import is_adapter_wrapper, param_layers
 from gradsight.instrument.outputs import main_output
+from gradsight.instrument.recurrent import module_of_stacked_layer
 from gradsight.instrument.residual import (ResidualSplit, additions_within, find_residual_additions, is_recurrent,
                                            parameterized_after)
 
@@ -264,6 +265,12 @@ def _trace(model: nn.Module, inputs: Any, params: dict[int, str], owner: dict[st
     calls = _addition_calls(calls, innermost)
     module_of_call = {c["key"]: c["module"] for c in calls}
     layers = set(owner.values())
+    # a recurrent module's stacked layers (rnn.l0, rnn.l1): its operations hold all of them
+    module_of = {lay: module_of_stacked_layer(lay, first_call) or lay for lay in dict.fromkeys(owner.values())}
+    stacked: dict[str, tuple[str, ...]] = {}
+    for lay, module in module_of.items():
+        if module != lay:
+            stacked[module] = (*stacked.get(module, ()), lay)
 
     # -- nodes -------------------------------------------------------------------------
     depth: dict[int, int] = {}
@@ -282,7 +289,7 @@ def _trace(model: nn.Module, inputs: Any, params: dict[int, str], owner: dict[st
             module = module_of_call.get(key) if key is not None else None
             name = fn.name()
             nodes.append(Node(nid, OP, name, call=key, layer=module if module in layers else None,
-                              type=op_type(name), depth=d))
+                              type=op_type(name), depth=d, layers=stacked.get(module, ())))
         elif nid.startswith("input"):
             data.add(id(fn))
             d = 0
@@ -294,7 +301,7 @@ def _trace(model: nn.Module, inputs: Any, params: dict[int, str], owner: dict[st
             if nid.startswith("param:"):
                 pname = nid[len("param:"):]
                 layer = owner[pname]
-                nodes.append(Node(nid, PARAM, pname, call=first_call.get(layer), layer=layer,
+                nodes.append(Node(nid, PARAM, pname, call=first_call.get(module_of[layer]), layer=layer,
                                   shape=tuple(var.shape), depth=0))
             else:
                 nodes.append(Node(nid, LEAF, "tensor", shape=tuple(var.shape), depth=0))

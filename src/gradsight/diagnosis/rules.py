@@ -14,7 +14,7 @@ from gradsight.diagnosis.structure import alike_log_ratio, alike_pairs, block_ch
 from gradsight.diagnosis.thresholds import Thresholds
 from gradsight.display import display_name
 from gradsight.stats.formats import FORMAT_RANGES
-from gradsight.store.roles import Role
+from gradsight.store.roles import Role, is_recurrent_type
 from gradsight.store.schema import Level
 from gradsight.store.view import RunSource, RunView, view_of
 
@@ -635,6 +635,20 @@ def _saturated_logits(view: RunView, head: str, th: Thresholds) -> bool:
     return bool(_window(view, acts[[head]]).median().iloc[0] > th.logit_saturation)
 
 
+#: What zero gradient rows of a recurrent layer (``nn.LSTM``, ``nn.GRU`` ...) mean: no ReLU, saturated gates.
+_SATURATED_GATES = (
+    " In a recurrent layer the rows are gate rows (LSTM: input, forget, cell, output; GRU: reset, update, new; "
+    "the grad_norm_gate_* statistics): they get no gradient when their gates saturate (a sigmoid at exactly 0 or "
+    "1, beyond about ±17 in float32) or when the cell state grows so large (|c| above about 9) that tanh(c) is "
+    "exactly ±1. Clip the gradient norm (clip_grad_norm_), lower the learning rate, and check the cell state's "
+    "growth (the forget gate's bias)."
+)
+
+
+def _recurrent(view: RunView, layer: str) -> bool:
+    return is_recurrent_type(view.module_type.get(layer, ""))
+
+
 def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
     """``dead_units``: layers with output rows (channels, units) whose gradient is exactly
     zero at every step of the window (:func:`dead_fractions`).
@@ -672,7 +686,8 @@ def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
                 saturation[first]) else "") + "): nothing reaches them, because their units are stuck (a bias or an "
             "input driving them far into the flat part of the activation), their input is all zero (the layer before "
             "is dead), or a later part passes no gradient back (a detach(), a layer stuck at zero). Check the biases "
-            "and initialization of these layers and the ones after them.",
+            "and initialization of these layers and the ones after them."
+            + (_SATURATED_GATES if _recurrent(view, first) else ""),
             layers=list(stuck), measured={**stuck, **{f"saturation[{k}]": v for k, v in saturation.items()
                                                      if k in stuck and math.isfinite(v)}}))
     if outputs:
@@ -691,9 +706,10 @@ def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
             "silent_units", "info",
             f"{len(units)} layer(s) have output units (rows, channels) whose gradient was exactly zero at every one "
             f"of the last {n_window} recorded step(s) (up to {_fmt(100 * units[worst])}% of '{display_name(worst)}'): "
-            "their activation is zero for every input seen. Normal for layers fed by pooled features "
-            "(squeeze-excite, a head after global pooling) on random data; if the share grows during training, "
-            "lower the learning rate or use LeakyReLU/GELU.",
+            + (_SATURATED_GATES.lstrip() if _recurrent(view, worst) else
+               "their activation is zero for every input seen. Normal for layers fed by pooled features "
+               "(squeeze-excite, a head after global pooling) on random data; if the share grows during training, "
+               "lower the learning rate or use LeakyReLU/GELU."),
             layers=sorted(units, key=units.get, reverse=True), measured=units))
     return findings
 

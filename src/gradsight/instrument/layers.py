@@ -14,6 +14,11 @@ parametrized module (``torch.nn.utils.parametrize``: ``weight_norm``,
 ``Linear``) holds the layer it adapts in ``base_layer`` and its adapter in
 ``lora_A``/``lora_B``. Those submodules are parts of their owner: the parametrized
 module (``lin``) or the wrapper (``q_proj``) is the layer, with every parameter below it.
+
+A recurrent module (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) holds one layer per stacked layer
+and direction: ``rnn.l0`` has ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
+``bias_hh_l0``; ``rnn.l0_reverse`` the ``_reverse`` ones
+(:func:`gradsight.instrument.recurrent.stacked_layer`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
+from gradsight.instrument.recurrent import stacked_layer
 from gradsight.store.roles import PARAMETER_LAYER_TYPE
 
 
@@ -99,24 +105,41 @@ class _Layering:
 
     def __init__(self, model: nn.Module) -> None:
         self.owners = module_owners(model)
+        self.module_types = {name: type(mod).__name__ for name, mod in model.named_modules(remove_duplicate=False)}
         #: modules that own parameters (their own, their parametrizations', their adapter's)
         self.owning = {self.owners[name] for name, mod in model.named_modules()
                        if next(mod.parameters(recurse=False), None) is not None}
         #: modules with a descendant that owns parameters
         self.containers = {prefix for name in self.owning if name for prefix in _ancestors(name)}
+        #: recurrent modules (one layer per stacked layer and direction) -> their type
+        self.recurrent = {name: type(mod).__name__ for name, mod in model.named_modules()
+                          if isinstance(mod, nn.RNNBase)}
 
     def layer(self, param_name: str) -> str:
         """The layer of a parameter: its owning module, or for a container a name of its own:
         the parameter's (``class_token``) or the parametrized tensor's (``block.scale`` for
-        ``block.parametrizations.scale.original``)."""
+        ``block.parametrizations.scale.original``); for a recurrent module, its stacked layer
+        (``rnn.l0``, ``rnn.l0_reverse``)."""
         module = _module_of(param_name)
         owner = self.owners[module]
+        if owner in self.recurrent and owner == module:
+            stacked = stacked_layer(param_name.rsplit(".", 1)[-1])
+            if stacked is not None:
+                return _join(owner, stacked)
         if owner not in self.containers:
             return owner
         if owner == module:
             return param_name
         below = param_name[len(owner) + 1 if owner else 0:].split(".")  # parametrizations.<tensor>.original
         return _join(owner, below[1])
+
+    def layer_type(self, layer: str) -> str:
+        """The ``module_type`` of a layer: its module's class name (a recurrent module's for
+        its stacked layers), or ``Parameter`` for a container's parameter."""
+        if layer in self.owners:
+            return self.module_types[layer]
+        recurrent = self.recurrent.get(_module_of(layer))
+        return recurrent if recurrent is not None else PARAMETER_LAYER_TYPE
 
     def leaf_layers(self, model: nn.Module) -> list[str]:
         """Modules that are a layer by themselves: they own parameters and every submodule is a part of them."""
@@ -179,8 +202,7 @@ class Inventory:
         watched = [pi for pi in params if pi.trainable]
         layers = list(dict.fromkeys(pi.layer for pi in watched))
         frozen = [ln for ln in dict.fromkeys(pi.layer for pi in params) if ln not in layers]
-        types = {ln: type(model.get_submodule(ln)).__name__ if ln in layering.owners else PARAMETER_LAYER_TYPE
-                 for ln in layers + frozen}  # a name that is no module: a container's parameter
+        types = {ln: layering.layer_type(ln) for ln in layers + frozen}
         return cls(params, watched, layers, types, frozen)
 
     def all_layers(self) -> list[str]:

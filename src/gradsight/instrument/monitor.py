@@ -45,6 +45,7 @@ from gradsight.instrument.listeners import HistogramListener, Listener, Listener
 from gradsight.instrument.meta import default_run_dir, param_rows, run_meta, sizes
 from gradsight.instrument.options import WatchOptions, with_options
 from gradsight.instrument.options import resolve as resolve_options
+from gradsight.instrument.recurrent import GateNorms, ThroughTime
 from gradsight.instrument.rows import LevelIds, StepRows
 from gradsight.instrument.scaler import LossScale
 from gradsight.instrument.series import SeriesIds
@@ -181,6 +182,11 @@ class Monitor:
                 model, opts.activations, opts.residual_blocks, self._hooks,
                 is_active=lambda: not self._closed and self.should_record(),
             )
+        self._gates = GateNorms(model, [(pi.name, pi.layer) for pi in inv.params])
+        self._through_time: ThroughTime | None = None
+        if opts.through_time:
+            self._through_time = ThroughTime(model, self._hooks,
+                                             is_active=lambda: not self._closed and self.should_record())
         self._layer_table = LayerTable(inv, self._order, self.activations, self._writer)
         self._loss_scale = LossScale(opts.scaler, opts.optimizers)
         self._updates = UpdateRatio(self._params, param_names, layer_names, self._series, self._dist.sumsq,
@@ -365,6 +371,17 @@ class Monitor:
         raw_rows = rows.stack(raw, aggregate)
         stats = torch.cat([derive_stats(raw_rows, inv_scale), dead_rows(raw_rows)[:, None]], dim=1)
         act_keys, act_values = self.activations.collect(inv_scale) if self.activations is not None else ([], [])
+        extra_keys = list(act_keys)
+        extra_values = [torch.stack([v.float().to(device) for v in act_values])] if act_keys else []
+        if self._gates:
+            extra = self._gates.measure([p.grad if in_run[i] and p.requires_grad else None
+                                         for i, p in enumerate(params)], inv_scale)
+            extra_keys += extra[0]
+            extra_values.append(extra[1])
+        if self._through_time is not None:
+            extra = self._through_time.collect(inv_scale)
+            extra_keys += extra[0]
+            extra_values.append(extra[1])
         pending = self._updates.take_pending()
         stats_h, sumsq_h, scale_h, loss_h, act_h, *pending_h = to_host(
             [
@@ -372,7 +389,7 @@ class Monitor:
                 raw[:, SUMSQ],
                 scale,
                 loss.detach().float().to(device) if isinstance(loss, Tensor) else None,
-                torch.stack([v.float().to(device) for v in act_values]) if act_keys else None,
+                torch.cat([v.to(device) for v in extra_values if v is not None]) if extra_keys else None,
                 *(values.to(device) for _, _, values in pending),
             ]
         )
@@ -394,7 +411,7 @@ class Monitor:
         values.append(dead[applies])
         if loss is not None and not isinstance(loss, Tensor):
             loss_h = np.array([float(loss)])
-        extra_ids, extra_vals = self._extra_rows(missing, stats_h[rows.model], scale_h, loss_h, act_keys, act_h)
+        extra_ids, extra_vals = self._extra_rows(missing, stats_h[rows.model], scale_h, loss_h, extra_keys, act_h)
         ids.append(np.asarray(extra_ids, dtype=np.int64))
         values.append(np.asarray(extra_vals, dtype=np.float64))
         if act_keys:
@@ -442,6 +459,8 @@ class Monitor:
         if self.activations is not None:
             self.activations.collect()  # what the forward hooks took belongs to no recorded step
             self._layer_table.sync()
+        if self._through_time is not None:
+            self._through_time.collect()
         self._flush_pending()
         if loss is not None:  # as monitor.log() writes it: a metric, not a recorded step
             value = float(loss.detach().float()) if isinstance(loss, Tensor) else float(loss)
@@ -612,6 +631,10 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             weights before the optimizer step and takes the norm of the difference
             after it, about three passes over the weights' memory; the other
             recorded steps copy nothing.
+        through_time: record the gradient reaching each time step's hidden state,
+            ``‖∂L/∂h_t‖`` of the output sequence of every ``nn.LSTM``/``nn.GRU``/``nn.RNN``
+            (level ``module``, ``out_grad_norm_t0``, ``out_grad_norm_t1``, ...;
+            ``gs.plots.through_time``); one tensor hook and one reduction per call.
 
     The keyword arguments, their defaults and types are declared once, by
     :func:`gradsight.instrument.options.watch_options` (the signature shown here is read

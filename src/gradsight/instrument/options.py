@@ -42,6 +42,7 @@ class WatchOptions:
     weights: bool
     histograms_every: int  #: from ``histograms=``: every k-th recorded step, 0: never
     update_ratio_every: int  #: from ``update_ratio=``: every k-th recorded step, 0: never
+    through_time: bool = False  #: ``‖∂L/∂h_t‖`` per time step of recurrent layers
 
     @property
     def optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
@@ -66,6 +67,7 @@ def watch_options(
     weights: bool = True,
     histograms: bool | int = False,
     update_ratio: bool | int = 10,
+    through_time: bool = False,
 ) -> WatchOptions:
     """Check ``gs.watch``'s keyword arguments and resolve them (raises ``TypeError`` or
     ``ValueError`` for a bad one; creates nothing)."""
@@ -82,6 +84,8 @@ def watch_options(
         raise TypeError(f"name must be a string or None, got {type(name).__name__}")
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be True or False, got {overwrite!r:.60}")
+    if not isinstance(through_time, bool):
+        raise TypeError(f"through_time must be True or False, got {through_time!r:.60}")
     patterns_ok = isinstance(activations, (bool, str)) or (
         isinstance(activations, Sequence) and all(isinstance(a, str) for a in activations))
     if not patterns_ok:
@@ -93,7 +97,7 @@ def watch_options(
         schedule=schedules.resolve(every), optimizer=optimizer, scaler=scaler, config=config, name=name,
         backend=backend, overwrite=overwrite, distributed=distributed, activations=activations,
         residual_blocks=residual_blocks, weights=weights, histograms_every=schedules.resolve_every(histograms),
-        update_ratio_every=schedules.resolve_every(update_ratio, "update_ratio"),
+        update_ratio_every=schedules.resolve_every(update_ratio, "update_ratio"), through_time=through_time,
     )
 
 

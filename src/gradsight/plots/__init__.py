@@ -7,7 +7,8 @@ log scales, layers in forward order under their names; long runs are shown
 through evenly spaced steps (the store is never changed). The figures read runs
 through :mod:`gradsight.store.query`; ``layer_matrix``, ``layer_profile``,
 ``first_last_ratio`` and ``nonfinite_events`` are re-exported from there. Figures of
-training runs (``grad_flow``, ``grad_flow_overlay``, ``training_curves``) and of probes
+training runs (``grad_flow``, ``grad_flow_overlay``, ``training_curves``), of the gradient
+through time of recurrent layers (``through_time``) and of probes
 (``plot_path_lengths``, ``plot_shattering``, ``plot_signal_propagation``) live here too.
 
     >>> from gradsight import plots
@@ -21,6 +22,7 @@ from gradsight.plots.flow import flow
 from gradsight.plots.heatmap import heatmap
 from gradsight.plots.histograms import log2_histogram, log2_histograms
 from gradsight.plots.probes import plot_path_lengths, plot_shattering, plot_signal_propagation
+from gradsight.plots.recurrent import through_time, through_time_matrix
 from gradsight.plots.training import grad_flow, grad_flow_overlay, training_curves
 from gradsight.store.query import first_last_ratio, layer_matrix, layer_profile, nonfinite_events
 
@@ -59,6 +61,8 @@ __all__ = [
     "plot_shattering",
     "plot_signal_propagation",
     "quantile_bands",
+    "through_time",
+    "through_time_matrix",
     "training_curves",
     "update_ratio",
 ]

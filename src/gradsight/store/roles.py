@@ -16,7 +16,9 @@ Roles (:class:`Role`):
   ``LayerNorm2d`` ...), or in ``Normalization``.
 - ``weighted``: convolutions and linear maps (type names ending in ``Linear`` or
   ``Conv``/``Conv1d``..``Conv3d``/``ConvTranspose2d``/``Conv2dSame``, Hugging Face's
-  ``Conv1D``), and the in-projection weight of ``nn.MultiheadAttention``
+  ``Conv1D``), recurrent layers (type names ending in ``RNN``, ``LSTM``, ``GRU``, with or
+  without ``Cell``: each stacked layer and direction of an ``nn.LSTM`` is a layer of its
+  own, :mod:`gradsight.instrument.recurrent`), and the in-projection weight of ``nn.MultiheadAttention``
   (a container-owned ``in_proj_weight``/``q_proj_weight``/``k_proj_weight``/``v_proj_weight``).
 - ``head``: the layer producing the output: the last layer in forward order, when it
   is weighted. A head whose weight is tied to the input embedding has no row of its
@@ -65,12 +67,19 @@ class Role:
 
 
 _NORM = re.compile(r"(Norm([123][dD])?|Normalization)$")
-_WEIGHTED = re.compile(r"(Linear|Conv(Transpose)?([123][dD])?(Same)?)$")
+_RECURRENT = re.compile(r"(RNN|LSTM|GRU)(Cell)?$")
+_WEIGHTED = re.compile(rf"(Linear|Conv(Transpose)?([123][dD])?(Same)?|{_RECURRENT.pattern[:-1]})$")
 _EMBEDDING = re.compile(r"Embedding(Bag|s)?$")
 #: Container-owned parameters of ``nn.MultiheadAttention`` that are its in-projection.
 _IN_PROJECTION = frozenset({"in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"})
 #: ... and its biases (of the in-projection; the learned key/value biases): never embeddings.
 _IN_PROJECTION_BIAS = frozenset({"in_proj_bias", "bias_k", "bias_v"})
+
+
+def is_recurrent_type(module_type: str) -> bool:
+    """Whether a layer's ``module_type`` is a recurrent layer's (``LSTM``, ``GRUCell``, ``RNN`` ...),
+    a ``weighted`` layer whose gates saturate (the diagnosis speaks of gates, not units)."""
+    return bool(_RECURRENT.search(module_type))
 
 
 def role_of(module_type: str, *, name: str = "", numel: int | None = None) -> str:

@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 CREATE TABLE IF NOT EXISTS params (
     name      TEXT PRIMARY KEY,      -- as model.named_parameters() gives it
-    layer     TEXT NOT NULL,         -- owning module ('' = root), or the parameter's own name when a container owns it
+    layer     TEXT NOT NULL,         -- owning module ('' = root), the parameter's own name when a container owns it,
+                                     -- or a recurrent module's stacked layer (rnn.l0, rnn.l0_reverse)
     shape     TEXT NOT NULL,         -- JSON list
     numel     INTEGER NOT NULL,
     dtype     TEXT NOT NULL,
@@ -61,7 +62,7 @@ CREATE TABLE IF NOT EXISTS params (
     position  INTEGER NOT NULL       -- index in named_parameters() order
 );
 CREATE TABLE IF NOT EXISTS layers (
-    name        TEXT NOT NULL,       -- qualified module name ('' = root), or parameter name
+    name        TEXT NOT NULL,       -- qualified module name ('' = root), parameter name, or stacked layer (rnn.l0)
     depth       INTEGER,             -- forward-execution order among rows of one kind, 0 = first
     module_type TEXT NOT NULL,
     kind        TEXT NOT NULL,       -- 'layer' (owns parameters), 'block', 'module'

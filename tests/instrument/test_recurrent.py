@@ -1,0 +1,232 @@
+"""Recurrent layers: one weighted layer per stacked layer and direction, per-gate gradient
+norms and the gradient through time, each against an independent float64 / autograd
+computation (a slice of ``.grad`` per gate; ``torch.autograd.grad`` of the loss with respect
+to the output sequence on an unwatched copy of the model)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradsight as gs
+from gradsight.instrument.layers import param_layers
+from gradsight.instrument.recurrent import gate_stat, stacked_layer, time_stat
+
+VOCAB, EMBED, HIDDEN, SEQ, BATCH = 40, 12, 16, 9, 5
+
+
+class LSTMLanguageModel(nn.Module):
+    """pytorch/examples' word_language_model in small: embedding -> 2-layer LSTM -> linear."""
+
+    def __init__(self, rnn: nn.RNNBase | None = None) -> None:
+        super().__init__()
+        self.encoder = nn.Embedding(VOCAB, EMBED)
+        self.rnn = rnn if rnn is not None else nn.LSTM(EMBED, HIDDEN, num_layers=2)
+        width = self.rnn.hidden_size * (2 if self.rnn.bidirectional else 1)
+        self.decoder = nn.Linear(width, VOCAB)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        output, _ = self.rnn(self.encoder(tokens))
+        self.output_sequence = output  # for the reference computation of the test only
+        return self.decoder(output)
+
+
+def batch(seed: int, batch_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shape = (BATCH, SEQ) if batch_first else (SEQ, BATCH)
+    return torch.randint(0, VOCAB, shape, generator=g), torch.randint(0, VOCAB, shape, generator=g)
+
+
+def lm_loss(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(tokens).reshape(-1, VOCAB), targets.reshape(-1))
+
+
+def train(model: nn.Module, run_dir: Path, steps: int = 3, batch_first: bool = False, **options):
+    """Train with AdamW under gs.watch(through_time=True); per step, the reference values:
+    every parameter's .grad in float64 and ``autograd.grad(loss, output sequence)`` of an
+    unwatched copy of the model (copies of a watched model run none of its hooks)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    grads, seq_grads = [], []
+    with gs.watch(model, run_dir, optimizer=opt, through_time=True, **options) as mon:
+        for step in range(steps):
+            tokens, targets = batch(step, batch_first)
+            model.__dict__.pop("output_sequence", None)  # (a graph's tensor: not copied)
+            twin = copy.deepcopy(model)
+            twin_loss = lm_loss(twin, tokens, targets)
+            seq_grads.append(torch.autograd.grad(twin_loss, twin.output_sequence)[0].double())
+            opt.zero_grad()
+            loss = lm_loss(model, tokens, targets)
+            loss.backward()
+            grads.append({n: p.grad.detach().double().clone() for n, p in model.named_parameters()})
+            mon.step(loss)
+            opt.step()
+    return grads, seq_grads
+
+
+@pytest.fixture(scope="module")
+def lstm_run(tmp_path_factory):
+    torch.manual_seed(0)
+    model = LSTMLanguageModel()
+    run_dir = tmp_path_factory.mktemp("lstm") / "run"
+    grads, seq_grads = train(model, run_dir, activations=True)
+    return run_dir, grads, seq_grads
+
+
+def test_stacked_layer_names():
+    assert stacked_layer("weight_ih_l0") == "l0"
+    assert stacked_layer("bias_hh_l12_reverse") == "l12_reverse"
+    assert stacked_layer("weight_hr_l1") == "l1"  # an LSTM's projection (proj_size) belongs to its layer
+    assert stacked_layer("weight_ih") is None  # a cell's: one layer, the cell
+    assert stacked_layer("weight") is None
+
+
+def test_lstm_is_one_weighted_layer_per_stacked_layer(lstm_run):
+    """An nn.LSTM used to be one layer of role ``other`` (the flow plot drew only the decoder)."""
+    run_dir, _, _ = lstm_run
+    with gs.open_run(run_dir) as run:
+        layers = run.layers()
+        params = run.params().set_index("name")
+    assert list(layers["name"]) == ["encoder", "rnn.l0", "rnn.l1", "decoder"]  # forward order
+    assert list(layers["role"]) == ["embedding", "weighted", "weighted", "head"]
+    assert list(layers["module_type"]) == ["Embedding", "LSTM", "LSTM", "Linear"]
+    for k in (0, 1):
+        for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            assert params.loc[f"rnn.{p}_l{k}", "layer"] == f"rnn.l{k}"
+
+
+def test_stacked_layer_rows_match_float64(lstm_run):
+    """grad_norm and grad_dead_rows of rnn.l0 and rnn.l1: of their own four tensors, not pooled."""
+    run_dir, grads, _ = lstm_run
+    view = gs.RunView(run_dir)
+    norm = view.matrix("layer", "grad_norm", steps="all")
+    dead = view.matrix("layer", "grad_dead_rows", steps="all")
+    for step, g in enumerate(grads):
+        for k in (0, 1):
+            own = [g[f"rnn.{p}_l{k}"] for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            want = math.sqrt(sum(float(t.pow(2).sum()) for t in own))
+            assert math.isclose(norm.loc[step, f"rnn.l{k}"], want, rel_tol=1e-5)
+            zero_rows = sum(int((t.reshape(t.shape[0], -1) == 0).all(1).sum()) for t in own if t.dim() >= 2)
+            assert dead.loc[step, f"rnn.l{k}"] == zero_rows
+    # the first/last ratio of the weighted layers is defined (it was nan with one LSTM row)
+    assert math.isfinite(gs.plots.first_last_ratio(run_dir))
+
+
+def reference_gate_norms(g: dict[str, torch.Tensor], module: str, suffix: str, gates: tuple[str, ...],
+                         hidden: int) -> dict[str, float]:
+    """Per gate, the norm over weight_ih, weight_hh, bias_ih, bias_hh of that gate's rows, by slicing."""
+    out = {}
+    for k, gate in enumerate(gates):
+        rows = slice(k * hidden, (k + 1) * hidden)
+        out[gate] = math.sqrt(sum(float(g[f"{module}.{p}{suffix}"][rows].pow(2).sum())
+                                  for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
+    return out
+
+
+def test_lstm_gate_norms_match_float64_slices(lstm_run):
+    run_dir, grads, _ = lstm_run
+    view = gs.RunView(run_dir)
+    gates = ("input", "forget", "cell", "output")  # PyTorch's row order i, f, g, o
+    tables = {gate: view.matrix("layer", gate_stat(gate), steps="all") for gate in gates}
+    for step, g in enumerate(grads):
+        for k in (0, 1):
+            want = reference_gate_norms(g, "rnn", f"_l{k}", gates, HIDDEN)
+            for gate in gates:
+                assert math.isclose(tables[gate].loc[step, f"rnn.l{k}"], want[gate], rel_tol=1e-5), (step, k, gate)
+    # the gates partition the layer's rows: their squares add up to the layer's grad_norm
+    total = np.sqrt(sum(tables[gate].to_numpy() ** 2 for gate in gates))
+    np.testing.assert_allclose(total, view.matrix("layer", "grad_norm", steps="all")[["rnn.l0", "rnn.l1"]].to_numpy(),
+                               rtol=1e-5)
+
+
+def test_gradient_through_time_matches_autograd(lstm_run):
+    """out_grad_norm_t<t> = ‖∂L/∂output[t]‖ over the batch and features, from torch.autograd.grad."""
+    run_dir, _, seq_grads = lstm_run
+    view = gs.RunView(run_dir)
+    for t in range(SEQ):
+        got = view.matrix("module", time_stat(t), steps="all")["rnn"]
+        for step, sg in enumerate(seq_grads):
+            assert math.isclose(got.loc[step], float(sg[t].norm()), rel_tol=1e-5), (t, step)
+    assert time_stat(SEQ) not in view.stats("module")
+    # with activations=True, the time steps' squares add up to the whole output's out_grad_norm
+    whole = view.matrix("module", "out_grad_norm", steps="all")["rnn"].to_numpy()
+    per_t = np.sqrt(sum(view.matrix("module", time_stat(t), steps="all")["rnn"].to_numpy() ** 2 for t in range(SEQ)))
+    np.testing.assert_allclose(per_t, whole, rtol=1e-5)
+
+
+def test_bidirectional_gru_has_reverse_layers_gates_and_time(tmp_path):
+    torch.manual_seed(1)
+    model = LSTMLanguageModel(nn.GRU(EMBED, HIDDEN, num_layers=2, bidirectional=True, batch_first=True))
+    grads, seq_grads = train(model, tmp_path / "run", steps=2, batch_first=True)
+    view = gs.RunView(tmp_path / "run")
+    names = ["rnn.l0", "rnn.l0_reverse", "rnn.l1", "rnn.l1_reverse"]
+    layers = view.layers()
+    assert list(layers["name"]) == ["encoder", *names, "decoder"]
+    assert set(layers.set_index("name").loc[names, "role"]) == {"weighted"}
+    gates = ("reset", "update", "new")  # r, z, n
+    for step, g in enumerate(grads):
+        for name in names:
+            want = reference_gate_norms(g, "rnn", name[len("rnn."):].replace("l", "_l", 1), gates, HIDDEN)
+            for gate in gates:
+                got = view.matrix("layer", gate_stat(gate), steps="all").loc[step, name]
+                assert math.isclose(got, want[gate], rel_tol=1e-5), (step, name, gate)
+        for t in range(SEQ):  # batch_first: time is dim 1
+            got = view.matrix("module", time_stat(t), steps="all").loc[step, "rnn"]
+            assert math.isclose(got, float(seq_grads[step][:, t].norm()), rel_tol=1e-5)
+
+
+def test_through_time_is_opt_in(tmp_path):
+    model = LSTMLanguageModel()
+    with gs.watch(model, tmp_path / "run") as mon:
+        lm_loss(model, *batch(0)).backward()
+        mon.step()
+    with gs.open_run(tmp_path / "run") as run:
+        assert not [s for s in run.stats("module") if s.startswith("out_grad_norm_t")]
+        assert gate_stat("forget") in run.stats("layer")  # gates cost one pass over four small tensors
+
+
+def test_cells_are_weighted_layers_with_gates(tmp_path):
+    class CellNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = nn.LSTMCell(6, HIDDEN)
+            self.gru = nn.GRUCell(HIDDEN, HIDDEN)
+            self.rnn = nn.RNNCell(HIDDEN, HIDDEN)
+            self.out = nn.Linear(HIDDEN, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = c = torch.zeros(x.shape[1], HIDDEN)
+            g = r = h
+            for x_t in x:
+                h, c = self.cell(x_t, (h, c))
+                g = self.gru(h, g)
+                r = self.rnn(g, r)
+            return self.out(r)
+
+    torch.manual_seed(2)
+    model = CellNet()
+    with gs.watch(model, tmp_path / "run") as mon:
+        model(torch.randn(4, 3, 6)).sum().backward()
+        mon.step()
+    g = {n: p.grad.double() for n, p in model.named_parameters()}
+    view = gs.RunView(tmp_path / "run")
+    assert list(view.layers()["role"]) == ["weighted", "weighted", "weighted", "head"]
+    want = reference_gate_norms(g, "cell", "", ("input", "forget", "cell", "output"), HIDDEN)
+    want_gru = reference_gate_norms(g, "gru", "", ("reset", "update", "new"), HIDDEN)
+    for gate, value in want.items():
+        assert math.isclose(view.matrix("layer", gate_stat(gate)).loc[0, "cell"], value, rel_tol=1e-5)
+    for gate, value in want_gru.items():
+        assert math.isclose(view.matrix("layer", gate_stat(gate)).loc[0, "gru"], value, rel_tol=1e-5)
+    assert "rnn" not in view.matrix("layer", gate_stat("input")).columns  # nn.RNNCell: no gates
+
+
+def test_param_layers_of_the_graph_follow_the_run():
+    model = LSTMLanguageModel(nn.LSTM(EMBED, HIDDEN, num_layers=2, bidirectional=True))
+    layers = param_layers(model)
+    assert layers["rnn.weight_hh_l1_reverse"] == "rnn.l1_reverse"
+    assert layers["rnn.bias_ih_l0"] == "rnn.l0"
