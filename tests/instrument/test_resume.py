@@ -267,3 +267,17 @@ def test_a_training_killed_mid_run_and_resumed_in_a_new_process_has_one_step_axi
     assert run.steps() == list(range(total)) and run.status == "finished"
     assert run.meta["resumed"][0]["step"] == 10 and run.meta["resumed"][0]["previous_status"] == "running"
     assert run.meta["steps_recorded"] == total
+
+
+def test_a_store_of_another_schema_version_is_refused_and_left_as_it_was(tmp_path):
+    model = _model()
+    with gs.watch(model, tmp_path / "run") as monitor:
+        _train(model, torch.optim.SGD(model.parameters(), lr=0.1), monitor, range(2))
+    store = tmp_path / "run" / DB_NAME
+    with closing(sqlite3.connect(store)) as conn, conn:
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    before = store.read_bytes()
+    with pytest.raises(RunError, match="its store has schema version 3, and gradsight .* continues version 4 only"):
+        gs.watch(model, tmp_path / "run", resume=True)
+    assert store.read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [DB_NAME]

@@ -509,11 +509,11 @@ class StoreWriter:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
             try:
+                if self._resume:  # before anything changes the store: one of another version is left as it was
+                    self.earlier = _read_earlier(conn, self.path)
                 conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL mode, which fixes it
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                if self._resume:
-                    self.earlier = _read_earlier(conn, self.path)
                 # tables, schema version and owner in one commit (a second process names this one from them)
                 owner = {"schema_version": SCHEMA_VERSION, "pid": os.getpid(), "host": socket.gethostname()}
                 rows = ", ".join(f"({_sql_text(k)}, {_sql_text(json.dumps(v))})" for k, v in owner.items())
