@@ -67,8 +67,10 @@ def _assert_matches(recorded: dict, reference: dict) -> None:
 
 
 def _series_rows(run_dir: Path) -> list[tuple]:
+    """The series and the groups their values are packed in."""
     with closing(sqlite3.connect(run_dir / DB_NAME)) as conn:
-        return conn.execute("SELECT id, level, name, stat FROM series ORDER BY id").fetchall()
+        return (conn.execute("SELECT id, level, name, stat FROM series ORDER BY id").fetchall()
+                + conn.execute("SELECT id, series, segments FROM series_groups ORDER BY id").fetchall())
 
 
 def test_resume_true_continues_the_step_axis_after_the_last_recorded_step(tmp_path):
@@ -87,7 +89,7 @@ def test_resume_true_continues_the_step_axis_after_the_last_recorded_step(tmp_pa
     assert run.meta["steps_recorded"] == 7 and run.meta["step_calls"] == 7
     assert [r["step"] for r in run.meta["resumed"]] == [4]
     assert run.meta["resumed"][0]["previous_status"] == "finished"
-    assert _series_rows(run_dir) == series_before  # the same series, under the same ids
+    assert _series_rows(run_dir) == series_before  # the same series and groups, under the same ids
 
 
 def test_the_schedule_goes_on_along_the_steps_of_the_run(tmp_path):
