@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -120,7 +121,7 @@ class Local:
         """A :class:`~gradsight.store.writer.StoreWriter` for ``run_dir``."""
         return StoreWriter(run_dir, overwrite=overwrite, resume=resume)
 
-    def agree(self, value: int) -> int:
+    def agree(self, value: Any) -> Any:
         """``value`` as rank 0 has it (one process: itself)."""
         return value
 
@@ -187,12 +188,12 @@ class Distributed:
                                      "backend": str(_dist().get_backend())})
         return writer
 
-    def agree(self, value: int) -> int:
-        """``value`` as rank 0 has it, on every rank (one broadcast: a resumed run's first step,
-        which only rank 0 reads from the store, so that every rank's schedule agrees)."""
-        box = [int(value)]
+    def agree(self, value: Any) -> Any:
+        """``value`` (picklable) as rank 0 has it, on every rank (one broadcast: where a resumed
+        run goes on, which only rank 0 reads from the store, so that every rank's schedule agrees)."""
+        box = [value]
         _dist().broadcast_object_list(box, src=0)
-        return int(box[0])
+        return box[0]
 
     # -- statistics -----------------------------------------------------------------
     def raw_sums(

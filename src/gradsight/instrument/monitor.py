@@ -165,10 +165,8 @@ class Monitor:
         if opts.resume is not False:
             if earlier is not None:
                 resuming.check_model(earlier, param_names, self.run_dir)
-            self.resumption = resuming.plan(earlier, opts.resume)
-            start = self._dist.agree(self.resumption.start)  # only rank 0 reads the store
-            if start != self.resumption.start:
-                self.resumption = resuming.Resumption(start=start, floor=start)
+            # only rank 0 reads the store: every rank goes on where it does
+            self.resumption = self._dist.agree(resuming.plan(earlier, opts.resume))
         self._series = SeriesIds(self._writer, earlier.series if earlier is not None else ())
         self._listeners = Listeners()
         self._stat_cols = [k for k, st in enumerate(GRAD_STATS)
