@@ -114,3 +114,38 @@ def worker(rank: int, world: int, init_file: str, out: str) -> None:
     except BaseException:
         (out_dir / f"error-rank{rank}.txt").write_text(traceback.format_exc())
         os._exit(1)
+
+
+#: Steps of each part of the resumed run (``resume_worker``), recorded every 2nd.
+RESUME_STEPS = 5
+
+
+def resume_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    """Rank ``rank``: a DDP run of ``RESUME_STEPS`` steps into ``out/run``, closed, then continued with
+    ``resume=True`` for as many; writes where each rank's monitor went on, and the steps it recorded."""
+    out_dir = Path(out)
+    try:
+        dist.init_process_group(
+            "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+        )
+        torch.set_num_threads(1)
+        model = make_model()
+        ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+        seen = []
+        for part, resume in enumerate((False, True)):
+            with gs.watch(model, out_dir / "run", backend="eager", every=2, resume=resume) as monitor:
+                for step in range(part * RESUME_STEPS, (part + 1) * RESUME_STEPS):
+                    x, y = batch(step)
+                    (ddp(x) - y).pow(2).mean().backward()
+                    if monitor.step():
+                        seen.append(step)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                start = monitor.resumption.start
+            dist.barrier()
+        (out_dir / f"resume-rank{rank}.txt").write_text(f"{start} {seen}")
+        dist.destroy_process_group()
+    except BaseException:
+        (out_dir / f"error-rank{rank}.txt").write_text(traceback.format_exc())
+        os._exit(1)

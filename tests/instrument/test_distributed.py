@@ -137,3 +137,24 @@ def test_local_sums_of_squares_match_a_loop():
     got = Local().sumsq(tensors)
     want = torch.tensor([float(t.double().pow(2).sum()) for t in tensors])
     assert torch.allclose(got.double(), want.double(), rtol=1e-6)
+
+
+def test_a_resumed_run_goes_on_at_the_same_step_on_every_rank(tmp_path):
+    """Only rank 0 reads the store: the step the run goes on at is broadcast, so every rank's
+    schedule records the same calls."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=dist_workers.resume_worker, args=(rank, WORLD, str(tmp_path / "init"), str(tmp_path)),
+                         daemon=True) for rank in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT_S)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    errors = "\n".join(f.read_text() for f in sorted(tmp_path.glob("error-rank*.txt")))
+    assert all(p.exitcode == 0 for p in procs), f"exit codes {[p.exitcode for p in procs]}\n{errors}"
+    steps = dist_workers.RESUME_STEPS
+    for rank in range(WORLD):  # the first part records 0, 2, 4; the resumed one goes on at 5: 6, 8
+        assert (tmp_path / f"resume-rank{rank}.txt").read_text() == f"{steps} [0, 2, 4, 6, 8]"
+    assert gs.open_run(tmp_path / "run").steps() == [0, 2, 4, 6, 8]

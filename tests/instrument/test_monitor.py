@@ -494,8 +494,8 @@ def test_watch_shows_monitor_keywords():
     watch_params = inspect.signature(gs.watch).parameters
     assert watch_params == inspect.signature(gs.Monitor).parameters
     assert list(watch_params)[2:] == ["every", "optimizer", "scaler", "config", "name", "backend", "overwrite",
-                                      "distributed", "activations", "residual_blocks", "weights", "histograms",
-                                      "update_ratio", "through_time"]
+                                      "resume", "distributed", "activations", "residual_blocks", "weights",
+                                      "histograms", "update_ratio", "through_time"]
     for keyword in list(watch_params)[2:]:
         assert f"{keyword}:" in gs.watch.__doc__
 

@@ -478,16 +478,32 @@ FIRST_STEP_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_first_compilation_in_a_fresh_process_prints_nothing(tmp_path):
+def test_first_compilation_in_a_fresh_process_prints_one_line_saying_so(tmp_path):
     """A fresh process with an empty compiler cache compiles the fused kernel at the first
-    recorded step without printing anything (no "No CUDA runtime is found")."""
+    recorded step, which takes seconds: it says so in one line and prints nothing else (no
+    "No CUDA runtime is found")."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "OMP_NUM_THREADS": "1"}
     env.pop("TORCH_LOGS", None)
     script = f"RUN_DIR = {str(tmp_path / 'run')!r}\n" + FIRST_STEP_SCRIPT
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
-    assert done.stderr == ""
+    assert done.stderr == grad_stats.COMPILE_NOTICE + "\n"
+
+
+def test_the_compile_notice_is_said_once_per_process_and_not_when_quiet(monkeypatch, caplog):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # the kernel as it is, compiled or not
+    g = torch.randn(300, 300)
+    with caplog.at_level("WARNING", logger="gradsight"):
+        kernel = grad_stats._FusedKernel()
+        for t in (g, g, g.flatten(), g.double()):  # three kinds of tensor, each compiled once
+            kernel(t, t)
+        assert len(kernel._fns) == 3
+        with grad_stats.quiet_compile_notice():
+            grad_stats._FusedKernel()(g, g)
+    notices = [r for r in caplog.records if r.getMessage() == grad_stats.COMPILE_NOTICE]
+    assert len(notices) == 1 and notices[0].levelname == "WARNING"
+    assert not grad_stats._FusedKernel.quiet  # restored on leaving
 
 
 # -- sums of squares -------------------------------------------------------------------

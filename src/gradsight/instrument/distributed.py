@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -116,9 +117,13 @@ class Local:
     def __repr__(self) -> str:
         return "Local()"
 
-    def writer(self, run_dir: str | Path, overwrite: bool = False) -> Writer:
+    def writer(self, run_dir: str | Path, overwrite: bool = False, resume: bool = False) -> Writer:
         """A :class:`~gradsight.store.writer.StoreWriter` for ``run_dir``."""
-        return StoreWriter(run_dir, overwrite=overwrite)
+        return StoreWriter(run_dir, overwrite=overwrite, resume=resume)
+
+    def agree(self, value: Any) -> Any:
+        """``value`` as rank 0 has it (one process: itself)."""
+        return value
 
     def raw_sums(
         self, grads: Sequence[Tensor], weights: Sequence[Tensor], backend: str = "auto", with_weights: bool = True
@@ -174,14 +179,21 @@ class Distributed:
         return f"Distributed(mode={self.mode!r}, rank={self.rank}, world_size={self.world_size})"
 
     # -- the store ------------------------------------------------------------------
-    def writer(self, run_dir: str | Path, overwrite: bool = False) -> Writer:
+    def writer(self, run_dir: str | Path, overwrite: bool = False, resume: bool = False) -> Writer:
         """The store writer on rank 0, a :class:`~gradsight.store.writer.NullWriter` elsewhere."""
         if not self.writes_store:
             return NullWriter(run_dir)
-        writer = StoreWriter(run_dir, overwrite=overwrite)
+        writer = StoreWriter(run_dir, overwrite=overwrite, resume=resume)
         writer.set_meta(distributed={"mode": self.mode, "world_size": self.world_size,
                                      "backend": str(_dist().get_backend())})
         return writer
+
+    def agree(self, value: Any) -> Any:
+        """``value`` (picklable) as rank 0 has it, on every rank (one broadcast: where a resumed
+        run goes on, which only rank 0 reads from the store, so that every rank's schedule agrees)."""
+        box = [value]
+        _dist().broadcast_object_list(box, src=0)
+        return box[0]
 
     # -- statistics -----------------------------------------------------------------
     def raw_sums(

@@ -46,6 +46,7 @@ from gradsight.instrument.meta import default_run_dir, param_rows, run_meta, siz
 from gradsight.instrument.options import WatchOptions, with_options
 from gradsight.instrument.options import resolve as resolve_options
 from gradsight.instrument.recurrent import GateNorms, ThroughTime
+from gradsight.instrument import resume as resuming
 from gradsight.instrument.rows import LevelIds, StepRows
 from gradsight.instrument.scaler import LossScale
 from gradsight.instrument.series import SeriesIds
@@ -85,8 +86,9 @@ class _NewPaths:
     """What a run's construction may create under ``run_dir``, noted before it starts, so that a
     failed construction can delete it: the store's files and the directories that did not exist."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume: bool) -> None:
         self.store = run_dir / DB_NAME
+        self.keep_store = resume and self.store.exists()  # a run to resume: never deleted
         self.dirs = []  # missing directories, deepest first
         d = run_dir
         while not d.exists() and d != d.parent:
@@ -94,6 +96,8 @@ class _NewPaths:
             d = d.parent
 
     def remove(self) -> None:
+        if self.keep_store:
+            return
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(str(self.store) + suffix).unlink(missing_ok=True)
         for d in self.dirs:
@@ -117,8 +121,9 @@ class Monitor:
         self.options = resolve_options(options)  #: the resolved keyword arguments (:class:`WatchOptions`)
         self.model = model
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(model)
-        self.step_count = 0  #: number of step() calls so far
-        self.recorded_steps = 0
+        self.step_count = 0  #: number of step() calls so far (by this monitor)
+        self.recorded_steps = 0  #: steps recorded so far (by this monitor)
+        self.resumption = resuming.NEW_RUN  #: where a resumed run goes on (``resume=``)
         self._closed = False
         self._hooks = HookRegistry()
         self._writer = None
@@ -128,7 +133,7 @@ class Monitor:
         self._sentinels: list[Tensor] = []  # a few parameters with a gradient at the last recorded step
         self._sentinel_grads: list[tuple[weakref.ref, int] | None] = []  # their .grad at the last step() call
         self._known_params: set[int] | None = None  # ids of the parameters seen at watch()
-        self._created = _NewPaths(self.run_dir)
+        self._created = _NewPaths(self.run_dir, self.options.resume is not False)
         try:
             self._build(model, self.options)
         except BaseException:
@@ -156,8 +161,14 @@ class Monitor:
 
         # one process (Local) or torch.distributed (only rank 0 writes the store)
         self._dist = resolve_distributed(opts.distributed, model)
-        self._writer = self._dist.writer(self.run_dir, opts.overwrite)
-        self._series = SeriesIds(self._writer)
+        self._writer = self._dist.writer(self.run_dir, opts.overwrite, opts.resume is not False)
+        earlier = self._writer.earlier
+        if opts.resume is not False:
+            if earlier is not None:
+                resuming.check_model(earlier, param_names, self.run_dir)
+            # only rank 0 reads the store: every rank goes on where it does
+            self.resumption = self._dist.agree(resuming.plan(earlier, opts.resume))
+        self._series = SeriesIds(self._writer, earlier.series if earlier is not None else ())
         self._listeners = Listeners()
         self._stat_cols = [k for k, st in enumerate(GRAD_STATS)
                            if opts.weights or st not in ("weight_norm", "grad_weight_ratio")]
@@ -172,7 +183,13 @@ class Monitor:
                                                  self._dist.log2_counts, watched, watched_layers)
         self._series.flush()
 
-        self._writer.set_meta(**run_meta(model, inv, opts, name=opts.name or self.run_dir.name))
+        meta = run_meta(model, inv, opts, name=opts.name or self.run_dir.name)
+        if earlier is not None:
+            self._writer.continue_from(self.resumption.cut)
+            meta = resuming.meta(earlier, meta, self.resumption, opts.name is not None, opts.config is not None)
+            if self.resumption.removed:
+                warnings.warn(resuming.describe(self.resumption, earlier, self.run_dir), stacklevel=4)
+        self._writer.set_meta(**meta)
         self._writer.write_params(param_rows(inv))
         self._param_layout = [(p.shape, p.dtype) for p in self._params]  # as the params table has them
         self._order = ForwardOrder(model, self._hooks, inv.layer_params())  # frozen layers too: they may join
@@ -201,7 +218,10 @@ class Monitor:
         self._hooks.remove_all()
         if self._writer is not None:
             try:
-                self._writer.close(status="failed")
+                if self._writer.earlier is not None:  # a resumed run is left as it was
+                    self._writer.close(discard=True)
+                else:
+                    self._writer.close(status="failed")
             finally:
                 if self._dist.writes_store:  # (another rank's store is not this process's to delete)
                     self._created.remove()
@@ -248,8 +268,9 @@ class Monitor:
 
     # -- recording --------------------------------------------------------------------
     def should_record(self, step: int | None = None) -> bool:
-        """Whether the given (default: next) call of :meth:`step` is recorded."""
-        return bool(self.options.schedule(self.step_count if step is None else step))
+        """Whether the given (default: next) call of :meth:`step` is recorded (the calls of a
+        resumed run are counted from the step it goes on at)."""
+        return bool(self.options.schedule(self.resumption.start + self.step_count if step is None else step))
 
     def step(self, loss: Tensor | float | None = None, *, step: int | None = None) -> bool:
         """Record the gradients as they are now, if this call is scheduled.
@@ -264,7 +285,8 @@ class Monitor:
                 backpropagated (``total += loss.detach()`` after each ``loss.backward()``),
                 not the last micro-batch's.
             step: the step index to record under (default: the number of earlier
-                calls, starting at 0).
+                calls, starting at 0; for a resumed run, at the step it goes on at).
+                A resumed run refuses a step before that one (``ValueError``).
 
         Returns:
             True when this call recorded gradient statistics (scheduled, and some
@@ -272,12 +294,13 @@ class Monitor:
         """
         if self._closed:
             raise RuntimeError("this monitor is closed")
-        index = self.step_count if step is None else int(step)
+        index = self.resumption.start + self.step_count if step is None else int(step)
         if not -2**63 <= index < 2**63:
             raise ValueError(f"step={index} does not fit the store's 64-bit step column; pass a smaller step")
+        self._check_floor(index)
         if self._sentinels:
             self._check_same_gradients()
-        record = self.should_record(self.step_count)
+        record = self.should_record()
         self.step_count += 1
         if record:
             n = self.recorded_steps
@@ -287,6 +310,12 @@ class Monitor:
                 self._sync_params()
             record = self._record(index, loss)
         return record
+
+    def _check_floor(self, step: int) -> None:
+        """Refuse a step before the one a resumed run goes on at (it would write a recorded step again)."""
+        floor = self.resumption.floor
+        if floor is not None and step < floor:
+            raise resuming.refuse_step(step, self.resumption, self.options.resume, self.run_dir)
 
     def _forget_gradients(self) -> None:
         """The next ``step()`` may see this call's gradients again without warning (an
@@ -510,11 +539,13 @@ class Monitor:
     def log(self, metrics: dict[str, float | Tensor], step: int | None = None) -> None:
         """Record scalar metrics (e.g. per-epoch loss and accuracy) at ``step``.
 
-        ``step`` defaults to the index of the last :meth:`step` call.
+        ``step`` defaults to the index of the last :meth:`step` call (before the first,
+        the first's). A resumed run refuses a step before the one it goes on at.
         """
         if self._closed:
             raise RuntimeError("this monitor is closed")
-        at = max(self.step_count - 1, 0) if step is None else int(step)
+        at = self.resumption.start + max(self.step_count - 1, 0) if step is None else int(step)
+        self._check_floor(at)
         ids, vals = [], []
         for key, value in metrics.items():
             ids.append(self._series.id(Level.METRIC, str(key), str(key)))
@@ -552,6 +583,11 @@ class Monitor:
         finally:
             self._updates.release()
             meta: dict[str, Any] = {"steps_recorded": self.recorded_steps, "step_calls": self.step_count}
+            earlier = self._writer.earlier
+            if earlier is not None:  # a resumed run: its steps kept, and the calls from the step it went on at
+                cut = self.resumption.cut
+                meta["steps_recorded"] += sum(cut is None or s < cut for s in earlier.steps)
+                meta["step_calls"] += self.resumption.start
             if error is not None:
                 meta["error"] = error
             self._writer.close(status=status, **meta)
@@ -606,6 +642,15 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
         name: a display name (default: the directory name).
         backend: ``"auto"``, ``"eager"`` or ``"fused"`` statistics kernels.
         overwrite: replace a run already in ``run_dir`` instead of raising.
+        resume: continue the run in ``run_dir``: ``True`` after the last step it
+            recorded, or a step (a training resumed from a checkpoint of that step:
+            what the run recorded from that step on is removed, with a warning saying
+            how much). The default step of ``monitor.step()`` goes on from there, and a
+            step before it raises ``ValueError``: a recorded step is never written
+            twice. The run must be of the same model (the same parameter names); its
+            start time, name and config (unless given) are kept, and ``meta.resumed``
+            lists each resumption. A ``run_dir`` without a run starts a new one.
+            ``resume`` with ``overwrite=True`` is a ``ValueError``.
         distributed: under ``torch.distributed`` with several processes, ``"auto"``
             records the global batch's statistics and only rank 0 writes the store;
             ``None`` turns this off. See :mod:`gradsight.instrument.distributed`.

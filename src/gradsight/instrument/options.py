@@ -36,6 +36,7 @@ class WatchOptions:
     name: str | None
     backend: str
     overwrite: bool
+    resume: bool | int  #: False, True (after the last recorded step) or the step to continue at
     distributed: str | bool | None
     activations: bool | str | Sequence[str]
     residual_blocks: Sequence[str] | None
@@ -61,6 +62,7 @@ def watch_options(
     name: str | None = None,
     backend: str = "auto",
     overwrite: bool = False,
+    resume: bool | int = False,
     distributed: str | None = "auto",
     activations: bool | str | Sequence[str] = False,
     residual_blocks: Sequence[str] | None = None,
@@ -86,6 +88,11 @@ def watch_options(
         raise TypeError(f"overwrite must be True or False, got {overwrite!r:.60}")
     if not isinstance(through_time, bool):
         raise TypeError(f"through_time must be True or False, got {through_time!r:.60}")
+    if not isinstance(resume, int) or (not isinstance(resume, bool) and resume < 0):
+        raise TypeError(f"resume must be True, False or a step (an int >= 0), got {resume!r:.60}")
+    if overwrite and resume is not False:
+        raise ValueError(f"overwrite=True replaces the run in run_dir and resume={resume!r} continues it; pass one "
+                         "of them")
     patterns_ok = isinstance(activations, (bool, str)) or (
         isinstance(activations, Sequence) and all(isinstance(a, str) for a in activations))
     if not patterns_ok:
@@ -95,7 +102,7 @@ def watch_options(
         raise TypeError(f"residual_blocks must be a list of module names or None, got {residual_blocks!r:.60}")
     return WatchOptions(
         schedule=schedules.resolve(every), optimizer=optimizer, scaler=scaler, config=config, name=name,
-        backend=backend, overwrite=overwrite, distributed=distributed, activations=activations,
+        backend=backend, overwrite=overwrite, resume=resume, distributed=distributed, activations=activations,
         residual_blocks=residual_blocks, weights=weights, histograms_every=schedules.resolve_every(histograms),
         update_ratio_every=schedules.resolve_every(update_ratio, "update_ratio"), through_time=through_time,
     )

@@ -16,12 +16,15 @@ class SeriesIds:
 
     Args:
         writer: where :meth:`flush` registers the ids handed out since the last flush.
+        known: ``(id, level, name, stat)`` rows registered already (a resumed run's): their
+            ids are used again, new ones come after the largest.
     """
 
-    def __init__(self, writer: Writer) -> None:
+    def __init__(self, writer: Writer, known: Sequence[tuple[int, str, str, str]] = ()) -> None:
         self._writer = writer
-        self._ids: dict[Key, int] = {}
-        self._keys: dict[int, Key] = {}
+        self._keys: dict[int, Key] = {int(sid): (level, name, stat) for sid, level, name, stat in known}
+        self._ids: dict[Key, int] = {key: sid for sid, key in self._keys.items()}
+        self._next = max(self._keys, default=0) + 1
         self._new: list[tuple[int, str, str, str]] = []
 
     def id(self, level: str, name: str, stat: str) -> int:
@@ -29,7 +32,8 @@ class SeriesIds:
         key = (level, name, stat)
         sid = self._ids.get(key)
         if sid is None:
-            sid = len(self._ids) + 1
+            sid = self._next
+            self._next += 1
             self._ids[key] = sid
             self._keys[sid] = key
             self._new.append((sid, level, name, stat))

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from gradsight.display import display_name
 from gradsight.instrument.recurrent import time_index
-from gradsight.plots._figure import new_axes, no_data, styled, tidy_log_axis
+from gradsight.plots._figure import new_axes, no_data, styled
 from gradsight.plots.flow import OVERLAID_STEPS
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
@@ -105,7 +105,6 @@ def through_time(
                 label=f"step {step}")
     ax.set_yscale("log")
     ax.autoscale_view()
-    tidy_log_axis(ax)
     ax.set_xlabel("time step t of the output sequence")
     ax.set_ylabel("‖∂L/∂h_t‖ (log scale)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)

@@ -46,12 +46,13 @@ max |g|``, an element is zero when both parts are and non-finite when either is;
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
 import threading
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from operator import attrgetter
 
 import torch
@@ -81,6 +82,12 @@ DEAD_ROWS_STAT = "grad_dead_rows"
 
 #: Tensors with at least this many elements use the fused kernel on the CPU.
 FUSED_MIN_NUMEL = 1 << 16
+
+#: Said once per process when the first recorded step starts compiling the fused kernel, which
+#: stalls that step for seconds (through this module's logger at WARNING: it shows with no
+#: logging set up; :func:`quiet_compile_notice` leaves it out).
+COMPILE_NOTICE = ("gradsight: the first recorded step compiles the statistics kernel, once per process: a few "
+                  "seconds, up to a minute with an empty compiler cache (backend='eager' never compiles)")
 
 #: Dense float16/bfloat16/float32/float64 tensors with at most this many elements are reduced
 #: together, one group per dtype and device (``backend="auto"``; :func:`sumsq_fp32` always).
@@ -245,6 +252,8 @@ class _FusedKernel:
     (undoing the training thread's draws meanwhile) and make
     ``torch.compiler.is_compiling()`` true on every thread while it runs."""
 
+    quiet = False  #: leave :data:`COMPILE_NOTICE` out (:func:`quiet_compile_notice`)
+
     def __init__(self) -> None:
         self._fns: dict[tuple, object] = {}
         self._failed = False
@@ -264,8 +273,8 @@ class _FusedKernel:
             fn = self._fns.get(kind)
             if fn is None:
                 with self._lock:
-                    if not self._fns:
-                        log.info("gradsight: compiling the fused statistics kernel (once per kind of tensor)")
+                    if not self._fns and not self.quiet:
+                        log.warning(COMPILE_NOTICE)
                     tag = "_".join(str(k).replace("torch.", "") for k in kind)
                     fn = self._fns[kind] = torch.compile(_kernel_copy(tag), dynamic=True, fullgraph=True)
                 _import_cpp_extension_quietly()  # before the first call compiles
@@ -299,6 +308,16 @@ def _import_cpp_extension_quietly() -> None:
 
 
 _FUSED = _FusedKernel()
+
+
+@contextlib.contextmanager
+def quiet_compile_notice() -> Iterator[None]:
+    """Leave :data:`COMPILE_NOTICE` out while inside (a command run with ``--quiet``)."""
+    before, _FusedKernel.quiet = _FusedKernel.quiet, True
+    try:
+        yield
+    finally:
+        _FusedKernel.quiet = before
 
 
 def _complex_row(g: Tensor, w: Tensor | None, backend: str) -> Tensor:

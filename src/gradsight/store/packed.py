@@ -235,8 +235,9 @@ class PackedWriter:
         self._series: dict[int, tuple[str | None, str | None]] = {}  # id -> (level, stat)
         self._plans: dict[bytes, list[tuple[tuple, np.ndarray, list[int]]]] = {}  # ids of a write -> groups
         self._groups: dict[tuple[bytes, bytes], int] = {}  # (series, segments) -> group id
-        (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM series_groups").fetchone()
-        self._next_group = int(last) + 1
+        for group, series, segments in conn.execute("SELECT id, series, segments FROM series_groups"):
+            self._groups[(bytes(series), bytes(segments))] = int(group)  # a resumed run's groups are used again
+        self._next_group = max(self._groups.values(), default=0) + 1
 
     def write(self, step: int, ids: np.ndarray, values: np.ndarray) -> None:
         """The values of series ``ids`` at ``step`` (a later write of a series at a step replaces it)."""

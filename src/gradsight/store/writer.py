@@ -19,12 +19,14 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from gradsight._errors import RunError
+from gradsight._version import __version__
 from gradsight.store.access import RunLock
 from gradsight.store import histograms as _histograms
 from gradsight.store.packed import PAGE_SIZE, PackedWriter
@@ -78,6 +80,14 @@ class Writer(Protocol):
         """Replace the whole ``layers`` table by ``(name, depth, module_type, kind, role, tied)``
         rows (``role`` and ``tied`` may be left out: readers derive them)."""
 
+    @property
+    def earlier(self) -> Earlier | None:
+        """What a resumed run had recorded (None: a new run)."""
+
+    def continue_from(self, step: int | None) -> None:
+        """Continue the resumed run: drop the metadata of how its earlier part ended and, with
+        ``step``, every value recorded at ``step`` or later."""
+
     def write_scalars(self, step: int, series_ids: np.ndarray, values: np.ndarray,
                       time_s: float | None = None) -> None: ...
 
@@ -92,12 +102,65 @@ class Writer(Protocol):
     def closed(self) -> bool: ...
 
 
+@dataclass(frozen=True)
+class Earlier:
+    """What a run opened with ``resume=True`` had recorded, read when the writer opened it."""
+
+    meta: dict[str, Any]  #: its metadata
+    series: list[tuple[int, str, str, str]]  #: ``(id, level, name, stat)`` rows
+    params: list[str]  #: its parameter names
+    steps: list[int] = field(default_factory=list)  #: its recorded steps (rows of ``steps``), ascending
+    last_step: int | None = None  #: the last step holding any value (a metric too); None: nothing recorded
+
+    @property
+    def status(self) -> str:
+        return str(self.meta.get("status", "unknown"))
+
+
+def _read_earlier(conn: sqlite3.Connection, path: Path) -> Earlier | None:
+    """What the store at ``path`` holds (None: no run in it, as in a file created by a process
+    killed before its first commit).
+
+    Raises:
+        RunError: the store was written in another schema version.
+    """
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "meta" not in tables:
+        return None
+    meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    if not meta:
+        return None
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise RunError(f"cannot resume the run in {path.parent}: its store has schema version "
+                       f"{meta.get('schema_version')}, and gradsight {__version__} continues version {SCHEMA_VERSION} "
+                       "only; pass overwrite=True to replace it or choose another run_dir")
+    last = [conn.execute(f"SELECT MAX(step) FROM {t}").fetchone()[0] for t in ("steps", "packed", "histograms")
+            if t in tables]
+    last = [int(x) for x in last if x is not None]
+    return Earlier(
+        meta=meta,
+        series=[(int(i), lv, n, st) for i, lv, n, st in conn.execute("SELECT id, level, name, stat FROM series")],
+        params=[r[0] for r in conn.execute("SELECT name FROM params ORDER BY position")] if "params" in tables else [],
+        steps=[int(r[0]) for r in conn.execute("SELECT step FROM steps ORDER BY step")] if "steps" in tables else [],
+        last_step=max(last) if last else None,
+    )
+
+
+#: Metadata of how a run's earlier part ended, dropped when it is resumed.
+ENDING_META = ("end_time", "error", "store_error")
+
+
 class NullWriter:
     """A :class:`Writer` that drops everything and creates no file (ranks other than 0)."""
+
+    earlier = None
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self._closed = False
+
+    def continue_from(self, step: int | None) -> None:
+        pass
 
     def set_meta(self, **items: Any) -> None:
         pass
@@ -247,12 +310,13 @@ def _advice(exc: BaseException) -> str:
     return "check the disk and the file"
 
 
-def _claim(run_dir: Path, path: Path, overwrite: bool) -> RunLock:
-    """Create ``run_dir`` if needed, lock it for this process and create an empty ``path``.
+def _claim(run_dir: Path, path: Path, overwrite: bool, resume: bool = False) -> RunLock:
+    """Create ``run_dir`` if needed, lock it for this process and create an empty ``path``
+    (with ``resume``, keep the one there).
 
     Raises:
         RunError: ``run_dir`` is a file or cannot be created or written, another process
-            owns it, or it holds a run and ``overwrite`` is False.
+            owns it, or it holds a run and neither ``overwrite`` nor ``resume`` is True.
     """
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} is a file, not a directory; choose another run_dir")
@@ -262,9 +326,13 @@ def _claim(run_dir: Path, path: Path, overwrite: bool) -> RunLock:
         raise RunError(f"cannot create the run directory {run_dir}: {exc.strerror}") from None
     lock = RunLock.acquire(run_dir, path)
     try:
+        if resume and path.exists():
+            _write_reserve(path)
+            return lock
         if any(Path(str(path) + suffix).exists() for suffix in ("", "-wal")):
             if not overwrite:
-                raise RunError(f"{run_dir} already holds a run; pass overwrite=True or choose another run_dir")
+                raise RunError(f"{run_dir} already holds a run; pass overwrite=True to replace it, resume=True to "
+                               "continue it, or choose another run_dir")
             for suffix in ("", "-wal", "-shm", RESERVE_SUFFIX):
                 Path(str(path) + suffix).unlink(missing_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -297,20 +365,28 @@ class StoreWriter:
         run_dir: directory of the run (created if missing).
         overwrite: replace an existing store in ``run_dir`` instead of raising
             (never one another process is writing).
+        resume: open the store in ``run_dir`` to add to it (what it holds:
+            :attr:`earlier`); a new one if there is none.
         max_queue_bytes: statistics waiting to be written, at most (default
             :data:`MAX_QUEUE_BYTES`).
 
     Raises:
         RunError: ``run_dir`` is a file or not writable, is being written by another
-            process, or holds a run and ``overwrite`` is False.
+            process, or holds a run and neither ``overwrite`` nor ``resume`` is True; with
+            ``resume``, the run there has another schema version.
     """
 
     _packed: PackedWriter | None = None  #: packs values on the writer thread (created there)
+    earlier: Earlier | None = None  #: what a resumed run had recorded (set before ``__init__`` returns)
 
-    def __init__(self, run_dir: str | Path, *, overwrite: bool = False, max_queue_bytes: int | None = None) -> None:
+    def __init__(self, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
+                 max_queue_bytes: int | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / DB_NAME
-        self._lock = _claim(self.run_dir, self.path, overwrite)
+        existed = resume and self.path.exists()
+        self._lock = _claim(self.run_dir, self.path, overwrite, resume)
+        self._resume = resume
+        self._discard = False
         self._backlog = _Backlog(MAX_QUEUE_BYTES if max_queue_bytes is None else max_queue_bytes)
         self._failure: str | None = None  # why the store cannot be written now; None while it can
         self._failed_since = 0.0
@@ -327,10 +403,16 @@ class StoreWriter:
         self._thread.start()
         ready.wait()
         if self._error is not None:
-            for suffix in ("", "-wal", "-shm", RESERVE_SUFFIX):  # created by this writer a moment ago
-                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            if existed:  # a resumed store is left as it was
+                _free_reserve(self.path)
+            else:
+                for suffix in ("", "-wal", "-shm", RESERVE_SUFFIX):  # created by this writer a moment ago
+                    Path(str(self.path) + suffix).unlink(missing_ok=True)
             self._lock.release()
-            raise RunError(f"cannot create the run store {self.path} ({self._error})") from None
+            if isinstance(self._error, RunError):
+                raise self._error
+            raise RunError(f"cannot {'open' if existed else 'create'} the run store {self.path} ({self._error})") \
+                from None
 
     # -- API used by the training thread (never blocks on disk) -----------------
     def set_meta(self, **items: Any) -> None:
@@ -357,6 +439,11 @@ class StoreWriter:
         ``keys[i] = (level, name)``; stored sparsely (:mod:`gradsight.store.histograms`)."""
         self._put(("histograms", int(step), keys, int(bucket_lo), dense))
 
+    def continue_from(self, step: int | None) -> None:
+        """Continue the resumed run: drop the metadata of how its earlier part ended
+        (:data:`ENDING_META`) and, with ``step``, every value recorded at ``step`` or later."""
+        self._put(("continue", step))
+
     def flush(self, timeout: float | None = 30.0) -> None:
         """Block until everything queued so far is committed, or the store has failed
         (then return at once: the failure is logged by the writer)."""
@@ -369,9 +456,11 @@ class StoreWriter:
             if self._failure is not None or not self._thread.is_alive() or time.monotonic() >= deadline:
                 return
 
-    def close(self, status: str = "finished", **meta: Any) -> None:
+    def close(self, status: str = "finished", *, discard: bool = False, **meta: Any) -> None:
         """Write what is queued and the final metadata, leave a plain (non-WAL) database
-        and release the run directory; idempotent.
+        and release the run directory; idempotent. With ``discard``, write nothing more
+        (what is queued and not committed yet is dropped: a failed ``gs.watch`` leaves a
+        resumed run as it was).
 
         Returns within about :data:`CLOSE_RETRY_S` seconds when the store cannot be
         written; what could not be written is counted and logged.
@@ -379,6 +468,9 @@ class StoreWriter:
         if self._closed:
             return
         self._closed = True
+        if discard:
+            self._discard = True
+            self._backlog.drain()
         self._final_meta = dict(status=status, end_time=time.time(), **meta)
         self._close_deadline = time.monotonic() + CLOSE_RETRY_S
         self._backlog.close()
@@ -417,6 +509,8 @@ class StoreWriter:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
             try:
+                if self._resume:  # before anything changes the store: one of another version is left as it was
+                    self.earlier = _read_earlier(conn, self.path)
                 conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL mode, which fixes it
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -471,6 +565,8 @@ class StoreWriter:
             timeout = max(0.0, COMMIT_INTERVAL_S - (time.monotonic() - last_commit)) if batch else None
             item = self._backlog.get(timeout)
             if item is _CLOSE:
+                if self._discard:
+                    batch = []
                 if self._commit(conn, batch, final=True):
                     self._finish(conn)
                     return
@@ -513,7 +609,7 @@ class StoreWriter:
                         break
                     self._progress = time.monotonic()
                 if bad is None:
-                    if final:  # after the items: its counts include what they dropped
+                    if final and not self._discard:  # after the items: its counts include what they dropped
                         self._handle_meta(conn, self._final_meta_items())
                     conn.execute("COMMIT")
                     return True
@@ -611,6 +707,11 @@ class StoreWriter:
                              [tuple(row) + (None,) * (6 - len(row)) for row in item[1]])
         elif kind == "meta":
             self._handle_meta(conn, item[1])
+        elif kind == "continue":
+            conn.execute(f"DELETE FROM meta WHERE key IN ({','.join('?' * len(ENDING_META))})", ENDING_META)
+            if item[1] is not None:
+                for table in ("packed", "steps", "histograms"):
+                    conn.execute(f"DELETE FROM {table} WHERE step >= ?", (int(item[1]),))
         else:  # pragma: no cover - programming error
             raise ValueError(f"unknown store message {kind!r}")
 

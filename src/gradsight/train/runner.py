@@ -32,6 +32,7 @@ model ``train_bits_per_byte`` / ``test_bits_per_byte``, and ``context``, ``vocab
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -50,6 +51,7 @@ from gradsight.data import DatasetSplits, TextSplits
 from gradsight.instrument import monitor as monitor_module
 from gradsight.instrument.options import watch_arguments
 from gradsight.models import info_of
+from gradsight.stats.grad import quiet_compile_notice
 from gradsight.train.recipes import Recipe, get_recipe
 from gradsight.train.tasks import Task, evaluate, task_for
 
@@ -227,7 +229,8 @@ def train(
         name: display name of the run (default: the run directory's name).
         network, layers: how tables name the model (default: the model name, else its registered
             family, else its class; and its registered depth).
-        progress: show a progress bar per epoch (loss and accuracy so far; test accuracy at the end).
+        progress: show a progress bar per epoch (loss and accuracy so far; test accuracy at the end),
+            and the line that says the first recorded step compiles the statistics kernel.
         overwrite: replace an existing run in ``run_dir``.
         config: extra JSON-serializable settings stored in the run's config.
         context: window length on a byte-level corpus (default: the recipe's, else
@@ -296,7 +299,7 @@ def train(
     loop = _Loop(model=model, task=task, recipe=recipe, optimizer=optimizer, scheduler=scheduler, monitor=monitor,
                  order=order, steps_per_epoch=steps_per_epoch, total_steps=total_steps, device=dev, progress=progress)
     start = time.perf_counter()
-    with monitor:
+    with monitor, (contextlib.nullcontext() if progress else quiet_compile_notice()):
         model.train()
         for epoch in range(1, epochs + 1):
             result.epochs.append(loop.epoch(epoch, f"{result.name} {epoch}/{epochs}"))
