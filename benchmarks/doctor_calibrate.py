@@ -85,12 +85,13 @@ STATS = [
     Stat("grad_gain_floor", "gain_floor", "below", "vanishing_gradients", margin=2.0),
     Stat("grad_depth_log10_max", "explode_ratio", "above", "exploding_gradients", log=True, margin=0.5),
     Stat("grad_size", "grad_size_high", "above", "exploding_gradients"),
-    Stat("grad_size", "grad_size_low", "below", "vanishing_gradients"),
+    Stat("grad_size", "grad_size_low", "below", "vanishing_gradients", margin=100.0),
     Stat("forward_log10_layer", "forward_explode", "above", "exploding_forward", log=True, margin=0.5),
     Stat("forward_log10_stream", "stream_explode", "above", "exploding_forward", log=True, margin=0.5),
     Stat("forward_log10_layer", "forward_vanish", "below", "vanishing_forward", log=True, margin=0.5),
     Stat("dead_frac_max", "dead_frac", "above", "silent_units (info)", margin=1.5),
     Stat("update_max", "update_high", "above", "update_ratio_high"),
+    Stat("weight_growth_max", "weight_growth", "above", "update_ratio_high", margin=1.5),
     Stat("update_median", "update_low", "below", "update_ratio_low"),
     Stat("branch_share_min", "branch_share_low", "below", "idle_branch"),
     Stat("norm_growth", "global_growth", "above", "growing_gradient_norm"),
@@ -117,13 +118,15 @@ def measure_runs(runs: Path, kind: str, checkpoints: tuple[int, ...]) -> list[di
     from gradsight.diagnosis import measure
     from gradsight.store.view import RunView
 
-    expected_of = {}
+    expected_of, pairs = {}, None
     if kind == "fault":
-        from doctor_faults import FAULTS
+        from doctor_faults import FAULTS, PAIRS
 
-        expected_of = {f.name: f for f in FAULTS}
+        expected_of, pairs = {f.name: f for f in FAULTS}, set(PAIRS)
     rows = []
     for entry in _index(runs):
+        if pairs is not None and (entry.get("fault"), entry.get("net")) not in pairs:
+            continue  # a pair the matrix no longer holds
         base = {k: entry.get(k) for k in ("name", "family", "source", "data", "fault", "net")}
         base["kind"] = kind
         if entry.get("fault") in expected_of:
@@ -220,13 +223,17 @@ def cross_validation(healthy: pd.DataFrame, th) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _caught(faults: pd.DataFrame) -> list[bool]:
+    """Per fault row: recorded and judged, with one of its expected codes among those flagged."""
+    return [(not isinstance(e, str)) and bool(set(str(exp).split()) & set(str(fl if isinstance(fl, str) else "").split()))
+            for e, exp, fl in zip(faults["error"], faults["expected"], faults["flagged"])]
+
+
 def recall(faults: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per fault kind, per family): pairs, caught with an expected code, crashes, and the
     codes flagged instead."""
     faults = faults.copy()
-    faults["caught"] = [
-        (not isinstance(e, str)) and bool(set(str(exp).split()) & set(str(fl if isinstance(fl, str) else "").split()))
-        for e, exp, fl in zip(faults["error"], faults["expected"], faults["flagged"])]
+    faults["caught"] = _caught(faults)
     per_kind = []
     for fault, part in faults.groupby("fault"):
         missed = part[~part["caught"]]
@@ -255,6 +262,31 @@ def confusion(healthy: pd.DataFrame, faults: pd.DataFrame) -> pd.DataFrame:
                      "flagged on other faults": int((~expected & flagged).sum()),
                      "missed": int((expected & ~flagged).sum())})
     return pd.DataFrame(rows)
+
+
+#: The statistics set side by side for a missed pair and its healthy network.
+SIDE_BY_SIDE = ("grad_depth_log10_min", "grad_depth_log10_max", "grad_size", "forward_log10_layer",
+                "weight_growth_max", "update_max")
+
+
+def missed_against_healthy(healthy: pd.DataFrame, faults: pd.DataFrame) -> pd.DataFrame:
+    """Each missed pair's statistics next to its healthy network's at the same step count
+    (``fault / healthy``): what the fault changed in what the run holds. A pair whose
+    statistics sit where the healthy network's do left no symptom a rule could read."""
+    base = healthy[healthy["steps"] == FAULT_STEPS].set_index("name")
+    rows = []
+    for _, f in faults[~faults["caught"]].iterrows():
+        row = {"pair": f"{f['fault']} / {f['net']}", "flagged": f["flagged"] if isinstance(f["flagged"], str) else ""}
+        for col in SIDE_BY_SIDE:
+            ill = f.get(col)
+            well = base[col].get(f["net"]) if f["net"] in base.index and col in base.columns else math.nan
+            row[col] = "-" if not (np.isfinite(ill) or np.isfinite(well)) else f"{_num(ill)} / {_num(well)}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _num(v: float) -> str:
+    return f"{v:.3g}" if isinstance(v, (int, float)) and np.isfinite(v) else "nan"
 
 
 def _rejected_table(rejected: pd.DataFrame) -> pd.DataFrame:
@@ -349,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     fa = false_alarms(healthy)
     cv = cross_validation(healthy[healthy["error"].isna()], th)
     per_kind, per_family = recall(faults) if not faults.empty else (pd.DataFrame(), pd.DataFrame())
+    faults = faults.assign(caught=_caught(faults)) if not faults.empty else faults
+    side = missed_against_healthy(healthy, faults) if not faults.empty else pd.DataFrame()
     conf = confusion(healthy, faults)
     crashes = df[df["error"].notna()][["kind", "name", "steps", "error"]]
     flagged = healthy[healthy["flagged"].fillna("") != ""][["name", "family", "steps", "flagged"]]
@@ -397,6 +431,12 @@ def main(argv: list[str] | None = None) -> int:
         "### Faults: recall per kind",
         "",
         _md(per_kind) if not per_kind.empty else "(no fault runs)",
+        "",
+        "Each missed pair's statistics next to its healthy network's at the same step count (fault / healthy; "
+        "`measure` keys, log10 for the depth and forward ones): where they sit together, the fault left no "
+        "symptom in what the run records." if not side.empty else "",
+        "",
+        _md(side) if not side.empty else "",
         "",
         "### Faults: recall per family",
         "",

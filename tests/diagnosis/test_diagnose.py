@@ -365,11 +365,11 @@ def test_weights_grown_far_from_their_init_mean_the_learning_rate_is_too_high(tm
     init = {n: float(p.detach().norm()) for n, p in _adam_run(tmp_path, lr=0.0, steps=1)[0].named_parameters()}
     model, findings = _adam_run(tmp_path, lr=0.1)
     (f,) = [f for f in findings if f.code == "update_ratio_high"]
-    assert "grew more than 3 times" in f.message
+    assert "grew faster than 3 times per 20 updates" in f.message
     layer = f.layers[0]
-    w = [p for n, p in model.named_parameters() if n.startswith(layer + ".")]
-    w0 = [init[n] for n in init if n.startswith(layer + ".")]
-    grown = float(torch.sqrt(sum(p.detach().pow(2).sum() for p in w))) / float(torch.tensor(w0).pow(2).sum().sqrt())
-    assert f.measured[layer] == pytest.approx(grown, rel=0.2)  # the last recorded step is one update before the end
+    weight = dict(model.named_parameters())[layer + ".weight"]
+    grown = float(weight.detach().norm()) / init[layer + ".weight"]  # 20 updates; biases are not judged
+    # the run's last recorded step holds the weights after 19 updates, scaled by the rule to 20
+    assert f.measured[layer] == pytest.approx(grown, rel=0.2)
     _, calm = _adam_run(tmp_path, lr=1e-3)
     assert "update_ratio_high" not in codes(calm)

@@ -342,6 +342,8 @@ def gradient_scale(view: RunView, th: Thresholds) -> list[Finding]:
             layers=list(high.ends), steps=[int(s) for s in bad][:50],
             measured={"first_over_last": 10 ** high.median, "depth": float(high.span), **measured_all}))
     size = gradient_size(view)
+    if size < th.grad_size_low and precision_headroom(view, th):
+        size = math.nan  # a gradient flushed toward zero by a low-precision format: amp_underflow says so
     if not findings and math.isfinite(size) and (size > th.grad_size_high or size < th.grad_size_low):
         steps = [int(s) for s in _model_series(view, "grad_weight_ratio").index]
         if size > th.grad_size_high:
@@ -426,21 +428,39 @@ def gradient_cut(view: RunView, th: Thresholds) -> list[Finding]:
         measured={"layers_without_gradient": float(len(prefix)), "layers": float(len(view.layer_order))})]
 
 
+#: The number of updates :func:`weight_growth` scales a growth to.
+GROWTH_SPAN = 20
+
+
 def weight_growth(view: RunView, th: Thresholds) -> pd.Series:
-    """Per layer, ``log10`` of its weight norm at the view's last step over its first:
-    how far the updates have carried the weights from their initialization. Not for
-    small-initialized tensors (any update is large next to them), embeddings, or
-    scale-invariant layers (a layer feeding a norm layer: its norm grows under Adam
-    without changing the function)."""
-    wn = _table(view, Level.LAYER, "weight_norm")
+    """Per layer, ``log10`` of how many times the norm of its weights grew from the view's
+    first step to its last, scaled to :data:`GROWTH_SPAN` updates (a growth of ``g`` over
+    ``n`` updates counts as ``g ** (20 / n)``): how fast the updates carry the weights away
+    from their initialization. The largest of the layer's tensors, leaving out shifts
+    (biases, betas: they start at zero), small-initialized tensors (any update is large
+    next to them), embeddings, and scale-invariant layers (a layer feeding a norm layer:
+    its norm grows under Adam without changing the function)."""
+    wn = _table(view, Level.PARAM, "weight_norm")
     if wn.empty or len(wn) < 2:
         return pd.Series(dtype=float)
-    skip = small_initialized(view, th) | _normalized(view)
-    cols = [c for c in wn.columns if c not in skip and view.role(c) != Role.EMBEDDING]
-    first, last = wn[cols].iloc[0], wn[cols].iloc[-1]
-    ok = (first > 0) & (last > 0) & np.isfinite(first) & np.isfinite(last)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log10(last[ok] / first[ok]).astype(float)
+    updates = int(wn.index[-1]) - int(wn.index[0])
+    if updates <= 0:
+        return pd.Series(dtype=float)
+    params = view.params.set_index("name")
+    rms = _initial_rms(view, Level.PARAM)
+    small = set(rms.index[rms <= th.small_init])
+    skip_layers = _normalized(view)
+    growth: dict[str, float] = {}
+    for name in wn.columns:
+        layer = params["layer"].get(name)
+        if (layer is None or name in small or _is_shift(name) or layer in skip_layers
+                or view.role(layer) == Role.EMBEDDING):
+            continue
+        first, last = float(wn[name].iloc[0]), float(wn[name].iloc[-1])
+        if first > 0 and last > 0 and math.isfinite(first) and math.isfinite(last):
+            g = math.log10(last / first) * GROWTH_SPAN / updates
+            growth[layer] = max(growth.get(layer, -math.inf), g)
+    return pd.Series(growth, dtype=float)
 
 
 def norm_growth(view: RunView) -> tuple[float, float, float, list[int]] | None:
@@ -833,9 +853,10 @@ def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
         worst = grown.idxmax()
         findings.append(Finding(
             "update_ratio_high", "warning",
-            f"The weights of {len(grown)} layer(s) grew more than {_fmt(th.weight_growth)} times in "
-            f"{len(view.steps)} recorded steps (up to {_fmt(10 ** float(grown.max()))} times at "
-            f"'{display_name(worst)}'; healthy runs stay within {_fmt(th.weight_growth)} over 100 steps): the "
+            f"The weights of {len(grown)} layer(s) grew faster than {_fmt(th.weight_growth)} times per "
+            f"{GROWTH_SPAN} updates (up to {_fmt(10 ** float(grown.max()))} times per {GROWTH_SPAN} at "
+            f"'{display_name(worst)}', over {len(view.steps)} recorded steps; healthy runs stay within "
+            f"{_fmt(th.weight_growth)}): the "
             "updates are of the order of the weights themselves, the learning rate is too high. Lower it (or warm it "
             "up), or clip the gradients.", layers=list(grown.sort_values(ascending=False).index),
             measured={k: float(10 ** v) for k, v in grown.items()}))

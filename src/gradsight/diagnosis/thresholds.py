@@ -22,8 +22,9 @@ class Thresholds:
     #: Vanishing: the gradient's gain per repeated block or layer going back (like with
     #: like) below this, over at least ``min_depth`` of them (0.71 = the ReLU net with
     #: N(0, 1/fan_in) weights, which loses half the squared norm per layer; He et al. 2015
-    #: derive the gain of 1).
-    gain_low: float = 0.8
+    #: derive the gain of 1; the population's healthy networks go down to 0.77, the output
+    #: gradients of SK-ResNet-18's selective-kernel blocks).
+    gain_low: float = 0.75
     min_depth: int = 6
     #: ... or below this over any number of repeated blocks or layers (half the lowest
     #: healthy gain in the population, 0.22, a VGG's batch-normed convolutions).
@@ -38,9 +39,10 @@ class Thresholds:
     explode_ratio_error: float = 1e6
     #: Absolute size: the whole model's ``||g|| / ||w||`` (median over steps) above this, or
     #: below ``grad_size_low``, when the depth profiles look flat (the population's healthy
-    #: networks span 1.2e-4..7.1e2; depthwise and squeeze-excite layers have small weights).
-    grad_size_high: float = 3e3
-    grad_size_low: float = 1e-10
+    #: networks span 1.1e-3..17: MnasNet's small depthwise weights; every weight x10 in a
+    #: ReLU MLP or CNN: 86-264).
+    grad_size_high: float = 50.0
+    grad_size_low: float = 1e-5
     #: A layer whose gradient RMS is below this is not judged for small updates (Adam's
     #: update of an element whose gradient is under its ``eps`` = 1e-8 is small by design:
     #: a branch behind a LayerScale of 1e-6).
@@ -83,9 +85,10 @@ class Thresholds:
     #: them at 4e-7..5e-6).
     update_low: float = 8e-6
     update_high: float = 0.5
-    #: A layer whose weight norm grows more than this many times within the run (not a
-    #: small-initialized, embedding or scale-invariant one) has had updates of the order
-    #: of its weights: the learning rate is too high (calibrated on the population).
+    #: A layer whose weight norm grows faster than this many times per 20 updates (not a
+    #: shift, small-initialized, embedding or scale-invariant tensor) has had updates of the
+    #: order of its weights: the learning rate is too high (the population's healthy runs
+    #: stay within 1.8; Adam at 100x its learning rate: 6.5-26).
     weight_growth: float = 3.0
     #: ... judged once the window holds at least this many updates (the first updates of
     #: a run with momentum or a warm optimizer state are not its learning rate's verdict).
