@@ -373,3 +373,31 @@ def test_weights_grown_far_from_their_init_mean_the_learning_rate_is_too_high(tm
     assert f.measured[layer] == pytest.approx(grown, rel=0.2)
     _, calm = _adam_run(tmp_path, lr=1e-3)
     assert "update_ratio_high" not in codes(calm)
+
+
+def test_unused_mask_token_on_a_used_model_is_info_regression_xlnet_mask_emb(tmp_path):
+    """XLNet keeps ``mask_emb`` as a bare parameter of the model itself, used only with
+    permutation masks: the model runs (its children get gradients), so the token is a
+    parameter of another mode (info), while a registered but never called module stays a
+    warning."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mask_emb = nn.Parameter(torch.zeros(1, 8))
+            self.body = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+            self.unused = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.body(x)
+
+    torch.manual_seed(0)
+    model = Net()
+    with gs.watch(model, tmp_path / "run") as mon:
+        for _ in range(3):
+            model(torch.randn(4, 8)).pow(2).mean().backward()
+            mon.step()
+            model.zero_grad()
+    found = {(f.code, str(f.severity)): f for f in gs.diagnose(tmp_path / "run")}
+    assert found[("no_gradient", "info")].layers == ["mask_emb"]
+    assert sorted(found[("no_gradient", "warning")].layers) == ["unused.bias", "unused.weight"]

@@ -746,11 +746,23 @@ def missing_gradients(view: RunView, th: Thresholds) -> list[Finding]:
     # a module none of whose parameters gets a gradient is unused or cut off; a parameter of a
     # module whose others do (a mask token, a special embedding) serves a mode not run here
     layer_of = dict(zip(view.params["name"], view.params["layer"]))
-    # a bare parameter (its own layer: a mask token, a class token) belongs to its parent module
+    # a bare parameter (its own layer: a mask token, a class token) belongs to its parent
+    # module, which is used when any parameter under it gets a gradient (XLNet's mask_emb sits
+    # on the model whose children all run)
     trainable = view.params["name"][view.params["trainable"]]
     owner = {n: (n.rpartition(".")[0] if layer_of.get(n) == n else layer_of.get(n)) for n in trainable}
-    got = {owner[n] for n in trainable if n not in never.index}
-    partial = [n for n in never.index if owner.get(n) in got]
+    receiving = [n for n in trainable if n not in never.index]
+    got = {owner[n] for n in receiving}
+
+    def used(name: str) -> bool:
+        if owner.get(name) in got:
+            return True
+        if layer_of.get(name) != name:
+            return False
+        parent = owner[name]
+        return any(not parent or r.startswith(parent + ".") for r in receiving)
+
+    partial = [n for n in never.index if used(n)]
     whole = [n for n in never.index if n not in partial]
     findings = []
     if whole:
