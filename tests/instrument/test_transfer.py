@@ -101,45 +101,59 @@ def test_one_transfer_per_recorded_step_and_one_more_with_histograms(tmp_path: P
     assert sorted(set(run.frame(stat="update_ratio").step)) == [0, 6]
 
 
-@pytest.mark.cuda
-def test_a_recorded_step_on_cuda_copies_to_the_host_once_and_waits_for_the_device_once(tmp_path: Path):
-    """Each training step of the quickstart with ``update_ratio=True`` (snapshot, in-place
-    difference and norms at every step), counted from the third on (the first ones plan the
-    groups and lay out the rows): one copy to the host, and one synchronization with the device,
-    the transfer's; the same loop without gradsight synchronizes nowhere."""
-    device = "cuda"
+def _cuda_train_step(model: nn.Module, opt: torch.optim.Optimizer,
+                     mon: gs.Monitor | None = None) -> tuple[list[str], list[str]]:
+    """One training step on CUDA: its copies to the host (:class:`HostCopies`) and the places
+    (``file:line``) where it waited for the device (torch's sync debug mode)."""
+    torch.cuda.synchronize()
+    copies = HostCopies()
+    with warnings.catch_warnings(record=True) as caught, copies:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            loss = _loss(model, "cuda")
+            loss.backward()
+            if mon is not None:
+                mon.step(loss)
+            opt.step()
+            opt.zero_grad()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchronizing" in str(w.message)]
+    return copies.copies, syncs
 
-    def train_step(model, opt, mon=None) -> tuple[list[str], list[str]]:
-        torch.cuda.synchronize()
-        copies = HostCopies()
-        with warnings.catch_warnings(record=True) as caught, copies:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                loss = _loss(model, device)
-                loss.backward()
-                if mon is not None:
-                    mon.step(loss)
-                opt.step()
-                opt.zero_grad()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchronizing" in str(w.message)]
-        return copies.copies, syncs
 
-    bare = _model(device)
+def _watched_steps_on_cuda(tmp_path: Path) -> list[tuple[list[str], list[str]]]:
+    """The copies and synchronizations of six steps of the quickstart with ``update_ratio=True``
+    (snapshot, in-place difference and norms at every step), after checking that the same loop
+    without gradsight has none (once the libraries are set up, at its first step)."""
+    bare = _model("cuda")
     bare_opt = torch.optim.SGD(bare.parameters(), lr=0.1)
     for step in range(3):
-        if train_step(bare, bare_opt) != ([], []) and step:  # (the first one may set the libraries up)
-            pytest.fail(f"the loop without gradsight copies to the host or waits: {train_step(bare, bare_opt)}")
-    model = _model(device)
+        found = _cuda_train_step(bare, bare_opt)
+        assert step == 0 or found == ([], []), f"the loop without gradsight copies to the host or waits: {found}"
+    model = _model("cuda")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    transfer_file = Path(transfer.__file__).name
     with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=True) as mon:
-        for step in range(6):
-            copies, syncs = train_step(model, opt, mon)
-            if step >= 2:
-                assert len(copies) == 1, f"step {step}: copies to the host {copies}"
-                assert len(syncs) == 1 and syncs[0].startswith(transfer_file), \
-                    f"step {step}: synchronizations at {syncs}, expected one, in {transfer_file}"
+        found = [_cuda_train_step(model, opt, mon) for _ in range(6)]
     assert gs.open_run(tmp_path / "run").steps() == list(range(6))
+    return found
+
+
+@pytest.mark.cuda
+def test_a_recorded_step_on_cuda_copies_to_the_host_once(tmp_path: Path):
+    """Counted from the third step on (the first ones plan the groups and lay out the rows)."""
+    for step, (copies, _) in enumerate(_watched_steps_on_cuda(tmp_path)):
+        if step >= 2:
+            assert len(copies) == 1, f"step {step}: copies to the host {copies}"
+
+
+@pytest.mark.cuda
+def test_a_recorded_step_on_cuda_waits_for_the_device_once_in_the_transfer(tmp_path: Path):
+    """The transfer is the only point where the training thread waits for the device: a copy from
+    the host that is not ``non_blocking`` (an index list) waits as well."""
+    transfer_file = Path(transfer.__file__).name
+    for step, (_, syncs) in enumerate(_watched_steps_on_cuda(tmp_path)):
+        if step >= 2:
+            assert len(syncs) == 1 and syncs[0].startswith(transfer_file), \
+                f"step {step}: waited for the device at {syncs}, expected once, in {transfer_file}"
