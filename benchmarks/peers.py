@@ -29,6 +29,10 @@ histogram of every tensor takes about 13 s a step there) adds 20,000 scalar para
 per element, is what counts. Peers are optional installs; a missing one is skipped with
 a note.
 
+Each step is timed to its end (on a CUDA device, synchronized before and after). On a CUDA
+device, ``cuda_peak_memory`` gives a row's peak memory; ``benchmarks/gpu_check.py`` measures
+there, at realistic sizes, with these functions.
+
 ``--first-step`` also measures, in a fresh process with an empty compiler cache, how much
 longer the first recorded step of the quickstart takes than a later one, and what it prints.
 
@@ -86,25 +90,30 @@ def mlp_problem() -> Problem:
     return Problem("MLP 12x1024, batch 16", nn.Sequential(*layers), lambda m: nn.functional.mse_loss(m(x), y))
 
 
-def resnet18_problem() -> Problem:
+def resnet18_problem(batch: int = 16, size: int = 64, device: str = "cpu") -> Problem:
     import torchvision
 
-    x, y = torch.randn(16, 3, 64, 64), torch.randint(0, 1000, (16,))
-    return Problem("torchvision resnet18, batch 16, 3x64x64", torchvision.models.resnet18(weights=None),
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    return Problem(f"torchvision resnet18, batch {batch}, 3x{size}x{size}",
+                   torchvision.models.resnet18(weights=None).to(device),
                    lambda m: nn.functional.cross_entropy(m(x), y))
 
 
-def gpt2_problem() -> Problem:
+def gpt2_problem(layers: int = 4, width: int = 256, heads: int = 4, tokens: int = 64, batch: int = 8,
+                 vocab: int = 8192, device: str = "cpu") -> Problem:
+    """A Hugging Face GPT-2 of random weights built from a config (nothing downloaded); GPT-2 124M
+    is ``layers=12, width=768, heads=12, tokens=1024, vocab=50257``."""
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # its notes on a small random config are not the benchmark's output
-    config = GPT2Config(n_layer=4, n_embd=256, n_head=4, n_positions=128, vocab_size=8192, bos_token_id=0,
-                        eos_token_id=0)
-    model = GPT2LMHeadModel(config)
-    tokens = torch.randint(0, config.vocab_size, (8, 64))
-    return Problem("GPT-2 (4 layers, width 256), batch 8x64 tokens", model,
-                   lambda m: m(input_ids=tokens, labels=tokens).loss)
+    config = GPT2Config(n_layer=layers, n_embd=width, n_head=heads, n_positions=tokens, vocab_size=vocab,
+                        bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config).to(device)
+    ids = torch.randint(0, config.vocab_size, (batch, tokens), device=device)
+    return Problem(f"GPT-2 ({layers} layers, width {width}), batch {batch}x{tokens} tokens", model,
+                   lambda m: m(input_ids=ids, labels=ids).loss)
 
 
 class ScalarGains(nn.Module):
@@ -276,6 +285,25 @@ class Cell:
     median_ms: float
 
 
+def device_of(problem: Problem) -> torch.device:
+    return next(problem.model.parameters()).device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously: a step's time is taken when it is done)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_step(problem: Problem, model: nn.Module, opt: torch.optim.Optimizer, row: Row, step: int) -> None:
+    """One training step of a row's copy of the model: forward, backward, the row's monitoring, AdamW."""
+    loss = problem.loss(model)
+    loss.backward()
+    row.after_backward(model, loss, step)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def bench(problem: Problem, rows: dict[str, Row], rounds: int, warmup: int, deadline: float,
           tmp: Path) -> tuple[dict[str, Cell], int]:
     """Interleaved rounds of one step per row; returns the cells and the rounds measured."""
@@ -284,15 +312,13 @@ def bench(problem: Problem, rows: dict[str, Row], rounds: int, warmup: int, dead
     for key, row in rows.items():
         row.setup(models[key], opts[key], tmp / key)
     steps = dict.fromkeys(rows, 0)
+    device = device_of(problem)
 
     def step(key: str) -> float:
-        model, opt, row = models[key], opts[key], rows[key]
+        synchronize(device)
         t0 = time.perf_counter()
-        loss = problem.loss(model)
-        loss.backward()
-        row.after_backward(model, loss, steps[key])
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(problem, models[key], opts[key], rows[key], steps[key])
+        synchronize(device)
         steps[key] += 1
         return time.perf_counter() - t0
 
@@ -316,6 +342,29 @@ def bench(problem: Problem, rows: dict[str, Row], rounds: int, warmup: int, dead
         q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
         cells[key] = Cell(statistics.median(ratios), q[0], q[2], statistics.median(times[key]) * 1e3)
     return cells, done
+
+
+def cuda_peak_memory(problem: Problem, row: Row, steps: int, tmp: Path) -> int:
+    """Peak bytes allocated on the problem's CUDA device (``torch.cuda.max_memory_allocated``) while
+    ``row`` trains its own copy of the model alone for ``steps`` steps, above what was allocated
+    before: the copy, its gradients and AdamW states, activations, and what the row keeps or makes."""
+    device = device_of(problem)
+    synchronize(device)
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    model = copy.deepcopy(problem.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **problem.adamw)
+    row.setup(model, opt, tmp)
+    try:
+        for step in range(steps):
+            train_step(problem, model, opt, row, step)
+        synchronize(device)
+    finally:
+        row.close()
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del model, opt
+    return peak
 
 
 # -- the first recorded step -----------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test folder. Plots render off-screen (Agg)."""
+"""Fixtures shared by every test folder. Plots render off-screen (Agg). Tests marked ``cuda``
+(``tests/devices.py``) are skipped where no CUDA device is present."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import gradsight as gs  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda`` when torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture

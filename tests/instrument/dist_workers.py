@@ -1,4 +1,5 @@
-"""Training code run by every process of the distributed tests (spawned, 2 ranks, gloo, CPU).
+"""Training code run by every process of the distributed tests (spawned, 2 ranks: gloo on the
+CPU, or NCCL with one GPU per rank).
 
 Kept in an importable module so ``torch.multiprocessing`` can start it. The same
 functions, run in one process on the global batch, give the reference run.
@@ -58,14 +59,16 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train(model: nn.Module, monitored: nn.Module, run_dir: Path, rank: int, world: int, distributed) -> None:
-    """``STEPS`` SGD steps of ``model`` on this rank's shard of each global batch."""
+    """``STEPS`` SGD steps of ``model`` on this rank's shard of each global batch, on the device
+    of its parameters."""
+    device = next(monitored.parameters()).device
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     with gs.watch(monitored, run_dir, optimizer=optimizer, backend="eager", distributed=distributed,
                   histograms=2, update_ratio=True) as monitor:
         for step in range(STEPS):
             x, y = batch(step)
             shard = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
-            loss = (model(x[shard]) - y[shard]).pow(2).mean()
+            loss = (model(x[shard].to(device)) - y[shard].to(device)).pow(2).mean()
             loss.backward()
             monitor.step()
             optimizer.step()
@@ -78,14 +81,23 @@ def reference(run_dir: Path) -> None:
     train(model, model, run_dir, rank=0, world=1, distributed=None)
 
 
-def worker(rank: int, world: int, init_file: str, out: str) -> None:
-    """Rank ``rank``: a DDP run, then an FSDP2 run, each into ``out/<case>-rank<rank>``."""
+def worker(rank: int, world: int, init_file: str, out: str, backend: str = "gloo") -> None:
+    """Rank ``rank``: a DDP run, then an FSDP2 run, each into ``out/<case>-rank<rank>``; with
+    ``backend="nccl"`` the DDP run only, on GPU ``rank``, into ``out/ddp-nccl-rank<rank>``."""
     out_dir = Path(out)
     try:
         dist.init_process_group(
-            "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+            backend, init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
         )
         torch.set_num_threads(1)
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+            model = make_model().cuda(rank)
+            ddp = nn.parallel.DistributedDataParallel(model, device_ids=[rank], find_unused_parameters=True)
+            train(ddp, model, out_dir / f"ddp-nccl-rank{rank}", rank, world, "auto")
+            dist.barrier()
+            dist.destroy_process_group()
+            return
 
         model = make_model()
         ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)

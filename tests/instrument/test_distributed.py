@@ -1,5 +1,6 @@
-"""DDP and FSDP2 on 2 CPU processes (gloo): rank 0's store equals a single-process run
-on the global batch, number for number; other ranks write nothing."""
+"""DDP and FSDP2 on 2 CPU processes (gloo), and DDP on 2 GPUs (NCCL) where there are: rank 0's
+store equals a single-process run on the global batch, number for number; other ranks write
+nothing."""
 
 from __future__ import annotations
 
@@ -22,15 +23,12 @@ WORLD = 2
 TIMEOUT_S = 150
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """Runs both cases on 2 spawned ranks and the single-process reference."""
-    out = tmp_path_factory.mktemp("distributed")
+def _spawn(target, out: Path, *args) -> None:
+    """Runs ``target(rank, WORLD, init file, out, *args)`` in ``WORLD`` spawned processes; fails
+    with the ranks' tracebacks when one fails or hangs."""
     ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(target=dist_workers.worker, args=(rank, WORLD, str(out / "init"), str(out)), daemon=True)
-        for rank in range(WORLD)
-    ]
+    procs = [ctx.Process(target=target, args=(rank, WORLD, str(out / "init"), str(out), *args), daemon=True)
+             for rank in range(WORLD)]
     for p in procs:
         p.start()
     for p in procs:
@@ -42,6 +40,13 @@ def runs(tmp_path_factory) -> Path:
     errors = "\n".join(f.read_text() for f in sorted(out.glob("error-rank*.txt")))
     assert not hung, f"distributed workers did not finish within {TIMEOUT_S} s\n{errors}"
     assert all(p.exitcode == 0 for p in procs), f"exit codes {[p.exitcode for p in procs]}\n{errors}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """Runs both cases on 2 spawned ranks and the single-process reference."""
+    out = tmp_path_factory.mktemp("distributed")
+    _spawn(dist_workers.worker, out)
     dist_workers.reference(out / "reference")
     return out
 
@@ -93,6 +98,20 @@ def test_only_rank0_writes_the_store(runs, case):
     assert set(missing.name) == {"unused.weight", "unused.bias"}
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < WORLD or not torch.distributed.is_nccl_available(),
+                    reason=f"needs {WORLD} CUDA devices and NCCL")
+def test_ddp_over_nccl_records_the_global_batch(tmp_path):
+    """DDP on 2 GPUs: rank 0's store equals the single-process run on the CPU, histograms included."""
+    _spawn(dist_workers.worker, tmp_path, "nccl")
+    dist_workers.reference(tmp_path / "reference")
+    _assert_same_numbers(_values(tmp_path / "ddp-nccl-rank0"), _values(tmp_path / "reference"))
+    assert not (tmp_path / "ddp-nccl-rank1").exists()
+    for level in ("layer", "model"):
+        want = gs.open_run(tmp_path / "reference").histograms(level=level)
+        assert not want.empty and gs.open_run(tmp_path / "ddp-nccl-rank0").histograms(level=level).equals(want)
+
+
 def test_fsdp1_is_refused_with_a_pointer_to_fully_shard(runs):
     for rank in range(WORLD):
         lines = (runs / f"fsdp1-rank{rank}.txt").read_text().splitlines()
@@ -142,18 +161,7 @@ def test_local_sums_of_squares_match_a_loop():
 def test_a_resumed_run_goes_on_at_the_same_step_on_every_rank(tmp_path):
     """Only rank 0 reads the store: the step the run goes on at is broadcast, so every rank's
     schedule records the same calls."""
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=dist_workers.resume_worker, args=(rank, WORLD, str(tmp_path / "init"), str(tmp_path)),
-                         daemon=True) for rank in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT_S)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    errors = "\n".join(f.read_text() for f in sorted(tmp_path.glob("error-rank*.txt")))
-    assert all(p.exitcode == 0 for p in procs), f"exit codes {[p.exitcode for p in procs]}\n{errors}"
+    _spawn(dist_workers.resume_worker, tmp_path)
     steps = dist_workers.RESUME_STEPS
     for rank in range(WORLD):  # the first part records 0, 2, 4; the resumed one goes on at 5: 6, 8
         assert (tmp_path / f"resume-rank{rank}.txt").read_text() == f"{steps} [0, 2, 4, 6, 8]"

@@ -1,5 +1,6 @@
 """``update_ratio`` against a float64 reference on tensors of 1-2M elements, over several
-recorded steps (the snapshot buffers are reused), with and without weight statistics."""
+recorded steps (the snapshot buffers are reused), with and without weight statistics, on
+every device (``tests/devices.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 import gradsight as gs
+from tests.devices import DEVICES
 
 
 def _reference(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], names: list[str]) -> float:
@@ -50,6 +52,37 @@ def test_update_ratio_within_1e_5_of_float64_on_million_element_tensors(tmp_path
         assert set(got) == set(want)
         for key, value in want.items():
             assert abs(got[key] - value) <= 1e-5 * value, (step, key, got[key], value)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_update_ratio_on_each_device_within_1e_5_of_float64(tmp_path, device, dtype):
+    """The snapshot buffers, the in-place difference and the norms on the weights' device (float32
+    copies of bfloat16 weights), against float64 on the same values."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 2048)).to(device, dtype)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    names = [n for n, _ in model.named_parameters()]
+    expected: dict[int, dict[tuple[str, str], float]] = {}
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=True) as mon:
+        for step in range(3):
+            model(torch.randn(8, 1024, device=device, dtype=dtype)).pow(2).mean().backward()
+            mon.step()
+            assert all(b.device.type == device and b.dtype == torch.float32 for b in mon._updates._buffers.values())
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            opt.step()
+            opt.zero_grad()
+            after = {n: p.detach().clone() for n, p in model.named_parameters()}
+            want = {("param", n): _reference(before, after, [n]) for n in names}
+            want.update({("layer", k): _reference(before, after, [f"{k}.weight", f"{k}.bias"]) for k in ("0", "2")})
+            want[("model", "")] = _reference(before, after, names)
+            expected[step] = want
+    frame = gs.open_run(tmp_path / "run").frame(stat="update_ratio")
+    for step, want in expected.items():
+        got = {(r.level, r.name): r.value for r in frame[frame.step == step].itertuples()}
+        assert set(got) == set(want)
+        for key, value in want.items():
+            assert value > 0 and abs(got[key] - value) <= 1e-5 * value, (step, key, got[key], value)
 
 
 def test_snapshot_buffers_are_reused_between_steps_and_freed_on_close(tmp_path):

@@ -2,7 +2,8 @@
 
 Each path of :func:`raw_sums` is covered: small dense tensors grouped into one flat
 buffer, eager multi-tensor norms, the compiled fused kernel (large CPU tensors),
-coalesced sparse gradients, and empty inputs.
+coalesced sparse gradients, and empty inputs; every backend on every device
+(``tests/devices.py``: CUDA where present, the fused kernel then compiled through Triton).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from gradsight.stats.grad import (
     derive_stats,
     raw_sums,
 )
+from tests.devices import DEVICES
 
 EXACT = (MAXABS, ZEROS, NONFINITE, NUMEL, ROWS, DEAD_ROWS)  #: columns that float32 holds exactly here
 
@@ -282,6 +284,56 @@ def test_fused_backend_equals_eager_on_small_tensors():
     fused = raw_sums(grads, weights, backend="fused")
     eager = raw_sums(grads, weights, backend="eager")
     torch.testing.assert_close(fused, eager, rtol=1e-6, atol=0)
+
+
+# -- every device ----------------------------------------------------------------------
+
+
+def _every_kind(seed: int, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Gradients and weights in ``dtype`` of every kind a step hands :func:`raw_sums`: large 1-d
+    and 2-d ones (the fused kernel's on the CPU), a transposed one (not contiguous), a
+    channels-last convolution's, an all-zero one, an empty one, one with NaN and +Inf, one
+    with -Inf and a dead row, and small ones (grouped)."""
+    n = FUSED_MIN_NUMEL
+    shapes = [(n + 3,), (96, 700), (700, 96), (128, 64, 3, 3), (37, 5), (0,), (5000,), (300, 11), (7, 3), (9,)]
+    grads, weights = _tensors(seed, shapes), _tensors(seed + 1, shapes, zero_frac=0.0)
+    grads[2], weights[2] = grads[2].t(), weights[2].t()
+    grads[3] = grads[3].contiguous(memory_format=torch.channels_last)
+    weights[3] = weights[3].contiguous(memory_format=torch.channels_last)
+    grads[4].zero_()
+    grads[6][[3, 77]] = float("nan")
+    grads[6][100] = float("inf")
+    grads[7][2, 5] = float("-inf")
+    grads[7][4] = 0
+    return [g.to(dtype) for g in grads], [w.to(dtype) for w in weights]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["fused", "eager", "auto"])
+def test_raw_sums_on_each_device_match_a_float64_reference(device, dtype, backend, fused):
+    """Every backend on every device, in every gradient dtype, against the float64 sums of the
+    same values on the CPU: non-contiguous, channels-last, empty, all-zero and NaN/Inf tensors."""
+    grads, weights = _every_kind(40, dtype)
+    assert not grads[2].is_contiguous() and grads[3].is_contiguous(memory_format=torch.channels_last)
+    on_device = [g.to(device) for g in grads], [w.to(device) for w in weights]
+    assert on_device[0][2].stride() == grads[2].stride()  # moved as they are, not made contiguous
+    got = raw_sums(*on_device, backend=backend)
+    assert got.device.type == device
+    got = got.cpu()
+    want = np.stack([reference_raw(g, w) for g, w in zip(grads, weights)])
+    if backend == "fused" or (backend == "auto" and device == "cpu"):
+        assert fused.calls and fused.available and not fused.real._eager_kinds, \
+            "the fused kernel failed to compile: the eager fallback was measured"
+    if not fused.calls:  # NaN/Inf counted only where a norm is not finite (count_nonfinite)
+        bad = np.flatnonzero(~np.isfinite(got[:, SUMSQ].numpy()))
+        assert bad.tolist() == [6, 7]
+        assert [count_nonfinite(on_device[0][i]) for i in bad] == want[bad, NONFINITE].tolist() == [3.0, 1.0]
+        want[:, NONFINITE] = 0
+    elif backend == "auto":  # the large tensors fused (exact counts), the others eager
+        want[[i for i, g in enumerate(grads) if g.numel() < FUSED_MIN_NUMEL], NONFINITE] = 0
+    assert_raw_close(got, want, rtol=1e-4)  # float32 sums over ~10^5 elements
+    assert want[4, DEAD_ROWS] == 37 and want[7, DEAD_ROWS] == 1  # dead rows counted exactly, above
 
 
 # -- sparse ----------------------------------------------------------------------------

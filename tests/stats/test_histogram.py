@@ -1,7 +1,8 @@
 """Log2 histograms and precision headroom (``gradsight.stats.histogram``) against a slow
-reference: ``math.frexp`` element by element for the buckets, actual casts
-(``.to(torch.float8_e4m3fn)`` ...) for underflow, float64 comparisons with
-``torch.finfo(dtype).max`` for overflow."""
+reference: ``math.frexp`` element by element for the buckets (NumPy's ``frexp`` in float64
+for large tensors), actual casts (``.to(torch.float8_e4m3fn)`` ...) for underflow, float64
+comparisons with ``torch.finfo(dtype).max`` for overflow; on every device
+(``tests/devices.py``), the references always on the CPU."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from gradsight.stats.histogram import (
     log2_counts,
     smallest_subnormal,
 )
+from tests.devices import DEVICES
 
 
 def reference_histogram(g: torch.Tensor) -> dict[int, int]:
@@ -201,3 +203,39 @@ def test_channels_last_gradient_counts_equal_the_contiguous_ones():
     g = torch.randn(16, 8, 3, 3) * torch.logspace(-30, 3, 9 * 8 * 16).reshape(16, 8, 3, 3)
     cl = g.contiguous(memory_format=torch.channels_last)
     assert torch.equal(log2_counts([cl]), log2_counts([g]))
+
+
+def numpy_histogram(g: torch.Tensor, lo: int, hi: int) -> np.ndarray:
+    """Counts of buckets ``lo .. hi`` by NumPy on the CPU in float64: ``frexp`` of every nonzero
+    finite element (exact for fp16, bf16, float32 and float64 values, subnormals included)."""
+    x = g.detach().cpu().double().numpy().reshape(-1)
+    _, exponent = np.frexp(np.abs(x[np.isfinite(x) & (x != 0)]))
+    return np.bincount(exponent - 1 - lo, minlength=hi - lo + 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("scale", [None, 65536.0])
+def test_counts_on_each_device_match_numpy_in_float64(device, dtype, scale):
+    """Counts taken on the device (the bit-pattern pass, subnormals and the buckets of the formats'
+    largest values counted on the side, float64 through frexp) equal NumPy's on the CPU: a wide
+    range of magnitudes, every edge, a transposed and a channels-last tensor, zeros, an empty one."""
+    gen = torch.Generator().manual_seed(3)
+    n = 200_000
+    exps = torch.randint(-150, 20, (n,), generator=gen).float()
+    wide = (torch.rand(n, generator=gen) + 0.5) * torch.pow(2.0, exps) * torch.sign(torch.randn(n, generator=gen))
+    wide[::97] = 0
+    conv = (torch.randn(32, 16, 3, 3, generator=gen) * 1e-3).contiguous(memory_format=torch.channels_last)
+    grads = [wide, boundary_values(), torch.randn(300, 70, generator=gen).t() * 1e-6, conv, torch.zeros(50),
+             torch.zeros(0)]
+    grads = [g.to(dtype) for g in grads]
+    assert not grads[2].is_contiguous() and grads[3].is_contiguous(memory_format=torch.channels_last)
+    lo, hi = bucket_range([dtype])
+    counts = log2_counts([g.to(device) for g in grads], scale, lo, hi)
+    assert counts.device.type == device
+    counts = counts.cpu()
+    for g, row in zip(grads, counts):
+        scaled = g if scale is None else g.to(torch.float64 if dtype == torch.float64 else torch.float32) * scale
+        np.testing.assert_array_equal(histogram(row).numpy(), numpy_histogram(scaled, lo, hi))
+        assert dict(zip(HEADROOM_STATS, headroom_counts(row).tolist())) == reference_headroom(scaled)
+    assert int(histogram(counts[0]).sum()) == int((grads[0] != 0).sum()) - int((~grads[0].isfinite()).sum())
