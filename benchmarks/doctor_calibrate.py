@@ -89,6 +89,7 @@ STATS = [
     Stat("forward_log10_layer", "forward_explode", "above", "exploding_forward", log=True, margin=0.5),
     Stat("forward_log10_stream", "stream_explode", "above", "exploding_forward", log=True, margin=0.5),
     Stat("forward_log10_layer", "forward_vanish", "below", "vanishing_forward", log=True, margin=0.5),
+    Stat("initial_logit_rms", "logit_saturation", "above", "exploding_forward"),
     Stat("dead_frac_max", "dead_frac", "above", "silent_units (info)", margin=1.5),
     Stat("update_max", "update_high", "above", "update_ratio_high"),
     Stat("weight_growth_max", "weight_growth", "above", "update_ratio_high", margin=1.5),

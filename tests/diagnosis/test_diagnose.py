@@ -401,3 +401,34 @@ def test_unused_mask_token_on_a_used_model_is_info_regression_xlnet_mask_emb(tmp
     found = {(f.code, str(f.severity)): f for f in gs.diagnose(tmp_path / "run")}
     assert found[("no_gradient", "info")].layers == ["mask_emb"]
     assert sorted(found[("no_gradient", "warning")].layers) == ["unused.bias", "unused.weight"]
+
+
+def test_logits_far_too_large_at_initialization_without_repeated_layers(tmp_path):
+    """Every weight x10 in a 4-layer ReLU MLP: each layer multiplies the signal by about 10,
+    forward and backward together, so per-layer ratios look flat and there are too few
+    repeated layers to compare; the outputs' RMS at step 0 says it (checked against the
+    model's own output on the same batch), and a healthy init says nothing."""
+    for scale, sick in ((10.0, True), (1.0, False)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64),
+                              nn.ReLU(), nn.Linear(64, 10))
+        with torch.no_grad():
+            for layer in model[::2]:
+                layer.weight.mul_(scale)
+        gen = torch.Generator().manual_seed(0)
+        batches = [(torch.randn(16, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen)) for _ in range(6)]
+        with torch.no_grad():
+            expected = float(model(batches[0][0]).pow(2).mean().sqrt())
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        with gs.watch(model, tmp_path / f"x{scale}", optimizer=opt, activations=True) as mon:
+            for x, y in batches:
+                nn.functional.cross_entropy(model(x), y).backward()
+                mon.step()
+                opt.step()
+                opt.zero_grad()
+        found = [f for f in gs.diagnose(tmp_path / f"x{scale}") if f.code == "exploding_forward"]
+        assert bool(found) == sick
+        if sick:
+            assert "far too large at initialization" in found[0].message and found[0].layers == ["6"]
+            assert found[0].measured["initial_output_rms"] == pytest.approx(expected, rel=1e-3)
+            assert expected > 50

@@ -528,9 +528,39 @@ def forward_growth(view: RunView) -> tuple[float, float, tuple[str, str], list[i
     return layer, stream, ends, steps
 
 
+def initial_logits(view: RunView, th: Thresholds) -> tuple[str, float] | None:
+    """The last layer (the head) and the RMS of its output at the first recorded step: the
+    scale of the logits at initialization; None without activation statistics, or when the
+    head was initialized small (a zero-initialized head starts at 0 by design)."""
+    acts = _table(view, Level.MODULE, "act_rms")
+    heads = [n for n in view.layer_order if view.role(n) == Role.HEAD]
+    if acts.empty or not heads or heads[-1] not in acts.columns or heads[-1] in small_initialized(view, th):
+        return None
+    first = acts[heads[-1]].dropna()
+    return (heads[-1], float(first.iloc[0])) if len(first) else None
+
+
 def forward_signal(view: RunView, th: Thresholds) -> list[Finding]:
     """``exploding_forward`` / ``vanishing_forward``: the output RMS along depth, like with
-    like (:func:`forward_growth`)."""
+    like (:func:`forward_growth`); and the logits' scale at initialization
+    (:func:`initial_logits`) above ``logit_saturation``, which depth ratios miss when the
+    network has no repeated layers to compare."""
+    findings = _forward_along_depth(view, th)
+    logits = initial_logits(view, th)
+    if not findings and logits is not None and logits[1] > th.logit_saturation:
+        head, rms = logits
+        findings.append(Finding(
+            "exploding_forward", "warning",
+            f"The network's outputs are far too large at initialization: '{display_name(head)}' returns values of "
+            f"RMS {_fmt(rms)} at step {int(view.steps[0])} (healthy networks start below 10; above "
+            f"{_fmt(th.logit_saturation)} a softmax is saturated, the loss far above chance, and the gradient of most "
+            "outputs exactly zero). The weights are initialized too large for the depth: use He (ReLU) or "
+            "1/sqrt(fan_in) initialization, normalization, or scale the last layer down.",
+            layers=[head], steps=[int(view.steps[0])], measured={"initial_output_rms": rms}))
+    return findings
+
+
+def _forward_along_depth(view: RunView, th: Thresholds) -> list[Finding]:
     layer, stream, ends, steps = forward_growth(view)
     # the stream is judged against its own allowance: as a log10 beyond log10(stream_explode)
     stream_over = stream - math.log10(th.stream_explode) + math.log10(th.forward_explode)
@@ -1142,7 +1172,8 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     before the window holds ``min_updates`` updates; ``branch_share_min`` / ``_max``: over the blocks
     not initialized small (:func:`branch_shares`); ``norm_growth``: :func:`norm_growth`;
     ``weight_growth_max``: the most any layer's weight norm grew (:func:`weight_growth`);
-    ``cut_layers``: the layers at the start without any gradient (:func:`cut_prefix`)."""
+    ``cut_layers``: the layers at the start without any gradient (:func:`cut_prefix`);
+    ``initial_logit_rms``: the head's output RMS at the first step (:func:`initial_logits`)."""
     th = th or Thresholds()
     nan = math.nan
     out: dict[str, float] = {}
@@ -1178,5 +1209,7 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     out["weight_growth_max"] = float(10 ** growth.max()) if len(growth) else nan
     prefix, _live = cut_prefix(view)
     out["cut_layers"] = float(len(prefix))
+    logits = initial_logits(view, th)
+    out["initial_logit_rms"] = logits[1] if logits is not None else nan
     out["steps"] = float(len(view.steps))
     return out

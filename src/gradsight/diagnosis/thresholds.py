@@ -76,6 +76,8 @@ class Thresholds:
     #: the last layer's output RMS is above ``logit_saturation`` (a softmax over logits that
     #: large flushes some probabilities to exactly 0 in float32: SGD-trained RegNet and
     #: TResNet reach 74..3e3 in the population; the head of a healthy fault-free run ~1-20).
+    #: At initialization a head output RMS above it is ``exploding_forward`` (the healthy
+    #: population starts at 7.5 at most; every weight x10 in a ReLU MLP or CNN: 390..6.5e3).
     dead_output_steps: int = 5
     logit_saturation: float = 50.0
     #: Update ratio ||dw||/||w|| per step: about 1e-3 is customary (Karpathy, CS231n
