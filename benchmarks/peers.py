@@ -7,6 +7,10 @@ shared machine hit every row alike. Each cell is the median over rounds of
 
 Rows:
 
+* ``floor`` / ``floor_weights``: one ``torch._foreach_norm`` over the gradients (and the
+  weights) and one host copy: the least any per-tensor statistic can cost. Every
+  gradsight row is also given as its extra time over bare divided by the matching
+  floor's (a second table);
 * ``gradsight quickstart``: ``gs.watch(model, dir, optimizer=opt)`` and
   ``monitor.step(loss)``, as in the README's quickstart (gradient and weight statistics
   and the loss at every step, ``update_ratio`` at every 10th: the default ``update_ratio=10``);
@@ -175,6 +179,22 @@ class Bare(Row):
     name = "bare"
 
 
+class Floor(Row):
+    """The floor of per-tensor norms: one ``torch._foreach_norm`` pass over the gradients (and
+    the weights, for the configuration that also reads them) and one copy of the results
+    to the host. Nothing that reads the same tensors can do less."""
+
+    def __init__(self, name: str, weights: bool) -> None:
+        self.name = name
+        self.weights = weights
+        self.last: torch.Tensor | None = None
+
+    def after_backward(self, model, loss, step):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        tensors = grads + ([p.detach() for p in model.parameters()] if self.weights else [])
+        self.last = torch.stack(torch._foreach_norm(tensors)).cpu()
+
+
 class Gradsight(Row):
     def __init__(self, name: str, with_optimizer: bool, **options) -> None:
         self.name = name
@@ -261,6 +281,8 @@ class TensorBoardHistograms(Row):
 def all_rows() -> dict[str, Row]:
     return {
         "bare": Bare(),
+        "floor": Floor("floor: one _foreach_norm over the gradients, one host copy", weights=False),
+        "floor_weights": Floor("floor: one _foreach_norm over gradients and weights, one host copy", weights=True),
         "quickstart": Gradsight("gradsight quickstart (optimizer=, default update_ratio=10)", True),
         "quickstart_ur": Gradsight("gradsight quickstart, update_ratio=True", True, update_ratio=True),
         "grads": Gradsight("gradsight grads only (weights=False, no optimizer)", False, weights=False),
@@ -412,6 +434,36 @@ def first_step(model: str, tmp: Path) -> str:
 # -- main ------------------------------------------------------------------------------
 
 
+#: Each gradsight row and the floor row that reads the same tensors.
+AGAINST_FLOOR = {"grads": "floor", "quickstart": "floor_weights", "quickstart_ur": "floor_weights",
+                 "activations": "floor_weights", "histograms": "floor_weights", "lightning": "floor"}
+
+
+def extra_over_floor(cells: dict[str, Cell], key: str) -> float | None:
+    """A row's extra time over bare divided by its floor row's: 1.0 is the floor itself."""
+    floor = AGAINST_FLOOR.get(key)
+    if floor not in cells or key not in cells:
+        return None
+    floor_extra = cells[floor].ratio - 1.0
+    return (cells[key].ratio - 1.0) / floor_extra if floor_extra > 0 else None
+
+
+def print_against_floor(results: dict[str, dict[str, Cell]], labels: dict[str, str],
+                        row_names: dict[str, str]) -> None:
+    """The second table: each row's extra time as a multiple of the floor's extra time."""
+    keys = [k for k in AGAINST_FLOOR if any(extra_over_floor(c, k) is not None for c in results.values())]
+    if not keys:
+        return
+    print("\nExtra time over bare, as a multiple of the floor's extra time (1.0: the floor; grads-only rows against "
+          "the gradient floor, rows reading weights too against the gradient-and-weight floor)\n")
+    print("| row | " + " | ".join(labels[m] for m in results) + " |")
+    print("| --- |" + " ---: |" * len(results))
+    for key in keys:
+        vals = [extra_over_floor(results[m], key) for m in results]
+        print(f"| {row_names[key]} (vs {AGAINST_FLOOR[key]}) | "
+              + " | ".join("-" if v is None else f"{v:.2f}x" for v in vals) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="mlp,resnet18,gpt2", help="comma-separated: " + ", ".join(MODELS))
@@ -494,6 +546,7 @@ def main() -> None:
             else:
                 text.append(f"{c.ratio:.2f}x ({c.low:.2f}-{c.high:.2f})")
         print(f"| {row_names[key]} | " + " | ".join(text) + " |")
+    print_against_floor(results, labels, row_names)
     for note in notes:
         print(f"\nnote: {note}")
     if args.first_step and not args.quick:

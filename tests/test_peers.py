@@ -1,0 +1,50 @@
+"""``benchmarks/peers.py``'s floor rows: one ``_foreach_norm`` pass gives every tensor's norm
+(checked against float64), and each gradsight row's extra time is read against its floor."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+
+
+@pytest.fixture
+def peers(monkeypatch):
+    spec = importlib.util.spec_from_file_location("peers", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "peers", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_floor_rows_give_every_norm_in_one_pass(peers):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    model(torch.randn(5, 8)).pow(2).mean().backward()
+    for weights in (False, True):
+        row = peers.Floor("floor", weights=weights)
+        row.after_backward(model, None, 0)
+        tensors = [p.grad for p in model.parameters()] + ([p.detach() for p in model.parameters()] if weights else [])
+        expected = torch.tensor([float(t.double().pow(2).sum().sqrt()) for t in tensors])
+        assert row.last.device.type == "cpu"
+        torch.testing.assert_close(row.last.double(), expected.double(), rtol=1e-6, atol=0)
+
+
+def test_extra_time_is_read_against_the_matching_floor(peers, tmp_path):
+    cells = {"bare": peers.Cell(1.0, 1.0, 1.0, 10.0), "floor": peers.Cell(1.2, 1.1, 1.3, 12.0),
+             "floor_weights": peers.Cell(1.3, 1.2, 1.4, 13.0), "grads": peers.Cell(1.5, 1.4, 1.6, 15.0),
+             "quickstart": peers.Cell(1.6, 1.5, 1.7, 16.0)}
+    assert peers.extra_over_floor(cells, "grads") == pytest.approx(0.5 / 0.2)
+    assert peers.extra_over_floor(cells, "quickstart") == pytest.approx(0.6 / 0.3)
+    assert peers.extra_over_floor(cells, "activations") is None
+    torch.manual_seed(0)
+    problem = peers.Problem("tiny", nn.Linear(4, 4), lambda m: m(torch.randn(2, 4)).pow(2).mean())
+    rows = {k: peers.all_rows()[k] for k in ("bare", "floor", "floor_weights")}
+    measured, done = peers.bench(problem, rows, rounds=3, warmup=1, deadline=0.0, tmp=tmp_path)
+    assert done == 3 and set(measured) == set(rows) and measured["bare"].ratio == 1.0
