@@ -440,12 +440,13 @@ AGAINST_FLOOR = {"grads": "floor", "quickstart": "floor_weights", "quickstart_ur
 
 
 def extra_over_floor(cells: dict[str, Cell], key: str) -> float | None:
-    """A row's extra time over bare divided by its floor row's: 1.0 is the floor itself."""
+    """A row's extra time over bare divided by its floor row's: 1.0 is the floor itself. None
+    where the floor's extra time is lost in the noise (its 25-75 % range of rounds reaches
+    bare's time): a ratio to noise says nothing."""
     floor = AGAINST_FLOOR.get(key)
-    if floor not in cells or key not in cells:
+    if floor not in cells or key not in cells or cells[floor].low <= 1.0:
         return None
-    floor_extra = cells[floor].ratio - 1.0
-    return (cells[key].ratio - 1.0) / floor_extra if floor_extra > 0 else None
+    return (cells[key].ratio - 1.0) / (cells[floor].ratio - 1.0)
 
 
 def print_against_floor(results: dict[str, dict[str, Cell]], labels: dict[str, str],
@@ -455,7 +456,8 @@ def print_against_floor(results: dict[str, dict[str, Cell]], labels: dict[str, s
     if not keys:
         return
     print("\nExtra time over bare, as a multiple of the floor's extra time (1.0: the floor; grads-only rows against "
-          "the gradient floor, rows reading weights too against the gradient-and-weight floor)\n")
+          "the gradient floor, rows reading weights too against the gradient-and-weight floor; '-' where the "
+          "floor's own extra time is within the noise of the rounds)\n")
     print("| row | " + " | ".join(labels[m] for m in results) + " |")
     print("| --- |" + " ---: |" * len(results))
     for key in keys:
