@@ -32,9 +32,9 @@ class Thresholds:
     #: Exploding: like with like, the first instance's gradient this many times the last's
     #: (Yang et al. 2019: batch-normed plain nets grow gradients toward the input at
     #: initialization, geometrically in depth; Balduzzi et al. 2017: their gradients
-    #: shatter). The population's healthy maximum is 4.3e2 (timm's Visformer: its stream's
-    #: gradient grows 1.65x per block over 12 blocks); a recorded plain-56 reaches 1.2e3..2.3e3
-    #: like with like in its first steps: a thin margin (2.3x), the one the two leave.
+    #: shatter). The population's healthy maximum is 37 (XCiT at 5 steps; ResNet-56: 17); a
+    #: plain-56 at the batch-scaled learning rate reaches 25, and 1.2e3..2.3e3 only in a
+    #: diverging recipe (SGD at lr 0.1 on batches of 4).
     explode_ratio: float = 1e3
     explode_ratio_error: float = 1e6
     #: Absolute size: the whole model's ``||g|| / ||w||`` (median over steps) above this, or
@@ -74,8 +74,8 @@ class Thresholds:
     dead_saturation: float = 300.0
     #: Unused outputs of the last layer are judged on at least this many steps, and not when
     #: the last layer's output RMS is above ``logit_saturation`` (a softmax over logits that
-    #: large flushes some probabilities to exactly 0 in float32: SGD-trained RegNet and
-    #: TResNet reach 74..3e3 in the population; the head of a healthy fault-free run ~1-20).
+    #: large flushes some probabilities to exactly 0 in float32: the first population's
+    #: diverging SGD runs of RegNet and TResNet reached 74..3e3; healthy runs stay below 10).
     #: At initialization a head output RMS above it is ``exploding_forward`` (the healthy
     #: population starts at 7.5 at most; every weight x10 in a ReLU MLP or CNN: 390..6.5e3).
     dead_output_steps: int = 5
