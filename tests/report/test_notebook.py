@@ -219,3 +219,16 @@ def test_show_of_a_folder_reports_every_run_below_it(finished: Path, tmp_path: P
     with gs.open_run(finished) as run:
         assert "plain" in gs.show(run).page
         assert run.steps()  # a run given stays open
+
+
+def test_a_card_does_not_load_the_plots(finished: Path) -> None:
+    """The card is inline SVG: drawing one loads neither matplotlib nor the report's page code."""
+    import subprocess
+    import sys
+
+    code = ("import sys, gradsight as gs\n"
+            f"with gs.open_run({str(finished)!r}) as run: assert '<svg' in run._repr_html_()\n"
+            "print(sorted({'matplotlib', 'gradsight.report.html'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -28,7 +28,7 @@ from gradsight.instrument.monitor import Monitor
 from gradsight.store.query import DEFAULT_STAT, expand_runs, layer_profile, view_roles
 from gradsight.store.reader import Run, open_run
 from gradsight.store.schema import Level
-from gradsight.store.view import RunView, step_sample
+from gradsight.store.view import RunView, step_sample, view_of
 
 esc = html.escape
 
@@ -241,14 +241,14 @@ def show(run_or_dir: Run | RunView | Monitor | str | Path, *, height: int = 800,
             raise ValueError(f"this process does not write {run_or_dir.run_dir} (rank 0 does): show it there")
         run_or_dir.flush()
         run_or_dir = run_or_dir.run_dir
-    given = isinstance(run_or_dir, (Run, RunView))
-    runs = [run_or_dir] if given else expand_runs([run_or_dir])
-    try:
-        views = [r if isinstance(r, RunView) else RunView(r) for r in runs]
-        page = build_report(views, **options)
-        recording = [(v.name, len(v.steps)) for v in views if v.status == "running"]
-    finally:
-        if not given:
-            for r in runs:
-                r.close()
-    return InlineReport(page, recording, height)
+    if isinstance(run_or_dir, (Run, RunView)):
+        shown: list[Run | RunView | Path] = [run_or_dir]
+        recording = [(run_or_dir.name, len(view_of(run_or_dir).steps))] if run_or_dir.status == "running" else []
+    else:  # the report opens the runs again and closes them (but one whose diagnosis it gave up on)
+        recording, shown = [], []
+        for run in expand_runs([run_or_dir]):
+            with run:
+                shown.append(run.path)
+                if run.status == "running":
+                    recording.append((run.name, len(run.steps())))
+    return InlineReport(build_report(shown, **options), recording, height)
