@@ -232,3 +232,20 @@ def test_a_card_does_not_load_the_plots(finished: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_failed_run_shows_its_error_and_dropped_steps(tmp_path: Path) -> None:
+    import json
+    import sqlite3
+
+    run_dir = make_run(tmp_path / "failed", depth=1, steps=4)
+    with sqlite3.connect(run_dir / "gradsight.sqlite") as conn:
+        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                         [("status", json.dumps("failed")), ("error", json.dumps(f"RuntimeError: {HOSTILE}")),
+                          ("steps_dropped", json.dumps(3))])
+    conn.close()
+    with gs.open_run(run_dir) as run:
+        text = run._repr_html_()
+    words = "".join(Tags(text).text)
+    assert "failed" in words and f"RuntimeError: {HOSTILE}" in words and "3 recorded steps dropped" in words
+    assert_inert(text)

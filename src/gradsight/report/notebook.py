@@ -86,6 +86,10 @@ def _run_card(view: RunView) -> str:
              f'<div style="{_MUTED};font-size:11px">{esc(str(view.path))}</div>']
     if meta.get("error"):
         parts.append(f'<div style="color:{NONFINITE_COLOR}">{esc(str(meta["error"]))}</div>')
+    dropped = meta.get("steps_dropped")
+    if isinstance(dropped, int) and dropped > 0:
+        parts.append(f'<div style="color:{NONFINITE_COLOR}">{esc(plural(dropped, "recorded step"))} dropped '
+                     "(the store could not keep up, or could not be written)</div>")
     if steps:
         charts = [_norm_chart(view), _profile_chart(view, steps[-1])]
         parts.append('<div style="display:flex;flex-wrap:wrap;gap:16px;margin:6px 0">' + "".join(charts) + "</div>")
@@ -129,15 +133,18 @@ def _chart(title: str, body: str, left: str = "", right: str = "") -> str:
 
 def _polyline(xs: Sequence[float], ys: Sequence[float | None], color: str) -> str:
     """Lines through the points, broken where ``y`` is None."""
-    out, run = [], []
+    out: list[str] = []
+    piece: list[tuple[float, float]] = []
     for x, y in list(zip(xs, ys)) + [(0.0, None)]:
         if y is not None:
-            run.append(f"{x:.1f},{y:.1f}")
-        elif run:
-            out.append(f'<polyline points="{" ".join(run)}" fill="none" stroke="{color}" stroke-width="1.5"/>'
-                       if len(run) > 1 else f'<circle cx="{run[0].split(",")[0]}" cy="{run[0].split(",")[1]}" '
-                                             f'r="1.5" fill="{color}"/>')
-            run = []
+            piece.append((x, y))
+            continue
+        if len(piece) == 1:  # a point alone
+            out.append(f'<circle cx="{piece[0][0]:.1f}" cy="{piece[0][1]:.1f}" r="1.5" fill="{color}"/>')
+        elif piece:
+            points = " ".join(f"{px:.1f},{py:.1f}" for px, py in piece)
+            out.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        piece = []
     return "".join(out)
 
 
