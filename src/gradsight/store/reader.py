@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from gradsight._errors import RunError
+from gradsight.display import card_html
 from gradsight.store.access import connect_readonly
 from gradsight.store.packed import MAX_SQL_VARS, PACKED_TABLES, Catalog, layout, read_long, read_matrix
 from gradsight.store.roles import as_roles, row_roles
@@ -183,6 +184,11 @@ class Run:
     # -- metadata ---------------------------------------------------------------
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.status!r}, steps={len(self.steps())})"
+
+    def _repr_html_(self) -> str:
+        """The run in a notebook: name, status, steps, gradient norm, depth profile, findings
+        (:func:`gradsight.display.card_html`)."""
+        return card_html(self)
 
     def close(self) -> None:
         self._conn.close()
