@@ -32,7 +32,7 @@ from typing import Any
 from gradsight._errors import RunError
 from gradsight.diagnosis import diagnose
 from gradsight.report.payload import encode_f32
-from gradsight.store.query import DEFAULT_MAX_STEPS, layer_matrices, step_sample
+from gradsight.store.query import DEFAULT_MAX_STEPS, step_sample
 from gradsight.store.reader import Run, list_runs, open_run
 from gradsight.store.schema import DB_NAME, Level
 from gradsight.store.view import RunView
@@ -128,19 +128,19 @@ class LiveRun:
         new = run.steps(after=since)
         steps = step_sample(new, MAX_UPDATE_STEPS)
         view = RunView(run)  # a fresh snapshot: the run's later steps
-        levels = view.module_levels
-        tables = layer_matrices(view, level=levels, steps=steps) if levels else {}
-        matrices = {}
-        for (level, stat), table in tables.items():
-            table = table.reindex(index=steps, columns=view.names(level))
+        names = {lv: view.names(lv) for lv in view.module_levels}
+        per_module = [(lv, st) for lv in names for st in view.stats(lv)]
+        totals = [(lv, st) for lv in (Level.MODEL, Level.METRIC) for st in view.stats(lv)]
+        tables = view.matrices(per_module + totals, steps=steps)  # one pass over the new values
+        matrices, lines = {}, {}
+        for level, stat in per_module:  # the page's layout: every name of the level, at every new step
+            table = tables[(level, stat)].reindex(index=steps, columns=names[level])
             matrices[f"{level}:{stat}"] = encode_f32(table.to_numpy(dtype=float).T)
-        totals = view.matrices([(lv, st) for lv in (Level.MODEL, Level.METRIC) for st in view.stats(lv)], steps=steps)
-        lines = {}
-        for (level, stat), table in totals.items():
-            if table.empty:
-                continue
-            values = table.iloc[:, 0].to_numpy(dtype=float)
-            lines[f"{level}:{stat}"] = {"steps": [int(s) for s in table.index], "values": encode_f32(values)}
+        for level, stat in totals:
+            table = tables[(level, stat)]
+            if not table.empty:
+                values = table.iloc[:, 0].to_numpy(dtype=float)
+                lines[f"{level}:{stat}"] = {"steps": [int(s) for s in table.index], "values": encode_f32(values)}
         return {"steps": steps, "total_steps": len(view.steps), "matrices": matrices, "lines": lines}
 
     def set_findings(self, findings: list[Any], step: int | None) -> None:
