@@ -221,7 +221,7 @@ def test_steps_of_a_recording_process_reach_the_api(tmp_path):
         first = _wait(lambda: served.json("/api/runs")["runs"].get("live", {}).get("last"), timeout=60)
         poll = lambda: served.json(f"/api/poll?run=live&since={first}&f=-1")["runs"]["live"]  # noqa: E731
         update = _wait(lambda: (u := poll()).get("steps") and u, timeout=5)
-        assert update["status"] == "running" and update["steps"][0] == first + 1
+        assert update["status"] == "running" and update["steps"][0] == first + 1 and "writer" not in update
         assert proc.wait(timeout=120) == 0
         assert _wait(lambda: poll()["status"] == "finished", timeout=5)
     finally:
@@ -245,7 +245,9 @@ def test_serving_a_live_and_a_killed_run_changes_no_file(tmp_path):
             served.json("/api/poll?run=killed&since=&f=-1&run=finished&since=1&f=-1")
             served.json("/api/runs")
             time.sleep(0.3)
-        assert served.json("/api/poll?run=killed&since=&f=-1")["runs"]["killed"]["status"] == "running"
+        killed = served.json("/api/poll?run=killed&since=&f=-1")["runs"]["killed"]
+        assert killed["status"] == "running" and killed["writer"] == "gone"  # a killed writer
+        assert "writer" not in served.json("/api/poll?run=finished&since=&f=-1")["runs"]["finished"]
     finally:
         served.close()
     assert {d: store_files(tmp_path / d) for d in ("killed", "finished")} == before

@@ -22,6 +22,8 @@ The server (:mod:`gradsight.report.server`) answers from here:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import zlib
@@ -57,6 +59,21 @@ def _inside(path: Path, root: Path) -> bool:
         path.resolve().relative_to(root)
     except ValueError:
         return False
+    return True
+
+
+def writer_alive(meta: dict[str, Any]) -> bool:
+    """False when the run's recording process, on this host, has ended (killed: the run still
+    reads ``running``); True when it lives or cannot be told (another host, no pid)."""
+    pid, host = meta.get("pid"), meta.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
     return True
 
 
@@ -98,6 +115,8 @@ class LiveRun:
         for key in ("steps_dropped", "store_error", "error"):
             if meta.get(key):
                 out[key] = meta[key] if isinstance(meta[key], int) else str(meta[key])
+        if out["status"] == "running" and not writer_alive(meta):
+            out["writer"] = "gone"
         return out
 
     def update(self, since: int | None, findings_version: int | None = None) -> dict[str, Any]:

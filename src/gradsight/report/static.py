@@ -640,9 +640,8 @@ JS = r"""
       line.sampled = true;
     }
   }
-  function append(run, u) {  // false: the page must be made again (new layers or statistics)
+  function append(run, u) {  // false: the page must be made again (new layers); a statistic new since waits for a reload
     var n = u.steps.length, k = run.steps.length, keys = Object.keys(run.matrices);
-    for (var key in u.matrices) if (!run.matrices[key]) return false;
     var added = {};
     for (var i = 0; i < keys.length; i++) {
       var m = run.matrices[keys[i]];
@@ -685,6 +684,7 @@ JS = r"""
     if (!el) return;
     var parts = ["status: " + u.status];
     if (u.last !== undefined && u.last !== null) parts.push("last step " + u.last);
+    if (u.writer === "gone") parts.push("the recording process has ended without closing the run");
     if (u.steps_dropped) parts.push(u.steps_dropped + " steps dropped");
     if (u.store_error) parts.push("store error: " + u.store_error);
     if (u.error) parts.push("error: " + u.error);
