@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gradsight.cli import main
+from gradsight.report.live import names_key
 from gradsight.report.server import LiveServer
 from gradsight.store.schema import DB_NAME
 from tests.plots.runs import make_run
@@ -165,6 +166,7 @@ def test_a_run_appearing_and_a_corrupted_store(tmp_path):
 
         after = _wait(three_runs)
         assert after["runs_key"] != before["runs_key"]
+        assert after["runs_key"] == names_key(["a", "b"])  # the page shows the readable runs
         assert after["runs"]["b"] == {"status": "finished", "last": 2}
         assert after["runs"]["broken"]["status"] == "unreadable"
         assert "corrupted or not a SQLite database" in after["runs"]["broken"]["store_error"]

@@ -102,6 +102,11 @@ class LiveRun:
                 self.error = str(exc)
         return self._run
 
+    @property
+    def readable(self) -> bool:
+        """Whether the store has been opened (the page shows the run)."""
+        return self._run is not None
+
     def close(self) -> None:
         with self.lock:
             if self._run is not None:
@@ -203,6 +208,10 @@ class ServedRuns:
                     key = path.relative_to(self.root).as_posix()
                     if key not in self.runs:
                         self.runs[key] = LiveRun(key, path)
+                for live in self.runs.values():
+                    if not live.readable:  # a store being created, or a broken one: tried again
+                        with live.lock:
+                            live.open()
             return list(self.runs)
 
     def get(self, key: str) -> LiveRun | None:
@@ -210,8 +219,14 @@ class ServedRuns:
         return self.runs.get(key)
 
     @property
+    def shown(self) -> list[str]:
+        """The keys of the runs the page shows: those whose store could be opened."""
+        return [k for k, live in self.runs.items() if live.readable]
+
+    @property
     def key(self) -> int:
-        return names_key(list(self.runs))
+        """:func:`names_key` of :attr:`shown`: when it changes, the page is made again."""
+        return names_key(self.shown)
 
     def close(self) -> None:
         for run in list(self.runs.values()):

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from gradsight.report.html import build_report
-from gradsight.report.live import Doctor, ServedRuns, poll_answer
+from gradsight.report.live import Doctor, ServedRuns, names_key, poll_answer
 from gradsight.store.view import RunView
 
 log = logging.getLogger(__name__)
@@ -82,26 +82,20 @@ class LiveServer(ThreadingHTTPServer):
 
     def page(self) -> str:
         """The report page of every readable run, with the keys the page polls by."""
-        keys = self.served.refresh(force=True)
+        self.served.refresh(force=True)
         with self.page_lock:
-            runs = [(k, self.served.get(k)) for k in keys]
-            views, shown = [], []
-            for key, live in runs:
-                with live.lock:
-                    run = live.open()
-                if run is not None:
-                    views.append(RunView(run))
-                    shown.append(key)
-            locks = [self.served.get(k).lock for k in shown]
-            for lock in locks:
-                lock.acquire()
+            shown = self.served.shown
+            lives = [self.served.get(k) for k in shown]
+            for live in lives:  # in one order: a poll holds one of these at a time
+                live.lock.acquire()
             try:
+                views = [RunView(live.open()) for live in lives]
                 return build_report(views, title=f"gradsight serve: {self.source}",
-                                    live={"keys": shown, "runs_key": self.served.key,
+                                    live={"keys": shown, "runs_key": names_key(shown),
                                           "interval_ms": self.poll_interval_ms, "source": self.source})
             finally:
-                for lock in locks:
-                    lock.release()
+                for live in lives:
+                    live.lock.release()
 
     def runs(self) -> dict[str, Any]:
         out = {}

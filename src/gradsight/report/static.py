@@ -642,6 +642,7 @@ JS = r"""
   }
   function append(run, u) {  // false: the page must be made again (new layers); a statistic new since waits for a reload
     var n = u.steps.length, k = run.steps.length, keys = Object.keys(run.matrices);
+    if (!keys.length && Object.keys(u.matrices).length) return false;  // opened before its first step
     var added = {};
     for (var i = 0; i < keys.length; i++) {
       var m = run.matrices[keys[i]];
