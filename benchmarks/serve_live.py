@@ -189,7 +189,7 @@ def main() -> None:
         print(f"poll, nothing new: {costs['empty_ms']:.2f} ms, {costs['empty_bytes']} bytes; "
               f"one new step of {args.layers} layers: {costs['one_step_ms']:.2f} ms, {costs['one_step_bytes']} bytes")
         lat = sorted(latency(root / "lat", args.layers, args.seconds, browser))
-        p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
+        p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
         print(f"step recorded -> drawn: {len(lat)} steps, p50 {statistics.median(lat):.2f} s, p95 {p95:.2f} s, "
               f"max {lat[-1]:.2f} s")
         rounds = training_cost(root / "train", args.layers, args.rounds, args.round_seconds, browser)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -221,7 +220,7 @@ def test_steps_of_a_recording_process_reach_the_api(tmp_path):
     served = Served(tmp_path, doctor_interval=0.5)
     try:
         first = _wait(lambda: served.json("/api/runs")["runs"].get("live", {}).get("last"), timeout=60)
-        poll = lambda: served.json(f"/api/poll?run=live&since={first}&f=-1")["runs"]["live"]  # noqa: E731
+        poll = lambda: served.json(f"/api/poll?run=live&since={first}&f=-1")["runs"]["live"]
         update = _wait(lambda: (u := poll()).get("steps") and u, timeout=5)
         assert update["status"] == "running" and update["steps"][0] == first + 1 and "writer" not in update
         assert proc.wait(timeout=120) == 0

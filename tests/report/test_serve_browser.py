@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.report.test_browser import ARGS, CHROMIUM, Page, sync_api  # noqa: F401 (skips without chromium)
+from tests.report.test_browser import (  # skipped without playwright
+    ARGS,
+    CHROMIUM,
+    Page,
+    sync_api,
+)
 from tests.report.test_serve import Served, _wait, child
 
-pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(), reason="chromium is not installed")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
 
 
 @pytest.fixture

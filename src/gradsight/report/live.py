@@ -30,7 +30,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-
 from gradsight._errors import RunError
 from gradsight.diagnosis import diagnose
 from gradsight.report.payload import encode_f32

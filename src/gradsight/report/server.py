@@ -116,7 +116,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "gradsight"
     sys_version = ""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
@@ -145,7 +145,7 @@ class Handler(BaseHTTPRequestHandler):
         host = urlsplit("//" + (self.headers.get("Host") or "")).hostname or ""
         return is_loopback(host)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         if not self._host_allowed():
             self._refuse(403, "this server answers only to localhost")
             return
