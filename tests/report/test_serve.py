@@ -191,14 +191,16 @@ def test_serve_binds_loopback_and_warns_for_other_addresses(monkeypatch, tmp_pat
 
 
 CHILD = r"""
-import sys, time, torch
+import os, sys, time, torch
 from torch import nn
 import gradsight as gs
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 with gs.watch(model, sys.argv[1], name="child") as mon:
+    nan_at = int(os.environ.get("GS_TEST_NAN_AT", "-1"))
     for step in range(int(sys.argv[2])):
-        model(torch.randn(5, 4)).sum().backward()
+        x = torch.randn(5, 4) * (float("nan") if 0 <= nan_at <= step else 1.0)
+        model(x).sum().backward()
         mon.step()
         mon.flush()
         model.zero_grad()
@@ -209,8 +211,11 @@ with gs.watch(model, sys.argv[1], name="child") as mon:
 """
 
 
-def child(run_dir: Path, steps: int, pause: float, hang: bool = False) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def child(run_dir: Path, steps: int, pause: float, hang: bool = False, nan_at: int = -1) -> subprocess.Popen:
+    """A process recording ``steps`` steps of a small MLP into ``run_dir``, ``pause`` s apart
+    (its gradients NaN from step ``nan_at``); with ``hang`` it waits to be killed after them."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               GS_TEST_NAN_AT=str(nan_at))
     args = [sys.executable, "-c", CHILD, str(run_dir), str(steps), str(pause)] + (["hang"] if hang else [])
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True)
 

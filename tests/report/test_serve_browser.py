@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,8 @@ def test_hostile_names_stay_inert_on_the_live_page(browser, report_runs):
         served.close()
 
 
-def test_steps_of_a_recording_process_are_drawn(browser, tmp_path):
-    proc = child(tmp_path / "live", steps=80, pause=0.2)
+def test_steps_of_a_recording_process_are_drawn_and_a_finding_appears(browser, tmp_path):
+    proc = child(tmp_path / "live", steps=80, pause=0.2, nan_at=20)
     served = Served(tmp_path, doctor_interval=0.5)
     try:
         _wait(lambda: served.json("/api/runs")["runs"].get("live", {}).get("last"), timeout=60)
@@ -74,6 +75,10 @@ def test_steps_of_a_recording_process_are_drawn(browser, tmp_path):
         assert int(heat.get_attribute("data-cols")) > cols
         assert int(page.locator("#run-0").get_attribute("data-last-step")) > last
         assert page.locator("#run-0").get_attribute("data-status") == "running"
+        finding = page.locator("#run-0 [data-live=findings] li[data-code=nonfinite]")
+        finding.wait_for(state="attached", timeout=20_000)  # the gradients go NaN at step 20
+        since = re.search(r"\(since step (\d+)\)", finding.text_content())
+        assert since and int(since.group(1)) >= 20
         assert opened.console_errors == [] and opened.dialogs == []
     finally:
         proc.kill()
