@@ -206,7 +206,7 @@ def test_show_of_a_recording_run_says_to_run_the_cell_again(tmp_path: Path) -> N
         outer = shown._repr_html_()
         assert shown.recording == [(HOSTILE_NAME, 4)]
         assert "4 steps so far" in outer and "run this cell again" in outer
-        assert "serve" not in outer  # no live server to point at
+        assert "<code>gradsight serve</code>" in outer  # the live view that follows a recording run
         assert HOSTILE not in outer
     assert gs.show(monitor).recording == []
 

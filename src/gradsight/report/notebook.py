@@ -218,7 +218,8 @@ class InlineReport:
     def _repr_html_(self) -> str:
         notes = "".join(
             f'<p style="font-family:system-ui,sans-serif;font-size:13px;color:#0072B2">{esc(name)} is still '
-            f"recording ({esc(plural(steps, 'step'))} so far): run this cell again to see the steps recorded since.</p>"
+            f"recording ({esc(plural(steps, 'step'))} so far): run this cell again to see the steps recorded since, "
+            "or <code>gradsight serve</code> its folder for a page that follows it.</p>"
             for name, steps in self.recording)
         return (f'{notes}<iframe srcdoc="{esc(self.page, quote=True)}" sandbox="allow-scripts" '
                 f'title="gradsight report" style="width:100%;height:{int(self.height)}px;border:1px solid #ddd">'
