@@ -68,9 +68,13 @@ def test_steps_of_a_recording_process_are_drawn_and_a_finding_appears(browser, t
         heat = page.locator("#run-0 [data-chart=heatmap] canvas")
         cols = int(heat.get_attribute("data-cols"))
         last = int(page.locator("#run-0").get_attribute("data-last-step") or -1)
-        for _ in range(50):  # 5 s (the page's CSP forbids wait_for_function's eval)
+        def drawn() -> bool:  # the heatmap grown and the run's last step moved on, both set by one poll
+            return (int(heat.get_attribute("data-cols")) > cols
+                    and int(page.locator("#run-0").get_attribute("data-last-step") or -1) > last)
+
+        for _ in range(100):  # 10 s (the page's CSP forbids wait_for_function's eval)
             page.wait_for_timeout(100)
-            if int(heat.get_attribute("data-cols")) > cols:
+            if drawn():
                 break
         assert int(heat.get_attribute("data-cols")) > cols
         assert int(page.locator("#run-0").get_attribute("data-last-step")) > last
