@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -432,3 +434,22 @@ def test_logits_far_too_large_at_initialization_without_repeated_layers(tmp_path
             assert "far too large at initialization" in found[0].message and found[0].layers == ["6"]
             assert found[0].measured["initial_output_rms"] == pytest.approx(expected, rel=1e-3)
             assert expected > 50
+
+
+def test_saturation_is_mean_over_spread_of_the_layers_output(tmp_path):
+    """``|mean| / std`` of a layer's output, from the recorded channel moments, against the
+    same ratio computed from the outputs themselves in float64."""
+    from gradsight.diagnosis.rules import _saturation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0, -0.3]))
+    x = torch.randn(64, 6)
+    with gs.watch(model, tmp_path / "run", activations=True) as mon:
+        model(x).pow(2).mean().backward()
+        mon.step()
+    h = model[0](x).detach().double()
+    expected = math.sqrt(float(h.mean(0).pow(2).mean() / h.var(0, unbiased=False).mean()))
+    with gs.RunView(tmp_path / "run") as view:
+        assert _saturation(view, "0") == pytest.approx(expected, rel=1e-4)

@@ -672,7 +672,7 @@ def _saturation(view: RunView, layer: str) -> float:
     m2, v = float(_window(view, ms[[layer]]).median().iloc[0]), float(_window(view, var[[layer]]).median().iloc[0])
     if not (math.isfinite(m2) and math.isfinite(v)):
         return math.nan
-    return math.inf if v <= 0 else math.sqrt(max(m2 - v, 0.0) / v)
+    return math.inf if v <= 0 else math.sqrt(m2 / v)  # act_mean_sq is the squared mean, not E[h^2]
 
 
 def _saturated_logits(view: RunView, head: str, th: Thresholds) -> bool:
