@@ -1,7 +1,8 @@
 """The scripts in examples/ run for a few steps, offline, and leave a healthy run: the
 training patterns they stand for (a nanoGPT-style loop with gradient accumulation, a disabled
 GradScaler, clipping, AdamW and resuming from a checkpoint; an LSTM language model with manual
-SGD, clipping and ``torch.save(model)`` every epoch) stay covered."""
+SGD, clipping and ``torch.save(model)`` every epoch; a DCGAN with two optimizers and two
+monitors) stay covered."""
 
 from __future__ import annotations
 
@@ -33,13 +34,14 @@ def _warnings_or_worse(run_dir: Path) -> list:
     return [f for f in gs.diagnose(run_dir) if f.severity >= Severity.WARNING]
 
 
-@pytest.mark.parametrize("name", ["nanogpt_train", "lstm_lm_train"])
-def test_each_example_explains_its_options(name, capsys):
+@pytest.mark.parametrize(("name", "data"), [("nanogpt_train", "text:PATH"), ("lstm_lm_train", "text:PATH"),
+                                            ("dcgan_train", "fashion-mnist")])
+def test_each_example_explains_its_options(name, data, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _example(name).main(["--help"])
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
-    assert "--steps" in usage and "--out" in usage and "text:PATH" in usage
+    assert "--steps" in usage and "--out" in usage and data in usage
 
 
 def test_nanogpt_example_records_every_layer_and_resumes_from_its_checkpoint(tmp_path, capsys):
@@ -85,3 +87,42 @@ def test_lstm_example_records_the_lstm_and_saves_the_whole_model(tmp_path, capsy
     saved = torch.load(out / "model.pt", weights_only=False)
     assert isinstance(saved.rnn, torch.nn.LSTM) and not saved.rnn._forward_hooks
     assert "end of training" in capsys.readouterr().out
+
+
+def test_dcgan_example_records_each_network_with_its_own_steps_gradients(tmp_path, monkeypatch, capsys):
+    """Two monitors, one per network: each run holds, at every step, the norm of its own
+    network's ``.grad`` at its ``step()`` (the discriminator's: its real and fake passes, not
+    the generator's pass through it that comes after), computed here in float64."""
+    example = _example("dcgan_train")
+    seen: dict[str, list[float]] = {"D": [], "G": []}
+    watch = gs.watch
+
+    def watching(model, run_dir, **kwargs):
+        monitor = watch(model, run_dir, **kwargs)
+        step, name = monitor.step, Path(run_dir).name
+
+        def recorded_step(*args, **kw):
+            grads = [p.grad.double() for p in model.parameters() if p.grad is not None]
+            seen[name].append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+            return step(*args, **kw)
+
+        monitor.step = recorded_step
+        return monitor
+
+    monkeypatch.setattr(example.gs, "watch", watching)
+    out = tmp_path / "out"
+    runs = example.main(["--data", "mnist5k", "--limit", "256", "--steps", "4", "--batch-size", "16",
+                         "--ngf", "8", "--ndf", "8", "--nz", "16", "--out", str(out)])
+    assert runs == out / "gradsight" and (out / "samples.png").exists() and (out / "netG.pt").exists()
+    for name, first, last in (("D", "main.0", "main.8"), ("G", "main.0", "main.9")):
+        with gs.open_run(runs / name) as run:
+            assert run.status == "finished" and run.steps() == [0, 1, 2, 3]
+            layers = list(run.layers().name)
+            assert layers[0] == first and layers[-1] == last
+            recorded = run.series("grad_norm", level="model").to_numpy().ravel()
+            assert recorded == pytest.approx(seen[name], rel=1e-5)
+    with gs.open_run(runs / "G") as run:
+        assert set(run.metrics().columns) >= {"loss", "D_x", "D_G_z1", "D_G_z2"}
+    for name in ("D", "G"):
+        assert _warnings_or_worse(runs / name) == []
+    assert "Loss_D" in capsys.readouterr().out
