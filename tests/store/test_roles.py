@@ -34,3 +34,32 @@ def test_recurrent_layers_are_weighted(module_type):
 @pytest.mark.parametrize("module_type", ["Linear", "Conv2d", "LayerNorm", "Parameter", "RNNBlock"])
 def test_other_layers_are_not_recurrent(module_type):
     assert not is_recurrent_type(module_type)
+
+
+@pytest.mark.parametrize("module_type", ["BatchNorm2d", "LayerNorm", "LlamaRMSNorm", "LayerNorm2d", "GroupNorm1",
+                                         "BatchNormAct2d", "SyncBatchNormAct", "GroupNormAct", "LayerNormAct2d",
+                                         "FrozenBatchNormAct2d", "LocalResponseNormalization"])
+def test_norm_layers_of_every_library_are_norms(module_type):
+    """timm's norm-and-activation layers (``BatchNormAct2d`` in 29 of the doctor population's
+    timm networks) and ``GroupNorm1`` were role ``other``."""
+    assert role_of(module_type, name="features.norm0", numel=64) == Role.NORM
+
+
+@pytest.mark.parametrize("module_type", ["NormFreeBlock", "Normalize", "NormalizedLinear"])
+def test_types_that_only_mention_norm_are_not_norms(module_type):
+    assert role_of(module_type, name="stages.0", numel=64) != Role.NORM
+
+
+def test_a_timm_batchnormact_layer_is_recorded_as_a_norm(tmp_path):
+    timm = pytest.importorskip("timm")
+    import torch
+
+    import gradsight as gs
+
+    model = timm.create_model("lcnet_050", pretrained=False, num_classes=4)
+    with gs.watch(model, tmp_path / "run") as mon:
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        mon.step()
+    with gs.open_run(tmp_path / "run") as run:
+        layers = run.layers()
+        assert set(layers[layers.module_type == "BatchNormAct2d"].role) == {Role.NORM}

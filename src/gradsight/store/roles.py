@@ -13,7 +13,9 @@ Roles (:class:`Role`):
   weighted layer (a patch or stem projection).
 - ``norm``: any type whose name ends in ``Norm`` or ``Norm1d``/``2d``/``3d``
   (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm, ``LlamaRMSNorm``,
-  ``LayerNorm2d`` ...), or in ``Normalization``.
+  ``LayerNorm2d`` ...), ``Norm1`` (timm's ``GroupNorm1``), the same with ``Act`` (timm's
+  norm-and-activation layers: ``BatchNormAct2d``, ``GroupNormAct``, ``LayerNormAct2d``), or
+  in ``Normalization``.
 - ``weighted``: convolutions and linear maps (type names ending in ``Linear`` or
   ``Conv``/``Conv1d``..``Conv3d``/``ConvTranspose2d``/``Conv2dSame``, Hugging Face's
   ``Conv1D``), recurrent layers (type names ending in ``RNN``, ``LSTM``, ``GRU``, with or
@@ -66,7 +68,7 @@ class Role:
     RATIO = (WEIGHTED,)
 
 
-_NORM = re.compile(r"(Norm([123][dD])?|Normalization)$")
+_NORM = re.compile(r"(Norm(Act)?([123][dD]?)?|Normalization)$")
 _RECURRENT = re.compile(r"(RNN|LSTM|GRU)(Cell)?$")
 _WEIGHTED = re.compile(rf"(Linear|Conv(Transpose)?([123][dD])?(Same)?|{_RECURRENT.pattern[:-1]})$")
 _EMBEDDING = re.compile(r"Embedding(Bag|s)?$")
