@@ -69,7 +69,7 @@ class Stat:
 
     def limit(self, th) -> float:
         value = getattr(th, self.threshold)
-        if self.threshold == "forward_vanish":
+        if self.threshold in ("forward_vanish", "plain_vanish"):  # ratios below 1
             return math.log10(value)
         if self.log:
             value = math.log10(value)
@@ -84,6 +84,7 @@ STATS = [
     Stat("grad_gain_min", "gain_low", "below", "vanishing_gradients", margin=1.1),
     Stat("grad_gain_floor", "gain_floor", "below", "vanishing_gradients", margin=2.0),
     Stat("grad_depth_log10_max", "explode_ratio", "above", "exploding_gradients", log=True, margin=0.5),
+    Stat("plain_fade_log10", "plain_vanish", "below", "vanishing_gradients", log=True, margin=0.5),
     Stat("grad_size", "grad_size_high", "above", "exploding_gradients"),
     Stat("grad_size", "grad_size_low", "below", "vanishing_gradients", margin=100.0),
     Stat("forward_log10_layer", "forward_explode", "above", "exploding_forward", log=True, margin=0.5),

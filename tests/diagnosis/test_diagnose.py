@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -453,3 +454,65 @@ def test_saturation_is_mean_over_spread_of_the_layers_output(tmp_path):
     expected = math.sqrt(float(h.mean(0).pow(2).mean() / h.var(0, unbiased=False).mean()))
     with gs.RunView(tmp_path / "run") as view:
         assert _saturation(view, "0") == pytest.approx(expected, rel=1e-4)
+
+
+def _plain_cnn(act: type[nn.Module]) -> nn.Module:
+    """Four convolutions of four different shapes (no two alike: no like-with-like profile)."""
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), act(), nn.Conv2d(8, 12, 3, padding=1), act(), nn.MaxPool2d(2),
+                         nn.Conv2d(12, 16, 3, padding=1), act(), nn.Conv2d(16, 20, 3, padding=1), act(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(20, 10))
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Sigmoid])
+def test_plain_chain_fade_is_the_first_layers_gradient_on_its_weights_over_the_lasts(tmp_path, act):
+    """The statistic against ||g|| / ||w|| of the first and last convolutions computed here in
+    float64 from their .grad at each step (median over the last half of the steps); the
+    sigmoids' slope (at most 1/4 per layer) makes it vanishing, the ReLUs' does not
+    (Glorot & Bengio 2010)."""
+    from gradsight.diagnosis.rules import plain_chain_fade
+
+    torch.manual_seed(0)
+    model = _plain_cnn(act)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ratios = []
+    with gs.watch(model, tmp_path / "run", optimizer=opt) as mon:
+        for _ in range(10):
+            x, y = torch.randn(16, 1, 16, 16), torch.randint(0, 10, (16,))
+            nn.functional.cross_entropy(model(x), y).backward()
+
+            def g_over_w(conv):
+                params = [conv.weight, conv.bias]
+                g = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params))
+                w = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
+                return g / w
+
+            ratios.append(g_over_w(model[0]) / g_over_w(model[7]))
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    with gs.RunView(tmp_path / "run") as view:
+        log10, ends, n, _ = plain_chain_fade(view)
+        findings = [f for f in gs.diagnose(view) if f.code == "vanishing_gradients"]
+    expected = float(np.median(ratios[5:]))
+    assert 10**log10 == pytest.approx(expected, rel=1e-4)
+    assert ends == ("0", "7") and n == 4
+    if act is nn.Sigmoid:
+        assert expected < 1e-2 and len(findings) == 1
+        assert findings[0].layers == ["0", "7"] and "without normalization" in findings[0].message
+    else:
+        assert expected > 0.02 and findings == []
+
+
+def test_plain_chain_fade_leaves_normalized_and_alike_networks_to_the_other_rules(tmp_path):
+    from gradsight.diagnosis.rules import plain_chain_fade
+
+    torch.manual_seed(0)
+    normed = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.Sigmoid(), nn.Conv2d(8, 12, 3), nn.Sigmoid(),
+                           nn.Conv2d(12, 16, 3), nn.Sigmoid(), nn.Flatten(), nn.Linear(16 * 10 * 10, 10))
+    alike = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(16, 16), nn.Sigmoid())], nn.Linear(16, 3))
+    for name, model, shape in (("normed", normed, (4, 1, 16, 16)), ("alike", alike, (4, 16))):
+        with gs.watch(model, tmp_path / name) as mon:
+            model(torch.randn(*shape)).sum().backward()
+            mon.step()
+        with gs.RunView(tmp_path / name) as view:
+            assert plain_chain_fade(view) is None

@@ -299,6 +299,38 @@ def gradient_size(view: RunView) -> float:
     return float(ratio.median()) if len(ratio) else math.nan
 
 
+def plain_chain_fade(view: RunView) -> tuple[float, tuple[str, str], int, pd.Series] | None:
+    """Where no like-with-like profile exists (:func:`depth_profiles`: a small CNN whose
+    convolutions all differ in shape), a network that is one plain chain of convolutions and
+    linear maps (every layer weighted or the head, no normalization, at least 3 weighted
+    layers besides the head) still has a measure of vanishing: the first weighted layer's
+    gradient on its weights' own scale (``grad_weight_ratio``, ``||g|| / ||w||``) over the
+    last's. With an initialization that keeps the forward and backward signals (He et al.
+    2015) the two stay within a decade (healthy plain CNNs and MLPs of the population:
+    0.14..2.1); a saturating activation or weights shrunk in every layer leave the first
+    layers learning 300x slower or worse.
+
+    Returns ``(log10 of the median ratio over the window, (first, last), layers, per-step
+    log10)``, or None where the network is not such a chain or the ratio is missing."""
+    if depth_profiles(view):
+        return None
+    order = [n for n in view.layer_order if view.role(n) != Role.HEAD]
+    types = view.module_type
+    if len(order) < 3 or any(view.role(n) != Role.WEIGHTED or is_recurrent_type(types.get(n, "")) for n in order) \
+            or any("Norm" in t for t in types.values()):
+        return None
+    ratio = _table(view, Level.LAYER, "grad_weight_ratio")
+    first, last = order[0], order[-1]
+    if ratio.empty or first not in ratio.columns or last not in ratio.columns:
+        return None
+    per_step = (ratio[first] / ratio[last]).astype(float)
+    per_step = per_step[np.isfinite(per_step) & (per_step > 0)]
+    window = _window(view, per_step.to_frame())
+    if window.empty:
+        return None
+    return float(np.log10(window.iloc[:, 0].median())), (first, last), len(order), np.log10(per_step)
+
+
 def gradient_scale(view: RunView, th: Thresholds) -> list[Finding]:
     """``vanishing_gradients`` / ``exploding_gradients``: along depth like with like
     (:func:`depth_profiles`), or in absolute size (:func:`gradient_size`); and
@@ -341,6 +373,21 @@ def gradient_scale(view: RunView, th: Thresholds) -> list[Finding]:
             "2019). Use residual connections, a smaller learning rate or gradient clipping.",
             layers=list(high.ends), steps=[int(s) for s in bad][:50],
             measured={"first_over_last": 10 ** high.median, "depth": float(high.span), **measured_all}))
+    fade = None if findings else plain_chain_fade(view)
+    if fade is not None and fade[0] < math.log10(th.plain_vanish):
+        log10, (first, last), n, per_step = fade
+        bad = per_step.index[per_step < math.log10(th.plain_vanish)]
+        findings.append(Finding(
+            "vanishing_gradients", "error" if log10 < -math.log10(th.vanish_ratio_error) else "warning",
+            f"Gradients vanish toward the input: in this chain of {n} convolutions or linear maps without "
+            f"normalization or residual connections, the first layer's gradient on its weights' scale "
+            f"(||g|| / ||w||) is {_fmt(10 ** -log10)} times smaller than the last's ('{display_name(first)}' against "
+            f"'{display_name(last)}'; median {_when(_window(view, per_step.to_frame()).index)}; healthy plain "
+            f"networks stay within {_fmt(1 / th.plain_vanish)}x), so the first layers learn that much more slowly. "
+            "Use ReLU-family activations with He initialization (no layer's weights scaled down), normalization "
+            "or residual connections.",
+            layers=[first, last], steps=[int(s) for s in bad][:50],
+            measured={"first_over_last": 10 ** log10, "depth": float(n)}))
     size = gradient_size(view)
     if size < th.grad_size_low and precision_headroom(view, th):
         size = math.nan  # a gradient flushed toward zero by a low-precision format: amp_underflow says so
@@ -1173,7 +1220,8 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     not initialized small (:func:`branch_shares`); ``norm_growth``: :func:`norm_growth`;
     ``weight_growth_max``: the most any layer's weight norm grew (:func:`weight_growth`);
     ``cut_layers``: the layers at the start without any gradient (:func:`cut_prefix`);
-    ``initial_logit_rms``: the head's output RMS at the first step (:func:`initial_logits`)."""
+    ``initial_logit_rms``: the head's output RMS at the first step (:func:`initial_logits`);
+    ``plain_fade_log10``: :func:`plain_chain_fade`, against ``plain_vanish``."""
     th = th or Thresholds()
     nan = math.nan
     out: dict[str, float] = {}
@@ -1187,6 +1235,8 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     out["grad_gain_min"] = min(deep, default=nan)
     out["grad_gain_floor"] = min((d.gain for d in profiles if math.isfinite(d.gain)), default=nan)
     out["grad_size"] = gradient_size(view)
+    fade = plain_chain_fade(view)
+    out["plain_fade_log10"] = fade[0] if fade is not None else nan
     growth = norm_growth(view)
     out["norm_growth"] = growth[0] if growth is not None else nan
     layer, stream, _ends, _steps = forward_growth(view)

@@ -29,6 +29,12 @@ class Thresholds:
     #: ... or below this over any number of repeated blocks or layers (half the lowest
     #: healthy gain in the population, 0.22, a VGG's batch-normed convolutions).
     gain_floor: float = 0.11
+    #: Vanishing in a plain chain of convolutions and linear maps without normalization,
+    #: where no layer has a like to be compared with (:func:`~gradsight.diagnosis.rules.plain_chain_fade`):
+    #: the first weighted layer's ``||g|| / ||w||`` over the last's below this (the
+    #: population's healthy plain CNNs and MLPs: 0.14 at the lowest; sigmoids in a 4-layer
+    #: CNN or every weight x0.1: 2.5e-3..3e-3).
+    plain_vanish: float = 1e-2
     #: Exploding: like with like, the first instance's gradient this many times the last's
     #: (Yang et al. 2019: batch-normed plain nets grow gradients toward the input at
     #: initialization, geometrically in depth; Balduzzi et al. 2017: their gradients
