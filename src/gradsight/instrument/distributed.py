@@ -143,6 +143,10 @@ class Local:
         """``[len(tensors)]`` float32 sums of squares."""
         return sumsq_fp32(tensors)
 
+    def all_sum(self, values: Tensor) -> Tensor:
+        """``values`` summed over the ranks (one process: themselves)."""
+        return values
+
 
 class Distributed:
     """Makes a monitor's numbers describe the global batch (see the module docstring).
@@ -257,6 +261,13 @@ class Distributed:
         if self.mode == "replicated":
             return sq
         return self._sum_counted(sq, tensors)
+
+    def all_sum(self, values: Tensor) -> Tensor:
+        """``values`` (this rank's own numbers, not parts of a global tensor) summed over
+        the ranks: one ``all_reduce``."""
+        values = values.clone()
+        _dist().all_reduce(values)
+        return values
 
     # -- helpers --------------------------------------------------------------------
     def _sum_counted(self, rows: Tensor, tensors: Sequence[Tensor]) -> Tensor:

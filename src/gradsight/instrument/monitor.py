@@ -44,6 +44,7 @@ from gradsight.instrument.layer_table import LayerTable
 from gradsight.instrument.layers import ForwardOrder, Inventory
 from gradsight.instrument.listeners import HistogramListener, Listener, Listeners
 from gradsight.instrument.meta import default_run_dir, param_rows, run_meta, sizes
+from gradsight.instrument.noise_scale import NoiseScale, warn_sharded
 from gradsight.instrument.options import WatchOptions, with_options
 from gradsight.instrument.options import resolve as resolve_options
 from gradsight.instrument.recurrent import GateNorms, ThroughTime
@@ -206,6 +207,13 @@ class Monitor:
             self._through_time = ThroughTime(model, self._hooks,
                                              is_active=lambda: not self._closed and self.should_record())
         self._layer_table = LayerTable(inv, self._order, self.activations, self._writer)
+        self._noise: NoiseScale | None = None
+        if opts.noise_scale and self._dist.mode == "sharded":
+            warn_sharded()
+        elif opts.noise_scale:
+            self._noise = NoiseScale(self._params, self._param_layer, layer_names, self._hooks, self._dist.all_sum,
+                                     self._dist.mode != "local", opts.micro_batch_size,
+                                     is_active=lambda: not self._closed and self.should_record())
         self._loss_scale = LossScale(opts.scaler, opts.optimizers)
         self._updates = UpdateRatio(self._params, param_names, layer_names, self._series, self._dist.sumsq,
                                     opts.weights, opts.update_ratio_every, opts.optimizers)
@@ -310,6 +318,8 @@ class Monitor:
                     self._warn_new_params()
                 self._sync_params()
             record = self._record(index, loss)
+        if self._noise is not None:
+            self._noise.reset()
         return record
 
     def _check_floor(self, step: int) -> None:
@@ -410,6 +420,10 @@ class Monitor:
             extra_values.append(extra[1])
         if self._through_time is not None:
             extra = self._through_time.collect(inv_scale)
+            extra_keys += extra[0]
+            extra_values.append(extra[1])
+        if self._noise is not None:
+            extra = self._noise.measure(rows, raw[:, SUMSQ], inv_scale, scale)
             extra_keys += extra[0]
             extra_values.append(extra[1])
         pending = self._updates.take_pending()
