@@ -1159,6 +1159,63 @@ RULES = (nonfinite, clipped_gradients, gradient_cut, gradient_scale, forward_sig
          residual_branches, precision_headroom)
 
 
+def batch_vs_noise_scale(view: RunView, th: Thresholds) -> list[Finding]:
+    """``batch_far_below_noise_scale`` / ``batch_far_above_noise_scale`` (info): the batch size
+    more than ``FAR_FACTOR`` (10) below or above the gradient noise scale (runs recorded with
+    ``noise_scale=``), shown beyond doubt. Over the window (the last half of the steps, at
+    least ``NOISE_MIN_STEPS``) the per-step unbiased estimates of ``|G|²`` and ``tr(Σ)`` are
+    averaged; with two standard errors either way, ``B_noise >= tr_low / G_high`` (below) or
+    ``B_noise <= tr_high / G_low`` (above) must pass the factor. A batch far below the noise
+    scale makes ``|G|²`` hard to measure (its error is about ``tr(Σ) / B``), so there the
+    bound says "at least". McCandlish et al. 2018 (eq. 2.11): steps ``S_min (1 + B_noise / B)``,
+    samples ``E_min (1 + B / B_noise)``; at 10x either way one of them is 11x its minimum."""
+    from gradsight.stats.noise_scale import FAR_FACTOR
+
+    grad_sq, trace = _model_series(view, "gns_grad_sq"), _model_series(view, "gns_trace")
+    batch = _model_series(view, "gns_batch")
+    steps = grad_sq.index.intersection(trace.index)
+    window = steps[len(steps) // 2:]
+    if len(window) < NOISE_MIN_STEPS or batch.empty:
+        return []
+    g, t = grad_sq.reindex(window).to_numpy(), trace.reindex(window).to_numpy()
+    used = float(batch.reindex(window).median())
+    margin_g, margin_t = (2 * x.std(ddof=1) / math.sqrt(len(x)) for x in (g, t))
+    g_low, g_high = g.mean() - margin_g, g.mean() + margin_g
+    t_low, t_high = t.mean() - margin_t, t.mean() + margin_t
+    unit = "samples" if (view.meta.get("noise_scale") or {}).get("micro_batch_size") else "micro-batches"
+    estimate = t.mean() / g.mean() if g.mean() > 0 else math.nan  # (|G|² not measurably positive)
+    measured = {"batch_size": used} if math.isnan(estimate) else {"noise_scale": float(estimate), "batch_size": used}
+    where = [int(s) for s in window][:50]
+    if not (math.isfinite(used) and used > 0 and t_low > 0):
+        return []
+    lower = t_low / g_high if g_high > 0 else math.inf
+    if lower > FAR_FACTOR * used:
+        measured.update(noise_scale_low=float(lower), noise_over_batch=float(lower / used))
+        return [Finding(
+            "batch_far_below_noise_scale", "info",
+            f"The batch of {_fmt(used)} {unit} is at least {_fmt(lower / used)} times below the gradient noise scale "
+            f"(at least {_fmt(lower)} {unit}, two standard errors, {_when(window)}): each step's gradient is mostly "
+            f"noise, so training takes more than {_fmt(1 + lower / used)} times the fewest steps; batches up to at "
+            f"least {_fmt(lower)} would reach the same loss in far fewer steps for about as many samples "
+            "(McCandlish et al. 2018).", steps=where, measured=measured)]
+    upper = t_high / g_low if g_low > 0 else math.inf
+    if upper < used / FAR_FACTOR:
+        measured.update(noise_scale_high=float(upper), noise_over_batch=float(upper / used))
+        return [Finding(
+            "batch_far_above_noise_scale", "info",
+            f"The batch of {_fmt(used)} {unit} is at least {_fmt(used / upper)} times above the gradient noise scale "
+            f"(at most {_fmt(upper)} {unit}, two standard errors, {_when(window)}): the extra samples barely reduce "
+            f"the noise, so training uses more than {_fmt(1 + used / upper)} times the fewest samples; a batch near "
+            f"{_fmt(estimate)} would reach the same loss with a fraction of the compute (McCandlish et al. 2018).",
+            steps=where, measured=measured)]
+    return []
+
+
+#: The recorded steps with a noise scale that the window (the last half) must hold.
+NOISE_MIN_STEPS = 10
+RULES += (batch_vs_noise_scale,)
+
+
 def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     """Every rule's statistic, the number it compares with its threshold (NaN where the run
     cannot give it): what the calibration reads (``benchmarks/doctor_calibrate.py``).

@@ -31,6 +31,16 @@ from torch import Tensor
 EMA_BETA = 0.95
 
 
+#: A batch size more than this factor below or above the noise scale is far from it. The
+#: model of McCandlish et al. (eq. 2.11) puts the steps and samples to reach a loss at
+#: ``S = S_min (1 + B_noise / B)`` and ``E = E_min (1 + B / B_noise)``: at a tenth of the noise
+#: scale training takes 11x the fewest steps (a larger batch would cut them about tenfold at
+#: about the same samples), at ten times it takes 11x the fewest samples (a smaller batch
+#: would reach the loss with about a tenth of the compute). Within the factor neither is
+#: more than 11x its minimum; B = B_noise costs 2x each.
+FAR_FACTOR = 10.0
+
+
 def unbiased(small_sq: Tensor, big_sq: Tensor, micro_batches: Tensor | float,
              micro_batch_size: float = 1.0) -> tuple[Tensor, Tensor]:
     """Unbiased ``|G|²`` and ``tr(Σ)`` from one step's two batch sizes (any shape, elementwise).
@@ -56,4 +66,4 @@ def ema_update(average: Tensor, value: Tensor, beta: float = EMA_BETA) -> Tensor
     return average.mul_(beta).add_(value, alpha=1.0 - beta)
 
 
-__all__ = ["EMA_BETA", "ema_update", "unbiased"]
+__all__ = ["EMA_BETA", "FAR_FACTOR", "ema_update", "unbiased"]
