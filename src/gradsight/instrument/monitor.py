@@ -701,6 +701,13 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             ``‖∂L/∂h_t‖`` of the output sequence of every ``nn.LSTM``/``nn.GRU``/``nn.RNN``
             (level ``module``, ``out_grad_norm_t0``, ``out_grad_norm_t1``, ...;
             ``gs.plots.through_time``); one tensor hook and one reduction per call.
+        noise_scale: the gradient noise scale ``B_simple = tr(Σ) / |G|²`` (McCandlish et
+            al. 2018) per layer and for the model (``gns_grad_sq``, ``gns_trace``, ``gns``,
+            ``gns_batch``), from each micro-batch's gradient against the step's: needs gradient
+            accumulation (several backward passes per ``step()``) or DDP. ``True``: in
+            micro-batches; ``b`` (an int): in samples, ``b`` per micro-batch on each process.
+            A tensor hook per parameter takes each micro-batch's gradient norm at recorded
+            steps (nothing is copied). See :mod:`gradsight.instrument.noise_scale`.
 
     The keyword arguments, their defaults and types are declared once, by
     :func:`gradsight.instrument.options.watch_options` (the signature shown here is read
