@@ -147,6 +147,11 @@ class Local:
         """``values`` summed over the ranks (one process: themselves)."""
         return values
 
+    def sum_rows(self, rows: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+        """``rows[i]``, taken on this process's part of ``tensors[i]``, summed over the ranks
+        (one process: the rows themselves)."""
+        return rows
+
 
 class Distributed:
     """Makes a monitor's numbers describe the global batch (see the module docstring).
@@ -268,6 +273,14 @@ class Distributed:
         values = values.clone()
         _dist().all_reduce(values)
         return values
+
+    def sum_rows(self, rows: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+        """``rows[i]``, taken on this rank's part of ``tensors[i]``, summed over the ranks:
+        ``replicated`` the rows themselves (every rank holds the whole tensor), ``sharded``
+        summed over the ranks whose shard is counted (one ``all_reduce``)."""
+        if self.mode == "replicated":
+            return rows
+        return self._sum_counted(rows, tensors)
 
     # -- helpers --------------------------------------------------------------------
     def _sum_counted(self, rows: Tensor, tensors: Sequence[Tensor]) -> Tensor:

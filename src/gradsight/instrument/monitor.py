@@ -45,6 +45,7 @@ from gradsight.instrument.layers import ForwardOrder, Inventory
 from gradsight.instrument.listeners import HistogramListener, Listener, Listeners
 from gradsight.instrument.meta import default_run_dir, param_rows, run_meta, sizes
 from gradsight.instrument.noise_scale import NoiseScale, warn_sharded
+from gradsight.instrument.optimizer_state import AdamState
 from gradsight.instrument.options import WatchOptions, with_options
 from gradsight.instrument.options import resolve as resolve_options
 from gradsight.instrument.recurrent import GateNorms, ThroughTime
@@ -219,6 +220,10 @@ class Monitor:
                                     opts.weights, opts.update_ratio_every, opts.optimizers)
         for optimizer in opts.optimizers if self._updates.every else ():
             self._hooks.attach(optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
+        self._adam = AdamState(self._params, param_names, layer_names, self._series, self._dist.sum_rows,
+                               opts.optimizers if self._updates.every else ())
+        for optimizer in self._adam.optimizers:
+            self._hooks.attach(optimizer, "register_step_post_hook", self._adam.measure, "optimizer")
         self._writer.flush()  # metadata on disk at once: a reader sees status 'running', not 'unknown'
 
     def _undo_build(self) -> None:
@@ -426,7 +431,7 @@ class Monitor:
             extra = self._noise.measure(rows, raw[:, SUMSQ], inv_scale, scale)
             extra_keys += extra[0]
             extra_values.append(extra[1])
-        pending = self._updates.take_pending()
+        pending = self._updates.take_pending() + self._adam.take_pending()
         stats_h, sumsq_h, scale_h, loss_h, act_h, *pending_h = to_host(
             [
                 stats,
@@ -474,6 +479,8 @@ class Monitor:
         self.recorded_steps += 1
         if opts.optimizer is not None and self._updates.due(recorded_index):
             self._updates.arm(step, rows, raw[:, W_SUMSQ])
+            if self._adam:
+                self._adam.arm(step, rows)
         return True
 
     def _join(self, step: int, joining: list[int]) -> None:
@@ -570,7 +577,7 @@ class Monitor:
 
     # -- lifecycle ----------------------------------------------------------------------
     def _flush_pending(self) -> None:
-        for pstep, ids, values in self._updates.take_pending():
+        for pstep, ids, values in self._updates.take_pending() + self._adam.take_pending():
             self._emit(pstep, ids, values.detach().cpu().double().numpy())
 
     def flush(self) -> None:
