@@ -31,16 +31,17 @@ def _reference(state_dict: dict, names: list[str]) -> dict[tuple[str, str], dict
             m = st["exp_avg"].double() / (1 - beta1 ** t)
             v = (st["max_exp_avg_sq"] if group["amsgrad"] else st["exp_avg_sq"]).double() / (1 - beta2 ** t)
             u = m / (v.sqrt() + group["eps"])
-            per_param[names[index]] = (v.reshape(-1), (v.sqrt() < group["eps"]).reshape(-1).double(),
-                                       u.reshape(-1), (group["lr"] * u).reshape(-1))
+            small = (v > 0) & (v.sqrt() < group["eps"])
+            per_param[names[index]] = (v.reshape(-1), small.reshape(-1).double(), u.reshape(-1),
+                                       (group["lr"] * u).reshape(-1), (v > 0).reshape(-1).double())
     out = {}
     groups = {("param", n): [n] for n in per_param}
     for n in per_param:
         groups.setdefault(("layer", n.rsplit(".", 1)[0]), []).append(n)
     groups[("model", "")] = list(per_param)
     for key, members in groups.items():
-        v, small, u, step = (torch.cat([per_param[n][k] for n in members]) for k in range(4))
-        out[key] = {"adam_sqrt_v_rms": math.sqrt(float(v.mean())), "adam_eps_frac": float(small.mean()),
+        v, small, u, step, active = (torch.cat([per_param[n][k] for n in members]) for k in range(5))
+        out[key] = {"adam_sqrt_v_rms": math.sqrt(float(v.mean())), "adam_eps_frac": float(small.sum() / active.sum()),
                     "adam_update_rms": math.sqrt(float(u.square().mean())),
                     "adam_step_rms": math.sqrt(float(step.square().mean()))}
     return out
@@ -96,3 +97,24 @@ def test_only_the_steps_that_measure_update_ratio_read_the_state(tmp_path):
 
 def test_sgd_has_no_adam_state(tmp_path, tiny_run):
     assert not [s for s in gs.open_run(tiny_run).stats("model") if s.startswith("adam_")]
+
+
+def test_rows_that_never_had_a_gradient_are_not_counted_as_eps_dominated(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)  # eps 1e-8: no element with a gradient below it
+    names = [n for n, _ in model.named_parameters()]
+    with gs.watch(model, tmp_path / "run", optimizer=optimizer, update_ratio=True, backend="eager") as monitor:
+        for _ in range(STEPS):
+            tokens = torch.randint(0, 5, (8, 3))  # rows 5-9 of the table never get a gradient
+            model(tokens).pow(2).mean().backward()
+            monitor.step()
+            optimizer.step()
+            optimizer.zero_grad()
+    run = gs.open_run(tmp_path / "run")
+    want = _reference(optimizer.state_dict(), names)[("layer", "0")]["adam_eps_frac"]
+    got = run.series("adam_eps_frac", "layer")["0"].iloc[-1]
+    assert got == pytest.approx(want, abs=1e-12)
+    assert got == 0
+    v = optimizer.state[model[0].weight]["exp_avg_sq"]
+    assert (v[5:] == 0).all()  # left out: counted, the share would be 1/2

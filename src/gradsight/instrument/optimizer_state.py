@@ -13,7 +13,9 @@ their elements):
 ``adam_eps_frac``
     the fraction of elements where ``eps`` dominates, ``sqrt(v_hat) < eps``: there the
     update is less than half of Adam's ``m_hat / sqrt(v_hat)`` and shrinks with the gradient
-    (Wortsman et al. 2023, the AdamW epsilon issue);
+    (Wortsman et al. 2023, the AdamW epsilon issue). Elements that never had a gradient
+    (``v_hat = 0``: embedding rows of tokens not seen yet) move by weight decay only,
+    whatever ``eps`` is, and are left out of the fraction (numerator and denominator);
 ``adam_update_rms``
     the RMS of ``u``, about 0.1-1 where the gradient's sign persists, far less where ``eps``
     dominates;
@@ -40,7 +42,7 @@ from gradsight.instrument.series import SeriesIds
 
 #: The statistics, in the order of their rows' derived columns.
 ADAM_STATS = ("adam_sqrt_v_rms", "adam_eps_frac", "adam_update_rms", "adam_step_rms")
-_V_HAT, _EPS_COUNT, _U_SQ, _STEP_SQ, _NUMEL = range(5)
+_V_HAT, _EPS_COUNT, _U_SQ, _STEP_SQ, _NUMEL, _ACTIVE = range(6)
 
 #: ``(step, series ids, values on the device)`` waiting for the next host transfer.
 Pending = tuple[int, np.ndarray, Tensor]
@@ -56,9 +58,9 @@ def _local(t: Tensor) -> Tensor:
 
 
 def adam_sums(state: dict, group: dict) -> Tensor | None:
-    """``[5]`` float64 sums of one parameter's Adam state: ``sum(v_hat)``, the count of
-    ``sqrt(v_hat) < eps``, ``sum(u²)``, ``sum((lr u)²)``, the elements; None before its first
-    step (no state yet)."""
+    """``[6]`` float64 sums of one parameter's Adam state: ``sum(v_hat)``, the count of
+    ``0 < sqrt(v_hat) < eps``, ``sum(u²)``, ``sum((lr u)²)``, the elements, the elements with
+    ``v_hat > 0``; None before its first step (no state yet)."""
     if "exp_avg" not in state or "step" not in state:
         return None
     beta1, beta2 = group["betas"]
@@ -75,19 +77,20 @@ def adam_sums(state: dict, group: dict) -> Tensor | None:
     bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
     wide = torch.float64 if v.dtype == torch.float64 else torch.float32
     v_sum = v.sum(dtype=wide).double() / bc2
-    eps_count = (v.to(wide) < (eps * eps) * bc2.to(wide)).sum().double()
+    eps_count = ((v > 0) & (v.to(wide) < (eps * eps) * bc2.to(wide))).sum().double()
+    active = (v > 0).sum().double()
     denom = (v.to(wide) / bc2.to(wide)).sqrt_().add_(eps)
     u_sq = torch.linalg.vector_norm(m.to(wide).div(bc1.to(wide)).div_(denom), dtype=wide).double().square()
     lr = group["lr"]
     lr = lr.to(v.device, torch.float64) if isinstance(lr, Tensor) else float(lr)
     numel = torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device)
-    return torch.stack([v_sum, eps_count, u_sq, u_sq * lr * lr, numel])
+    return torch.stack([v_sum, eps_count, u_sq, u_sq * lr * lr, numel, active])
 
 
 def derive(sums: Tensor) -> Tensor:
-    """``[R, 5]`` summed rows -> ``[R, 4]`` statistics (:data:`ADAM_STATS`)."""
+    """``[R, 6]`` summed rows -> ``[R, 4]`` statistics (:data:`ADAM_STATS`)."""
     n = sums[:, _NUMEL]
-    return torch.stack([(sums[:, _V_HAT] / n).sqrt(), sums[:, _EPS_COUNT] / n, (sums[:, _U_SQ] / n).sqrt(),
+    return torch.stack([(sums[:, _V_HAT] / n).sqrt(), sums[:, _EPS_COUNT] / sums[:, _ACTIVE], (sums[:, _U_SQ] / n).sqrt(),
                         (sums[:, _STEP_SQ] / n).sqrt()], 1)
 
 
@@ -116,7 +119,7 @@ class AdamState:
         self._step: int | None = None
         self._rows: StepRows | None = None
         self._waiting: set[int] = set()
-        self._found: dict[int, Tensor] = {}  #: position in the step's rows -> its [5] sums
+        self._found: dict[int, Tensor] = {}  #: position in the step's rows -> its [6] sums
         self._pending: list[Pending] = []
 
     def __bool__(self) -> bool:
