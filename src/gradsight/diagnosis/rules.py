@@ -1213,7 +1213,44 @@ def batch_vs_noise_scale(view: RunView, th: Thresholds) -> list[Finding]:
 
 #: The recorded steps with a noise scale that the window (the last half) must hold.
 NOISE_MIN_STEPS = 10
-RULES += (batch_vs_noise_scale,)
+
+#: A layer is eps-dominated when more than this share of its elements (with a gradient) has
+#: ``sqrt(v_hat) < eps``: there Adam's update ``m_hat / (sqrt(v_hat) + eps)`` is less than half
+#: of ``m_hat / sqrt(v_hat)`` and falls with the gradient (Wortsman et al. 2023), so the
+#: layer's median element moves at less than half its intended rate. Measured
+#: (``benchmarks/adam_eps.py``, docs/diagnosis.md): healthy runs stay near 0.
+EPS_DOMINATED_FRAC = 0.5
+
+
+def eps_dominated(view: RunView, th: Thresholds) -> list[Finding]:
+    """``eps_dominated`` (warning): layers whose ``adam_eps_frac`` (with an Adam optimizer,
+    at the steps that measure ``update_ratio``) has its median over the window (the last
+    half of those steps) above :data:`EPS_DOMINATED_FRAC`."""
+    frac = view.matrix(Level.LAYER, "adam_eps_frac", steps="all")
+    if frac.empty:
+        return []
+    window = _window(view, frac).median()
+    bad = [n for n in frac.columns if window.get(n, 0) > EPS_DOMINATED_FRAC]
+    if not bad:
+        return []
+    update = view.matrix(Level.LAYER, "adam_update_rms", steps="all")
+    update_med = _window(view, update).median() if not update.empty else pd.Series(dtype=float)
+    model = view.matrix(Level.MODEL, "adam_eps_frac", steps="all")
+    model_frac = float(_window(view, model).median().iloc[0]) if not model.empty else math.nan
+    shown = ", ".join(f"'{display_name(n)}' ({_fmt(window[n])})" for n in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return [Finding(
+        "eps_dominated", "warning",
+        f"Adam's eps dominates the update of {len(bad)} of {frac.shape[1]} layers: in {shown}{more} most elements "
+        f"have sqrt(v_hat) below eps (median share {_when(_window(view, frac).index)}; the model: {_fmt(model_frac)}), "
+        "so they move at less than half the rate Adam intends, slower as their gradient falls. Lower eps (1e-8 "
+        "or below; Wortsman et al. 2023), or undo a scaling of the loss that makes the gradients tiny.",
+        layers=bad, steps=[int(s) for s in _window(view, frac).index][:50],
+        measured={"eps_frac_max": float(window[bad].max()), "eps_frac_model": model_frac,
+                  "update_rms_median": float(update_med.reindex(bad).median()) if len(update_med) else math.nan})]
+
+
+RULES += (batch_vs_noise_scale, eps_dominated)
 
 
 def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
