@@ -118,3 +118,18 @@ def test_rows_that_never_had_a_gradient_are_not_counted_as_eps_dominated(tmp_pat
     assert got == 0
     v = optimizer.state[model[0].weight]["exp_avg_sq"]
     assert (v[5:] == 0).all()  # left out: counted, the share would be 1/2
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+def test_fsdp2_sharded_state_gives_the_single_process_statistics(tmp_path):
+    from tests.instrument import adam_workers
+    from tests.instrument.test_distributed import _spawn
+
+    _spawn(adam_workers.worker, tmp_path)
+    adam_workers.reference(tmp_path / "reference")
+    frames = [gs.open_run(tmp_path / d).frame() for d in ("fsdp", "reference")]
+    got, want = ({(r.step, r.level, r.name, r.stat): r.value for r in f[f.stat.str.startswith("adam_")].itertuples()}
+                 for f in frames)
+    assert set(got) == set(want) and len(want) == adam_workers.STEPS * (6 + 3 + 1) * len(ADAM_STATS)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
