@@ -192,3 +192,17 @@ def test_ddp_gives_the_sums_of_accumulation_on_the_same_micro_batches(tmp_path):
                 np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-5, atol=1e-9,
                                            err_msg=f"{per_rank} micro-batch(es) per rank: {level} {stat}")
         assert not math.isnan(ddp.series("gns", "model").iloc[-1, 0])
+
+
+def test_torch_autograd_grad_is_not_a_micro_batch(tmp_path):
+    """Regression: a gradient taken with torch.autograd.grad (a gradient penalty, a reference in
+    a Lightning hook) ran the parameters' hooks and counted as a micro-batch."""
+    model = _model()
+    with gs.watch(model, tmp_path / "run", noise_scale=True, backend="eager") as monitor:
+        for _ in range(2):
+            out = model(torch.randn(4, 6, dtype=torch.float64)).sum()
+            torch.autograd.grad(out, list(model.parameters()), retain_graph=True)
+            out.backward()
+        monitor.step()
+    batch = gs.open_run(tmp_path / "run").series("gns_batch", "model").iloc[:, 0]
+    assert list(batch) == [2.0]

@@ -18,7 +18,9 @@ are per layer and for the model; see docs/noise-scale.md.
 
 The micro-batch count of a step is the largest number of hook calls of one parameter
 since the previous ``step()`` call (a parameter unused by some micro-batch is counted
-with a zero gradient there). With one micro-batch and one process there is only one
+with a zero gradient there). Calls that do not reach ``.grad`` are not counted:
+``torch.autograd.grad`` (a gradient penalty, a reference computed by the user's code) and
+backward passes with ``inputs=`` that leave the parameter out. With one micro-batch and one process there is only one
 batch size: one warning says so and nothing is recorded.
 """
 
@@ -38,6 +40,10 @@ from gradsight.stats.noise_scale import EMA_BETA, ema_update, unbiased
 from gradsight.store.schema import Level
 
 log = logging.getLogger(__name__)
+
+#: ``node -> bool``: whether the running backward pass executes ``node``; raises inside
+#: ``torch.autograd.grad`` (whose results never reach ``.grad``). None where torch lacks it.
+_WILL_RUN = getattr(torch._C, "_will_engine_execute_node", None)
 
 #: The statistics of each layer and of the model (``gns_batch``: the model only).
 NOISE_STATS = ("gns_grad_sq", "gns_trace", "gns")
@@ -93,10 +99,19 @@ class NoiseScale:
         self._warned: set[str] = set()
         for i, p in enumerate(params):
             if p.requires_grad:
-                hooks.add(p.register_hook(self._hook(i)), "noise_scale")
+                hooks.add(p.register_hook(self._hook(i, p)), "noise_scale")
 
-    def _hook(self, i: int) -> Callable[[Tensor], None]:
+    def _hook(self, i: int, param: Tensor) -> Callable[[Tensor], None]:
+        with torch.enable_grad():  # the parameter's AccumulateGrad node (what adds into .grad)
+            accumulator = param.view_as(param).grad_fn.next_functions[0][0]
+
         def hook(grad: Tensor) -> None:
+            if _WILL_RUN is not None:
+                try:
+                    if not _WILL_RUN(accumulator):  # a backward pass that does not reach .grad
+                        return
+                except RuntimeError:  # torch.autograd.grad(): nothing reaches .grad
+                    return
             self._calls[i] += 1
             if self._is_active():
                 with torch.no_grad():
