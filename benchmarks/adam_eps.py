@@ -54,7 +54,7 @@ def train(run_dir: Path, eps: float, loss_scale: float, args: argparse.Namespace
             monitor.step(loss.detach())
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     return sum(losses[-20:]) / 20
 
 
