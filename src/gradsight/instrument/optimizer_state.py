@@ -2,7 +2,7 @@
 
 After the optimizer step of such a recorded step (a step post-hook), for every watched
 parameter that a ``torch.optim.Adam`` or ``AdamW`` holds, from its state as it is (no copy
-is kept; one temporary the size of the parameter while its row is taken), with the bias
+is kept; two temporaries the size of the parameter while its row is taken), with the bias
 corrections of its step ``t``: ``v_hat = exp_avg_sq / (1 - beta2^t)`` (``max_exp_avg_sq``
 with ``amsgrad``), ``m_hat = exp_avg / (1 - beta1^t)`` and the normalized update ``u =
 m_hat / (sqrt(v_hat) + eps)``, the statistics (per parameter, layer and model, over all
