@@ -206,3 +206,24 @@ def test_torch_autograd_grad_is_not_a_micro_batch(tmp_path):
         monitor.step()
     batch = gs.open_run(tmp_path / "run").series("gns_batch", "model").iloc[:, 0]
     assert list(batch) == [2.0]
+
+
+def test_a_parameter_unfrozen_after_watch_is_left_out(tmp_path):
+    """Its micro-batches are not seen (no hook): the layers of the others keep their values, its
+    own layer has none."""
+    model = _model()
+    model[2].requires_grad_(False)
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    with gs.watch(model, tmp_path / "run", noise_scale=True, backend="eager") as monitor:
+        model[2].requires_grad_(True)
+        for xb in x:
+            model(xb).sum().backward()
+        monitor.step()
+    run = gs.open_run(tmp_path / "run")
+    assert list(run.series("gns_grad_sq", "layer").columns) == ["0"]
+    g = [torch.autograd.grad(model(xb).sum(), list(model[0].parameters())) for xb in x]
+    small = sum(sum(float(t.square().sum()) for t in gi) for gi in g) / 2 * 4  # (k h_j)², k = 2
+    big = sum(float((a + b).square().sum()) for a, b in zip(*g))
+    want = (2 * big - small) / (2 - 1)
+    assert run.series("gns_grad_sq", "layer")["0"].iloc[0] == pytest.approx(want, rel=1e-6)
+    assert run.series("gns_grad_sq", "model").iloc[0, 0] == pytest.approx(want, rel=1e-6)

@@ -97,6 +97,7 @@ class NoiseScale:
         self._norms: list[Tensor] = []
         self._ema: Tensor | None = None  #: [2, layers + 1]: the averages of |G|² and tr(Σ); the model last
         self._warned: set[str] = set()
+        self._hooked = np.array([p.requires_grad for p in params], dtype=bool)  #: (frozen at watch: no hook)
         for i, p in enumerate(params):
             if p.requires_grad:
                 hooks.add(p.register_hook(self._hook(i, p)), "noise_scale")
@@ -154,6 +155,11 @@ class NoiseScale:
         if k == 1 and not self._distributed:
             self._say_once(NEEDS_TWO)
             return [], None
+        hooked = np.flatnonzero(self._hooked[rows.present])
+        if len(hooked) == 0:
+            return [], None
+        if len(hooked) < len(rows.present):  # parameters unfrozen after watch: their micro-batches are not seen
+            rows, big_sumsq = rows.subset(hooked.tolist()), big_sumsq[torch.as_tensor(hooked, device=big_sumsq.device)]
         device = big_sumsq.device
         n_layers = len(self._layer_names)
         with torch.no_grad():
