@@ -20,8 +20,9 @@ their elements):
     the RMS of ``u``, about 0.1-1 where the gradient's sign persists, far less where ``eps``
     dominates;
 ``adam_step_rms``
-    the RMS of ``lr * u``, the step Adam takes (before weight decay), the parameter group's
-    learning rate as it is after the step.
+    the RMS of ``lr * u``, the step Adam takes (before weight decay), with the learning rate
+    of the step just taken (read in the optimizer's step post-hook, before a learning-rate
+    scheduler steps).
 
 Works alike with ``foreach`` and ``fused`` Adam (the same state). Under FSDP2 each rank
 takes its shards' sums and the ranks add them (``sum_rows``). Complex parameters are left
