@@ -20,6 +20,9 @@ Rows:
 * ``gradsight activations=True``: the quickstart plus ``activations=True``;
 * ``gradsight histograms=10``: the quickstart plus ``histograms=10`` (skipped, with a
   note, where ``gs.watch`` has no such option);
+* ``gradsight quickstart, 2 micro-batches`` / ``... + noise_scale=True``: the quickstart where
+  each step accumulates two backward passes of the batch (each loss halved), without and with
+  ``noise_scale=True``: the second over the first is the noise scale's cost;
 * ``Lightning grad_norm``: ``lightning.pytorch.utilities.grad_norm(model, 2)``;
 * ``p.grad.norm().item() loop``: ``[p.grad.norm().item() for p in params]``;
 * ``wandb.watch(log="gradients")``: offline run, ``log_freq=1``, ``run.log({"loss": ...})``;
@@ -154,6 +157,7 @@ class Row:
 
     name = ""
     needs: str | None = None  #: module to import, or None
+    micro_batches = 1  #: backward passes accumulated per step (the batch each time, the loss divided)
 
     def available(self) -> str | None:
         """None when the row can run, else why not."""
@@ -196,9 +200,10 @@ class Floor(Row):
 
 
 class Gradsight(Row):
-    def __init__(self, name: str, with_optimizer: bool, **options) -> None:
+    def __init__(self, name: str, with_optimizer: bool, micro_batches: int = 1, **options) -> None:
         self.name = name
         self.with_optimizer = with_optimizer
+        self.micro_batches = micro_batches
         self.options = options
         self.monitor = None
 
@@ -289,6 +294,9 @@ def all_rows() -> dict[str, Row]:
         "activations": Gradsight("gradsight quickstart + activations=True", True, activations=True),
         "histograms": Gradsight("gradsight quickstart + histograms=10", True, histograms=10),
         "histograms_all": Gradsight("gradsight quickstart + histograms=True (every step)", True, histograms=True),
+        "accumulate": Gradsight("gradsight quickstart, 2 micro-batches", True, micro_batches=2),
+        "noise_scale": Gradsight("gradsight quickstart, 2 micro-batches + noise_scale=True", True, micro_batches=2,
+                                 noise_scale=True),
         "lightning": LightningGradNorm(),
         "item": ItemLoop(),
         "wandb": WandbWatch(),
@@ -318,9 +326,11 @@ def synchronize(device: torch.device) -> None:
 
 
 def train_step(problem: Problem, model: nn.Module, opt: torch.optim.Optimizer, row: Row, step: int) -> None:
-    """One training step of a row's copy of the model: forward, backward, the row's monitoring, AdamW."""
-    loss = problem.loss(model)
-    loss.backward()
+    """One training step of a row's copy of the model: forward, backward (``row.micro_batches``
+    times, the loss divided by their number), the row's monitoring, AdamW."""
+    for _ in range(row.micro_batches):
+        loss = problem.loss(model) / row.micro_batches
+        loss.backward()
     row.after_backward(model, loss, step)
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -495,7 +495,7 @@ def test_watch_shows_monitor_keywords():
     assert watch_params == inspect.signature(gs.Monitor).parameters
     assert list(watch_params)[2:] == ["every", "optimizer", "scaler", "config", "name", "backend", "overwrite",
                                       "resume", "distributed", "activations", "residual_blocks", "weights",
-                                      "histograms", "update_ratio", "through_time"]
+                                      "histograms", "update_ratio", "through_time", "noise_scale"]
     for keyword in list(watch_params)[2:]:
         assert f"{keyword}:" in gs.watch.__doc__
 

@@ -184,3 +184,26 @@ def test_options_taken_from_the_trainer_or_not_of_gs_watch_are_refused_when_the_
         GradFlowCallback(optimizer=object())
     with pytest.raises(TypeError, match="unexpected keyword argument 'histogram'"):
         GradFlowCallback(histogram=2)
+
+
+def test_noise_scale_and_adam_state_through_the_callback(tmp_path):
+    """The Trainer's accumulated micro-batches give the noise scale; its AdamW's state (inside
+    accelerate's wrapper) is read after each measured step (float64 recomputation of the last)."""
+    from tests.instrument.test_optimizer_state import _reference
+
+    trainer = _trainer(tmp_path, max_grad_norm=0.0, report_to=[])
+    GradFlowCallback.attach(trainer, tmp_path / "run", backend="eager", log_levels=(), update_ratio=True,
+                            noise_scale=4)
+    trainer.train()
+    run = gs.open_run(tmp_path / "run")
+    assert list(run.series("gns_batch", "model").iloc[:, 0]) == [ACCUMULATE * 4] * STEPS
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    name_of = {id(p): n for n, p in trainer.model.named_parameters()}
+    names = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    want = _reference(optimizer.state_dict(), names)[("model", "")]
+    # the step's learning rate, not the state dict's after the scheduler: linear decay to 0 at max_steps
+    want["adam_step_rms"] = want["adam_update_rms"] * 1e-2 * (1 - (STEPS - 1) / STEPS)
+    model = run.frame(level="model")
+    for stat, value in want.items():
+        got = model[(model.step == STEPS - 1) & (model.stat == stat)].value.item()
+        assert got == pytest.approx(value, rel=1e-5, abs=1e-12), stat

@@ -198,3 +198,31 @@ def test_several_optimizers_of_manual_optimization_are_all_watched(tmp_path):
         for name, (before, after) in moves.items():
             want = float((after - before).norm() / before.norm())
             assert abs(got[name] - want) <= 1e-6 * want, (step, name, got[name], want)
+
+
+class AdamRegressor(Regressor):
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-2, eps=1e-3)
+
+
+def test_noise_scale_and_adam_state_through_the_callback(tmp_path):
+    """The micro-batches Lightning accumulates give the noise scale; Adam's state is read after
+    Lightning's optimizer.step(closure) (float64 recomputation of the last step's)."""
+    from tests.instrument.test_optimizer_state import _reference
+
+    callback = GradFlowCallback(tmp_path / "run", backend="eager", log_levels=(), update_ratio=True,
+                                noise_scale=BATCH)
+    module = AdamRegressor()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=3, accumulate_grad_batches=ACCUMULATE, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[callback])
+    trainer.fit(module, _loader())
+    run = gs.open_run(tmp_path / "run")
+    assert list(run.series("gns_batch", "model").iloc[:, 0]) == [ACCUMULATE * BATCH] * 3
+    names = [n for n, _ in module.named_parameters()]
+    want = _reference(trainer.optimizers[0].state_dict(), names)
+    frame = run.frame()
+    last = frame[(frame.step == 2) & frame.stat.str.startswith("adam_")]
+    assert len(last) == (len(names) + 2 + 1) * 4
+    for r in last.itertuples():
+        assert r.value == pytest.approx(want[(r.level, r.name)][r.stat], rel=1e-5, abs=1e-12), r

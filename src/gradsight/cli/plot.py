@@ -1,4 +1,4 @@
-"""``gradsight plot RUN... --kind flow|heatmap|bands|update|nonfinite|compare|sweep|hist|time -o FILE``."""
+"""``gradsight plot RUN... --kind flow|heatmap|bands|update|nonfinite|compare|sweep|hist|time|noise -o FILE``."""
 
 from __future__ import annotations
 
@@ -23,14 +23,15 @@ ROLE_KINDS = ("flow", "heatmap", "bands", "update", "compare")
               help="Statistic to draw (grad_rms, grad_norm, update_ratio, an activation statistic, ...). "
                    "Default: grad_rms (grad_norm for runs without it; update_ratio for --kind update).")
 @click.option("--kind", type=click.Choice(["flow", "heatmap", "bands", "update", "nonfinite", "compare", "sweep",
-                                          "hist", "time"]),
+                                          "hist", "time", "noise"]),
               default="flow", show_default=True,
               help="flow: by layer, several steps overlaid; heatmap: layer x step; bands: spread across layers "
                    "over time; update: update ratio per layer; nonfinite: NaN/Inf steps; compare: several runs "
                    "by relative depth; sweep: first/last layer ratio against depth; hist: log2 |gradient| histograms "
                    "over training with the fp16/bf16/fp8 ranges (--level layer: up to 12 layers, --level model: "
                    "the model; needs gs.watch(..., histograms=...)); time: the gradient reaching each time step of a "
-                   "recurrent layer's output, |dL/dh_t| against t (needs gs.watch(..., through_time=True)).")
+                   "recurrent layer's output, |dL/dh_t| against t (needs gs.watch(..., through_time=True)); noise: the "
+                   "gradient noise scale over training against the batch size (needs gs.watch(..., noise_scale=...)).")
 @click.option("--level", default="layer", show_default=True,
               help="Rows to draw: layer, param, or a module level (module, block).")
 @click.option("--role", "roles", type=click.Choice(ROLE_CHOICES), multiple=True,
@@ -88,6 +89,8 @@ def _figure(run_list: list, stat: str | None, kind: str, level: str, steps: tupl
         return _histograms(run_list, level, title)
     if kind == "time":
         return _through_time(run_list, steps, title)
+    if kind == "noise":
+        return _noise_scale(run_list, title)
     stat = stat or _default_stat(run_list, kind, level)
     role = (None if "all" in roles else roles) if roles else DEFAULT_ROLES
     if kind not in ("nonfinite",):
@@ -157,6 +160,20 @@ def _through_time(run_list: list, steps: tuple[int, ...], title: str | None):
     if missing:
         raise UserError(f"run {run.path} has no gradient through time at step {', '.join(map(str, missing))}")
     return plots.through_time(run, module, steps=list(steps) or None, title=title)
+
+
+def _noise_scale(run_list: list, title: str | None):
+    """``--kind noise``: the gradient noise scale of one run against its batch size."""
+    from gradsight import plots
+
+    if len(run_list) != 1:
+        raise UserError(f"--kind noise draws one run; got {len(run_list)}")
+    run = run_list[0]
+    if "gns" not in run.stats("model"):
+        raise UserError(f"run {run.path} has no gradient noise scale; record it with gs.watch(..., "
+                        "noise_scale=True) (or noise_scale=<samples per micro-batch>) while accumulating "
+                        "gradients over several backward passes or under DDP")
+    return plots.noise_scale(run, title=title)
 
 
 def _histograms(run_list: list, level: str, title: str | None):

@@ -1206,6 +1206,100 @@ RULES = (nonfinite, clipped_gradients, gradient_cut, gradient_scale, forward_sig
          residual_branches, precision_headroom)
 
 
+def batch_vs_noise_scale(view: RunView, th: Thresholds) -> list[Finding]:
+    """``batch_far_below_noise_scale`` / ``batch_far_above_noise_scale`` (info): the batch size
+    more than ``FAR_FACTOR`` (10) below or above the gradient noise scale (runs recorded with
+    ``noise_scale=``), shown beyond doubt. Over the window (the last half of the steps, at
+    least ``NOISE_MIN_STEPS``) the per-step unbiased estimates of ``|G|²`` and ``tr(Σ)`` are
+    averaged; with two standard errors either way, ``B_noise >= tr_low / G_high`` (below) or
+    ``B_noise <= tr_high / G_low`` (above) must pass the factor. A batch far below the noise
+    scale makes ``|G|²`` hard to measure (its error is about ``tr(Σ) / B``), so there the
+    bound says "at least". McCandlish et al. 2018 (eq. 2.11): steps ``S_min (1 + B_noise / B)``,
+    samples ``E_min (1 + B / B_noise)``; at 10x either way one of them is 11x its minimum."""
+    from gradsight.stats.noise_scale import FAR_FACTOR
+
+    grad_sq, trace = _model_series(view, "gns_grad_sq"), _model_series(view, "gns_trace")
+    batch = _model_series(view, "gns_batch")
+    steps = grad_sq.index.intersection(trace.index)
+    window = steps[len(steps) // 2:]
+    if len(window) < NOISE_MIN_STEPS or batch.empty:
+        return []
+    g, t = grad_sq.reindex(window).to_numpy(), trace.reindex(window).to_numpy()
+    used = float(batch.reindex(window).median())
+    margin_g, margin_t = (2 * x.std(ddof=1) / math.sqrt(len(x)) for x in (g, t))
+    g_low, g_high = g.mean() - margin_g, g.mean() + margin_g
+    t_low, t_high = t.mean() - margin_t, t.mean() + margin_t
+    unit = "samples" if (view.meta.get("noise_scale") or {}).get("micro_batch_size") else "micro-batches"
+    estimate = t.mean() / g.mean() if g.mean() > 0 else math.nan  # (|G|² not measurably positive)
+    measured = {"batch_size": used} if math.isnan(estimate) else {"noise_scale": float(estimate), "batch_size": used}
+    where = [int(s) for s in window][:50]
+    if not (math.isfinite(used) and used > 0 and t_low > 0):
+        return []
+    lower = t_low / g_high if g_high > 0 else math.inf
+    if lower > FAR_FACTOR * used:
+        measured.update(noise_scale_low=float(lower), noise_over_batch=float(lower / used))
+        return [Finding(
+            "batch_far_below_noise_scale", "info",
+            f"The batch of {_fmt(used)} {unit} is at least {_fmt(lower / used)} times below the gradient noise scale "
+            f"(at least {_fmt(lower)} {unit}, two standard errors, {_when(window)}): each step's gradient is mostly "
+            f"noise, so training takes more than {_fmt(1 + lower / used)} times the fewest steps; batches up to at "
+            f"least {_fmt(lower)} would reach the same loss in far fewer steps for about as many samples "
+            "(McCandlish et al. 2018).", steps=where, measured=measured)]
+    upper = t_high / g_low if g_low > 0 else math.inf
+    if upper < used / FAR_FACTOR:
+        measured.update(noise_scale_high=float(upper), noise_over_batch=float(upper / used))
+        return [Finding(
+            "batch_far_above_noise_scale", "info",
+            f"The batch of {_fmt(used)} {unit} is at least {_fmt(used / upper)} times above the gradient noise scale "
+            f"(at most {_fmt(upper)} {unit}, two standard errors, {_when(window)}): the extra samples barely reduce "
+            f"the noise, so training uses more than {_fmt(1 + used / upper)} times the fewest samples; a batch near "
+            f"{_fmt(estimate)} would reach the same loss with a fraction of the compute (McCandlish et al. 2018).",
+            steps=where, measured=measured)]
+    return []
+
+
+#: The recorded steps with a noise scale that the window (the last half) must hold.
+NOISE_MIN_STEPS = 10
+
+#: A layer is eps-dominated when more than this share of its elements (with a gradient) has
+#: ``sqrt(v_hat) < eps``: there Adam's update ``m_hat / (sqrt(v_hat) + eps)`` is less than half
+#: of ``m_hat / sqrt(v_hat)`` and falls with the gradient (Wortsman et al. 2023), so the
+#: layer's median element moves at less than half its intended rate. Measured
+#: (``benchmarks/adam_eps.py``, docs/diagnosis.md): healthy runs stay near 0.
+EPS_DOMINATED_FRAC = 0.5
+
+
+def eps_dominated(view: RunView, th: Thresholds) -> list[Finding]:
+    """``eps_dominated`` (warning): layers whose ``adam_eps_frac`` (with an Adam optimizer,
+    at the steps that measure ``update_ratio``) has its median over the window (the last
+    half of those steps) above :data:`EPS_DOMINATED_FRAC`."""
+    frac = view.matrix(Level.LAYER, "adam_eps_frac", steps="all")
+    if frac.empty:
+        return []
+    window = _window(view, frac).median()
+    bad = [n for n in frac.columns if window.get(n, 0) > EPS_DOMINATED_FRAC]
+    if not bad:
+        return []
+    update = view.matrix(Level.LAYER, "adam_update_rms", steps="all")
+    update_med = _window(view, update).median() if not update.empty else pd.Series(dtype=float)
+    model = view.matrix(Level.MODEL, "adam_eps_frac", steps="all")
+    model_frac = float(_window(view, model).median().iloc[0]) if not model.empty else math.nan
+    shown = ", ".join(f"'{display_name(n)}' ({_fmt(window[n])})" for n in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return [Finding(
+        "eps_dominated", "warning",
+        f"Adam's eps dominates the update of {len(bad)} of {frac.shape[1]} layers: in {shown}{more} most elements "
+        f"have sqrt(v_hat) below eps (median share {_when(_window(view, frac).index)}; the model: {_fmt(model_frac)}), "
+        "so they move at less than half the rate Adam intends, slower as their gradient falls. Lower eps (1e-8 "
+        "or below; Wortsman et al. 2023), or undo a scaling of the loss that makes the gradients tiny.",
+        layers=bad, steps=[int(s) for s in _window(view, frac).index][:50],
+        measured={"eps_frac_max": float(window[bad].max()), "eps_frac_model": model_frac,
+                  "update_rms_median": float(update_med.reindex(bad).median()) if len(update_med) else math.nan})]
+
+
+RULES += (batch_vs_noise_scale, eps_dominated)
+
+
 def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     """Every rule's statistic, the number it compares with its threshold (NaN where the run
     cannot give it): what the calibration reads (``benchmarks/doctor_calibrate.py``).

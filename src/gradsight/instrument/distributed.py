@@ -143,6 +143,15 @@ class Local:
         """``[len(tensors)]`` float32 sums of squares."""
         return sumsq_fp32(tensors)
 
+    def all_sum(self, values: Tensor) -> Tensor:
+        """``values`` summed over the ranks (one process: themselves)."""
+        return values
+
+    def sum_rows(self, rows: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+        """``rows[i]``, taken on this process's part of ``tensors[i]``, summed over the ranks
+        (one process: the rows themselves)."""
+        return rows
+
 
 class Distributed:
     """Makes a monitor's numbers describe the global batch (see the module docstring).
@@ -257,6 +266,21 @@ class Distributed:
         if self.mode == "replicated":
             return sq
         return self._sum_counted(sq, tensors)
+
+    def all_sum(self, values: Tensor) -> Tensor:
+        """``values`` (this rank's own numbers, not parts of a global tensor) summed over
+        the ranks: one ``all_reduce``."""
+        values = values.clone()
+        _dist().all_reduce(values)
+        return values
+
+    def sum_rows(self, rows: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+        """``rows[i]``, taken on this rank's part of ``tensors[i]``, summed over the ranks:
+        ``replicated`` the rows themselves (every rank holds the whole tensor), ``sharded``
+        summed over the ranks whose shard is counted (one ``all_reduce``)."""
+        if self.mode == "replicated":
+            return rows
+        return self._sum_counted(rows, tensors)
 
     # -- helpers --------------------------------------------------------------------
     def _sum_counted(self, rows: Tensor, tensors: Sequence[Tensor]) -> Tensor:

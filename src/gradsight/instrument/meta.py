@@ -17,6 +17,7 @@ from torch import nn
 from gradsight._version import __version__
 from gradsight.instrument.layers import Inventory, ParamInfo
 from gradsight.instrument.options import WatchOptions
+from gradsight.stats.noise_scale import EMA_BETA
 
 
 def default_run_dir(model: nn.Module) -> Path:
@@ -50,6 +51,8 @@ def run_meta(model: nn.Module, inventory: Inventory, options: WatchOptions, name
         amp=options.scaler is not None,
         update_ratio_every=options.update_ratio_every if options.optimizer is not None else 0,
         histograms_every=options.histograms_every,
+        noise_scale=({"micro_batch_size": options.micro_batch_size, "ema_beta": EMA_BETA}
+                     if options.noise_scale else None),
         depth_source="pending",
         host=socket.gethostname(),
         pid=os.getpid(),

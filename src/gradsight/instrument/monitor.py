@@ -44,6 +44,8 @@ from gradsight.instrument.layer_table import LayerTable
 from gradsight.instrument.layers import ForwardOrder, Inventory
 from gradsight.instrument.listeners import HistogramListener, Listener, Listeners
 from gradsight.instrument.meta import default_run_dir, param_rows, run_meta, sizes
+from gradsight.instrument.noise_scale import NoiseScale, warn_sharded
+from gradsight.instrument.optimizer_state import AdamState
 from gradsight.instrument.options import WatchOptions, with_options
 from gradsight.instrument.options import resolve as resolve_options
 from gradsight.instrument.recurrent import GateNorms, ThroughTime
@@ -206,11 +208,22 @@ class Monitor:
             self._through_time = ThroughTime(model, self._hooks,
                                              is_active=lambda: not self._closed and self.should_record())
         self._layer_table = LayerTable(inv, self._order, self.activations, self._writer)
+        self._noise: NoiseScale | None = None
+        if opts.noise_scale and self._dist.mode == "sharded":
+            warn_sharded()
+        elif opts.noise_scale:
+            self._noise = NoiseScale(self._params, self._param_layer, layer_names, self._hooks, self._dist.all_sum,
+                                     self._dist.mode != "local", opts.micro_batch_size,
+                                     is_active=lambda: not self._closed and self.should_record())
         self._loss_scale = LossScale(opts.scaler, opts.optimizers)
         self._updates = UpdateRatio(self._params, param_names, layer_names, self._series, self._dist.sumsq,
                                     opts.weights, opts.update_ratio_every, opts.optimizers)
         for optimizer in opts.optimizers if self._updates.every else ():
             self._hooks.attach(optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
+        self._adam = AdamState(self._params, param_names, layer_names, self._series, self._dist.sum_rows,
+                               opts.optimizers if self._updates.every else ())
+        for optimizer in self._adam.optimizers:
+            self._hooks.attach(optimizer, "register_step_post_hook", self._adam.measure, "optimizer")
         self._writer.flush()  # metadata on disk at once: a reader sees status 'running', not 'unknown'
 
     def _undo_build(self) -> None:
@@ -310,6 +323,8 @@ class Monitor:
                     self._warn_new_params()
                 self._sync_params()
             record = self._record(index, loss)
+        if self._noise is not None:
+            self._noise.reset()
         return record
 
     def _check_floor(self, step: int) -> None:
@@ -412,7 +427,11 @@ class Monitor:
             extra = self._through_time.collect(inv_scale)
             extra_keys += extra[0]
             extra_values.append(extra[1])
-        pending = self._updates.take_pending()
+        if self._noise is not None:
+            extra = self._noise.measure(rows, raw[:, SUMSQ], inv_scale, scale)
+            extra_keys += extra[0]
+            extra_values.append(extra[1])
+        pending = self._updates.take_pending() + self._adam.take_pending()
         stats_h, sumsq_h, scale_h, loss_h, act_h, *pending_h = to_host(
             [
                 stats,
@@ -460,6 +479,8 @@ class Monitor:
         self.recorded_steps += 1
         if opts.optimizer is not None and self._updates.due(recorded_index):
             self._updates.arm(step, rows, raw[:, W_SUMSQ])
+            if self._adam:
+                self._adam.arm(step, rows)
         return True
 
     def _join(self, step: int, joining: list[int]) -> None:
@@ -556,7 +577,7 @@ class Monitor:
 
     # -- lifecycle ----------------------------------------------------------------------
     def _flush_pending(self) -> None:
-        for pstep, ids, values in self._updates.take_pending():
+        for pstep, ids, values in self._updates.take_pending() + self._adam.take_pending():
             self._emit(pstep, ids, values.detach().cpu().double().numpy())
 
     def flush(self) -> None:
@@ -687,6 +708,13 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             ``‖∂L/∂h_t‖`` of the output sequence of every ``nn.LSTM``/``nn.GRU``/``nn.RNN``
             (level ``module``, ``out_grad_norm_t0``, ``out_grad_norm_t1``, ...;
             ``gs.plots.through_time``); one tensor hook and one reduction per call.
+        noise_scale: the gradient noise scale ``B_simple = tr(Σ) / |G|²`` (McCandlish et
+            al. 2018) per layer and for the model (``gns_grad_sq``, ``gns_trace``, ``gns``,
+            ``gns_batch``), from each micro-batch's gradient against the step's: needs gradient
+            accumulation (several backward passes per ``step()``) or DDP. ``True``: in
+            micro-batches; ``b`` (an int): in samples, ``b`` per micro-batch on each process.
+            A tensor hook per parameter takes each micro-batch's gradient norm at recorded
+            steps (nothing is copied). See :mod:`gradsight.instrument.noise_scale`.
 
     The keyword arguments, their defaults and types are declared once, by
     :func:`gradsight.instrument.options.watch_options` (the signature shown here is read

@@ -44,6 +44,13 @@ class WatchOptions:
     histograms_every: int  #: from ``histograms=``: every k-th recorded step, 0: never
     update_ratio_every: int  #: from ``update_ratio=``: every k-th recorded step, 0: never
     through_time: bool = False  #: ``‖∂L/∂h_t‖`` per time step of recurrent layers
+    #: from ``noise_scale=``: 0 off, else the samples of one micro-batch (-1: not given, micro-batches)
+    noise_scale: int = 0
+
+    @property
+    def micro_batch_size(self) -> int | None:
+        """``noise_scale=``'s samples per micro-batch; None when not given (or off)."""
+        return self.noise_scale if self.noise_scale > 0 else None
 
     @property
     def optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
@@ -70,6 +77,7 @@ def watch_options(
     histograms: bool | int = False,
     update_ratio: bool | int = 10,
     through_time: bool = False,
+    noise_scale: bool | int = False,
 ) -> WatchOptions:
     """Check ``gs.watch``'s keyword arguments and resolve them (raises ``TypeError`` or
     ``ValueError`` for a bad one; creates nothing)."""
@@ -88,6 +96,11 @@ def watch_options(
         raise TypeError(f"overwrite must be True or False, got {overwrite!r:.60}")
     if not isinstance(through_time, bool):
         raise TypeError(f"through_time must be True or False, got {through_time!r:.60}")
+    if isinstance(noise_scale, bool):
+        noise_scale = -1 if noise_scale else 0
+    elif not isinstance(noise_scale, int) or noise_scale < 1:
+        raise TypeError(f"noise_scale must be True, False or the samples of one micro-batch (an int >= 1), got "
+                        f"{noise_scale!r:.60}")
     if not isinstance(resume, int) or (not isinstance(resume, bool) and resume < 0):
         raise TypeError(f"resume must be True, False or a step (an int >= 0), got {resume!r:.60}")
     if overwrite and resume is not False:
@@ -105,6 +118,7 @@ def watch_options(
         backend=backend, overwrite=overwrite, resume=resume, distributed=distributed, activations=activations,
         residual_blocks=residual_blocks, weights=weights, histograms_every=schedules.resolve_every(histograms),
         update_ratio_every=schedules.resolve_every(update_ratio, "update_ratio"), through_time=through_time,
+        noise_scale=noise_scale,
     )
 
 

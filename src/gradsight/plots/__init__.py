@@ -7,7 +7,8 @@ log scales, layers in forward order under their names; long runs are shown
 through evenly spaced steps (the store is never changed). The figures read runs
 through :mod:`gradsight.store.query`; ``layer_matrix``, ``layer_profile``,
 ``first_last_ratio`` and ``nonfinite_events`` are re-exported from there. Figures of
-training runs (``grad_flow``, ``grad_flow_overlay``, ``training_curves``), of the gradient
+training runs (``grad_flow``, ``grad_flow_overlay``, ``training_curves``), the gradient noise scale
+(``noise_scale``), of the gradient
 through time of recurrent layers (``through_time``) and of probes
 (``plot_path_lengths``, ``plot_shattering``, ``plot_signal_propagation``) live here too.
 
@@ -21,6 +22,7 @@ from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE, nonfinite, quan
 from gradsight.plots.flow import flow
 from gradsight.plots.heatmap import heatmap
 from gradsight.plots.histograms import log2_histogram, log2_histograms
+from gradsight.plots.noise_scale import noise_scale
 from gradsight.plots.probes import plot_path_lengths, plot_shattering, plot_signal_propagation
 from gradsight.plots.recurrent import through_time, through_time_matrix
 from gradsight.plots.training import grad_flow, grad_flow_overlay, training_curves
@@ -34,6 +36,7 @@ KINDS = {
     "bands": quantile_bands,
     "update": update_ratio,
     "nonfinite": nonfinite,
+    "noise": noise_scale,
     "compare": depth_overlay,
     "sweep": depth_sweep,
 }
@@ -55,6 +58,7 @@ __all__ = [
     "log2_histogram",
     "log2_histograms",
     "layer_profile",
+    "noise_scale",
     "nonfinite",
     "nonfinite_events",
     "plot_path_lengths",

@@ -44,6 +44,7 @@ from gradsight.display import (
 from gradsight.plots.compare import depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
 from gradsight.report.histograms import histograms_html
+from gradsight.report.noise_scale import noise_scale_html
 from gradsight.plots.flow import OVERLAID_STEPS
 from gradsight.report.payload import (CELL_BUDGET, MAX_LINE_POINTS, DiagnosisJob, RunPayload, results_table,
                                       run_payload)
@@ -235,6 +236,7 @@ def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str
     parts.append('<div class="chart" data-chart="model"></div>')
     parts.append('<div class="chart" data-chart="metrics"></div>')
     parts.append(histograms_html(p.run, _png))
+    parts.append(noise_scale_html(p.run, _png))
     if graph_html:
         parts.append("<h3>Computation graph</h3>" + graph_html)
     parts.append("</section>")

@@ -1,0 +1,201 @@
+"""The gradient noise scale of a recorded step (``gs.watch(..., noise_scale=True)``), per layer and for the model.
+
+Two batch sizes that training already has, without copying a gradient:
+
+- the **micro-batches**: a tensor hook on each watched parameter (``param.register_hook``)
+  sees the gradient one backward pass brings before autograd adds it into ``.grad``; the
+  hook takes its norm (one reduction, kept on the device) and counts the call;
+- the **step's batch**: ``.grad`` at ``monitor.step()``, the sum of those gradients (and,
+  under DDP, their average over the ranks), whose squared norms the monitor takes anyway.
+
+With ``k`` micro-batches on each of ``n`` ranks (``m = n k`` in all; DDP without
+accumulation has ``k = 1``, ``m = n``), micro-batch ``j``'s gradient is taken as ``k h_j``
+(``h_j`` what the hook saw): the micro-batch gradients then average to ``.grad`` whether
+the loss was divided by ``k`` or not. Under DDP each rank sums its micro-batches' squared
+norms per layer and the ranks add them with one ``all_reduce`` of ``layers + 1`` numbers.
+The estimates (:func:`gradsight.stats.noise_scale.unbiased`) and their moving averages
+are per layer and for the model; see docs/noise-scale.md.
+
+The micro-batch count of a step is the largest number of hook calls of one parameter
+since the previous ``step()`` call (a parameter unused by some micro-batch is counted
+with a zero gradient there). Calls that do not reach ``.grad`` are not counted:
+``torch.autograd.grad`` (a gradient penalty, a reference computed by the user's code) and
+backward passes with ``inputs=`` that leave the parameter out. With one micro-batch and one process there is only one
+batch size: one warning says so and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gradsight.instrument.hooks import HookRegistry
+from gradsight.instrument.rows import StepRows
+from gradsight.stats.noise_scale import EMA_BETA, ema_update, unbiased
+from gradsight.store.schema import Level
+
+log = logging.getLogger(__name__)
+
+#: ``node -> bool``: whether the running backward pass executes ``node``; raises inside
+#: ``torch.autograd.grad`` (whose results never reach ``.grad``). None where torch lacks it.
+_WILL_RUN = getattr(torch._C, "_will_engine_execute_node", None)
+
+#: The statistics of each layer and of the model (``gns_batch``: the model only).
+NOISE_STATS = ("gns_grad_sq", "gns_trace", "gns")
+BATCH_STAT = "gns_batch"
+
+NEEDS_TWO = ("gradsight: noise_scale needs two batch sizes: gradient accumulation (several backward passes "
+             "before monitor.step()) or several processes under DDP; this step had one micro-batch on one "
+             "process, so no noise scale is recorded")
+NO_BACKWARD = ("gradsight: noise_scale saw no backward pass reach the watched parameters before monitor.step() "
+               "(gradients assigned without autograd?); no noise scale is recorded for such steps")
+SHARDED = ("gradsight: noise_scale is not measured under FSDP (sharded parameters): the micro-batch gradients "
+           "of a shard are not seen; nothing is recorded")
+
+
+class NoiseScale:
+    """Hooks that measure each micro-batch's gradient, and the noise scale of a recorded step.
+
+    Args:
+        params: the watched parameters (inventory order); those that require a gradient
+            now get a hook.
+        param_layer: the layer index of each.
+        layer_names: the layer names.
+        hooks: the registry that owns the hook handles (tag ``"noise_scale"``).
+        all_sum: ``tensor -> tensor`` summed over the ranks (one process: itself).
+        distributed: whether several processes share the step (DDP).
+        micro_batch_size: the samples of one micro-batch on one rank, or None (the noise
+            scale is then in micro-batches).
+        is_active: whether the coming ``step()`` call is recorded (the hooks of other
+            steps only count).
+    """
+
+    def __init__(
+        self,
+        params: Sequence[Tensor],
+        param_layer: np.ndarray,
+        layer_names: Sequence[str],
+        hooks: HookRegistry,
+        all_sum: Callable[[Tensor], Tensor],
+        distributed: bool,
+        micro_batch_size: int | None,
+        is_active: Callable[[], bool],
+    ) -> None:
+        self._param_layer = np.asarray(param_layer, dtype=np.int64)
+        self._layer_names = list(layer_names)
+        self._all_sum = all_sum
+        self._distributed = distributed
+        self.micro_batch_size = micro_batch_size
+        self._is_active = is_active
+        self._calls = [0] * len(params)
+        self._index: list[int] = []
+        self._norms: list[Tensor] = []
+        self._ema: Tensor | None = None  #: [2, layers + 1]: the averages of |G|² and tr(Σ); the model last
+        self._warned: set[str] = set()
+        self._hooked = np.array([p.requires_grad for p in params], dtype=bool)  #: (frozen at watch: no hook)
+        for i, p in enumerate(params):
+            if p.requires_grad:
+                hooks.add(p.register_hook(self._hook(i, p)), "noise_scale")
+
+    def _hook(self, i: int, param: Tensor) -> Callable[[Tensor], None]:
+        with torch.enable_grad():  # the parameter's AccumulateGrad node (what adds into .grad)
+            accumulator = param.view_as(param).grad_fn.next_functions[0][0]
+
+        def hook(grad: Tensor) -> None:
+            if _WILL_RUN is not None:
+                try:
+                    if not _WILL_RUN(accumulator):  # a backward pass that does not reach .grad
+                        return
+                except RuntimeError:  # torch.autograd.grad(): nothing reaches .grad
+                    return
+            self._calls[i] += 1
+            if self._is_active():
+                with torch.no_grad():
+                    wide = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else None
+                    self._norms.append(torch.linalg.vector_norm(grad, dtype=wide))
+                self._index.append(i)
+
+        return hook
+
+    def reset(self) -> None:
+        """Forget the micro-batches seen since the last ``step()`` call (called at every one)."""
+        if self._index or any(self._calls):
+            self._calls = [0] * len(self._calls)
+            self._index, self._norms = [], []
+
+    def _say_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, stacklevel=5)
+
+    def measure(self, rows: StepRows, big_sumsq: Tensor, inv_scale: Tensor | None,
+                scale: Tensor | None) -> tuple[list[tuple[str, str, str]], Tensor | None]:
+        """The noise scale statistics of a recorded step.
+
+        Args:
+            rows: the step's rows (the parameters with a gradient, their layers).
+            big_sumsq: ``[len(rows.present)]`` squared norms of their ``.grad``.
+            inv_scale: 1 / the loss scale when ``.grad`` still carries it, else None.
+            scale: the loss scale the backward passes carried (None: no loss scaling).
+
+        Returns:
+            ``(keys, values)``: ``(level, name, stat)`` of each value (layers and model),
+            and the float32 values on ``big_sumsq``'s device; ``([], None)`` when the step
+            had fewer than two micro-batches in all.
+        """
+        k = max(self._calls, default=0)
+        if k == 0 or not self._norms:
+            self._say_once(NO_BACKWARD)
+            return [], None
+        if k == 1 and not self._distributed:
+            self._say_once(NEEDS_TWO)
+            return [], None
+        hooked = np.flatnonzero(self._hooked[rows.present])
+        if len(hooked) == 0:
+            return [], None
+        if len(hooked) < len(rows.present):  # parameters unfrozen after watch: their micro-batches are not seen
+            rows, big_sumsq = rows.subset(hooked.tolist()), big_sumsq[torch.as_tensor(hooked, device=big_sumsq.device)]
+        device = big_sumsq.device
+        n_layers = len(self._layer_names)
+        with torch.no_grad():
+            norms = torch.stack([t.to(device) for t in self._norms]).double()
+            index = torch.as_tensor(self._param_layer[self._index], device=device)
+            small = torch.zeros(n_layers + 1, dtype=torch.float64, device=device)
+            small.index_add_(0, index, norms.square() * k * k)  # micro-batch j's gradient is k h_j
+            small[n_layers] = k
+            small = self._all_sum(small)  # [sum over ranks and micro-batches of |k h|² per layer, m]
+            m = small[n_layers]
+            if scale is not None:  # the hooks saw the gradients times the loss scale
+                small = small / scale.to(device).double().square()
+            big = rows.stack(big_sumsq.to(device).double())[rows.layer_rows.start:]
+            if inv_scale is not None:
+                big = big * inv_scale.to(device).double().square()
+            at = torch.as_tensor(rows.layers, dtype=torch.long, device=device)
+            small_rows = torch.cat([small[at], small[at].sum(0, keepdim=True)]) / m
+            grad_sq, trace = unbiased(small_rows, big, m, float(self.micro_batch_size or 1))
+            if self._ema is None:
+                self._ema = torch.zeros((2, n_layers + 1), dtype=torch.float64, device=device)
+            slots = torch.cat([at, at.new_tensor([n_layers])])
+            ema = self._ema[:, slots]
+            ema_update(ema, torch.stack([grad_sq, trace]), EMA_BETA)
+            self._ema[:, slots] = ema
+            gns = ema[1] / ema[0]
+            batch = m * float(self.micro_batch_size or 1)
+            values = torch.cat([torch.stack([grad_sq, trace, gns], 1).reshape(-1), batch.reshape(1)]).float()
+        names = [(Level.LAYER, self._layer_names[j]) for j in rows.layers] + [(Level.MODEL, "")]
+        keys = [(level, name, stat) for level, name in names for stat in NOISE_STATS]
+        keys.append((Level.MODEL, "", BATCH_STAT))
+        return keys, values
+
+
+def warn_sharded() -> None:
+    """Say that FSDP-sharded runs get no noise scale."""
+    log.warning(SHARDED)
+
+
+__all__ = ["BATCH_STAT", "NOISE_STATS", "NoiseScale", "warn_sharded"]
