@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -11,12 +12,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gradsight.cli import main
-from gradsight.report.live import names_key
+from gradsight.report.live import ServedRuns, names_key
+from gradsight.report.payload import layout_key, run_payload
 from gradsight.report.server import LiveServer
 from gradsight.store.schema import DB_NAME
+from gradsight.store.view import RunView
 from tests.plots.runs import make_run
 from tests.store.helpers import store_files
 
@@ -76,12 +80,51 @@ def test_poll_gives_only_the_steps_after_since(served_runs):
     update = answer["runs"]["plain4"]
     assert update["status"] == "finished" and update["last"] == 11
     assert update["steps"] == [6, 7, 8, 9, 10, 11]
-    import base64
-
     rows = len(base64.b64decode(update["matrices"]["layer:grad_rms"])) // 4 // 6
     assert rows == 4  # 4 layers x 6 new steps
     assert update["lines"]["model:grad_rms"]["steps"] == [6, 7, 8, 9, 10, 11]
     assert isinstance(update["findings"], list) and "findings_version" in update
+
+
+def _f32(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4")
+
+
+@pytest.mark.parametrize("key", ["plain4", "residual4"])
+@pytest.mark.parametrize("since", [None, 3, 8])
+def test_a_poll_gives_the_values_the_report_shows(report_runs, key, since):
+    """Every table, line, own-step table and non-finite event of an update equals the report's
+    payload (``run_payload(every_name=True)``, read through the view's frames) at the new steps."""
+    payload = run_payload(RunView(report_runs / key), 0, every_name=True).data
+    served = ServedRuns(report_runs)
+    try:
+        update = served.get(key).update(since)
+    finally:
+        served.close()
+    new = [s for s in payload["steps"] if since is None or s > since]
+    assert update["steps"] == new and update["total_steps"] == payload["total_steps"] == 12
+    at = [payload["steps"].index(s) for s in new]
+    shared = {k: m for k, m in payload["matrices"].items() if "steps" not in m}
+    assert set(update["matrices"]) == set(shared)
+    for name, m in shared.items():
+        rows = len(payload["names"][m["level"]])
+        expected = _f32(m["data"]).reshape(rows, -1)[:, at]
+        np.testing.assert_array_equal(_f32(update["matrices"][name]).reshape(rows, -1), expected, err_msg=name)
+    own = payload["matrices"].get("update_ratio:own_steps")
+    if own is not None:  # residual4: update ratios every 4th step (plain4: none at the NaN step, 5)
+        written = update["written"].get("layer:update_ratio", range(len(new)))  # left out: every new step
+        assert [new[i] for i in written] == [s for s in own["steps"] if s in new]
+    else:
+        assert "layer:update_ratio" not in update["written"]
+    lines = {"model:" + payload["model"]["stat"]: payload["model"]} | {f"metric:{n}": v for n, v in payload["metrics"].items()}
+    for name, line in lines.items():
+        keep = [i for i, s in enumerate(line["steps"]) if s in new]
+        got = update["lines"].get(name, {"steps": [], "values": ""})
+        assert got["steps"] == [line["steps"][i] for i in keep], name
+        np.testing.assert_array_equal(_f32(got["values"]), _f32(line["values"])[keep], err_msg=name)
+    assert update.get("nonfinite", []) == [e for e in payload["nonfinite"] if e[0] in new]
+    assert bool(update.get("nonfinite")) == (key == "plain4" and since != 8)  # its NaN at step 5
+    assert update["layout"] == layout_key(RunView(report_runs / key))
 
 
 def test_a_poll_with_nothing_new_is_small(served_runs):

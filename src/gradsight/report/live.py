@@ -30,10 +30,12 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gradsight._errors import RunError
 from gradsight.diagnosis import diagnose
-from gradsight.report.payload import encode_f32
-from gradsight.store.query import DEFAULT_MAX_STEPS, step_sample
+from gradsight.report.payload import MAX_EVENTS, encode_f32, layout_key
+from gradsight.store.query import DEFAULT_MAX_STEPS, nonfinite_events, step_sample
 from gradsight.store.reader import Run, list_runs, open_run
 from gradsight.store.schema import DB_NAME, Level
 from gradsight.store.view import RunView
@@ -89,6 +91,9 @@ class LiveRun:
         self.findings: list[dict[str, Any]] = []
         self.findings_version = 0
         self._first_seen: dict[str, int] = {}
+        self._view: RunView | None = None
+        self._layout_version: tuple | None = None
+        self._layout_key = 0
 
     def open(self) -> Run | None:
         """The open run, or None (with :attr:`error`) when its store cannot be read now."""
@@ -108,6 +113,7 @@ class LiveRun:
 
     def close(self) -> None:
         with self.lock:
+            self._view = None
             if self._run is not None:
                 self._run.close()
                 self._run = None
@@ -147,24 +153,40 @@ class LiveRun:
             out["findings_version"] = self.findings_version
         return out
 
+    def layout(self, run: Run) -> RunView:
+        """The run's view, kept while its names and statistics stay as they are
+        (:meth:`Run.layout_version <gradsight.store.reader.Run.layout_version>`): its layout
+        (names in the one column order, the series of each) is read once, not at every poll."""
+        version = run.layout_version()
+        if self._view is None or self._view.run is not run or version != self._layout_version:
+            self._view, self._layout_version = RunView(run), version
+            self._layout_key = layout_key(self._view)
+        return self._view
+
     def _values(self, run: Run, since: int | None) -> dict[str, Any]:
         new = run.steps(after=since)
         steps = step_sample(new, MAX_UPDATE_STEPS)
-        view = RunView(run)  # a fresh snapshot: the run's later steps
-        names = {lv: view.names(lv) for lv in view.module_levels}
-        per_module = [(lv, st) for lv in names for st in view.stats(lv)]
+        view = self.layout(run)
+        per_module = [(lv, st) for lv in view.module_levels for st in view.stats(lv)]
         totals = [(lv, st) for lv in (Level.MODEL, Level.METRIC) for st in view.stats(lv)]
-        tables = view.matrices(per_module + totals, steps=steps)  # one pass over the new values
-        matrices, lines = {}, {}
-        for level, stat in per_module:  # the page's layout: every name of the level, at every new step
-            table = tables[(level, stat)].reindex(index=steps, columns=names[level])
-            matrices[f"{level}:{stat}"] = encode_f32(table.to_numpy(dtype=float).T)
-        for level, stat in totals:
-            table = tables[(level, stat)]
-            if not table.empty:
-                values = table.iloc[:, 0].to_numpy(dtype=float)
-                lines[f"{level}:{stat}"] = {"steps": [int(s) for s in table.index], "values": encode_f32(values)}
-        return {"steps": steps, "total_steps": len(view.steps), "matrices": matrices, "lines": lines}
+        tables = view.arrays(per_module, steps)  # one query over the new steps' values
+        lines = view.arrays(totals, steps, every_name=False)
+        matrices, out_lines, partly = {}, {}, {}
+        for (level, stat), (values, written) in tables.items():  # the page's layout: names x new steps
+            matrices[f"{level}:{stat}"] = encode_f32(values.T)
+            at = written.any(axis=1)
+            if not at.all():  # e.g. update ratios measured every k-th step: a table of its own steps takes these
+                partly[f"{level}:{stat}"] = np.flatnonzero(at).tolist()
+        for (level, stat), (values, written) in lines.items():
+            if values.shape[1]:
+                at = np.flatnonzero(written[:, 0])
+                out_lines[f"{level}:{stat}"] = {"steps": [steps[i] for i in at], "values": encode_f32(values[at, 0])}
+        out = {"steps": steps, "total_steps": run.count_steps(), "layout": self._layout_key,
+               "matrices": matrices, "written": partly, "lines": out_lines}
+        events = nonfinite_events(view, level=Level.LAYER, max_events=MAX_EVENTS, steps=new)
+        if len(events):
+            out["nonfinite"] = [[int(s), str(n), int(c)] for s, n, c in events.itertuples(index=False)]
+        return out
 
     def set_findings(self, findings: list[Any], step: int | None) -> None:
         """The doctor's findings of the run as it stood at ``step``; each keeps its first step."""
