@@ -52,7 +52,7 @@ with gs.watch(model, sys.argv[1], optimizer=opt) as mon:
         mon.step(loss)
         opt.step()
         opt.zero_grad()
-        times.append(time.perf_counter() - t0)
+        times.append((time.time(), time.perf_counter() - t0))
         if pause:
             time.sleep(pause)
 print(json.dumps(times))
@@ -96,7 +96,7 @@ def step_times(run_dir: Path) -> dict[int, float]:
         conn.close()
 
 
-def latency(root: Path, layers: int, seconds: float, browser) -> list[float]:
+def latency(root: Path, layers: int, seconds: float, browser) -> tuple[list[float], list[float]]:
     run_dir = root / "latency"
     root.mkdir(parents=True, exist_ok=True)
     child = start_child(run_dir, layers, seconds, pause=0.1)
@@ -108,21 +108,27 @@ def latency(root: Path, layers: int, seconds: float, browser) -> list[float]:
         page = browser.new_page()
         page.goto(server.url)
         page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=60_000)
+        opened = time.time()
         seen: dict[int, float] = {}
+        draw_ms: list[float] = []
         last = -1
+        section = page.locator("#run-0")
         while child.poll() is None:
-            value = page.locator("#run-0").get_attribute("data-last-step")
+            value = section.get_attribute("data-last-step")
             now = time.time()
             if value and int(value) > last:
                 for step in range(last + 1, int(value) + 1):
                     seen[step] = now
                 last = int(value)
+                drawn = section.get_attribute("data-draw-ms")
+                if drawn:
+                    draw_ms.append(float(drawn))
             time.sleep(0.02)
         page.close()
         child.communicate()
         times = step_times(run_dir)
-        first = min(seen)  # steps drawn with the page's opening are not a latency
-        return [seen[s] - times[s] for s in sorted(seen) if s in times and s > first]
+        # steps recorded before the page was open (drawn with its opening, or with its first poll) are not a latency
+        return [seen[s] - times[s] for s in sorted(seen) if s in times and times[s] >= opened], draw_ms
     finally:
         server.shutdown()
         server.server_close()
@@ -148,7 +154,12 @@ def poll_costs(root: Path, layers: int) -> dict[str, float]:
         server.server_close()
 
 
-def training_cost(root: Path, layers: int, rounds: int, seconds: float, browser) -> list[tuple[float, float]]:
+def training_cost(root: Path, layers: int, rounds: int, seconds: float, settle: float,
+                  browser) -> list[tuple[float, float]]:
+    """Per round, the median step time of a child training without and with a page open
+    (interleaved: the order alternates), over the steps ending ``settle`` seconds after its
+    store appeared and later: the page's opening (the server building it, the browser drawing
+    it the first time) is done by then, and what is measured is its polling."""
     out = []
     for r in range(rounds):
         medians = {}
@@ -156,19 +167,23 @@ def training_cost(root: Path, layers: int, rounds: int, seconds: float, browser)
             run_dir = root / f"train{r}{int(polled)}"
             child = start_child(run_dir, layers, seconds, pause=0.0)
             server = page = None
+            while not (run_dir / "gradsight.sqlite").exists():
+                time.sleep(0.05)
+            start = time.time()
             if polled:
-                while not (run_dir / "gradsight.sqlite").exists():
-                    time.sleep(0.05)
                 time.sleep(0.5)
                 server = serve(run_dir)
                 page = browser.new_page()
                 page.goto(server.url)
+                page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=60_000)
+                if time.time() - start > settle:
+                    print(f"  (round {r}: the page took {time.time() - start:.1f} s to open, more than --settle)")
             times = json.loads(child.communicate()[0])
             if page is not None:
                 page.close()
                 server.shutdown()
                 server.server_close()
-            medians[polled] = statistics.median(times[5:])
+            medians[polled] = statistics.median(dt for end, dt in times if end >= start + settle)
         out.append((medians[False], medians[True]))
     return out
 
@@ -177,8 +192,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=30.0, help="training time of the latency run")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--round-seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--round-seconds", type=float, default=25.0)
+    parser.add_argument("--settle", type=float, default=10.0,
+                        help="seconds of each round left out of the training cost (the page opens in them)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -188,11 +205,13 @@ def main() -> None:
         costs = poll_costs(root / "costs", args.layers)
         print(f"poll, nothing new: {costs['empty_ms']:.2f} ms, {costs['empty_bytes']} bytes; "
               f"one new step of {args.layers} layers: {costs['one_step_ms']:.2f} ms, {costs['one_step_bytes']} bytes")
-        lat = sorted(latency(root / "lat", args.layers, args.seconds, browser))
+        lat, draw_ms = latency(root / "lat", args.layers, args.seconds, browser)
+        lat = sorted(lat)
         p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
         print(f"step recorded -> drawn: {len(lat)} steps, p50 {statistics.median(lat):.2f} s, p95 {p95:.2f} s, "
-              f"max {lat[-1]:.2f} s")
-        rounds = training_cost(root / "train", args.layers, args.rounds, args.round_seconds, browser)
+              f"max {lat[-1]:.2f} s; the page's append and redraw: median {statistics.median(draw_ms):.0f} ms, "
+              f"max {max(draw_ms):.0f} ms over {len(draw_ms)} updates")
+        rounds = training_cost(root / "train", args.layers, args.rounds, args.round_seconds, args.settle, browser)
         for without, with_page in rounds:
             print(f"training step: {without * 1e3:.2f} ms without a page, {with_page * 1e3:.2f} ms with one polling "
                   f"({with_page / without:.3f}x)")

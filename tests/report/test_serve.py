@@ -239,12 +239,17 @@ from torch import nn
 import gradsight as gs
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-with gs.watch(model, sys.argv[1], name="child") as mon:
+update_ratio = int(os.environ.get("GS_TEST_UPDATE_RATIO", "0"))  # 0: no optimizer, no update ratios
+opt = torch.optim.SGD(model.parameters(), lr=0.01) if update_ratio else None
+with gs.watch(model, sys.argv[1], name="child", optimizer=opt, update_ratio=update_ratio or False) as mon:
     nan_at = int(os.environ.get("GS_TEST_NAN_AT", "-1"))
     for step in range(int(sys.argv[2])):
         x = torch.randn(5, 4) * (float("nan") if 0 <= nan_at <= step else 1.0)
-        model(x).sum().backward()
-        mon.step()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        mon.step(loss if update_ratio else None)
+        if opt is not None:
+            opt.step()
         mon.flush()
         model.zero_grad()
         time.sleep(float(sys.argv[3]))
@@ -254,11 +259,14 @@ with gs.watch(model, sys.argv[1], name="child") as mon:
 """
 
 
-def child(run_dir: Path, steps: int, pause: float, hang: bool = False, nan_at: int = -1) -> subprocess.Popen:
+def child(run_dir: Path, steps: int, pause: float, hang: bool = False, nan_at: int = -1,
+          update_ratio: int = 0) -> subprocess.Popen:
     """A process recording ``steps`` steps of a small MLP into ``run_dir``, ``pause`` s apart
-    (its gradients NaN from step ``nan_at``); with ``hang`` it waits to be killed after them."""
+    (its gradients NaN from step ``nan_at``); with ``hang`` it waits to be killed after them;
+    with ``update_ratio`` it trains with SGD, measures update ratios every that many steps and
+    logs the loss."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               GS_TEST_NAN_AT=str(nan_at))
+               GS_TEST_NAN_AT=str(nan_at), GS_TEST_UPDATE_RATIO=str(update_ratio))
     args = [sys.executable, "-c", CHILD, str(run_dir), str(steps), str(pause)] + (["hang"] if hang else [])
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True)
 
@@ -301,3 +309,39 @@ def test_serving_a_live_and_a_killed_run_changes_no_file(tmp_path):
         served.close()
     assert {d: store_files(tmp_path / d) for d in ("killed", "finished")} == before
     assert {p: p.stat().st_mtime_ns for d in ("killed", "finished") for p in (tmp_path / d).iterdir()} == mtimes
+
+
+def test_a_waiting_poll_answers_when_a_step_is_committed_or_the_runs_change(tmp_path):
+    proc = child(tmp_path / "live", steps=200, pause=0.05)
+    served = Served(tmp_path, doctor_interval=60)
+    try:
+        first = _wait(lambda: served.json("/api/runs")["runs"].get("live", {}).get("last"), timeout=60)
+        runs_key = served.json("/api/runs")["runs_key"]
+        fver = served.json("/api/poll?run=live&since=&f=-1")["runs"]["live"]["findings_version"]
+        last = served.json(f"/api/poll?run=live&since={first}&f={fver}")["runs"]["live"]["last"]
+        # nothing new when asked: the answer waits for the next commit (the HTTP timeout is 30 s, the wait 25 s)
+        update = served.json(f"/api/poll?run=live&since={last}&f={fver}&k={runs_key}&wait=25")["runs"]["live"]
+        assert update["steps"][0] == last + 1 and update["status"] == "running"
+        # a page holding other runs is told at once
+        other = served.json(f"/api/poll?run=live&since={update['last']}&f={fver}&k={runs_key + 1}&wait=25")
+        assert other["runs_key"] == runs_key
+        assert proc.wait(timeout=120) == 0
+        final = served.json(f"/api/poll?run=live&since=&f={fver}")["runs"]["live"]
+        done = served.json(f"/api/poll?run=live&since={final['last']}&f={fver}&k={runs_key}&wait=1")
+        assert done["runs"]["live"] == {"status": "finished", "last": final["last"]}  # nothing new: after 1 s
+    finally:
+        proc.kill()
+        served.close()
+
+
+def test_the_doctor_runs_at_the_lowest_cpu_priority(report_runs):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("threads have their own priority on Linux")
+    served = Served(report_runs, doctor_interval=0.2)
+    try:
+        doctor = served.server.doctor._thread
+        _wait(lambda: doctor.native_id is not None)
+        assert _wait(lambda: os.getpriority(os.PRIO_PROCESS, doctor.native_id) == 19, timeout=5)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the rest of the process as it was
+    finally:
+        served.close()

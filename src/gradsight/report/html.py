@@ -333,7 +333,7 @@ def build_report(
             diagnosis not done by then is left out with a note.
         live: the page of ``gradsight serve`` instead of a file (:mod:`gradsight.report.server`):
             ``{"keys": [the server's key of each run], "runs_key": ..., "interval_ms": ...,
-            "source": ...}``. The page is the same; it then polls the server for the steps
+            "wait_s": ..., "source": ...}``. The page is the same; it then polls the server for the steps
             after those it holds, and the diagnosis comes from the server as well.
 
     Returns:
@@ -412,6 +412,7 @@ def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str
     }
     if live is not None:
         payload["live"] = {"runs_key": live["runs_key"], "interval_ms": live.get("interval_ms", 1000),
+                           "wait_s": live.get("wait_s", 0),
                            "max_steps": max_steps or DEFAULT_MAX_STEPS, "overlaid": OVERLAID_STEPS,
                            "max_line_points": MAX_LINE_POINTS, "max_events": MAX_EVENTS}
         for p, key in zip(payloads, live["keys"]):
