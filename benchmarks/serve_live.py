@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 CHILD = r"""
 import json, sys, time, torch
 from torch import nn
@@ -186,6 +188,75 @@ def training_cost(root: Path, layers: int, rounds: int, seconds: float, settle: 
             medians[polled] = statistics.median(dt for end, dt in times if end >= start + settle)
         out.append((medians[False], medians[True]))
     return out
+
+
+def synthetic_run(run_dir: Path, layers: int, steps: int, seed: int = 0) -> None:
+    """A finished run of ``layers`` layers x ``steps`` steps (layer ``grad_norm`` and
+    ``grad_rms``, model ``grad_norm``, metric ``loss``) written through the store's writer
+    in bulk: a few distinct steps' values written again and again (about 2 million values/s)."""
+    from gradsight.store.schema import Level, RowKind
+    from gradsight.store.writer import StoreWriter
+
+    rng = np.random.default_rng(seed)
+    names = [f"blocks.{i // 2}.fc{i % 2 + 1}" for i in range(layers)]
+    stats = ("grad_norm", "grad_rms")
+    writer = StoreWriter(run_dir, max_queue_bytes=1 << 34)  # nothing dropped: the writer's own pace
+    now = time.time()
+    writer.set_meta(name=run_dir.name, status="running", model_class="synthetic.DeepMLP", start_time=now - steps)
+    writer.write_params([(f"{n}.weight", n, "[64, 64]", 4096, "float32", 1, "[]", i) for i, n in enumerate(names)])
+    writer.write_layers([(n, d, "Linear", RowKind.LAYER) for d, n in enumerate(names)])
+    series = [(1 + k * layers + i, Level.LAYER, n, st) for k, st in enumerate(stats) for i, n in enumerate(names)]
+    series += [(len(series) + 1, Level.MODEL, "", "grad_norm"), (len(series) + 2, Level.METRIC, "loss", "loss")]
+    writer.add_series(series)
+    ids = np.array([s[0] for s in series], dtype=np.int64)
+    scale = np.exp(rng.normal(-3.0, 1.5, layers))
+    pool = [np.concatenate([scale * np.exp(rng.normal(0, 0.1, layers)), 0.01 * scale * np.exp(rng.normal(0, 0.1, layers)),
+                            np.exp(rng.normal(0, 0.3, 2))]).astype(np.float32).astype(np.float64) for _ in range(16)]
+    for step in range(steps):
+        writer.write_scalars(step, ids, pool[step % len(pool)], now - steps + step)
+    writer.close(status="finished")
+
+
+def scale(root: Path, browser, runs: int, layers: int, steps: int) -> dict[str, float]:
+    """A folder of ``runs`` runs, one of ``layers`` x ``steps`` (the others 20 x 1,000), served:
+    the seconds from asking for the page to its charts drawn in chromium, the page's bytes, and
+    then how responsive it stays: a poll of every run with nothing new, and the redraw after
+    choosing another statistic (a selector's change) in the big run's section."""
+    if not (root / "big" / "gradsight.sqlite").exists():
+        t0 = time.perf_counter()
+        synthetic_run(root / "big", layers, steps)
+        for i in range(runs - 1):
+            synthetic_run(root / f"run{i:02d}", 20, 1000, seed=i + 1)
+        print(f"built {runs} runs under {root} in {time.perf_counter() - t0:.0f} s")
+    server = serve(root)
+    try:
+        built = get(server.server_address[1], "/")[0] / 1e3  # the server making the page alone
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        t0 = time.perf_counter()
+        page.goto(server.url, timeout=300_000)
+        page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=300_000)
+        opened = time.perf_counter() - t0
+        size = len(page.content())
+        port = server.server_address[1]
+        keys = server.served.shown
+        query = "&".join(f"run={k}&since={server.served.get(k).open().last_step()}&f=-1" for k in keys)
+        get(port, "/api/poll?" + query)
+        fvers = {k: server.served.get(k).findings_version for k in keys}
+        query = "&".join(f"run={k}&since={server.served.get(k).open().last_step()}&f={fvers[k]}" for k in keys)
+        polls = [get(port, "/api/poll?" + query)[0] for _ in range(20)]
+        big = page.locator(f"#run-{keys.index('big')}")
+        big.scroll_into_view_if_needed()
+        choose = []
+        for value in ("layer:grad_norm", "layer:grad_rms") * 3:
+            t1 = time.perf_counter()
+            big.locator("select.stat").select_option(value)  # returns once the change handler has run
+            choose.append(time.perf_counter() - t1)
+        page.close()
+        return {"open_s": opened, "page_s": built, "page_mb": size / 1e6, "poll_ms": statistics.median(polls),
+                "choose_s": statistics.median(choose)}
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def main() -> None:

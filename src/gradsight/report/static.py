@@ -554,11 +554,25 @@ JS = r"""
     });
   }
 
+  // A page of many runs draws a chart when it comes near the view (and again, when its data
+  // changed, the next time it does): opening it costs the charts in view, not all of them.
+  var LAZY = DATA.runs.length > 6 && "IntersectionObserver" in window, near = new WeakSet(), pending = new Map();
+  var watcher = LAZY ? new IntersectionObserver(function (entries) {
+    entries.forEach(function (e) {
+      if (!e.isIntersecting) { near.delete(e.target); return; }
+      near.add(e.target);
+      var draw = pending.get(e.target);
+      if (draw) { pending.delete(e.target); draw(); }
+    });
+    document.body.setAttribute("data-rendered", "true");  // the charts in view are drawn
+  }, { rootMargin: "800px 0px" }) : null;
   function drawRun(section, run) {
     var sel = section.querySelector("select.stat"), rsel = section.querySelector("select.role");
+    if (LAZY) section.querySelectorAll("[data-chart]").forEach(function (el) { watcher.observe(el); });
     function redraw() {
       var key = sel ? sel.value : run.default_key, choice = rsel ? rsel.value : "default";
       section.querySelectorAll("[data-chart]").forEach(function (el) {
+        if (LAZY && !near.has(el)) { pending.set(el, redraw); return; }  // drawn when it comes near the view
         var kind = el.getAttribute("data-chart");
         try {
           if (kind === "flow") drawFlow(el, run, key, choice);
@@ -614,7 +628,7 @@ JS = r"""
     clearTimeout(timer);
     timer = setTimeout(function () { redraws.forEach(function (f) { f(); }); }, 200);
   });
-  document.body.setAttribute("data-rendered", "true");
+  if (!LAZY) document.body.setAttribute("data-rendered", "true");
 
   // ---------------------------------------------------------------- live (gradsight serve)
   // The same page, fed by the server: it asks for the steps after the last one it holds,
