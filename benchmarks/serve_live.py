@@ -1,20 +1,26 @@
 """What ``gradsight serve`` costs and how soon a step shows: a measurement, not a test.
 
-Three numbers:
+Four measurements:
 
 1. **latency**: a child process trains a ``--layers``-layer MLP recording every step
    (the writer commits about once a second) while the page is open in chromium
    (Playwright, Debian's /usr/bin/chromium); each recorded step's wall time (the
    store's ``steps.time``) is compared with the moment the page has drawn it (its
    section's ``data-last-step`` reaches the step, set after the redraw). p50 / p95 over
-   every step drawn.
+   every step recorded after the page was open; and what the page's script spent on each
+   update (``data-draw-ms``: appending the new steps and redrawing the run's charts).
 2. **poll cost**: answers of the server (in this process, over HTTP) to a poll with
    nothing new and to a poll with one new step of the same run: median ms and bytes.
 3. **training cost**: the child's median step time with and without the page polling,
-   in interleaved rounds; the median of the rounds' ratios.
+   in interleaved rounds (the first ``--settle`` seconds of each, while the page opens,
+   left out); the median of the rounds' ratios.
+4. **scale**: a folder of 50 runs, one of 1,000 layers x 100,000 steps (written through the
+   store's writer), served: how long the page takes to open and draw in chromium, and how
+   responsive it stays (a poll of every run, another statistic chosen in the big run).
 
     python benchmarks/serve_live.py                 # 100 layers
     python benchmarks/serve_live.py --layers 20 --rounds 2
+    python benchmarks/serve_live.py --only scale --scale-root /tmp/scale   # keep the 50 runs
 """
 
 from __future__ import annotations
@@ -259,6 +265,9 @@ def scale(root: Path, browser, runs: int, layers: int, steps: int) -> dict[str, 
         server.server_close()
 
 
+PARTS = ("poll", "latency", "training", "scale")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=100)
@@ -267,26 +276,43 @@ def main() -> None:
     parser.add_argument("--round-seconds", type=float, default=25.0)
     parser.add_argument("--settle", type=float, default=10.0,
                         help="seconds of each round left out of the training cost (the page opens in them)")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"some of {', '.join(PARTS)}")
+    parser.add_argument("--scale-runs", type=int, default=50)
+    parser.add_argument("--scale-layers", type=int, default=1000)
+    parser.add_argument("--scale-steps", type=int, default=100_000)
+    parser.add_argument("--scale-root", type=Path, default=None,
+                        help="folder of the scale runs, kept and used again (default: a temporary one; "
+                             "writing them takes a few minutes)")
     args = parser.parse_args()
+    parts = set(args.only.split(","))
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         root = Path(tmp)
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        costs = poll_costs(root / "costs", args.layers)
-        print(f"poll, nothing new: {costs['empty_ms']:.2f} ms, {costs['empty_bytes']} bytes; "
-              f"one new step of {args.layers} layers: {costs['one_step_ms']:.2f} ms, {costs['one_step_bytes']} bytes")
-        lat, draw_ms = latency(root / "lat", args.layers, args.seconds, browser)
-        lat = sorted(lat)
-        p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
-        print(f"step recorded -> drawn: {len(lat)} steps, p50 {statistics.median(lat):.2f} s, p95 {p95:.2f} s, "
-              f"max {lat[-1]:.2f} s; the page's append and redraw: median {statistics.median(draw_ms):.0f} ms, "
-              f"max {max(draw_ms):.0f} ms over {len(draw_ms)} updates")
-        rounds = training_cost(root / "train", args.layers, args.rounds, args.round_seconds, args.settle, browser)
-        for without, with_page in rounds:
-            print(f"training step: {without * 1e3:.2f} ms without a page, {with_page * 1e3:.2f} ms with one polling "
-                  f"({with_page / without:.3f}x)")
-        print(f"median ratio: {statistics.median(w / wo for wo, w in rounds):.3f}")
+        if "poll" in parts:
+            costs = poll_costs(root / "costs", args.layers)
+            print(f"poll, nothing new: {costs['empty_ms']:.2f} ms, {costs['empty_bytes']} bytes; one new step of "
+                  f"{args.layers} layers: {costs['one_step_ms']:.2f} ms, {costs['one_step_bytes']} bytes")
+        if "latency" in parts:
+            lat, draw_ms = latency(root / "lat", args.layers, args.seconds, browser)
+            lat = sorted(lat)
+            p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
+            print(f"step recorded -> drawn: {len(lat)} steps, p50 {statistics.median(lat):.2f} s, p95 {p95:.2f} s, "
+                  f"max {lat[-1]:.2f} s; the page's append and redraw: median {statistics.median(draw_ms):.0f} ms, "
+                  f"max {max(draw_ms):.0f} ms over {len(draw_ms)} updates")
+        if "training" in parts:
+            rounds = training_cost(root / "train", args.layers, args.rounds, args.round_seconds, args.settle, browser)
+            for without, with_page in rounds:
+                print(f"training step: {without * 1e3:.2f} ms without a page, {with_page * 1e3:.2f} ms with one "
+                      f"polling ({with_page / without:.3f}x)")
+            print(f"median ratio: {statistics.median(w / wo for wo, w in rounds):.3f}")
+        if "scale" in parts:
+            at = scale(args.scale_root or root / "scale", browser, args.scale_runs, args.scale_layers, args.scale_steps)
+            print(f"{args.scale_runs} runs, one of {args.scale_layers:,} layers x {args.scale_steps:,} steps: the page "
+                  f"opens (drawn) in {at['open_s']:.1f} s (the server makes it in {at['page_s']:.1f} s; "
+                  f"{at['page_mb']:.1f} MB); a poll of every run with nothing new {at['poll_ms']:.1f} ms; another "
+                  f"statistic in the big run's section drawn in {at['choose_s']:.2f} s")
         browser.close()
 
 
