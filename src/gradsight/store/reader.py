@@ -317,6 +317,12 @@ class Run:
         last = self._rows("SELECT max(step) FROM steps")[0][0]
         return None if last is None else int(last)
 
+    def data_version(self) -> int:
+        """A number that changes when another connection (the recording process) has committed
+        since it was last asked (SQLite's ``PRAGMA data_version``): a reader following a live
+        run reads again only then."""
+        return int(self._rows("PRAGMA data_version")[0][0])
+
     def count_steps(self) -> int:
         """How many steps are recorded (one small query)."""
         return int(self._rows("SELECT count(*) FROM steps")[0][0])
