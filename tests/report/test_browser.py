@@ -230,3 +230,35 @@ def test_the_report_runs_sandboxed_inside_a_notebook(notebook_page):
     assert reach == "blocked"
     card = opened.page.locator("#card")
     assert card.locator("svg").count() == 2 and "<script>alert(1)</script>" in card.text_content()
+
+
+def test_a_page_of_many_runs_draws_the_charts_near_the_view(browser_page, tmp_path):
+    """Past 6 runs a chart is drawn when it comes near the view: the first run's at once, the
+    last run's once scrolled to; its selectors redraw it as on any page."""
+    from gradsight.report import write_report
+    from tests.plots.runs import make_run
+
+    for i in range(8):
+        make_run(tmp_path / "runs" / f"r{i}", depth=1, steps=3, seed=i)
+    out = write_report([tmp_path / "runs"], tmp_path / "report.html")
+    page = browser_page.page.context.new_page()  # the module's browser (one Playwright per thread)
+    try:
+        opened = Page(page, out.resolve().as_uri())
+        page.goto(opened.url)
+        page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=30_000)
+        assert page.locator("#run-0 [data-chart=flow] svg").count() == 1
+        last = page.locator("#run-7")
+        assert last.locator("[data-chart=heatmap] canvas").count() == 0  # far below: not drawn yet
+        last.locator("[data-chart=heatmap]").scroll_into_view_if_needed()
+        last.locator("[data-chart=heatmap] canvas").wait_for(state="attached", timeout=10_000)
+        assert last.locator("[data-chart=heatmap] canvas").get_attribute("data-cols") == "3"
+        page.select_option("#run-7 select.stat", "layer:grad_norm")
+        title = page.locator("#run-7 [data-chart=flow] .title")
+        for _ in range(50):
+            if title.text_content().startswith("grad_norm"):
+                break
+            page.wait_for_timeout(100)
+        assert title.text_content().startswith("grad_norm by layer")
+        assert opened.console_errors == [] and opened.dialogs == []
+    finally:
+        page.close()

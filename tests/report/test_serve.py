@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -11,12 +12,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gradsight.cli import main
-from gradsight.report.live import names_key
+from gradsight.report.live import ServedRuns, names_key
+from gradsight.report.payload import layout_key, run_payload
 from gradsight.report.server import LiveServer
 from gradsight.store.schema import DB_NAME
+from gradsight.store.view import RunView
 from tests.plots.runs import make_run
 from tests.store.helpers import store_files
 
@@ -76,12 +80,51 @@ def test_poll_gives_only_the_steps_after_since(served_runs):
     update = answer["runs"]["plain4"]
     assert update["status"] == "finished" and update["last"] == 11
     assert update["steps"] == [6, 7, 8, 9, 10, 11]
-    import base64
-
     rows = len(base64.b64decode(update["matrices"]["layer:grad_rms"])) // 4 // 6
     assert rows == 4  # 4 layers x 6 new steps
     assert update["lines"]["model:grad_rms"]["steps"] == [6, 7, 8, 9, 10, 11]
     assert isinstance(update["findings"], list) and "findings_version" in update
+
+
+def _f32(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4")
+
+
+@pytest.mark.parametrize("key", ["plain4", "residual4"])
+@pytest.mark.parametrize("since", [None, 3, 8])
+def test_a_poll_gives_the_values_the_report_shows(report_runs, key, since):
+    """Every table, line, own-step table and non-finite event of an update equals the report's
+    payload (``run_payload(every_name=True)``, read through the view's frames) at the new steps."""
+    payload = run_payload(RunView(report_runs / key), 0, every_name=True).data
+    served = ServedRuns(report_runs)
+    try:
+        update = served.get(key).update(since)
+    finally:
+        served.close()
+    new = [s for s in payload["steps"] if since is None or s > since]
+    assert update["steps"] == new and update["total_steps"] == payload["total_steps"] == 12
+    at = [payload["steps"].index(s) for s in new]
+    shared = {k: m for k, m in payload["matrices"].items() if "steps" not in m}
+    assert set(update["matrices"]) == set(shared)
+    for name, m in shared.items():
+        rows = len(payload["names"][m["level"]])
+        expected = _f32(m["data"]).reshape(rows, -1)[:, at]
+        np.testing.assert_array_equal(_f32(update["matrices"][name]).reshape(rows, -1), expected, err_msg=name)
+    own = payload["matrices"].get("update_ratio:own_steps")
+    if own is not None:  # residual4: update ratios every 4th step (plain4: none at the NaN step, 5)
+        written = update["written"].get("layer:update_ratio", range(len(new)))  # left out: every new step
+        assert [new[i] for i in written] == [s for s in own["steps"] if s in new]
+    else:
+        assert "layer:update_ratio" not in update["written"]
+    lines = {"model:" + payload["model"]["stat"]: payload["model"]} | {f"metric:{n}": v for n, v in payload["metrics"].items()}
+    for name, line in lines.items():
+        keep = [i for i, s in enumerate(line["steps"]) if s in new]
+        got = update["lines"].get(name, {"steps": [], "values": ""})
+        assert got["steps"] == [line["steps"][i] for i in keep], name
+        np.testing.assert_array_equal(_f32(got["values"]), _f32(line["values"])[keep], err_msg=name)
+    assert update.get("nonfinite", []) == [e for e in payload["nonfinite"] if e[0] in new]
+    assert bool(update.get("nonfinite")) == (key == "plain4" and since != 8)  # its NaN at step 5
+    assert update["layout"] == layout_key(RunView(report_runs / key))
 
 
 def test_a_poll_with_nothing_new_is_small(served_runs):
@@ -196,12 +239,17 @@ from torch import nn
 import gradsight as gs
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-with gs.watch(model, sys.argv[1], name="child") as mon:
+update_ratio = int(os.environ.get("GS_TEST_UPDATE_RATIO", "0"))  # 0: no optimizer, no update ratios
+opt = torch.optim.SGD(model.parameters(), lr=0.01) if update_ratio else None
+with gs.watch(model, sys.argv[1], name="child", optimizer=opt, update_ratio=update_ratio or False) as mon:
     nan_at = int(os.environ.get("GS_TEST_NAN_AT", "-1"))
     for step in range(int(sys.argv[2])):
         x = torch.randn(5, 4) * (float("nan") if 0 <= nan_at <= step else 1.0)
-        model(x).sum().backward()
-        mon.step()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        mon.step(loss if update_ratio else None)
+        if opt is not None:
+            opt.step()
         mon.flush()
         model.zero_grad()
         time.sleep(float(sys.argv[3]))
@@ -211,11 +259,14 @@ with gs.watch(model, sys.argv[1], name="child") as mon:
 """
 
 
-def child(run_dir: Path, steps: int, pause: float, hang: bool = False, nan_at: int = -1) -> subprocess.Popen:
+def child(run_dir: Path, steps: int, pause: float, hang: bool = False, nan_at: int = -1,
+          update_ratio: int = 0) -> subprocess.Popen:
     """A process recording ``steps`` steps of a small MLP into ``run_dir``, ``pause`` s apart
-    (its gradients NaN from step ``nan_at``); with ``hang`` it waits to be killed after them."""
+    (its gradients NaN from step ``nan_at``); with ``hang`` it waits to be killed after them;
+    with ``update_ratio`` it trains with SGD, measures update ratios every that many steps and
+    logs the loss."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               GS_TEST_NAN_AT=str(nan_at))
+               GS_TEST_NAN_AT=str(nan_at), GS_TEST_UPDATE_RATIO=str(update_ratio))
     args = [sys.executable, "-c", CHILD, str(run_dir), str(steps), str(pause)] + (["hang"] if hang else [])
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True)
 
@@ -258,3 +309,39 @@ def test_serving_a_live_and_a_killed_run_changes_no_file(tmp_path):
         served.close()
     assert {d: store_files(tmp_path / d) for d in ("killed", "finished")} == before
     assert {p: p.stat().st_mtime_ns for d in ("killed", "finished") for p in (tmp_path / d).iterdir()} == mtimes
+
+
+def test_a_waiting_poll_answers_when_a_step_is_committed_or_the_runs_change(tmp_path):
+    proc = child(tmp_path / "live", steps=200, pause=0.05)
+    served = Served(tmp_path, doctor_interval=60)
+    try:
+        first = _wait(lambda: served.json("/api/runs")["runs"].get("live", {}).get("last"), timeout=60)
+        runs_key = served.json("/api/runs")["runs_key"]
+        fver = served.json("/api/poll?run=live&since=&f=-1")["runs"]["live"]["findings_version"]
+        last = served.json(f"/api/poll?run=live&since={first}&f={fver}")["runs"]["live"]["last"]
+        # nothing new when asked: the answer waits for the next commit (the HTTP timeout is 30 s, the wait 25 s)
+        update = served.json(f"/api/poll?run=live&since={last}&f={fver}&k={runs_key}&wait=25")["runs"]["live"]
+        assert update["steps"][0] == last + 1 and update["status"] == "running"
+        # a page holding other runs is told at once
+        other = served.json(f"/api/poll?run=live&since={update['last']}&f={fver}&k={runs_key + 1}&wait=25")
+        assert other["runs_key"] == runs_key
+        assert proc.wait(timeout=120) == 0
+        final = served.json(f"/api/poll?run=live&since=&f={fver}")["runs"]["live"]
+        done = served.json(f"/api/poll?run=live&since={final['last']}&f={fver}&k={runs_key}&wait=1")
+        assert done["runs"]["live"] == {"status": "finished", "last": final["last"]}  # nothing new: after 1 s
+    finally:
+        proc.kill()
+        served.close()
+
+
+def test_the_doctor_runs_at_the_lowest_cpu_priority(report_runs):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("threads have their own priority on Linux")
+    served = Served(report_runs, doctor_interval=0.2)
+    try:
+        doctor = served.server.doctor._thread
+        _wait(lambda: doctor.native_id is not None)
+        assert _wait(lambda: os.getpriority(os.PRIO_PROCESS, doctor.native_id) == 19, timeout=5)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the rest of the process as it was
+    finally:
+        served.close()

@@ -87,3 +87,46 @@ def test_steps_of_a_recording_process_are_drawn_and_a_finding_appears(browser, t
     finally:
         proc.kill()
         served.close()
+
+
+def test_every_chart_over_steps_follows_a_recording_process(browser, tmp_path):
+    """Update ratios measured every 3rd step (a table of their own steps), the model and loss
+    lines, the heatmap and the non-finite markers all take the steps recorded after the page opened."""
+    proc = child(tmp_path / "live", steps=120, pause=0.1, nan_at=70, update_ratio=3)
+    served = Served(tmp_path, doctor_interval=0.5)
+    try:
+        _wait(lambda: (served.json("/api/runs")["runs"].get("live", {}).get("last") or 0) >= 6, timeout=60)
+        opened = open_page(browser, f"http://127.0.0.1:{served.port}/")
+        page = opened.page
+        run = page.locator("#run-0")
+        charts = {kind: run.locator(f"[data-chart={kind}] svg.gs-svg").first for kind in ("update", "model", "metrics")}
+
+        def last_x(kind: str) -> float:
+            return float(charts[kind].get_attribute("data-x-max"))
+
+        before = {kind: last_x(kind) for kind in charts}
+        heat = run.locator("[data-chart=heatmap] canvas")
+        cols = int(heat.get_attribute("data-cols"))
+        assert page.locator("#run-0 [data-chart=bands] path.marker").count() == 0  # no NaN yet
+        def reach(step: int) -> int:
+            for _ in range(300):  # 30 s (the page's CSP forbids wait_for_function's eval)
+                if int(run.get_attribute("data-last-step") or -1) >= step:
+                    break
+                page.wait_for_timeout(100)
+            return int(run.get_attribute("data-last-step"))
+
+        last = min(reach(60), 69)  # the last finite values: the gradients go NaN at step 70
+        assert last >= 60
+        assert int(heat.get_attribute("data-cols")) > cols
+        assert last_x("model") == last and last_x("metrics") == last
+        # measured at every 3rd step, from its first: the last such step drawn
+        assert before["update"] < last_x("update") and last - 3 < last_x("update") <= last
+        assert last_x("update") % 3 == before["update"] % 3
+        # the markers of the NaN come with the steps (the doctor's finding later)
+        assert reach(75) >= 75
+        markers = page.locator("#run-0 [data-chart=bands] path.marker")
+        assert markers.count() >= 1 and "step 70" in markers.first.get_attribute("data-label")
+        assert opened.console_errors == [] and opened.dialogs == []
+    finally:
+        proc.kill()
+        served.close()

@@ -64,6 +64,30 @@ def test_decoding_many_segments_at_once_is_decoding_each():
         assert _same(row, packed.decode(d, n)) and _same(row, a)
 
 
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_many_short_segments_read_as_one_array_are_decoded_as_each(n):
+    """The model and metric values of each step of a long run: 100s of rows of a few values,
+    their byte planes constant in some rows and raw in others, NaN, inf and logged float64
+    values among them."""
+    rng = np.random.default_rng(n)
+    arrays = [rng.lognormal(size=n).astype(np.float32).astype(np.float64) for _ in range(150)]
+    arrays += [np.full(n, 2.0), np.zeros(n), np.full(n, math.nan), np.full(n, -math.inf), np.full(n, 0.1)]
+    arrays += [np.array([7.0] + [3.0] * (n - 1)) for _ in range(30)] + [np.array([0.1] + [1.5] * (n - 1))]
+    order = rng.permutation(len(arrays))
+    arrays = [arrays[i] for i in order]
+    data = [packed.encode(a) for a in arrays]
+    layouts = {(len(d), d[1], d[3] if len(d) > 3 else None) for d in data}
+    assert len(layouts) > 2 or n == 1  # one value: every byte plane is constant
+    assert {d[0] for d in data} >= ({packed.F32, packed.F32_EXCEPT} if n == 5 else {packed.F32, packed.F64})
+    many = packed.decode_many(data, n)
+    for row, d, a in zip(many, data, arrays):
+        assert _same(row, packed.decode(d, n)) and _same(row, a)
+    rows = [(i, i, packed.encode_row(np.concatenate([a, a[::-1]]), [n, n])) for i, a in enumerate(arrays)]
+    for k in (0, 1):
+        assert [bytes(b) for b in packed._segments_of(rows, 2, k)] == \
+            [bytes(packed.segment_bytes(r[2], 2, k)) for r in rows]
+
+
 def test_float32_values_take_four_bytes_or_less_and_others_their_float64():
     f32 = np.random.default_rng(0).lognormal(size=1000).astype(np.float32).astype(np.float64)
     assert len(packed.encode(f32)) <= 1 + 4 * len(f32)

@@ -208,3 +208,31 @@ def test_schema_kind_is_a_deprecated_name_of_row_kind():
 
     with pytest.warns(DeprecationWarning, match="RowKind"):
         assert schema.Kind is schema.RowKind
+
+
+def test_arrays_at_given_steps_hold_the_values_the_long_frame_has(mixed_run):
+    """``RunView.arrays`` (what a live page's poll reads) against ``Run.frame`` pivoted by hand:
+    a row per step asked, in the order asked (one not recorded too), a column per name of the level."""
+    steps = [5, 99, 2, 1]
+    with RunView(mixed_run) as view:
+        frame = view.run.frame()
+        keys = [(lv, st) for lv in ("layer", "module", "block", "model", "metric") for st in view.stats(lv)]
+        assert ("layer", "update_ratio") in keys and ("module", "act_rms") in keys
+        for every_name in (True, False):
+            got = view.arrays(keys, steps, every_name=every_name)
+            for (level, stat), (values, written) in got.items():
+                rows = frame[(frame["level"] == level) & (frame["stat"] == stat)]
+                names = view.names(level) if every_name else [n for n in view.names(level) if n in set(rows["name"])]
+                expected = np.full((len(steps), len(names)), np.nan)
+                present = np.zeros_like(expected, dtype=bool)
+                for step, name, value in zip(rows["step"], rows["name"], rows["value"]):
+                    if step in steps:
+                        expected[steps.index(step), names.index(name)] = value
+                        present[steps.index(step), names.index(name)] = True
+                np.testing.assert_array_equal(values, expected, err_msg=f"{level}:{stat}")
+                np.testing.assert_array_equal(written, present, err_msg=f"{level}:{stat}")
+        _, written = view.arrays([("layer", "update_ratio")], steps)[("layer", "update_ratio")]
+        assert written.any(axis=1).tolist() == [False, False, True, False]  # measured every second step
+        assert view.arrays([("layer", "no_such_stat")], steps)[("layer", "no_such_stat")][0].shape == (4, len(
+            view.names("layer")))
+        assert not view._tables  # nothing kept

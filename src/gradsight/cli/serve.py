@@ -21,10 +21,11 @@ def command(path: Path, host: str, port: int) -> None:
 
     PATH is a run directory or a folder holding runs (runs created in it later
     appear on the page). Open the printed address in a browser: the page is the
-    one 'gradsight report' writes (same charts and selectors), and it asks the
-    server every second for the steps recorded since the last one it has, the
-    status of each run (running / finished / failed, steps dropped, store errors)
-    and the doctor's findings, which are re-computed in the background as a run
+    one 'gradsight report' writes (same charts and selectors), and it waits on the
+    server for what is new: the steps recorded since the last one it has (sent
+    within about a tenth of a second of their commit), the status of each run
+    (running / finished / failed, steps dropped, store errors) and the doctor's
+    findings, which are re-computed in the background, at low priority, as a run
     records. The server only reads the runs and never changes them, and it
     answers only for runs under PATH. Ctrl-C stops it.
 

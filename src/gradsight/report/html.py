@@ -46,8 +46,8 @@ from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
 from gradsight.report.histograms import histograms_html
 from gradsight.report.noise_scale import noise_scale_html
 from gradsight.plots.flow import OVERLAID_STEPS
-from gradsight.report.payload import (CELL_BUDGET, MAX_LINE_POINTS, DiagnosisJob, RunPayload, results_table,
-                                      run_payload)
+from gradsight.report.payload import (CELL_BUDGET, MAX_EVENTS, MAX_LINE_POINTS, DiagnosisJob, RunPayload, layout_key,
+                                      results_table, run_payload)
 from gradsight.report.static import CSS, JS
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
@@ -335,7 +335,7 @@ def build_report(
             diagnosis not done by then is left out with a note.
         live: the page of ``gradsight serve`` instead of a file (:mod:`gradsight.report.server`):
             ``{"keys": [the server's key of each run], "runs_key": ..., "interval_ms": ...,
-            "source": ...}``. The page is the same; it then polls the server for the steps
+            "wait_s": ..., "source": ...}``. The page is the same; it then polls the server for the steps
             after those it holds, and the diagnosis comes from the server as well.
 
     Returns:
@@ -414,10 +414,12 @@ def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str
     }
     if live is not None:
         payload["live"] = {"runs_key": live["runs_key"], "interval_ms": live.get("interval_ms", 1000),
+                           "wait_s": live.get("wait_s", 0),
                            "max_steps": max_steps or DEFAULT_MAX_STEPS, "overlaid": OVERLAID_STEPS,
-                           "max_line_points": MAX_LINE_POINTS}
+                           "max_line_points": MAX_LINE_POINTS, "max_events": MAX_EVENTS}
         for p, key in zip(payloads, live["keys"]):
-            p.data["live"] = {"key": key, "last": p.run.steps[-1] if p.run.steps else None, "f": -1}
+            p.data["live"] = {"key": key, "last": p.run.steps[-1] if p.run.steps else None, "f": -1,
+                              "layout": layout_key(p.run)}
     from gradsight._version import __version__
 
     nav = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in toc)

@@ -14,8 +14,9 @@ The server (:mod:`gradsight.report.server`) answers from here:
   per-module table at those steps, names in the one column order, base64 float32; the model
   and metric lines). A poll with nothing new is a few dozen bytes.
 - :class:`Doctor`: :func:`gradsight.diagnosis.diagnose` of each run that recorded new steps,
-  in one background thread, at most every ``DOCTOR_INTERVAL_S`` seconds per run, never on the
-  request path. Each finding keeps the step at which it was first seen; a finding that no
+  in one background thread at the lowest CPU priority, at most every ``DOCTOR_INTERVAL_S``
+  seconds per run (and resting ``DOCTOR_REST`` times as long as a diagnosis took), never on
+  the request path. Each finding keeps the step at which it was first seen; a finding that no
   longer holds is dropped.
 """
 
@@ -24,16 +25,19 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gradsight._errors import RunError
 from gradsight.diagnosis import diagnose
-from gradsight.report.payload import encode_f32
-from gradsight.store.query import DEFAULT_MAX_STEPS, step_sample
+from gradsight.report.payload import MAX_EVENTS, encode_f32, layout_key
+from gradsight.store.query import DEFAULT_MAX_STEPS, nonfinite_events, step_sample
 from gradsight.store.reader import Run, list_runs, open_run
 from gradsight.store.schema import DB_NAME, Level
 from gradsight.store.view import RunView
@@ -42,10 +46,17 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two diagnoses of one run, at least.
 DOCTOR_INTERVAL_S = 3.0
+#: The doctor rests at least this many times as long as its last diagnosis of a run took,
+#: so that it uses at most about a tenth of one core (a long run's diagnosis takes a while).
+DOCTOR_REST = 9.0
 #: Seconds between two looks for new runs under the root, at least.
 DISCOVERY_INTERVAL_S = 2.0
 #: Steps one update carries at most (evenly spaced, last included): the page thins its own.
 MAX_UPDATE_STEPS = DEFAULT_MAX_STEPS
+#: Seconds a poll waits for something new, at most (the page asks with ``wait``).
+MAX_WAIT_S = 25.0
+#: Seconds between two looks at the runs while a poll waits.
+WAIT_CHECK_S = 0.1
 
 
 def names_key(names: list[str] | tuple[str, ...]) -> int:
@@ -89,6 +100,9 @@ class LiveRun:
         self.findings: list[dict[str, Any]] = []
         self.findings_version = 0
         self._first_seen: dict[str, int] = {}
+        self._view: RunView | None = None
+        self._layout_version: tuple | None = None
+        self._layout_key = 0
 
     def open(self) -> Run | None:
         """The open run, or None (with :attr:`error`) when its store cannot be read now."""
@@ -108,6 +122,7 @@ class LiveRun:
 
     def close(self) -> None:
         with self.lock:
+            self._view = None
             if self._run is not None:
                 self._run.close()
                 self._run = None
@@ -122,6 +137,20 @@ class LiveRun:
         if out["status"] == "running" and not writer_alive(meta):
             out["writer"] = "gone"
         return out
+
+    def token(self) -> tuple:
+        """What changes when :meth:`update`'s answer may: the store's data version (a commit
+        of the recording process), the findings, whether the writer still lives. Cheap: a
+        waiting poll asks it every ``WAIT_CHECK_S``."""
+        with self.lock:
+            run = self.open()
+            if run is None:
+                return (None, self.error, self.findings_version)
+            try:
+                version = run.data_version()
+            except RunError as exc:
+                return (None, str(exc), self.findings_version)
+            return (version, self.findings_version, run.status != "running" or writer_alive(run.meta))
 
     def update(self, since: int | None, findings_version: int | None = None) -> dict[str, Any]:
         """What the page lacks: ``{status, last, [steps, matrices, model, metrics], [findings]}``.
@@ -147,24 +176,40 @@ class LiveRun:
             out["findings_version"] = self.findings_version
         return out
 
+    def layout(self, run: Run) -> RunView:
+        """The run's view, kept while its names and statistics stay as they are
+        (:meth:`Run.layout_version <gradsight.store.reader.Run.layout_version>`): its layout
+        (names in the one column order, the series of each) is read once, not at every poll."""
+        version = run.layout_version()
+        if self._view is None or self._view.run is not run or version != self._layout_version:
+            self._view, self._layout_version = RunView(run), version
+            self._layout_key = layout_key(self._view)
+        return self._view
+
     def _values(self, run: Run, since: int | None) -> dict[str, Any]:
         new = run.steps(after=since)
         steps = step_sample(new, MAX_UPDATE_STEPS)
-        view = RunView(run)  # a fresh snapshot: the run's later steps
-        names = {lv: view.names(lv) for lv in view.module_levels}
-        per_module = [(lv, st) for lv in names for st in view.stats(lv)]
+        view = self.layout(run)
+        per_module = [(lv, st) for lv in view.module_levels for st in view.stats(lv)]
         totals = [(lv, st) for lv in (Level.MODEL, Level.METRIC) for st in view.stats(lv)]
-        tables = view.matrices(per_module + totals, steps=steps)  # one pass over the new values
-        matrices, lines = {}, {}
-        for level, stat in per_module:  # the page's layout: every name of the level, at every new step
-            table = tables[(level, stat)].reindex(index=steps, columns=names[level])
-            matrices[f"{level}:{stat}"] = encode_f32(table.to_numpy(dtype=float).T)
-        for level, stat in totals:
-            table = tables[(level, stat)]
-            if not table.empty:
-                values = table.iloc[:, 0].to_numpy(dtype=float)
-                lines[f"{level}:{stat}"] = {"steps": [int(s) for s in table.index], "values": encode_f32(values)}
-        return {"steps": steps, "total_steps": len(view.steps), "matrices": matrices, "lines": lines}
+        tables = view.arrays(per_module, steps)  # one query over the new steps' values
+        lines = view.arrays(totals, steps, every_name=False)
+        matrices, out_lines, partly = {}, {}, {}
+        for (level, stat), (values, written) in tables.items():  # the page's layout: names x new steps
+            matrices[f"{level}:{stat}"] = encode_f32(values.T)
+            at = written.any(axis=1)
+            if not at.all():  # e.g. update ratios measured every k-th step: a table of its own steps takes these
+                partly[f"{level}:{stat}"] = np.flatnonzero(at).tolist()
+        for (level, stat), (values, written) in lines.items():
+            if values.shape[1]:
+                at = np.flatnonzero(written[:, 0])
+                out_lines[f"{level}:{stat}"] = {"steps": [steps[i] for i in at], "values": encode_f32(values[at, 0])}
+        out = {"steps": steps, "total_steps": run.count_steps(), "layout": self._layout_key,
+               "matrices": matrices, "written": partly, "lines": out_lines}
+        events = nonfinite_events(view, level=Level.LAYER, max_events=MAX_EVENTS, steps=new)
+        if len(events):
+            out["nonfinite"] = [[int(s), str(n), int(c)] for s, n, c in events.itertuples(index=False)]
+        return out
 
     def set_findings(self, findings: list[Any], step: int | None) -> None:
         """The doctor's findings of the run as it stood at ``step``; each keeps its first step."""
@@ -242,11 +287,23 @@ class Doctor:
         self._stop = threading.Event()
         self._judged: dict[str, tuple[int | None, str]] = {}
         self._runs: dict[str, Run] = {}
+        self._due: dict[str, float] = {}  # run key -> time.monotonic() of its next diagnosis, at the earliest
         self._thread = threading.Thread(target=self._loop, name="gradsight-serve-doctor", daemon=True)
 
     def start(self) -> Doctor:
         self._thread.start()
         return self
+
+    @staticmethod
+    def _lower_priority() -> None:
+        """Run this thread at the lowest CPU priority (Linux: threads have their own nice value),
+        so that on a busy machine the diagnoses wait and the training does not."""
+        if not sys.platform.startswith("linux"):  # elsewhere the id would name a process
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:  # not allowed: its rests keep its cost down
+            pass
 
     def stop(self) -> None:
         self._stop.set()
@@ -255,6 +312,7 @@ class Doctor:
             run.close()
 
     def _loop(self) -> None:
+        self._lower_priority()
         while not self._stop.is_set():
             started = time.monotonic()
             self.served.refresh()
@@ -274,8 +332,12 @@ class Doctor:
             status = str(run.reload_meta().get("status", "unknown"))
             if self._judged.get(live.key) == (last, status):
                 return
+            if status == "running" and time.monotonic() < self._due.get(live.key, 0.0):
+                return  # resting after a long diagnosis (a run that has ended is judged at once)
+            started = time.monotonic()
             with RunView(run) as view:
                 findings = diagnose(view)
+            self._due[live.key] = time.monotonic() + DOCTOR_REST * (time.monotonic() - started)
             self._judged[live.key] = (last, status)
             live.set_findings(findings, last)
         except (RunError, OSError) as exc:
@@ -286,16 +348,46 @@ class Doctor:
             self._judged[live.key] = (None, "failed")
 
 
-def poll_answer(served: ServedRuns, asked: list[tuple[str, int | None, int | None]]) -> dict[str, Any]:
-    """The answer to one poll: ``asked`` holds ``(key, since, findings_version)`` per run on the
-    page; keys not served are left out. ``runs_key`` changes when runs appear."""
-    served.refresh()
+def _answer(served: ServedRuns, asked: list[tuple[str, int | None, int | None]]) -> dict[str, Any]:
     updates = {}
     for key, since, fver in asked:
         live = served.get(key)
         if live is not None:
             updates[key] = live.update(since, fver)
     return {"runs_key": served.key, "runs": updates}
+
+
+def poll_answer(served: ServedRuns, asked: list[tuple[str, int | None, int | None]], *,
+                runs_key: int | None = None, wait: float = 0.0, stop: threading.Event | None = None
+                ) -> dict[str, Any]:
+    """The answer to one poll: ``asked`` holds ``(key, since, findings_version)`` per run on the
+    page; keys not served are left out. ``runs_key`` changes when runs appear.
+
+    With ``wait`` (seconds, at most ``MAX_WAIT_S``) a poll with nothing new waits for something
+    to be: it looks every ``WAIT_CHECK_S`` at each run's :meth:`LiveRun.token` (no values read)
+    and answers as soon as a step, a status, a finding or the runs (``runs_key``, the page's)
+    changed, or when the time is up or ``stop`` is set. A page that waits so sees a committed
+    step within ``WAIT_CHECK_S`` and asks nothing meanwhile."""
+    served.refresh()
+    answer = _answer(served, asked)
+    deadline = time.monotonic() + min(max(0.0, wait), MAX_WAIT_S)
+    lives = [live for live in (served.get(key) for key, _, _ in asked) if live is not None]
+    tokens = [live.token() for live in lives]
+    stop = stop or threading.Event()
+
+    def news(ans: dict[str, Any]) -> bool:
+        return (runs_key is not None and ans["runs_key"] != runs_key) or any(
+            "steps" in u or "findings" in u for u in ans["runs"].values())
+
+    while not news(answer) and time.monotonic() < deadline and not stop.wait(WAIT_CHECK_S):
+        served.refresh()
+        now = [live.token() for live in lives]
+        if now == tokens and served.key == answer["runs_key"]:
+            continue
+        tokens, again = now, _answer(served, asked)
+        if again != answer:
+            return again
+    return answer
 
 
 __all__ = ["Doctor", "LiveRun", "ServedRuns", "names_key", "poll_answer"]

@@ -18,6 +18,7 @@ import base64
 import logging
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from gradsight.store.query import (
 from gradsight.store.reader import Run
 from gradsight.store.view import RunView, view_of
 from gradsight.store.roles import Role
+from gradsight.store.schema import Level
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,17 @@ class RunPayload:
     notes: list[str] = field(default_factory=list)
     roles: list[str] = field(default_factory=list)  #: the roles of the run's layers and modules, in Role.ALL order
     name: str = ""  #: the run's name in the report (distinct among the runs shown: store.query.run_labels)
+
+
+def layout_key(view: RunView) -> int:
+    """A fingerprint of what a run's charts are laid out by: its levels, each level's names in
+    order and statistics (a live page is made again when a poll brings another)."""
+    parts = []
+    for lv in view.module_levels:
+        parts += [lv, *view.names(lv), "", *view.stats(lv), ""]
+    for lv in Level.TOTALS:
+        parts += [lv, *view.stats(lv), ""]
+    return zlib.crc32("\0".join(parts).encode("utf-8", "surrogatepass"))
 
 
 def _encode_matrices(matrices: dict[tuple[str, str], pd.DataFrame]) -> dict[str, dict[str, Any]]:

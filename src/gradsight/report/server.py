@@ -4,8 +4,9 @@ Routes (GET only; anything else is 404, other methods 405):
 
 - ``/``: the report page (:func:`gradsight.report.html.build_report` with ``live=``) of
   every readable run under the root, as it stands when the page is opened.
-- ``/api/poll?run=KEY&since=STEP&f=VERSION[&run=...]``: per run on the page, its status
-  and the steps after ``since`` (:func:`gradsight.report.live.poll_answer`); JSON.
+- ``/api/poll?run=KEY&since=STEP&f=VERSION[&run=...][&k=RUNS_KEY&wait=SECONDS]``: per run
+  on the page, its status and the steps after ``since`` (:func:`gradsight.report.live.poll_answer`);
+  JSON. With ``wait`` the answer waits until something is new (a long poll: the page's way).
 - ``/api/runs``: every served run's key and status (or why it cannot be read); JSON.
 
 The server reads runs read-only (``store/access.py``) and reaches them only by key
@@ -34,8 +35,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
-#: Milliseconds between two polls of the page.
-POLL_INTERVAL_MS = 1000
+#: Milliseconds between two polls of the page, at least (each waits up to ``POLL_WAIT_S`` for news).
+POLL_INTERVAL_MS = 250
+#: Seconds the page's poll waits for something new (:data:`gradsight.report.live.MAX_WAIT_S` at most).
+POLL_WAIT_S = 20
 #: Runs a poll may name, at most.
 MAX_POLLED_RUNS = 1000
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
@@ -71,6 +74,7 @@ class LiveServer(ThreadingHTTPServer):
         self.poll_interval_ms = poll_interval_ms
         self.loopback_only = is_loopback(host)
         self.page_lock = threading.Lock()
+        self.stopping = threading.Event()  #: set when the server stops: waiting polls answer at once
         super().__init__((host, port), Handler)
         kwargs = {} if doctor_interval is None else {"interval": doctor_interval}
         self.doctor = Doctor(self.served, **kwargs).start()
@@ -91,7 +95,7 @@ class LiveServer(ThreadingHTTPServer):
             try:
                 views = [RunView(live.open()) for live in lives]
                 return build_report(views, title=f"gradsight serve: {self.source}",
-                                    live={"keys": shown, "runs_key": names_key(shown),
+                                    live={"keys": shown, "runs_key": names_key(shown), "wait_s": POLL_WAIT_S,
                                           "interval_ms": self.poll_interval_ms, "source": self.source})
             finally:
                 for live in lives:
@@ -105,7 +109,12 @@ class LiveServer(ThreadingHTTPServer):
             out[key] = {k: v for k, v in answer.items() if k in ("status", "last", "store_error", "steps_dropped")}
         return {"runs_key": self.served.key, "runs": out}
 
+    def shutdown(self) -> None:
+        self.stopping.set()
+        super().shutdown()
+
     def server_close(self) -> None:
+        self.stopping.set()
         self.doctor.stop()
         super().server_close()
         self.served.close()
@@ -160,7 +169,10 @@ class Handler(BaseHTTPRequestHandler):
                     self._refuse(400, "give run, since and f once per run")
                     return
                 asked = [(k, _int_or_none(s), _int_or_none(f)) for k, s, f in zip(keys, since, fver)]
-                self._json(poll_answer(self.server.served, asked))
+                wait = _int_or_none(query.get("wait", ["0"])[0]) or 0
+                runs_key = _int_or_none(query.get("k", [""])[0])
+                self._json(poll_answer(self.server.served, asked, runs_key=runs_key, wait=wait,
+                                       stop=self.server.stopping))
             elif parts.path == "/api/runs":
                 self._json(self.server.runs())
             else:

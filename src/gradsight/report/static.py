@@ -190,6 +190,7 @@ JS = r"""
     var ylo = Infinity, yhi = -Infinity, xlo = Infinity, xhi = -Infinity;
     for (var k = 0; k < ys.length; k++) { if (ys[k] < ylo) ylo = ys[k]; if (ys[k] > yhi) yhi = ys[k]; }
     for (k = 0; k < xs.length; k++) { if (xs[k] < xlo) xlo = xs[k]; if (xs[k] > xhi) xhi = xs[k]; }
+    root.setAttribute("data-x-max", String(xhi));  // the last step drawn, on a chart over steps
     if (log) { if (yhi <= ylo * 1.0001) { ylo /= 3; yhi *= 3; } var pad = Math.pow(yhi / ylo, 0.04); ylo /= pad; yhi *= pad; }
     else { if (yhi <= ylo) { ylo -= 1; yhi += 1; } var p2 = (yhi - ylo) * 0.05; ylo -= p2; yhi += p2; }
     if (cat) { xlo = -0.5; xhi = spec.xLabels.length - 0.5; }
@@ -553,11 +554,25 @@ JS = r"""
     });
   }
 
+  // A page of many runs draws a chart when it comes near the view (and again, when its data
+  // changed, the next time it does): opening it costs the charts in view, not all of them.
+  var LAZY = DATA.runs.length > 6 && "IntersectionObserver" in window, near = new WeakSet(), pending = new Map();
+  var watcher = LAZY ? new IntersectionObserver(function (entries) {
+    entries.forEach(function (e) {
+      if (!e.isIntersecting) { near.delete(e.target); return; }
+      near.add(e.target);
+      var draw = pending.get(e.target);
+      if (draw) { pending.delete(e.target); draw(); }
+    });
+    document.body.setAttribute("data-rendered", "true");  // the charts in view are drawn
+  }, { rootMargin: "800px 0px" }) : null;
   function drawRun(section, run) {
     var sel = section.querySelector("select.stat"), rsel = section.querySelector("select.role");
+    if (LAZY) section.querySelectorAll("[data-chart]").forEach(function (el) { watcher.observe(el); });
     function redraw() {
       var key = sel ? sel.value : run.default_key, choice = rsel ? rsel.value : "default";
       section.querySelectorAll("[data-chart]").forEach(function (el) {
+        if (LAZY && !near.has(el)) { pending.set(el, redraw); return; }  // drawn when it comes near the view
         var kind = el.getAttribute("data-chart");
         try {
           if (kind === "flow") drawFlow(el, run, key, choice);
@@ -613,7 +628,7 @@ JS = r"""
     clearTimeout(timer);
     timer = setTimeout(function () { redraws.forEach(function (f) { f(); }); }, 200);
   });
-  document.body.setAttribute("data-rendered", "true");
+  if (!LAZY) document.body.setAttribute("data-rendered", "true");
 
   // ---------------------------------------------------------------- live (gradsight serve)
   // The same page, fed by the server: it asks for the steps after the last one it holds,
@@ -640,27 +655,37 @@ JS = r"""
       line.sampled = true;
     }
   }
-  function append(run, u) {  // false: the page must be made again (new layers); a statistic new since waits for a reload
+  function append(run, u) {  // false: the page must be made again (its layers or statistics changed)
+    if (u.layout !== undefined && u.layout !== run.live.layout) return false;
     var n = u.steps.length, k = run.steps.length, keys = Object.keys(run.matrices);
-    if (!keys.length && Object.keys(u.matrices).length) return false;  // opened before its first step
+    if (Object.keys(u.matrices).some(function (key) {  // a statistic without values when the page was made
+      return !run.matrices[key] && decode(u.matrices[key]).some(function (v) { return !isNaN(v); });
+    })) return false;
     var added = {};
     for (var i = 0; i < keys.length; i++) {
-      var m = run.matrices[keys[i]];
-      if (m.steps) continue;  // a table of its own steps (update ratios every k-th step) stays as it was opened
-      var rows = run.names[m.level].length, add = u.matrices[keys[i]] ? decode(u.matrices[keys[i]]) : null;
+      var m = run.matrices[keys[i]], key = m.steps ? m.level + ":" + m.stat : keys[i];
+      var rows = run.names[m.level].length, add = u.matrices[key] ? decode(u.matrices[key]) : null;
       if (add && add.length !== rows * n) return false;
       added[keys[i]] = add;
     }
     keys.forEach(function (key) {
-      var m = run.matrices[key];
-      if (m.steps) return;
-      var rows = run.names[m.level].length, old = m._data || decode(m.data), add = added[key];
-      var out = new Float32Array(rows * (k + n)).fill(NaN);
+      var m = run.matrices[key], rows = run.names[m.level].length, old = m._data || decode(m.data), add = added[key];
+      // a table of its own steps (update ratios measured every k-th step) takes the new steps it was written at
+      var cols = m.steps ? ((u.written || {})[m.level + ":" + m.stat] || range(n)) : range(n);
+      var kk = m.steps ? m.steps.length : k, c = cols.length, out = new Float32Array(rows * (kk + c)).fill(NaN);
       for (var r = 0; r < rows; r++) {
-        out.set(old.subarray(r * k, (r + 1) * k), r * (k + n));
-        if (add) out.set(add.subarray(r * n, (r + 1) * n), r * (k + n) + k);
+        out.set(old.subarray(r * kk, (r + 1) * kk), r * (kk + c));
+        if (add) for (var j = 0; j < c; j++) out[r * (kk + c) + kk + j] = add[r * n + cols[j]];
       }
       m._data = out;
+      if (m.steps) {
+        m.steps = m.steps.concat(pick(u.steps, cols));
+        if (m.steps.length > 2 * DATA.live.max_steps) {
+          var own = evenly(m.steps.length, DATA.live.max_steps);
+          m._data = pickRows(m._data, rows, m.steps.length, own);
+          m.steps = pick(m.steps, own);
+        }
+      }
     });
     run.steps = run.steps.concat(u.steps);
     if (run.steps.length > 2 * DATA.live.max_steps) {  // keep the charts as light as the report's
@@ -670,6 +695,7 @@ JS = r"""
     }
     run.flow_columns = evenly(run.steps.length, DATA.live.overlaid);
     run.total_steps = u.total_steps;
+    if (u.nonfinite) run.nonfinite = (run.nonfinite || []).concat(u.nonfinite).slice(0, DATA.live.max_events);
     Object.keys(u.lines || {}).forEach(function (key) {
       var level = key.split(":")[0], stat = key.slice(level.length + 1), add = u.lines[key];
       if (level === "model" && run.model && run.model.stat === stat) appendLine(run.model, add);
@@ -714,26 +740,30 @@ JS = r"""
       var q = DATA.runs.map(function (run) {
         return "run=" + encodeURIComponent(run.live.key) + "&since=" + (run.live.last === null ? "" : run.live.last) + "&f=" + run.live.f;
       }).join("&");
-      fetch("api/poll?" + q, { cache: "no-store" }).then(function (r) {
+      // a long poll: the server answers when something is new (or after wait_s with nothing)
+      fetch("api/poll?" + q + "&k=" + cfg.runs_key + "&wait=" + (cfg.wait_s || 0), { cache: "no-store" }).then(function (r) {
         if (!r.ok) throw new Error("HTTP " + r.status);
         return r.json();
       }).then(function (ans) {
         failures = 0;
         if (ans.runs_key !== cfg.runs_key) { location.reload(); return; }  // a run appeared
-        var redrawn = false;
+        var redrawn = false, remade = false;
         DATA.runs.forEach(function (run, i) {
           var u = ans.runs[run.live.key], section = document.getElementById("run-" + i);
-          if (!u || !section) return;
+          if (!u || !section || remade) return;
           if (u.steps && u.steps.length) {
-            if (!append(run, u)) { location.reload(); return; }
+            var t0 = performance.now();
+            if (!append(run, u)) { remade = true; location.reload(); return; }  // its layers or statistics changed
             run.live.last = u.steps[u.steps.length - 1];
             runRedraws[i]();
             redrawn = true;
+            section.setAttribute("data-draw-ms", String(Math.round(performance.now() - t0)));  // what the page spent on it
           }
           section.setAttribute("data-last-step", run.live.last === null ? "" : String(run.live.last));
           showStatus(section, u);
           if (u.findings) { run.live.f = u.findings_version; showFindings(section, u.findings); }
         });
+        if (remade) return;
         if (redrawn && cmp) redraws[redraws.length - 1]();
         setTimeout(tick, cfg.interval_ms);
       }).catch(function () {

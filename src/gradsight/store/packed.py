@@ -153,13 +153,51 @@ def _planes_into(payload: bytes, n: int, offset: int, out: np.ndarray) -> None:
             raise ValueError(f"unknown byte plane encoding {mode} of packed values")
 
 
+def _same_layout_planes(segments_data: Sequence[bytes], n: int, planes: np.ndarray) -> np.ndarray:
+    """Fill ``planes`` (uint8 ``[rows, 4, n]``) of the float32 segments whose byte planes are all
+    stored constant or raw, many rows at once: rows of one length laid out as the first of
+    that length are read as one array (a long run's short segments, such as the model and
+    metric values of each step, are 100,000s of rows of a few bytes). Returns which rows
+    were filled; the others are left to the row-by-row path."""
+    done = np.zeros(len(segments_data), dtype=bool)
+    if n > 64 or len(segments_data) < 64:  # long segments: the per-row cost is the values', not Python's
+        return done
+    lengths = np.fromiter((len(d) for d in segments_data), np.int64, len(segments_data))
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        first = bytes(segments_data[rows[0]])
+        if first[0] != F32:
+            continue
+        layout, offset = [], 1
+        for _ in range(4):
+            mode = first[offset]
+            if mode not in (_PLANE_CONSTANT, _PLANE_RAW):
+                break
+            layout.append((offset, mode))
+            offset += 2 if mode == _PLANE_CONSTANT else 1 + n
+        if len(layout) < 4 or offset != length:
+            continue
+        data = np.frombuffer(b"".join([segments_data[r] for r in rows]), dtype=np.uint8).reshape(len(rows), length)
+        same = data[:, 0] == F32
+        for offset, mode in layout:
+            same &= data[:, offset] == mode
+        rows, data = rows[same], data[same]
+        for p, (offset, mode) in enumerate(layout):
+            planes[rows, p, :] = data[:, offset + 1 : offset + 2] if mode == _PLANE_CONSTANT \
+                else data[:, offset + 1 : offset + 1 + n]
+        done[rows] = True
+    return done
+
+
 def decode_many(segments_data: Sequence[bytes], n: int) -> np.ndarray:
     """float64 ``[len(segments_data), n]``: :func:`decode` of each, the float32 ones in one pass."""
     out = np.empty((len(segments_data), n))
     planes = np.empty((len(segments_data), 4, n), dtype=np.uint8)
-    f32 = np.zeros(len(segments_data), dtype=bool)
+    f32 = _same_layout_planes(segments_data, n, planes)
     exceptions = []
     for r, data in enumerate(segments_data):
+        if f32[r]:
+            continue
         kind = data[0]
         if kind == F32:
             _planes_into(data, n, 1, planes[r])
@@ -213,6 +251,18 @@ def segment_bytes(data: bytes, n_segments: int, k: int) -> memoryview:
     header = 4 * n_segments
     start = header + (struct.unpack_from("<I", data, 4 * (k - 1))[0] if k else 0)
     return memoryview(data)[start : header + struct.unpack_from("<I", data, 4 * k)[0]]
+
+
+def _segments_of(rows: Sequence[tuple], n_segments: int, k: int) -> list:
+    """Segment ``k`` of the ``packed.data`` (third item) of each row, as :func:`segment_bytes`
+    gives it, the offsets of all rows read at once."""
+    if len(rows) < 64:
+        return [segment_bytes(r[2], n_segments, k) for r in rows]
+    header = 4 * n_segments
+    ends = np.frombuffer(b"".join([r[2][:header] for r in rows]), dtype="<u4").reshape(len(rows), n_segments)
+    starts = (ends[:, k - 1] if k else np.zeros(len(rows), np.uint32)).astype(np.int64) + header
+    stops = ends[:, k].astype(np.int64) + header
+    return [r[2][a:b] for r, a, b in zip(rows, starts.tolist(), stops.tolist())]
 
 
 def decode_segment(data: bytes, segments: Sequence[int], k: int) -> np.ndarray:
@@ -474,8 +524,7 @@ def _packed_pieces(conn: sqlite3.Connection, ids: np.ndarray, steps: np.ndarray 
             rows = [r for r in rows if r[1] in wanted]
         if not rows:
             continue
-        decoded = [decode_many([segment_bytes(r[2], len(segments), int(j)) for r in rows], int(segments[j]))
-                   for j in needed]
+        decoded = [decode_many(_segments_of(rows, len(segments), int(j)), int(segments[j])) for j in needed]
         values = decoded[0] if len(decoded) == 1 else np.concatenate(decoded, axis=1)
         if not (values.shape[1] == len(take) and np.array_equal(pick, np.arange(len(pick)))):
             values = values[:, pick]

@@ -334,7 +334,7 @@ def first_last_ratio(data: RunLike, stat: str = DEFAULT_STAT, *, level: str = Le
 
 
 def nonfinite_events(data: RunLike, *, level: str = Level.LAYER, max_events: int = 5000,
-                     model_frame: pd.DataFrame | None = None) -> pd.DataFrame:
+                     model_frame: pd.DataFrame | None = None, steps: Sequence[int] | None = None) -> pd.DataFrame:
     """Where gradients went non-finite, over all recorded steps.
 
     Args:
@@ -342,6 +342,8 @@ def nonfinite_events(data: RunLike, *, level: str = Level.LAYER, max_events: int
         level: the level whose rows to report (``layer`` or ``param``).
         max_events: at most this many rows.
         model_frame: not needed any more (a view reads the model rows once); ignored.
+        steps: only at these steps (read with :meth:`RunView.arrays`, nothing kept in the
+            view: the new steps of a run followed live); None: every recorded step.
 
     Returns:
         DataFrame ``step, name, count`` (``count`` = NaN/Inf elements), at most
@@ -354,14 +356,26 @@ def nonfinite_events(data: RunLike, *, level: str = Level.LAYER, max_events: int
             df = df[df["level"] == level]
         return df[["step", "name", "value"]].rename(columns={"value": "count"}).head(max_events).reset_index(drop=True)
     view = view_of(data)
-    totals = view.totals
-    model = totals[(totals["level"] == Level.MODEL) & (totals["stat"] == "grad_nonfinite")]
-    bad = sorted(int(s) for s in model.loc[model["value"] > 0, "step"].unique())
+    if steps is not None:
+        steps = [int(s) for s in steps]
+        model, _ = view.arrays([(Level.MODEL, "grad_nonfinite")], steps, every_name=False)[(Level.MODEL, "grad_nonfinite")]
+        with np.errstate(invalid="ignore"):
+            bad = [s for s, v in zip(steps, model.max(axis=1, initial=0.0)) if v > 0]
+    else:
+        totals = view.totals
+        model = totals[(totals["level"] == Level.MODEL) & (totals["stat"] == "grad_nonfinite")]
+        bad = sorted(int(s) for s in model.loc[model["value"] > 0, "step"].unique())
     if not bad:
         return pd.DataFrame(columns=cols)
     rows: list[pd.DataFrame] = []
     for i in range(0, len(bad), 500):  # a bounded number of steps per read
-        table = view.matrix(level, "grad_nonfinite", steps=bad[i : i + 500])
+        if steps is not None:
+            values, written = view.arrays([(level, "grad_nonfinite")], bad[i : i + 500])[(level, "grad_nonfinite")]
+            keep = written.any(axis=1)
+            table = pd.DataFrame(values[keep], index=pd.Index(bad[i : i + 500], name="step")[keep],
+                                 columns=pd.Index(view.names(level), name="name"))
+        else:
+            table = view.matrix(level, "grad_nonfinite", steps=bad[i : i + 500])
         if table.empty:
             continue
         long = long_rows(table).rename(columns={"value": "count"})

@@ -299,19 +299,47 @@ class Run:
         params = self._query("SELECT name, layer FROM params") if level == Level.PARAM else None
         return level_roles(self._layer_rows(), level, params)
 
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """The rows of a small query, without a frame (what a reader following a live run asks often)."""
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise RunError(f"{self.db_path} could not be read ({exc})") from None
+
     def steps(self, after: int | None = None) -> list[int]:
         """Recorded steps, ascending (only those after ``after`` when given)."""
         if after is None:
-            return [int(s) for s in self._query("SELECT step FROM steps ORDER BY step")["step"]]
-        return [int(s) for s in self._query("SELECT step FROM steps WHERE step > ? ORDER BY step", [int(after)])["step"]]
+            return [int(s) for (s,) in self._rows("SELECT step FROM steps ORDER BY step")]
+        return [int(s) for (s,) in self._rows("SELECT step FROM steps WHERE step > ? ORDER BY step", [int(after)])]
 
     def last_step(self) -> int | None:
         """The last recorded step (None: none yet); one small query, for readers following a live run."""
-        try:
-            last = self._conn.execute("SELECT max(step) FROM steps").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise RunError(f"{self.db_path} could not be read ({exc})") from None
+        last = self._rows("SELECT max(step) FROM steps")[0][0]
         return None if last is None else int(last)
+
+    def data_version(self) -> int:
+        """A number that changes when another connection (the recording process) has committed
+        since it was last asked (SQLite's ``PRAGMA data_version``): a reader following a live
+        run reads again only then."""
+        return int(self._rows("PRAGMA data_version")[0][0])
+
+    def count_steps(self) -> int:
+        """How many steps are recorded (one small query)."""
+        return int(self._rows("SELECT count(*) FROM steps")[0][0])
+
+    def layout_version(self) -> tuple:
+        """What changes when the run's names or statistics do: its series (a new layer or
+        statistic adds some) and its ``layers`` rows (replaced when the forward order is
+        learnt). A reader that keeps a run's layout (``RunView``) reads it again when this
+        changes; a small query."""
+        series = self._rows("SELECT count(*), max(id) FROM series")[0]
+        return (*series, hash(tuple(self._rows("SELECT name, kind, depth FROM layers ORDER BY name, kind"))))
+
+    def read_matrix(self, ids: Sequence[int], steps: Sequence[int] | None = None) -> tuple:
+        """The values of series ``ids`` (unique, in any order) at ``steps`` (None: all) as arrays,
+        no frame built: ``(step_values, values, present)`` as :func:`gradsight.store.packed.read_matrix`
+        gives them (the steps holding any of the values; float64 ``[steps, ids]``; True where written)."""
+        return self._values(np.asarray(ids, dtype=np.int64), steps, wide=True)
 
     def reload_meta(self) -> dict[str, Any]:
         """Read ``meta`` again (a live run's status, dropped steps and store errors change) and return it."""

@@ -93,6 +93,9 @@ class RunView:
         self._written: dict[tuple[str, str, Any], np.ndarray] = {}
         self._wanted: dict[Any, list[tuple[str, str]]] = {}
         self._roles: dict[str, dict[str, str]] = {}
+        self._names: dict[str, list[str]] = {}
+        self._stats: dict[str | None, list[str]] = {}
+        self._columns: dict[tuple[str, str], np.ndarray] = {}
         self._memo: dict[str, Any] = {}
 
     # -- the run ----------------------------------------------------------------------
@@ -207,8 +210,11 @@ class RunView:
 
     def stats(self, level: str | None = None) -> list[str]:
         """The statistics recorded (at one level), sorted."""
-        index = self._index if level is None else self._index[self._index["level"] == level]
-        return sorted(set(index["stat"]))
+        if level not in self._stats:
+            with self._lock:
+                index = self._index if level is None else self._index[self._index["level"] == level]
+                self._stats[level] = sorted(set(index["stat"]))
+        return list(self._stats[level])
 
     @_once
     def module_levels(self) -> list[str]:
@@ -218,8 +224,12 @@ class RunView:
 
     def names(self, level: str) -> list[str]:
         """Every name recorded at ``level``, in the one column order."""
-        part = self._index[self._index["level"] == level].drop_duplicates("name")
-        return column_order(level, part["name"], part["depth"], part["position"], self.layer_order)
+        if level not in self._names:
+            with self._lock:
+                part = self._index[self._index["level"] == level].drop_duplicates("name")
+                self._names[level] = column_order(level, part["name"], part["depth"], part["position"],
+                                                  self.layer_order)
+        return list(self._names[level])
 
     # -- numbers ----------------------------------------------------------------------
     def _step_key(self, steps: Steps) -> tuple[Any, list[int] | None]:
@@ -277,6 +287,57 @@ class RunView:
             out = {k: t[[c for c in t.columns if self.roles(k[0]).get(c) in keep]] if not t.empty else t
                    for k, t in out.items()}
         return out
+
+    def arrays(self, keys: Iterable[tuple[str, str]], steps: Sequence[int], *, every_name: bool = True
+               ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+        """Several ``(level, stat)`` tables at exactly ``steps`` as arrays, read in one query
+        and kept nowhere: what a reader following a live run asks at every poll for the
+        steps it lacks (no frame is built; the view's layout, read once, gives the columns).
+
+        Returns:
+            ``(level, stat) -> (values, written)``: float64 ``values[len(steps), len(names)]``
+            with a row per step given and a column per name of the level (:meth:`names`;
+            with ``every_name`` False only the names holding that statistic, as the
+            columns of :meth:`matrices`), NaN where nothing was written, and the
+            boolean ``written`` of that shape (True where a value was written, a NaN for a
+            non-finite one). The same numbers as :meth:`matrices` at those steps.
+        """
+        keys = list(dict.fromkeys((str(lv), str(st)) for lv, st in keys))
+        steps = np.asarray([int(s) for s in steps], dtype=np.int64)
+        columns = [self._column_ids(*k) for k in keys]
+        if not every_name:
+            columns = [cols[cols >= 0] for cols in columns]
+        ids = np.concatenate(columns) if columns else np.zeros(0, np.int64)
+        unique = np.unique(ids[ids >= 0])
+        step_values, matrix, present = self._read(self.run.read_matrix, unique, steps.tolist()) \
+            if len(unique) and len(steps) else (np.zeros(0, np.int64), None, None)
+        at = np.searchsorted(step_values, steps).clip(max=max(0, len(step_values) - 1))
+        found = (at < len(step_values)) & (step_values[at] == steps) if len(step_values) else np.zeros(len(steps), bool)
+        out = {}
+        for key, cols in zip(keys, columns):
+            values = np.full((len(steps), len(cols)), np.nan)
+            written = np.zeros((len(steps), len(cols)), dtype=bool)
+            has = cols >= 0
+            if len(step_values) and has.any():
+                pos = np.searchsorted(unique, cols[has])
+                rows = np.flatnonzero(found)
+                values[np.ix_(rows, np.flatnonzero(has))] = matrix[np.ix_(at[rows], pos)]
+                written[np.ix_(rows, np.flatnonzero(has))] = present[np.ix_(at[rows], pos)]
+            if self.until is not None:
+                late = steps > self.until
+                values[late], written[late] = np.nan, False
+            out[key] = (values, written)
+        return out
+
+    def _column_ids(self, level: str, stat: str) -> np.ndarray:
+        """The series id of ``(level, stat)`` of each name of :meth:`names` (-1: none), kept."""
+        key = (level, stat)
+        if key not in self._columns:
+            index = self._index
+            part = index[(index["level"] == level) & (index["stat"] == stat)]
+            ids = dict(zip(part["name"], part["id"]))
+            self._columns[key] = np.array([int(ids.get(n, -1)) for n in self.names(level)], dtype=np.int64)
+        return self._columns[key]
 
     def written(self, level: str, stat: str, *, steps: Steps = "sample") -> pd.DataFrame:
         """Which cells of :meth:`matrix` hold a written value (True; a non-finite value is
