@@ -36,3 +36,39 @@ def test_tiny_gradients_or_a_large_eps_are_eps_dominated(tmp_path, eps, loss_sca
     assert finding.measured["eps_frac_max"] > EPS_DOMINATED_FRAC
     assert finding.measured["update_rms_median"] < 0.1  # far below Adam's O(0.1-1)
     assert "eps dominates the update of 3 of 3 layers" in finding.message
+
+
+class _Scaled(nn.Module):
+    """``x + scale * f(x)`` with ``f`` a one-hidden-layer MLP (a block behind a LayerScale)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.gamma = nn.Parameter(torch.full((16,), scale))
+
+    def forward(self, x):
+        return x + self.gamma * self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize(("scale", "flagged"), [(1e-9, False), (1.0, False)])
+def test_a_branch_behind_a_small_initialized_scale_is_not_eps_dominated(tmp_path, scale, flagged):
+    """A LayerScale of 1e-9 (kept there by a learning rate of 1e-9) puts the branch's gradients
+    under eps for the whole run, by design (its layers' adam_eps_frac is 1 over the window):
+    left out, as update_ratio_low leaves them out, while the model's other layers are not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), _Scaled(scale), nn.Linear(16, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-9)
+    with gs.watch(model, tmp_path / "run", optimizer=optimizer, update_ratio=True, backend="eager") as monitor:
+        for _ in range(12):
+            x = torch.randn(32, 4)
+            (model(x) - x[:, :1]).pow(2).mean().backward()
+            monitor.step()
+            optimizer.step()
+            optimizer.zero_grad()
+    with gs.RunView(tmp_path / "run") as view:
+        frac = view.matrix("layer", "adam_eps_frac", steps="all")
+        findings = [f for f in gs.diagnose(view) if f.code == "eps_dominated"]
+    if scale < 1e-3:
+        assert (frac[["1.fc1", "1.fc2"]].iloc[6:] > EPS_DOMINATED_FRAC).all().all()  # what is left out
+        assert (frac[["0", "2"]].iloc[6:] < 0.1).all().all()
+    assert bool(findings) == flagged

@@ -1272,18 +1272,30 @@ EPS_DOMINATED_FRAC = 0.5
 def eps_dominated(view: RunView, th: Thresholds) -> list[Finding]:
     """``eps_dominated`` (warning): layers whose ``adam_eps_frac`` (with an Adam optimizer,
     at the steps that measure ``update_ratio``) has its median over the window (the last
-    half of those steps) above :data:`EPS_DOMINATED_FRAC`."""
-    frac = view.matrix(Level.LAYER, "adam_eps_frac", steps="all")
-    if frac.empty:
+    half of those steps) above :data:`EPS_DOMINATED_FRAC`, judged on at least
+    ``min_updates`` such steps; small-initialized scales and the layers behind them are left
+    out (their gradients are under eps by design at first: CaiT's, EdgeNeXt's and FastViT's
+    LayerScale were flagged without it)."""
+    frac = view.matrix(Level.LAYER, "adam_eps_frac", steps="all").dropna(how="all")
+    if len(frac) < th.min_updates:
         return []
     window = _window(view, frac).median()
-    bad = [n for n in frac.columns if window.get(n, 0) > EPS_DOMINATED_FRAC]
+    # a small-initialized scale (LayerScale 1e-6, a zero-init last BN) and the layers of its
+    # branch have gradients under eps by design at first, as update_ratio_low leaves them out
+    by_design = small_initialized(view, th) | _scaled_by_small(view, th)
+    # a layer whose gradient is below grad_floor while the model's is not has it small by
+    # structure (a query projection under a near-uniform softmax at init: MobileBERT's 1e-13),
+    # not because of eps; a model whose gradients are all that small is judged as a whole
+    rms = _window(view, _table(view, Level.LAYER, "grad_rms")).median()
+    model = view.matrix(Level.MODEL, "adam_eps_frac", steps="all")
+    model_frac = float(_window(view, model).median().iloc[0]) if not model.empty else math.nan
+    everywhere = model_frac > EPS_DOMINATED_FRAC
+    bad = [n for n in frac.columns if window.get(n, 0) > EPS_DOMINATED_FRAC and n not in by_design
+           and (everywhere or rms.get(n, math.inf) >= th.grad_floor)]
     if not bad:
         return []
     update = view.matrix(Level.LAYER, "adam_update_rms", steps="all")
     update_med = _window(view, update).median() if not update.empty else pd.Series(dtype=float)
-    model = view.matrix(Level.MODEL, "adam_eps_frac", steps="all")
-    model_frac = float(_window(view, model).median().iloc[0]) if not model.empty else math.nan
     shown = ", ".join(f"'{display_name(n)}' ({_fmt(window[n])})" for n in bad[:5])
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
     return [Finding(
