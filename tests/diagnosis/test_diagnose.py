@@ -9,6 +9,7 @@ from torch import nn
 import gradsight as gs
 from gradsight.cli import main
 from gradsight.diagnosis import Severity, Thresholds, UnhealthyGradientsError, checkup
+from gradsight.store.query import layer_matrix
 
 
 def codes(findings, severity=None):
@@ -159,6 +160,31 @@ def test_dead_units_missing_gradients_and_update_ratio(tmp_path):
     assert "body.4" in found["dead_units"].layers
     assert sorted(found["no_gradient"].layers) == ["unused.bias", "unused.weight"]
     assert "update_ratio_high" in found
+
+
+def test_update_ratio_judged_from_rotating_snapshots_where_each_layer_has_some_steps(tmp_path, monkeypatch):
+    """With the snapshot cut into chunks of layers (each layer's ``update_ratio`` at one measured
+    step in three), each layer is judged from its own updates: a step without one is neither 0
+    nor a value."""
+    from gradsight.instrument import update_ratio as ur
+
+    monkeypatch.setattr(ur, "SNAPSHOT_FLOOR_BYTES", 0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=True) as mon:
+        assert mon._updates.n_chunks == 3
+        for _ in range(30):
+            model(torch.randn(16, 8)).pow(2).mean().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    table = layer_matrix(tmp_path / "run", "update_ratio", max_steps=None)
+    assert (table.notna().sum(axis=1) == 1).all()  # one layer a step
+    (f,) = [f for f in gs.diagnose(tmp_path / "run", Thresholds(update_high=1e-3)) if f.code == "update_ratio_high"]
+    assert "in the last 5 recorded updates" in f.message  # each layer's own 5 of the window's 15 steps
+    window = table.iloc[15:]
+    assert f.measured == pytest.approx({name: float(window[name].dropna().median()) for name in table.columns})
 
 
 def test_fixup_branches_start_idle_by_design(tmp_path):

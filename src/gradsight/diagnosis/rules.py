@@ -864,8 +864,12 @@ def update_sizes(view: RunView, th: Thresholds) -> tuple[pd.Series, pd.Series]:
 
 
 def _updates_in_window(view: RunView) -> int:
-    """How many recorded updates the window holds."""
-    return len(_window(view, _table(view, Level.LAYER, "update_ratio")))
+    """How many recorded updates the window holds for the median layer (each layer's own: with
+    rotating snapshots a layer's ``update_ratio`` is at some of the measured steps only)."""
+    window = _window(view, _table(view, Level.LAYER, "update_ratio"))
+    counts = window.notna().sum()
+    counts = counts[counts > 0]
+    return int(counts.median()) if len(counts) else 0
 
 
 def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
