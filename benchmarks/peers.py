@@ -37,6 +37,15 @@ Each step is timed to its end (on a CUDA device, synchronized before and after).
 device, ``cuda_peak_memory`` gives a row's peak memory; ``benchmarks/gpu_check.py`` measures
 there, at realistic sizes, with these functions.
 
+``--memory`` adds the memory column: each row's peak resident memory (RSS) over 25 training
+steps of an MLP of 12 Linear(W, W) layers, minus bare's, at two widths (``--memory-widths``,
+default 1024 and 2048: 50 and 201 MB of weights), so that what is fixed and what grows with
+the model are told apart (the last column: extra MB per MB of weights). Each row and width
+runs in a process of its own, with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_=65536``:
+freed tensors leave the process, so RSS follows what is held) and gradsight's kernel compiled
+beforehand into a shared compiler cache; RSS is read after every backward pass, monitoring
+step and optimizer step. On a CUDA device, ``cuda_peak_memory`` is the same measurement.
+
 ``--first-step`` also measures, in a fresh process with an empty compiler cache, how much
 longer the first recorded step of the quickstart takes than a later one, and what it prints.
 
@@ -44,6 +53,7 @@ longer the first recorded step of the quickstart takes than a later one, and wha
     python benchmarks/peers.py --quick           # fewer rounds, a few minutes
     python benchmarks/peers.py --models mlp --rows quickstart,bare --rounds 30
     python benchmarks/peers.py --models scalars,mlp --rows quickstart,grads --quick
+    python benchmarks/peers.py --models none --memory     # the memory column only
 """
 
 from __future__ import annotations
@@ -84,14 +94,14 @@ class Problem:
     adamw: dict = field(default_factory=dict)
 
 
-def mlp_problem() -> Problem:
+def mlp_problem(width: int = 1024) -> Problem:
     layers: list[nn.Module] = []
     for i in range(12):
-        layers.append(nn.Linear(1024, 1024))
+        layers.append(nn.Linear(width, width))
         if i < 11:
             layers.append(nn.ReLU())
-    x, y = torch.randn(16, 1024), torch.randn(16, 1024)
-    return Problem("MLP 12x1024, batch 16", nn.Sequential(*layers), lambda m: nn.functional.mse_loss(m(x), y))
+    x, y = torch.randn(16, width), torch.randn(16, width)
+    return Problem(f"MLP 12x{width}, batch 16", nn.Sequential(*layers), lambda m: nn.functional.mse_loss(m(x), y))
 
 
 def resnet18_problem(batch: int = 16, size: int = 64, device: str = "cpu") -> Problem:
@@ -389,6 +399,98 @@ def cuda_peak_memory(problem: Problem, row: Row, steps: int, tmp: Path) -> int:
     return peak
 
 
+# -- memory on the CPU ----------------------------------------------------------------
+
+MEMORY_STEPS = 25
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss(problem: Problem, row: Row, steps: int, tmp: Path) -> int:
+    """The most resident memory of this process while ``row`` trains ``problem``'s model for
+    ``steps`` steps (AdamW), read after every backward pass, monitoring step and optimizer step."""
+    model, opt = problem.model, torch.optim.AdamW(problem.model.parameters(), lr=1e-4, **problem.adamw)
+    row.setup(model, opt, tmp)
+    peak = 0
+    try:
+        for step in range(steps):
+            loss = problem.loss(model)
+            loss.backward()
+            peak = max(peak, rss_bytes())
+            row.after_backward(model, loss, step)
+            peak = max(peak, rss_bytes())
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            peak = max(peak, rss_bytes())
+    finally:
+        row.close()
+    return peak
+
+
+MEMORY_CHILD = r"""
+import sys, warnings, torch
+sys.path.insert(0, {bench_dir!r})
+from pathlib import Path
+from peers import all_rows, mlp_problem, peak_rss
+warnings.simplefilter("ignore")
+torch.manual_seed(0)
+problem = mlp_problem({width})
+print(peak_rss(problem, all_rows()[{row!r}], {steps}, Path({run_dir!r})))
+"""
+
+
+def memory_child_env(cache: Path) -> dict[str, str]:
+    """The environment of a memory process: glibc returns freed tensors at once, one compiler cache."""
+    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "TORCHINDUCTOR_CACHE_DIR": str(cache),
+            "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
+def measure_peak_rss(row: str, width: int, tmp: Path, steps: int = MEMORY_STEPS) -> int | str:
+    """Peak RSS in bytes of ``row`` training the MLP of width ``width`` in a fresh process (the
+    compiler cache in ``tmp`` warmed first by :func:`memory_table`); a string saying why on failure."""
+    code = MEMORY_CHILD.format(bench_dir=str(Path(__file__).resolve().parent), width=width, row=row, steps=steps,
+                               run_dir=str(tmp / f"memory-{row}-{width}"))
+    done = subprocess.run([sys.executable, "-c", code], env=memory_child_env(tmp / "inductor-memory"),
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return f"failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})"
+    return int(done.stdout.split()[-1])
+
+
+def weight_mb(width: int) -> float:
+    """MB of float32 weights of the MLP of 12 Linear(width, width)."""
+    return 12 * (width * width + width) * 4 / 1e6
+
+
+def memory_table(rows: list[str], widths: list[int], tmp: Path, row_names: dict[str, str]) -> None:
+    """Print each row's peak RSS minus bare's at each width, and the growth per MB of weights."""
+    measure_peak_rss("quickstart", 64, tmp, steps=2)  # compiles gradsight's kernel into the shared cache
+    bare = {w: measure_peak_rss("bare", w, tmp) for w in widths}
+    print("\nPeak resident memory minus bare's (MB), MLP of 12 Linear(W, W), batch 16, AdamW, "
+          f"{MEMORY_STEPS} steps, one process per cell\n")
+    print("| row | " + " | ".join(f"W={w} ({weight_mb(w):.0f} MB of weights)" for w in widths)
+          + " | extra MB per MB of weights |")
+    print("| --- |" + " ---: |" * (len(widths) + 1))
+    print("| bare (its peak RSS) | " + " | ".join(f"{b / 1e6:.0f} MB" if isinstance(b, int) else b
+                                                for b in bare.values()) + " | |")
+    for key in rows:
+        if key == "bare" or all_rows()[key].available() is not None:
+            continue
+        extra = {}
+        for w in widths:
+            peak = measure_peak_rss(key, w, tmp)
+            extra[w] = (peak - bare[w]) / 1e6 if isinstance(peak, int) and isinstance(bare[w], int) else None
+        cells = [f"{extra[w]:+.0f}" if extra[w] is not None else "failed" for w in widths]
+        growth = ""
+        if len(widths) >= 2 and extra[widths[0]] is not None and extra[widths[-1]] is not None:
+            growth = f"{(extra[widths[-1]] - extra[widths[0]]) / (weight_mb(widths[-1]) - weight_mb(widths[0])):+.2f}"
+        print(f"| {row_names[key]} | " + " | ".join(cells) + f" | {growth} |", flush=True)
+
+
 # -- the first recorded step -----------------------------------------------------------
 
 FIRST_STEP = r"""
@@ -477,13 +579,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch.set_num_threads (default: torch's choice); 1 is steadier on a busy machine")
     ap.add_argument("--quick", action="store_true", help="8 rounds, 2 warm-up, 60 s per model, no --first-step")
+    ap.add_argument("--memory", action="store_true",
+                    help="also the memory column: peak RSS minus bare's at two MLP widths, a process per cell")
+    ap.add_argument("--memory-widths", default="1024,2048", help="MLP widths of the memory column (default 1024,2048)")
     ap.add_argument("--first-step", action="store_true",
                     help="also time the first recorded step in a fresh process with an empty compiler cache")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.warmup, args.time_limit = 8, 2, 60.0
     rows_wanted = ["bare"] + [r for r in args.rows.split(",") if r and r != "bare"]
-    models_wanted = [m for m in args.models.split(",") if m]
+    models_wanted = [m for m in args.models.split(",") if m and m != "none"]
     for name in models_wanted:
         if name not in MODELS:
             raise SystemExit(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
@@ -530,6 +635,24 @@ def main() -> None:
         print(f"  {problem.label}: {done} rounds in {time.perf_counter() - t0:.0f} s, bare step "
               f"{cells['bare'].median_ms:.1f} ms", flush=True)
 
+    if results:
+        print_time_tables(results, labels, rows_wanted, row_names)
+    for note in notes:
+        print(f"\nnote: {note}")
+    if args.memory:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"\nMemory column (load average {load:.1f} at its start):")
+        memory_table(rows_wanted, [int(w) for w in args.memory_widths.split(",")], tmp, row_names)
+    if args.first_step and not args.quick:
+        print("\nFirst recorded step, fresh process, empty TORCHINDUCTOR_CACHE_DIR (quickstart configuration):")
+        for model_key in results:
+            print("  " + first_step(model_key, tmp), flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_time_tables(results: dict[str, dict[str, Cell]], labels: dict[str, str], rows_wanted: list[str],
+                      row_names: dict[str, str]) -> None:
+    """The step-time table and the table against the floor."""
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nMedian step time / bare, same round (25-75 % of rounds); load average {load_end:.1f} at end\n")
     header = "| row | " + " | ".join(labels[m] for m in results) + " |"
@@ -549,13 +672,6 @@ def main() -> None:
                 text.append(f"{c.ratio:.2f}x ({c.low:.2f}-{c.high:.2f})")
         print(f"| {row_names[key]} | " + " | ".join(text) + " |")
     print_against_floor(results, labels, row_names)
-    for note in notes:
-        print(f"\nnote: {note}")
-    if args.first_step and not args.quick:
-        print("\nFirst recorded step, fresh process, empty TORCHINDUCTOR_CACHE_DIR (quickstart configuration):")
-        for model_key in results:
-            print("  " + first_step(model_key, tmp), flush=True)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
