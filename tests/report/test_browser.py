@@ -196,3 +196,39 @@ def test_a_log_axis_within_one_decade_has_two_labelled_ticks(bertish_page, berti
         values = [float(v) for v in labels]
         assert len(values) >= 2 and len(set(labels)) == len(labels)
         assert max(values) / min(values) < 10
+
+
+def test_update_ratio_lines_join_each_layers_own_steps_under_rotating_snapshots(tmp_path, monkeypatch):
+    """Three layers measured in turn (one chunk of the snapshot per step): each layer's line
+    joins its own 3 of the 9 steps, with no gap and no non-finite marker at the others'."""
+    import torch
+
+    import gradsight as gs
+    from gradsight.instrument import update_ratio as ur
+    from gradsight.report import write_report
+
+    monkeypatch.setattr(ur, "SNAPSHOT_FLOOR_BYTES", 0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gs.watch(model, tmp_path / "runs" / "rotating", optimizer=opt, update_ratio=True) as mon:
+        for _ in range(9):
+            model(torch.randn(4, 8)).pow(2).mean().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    html = write_report([tmp_path / "runs" / "rotating"], tmp_path / "report.html")
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
+                                                        args=ARGS, headless=True)
+        try:
+            page = context.new_page()
+            page.goto(html.resolve().as_uri())
+            page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=30_000)
+            paths = page.locator("[data-chart=update] svg path.series")
+            assert paths.count() == 3
+            for i in range(3):
+                d = paths.nth(i).get_attribute("d")
+                assert d.count("M") == 1 and d.count("L") == 2, d
+        finally:
+            context.close()
