@@ -10,6 +10,7 @@ import gradsight as gs
 from gradsight.cli import main
 from gradsight.diagnosis import Severity, Thresholds, UnhealthyGradientsError, checkup
 from gradsight.store.query import layer_matrix
+from gradsight.store.view import RunView
 
 
 def codes(findings, severity=None):
@@ -185,6 +186,12 @@ def test_update_ratio_judged_from_rotating_snapshots_where_each_layer_has_some_s
     assert "in the last 5 recorded updates" in f.message  # each layer's own 5 of the window's 15 steps
     window = table.iloc[15:]
     assert f.measured == pytest.approx({name: float(window[name].dropna().median()) for name in table.columns})
+    # a view sampling 11 of the 30 steps (0, 3, 6, 9, 12, 14, 17, ..., 29: none of layer 2's)
+    # still judges every layer: update ratios are read at every step that holds one
+    view = RunView(tmp_path / "run", max_steps=11)
+    assert not set(view.sample) & set(range(1, 30, 3))
+    (g,) = [f for f in gs.diagnose(view, Thresholds(update_high=1e-3)) if f.code == "update_ratio_high"]
+    assert g.measured == pytest.approx(f.measured)
 
 
 def test_fixup_branches_start_idle_by_design(tmp_path):

@@ -28,19 +28,21 @@ def _grad_clip(view: RunView) -> dict:
 
 def _table(view: RunView, level: str, stat: str) -> pd.DataFrame:
     """The steps x names table a rule judges: per-module statistics at the view's sample
-    (the steps the plots and the report show), whole-model series and missing-gradient
-    counts over every recorded step."""
-    every = level in Level.TOTALS or stat == "grad_missing"
+    (the steps the plots and the report show), whole-model series, missing-gradient
+    counts and update ratios over every recorded step (update ratios are at some steps
+    only, each layer at its own under rotating snapshots: a sample of all steps could miss
+    whole layers)."""
+    every = level in Level.TOTALS or stat in ("grad_missing", "update_ratio")
     return view.matrix(level, stat, steps="all" if every else "sample")
 
 
 #: The per-module tables the rules read at the view's sample, and over every step.
-_SAMPLE_KEYS = [*((Level.LAYER, s) for s in ("grad_dead_rows", "grad_norm", "grad_rms", "update_ratio", "weight_norm",
+_SAMPLE_KEYS = [*((Level.LAYER, s) for s in ("grad_dead_rows", "grad_norm", "grad_rms", "weight_norm",
                                                "grad_nonfinite", "fp16_underflow", "bf16_underflow")),
                 (Level.PARAM, "weight_norm"), (Level.MODULE, "act_rms"), (Level.MODULE, "out_grad_rms"),
                 (Level.MODULE, "out_grad_nonfinite"), (Level.BLOCK, "act_rms"), (Level.BLOCK, "skip_grad_norm"),
                 (Level.BLOCK, "branch_grad_norm")]
-_ALL_KEYS = [(Level.PARAM, "grad_missing")]
+_ALL_KEYS = [(Level.PARAM, "grad_missing"), (Level.LAYER, "update_ratio")]
 
 
 def _needed(view: RunView) -> list[tuple[str, list[tuple[str, str]]]]:
