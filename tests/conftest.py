@@ -16,6 +16,20 @@ from torch import nn  # noqa: E402
 import gradsight as gs  # noqa: E402
 
 
+def load_benchmark(name: str, monkeypatch: pytest.MonkeyPatch):
+    """``benchmarks/<name>.py`` as a module, registered under its name for the test (its
+    dataclasses look their module up in ``sys.modules``)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip the tests marked ``cuda`` when torch sees no CUDA device."""
     if torch.cuda.is_available():

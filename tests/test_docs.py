@@ -4,6 +4,7 @@ is linked from one of those pages."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -93,3 +94,30 @@ def test_every_file_in_docs_is_linked() -> None:
     unlinked = [path.relative_to(ROOT) for path in sorted(DOCS.rglob("*")) if path.is_file()
                 and path.resolve() not in targets and not folders & set(path.resolve().parents)]
     assert not unlinked, "not linked from README.md or the pages it links to: " + ", ".join(map(str, unlinked))
+
+
+def test_the_example_notebook_runs_and_shows_the_run(tmp_path: Path) -> None:
+    """docs/notebook.ipynb, executed by a real kernel in an empty folder: no cell fails, and the
+    outputs hold the monitor's card while it records, the run's once finished, the doctor's
+    findings and the report in a sandboxed frame."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    notebook = nbformat.read(DOCS / "notebook.ipynb", as_version=4)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(Path(gradsight.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p))
+    client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=env)
+    outputs = [[o for o in cell.outputs] for cell in notebook.cells if cell.cell_type == "code"]
+    assert not [o for cell in outputs for o in cell if o.output_type == "error"]
+    html = [o.data["text/html"] for cell in outputs for o in cell if "text/html" in o.get("data", {})]
+    live, finished, report = html
+    assert "running" in live and "60 steps (0…59)" in live and live.count("<svg") == 2
+    assert "finished" in finished and "60 steps (0…59)" in finished and "grad_rms by depth at step 59" in finished
+    assert "<code>vanishing_gradients</code>" in finished  # the deep sigmoid MLP's gradients vanish
+    printed = "".join(o.get("text", "") for cell in outputs for o in cell)
+    assert "vanishing_gradients: Gradients vanish toward the input" in printed
+    assert report.startswith("<iframe srcdoc=") and 'sandbox="allow-scripts"' in report
+    assert "&lt;!DOCTYPE html&gt;" in report and "still recording" not in report
+    assert (tmp_path / "runs" / "notebook" / "gradsight.sqlite").is_file()  # the run went where the notebook ran

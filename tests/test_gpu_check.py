@@ -3,24 +3,15 @@ tiny sizes writes the table, and without a CUDA device the check itself says so 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture
 def gpu_check(monkeypatch):
-    """The script as a module (its dataclasses look their module up in ``sys.modules``)."""
-    spec = importlib.util.spec_from_file_location("gpu_check", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_check", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check", monkeypatch)
 
 
 def test_the_dry_run_on_the_cpu_writes_one_table(gpu_check, tmp_path, capsys, monkeypatch):

@@ -3,24 +3,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture
 def peers(monkeypatch):
-    spec = importlib.util.spec_from_file_location("peers", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "peers", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("peers", monkeypatch)
 
 
 def test_floor_rows_give_every_norm_in_one_pass(peers):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from gradsight import display as _display
 from gradsight._errors import GradsightError, RunError
 from gradsight._version import __version__
 
@@ -35,6 +36,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "shattering": ("gradsight.probes", "shattering"),
     "graph": ("gradsight.compgraph", "graph"),
     "diagnose": ("gradsight.diagnosis", "diagnose"),
+    "show": ("gradsight.report.notebook", "show"),
     "assert_healthy": ("gradsight.diagnosis", "assert_healthy"),
     "checkup": ("gradsight.diagnosis", "checkup"),
     "format_findings": ("gradsight.diagnosis", "format_findings"),
@@ -63,6 +65,17 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def _card_html(obj: Any) -> str:
+    from gradsight.report.notebook import card_html
+
+    return card_html(obj)
+
+
+# a Run and a Monitor draw themselves in notebooks through gradsight.display.card_html; the
+# card (the doctor's findings, the report's escaping) lives in the report layer, above both
+_display.set_card_html(_card_html)
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
@@ -75,6 +88,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see
     from gradsight.instrument.monitor import Monitor, watch
     from gradsight.probes import path_lengths, shattering
     from gradsight.probes.probe import probe
+    from gradsight.report.notebook import show
     from gradsight.stats.grad import GRAD_STATS
     from gradsight.store.reader import Run, list_runs, open_run
     from gradsight.store.view import RunView

@@ -1,7 +1,7 @@
 """How gradsight shows things: names, times, paths, numbers, colours and a run summary's rows.
 
-One vocabulary for the terminal, the figures, the DOT graphs and the HTML report, so a
-module, a time or a value reads the same and one value gets one colour everywhere. Plain
+One vocabulary for the terminal, the figures, the DOT graphs, the HTML report and notebooks,
+so a module, a time or a value reads the same and one value gets one colour everywhere. Plain
 Python: importing it loads neither matplotlib nor numpy (only :func:`lut` of a colour map
 other than :data:`CMAP` asks matplotlib for its colours).
 """
@@ -9,10 +9,11 @@ other than :data:`CMAP` asks matplotlib for its colours).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +264,26 @@ def summary_rows(summary: Any, base: Path | None = None) -> list[tuple[str, str]
         ("steps recorded", steps),
     ]
     return rows + list(s.details.items())
+
+
+# -- notebooks -----------------------------------------------------------------------------
+
+#: What draws a run or a monitor in a notebook (their ``_repr_html_``). The card shows the
+#: doctor's findings and is drawn by the report layer, above the run store and the monitor,
+#: so the package root, which may import every layer, sets it (:func:`set_card_html`, to
+#: :func:`gradsight.report.notebook.card_html`).
+_card_html: Callable[[Any], str] | None = None
+
+
+def set_card_html(draw: Callable[[Any], str] | None) -> None:
+    """Make ``draw(obj) -> html`` what :func:`card_html` calls (None: the escaped ``repr``)."""
+    global _card_html
+    _card_html = draw
+
+
+def card_html(obj: Any) -> str:
+    """``obj`` (a :class:`gradsight.Run` or a :class:`gradsight.Monitor`) as a small HTML card
+    for a notebook; its escaped ``repr`` while no card is set."""
+    if _card_html is None:
+        return f"<pre>{escape(repr(obj))}</pre>"
+    return _card_html(obj)

@@ -232,3 +232,37 @@ def test_update_ratio_lines_join_each_layers_own_steps_under_rotating_snapshots(
                 assert d.count("M") == 1 and d.count("L") == 2, d
         finally:
             context.close()
+
+
+@pytest.fixture(scope="module")
+def notebook_page(browser_page, report_runs: Path, tmp_path_factory: pytest.TempPathFactory):
+    """What a notebook shows of the compare runs (a run of HTML-named modules among them):
+    the card of that run, then ``gs.show`` of them all, as the notebook puts them in its page."""
+    import gradsight as gs
+
+    with gs.open_run(report_runs / "hostile") as run:
+        card = run._repr_html_()
+    path = tmp_path_factory.mktemp("notebook") / "notebook.html"
+    path.write_text(f"<!DOCTYPE html><html><body><div id='card'>{card}</div>"
+                    f"<div id='report'>{gs.show(report_runs)._repr_html_()}</div></body></html>")
+    page = browser_page.page.context.new_page()
+    url = path.resolve().as_uri()
+    opened = Page(page, url)
+    page.goto(url)
+    frame = page.frame_locator("#report iframe")
+    frame.locator("body[data-rendered=true]").wait_for(state="attached", timeout=30_000)
+    yield opened, frame
+    page.close()
+
+
+def test_the_report_runs_sandboxed_inside_a_notebook(notebook_page):
+    opened, frame = notebook_page
+    assert opened.dialogs == [] and opened.console_errors == []
+    assert [r for r in opened.requests if r not in (opened.url, "about:srcdoc")] == []
+    assert frame.locator("section.run").count() == 3  # the report's scripts ran: its charts are drawn
+    assert frame.locator("#run-1 [data-chart=flow] svg path.series").count() == 6
+    # scripts only: the frame cannot reach the notebook's page
+    reach = frame.locator("body").evaluate("() => { try { return parent.document.title; } catch (e) { return 'blocked'; } }")
+    assert reach == "blocked"
+    card = opened.page.locator("#card")
+    assert card.locator("svg").count() == 2 and "<script>alert(1)</script>" in card.text_content()

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "info",
     "plot",
     "report",
+    "serve",
     "graph",
     "probe",
     "shattering",

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gradsight.display import card_html
 from gradsight.instrument.activations import ActivationRecorder
 from gradsight.instrument.distributed import resolve as resolve_distributed
 from gradsight.instrument.histograms import HistogramRecorder
@@ -616,6 +617,12 @@ class Monitor:
 
     def __repr__(self) -> str:
         return f"Monitor(run_dir={str(self.run_dir)!r}, params={len(self.inventory.watched)}, steps={self.step_count})"
+
+    def _repr_html_(self) -> str:
+        """This run in a notebook, as :meth:`gradsight.Run._repr_html_` shows it, read from the
+        store after :meth:`flush` (which commits what was recorded; nothing else is written)."""
+        self.flush()
+        return card_html(self)
 
 
 def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -> Monitor:

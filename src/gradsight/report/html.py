@@ -44,7 +44,9 @@ from gradsight.display import (
 from gradsight.plots.compare import depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
 from gradsight.report.histograms import histograms_html
-from gradsight.report.payload import CELL_BUDGET, DiagnosisJob, RunPayload, results_table, run_payload
+from gradsight.plots.flow import OVERLAID_STEPS
+from gradsight.report.payload import (CELL_BUDGET, MAX_LINE_POINTS, DiagnosisJob, RunPayload, results_table,
+                                      run_payload)
 from gradsight.report.static import CSS, JS
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
@@ -205,7 +207,8 @@ def _nonfinite_html(p: RunPayload) -> str:
             f"first at step {first[0]} in layer {esc(display_name(first[1]))} ({first[2]:,} elements).</p>")
 
 
-def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str, str]] | None) -> str:
+def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str, str]] | None,
+                 live: bool = False) -> str:
     name = esc(p.name)
     options = "".join(
         f'<option value="{esc(k)}"{" selected" if k == p.default_key else ""}>{esc(label)}</option>'
@@ -213,7 +216,10 @@ def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str
     )
     parts = [f'<section class="run" id="run-{p.index}">', f"<h2>{name}</h2>", _kv_table(p.summary)]
     parts += [f'<p class="note">{esc(n)}</p>' for n in p.notes]
-    if findings is not None:
+    if live:  # filled and kept up to date by the page's poll
+        parts.append('<p class="live-status" data-live="status">live: waiting for the server</p>')
+        parts.append('<h3>Diagnosis</h3><ul class="diag" data-live="findings"></ul>')
+    elif findings is not None:
         parts.append("<h3>Diagnosis</h3>" + _diagnosis_html(findings))
     parts.append(_nonfinite_html(p))
     if p.stat_options:
@@ -305,6 +311,7 @@ def build_report(
     max_steps: int | None = DEFAULT_MAX_STEPS,
     diagnosis_timeout: float = DIAGNOSIS_TIMEOUT_S,
     base: Path | None = None,
+    live: Mapping[str, Any] | None = None,
 ) -> str:
     """The HTML text of a report on ``runs``.
 
@@ -324,6 +331,10 @@ def build_report(
         diagnosis_timeout: seconds the report waits, in all, for the diagnoses
             (``gradsight.diagnosis``), which run while the charts' data is read; a
             diagnosis not done by then is left out with a note.
+        live: the page of ``gradsight serve`` instead of a file (:mod:`gradsight.report.server`):
+            ``{"keys": [the server's key of each run], "runs_key": ..., "interval_ms": ...,
+            "source": ...}``. The page is the same; it then polls the server for the steps
+            after those it holds, and the diagnosis comes from the server as well.
 
     Returns:
         One self-contained HTML document.
@@ -341,7 +352,7 @@ def build_report(
     jobs: list[DiagnosisJob] = []
     try:
         return _report_html(run_list, jobs, stat=stat, title=title, graphs=graphs, cell_budget=cell_budget,
-                            max_steps=max_steps, diagnosis_timeout=diagnosis_timeout, base=base)
+                            max_steps=max_steps, diagnosis_timeout=diagnosis_timeout, base=base, live=live)
     finally:
         for view, job in zip(run_list, jobs + [None] * len(run_list)):
             if view in opened and (job is None or job.done):  # a diagnosis given up on keeps its run
@@ -350,9 +361,9 @@ def build_report(
 
 def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str, title: str | None,
                  graphs: Mapping[Any, Graph] | Graph | None, cell_budget: int, max_steps: int | None,
-                 diagnosis_timeout: float, base: Path | None) -> str:
+                 diagnosis_timeout: float, base: Path | None, live: Mapping[str, Any] | None = None) -> str:
     """:func:`build_report` of these views; ``jobs`` receives each run's diagnosis job."""
-    if not run_list:
+    if not run_list and live is None:
         raise ValueError("no runs to report on")
     if stat != DEFAULT_STAT:  # runs without the default show grad_norm instead
         recorded = sorted({s for r in run_list for s in r.stats()})
@@ -362,8 +373,10 @@ def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str
     payloads = []
     for i, r in enumerate(run_list):
         diagnosis_rules.want(r)  # the charts' read takes the diagnosis' tables along
-        payloads.append(run_payload(r, i, stat=stat, cell_budget=cell_budget, max_steps=max_steps, base=base))
-        jobs.append(DiagnosisJob(r))  # after the charts' read, so that it finds most of its tables read
+        payloads.append(run_payload(r, i, stat=stat, cell_budget=cell_budget, max_steps=max_steps, base=base,
+                                    every_name=live is not None))
+        if live is None:
+            jobs.append(DiagnosisJob(r))  # after the charts' read, so that it finds most of its tables read
 
     names = run_labels(run_list)  # names that tell the runs apart (one rule: store.query.run_labels)
     for p, name in zip(payloads, names):
@@ -382,11 +395,11 @@ def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str
     for p in payloads:
         graph = _load_graph(p.run, graphs)
         graph_html = _graph_html(p.run, graph, stat) if graph is not None else None
-        done, findings = jobs[p.index].result(deadline)
+        done, findings = jobs[p.index].result(deadline) if live is None else (True, None)
         if not done:
             findings = [("info", f"The diagnosis did not finish within {diagnosis_timeout:g} s and is left out of this "
                                  f"report; run 'gradsight doctor {display_path(p.run.path, base)}' for it.")]
-        sections.append(_run_section(p, graph_html, findings))
+        sections.append(_run_section(p, graph_html, findings, live is not None))
         toc.append((f"run-{p.index}", p.name))
 
     payload = {
@@ -397,10 +410,22 @@ def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str
         "root_name": ROOT_DISPLAY_NAME,
         "runs": [p.data for p in payloads],
     }
+    if live is not None:
+        payload["live"] = {"runs_key": live["runs_key"], "interval_ms": live.get("interval_ms", 1000),
+                           "max_steps": max_steps or DEFAULT_MAX_STEPS, "overlaid": OVERLAID_STEPS,
+                           "max_line_points": MAX_LINE_POINTS}
+        for p, key in zip(payloads, live["keys"]):
+            p.data["live"] = {"key": key, "last": p.run.steps[-1] if p.run.steps else None, "f": -1}
     from gradsight._version import __version__
 
     nav = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in toc)
     generated = datetime.now().strftime("%Y-%m-%d %H:%M")
+    if live is not None:
+        generated = f"live from {live.get('source', '')}, opened {generated}"
+    footer = ("Live view: the page asks the server for new steps. Values on log scales; long runs are shown "
+              "through evenly spaced steps." if live is not None else
+              "Self-contained report: no network access needed. Values on log scales; long runs are shown "
+              "through evenly spaced steps.")
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -418,7 +443,7 @@ def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str
 <main>
 {chr(10).join(sections)}
 </main>
-<footer>Self-contained report: no network access needed. Values on log scales; long runs are shown through evenly spaced steps.</footer>
+<footer>{footer}</footer>
 <script id="gs-data" type="application/json">{_json_for_script(payload)}</script>
 <script>{JS}</script>
 </body>

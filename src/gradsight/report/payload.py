@@ -108,9 +108,12 @@ def display_max_steps(per_step: int, *, cell_budget: int = CELL_BUDGET,
 
 
 def run_payload(run: RunView | Run, index: int, *, stat: str = DEFAULT_STAT, cell_budget: int = CELL_BUDGET,
-                max_steps: int | None = DEFAULT_MAX_STEPS, base: Path | None = None) -> RunPayload:
+                max_steps: int | None = DEFAULT_MAX_STEPS, base: Path | None = None,
+                every_name: bool = False) -> RunPayload:
     """Read what the report shows of ``run`` (through its view, which the report's other
-    readers share); its path is shown relative to ``base`` when inside it."""
+    readers share); its path is shown relative to ``base`` when inside it. With
+    ``every_name`` a level's rows are every name recorded at it (``RunView.names``), also
+    those without values at the shown steps: the rows a live page's later steps arrive in."""
     run = view_of(run)
     all_steps = run.steps
     levels = run.module_levels
@@ -122,6 +125,8 @@ def run_payload(run: RunView | Run, index: int, *, stat: str = DEFAULT_STAT, cel
     per_step = sum(rows[lv] * len(stats_by_level[lv]) for lv in levels)
     shown = display_max_steps(per_step, cell_budget=cell_budget, max_steps=max_steps)
     tables = layer_matrices(run, level=levels, max_steps=shown) if levels and all_steps else {}
+    if every_name:
+        tables = {(lv, st): t.reindex(columns=run.names(lv)) for (lv, st), t in tables.items()}
     steps = [int(s) for s in next(iter(tables.values())).index] if tables else step_sample(all_steps, shown)
     if len(steps) < len(all_steps):
         notes.append(f"Charts over steps show {len(steps)} of {len(all_steps):,} recorded steps, evenly spaced "

@@ -56,6 +56,9 @@ pre.dot { max-height:300px; overflow:auto; background:var(--panel); padding:8px;
 #gs-tip { position:fixed; pointer-events:none; background:rgba(25,30,36,0.94); color:#fff; padding:5px 8px;
           border-radius:4px; font-size:12px; line-height:1.35; z-index:10; display:none; max-width:480px;
           white-space:pre-wrap; word-break:break-all; }
+.live-status { font-size:13px; margin:4px 0 8px; padding:3px 8px; background:var(--panel); border-left:4px solid var(--accent); }
+.live-status.status-failed, .live-status.status-unreadable { border-color:var(--bad); }
+.live-status.status-finished { border-color:var(--ok); }
 footer { color:var(--muted); font-size:12px; padding:12px 28px; border-top:1px solid var(--line); }
 """
 
@@ -591,10 +594,10 @@ JS = r"""
       xlabel: "relative depth", xname: "relative depth", height: 360, empty: "no run has " + stat });
   }
 
-  var redraws = [];
+  var redraws = [], runRedraws = [];
   DATA.runs.forEach(function (run, i) {
     var section = document.getElementById("run-" + i);
-    if (section) redraws.push(drawRun(section, run));
+    if (section) redraws.push(runRedraws[i] = drawRun(section, run));
   });
   var cmp = document.getElementById("compare-chart");
   if (cmp) {
@@ -605,6 +608,7 @@ JS = r"""
     cdraw();
     redraws.push(cdraw);
   }
+  if (DATA.live) live(DATA.live);
   var timer = null, lastW = window.innerWidth;
   window.addEventListener("resize", function () {
     if (Math.abs(window.innerWidth - lastW) < 40) return;
@@ -613,5 +617,135 @@ JS = r"""
     timer = setTimeout(function () { redraws.forEach(function (f) { f(); }); }, 200);
   });
   document.body.setAttribute("data-rendered", "true");
+
+  // ---------------------------------------------------------------- live (gradsight serve)
+  // The same page, fed by the server: it asks for the steps after the last one it holds,
+  // appends them to every table and line, and redraws; the status and the findings come along.
+  function evenly(n, m) {  // positions 0..n-1, at most m evenly spaced, first and last included
+    if (n <= m) return range(n);
+    var out = [], prev = -1;
+    for (var i = 0; i < m; i++) { var k = Math.round(i * (n - 1) / (m - 1)); if (k !== prev) out.push(k); prev = k; }
+    return out;
+  }
+  function concat(a, b) { var out = new Float32Array(a.length + b.length); out.set(a); out.set(b, a.length); return out; }
+  function pick(arr, idx) { return idx.map(function (i) { return arr[i]; }); }
+  function pickRows(data, rows, k, idx) {
+    var out = new Float32Array(rows * idx.length);
+    for (var r = 0; r < rows; r++) for (var j = 0; j < idx.length; j++) out[r * idx.length + j] = data[r * k + idx[j]];
+    return out;
+  }
+  function appendLine(line, add) {
+    line._values = concat(lineValues(line), decode(add.values));
+    line.steps = line.steps.concat(add.steps);
+    if (line.steps.length > 2 * DATA.live.max_line_points) {
+      var idx = evenly(line.steps.length, DATA.live.max_line_points);
+      line.steps = pick(line.steps, idx); line._values = Float32Array.from(pick(Array.from(line._values), idx));
+      line.sampled = true;
+    }
+  }
+  function append(run, u) {  // false: the page must be made again (new layers); a statistic new since waits for a reload
+    var n = u.steps.length, k = run.steps.length, keys = Object.keys(run.matrices);
+    if (!keys.length && Object.keys(u.matrices).length) return false;  // opened before its first step
+    var added = {};
+    for (var i = 0; i < keys.length; i++) {
+      var m = run.matrices[keys[i]];
+      if (m.steps) continue;  // a table of its own steps (update ratios every k-th step) stays as it was opened
+      var rows = run.names[m.level].length, add = u.matrices[keys[i]] ? decode(u.matrices[keys[i]]) : null;
+      if (add && add.length !== rows * n) return false;
+      added[keys[i]] = add;
+    }
+    keys.forEach(function (key) {
+      var m = run.matrices[key];
+      if (m.steps) return;
+      var rows = run.names[m.level].length, old = m._data || decode(m.data), add = added[key];
+      var out = new Float32Array(rows * (k + n)).fill(NaN);
+      for (var r = 0; r < rows; r++) {
+        out.set(old.subarray(r * k, (r + 1) * k), r * (k + n));
+        if (add) out.set(add.subarray(r * n, (r + 1) * n), r * (k + n) + k);
+      }
+      m._data = out;
+    });
+    run.steps = run.steps.concat(u.steps);
+    if (run.steps.length > 2 * DATA.live.max_steps) {  // keep the charts as light as the report's
+      var idx = evenly(run.steps.length, DATA.live.max_steps), kk = run.steps.length;
+      keys.forEach(function (key) { var m = run.matrices[key]; if (!m.steps) m._data = pickRows(m._data, run.names[m.level].length, kk, idx); });
+      run.steps = pick(run.steps, idx);
+    }
+    run.flow_columns = evenly(run.steps.length, DATA.live.overlaid);
+    run.total_steps = u.total_steps;
+    Object.keys(u.lines || {}).forEach(function (key) {
+      var level = key.split(":")[0], stat = key.slice(level.length + 1), add = u.lines[key];
+      if (level === "model" && run.model && run.model.stat === stat) appendLine(run.model, add);
+      else if (level === "metric") {
+        if (!run.metrics[stat]) run.metrics[stat] = { steps: [], values: "", _values: new Float32Array(0) };
+        appendLine(run.metrics[stat], add);
+      }
+    });
+    return true;
+  }
+  function showStatus(section, u) {
+    var el = section.querySelector("[data-live=status]");
+    if (!el) return;
+    var parts = ["status: " + u.status];
+    if (u.last !== undefined && u.last !== null) parts.push("last step " + u.last);
+    if (u.writer === "gone") parts.push("the recording process has ended without closing the run");
+    if (u.steps_dropped) parts.push(u.steps_dropped + " steps dropped");
+    if (u.store_error) parts.push("store error: " + u.store_error);
+    if (u.error) parts.push("error: " + u.error);
+    el.textContent = parts.join(" \u00b7 ");
+    el.className = "live-status status-" + String(u.status).replace(/[^a-z]/g, "");
+    section.setAttribute("data-status", u.status);
+  }
+  function showFindings(section, findings) {
+    var ul = section.querySelector("[data-live=findings]");
+    if (!ul) return;
+    ul.textContent = "";
+    if (!findings.length) { var none = document.createElement("li"); none.className = "none"; none.textContent = "No findings."; ul.appendChild(none); }
+    findings.forEach(function (f) {
+      var li = document.createElement("li"), sev = document.createElement("span");
+      li.className = "sev-" + String(f.severity).replace(/[^a-z0-9_-]/g, "");
+      li.setAttribute("data-code", f.code);
+      sev.className = "sev"; sev.textContent = f.severity;
+      li.appendChild(sev);
+      li.appendChild(document.createTextNode(f.message + (f.step !== null && f.step !== undefined ? " (since step " + f.step + ")" : "")));
+      ul.appendChild(li);
+    });
+  }
+  function live(cfg) {
+    var failures = 0;
+    function tick() {
+      var q = DATA.runs.map(function (run) {
+        return "run=" + encodeURIComponent(run.live.key) + "&since=" + (run.live.last === null ? "" : run.live.last) + "&f=" + run.live.f;
+      }).join("&");
+      fetch("api/poll?" + q, { cache: "no-store" }).then(function (r) {
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.json();
+      }).then(function (ans) {
+        failures = 0;
+        if (ans.runs_key !== cfg.runs_key) { location.reload(); return; }  // a run appeared
+        var redrawn = false;
+        DATA.runs.forEach(function (run, i) {
+          var u = ans.runs[run.live.key], section = document.getElementById("run-" + i);
+          if (!u || !section) return;
+          if (u.steps && u.steps.length) {
+            if (!append(run, u)) { location.reload(); return; }
+            run.live.last = u.steps[u.steps.length - 1];
+            runRedraws[i]();
+            redrawn = true;
+          }
+          section.setAttribute("data-last-step", run.live.last === null ? "" : String(run.live.last));
+          showStatus(section, u);
+          if (u.findings) { run.live.f = u.findings_version; showFindings(section, u.findings); }
+        });
+        if (redrawn && cmp) redraws[redraws.length - 1]();
+        setTimeout(tick, cfg.interval_ms);
+      }).catch(function () {
+        failures += 1;
+        document.querySelectorAll("[data-live=status]").forEach(function (el) { el.textContent = "status: the server does not answer"; });
+        setTimeout(tick, Math.min(10000, cfg.interval_ms * (1 + failures)));
+      });
+    }
+    tick();
+  }
 })();
 """

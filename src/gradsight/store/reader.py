@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from gradsight._errors import RunError
+from gradsight.display import card_html
 from gradsight.store.access import connect_readonly
 from gradsight.store.packed import MAX_SQL_VARS, PACKED_TABLES, Catalog, layout, read_long, read_matrix
 from gradsight.store.roles import as_roles, row_roles
@@ -184,6 +185,11 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.status!r}, steps={len(self.steps())})"
 
+    def _repr_html_(self) -> str:
+        """The run in a notebook: name, status, steps, gradient norm, depth profile, findings
+        (:func:`gradsight.display.card_html`)."""
+        return card_html(self)
+
     def close(self) -> None:
         self._conn.close()
 
@@ -293,9 +299,24 @@ class Run:
         params = self._query("SELECT name, layer FROM params") if level == Level.PARAM else None
         return level_roles(self._layer_rows(), level, params)
 
-    def steps(self) -> list[int]:
-        """Recorded steps, ascending."""
-        return [int(s) for s in self._query("SELECT step FROM steps ORDER BY step")["step"]]
+    def steps(self, after: int | None = None) -> list[int]:
+        """Recorded steps, ascending (only those after ``after`` when given)."""
+        if after is None:
+            return [int(s) for s in self._query("SELECT step FROM steps ORDER BY step")["step"]]
+        return [int(s) for s in self._query("SELECT step FROM steps WHERE step > ? ORDER BY step", [int(after)])["step"]]
+
+    def last_step(self) -> int | None:
+        """The last recorded step (None: none yet); one small query, for readers following a live run."""
+        try:
+            last = self._conn.execute("SELECT max(step) FROM steps").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise RunError(f"{self.db_path} could not be read ({exc})") from None
+        return None if last is None else int(last)
+
+    def reload_meta(self) -> dict[str, Any]:
+        """Read ``meta`` again (a live run's status, dropped steps and store errors change) and return it."""
+        self.meta = self._checked_meta(self._tables)
+        return self.meta
 
     def stats(self, level: str | None = None) -> list[str]:
         """Names of the statistics recorded (optionally at one level)."""

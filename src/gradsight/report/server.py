@@ -1,0 +1,188 @@
+"""``gradsight serve``: the report's page, live, from a threaded ``http.server``.
+
+Routes (GET only; anything else is 404, other methods 405):
+
+- ``/``: the report page (:func:`gradsight.report.html.build_report` with ``live=``) of
+  every readable run under the root, as it stands when the page is opened.
+- ``/api/poll?run=KEY&since=STEP&f=VERSION[&run=...]``: per run on the page, its status
+  and the steps after ``since`` (:func:`gradsight.report.live.poll_answer`); JSON.
+- ``/api/runs``: every served run's key and status (or why it cannot be read); JSON.
+
+The server reads runs read-only (``store/access.py``) and reaches them only by key
+(:class:`~gradsight.report.live.ServedRuns`). Bound to a loopback address it also answers
+only requests whose ``Host`` is a loopback name (a web page elsewhere cannot reach it
+through DNS rebinding). Pages are sent with a Content-Security-Policy that allows the
+inline script and style, images from ``data:`` and requests to this server only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from gradsight.report.html import build_report
+from gradsight.report.live import Doctor, ServedRuns, names_key, poll_answer
+from gradsight.store.view import RunView
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+#: Milliseconds between two polls of the page.
+POLL_INTERVAL_MS = 1000
+#: Runs a poll may name, at most.
+MAX_POLLED_RUNS = 1000
+CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
+       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+class LiveServer(ThreadingHTTPServer):
+    """The HTTP server with its runs and their doctor."""
+
+    daemon_threads = True
+
+    def __init__(self, root: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
+                 poll_interval_ms: int = POLL_INTERVAL_MS, doctor_interval: float | None = None) -> None:
+        self.served = ServedRuns(root)
+        self.source = str(root)
+        self.poll_interval_ms = poll_interval_ms
+        self.loopback_only = is_loopback(host)
+        self.page_lock = threading.Lock()
+        super().__init__((host, port), Handler)
+        kwargs = {} if doctor_interval is None else {"interval": doctor_interval}
+        self.doctor = Doctor(self.served, **kwargs).start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{'[' + host + ']' if ':' in str(host) else host}:{port}/"
+
+    def page(self) -> str:
+        """The report page of every readable run, with the keys the page polls by."""
+        self.served.refresh(force=True)
+        with self.page_lock:
+            shown = self.served.shown
+            lives = [self.served.get(k) for k in shown]
+            for live in lives:  # in one order: a poll holds one of these at a time
+                live.lock.acquire()
+            try:
+                views = [RunView(live.open()) for live in lives]
+                return build_report(views, title=f"gradsight serve: {self.source}",
+                                    live={"keys": shown, "runs_key": names_key(shown),
+                                          "interval_ms": self.poll_interval_ms, "source": self.source})
+            finally:
+                for live in lives:
+                    live.lock.release()
+
+    def runs(self) -> dict[str, Any]:
+        out = {}
+        for key in self.served.refresh(force=True):
+            live = self.served.get(key)
+            answer = live.update(since=1 << 62, findings_version=live.findings_version)  # no values
+            out[key] = {k: v for k, v in answer.items() if k in ("status", "last", "store_error", "steps_dropped")}
+        return {"runs_key": self.served.key, "runs": out}
+
+    def server_close(self) -> None:
+        self.doctor.stop()
+        super().server_close()
+        self.served.close()
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: LiveServer
+    server_version = "gradsight"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        if content_type.startswith("text/html"):
+            self.send_header("Content-Security-Policy", CSP)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, payload: Any, status: int = 200) -> None:
+        body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        self._send(status, body, "application/json")
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._json({"error": message}, status)
+
+    def _host_allowed(self) -> bool:
+        if not self.server.loopback_only:
+            return True
+        host = urlsplit("//" + (self.headers.get("Host") or "")).hostname or ""
+        return is_loopback(host)
+
+    def do_GET(self) -> None:
+        if not self._host_allowed():
+            self._refuse(403, "this server answers only to localhost")
+            return
+        parts = urlsplit(self.path)
+        try:
+            if parts.path == "/":
+                self._send(200, self.server.page().encode("utf-8"), "text/html; charset=utf-8")
+            elif parts.path == "/api/poll":
+                query = parse_qs(parts.query, keep_blank_values=True)
+                keys, since, fver = query.get("run", []), query.get("since", []), query.get("f", [])
+                if len(keys) > MAX_POLLED_RUNS or not (len(keys) == len(since) == len(fver)):
+                    self._refuse(400, "give run, since and f once per run")
+                    return
+                asked = [(k, _int_or_none(s), _int_or_none(f)) for k, s, f in zip(keys, since, fver)]
+                self._json(poll_answer(self.server.served, asked))
+            elif parts.path == "/api/runs":
+                self._json(self.server.runs())
+            else:
+                self._refuse(404, "not found")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception as exc:  # one bad request or run must not stop the server
+            log.warning("serving %s failed: %s: %s", parts.path, type(exc).__name__, exc)
+            try:
+                self._refuse(500, f"{type(exc).__name__}: {exc}")
+            except OSError:
+                pass
+
+    do_HEAD = do_GET
+
+    def _not_allowed(self) -> None:
+        self._refuse(405, "read-only: GET only")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
+
+def serve(root: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **kwargs: Any) -> LiveServer:
+    """A :class:`LiveServer` of the runs under ``root``, bound and started (``serve_forever``
+    is left to the caller; ``server_close`` stops its doctor and closes the runs)."""
+    return LiveServer(root, host, port, **kwargs)

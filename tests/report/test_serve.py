@@ -1,0 +1,260 @@
+"""``gradsight serve``: the poll API, what it refuses, and that serving changes no file."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gradsight.cli import main
+from gradsight.report.live import names_key
+from gradsight.report.server import LiveServer
+from gradsight.store.schema import DB_NAME
+from tests.plots.runs import make_run
+from tests.store.helpers import store_files
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Served:
+    """A :class:`LiveServer` answering in a thread; ``get`` returns ``(status, headers, body)``."""
+
+    def __init__(self, root: Path, **kwargs) -> None:
+        self.server = LiveServer(root, "127.0.0.1", 0, **kwargs)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def get(self, path: str, host: str | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.putrequest(method, path, skip_host=host is not None)
+            if host is not None:
+                conn.putheader("Host", host)
+            conn.endheaders()
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def json(self, path: str) -> dict:
+        status, _, body = self.get(path)
+        assert status == 200, body
+        return json.loads(body)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def served_runs(report_runs):
+    served = Served(report_runs, doctor_interval=0.2)
+    yield served
+    served.close()
+
+
+def _wait(predicate, timeout: float = 20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_poll_gives_only_the_steps_after_since(served_runs):
+    answer = served_runs.json("/api/poll?run=plain4&since=5&f=-1")
+    update = answer["runs"]["plain4"]
+    assert update["status"] == "finished" and update["last"] == 11
+    assert update["steps"] == [6, 7, 8, 9, 10, 11]
+    import base64
+
+    rows = len(base64.b64decode(update["matrices"]["layer:grad_rms"])) // 4 // 6
+    assert rows == 4  # 4 layers x 6 new steps
+    assert update["lines"]["model:grad_rms"]["steps"] == [6, 7, 8, 9, 10, 11]
+    assert isinstance(update["findings"], list) and "findings_version" in update
+
+
+def test_a_poll_with_nothing_new_is_small(served_runs):
+    fver = served_runs.json("/api/poll?run=plain4&since=11&f=-1")["runs"]["plain4"]["findings_version"]
+    status, _, body = served_runs.get(f"/api/poll?run=plain4&since=11&f={fver}")
+    assert status == 200 and len(body) < 1024
+    assert json.loads(body)["runs"]["plain4"] == {"status": "finished", "last": 11}
+
+
+def test_findings_come_from_the_background_doctor(served_runs):
+    def findings():
+        update = served_runs.json("/api/poll?run=plain4&since=11&f=-1")["runs"]["plain4"]
+        return update["findings"] if update["findings_version"] > 0 else None
+
+    found = _wait(findings)
+    nonfinite = [f for f in found if f["code"] == "nonfinite"]
+    assert nonfinite and nonfinite[0]["step"] == 11  # first seen at the last step the doctor saw
+
+
+def test_the_page_is_the_report_page_with_the_live_feed(served_runs):
+    status, headers, body = served_runs.get("/")
+    text = body.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "connect-src 'self'" in headers["Content-Security-Policy"]
+    assert 'id="run-0"' in text and 'data-chart="heatmap"' in text and 'data-live="findings"' in text
+    payload = json.loads(text.split('<script id="gs-data" type="application/json">')[1].split("</script>")[0])
+    assert payload["live"]["runs_key"] == served_runs.json("/api/runs")["runs_key"]
+    assert {r["live"]["key"] for r in payload["runs"]} == {"plain4", "residual4", "hostile"}
+
+
+@pytest.mark.parametrize("path", [
+    "/../plain4", "/%2e%2e/%2e%2e/etc/passwd", "/plain4/gradsight.sqlite", "//etc/passwd", "/etc/passwd",
+    "/api/poll/../../x", "/api/run", "/api/poll%2f..%2f..",
+])
+def test_paths_outside_the_routes_are_not_found(served_runs, path):
+    assert served_runs.get(path)[0] == 404
+
+
+@pytest.mark.parametrize("key", ["..", "../compare/plain4", "/etc", "plain4/..", "plain4%2f..%2fresidual4",
+                                 str(Path("/").resolve()), "./plain4", "plain4/", "%2e%2e"])
+def test_runs_are_reached_only_by_their_key(served_runs, key):
+    from urllib.parse import quote
+
+    answer = served_runs.json(f"/api/poll?run={quote(key, safe='')}&since=&f=-1")
+    assert answer["runs"] == {}
+
+
+def test_a_symlink_out_of_the_root_is_not_served(report_runs, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    make_run(root / "inside", steps=2)
+    os.symlink(report_runs / "plain4", root / "outside")  # a run directory elsewhere
+    (root / "db").mkdir()
+    os.symlink(report_runs / "residual4" / DB_NAME, root / "db" / DB_NAME)  # a store elsewhere
+    served = Served(root)
+    try:
+        assert list(served.json("/api/runs")["runs"]) == ["inside"]
+        assert served.json("/api/poll?run=outside&since=&f=-1")["runs"] == {}
+        assert "outside" not in served.get("/")[2].decode()
+    finally:
+        served.close()
+
+
+def test_only_loopback_hosts_and_get_are_answered(served_runs):
+    assert served_runs.get("/api/runs", host="evil.example:8765")[0] == 403  # DNS rebinding
+    assert served_runs.get("/api/runs", host=f"localhost:{served_runs.port}")[0] == 200
+    assert served_runs.get("/api/runs", method="POST")[0] == 405
+
+
+def test_a_run_appearing_and_a_corrupted_store(tmp_path):
+    make_run(tmp_path / "a", steps=2)
+    served = Served(tmp_path)
+    try:
+        before = served.json("/api/runs")
+        (tmp_path / "broken").mkdir()
+        (tmp_path / "broken" / DB_NAME).write_bytes(b"not a database" * 100)
+        make_run(tmp_path / "b", steps=3)
+        def three_runs():
+            answer = served.json("/api/runs")
+            return answer if len(answer["runs"]) == 3 else None
+
+        after = _wait(three_runs)
+        assert after["runs_key"] != before["runs_key"]
+        assert after["runs_key"] == names_key(["a", "b"])  # the page shows the readable runs
+        assert after["runs"]["b"] == {"status": "finished", "last": 2}
+        assert after["runs"]["broken"]["status"] == "unreadable"
+        assert "corrupted or not a SQLite database" in after["runs"]["broken"]["store_error"]
+        assert served.get("/")[0] == 200  # the page of the readable runs
+    finally:
+        served.close()
+
+
+def test_serve_binds_loopback_and_warns_for_other_addresses(monkeypatch, tmp_path, capsys):
+    make_run(tmp_path / "a", steps=2)
+    bound = []
+
+    def fake_forever(self):
+        bound.append(self.server_address[0])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LiveServer, "serve_forever", fake_forever)
+    assert main(["serve", str(tmp_path), "--port", "0"]) == 0
+    out = capsys.readouterr()
+    assert bound == ["127.0.0.1"] and "serving http://127.0.0.1:" in out.out and "warning" not in out.err
+    assert main(["serve", str(tmp_path), "--port", "0", "--host", "0.0.0.0"]) == 0
+    assert bound[-1] == "0.0.0.0" and "anyone who can reach port" in capsys.readouterr().err
+
+
+CHILD = r"""
+import os, sys, time, torch
+from torch import nn
+import gradsight as gs
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+with gs.watch(model, sys.argv[1], name="child") as mon:
+    nan_at = int(os.environ.get("GS_TEST_NAN_AT", "-1"))
+    for step in range(int(sys.argv[2])):
+        x = torch.randn(5, 4) * (float("nan") if 0 <= nan_at <= step else 1.0)
+        model(x).sum().backward()
+        mon.step()
+        mon.flush()
+        model.zero_grad()
+        time.sleep(float(sys.argv[3]))
+    print("done", flush=True)
+    if len(sys.argv) > 4:
+        time.sleep(60)  # killed here, its store in WAL mode
+"""
+
+
+def child(run_dir: Path, steps: int, pause: float, hang: bool = False, nan_at: int = -1) -> subprocess.Popen:
+    """A process recording ``steps`` steps of a small MLP into ``run_dir``, ``pause`` s apart
+    (its gradients NaN from step ``nan_at``); with ``hang`` it waits to be killed after them."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               GS_TEST_NAN_AT=str(nan_at))
+    args = [sys.executable, "-c", CHILD, str(run_dir), str(steps), str(pause)] + (["hang"] if hang else [])
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def test_steps_of_a_recording_process_reach_the_api(tmp_path):
+    proc = child(tmp_path / "live", steps=40, pause=0.25)
+    served = Served(tmp_path, doctor_interval=0.5)
+    try:
+        first = _wait(lambda: served.json("/api/runs")["runs"].get("live", {}).get("last"), timeout=60)
+        poll = lambda: served.json(f"/api/poll?run=live&since={first}&f=-1")["runs"]["live"]
+        update = _wait(lambda: (u := poll()).get("steps") and u, timeout=5)
+        assert update["status"] == "running" and update["steps"][0] == first + 1 and "writer" not in update
+        assert proc.wait(timeout=120) == 0
+        assert _wait(lambda: poll()["status"] == "finished", timeout=5)
+    finally:
+        proc.kill()
+        served.close()
+
+
+def test_serving_a_live_and_a_killed_run_changes_no_file(tmp_path):
+    proc = child(tmp_path / "killed", steps=5, pause=0.0, hang=True)
+    assert proc.stdout.readline().strip() == "done"
+    proc.kill()
+    proc.wait()
+    make_run(tmp_path / "finished", steps=4)
+    before = {d: store_files(tmp_path / d) for d in ("killed", "finished")}
+    assert {"gradsight.sqlite-wal", "gradsight.sqlite-shm"} <= set(before["killed"])
+    mtimes = {p: p.stat().st_mtime_ns for d in ("killed", "finished") for p in (tmp_path / d).iterdir()}
+    served = Served(tmp_path, doctor_interval=0.1)
+    try:
+        for _ in range(3):
+            assert served.get("/")[0] == 200
+            served.json("/api/poll?run=killed&since=&f=-1&run=finished&since=1&f=-1")
+            served.json("/api/runs")
+            time.sleep(0.3)
+        killed = served.json("/api/poll?run=killed&since=&f=-1")["runs"]["killed"]
+        assert killed["status"] == "running" and killed["writer"] == "gone"  # a killed writer
+        assert "writer" not in served.json("/api/poll?run=finished&since=&f=-1")["runs"]["finished"]
+    finally:
+        served.close()
+    assert {d: store_files(tmp_path / d) for d in ("killed", "finished")} == before
+    assert {p: p.stat().st_mtime_ns for d in ("killed", "finished") for p in (tmp_path / d).iterdir()} == mtimes
