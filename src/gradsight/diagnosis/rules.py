@@ -874,6 +874,27 @@ def _updates_in_window(view: RunView) -> int:
     return int(counts.median()) if len(counts) else 0
 
 
+def _too_few_updates(view: RunView, n: int, th: Thresholds) -> list[Finding]:
+    """``update_ratio_unjudged`` (info) when a run recorded update ratios and the window spans
+    at least ``min_updates`` recorded steps but holds fewer updates than that for the median
+    layer: the update rules were left out because of how sparsely the ratios were recorded
+    (``update_ratio=k``, rotating snapshots), not because the run is short. Nothing when no
+    ratio was recorded (no ``optimizer=``) or the run is too short for any verdict."""
+    ur = _table(view, Level.LAYER, "update_ratio")
+    spanned = len(view.steps) - len(view.steps) // 2 if len(view.steps) > 1 else len(view.steps)
+    if ur.empty or not ur.notna().to_numpy().any() or spanned < th.min_updates:
+        return []
+    return [Finding(
+        "update_ratio_unjudged", "info",
+        f"The update sizes were not judged (update_ratio_high, its weight-growth check, update_ratio_low): the last "
+        f"{spanned} recorded steps hold {n} update ratio(s) for the median layer, under the {th.min_updates} these "
+        "rules need, because update ratios were recorded at some steps only (gs.watch's default update_ratio=10, "
+        "and for weights over 16 MiB a chunk of layers at a time). Record them at every step "
+        "(update_ratio=True, or update_ratio=\"whole\" for every layer at every step), record longer, or check "
+        "the model with gradsight doctor MODEL, which does.",
+        measured={"updates_per_layer": float(n), "needed": float(th.min_updates), "window_steps": float(spanned)})]
+
+
 def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
     """``update_ratio_high`` / ``update_ratio_low``: median ``||dw||/||w||`` per layer
     (:func:`update_sizes`).
@@ -886,7 +907,7 @@ def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
     so its norm grows until the relative update settles): it is not judged too high."""
     n = _updates_in_window(view)
     if n < th.min_updates:
-        return []  # the first updates of a run are not its learning rate's verdict
+        return _too_few_updates(view, n, th)  # the first updates of a run are not its learning rate's verdict
     high_ur, low_ur = update_sizes(view, th)
     findings = []
     high = high_ur[high_ur > th.update_high]

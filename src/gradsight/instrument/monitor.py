@@ -208,7 +208,8 @@ class Monitor:
         self._layer_table = LayerTable(inv, self._order, self.activations, self._writer)
         self._loss_scale = LossScale(opts.scaler, opts.optimizers)
         self._updates = UpdateRatio(self._params, param_names, layer_names, self._series, self._dist.sumsq,
-                                    opts.weights, opts.update_ratio_every, opts.optimizers, self._param_layer)
+                                    opts.weights, opts.update_ratio_every, opts.optimizers, self._param_layer,
+                                    whole=opts.update_ratio_whole)
         for optimizer in opts.optimizers if self._updates.every else ():
             self._hooks.attach(optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
         self._writer.flush()  # metadata on disk at once: a reader sees status 'running', not 'unknown'
@@ -642,7 +643,8 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             (see ``update_ratio``); parameters that none of them holds get none.
             Unless ``update_ratio=False`` this keeps a copy of one chunk of the watched
             layers' weights between measured steps (at most 1/8 of the weights' bytes or
-            16 MiB, whichever is more; freed by ``close()``).
+            16 MiB, whichever is more; all of them with ``update_ratio="whole"``; freed
+            by ``close()``).
         scaler: a ``torch.amp.GradScaler``: values are reported unscaled and steps
             with non-finite gradients (which the scaler skips) are marked ``skipped``;
             a disabled one (``enabled=False``) is taken as none.
@@ -686,7 +688,10 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             recorded at one measured step in ``n_chunks`` (weights of up to 16 MiB are
             one chunk: every layer at every measured step; see
             :mod:`gradsight.instrument.update_ratio`); the other recorded steps copy
-            nothing.
+            nothing. ``"whole"``: every layer at every recorded step, from a copy of all
+            the watched weights kept between steps (memory the size of the weights, in
+            float32 for 16-bit ones): what the model check (``gs.checkup``,
+            ``gradsight doctor MODEL``) records, as the doctor's thresholds were calibrated on.
         through_time: record the gradient reaching each time step's hidden state,
             ``‖∂L/∂h_t‖`` of the output sequence of every ``nn.LSTM``/``nn.GRU``/``nn.RNN``
             (level ``module``, ``out_grad_norm_t0``, ``out_grad_norm_t1``, ...;

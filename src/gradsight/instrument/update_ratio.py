@@ -20,7 +20,9 @@ than that is a chunk of its own: weights of up to 16 MiB are snapshotted whole);
 layer's ``update_ratio`` is exact and recorded at one measured step in ``n_chunks`` (at most
 16, since two neighbouring chunks hold more than 1/8 between them), and the snapshot holds
 at most 1/8 of the weights' bytes or 16 MiB unless one layer is larger. The model row combines every
-layer, so it is recorded only when there is one chunk.
+layer, so it is recorded only when there is one chunk. ``update_ratio="whole"`` makes one chunk
+of all the layers (a snapshot of every watched weight at every measured step): every layer and
+the model at every measured step, as the model check records them.
 
 Complex parameters are measured as real pairs (``torch.view_as_real``): ``||dw||^2`` is
 the sum of ``|dw|^2`` over the complex elements.
@@ -74,6 +76,8 @@ class UpdateRatio:
         optimizers: the watched optimizers.
         param_layer: the layer index of each watched parameter (default: each its own),
             which keeps a layer's parameters in one chunk.
+        whole: one chunk of every layer (``update_ratio="whole"``): the whole snapshot
+            at every measured step.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class UpdateRatio:
         every: int = 1,
         optimizers: Sequence[torch.optim.Optimizer] = (),
         param_layer: Sequence[int] | None = None,
+        whole: bool = False,
     ) -> None:
         self.every = every
         self._watched = list(watched)
@@ -109,7 +114,8 @@ class UpdateRatio:
         self._buffers: dict[int, Tensor] = {}  #: watched index -> its snapshot buffer
         self._pending: list[Pending] = []
         layer_of = np.arange(len(self._watched)) if param_layer is None else np.asarray(param_layer, dtype=np.int64)
-        self.chunk_of = snapshot_chunks(self._watched, layer_of, SNAPSHOT_SHARE, SNAPSHOT_FLOOR_BYTES)  #: watched index -> its chunk
+        share = 1.0 if whole else SNAPSHOT_SHARE
+        self.chunk_of = snapshot_chunks(self._watched, layer_of, share, SNAPSHOT_FLOOR_BYTES)  #: watched index -> its chunk
         self.n_chunks = int(self.chunk_of.max()) + 1 if len(self.chunk_of) else 1
         self.peak_snapshot_bytes = 0  #: the most bytes the snapshot buffers held at once
 
