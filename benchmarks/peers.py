@@ -47,7 +47,8 @@ beforehand into a shared compiler cache; RSS is read after every backward pass, 
 step and optimizer step. On a CUDA device, ``cuda_peak_memory`` is the same measurement.
 
 ``--first-step`` also measures, in a fresh process with an empty compiler cache, how much
-longer the first recorded step of the quickstart takes than a later one, and what it prints.
+longer the first recorded step of the quickstart takes than a later one, the eager steps
+while another process compiles the kernel, the step that loads it, and what it prints.
 
     python benchmarks/peers.py                   # everything (about 10-20 minutes on 2 cores)
     python benchmarks/peers.py --quick           # fewer rounds, a few minutes
@@ -494,43 +495,60 @@ def memory_table(rows: list[str], widths: list[int], tmp: Path, row_names: dict[
 # -- the first recorded step -----------------------------------------------------------
 
 FIRST_STEP = r"""
-import sys, time, torch
+import json, sys, time, torch
 import gradsight as gs
+from gradsight.stats import grad as G
 sys.path.insert(0, {bench_dir!r})
 from peers import MODELS
 problem = MODELS[{model!r}][0]()
 model = problem.model
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **problem.adamw)
-times = []
+times, fused, start = [], [], time.perf_counter()
 with gs.watch(model, {run_dir!r}, optimizer=opt) as monitor:
-    for step in range(6):
+    while len(times) < 400 and time.perf_counter() - start < 240 and fused[-4:].count(True) < 4:
         loss = problem.loss(model)
         loss.backward()
         t0 = time.perf_counter()
         monitor.step(loss)
         times.append(time.perf_counter() - t0)
+        fused.append(bool(G._FUSED._compiled))
         opt.step()
         opt.zero_grad()
-print(" ".join(f"{{t:.4f}}" for t in times))
+print(json.dumps({{"times": times, "fused": fused, "seconds": time.perf_counter() - start}}))
 """
 
 
 def first_step(model: str, tmp: Path) -> str:
-    """One line: the first recorded step's monitor.step() against the median of later ones,
-    in a fresh process with an empty compiler cache, and what it printed on stderr."""
+    """One line: in a fresh process with an empty compiler cache, the quickstart's
+    ``monitor.step()`` at the first recorded step and at the slowest one (the step that
+    loads the compiled kernel) against the median of the steps on the fused kernel, the
+    eager steps' median while another process compiles it, and what was printed on stderr.
+    Steps run until four in a row use the fused kernel (400 steps or 240 s at most)."""
+    import json
+
     cache = tmp / f"inductor-{model}"
     shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     code = FIRST_STEP.format(bench_dir=str(Path(__file__).resolve().parent), model=model,
                              run_dir=str(tmp / f"first-{model}"))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return f"{model}: failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})"
-    times = [float(t) for t in done.stdout.split()]
-    later = statistics.median(times[2:])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    times, fused = out["times"], out["fused"]
+    switch = fused.index(True) if True in fused else None
+    eager = times[1:switch] if switch is not None else times[1:]
+    later = times[switch + 1:] if switch is not None else []
+    base = statistics.median(later) if later else statistics.median(eager)
+    worst = max(range(len(times)), key=times.__getitem__)
     printed = done.stderr.strip()
-    return (f"{model}: first recorded step {times[0]:.2f} s, later ones {later * 1e3:.0f} ms (median of steps 2-5): "
-            f"{times[0] - later:+.2f} s; stderr: {repr(printed[:200]) if printed else 'empty'}")
+    switched = (f"fused kernel from step {switch} (slowest step {worst}: {times[worst]:.2f} s, "
+                f"{times[worst] - base:+.2f} s), fused steps {base * 1e3:.0f} ms" if switch is not None
+                else f"no switch to the fused kernel in {len(times)} steps ({out['seconds']:.0f} s)")
+    return (f"{model}: first recorded step {times[0]:.2f} s ({times[0] - base:+.2f} s over a later one); "
+            f"eager steps {statistics.median(eager) * 1e3 if eager else float('nan'):.0f} ms "
+            f"(steps 1-{len(eager)}, {sum(times[:switch or len(times)]):.1f} s); {switched}; "
+            f"stderr: {repr(printed[:300]) if printed else 'empty'}")
 
 
 # -- main ------------------------------------------------------------------------------
