@@ -30,7 +30,7 @@ Three ways to compute raw sums:
   >= 2 dims (``maxabs`` is the max of its row maxima, ``dead_rows`` counts the zero
   ones, both for all tensors at once; a ``_foreach_norm`` L-inf pass gives the other
   tensors' ``maxabs``), plus one pass over the weights. ``nonfinite`` is not
-  counted here (nor by ``grouped``): a tensor whose ``sumsq`` is finite has no
+  counted here (nor by ``grouped`` or ``fused``): a tensor whose ``sumsq`` is finite has no
   NaN/Inf, so the count is only needed (and taken by :func:`count_nonfinite`) on the
   rare steps where a norm is not finite.
 * ``fused``: one ``torch.compile``-d kernel per tensor that reads the gradient once and
@@ -227,7 +227,10 @@ def _row_max(g: Tensor) -> Tensor:
 def _fused_kernel(g: Tensor, w: Tensor | None) -> Tensor:
     """The raw sums of a gradient; ``rows`` is filled in by the caller (``dead_rows``
     counts the zero rows, taking a tensor without rows as one row). Every sum is taken
-    per row first, along one axis, so the compiler reads the gradient in one loop."""
+    per row first, along one axis, so the compiler reads the gradient in one loop.
+    ``nonfinite`` is left 0, as on the eager path: a finite ``sumsq`` implies none, and
+    :func:`count_nonfinite` counts them where it is not (counting here took the kernel
+    from 0.35 to 0.64 ms on a 1024 x 1024 float32 gradient, one CPU thread)."""
     g = (g.reshape(g.shape[0], -1) if g.dim() >= 2 else g.reshape(1, -1)).float()
     a = g.abs()
     row_max = a.amax(1)
@@ -243,7 +246,7 @@ def _fused_kernel(g: Tensor, w: Tensor | None) -> Tensor:
             a.sum(1).sum(),
             row_max.amax(),
             (g == 0).sum(1).sum().float(),
-            (~torch.isfinite(g)).sum(1).sum().float(),
+            zero,  # nonfinite: see count_nonfinite (a count here would double the kernel's time)
             zero + g.numel(),
             w_sumsq,
             zero,
@@ -301,7 +304,10 @@ class _Warmup:
 #: :func:`_preload_compiler` imports them in a thread while a :class:`_Warmup` runs.
 _COMPILER_MODULES = ("torch._dynamo", "torch._functorch.aot_autograd", "torch._inductor.compile_fx",
                      "torch._inductor.codecache", "torch._inductor.graph", "torch._inductor.lowering",
-                     "torch._inductor.codegen.cpp")
+                     "torch._inductor.codegen.cpp", "torch._dynamo.backends.inductor", "torch._inductor.hooks",
+                     "torch._inductor.codegen.wrapper_fxir", "torch._inductor.codegen.memory_planning",
+                     "torch.export._trace", "torch.fx.experimental.validator", "sympy.physics.units",
+                     "sympy.combinatorics")
 
 
 def _preload_compiler() -> None:
@@ -310,12 +316,14 @@ def _preload_compiler() -> None:
     (:class:`_FusedKernel`), so only the imports are done here."""
     import importlib
 
-    try:
-        _import_cpp_extension_quietly()
-        for name in _COMPILER_MODULES:
-            importlib.import_module(name)
-    except Exception as exc:  # noqa: BLE001 - the compilation will say what is wrong, on the caller's thread
-        log.debug("gradsight: preloading the compiler failed: %s", exc)
+    for name in ("torch.utils.cpp_extension", *_COMPILER_MODULES):
+        try:
+            if name == "torch.utils.cpp_extension":
+                _import_cpp_extension_quietly()
+            else:
+                importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - the compilation will say what is wrong, on the caller's thread
+            log.debug("gradsight: preloading %s failed: %s", name, exc)
 
 
 def _warm_up() -> None:
