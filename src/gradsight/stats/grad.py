@@ -181,10 +181,11 @@ def sumsq_fp32(tensors: Sequence[Tensor]) -> Tensor:
     return out
 
 
-def _sumsq_ungrouped(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
-    """:func:`sumsq_fp32` of tensors that are not grouped."""
+def _sumsq_ungrouped(tensors: Sequence[Tensor], device: torch.device, ord: float = 2) -> Tensor:
+    """:func:`sumsq_fp32` of tensors that are not grouped (``ord=1``: their sums of ``|x|``,
+    the same way)."""
     if device.type != "cpu":
-        return torch.stack(norms_fp32(tensors, 2)).square()
+        return torch.stack(norms_fp32(tensors, ord)).pow(ord)
     squares: list[Tensor] = []
     owners: list[int] = []
     counts: list[int] = []
@@ -196,15 +197,15 @@ def _sumsq_ungrouped(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
         full = n - n % SUMSQ_ROW if n >= SUMSQ_SPLIT else 0
         if full:
             rows = flat[:full].view(-1, SUMSQ_ROW)
-            norms = torch.linalg.vector_norm(rows, dim=1, dtype=None if t.dtype == torch.float64 else torch.float32)
-            squares.append(norms.double().square())
+            norms = torch.linalg.vector_norm(rows, ord, dim=1, dtype=None if t.dtype == torch.float64 else torch.float32)
+            squares.append(norms.double().pow(ord))
             owners.append(i)
             counts.append(full // SUMSQ_ROW)
         if full < n:
             rest.append(flat[full:])
             rest_owners.append(i)
     if rest:
-        squares.append(torch.stack(norms_fp32(rest, 2)).double().square())
+        squares.append(torch.stack(norms_fp32(rest, ord)).double().pow(ord))
         owners.extend(rest_owners)
         counts.extend([1] * len(rest))
     if not squares:  # only empty tensors
@@ -797,8 +798,12 @@ def _eager_rows(grads: list[Tensor], weights: list[Tensor], with_weights: bool, 
 
     layout = _layout(grads, device)
     n = len(grads)
-    sumsq = column(norms_fp32(grads, 2)).square()
-    sumabs = column(norms_fp32(grads, 1))
+    if one_device and device.type == "cpu":  # in rows added in float64: as exact as the fused kernel
+        sumsq = _sumsq_ungrouped(grads, device).to(device)
+        sumabs = _sumsq_ungrouped(grads, device, ord=1).to(device)
+    else:
+        sumsq = column(norms_fp32(grads, 2)).square()
+        sumabs = column(norms_fp32(grads, 1))
     nonzero = column(norms_fp32(grads, 0))  # L0 "norm": count of nonzeros
     # the rows' max |g| of every tensor with rows gives its maxabs and its all-zero rows
     maxabs = torch.zeros(n, dtype=torch.float32, device=device)
@@ -812,7 +817,9 @@ def _eager_rows(grads: list[Tensor], weights: list[Tensor], with_weights: bool, 
         flat = column(norms_fp32([grads[i] for i in layout.without_rows], math.inf))
         maxabs.index_copy_(0, layout.without_rows_index, flat)
     numel = layout.numel
-    if with_weights:
+    if with_weights and one_device and device.type == "cpu":
+        w_sumsq = _sumsq_ungrouped(weights, device).to(device)
+    elif with_weights:
         w_sumsq = column(norms_fp32(weights, 2)).square()
     else:
         w_sumsq = torch.full_like(numel, float("nan"))
