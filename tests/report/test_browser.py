@@ -198,7 +198,7 @@ def test_a_log_axis_within_one_decade_has_two_labelled_ticks(bertish_page, berti
         assert max(values) / min(values) < 10
 
 
-def test_update_ratio_lines_join_each_layers_own_steps_under_rotating_snapshots(tmp_path, monkeypatch):
+def test_update_ratio_lines_join_each_layers_own_steps_under_rotating_snapshots(browser_page, tmp_path, monkeypatch):
     """Three layers measured in turn (one chunk of the snapshot per step): each layer's line
     joins its own 3 of the 9 steps, with no gap and no non-finite marker at the others'."""
     import torch
@@ -218,20 +218,18 @@ def test_update_ratio_lines_join_each_layers_own_steps_under_rotating_snapshots(
             opt.step()
             opt.zero_grad()
     html = write_report([tmp_path / "runs" / "rotating"], tmp_path / "report.html")
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                        args=ARGS, headless=True)
-        try:
-            page = context.new_page()
-            page.goto(html.resolve().as_uri())
-            page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=30_000)
-            paths = page.locator("[data-chart=update] svg path.series")
-            assert paths.count() == 3
-            for i in range(3):
-                d = paths.nth(i).get_attribute("d")
-                assert d.count("M") == 1 and d.count("L") == 2, d
-        finally:
-            context.close()
+    # a page of its own in the module's browser (a second Playwright in this thread is refused)
+    page = browser_page.page.context.new_page()
+    try:
+        page.goto(html.resolve().as_uri())
+        page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=30_000)
+        paths = page.locator("[data-chart=update] svg path.series")
+        assert paths.count() == 3
+        for i in range(3):
+            d = paths.nth(i).get_attribute("d")
+            assert d.count("M") == 1 and d.count("L") == 2, d
+    finally:
+        page.close()
 
 
 @pytest.fixture(scope="module")
