@@ -2,7 +2,7 @@
 
 Every case trains a small network from random initialization for a few steps on
 random data, recorded with :func:`gradsight.watch` (with the optimizer and
-``update_ratio=True``, so update ratios are recorded at every step, with histograms and precision headroom every 4th step, and with
+``update_ratio="whole"``, so every layer's update ratio is recorded at every step, with histograms and precision headroom every 4th step, and with
 activation statistics unless the case says otherwise),
 then runs :func:`gradsight.diagnose` on the run. A healthy case passes when no
 finding is ``warning`` or worse; a sick case passes when every expected code is
@@ -346,7 +346,7 @@ def record(training: Training, run_dir: Path, name: str) -> None:
     gen = torch.Generator().manual_seed(0)
     model.train()
     with gs.watch(model, run_dir, optimizer=optimizer, scaler=scaler, activations=training.activations,
-                  histograms=4, update_ratio=True, overwrite=True, name=name) as monitor:
+                  histograms=4, update_ratio="whole", overwrite=True, name=name) as monitor:
         for _ in range(training.steps):
             x, y = training.batch(gen)
             with _autocast(training.autocast):

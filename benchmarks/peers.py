@@ -40,13 +40,24 @@ Each step is timed to its end (on a CUDA device, synchronized before and after).
 device, ``cuda_peak_memory`` gives a row's peak memory; ``benchmarks/gpu_check.py`` measures
 there, at realistic sizes, with these functions.
 
+``--memory`` adds the memory column: each row's peak resident memory (RSS) over 25 training
+steps of an MLP of 12 Linear(W, W) layers, minus bare's, at two widths (``--memory-widths``,
+default 1024 and 2048: 50 and 201 MB of weights), so that what is fixed and what grows with
+the model are told apart (the last column: extra MB per MB of weights). Each row and width
+runs in a process of its own, with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_=65536``:
+freed tensors leave the process, so RSS follows what is held) and gradsight's kernel compiled
+beforehand into a shared compiler cache; RSS is read after every backward pass, monitoring
+step and optimizer step. On a CUDA device, ``cuda_peak_memory`` is the same measurement.
+
 ``--first-step`` also measures, in a fresh process with an empty compiler cache, how much
-longer the first recorded step of the quickstart takes than a later one, and what it prints.
+longer the first recorded step of the quickstart takes than a later one, the eager steps
+while another process compiles the kernel, the step that loads it, and what it prints.
 
     python benchmarks/peers.py                   # everything (about 10-20 minutes on 2 cores)
     python benchmarks/peers.py --quick           # fewer rounds, a few minutes
     python benchmarks/peers.py --models mlp --rows quickstart,bare --rounds 30
     python benchmarks/peers.py --models scalars,mlp --rows quickstart,grads --quick
+    python benchmarks/peers.py --models none --memory     # the memory column only
 """
 
 from __future__ import annotations
@@ -87,14 +98,14 @@ class Problem:
     adamw: dict = field(default_factory=dict)
 
 
-def mlp_problem() -> Problem:
+def mlp_problem(width: int = 1024) -> Problem:
     layers: list[nn.Module] = []
     for i in range(12):
-        layers.append(nn.Linear(1024, 1024))
+        layers.append(nn.Linear(width, width))
         if i < 11:
             layers.append(nn.ReLU())
-    x, y = torch.randn(16, 1024), torch.randn(16, 1024)
-    return Problem("MLP 12x1024, batch 16", nn.Sequential(*layers), lambda m: nn.functional.mse_loss(m(x), y))
+    x, y = torch.randn(16, width), torch.randn(16, width)
+    return Problem(f"MLP 12x{width}, batch 16", nn.Sequential(*layers), lambda m: nn.functional.mse_loss(m(x), y))
 
 
 def resnet18_problem(batch: int = 16, size: int = 64, device: str = "cpu") -> Problem:
@@ -399,46 +410,155 @@ def cuda_peak_memory(problem: Problem, row: Row, steps: int, tmp: Path) -> int:
     return peak
 
 
+# -- memory on the CPU ----------------------------------------------------------------
+
+MEMORY_STEPS = 25
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss(problem: Problem, row: Row, steps: int, tmp: Path) -> int:
+    """The most resident memory of this process while ``row`` trains ``problem``'s model for
+    ``steps`` steps (AdamW), read after every backward pass, monitoring step and optimizer step."""
+    model, opt = problem.model, torch.optim.AdamW(problem.model.parameters(), lr=1e-4, **problem.adamw)
+    row.setup(model, opt, tmp)
+    peak = 0
+    try:
+        for step in range(steps):
+            loss = problem.loss(model)
+            loss.backward()
+            peak = max(peak, rss_bytes())
+            row.after_backward(model, loss, step)
+            peak = max(peak, rss_bytes())
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            peak = max(peak, rss_bytes())
+    finally:
+        row.close()
+    return peak
+
+
+MEMORY_CHILD = r"""
+import sys, warnings, torch
+sys.path.insert(0, {bench_dir!r})
+from pathlib import Path
+from peers import all_rows, mlp_problem, peak_rss
+warnings.simplefilter("ignore")
+torch.manual_seed(0)
+problem = mlp_problem({width})
+print(peak_rss(problem, all_rows()[{row!r}], {steps}, Path({run_dir!r})))
+"""
+
+
+def memory_child_env(cache: Path) -> dict[str, str]:
+    """The environment of a memory process: glibc returns freed tensors at once, one compiler cache."""
+    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "TORCHINDUCTOR_CACHE_DIR": str(cache),
+            "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
+def measure_peak_rss(row: str, width: int, tmp: Path, steps: int = MEMORY_STEPS) -> int | str:
+    """Peak RSS in bytes of ``row`` training the MLP of width ``width`` in a fresh process (the
+    compiler cache in ``tmp`` warmed first by :func:`memory_table`); a string saying why on failure."""
+    code = MEMORY_CHILD.format(bench_dir=str(Path(__file__).resolve().parent), width=width, row=row, steps=steps,
+                               run_dir=str(tmp / f"memory-{row}-{width}"))
+    done = subprocess.run([sys.executable, "-c", code], env=memory_child_env(tmp / "inductor-memory"),
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return f"failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})"
+    return int(done.stdout.split()[-1])
+
+
+def weight_mb(width: int) -> float:
+    """MB of float32 weights of the MLP of 12 Linear(width, width)."""
+    return 12 * (width * width + width) * 4 / 1e6
+
+
+def memory_table(rows: list[str], widths: list[int], tmp: Path, row_names: dict[str, str]) -> None:
+    """Print each row's peak RSS minus bare's at each width, and the growth per MB of weights."""
+    measure_peak_rss("quickstart", 64, tmp, steps=2)  # compiles gradsight's kernel into the shared cache
+    bare = {w: measure_peak_rss("bare", w, tmp) for w in widths}
+    print("\nPeak resident memory minus bare's (MB), MLP of 12 Linear(W, W), batch 16, AdamW, "
+          f"{MEMORY_STEPS} steps, one process per cell\n")
+    print("| row | " + " | ".join(f"W={w} ({weight_mb(w):.0f} MB of weights)" for w in widths)
+          + " | extra MB per MB of weights |")
+    print("| --- |" + " ---: |" * (len(widths) + 1))
+    print("| bare (its peak RSS) | " + " | ".join(f"{b / 1e6:.0f} MB" if isinstance(b, int) else b
+                                                for b in bare.values()) + " | |")
+    for key in rows:
+        if key == "bare" or all_rows()[key].available() is not None:
+            continue
+        extra = {}
+        for w in widths:
+            peak = measure_peak_rss(key, w, tmp)
+            extra[w] = (peak - bare[w]) / 1e6 if isinstance(peak, int) and isinstance(bare[w], int) else None
+        cells = [f"{extra[w]:+.0f}" if extra[w] is not None else "failed" for w in widths]
+        growth = ""
+        if len(widths) >= 2 and extra[widths[0]] is not None and extra[widths[-1]] is not None:
+            growth = f"{(extra[widths[-1]] - extra[widths[0]]) / (weight_mb(widths[-1]) - weight_mb(widths[0])):+.2f}"
+        print(f"| {row_names[key]} | " + " | ".join(cells) + f" | {growth} |", flush=True)
+
+
 # -- the first recorded step -----------------------------------------------------------
 
 FIRST_STEP = r"""
-import sys, time, torch
+import json, sys, time, torch
 import gradsight as gs
+from gradsight.stats import grad as G
 sys.path.insert(0, {bench_dir!r})
 from peers import MODELS
 problem = MODELS[{model!r}][0]()
 model = problem.model
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **problem.adamw)
-times = []
+times, fused, start = [], [], time.perf_counter()
 with gs.watch(model, {run_dir!r}, optimizer=opt) as monitor:
-    for step in range(6):
+    while len(times) < 400 and time.perf_counter() - start < 240 and fused[-4:].count(True) < 4:
         loss = problem.loss(model)
         loss.backward()
         t0 = time.perf_counter()
         monitor.step(loss)
         times.append(time.perf_counter() - t0)
+        fused.append(bool(G._FUSED._compiled))
         opt.step()
         opt.zero_grad()
-print(" ".join(f"{{t:.4f}}" for t in times))
+print(json.dumps({{"times": times, "fused": fused, "seconds": time.perf_counter() - start}}))
 """
 
 
 def first_step(model: str, tmp: Path) -> str:
-    """One line: the first recorded step's monitor.step() against the median of later ones,
-    in a fresh process with an empty compiler cache, and what it printed on stderr."""
+    """One line: in a fresh process with an empty compiler cache, the quickstart's
+    ``monitor.step()`` at the first recorded step and at the slowest one (the step that
+    loads the compiled kernel) against the median of the steps on the fused kernel, the
+    eager steps' median while another process compiles it, and what was printed on stderr.
+    Steps run until four in a row use the fused kernel (400 steps or 240 s at most)."""
+    import json
+
     cache = tmp / f"inductor-{model}"
     shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     code = FIRST_STEP.format(bench_dir=str(Path(__file__).resolve().parent), model=model,
                              run_dir=str(tmp / f"first-{model}"))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return f"{model}: failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})"
-    times = [float(t) for t in done.stdout.split()]
-    later = statistics.median(times[2:])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    times, fused = out["times"], out["fused"]
+    switch = fused.index(True) if True in fused else None
+    eager = times[1:switch] if switch is not None else times[1:]
+    later = times[switch + 1:] if switch is not None else []
+    base = statistics.median(later) if later else statistics.median(eager)
+    worst = max(range(len(times)), key=times.__getitem__)
     printed = done.stderr.strip()
-    return (f"{model}: first recorded step {times[0]:.2f} s, later ones {later * 1e3:.0f} ms (median of steps 2-5): "
-            f"{times[0] - later:+.2f} s; stderr: {repr(printed[:200]) if printed else 'empty'}")
+    switched = (f"fused kernel from step {switch} (slowest step {worst}: {times[worst]:.2f} s, "
+                f"{times[worst] - base:+.2f} s), fused steps {base * 1e3:.0f} ms" if switch is not None
+                else f"no switch to the fused kernel in {len(times)} steps ({out['seconds']:.0f} s)")
+    return (f"{model}: first recorded step {times[0]:.2f} s ({times[0] - base:+.2f} s over a later one); "
+            f"eager steps {statistics.median(eager) * 1e3 if eager else float('nan'):.0f} ms "
+            f"(steps 1-{len(eager)}, {sum(times[:switch or len(times)]):.1f} s); {switched}; "
+            f"stderr: {repr(printed[:300]) if printed else 'empty'}")
 
 
 # -- main ------------------------------------------------------------------------------
@@ -487,13 +607,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch.set_num_threads (default: torch's choice); 1 is steadier on a busy machine")
     ap.add_argument("--quick", action="store_true", help="8 rounds, 2 warm-up, 60 s per model, no --first-step")
+    ap.add_argument("--memory", action="store_true",
+                    help="also the memory column: peak RSS minus bare's at two MLP widths, a process per cell")
+    ap.add_argument("--memory-widths", default="1024,2048", help="MLP widths of the memory column (default 1024,2048)")
     ap.add_argument("--first-step", action="store_true",
                     help="also time the first recorded step in a fresh process with an empty compiler cache")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.warmup, args.time_limit = 8, 2, 60.0
     rows_wanted = ["bare"] + [r for r in args.rows.split(",") if r and r != "bare"]
-    models_wanted = [m for m in args.models.split(",") if m]
+    models_wanted = [m for m in args.models.split(",") if m and m != "none"]
     for name in models_wanted:
         if name not in MODELS:
             raise SystemExit(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
@@ -540,6 +663,24 @@ def main() -> None:
         print(f"  {problem.label}: {done} rounds in {time.perf_counter() - t0:.0f} s, bare step "
               f"{cells['bare'].median_ms:.1f} ms", flush=True)
 
+    if results:
+        print_time_tables(results, labels, rows_wanted, row_names)
+    for note in notes:
+        print(f"\nnote: {note}")
+    if args.memory:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"\nMemory column (load average {load:.1f} at its start):")
+        memory_table(rows_wanted, [int(w) for w in args.memory_widths.split(",")], tmp, row_names)
+    if args.first_step and not args.quick:
+        print("\nFirst recorded step, fresh process, empty TORCHINDUCTOR_CACHE_DIR (quickstart configuration):")
+        for model_key in results:
+            print("  " + first_step(model_key, tmp), flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_time_tables(results: dict[str, dict[str, Cell]], labels: dict[str, str], rows_wanted: list[str],
+                      row_names: dict[str, str]) -> None:
+    """The step-time table and the table against the floor."""
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nMedian step time / bare, same round (25-75 % of rounds); load average {load_end:.1f} at end\n")
     header = "| row | " + " | ".join(labels[m] for m in results) + " |"
@@ -559,13 +700,6 @@ def main() -> None:
                 text.append(f"{c.ratio:.2f}x ({c.low:.2f}-{c.high:.2f})")
         print(f"| {row_names[key]} | " + " | ".join(text) + " |")
     print_against_floor(results, labels, row_names)
-    for note in notes:
-        print(f"\nnote: {note}")
-    if args.first_step and not args.quick:
-        print("\nFirst recorded step, fresh process, empty TORCHINDUCTOR_CACHE_DIR (quickstart configuration):")
-        for model_key in results:
-            print("  " + first_step(model_key, tmp), flush=True)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

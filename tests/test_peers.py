@@ -42,3 +42,14 @@ def test_extra_time_is_read_against_the_matching_floor(peers, tmp_path):
     rows = {k: peers.all_rows()[k] for k in ("bare", "floor", "floor_weights")}
     measured, done = peers.bench(problem, rows, rounds=3, warmup=1, deadline=0.0, tmp=tmp_path)
     assert done == 3 and set(measured) == set(rows) and measured["bare"].ratio == 1.0
+
+
+def test_memory_column_reads_the_peak_rss_of_a_row_and_widths_size_the_mlp(peers, tmp_path):
+    torch.manual_seed(0)
+    problem = peers.mlp_problem(8)
+    assert problem.model[0].weight.shape == (8, 8) and peers.weight_mb(1024) == pytest.approx(50.38, abs=0.01)
+    held = 64 * 2**20
+    row = peers.all_rows()["bare"]
+    row.after_backward = lambda model, loss, step: setattr(row, "held", torch.ones(held // 4))  # 64 MiB held
+    start = peers.rss_bytes()
+    assert peers.peak_rss(problem, row, steps=2, tmp=tmp_path) >= start + held * 0.9

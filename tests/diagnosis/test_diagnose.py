@@ -12,6 +12,8 @@ from torch import nn
 import gradsight as gs
 from gradsight.cli import main
 from gradsight.diagnosis import Severity, Thresholds, UnhealthyGradientsError, checkup
+from gradsight.store.query import layer_matrix
+from gradsight.store.view import RunView
 
 
 def codes(findings, severity=None):
@@ -162,6 +164,93 @@ def test_dead_units_missing_gradients_and_update_ratio(tmp_path):
     assert "body.4" in found["dead_units"].layers
     assert sorted(found["no_gradient"].layers) == ["unused.bias", "unused.weight"]
     assert "update_ratio_high" in found
+
+
+def test_update_ratio_judged_from_rotating_snapshots_where_each_layer_has_some_steps(tmp_path, monkeypatch):
+    """With the snapshot cut into chunks of layers (each layer's ``update_ratio`` at one measured
+    step in three), each layer is judged from its own updates: a step without one is neither 0
+    nor a value."""
+    from gradsight.instrument import update_ratio as ur
+
+    monkeypatch.setattr(ur, "SNAPSHOT_FLOOR_BYTES", 0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=True) as mon:
+        assert mon._updates.n_chunks == 3
+        for _ in range(30):
+            model(torch.randn(16, 8)).pow(2).mean().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    table = layer_matrix(tmp_path / "run", "update_ratio", max_steps=None)
+    assert (table.notna().sum(axis=1) == 1).all()  # one layer a step
+    (f,) = [f for f in gs.diagnose(tmp_path / "run", Thresholds(update_high=1e-3)) if f.code == "update_ratio_high"]
+    assert "in the last 5 recorded updates" in f.message  # each layer's own 5 of the window's 15 steps
+    window = table.iloc[15:]
+    assert f.measured == pytest.approx({name: float(window[name].dropna().median()) for name in table.columns})
+    # a view sampling 11 of the 30 steps (0, 3, 6, 9, 12, 14, 17, ..., 29: none of layer 2's)
+    # still judges every layer: update ratios are read at every step that holds one
+    view = RunView(tmp_path / "run", max_steps=11)
+    assert not set(view.sample) & set(range(1, 30, 3))
+    (g,) = [f for f in gs.diagnose(view, Thresholds(update_high=1e-3)) if f.code == "update_ratio_high"]
+    assert g.measured == pytest.approx(f.measured)
+
+
+def test_checkup_records_every_layers_update_ratio_at_every_step_for_weights_over_16_mib(tmp_path):
+    """The doctor's thresholds were calibrated on update ratios of every layer at every step:
+    the model check records them so (``update_ratio="whole"``) where ``gs.watch``'s default
+    would rotate chunks of layers (here 24 MiB of weights: two chunks)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(1024, 1024), nn.ReLU()) for _ in range(6)], nn.Linear(1024, 10))
+    assert sum(p.numel() * 4 for p in model.parameters()) > 16 * 2**20
+    checkup(model, input_shape=(1024,), steps=6, batch_size=4, run_dir=tmp_path / "run")
+    table = layer_matrix(tmp_path / "run", "update_ratio", max_steps=None)
+    assert table.shape == (6, 7) and table.notna().all().all()
+    assert table.gt(0).all().all()
+    model_rows = gs.open_run(tmp_path / "run").frame(stat="update_ratio", level="model")
+    assert len(model_rows) == 6
+
+
+def test_too_few_update_ratios_in_a_long_enough_window_are_said_not_left_silent(tmp_path, monkeypatch):
+    """Rotating snapshots (three chunks) leave each layer 2 update ratios in a 6-step window,
+    under ``min_updates``: the update rules are not judged, and an info finding says so and
+    why; the same run recorded with ``update_ratio="whole"`` is judged."""
+    from gradsight.instrument import update_ratio as ur
+
+    monkeypatch.setattr(ur, "SNAPSHOT_FLOOR_BYTES", 0)
+    for option in (True, "whole"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+        opt = torch.optim.Adam(model.parameters(), lr=0.1)
+        with gs.watch(model, tmp_path / str(option), optimizer=opt, update_ratio=option) as mon:
+            for _ in range(12):
+                model(torch.randn(16, 8)).pow(2).mean().backward()
+                mon.step()
+                opt.step()
+                opt.zero_grad()
+        found = {f.code: f for f in gs.diagnose(tmp_path / str(option), Thresholds(update_high=1e-3))}
+        if option is True:
+            assert "update_ratio_high" not in found
+            f = found["update_ratio_unjudged"]
+            assert f.severity == "info"
+            assert f.measured == {"updates_per_layer": 2.0, "needed": 5.0, "window_steps": 6.0}
+            assert "update_ratio_high" in f.message and "update_ratio=True" in f.message
+        else:
+            assert "update_ratio_unjudged" not in found and "update_ratio_high" in found
+
+
+def test_a_run_too_short_for_update_verdicts_gets_no_unjudged_note(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=True) as mon:
+        for _ in range(6):  # a 3-step window: too short whatever was recorded
+            model(torch.randn(16, 8)).pow(2).mean().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    assert "update_ratio_unjudged" not in codes(gs.diagnose(tmp_path / "run"))
 
 
 def test_fixup_branches_start_idle_by_design(tmp_path):

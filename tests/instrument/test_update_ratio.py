@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -198,3 +199,93 @@ def test_run_metadata_says_how_often_update_ratios_and_histograms_are_taken(tmp_
     assert gs.open_run(tmp_path / "a").meta["histograms_every"] == 4
     assert gs.open_run(tmp_path / "b").meta["update_ratio_every"] == 0
     assert gs.open_run(tmp_path / "b").meta["histograms_every"] == 0
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_update_ratio_rotates_chunks_of_layers_exactly_within_an_eighth_of_the_weights(tmp_path, monkeypatch, every):
+    """With the 16 MiB floor lifted, 12 equal layers are measured one chunk at a time: each
+    layer exact where recorded, every layer within ``n_chunks`` measured steps, no model row,
+    and the snapshot buffers never above 1/8 of the weights' bytes."""
+    from gradsight.instrument import update_ratio as ur
+
+    monkeypatch.setattr(ur, "SNAPSHOT_FLOOR_BYTES", 0)
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(12)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    expected: dict[int, dict[str, float]] = {}
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=every) as mon:
+        n_chunks = mon._updates.n_chunks
+        assert n_chunks == 12  # one Linear(64) is 1/12 of the weights: two do not fit in 1/8
+        for step in range(n_chunks * every * 2):
+            model(torch.randn(8, 64)).pow(2).mean().backward()
+            mon.step()
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            opt.step()
+            opt.zero_grad()
+            after = {n: p.detach().clone() for n, p in model.named_parameters()}
+            expected[step] = {str(k): _reference(before, after, [f"{k}.weight", f"{k}.bias"]) for k in range(12)}
+        peak = mon._updates.peak_snapshot_bytes
+    assert 0 < peak <= weight_bytes / 8
+    frame = gs.open_run(tmp_path / "run").frame(stat="update_ratio")
+    assert set(frame.level) == {"param", "layer"}  # a model row would combine one chunk only
+    layers = frame[frame.level == "layer"]
+    for row in layers.itertuples():
+        want = expected[row.step][row.name]
+        assert abs(row.value - want) <= 1e-5 * want, (row.step, row.name, row.value, want)
+    # the j-th measured step (recorded index j * every) measures layer j % 12, so each layer
+    # is recorded once in every 12 measured steps, at the steps the docs state
+    got = {(int(r.step), r.name) for r in layers.itertuples()}
+    assert got == {(j * every, str(j % 12)) for j in range(2 * n_chunks)}
+
+
+def test_snapshot_chunks_keep_layers_whole_and_a_large_layer_alone():
+    from gradsight.instrument.update_ratio import snapshot_chunks
+
+    sizes = [1000, 10, 10, 100, 100, 100, 100, 100]  # elements: 1560, 1/8 of them 195
+    watched = [torch.zeros(n) for n in sizes]
+    layer_of = np.array([0, 1, 1, 2, 3, 4, 5, 6])
+    chunks = snapshot_chunks(watched, layer_of, share=1 / 8, floor=0)
+    # layer 0 alone (larger than the budget), layers 1 and 2 together (120), then one a chunk
+    assert chunks.tolist() == [0, 1, 1, 1, 2, 3, 4, 5]
+    assert snapshot_chunks(watched, layer_of, share=1 / 8, floor=10**6).tolist() == [0] * 8
+
+
+def test_update_ratio_whole_measures_every_layer_and_the_model_at_every_step_beyond_the_floor(tmp_path, monkeypatch):
+    """``update_ratio="whole"`` (what the model check records) keeps one snapshot of every
+    watched weight whatever the weights' size: every layer and the model exact at every
+    recorded step, where the default rotates chunks of layers."""
+    from gradsight.instrument import update_ratio as ur
+
+    monkeypatch.setattr(ur, "SNAPSHOT_FLOOR_BYTES", 0)
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(12)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    names = [n for n, _ in model.named_parameters()]
+    expected: dict[int, dict[str, float]] = {}
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio="whole") as mon:
+        assert mon._updates.n_chunks == 1
+        for step in range(4):
+            model(torch.randn(8, 64)).pow(2).mean().backward()
+            mon.step()
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            opt.step()
+            opt.zero_grad()
+            after = {n: p.detach().clone() for n, p in model.named_parameters()}
+            expected[step] = {str(k): _reference(before, after, [f"{k}.weight", f"{k}.bias"]) for k in range(12)}
+            expected[step]["model"] = _reference(before, after, names)
+        assert mon._updates.peak_snapshot_bytes == weight_bytes
+    frame = gs.open_run(tmp_path / "run").frame(stat="update_ratio")
+    rows = frame[frame.level.isin(["layer", "model"])]
+    assert len(rows) == 4 * 13  # 12 layers and the model at each of the 4 steps
+    for row in rows.itertuples():
+        want = expected[row.step]["model" if row.level == "model" else row.name]
+        assert abs(row.value - want) <= 1e-5 * want, (row.step, row.name, row.value, want)
+
+
+def test_update_ratio_option_rejects_an_unknown_word(tmp_path):
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="'whole'"):
+        gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio="all")

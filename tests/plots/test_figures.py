@@ -114,6 +114,26 @@ def test_update_ratio_has_one_line_per_layer_and_the_reference(nan_run):
     np.testing.assert_allclose(lines[0].get_ydata(), nan_run.series("update_ratio")["inp"].to_numpy(), rtol=1e-6)
 
 
+def test_update_ratio_joins_a_layers_own_steps_under_rotating_snapshots(tmp_path, monkeypatch):
+    """Each layer measured at one step in three (rotating snapshots): its line joins its own
+    values, with no gaps at the other layers' steps."""
+    from gradsight.instrument import update_ratio as ur
+
+    monkeypatch.setattr(ur, "SNAPSHOT_FLOOR_BYTES", 0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=True) as mon:
+        for _ in range(9):
+            model(torch.randn(4, 8)).pow(2).mean().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    lines = plots.update_ratio(tmp_path / "run", role=None).axes[0].get_lines()[:-1]
+    assert [list(line.get_xdata()) for line in lines] == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
+    assert all(np.isfinite(line.get_ydata()).all() for line in lines)
+
+
 def test_nonfinite_timeline_names_the_first_layer(nan_run):
     ax = plots.nonfinite(nan_run).axes[0]
     assert any("step 5: blocks.fc1" in t.get_text() for t in ax.texts)

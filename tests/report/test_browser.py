@@ -198,6 +198,40 @@ def test_a_log_axis_within_one_decade_has_two_labelled_ticks(bertish_page, berti
         assert max(values) / min(values) < 10
 
 
+def test_update_ratio_lines_join_each_layers_own_steps_under_rotating_snapshots(browser_page, tmp_path, monkeypatch):
+    """Three layers measured in turn (one chunk of the snapshot per step): each layer's line
+    joins its own 3 of the 9 steps, with no gap and no non-finite marker at the others'."""
+    import torch
+
+    import gradsight as gs
+    from gradsight.instrument import update_ratio as ur
+    from gradsight.report import write_report
+
+    monkeypatch.setattr(ur, "SNAPSHOT_FLOOR_BYTES", 0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gs.watch(model, tmp_path / "runs" / "rotating", optimizer=opt, update_ratio=True) as mon:
+        for _ in range(9):
+            model(torch.randn(4, 8)).pow(2).mean().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    html = write_report([tmp_path / "runs" / "rotating"], tmp_path / "report.html")
+    # a page of its own in the module's browser (a second Playwright in this thread is refused)
+    page = browser_page.page.context.new_page()
+    try:
+        page.goto(html.resolve().as_uri())
+        page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=30_000)
+        paths = page.locator("[data-chart=update] svg path.series")
+        assert paths.count() == 3
+        for i in range(3):
+            d = paths.nth(i).get_attribute("d")
+            assert d.count("M") == 1 and d.count("L") == 2, d
+    finally:
+        page.close()
+
+
 @pytest.fixture(scope="module")
 def notebook_page(browser_page, report_runs: Path, tmp_path_factory: pytest.TempPathFactory):
     """What a notebook shows of the compare runs (a run of HTML-named modules among them):

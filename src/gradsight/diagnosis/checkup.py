@@ -78,7 +78,8 @@ def checkup(
         overwrite: replace a run already in ``run_dir`` (otherwise that raises ``RunError``).
         train_copy: train a deep copy so the caller's model is not changed.
         watch: more :func:`gradsight.watch` options (``histograms``, ``weights``, ...), or
-            others than the check-up's ``activations=True``, ``update_ratio=True``.
+            others than the check-up's ``activations=True``, ``update_ratio="whole"`` (every
+            layer's update ratio at every step, whatever the model's size).
 
     Returns:
         The findings, worst first (:func:`gradsight.diagnose`).
@@ -97,9 +98,10 @@ def checkup(
     optimizer = torch.optim.Adam(net.parameters(), lr=lr) if steps > 1 else None
     num_classes = None
     try:
-        # few steps: an update ratio at each of them (gs.watch's default measures every 10th)
+        # few steps: an update ratio of every layer at each of them (gs.watch's default measures every
+        # 10th, a chunk of layers at a time), as the doctor's thresholds were calibrated on
         with monitor.watch(net, path, **watch_arguments(
-                watch, "checkup", defaults={"activations": True, "update_ratio": True, "name": "doctor"},
+                watch, "checkup", defaults={"activations": True, "update_ratio": "whole", "name": "doctor"},
                 optimizer=optimizer, overwrite=overwrite or temp, config={"steps": steps, "lr": lr, "seed": seed})) as mon:
             iterator = range(steps)
             if progress:

@@ -28,19 +28,21 @@ def _grad_clip(view: RunView) -> dict:
 
 def _table(view: RunView, level: str, stat: str) -> pd.DataFrame:
     """The steps x names table a rule judges: per-module statistics at the view's sample
-    (the steps the plots and the report show), whole-model series and missing-gradient
-    counts over every recorded step."""
-    every = level in Level.TOTALS or stat == "grad_missing"
+    (the steps the plots and the report show), whole-model series, missing-gradient
+    counts and update ratios over every recorded step (update ratios are at some steps
+    only, each layer at its own under rotating snapshots: a sample of all steps could miss
+    whole layers)."""
+    every = level in Level.TOTALS or stat in ("grad_missing", "update_ratio")
     return view.matrix(level, stat, steps="all" if every else "sample")
 
 
 #: The per-module tables the rules read at the view's sample, and over every step.
-_SAMPLE_KEYS = [*((Level.LAYER, s) for s in ("grad_dead_rows", "grad_norm", "grad_rms", "update_ratio", "weight_norm",
+_SAMPLE_KEYS = [*((Level.LAYER, s) for s in ("grad_dead_rows", "grad_norm", "grad_rms", "weight_norm",
                                                "grad_nonfinite", "fp16_underflow", "bf16_underflow")),
                 (Level.PARAM, "weight_norm"), (Level.MODULE, "act_rms"), (Level.MODULE, "out_grad_rms"),
                 (Level.MODULE, "out_grad_nonfinite"), (Level.BLOCK, "act_rms"), (Level.BLOCK, "skip_grad_norm"),
                 (Level.BLOCK, "branch_grad_norm")]
-_ALL_KEYS = [(Level.PARAM, "grad_missing")]
+_ALL_KEYS = [(Level.PARAM, "grad_missing"), (Level.LAYER, "update_ratio")]
 
 
 def _needed(view: RunView) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -911,8 +913,33 @@ def update_sizes(view: RunView, th: Thresholds) -> tuple[pd.Series, pd.Series]:
 
 
 def _updates_in_window(view: RunView) -> int:
-    """How many recorded updates the window holds."""
-    return len(_window(view, _table(view, Level.LAYER, "update_ratio")))
+    """How many recorded updates the window holds for the median layer (each layer's own: with
+    rotating snapshots a layer's ``update_ratio`` is at some of the measured steps only)."""
+    window = _window(view, _table(view, Level.LAYER, "update_ratio"))
+    counts = window.notna().sum()
+    counts = counts[counts > 0]
+    return int(counts.median()) if len(counts) else 0
+
+
+def _too_few_updates(view: RunView, n: int, th: Thresholds) -> list[Finding]:
+    """``update_ratio_unjudged`` (info) when a run recorded update ratios and the window spans
+    at least ``min_updates`` recorded steps but holds fewer updates than that for the median
+    layer: the update rules were left out because of how sparsely the ratios were recorded
+    (``update_ratio=k``, rotating snapshots), not because the run is short. Nothing when no
+    ratio was recorded (no ``optimizer=``) or the run is too short for any verdict."""
+    ur = _table(view, Level.LAYER, "update_ratio")
+    spanned = len(view.steps) - len(view.steps) // 2 if len(view.steps) > 1 else len(view.steps)
+    if ur.empty or not ur.notna().to_numpy().any() or spanned < th.min_updates:
+        return []
+    return [Finding(
+        "update_ratio_unjudged", "info",
+        f"The update sizes were not judged (update_ratio_high, its weight-growth check, update_ratio_low): the last "
+        f"{spanned} recorded steps hold {n} update ratio(s) for the median layer, under the {th.min_updates} these "
+        "rules need, because update ratios were recorded at some steps only (gs.watch's default update_ratio=10, "
+        "and for weights over 16 MiB a chunk of layers at a time). Record them at every step "
+        "(update_ratio=True, or update_ratio=\"whole\" for every layer at every step), record longer, or check "
+        "the model with gradsight doctor MODEL, which does.",
+        measured={"updates_per_layer": float(n), "needed": float(th.min_updates), "window_steps": float(spanned)})]
 
 
 def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
@@ -927,7 +954,7 @@ def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
     so its norm grows until the relative update settles): it is not judged too high."""
     n = _updates_in_window(view)
     if n < th.min_updates:
-        return []  # the first updates of a run are not its learning rate's verdict
+        return _too_few_updates(view, n, th)  # the first updates of a run are not its learning rate's verdict
     high_ur, low_ur = update_sizes(view, th)
     findings = []
     high = high_ur[high_ur > th.update_high]

@@ -217,7 +217,8 @@ class Monitor:
                                      is_active=lambda: not self._closed and self.should_record())
         self._loss_scale = LossScale(opts.scaler, opts.optimizers)
         self._updates = UpdateRatio(self._params, param_names, layer_names, self._series, self._dist.sumsq,
-                                    opts.weights, opts.update_ratio_every, opts.optimizers)
+                                    opts.weights, opts.update_ratio_every, opts.optimizers, self._param_layer,
+                                    whole=opts.update_ratio_whole)
         for optimizer in opts.optimizers if self._updates.every else ():
             self._hooks.attach(optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
         self._adam = AdamState(self._params, param_names, layer_names, self._series, self._dist.sum_rows,
@@ -478,7 +479,7 @@ class Monitor:
         self._emit(step, np.concatenate(ids), np.concatenate(values).astype(np.float64), time.time())
         self.recorded_steps += 1
         if opts.optimizer is not None and self._updates.due(recorded_index):
-            self._updates.arm(step, rows, raw[:, W_SUMSQ])
+            self._updates.arm(step, rows, raw[:, W_SUMSQ], recorded_index)
             if self._adam:
                 self._adam.arm(step, rows)
         return True
@@ -661,8 +662,10 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             and Adam, Muon and AdamW); when given, ``update_ratio`` (||dw|| / ||w||
             across the step of the optimizer that holds the parameter) is recorded too
             (see ``update_ratio``); parameters that none of them holds get none.
-            Unless ``update_ratio=False`` this keeps one copy of the watched weights
-            (made at the first recorded step, freed by ``close()``).
+            Unless ``update_ratio=False`` this keeps a copy of one chunk of the watched
+            layers' weights between measured steps (at most 1/8 of the weights' bytes or
+            16 MiB, whichever is more; all of them with ``update_ratio="whole"``; freed
+            by ``close()``).
         scaler: a ``torch.amp.GradScaler``: values are reported unscaled and steps
             with non-finite gradients (which the scaler skips) are marked ``skipped``;
             a disabled one (``enabled=False``) is taken as none.
@@ -701,9 +704,15 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
         update_ratio: with ``optimizer=``, measure ``update_ratio`` at every (``True``)
             or every k-th (``k``, the first recorded step included) recorded step, or
             never (``False``). Default 10: each measured step copies the watched
-            weights before the optimizer step and takes the norm of the difference
-            after it, about three passes over the weights' memory; the other
-            recorded steps copy nothing.
+            weights of one chunk of layers before the optimizer step and takes the
+            norm of the difference after it; the chunks take turns, so each layer is
+            recorded at one measured step in ``n_chunks`` (weights of up to 16 MiB are
+            one chunk: every layer at every measured step; see
+            :mod:`gradsight.instrument.update_ratio`); the other recorded steps copy
+            nothing. ``"whole"``: every layer at every recorded step, from a copy of all
+            the watched weights kept between steps (memory the size of the weights, in
+            float32 for 16-bit ones): what the model check (``gs.checkup``,
+            ``gradsight doctor MODEL``) records, as the doctor's thresholds were calibrated on.
         through_time: record the gradient reaching each time step's hidden state,
             ``‖∂L/∂h_t‖`` of the output sequence of every ``nn.LSTM``/``nn.GRU``/``nn.RNN``
             (level ``module``, ``out_grad_norm_t0``, ``out_grad_norm_t1``, ...;

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import torch
 
 BACKENDS = ("auto", "eager", "fused")
+#: ``update_ratio=`` for every layer at every recorded step (what the model check records).
+UPDATE_RATIO_WHOLE = "whole"
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,6 +45,8 @@ class WatchOptions:
     weights: bool
     histograms_every: int  #: from ``histograms=``: every k-th recorded step, 0: never
     update_ratio_every: int  #: from ``update_ratio=``: every k-th recorded step, 0: never
+    #: ``update_ratio="whole"``: every layer at each measured step (a snapshot of all the weights)
+    update_ratio_whole: bool = False
     through_time: bool = False  #: ``‖∂L/∂h_t‖`` per time step of recurrent layers
     #: from ``noise_scale=``: 0 off, else the samples of one micro-batch (-1: not given, micro-batches)
     noise_scale: int = 0
@@ -75,7 +79,7 @@ def watch_options(
     residual_blocks: Sequence[str] | None = None,
     weights: bool = True,
     histograms: bool | int = False,
-    update_ratio: bool | int = 10,
+    update_ratio: bool | int | str = 10,
     through_time: bool = False,
     noise_scale: bool | int = False,
 ) -> WatchOptions:
@@ -94,6 +98,12 @@ def watch_options(
         raise TypeError(f"name must be a string or None, got {type(name).__name__}")
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be True or False, got {overwrite!r:.60}")
+    whole = isinstance(update_ratio, str) and update_ratio == UPDATE_RATIO_WHOLE
+    if whole:
+        update_ratio = True
+    elif isinstance(update_ratio, str):
+        raise ValueError(f"update_ratio must be True, False, a positive int (every k-th recorded step) or "
+                         f"{UPDATE_RATIO_WHOLE!r}, got {update_ratio!r:.60}")
     if not isinstance(through_time, bool):
         raise TypeError(f"through_time must be True or False, got {through_time!r:.60}")
     if isinstance(noise_scale, bool):
@@ -117,8 +127,8 @@ def watch_options(
         schedule=schedules.resolve(every), optimizer=optimizer, scaler=scaler, config=config, name=name,
         backend=backend, overwrite=overwrite, resume=resume, distributed=distributed, activations=activations,
         residual_blocks=residual_blocks, weights=weights, histograms_every=schedules.resolve_every(histograms),
-        update_ratio_every=schedules.resolve_every(update_ratio, "update_ratio"), through_time=through_time,
-        noise_scale=noise_scale,
+        update_ratio_every=schedules.resolve_every(update_ratio, "update_ratio"), update_ratio_whole=whole,
+        through_time=through_time, noise_scale=noise_scale,
     )
 
 

@@ -64,17 +64,22 @@ class StepRows:
         param_layer: the layer index of every watched parameter (on the host).
         n_layers: the number of layers.
         device: where :meth:`stack` combines rows.
+        model: whether the model row follows the layer rows (False for rows that cover only
+            some layers, whose combination is no model's).
 
     Attributes:
         present, layers: the watched parameters and the layers (``L`` of them, ascending)
             that have rows.
         group: ``[P]`` int64 layer index of each present parameter, on ``device``.
         params, layer_rows: the slices of the parameter rows and of the layer rows.
-        model: the index of the model row.
+        model: the index of the model row (one past the last row without it).
+        has_model: whether there is a model row.
     """
 
-    def __init__(self, present: Sequence[int], param_layer: np.ndarray, n_layers: int, device: torch.device) -> None:
+    def __init__(self, present: Sequence[int], param_layer: np.ndarray, n_layers: int, device: torch.device,
+                 model: bool = True) -> None:
         self.present = list(present)
+        self.has_model = model
         self._param_layer = param_layer
         self._layer_of = np.asarray(param_layer, dtype=np.int64)[self.present]
         self.layers = sorted(set(self._layer_of.tolist()))
@@ -88,12 +93,13 @@ class StepRows:
         self.model = p + n
 
     def __len__(self) -> int:
-        return self.model + 1
+        return self.model + int(self.has_model)
 
-    def subset(self, positions: Sequence[int]) -> StepRows:
+    def subset(self, positions: Sequence[int], model: bool = True) -> StepRows:
         """The rows of some of the present parameters (``positions`` into :attr:`present`):
-        theirs, their layers' and the model's, combining only them."""
-        return StepRows([self.present[p] for p in positions], self._param_layer, self.n_layers, self.group.device)
+        theirs, their layers' and (``model``) the model's, combining only them."""
+        return StepRows([self.present[p] for p in positions], self._param_layer, self.n_layers, self.group.device,
+                        model)
 
     def stack(self, rows: Tensor, combine: Combine | None = None) -> Tensor:
         """``[P, ...]`` parameter rows -> ``[P + L + 1, ...]``: the rows, each present layer's
@@ -104,23 +110,23 @@ class StepRows:
         """
         if combine is None:
             layers = rows.new_zeros((self.n_layers, *rows.shape[1:])).index_add_(0, self.group, rows)
-            model = rows.sum(0, keepdim=True)
+            model = rows.sum(0, keepdim=True) if self.has_model else None
         else:
             layers = combine(rows, self.group, self.n_layers)
-            model = combine(rows, torch.zeros_like(self.group), 1)
-        return torch.cat([rows, layers[self._layer_index], model])
+            model = combine(rows, torch.zeros_like(self.group), 1) if self.has_model else None
+        return torch.cat([rows, layers[self._layer_index], *([model] if self.has_model else [])])
 
     def stack_host(self, values: np.ndarray) -> np.ndarray:
         """:meth:`stack` with sums of ``[P]`` values on the host."""
         layers = np.zeros(self.n_layers, dtype=values.dtype)
         np.add.at(layers, self._layer_of, values)
-        return np.concatenate([values, layers[self.layers], [values.sum()]])
+        return np.concatenate([values, layers[self.layers], [values.sum()] if self.has_model else []])
 
     def names(self, param_names: Sequence[str], layer_names: Sequence[str]) -> list[tuple[str, str]]:
         """``(level, name)`` of each row, in the order of :meth:`stack`."""
         return ([(Level.PARAM, param_names[i]) for i in self.present] + [(Level.LAYER, layer_names[k]) for k in self.layers]
-                + [(Level.MODEL, "")])
+                + [(Level.MODEL, "")] * self.has_model)
 
     def ids(self, ids: LevelIds) -> np.ndarray:
         """The series ids of the rows: ``[P + L + 1, stats]``, in the order of :meth:`stack`."""
-        return np.concatenate([ids.param[self.present], ids.layer[self.layers], ids.model])
+        return np.concatenate([ids.param[self.present], ids.layer[self.layers], ids.model[:int(self.has_model)]])

@@ -12,6 +12,18 @@ not step before the next recorded step (a GradScaler skipping it), has no ``upda
 at that step. Layer and model rows combine the parameters measured:
 ``sqrt(sum ||dw||^2 / sum ||w||^2)`` over those parameters only.
 
+Bounded memory: the weights are snapshotted one group of layers at a time. The layers are cut,
+in inventory order, into chunks holding at most :data:`SNAPSHOT_SHARE` (1/8) of the watched
+weights' bytes or :data:`SNAPSHOT_FLOOR_BYTES` (16 MiB), whichever is larger (a layer larger
+than that is a chunk of its own: weights of up to 16 MiB are snapshotted whole); the ``j``-th measured step
+(``j = recorded index // every``, from 0) snapshots chunk ``j % n_chunks`` only, so each
+layer's ``update_ratio`` is exact and recorded at one measured step in ``n_chunks`` (at most
+16, since two neighbouring chunks hold more than 1/8 between them), and the snapshot holds
+at most 1/8 of the weights' bytes or 16 MiB unless one layer is larger. The model row combines every
+layer, so it is recorded only when there is one chunk. ``update_ratio="whole"`` makes one chunk
+of all the layers (a snapshot of every watched weight at every measured step): every layer and
+the model at every measured step, as the model check records them.
+
 Complex parameters are measured as real pairs (``torch.view_as_real``): ``||dw||^2`` is
 the sum of ``|dw|^2`` over the complex elements.
 """
@@ -30,6 +42,11 @@ from gradsight.instrument.rows import StepRows
 from gradsight.instrument.series import SeriesIds
 from gradsight.schedules import due
 
+#: The share of the watched weights' bytes that one snapshot may hold.
+SNAPSHOT_SHARE = 1 / 8
+#: What one snapshot may hold whatever the weights' size (a fixed cost): smaller weights are snapshotted whole.
+SNAPSHOT_FLOOR_BYTES = 16 * 2**20
+
 #: ``(step, series ids, values on the device)`` waiting for the next host transfer.
 Pending = tuple[int, np.ndarray, Tensor]
 
@@ -37,9 +54,9 @@ Pending = tuple[int, np.ndarray, Tensor]
 class UpdateRatio:
     """Snapshots the weights of a recorded step and measures how far the optimizers moved them.
 
-    The snapshot is one multi-tensor copy into buffers kept between recorded steps (one
-    copy of the watched weights that a watched optimizer holds, allocated at the first
-    snapshot and freed by :meth:`release`); each optimizer's step is then subtracted from
+    The snapshot is one multi-tensor copy into buffers kept between recorded steps (of the
+    weights of one chunk of layers that a watched optimizer holds, :func:`snapshot_chunks`;
+    the previous chunk's buffers are freed first, the last ones by :meth:`release`); each optimizer's step is then subtracted from
     its parameters' copies in place (its step post-hook, :meth:`measure`) and the norms
     taken by :func:`~gradsight.stats.grad.sumsq_fp32` (within ~1e-6 of float64). When every
     optimizer holding a parameter of the step has stepped, the ratios are combined per
@@ -57,6 +74,10 @@ class UpdateRatio:
         every: measure at every ``every``-th recorded step (0: never; see
             :func:`~gradsight.schedules.resolve_every`).
         optimizers: the watched optimizers.
+        param_layer: the layer index of each watched parameter (default: each its own),
+            which keeps a layer's parameters in one chunk.
+        whole: one chunk of every layer (``update_ratio="whole"``): the whole snapshot
+            at every measured step.
     """
 
     def __init__(
@@ -69,6 +90,8 @@ class UpdateRatio:
         weights: bool,
         every: int = 1,
         optimizers: Sequence[torch.optim.Optimizer] = (),
+        param_layer: Sequence[int] | None = None,
+        whole: bool = False,
     ) -> None:
         self.every = every
         self._watched = list(watched)
@@ -90,6 +113,20 @@ class UpdateRatio:
         self._measured: list[tuple[list[int], Tensor, Tensor]] = []  #: (positions, ||dw||^2, ||w||^2)
         self._buffers: dict[int, Tensor] = {}  #: watched index -> its snapshot buffer
         self._pending: list[Pending] = []
+        layer_of = np.arange(len(self._watched)) if param_layer is None else np.asarray(param_layer, dtype=np.int64)
+        share = 1.0 if whole else SNAPSHOT_SHARE
+        self.chunk_of = snapshot_chunks(self._watched, layer_of, share, SNAPSHOT_FLOOR_BYTES)  #: watched index -> its chunk
+        self.n_chunks = int(self.chunk_of.max()) + 1 if len(self.chunk_of) else 1
+        self.peak_snapshot_bytes = 0  #: the most bytes the snapshot buffers held at once
+
+    def chunk_due(self, recorded_index: int) -> int:
+        """The chunk whose layers the recorded step with this index measures (when :meth:`due`)."""
+        return (recorded_index // max(self.every, 1)) % self.n_chunks
+
+    @property
+    def snapshot_bytes(self) -> int:
+        """The bytes the snapshot buffers hold now."""
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
     def due(self, recorded_index: int) -> bool:
         """Whether the recorded step with this index (0 = the first) measures its optimizer step."""
@@ -135,7 +172,7 @@ class UpdateRatio:
             self._owners_key, self._owner_of = key, owner
         return self._owner_of
 
-    def arm(self, step: int, rows: StepRows, wsumsq: Tensor) -> None:
+    def arm(self, step: int, rows: StepRows, wsumsq: Tensor, recorded_index: int = 0) -> None:
         """Measure the next step of each watched optimizer for recorded ``step``, and take
         the snapshot now (optimizers that call ``step(closure)`` and record inside the
         closure, like Lightning's, are measured too).
@@ -144,8 +181,15 @@ class UpdateRatio:
             step: the recorded step.
             rows: its rows (the watched parameters that had a gradient, their layers).
             wsumsq: ``[len(rows.present)]`` their squared weight norms (NaN if not taken).
+            recorded_index: the step's recorded index, which picks the chunk of layers
+                measured (:meth:`chunk_due`).
         """
         self.forget()
+        if self.n_chunks > 1:
+            positions = np.flatnonzero(self.chunk_of[rows.present] == self.chunk_due(recorded_index)).tolist()
+            rows, wsumsq = rows.subset(positions, model=False), wsumsq[positions]
+            if not rows.present:
+                return
         owner = self._owners()[rows.present]
         waiting = {int(k): np.flatnonzero(owner == k).tolist() for k in np.unique(owner)}
         unowned = waiting.pop(-1, [])
@@ -163,7 +207,11 @@ class UpdateRatio:
             watched = [rows.present[p] for positions in waiting.values() for p in positions]
             current = [self._watched[i].detach() for i in watched]
             if all(type(t) is Tensor for t in current):
+                if self.n_chunks > 1:  # free the last chunk's buffers before making this one's
+                    keep = set(watched)
+                    self._buffers = {i: b for i, b in self._buffers.items() if i in keep}
                 copies = [self._buffer(i) for i in watched]
+                self.peak_snapshot_bytes = max(self.peak_snapshot_bytes, self.snapshot_bytes)
                 torch._foreach_copy_(copies, current)
             else:  # tensor subclasses (DTensor under FSDP) have no in-place multi-tensor copy
                 copies = [t.to(_wide(t.dtype), copy=True) for t in current]
@@ -209,7 +257,7 @@ class UpdateRatio:
         positions = [p for part, _, _ in measured for p in part]
         rows = self._rows
         if positions != list(range(len(rows.present))):  # some parameters were not measured
-            rows = rows.subset(positions)
+            rows = rows.subset(positions, model=rows.has_model)
         with torch.no_grad():
             dsq = torch.cat([d for _, d, _ in measured]) if len(measured) > 1 else measured[0][1]
             wsq = torch.cat([w for _, _, w in measured]) if len(measured) > 1 else measured[0][2]
@@ -233,3 +281,26 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
     (``model.half()``, ``.to(torch.bfloat16)``), whose difference and norms taken in their own
     precision put the ratio off by up to ~5e-5; else ``dtype`` itself."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def snapshot_chunks(watched: Sequence[Tensor], param_layer: np.ndarray, share: float = SNAPSHOT_SHARE,
+                    floor: float = SNAPSHOT_FLOOR_BYTES) -> np.ndarray:
+    """The chunk of each watched parameter: its layer's, the layers cut in order of first
+    appearance into runs holding at most ``share`` of the weights' snapshot bytes or
+    ``floor`` bytes, whichever is larger (a layer larger than that alone).
+
+    Returns:
+        ``[len(watched)]`` int64 chunk indices from 0.
+    """
+    nbytes = np.array([w.numel() * _wide(w.dtype).itemsize for w in watched], dtype=np.float64)
+    layer_of = np.asarray(param_layer, dtype=np.int64)
+    layers = list(dict.fromkeys(layer_of.tolist()))
+    budget = max(share * nbytes.sum(), floor)
+    chunk_of_layer, chunk, held = {}, 0, 0.0
+    for layer in layers:
+        size = float(nbytes[layer_of == layer].sum())
+        if held > 0 and held + size > budget:
+            chunk, held = chunk + 1, 0.0
+        chunk_of_layer[layer] = chunk
+        held += size
+    return np.array([chunk_of_layer[k] for k in layer_of.tolist()], dtype=np.int64)

@@ -142,9 +142,12 @@ def update_ratio(
     cm = matplotlib.colormaps[cmap]
     n = m.shape[1]
     vals = positive(m.to_numpy())
+    measured = ~np.isnan(m.to_numpy(dtype=float))  # NaN: not measured at that step; 0 or inf: a gap
     lw = 1.1 if n <= 30 else 0.7 if n <= 150 else 0.4
     for i in range(n):
-        ax.plot(steps, vals[:, i], color=cm(i / max(1, n - 1)), lw=lw, alpha=0.9 if n <= 30 else 0.6)
+        # a layer measured at some of the steps only (rotating snapshots): its line joins its own values
+        shown = measured[:, i]
+        ax.plot(steps[shown], vals[shown, i], color=cm(i / max(1, n - 1)), lw=lw, alpha=0.9 if n <= 30 else 0.6)
     if reference is not None:
         ax.axhline(reference, color="#222222", ls="--", lw=1.2, label=f"reference {reference:g}")
         ax.legend(loc="upper right", frameon=True, framealpha=0.85)

@@ -514,7 +514,10 @@ JS = r"""
     if (!m) { el.textContent = ""; el.style.display = "none"; return; }
     var n = m.names.length, series = [];
     for (var r = 0; r < n; r++) {
-      series.push({ name: shownName(m.names[r]), hoverName: shownName(m.names[r]) + " (depth " + r + ")", xs: m.steps, ys: row(m, r),
+      // a layer measured at some of the steps only (rotating snapshots): its line joins its own values
+      var ys = row(m, r), xs = [], own = [];
+      for (var i = 0; i < ys.length; i++) { if (!Number.isNaN(ys[i])) { xs.push(m.steps[i]); own.push(ys[i]); } }
+      series.push({ name: shownName(m.names[r]), hoverName: shownName(m.names[r]) + " (depth " + r + ")", xs: xs, ys: own,
         color: lutColor(n > 1 ? r / (n - 1) : 0), width: n > 100 ? 0.6 : 1.1, opacity: n > 100 ? 0.6 : 0.9, legend: false });
     }
     lineChart(el, { title: "update ratio \u2016\u0394w\u2016/\u2016w\u2016 per layer (" + m.shown + "; dark = first layer, bright = last)", series: series,

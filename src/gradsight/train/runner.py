@@ -230,7 +230,7 @@ def train(
         network, layers: how tables name the model (default: the model name, else its registered
             family, else its class; and its registered depth).
         progress: show a progress bar per epoch (loss and accuracy so far; test accuracy at the end),
-            and the line that says the first recorded step compiles the statistics kernel.
+            and the line that says the statistics kernel is being compiled (``WARMUP_NOTICE``).
         overwrite: replace an existing run in ``run_dir``.
         config: extra JSON-serializable settings stored in the run's config.
         context: window length on a byte-level corpus (default: the recipe's, else
