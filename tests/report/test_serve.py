@@ -398,3 +398,19 @@ def test_the_doctor_runs_at_the_lowest_cpu_priority(report_runs):
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the rest of the process as it was
     finally:
         served.close()
+
+
+def test_a_kept_section_is_made_again_when_its_run_records(report_runs, tmp_path):
+    root = many_runs(tmp_path, report_runs)
+    proc = child(root / "live", steps=40, pause=0.2)
+    served = Served(root)
+    try:
+        _wait(lambda: served.json("/api/runs")["runs"].get("live", {}).get("last"), timeout=60)
+        assert served.get("/")[0] == 200  # the page names the runs it asks for
+        first = served.json("/api/section?run=live")["data"]["live"]["last"]
+        later = _wait(lambda: (s := served.json("/api/section?run=live")["data"]["live"]["last"]) > first and s)
+        with open_run(root / "live") as run:
+            assert first < later <= run.last_step()
+    finally:
+        proc.kill()
+        served.close()
