@@ -135,7 +135,7 @@ def test_every_chart_over_steps_follows_a_recording_process(browser, tmp_path):
 
 def test_a_page_of_many_runs_loads_each_run_near_the_view_and_follows_it(browser, report_runs, tmp_path):
     root = many_runs(tmp_path, report_runs)
-    proc = child(root / "live", steps=60, pause=0.2)
+    proc = child(root / "live", steps=300, pause=0.2)  # recording all along (killed at the end)
     served = Served(root, doctor_interval=0.5)
     try:
         _wait(lambda: served.json("/api/runs")["runs"].get("live", {}).get("last"), timeout=60)
@@ -145,6 +145,10 @@ def test_a_page_of_many_runs_loads_each_run_near_the_view_and_follows_it(browser
         sections = page.locator("section.run")
         assert sections.count() == len(served.server.served.shown) > LAZY_RUNS  # every run listed at once
         assert page.locator("section.run[data-loaded=true]").count() < sections.count()  # the rest not yet read
+        far = max(i for i, key in enumerate(served.server.served.shown) if key != "live")
+        last = page.locator(f"#run-{far}")  # not read, and its status shown all the same
+        last.locator("[data-live=status]", has_text="status: finished").wait_for(state="attached", timeout=15_000)
+        assert last.get_attribute("data-loaded") is None
         keys = served.server.served.shown
         run = page.locator(f"#run-{keys.index('live')}")
         run.scroll_into_view_if_needed()

@@ -774,8 +774,9 @@ JS = r"""
   function live(cfg) {
     var failures = 0;
     function tick() {
-      var q = DATA.runs.filter(function (run) { return !run.pending; }).map(function (run) {
-        return "run=" + encodeURIComponent(run.live.key) + "&since=" + (run.live.last === null ? "" : run.live.last) + "&f=" + run.live.f;
+      var q = DATA.runs.map(function (run) {  // a run not loaded yet: its status only (no step is after that one)
+        var since = run.pending ? "4611686018427387904" : run.live.last === null ? "" : run.live.last;
+        return "run=" + encodeURIComponent(run.live.key) + "&since=" + since + "&f=" + run.live.f;
       }).join("&");
       pollAbort = "AbortController" in window ? new AbortController() : null;
       // a long poll: the server answers when something is new (or after wait_s with nothing)
@@ -788,8 +789,9 @@ JS = r"""
         if (ans.runs_key !== cfg.runs_key) { location.reload(); return; }  // a run appeared
         var redrawn = false, remade = false;
         DATA.runs.forEach(function (run, i) {
-          var u = run.pending ? null : ans.runs[run.live.key], section = document.getElementById("run-" + i);
+          var u = ans.runs[run.live.key], section = document.getElementById("run-" + i);
           if (!u || !section || remade) return;
+          if (run.pending) { showStatus(section, u); if (u.findings) run.live.f = u.findings_version; return; }
           if (u.steps && u.steps.length) {
             var t0 = performance.now();
             if (!append(run, u)) { remade = true; location.reload(); return; }  // its layers or statistics changed
