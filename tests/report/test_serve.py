@@ -6,19 +6,24 @@ import base64
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
 
 from gradsight.cli import main
+from gradsight.report import server as server_module
+from gradsight.report.html import LAZY_RUNS
 from gradsight.report.live import ServedRuns, names_key
 from gradsight.report.payload import layout_key, run_payload
 from gradsight.report.server import LiveServer
+from gradsight.store.reader import open_run
 from gradsight.store.schema import DB_NAME
 from gradsight.store.view import RunView
 from tests.plots.runs import make_run
@@ -166,8 +171,6 @@ def test_paths_outside_the_routes_are_not_found(served_runs, path):
 @pytest.mark.parametrize("key", ["..", "../compare/plain4", "/etc", "plain4/..", "plain4%2f..%2fresidual4",
                                  str(Path("/").resolve()), "./plain4", "plain4/", "%2e%2e"])
 def test_runs_are_reached_only_by_their_key(served_runs, key):
-    from urllib.parse import quote
-
     answer = served_runs.json(f"/api/poll?run={quote(key, safe='')}&since=&f=-1")
     assert answer["runs"] == {}
 
@@ -213,6 +216,56 @@ def test_a_run_appearing_and_a_corrupted_store(tmp_path):
         assert after["runs"]["broken"]["status"] == "unreadable"
         assert "corrupted or not a SQLite database" in after["runs"]["broken"]["store_error"]
         assert served.get("/")[0] == 200  # the page of the readable runs
+    finally:
+        served.close()
+
+
+
+def many_runs(root: Path, report_runs: Path) -> Path:
+    """More runs than a page shows at once: the hostile-named run, plain4 and small runs."""
+    for name in ("hostile", "plain4"):
+        shutil.copytree(report_runs / name, root / name)
+    for i in range(LAZY_RUNS - 1):
+        make_run(root / f"small{i}", depth=1, steps=3, seed=i)
+    return root
+
+
+def _page_data(text: str) -> dict:
+    return json.loads(text.split('<script id="gs-data" type="application/json">')[1].split("</script>")[0])
+
+
+def test_a_page_of_many_runs_lists_them_and_sends_each_run_when_asked(report_runs, tmp_path, monkeypatch):
+    root = many_runs(tmp_path, report_runs)
+    served = Served(root)
+    try:
+        payload = _page_data(served.get("/")[2].decode())
+        keys = [r["live"]["key"] for r in payload["runs"]]
+        assert sorted(keys) == sorted(p.name for p in root.iterdir()) and len(keys) > LAZY_RUNS
+        assert all(r["pending"] and "matrices" not in r for r in payload["runs"])  # listed, not read
+        assert payload["live"]["lazy"] is True
+        # a run's section and payload are the report's (run_payload, the names escaped alike)
+        i = keys.index("plain4")
+        part = served.json("/api/section?run=plain4")
+        assert part["html"].startswith(f'<section class="run" id="run-{i}">') and 'data-chart="heatmap"' in part["html"]
+        with RunView(open_run(root / "plain4")) as view:
+            expected = run_payload(view, i, every_name=True).data
+        for field in ("steps", "names", "matrices", "nonfinite", "total_steps"):
+            assert part["data"][field] == expected[field], field
+        assert part["data"]["live"] == {"key": "plain4", "last": expected["steps"][-1], "f": -1,
+                                        "layout": layout_key(view)}
+        hostile = served.json("/api/section?run=hostile")["html"]
+        assert "<script>" not in hostile and "&lt;script&gt;alert(1)&lt;/script&gt;" in hostile
+        assert "<img" not in hostile
+        # kept while the run stays as it is: a reload or a second tab makes nothing again
+        made = []
+        real = server_module.live_section
+        monkeypatch.setattr(server_module, "live_section", lambda *a, **k: made.append(a[2]) or real(*a, **k))
+        first = served.get("/api/section?run=small0")[2]
+        assert served.get("/api/section?run=small0")[2] == first and served.get("/")[0] == 200
+        assert served.get("/api/section?run=small0")[2] == first and made == ["small0"]
+        for query in ("", "?run=", "?run=nothere", "?run=..%2Fplain4", "?run=plain4&run=small0",
+                      f"?run={quote(str(root / 'plain4'), safe='')}", "?run=plain4%2F.."):
+            assert served.get("/api/section" + query)[0] == 404, query
     finally:
         served.close()
 
@@ -344,4 +397,20 @@ def test_the_doctor_runs_at_the_lowest_cpu_priority(report_runs):
         assert _wait(lambda: os.getpriority(os.PRIO_PROCESS, doctor.native_id) == 19, timeout=5)
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the rest of the process as it was
     finally:
+        served.close()
+
+
+def test_a_kept_section_is_made_again_when_its_run_records(report_runs, tmp_path):
+    root = many_runs(tmp_path, report_runs)
+    proc = child(root / "live", steps=40, pause=0.2)
+    served = Served(root)
+    try:
+        _wait(lambda: served.json("/api/runs")["runs"].get("live", {}).get("last"), timeout=60)
+        assert served.get("/")[0] == 200  # the page names the runs it asks for
+        first = served.json("/api/section?run=live")["data"]["live"]["last"]
+        later = _wait(lambda: (s := served.json("/api/section?run=live")["data"]["live"]["last"]) > first and s)
+        with open_run(root / "live") as run:
+            assert first < later <= run.last_step()
+    finally:
+        proc.kill()
         served.close()

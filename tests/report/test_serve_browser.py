@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from gradsight.report.html import LAZY_RUNS
 from tests.report.test_browser import (  # skipped without playwright
     ARGS,
     CHROMIUM,
     Page,
     sync_api,
 )
-from tests.report.test_serve import Served, _wait, child
+from tests.report.test_serve import Served, _wait, child, many_runs
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
 
@@ -127,6 +128,49 @@ def test_every_chart_over_steps_follows_a_recording_process(browser, tmp_path):
         markers = page.locator("#run-0 [data-chart=bands] path.marker")
         assert markers.count() >= 1 and "step 70" in markers.first.get_attribute("data-label")
         assert opened.console_errors == [] and opened.dialogs == []
+    finally:
+        proc.kill()
+        served.close()
+
+
+def test_a_page_of_many_runs_loads_each_run_near_the_view_and_follows_it(browser, report_runs, tmp_path):
+    root = many_runs(tmp_path, report_runs)
+    proc = child(root / "live", steps=300, pause=0.2)  # recording all along (killed at the end)
+    served = Served(root, doctor_interval=0.5)
+    try:
+        _wait(lambda: served.json("/api/runs")["runs"].get("live", {}).get("last"), timeout=60)
+        url = f"http://127.0.0.1:{served.port}/"
+        opened = open_page(browser, url)  # the runs in view drawn
+        page = opened.page
+        sections = page.locator("section.run")
+        assert sections.count() == len(served.server.served.shown) > LAZY_RUNS  # every run listed at once
+        assert page.locator("section.run[data-loaded=true]").count() < sections.count()  # the rest not yet read
+        far = max(i for i, key in enumerate(served.server.served.shown) if key != "live")
+        last = page.locator(f"#run-{far}")  # not read, and its status shown all the same
+        last.locator("[data-live=status]", has_text="status: finished").wait_for(state="attached", timeout=15_000)
+        assert last.get_attribute("data-loaded") is None
+        keys = served.server.served.shown
+        run = page.locator(f"#run-{keys.index('live')}")
+        run.scroll_into_view_if_needed()
+        run = page.locator(f"#run-{keys.index('live')}[data-loaded=true]")
+        run.wait_for(state="attached", timeout=30_000)
+        loaded = int(run.get_attribute("data-last-step") or -1)
+        for _ in range(200):  # a loaded run's new steps come with the poll (20 s at most)
+            if int(run.get_attribute("data-last-step") or -1) > max(loaded, 0):
+                break
+            page.wait_for_timeout(100)
+        assert int(run.get_attribute("data-last-step")) > max(loaded, 0)
+        for i in range(sections.count()):  # every run, when it comes into view
+            page.locator(f"#run-{i}").scroll_into_view_if_needed()
+            page.locator(f"#run-{i}[data-loaded=true] [data-chart=model] svg").wait_for(state="attached",
+                                                                                     timeout=30_000)
+        hostile = page.locator(f"#run-{keys.index('hostile')}")
+        assert hostile.locator("h2").text_content() == "hostile"
+        assert hostile.locator("script").count() == 0 and page.locator("img[src=x]").count() == 0
+        page.wait_for_timeout(1000)
+        assert opened.dialogs == [] and opened.console_errors == []
+        assert all(r.startswith(url) for r in opened.requests), opened.requests
+        assert sum("/api/section?" in r for r in opened.requests) == sections.count()  # each run asked for once
     finally:
         proc.kill()
         served.close()

@@ -404,30 +404,88 @@ def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str
         sections.append(_run_section(p, graph_html, findings, live is not None))
         toc.append((f"run-{p.index}", p.name))
 
-    payload = {
+    payload = _page_data(stat, [p.data for p in payloads])
+    if live is not None:
+        payload["live"] = _live_config(live, max_steps)
+        for p, key in zip(payloads, live["keys"]):
+            p.data["live"] = _live_run(p, key)
+    generated = datetime.now().strftime("%Y-%m-%d %H:%M")
+    if live is not None:
+        generated = f"live from {live.get('source', '')}, opened {generated}"
+    return _page(title, len(run_list), generated, toc, sections, payload, live is not None)
+
+
+def _page_data(stat: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The page's JSON payload: what every chart shares, and the runs' data."""
+    return {
         "lut": list(lut()),
         "colors": {"nonfinite": NONFINITE_COLOR, "missing": MISSING_COLOR, "palette": list(PALETTE)},
         "update_reference": UPDATE_RATIO_REFERENCE,
         "compare_key": f"layer:{stat}",
         "root_name": ROOT_DISPLAY_NAME,
-        "runs": [p.data for p in payloads],
+        "runs": runs,
     }
-    if live is not None:
-        payload["live"] = {"runs_key": live["runs_key"], "interval_ms": live.get("interval_ms", 1000),
-                           "wait_s": live.get("wait_s", 0),
-                           "max_steps": max_steps or DEFAULT_MAX_STEPS, "overlaid": OVERLAID_STEPS,
-                           "max_line_points": MAX_LINE_POINTS, "max_events": MAX_EVENTS}
-        for p, key in zip(payloads, live["keys"]):
-            p.data["live"] = {"key": key, "last": p.run.steps[-1] if p.run.steps else None, "f": -1,
-                              "layout": layout_key(p.run)}
+
+
+def _live_config(live: Mapping[str, Any], max_steps: int | None) -> dict[str, Any]:
+    return {"runs_key": live["runs_key"], "interval_ms": live.get("interval_ms", 1000), "wait_s": live.get("wait_s", 0),
+            "max_steps": max_steps or DEFAULT_MAX_STEPS, "overlaid": OVERLAID_STEPS,
+            "max_line_points": MAX_LINE_POINTS, "max_events": MAX_EVENTS}
+
+
+def _live_run(p: RunPayload, key: str) -> dict[str, Any]:
+    """What the live page polls one run by: its key, the last step it holds, its layout."""
+    return {"key": key, "last": p.run.steps[-1] if p.run.steps else None, "f": -1, "layout": layout_key(p.run)}
+
+
+#: A live page of more runs than this lists them at once and asks the server for each run's
+#: section when it comes near the view (:func:`live_shell`, :func:`live_section`).
+LAZY_RUNS = 6
+
+
+def live_shell(names: Sequence[str], keys: Sequence[str], *, live: Mapping[str, Any], stat: str = DEFAULT_STAT,
+               title: str | None = None, max_steps: int | None = DEFAULT_MAX_STEPS) -> str:
+    """The live page of many runs, made without reading them: each run's section is a heading
+    and a status line, which the page fills from ``/api/section`` (:func:`live_section`, the
+    report's own section and payload) when it comes near the view. ``names`` are the runs'
+    names on the page (:func:`~gradsight.store.query.run_labels`), ``keys`` the server's keys."""
+    sections = [('<section id="comparison"><h2>Comparison</h2><p class="note">This page shows its runs one by one '
+                 "as they come into view; <code>gradsight report</code> compares them all.</p></section>")]
+    toc = [("comparison", "Comparison")]
+    for i, (name, key) in enumerate(zip(names, keys)):
+        sections.append(f'<section class="run" id="run-{i}" data-pending="true"><h2>{esc(name)}</h2>'
+                        '<p class="live-status" data-live="status">live: shown when it comes into view</p></section>')
+        toc.append((f"run-{i}", name))
+    payload = _page_data(stat, [{"name": name, "pending": True, "live": {"key": key, "last": None, "f": -1}}
+                                for name, key in zip(names, keys)])
+    payload["live"] = {**_live_config(live, max_steps), "lazy": True}
+    generated = f"live from {live.get('source', '')}, opened {datetime.now().strftime('%Y-%m-%d %H:%M')}"
+    return _page(title or "gradsight serve", len(names), generated, toc, sections, payload, True)
+
+
+def live_section(run: RunView | Run, index: int, name: str, key: str, *, stat: str = DEFAULT_STAT,
+                 graphs: Mapping[Any, Graph] | Graph | None = None, cell_budget: int = CELL_BUDGET,
+                 max_steps: int | None = DEFAULT_MAX_STEPS) -> dict[str, Any]:
+    """One run of :func:`live_shell`'s page: ``{"html": its section, "data": its payload}``, made
+    as :func:`build_report` makes them (the same :func:`~gradsight.report.payload.run_payload`
+    and section, the names escaped alike)."""
+    p = run_payload(view_of(run), index, stat=stat, cell_budget=cell_budget, max_steps=max_steps, every_name=True)
+    p.name = p.data["name"] = name
+    _run_colors([p])
+    graph = _load_graph(p.run, graphs)
+    graph_html = _graph_html(p.run, graph, stat) if graph is not None else None
+    p.data["live"] = _live_run(p, key)
+    return {"html": _run_section(p, graph_html, None, live=True), "data": p.data}
+
+
+def _page(title: str, runs: int, generated: str, toc: list[tuple[str, str]], sections: list[str],
+          payload: dict[str, Any], live: bool) -> str:
+    """The HTML document around the sections and the JSON payload (the report's and the live page's)."""
     from gradsight._version import __version__
 
     nav = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in toc)
-    generated = datetime.now().strftime("%Y-%m-%d %H:%M")
-    if live is not None:
-        generated = f"live from {live.get('source', '')}, opened {generated}"
     footer = ("Live view: the page asks the server for new steps. Values on log scales; long runs are shown "
-              "through evenly spaced steps." if live is not None else
+              "through evenly spaced steps." if live else
               "Self-contained report: no network access needed. Values on log scales; long runs are shown "
               "through evenly spaced steps.")
     return f"""<!DOCTYPE html>
@@ -442,7 +500,7 @@ def _report_html(run_list: list[RunView], jobs: list[DiagnosisJob], *, stat: str
 </head>
 <body>
 <header class="top"><h1>{esc(title)}</h1>
-<p>{len(run_list)} run(s) · generated {esc(generated)} by gradsight {esc(__version__)} · hover any chart for layer names and values</p></header>
+<p>{runs} run(s) · generated {esc(generated)} by gradsight {esc(__version__)} · hover any chart for layer names and values</p></header>
 <nav class="toc">{nav}</nav>
 <main>
 {chr(10).join(sections)}

@@ -8,6 +8,11 @@ Routes (GET only; anything else is 404, other methods 405):
   on the page, its status and the steps after ``since`` (:func:`gradsight.report.live.poll_answer`);
   JSON. With ``wait`` the answer waits until something is new (a long poll: the page's way).
 - ``/api/runs``: every served run's key and status (or why it cannot be read); JSON.
+- ``/api/section?run=KEY``: one run's section and payload (:func:`gradsight.report.html.live_section`);
+  JSON. A page of more than ``LAZY_RUNS`` runs is sent as a shell listing them
+  (:func:`~gradsight.report.html.live_shell`), and asks for each run's section when it comes
+  near the view. Sections are kept while the run's data and layout stay as they are (a reload
+  or a second page costs nothing).
 
 The server reads runs read-only (``store/access.py``) and reaches them only by key
 (:class:`~gradsight.report.live.ServedRuns`). Bound to a loopback address it also answers
@@ -27,8 +32,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from gradsight.report.html import build_report
+from gradsight.report.html import LAZY_RUNS, build_report, live_section, live_shell
 from gradsight.report.live import Doctor, ServedRuns, names_key, poll_answer
+from gradsight.store.query import run_labels
 from gradsight.store.view import RunView
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,8 @@ class LiveServer(ThreadingHTTPServer):
         self.loopback_only = is_loopback(host)
         self.page_lock = threading.Lock()
         self.stopping = threading.Event()  #: set when the server stops: waiting polls answer at once
+        self._sections: dict[str, tuple[tuple, bytes]] = {}  # run key -> (its version, /api/section's body)
+        self._names: dict[str, str] = {}  # run key -> its name on the lazy page
         super().__init__((host, port), Handler)
         kwargs = {} if doctor_interval is None else {"interval": doctor_interval}
         self.doctor = Doctor(self.served, **kwargs).start()
@@ -90,16 +98,41 @@ class LiveServer(ThreadingHTTPServer):
         with self.page_lock:
             shown = self.served.shown
             lives = [self.served.get(k) for k in shown]
+            config = {"keys": shown, "runs_key": names_key(shown), "wait_s": POLL_WAIT_S,
+                      "interval_ms": self.poll_interval_ms, "source": self.source}
+            title = f"gradsight serve: {self.source}"
+            if len(lives) > LAZY_RUNS:  # the runs listed at once, each read when the page asks for it
+                names = run_labels([live.open() for live in lives])  # open already: no read
+                self._names = dict(zip(shown, names))
+                return live_shell(names, shown, live=config, title=title)
             for live in lives:  # in one order: a poll holds one of these at a time
                 live.lock.acquire()
             try:
                 views = [RunView(live.open()) for live in lives]
-                return build_report(views, title=f"gradsight serve: {self.source}",
-                                    live={"keys": shown, "runs_key": names_key(shown), "wait_s": POLL_WAIT_S,
-                                          "interval_ms": self.poll_interval_ms, "source": self.source})
+                return build_report(views, title=title, live=config)
             finally:
                 for live in lives:
                     live.lock.release()
+
+    def section(self, key: str) -> bytes | None:
+        """``/api/section``'s JSON of the run of ``key`` as :meth:`page` named it (None: not on
+        the page), made again only when the run's data or layout changed since it was made."""
+        live, name = self.served.get(key), self._names.get(key)
+        if live is None or name is None:
+            return None
+        index = list(self._names).index(key)
+        with live.lock:
+            run = live.open()
+            if run is None:
+                return None
+            version = (run.data_version(), run.layout_version(), run.last_step(), index, name)
+            kept = self._sections.get(key)
+            if kept is not None and kept[0] == version:
+                return kept[1]
+            part = live_section(RunView(run), index, name, key)
+        body = json.dumps(part, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        self._sections[key] = (version, body)
+        return body
 
     def runs(self) -> dict[str, Any]:
         out = {}
@@ -173,6 +206,13 @@ class Handler(BaseHTTPRequestHandler):
                 runs_key = _int_or_none(query.get("k", [""])[0])
                 self._json(poll_answer(self.server.served, asked, runs_key=runs_key, wait=wait,
                                        stop=self.server.stopping))
+            elif parts.path == "/api/section":
+                keys = parse_qs(parts.query, keep_blank_values=True).get("run", [])
+                body = self.server.section(keys[0]) if len(keys) == 1 else None
+                if body is None:
+                    self._refuse(404, "no such run on the page")
+                else:
+                    self._send(200, body, "application/json")
             elif parts.path == "/api/runs":
                 self._json(self.server.runs())
             else:

@@ -20,6 +20,7 @@ nav.toc a { margin-right:14px; color:var(--accent); text-decoration:none; }
 main { padding:8px 28px 40px; max-width:1400px; }
 section { margin:22px 0 34px; }
 section.run { border-top:3px solid var(--line); padding-top:6px; }
+section.run[data-pending] { min-height:800px; }  /* about a run's height: read when near the view */
 h2 { font-size:19px; margin:14px 0 8px; }
 h3 { font-size:15px; margin:18px 0 6px; }
 p.note { color:var(--muted); margin:4px 0 10px; font-size:13px; }
@@ -594,9 +595,44 @@ JS = r"""
     return redraw;
   }
 
+  // A live page of many runs lists them (section "pending": a heading) and asks the server for
+  // a run's section and payload (the report's own) when it comes near the view.
+  var pollAbort = null;
+  var fetcher = LAZY ? new IntersectionObserver(function (entries) {
+    entries.forEach(function (e) {
+      if (!e.isIntersecting) return;
+      fetcher.unobserve(e.target);
+      loadRun(e.target, Number(e.target.id.slice(4)));
+    });
+  }, { rootMargin: "800px 0px" }) : null;
+  function fetchWhenNear(section, i) { if (fetcher) fetcher.observe(section); else loadRun(section, i); }
+  function loadRun(section, i, failures) {
+    fetch("api/section?run=" + encodeURIComponent(DATA.runs[i].live.key), { cache: "no-store" }).then(function (r) {
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      return r.json();
+    }).then(function (ans) {
+      var t = document.createElement("template");
+      t.innerHTML = ans.html;  // the server's section: every name in it escaped as in the report
+      var fresh = t.content.querySelector("section.run");
+      if (!fresh || fresh.id !== section.id) throw new Error("not this run's section");
+      section.replaceChildren.apply(section, Array.from(fresh.childNodes));  // the same element, filled
+      section.removeAttribute("data-pending");
+      DATA.runs[i] = ans.data;
+      redraws.push(runRedraws[i] = drawRun(section, ans.data));
+      section.setAttribute("data-loaded", "true");
+      if (pollAbort) pollAbort.abort();  // the poll asks for it from now on
+    }).catch(function (err) {
+      var el = section.querySelector("[data-live=status]");
+      if (el) el.textContent = "could not load this run: " + err;
+      var n = (failures || 0) + 1;
+      if (n < 5) setTimeout(function () { loadRun(section, i, n); }, 1000 * n);
+    });
+  }
+
   function drawCompare(el, key, choice) {
     var series = [], shown = {};
     DATA.runs.forEach(function (run) {
+      if (run.pending) return;
       var m = matrixOf(run, key, choice);
       if (!m) return;
       var n = m.names.length, q = rowQuantiles(m, [0.5])[0];
@@ -612,7 +648,8 @@ JS = r"""
   var redraws = [], runRedraws = [];
   DATA.runs.forEach(function (run, i) {
     var section = document.getElementById("run-" + i);
-    if (section) redraws.push(runRedraws[i] = drawRun(section, run));
+    if (section && run.pending) fetchWhenNear(section, i);
+    else if (section) redraws.push(runRedraws[i] = drawRun(section, run));
   });
   var cmp = document.getElementById("compare-chart");
   if (cmp) {
@@ -740,11 +777,14 @@ JS = r"""
   function live(cfg) {
     var failures = 0;
     function tick() {
-      var q = DATA.runs.map(function (run) {
-        return "run=" + encodeURIComponent(run.live.key) + "&since=" + (run.live.last === null ? "" : run.live.last) + "&f=" + run.live.f;
+      var q = DATA.runs.map(function (run) {  // a run not loaded yet: its status only (no step is after that one)
+        var since = run.pending ? "4611686018427387904" : run.live.last === null ? "" : run.live.last;
+        return "run=" + encodeURIComponent(run.live.key) + "&since=" + since + "&f=" + run.live.f;
       }).join("&");
+      pollAbort = "AbortController" in window ? new AbortController() : null;
       // a long poll: the server answers when something is new (or after wait_s with nothing)
-      fetch("api/poll?" + q + "&k=" + cfg.runs_key + "&wait=" + (cfg.wait_s || 0), { cache: "no-store" }).then(function (r) {
+      fetch("api/poll?" + q + "&k=" + cfg.runs_key + "&wait=" + (cfg.wait_s || 0),
+            { cache: "no-store", signal: pollAbort ? pollAbort.signal : undefined }).then(function (r) {
         if (!r.ok) throw new Error("HTTP " + r.status);
         return r.json();
       }).then(function (ans) {
@@ -754,6 +794,7 @@ JS = r"""
         DATA.runs.forEach(function (run, i) {
           var u = ans.runs[run.live.key], section = document.getElementById("run-" + i);
           if (!u || !section || remade) return;
+          if (run.pending) { showStatus(section, u); if (u.findings) run.live.f = u.findings_version; return; }
           if (u.steps && u.steps.length) {
             var t0 = performance.now();
             if (!append(run, u)) { remade = true; location.reload(); return; }  // its layers or statistics changed
@@ -769,7 +810,8 @@ JS = r"""
         if (remade) return;
         if (redrawn && cmp) redraws[redraws.length - 1]();
         setTimeout(tick, cfg.interval_ms);
-      }).catch(function () {
+      }).catch(function (err) {
+        if (err && err.name === "AbortError") { tick(); return; }  // a run was loaded: asked again with it
         failures += 1;
         document.querySelectorAll("[data-live=status]").forEach(function (el) { el.textContent = "status: the server does not answer"; });
         setTimeout(tick, Math.min(10000, cfg.interval_ms * (1 + failures)));
