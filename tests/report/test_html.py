@@ -136,7 +136,7 @@ def test_results_csv_of_compare_one_level_up_and_paths_relative_to_the_report(tm
     (out / "results.csv").write_text(RESULTS_CSV)
     text = write_report([out / "runs" / "plain-4"], out / "report.html").read_text()
     assert '<section id="results">' in text and "From results.csv" in text
-    assert "<th>run</th><td>runs/plain-4</td>" in text
+    assert '<th>run</th><td data-row="run">runs/plain-4</td>' in text
 
 
 def _set_layer_values(run_dir, stat: str, name: str, values: list[float]) -> None:

@@ -118,6 +118,15 @@ def test_every_chart_over_steps_follows_a_recording_process(browser, tmp_path):
 
         last = min(reach(60), 69)  # the last finite values: the gradients go NaN at step 70
         assert last >= 60
+        # the summary's rows that change follow too: the steps recorded and the last loss
+        for _ in range(50):  # read between two polls (the page's step before and after the same)
+            drawn = int(run.get_attribute("data-last-step"))
+            summary = dict(zip(run.locator("table.kv th").all_text_contents(),
+                               run.locator("table.kv td").all_text_contents()))
+            if int(run.get_attribute("data-last-step")) == drawn:
+                break
+        assert summary["steps recorded"] == f"{drawn + 1} (steps 0\u2026{drawn})"
+        assert summary["loss (last)"].endswith(f"at step {drawn}") and summary["status"] == "running"
         assert int(heat.get_attribute("data-cols")) > cols
         assert last_x("model") == last and last_x("metrics") == last
         # measured at every 3rd step, from its first: the last such step drawn

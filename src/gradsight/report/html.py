@@ -152,7 +152,7 @@ def _graph_html(run: RunView, graph: Graph, stat: str) -> str:
 
 # -- sections ---------------------------------------------------------------------------
 def _kv_table(rows: Sequence[tuple[str, str]]) -> str:
-    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    body = "".join(f'<tr><th>{esc(k)}</th><td data-row="{esc(k)}">{esc(v)}</td></tr>' for k, v in rows)
     return f'<table class="kv">{body}</table>'
 
 

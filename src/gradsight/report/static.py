@@ -759,6 +759,26 @@ JS = r"""
     el.className = "live-status status-" + String(u.status).replace(/[^a-z]/g, "");
     section.setAttribute("data-status", u.status);
   }
+  function showSummary(section, run, u) {  // the summary's rows that change while a run records
+    function row(label) {
+      var cells = section.querySelectorAll("table.kv td[data-row]");
+      for (var i = 0; i < cells.length; i++) if (cells[i].getAttribute("data-row") === label) return cells[i];
+      return null;
+    }
+    var status = row("status"), steps = row("steps recorded");
+    if (status) status.textContent = u.status + (u.error ? " (" + u.error + ")" : "");
+    if (steps && typeof run.total_steps === "number" && run.steps.length) {
+      steps.textContent = run.total_steps.toLocaleString("en-US") + " (steps " + run.steps[0] + "\u2026" +
+        run.steps[run.steps.length - 1] + ")";
+    }
+    Object.keys(run.metrics || {}).forEach(function (name) {
+      var line = run.metrics[name], cell = row(name + " (last)"), n = line.steps.length;
+      var values = lineValues(line);
+      if (!cell || !n || values.length !== n) return;
+      var v = values[n - 1];
+      cell.textContent = (Number.isFinite(v) && v !== 0 ? String(Number(v.toPrecision(4))) : fmt(v)) + " at step " + line.steps[n - 1];
+    });
+  }
   function showFindings(section, findings) {
     var ul = section.querySelector("[data-live=findings]");
     if (!ul) return;
@@ -799,6 +819,7 @@ JS = r"""
             var t0 = performance.now();
             if (!append(run, u)) { remade = true; location.reload(); return; }  // its layers or statistics changed
             run.live.last = u.steps[u.steps.length - 1];
+            showSummary(section, run, u);
             runRedraws[i]();
             redrawn = true;
             section.setAttribute("data-draw-ms", String(Math.round(performance.now() - t0)));  // what the page spent on it
