@@ -414,3 +414,23 @@ def test_a_kept_section_is_made_again_when_its_run_records(report_runs, tmp_path
     finally:
         proc.kill()
         served.close()
+
+
+def test_the_page_names_each_run_by_its_path_from_where_serve_was_started(report_runs, tmp_path, monkeypatch):
+    """As typed at the prompt (``runs/plain4``), not as an absolute path, on the page of a few
+    runs and in a section of a page of many."""
+    monkeypatch.chdir(report_runs.parent)
+    served = Served(Path(report_runs.name))
+    try:
+        assert f'<td data-row="run">{report_runs.name}/plain4</td>' in served.get("/")[2].decode()
+    finally:
+        served.close()
+    root = many_runs(tmp_path, report_runs)
+    monkeypatch.chdir(root.parent)
+    served = Served(Path(root.name))
+    try:
+        assert served.get("/")[0] == 200  # the page names the runs its sections are asked for by
+        html = served.json("/api/section?run=plain4")["html"]
+        assert f'<td data-row="run">{root.name}/plain4</td>' in html
+    finally:
+        served.close()

@@ -465,11 +465,12 @@ def live_shell(names: Sequence[str], keys: Sequence[str], *, live: Mapping[str, 
 
 def live_section(run: RunView | Run, index: int, name: str, key: str, *, stat: str = DEFAULT_STAT,
                  graphs: Mapping[Any, Graph] | Graph | None = None, cell_budget: int = CELL_BUDGET,
-                 max_steps: int | None = DEFAULT_MAX_STEPS) -> dict[str, Any]:
+                 max_steps: int | None = DEFAULT_MAX_STEPS, base: Path | None = None) -> dict[str, Any]:
     """One run of :func:`live_shell`'s page: ``{"html": its section, "data": its payload}``, made
     as :func:`build_report` makes them (the same :func:`~gradsight.report.payload.run_payload`
     and section, the names escaped alike)."""
-    p = run_payload(view_of(run), index, stat=stat, cell_budget=cell_budget, max_steps=max_steps, every_name=True)
+    p = run_payload(view_of(run), index, stat=stat, cell_budget=cell_budget, max_steps=max_steps, every_name=True,
+                    base=base)
     p.name = p.data["name"] = name
     _run_colors([p])
     graph = _load_graph(p.run, graphs)

@@ -109,7 +109,7 @@ class LiveServer(ThreadingHTTPServer):
                 live.lock.acquire()
             try:
                 views = [RunView(live.open()) for live in lives]
-                return build_report(views, title=title, live=config)
+                return build_report(views, title=title, live=config, base=Path.cwd())  # paths as typed
             finally:
                 for live in lives:
                     live.lock.release()
@@ -129,7 +129,7 @@ class LiveServer(ThreadingHTTPServer):
             kept = self._sections.get(key)
             if kept is not None and kept[0] == version:
                 return kept[1]
-            part = live_section(RunView(run), index, name, key)
+            part = live_section(RunView(run), index, name, key, base=Path.cwd())
         body = json.dumps(part, separators=(",", ":"), allow_nan=False).encode("utf-8")
         self._sections[key] = (version, body)
         return body
