@@ -273,7 +273,12 @@ def depth_profiles(view: RunView) -> list[_Depth]:
     """The like-with-like gradient profiles along depth: parameter gradients per element
     (every run has them), and with activation statistics the output gradients per element
     of every module and the residual stream's gradient (the skip's share at each block,
-    the gradient at the block's output)."""
+    the gradient at the block's output). Computed once per view (the vanishing rules, the
+    plain-chain rule and :func:`measure` all read them)."""
+    return _memo(view, ("depth_profiles",), lambda: _depth_profiles(view))
+
+
+def _depth_profiles(view: RunView) -> list[_Depth]:
     found = [_depth(view, "param", "parameter gradient per element", _table(view, Level.LAYER, "grad_rms"))]
     found.append(_depth(view, "output", "output gradient per element", _table(view, Level.MODULE, "out_grad_rms")))
     found.append(_depth(view, "stream", "gradient along the residual stream",
