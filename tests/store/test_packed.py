@@ -167,8 +167,8 @@ def test_each_wide_statistic_is_a_segment_and_large_writes_several_groups(tmp_pa
         rows = conn.execute("SELECT COUNT(*) FROM packed").fetchone()[0]
     by_stat = [sorted(i for (lv, _, st), i in series.items() if lv == Level.LAYER and st == s) for s in "ab"]
     segments = by_stat + [[series[(Level.MODEL, "", "a")]]]
-    if one_group:  # one row per step, a segment per statistic and one for the rest
-        assert groups == [(sum(segments, []), [len(s) for s in segments])]
+    if one_group:  # a row per step of the layers, a segment per statistic; the model's series apart
+        assert groups == [(sum(segments[:2], []), [len(s) for s in segments[:2]]), (segments[2], [1])]
     else:  # a group per segment
         assert groups == [(s, [len(s)]) for s in segments]
     assert rows == 3 * len(groups)

@@ -3,7 +3,8 @@ row-per-value ``scalars`` table of older stores (version 3 and before), read ali
 
 A write of several series at one step (``Writer.write_scalars``) is one row of
 ``packed`` per *group* of series (a write of more than :data:`GROUP_MAX` values has
-several groups), its values split into *segments*: each statistic of a level with at
+several groups; the model's and the metrics' series, read over every step, are a group of
+their own), its values split into *segments*: each statistic of a level with at
 least :data:`SEGMENT_MIN` values in the write is a segment (or several, of at most
 :data:`GROUP_MAX`), the rest of the write is one, so one statistic of every layer is
 decoded without the others. A ``series_groups`` row
@@ -318,16 +319,23 @@ class PackedWriter:
         by_key: dict[tuple, list[int]] = {}
         for k, key in enumerate(keys):
             by_key.setdefault(key, []).append(k)
-        parts = [np.array(v) for v in by_key.values() if len(v) >= SEGMENT_MIN]
-        rest = sorted(k for v in by_key.values() if len(v) < SEGMENT_MIN for k in v)
+        from gradsight.store.schema import Level  # schema imports this module
+
+        totals = sorted(k for key, v in by_key.items() if key[0] in Level.TOTALS for k in v)
+        parts = [np.array(v) for key, v in by_key.items() if len(v) >= SEGMENT_MIN and key[0] not in Level.TOTALS]
+        rest = sorted(k for key, v in by_key.items() if len(v) < SEGMENT_MIN and key[0] not in Level.TOTALS for k in v)
         if rest:
             parts.append(np.array(rest))
-        parts = [p[i : i + GROUP_MAX] for p in parts for i in range(0, len(p), GROUP_MAX)]
-        groups: list[list[np.ndarray]] = [[]]
-        for part in parts:
-            if groups[-1] and sum(map(len, groups[-1])) + len(part) > GROUP_MAX:
-                groups.append([])
-            groups[-1].append(part)
+        groups: list[list[np.ndarray]] = []
+        # the model's and the metrics' series in groups of their own: read over every step
+        # (a run's totals), they must not bring a slice of the layers' values along
+        for chosen in (parts, [np.array(totals)] if totals else []):
+            groups.append([])
+            for part in (p[i : i + GROUP_MAX] for p in chosen for i in range(0, len(p), GROUP_MAX)):
+                if groups[-1] and sum(map(len, groups[-1])) + len(part) > GROUP_MAX:
+                    groups.append([])
+                groups[-1].append(part)
+        groups = [g for g in groups if g]
         plan = []
         for segments in groups:
             order = np.concatenate(segments)
