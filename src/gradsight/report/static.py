@@ -441,20 +441,22 @@ JS = r"""
   function row(m, r) { var k = m.steps.length; return Array.prototype.slice.call(m.data.subarray(r * k, (r + 1) * k)); }
   function rowQuantiles(m, qs) {  // per layer, over steps
     var n = m.names.length, k = m.steps.length, out = qs.map(function () { return new Array(n); });
+    var buf = new Float64Array(k);
     for (var r = 0; r < n; r++) {
-      var vals = [];
-      for (var c = 0; c < k; c++) { var v = m.data[r * k + c]; if (v > 0 && Number.isFinite(v)) vals.push(v); }
-      vals.sort(function (a, b) { return a - b; });
+      var cnt = 0;
+      for (var c = 0; c < k; c++) { var v = m.data[r * k + c]; if (v > 0 && Number.isFinite(v)) buf[cnt++] = v; }
+      var vals = buf.subarray(0, cnt).sort();  // a typed array sorts by value, natively
       qs.forEach(function (q, i) { out[i][r] = quantile(vals, q); });
     }
     return out;
   }
   function colQuantiles(m, qs) {  // per step, over layers
     var n = m.names.length, k = m.steps.length, out = qs.map(function () { return new Array(k); });
+    var buf = new Float64Array(n);
     for (var c = 0; c < k; c++) {
-      var vals = [];
-      for (var r = 0; r < n; r++) { var v = m.data[r * k + c]; if (v > 0 && Number.isFinite(v)) vals.push(v); }
-      vals.sort(function (a, b) { return a - b; });
+      var cnt = 0;
+      for (var r = 0; r < n; r++) { var v = m.data[r * k + c]; if (v > 0 && Number.isFinite(v)) buf[cnt++] = v; }
+      var vals = buf.subarray(0, cnt).sort();
       qs.forEach(function (q, i) { out[i][c] = quantile(vals, q); });
     }
     return out;
@@ -794,6 +796,28 @@ JS = r"""
       ul.appendChild(li);
     });
   }
+  // The figures the server draws (gradient distributions, noise scale, in its low-priority
+  // thread, when asked): asked for every figures_s seconds while the run records, and put in
+  // when they show a later step than the page's.
+  function refreshFigures(section, run, cfg) {
+    var box = section.querySelector("[data-live=figures]"), lv = run.live, now = Date.now();
+    if (!box || lv.figBusy || lv.last === null) return;
+    if (lv.figStep === undefined) { lv.figStep = lv.last; lv.figAt = 0; }  // drawn with the section
+    if (lv.last === lv.figStep || now - lv.figAt < 1000 * (cfg.figures_s || 15)) return;
+    lv.figBusy = true; lv.figAt = now;
+    fetch("api/figures?run=" + encodeURIComponent(lv.key), { cache: "no-store" }).then(function (r) {
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      return r.json();
+    }).then(function (ans) {
+      lv.figBusy = false;
+      if (ans.step === null || ans.step <= lv.figStep) return;
+      lv.figStep = ans.step;
+      var t = document.createElement("template");
+      t.innerHTML = ans.html;  // the server's figures, every name in them escaped as in the report
+      box.replaceChildren.apply(box, Array.from(t.content.childNodes));
+      box.setAttribute("data-step", String(ans.step));
+    }).catch(function () { lv.figBusy = false; });
+  }
   function live(cfg) {
     var failures = 0;
     function tick() {
@@ -826,6 +850,7 @@ JS = r"""
           }
           section.setAttribute("data-last-step", run.live.last === null ? "" : String(run.live.last));
           showStatus(section, u);
+          refreshFigures(section, run, cfg);
           if (u.findings) { run.live.f = u.findings_version; showFindings(section, u.findings); }
         });
         if (remade) return;
