@@ -294,7 +294,9 @@ torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 update_ratio = int(os.environ.get("GS_TEST_UPDATE_RATIO", "0"))  # 0: no optimizer, no update ratios
 opt = torch.optim.SGD(model.parameters(), lr=0.01) if update_ratio else None
-with gs.watch(model, sys.argv[1], name="child", optimizer=opt, update_ratio=update_ratio or False) as mon:
+histograms = int(os.environ.get("GS_TEST_HISTOGRAMS", "0")) or False
+with gs.watch(model, sys.argv[1], name="child", optimizer=opt, update_ratio=update_ratio or False,
+              histograms=histograms) as mon:
     nan_at = int(os.environ.get("GS_TEST_NAN_AT", "-1"))
     for step in range(int(sys.argv[2])):
         x = torch.randn(5, 4) * (float("nan") if 0 <= nan_at <= step else 1.0)
@@ -313,13 +315,13 @@ with gs.watch(model, sys.argv[1], name="child", optimizer=opt, update_ratio=upda
 
 
 def child(run_dir: Path, steps: int, pause: float, hang: bool = False, nan_at: int = -1,
-          update_ratio: int = 0) -> subprocess.Popen:
+          update_ratio: int = 0, histograms: int = 0) -> subprocess.Popen:
     """A process recording ``steps`` steps of a small MLP into ``run_dir``, ``pause`` s apart
     (its gradients NaN from step ``nan_at``); with ``hang`` it waits to be killed after them;
     with ``update_ratio`` it trains with SGD, measures update ratios every that many steps and
-    logs the loss."""
+    logs the loss; with ``histograms`` it records gradient histograms every that many steps."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               GS_TEST_NAN_AT=str(nan_at), GS_TEST_UPDATE_RATIO=str(update_ratio))
+               GS_TEST_NAN_AT=str(nan_at), GS_TEST_UPDATE_RATIO=str(update_ratio), GS_TEST_HISTOGRAMS=str(histograms))
     args = [sys.executable, "-c", CHILD, str(run_dir), str(steps), str(pause)] + (["hang"] if hang else [])
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True)
 
@@ -334,6 +336,27 @@ def test_steps_of_a_recording_process_reach_the_api(tmp_path):
         assert update["status"] == "running" and update["steps"][0] == first + 1 and "writer" not in update
         assert proc.wait(timeout=120) == 0
         assert _wait(lambda: poll()["status"] == "finished", timeout=5)
+    finally:
+        proc.kill()
+        served.close()
+
+
+def test_a_recording_runs_figures_are_drawn_again_when_asked(tmp_path):
+    proc = child(tmp_path / "live", steps=60, pause=0.1, histograms=5)
+    served = Served(tmp_path, doctor_interval=0.2, figures_s=0.5)
+    try:
+        _wait(lambda: (served.json("/api/runs")["runs"].get("live", {}).get("last") or 0) >= 5, timeout=60)
+        assert served.json("/api/figures?run=live") == {"step": None}  # asking has them drawn
+        first = _wait(lambda: (f := served.json("/api/figures?run=live"))["step"] is not None and f, timeout=30)
+        assert "Gradient distributions" in first["html"] and first["html"].count("<img") == 1
+        later = _wait(lambda: (f := served.json("/api/figures?run=live"))["step"] >= first["step"] + 10 and f, timeout=60)
+        assert later["html"] != first["html"]  # more histogram steps drawn
+        with open_run(tmp_path / "live") as run:
+            assert later["step"] <= run.last_step()
+        assert served.get("/api/figures?run=nope")[0] == 404 and served.get("/api/figures")[0] == 404
+        assert proc.wait(timeout=120) == 0
+        with open_run(tmp_path / "live") as run:  # the run's end drawn at once
+            assert _wait(lambda: served.json("/api/figures?run=live")["step"] == run.last_step(), timeout=30)
     finally:
         proc.kill()
         served.close()

@@ -44,6 +44,7 @@ from gradsight.display import (
 from gradsight.plots.compare import depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
 from gradsight.report.histograms import histograms_html
+from gradsight.report.live import FIGURES_S
 from gradsight.report.noise_scale import noise_scale_html
 from gradsight.plots.flow import OVERLAID_STEPS
 from gradsight.report.payload import (CELL_BUDGET, MAX_EVENTS, MAX_LINE_POINTS, DiagnosisJob, RunPayload, layout_key,
@@ -235,8 +236,10 @@ def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str
     parts.append('<div class="chart" data-chart="update"></div>')
     parts.append('<div class="chart" data-chart="model"></div>')
     parts.append('<div class="chart" data-chart="metrics"></div>')
-    parts.append(histograms_html(p.run, _png))
-    parts.append(noise_scale_html(p.run, _png))
+    if live:  # drawn again by the server as the run records (the page asks at most every FIGURES_S)
+        parts.append(f'<div data-live="figures">{figures_html(p.run)}</div>')
+    else:
+        parts.append(figures_html(p.run))
     if graph_html:
         parts.append("<h3>Computation graph</h3>" + graph_html)
     parts.append("</section>")
@@ -427,10 +430,19 @@ def _page_data(stat: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def figures_html(run: RunView | Run) -> str:
+    """A run's figures drawn by the server (its gradient distributions and noise scale; ``""``
+    when it has neither): a part of its section, which a live page asks for again
+    (``/api/figures``, drawn by :class:`~gradsight.report.live.Doctor`) as the run records."""
+    run = view_of(run)
+    return "\n".join(x for x in (histograms_html(run, _png), noise_scale_html(run, _png)) if x)
+
+
 def _live_config(live: Mapping[str, Any], max_steps: int | None) -> dict[str, Any]:
     return {"runs_key": live["runs_key"], "interval_ms": live.get("interval_ms", 1000), "wait_s": live.get("wait_s", 0),
             "max_steps": max_steps or DEFAULT_MAX_STEPS, "overlaid": OVERLAID_STEPS,
-            "max_line_points": MAX_LINE_POINTS, "max_events": MAX_EVENTS}
+            "max_line_points": MAX_LINE_POINTS, "max_events": MAX_EVENTS,
+            "figures_s": live.get("figures_s", FIGURES_S)}
 
 
 def _live_run(p: RunPayload, key: str) -> dict[str, Any]:

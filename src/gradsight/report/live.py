@@ -49,6 +49,10 @@ DOCTOR_INTERVAL_S = 3.0
 #: The doctor rests at least this many times as long as its last diagnosis of a run took,
 #: so that it uses at most about a tenth of one core (a long run's diagnosis takes a while).
 DOCTOR_REST = 9.0
+#: Seconds between two drawings of a recording run's figures (gradient distributions, noise
+#: scale), at least, and between two times the page asks for them; drawing takes seconds, so
+#: the rest after it (``DOCTOR_REST`` times as long) is often longer.
+FIGURES_S = 15.0
 #: Seconds between two looks for new runs under the root, at least.
 DISCOVERY_INTERVAL_S = 2.0
 #: Steps one update carries at most (evenly spaced, last included): the page thins its own.
@@ -103,6 +107,10 @@ class LiveRun:
         self._view: RunView | None = None
         self._layout_version: tuple | None = None
         self._layout_key = 0
+        #: ``(step, html)`` of the figures the doctor's thread drew last (None: none yet), and
+        #: whether a page has asked for them (only then are they drawn)
+        self.figures: tuple[int | None, str] | None = None
+        self.figures_asked = False
 
     def open(self) -> Run | None:
         """The open run, or None (with :attr:`error`) when its store cannot be read now."""
@@ -281,9 +289,13 @@ class Doctor:
     """Re-diagnoses each run that recorded new steps, at most every ``interval`` seconds, in a
     background thread with its own read-only connections."""
 
-    def __init__(self, served: ServedRuns, interval: float = DOCTOR_INTERVAL_S) -> None:
+    def __init__(self, served: ServedRuns, interval: float = DOCTOR_INTERVAL_S,
+                 figures_every: float = FIGURES_S) -> None:
         self.served = served
         self.interval = interval
+        self.figures_every = figures_every
+        self._drawn: dict[str, int | None] = {}  # run key -> the last step its figures show
+        self._figures_due: dict[str, float] = {}
         self._stop = threading.Event()
         self._judged: dict[str, tuple[int | None, str]] = {}
         self._runs: dict[str, Run] = {}
@@ -323,13 +335,15 @@ class Doctor:
             self._stop.wait(max(0.2, self.interval - (time.monotonic() - started)))
 
     def check(self, live: LiveRun) -> None:
-        """Diagnose ``live`` once if it has changed since it was last diagnosed."""
+        """Diagnose ``live`` once if it has changed since it was last diagnosed (and draw its
+        figures again, when a page asked for them)."""
         try:
             run = self._runs.get(live.key)
             if run is None:
                 run = self._runs[live.key] = open_run(live.path)
             last = run.last_step()
             status = str(run.reload_meta().get("status", "unknown"))
+            self._draw_figures(live, run, last, status)
             if self._judged.get(live.key) == (last, status):
                 return
             if status == "running" and time.monotonic() < self._due.get(live.key, 0.0):
@@ -346,6 +360,30 @@ class Doctor:
             log.warning("diagnosis of %s failed: %s", live.path, exc)
             live.set_findings([], None)
             self._judged[live.key] = (None, "failed")
+
+
+    def _draw_figures(self, live: LiveRun, run: Run, last: int | None, status: str) -> None:
+        """The figures of a run a page asked them of, drawn again when it has recorded since,
+        at most every ``figures_every`` seconds and resting ``DOCTOR_REST`` times as long as
+        drawing them took (a matplotlib figure takes seconds: here, at the lowest priority,
+        never on a request's path)."""
+        if not live.figures_asked or self._drawn.get(live.key, -1) == last:
+            return
+        if status == "running" and time.monotonic() < self._figures_due.get(live.key, 0.0):
+            return
+        from gradsight.report.html import figures_html  # the report's page code imports this module
+
+        started = time.monotonic()
+        try:
+            with RunView(run) as view:
+                drawn = figures_html(view)
+        except Exception as exc:  # the findings must not go with the figures
+            log.warning("drawing the figures of %s failed: %s", live.path, exc)
+            drawn = ""
+        took = time.monotonic() - started
+        self._figures_due[live.key] = time.monotonic() + max(self.figures_every, DOCTOR_REST * took)
+        self._drawn[live.key] = last
+        live.figures = (last, drawn)
 
 
 def _answer(served: ServedRuns, asked: list[tuple[str, int | None, int | None]]) -> dict[str, Any]:

@@ -8,6 +8,9 @@ Routes (GET only; anything else is 404, other methods 405):
   on the page, its status and the steps after ``since`` (:func:`gradsight.report.live.poll_answer`);
   JSON. With ``wait`` the answer waits until something is new (a long poll: the page's way).
 - ``/api/runs``: every served run's key and status (or why it cannot be read); JSON.
+- ``/api/figures?run=KEY``: the figures of a run (gradient distributions, noise scale) as the
+  doctor's thread drew them last; the page asks as the run records (every
+  :data:`~gradsight.report.live.FIGURES_S` seconds), and asking is what has them drawn;
 - ``/api/section?run=KEY``: one run's section and payload (:func:`gradsight.report.html.live_section`);
   JSON. A page of more than ``LAZY_RUNS`` runs is sent as a shell listing them
   (:func:`~gradsight.report.html.live_shell`), and asks for each run's section when it comes
@@ -33,7 +36,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from gradsight.report.html import LAZY_RUNS, build_report, live_section, live_shell
-from gradsight.report.live import Doctor, ServedRuns, names_key, poll_answer
+from gradsight.report.live import FIGURES_S, Doctor, ServedRuns, names_key, poll_answer
 from gradsight.store.query import run_labels
 from gradsight.store.view import RunView
 
@@ -74,8 +77,10 @@ class LiveServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, root: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-                 poll_interval_ms: int = POLL_INTERVAL_MS, doctor_interval: float | None = None) -> None:
+                 poll_interval_ms: int = POLL_INTERVAL_MS, doctor_interval: float | None = None,
+                 figures_s: float = FIGURES_S) -> None:
         self.served = ServedRuns(root)
+        self.figures_s = figures_s
         self.source = str(root)
         self.poll_interval_ms = poll_interval_ms
         self.loopback_only = is_loopback(host)
@@ -84,7 +89,7 @@ class LiveServer(ThreadingHTTPServer):
         self._sections: dict[str, tuple[tuple, bytes]] = {}  # run key -> (its version, /api/section's body)
         self._names: dict[str, str] = {}  # run key -> its name on the lazy page
         super().__init__((host, port), Handler)
-        kwargs = {} if doctor_interval is None else {"interval": doctor_interval}
+        kwargs = {"figures_every": figures_s} | ({} if doctor_interval is None else {"interval": doctor_interval})
         self.doctor = Doctor(self.served, **kwargs).start()
 
     @property
@@ -99,7 +104,7 @@ class LiveServer(ThreadingHTTPServer):
             shown = self.served.shown
             lives = [self.served.get(k) for k in shown]
             config = {"keys": shown, "runs_key": names_key(shown), "wait_s": POLL_WAIT_S,
-                      "interval_ms": self.poll_interval_ms, "source": self.source}
+                      "interval_ms": self.poll_interval_ms, "figures_s": self.figures_s, "source": self.source}
             title = f"gradsight serve: {self.source}"
             if len(lives) > LAZY_RUNS:  # the runs listed at once, each read when the page asks for it
                 names = run_labels([live.open() for live in lives])  # open already: no read
@@ -133,6 +138,18 @@ class LiveServer(ThreadingHTTPServer):
         body = json.dumps(part, separators=(",", ":"), allow_nan=False).encode("utf-8")
         self._sections[key] = (version, body)
         return body
+
+    def figures(self, key: str) -> bytes | None:
+        """``/api/figures``' JSON of the run of ``key`` (None: not served): ``{"step", "html"}``
+        of the figures the doctor's thread drew last (:func:`~gradsight.report.html.figures_html`),
+        ``{"step": null}`` before it has; asking is what has them drawn."""
+        live = self.served.get(key)
+        if live is None:
+            return None
+        live.figures_asked = True
+        drawn = live.figures
+        part = {"step": None} if drawn is None else {"step": drawn[0], "html": drawn[1]}
+        return json.dumps(part, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
     def runs(self) -> dict[str, Any]:
         out = {}
@@ -211,6 +228,13 @@ class Handler(BaseHTTPRequestHandler):
                 body = self.server.section(keys[0]) if len(keys) == 1 else None
                 if body is None:
                     self._refuse(404, "no such run on the page")
+                else:
+                    self._send(200, body, "application/json")
+            elif parts.path == "/api/figures":
+                keys = parse_qs(parts.query, keep_blank_values=True).get("run", [])
+                body = self.server.figures(keys[0]) if len(keys) == 1 else None
+                if body is None:
+                    self._refuse(404, "no such run")
                 else:
                     self._send(200, body, "application/json")
             elif parts.path == "/api/runs":
