@@ -334,6 +334,7 @@ def test_steps_of_a_recording_process_reach_the_api(tmp_path):
         poll = lambda: served.json(f"/api/poll?run=live&since={first}&f=-1")["runs"]["live"]
         update = _wait(lambda: (u := poll()).get("steps") and u, timeout=5)
         assert update["status"] == "running" and update["steps"][0] == first + 1 and "writer" not in update
+        assert update["depth_source"] == "forward"  # the summary's "pending" of a page opened at step 0 follows
         assert proc.wait(timeout=120) == 0
         assert _wait(lambda: poll()["status"] == "finished", timeout=5)
     finally:

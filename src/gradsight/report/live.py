@@ -177,6 +177,7 @@ class LiveRun:
                 out["last"] = last
                 if last is not None and (since is None or last > since):
                     out.update(self._values(run, since))
+                    out["depth_source"] = str(run.meta.get("depth_source", "?"))  # "pending" until the first step ends
             except (RunError, OSError, ValueError) as exc:  # a store broken while served
                 return {"status": "unreadable", "store_error": str(exc)}
         if findings_version != self.findings_version:

@@ -767,7 +767,8 @@ JS = r"""
       for (var i = 0; i < cells.length; i++) if (cells[i].getAttribute("data-row") === label) return cells[i];
       return null;
     }
-    var status = row("status"), steps = row("steps recorded");
+    var status = row("status"), steps = row("steps recorded"), layers = row("layers");
+    if (layers && u.depth_source) layers.textContent = layers.textContent.replace(/\(depth order from [^)]*\)/, "(depth order from " + u.depth_source + ")");
     if (status) status.textContent = u.status + (u.error ? " (" + u.error + ")" : "");
     if (steps && typeof run.total_steps === "number" && run.steps.length) {
       steps.textContent = run.total_steps.toLocaleString("en-US") + " (steps " + run.steps[0] + "\u2026" +
