@@ -40,7 +40,7 @@ Three ways to compute raw sums:
   to ``eager``. With ``backend="auto"`` the compilation never stalls a recorded step
   for long: a separate process compiles the kernel for the tensors' shapes into the
   compiler's on-disk cache (:class:`_Warmup`) while the steps use ``eager``; the first
-  step after it has finished compiles here from that cache (about a second) and uses
+  step after it has finished compiles here from that cache (one to three seconds on 2 cores) and uses
   ``fused`` from then on. Both give the same sums (tested), so every step is exact.
 
 Complex tensors: ``|g|`` is the modulus, so their raw sums are those of the real tensor
@@ -102,7 +102,7 @@ COMPILE_NOTICE = ("gradsight: the first recorded step compiles the statistics ke
 #: statistics, the same values), and the step after it compiles from the cache.
 WARMUP_NOTICE = ("gradsight: a background process compiles the statistics kernel (seconds; up to a minute with an "
                  "empty compiler cache); until it ends the statistics use eager kernels, the same values more slowly, "
-                 "and the step after it loads the kernel (about a second)")
+                 "and the step after it loads the kernel (one to three seconds)")
 
 #: Dense float16/bfloat16/float32/float64 tensors with at most this many elements are reduced
 #: together, one group per dtype and device (``backend="auto"``; :func:`sumsq_fp32` always).
