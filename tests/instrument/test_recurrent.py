@@ -24,6 +24,7 @@ from gradsight.instrument.recurrent import (
     TIME_STEPS_STAT,
     gate_stat,
     stacked_layer,
+    time_gains,
     time_stat,
 )
 
@@ -350,3 +351,16 @@ def test_time_gain_probe_leaves_the_random_stream_and_the_gradients_alone(tmp_pa
     assert torch.equal(torch.rand(3), after_twin)
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         assert torch.equal(p.grad, q.grad), name
+
+
+def test_time_gain_probe_runs_outside_autocast():
+    """Under bf16 autocast (a forward in mixed precision) the probe still measures in the weights'
+    float32: bf16 would be off by ~1e-2, and fp16 would flush a gradient crossing many steps to 0."""
+    torch.manual_seed(4)
+    rnn = nn.LSTM(EMBED, HIDDEN, num_layers=2)
+    x = torch.randn(SEQ, BATCH, EMBED)
+    plain, steps = time_gains(rnn, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = time_gains(rnn, x)
+    assert steps == SEQ and mixed.dtype == torch.float32
+    assert math.isclose(float(mixed[0]), float(plain[0]), rel_tol=1e-6)

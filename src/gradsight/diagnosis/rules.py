@@ -464,12 +464,15 @@ def time_gains(view: RunView) -> list[_TimeGain]:
     ``out_grad_norm_t<t>`` holds the loss's direct term at each step, not what crosses
     time). Median over the window; modules whose gain is missing there are left out."""
     lengths = _table(view, Level.MODULE, TIME_STEPS_STAT)
+    # a module with fp16 weights runs the probe in fp16, where a gradient crossing many steps
+    # can flush to exactly 0: a zero gain there is unknown, not vanishing
+    zero_unknown = training_format(view) == "fp16"
     found = []
     for stat, reverse in ((TIME_GAIN_STAT, False), (TIME_GAIN_REVERSE_STAT, True)):
         table = _table(view, Level.MODULE, stat)
         for module in table.columns:
             series = table[module].astype(float)
-            series = series[np.isfinite(series)]
+            series = series[np.isfinite(series) & ~(zero_unknown & (series == 0))]
             window = _window(view, series.to_frame()).iloc[:, 0]
             steps = _window(view, lengths[[module]]).iloc[:, 0] if module in lengths.columns else pd.Series(dtype=float)
             if window.empty or steps.dropna().empty:
