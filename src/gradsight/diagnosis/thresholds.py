@@ -57,7 +57,7 @@ class Thresholds:
     #: ReLU ``nn.RNN`` at PyTorch's default init the lowest; a gated cell's forget or update
     #: gate at sigmoid(0) = 0.5 holds LSTMs and GRUs near 0.5-0.7), so half the lowest; a tanh
     #: RNN with every weight x0.1: 0.07. Healthy networks shrink it at every step (over their
-    #: 12-64 steps by 1e-5..1e-11), so vanishing is judged per step, not over the sequence.
+    #: 12-64 steps by 1e-4..1e-12), so vanishing is judged per step, not over the sequence.
     time_gain_low: float = 0.19
     #: ... and it explodes when it grows more than this many times over the sequence (no
     #: healthy network's grows at all; every weight x10 in an LSTM, a GRU or a tanh RNN puts
