@@ -97,6 +97,8 @@ STATS = [
     Stat("update_median", "update_low", "below", "update_ratio_low"),
     Stat("branch_share_min", "branch_share_low", "below", "idle_branch"),
     Stat("norm_growth", "global_growth", "above", "growing_gradient_norm"),
+    Stat("time_gain_min", "time_gain_low", "below", "vanishing_gradients", margin=2.0),
+    Stat("time_growth_log10_max", "time_explode", "above", "exploding_gradients", log=True, margin=1.0),
 ]
 
 
@@ -268,7 +270,7 @@ def confusion(healthy: pd.DataFrame, faults: pd.DataFrame) -> pd.DataFrame:
 
 #: The statistics set side by side for a missed pair and its healthy network.
 SIDE_BY_SIDE = ("grad_depth_log10_min", "grad_depth_log10_max", "grad_size", "forward_log10_layer",
-                "weight_growth_max", "update_max")
+                "weight_growth_max", "update_max", "time_gain_min")
 
 
 def missed_against_healthy(healthy: pd.DataFrame, faults: pd.DataFrame) -> pd.DataFrame:

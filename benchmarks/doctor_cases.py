@@ -346,7 +346,7 @@ def record(training: Training, run_dir: Path, name: str) -> None:
     gen = torch.Generator().manual_seed(0)
     model.train()
     with gs.watch(model, run_dir, optimizer=optimizer, scaler=scaler, activations=training.activations,
-                  histograms=4, update_ratio="whole", overwrite=True, name=name) as monitor:
+                  histograms=4, update_ratio="whole", through_time=True, overwrite=True, name=name) as monitor:
         for _ in range(training.steps):
             x, y = training.batch(gen)
             with _autocast(training.autocast):

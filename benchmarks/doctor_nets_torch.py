@@ -273,6 +273,55 @@ class RNNClassifier(nn.Module):
         return self.head(hidden[-1])
 
 
+class RecurrentTagger(nn.Module):
+    """Embedding, a bidirectional ``nn.LSTM``, and a tag per token from both directions (a POS tagger)."""
+
+    def __init__(self, vocab: int, tags: int, width: int = 48) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.lstm = nn.LSTM(width, width, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * width, tags)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        out, _ = self.lstm(self.embed(ids))
+        return self.head(out)
+
+
+class RecurrentLM(nn.Module):
+    """Embedding, a stacked recurrent module (``rnn``), and a next-token head on every step."""
+
+    def __init__(self, vocab: int, rnn: nn.RNNBase) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, rnn.input_size)
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.proj_size or rnn.hidden_size, vocab)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        out, _ = self.rnn(self.embed(ids))
+        return self.head(out)
+
+
+class LastStateClassifier(nn.Module):
+    """Embedding, a recurrent module, and a head on the last step: ``h_n`` of the top layer
+    (``read="h_n"``) or the output sequence's last step (``read="last_output"``). Time-major
+    when the module is (``batch_first=False``)."""
+
+    def __init__(self, vocab: int, classes: int, rnn: nn.RNNBase, read: str) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, rnn.input_size)
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.proj_size or rnn.hidden_size, classes)
+        self.read = read
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = self.embed(ids if self.rnn.batch_first else ids.t())
+        out, state = self.rnn(x)
+        if self.read == "h_n":
+            h_n = state[0] if isinstance(state, tuple) else state
+            return self.head(h_n[-1])
+        return self.head(out[:, -1] if self.rnn.batch_first else out[-1])
+
+
 class Seq2Seq(nn.Module):
     """``nn.Transformer`` (2 encoder and 2 decoder layers, width 64) with token and position embeddings."""
 
@@ -466,6 +515,45 @@ def _rnn_tanh() -> Training:
     return Training(model, _adam(model.parameters()), _token_labels(100, 16, 5), _cross_entropy, steps=100)
 
 
+def _bilstm_tagger() -> Training:
+    model = RecurrentTagger(vocab=100, tags=12)
+
+    def batch(gen: torch.Generator) -> Batch:
+        return torch.randint(0, 100, (8, 20), generator=gen), torch.randint(0, 12, (8, 20), generator=gen)
+
+    return Training(model, _adam(model.parameters()), batch, _lm_loss, steps=100)
+
+
+def _gru_stacked_lm() -> Training:
+    """3 GRU layers of width 48, dropout 0.2 between them (pytorch/examples' word language model)."""
+    model = RecurrentLM(64, nn.GRU(48, 48, num_layers=3, dropout=0.2, batch_first=True))
+    return Training(model, _adam(model.parameters()), _token_windows(64, 40), _lm_loss, steps=100)
+
+
+def _lstm_proj_classifier() -> Training:
+    """2 LSTM layers of 64 cells projected to 32 (``proj_size``, Sak et al. 2014), head on ``h_n``."""
+    model = LastStateClassifier(100, 5, nn.LSTM(32, 64, num_layers=2, proj_size=32, batch_first=True), "h_n")
+    return Training(model, _adam(model.parameters()), _token_labels(100, 28, 5), _cross_entropy, steps=100)
+
+
+def _rnn_relu_classifier() -> Training:
+    """A ReLU ``nn.RNN`` of width 64 (PyTorch's default init), head on the last output, 12 tokens."""
+    model = LastStateClassifier(100, 5, nn.RNN(32, 64, nonlinearity="relu", batch_first=True), "last_output")
+    return Training(model, _adam(model.parameters()), _token_labels(100, 12, 5), _cross_entropy, steps=100)
+
+
+def _lstm_last_step_classifier() -> Training:
+    """A time-major 1-layer LSTM of width 96 read at its last output step, 48 tokens."""
+    model = LastStateClassifier(100, 5, nn.LSTM(32, 96), "last_output")
+    return Training(model, _adam(model.parameters()), _token_labels(100, 48, 5), _cross_entropy, steps=100)
+
+
+def _real_char_lstm() -> Training:
+    """A 1-layer byte-level LSTM of width 192 on 64-byte windows (Karpathy's char-rnn in small)."""
+    model = RecurrentLM(256, nn.LSTM(64, 192, batch_first=True))
+    return Training(model, _adam(model.parameters()), _real_text(64), _lm_loss, steps=100)
+
+
 def _torch_transformer() -> Training:
     """``nn.Transformer`` seq2seq, learning to reverse random sequences of 12 tokens."""
     model = Seq2Seq(vocab=32, length=12)
@@ -599,6 +687,16 @@ NETS: list[Net] = [
     Net("torch_transformer", "transformer", "torch", _torch_transformer),
     Net("rnn_tanh", "rnn", "torch", _rnn_tanh, note="2-layer tanh nn.RNN sequence classifier, 16 tokens"),
     Net("tiny_gpt", "gpt", "torch", _tiny_gpt, note="nanoGPT-style, 4 layers of width 64, random tokens"),
+    Net("bilstm_tagger", "lstm", "torch", _bilstm_tagger,
+        note="bidirectional LSTM of width 48, a tag per token from both directions, 20 tokens"),
+    Net("gru_stacked_lm", "gru", "torch", _gru_stacked_lm,
+        note="3-layer GRU of width 48, dropout 0.2 between layers, next-token head, 40 tokens"),
+    Net("lstm_proj_classifier", "lstm", "torch", _lstm_proj_classifier,
+        note="2-layer LSTM, 64 cells projected to 32 (proj_size), head on h_n, 28 tokens"),
+    Net("rnn_relu_classifier", "rnn", "torch", _rnn_relu_classifier,
+        note="ReLU nn.RNN of width 64, head on the last output, 12 tokens"),
+    Net("lstm_last_step_classifier", "lstm", "torch", _lstm_last_step_classifier,
+        note="time-major LSTM of width 96, head on the last output step, 48 tokens"),
     # gradsight's zoo
     Net("zoo_resnet56", "resnet", "gradsight", _zoo("resnet56", _sgd_scaled(4, 1e-4), batch=4)),
     Net("zoo_preresnet20", "preresnet", "gradsight", _zoo("preresnet20", _sgd_scaled(8, 1e-4))),
@@ -624,6 +722,8 @@ NETS: list[Net] = [
         note="images resized to 64x64, repeated to 3 channels"),
     Net("real_pystdlib_lstm_lm", "lstm", "torch", _real_lstm_lm, data="pystdlib",
         note="byte-level, 2-layer LSTM of width 128, 32-byte windows"),
+    Net("real_pystdlib_char_lstm", "lstm", "torch", _real_char_lstm, data="pystdlib",
+        note="byte-level, 1-layer LSTM of width 192, 64-byte windows"),
     Net("real_pystdlib_tiny_gpt", "gpt", "torch", _real_tiny_gpt, data="pystdlib",
         note="nanoGPT-style, 4 layers of width 64, 32-byte windows"),
     Net("real_pystdlib_zoo_gpt_preln", "gpt", "gradsight", _real_zoo_gpt, data="pystdlib",

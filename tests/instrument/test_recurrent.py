@@ -16,7 +16,17 @@ from torch import nn
 
 import gradsight as gs
 from gradsight.instrument.layers import param_layers
-from gradsight.instrument.recurrent import gate_stat, stacked_layer, time_stat
+from gradsight.instrument.recurrent import (
+    PROBE_SAMPLES,
+    PROBE_SEED,
+    TIME_GAIN_REVERSE_STAT,
+    TIME_GAIN_STAT,
+    TIME_STEPS_STAT,
+    gate_stat,
+    stacked_layer,
+    time_gains,
+    time_stat,
+)
 
 VOCAB, EMBED, HIDDEN, SEQ, BATCH = 40, 12, 16, 9, 5
 
@@ -230,3 +240,127 @@ def test_param_layers_of_the_graph_follow_the_run():
     layers = param_layers(model)
     assert layers["rnn.weight_hh_l1_reverse"] == "rnn.l1_reverse"
     assert layers["rnn.bias_ih_l0"] == "rnn.l0"
+
+
+# -- the gain of the gradient through time: a float64 unroll of the cells, by hand ----------
+
+def _sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return 1 / (1 + torch.exp(-x))
+
+
+def _lstm_by_hand(x, weights, h0, c0):
+    """One LSTM layer over ``x`` (T, B, F) in float64: gates i, f, g, o in PyTorch's row order."""
+    w_ih, w_hh, b_ih, b_hh = (w.double() for w in weights)
+    h, c, outs = h0, c0, []
+    for x_t in x:
+        i, f, g, o = (x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh).chunk(4, dim=-1)
+        c = _sigmoid(f) * c + _sigmoid(i) * torch.tanh(g)
+        h = _sigmoid(o) * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def _gru_by_hand(x, weights, h0):
+    """One GRU layer over ``x`` (T, B, F) in float64: gates r, z, n in PyTorch's row order."""
+    w_ih, w_hh, b_ih, b_hh = (w.double() for w in weights)
+    h, outs = h0, []
+    for x_t in x:
+        ir, iz, in_ = (x_t @ w_ih.T + b_ih).chunk(3, dim=-1)
+        hr, hz, hn = (h @ w_hh.T + b_hh).chunk(3, dim=-1)
+        r, z = _sigmoid(ir + hr), _sigmoid(iz + hz)
+        h = (1 - z) * torch.tanh(in_ + r * hn) + z * h
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def _gain_by_hand(end: torch.Tensor, u: torch.Tensor, states: list[torch.Tensor], steps: int) -> float:
+    """(‖∂(u·h_end)/∂ initial states‖ / ‖u‖) ** (1 / T)."""
+    grads = torch.autograd.grad((u * end).sum(), states)
+    norm = math.sqrt(sum(float(g.square().sum()) for g in grads))
+    return (norm / float(u.norm())) ** (1 / steps)
+
+
+def _record_one_step(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor, run_dir: Path) -> torch.Tensor:
+    """One watched step (through_time=True); returns the recurrent module's input, as it ran."""
+    inputs = model.encoder(tokens).detach()
+    with gs.watch(model, run_dir, through_time=True) as mon:
+        lm_loss(model, tokens, targets).backward()
+        mon.step()
+    return inputs
+
+
+def test_time_gain_of_a_stacked_lstm_matches_an_unrolled_float64_reference(tmp_path):
+    """time_grad_gain: a fixed N(0, 1) projection (seed PROBE_SEED) of the top layer's last output, its
+    gradient with respect to the initial h and c of both layers, over the projection, to the 1/T."""
+    torch.manual_seed(0)
+    model = LSTMLanguageModel()  # 2 layers, time-major
+    tokens, targets = batch(0)
+    x = _record_one_step(model, tokens, targets, tmp_path / "run")
+    k = min(PROBE_SAMPLES, BATCH)
+    x = x[:, :k].double()
+    states = [torch.zeros(k, HIDDEN, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    layer_input = x
+    for layer in (0, 1):
+        weights = [getattr(model.rnn, f"{w}_l{layer}") for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        layer_input = _lstm_by_hand(layer_input, weights, states[2 * layer], states[2 * layer + 1])
+    u = torch.randn(1, k, HIDDEN, generator=torch.Generator().manual_seed(PROBE_SEED))[0].double()
+    want = _gain_by_hand(layer_input[-1], u, states, SEQ)
+    with gs.open_run(tmp_path / "run") as run:
+        got = run.series(TIME_GAIN_STAT, "module")["rnn"]
+        steps = run.series(TIME_STEPS_STAT, "module")["rnn"]
+        assert TIME_GAIN_REVERSE_STAT not in run.stats("module")
+    assert math.isclose(float(got.iloc[0]), want, rel_tol=1e-5)
+    assert float(steps.iloc[0]) == SEQ
+    assert 0.2 < want < 1  # (a healthy default-initialized LSTM shrinks it at every step)
+
+
+def test_time_gain_of_each_direction_of_a_bidirectional_gru(tmp_path):
+    """Forward: from the last step's output back to h_0; reverse: from the first step's output back
+    to the reverse direction's initial state (the GRU run by hand over the flipped sequence)."""
+    torch.manual_seed(2)
+    model = LSTMLanguageModel(nn.GRU(EMBED, HIDDEN, bidirectional=True, batch_first=True))
+    tokens, targets = batch(1, batch_first=True)
+    x = _record_one_step(model, tokens, targets, tmp_path / "run")
+    k = min(PROBE_SAMPLES, BATCH)
+    x = x[:k].double().transpose(0, 1)  # (T, k, F)
+    u = torch.randn(2, k, HIDDEN, generator=torch.Generator().manual_seed(PROBE_SEED)).double()
+    want = {}
+    for stat, suffix, seq in ((TIME_GAIN_STAT, "", x), (TIME_GAIN_REVERSE_STAT, "_reverse", x.flip(0))):
+        weights = [getattr(model.rnn, f"{w}_l0{suffix}") for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        h0 = torch.zeros(k, HIDDEN, dtype=torch.float64, requires_grad=True)
+        out = _gru_by_hand(seq, weights, h0)
+        want[stat] = _gain_by_hand(out[-1], u[1 if suffix else 0], [h0], SEQ)
+    with gs.open_run(tmp_path / "run") as run:
+        for stat, value in want.items():
+            assert math.isclose(float(run.series(stat, "module")["rnn"].iloc[0]), value, rel_tol=1e-5), stat
+
+
+def test_time_gain_probe_leaves_the_random_stream_and_the_gradients_alone(tmp_path):
+    """With dropout between stacked layers the probe draws dropout masks; the training does not see it."""
+    torch.manual_seed(3)
+    model = LSTMLanguageModel(nn.LSTM(EMBED, HIDDEN, num_layers=2, dropout=0.5))
+    twin = copy.deepcopy(model)
+    tokens, targets = batch(0)
+    torch.manual_seed(7)
+    lm_loss(twin, tokens, targets).backward()
+    after_twin = torch.rand(3)
+    torch.manual_seed(7)
+    with gs.watch(model, tmp_path / "run", through_time=True) as mon:
+        lm_loss(model, tokens, targets).backward()
+        mon.step()
+    assert torch.equal(torch.rand(3), after_twin)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+
+
+def test_time_gain_probe_runs_outside_autocast():
+    """Under bf16 autocast (a forward in mixed precision) the probe still measures in the weights'
+    float32: bf16 would be off by ~1e-2, and fp16 would flush a gradient crossing many steps to 0."""
+    torch.manual_seed(4)
+    rnn = nn.LSTM(EMBED, HIDDEN, num_layers=2)
+    x = torch.randn(SEQ, BATCH, EMBED)
+    plain, steps = time_gains(rnn, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = time_gains(rnn, x)
+    assert steps == SEQ and mixed.dtype == torch.float32
+    assert math.isclose(float(mixed[0]), float(plain[0]), rel_tol=1e-6)

@@ -79,7 +79,9 @@ def checkup(
         train_copy: train a deep copy so the caller's model is not changed.
         watch: more :func:`gradsight.watch` options (``histograms``, ``weights``, ...), or
             others than the check-up's ``activations=True``, ``update_ratio="whole"`` (every
-            layer's update ratio at every step, whatever the model's size).
+            layer's update ratio at every step, whatever the model's size) and
+            ``through_time=True`` (the gradient through time of every ``nn.LSTM``/``nn.GRU``/
+            ``nn.RNN``; nothing in a model without them).
 
     Returns:
         The findings, worst first (:func:`gradsight.diagnose`).
@@ -101,7 +103,8 @@ def checkup(
         # few steps: an update ratio of every layer at each of them (gs.watch's default measures every
         # 10th, a chunk of layers at a time), as the doctor's thresholds were calibrated on
         with monitor.watch(net, path, **watch_arguments(
-                watch, "checkup", defaults={"activations": True, "update_ratio": "whole", "name": "doctor"},
+                watch, "checkup", defaults={"activations": True, "update_ratio": "whole", "through_time": True,
+                                                   "name": "doctor"},
                 optimizer=optimizer, overwrite=overwrite or temp, config={"steps": steps, "lr": lr, "seed": seed})) as mon:
             iterator = range(steps)
             if progress:

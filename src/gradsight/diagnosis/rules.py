@@ -13,6 +13,11 @@ from gradsight.diagnosis.findings import Finding
 from gradsight.diagnosis.structure import alike_log_ratio, alike_pairs, block_chains
 from gradsight.diagnosis.thresholds import Thresholds
 from gradsight.display import display_name
+from gradsight.instrument.recurrent import (
+    TIME_GAIN_REVERSE_STAT,
+    TIME_GAIN_STAT,
+    TIME_STEPS_STAT,
+)
 from gradsight.stats.formats import FORMAT_RANGES
 from gradsight.store.roles import Role, is_recurrent_type
 from gradsight.store.schema import Level
@@ -41,7 +46,8 @@ _SAMPLE_KEYS = [*((Level.LAYER, s) for s in ("grad_dead_rows", "grad_norm", "gra
                                                "grad_nonfinite", "fp16_underflow", "bf16_underflow")),
                 (Level.PARAM, "weight_norm"), (Level.MODULE, "act_rms"), (Level.MODULE, "out_grad_rms"),
                 (Level.MODULE, "out_grad_nonfinite"), (Level.BLOCK, "act_rms"), (Level.BLOCK, "skip_grad_norm"),
-                (Level.BLOCK, "branch_grad_norm")]
+                (Level.BLOCK, "branch_grad_norm"),
+                *((Level.MODULE, s) for s in (TIME_GAIN_STAT, TIME_GAIN_REVERSE_STAT, TIME_STEPS_STAT))]
 _ALL_KEYS = [(Level.PARAM, "grad_missing"), (Level.LAYER, "update_ratio")]
 
 
@@ -429,6 +435,95 @@ def gradient_scale(view: RunView, th: Thresholds) -> list[Finding]:
             "rate or clip gradients.", steps=[int(steps[0]), int(steps[-1])],
             measured={"early_median": early, "late_median": late}))
     return findings
+
+
+@dataclass
+class _TimeGain:
+    """The gradient through time of one recurrent module in one direction (see :func:`time_gains`)."""
+
+    module: str
+    reverse: bool  #: the reverse direction of a bidirectional module
+    gain: float  #: the gain per time step going back, median over the window
+    steps: int  #: the sequence length it spans (median over the window)
+    per_step: pd.Series  #: the gain at each recorded step
+
+    @property
+    def log10_total(self) -> float:
+        """log10 of how many times the gradient grows over the whole sequence (negative: shrinks)."""
+        return self.steps * math.log10(self.gain) if self.gain > 0 else -math.inf
+
+
+def time_gains(view: RunView) -> list[_TimeGain]:
+    """The gain per time step of the gradient through time of every recurrent module
+    (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) and direction, in runs recorded with
+    ``through_time=True`` (the check-up records it): the gradient of a fixed projection of
+    the last step's output, taken back through all ``T`` steps to the initial state, over
+    the projection, to the ``1/T`` (:func:`gradsight.instrument.recurrent.time_gains`).
+    Where the loss reads the outputs does not enter: a language model's loss at every step
+    and a classifier's at the last state get the same measure (the output gradient
+    ``out_grad_norm_t<t>`` holds the loss's direct term at each step, not what crosses
+    time). Median over the window; modules whose gain is missing there are left out."""
+    lengths = _table(view, Level.MODULE, TIME_STEPS_STAT)
+    # a module with fp16 weights runs the probe in fp16, where a gradient crossing many steps
+    # can flush to exactly 0: a zero gain there is unknown, not vanishing
+    zero_unknown = training_format(view) == "fp16"
+    found = []
+    for stat, reverse in ((TIME_GAIN_STAT, False), (TIME_GAIN_REVERSE_STAT, True)):
+        table = _table(view, Level.MODULE, stat)
+        for module in table.columns:
+            series = table[module].astype(float)
+            series = series[np.isfinite(series) & ~(zero_unknown & (series == 0))]
+            window = _window(view, series.to_frame()).iloc[:, 0]
+            steps = _window(view, lengths[[module]]).iloc[:, 0] if module in lengths.columns else pd.Series(dtype=float)
+            if window.empty or steps.dropna().empty:
+                continue
+            found.append(_TimeGain(module, reverse, float(window.median()), int(steps.median()), series))
+    return found
+
+
+def through_time(view: RunView, th: Thresholds) -> list[Finding]:
+    """``vanishing_gradients`` / ``exploding_gradients`` through time in recurrent modules:
+    the gain per step (:func:`time_gains`) below ``time_gain_low``, or a growth over the
+    sequence above ``time_explode``. A recurrent module's weights are shared across time, so
+    its parameter gradients have no depth profile to compare; the gradient through time
+    is its depth (Bengio et al. 1994; Pascanu et al. 2013)."""
+    findings = []
+    for low in sorted((g for g in time_gains(view) if g.gain < th.time_gain_low), key=lambda g: g.gain)[:1]:
+        where, back = _time_words(low)
+        findings.append(Finding(
+            "vanishing_gradients", "warning",
+            f"The gradient through time vanishes in '{display_name(low.module)}'{where}: going back from "
+            f"{back} it shrinks to {_fmt(low.gain)} of itself at every step, {_fmt(10 ** low.log10_total)} over "
+            f"the {low.steps} steps (median {_when(_window(view, low.per_step.to_frame()).index)}; healthy LSTMs, "
+            f"GRUs and RNNs keep at least {_fmt(th.time_gain_low)} per step), so nothing learned depends on more "
+            "than a few steps back. Initialize the recurrent weights orthogonally or at the default scale, use "
+            "an LSTM or GRU instead of a plain tanh RNN, or shorten the sequences (truncated backpropagation).",
+            layers=[low.module], steps=[int(s) for s in _window(view, low.per_step.to_frame()).index][:50],
+            measured={"gain_per_step": low.gain, "time_steps": float(low.steps),
+                      "log10_over_sequence": low.log10_total}))
+    explode = math.log10(th.time_explode)
+    for high in sorted((g for g in time_gains(view) if g.log10_total > explode),
+                       key=lambda g: g.log10_total, reverse=True)[:1]:
+        where, back = _time_words(high)
+        findings.append(Finding(
+            "exploding_gradients", "error" if high.log10_total > math.log10(th.explode_ratio_error) else "warning",
+            f"The gradient through time explodes in '{display_name(high.module)}'{where}: going back from "
+            f"{back} it grows {_fmt(high.gain)} times at every step, {_fmt(10 ** high.log10_total)} times over the "
+            f"{high.steps} steps (median {_when(_window(view, high.per_step.to_frame()).index)}; healthy recurrent "
+            "networks shrink it at every step), as when the recurrent weights' largest singular value is well "
+            "above 1 (Pascanu et al. 2013). Clip the gradient norm (torch.nn.utils.clip_grad_norm_), initialize "
+            "the recurrent weights orthogonally or smaller, or shorten the truncation.",
+            layers=[high.module], steps=[int(s) for s in _window(view, high.per_step.to_frame()).index][:50],
+            measured={"gain_per_step": high.gain, "time_steps": float(high.steps),
+                      "log10_over_sequence": high.log10_total}))
+    return findings
+
+
+def _time_words(g: _TimeGain) -> tuple[str, str]:
+    """("(reverse direction)" or "", where the gradient starts) for a message."""
+    if g.reverse:
+        return " (reverse direction)", "its first output to its initial state at the sequence's end"
+    return "", "its last output to its initial state"
 
 
 def cut_prefix(view: RunView) -> tuple[list[str], str | None]:
@@ -1234,8 +1329,8 @@ def _precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
         layers=layers, steps=[int(x) for x in model.index[:50]], measured=measured)]
 
 
-RULES = (nonfinite, clipped_gradients, gradient_cut, gradient_scale, forward_signal, dead_units, missing_gradients, update_ratios,
-         residual_branches, precision_headroom)
+RULES = (nonfinite, clipped_gradients, gradient_cut, gradient_scale, through_time, forward_signal, dead_units,
+         missing_gradients, update_ratios, residual_branches, precision_headroom)
 
 
 def batch_vs_noise_scale(view: RunView, th: Thresholds) -> list[Finding]:
@@ -1359,7 +1454,10 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     ``weight_growth_max``: the most any layer's weight norm grew (:func:`weight_growth`);
     ``cut_layers``: the layers at the start without any gradient (:func:`cut_prefix`);
     ``initial_logit_rms``: the head's output RMS at the first step (:func:`initial_logits`);
-    ``plain_fade_log10``: :func:`plain_chain_fade`, against ``plain_vanish``."""
+    ``plain_fade_log10``: :func:`plain_chain_fade`, against ``plain_vanish``; ``time_gain_min`` /
+    ``time_growth_log10_max``: the smallest gain per step of a recurrent module's gradient
+    through time and the largest log10 growth over its sequence (:func:`time_gains`), against
+    ``time_gain_low`` / ``time_explode``."""
     th = th or Thresholds()
     nan = math.nan
     out: dict[str, float] = {}
@@ -1399,5 +1497,8 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     out["cut_layers"] = float(len(prefix))
     logits = initial_logits(view, th)
     out["initial_logit_rms"] = logits[1] if logits is not None else nan
+    gains = time_gains(view)
+    out["time_gain_min"] = min((g.gain for g in gains), default=nan)
+    out["time_growth_log10_max"] = max((g.log10_total for g in gains), default=nan)
     out["steps"] = float(len(view.steps))
     return out

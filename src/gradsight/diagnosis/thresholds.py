@@ -49,6 +49,20 @@ class Thresholds:
     #: ReLU MLP or CNN: 86-264).
     grad_size_high: float = 50.0
     grad_size_low: float = 1e-5
+    #: Through time (recurrent modules, :func:`~gradsight.diagnosis.rules.through_time`): the
+    #: gradient's gain per time step going back from the last step to the initial state
+    #: (Bengio et al. 1994, Pascanu et al. 2013: it is the norm of the recurrent Jacobian, and
+    #: the gradient over k steps goes as its k-th power). Below ``time_gain_low`` it vanishes:
+    #: the population's healthy LSTMs, GRUs and tanh/ReLU RNNs keep 0.38..0.76 per step (a
+    #: ReLU ``nn.RNN`` at PyTorch's default init the lowest; a gated cell's forget or update
+    #: gate at sigmoid(0) = 0.5 holds LSTMs and GRUs near 0.5-0.7), so half the lowest; a tanh
+    #: RNN with every weight x0.1: 0.07. Healthy networks shrink it at every step (over their
+    #: 12-64 steps by 1e-4..1e-12), so vanishing is judged per step, not over the sequence.
+    time_gain_low: float = 0.19
+    #: ... and it explodes when it grows more than this many times over the sequence (no
+    #: healthy network's grows at all; every weight x10 in an LSTM, a GRU or a tanh RNN puts
+    #: the gain per step at 1.1-1.6, 45-2e3 times over 16-32 steps).
+    time_explode: float = 10.0
     #: A layer whose gradient RMS is below this is not judged for small updates (Adam's
     #: update of an element whose gradient is under its ``eps`` = 1e-8 is small by design:
     #: a branch behind a LayerScale of 1e-6).

@@ -716,7 +716,11 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
         through_time: record the gradient reaching each time step's hidden state,
             ``‖∂L/∂h_t‖`` of the output sequence of every ``nn.LSTM``/``nn.GRU``/``nn.RNN``
             (level ``module``, ``out_grad_norm_t0``, ``out_grad_norm_t1``, ...;
-            ``gs.plots.through_time``); one tensor hook and one reduction per call.
+            ``gs.plots.through_time``); one tensor hook and one reduction per call. And
+            the gain per step of the gradient through time (``time_grad_gain``,
+            ``time_grad_gain_reverse``, ``time_steps``: :func:`gradsight.instrument.recurrent.time_gains`),
+            from a probe at each recorded step: a forward and a backward pass of the
+            recurrent module on 4 samples (per direction). The check-up records both.
         noise_scale: the gradient noise scale ``B_simple = tr(Σ) / |G|²`` (McCandlish et
             al. 2018) per layer and for the model (``gns_grad_sq``, ``gns_trace``, ``gns``,
             ``gns_batch``), from each micro-batch's gradient against the step's: needs gradient
