@@ -32,6 +32,13 @@ def test_through_time_figure_draws_autograds_norms(lstm_run):
         np.testing.assert_array_equal(line.get_xdata(), np.arange(SEQ))
         np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-5)
     assert ax.get_yscale() == "log" and "rnn" in ax.get_title()
+    # the gain through the recurrence (the probe's, tested against float64 unrolls) written on it
+    with gs.open_run(run_dir) as run:
+        gain = float(run.series("time_grad_gain", level="module").loc[2, "rnn"])
+        steps = float(run.series("time_steps", level="module").loc[2, "rnn"])
+    (text,) = [t.get_text() for t in ax.texts]
+    assert text == f"step 2: through the recurrence: x{gain:.3g} per time step, x{gain ** steps:.2g} over its {steps:.0f} steps"
+    assert 0 < gain < 1
 
 
 def test_through_time_into_given_axes_and_without_data(lstm_run, tmp_path):
@@ -64,6 +71,6 @@ def test_cli_plot_kind_time(lstm_run, tmp_path, capsys):
     run_dir, _ = lstm_run
     out = tmp_path / "time.svg"
     assert main(["plot", str(run_dir), "--kind", "time", "--step", "2", "-o", str(out)]) == 0
-    assert "gradient through time: rnn" in out.read_text()
+    assert "gradient at each time step's output: rnn" in out.read_text() and "through the recurrence" in out.read_text()
     assert main(["plot", str(run_dir), "--kind", "time", "--step", "7", "-o", str(out)]) == 2
     assert "no gradient through time at step 7" in capsys.readouterr().err

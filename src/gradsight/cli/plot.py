@@ -29,8 +29,9 @@ ROLE_KINDS = ("flow", "heatmap", "bands", "update", "compare")
                    "over time; update: update ratio per layer; nonfinite: NaN/Inf steps; compare: several runs "
                    "by relative depth; sweep: first/last layer ratio against depth; hist: log2 |gradient| histograms "
                    "over training with the fp16/bf16/fp8 ranges (--level layer: up to 12 layers, --level model: "
-                   "the model; needs gs.watch(..., histograms=...)); time: the gradient reaching each time step of a "
-                   "recurrent layer's output, |dL/dh_t| against t (needs gs.watch(..., through_time=True)); noise: the "
+                   "the model; needs gs.watch(..., histograms=...)); time: the gradient the rest of the model sends to "
+                   "each time step of a recurrent layer's output, |dL/dh_t| against t, with the gain per step through the "
+                   "recurrence written on it (needs gs.watch(..., through_time=True)); noise: the "
                    "gradient noise scale over training against the batch size (needs gs.watch(..., noise_scale=...)).")
 @click.option("--level", default="layer", show_default=True,
               help="Rows to draw: layer, param, or a module level (module, block).")
