@@ -14,7 +14,9 @@ from tests.report.test_browser import (  # skipped without playwright
     Page,
     sync_api,
 )
-from tests.report.test_serve import Served, _wait, child, many_runs
+from gradsight.report.html import build_report
+from gradsight.store.reader import open_run
+from tests.report.test_serve import Served, _page_data, _wait, child, many_runs
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
 
@@ -169,10 +171,22 @@ def test_a_page_of_many_runs_loads_each_run_near_the_view_and_follows_it(browser
                 break
             page.wait_for_timeout(100)
         assert int(run.get_attribute("data-last-step")) > max(loaded, 0)
+        compared = page.locator("#compare-chart svg path.series")
+        assert 0 < compared.count() < sections.count()  # the comparison: the runs loaded so far
         for i in range(sections.count()):  # every run, when it comes into view
             page.locator(f"#run-{i}").scroll_into_view_if_needed()
             page.locator(f"#run-{i}[data-loaded=true] [data-chart=model] svg").wait_for(state="attached",
                                                                                      timeout=30_000)
+        # every run compared once loaded, coloured among all the page's runs (a colour per run without a
+        # family, as the report's), and their statistics offered
+        names = sorted(compared.nth(i).get_attribute("data-name").split(" (")[0] for i in range(compared.count()))
+        assert names == sorted(page.locator("section.run h2").all_text_contents())
+        colours = {compared.nth(i).get_attribute("data-name").split(" (")[0]: compared.nth(i).get_attribute("stroke")
+                   for i in range(compared.count())}
+        report = _page_data(build_report([open_run(root / key) for key in keys]))  # the static report's colours
+        assert colours == {r["name"]: r["color"] for r in report["runs"]}
+        offered = page.locator("#compare-stat option").all_inner_texts()
+        assert "grad_norm" in offered and "grad_rms" in offered and len(offered) == len(set(offered))
         hostile = page.locator(f"#run-{keys.index('hostile')}")
         assert hostile.locator("h2").text_content() == "hostile"
         assert hostile.locator("script").count() == 0 and page.locator("img[src=x]").count() == 0

@@ -84,16 +84,24 @@ def _png(fig: Any, dpi: float = 110) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _run_colors(payloads: list[RunPayload]) -> None:
-    """One colour per family (deeper runs darker); a run without a recorded family has its own."""
-    looks = [(p.family, p.depth) if p.family is not None else (f"({p.name})", 0) for p in payloads]
+def run_looks(runs: Sequence[tuple[str | None, int | None, str]]) -> list[tuple[str, str | None]]:
+    """The colour and dash of each run of ``(family, depth, name)``: one colour per family
+    (deeper runs darker); a run without a recorded family has its own."""
+    looks = [(family, depth) if family is not None else (f"({name})", 0) for family, depth, name in runs]
     fams = list(dict.fromkeys(fam for fam, _ in looks))
-    for p, (family, depth) in zip(payloads, looks):
+    out = []
+    for family, depth in looks:
         depths = sorted({d for f, d in looks if f == family})
         t = depths.index(depth) / (len(depths) - 1) if len(depths) > 1 else 1.0
         fi = fams.index(family)
-        p.data["color"] = shade(PALETTE[fi % len(PALETTE)], t)
-        p.data["dash"] = "6 3" if fi % 2 else None
+        out.append((shade(PALETTE[fi % len(PALETTE)], t), "6 3" if fi % 2 else None))
+    return out
+
+
+def _run_colors(payloads: list[RunPayload]) -> None:
+    """:func:`run_looks` of the payloads, into their data."""
+    for p, (color, dash) in zip(payloads, run_looks([(p.family, p.depth, p.name) for p in payloads])):
+        p.data["color"], p.data["dash"] = color, dash
 
 
 # -- graph ------------------------------------------------------------------------------
@@ -459,10 +467,18 @@ def live_shell(names: Sequence[str], keys: Sequence[str], *, live: Mapping[str, 
                title: str | None = None, max_steps: int | None = DEFAULT_MAX_STEPS) -> str:
     """The live page of many runs, made without reading them: each run's section is a heading
     and a status line, which the page fills from ``/api/section`` (:func:`live_section`, the
-    report's own section and payload) when it comes near the view. ``names`` are the runs'
-    names on the page (:func:`~gradsight.store.query.run_labels`), ``keys`` the server's keys."""
-    sections = [('<section id="comparison"><h2>Comparison</h2><p class="note">This page shows its runs one by one '
-                 "as they come into view; <code>gradsight report</code> compares them all.</p></section>")]
+    report's own section and payload) when it comes near the view; the comparison chart
+    draws the runs loaded so far. ``names`` are the runs' names on the page
+    (:func:`~gradsight.store.query.run_labels`), ``keys`` the server's keys."""
+    key = f"layer:{stat}"
+    sections = ['<section id="comparison"><h2>Comparison</h2>'
+                '<p class="note">The runs loaded so far (each is read when it comes near the view; '
+                "<code>gradsight report</code> reads them all, with the table of first/last ratios). Depth is "
+                "normalized (first shown layer 0, last 1) so networks of different depth line up; one colour per "
+                "family, darker for deeper networks.</p>"
+                f'<div class="controls"><label>statistic: <select id="compare-stat"><option value="{esc(key)}" '
+                f'selected>{esc(stat)}</option></select></label> {_role_select("role", Role.ALL, "compare-role")}</div>'
+                '<div class="chart" id="compare-chart"></div></section>']
     toc = [("comparison", "Comparison")]
     for i, (name, key) in enumerate(zip(names, keys)):
         sections.append(f'<section class="run" id="run-{i}" data-pending="true"><h2>{esc(name)}</h2>'
@@ -477,14 +493,18 @@ def live_shell(names: Sequence[str], keys: Sequence[str], *, live: Mapping[str, 
 
 def live_section(run: RunView | Run, index: int, name: str, key: str, *, stat: str = DEFAULT_STAT,
                  graphs: Mapping[Any, Graph] | Graph | None = None, cell_budget: int = CELL_BUDGET,
-                 max_steps: int | None = DEFAULT_MAX_STEPS, base: Path | None = None) -> dict[str, Any]:
+                 max_steps: int | None = DEFAULT_MAX_STEPS, base: Path | None = None,
+                 look: tuple[str, str | None] | None = None) -> dict[str, Any]:
     """One run of :func:`live_shell`'s page: ``{"html": its section, "data": its payload}``, made
     as :func:`build_report` makes them (the same :func:`~gradsight.report.payload.run_payload`
-    and section, the names escaped alike)."""
+    and section, the names escaped alike); ``look``: its colour and dash among the page's runs
+    (:func:`run_looks`)."""
     p = run_payload(view_of(run), index, stat=stat, cell_budget=cell_budget, max_steps=max_steps, every_name=True,
                     base=base)
     p.name = p.data["name"] = name
     _run_colors([p])
+    if look is not None:
+        p.data["color"], p.data["dash"] = look
     graph = _load_graph(p.run, graphs)
     graph_html = _graph_html(p.run, graph, stat) if graph is not None else None
     p.data["live"] = _live_run(p, key)

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from gradsight.report.html import LAZY_RUNS, build_report, live_section, live_shell
+from gradsight.report.html import LAZY_RUNS, build_report, live_section, live_shell, run_looks
 from gradsight.report.live import FIGURES_S, Doctor, ServedRuns, names_key, poll_answer
-from gradsight.store.query import run_labels
+from gradsight.store.query import family_and_depth, run_labels
 from gradsight.store.view import RunView
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class LiveServer(ThreadingHTTPServer):
         self.stopping = threading.Event()  #: set when the server stops: waiting polls answer at once
         self._sections: dict[str, tuple[tuple, bytes]] = {}  # run key -> (its version, /api/section's body)
         self._names: dict[str, str] = {}  # run key -> its name on the lazy page
+        self._looks: dict[str, tuple[str, str | None]] = {}  # run key -> its colour and dash there
         super().__init__((host, port), Handler)
         kwargs = {"figures_every": figures_s} | ({} if doctor_interval is None else {"interval": doctor_interval})
         self.doctor = Doctor(self.served, **kwargs).start()
@@ -107,8 +108,11 @@ class LiveServer(ThreadingHTTPServer):
                       "interval_ms": self.poll_interval_ms, "figures_s": self.figures_s, "source": self.source}
             title = f"gradsight serve: {self.source}"
             if len(lives) > LAZY_RUNS:  # the runs listed at once, each read when the page asks for it
-                names = run_labels([live.open() for live in lives])  # open already: no read
+                runs = [live.open() for live in lives]  # open already: no read
+                names = run_labels(runs)
                 self._names = dict(zip(shown, names))
+                found = [family_and_depth(run) if run is not None else None for run in runs]  # the config: one row
+                self._looks = dict(zip(shown, run_looks([(*(f or (None, None)), n) for f, n in zip(found, names)])))
                 return live_shell(names, shown, live=config, title=title)
             for live in lives:  # in one order: a poll holds one of these at a time
                 live.lock.acquire()
@@ -130,11 +134,11 @@ class LiveServer(ThreadingHTTPServer):
             run = live.open()
             if run is None:
                 return None
-            version = (run.data_version(), run.layout_version(), run.last_step(), index, name)
+            version = (run.data_version(), run.layout_version(), run.last_step(), index, name, self._looks.get(key))
             kept = self._sections.get(key)
             if kept is not None and kept[0] == version:
                 return kept[1]
-            part = live_section(RunView(run), index, name, key, base=Path.cwd())
+            part = live_section(RunView(run), index, name, key, base=Path.cwd(), look=self._looks.get(key))
         body = json.dumps(part, separators=(",", ":"), allow_nan=False).encode("utf-8")
         self._sections[key] = (version, body)
         return body

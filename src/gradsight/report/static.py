@@ -622,6 +622,7 @@ JS = r"""
       DATA.runs[i] = ans.data;
       redraws.push(runRedraws[i] = drawRun(section, ans.data));
       section.setAttribute("data-loaded", "true");
+      compareRun(ans.data);
       if (pollAbort) pollAbort.abort();  // the poll asks for it from now on
     }).catch(function (err) {
       var el = section.querySelector("[data-live=status]");
@@ -653,10 +654,23 @@ JS = r"""
     if (section && run.pending) fetchWhenNear(section, i);
     else if (section) redraws.push(runRedraws[i] = drawRun(section, run));
   });
-  var cmp = document.getElementById("compare-chart");
+  var cmp = document.getElementById("compare-chart"), cdraw = null;
+  // a run loaded into a page of many: its statistics join the comparison's choices, and it is drawn there
+  function compareRun(run) {
+    var csel = document.getElementById("compare-stat");
+    if (csel) Object.keys(run.matrices || {}).forEach(function (key) {
+      var m = run.matrices[key];
+      if (!m.level || key !== m.level + ":" + m.stat) return;  // a table of its own steps: the same statistic
+      if (Array.prototype.some.call(csel.options, function (o) { return o.value === key; })) return;
+      var o = document.createElement("option");
+      o.value = key; o.textContent = m.level === "layer" ? m.stat : m.stat + " (" + m.level + ")";
+      csel.appendChild(o);
+    });
+    if (cdraw) cdraw();
+  }
   if (cmp) {
     var csel = document.getElementById("compare-stat"), crole = document.getElementById("compare-role");
-    var cdraw = function () { drawCompare(cmp, csel ? csel.value : DATA.compare_key, crole ? crole.value : "default"); };
+    cdraw = function () { drawCompare(cmp, csel ? csel.value : DATA.compare_key, crole ? crole.value : "default"); };
     if (csel) csel.addEventListener("change", cdraw);
     if (crole) crole.addEventListener("change", cdraw);
     cdraw();
