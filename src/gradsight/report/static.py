@@ -869,7 +869,7 @@ JS = r"""
           if (u.findings) { run.live.f = u.findings_version; showFindings(section, u.findings); }
         });
         if (remade) return;
-        if (redrawn && cmp) redraws[redraws.length - 1]();
+        if (redrawn && cdraw) cdraw();
         setTimeout(tick, cfg.interval_ms);
       }).catch(function (err) {
         if (err && err.name === "AbortError") { tick(); return; }  // a run was loaded: asked again with it
