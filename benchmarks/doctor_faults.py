@@ -589,6 +589,31 @@ HELD_OUT_PAIRS: list[tuple[str, str]] = [(fault, net) for fault, nets in (
     ("saturating_activation", ("mlp_relu", "cnn_plain", "zoo_mlp", "timm_deit_tiny_patch16", "hf_bert_tiny")),
 ) for net in nets]
 
+#: Expectations revised after the runs, where an exact measurement and the theory both
+#: contradict the expectation decided before any run (which stays the headline number;
+#: ``--revised`` and the calibration's tables give both). Weights x10 in tanh and gated
+#: recurrent networks were expected to saturate the units and make the gradient vanish; the
+#: gradient grows instead: toward the input in the tanh MLP (3.3x over its 2 hidden layers)
+#: and through time in the recurrent networks (1.13-1.62 per step, 45-2,300x over the
+#: sequence, measured by the through-time probe against float64 unrolls), the chaotic phase
+#: of Poole et al. 2016 and Schoenholz et al. 2017 (chi_1 = sigma_w^2 E[phi'(h)^2] > 1) and
+#: Pascanu et al. 2013's condition for exploding gradients (the recurrent weights' largest
+#: singular value far above 1 / max|phi'|).
+_CHAOTIC = ("weights x10 put the network in the chaotic phase: the gradient grows (toward the input, through "
+            "time), it does not vanish (Poole et al. 2016; Schoenholz et al. 2017; Pascanu et al. 2013)")
+REVISED: dict[tuple[str, str], tuple[frozenset[str], str]] = {
+    (fault, net): (_codes("exploding_gradients"), _CHAOTIC)
+    for fault in ("init_scale_up", "init_scale_up_grads_only")
+    for net in ("mlp_tanh", "lstm_lm", "gru_classifier", "rnn_tanh")
+}
+
+
+def revised_expected(fault: str, net: str) -> frozenset[str]:
+    """The expected codes of a pair, with :data:`REVISED`'s revisions."""
+    revised = REVISED.get((fault, net))
+    return revised[0] if revised else FAULT_BY_NAME[fault].expected_of(net)
+
+
 #: Cheap pairs (tiny networks) for a CI test: under 90 s together at 20 steps with diagnosis (about
 #: 5 s of recording and 14 s of diagnosis on one shared CPU thread; all 8 caught by today's rules).
 CI_SUBSET: list[tuple[str, str]] = [
@@ -699,6 +724,11 @@ class PairResult:
     def caught(self) -> bool:
         return self.flagged is not None and bool(self.expected & self.flagged)
 
+    @property
+    def caught_revised(self) -> bool:
+        """Caught with the expectation as :data:`REVISED` revised it after the runs."""
+        return self.flagged is not None and bool(revised_expected(self.fault, self.net) & self.flagged)
+
 
 def _judge_pair(fault: str, net: str, runs: Path, entry: dict | None, families: dict[str, str]) -> PairResult:
     result = PairResult(fault, net, (entry or {}).get("family") or families.get(net, "?"),
@@ -750,7 +780,11 @@ def tables(results: list[PairResult]) -> str:
     unrecorded = sum(r.error == "not recorded" for r in results)
     lines += ["", f"**Total: {sum(r.caught for r in ran)}/{len(ran)} caught** "
                   f"({len({r.fault for r in ran})} fault kinds, {len({r.net for r in ran})} networks); "
-                  f"{sum(map(_crashed, results))} crashed" + (f", {unrecorded} not recorded" if unrecorded else ""),
+                  f"{sum(map(_crashed, results))} crashed" + (f", {unrecorded} not recorded" if unrecorded else "")
+              + (f"; with the expectations revised after the runs (`REVISED`: "
+                 f"{', '.join(pair_name(r.fault, r.net) for r in ran if (r.fault, r.net) in REVISED)}), "
+                 f"{sum(r.caught_revised for r in ran)}/{len(ran)}"
+                 if any((r.fault, r.net) in REVISED for r in ran) else ""),
               "", "| family | caught | missed (fault: network) |", "| --- | --- | --- |"]
     for family in sorted({r.family for r in ran}):
         rs = [r for r in ran if r.family == family]
@@ -777,7 +811,8 @@ def _judge_main(args) -> int:
     if args.json:
         args.json.write_text(json.dumps([dict(dataclasses.asdict(r), expected=sorted(r.expected),
                                               flagged=None if r.flagged is None else sorted(r.flagged),
-                                              caught=r.caught) for r in results], indent=1))
+                                              caught=r.caught, caught_revised=r.caught_revised)
+                                         for r in results], indent=1))
     return 0
 
 
