@@ -11,9 +11,7 @@ only through ``textContent``.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import logging
 import re
@@ -43,9 +41,9 @@ from gradsight.display import (
 )
 from gradsight.plots.compare import depth_sweep
 from gradsight.plots.distribution import UPDATE_RATIO_REFERENCE
-from gradsight.report.histograms import histograms_html
+from gradsight.report.figures import figures_html
+from gradsight.report.figures import png_data_url as _png
 from gradsight.report.live import FIGURES_S
-from gradsight.report.noise_scale import noise_scale_html
 from gradsight.plots.flow import OVERLAID_STEPS
 from gradsight.report.payload import (CELL_BUDGET, MAX_EVENTS, MAX_LINE_POINTS, DiagnosisJob, RunPayload, layout_key,
                                       results_table, run_payload)
@@ -76,12 +74,6 @@ def _json_for_script(payload: Any) -> str:
     text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") \
         .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
-def _png(fig: Any, dpi: float = 110) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def run_looks(runs: Sequence[tuple[str | None, int | None, str]]) -> list[tuple[str, str | None]]:
@@ -436,14 +428,6 @@ def _page_data(stat: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "root_name": ROOT_DISPLAY_NAME,
         "runs": runs,
     }
-
-
-def figures_html(run: RunView | Run) -> str:
-    """A run's figures drawn by the server (its gradient distributions and noise scale; ``""``
-    when it has neither): a part of its section, which a live page asks for again
-    (``/api/figures``, drawn by :class:`~gradsight.report.live.Doctor`) as the run records."""
-    run = view_of(run)
-    return "\n".join(x for x in (histograms_html(run, _png), noise_scale_html(run, _png)) if x)
 
 
 def _live_config(live: Mapping[str, Any], max_steps: int | None) -> dict[str, Any]:

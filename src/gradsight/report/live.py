@@ -372,7 +372,7 @@ class Doctor:
             return
         if status == "running" and time.monotonic() < self._figures_due.get(live.key, 0.0):
             return
-        from gradsight.report.html import figures_html  # the report's page code imports this module
+        from gradsight.report.figures import figures_html  # matplotlib: only when a page asks
 
         started = time.monotonic()
         try:

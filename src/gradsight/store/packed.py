@@ -29,7 +29,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -281,8 +281,11 @@ class PackedWriter:
     """Writes values in the packed layout through the writer thread's connection
     (the tables exist: :data:`PACKED_SCHEMA` is part of the store's schema)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, apart: Collection[str] = ()) -> None:
+        """``apart``: levels whose series are a group of their own (the writer's: the
+        model's and the metrics', read over every step)."""
         self._conn = conn
+        self._apart = frozenset(apart)
         self._series: dict[int, tuple[str | None, str | None]] = {}  # id -> (level, stat)
         self._plans: dict[bytes, list[tuple[tuple, np.ndarray, list[int]]]] = {}  # ids of a write -> groups
         self._groups: dict[tuple[bytes, bytes], int] = {}  # (series, segments) -> group id
@@ -319,16 +322,15 @@ class PackedWriter:
         by_key: dict[tuple, list[int]] = {}
         for k, key in enumerate(keys):
             by_key.setdefault(key, []).append(k)
-        from gradsight.store.schema import Level  # schema imports this module
-
-        totals = sorted(k for key, v in by_key.items() if key[0] in Level.TOTALS for k in v)
-        parts = [np.array(v) for key, v in by_key.items() if len(v) >= SEGMENT_MIN and key[0] not in Level.TOTALS]
-        rest = sorted(k for key, v in by_key.items() if len(v) < SEGMENT_MIN and key[0] not in Level.TOTALS for k in v)
+        apart = self._apart
+        totals = sorted(k for key, v in by_key.items() if key[0] in apart for k in v)
+        parts = [np.array(v) for key, v in by_key.items() if len(v) >= SEGMENT_MIN and key[0] not in apart]
+        rest = sorted(k for key, v in by_key.items() if len(v) < SEGMENT_MIN and key[0] not in apart for k in v)
         if rest:
             parts.append(np.array(rest))
         groups: list[list[np.ndarray]] = []
-        # the model's and the metrics' series in groups of their own: read over every step
-        # (a run's totals), they must not bring a slice of the layers' values along
+        # the model's and the metrics' series (``apart``) in groups of their own: read over every
+        # step (a run's totals), they must not bring a slice of the layers' values along
         for chosen in (parts, [np.array(totals)] if totals else []):
             groups.append([])
             for part in (p[i : i + GROUP_MAX] for p in chosen for i in range(0, len(p), GROUP_MAX)):

@@ -30,7 +30,7 @@ from gradsight._version import __version__
 from gradsight.store.access import RunLock
 from gradsight.store import histograms as _histograms
 from gradsight.store.packed import PAGE_SIZE, PackedWriter
-from gradsight.store.schema import DB_NAME, SCHEMA, SCHEMA_VERSION
+from gradsight.store.schema import DB_NAME, SCHEMA, SCHEMA_VERSION, Level
 
 log = logging.getLogger(__name__)
 
@@ -693,7 +693,7 @@ class StoreWriter:
         if kind == "scalars":
             _, step, ids, values, time_s = item
             if self._packed is None:
-                self._packed = PackedWriter(conn)
+                self._packed = PackedWriter(conn, apart=Level.TOTALS)
             self._packed.write(step, ids, values)
             if time_s is not None:
                 conn.execute("INSERT OR REPLACE INTO steps(step, time) VALUES (?,?)", (step, time_s))
