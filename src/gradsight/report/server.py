@@ -145,7 +145,7 @@ class LiveServer(ThreadingHTTPServer):
 
     def figures(self, key: str) -> bytes | None:
         """``/api/figures``' JSON of the run of ``key`` (None: not served): ``{"step", "html"}``
-        of the figures the doctor's thread drew last (:func:`~gradsight.report.html.figures_html`),
+        of the figures the doctor's thread drew last (:func:`~gradsight.report.figures.figures_html`),
         ``{"step": null}`` before it has; asking is what has them drawn."""
         live = self.served.get(key)
         if live is None:
