@@ -226,3 +226,29 @@ def test_a_recording_runs_figures_follow_it(browser, tmp_path, monkeypatch):
     finally:
         proc.kill()
         served.close()
+
+
+def test_a_page_of_many_runs_gets_each_runs_figures_apart(browser, report_runs, tmp_path, monkeypatch):
+    """A section comes without its figures (seconds of matplotlib): the page asks for them after."""
+    monkeypatch.setattr(live_module.Doctor, "_lower_priority", staticmethod(lambda: None))  # see above
+    root = many_runs(tmp_path, report_runs)
+    assert child(root / "hist", steps=12, pause=0.0, histograms=4).wait(timeout=120) == 0
+    served = Served(root, doctor_interval=0.2)
+    try:
+        keys = served.server.served.shown
+        part = served.json("/api/section?run=hist") if served.get("/")[0] == 200 else None
+        assert '<div data-live="figures" data-pending="true"></div>' in part["html"] and "<img" not in part["html"]
+        opened = open_page(browser, f"http://127.0.0.1:{served.port}/")
+        page = opened.page
+        page.locator(f"#run-{keys.index('hist')}").scroll_into_view_if_needed()
+        box = page.locator(f"#run-{keys.index('hist')} [data-live=figures]")
+        box.locator("img").wait_for(state="attached", timeout=60_000)
+        assert box.get_attribute("data-pending") is None and int(box.get_attribute("data-step")) == 11
+        assert "Gradient distributions" in box.text_content()
+        small = page.locator(f"#run-{keys.index('small0')}")  # a run without figures: an empty box, asked once
+        small.scroll_into_view_if_needed()
+        small.locator("[data-live=figures][data-step]").wait_for(state="attached", timeout=60_000)
+        assert small.locator("[data-live=figures]").inner_html() == ""
+        assert opened.console_errors == [] and opened.dialogs == []
+    finally:
+        served.close()

@@ -210,7 +210,7 @@ def _nonfinite_html(p: RunPayload) -> str:
 
 
 def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str, str]] | None,
-                 live: bool = False) -> str:
+                 live: bool = False, figures_later: bool = False) -> str:
     name = esc(p.name)
     options = "".join(
         f'<option value="{esc(k)}"{" selected" if k == p.default_key else ""}>{esc(label)}</option>'
@@ -236,7 +236,9 @@ def _run_section(p: RunPayload, graph_html: str | None, findings: list[tuple[str
     parts.append('<div class="chart" data-chart="update"></div>')
     parts.append('<div class="chart" data-chart="model"></div>')
     parts.append('<div class="chart" data-chart="metrics"></div>')
-    if live:  # drawn again by the server as the run records (the page asks at most every FIGURES_S)
+    if figures_later:  # the page asks the server for them once the section is in (/api/figures)
+        parts.append('<div data-live="figures" data-pending="true"></div>')
+    elif live:  # drawn again by the server as the run records (the page asks at most every FIGURES_S)
         parts.append(f'<div data-live="figures">{figures_html(p.run)}</div>')
     else:
         parts.append(figures_html(p.run))
@@ -492,7 +494,9 @@ def live_section(run: RunView | Run, index: int, name: str, key: str, *, stat: s
     graph = _load_graph(p.run, graphs)
     graph_html = _graph_html(p.run, graph, stat) if graph is not None else None
     p.data["live"] = _live_run(p, key)
-    return {"html": _run_section(p, graph_html, None, live=True), "data": p.data}
+    # its figures (seconds of matplotlib each) come apart, drawn by the doctor's thread: the
+    # section, which the page waits for, stays quick to make
+    return {"html": _run_section(p, graph_html, None, live=True, figures_later=True), "data": p.data}
 
 
 def _page(title: str, runs: int, generated: str, toc: list[tuple[str, str]], sections: list[str],

@@ -623,6 +623,7 @@ JS = r"""
       redraws.push(runRedraws[i] = drawRun(section, ans.data));
       section.setAttribute("data-loaded", "true");
       compareRun(ans.data);
+      loadFigures(section, ans.data.live, 0);
       if (pollAbort) pollAbort.abort();  // the poll asks for it from now on
     }).catch(function (err) {
       var el = section.querySelector("[data-live=status]");
@@ -814,9 +815,31 @@ JS = r"""
   // The figures the server draws (gradient distributions, noise scale, in its low-priority
   // thread, when asked): asked for every figures_s seconds while the run records, and put in
   // when they show a later step than the page's.
+  function putFigures(box, lv, ans) {
+    lv.figStep = ans.step; lv.figAt = Date.now();
+    var t = document.createElement("template");
+    t.innerHTML = ans.html;  // the server's figures, every name in them escaped as in the report
+    box.replaceChildren.apply(box, Array.from(t.content.childNodes));
+    box.removeAttribute("data-pending");
+    box.setAttribute("data-step", String(ans.step));
+  }
+  // a section sent without its figures (a page of many runs): asked for until the server has drawn them
+  function loadFigures(section, lv, tries) {
+    var box = section.querySelector("[data-live=figures][data-pending=true]");
+    if (!box || tries > 300) return;
+    lv.figBusy = true;
+    fetch("api/figures?run=" + encodeURIComponent(lv.key), { cache: "no-store" }).then(function (r) {
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      return r.json();
+    }).then(function (ans) {
+      if (ans.step === null) { setTimeout(function () { loadFigures(section, lv, tries + 1); }, 2000); return; }
+      lv.figBusy = false;
+      putFigures(box, lv, ans);
+    }).catch(function () { setTimeout(function () { loadFigures(section, lv, tries + 1); }, 5000); });
+  }
   function refreshFigures(section, run, cfg) {
     var box = section.querySelector("[data-live=figures]"), lv = run.live, now = Date.now();
-    if (!box || lv.figBusy || lv.last === null) return;
+    if (!box || lv.figBusy || lv.last === null || box.hasAttribute("data-pending")) return;
     if (lv.figStep === undefined) { lv.figStep = lv.last; lv.figAt = 0; }  // drawn with the section
     if (lv.last === lv.figStep || now - lv.figAt < 1000 * (cfg.figures_s || 15)) return;
     lv.figBusy = true; lv.figAt = now;
@@ -825,12 +848,7 @@ JS = r"""
       return r.json();
     }).then(function (ans) {
       lv.figBusy = false;
-      if (ans.step === null || ans.step <= lv.figStep) return;
-      lv.figStep = ans.step;
-      var t = document.createElement("template");
-      t.innerHTML = ans.html;  // the server's figures, every name in them escaped as in the report
-      box.replaceChildren.apply(box, Array.from(t.content.childNodes));
-      box.setAttribute("data-step", String(ans.step));
+      if (ans.step !== null && ans.step > lv.figStep) putFigures(box, lv, ans);
     }).catch(function () { lv.figBusy = false; });
   }
   function live(cfg) {
