@@ -245,7 +245,10 @@ def recall(faults: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     per_kind = []
     for fault, part in faults.groupby("fault"):
         missed = part[~part["caught"]]
-        per_kind.append({"fault": fault, "expected": part["expected"].iloc[0], "pairs": len(part),
+        expected = part["expected"].fillna("")
+        common = expected.mode().iloc[0]
+        others = "; ".join(f"{n}: {e}" for n, e in zip(part["net"], expected) if e != common)
+        per_kind.append({"fault": fault, "expected": common + (f" ({others})" if others else ""), "pairs": len(part),
                          "caught": int(part["caught"].sum()),
                          "missed (flagged instead)": "; ".join(
                              f"{n}: {fl or 'nothing'}" for n, fl in zip(missed["net"], missed["flagged"].fillna("")))})
