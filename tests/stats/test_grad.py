@@ -288,6 +288,21 @@ def test_large_cpu_tensors_take_the_fused_kernel_and_match_the_reference(fused):
     assert not math.isfinite(float(got[1, SUMSQ])) and count_nonfinite(grads[1]) == 2.0
 
 
+def test_fused_kernel_counts_the_zeros_of_short_rows_in_float32_and_long_rows_in_int64(monkeypatch):
+    """Rows from FLOAT_COUNT_MAX_ROW elements on take a kernel of their own (int64 counts); the zero
+    counts of both kinds equal a float64 count, and so do the other sums."""
+    monkeypatch.setattr(grad_stats, "FLOAT_COUNT_MAX_ROW", 64)
+    shapes = [(40, 8), (3, 100), (70,)]
+    grads, weights = _tensors(11, shapes, zero_frac=0.4), _tensors(12, shapes, zero_frac=0.0)
+    got = raw_sums(grads, weights, backend="fused")
+    assert grad_stats._FUSED.available, "the fused kernel failed to compile: the eager fallback was measured"
+    kinds = {(kind[0], kind[-1]) for kind in grad_stats._FUSED._fns}
+    assert {(2, False), (2, True), (1, True)} <= kinds
+    want = np.stack([reference_raw(g, w) for g, w in zip(grads, weights)])
+    assert_raw_close(got, want, rtol=1e-5)
+    np.testing.assert_array_equal(got[:, ZEROS].numpy(), [float((g == 0).sum()) for g in grads])
+
+
 def test_fused_backend_equals_eager_on_small_tensors():
     grads, weights = _tensors(5, [(9, 4), (17,)]), _tensors(6, [(9, 4), (17,)], zero_frac=0.0)
     fused = raw_sums(grads, weights, backend="fused")
