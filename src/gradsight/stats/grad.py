@@ -256,15 +256,15 @@ def _part_length(row: int) -> int:
 
 
 def _as_parts(g: Tensor) -> Tensor:
-    """A dense gradient as ``[rows, parts, part]`` (a view; one row without rows, parts of
-    :func:`_part_length`), the form :func:`_fused_kernel` reduces; a tensor whose elements
-    are not contiguous is passed as it is (the kernel reads it in place)."""
+    """A dense gradient whose rows are split (:func:`_part_length`) as ``[rows, parts, part]``
+    (a view; one row without rows), the form :func:`_fused_kernel` reads in parts; any other
+    as it is (read as ``[rows, 1, elements of a row]``, in place if not contiguous)."""
     if not g.is_contiguous():
         return g
     rows = g.shape[0] if g.dim() >= 2 else 1
     row = g.numel() // rows
     part = _part_length(row)
-    return g.view(rows, row // part, part)
+    return g if part == row else g.view(rows, row // part, part)
 
 
 def _fused_kernel(g: Tensor, w: Tensor | None, count_dtype: torch.dtype) -> Tensor:
@@ -479,7 +479,8 @@ class _FusedKernel:
                     tag = "_".join(str(k).replace("torch.", "") for k in kind)
                     fn = self._fns[kind] = torch.compile(_kernel_copy(tag), dynamic=True, fullgraph=True)
                 _import_cpp_extension_quietly()  # before the first call compiles
-            out = fn(parts, w, torch.int64 if long_rows else torch.float32)
+            with torch.no_grad():  # as in every process (a warm-up's compiles match): grad mode is guarded on
+                out = fn(parts, w, torch.int64 if long_rows else torch.float32)
             self._compiled = True
             self._ready.add(_signature(g, w))
             return out
