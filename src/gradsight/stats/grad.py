@@ -186,7 +186,7 @@ def _sumsq_ungrouped(tensors: Sequence[Tensor], device: torch.device, ord: float
     the same way)."""
     if device.type != "cpu":
         return torch.stack(norms_fp32(tensors, ord)).pow(ord)
-    squares: list[Tensor] = []
+    norms: list[Tensor] = []  # float32: the rows' norms of each large tensor, then the rest's
     owners: list[int] = []
     counts: list[int] = []
     rest: list[Tensor] = []
@@ -197,22 +197,38 @@ def _sumsq_ungrouped(tensors: Sequence[Tensor], device: torch.device, ord: float
         full = n - n % SUMSQ_ROW if n >= SUMSQ_SPLIT else 0
         if full:
             rows = flat[:full].view(-1, SUMSQ_ROW)
-            norms = torch.linalg.vector_norm(rows, ord, dim=1, dtype=None if t.dtype == torch.float64 else torch.float32)
-            squares.append(norms.double().pow(ord))
+            norms.append(torch.linalg.vector_norm(rows, ord, dim=1,
+                                                  dtype=None if t.dtype == torch.float64 else torch.float32))
             owners.append(i)
             counts.append(full // SUMSQ_ROW)
         if full < n:
             rest.append(flat[full:])
             rest_owners.append(i)
     if rest:
-        squares.append(torch.stack(norms_fp32(rest, ord)).double().pow(ord))
+        norms.append(torch.stack(norms_fp32(rest, ord)))
         owners.extend(rest_owners)
         counts.extend([1] * len(rest))
-    if not squares:  # only empty tensors
+    if not norms:  # only empty tensors
         return torch.zeros(len(tensors))
-    index = torch.repeat_interleave(torch.tensor(owners), torch.tensor(counts))
-    total = torch.zeros(len(tensors), dtype=torch.float64).index_add_(0, index, torch.cat(squares))
+    squares = torch.cat([v.double() for v in norms]) if len({v.dtype for v in norms}) > 1 else torch.cat(norms).double()
+    total = torch.zeros(len(tensors), dtype=torch.float64).index_add_(0, _row_owners(owners, counts), squares.pow(ord))
     return total.float()
+
+
+_ROW_OWNERS: dict[tuple, Tensor] = {}
+_ROW_OWNERS_MAX = 16
+
+
+def _row_owners(owners: list[int], counts: list[int]) -> Tensor:
+    """``repeat_interleave(owners, counts)``, made once per list of tensors' layouts (a recorded step
+    of the same model reuses it)."""
+    key = (*owners, -1, *counts)
+    index = _ROW_OWNERS.get(key)
+    if index is None:
+        if len(_ROW_OWNERS) >= _ROW_OWNERS_MAX:
+            _ROW_OWNERS.pop(next(iter(_ROW_OWNERS), None), None)
+        index = _ROW_OWNERS[key] = torch.repeat_interleave(torch.tensor(owners), torch.tensor(counts))
+    return index
 
 
 def _row_max(g: Tensor) -> Tensor:
