@@ -155,7 +155,7 @@ def test_steps_that_are_not_recorded_measure_nothing(tmp_path):
             for _ in range(3):
                 model(torch.randn(4, 6, dtype=torch.float64)).sum().backward()
             if not monitor.should_record():
-                assert monitor._noise._norms == []
+                assert monitor._noise._written == 0
             monitor.step()
             model.zero_grad()
     run = gs.open_run(tmp_path / "run")
@@ -227,3 +227,70 @@ def test_a_parameter_unfrozen_after_watch_is_left_out(tmp_path):
     want = (2 * big - small) / (2 - 1)
     assert run.series("gns_grad_sq", "layer")["0"].iloc[0] == pytest.approx(want, rel=1e-6)
     assert run.series("gns_grad_sq", "model").iloc[0, 0] == pytest.approx(want, rel=1e-6)
+
+
+class _TwoDtypes(nn.Module):
+    """A float32 and a float64 layer (two norm buffers); ``side`` is used by the odd micro-batches only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.a = nn.Linear(6, 5)
+        self.b = nn.Linear(5, 1).double()
+        self.side = nn.Linear(6, 1).double()
+
+    def forward(self, x: torch.Tensor, use_side: bool) -> torch.Tensor:
+        out = self.b(torch.tanh(self.a(x.float())).double())
+        return out + self.side(x) if use_side else out
+
+
+def test_per_step_sums_under_accumulation_equal_autograd_micro_batch_gradients(tmp_path):
+    """Each step's gns_grad_sq and gns_trace, per layer and for the model, from the micro-batch
+    gradients taken one by one with torch.autograd.grad (float64): more micro-batches than the
+    hooks' buffers hold at first (they grow), a float32 and a float64 layer, and a layer that
+    some micro-batches leave out (a zero gradient there), over steps that reuse the buffers."""
+    from gradsight.instrument.noise_scale import INITIAL_CALLS
+
+    model = _TwoDtypes()
+    g = torch.Generator().manual_seed(5)
+    steps = [torch.randn(k, 3, 6, generator=g, dtype=torch.float64) for k in (3, INITIAL_CALLS + 3, 2)]
+    layers = {"a": [model.a.weight, model.a.bias], "b": [model.b.weight, model.b.bias],
+              "side": [model.side.weight, model.side.bias]}
+    want = []
+    for batches in steps:
+        k = len(batches)
+        per_micro = []  # [micro-batch][layer] -> flat float64 gradient
+        for j, xb in enumerate(batches):
+            loss = model(xb, j % 2 == 1).sum()
+            grads = torch.autograd.grad(loss, [p for ps in layers.values() for p in ps], allow_unused=True)
+            grads = [torch.zeros_like(p) if gr is None else gr for gr, p in zip(grads, (p for ps in layers.values()
+                                                                                         for p in ps))]
+            flat, at = {}, 0
+            for name, ps in layers.items():
+                flat[name] = torch.cat([t.double().reshape(-1) for t in grads[at:at + len(ps)]])
+                at += len(ps)
+            per_micro.append(flat)
+        step = {}
+        for name in [*layers, ""]:
+            names = list(layers) if name == "" else [name]
+            small = sum(float((k * mb[n]).square().sum()) for mb in per_micro for n in names) / k
+            big = sum(float(sum(mb[n] for mb in per_micro).square().sum()) for n in names)
+            scale = (k * big + small) / (k - 1)  # cancellation: 'side' in one micro-batch of k has |G|² = 0
+            step[name] = ((k * big - small) / (k - 1), k * (small - big) / (k - 1), scale)
+        want.append(step)
+    with gs.watch(model, tmp_path / "run", noise_scale=True, backend="eager") as monitor:
+        for batches in steps:
+            for j, xb in enumerate(batches):
+                model(xb, j % 2 == 1).sum().backward()
+            monitor.step()
+            model.zero_grad()
+    run = gs.open_run(tmp_path / "run")
+    k_of = [len(b) for b in steps]
+    for stat, col in (("gns_grad_sq", 0), ("gns_trace", 1)):
+        layer, whole = run.series(stat, "layer"), run.series(stat, "model")
+        for s, step in enumerate(want):
+            for name in layers:
+                got, (value, scale) = layer[name].iloc[s], (step[name][col], step[name][2] * (1 if col == 0 else k_of[s]))
+                assert got == pytest.approx(value, rel=1e-5, abs=1e-6 * scale), (stat, s, name)
+            assert whole.iloc[s, 0] == pytest.approx(step[""][col], rel=1e-5), (stat, s)
+    assert list(run.series("gns_batch", "model").iloc[:, 0]) == [3.0, INITIAL_CALLS + 3.0, 2.0]

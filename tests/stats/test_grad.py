@@ -288,6 +288,42 @@ def test_large_cpu_tensors_take_the_fused_kernel_and_match_the_reference(fused):
     assert not math.isfinite(float(got[1, SUMSQ])) and count_nonfinite(grads[1]) == 2.0
 
 
+def test_fused_kernel_counts_the_zeros_of_short_rows_in_float32_and_long_rows_in_int64(monkeypatch):
+    """Parts of rows from FLOAT_COUNT_MAX_ROW elements on take a kernel of their own (int64 counts);
+    the zero counts of both kinds equal a float64 count, and so do the other sums."""
+    monkeypatch.setattr(grad_stats, "FLOAT_COUNT_MAX_ROW", 64)
+    shapes = [(40, 8), (3, 100), (70,)]
+    grads, weights = _tensors(11, shapes, zero_frac=0.4), _tensors(12, shapes, zero_frac=0.0)
+    got = raw_sums(grads, weights, backend="fused")
+    assert grad_stats._FUSED.available, "the fused kernel failed to compile: the eager fallback was measured"
+    assert {False, True} <= {kind[-1] for kind in grad_stats._FUSED._fns}
+    want = np.stack([reference_raw(g, w) for g, w in zip(grads, weights)])
+    assert_raw_close(got, want, rtol=1e-5)
+    np.testing.assert_array_equal(got[:, ZEROS].numpy(), [float((g == 0).sum()) for g in grads])
+
+
+def test_fused_kernel_reads_long_rows_in_parts_with_the_same_sums():
+    """Rows longer than PART_MAX are read as parts of a divisor's length (a view): sums, zeros, the
+    max and the dead rows equal a float64 reference, for rows split in three, a prime row length
+    (one part), a 1-d tensor, and a non-contiguous gradient (read in place)."""
+    long = 3 * grad_stats.PART_MAX
+    assert grad_stats._part_length(long) == grad_stats.PART_MAX and grad_stats._part_length(4099) == 4099
+    assert grad_stats._as_parts(torch.zeros(5, long)).shape == (5, 3, grad_stats.PART_MAX)
+    shapes = [(5, long), (3, 4099), (2 * long,), (8, 6, 3, 3)]
+    grads, weights = _tensors(15, shapes, zero_frac=0.3), _tensors(16, shapes, zero_frac=0.0)
+    grads[0][1] = 0
+    grads[0][3, :grad_stats.PART_MAX] = 0  # zero in one part only: alive
+    grads[1][2] = 0
+    grads[0][4, 2 * grad_stats.PART_MAX + 7] = -50.0  # the max in the last part
+    grads[3] = grads[3].to(memory_format=torch.channels_last)
+    grads[3][2] = 0
+    got = raw_sums(grads, weights, backend="fused")
+    assert grad_stats._FUSED.available, "the fused kernel failed to compile: the eager fallback was measured"
+    want = np.stack([reference_raw(g, w) for g, w in zip(grads, weights)])
+    assert list(want[:, DEAD_ROWS]) == [1.0, 1.0, 0.0, 1.0] and float(got[0, MAXABS]) == 50.0
+    assert_raw_close(got, want, rtol=1e-5)
+
+
 def test_fused_backend_equals_eager_on_small_tensors():
     grads, weights = _tensors(5, [(9, 4), (17,)]), _tensors(6, [(9, 4), (17,)], zero_frac=0.0)
     fused = raw_sums(grads, weights, backend="fused")
