@@ -228,19 +228,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(poll_answer(self.server.served, asked, runs_key=runs_key, wait=wait,
                                        stop=self.server.stopping))
             elif parts.path == "/api/section":
-                keys = parse_qs(parts.query, keep_blank_values=True).get("run", [])
-                body = self.server.section(keys[0]) if len(keys) == 1 else None
-                if body is None:
-                    self._refuse(404, "no such run on the page")
-                else:
-                    self._send(200, body, "application/json")
+                self._one_run(parts.query, self.server.section, "no such run on the page")
             elif parts.path == "/api/figures":
-                keys = parse_qs(parts.query, keep_blank_values=True).get("run", [])
-                body = self.server.figures(keys[0]) if len(keys) == 1 else None
-                if body is None:
-                    self._refuse(404, "no such run")
-                else:
-                    self._send(200, body, "application/json")
+                self._one_run(parts.query, self.server.figures, "no such run")
             elif parts.path == "/api/runs":
                 self._json(self.server.runs())
             else:
@@ -255,6 +245,15 @@ class Handler(BaseHTTPRequestHandler):
                 pass
 
     do_HEAD = do_GET
+
+    def _one_run(self, query: str, answer, missing: str) -> None:
+        """A route of one run (``?run=KEY``, once): ``answer(key)``'s JSON body, or 404."""
+        keys = parse_qs(query, keep_blank_values=True).get("run", [])
+        body = answer(keys[0]) if len(keys) == 1 else None
+        if body is None:
+            self._refuse(404, missing)
+        else:
+            self._send(200, body, "application/json")
 
     def _not_allowed(self) -> None:
         self._refuse(405, "read-only: GET only")
