@@ -364,3 +364,21 @@ def test_time_gain_probe_runs_outside_autocast():
         mixed, _ = time_gains(rnn, x)
     assert steps == SEQ and mixed.dtype == torch.float32
     assert math.isclose(float(mixed[0]), float(plain[0]), rel_tol=1e-6)
+
+
+def test_a_packed_sequence_is_said_once_and_not_measured(tmp_path):
+    torch.manual_seed(0)
+    rnn, head = nn.LSTM(3, 5), nn.Linear(5, 2)
+    model = nn.ModuleDict({"rnn": rnn, "head": head})
+    lengths = torch.tensor([6, 4, 2])
+    with pytest.warns(UserWarning, match="'rnn' takes a PackedSequence") as said:
+        with gs.watch(model, tmp_path / "run", through_time=True) as mon:
+            for _ in range(3):
+                packed = nn.utils.rnn.pack_padded_sequence(torch.randn(6, 3, 3), lengths, enforce_sorted=False)
+                out, _ = nn.utils.rnn.pad_packed_sequence(rnn(packed)[0])
+                head(out[-1]).sum().backward()
+                mon.step()
+    assert sum("PackedSequence" in str(w.message) for w in said) == 1  # once, not at every step
+    with gs.open_run(tmp_path / "run") as run:
+        assert not [s for s in run.stats("module") if s.startswith(("time_", "out_grad_norm_t"))]
+        assert "grad_norm" in run.stats("layer")  # the rest recorded as usual

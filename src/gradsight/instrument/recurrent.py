@@ -29,6 +29,7 @@ with the norm of the recurrent Jacobian.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Collection, Sequence
 from functools import partial
 
@@ -254,6 +255,7 @@ class ThroughTime:
         self._is_active = is_active
         self._sumsq: dict[str, Tensor] = {}
         self._gains: dict[str, tuple[Tensor, int]] = {}
+        self._packed_said: set[str] = set()
         for name, module in model.named_modules():
             if isinstance(module, nn.RNNBase):
                 hooks.attach(module, "register_forward_hook", partial(self._forward, name), self.TAG,
@@ -263,6 +265,11 @@ class ThroughTime:
         if torch.compiler.is_compiling() or not self._is_active():
             return
         seq = output[0] if isinstance(output, tuple) else output
+        if isinstance(seq, nn.utils.rnn.PackedSequence) and name not in self._packed_said:
+            self._packed_said.add(name)
+            warnings.warn(f"through_time=True: {name!r} takes a PackedSequence, whose time steps differ per sample: "
+                          "neither the gradient at each time step nor the gain through time is measured for it "
+                          "(pad the batch to measure them)", stacklevel=2)
         if not isinstance(seq, Tensor) or not seq.requires_grad:
             return
         if name not in self._gains and args:
