@@ -26,8 +26,11 @@ def command(path: Path, host: str, port: int) -> None:
     within about a tenth of a second of their commit), the status of each run
     (running / finished / failed, steps dropped, store errors) and the doctor's
     findings, which are re-computed in the background, at low priority, as a run
-    records. The server only reads the runs and never changes them, and it
-    answers only for runs under PATH. Ctrl-C stops it.
+    records; the figures the server draws (gradient distributions, noise scale,
+    gradient through time) follow every 15 s or more. A folder of more than 6
+    runs lists them all and reads each when it comes near the view. The server
+    only reads the runs and never changes them, and it answers only for runs
+    under PATH. Ctrl-C stops it.
 
     \b
     Example:
