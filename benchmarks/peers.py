@@ -22,7 +22,9 @@ Rows:
   note, where ``gs.watch`` has no such option);
 * ``gradsight quickstart, 2 micro-batches`` / ``... + noise_scale=True``: the quickstart where
   each step accumulates two backward passes of the batch (each loss halved), without and with
-  ``noise_scale=True``: the second over the first is the noise scale's cost;
+  ``noise_scale=True``: the second over the first is the noise scale's cost; ``noise_floor``: the
+  first plus a hook per parameter taking the norm of each micro-batch's gradient into a buffer
+  made once and one host copy of it a step, the least the noise scale's own work can cost;
 * ``Lightning grad_norm``: ``lightning.pytorch.utilities.grad_norm(model, 2)``;
 * ``p.grad.norm().item() loop``: ``[p.grad.norm().item() for p in params]``;
 * ``wandb.watch(log="gradients")``: offline run, ``log_freq=1``, ``run.log({"loss": ...})``;
@@ -65,6 +67,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import inspect
 import io
 import os
@@ -235,6 +238,36 @@ class Gradsight(Row):
         self.monitor.close()
 
 
+class NoiseFloor(Gradsight):
+    """The floor of the noise scale's own work, beside ``accumulate``: that row plus a hook on
+    every parameter taking the norm of each micro-batch's gradient into a buffer made once
+    (nothing allocated in the backward pass) and one host copy of the buffer a step."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, True, micro_batches=2)
+
+    def setup(self, model, optimizer, run_dir):
+        super().setup(model, optimizer, run_dir)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.norms = torch.zeros(len(params), self.micro_batches, device=params[0].device)
+        self.seen = [0] * len(params)
+
+        def hook(i: int, grad: torch.Tensor) -> None:
+            torch.linalg.vector_norm(grad, out=self.norms[i, self.seen[i] % self.micro_batches])
+            self.seen[i] += 1
+
+        self.handles = [p.register_hook(functools.partial(hook, i)) for i, p in enumerate(params)]
+
+    def after_backward(self, model, loss, step):
+        super().after_backward(model, loss, step)
+        self.last = self.norms.cpu()
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+        super().close()
+
+
 class LightningGradNorm(Row):
     name = "Lightning grad_norm"
     needs = "lightning"
@@ -308,6 +341,7 @@ def all_rows() -> dict[str, Row]:
         "accumulate": Gradsight("gradsight quickstart, 2 micro-batches", True, micro_batches=2),
         "noise_scale": Gradsight("gradsight quickstart, 2 micro-batches + noise_scale=True", True, micro_batches=2,
                                  noise_scale=True),
+        "noise_floor": NoiseFloor("gradsight quickstart, 2 micro-batches + a norm hook per parameter (noise scale's floor)"),
         "lightning": LightningGradNorm(),
         "item": ItemLoop(),
         "wandb": WandbWatch(),

@@ -53,3 +53,26 @@ def test_memory_column_reads_the_peak_rss_of_a_row_and_widths_size_the_mlp(peers
     row.after_backward = lambda model, loss, step: setattr(row, "held", torch.ones(held // 4))  # 64 MiB held
     start = peers.rss_bytes()
     assert peers.peak_rss(problem, row, steps=2, tmp=tmp_path) >= start + held * 0.9
+
+
+def test_the_noise_floor_row_takes_each_micro_batchs_norm(peers, tmp_path):
+    """The noise scale's floor reads what the noise scale reads: each micro-batch's gradient
+    norm per parameter (against autograd's gradients of each micro-batch's loss, in float64)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 3))
+    batches = [torch.randn(4, 6) for _ in range(2)]
+    fed = iter(batches)  # one batch per micro-batch
+    problem = peers.Problem("tiny", model, lambda m: m(next(fed)).pow(2).mean())
+    row = peers.all_rows()["noise_floor"]
+    assert row.micro_batches == 2
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    expected = []
+    for x in batches:  # before the step changes the weights
+        grads = torch.autograd.grad(model(x).pow(2).mean() / 2, list(model.parameters()))
+        expected.append([float(g.double().norm()) for g in grads])
+    row.setup(model, opt, tmp_path / "run")
+    try:
+        peers.train_step(problem, model, opt, row, 0)
+    finally:
+        row.close()
+    torch.testing.assert_close(row.last.double(), torch.tensor(expected, dtype=torch.float64).T, rtol=1e-5, atol=0)
