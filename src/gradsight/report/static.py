@@ -637,9 +637,18 @@ JS = r"""
     var series = [], shown = {};
     DATA.runs.forEach(function (run) {
       if (run.pending) return;
-      var m = matrixOf(run, key, choice);
-      if (!m) return;
-      var n = m.names.length, q = rowQuantiles(m, [0.5])[0];
+      // each run's medians kept while its table stays the same: a page of many runs redraws the
+      // comparison as each run loads and as steps arrive, and the other runs' did not change
+      var cache = run._cmp || (run._cmp = {}), at = key + "|" + choice, src = run.matrices[key], kept = cache[at];
+      var m, q;
+      if (kept && src && kept.data === src._data) { m = kept.m; q = kept.q; }
+      else {
+        m = matrixOf(run, key, choice);
+        if (!m) return;
+        q = rowQuantiles(m, [0.5])[0];
+        cache[at] = { data: run.matrices[key]._data, m: m, q: q };
+      }
+      var n = m.names.length;
       shown[m.shown] = true;
       var xs = range(n).map(function (i) { return n > 1 ? i / (n - 1) : 0; });
       series.push({ name: run.name + " (" + n + " layers)", xs: xs, ys: q, color: run.color, width: 1.8, dash: run.dash || null, dots: n <= 60 });
