@@ -141,7 +141,7 @@ def measure_runs(runs: Path, kind: str, checkpoints: tuple[int, ...]) -> list[di
         if entry.get("error"):
             rows.append({**base, "steps": max(checkpoints), "error": entry["error"]})
             continue
-        if kind == "healthy":
+        if kind in ("healthy", "unseen"):
             from doctor_population import health
 
             base["unhealthy"] = health(runs / entry["name"], entry)
@@ -233,7 +233,9 @@ def cross_validation(healthy: pd.DataFrame, th) -> pd.DataFrame:
 def _caught(faults: pd.DataFrame, column: str = "expected") -> list[bool]:
     """Per fault row: recorded and judged, with one of its expected codes (``column``: as decided
     before the runs, or ``expected_revised``) among those flagged."""
-    return [(not isinstance(e, str)) and bool(set(str(exp).split()) & set(str(fl if isinstance(fl, str) else "").split()))
+    from doctor_faults import agrees
+
+    return [(not isinstance(e, str)) and agrees(str(exp).split(), set(str(fl if isinstance(fl, str) else "").split()))
             for e, exp, fl in zip(faults["error"], faults[column], faults["flagged"])]
 
 
@@ -294,6 +296,33 @@ def missed_against_healthy(healthy: pd.DataFrame, faults: pd.DataFrame) -> pd.Da
             row[col] = "-" if not (np.isfinite(ill) or np.isfinite(well)) else f"{_num(ill)} / {_num(well)}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def unseen_section(unseen: pd.DataFrame, rejected: pd.DataFrame) -> list[str]:
+    """Markdown lines: the networks kept out of the calibration (``doctor_nets_unseen.py``),
+    clean or not at each step count, and every finding at warning or worse on them."""
+    if unseen.empty and rejected.empty:
+        return []
+    table = pd.DataFrame([{"steps": int(k), "networks": len(part), "clean": int(clean(part).sum()),
+                           "clean_share": round(float(clean(part).mean()), 3)}
+                          for k, part in unseen.groupby("steps")])
+    flagged = unseen[(unseen["flagged"].fillna("") != "") | unseen["error"].notna()]
+    return [
+        "### Networks kept out of the calibration",
+        "",
+        f"{unseen['name'].nunique()} healthy networks in {unseen['family'].nunique()} families that no rule or "
+        "threshold was written or tuned on (`doctor_nets_unseen.py`: timm and Hugging Face models outside the "
+        "population, recorded with its recipes), judged like the population"
+        + (f" ({rejected['name'].nunique()} more recorded, rejected by the health criterion: "
+           + ", ".join(sorted(rejected["name"].unique())) + ")" if not rejected.empty else "") + ":",
+        "",
+        _md(table),
+        "",
+        "Flagged or crashed:" if not flagged.empty else "None flagged at warning or worse, none crashed.",
+        "",
+        _md(flagged[["name", "family", "steps", "flagged", "error"]]) if not flagged.empty else "",
+        "",
+    ]
 
 
 def _num(v: float) -> str:
@@ -362,18 +391,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--population", type=Path, help="runs recorded by doctor_population.py record")
     parser.add_argument("--faults", type=Path, help="runs recorded by doctor_faults.py record")
+    parser.add_argument("--unseen", type=Path,
+                        help="runs of the networks kept out of the calibration (doctor_population.py record --unseen)")
     parser.add_argument("--measures", type=Path, default=RESULTS / "doctor_measures.csv",
                         help="the statistics table (written when runs are given, read otherwise)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where the tables and figures go")
     args = parser.parse_args(argv)
     import gradsight as gs
 
-    if args.population or args.faults:
+    if args.population or args.faults or args.unseen:
         rows = []
         if args.population:
             rows += measure_runs(args.population, "healthy", CHECKPOINTS)
         if args.faults:
             rows += measure_runs(args.faults, "fault", (FAULT_STEPS,))
+        if args.unseen:
+            rows += measure_runs(args.unseen, "unseen", CHECKPOINTS)
+        if not (args.population and args.faults) and args.measures.exists():  # keep the kinds not measured now
+            old = pd.read_csv(args.measures)
+            kept = {k for k, given in (("healthy", args.population), ("fault", args.faults), ("unseen", args.unseen))
+                    if not given}
+            rows = old[old["kind"].isin(kept)].to_dict("records") + rows
         args.measures.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_csv(args.measures, index=False)
     df = pd.read_csv(args.measures)
@@ -388,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     rejected = df[(df["kind"] == "healthy") & df["unhealthy"].notna()]
     healthy = df[(df["kind"] == "healthy") & df["unhealthy"].isna()]
     faults = df[df["kind"] == "fault"]
+    unseen_all = df[df["kind"] == "unseen"]
+    unseen = unseen_all[unseen_all["unhealthy"].isna()]
+    unseen_rejected = unseen_all[unseen_all["unhealthy"].notna()]
     th = gs.Thresholds()
     fa = false_alarms(healthy)
     cv = cross_validation(healthy[healthy["error"].isna()], th)
@@ -438,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         _md(_rejected_table(rejected)) if not rejected.empty else "",
         "",
+        *unseen_section(unseen, unseen_rejected),
         "### Thresholds against the healthy distribution (family cross-validation)",
         "",
         "`in use`: the default threshold (log10 for ratio statistics); `healthy extreme`: the most "

@@ -75,12 +75,15 @@ class Net:
 
 
 NET_MODULES = ("doctor_nets_torch", "doctor_nets_timm", "doctor_nets_hf")
+#: Networks kept out of the calibration (``--unseen``): never used to write or tune a rule.
+UNSEEN_MODULES = ("doctor_nets_unseen",)
 
 
-def load_nets(verbose: bool = True) -> list[Net]:
-    """Every network of the installed libraries, in module order; names are unique."""
+def load_nets(verbose: bool = True, unseen: bool = False) -> list[Net]:
+    """Every network of the installed libraries, in module order; names are unique
+    (``unseen``: the networks kept out of the calibration instead)."""
     nets: list[Net] = []
-    for module_name in NET_MODULES:
+    for module_name in UNSEEN_MODULES if unseen else NET_MODULES:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
@@ -192,13 +195,14 @@ def _record_main(args) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     done = _done(out)
-    nets = [n for n in select(load_nets(), args.patterns)
+    nets = [n for n in select(load_nets(unseen=args.unseen), args.patterns)
             if args.redo or n.name not in done or done[n.name].get("steps") != args.steps]
     if args.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(args.jobs) as pool:
-            futures = [pool.submit(_record_by_name, n.name, str(out), args.steps, args.threads) for n in nets]
+            futures = [pool.submit(_record_by_name, n.name, str(out), args.steps, args.threads, args.unseen)
+                       for n in nets]
             for fut in futures:
                 _log(out, fut.result())
     else:
@@ -207,11 +211,11 @@ def _record_main(args) -> int:
     return 0
 
 
-def _record_by_name(name: str, out: str, steps: int, threads: int) -> dict:
+def _record_by_name(name: str, out: str, steps: int, threads: int, unseen: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    net = next(n for n in load_nets(verbose=False) if n.name == name)
+    net = next(n for n in load_nets(verbose=False, unseen=unseen) if n.name == name)
     return record_net(net, Path(out), steps)
 
 
@@ -227,7 +231,7 @@ def _check_main(args) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    for net in select(load_nets(), args.patterns):
+    for net in select(load_nets(unseen=args.unseen), args.patterns):
         torch.manual_seed(0)
         try:
             bn = bn_values(net.build())
@@ -239,7 +243,7 @@ def _check_main(args) -> int:
 
 
 def _list_main(args) -> int:
-    nets = select(load_nets(), args.patterns)
+    nets = select(load_nets(unseen=args.unseen), args.patterns)
     by_family: dict[str, list[str]] = {}
     for n in nets:
         by_family.setdefault(f"{n.source}/{n.family}", []).append(n.name)
@@ -267,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check", help="the BatchNorm values per channel of every network's recipe")
     p.add_argument("-k", dest="patterns", action="append", default=[])
     p.add_argument("--threads", type=int, default=1)
+    for p in sub.choices.values():
+        p.add_argument("--unseen", action="store_true",
+                       help="the networks kept out of the calibration (doctor_nets_unseen.py) instead")
     args = parser.parse_args(argv)
     return {"list": _list_main, "record": _record_main, "check": _check_main}[args.command](args)
 

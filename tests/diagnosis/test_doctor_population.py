@@ -111,3 +111,48 @@ def test_health_rejects_a_diverging_run_and_keeps_a_calm_one(benchmarks, tmp_pat
         if sick:
             assert reason.startswith("loss ")
     assert population.health(tmp_path / "lr0.001", {"bn_values": 4}).startswith("BatchNorm over 4 values")
+
+
+def test_the_majority_token_task_labels_the_most_frequent_group(benchmarks):
+    """``doctor_faults.py effect`` trains token classifiers on the majority token group:
+    counted here with a Python Counter, ties to the highest group."""
+    from collections import Counter
+
+    import torch
+
+    _, faults = benchmarks
+    ids, labels = faults._majority_tokens(100, 24, 5, 64)(torch.Generator().manual_seed(3))
+    assert ids.shape == (64, 24) and labels.shape == (64,)
+    for row, label in zip(ids.tolist(), labels.tolist()):
+        counts = Counter(t % 5 for t in row)
+        top = max(counts.values())
+        assert label == max(g for g, c in counts.items() if c == top)
+
+
+def test_the_effect_task_keeps_each_networks_input_shapes(benchmarks):
+    """Fashion-MNIST replaces random images at the network's channels and size (or pooled to
+    the width of a flat input); a loss without one label per example is not applicable."""
+    import torch
+    from torch import nn
+
+    _, faults = benchmarks
+    from doctor_cases import Training
+
+    loss = lambda m, x, y: nn.functional.cross_entropy(m(x), y)  # noqa: E731
+    for shape in ((3, 40, 40), (64,)):
+        batch = lambda gen, shape=shape: (torch.randn(6, *shape, generator=gen),  # noqa: E731
+                                          torch.randint(0, 10, (6,), generator=gen))
+        make, (test_x, test_y), task = faults._real_task(Training(nn.Identity(), None, batch, loss, 1))
+        x, y = make(torch.Generator().manual_seed(0))
+        assert task == "fashion-mnist" and x.shape == (6, *shape) and y.dtype == torch.long
+        assert test_x.shape[1:] == shape and len(test_x) == len(test_y) == faults.EFFECT_EVAL
+    lm = lambda gen: (torch.randint(0, 9, (2, 5), generator=gen), torch.randint(0, 9, (2, 5), generator=gen))  # noqa: E731
+    with pytest.raises(faults.NotApplicable):
+        faults._real_task(Training(nn.Identity(), None, lm, loss, 1))
+
+
+def test_the_networks_kept_out_are_apart_from_the_population(benchmarks):
+    population, _ = benchmarks
+    kept = {n.name for n in population.load_nets(verbose=False)}
+    unseen = population.load_nets(verbose=False, unseen=True)
+    assert len(unseen) >= 40 and not kept & {n.name for n in unseen}

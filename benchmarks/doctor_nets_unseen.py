@@ -1,0 +1,126 @@
+"""Networks kept out of the calibration: never recorded with the population, never used to
+write or tune a rule (``doctor_population.py record --unseen``). They check what the issue
+behind the calibration asks of networks outside it: healthy ones clean at 5, 20 and 100 steps.
+
+Recipes follow the population's (``doctor_nets_timm``, ``doctor_nets_hf``): BatchNorm CNNs
+at 64 pixels in batches of 8 (32 values per channel at a 2x2 last stage), SGD at 0.1 per 256
+samples for the classic CNNs, Adam for the mobile ones, AdamW for the transformers; Hugging
+Face models from tiny configs of families the population does not hold.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from doctor_nets_hf import _AUDIO_TINY, _BERT_TINY, _LLAMA_TINY, TINY_VOCAB
+from doctor_nets_hf import _net as _hf
+from doctor_nets_timm import _build
+from doctor_population import Net
+
+
+def _timm(model_name: str, family: str, size: int, optimizer: str, batch: int = 8, **kwargs) -> Net:
+    return Net(name=f"unseen_timm_{model_name}", family=family, source="timm",
+               build=functools.partial(_build, model_name, size, optimizer, batch, kwargs))
+
+
+def _hf_unseen(name: str, *args, **kwargs) -> Net:
+    net = _hf(name, *args, **kwargs)
+    return Net(name=f"unseen_{net.name}", family=net.family, source=net.source, build=net.build, note=net.note)
+
+
+_SEQ2SEQ_TINY = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                     decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64)
+
+NETS: list[Net] = [
+    # classic CNNs: SGD
+    _timm("resnet34", "resnet", 64, "sgd"),
+    _timm("resnetv2_50", "resnetv2", 64, "sgd"),
+    _timm("ecaresnet26t", "resnet", 64, "sgd"),
+    _timm("res2net50_14w_8s", "res2net", 64, "sgd"),
+    _timm("resnest14d", "resnest", 64, "sgd", batch=32),
+    _timm("selecsls42b", "selecsls", 64, "sgd", batch=32),
+    _timm("cs3darknet_s", "cspnet", 64, "sgd"),
+    _timm("dla60", "dla", 64, "sgd"),
+    _timm("regnetz_b16", "byobnet", 64, "sgd"),
+    _timm("xception41", "xception", 64, "sgd"),
+    _timm("nfnet_l0", "nfnet", 64, "sgd", batch=4),
+    _timm("vovnet39a", "vovnet", 64, "sgd"),
+    # mobile CNNs: Adam
+    _timm("repvit_m1", "repvit", 64, "adam", batch=32),
+    _timm("ghostnetv2_100", "ghostnet", 64, "adam", batch=32),
+    _timm("efficientnetv2_rw_t", "efficientnet", 64, "adam"),
+    _timm("mixnet_s", "efficientnet", 64, "adam"),
+    _timm("semnasnet_050", "mnasnet", 64, "adam"),
+    _timm("fbnetc_100", "efficientnet", 64, "adam"),
+    _timm("mobilenetv2_100", "mobilenetv2", 64, "adam"),
+    # vision transformers and MetaFormers: AdamW
+    _timm("convit_tiny", "convit", 32, "adamw", batch=4, img_size=32, patch_size=4),
+    _timm("gmlp_ti16_224", "gmlp", 64, "adamw", batch=4, img_size=64),
+    _timm("pit_xs_224", "pit", 64, "adamw", batch=4, img_size=64),
+    _timm("caformer_s18", "metaformer", 32, "adamw_low", batch=4),
+    _timm("focalnet_tiny_srf", "focalnet", 32, "adamw", batch=4),
+    _timm("davit_tiny", "davit", 64, "adamw", batch=4),
+    _timm("vit_relpos_small_patch16_224", "vit", 32, "adamw", batch=4, img_size=32, patch_size=4, depth=4),
+    _timm("flexivit_small", "vit", 32, "adamw", batch=4, img_size=32, patch_size=4, depth=4),
+    _timm("efficientvit_m0", "efficientvit", 64, "adam", batch=32),
+    _timm("tiny_vit_5m_224", "tinyvit", 64, "adamw", batch=8),
+    # Hugging Face: families the population does not hold
+    _hf_unseen("gpt_neox_tiny", "gpt-neox", "causal", "GPTNeoXForCausalLM", "GPTNeoXConfig", wide=False,
+               hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+               max_position_embeddings=64),
+    _hf_unseen("gptj_tiny", "gptj", "causal", "GPTJForCausalLM", "GPTJConfig", wide=False, n_embd=64, n_layer=2,
+               n_head=4, rotary_dim=8, n_positions=64),
+    _hf_unseen("codegen_tiny", "codegen", "causal", "CodeGenForCausalLM", "CodeGenConfig", wide=False, n_embd=64,
+               n_layer=2, n_head=4, rotary_dim=8, n_positions=64, n_ctx=64),
+    _hf_unseen("gpt_bigcode_tiny", "gpt-bigcode", "causal", "GPTBigCodeForCausalLM", "GPTBigCodeConfig",
+               wide=False, n_embd=64, n_layer=2, n_head=4, n_positions=64),
+    _hf_unseen("stablelm_tiny", "stablelm", "causal", "StableLmForCausalLM", "StableLmConfig", wide=False,
+               **_LLAMA_TINY),
+    _hf_unseen("olmo_tiny", "olmo", "causal", "OlmoForCausalLM", "OlmoConfig", wide=False, **_LLAMA_TINY),
+    _hf_unseen("gemma2_tiny", "gemma2", "causal", "Gemma2ForCausalLM", "Gemma2Config", wide=False, head_dim=16,
+               **_LLAMA_TINY),
+    _hf_unseen("phi3_tiny", "phi3", "causal", "Phi3ForCausalLM", "Phi3Config", wide=False, pad_token_id=0,
+               **_LLAMA_TINY),
+    _hf_unseen("starcoder2_tiny", "starcoder2", "causal", "Starcoder2ForCausalLM", "Starcoder2Config", wide=False,
+               **_LLAMA_TINY),
+    _hf_unseen("mixtral_tiny", "mixtral", "causal", "MixtralForCausalLM", "MixtralConfig", wide=False,
+               num_local_experts=4, num_experts_per_tok=2, **_LLAMA_TINY, note="mixture of 4 experts, top-2"),
+    _hf_unseen("mamba_tiny", "mamba", "causal", "MambaForCausalLM", "MambaConfig", wide=False, hidden_size=64,
+               state_size=8, num_hidden_layers=2),
+    _hf_unseen("biogpt_tiny", "biogpt", "causal", "BioGptForCausalLM", "BioGptConfig", wide=False,
+               **_BERT_TINY),
+    _hf_unseen("squeezebert_tiny", "squeezebert", "encoder", "SqueezeBertForSequenceClassification",
+               "SqueezeBertConfig", wide=False, embedding_size=32, q_groups=2, k_groups=2, v_groups=2,
+               post_attention_groups=2, intermediate_groups=2, output_groups=2, **_BERT_TINY),
+    _hf_unseen("convbert_tiny", "convbert", "encoder", "ConvBertForSequenceClassification", "ConvBertConfig",
+               wide=False, embedding_size=32, **_BERT_TINY),
+    _hf_unseen("mpnet_tiny", "mpnet", "encoder", "MPNetForSequenceClassification", "MPNetConfig", wide=False,
+               **_BERT_TINY),
+    _hf_unseen("fnet_tiny", "fnet", "encoder", "FNetForSequenceClassification", "FNetConfig", wide=False,
+               hidden_size=32, num_hidden_layers=2, intermediate_size=64, max_position_embeddings=64),
+    _hf_unseen("mbart_tiny", "mbart", "seq2seq", "MBartForConditionalGeneration", "MBartConfig", wide=False,
+               **_SEQ2SEQ_TINY),
+    _hf_unseen("pegasus_tiny", "pegasus", "seq2seq", "PegasusForConditionalGeneration", "PegasusConfig",
+               wide=False, **_SEQ2SEQ_TINY),
+    _hf_unseen("resnet_tiny", "hf-resnet", "vision", "ResNetForImageClassification", "ResNetConfig", wide=False,
+               image_size=64, embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1]),
+    _hf_unseen("regnet_tiny", "hf-regnet", "vision", "RegNetForImageClassification", "RegNetConfig", wide=False,
+               image_size=64, embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1],
+               groups_width=8),
+    _hf_unseen("mobilevit_tiny", "mobilevit", "vision", "MobileViTForImageClassification", "MobileViTConfig",
+               wide=False, image_size=64),
+    _hf_unseen("segformer_tiny", "segformer", "vision", "SegformerForImageClassification", "SegformerConfig",
+               wide=False, image_size=64, depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128],
+               num_attention_heads=[1, 2, 2, 4], decoder_hidden_size=64),
+    _hf_unseen("levit_tiny", "levit", "vision", "LevitForImageClassification", "LevitConfig", wide=False,
+               image_size=64, batch=32, hidden_sizes=[64, 96, 128], num_attention_heads=[2, 3, 4],
+               depths=[1, 1, 1], key_dim=[16, 16, 16]),
+    _hf_unseen("data2vec_audio_tiny", "data2vec-audio", "audio", "Data2VecAudioForSequenceClassification",
+               "Data2VecAudioConfig", wide=False, batch=4, samples=16000,
+               **{**_AUDIO_TINY, "num_conv_pos_embeddings": 5},
+               note="5 positional convolution layers, its config's default (num_conv_pos_embeddings counts layers "
+                    "here, where wav2vec2 reads it as a kernel size: 16 layers of them, a plain chain, lose 1.5e4x "
+                    "of the gradient, which the doctor reported)"),
+    _hf_unseen("wavlm_tiny", "wavlm", "audio", "WavLMForSequenceClassification", "WavLMConfig", wide=False,
+               batch=4, samples=16000, **_AUDIO_TINY),
+]
