@@ -197,18 +197,33 @@ def test_exploding_forward_on_stock_pre_ln_gpt2(tmp_path, n_layer):
 # -- gradient scale from parameter gradients: the run and the model check agree ----------------------
 
 
-def test_recorded_plain56_run_was_judged_healthy(tmp_path):
+def test_recorded_plain56_run_and_its_model_check_agree(tmp_path):
+    """Plain-56 (batch-normed) grows its parameter gradients about 1e3x toward the input under
+    Adam, measured like with like (a stage's blocks against each other, never the stem against
+    the head), below the exploding threshold that healthy MobileOne-S0 set (4.3e3); its whole
+    gradient is beyond the healthy size, and the finding says both. The recorded run and the
+    model check say the same."""
+    from gradsight.diagnosis.rules import depth_profiles
+    from gradsight.store.view import RunView
+
     torch.manual_seed(0)
     model = gs.models.create_model("plain56", in_channels=1)
     run = record(model, tmp_path / "run", images(16, 28, 1), nn.functional.cross_entropy, steps=3, activations=False)
-    (f,) = [f for f in gs.diagnose(run) if f.code == "exploding_gradients"]
-    assert f.measured["first_over_last"] > 1e3
-    # like with like: a stage's blocks against each other, never the stem against the head
-    assert f.layers[0].startswith("stage") and f.layers[0].split(".")[0] == f.layers[1].split(".")[0]
+    with RunView(run) as view:
+        (profile,) = depth_profiles(view)
+    assert 1e2 < 10 ** profile.median < gs.Thresholds().explode_ratio
+    first, last = profile.ends
+    assert first.startswith("stage") and first.split(".")[0] == last.split(".")[0]
+    recorded = codes(gs.diagnose(run), "warning")
     torch.manual_seed(0)
-    findings = checkup(gs.models.create_model("plain56", in_channels=1), input_shape=(1, 28, 28), steps=3,
-                          batch_size=16)
-    assert "exploding_gradients" in codes(findings, "warning")
+    checked = codes(checkup(gs.models.create_model("plain56", in_channels=1), input_shape=(1, 28, 28), steps=3,
+                            batch_size=16), "warning")
+    assert "exploding_gradients" in recorded and "exploding_gradients" in checked
+    # flagged by its size (||g||/||w|| about 68 against the healthy 17 at most), with the growth said
+    (f,) = [f for f in gs.diagnose(run) if f.code == "exploding_gradients"]
+    assert f.measured["grad_over_weight"] > gs.Thresholds().grad_size_high
+    assert f.measured["first_over_last"] == pytest.approx(10 ** profile.median)
+    assert "residual connections" in f.message
 
 
 # -- clipped gradients -------------------------------------------------------------------------------

@@ -406,14 +406,27 @@ def gradient_scale(view: RunView, th: Thresholds) -> list[Finding]:
         size = math.nan  # a gradient flushed toward zero by a low-precision format: amp_underflow says so
     if not findings and math.isfinite(size) and (size > th.grad_size_high or size < th.grad_size_low):
         steps = [int(s) for s in _model_series(view, "grad_weight_ratio").index]
-        if size > th.grad_size_high:
+        if size > th.grad_size_high and high is not None and high.median >= 1.0:
+            # the gradient grows along depth too (below explode_ratio): the early layers' gradients make it large
+            findings.append(Finding(
+                "exploding_gradients", "error" if size > th.grad_size_high * 1e3 else "warning",
+                f"The gradient is {_fmt(size)} times the size of the weights (||g||/||w|| of the whole model, median "
+                f"{_when(steps)}; healthy networks stay below {_fmt(th.grad_size_high)}), and the {high.what} grows "
+                f"{_fmt(10 ** high.median)} times going back through {high.span} repeated blocks or layers (from "
+                f"'{display_name(high.ends[1])}' to '{display_name(high.ends[0])}'): the first layers' gradients make "
+                "it that large, as in deep batch-normed plain networks (Yang et al. 2019). Use residual connections, "
+                "a smaller learning rate or gradient clipping.",
+                layers=list(high.ends), steps=steps[:50],
+                measured={"grad_over_weight": size, "first_over_last": 10 ** high.median, "depth": float(high.span),
+                          **measured_all}))
+        elif size > th.grad_size_high:
             findings.append(Finding(
                 "exploding_gradients", "error" if size > th.grad_size_high * 1e3 else "warning",
                 f"The gradient is {_fmt(size)} times the size of the weights (||g||/||w|| of the whole model, median "
                 f"{_when(steps)}; healthy networks stay below {_fmt(th.grad_size_high)}), although no layer's "
-                "gradient grows relative to the next: the forward and backward signals grow together, as when "
-                "every weight is initialized too large. Check the initialization (He for ReLU, 1/sqrt(fan_in) "
-                "otherwise) or add normalization.",
+                "gradient grows relative to the next by more than 10x: the forward and backward signals grow "
+                "together, as when every weight is initialized too large. Check the initialization (He for ReLU, "
+                "1/sqrt(fan_in) otherwise) or add normalization.",
                 steps=steps[:50], measured={"grad_over_weight": size, **measured_all}))
         else:
             findings.append(Finding(
@@ -644,12 +657,32 @@ def clipped_gradients(view: RunView, th: Thresholds) -> list[Finding]:
 
 
 
+def _stream_allowance(stream_rms: pd.DataFrame, branch_var: pd.DataFrame, chain: list[str]) -> pd.Series | float:
+    """``log10`` of the growth of the residual stream's RMS along ``chain`` that blocks adding
+    branches of constant variance allow: ``sqrt(blocks)``, or, where the blocks' branch
+    variances are recorded, what ``blocks - 1`` more branches of the first block's variance
+    add to the first block's stream (``sqrt(1 + (n - 1) b_1 / s_1^2)``), if that is more. A
+    stream that starts far below its branches' scale (a pre-LN transformer after small
+    convolutions: MobileViT's stream starts at an RMS of 8e-4 and its branches add 5e-3 of
+    variance each) grows by hundreds without anything multiplying it; weights too large
+    multiply the branches block after block, and the first branch's variance does not
+    allow for that."""
+    base = 0.5 * math.log10(len(chain))
+    if len(chain) < 2 or chain[0] not in branch_var.columns:
+        return base
+    first_sq = stream_rms[chain[0]].astype(float) ** 2
+    b1 = branch_var[chain[0]].reindex(first_sq.index).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        allowed = 0.5 * np.log10(1 + (len(chain) - 1) * b1 / first_sq)
+    return allowed.where(allowed > base, base).fillna(base)
+
+
 def forward_growth(view: RunView) -> tuple[float, float, tuple[str, str], list[int]]:
     """How the forward signal changes along depth, like with like, as ``log10`` (median
     over the steps): (growth of each module's output RMS toward the output, compared with
-    itself in the next repeated block; growth of the residual stream beyond the
-    ``sqrt(blocks)`` that blocks adding branches of constant variance allow, summed over
-    the chains of blocks), the instances at the ends, and the steps. NaN where nothing
+    itself in the next repeated block; growth of the residual stream beyond what blocks
+    adding branches of constant variance allow (:func:`_stream_allowance`), summed over the
+    chains of blocks), the instances at the ends, and the steps. NaN where nothing
     repeats."""
     acts = _table(view, Level.MODULE, "act_rms")
     steps: list[int] = [int(s) for s in acts.index] if not acts.empty else []
@@ -663,11 +696,12 @@ def forward_growth(view: RunView) -> tuple[float, float, tuple[str, str], list[i
     stream = math.nan
     blocks = _table(view, Level.BLOCK, "act_rms")
     if not blocks.empty:
+        branch_var = _table(view, Level.BLOCK, "branch_var")
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.log10(blocks.where(blocks > 0))
         excess = []
         for chain in block_chains(view, list(blocks.columns)):
-            excess.append(logs[chain[-1]] - logs[chain[0]] - 0.5 * math.log10(len(chain)))
+            excess.append(logs[chain[-1]] - logs[chain[0]] - _stream_allowance(blocks, branch_var, chain))
             if not ends[0]:
                 ends = (chain[0], chain[-1])
         if excess:
@@ -721,8 +755,8 @@ def _forward_along_depth(view: RunView, th: Thresholds) -> list[Finding]:
     if math.isfinite(worst) and worst > math.log10(th.forward_explode):
         sev = "error" if worst > math.log10(th.forward_explode_error) else "warning"
         what = ("the RMS of each module's output grows" if worst == layer else
-                "the residual stream's RMS grows, beyond the sqrt(blocks) that blocks adding branches of constant "
-                "variance allow,")
+                "the residual stream's RMS grows, beyond what blocks adding branches of constant variance "
+                "allow,")
         worst = layer if worst == layer else stream
         return [Finding(
             "exploding_forward", sev,
