@@ -166,6 +166,48 @@ def test_dead_units_missing_gradients_and_update_ratio(tmp_path):
     assert "update_ratio_high" in found
 
 
+class _Scalar(nn.Module):
+    """A learned scalar scale initialized at 1 (StarReLU's, a norm's gain): under Adam it moves
+    by about lr per step, a relative update of lr whatever the network learns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.scale * x
+
+
+@pytest.mark.parametrize(("lr", "low"), [(5e-6, False), (5e-9, True)])
+def test_the_networks_update_ratio_is_its_weighted_layers(tmp_path, lr, low):
+    """A network whose learned scalars outnumber its linear maps (MetaFormers: StarReLU scalars,
+    norm gains) is too slow only when its linear maps are: at lr 5e-6 the scalars change by
+    about 5e-6 per step, below ``update_low``, while the linear maps change by 2.5e-5; at 5e-9
+    every layer is too slow."""
+    torch.manual_seed(0)
+    layers = []
+    for fan_in, fan_out in ((16, 64), (64, 64), (64, 4)):
+        layers += [nn.Linear(fan_in, fan_out), *(_Scalar() for _ in range(3))]
+    model = nn.Sequential(*layers)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=True) as mon:
+        for _ in range(20):
+            model(torch.randn(32, 16)).pow(2).mean().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    from gradsight.diagnosis.rules import network_update, update_sizes
+
+    with RunView(tmp_path / "run") as view:
+        _, per_layer = update_sizes(view, Thresholds())
+        median, counted = network_update(view, per_layer)
+    assert counted == 3 and (median < Thresholds().update_low) == low
+    if not low:
+        assert float(per_layer.median()) < Thresholds().update_low  # the scalars alone would have decided
+    found = [f for f in gs.diagnose(tmp_path / "run") if f.code == "update_ratio_low"]
+    assert any(f.severity == "warning" for f in found) == low
+
+
 def test_update_ratio_judged_from_rotating_snapshots_where_each_layer_has_some_steps(tmp_path, monkeypatch):
     """With the snapshot cut into chunks of layers (each layer's ``update_ratio`` at one measured
     step in three), each layer is judged from its own updates: a step without one is neither 0

@@ -106,8 +106,9 @@ class Thresholds:
     #: Update ratio ||dw||/||w|| per step: about 1e-3 is customary (Karpathy, CS231n
     #: "ratio of updates to weights"). Too high: a layer above ``update_high`` (the
     #: population's healthy layers stay below 0.18 from the 20th step on); too low: the
-    #: median layer below ``update_low`` (healthy medians go down to 2.4e-5; lr / 1e4 puts
-    #: them at 4e-7..5e-6).
+    #: median weighted layer below ``update_low`` (healthy medians go down to 6.5e-5; lr /
+    #: 1e4 puts them at 1.9e-7..1.4e-6; over all layers, norm gains and activation scalars
+    #: included, healthy medians went down to 2.4e-5 and CAFormer's to 7e-6).
     update_low: float = 8e-6
     update_high: float = 0.5
     #: A layer whose weight norm grows faster than this many times per 20 updates (not a
