@@ -1442,6 +1442,28 @@ NOISE_MIN_STEPS = 10
 EPS_DOMINATED_FRAC = 0.5
 
 
+#: ... and when the elements below eps can hold at least this share of the layer's gradient
+#: energy (:func:`eps_energy_share`): where they hold less, the layer's gradient lives in its
+#: other elements and the ones below eps are at rounding level by structure (the query and key
+#: rows of attention over a single token, a per-channel scale before a BatchNorm over 1x1
+#: maps: 1e-8..1e-4 in GhostNet-v2, CAFormer and ConvBERT), not scaled below Adam's eps.
+EPS_ENERGY_SHARE = 0.01
+
+
+def eps_energy_share(view: RunView, frac: pd.Series) -> pd.Series:
+    """Per layer, the most of its gradient energy the elements below eps can hold:
+    ``adam_eps_frac * eps^2 / mean(v_hat)`` (each such element has ``v_hat < eps^2``, and
+    ``adam_sqrt_v_rms^2`` is the mean of ``v_hat``), over the window's medians; empty where
+    the run did not record the optimizer's eps (runs before it was recorded)."""
+    eps = view.meta.get("adam_eps")
+    sqrt_v = view.matrix(Level.LAYER, "adam_sqrt_v_rms", steps="all")
+    if not isinstance(eps, (int, float)) or sqrt_v.empty:
+        return pd.Series(dtype=float)
+    sqrt_v = _window(view, sqrt_v).median()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (frac * (float(eps) / sqrt_v.reindex(frac.index)) ** 2).dropna()
+
+
 def eps_dominated(view: RunView, th: Thresholds) -> list[Finding]:
     """``eps_dominated`` (warning): layers whose ``adam_eps_frac`` (with an Adam optimizer,
     at the steps that measure ``update_ratio``) has its median over the window (the last
@@ -1465,6 +1487,8 @@ def eps_dominated(view: RunView, th: Thresholds) -> list[Finding]:
     everywhere = model_frac > EPS_DOMINATED_FRAC
     bad = [n for n in frac.columns if window.get(n, 0) > EPS_DOMINATED_FRAC and n not in by_design
            and (everywhere or rms.get(n, math.inf) >= th.grad_floor)]
+    share = eps_energy_share(view, window)
+    bad = [n for n in bad if not share.get(n, math.inf) < EPS_ENERGY_SHARE]
     if not bad:
         return []
     update = view.matrix(Level.LAYER, "adam_update_rms", steps="all")

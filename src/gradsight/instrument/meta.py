@@ -48,6 +48,7 @@ def run_meta(model: nn.Module, inventory: Inventory, options: WatchOptions, name
         device=str(device),
         **sizes(inventory),
         optimizer=", ".join(type(o).__name__ for o in options.optimizers) or None,
+        adam_eps=adam_eps(options.optimizers),
         amp=options.scaler is not None,
         update_ratio_every=options.update_ratio_every if options.optimizer is not None else 0,
         histograms_every=options.histograms_every,
@@ -58,6 +59,15 @@ def run_meta(model: nn.Module, inventory: Inventory, options: WatchOptions, name
         pid=os.getpid(),
         argv=sys.argv,
     )
+
+
+def adam_eps(optimizers) -> float | None:
+    """The largest ``eps`` of the Adam/AdamW optimizers' parameter groups (what
+    ``adam_eps_frac`` compares ``sqrt(v_hat)`` with), or None without one."""
+    from gradsight.instrument.optimizer_state import is_adam
+
+    values = [float(g["eps"]) for o in optimizers if is_adam(o) for g in o.param_groups if "eps" in g]
+    return max(values) if values else None
 
 
 def sizes(inventory: Inventory) -> dict[str, int]:
