@@ -1133,7 +1133,8 @@ def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
     if not low.empty:
         findings.append(Finding(
             "update_ratio_low", "warning" if network_low else "info",
-            (f"The layers change by {_fmt(median)} of their norm per step (median over {counted} layers in the "
+            (f"The layers change by {_fmt(median)} of their norm per step (median over {counted} layers, the "
+             f"convolutions and linear maps where there are any, in the "
              f"last {n} recorded updates; about 1e-3 is customary, under {_fmt(th.update_low)} is too little): the "
              "network barely learns; raise the learning rate." if network_low else
              f"{len(low)} layer(s) change by less than {_fmt(th.update_low)} of their norm per step in the last {n} "
