@@ -387,6 +387,55 @@ def figures(healthy: pd.DataFrame, faults: pd.DataFrame, th, out: Path) -> list[
     return paths
 
 
+#: What the faults cost learning (``doctor_faults.py effect --out``), drawn when present.
+EFFECT = RESULTS / "doctor_fault_effect.jsonl"
+
+
+def effect_figure(effect: Path, faults: pd.DataFrame, out: Path) -> Path | None:
+    """Each pair's held-out accuracy, healthy against faulty (``doctor_faults.py effect``),
+    coloured by the doctor's verdict on the pair: caught, silent as the revised expectation
+    asks, or missed."""
+    if not effect.exists() or faults.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in effect.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "healthy" in r and "faulty" in r]
+    if not rows:
+        return None
+    by_pair = faults.set_index(faults["fault"] + "__" + faults["net"])
+    revised = _caught(faults, "expected_revised") if "expected_revised" in faults.columns else [False] * len(faults)
+    revised = dict(zip(faults["fault"] + "__" + faults["net"], revised))
+    verdicts = {"caught": "black", "no finding, as revised": "tab:blue", "missed": "tab:red"}
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.6))
+    seen = set()
+    for i, r in enumerate(rows):
+        name = r["name"]
+        caught = bool(by_pair["caught"].get(name, False)) if name in by_pair.index else False
+        verdict = "caught" if caught else ("no finding, as revised" if revised.get(name) else "missed")
+        healthy, faulty = r["healthy"]["accuracy"], r["faulty"]["accuracy"]
+        ax.plot([healthy, faulty], [i, i], color="0.75", lw=1.5, zorder=1)
+        ax.scatter([healthy], [i], color="tab:green", s=22, zorder=2,
+                   label=None if "healthy" in seen else "healthy network")
+        ax.scatter([faulty], [i], color=verdicts[verdict], s=22, zorder=3, marker="D",
+                   label=None if verdict in seen else f"fault: {verdict}")
+        seen |= {"healthy", verdict}
+    ax.set_yticks(range(len(rows)), [r["name"].replace("__", " / ") for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0.1, color="0.5", lw=0.8, ls=":")
+    ax.set_xlabel(f"held-out accuracy after {rows[0]['healthy']['steps']} steps (chance: 0.1 on Fashion-MNIST)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.4, -0.09), ncol=2, frameon=False)
+    fig.tight_layout()
+    path = out / "doctor_fault_effect.png"
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--population", type=Path, help="runs recorded by doctor_population.py record")
@@ -439,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     crashes = df[df["error"].notna()][["kind", "name", "steps", "error"]]
     flagged = healthy[healthy["flagged"].fillna("") != ""][["name", "family", "steps", "flagged"]]
     figs = figures(healthy, faults, th, args.docs / "figures")
+    effect_fig = effect_figure(EFFECT, faults, args.docs / "figures")
     n_nets = healthy["name"].nunique()
     n_fam = healthy["family"].nunique()
     from doctor_faults import REVISED
@@ -507,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         _md(side) if not side.empty else "",
         "",
+        *(["What the missed and caught faults cost learning (`doctor_faults.py effect`, "
+           "`benchmarks/results/doctor_fault_effect.jsonl`): each pair's held-out accuracy, its healthy network's "
+           "in green.", "", f"![doctor_fault_effect](figures/{effect_fig.name})", ""] if effect_fig else []),
         "### Faults: recall per family",
         "",
         _md(per_family) if not per_family.empty else "(no fault runs)",
