@@ -989,10 +989,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write every pair's verdict here")
     p = sub.add_parser("effect", help="train each pair and its healthy network on a learnable task "
                                       "(Fashion-MNIST images, a token-counting task): does the fault hurt learning?")
-    p.add_argument("-k", dest="patterns", action="append", default=[])
-    p.add_argument("--steps", type=int, default=EFFECT_STEPS)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, help="append one JSON line per pair here")
+    p.add_argument("-k", dest="patterns", action="append", default=[],
+                   help="only pairs whose name <fault>__<net> contains this (repeatable)")
+    p.add_argument("--steps", type=int, default=EFFECT_STEPS,
+                   help=f"optimizer steps of each training (default {EFFECT_STEPS})")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--out", type=Path, help="append one JSON line per pair here "
+                                            "(doctor_calibrate.py draws benchmarks/results/doctor_fault_effect.jsonl)")
     for p in sub.choices.values():
         p.add_argument("--held-out", action="store_true",
                        help="the held-out pairs (HELD_OUT_PAIRS: faults on networks outside their matrix rows)")
