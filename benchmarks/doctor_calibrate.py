@@ -400,6 +400,8 @@ def effect_figure(effect: Path, faults: pd.DataFrame, out: Path) -> Path | None:
         return None
     import matplotlib
 
+    from doctor_faults import SILENT
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -408,15 +410,20 @@ def effect_figure(effect: Path, faults: pd.DataFrame, out: Path) -> Path | None:
     if not rows:
         return None
     by_pair = faults.set_index(faults["fault"] + "__" + faults["net"])
-    revised = _caught(faults, "expected_revised") if "expected_revised" in faults.columns else [False] * len(faults)
-    revised = dict(zip(faults["fault"] + "__" + faults["net"], revised))
-    verdicts = {"caught": "black", "no finding, as revised": "tab:blue", "missed": "tab:red"}
+    names = faults["fault"] + "__" + faults["net"]
+    has_revised = "expected_revised" in faults.columns
+    agrees = dict(zip(names, _caught(faults, "expected_revised") if has_revised else [False] * len(faults)))
+    silent = dict(zip(names, faults["expected_revised"].fillna("").str.split().map(lambda c: SILENT in c)
+                      if has_revised else [False] * len(faults)))
+    verdicts = {"caught": "black", "caught as revised": "tab:purple", "no finding, as revised": "tab:blue",
+                "missed": "tab:red"}
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.6))
     seen = set()
     for i, r in enumerate(rows):
         name = r["name"]
         caught = bool(by_pair["caught"].get(name, False)) if name in by_pair.index else False
-        verdict = "caught" if caught else ("no finding, as revised" if revised.get(name) else "missed")
+        verdict = ("caught" if caught else "missed" if not agrees.get(name) else
+                   "no finding, as revised" if silent.get(name) else "caught as revised")
         healthy, faulty = r["healthy"]["accuracy"], r["faulty"]["accuracy"]
         ax.plot([healthy, faulty], [i, i], color="0.75", lw=1.5, zorder=1)
         ax.scatter([healthy], [i], color="tab:green", s=22, zorder=2,

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 import types
@@ -885,7 +886,7 @@ def _real_task(training: Training) -> tuple[Callable[[torch.Generator], Any], An
                 raise NotApplicable(f"inputs of shape {tuple(x.shape)}")
             return F.adaptive_avg_pool2d(images, side).flatten(1)
 
-        shape(train_x[:1])
+        shape(train_x[:1])  # raises NotApplicable now, for an input shape no image fits
 
         def batch(gen: torch.Generator):
             index = torch.randint(0, train_x.shape[0], (b,), generator=gen)
@@ -928,9 +929,8 @@ def train_effect(training: Training, steps: int = EFFECT_STEPS) -> dict:
     with torch.no_grad():
         correct = sum(int((training.model(test_x[i:i + 250]).argmax(-1) == test_y[i:i + 250]).sum())
                       for i in range(0, len(test_y), 250))
-    finite = [v for v in losses if v == v and abs(v) != float("inf")]
     return {"task": task, "steps": steps, "loss_first": sum(losses[:50]) / 50,
-            "loss_last": sum(losses[-50:]) / 50 if len(finite) == len(losses) else float("nan"),
+            "loss_last": sum(losses[-50:]) / 50 if all(math.isfinite(v) for v in losses) else float("nan"),
             "accuracy": correct / len(test_y)}
 
 

@@ -1139,7 +1139,8 @@ def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
              "network barely learns; raise the learning rate." if network_low else
              f"{len(low)} layer(s) change by less than {_fmt(th.update_low)} of their norm per step in the last {n} "
              f"recorded updates (down to {_fmt(float(low.min()))} at '{display_name(low.idxmin())}'), while the "
-             f"median layer changes by {_fmt(median)}: those layers barely learn (a scalar scale near 1, whose "
+             f"network's median layer ({counted} layers, the weighted ones where there are any) changes by "
+             f"{_fmt(median)}: those layers barely learn (a scalar scale near 1, whose "
              "small updates fall below float32's resolution, or a layer whose gradient is tiny)."),
             layers=list(low.index), measured={"median": median, **{k: float(v) for k, v in low.items()}}))
     return findings
