@@ -63,3 +63,14 @@ def test_a_timm_batchnormact_layer_is_recorded_as_a_norm(tmp_path):
     with gs.open_run(tmp_path / "run") as run:
         layers = run.layers()
         assert set(layers[layers.module_type == "BatchNormAct2d"].role) == {Role.NORM}
+
+
+def test_an_embedding_placed_last_does_not_hide_the_head():
+    # BART's model.shared is called only through encoder/decoder.embed_tokens: its place in forward
+    # order is unknown and it sits last; the untied lm_head before it is still the head
+    layers = [("model.encoder.fc", "Linear", 64), ("model.decoder.norm", "LayerNorm", 16), ("lm_head", "Linear", 640),
+              ("model.shared", "Embedding", 640)]
+    assert layer_roles(layers) == [Role.WEIGHTED, Role.NORM, Role.HEAD, Role.EMBEDDING]
+    # tied: the head's weight is the embedding's row, the last layer that is no embedding is a norm: no head
+    assert Role.HEAD not in layer_roles([layers[0], layers[1], layers[3]])
+

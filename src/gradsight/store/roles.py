@@ -122,7 +122,7 @@ def layer_roles(layers: Sequence[tuple[str, str, int | None]]) -> list[str]:
     Returns:
         One role per layer (see the module docstring): :func:`role_of`, a
         container-owned parameter on the input side becomes an ``embedding``, and the
-        last layer, when weighted, the ``head``.
+        last layer that is no embedding, when weighted, the ``head``.
     """
     roles = [role_of(t, name=n, numel=k) for n, t, k in layers]
     weighted_before = 0
@@ -137,8 +137,12 @@ def layer_roles(layers: Sequence[tuple[str, str, int | None]]) -> list[str]:
             input_side = input_side and weighted_before <= 1
         elif role != Role.EMBEDDING:
             input_side = False
-    if roles and roles[-1] == Role.WEIGHTED:
-        roles[-1] = Role.HEAD
+    # the last layer that is no embedding: an embedding whose weight another module calls
+    # (tied or shared, as in BART's ``model.shared``) is never called itself, so its place in
+    # forward order is unknown and it sits at the end
+    last = next((i for i in range(len(roles) - 1, -1, -1) if roles[i] != Role.EMBEDDING), None)
+    if last is not None and roles[last] == Role.WEIGHTED:
+        roles[last] = Role.HEAD
     return roles
 
 
