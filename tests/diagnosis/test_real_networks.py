@@ -171,6 +171,33 @@ def test_dead_relu_units_and_unused_outputs_get_their_own_advice(tmp_path):
     assert outputs.measured["4"] == pytest.approx(2 / 6)
 
 
+def test_a_layer_whose_output_never_reaches_the_loss_is_told_from_silent_units(tmp_path):
+    class Gated(nn.Module):  # a parallel branch multiplied by zero: its layers get exactly zero gradient
+        def __init__(self):
+            super().__init__()
+            self.inp, self.main = nn.Linear(8, 16), nn.Linear(16, 16)
+            self.side = nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 16))
+            self.out = nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.out(h + self.main(h) + 0.0 * self.side(h))
+
+    torch.manual_seed(0)
+    model = Gated()
+    gen = torch.Generator().manual_seed(0)
+
+    def batch():
+        return torch.randn(16, 8, generator=gen), torch.randint(0, 4, (16,), generator=gen)
+
+    findings = gs.diagnose(record(model, tmp_path / "run", batch, nn.functional.cross_entropy, steps=10))
+    with gs.open_run(tmp_path / "run") as r:  # the reference: autograd's own zero gradients
+        assert (r.series("grad_norm", "layer")[["side.0", "side.2"]] == 0).all().all()
+    (units,) = [f for f in findings if f.code == "silent_units"]
+    assert set(units.layers) == {"side.0", "side.2"}
+    assert "never reaches the loss" in units.message and "activation is zero" not in units.message
+
+
 # -- forward signal: like with like --------------------------------------------------------------
 
 

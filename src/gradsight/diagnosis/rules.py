@@ -905,7 +905,9 @@ def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
     stuck = {k: v for k, v in whole.items() if saturation[k] > th.dead_saturation
              or (not recorded and math.isnan(saturation[k]))}
     units = {k: v for k, v in units.items() if v >= th.dead_frac and n_window >= th.dead_min_steps}
-    units.update({k: v for k, v in whole.items() if k not in stuck})  # silent, but not pushed far from zero
+    # silent in every row, but not pushed far from zero: what they compute does not reach the loss
+    unreached = [k for k in whole if k not in stuck]
+    units.update({k: whole[k] for k in unreached})
     outputs = {k: v for k, v in outputs.items() if v >= th.dead_frac and n_window >= th.dead_output_steps
                and not _saturated_logits(view, k, th)}
     findings = []
@@ -934,15 +936,26 @@ def dead_units(view: RunView, th: Thresholds) -> list[Finding]:
             "the activation after the last layer.",
             layers=list(outputs), measured=outputs))
     if units:
-        worst = max(units, key=units.get)
+        partly = {k: v for k, v in units.items() if k not in unreached}
+        parts = []
+        if partly:
+            worst = max(partly, key=partly.get)
+            parts.append(
+                f"{len(partly)} layer(s) have output units (rows, channels) whose gradient was exactly zero at every "
+                f"one of the last {n_window} recorded step(s) (up to {_fmt(100 * partly[worst])}% of "
+                f"'{display_name(worst)}'): "
+                + (_SATURATED_GATES.lstrip() if _recurrent(view, worst) else
+                   "their activation is zero for every input seen. Normal for layers fed by pooled features "
+                   "(squeeze-excite, a head after global pooling) on random data; if the share grows during "
+                   "training, lower the learning rate or use LeakyReLU/GELU."))
+        if unreached:
+            parts.append(
+                f"{len(unreached)} layer(s) got no gradient in any row at every one of the last {n_window} recorded "
+                f"step(s) (first: '{display_name(unreached[0])}') while their output is not stuck: what they compute "
+                "never reaches the loss (a branch or gate multiplied by zero, a path computed but not used at this "
+                "input size). Check that their output is used.")
         findings.append(Finding(
-            "silent_units", "info",
-            f"{len(units)} layer(s) have output units (rows, channels) whose gradient was exactly zero at every one "
-            f"of the last {n_window} recorded step(s) (up to {_fmt(100 * units[worst])}% of '{display_name(worst)}'): "
-            + (_SATURATED_GATES.lstrip() if _recurrent(view, worst) else
-               "their activation is zero for every input seen. Normal for layers fed by pooled features "
-               "(squeeze-excite, a head after global pooling) on random data; if the share grows during training, "
-               "lower the learning rate or use LeakyReLU/GELU."),
+            "silent_units", "info", " ".join(parts),
             layers=sorted(units, key=units.get, reverse=True), measured=units))
     return findings
 
