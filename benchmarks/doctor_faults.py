@@ -281,6 +281,22 @@ def _branch_end(module: nn.Module) -> nn.Module | None:
         return module.mlp  # timm ViT Block, GPT2Block, LlamaDecoderLayer, torchvision EncoderBlock
     if cls == "ConvNeXtBlock":
         return module.mlp
+    # blocks added for the networks kept out of the calibration (UNSEEN_PAIRS), after the above,
+    # so that no pair of the matrix or the held-out set changes branch
+    if hasattr(module, "mlp") and any(hasattr(module, a) for a in ("attention", "token_mixer")):
+        return module.mlp  # GPT-NeoX, SegFormer, timm MetaFormer (PoolFormer, ConvFormer)
+    if hasattr(module, "feed_forward") and hasattr(module, "attention"):
+        return module.feed_forward  # wav2vec2-style speech encoders (WavLM)
+    if hasattr(module, "fc2") and hasattr(module, "self_attn"):
+        return module.fc2  # BART-style encoder and decoder layers (mBART, Pegasus)
+    if cls.endswith("Layer") and hasattr(module, "intermediate") and hasattr(getattr(module, "output", None), "dense"):
+        return module.output.dense  # BERT-style layers under other names (ConvBERT)
+    if cls == "MambaBlock" and hasattr(module, "mixer"):
+        return module.mixer
+    if cls == "Bottleneck" and hasattr(module, "conv3") and hasattr(module, "downsample"):
+        return module.conv3  # timm RegNet
+    if cls == "DarkBlock" and hasattr(module, "conv2"):
+        return module.conv2  # timm CSP-Darknet
     return None
 
 
@@ -777,6 +793,8 @@ def _judge_pair(fault: str, net: str, runs: Path, entry: dict | None, families: 
                         FAULT_BY_NAME[fault].expected_of(net))
     if entry is None:
         result.error = "not recorded"
+    elif (entry.get("error") or "").startswith(NotApplicable.__name__):
+        result.error = "not applicable"  # the fault found nothing to change: no pair, not a crash
     elif entry.get("error"):
         result.error = entry["error"]
     else:
@@ -799,7 +817,7 @@ def _codes_cell(counter: Counter) -> str:
 
 
 def _crashed(r: PairResult) -> bool:
-    return r.flagged is None and r.error != "not recorded"
+    return r.flagged is None and r.error not in ("not recorded", "not applicable")
 
 
 def tables(results: list[PairResult]) -> str:
@@ -820,9 +838,11 @@ def tables(results: list[PairResult]) -> str:
                      f"{_codes_cell(instead)} | {sum(map(_crashed, rs)) or '-'} |")
     ran = [r for r in results if r.flagged is not None]
     unrecorded = sum(r.error == "not recorded" for r in results)
+    inapplicable = sum(r.error == "not applicable" for r in results)
     lines += ["", f"**Total: {sum(r.caught for r in ran)}/{len(ran)} caught** "
                   f"({len({r.fault for r in ran})} fault kinds, {len({r.net for r in ran})} networks); "
                   f"{sum(map(_crashed, results))} crashed" + (f", {unrecorded} not recorded" if unrecorded else "")
+              + (f", {inapplicable} not applicable (the fault found nothing to change)" if inapplicable else "")
               + (f"; with the expectations revised after the runs (`REVISED`: "
                  f"{', '.join(pair_name(r.fault, r.net) for r in ran if (r.fault, r.net) in REVISED)}), "
                  f"{sum(r.caught_revised for r in ran)}/{len(ran)}"
@@ -834,7 +854,7 @@ def tables(results: list[PairResult]) -> str:
         lines.append(f"| {family} | {sum(r.caught for r in rs)}/{len(rs)} | {missed} |")
     lines += ["", "| pair not caught | expected | flagged at warning or worse |", "| --- | --- | --- |"]
     for r in results:
-        if not r.caught:
+        if not r.caught and r.error != "not applicable":
             flagged = (("not recorded" if r.error == "not recorded" else f"**crash**: `{r.error}`")
                        if r.flagged is None else (", ".join(f"`{c}`" for c in sorted(r.flagged)) or "nothing"))
             lines.append(f"| {pair_name(r.fault, r.net)} | {', '.join(sorted(r.expected))} | {flagged} |")

@@ -156,3 +156,22 @@ def test_the_networks_kept_out_are_apart_from_the_population(benchmarks):
     kept = {n.name for n in population.load_nets(verbose=False)}
     unseen = population.load_nets(verbose=False, unseen=True)
     assert len(unseen) >= 40 and not kept & {n.name for n in unseen}
+
+
+def test_faults_on_the_networks_kept_out_use_only_them(benchmarks):
+    population, faults = benchmarks
+    unseen = {n.name for n in population.load_nets(verbose=False, unseen=True)}
+    nets = {net for _, net in faults.UNSEEN_PAIRS}
+    assert nets <= unseen and len(nets) >= 10
+    assert {fault for fault, _ in faults.UNSEEN_PAIRS} <= set(faults.FAULT_BY_NAME)
+    # none of the kinds whose verdict depends on the network's normalization (see REVISED)
+    assert not {f for f, _ in faults.UNSEEN_PAIRS} & {f for f, _ in faults.REVISED}
+
+
+def test_a_fault_with_nothing_to_change_is_no_crash(benchmarks, tmp_path):
+    _, faults = benchmarks
+    (tmp_path / "index.jsonl").write_text(
+        '{"name": "dead_bias__n", "steps": 20, "error": "NotApplicable: no biased layer"}\n')
+    (result,) = faults.judge(tmp_path, [("dead_bias", "n")])
+    assert result.error == "not applicable" and not faults._crashed(result) and not result.caught
+    assert "1 not applicable" in faults.tables([result]) and "0 crashed" in faults.tables([result])
