@@ -154,3 +154,41 @@ SECOND: list[Net] = [
                "UniSpeechSatConfig", wide=False, batch=4, samples=16000, **_AUDIO_TINY),
 ]
 NETS += SECOND
+
+#: A third set, added after the faults on the unseen networks (docs/diagnosis.md) and used for
+#: nothing else: families neither the population nor the first two sets hold.
+THIRD: list[Net] = [
+    _timm("sequencer2d_s", "sequencer", 32, "adamw", batch=8),
+    _timm("mvitv2_tiny", "mvitv2", 64, "adamw", batch=4, img_size=64),
+    _timm("twins_svt_small", "twins", 64, "adamw", batch=4),
+    _timm("inception_v3", "inception", 96, "sgd", batch=8),
+    _timm("botnet26t_256", "botnet", 64, "sgd", batch=8, img_size=64),
+    _timm("mobilevitv2_050", "mobilevitv2", 64, "adam", batch=8),
+    _timm("efficientvit_b0", "efficientvit-b", 64, "adam", batch=8),
+    _timm("nextvit_small", "nextvit", 64, "adamw", batch=8),
+    _timm("coatnet_nano_rw_224", "coatnet", 64, "adamw", batch=8, img_size=64),
+    _timm("hardcorenas_a", "hardcorenas", 64, "adam", batch=32),
+    _timm("resnetrs50", "resnetrs", 64, "sgd", batch=8),
+    _hf_unseen("cohere_tiny", "cohere", "causal", "CohereForCausalLM", "CohereConfig", wide=False, **_LLAMA_TINY),
+    _hf_unseen("persimmon_tiny", "persimmon", "causal", "PersimmonForCausalLM", "PersimmonConfig", wide=False,
+               hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+               max_position_embeddings=64),
+    _hf_unseen("nemotron_tiny", "nemotron", "causal", "NemotronForCausalLM", "NemotronConfig", wide=False,
+               **_LLAMA_TINY),
+    _hf_unseen("jamba_tiny", "jamba", "causal", "JambaForCausalLM", "JambaConfig", wide=False, hidden_size=64,
+               num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+               num_experts=4, num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=1,
+               attn_layer_period=2, attn_layer_offset=1, mamba_d_state=8,
+               note="hybrid: Mamba and attention layers, a mixture of 4 experts every other layer"),
+    _hf_unseen("mpt_tiny", "mpt", "causal", "MptForCausalLM", "MptConfig", wide=False, d_model=64, n_layers=2,
+               n_heads=4, max_seq_len=64),
+    _hf_unseen("roformer_tiny", "roformer", "encoder", "RoFormerForSequenceClassification", "RoFormerConfig",
+               wide=False, **_BERT_TINY),
+    _hf_unseen("led_tiny", "led", "seq2seq", "LEDForConditionalGeneration", "LEDConfig", wide=False,
+               **{**_SEQ2SEQ_TINY, "max_encoder_position_embeddings": 64, "max_decoder_position_embeddings": 64,
+                  "attention_window": 8}),
+    _hf_unseen("swinv2_tiny", "swinv2", "vision", "Swinv2ForImageClassification", "Swinv2Config", wide=False,
+               image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4],
+               window_size=2),
+]
+NETS += THIRD
