@@ -161,7 +161,7 @@ THIRD: list[Net] = [
     _timm("sequencer2d_s", "sequencer", 32, "adamw", batch=8),
     _timm("mvitv2_tiny", "mvitv2", 64, "adamw", batch=4, img_size=64),
     _timm("twins_svt_small", "twins", 64, "adamw", batch=4),
-    _timm("inception_v3", "inception", 96, "sgd", batch=8),
+    _timm("inception_v3", "inception", 96, "sgd", batch=32),  # its last stage is 1x1 at 96 pixels
     _timm("botnet26t_256", "botnet", 64, "sgd", batch=8, img_size=64),
     _timm("mobilevitv2_050", "mobilevitv2", 64, "adam", batch=8),
     _timm("efficientvit_b0", "efficientvit-b", 64, "adam", batch=8),

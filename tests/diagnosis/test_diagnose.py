@@ -163,6 +163,7 @@ def test_dead_units_missing_gradients_and_update_ratio(tmp_path):
     found = {f.code: f for f in gs.diagnose(tmp_path / "run")}
     assert "body.4" in found["dead_units"].layers
     assert sorted(found["no_gradient"].layers) == ["unused.bias", "unused.weight"]
+    assert "'unused'" in found["no_gradient"].message  # names the module, as the user wrote it
     assert "update_ratio_high" in found
 
 
@@ -507,6 +508,36 @@ def test_weights_grown_far_from_their_init_mean_the_learning_rate_is_too_high(tm
     assert f.measured[layer] == pytest.approx(grown, rel=0.2)
     _, calm = _adam_run(tmp_path, lr=1e-3)
     assert "update_ratio_high" not in codes(calm)
+
+
+@pytest.mark.parametrize("grown", ["0", "1", "8"])
+def test_a_batchnorm_gain_the_next_batchnorm_normalizes_away_may_grow(tmp_path, grown):
+    """The first BatchNorm's gain is followed by a ReLU, a convolution and another BatchNorm,
+    which removes its scale: multiplying it by 1.15 a step (the loss unchanged, checked) is no
+    sign of a learning rate too high; the same growth of the head's weights is. The
+    convolution feeding the first BatchNorm is scale-invariant too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
+    losses = []
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=True) as mon:
+        for _ in range(20):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            losses.append(float(loss))
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+            with torch.no_grad():
+                model[int(grown)].weight.mul_(1.15)
+    found = {f.code for f in gs.diagnose(tmp_path / "run") if f.severity >= "warning"}
+    if grown in ("0", "1"):
+        assert max(losses) - min(losses) < 1e-4  # scale-invariant: the function does not change
+        assert "update_ratio_high" not in found
+    else:
+        assert "update_ratio_high" in found
 
 
 def test_unused_mask_token_on_a_used_model_is_info_regression_xlnet_mask_emb(tmp_path):
