@@ -684,12 +684,16 @@ REVISED: dict[tuple[str, str], tuple[frozenset[str], str]] = {
 }
 
 
+def expected(fault: str, net: str) -> frozenset[str]:
+    """The expected codes of a pair, as decided before any run (:data:`UNSEEN_EXPECTED`, else the
+    fault kind's for that network)."""
+    return UNSEEN_EXPECTED.get((fault, net)) or FAULT_BY_NAME[fault].expected_of(net)
+
+
 def revised_expected(fault: str, net: str) -> frozenset[str]:
     """The expected codes of a pair, with :data:`REVISED`'s revisions (:data:`SILENT`: none)."""
     revised = REVISED.get((fault, net))
-    if revised:
-        return revised[0]
-    return UNSEEN_EXPECTED.get((fault, net)) or FAULT_BY_NAME[fault].expected_of(net)
+    return revised[0] if revised else expected(fault, net)
 
 
 def agrees(expected: Iterable[str], flagged: set[str]) -> bool:
@@ -818,7 +822,7 @@ class PairResult:
 
 def _judge_pair(fault: str, net: str, runs: Path, entry: dict | None, families: dict[str, str]) -> PairResult:
     result = PairResult(fault, net, (entry or {}).get("family") or families.get(net, "?"),
-                        UNSEEN_EXPECTED.get((fault, net)) or FAULT_BY_NAME[fault].expected_of(net))
+                        expected(fault, net))
     if entry is None:
         result.error = "not recorded"
     elif (entry.get("error") or "").startswith(NotApplicable.__name__):

@@ -176,3 +176,33 @@ def test_a_fault_with_nothing_to_change_is_no_crash(benchmarks, tmp_path):
     (result,) = faults.judge(tmp_path, [("dead_bias", "n")])
     assert result.error == "not applicable" and not faults._crashed(result) and not result.caught
     assert "1 not applicable" in faults.tables([result]) and "0 crashed" in faults.tables([result])
+
+
+def test_the_calibration_counts_the_fault_sets_outside_the_matrix(benchmarks, tmp_path):
+    import pandas as pd
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        calibrate = importlib.import_module("doctor_calibrate")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    rows = pd.DataFrame([
+        # caught: the expected code; caught: nothing flagged where the expectation is "none"
+        {"kind": "unseen_fault", "fault": "dead_bias", "net": "a", "family": "x", "expected": "dead_units",
+         "expected_revised": "dead_units", "flagged": "dead_units", "error": None},
+        {"kind": "unseen_fault", "fault": "removed_skips", "net": "b", "family": "x", "expected": "none",
+         "expected_revised": "vanishing_gradients", "flagged": "vanishing_gradients", "error": None},
+        {"kind": "unseen_fault", "fault": "removed_skips", "net": "c", "family": "x", "expected": "none",
+         "expected_revised": "none", "flagged": None, "error": None},
+        {"kind": "unseen_fault", "fault": "dead_bias", "net": "d", "family": "x", "expected": "dead_units",
+         "expected_revised": "dead_units", "flagged": None, "error": "RuntimeError: boom"},
+        {"kind": "fault", "fault": "dead_bias", "net": "e", "family": "x", "expected": "dead_units",
+         "expected_revised": "dead_units", "flagged": "", "error": None},  # the matrix: not counted here
+    ])
+    text = "\n".join(calibrate.kept_out_faults_section(rows))
+    assert "**2/3 caught**" in text and "3/3 with `REVISED`" in text and "1 crashed" in text
+    assert "Held-out pairs" not in text  # no rows of that set
+    # a pair whose fault found nothing to change is no row at all
+    (tmp_path / "index.jsonl").write_text('{"name": "dead_bias__unseen_hf_mixtral_tiny", "fault": "dead_bias", '
+                                          '"net": "unseen_hf_mixtral_tiny", "error": "NotApplicable: no bias"}\n')
+    assert calibrate.measure_runs(tmp_path, "unseen_fault", (20,)) == []
