@@ -206,3 +206,25 @@ def test_the_calibration_counts_the_fault_sets_outside_the_matrix(benchmarks, tm
     (tmp_path / "index.jsonl").write_text('{"name": "dead_bias__unseen_hf_mixtral_tiny", "fault": "dead_bias", '
                                           '"net": "unseen_hf_mixtral_tiny", "error": "NotApplicable: no bias"}\n')
     assert calibrate.measure_runs(tmp_path, "unseen_fault", (20,)) == []
+
+
+def test_a_recurrence_written_in_python_is_no_stack_of_residual_blocks(benchmarks, tmp_path):
+    """RWKV's attention (Hugging Face's CPU path) runs its WKV recurrence step by step in
+    Python: 32 additions a block that pass nothing through their "branch" where the state is
+    still zero. They are recorded as block rows, and no block rule judges them (it reported
+    `idle_branch` on the stock model); the real residual additions stay judged."""
+    population, _ = benchmarks
+    from gradsight.diagnosis import rules
+    from gradsight.store.view import RunView
+
+    (net,) = [n for n in population.load_nets(verbose=False, unseen=True) if n.name == "unseen_hf_rwkv_tiny"]
+    entry = population.record_net(net, tmp_path, steps=5)
+    assert entry["error"] is None, entry.get("traceback")
+    findings = gs.diagnose(tmp_path / net.name)
+    assert not [f for f in findings if f.severity >= "warning"], gs.format_findings(findings)
+    with RunView(tmp_path / net.name) as view:
+        recurrence = rules.recurrence_additions(view)
+        assert len(recurrence) > 2 * rules.MAX_ADDITIONS_PER_MODULE
+        assert all(b.startswith("rwkv.blocks.") and ".attention[" in b for b in recurrence)
+        judged = rules._table(view, "block", "skip_grad_norm").columns
+        assert not set(judged) & recurrence

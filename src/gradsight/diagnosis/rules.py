@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from dataclasses import astuple, dataclass
 
 import numpy as np
@@ -36,9 +37,33 @@ def _table(view: RunView, level: str, stat: str) -> pd.DataFrame:
     (the steps the plots and the report show), whole-model series, missing-gradient
     counts and update ratios over every recorded step (update ratios are at some steps
     only, each layer at its own under rotating snapshots: a sample of all steps could miss
-    whole layers)."""
+    whole layers). Block statistics leave out the additions of a recurrence
+    (:func:`recurrence_additions`)."""
     every = level in Level.TOTALS or stat in ("grad_missing", "update_ratio")
-    return view.matrix(level, stat, steps="all" if every else "sample")
+    table = view.matrix(level, stat, steps="all" if every else "sample")
+    if level == Level.BLOCK:
+        table = table.drop(columns=[c for c in table.columns if c in recurrence_additions(view)])
+    return table
+
+
+#: A module holding more residual additions than this computes a recurrence or a series step
+#: by step in Python (RWKV's attention: 32 a block, over its time loop; Mamba's, Jamba's and
+#: RecurrentGemma's scans without their kernels: 16-17), not a stack of residual blocks: the
+#: modules of the population and of the networks kept out hold at most 4 (a Conformer layer,
+#: a MobileOne stage, SqueezeBERT's encoder).
+MAX_ADDITIONS_PER_MODULE = 8
+
+
+def recurrence_additions(view: RunView) -> set[str]:
+    """The block rows (additions inside a module, ``module[k]``) of modules holding more than
+    :data:`MAX_ADDITIONS_PER_MODULE` of them: a recurrence's arithmetic (``num = e1 * num + e2
+    * v`` at every time step, which passes nothing through its "branch" at the first step, the
+    state being zero), judged by no block rule."""
+    def find() -> set[str]:
+        counts = Counter(b.split("[", 1)[0] for b in view.blocks if "[" in b)
+        return {b for b in view.blocks if "[" in b and counts[b.split("[", 1)[0]] > MAX_ADDITIONS_PER_MODULE}
+
+    return _memo(view, ("recurrence_additions",), find)
 
 
 #: The per-module tables the rules read at the view's sample, and over every step.
