@@ -320,8 +320,8 @@ def unseen_section(unseen: pd.DataFrame, rejected: pd.DataFrame) -> list[str]:
         f"{unseen['name'].nunique()} healthy networks in {unseen['family'].nunique()} families kept out of the "
         "fitting (`doctor_nets_unseen.py`: timm and Hugging Face models outside the population, recorded with its "
         "recipes; the changes the first set led to are described above, the second set, `SECOND`, was recorded "
-        "after them, the third, `THIRD`, after the faults on the unseen networks, with the one change it led to "
-        "described above), judged like the population"
+        "after them, the third, `THIRD`, after the faults on the unseen networks, the fourth, `FOURTH`, after the "
+        "third's change, each with the change it led to described above), judged like the population"
         + (f" ({rejected['name'].nunique()} more recorded, rejected by the health criterion: "
            + ", ".join(sorted(rejected["name"].unique())) + ")" if not rejected.empty else "") + ":",
         "",
