@@ -74,3 +74,12 @@ def test_an_embedding_placed_last_does_not_hide_the_head():
     # tied: the head's weight is the embedding's row, the last layer that is no embedding is a norm: no head
     assert Role.HEAD not in layer_roles([layers[0], layers[1], layers[3]])
 
+
+def test_a_layer_the_forward_did_not_run_is_never_the_head():
+    # wav2vec2-Conformer builds pos_conv_embed and never calls it: placed last, it is no head
+    layers = [("encoder.fc", "Linear", 64), ("classifier", "Linear", 40), ("pos_conv_embed.conv", "Conv1d", 90)]
+    assert layer_roles(layers, unplaced=["pos_conv_embed.conv"]) == [Role.WEIGHTED, Role.HEAD, Role.WEIGHTED]
+    assert layer_roles(layers)[-1] == Role.HEAD
+    # before any forward pass every layer is unplaced: the last is the head, as before
+    assert layer_roles(layers, unplaced=[n for n, _, _ in layers])[-1] == Role.HEAD
+

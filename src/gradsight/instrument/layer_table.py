@@ -17,7 +17,7 @@ LayerRow = tuple[str, int, str, str, str, int]
 def layer_rows(
     layers: list[str], module_kinds: dict[str, str], types: dict[str, str], rank: Callable[[list[str]], list[str]],
     numel: dict[str, int] | None = None, aliased: set[str] | frozenset[str] = frozenset(),
-    frozen: list[tuple[str, str, int]] | tuple[()] = (),
+    frozen: list[tuple[str, str, int]] | tuple[()] = (), unplaced: list[str] | tuple[()] = (),
 ) -> list[LayerRow]:
     """Rows of the ``layers`` table.
 
@@ -32,6 +32,7 @@ def layer_rows(
         frozen: :func:`frozen_places`: the layers of frozen parameters only have no
             rows, but the roles are decided over every layer in forward order (a
             frozen output layer is the head, so no recorded layer is).
+        unplaced: layers the observed forward pass did not run (never the head).
 
     Returns:
         A ``layer`` row for every layer, a ``block`` row for every residual addition
@@ -50,7 +51,7 @@ def layer_rows(
     rows = [(n, d, types.get(n, "?"), RowKind.LAYER) for d, n in enumerate(rank(list(layers)))]
     rows += [(n, d, types.get(n, "?"), RowKind.BLOCK) for d, n in enumerate(blocks)]
     rows += [(n, d, types.get(n, "?"), RowKind.MODULE) for d, n in enumerate(rank(modules + list(layers))) if n in module_set]
-    roles = row_roles(rows, numel or {}, aliased, frozen)
+    roles = row_roles(rows, numel or {}, aliased, frozen, unplaced)
     return [row + extra for row, extra in zip(rows, roles)]
 
 
@@ -121,7 +122,7 @@ class LayerTable:
             inv = self._inventory
             frozen = frozen_places(inv.layers, inv.frozen_layers, types, self._order.rank)
             self._writer.write_layers(layer_rows(inv.layers, module_kinds, types, self._order.rank,
-                                                 inv.layer_numel(), inv.tied_layers(), frozen))
+                                                 inv.layer_numel(), inv.tied_layers(), frozen, unplaced))
             self._writer.set_meta(depth_source=source, depth_unplaced=unplaced, frozen_layers=frozen)
             self._written = signature
         if self._order.done and (self._activations is None or self._activations.blocks_known):

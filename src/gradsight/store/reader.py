@@ -285,7 +285,8 @@ class Run:
                        if a}
             rows = [(n, None if pd.isna(d) else int(d), t, k) for n, d, t, k in
                     zip(df["name"], df["depth"], df["module_type"], df["kind"])]
-            derived = row_roles(rows, numel, aliased, [tuple(f) for f in self.meta.get("frozen_layers") or ()])
+            derived = row_roles(rows, numel, aliased, [tuple(f) for f in self.meta.get("frozen_layers") or ()],
+                                self.meta.get("depth_unplaced") or ())
             df["role"] = [r if isinstance(r, str) else d[0] for r, d in zip(df["role"], derived)]
             df["tied"] = [t if pd.notna(t) else d[1] for t, d in zip(df["tied"], derived)]
         df["role"] = df["role"].astype(str)

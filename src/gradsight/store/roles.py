@@ -112,12 +112,14 @@ def role_of(module_type: str, *, name: str = "", numel: int | None = None) -> st
     return Role.OTHER
 
 
-def layer_roles(layers: Sequence[tuple[str, str, int | None]]) -> list[str]:
+def layer_roles(layers: Sequence[tuple[str, str, int | None]], unplaced: Collection[str] = ()) -> list[str]:
     """The role of every layer of a network.
 
     Args:
         layers: ``(name, module_type, numel)`` of every layer (what owns trainable
             parameters), in forward order.
+        unplaced: layers the observed forward pass did not run (``meta.depth_unplaced``),
+            placed after the others: never the head, unless no layer ran.
 
     Returns:
         One role per layer (see the module docstring): :func:`role_of`, a
@@ -140,7 +142,11 @@ def layer_roles(layers: Sequence[tuple[str, str, int | None]]) -> list[str]:
     # the last layer that is no embedding: an embedding whose weight another module calls
     # (tied or shared, as in BART's ``model.shared``) is never called itself, so its place in
     # forward order is unknown and it sits at the end
-    last = next((i for i in range(len(roles) - 1, -1, -1) if roles[i] != Role.EMBEDDING), None)
+    # ... and a layer the forward pass did not run (a module built and never called, as
+    # wav2vec2-Conformer's positional convolution) has no place there either
+    unplaced = set(unplaced) if len(set(unplaced)) < len(layers) else set()
+    last = next((i for i in range(len(roles) - 1, -1, -1)
+                 if roles[i] != Role.EMBEDDING and layers[i][0] not in unplaced), None)
     if last is not None and roles[last] == Role.WEIGHTED:
         roles[last] = Role.HEAD
     return roles
@@ -174,7 +180,8 @@ def role_label(roles: str | Iterable[str] | None) -> str:
 
 
 def row_roles(rows: Sequence[tuple[str, int | None, str, str]], numel: Mapping[str, int],
-              aliased: Collection[str], frozen: Sequence[tuple[str, str, int]] = ()) -> list[tuple[str, int]]:
+              aliased: Collection[str], frozen: Sequence[tuple[str, str, int]] = (),
+              unplaced: Collection[str] = ()) -> list[tuple[str, int]]:
     """``(role, tied)`` of every row of the ``layers`` table.
 
     Args:
@@ -184,6 +191,7 @@ def row_roles(rows: Sequence[tuple[str, int | None, str, str]], numel: Mapping[s
         frozen: ``(name, module_type, before)`` of the layers of frozen parameters
             only, which have no row: ``before`` is how many ``layer`` rows come before
             it in forward order (``meta.frozen_layers``).
+        unplaced: layers the observed forward pass did not run (``meta.depth_unplaced``).
 
     Returns:
         For each row, in the order given: a ``layer`` row's role from
@@ -197,7 +205,7 @@ def row_roles(rows: Sequence[tuple[str, int | None, str, str]], numel: Mapping[s
     placed = [((k, 1, 0), (rows[i][0], rows[i][2])) for k, i in enumerate(layer_idx)]
     placed += [((before, 0, j), (name, module_type)) for j, (name, module_type, before) in enumerate(frozen)]
     every = [layer for _, layer in sorted(placed)]
-    ranked = layer_roles([(name, module_type, numel.get(name)) for name, module_type in every])
+    ranked = layer_roles([(name, module_type, numel.get(name)) for name, module_type in every], unplaced)
     of_layer = {name: role for (name, _), role in zip(every, ranked)}
     out = []
     for name, _, module_type, kind in rows:
