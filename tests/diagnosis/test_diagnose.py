@@ -540,6 +540,47 @@ def test_a_batchnorm_gain_the_next_batchnorm_normalizes_away_may_grow(tmp_path, 
         assert "update_ratio_high" in found
 
 
+def test_a_norm_gain_stored_as_an_offset_is_no_small_scale(tmp_path):
+    """Gemma's RMSNorm computes ``x * (1 + w)`` with ``w`` starting at 0: its output keeps its
+    input's scale, so the layers after it are not "behind a small scale", and a learning rate
+    1e4 times too small is reported as it is without the norm (a zero-initialized BatchNorm,
+    whose output is 0, stays a small scale)."""
+
+    class OffsetRMSNorm(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(d))
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + self.weight)
+
+    class Block(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.norm, self.fc1, self.fc2 = OffsetRMSNorm(d), nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+        def forward(self, x):
+            return x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), Block(32), Block(32), nn.Linear(32, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-7)
+    gen = torch.Generator().manual_seed(0)
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=True, activations=True) as mon:
+        for _ in range(20):
+            x, y = torch.randn(16, 8, generator=gen), torch.randint(0, 4, (16,), generator=gen)
+            nn.functional.cross_entropy(model(x), y).backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    from gradsight.diagnosis import rules
+    from gradsight.store.view import RunView
+
+    with RunView(tmp_path / "run") as view:
+        assert "1.norm" not in rules.small_initialized(view, gs.Thresholds())
+    assert "update_ratio_low" in codes(gs.diagnose(tmp_path / "run"), "warning")
+
+
 def test_unused_mask_token_on_a_used_model_is_info_regression_xlnet_mask_emb(tmp_path):
     """XLNet keeps ``mask_emb`` as a bare parameter of the model itself, used only with
     permutation masks: the model runs (its children get gradients), so the token is a

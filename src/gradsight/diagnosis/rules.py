@@ -249,7 +249,21 @@ def small_initialized(view: RunView, th: Thresholds) -> set[str]:
     if rms.empty:
         return set()
     layer_of = dict(zip(view.params["name"], view.params["layer"]))
-    return {layer_of[n] for n, v in rms.items() if v <= th.small_init and n in layer_of and not _is_shift(n)}
+    small = {layer_of[n] for n, v in rms.items() if v <= th.small_init and n in layer_of and not _is_shift(n)}
+    # a norm layer whose gain is stored as an offset (Gemma's RMSNorm computes x * (1 + w), w
+    # starting at 0) outputs its input's scale: a parameter at zero is a small scale only where
+    # the layer's output is small (a zero-initialized BatchNorm outputs its shift, 0)
+    acts = _table(view, Level.MODULE, "act_rms")
+    if not acts.empty:
+        first = acts.iloc[0]
+        small = {n for n in small if not (view.role(n) == Role.NORM and n in first.index
+                                          and first[n] > SMALL_OUTPUT_RMS)}
+    return small
+
+
+#: A norm layer with a zero-initialized parameter is a small scale only if its output RMS at the
+#: first recorded step is at most this (Gemma's offset gains: about 1; zero-init BatchNorm: 0).
+SMALL_OUTPUT_RMS = 0.1
 
 
 def _is_shift(param: str) -> bool:
