@@ -240,6 +240,11 @@ def _initial_rms(view: RunView, level: str = Level.LAYER) -> pd.Series:
     return (first / np.sqrt(numel.reindex(first.index).astype(float))).dropna()
 
 
+#: A norm layer with a zero-initialized parameter is a small scale only if its output RMS at the
+#: first recorded step is at most this (Gemma's offset gains: about 1; zero-init BatchNorm: 0).
+SMALL_OUTPUT_RMS = 0.1
+
+
 def small_initialized(view: RunView, th: Thresholds) -> set[str]:
     """Layers with a parameter initialized at or near zero (RMS at most ``small_init``) by
     design: a zero-initialized last BatchNorm scale (timm's ``zero_init_last``), LayerScale
@@ -259,11 +264,6 @@ def small_initialized(view: RunView, th: Thresholds) -> set[str]:
         small = {n for n in small if not (view.role(n) == Role.NORM and n in first.index
                                           and first[n] > SMALL_OUTPUT_RMS)}
     return small
-
-
-#: A norm layer with a zero-initialized parameter is a small scale only if its output RMS at the
-#: first recorded step is at most this (Gemma's offset gains: about 1; zero-init BatchNorm: 0).
-SMALL_OUTPUT_RMS = 0.1
 
 
 def _is_shift(param: str) -> bool:
@@ -1123,7 +1123,7 @@ def network_update(view: RunView, low: pd.Series) -> tuple[float, int]:
     decide it. Those start at 1 or 0 and move by about lr per Adam step whatever the
     network learns: CAFormer's 90 of them (StarReLU scalars, norms) put its median at 7e-6
     under AdamW 1e-4, its 84 weighted layers' at 1.7e-4."""
-    weighted = [n for n in low.index if view.role(n) in (Role.WEIGHTED, Role.HEAD)]
+    weighted = _weighted_or_head(view, low.index)
     judged = low[weighted] if weighted else low
     return (float(judged.median()) if len(judged) else math.nan), len(judged)
 

@@ -144,7 +144,9 @@ def layer_roles(layers: Sequence[tuple[str, str, int | None]], unplaced: Collect
     # forward order is unknown and it sits at the end
     # ... and a layer the forward pass did not run (a module built and never called, as
     # wav2vec2-Conformer's positional convolution) has no place there either
-    unplaced = set(unplaced) if len(set(unplaced)) < len(layers) else set()
+    unplaced = set(unplaced)
+    if len(unplaced) >= len(layers):  # no forward pass observed yet: registration order, as before
+        unplaced = set()
     last = next((i for i in range(len(roles) - 1, -1, -1)
                  if roles[i] != Role.EMBEDDING and layers[i][0] not in unplaced), None)
     if last is not None and roles[last] == Role.WEIGHTED:
