@@ -221,6 +221,45 @@ def test_exploding_forward_on_stock_pre_ln_gpt2(tmp_path, n_layer):
     assert not codes(findings, "warning"), gs.format_findings(findings)
 
 
+def test_a_stream_starting_below_its_norms_eps_is_no_exploding_forward(tmp_path):
+    """Stock MobileViT (xx-small widths): each stage's convolutions hand its transformer a
+    stream of variance 1e-11..1e-7, below LayerNorm's eps (1e-5), so the first layer's
+    ``layernorm_before`` outputs 0.1-0.4 where its gain and the next layers' give 1, and the
+    stream then grows by additions, not by anything multiplying it. Those first layers are
+    left out of the forward profile (the warning went away), and every one left out is one
+    whose norm input, measured with a float64 hook at the first step, is below eps / 3."""
+    transformers = pytest.importorskip("transformers")
+    from gradsight.diagnosis.rules import _table, eps_bound_instances
+    from gradsight.store.view import Level, RunView
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    cfg = transformers.MobileViTConfig(image_size=64, num_labels=10, hidden_sizes=[64, 80, 96],
+                                       neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320])
+    model = transformers.MobileViTForImageClassification(cfg)
+    variance: dict[str, float] = {}
+
+    def keep(name):
+        def hook(_module, args):
+            variance.setdefault(name, float(args[0].double().var(-1, unbiased=False).mean()))
+        return hook
+
+    for name, module in model.named_modules():
+        if name.endswith("layernorm_before"):
+            module.register_forward_pre_hook(keep(name.removesuffix(".layernorm_before")))
+    run = record(model, tmp_path / "run", images(8, 64), lambda out, y: nn.functional.cross_entropy(out.logits, y),
+                 steps=5)
+    with RunView(run) as view:
+        bound = eps_bound_instances(view, _table(view, Level.MODULE, "act_rms"))
+    assert bound == {f"mobilevit.encoder.layer.{i}.transformer.layer.0" for i in (2, 3, 4)}
+    eps = cfg.layer_norm_eps
+    assert all(variance[b] < eps / 3 for b in bound)
+    assert all(v > eps for b, v in variance.items() if b.endswith(("layer.1", "layer.2", "layer.3"))
+               and "layer.2.transformer" not in b)  # the 2-layer stage's second layer is below eps too
+    findings = gs.diagnose(run)
+    assert "exploding_forward" not in codes(findings), gs.format_findings(findings)
+
+
 # -- gradient scale from parameter gradients: the run and the model check agree ----------------------
 
 

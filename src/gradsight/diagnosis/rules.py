@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from gradsight.diagnosis.findings import Finding
-from gradsight.diagnosis.structure import alike_log_ratio, alike_pairs, block_chains
+from gradsight.diagnosis.structure import alike_log_ratio, alike_pairs, block_chains, chains_of
 from gradsight.diagnosis.thresholds import Thresholds
 from gradsight.display import display_name
 from gradsight.instrument.recurrent import (
@@ -320,8 +320,8 @@ def _depth(view: RunView, key: str, what: str, table: pd.DataFrame) -> _Depth | 
     log10, span = alike_log_ratio(view, table)
     if span == 0 or log10.dropna().empty:
         return None
-    longest = max((chain for chain, _rel, _members in alike_pairs(view, table.columns)), key=len)
-    return _Depth(key, what, log10, span, (longest.instances[0], longest.instances[-1]))
+    chain, _rel, members = max(alike_pairs(view, table.columns), key=lambda pair: len(pair[0]))
+    return _Depth(key, what, log10, span, (chain.instances[members[0][0]], chain.instances[members[-1][0]]))
 
 
 def depth_profiles(view: RunView) -> list[_Depth]:
@@ -730,6 +730,50 @@ def _stream_allowance(stream_rms: pd.DataFrame, branch_var: pd.DataFrame, chain:
     return allowed.where(allowed > base, base).fillna(base)
 
 
+#: A norm layer whose output RMS is below this fraction of its gain's RMS (and of its peers' in
+#: the other instances) normalizes an input whose variance is below a third of its eps:
+#: ``g * sqrt(v / (v + eps)) < g / 2`` exactly when ``v < eps / 3``.
+EPS_BOUND_OUTPUT = 0.5
+
+
+def eps_bound_instances(view: RunView, acts: pd.DataFrame) -> set[str]:
+    """Instances of repeated blocks whose norm layer's output is held down by the layer's
+    eps, not set by its input (median over the recorded steps): a stream that starts far
+    below 1 (MobileViT's first transformer layer after its convolutions: RMS 8e-4, a
+    LayerNorm output of 0.12-0.41 where its gain and its peers in the next layers give 1).
+    Everything after such a norm in its block runs at a scale that eps sets, so comparing
+    the block with the next ones measures eps, not growth; the forward profile leaves these
+    instances out. Norm layers whose peers are held down alike (padding zeros in every
+    window, TinyViT's 0.286) compare like with like and are kept."""
+    if acts.empty:
+        return set()
+    norms = [c for c in acts.columns if view.role(c) == Role.NORM]
+    if not norms:
+        return set()
+    gains = _initial_rms(view, Level.PARAM)
+    gain_of: dict[str, float] = {}
+    for layer, name in zip(view.params["layer"], view.params["name"]):
+        if name.rsplit(".", 1)[-1] == "weight" and name in gains.index:
+            gain_of.setdefault(layer, float(gains[name]))
+    medians = acts[norms].median()
+    bound = set()
+    for chain, _rel, members in alike_pairs(view, norms):
+        peers = float(medians[[n for _, n in members]].median())
+        for idx, n in members:
+            out, gain = float(medians[n]), gain_of.get(n, math.nan)
+            if out < EPS_BOUND_OUTPUT * gain and out < EPS_BOUND_OUTPUT * peers:
+                bound.add(chain.instances[idx])
+    return bound
+
+
+def _outside(view: RunView, names, instances: set[str]) -> list[str]:
+    """``names`` less those inside one of these ``instances`` of repeated blocks."""
+    if not instances:
+        return list(names)
+    where = chains_of(view)
+    return [n for n in names if n not in where or where[n][0].instances[where[n][1]] not in instances]
+
+
 def forward_growth(view: RunView) -> tuple[float, float, tuple[str, str], list[int]]:
     """How the forward signal changes along depth, like with like, as ``log10`` (median
     over the steps): (growth of each module's output RMS toward the output, compared with
@@ -741,8 +785,9 @@ def forward_growth(view: RunView) -> tuple[float, float, tuple[str, str], list[i
     steps: list[int] = [int(s) for s in acts.index] if not acts.empty else []
     layer = math.nan
     ends: tuple[str, str] = ("", "")
+    bound = eps_bound_instances(view, acts)
     if not acts.empty:
-        modules = acts[[c for c in acts.columns if c not in view.blocks]]
+        modules = acts[_outside(view, [c for c in acts.columns if c not in view.blocks], bound)]
         found = _depth(view, "forward", "output RMS", modules)
         if found is not None:
             layer, ends = -found.median, found.ends
@@ -753,7 +798,7 @@ def forward_growth(view: RunView) -> tuple[float, float, tuple[str, str], list[i
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.log10(blocks.where(blocks > 0))
         excess = []
-        for chain in block_chains(view, list(blocks.columns)):
+        for chain in block_chains(view, _outside(view, blocks.columns, bound)):
             excess.append(logs[chain[-1]] - logs[chain[0]] - _stream_allowance(blocks, branch_var, chain))
             if not ends[0]:
                 ends = (chain[0], chain[-1])
