@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from gradsight.instrument.layers import Inventory
 from gradsight.stats.histogram import log2_counts
-from gradsight.stats.grad import MAXABS, RAW_FIELDS, W_SUMSQ, count_nonfinite, raw_sums, sumsq_fp32
+from gradsight.stats.grad import MAXABS, RAW_FIELDS, W_SUMSQ, count_nonfinite, raw_sums, sumsq_fp32, sumsq_fp64
 from gradsight.store.writer import NullWriter, StoreWriter, Writer
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,10 @@ class Local:
     def count_nonfinite(self, grads: Sequence[Tensor], rows: Sequence[int]) -> list[float]:
         """Exact NaN/Inf counts of ``grads[k]`` for ``k`` in ``rows``."""
         return [count_nonfinite(grads[k]) for k in rows]
+
+    def sumsq_fp64(self, grads: Sequence[Tensor], rows: Sequence[int]) -> list[float]:
+        """Sums of squares of ``grads[k]`` for ``k`` in ``rows``, squared in float64."""
+        return [sumsq_fp64(grads[k]) for k in rows]
 
     def log2_counts(self, grads: Sequence[Tensor], scale: Tensor | None, lo: int, hi: int) -> Tensor:
         """Log2 bucket counts of the gradients (:func:`gradsight.stats.histogram.log2_counts`)."""
@@ -250,6 +254,15 @@ class Distributed:
         counts = torch.tensor(local, dtype=torch.float64, device=_device(grads))
         _dist().all_reduce(counts)
         return counts.tolist()
+
+    def sumsq_fp64(self, grads: Sequence[Tensor], rows: Sequence[int]) -> list[float]:
+        """Sums of squares of the global ``grads[k]`` for ``k`` in ``rows``, squared in float64."""
+        if self.mode == "replicated":
+            return [sumsq_fp64(grads[k]) for k in rows]
+        local = [sumsq_fp64(_local(grads[k])) if self._counts(grads[k]) else 0.0 for k in rows]
+        sums = torch.tensor(local, dtype=torch.float64, device=_device(grads))
+        _dist().all_reduce(sums)
+        return sums.tolist()
 
     def log2_counts(self, grads: Sequence[Tensor], scale: Tensor | None, lo: int, hi: int) -> Tensor:
         """Log2 bucket counts of the global gradients: ``sharded`` sums the counted

@@ -55,11 +55,26 @@ from gradsight.instrument.scaler import LossScale
 from gradsight.instrument.series import SeriesIds
 from gradsight.instrument.transfer import to_host
 from gradsight.instrument.update_ratio import UpdateRatio
-from gradsight.stats.grad import DEAD_ROWS_STAT, GRAD_STATS, SUMSQ, W_SUMSQ, aggregate, dead_rows, derive_stats
+from gradsight.stats.grad import (
+    DEAD_ROWS_STAT,
+    GRAD_STATS,
+    MAXABS,
+    SUMSQ,
+    W_SUMSQ,
+    aggregate,
+    dead_rows,
+    derive_stats,
+    squares_lost,
+)
 from gradsight.store.schema import DB_NAME, Level
 
 _OPEN_MONITORS: weakref.WeakSet = weakref.WeakSet()
 _NONFINITE = GRAD_STATS.index("grad_nonfinite")
+
+
+def _stats_of(raw_rows: Tensor, inv_scale: Tensor | float | None) -> Tensor:
+    """``[rows, GRAD_STATS + dead rows]``: the statistics of stacked raw-sum rows."""
+    return torch.cat([derive_stats(raw_rows, inv_scale), dead_rows(raw_rows)[:, None]], dim=1)
 _DEAD_ROWS = len(GRAD_STATS)  #: the column after GRAD_STATS in a step's statistics
 
 
@@ -415,7 +430,7 @@ class Monitor:
         rows = StepRows(present, self._param_layer, len(self._layer_names), device)
         inv_scale, scale = self._loss_scale.factors(device)
         raw_rows = rows.stack(raw, aggregate)
-        stats = torch.cat([derive_stats(raw_rows, inv_scale), dead_rows(raw_rows)[:, None]], dim=1)
+        stats = _stats_of(raw_rows, inv_scale)
         act_keys, act_values = self.activations.collect(inv_scale) if self.activations is not None else ([], [])
         extra_keys = list(act_keys)
         extra_values = [torch.stack([v.float().to(device) for v in act_values])] if act_keys else []
@@ -433,10 +448,10 @@ class Monitor:
             extra_keys += extra[0]
             extra_values.append(extra[1])
         pending = self._updates.take_pending() + self._adam.take_pending()
-        stats_h, sumsq_h, scale_h, loss_h, act_h, *pending_h = to_host(
+        stats_h, norms_h, scale_h, loss_h, act_h, *pending_h = to_host(
             [
                 stats,
-                raw[:, SUMSQ],
+                raw[:, [SUMSQ, MAXABS]],
                 scale,
                 loss.detach().float().to(device) if isinstance(loss, Tensor) else None,
                 torch.cat([v.to(device) for v in extra_values if v is not None]) if extra_keys else None,
@@ -447,6 +462,13 @@ class Monitor:
             self._emit(pstep, ids, values)
 
         stats_h = stats_h.reshape(stats.shape)  # [rows, GRAD_STATS + dead rows]
+        sumsq_h, maxabs_h = norms_h.reshape(-1, 2).T
+        lost = squares_lost(sumsq_h, maxabs_h)
+        if len(lost):  # float32 squares underflowed or overflowed (rare): those tensors squared in float64
+            raw64 = raw.double()
+            raw64[lost, SUMSQ] = torch.tensor(self._dist.sumsq_fp64(grads, lost), dtype=torch.float64, device=device)
+            (stats_h,) = to_host([_stats_of(rows.stack(raw64, aggregate), inv_scale)])
+            stats_h = stats_h.reshape(stats.shape)
         bad = np.flatnonzero(~np.isfinite(sumsq_h))
         if len(bad):  # exact counts only where a norm is not finite (rare)
             counts = np.zeros(len(present))

@@ -43,6 +43,12 @@ Three ways to compute raw sums:
   step after it has finished compiles here from that cache (one to three seconds on 2 cores) and uses
   ``fused`` from then on. Both give the same sums (tested), so every step is exact.
 
+``sumsq`` adds float32 squares (the fused kernel; the other paths store it as float32):
+a gradient whose elements are all below about 1e-23 in magnitude squares to 0, one with
+an element above about 1.8e19 to Inf. The monitor finds those tensors from ``maxabs``
+(:func:`squares_lost`) and squares them again in float64 (:func:`sumsq_fp64`), on the
+rare steps that have any.
+
 Complex tensors: ``|g|`` is the modulus, so their raw sums are those of the real tensor
 of moduli ``|g|`` (either path): ``sumsq = sum |g|**2``, ``sumabs = sum |g|``, ``maxabs =
 max |g|``, an element is zero when both parts are and non-finite when either is;
@@ -63,6 +69,7 @@ import types
 from collections.abc import Iterator, Sequence
 from operator import attrgetter
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -901,6 +908,25 @@ def count_nonfinite(g: Tensor) -> float:
     if g.is_sparse:
         g = g.coalesce().values()
     return float((~torch.isfinite(g)).sum().item())
+
+
+def sumsq_fp64(g: Tensor) -> float:
+    """The sum of squares of a (dense, sparse or complex) gradient, squared in float64: for
+    the rare tensors whose float32 squares underflow to 0 (every element below about 1e-23
+    in magnitude) or overflow to Inf (an element above about 1.8e19) while the elements
+    themselves are finite and not all zero."""
+    if g.is_sparse:
+        g = g.coalesce().values()
+    g = g.detach()
+    g = g.abs() if g.is_complex() else g
+    return float(g.double().square().sum().item())
+
+
+def squares_lost(sumsq: np.ndarray, maxabs: np.ndarray) -> np.ndarray:
+    """Positions whose float32 sum of squares lost the gradient: 0 with a nonzero element
+    (the squares underflowed) or Inf with every element finite (they overflowed; a NaN or
+    Inf element makes ``maxabs`` non-finite too)."""
+    return np.flatnonzero(((sumsq == 0) & (maxabs > 0)) | (np.isinf(sumsq) & np.isfinite(maxabs)))
 
 
 def aggregate(raw: Tensor, group: Tensor, num_groups: int) -> Tensor:
