@@ -41,6 +41,110 @@ def test_plain_relu_mlp_lecun_init_vanishes():
     assert 0.65 < f.measured["gain_per_step_back"] ** (1 / 2) < 0.76
 
 
+class _PostSiLUBlock(nn.Module):
+    """A bottleneck-free ResNet block with its activation after the addition (timm's
+    ResNet-51Q uses SiLU there) and its last BatchNorm scale at zero (``zero_init_last``)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x):
+        return nn.functional.silu(x + self.bn2(self.conv2(nn.functional.silu(self.bn1(self.conv1(x))))))
+
+
+def _fading(model, run_dir, batch):
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with gs.watch(model, run_dir, optimizer=opt, activations=True) as mon:
+        for _ in range(5):
+            x, y = batch(gen)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            mon.step(loss)
+            opt.step()
+            opt.zero_grad()
+    return [f for f in gs.diagnose(run_dir) if f.code == "vanishing_gradients"]
+
+
+def test_a_gain_per_block_near_a_silu_slope_is_healthy_and_a_lower_one_fades(tmp_path):
+    """A SiLU after each addition multiplies the stream's gradient by its slope near 0 (0.5)
+    while the branches start at zero: ten such blocks lose 11x (measured with backward hooks
+    in float64), 0.71-0.73 per block like with like, as stock ResNet-51Q (0.725) does, which
+    trains to its published accuracy: no finding (the 0.75 this gain was held to before
+    flagged it). Ten tanh layers whose weights are an orthogonal map x0.5 lose 0.5 per layer
+    (200x, short of the 1e3 the total needs): the gain says it."""
+    torch.manual_seed(0)
+    c = 16
+    model = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.SiLU(),
+                          *[_PostSiLUBlock(c) for _ in range(10)], nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(c, 10))
+    grad_rms = {}
+
+    def keep(i):
+        def hook(_module, _grad_in, grad_out):
+            grad_rms.setdefault(i, float(grad_out[0].double().pow(2).mean().sqrt()))  # the first step's
+        return hook
+
+    for i in (3, 12):
+        model[i].register_full_backward_hook(keep(i))
+    images = lambda gen: (torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen))  # noqa: E731
+    assert _fading(model, tmp_path / "silu", images) == []
+    assert 5 < grad_rms[12] / grad_rms[3] < 30
+    with RunView(tmp_path / "silu") as view:
+        from gradsight.diagnosis.rules import depth_profiles
+        assert min(d.gain for d in depth_profiles(view)) < 0.75
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(10):
+        linear = nn.Linear(32, 32)
+        nn.init.orthogonal_(linear.weight, gain=0.5)
+        layers += [linear, nn.Tanh()]
+    mlp = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), *layers, nn.Linear(32, 10))
+    vectors = lambda gen: (torch.randn(64, 8, generator=gen), torch.randint(0, 10, (64,), generator=gen))  # noqa: E731
+    (f,) = _fading(mlp, tmp_path / "tanh", vectors)
+    assert f.measured["gain_per_step_back"] < Thresholds().gain_low
+    assert f.measured["first_over_last"] > 1 / Thresholds().vanish_ratio
+
+
+def test_gradients_whose_squares_underflow_are_a_cut_not_silence(tmp_path):
+    """BatchNorm weights drawn from N(0, 0.02) with eps 1e-3 (as transformers 5.25 builds its
+    EfficientNet): each BatchNorm's input variance falls below its eps, so it no longer
+    renormalizes, and each of 24 layers scales the signal down, forward and back: the stem's
+    gradient is below 1e-19, nonzero (checked on the model) but below 1.1e-19, whose
+    square float32 holds as 0, so Adam's second moment of it is 0. Recorded exactly (not as
+    0), it is still the gradient stopping: an error that gives the largest element."""
+    from gradsight.diagnosis.rules import FLOAT32_SQUARE_FLOOR
+
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3, padding=1)]
+    for _ in range(24):
+        bn = nn.BatchNorm2d(8, eps=1e-3)
+        nn.init.normal_(bn.weight, std=0.02)
+        layers += [bn, nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1)]
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with gs.watch(model, tmp_path / "run", optimizer=opt, activations=True) as mon:
+        for _ in range(6):
+            x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+            nn.functional.cross_entropy(model(x), y).backward()
+            stem = model[0].weight.grad.abs().max().item()
+            assert 0 < stem < FLOAT32_SQUARE_FLOOR
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    with gs.open_run(tmp_path / "run") as run:
+        recorded = run.series("grad_abs_max", "layer")["0"].iloc[-1]
+    assert recorded == pytest.approx(stem, rel=1e-6)
+    (f,) = [f for f in gs.diagnose(tmp_path / "run") if f.code == "vanishing_gradients"]
+    assert f.severity == "error" and "no gradient an optimizer can use" in f.message
+    assert 0 < f.measured["largest_element"] < FLOAT32_SQUARE_FLOOR
+
+
 def test_unnormalized_resnet_with_he_init_explodes_forward():
     """Each He-initialized branch adds the stream's variance again: the stream doubles its
     variance per block (De & Smith 2020), 2^4 in RMS over a stage of 9 blocks against the

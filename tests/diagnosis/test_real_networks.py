@@ -260,6 +260,40 @@ def test_a_stream_starting_below_its_norms_eps_is_no_exploding_forward(tmp_path)
     assert "exploding_forward" not in codes(findings), gs.format_findings(findings)
 
 
+class _OneFeature(nn.Module):
+    """A pre-norm MLP block over tokens of one feature (timm's CSATv2 runs a transformer
+    block on one channel): ``x + fc2(relu(fc1(LayerNorm(1)(x))))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(1), nn.Linear(1, 4), nn.Linear(4, 1)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+
+
+def test_an_idle_branch_behind_a_norm_over_one_feature_names_it(tmp_path):
+    """A LayerNorm over one value outputs its bias whatever the value (autograd, float64:
+    its input gradient is exactly 0), so the branch behind it passes nothing back; the
+    idle-branch finding names the norm as the cause (judged here with a share threshold
+    the blocks' float32 rounding, 2e-6, stays under)."""
+    from gradsight.diagnosis import Thresholds
+
+    x = torch.randn(5, 1, dtype=torch.float64, requires_grad=True)
+    norm = nn.LayerNorm(1).double()
+    (grad,) = torch.autograd.grad((norm(x) * torch.randn(5, 1, dtype=torch.float64)).sum(), x)
+    assert (grad == 0).all()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Unflatten(1, (16, 1)), *[_OneFeature() for _ in range(3)],
+                          nn.Flatten(), nn.Linear(16, 10))
+    gen = torch.Generator().manual_seed(0)
+    run = record(model, tmp_path / "run", lambda: (torch.randn(32, 4, generator=gen),
+                                                   torch.randint(0, 10, (32,), generator=gen)),
+                 nn.functional.cross_entropy, steps=12)
+    (f,) = [f for f in gs.diagnose(run, Thresholds(branch_share_low=1e-4)) if f.code == "idle_branch"]
+    assert "'2.norm' and 2 more normalize a single feature" in f.message
+
+
 # -- gradient scale from parameter gradients: the run and the model check agree ----------------------
 
 

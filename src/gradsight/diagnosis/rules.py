@@ -588,12 +588,22 @@ def _time_words(g: _TimeGain) -> tuple[str, str]:
     return "", "its last output to its initial state"
 
 
+#: A gradient element at most this large squares to 0 in float32 (the square root of its
+#: smallest normal number, 1.18e-38): Adam's second moment of it stays 0, and no optimizer
+#: step built from it moves a weight of ordinary size. A layer whose every element is this
+#: small gets no gradient it can use, exactly zero or not.
+FLOAT32_SQUARE_FLOOR = math.sqrt(float(np.finfo(np.float32).tiny))
+
+
 def cut_prefix(view: RunView) -> tuple[list[str], str | None]:
     """The layers at the start of the network (in forward order) whose gradient was exactly
-    zero at every step of the window, with the first layer after them; ``([], None)`` when
-    the first layer gets a gradient, or when no later layer does (the whole model's
-    gradient is zero: judged as underflow or a cut-off loss elsewhere)."""
-    gn = _table(view, Level.LAYER, "grad_norm")
+    zero, or no element above :data:`FLOAT32_SQUARE_FLOOR`, at every step of the window,
+    with the first layer after them; ``([], None)`` when the first layer gets a gradient,
+    or when no later layer does (the whole model's gradient is zero: judged as underflow or
+    a cut-off loss elsewhere)."""
+    gn = _table(view, Level.LAYER, "grad_abs_max")
+    if gn.empty:  # a store without the largest element: exactly zero norms only
+        gn = _table(view, Level.LAYER, "grad_norm")
     if gn.empty or len(gn) < 2:
         return [], None
     window = _window(view, gn)
@@ -604,7 +614,7 @@ def cut_prefix(view: RunView) -> tuple[list[str], str | None]:
     prefix = []
     for layer in order:
         values = window[layer].to_numpy(dtype=float)
-        if not (np.isfinite(values).all() and (values == 0).all()):
+        if not (np.isfinite(values).all() and (values <= FLOAT32_SQUARE_FLOOR).all()):
             return (prefix, layer) if len(prefix) >= 2 else ([], None)
         prefix.append(layer)
     return [], None
@@ -620,9 +630,18 @@ def gradient_cut(view: RunView, th: Thresholds) -> list[Finding]:
         return []
     wn = _window(view, _table(view, Level.LAYER, "weight_norm"))
     stuck_zero = [c for c in prefix if c in wn.columns and (wn[c] == 0).all()]
-    if not stuck_zero and any(_saturation(view, layer) > th.dead_saturation for layer in prefix[-2:]):
-        return []  # a stuck layer cuts the path: dead_units says so
+    largest_of = _window(view, _table(view, Level.LAYER, "grad_abs_max")).reindex(columns=prefix).max()
+    # a layer stuck far from zero with exactly zero gradient cuts the path: dead_units says so
+    # (one with a gradient too small to use is no dead unit: its output barely varies because
+    # its input carries almost nothing, and the cause lies before it)
+    if not stuck_zero and any(_saturation(view, layer) > th.dead_saturation and not largest_of.get(layer, 0) > 0
+                              for layer in prefix[-2:]):
+        return []
     steps = [int(s) for s in _window(view, _table(view, Level.LAYER, "grad_norm")).index]
+    largest = float(largest_of.max()) if largest_of.notna().any() else 0.0
+    got = ("exactly zero gradient" if largest == 0 else
+           f"no gradient an optimizer can use (no element above {_fmt(largest)}, whose square float32 "
+           "holds as 0: Adam's second moment stays 0, and no step moves a weight)")
     others = f" (and {len(stuck_zero) - 1} layer(s) before it)" if len(stuck_zero) > 1 else ""
     why = (f"'{display_name(stuck_zero[-1])}'{others} still holds exactly zero weights: a scale initialized at zero "
            "that no gradient reaches, because nothing is added around it and its block passes nothing back. "
@@ -630,13 +649,14 @@ def gradient_cut(view: RunView, th: Thresholds) -> list[Finding]:
     return [Finding(
         "vanishing_gradients", "error",
         f"Gradients vanish completely toward the input: the first {len(prefix)} of {len(view.layer_order)} layers "
-        f"(from '{display_name(prefix[0])}' to '{display_name(prefix[-1])}') got exactly zero gradient "
+        f"(from '{display_name(prefix[0])}' to '{display_name(prefix[-1])}') got {got} "
         f"{_when(steps)}, while '{display_name(live)}' and the layers after it got one. {why}"
         "Something between them multiplies the backward signal by zero or by a factor so small it underflows: "
         "a block without its skip connection around a zero- or near-zero-initialized scale (zero-init BatchNorm, "
         "LayerScale), or a constant output. Check that each residual block adds its input back.",
         layers=[prefix[-1], live, *stuck_zero[-3:]], steps=steps[:50],
-        measured={"layers_without_gradient": float(len(prefix)), "layers": float(len(view.layer_order))})]
+        measured={"layers_without_gradient": float(len(prefix)), "layers": float(len(view.layer_order)),
+                  "largest_element": largest})]
 
 
 #: The number of updates :func:`weight_growth` scales a growth to.
@@ -1326,6 +1346,17 @@ def _cut_at_output(view: RunView, block: str) -> bool:
     return window.empty or not bool((window.fillna(0) > 0).any().any())
 
 
+def _single_feature_norms(view: RunView, bases: set[str]) -> list[str]:
+    """Norm layers inside these blocks whose every parameter holds one element: a norm over
+    one feature (timm's CSATv2 runs a transformer block on one channel), whose output is
+    its bias whatever its input."""
+    numel: dict[str, list[int]] = {}
+    for layer, n in zip(view.params["layer"], view.params["numel"]):
+        numel.setdefault(layer, []).append(int(n))
+    return [layer for layer in view.layer_order if view.role(layer) == Role.NORM and set(numel.get(layer, [])) == {1}
+            and any(layer.startswith(b + ".") for b in bases)]
+
+
 def residual_branches(view: RunView, th: Thresholds) -> list[Finding]:
     """``idle_branch`` / ``dominant_branch`` (:func:`branch_shares`): a branch that carries
     almost none of the gradient in the last half of the steps, although nothing in it was
@@ -1341,13 +1372,18 @@ def residual_branches(view: RunView, th: Thresholds) -> list[Finding]:
     dominant = share[(share > th.branch_share_high) & (skip.reindex(share.index) > 0)]
     n = len(_window(view, _table(view, Level.BLOCK, "skip_grad_norm")))
     if not idle.empty:
+        single = _single_feature_norms(view, {b.split("[", 1)[0] for b in idle.index})
+        cause = (f" '{display_name(single[0])}'" + (f" and {len(single) - 1} more" if len(single) > 1 else "")
+                 + " normalize a single feature: a LayerNorm over one value subtracts its mean, the value itself, "
+                 "and outputs its bias whatever its input, so no gradient passes through it." if single else "")
         findings.append(Finding(
             "idle_branch", "warning",
             f"{len(idle)} residual block(s) pass under {_fmt(100 * th.branch_share_low)}% of the gradient through "
             f"their branch in the last {n} recorded steps (least: '{display_name(idle.idxmin())}', "
             f"{_fmt(100 * float(idle.min()))}%), and nothing in those branches was initialized small: the blocks "
-            "do nothing. Check for a branch multiplied by a constant zero, detached, or whose weights are stuck "
-            "at zero.", layers=list(idle.index), measured={k: float(v) for k, v in idle.items()}))
+            f"do nothing.{cause} Check for a branch multiplied by a constant zero, detached, whose weights are stuck "
+            "at zero, or that normalizes over a single feature.", layers=list(idle.index),
+            measured={k: float(v) for k, v in idle.items()}))
     if not dominant.empty:
         findings.append(Finding(
             "dominant_branch", "warning",
