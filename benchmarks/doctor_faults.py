@@ -633,8 +633,15 @@ UNSEEN_NETS_LATER = ("unseen_hf_deepseek_v3_tiny", "unseen_hf_rwkv_tiny", "unsee
                      "unseen_hf_switch_tiny", "unseen_hf_modernbert_tiny", "unseen_hf_qwen3_moe_tiny",
                      "unseen_hf_jetmoe_tiny", "unseen_hf_wav2vec2_conformer_tiny", "unseen_timm_repghostnet_050",
                      "unseen_timm_swiftformer_xs")
+#: Networks of the fifth unseen set (``doctor_nets_unseen.FIFTH``), added after the changes its
+#: healthy runs led to (an eps-bound norm, float64 squares of tiny gradients, the gain per block):
+#: Gemma-3, OLMo-2, DBRX, Mamba-2, LFM2 (convolutions and attention), UMT5, ProphetNet, SEW-D,
+#: PVT, a Perception Encoder ViT and SHViT.
+UNSEEN_NETS_FIFTH = ("unseen_hf_gemma3_tiny", "unseen_hf_olmo2_tiny", "unseen_hf_dbrx_tiny", "unseen_hf_mamba2_tiny",
+                     "unseen_hf_lfm2_tiny", "unseen_hf_umt5_tiny", "unseen_hf_prophetnet_tiny", "unseen_hf_sew_d_tiny",
+                     "unseen_hf_pvt_tiny", "unseen_timm_vit_pe_core_tiny_patch16_384", "unseen_timm_shvit_s1")
 UNSEEN_PAIRS: list[tuple[str, str]] = [(fault, net) for fault in UNSEEN_FAULTS
-                                       for net in UNSEEN_NETS + UNSEEN_NETS_LATER]
+                                       for net in UNSEEN_NETS + UNSEEN_NETS_LATER + UNSEEN_NETS_FIFTH]
 #: Removed skips and sigmoids on networks kept out of the calibration, each expectation decided
 #: per network before any of them ran, from the theory :data:`REVISED` states: without its skips a
 #: batch-normed CNN keeps healthy gradient norms (He et al. 2016, sec. 4.1), a LayerNorm'd stack
