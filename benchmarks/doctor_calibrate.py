@@ -321,8 +321,8 @@ def unseen_section(unseen: pd.DataFrame, rejected: pd.DataFrame) -> list[str]:
         "fitting (`doctor_nets_unseen.py`: timm and Hugging Face models outside the population, recorded with its "
         "recipes; the changes the first set led to are described above, the second set, `SECOND`, was recorded "
         "after them, the third, `THIRD`, after the faults on the unseen networks, the fourth, `FOURTH`, after the "
-        "third's change, the fifth, `FIFTH`, after the fourth's faults, each with the change it led to described "
-        "above), judged like the population"
+        "third's change, the fifth, `FIFTH`, after the fourth's faults, the sixth, `SIXTH`, after the fifth's changes and "
+        "faults, each with the change it led to described above), judged like the population"
         + (f" ({rejected['name'].nunique()} more recorded, rejected by the health criterion: "
            + ", ".join(sorted(rejected["name"].unique())) + ")" if not rejected.empty else "") + ":",
         "",

@@ -156,6 +156,43 @@ def test_unnormalized_resnet_with_he_init_explodes_forward():
     assert f.measured["last_over_first_rms"] > 100
     assert f.measured["stream_log10_excess"] > 1  # beyond sqrt(blocks), like with like, summed over the stages
     assert 0 in f.steps
+    # an error: each module's own output grows 1e3x or more, like with like
+    assert f.severity == "error" and f.measured["layer_log10_growth"] > 3
+
+
+class _DoubledSkip(nn.Module):
+    """``2 x + f(LayerNorm(x))``: a skip scaled by 2, a pre-LN branch of constant scale."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm, self.fc = nn.LayerNorm(width), nn.Linear(width, width)
+
+    def forward(self, x):
+        return 2 * x + self.fc(self.norm(x))
+
+
+def test_a_stream_growing_alone_is_a_warning_not_an_error(tmp_path):
+    """24 blocks whose skip doubles the stream (1.7e7x) while every module's output stays
+    the same (LayerNorm before each branch): the stream's growth beyond what additions allow
+    is reported, as a warning. The stream's allowance is a model (branches of the first
+    block's variance, within channels) that a branch's per-channel mean escapes (stock
+    MobileViTV2 read 2.9e5x "beyond" it), and it caught no fault alone: an error needs each
+    module's own output to grow."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), *[_DoubledSkip(16) for _ in range(24)], nn.LayerNorm(16), nn.Linear(16, 4))
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    with gs.watch(model, tmp_path / "run", optimizer=opt, activations=True) as mon:
+        for _ in range(5):
+            x, y = torch.randn(32, 8, generator=gen), torch.randint(0, 4, (32,), generator=gen)
+            nn.functional.cross_entropy(model(x), y).backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    (f,) = [f for f in gs.diagnose(tmp_path / "run") if f.code == "exploding_forward"]
+    assert f.severity == "warning" and "residual stream" in f.message
+    assert f.measured["stream_log10_excess"] > 6  # an error before, by the stream alone
+    assert f.measured["layer_log10_growth"] < 1
 
 
 def test_healthy_batchnorm_resnet20_has_no_error():
