@@ -37,7 +37,7 @@ for it, so the set of missing gradients differs across ranks. Use
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -248,18 +248,18 @@ class Distributed:
 
     def count_nonfinite(self, grads: Sequence[Tensor], rows: Sequence[int]) -> list[float]:
         """Exact NaN/Inf counts of ``grads[k]`` for ``k`` in ``rows``, over all ranks."""
-        if self.mode == "replicated":
-            return [count_nonfinite(grads[k]) for k in rows]
-        local = [count_nonfinite(_local(grads[k])) if self._counts(grads[k]) else 0.0 for k in rows]
-        counts = torch.tensor(local, dtype=torch.float64, device=_device(grads))
-        _dist().all_reduce(counts)
-        return counts.tolist()
+        return self._global_sums(count_nonfinite, grads, rows)
 
     def sumsq_fp64(self, grads: Sequence[Tensor], rows: Sequence[int]) -> list[float]:
         """Sums of squares of the global ``grads[k]`` for ``k`` in ``rows``, squared in float64."""
+        return self._global_sums(sumsq_fp64, grads, rows)
+
+    def _global_sums(self, of: Callable[[Tensor], float], grads: Sequence[Tensor], rows: Sequence[int]) -> list[float]:
+        """``of(grads[k])`` for ``k`` in ``rows``, a sum over elements taken on the global tensors:
+        ``sharded`` adds the counted shards of all ranks (one ``all_reduce``, in float64)."""
         if self.mode == "replicated":
-            return [sumsq_fp64(grads[k]) for k in rows]
-        local = [sumsq_fp64(_local(grads[k])) if self._counts(grads[k]) else 0.0 for k in rows]
+            return [of(grads[k]) for k in rows]
+        local = [of(_local(grads[k])) if self._counts(grads[k]) else 0.0 for k in rows]
         sums = torch.tensor(local, dtype=torch.float64, device=_device(grads))
         _dist().all_reduce(sums)
         return sums.tolist()
