@@ -70,12 +70,12 @@ from gradsight.store.schema import DB_NAME, Level
 
 _OPEN_MONITORS: weakref.WeakSet = weakref.WeakSet()
 _NONFINITE = GRAD_STATS.index("grad_nonfinite")
+_DEAD_ROWS = len(GRAD_STATS)  #: the column after GRAD_STATS in a step's statistics
 
 
 def _stats_of(raw_rows: Tensor, inv_scale: Tensor | float | None) -> Tensor:
     """``[rows, GRAD_STATS + dead rows]``: the statistics of stacked raw-sum rows."""
     return torch.cat([derive_stats(raw_rows, inv_scale), dead_rows(raw_rows)[:, None]], dim=1)
-_DEAD_ROWS = len(GRAD_STATS)  #: the column after GRAD_STATS in a step's statistics
 
 
 def end_status(exc: BaseException | None) -> tuple[str, str | None]:
