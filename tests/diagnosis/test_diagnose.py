@@ -171,6 +171,55 @@ class _DoubledSkip(nn.Module):
         return 2 * x + self.fc(self.norm(x))
 
 
+class _BiasedBranch(nn.Module):
+    """``x + fc(LayerNorm(x))`` with the branch's bias at 1 and its weights at 1e-6: the
+    branch adds a per-channel mean of 1, and almost no spread, to a stream that starts far
+    below it."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm, self.fc = nn.LayerNorm(width), nn.Linear(width, width)
+        nn.init.normal_(self.fc.weight, std=1e-6)
+        nn.init.constant_(self.fc.bias, 1.0)
+
+    def forward(self, x):
+        return x + self.fc(self.norm(x))
+
+
+def test_the_streams_allowance_counts_what_a_branchs_mean_adds(tmp_path):
+    """A stream of RMS 1e-4 entering 8 blocks whose branches add a per-channel mean of 1
+    grows about 3e4x by additions alone (MobileViTV2's stages, whose branches' biases grow):
+    the allowance takes the first branch's second moment, ``branch_var + branch_mean_sq``
+    (its mean square, checked against the branch output in float64), and finds nothing; the
+    variance alone (the within-channel spread, 1e-11 here) allowed sqrt(8) of it, and read
+    the rest, 4e4x, as the stream exploding."""
+    from gradsight.diagnosis.rules import _branch_second_moment, forward_growth
+
+    torch.manual_seed(0)
+    blocks = [_BiasedBranch(16) for _ in range(8)]
+    model = nn.Sequential(nn.Linear(8, 16), *blocks, nn.LayerNorm(16), nn.Linear(16, 4))
+    with torch.no_grad():
+        model[0].weight.mul_(1e-4)
+        model[0].bias.zero_()
+    branch_out = {}
+
+    def keep(_module, _args, out):
+        branch_out.setdefault("first", out.detach().double())
+
+    blocks[0].fc.register_forward_hook(keep)
+    gen = torch.Generator().manual_seed(0)
+    with gs.watch(model, tmp_path / "run", activations=True) as mon:
+        x, y = torch.randn(64, 8, generator=gen), torch.randint(0, 4, (64,), generator=gen)
+        nn.functional.cross_entropy(model(x), y).backward()
+        mon.step()
+    with RunView(tmp_path / "run") as view:
+        second = float(_branch_second_moment(view)["1"].iloc[0])
+        _layer, stream, _ends, _steps = forward_growth(view)
+    assert second == pytest.approx(float(branch_out["first"].pow(2).mean()), rel=1e-4)
+    assert stream < 0.5
+    assert not [f for f in gs.diagnose(tmp_path / "run") if f.code == "exploding_forward"]
+
+
 def test_a_stream_growing_alone_is_a_warning_not_an_error(tmp_path):
     """24 blocks whose skip doubles the stream (1.7e7x) while every module's output stays
     the same (LayerNorm before each branch): the stream's growth beyond what additions allow

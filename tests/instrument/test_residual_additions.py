@@ -115,6 +115,7 @@ def _reference(model: TinyGPT, idx: torch.Tensor) -> dict[tuple[str, str], float
             want[(row, "act_rms")] = float(stream.detach().double().pow(2).mean().sqrt())
             flat = branch_value.detach().double().reshape(-1, branch_value.shape[-1])
             want[(row, "branch_var")] = float(flat.var(0, unbiased=False).mean())
+            want[(row, "branch_mean_sq")] = float(flat.mean(0).square().mean())
     model.zero_grad()
     return want
 

@@ -102,6 +102,7 @@ def _reference(name: str, model, ids, mask) -> dict[tuple[str, str], float]:
         want[(row, "act_rms")] = float(s.detach().double().pow(2).mean().sqrt())
         b = (z - s).detach().double().reshape(-1, z.shape[-1])
         want[(row, "branch_var")] = float(b.var(0, unbiased=False).mean())
+        want[(row, "branch_mean_sq")] = float(b.mean(0).square().mean())
     return want
 
 

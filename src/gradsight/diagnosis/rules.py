@@ -730,24 +730,35 @@ def clipped_gradients(view: RunView, th: Thresholds) -> list[Finding]:
 
 
 
-def _stream_allowance(stream_rms: pd.DataFrame, branch_var: pd.DataFrame, chain: list[str]) -> pd.Series | float:
+def _stream_allowance(stream_rms: pd.DataFrame, branch_sq: pd.DataFrame, chain: list[str]) -> pd.Series | float:
     """``log10`` of the growth of the residual stream's RMS along ``chain`` that blocks adding
-    branches of constant variance allow: ``sqrt(blocks)``, or, where the blocks' branch
-    variances are recorded, what ``blocks - 1`` more branches of the first block's variance
-    add to the first block's stream (``sqrt(1 + (n - 1) b_1 / s_1^2)``), if that is more. A
-    stream that starts far below its branches' scale (a pre-LN transformer after small
-    convolutions: MobileViT's stream starts at an RMS of 8e-4 and its branches add 5e-3 of
-    variance each) grows by hundreds without anything multiplying it; weights too large
-    multiply the branches block after block, and the first branch's variance does not
+    branches of constant scale allow: ``sqrt(blocks)``, or, where the blocks' branch second
+    moments (:func:`_branch_second_moment`) are recorded, what ``blocks - 1`` more branches of
+    the first block's add to the first block's stream (``sqrt(1 + (n - 1) b_1 / s_1^2)``), if
+    that is more. A stream that starts far below its branches' scale (a pre-LN transformer
+    after small convolutions: MobileViT's stream starts at an RMS of 8e-4 and its branches
+    add 5e-3 of variance each) grows by hundreds without anything multiplying it; weights too
+    large multiply the branches block after block, and the first branch's scale does not
     allow for that."""
     base = 0.5 * math.log10(len(chain))
-    if len(chain) < 2 or chain[0] not in branch_var.columns:
+    if len(chain) < 2 or chain[0] not in branch_sq.columns:
         return base
     first_sq = stream_rms[chain[0]].astype(float) ** 2
-    b1 = branch_var[chain[0]].reindex(first_sq.index).astype(float)
+    b1 = branch_sq[chain[0]].reindex(first_sq.index).astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         allowed = 0.5 * np.log10(1 + (len(chain) - 1) * b1 / first_sq)
     return allowed.where(allowed > base, base).fillna(base)
+
+
+def _branch_second_moment(view: RunView) -> pd.DataFrame:
+    """Per step and block, the mean square of the branch's output, as the stream's
+    ``act_rms`` squared counts it: ``branch_var + branch_mean_sq`` (the variance within each
+    channel and the channels' squared means). Runs recorded before ``branch_mean_sq`` give
+    the variance alone, which leaves out what a branch's per-channel mean adds (the biases
+    of MobileViTV2's last convolutions: its stream grew 2.9e5x "beyond" the variance)."""
+    var = _table(view, Level.BLOCK, "branch_var")
+    mean_sq = _table(view, Level.BLOCK, "branch_mean_sq")
+    return var if mean_sq.empty else var + mean_sq.reindex_like(var).fillna(0.0)
 
 
 #: A norm layer whose output RMS is below this fraction of its gain's RMS (and of its peers' in
@@ -814,12 +825,12 @@ def forward_growth(view: RunView) -> tuple[float, float, tuple[str, str], list[i
     stream = math.nan
     blocks = _table(view, Level.BLOCK, "act_rms")
     if not blocks.empty:
-        branch_var = _table(view, Level.BLOCK, "branch_var")
+        branch_sq = _branch_second_moment(view)
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.log10(blocks.where(blocks > 0))
         excess = []
         for chain in block_chains(view, _outside(view, blocks.columns, bound)):
-            excess.append(logs[chain[-1]] - logs[chain[0]] - _stream_allowance(blocks, branch_var, chain))
+            excess.append(logs[chain[-1]] - logs[chain[0]] - _stream_allowance(blocks, branch_sq, chain))
             if not ends[0]:
                 ends = (chain[0], chain[-1])
         if excess:

@@ -14,8 +14,9 @@ For each residual block (see :mod:`gradsight.instrument.residual`) the gradient
 reaching the block's input is split into the contribution through the skip path
 ``s`` and through the branch ``b`` by hooks on the graph nodes that consume the
 input: ``skip_grad_norm = ||s||``, ``branch_grad_norm = ||b||``,
-``skip_branch_cos = <s, b> / (||s|| ||b||)``, and ``branch_var`` = ``act_var`` of the
-branch output before the addition.
+``skip_branch_cos = <s, b> / (||s|| ||b||)``, and ``branch_var`` and ``branch_mean_sq`` =
+``act_var`` and ``act_mean_sq`` of the branch output before the addition (its second moment is
+their sum, as the stream's ``act_rms`` squared is).
 
 Micro-batches between two recorded ``step()`` calls are combined exactly (sums of
 squares add; channel moments combine with Chan's formula). Everything stays on the
@@ -55,7 +56,7 @@ from gradsight.instrument.residual import (ResidualSplit, additions_within, find
 from gradsight.store.schema import RowKind, Level
 
 ACT_STATS = ("act_rms", "act_mean_sq", "act_var", "out_grad_norm", "out_grad_rms", "out_grad_nonfinite")
-BLOCK_STATS = ("skip_grad_norm", "branch_grad_norm", "skip_branch_cos", "branch_var", "act_rms")
+BLOCK_STATS = ("skip_grad_norm", "branch_grad_norm", "skip_branch_cos", "branch_var", "branch_mean_sq", "act_rms")
 
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
                   nn.GroupNorm, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
@@ -806,8 +807,8 @@ class ActivationRecorder:
                     values.append((d if scale2 is None else d * scale2) / (s.sqrt() * b.sqrt()))
             branch = acc.branch.combined(kept)
             if branch is not None:
-                keys.append((Level.BLOCK, name, "branch_var"))
-                values.append(branch[2].mean())
+                keys += [(Level.BLOCK, name, "branch_var"), (Level.BLOCK, name, "branch_mean_sq")]
+                values += [branch[2].mean(), branch[1].square().mean()]
             stream = acc.stream.combined(kept)
             if stream is not None:
                 keys.append((Level.BLOCK, name, "act_rms"))
