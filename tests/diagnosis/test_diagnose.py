@@ -55,18 +55,24 @@ class _PostSiLUBlock(nn.Module):
         return nn.functional.silu(x + self.bn2(self.conv2(nn.functional.silu(self.bn1(self.conv1(x))))))
 
 
-def _fading(model, run_dir, batch):
+def _findings(code, model, run_dir, batch, opt=None, steps=5):
+    """Train ``model`` on ``batch(generator)`` for ``steps`` recorded steps (SGD with momentum
+    unless ``opt``), with activation statistics; the findings of ``code``."""
     gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = opt or torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     with gs.watch(model, run_dir, optimizer=opt, activations=True) as mon:
-        for _ in range(5):
+        for _ in range(steps):
             x, y = batch(gen)
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             mon.step(loss)
             opt.step()
             opt.zero_grad()
-    return [f for f in gs.diagnose(run_dir) if f.code == "vanishing_gradients"]
+    return [f for f in gs.diagnose(run_dir) if f.code == code]
+
+
+def _fading(model, run_dir, batch):
+    return _findings("vanishing_gradients", model, run_dir, batch)
 
 
 def test_a_gain_per_block_near_a_silu_slope_is_healthy_and_a_lower_one_fades(tmp_path):
@@ -229,16 +235,9 @@ def test_a_stream_growing_alone_is_a_warning_not_an_error(tmp_path):
     module's own output to grow."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), *[_DoubledSkip(16) for _ in range(24)], nn.LayerNorm(16), nn.Linear(16, 4))
-    gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    with gs.watch(model, tmp_path / "run", optimizer=opt, activations=True) as mon:
-        for _ in range(5):
-            x, y = torch.randn(32, 8, generator=gen), torch.randint(0, 4, (32,), generator=gen)
-            nn.functional.cross_entropy(model(x), y).backward()
-            mon.step()
-            opt.step()
-            opt.zero_grad()
-    (f,) = [f for f in gs.diagnose(tmp_path / "run") if f.code == "exploding_forward"]
+    vectors = lambda gen: (torch.randn(32, 8, generator=gen), torch.randint(0, 4, (32,), generator=gen))  # noqa: E731
+    (f,) = _findings("exploding_forward", model, tmp_path / "run", vectors,
+                     opt=torch.optim.Adam(model.parameters(), lr=1e-4))
     assert f.severity == "warning" and "residual stream" in f.message
     assert f.measured["stream_log10_excess"] > 6  # an error before, by the stream alone
     assert f.measured["layer_log10_growth"] < 1

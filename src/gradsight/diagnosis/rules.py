@@ -809,7 +809,7 @@ def forward_growth(view: RunView) -> tuple[float, float, tuple[str, str], list[i
     """How the forward signal changes along depth, like with like, as ``log10`` (median
     over the steps): (growth of each module's output RMS toward the output, compared with
     itself in the next repeated block; growth of the residual stream beyond what blocks
-    adding branches of constant variance allow (:func:`_stream_allowance`), summed over the
+    adding branches of constant mean square allow (:func:`_stream_allowance`), summed over the
     chains of blocks), the instances at the ends, and the steps. NaN where nothing
     repeats."""
     acts = _table(view, Level.MODULE, "act_rms")

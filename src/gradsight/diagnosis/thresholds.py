@@ -86,7 +86,7 @@ class Thresholds:
     forward_explode: float = 10.0
     forward_explode_error: float = 1e3
     #: Forward signal along a residual stream: growth beyond the ``sqrt(blocks)`` that blocks
-    #: adding branches of constant variance allow (pre-LN transformers, batch-normed
+    #: adding branches of constant mean square allow (pre-LN transformers, batch-normed
     #: ResNets), summed over the chains of blocks; unnormalized ResNets double the variance
     #: per block (De & Smith 2020, Brock et al. 2021).
     stream_explode: float = 5e3
