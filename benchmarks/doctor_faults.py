@@ -509,6 +509,12 @@ def nan_in_batch(training: Training) -> Training:
     return dataclasses.replace(training, batch=poisoned)
 
 
+def missing_zero_grad(training: Training) -> Training:
+    """``optimizer.zero_grad()`` made a no-op: every backward pass adds into the last step's ``.grad``."""
+    training.optimizer.zero_grad = lambda *args, **kwargs: None
+    return training
+
+
 def _codes(*codes: str) -> frozenset[str]:
     return frozenset(codes)
 
@@ -586,6 +592,11 @@ FAULTS: list[Fault] = [
           "fp16 autocast with a GradScaler starting at 2^24: the scaled gradients overflow, the scaler skips "
           "steps while it halves the scale (doctor_cases' fp16_overflow on population nets)",
           ("mlp_relu", "cnn_plain", "zoo_resnet20", "hf_gpt2_tiny", "resmlp_layernorm")),
+    Fault("missing_zero_grad", _codes("gradients_not_zeroed"), missing_zero_grad,
+          "the loop never zeroes the gradients (optimizer.zero_grad() a no-op): each step's backward adds into the "
+          "last step's .grad, so each step applies the sum of every gradient so far; told exactly by the monitor",
+          ("mlp_relu", "cnn_plain", "zoo_resnet20", "tv_resnet18", "hf_gpt2_tiny", "timm_vit_tiny_patch16",
+           "lstm_lm", "hf_bert_tiny")),
 ]
 
 FAULT_BY_NAME: dict[str, Fault] = {f.name: f for f in FAULTS}
@@ -634,7 +645,7 @@ SILENT = "none"
 #: into all of them; removed skips and sigmoids, into a few, with :data:`UNSEEN_EXPECTED`.
 UNSEEN_FAULTS = ("dead_bias", "detached_module", "lr_x100", "lr_div_1e4", "nan_at_module", "fp16_underflow",
                  "fp16_total_underflow", "switched_off_branch", "unused_module", "dead_outputs", "nan_in_batch",
-                 "fp16_overflow")
+                 "fp16_overflow", "missing_zero_grad")
 UNSEEN_NETS = ("unseen_hf_gpt_neox_tiny", "unseen_hf_mixtral_tiny", "unseen_hf_mamba_tiny", "unseen_hf_mbart_tiny",
                "unseen_hf_wavlm_tiny", "unseen_hf_convbert_tiny", "unseen_hf_segformer_tiny",
                "unseen_hf_qwen2_moe_tiny", "unseen_timm_lcnet_100", "unseen_timm_convnext_pico",
@@ -743,6 +754,7 @@ CI_SUBSET: list[tuple[str, str]] = [
     ("switched_off_branch", "resmlp_layernorm"),
     ("unused_module", "mlp_tanh"),
     ("init_scale_down", "mlp_relu"),
+    ("missing_zero_grad", "mlp_relu"),
 ]
 
 

@@ -58,6 +58,8 @@ def test_nanogpt_example_records_every_layer_and_resumes_from_its_checkpoint(tmp
         assert list(run.layers().name) == ["transformer.wte", "transformer.wpe", *blocks, "transformer.ln_f"]
         assert run.steps() == list(range(6)) and run.status == "finished"
         assert run.meta["amp"] is False  # GradScaler(enabled=False) on the CPU is no scaler
+        # accumulation over micro-batches, clipping, zero_grad(set_to_none=True) after each step
+        assert run.series("grad_not_zeroed", level="model").iloc[:, 0].to_dict() == {s: 0.0 for s in range(1, 6)}
     assert _warnings_or_worse(run_dir) == []
 
     with pytest.warns(UserWarning, match=r"at step 4 \(resume=4\) removes what it recorded from step 4 to 5: 2"):
@@ -121,6 +123,9 @@ def test_dcgan_example_records_each_network_with_its_own_steps_gradients(tmp_pat
             assert layers[0] == first and layers[-1] == last
             recorded = run.series("grad_norm", level="model").to_numpy().ravel()
             assert recorded == pytest.approx(seen[name], rel=1e-5)
+            # D's gradients still hold the generator's pass through D when D's next step begins:
+            # cleared by netD.zero_grad() before D's own passes, which is what counts
+            assert run.series("grad_not_zeroed", level="model").iloc[:, 0].to_dict() == {1: 0.0, 2: 0.0, 3: 0.0}
     with gs.open_run(runs / "G") as run:
         assert set(run.metrics().columns) >= {"loss", "D_x", "D_G_z1", "D_G_z2"}
     for name in ("D", "G"):

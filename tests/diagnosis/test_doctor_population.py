@@ -52,7 +52,8 @@ def test_healthy_network_is_clean_at_5_and_20_steps(benchmarks, name, tmp_path):
                                    ("lr_div_1e4", "mlp_relu"), ("nan_at_module", "mlp_tanh"),
                                    ("fp16_underflow", "mlp_relu"), ("fp16_total_underflow", "mlp_relu"),
                                    ("switched_off_branch", "resmlp_layernorm"), ("unused_module", "mlp_tanh"),
-                                   ("dead_outputs", "mlp_relu"), ("lr_x100", "mlp_relu")]])
+                                   ("dead_outputs", "mlp_relu"), ("lr_x100", "mlp_relu"),
+                                   ("missing_zero_grad", "mlp_relu")]])
 def test_injected_fault_gets_its_expected_code(benchmarks, pair, tmp_path):
     _, faults = benchmarks
     fault, net = pair.split("__")

@@ -58,9 +58,10 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def train(model: nn.Module, monitored: nn.Module, run_dir: Path, rank: int, world: int, distributed) -> None:
+def train(model: nn.Module, monitored: nn.Module, run_dir: Path, rank: int, world: int, distributed,
+          zero: bool = True) -> None:
     """``STEPS`` SGD steps of ``model`` on this rank's shard of each global batch, on the device
-    of its parameters."""
+    of its parameters (``zero=False``: with the gradients never zeroed)."""
     device = next(monitored.parameters()).device
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     with gs.watch(monitored, run_dir, optimizer=optimizer, backend="eager", distributed=distributed,
@@ -72,13 +73,14 @@ def train(model: nn.Module, monitored: nn.Module, run_dir: Path, rank: int, worl
             loss.backward()
             monitor.step()
             optimizer.step()
-            optimizer.zero_grad()
+            if zero:
+                optimizer.zero_grad()
 
 
-def reference(run_dir: Path) -> None:
+def reference(run_dir: Path, zero: bool = True) -> None:
     """The single-process run on the global batch."""
     model = make_model()
-    train(model, model, run_dir, rank=0, world=1, distributed=None)
+    train(model, model, run_dir, rank=0, world=1, distributed=None, zero=zero)
 
 
 def worker(rank: int, world: int, init_file: str, out: str, backend: str = "gloo") -> None:
@@ -102,6 +104,9 @@ def worker(rank: int, world: int, init_file: str, out: str, backend: str = "gloo
         model = make_model()
         ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
         train(ddp, model, out_dir / f"ddp-rank{rank}", rank, world, "auto")
+        model = make_model()
+        ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        train(ddp, model, out_dir / f"ddp-forgotten-rank{rank}", rank, world, "auto", zero=False)
 
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard

@@ -70,12 +70,28 @@ def _assert_same_numbers(got: dict, want: dict) -> None:
 def test_rank0_records_the_global_batch(runs, case):
     want = _values(runs / "reference")
     got = _values(runs / f"{case}-rank0")
+    zeroing = {k: v for k, v in want.items() if k[1:] == ("model", "", "grad_not_zeroed")}
+    assert zeroing == {(1, "model", "", "grad_not_zeroed"): 0.0, (2, "model", "", "grad_not_zeroed"): 0.0}
+    if case == "fsdp":  # a shard of a gradient cannot tell a cleared one: no verdict, not 0
+        want = {k: v for k, v in want.items() if k not in zeroing}
     _assert_same_numbers(got, want)
     # the cases the comparison must cover
     stats = {(level, stat) for _, level, _, stat in want}
     assert {("model", "update_ratio"), ("param", "grad_missing"), ("model", "grad_nonfinite")} <= stats
     nonfinite = [v for (step, level, _, stat), v in want.items() if (level, stat) == ("model", "grad_nonfinite")]
     assert max(nonfinite) > 0  # the NaN step counted every NaN element, on both ranks' shards
+
+
+def test_ddp_without_zero_grad_is_told_on_rank0_with_the_single_process_numbers(runs, tmp_path):
+    """Gradients never zeroed under DDP (what rank 0 records: each step's all-reduced gradient
+    added to the sum before it) equal the single-process run of the same loop."""
+    with pytest.warns(UserWarning, match="not zeroed"):
+        dist_workers.reference(tmp_path / "reference", zero=False)
+    want = _values(tmp_path / "reference")
+    assert {k: v for k, v in want.items() if k[3] == "grad_not_zeroed"} == {
+        (1, "model", "", "grad_not_zeroed"): 1.0, (2, "model", "", "grad_not_zeroed"): 1.0}
+    _assert_same_numbers(_values(runs / "ddp-forgotten-rank0"), want)
+    assert "gradients_not_zeroed" in {f.code for f in gs.diagnose(runs / "ddp-forgotten-rank0")}
 
 
 @pytest.mark.parametrize("case", ["ddp", "fsdp"])

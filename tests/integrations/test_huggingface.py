@@ -80,6 +80,7 @@ def test_records_each_optimizer_step_and_logs_to_the_reporters(tmp_path):
     run = gs.open_run(tmp_path / "run")
     assert run.status == "finished"
     assert run.steps() == list(range(STEPS))
+    assert run.series("grad_not_zeroed", level="model").iloc[:, 0].to_dict() == {s: 0.0 for s in range(1, STEPS)}
     frame = run.frame()
     assert set(ref.refs) == set(range(STEPS))
     for step, want in ref.refs.items():

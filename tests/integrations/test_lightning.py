@@ -80,6 +80,8 @@ def test_records_once_per_optimizer_step_with_accumulated_gradients(tmp_path):
     run = gs.open_run(tmp_path / "run")
     assert run.status == "finished"
     assert run.steps() == [0, 1, 2]  # optimizer steps, not the 6 micro-batches
+    # Lightning clears the gradients after each optimizer step: judged cleared at each step after the first
+    assert run.series("grad_not_zeroed", level="model").iloc[:, 0].to_dict() == {1: 0.0, 2: 0.0}
     frame = run.frame()
     for step, ref in module.refs.items():
         assert_matches(frame, ref, step=step)

@@ -11,7 +11,12 @@ import numpy as np
 import pandas as pd
 
 from gradsight.diagnosis.findings import Finding
-from gradsight.diagnosis.structure import alike_log_ratio, alike_pairs, block_chains, chains_of
+from gradsight.diagnosis.structure import (
+    alike_log_ratio,
+    alike_pairs,
+    block_chains,
+    chains_of,
+)
 from gradsight.diagnosis.thresholds import Thresholds
 from gradsight.display import display_name
 from gradsight.instrument.recurrent import (
@@ -19,6 +24,7 @@ from gradsight.instrument.recurrent import (
     TIME_GAIN_STAT,
     TIME_STEPS_STAT,
 )
+from gradsight.instrument.zeroing import STAT as ZEROING_STAT
 from gradsight.stats.formats import FORMAT_RANGES
 from gradsight.store.roles import Role, is_recurrent_type
 from gradsight.store.schema import Level
@@ -201,6 +207,30 @@ def nonfinite(view: RunView, th: Thresholds) -> list[Finding]:
         layers=layers, steps=sorted(bad_steps)[:50],
         measured={"first_step": float(step), "nonfinite_steps": float(len(bad_steps))})]
 
+
+
+def gradients_not_zeroed(view: RunView, th: Thresholds) -> list[Finding]:
+    """``gradients_not_zeroed`` (error): recorded steps whose backward pass added into the
+    previous step's gradient, still in ``.grad`` after the optimizer had stepped (the
+    monitor's exact check, :mod:`gradsight.instrument.zeroing`; runs recorded before it have
+    no verdict and get none)."""
+    judged = _model_series(view, ZEROING_STAT)
+    stale = judged[judged > 0]
+    if stale.empty:
+        return []
+    norm = _model_series(view, "grad_norm")
+    grew = ""
+    if len(norm) > 1 and norm.iloc[0] > 0:
+        grew = (f"; the model's gradient norm went from {_fmt(float(norm.iloc[0]))} at step {int(norm.index[0])} to "
+                f"{_fmt(float(norm.iloc[-1]))} at step {int(norm.index[-1])}")
+    return [Finding(
+        "gradients_not_zeroed", "error",
+        f"The gradients are not zeroed between optimizer steps: at {len(stale)} of the {len(judged)} recorded steps "
+        f"checked ({_when(stale.index)}) the backward pass added into the previous step's gradient, still in .grad "
+        f"after the optimizer had stepped, so each step applies the sum of all the gradients before it{grew}. Call "
+        "optimizer.zero_grad() once per optimizer step (after optimizer.step(), or before loss.backward()).",
+        steps=[int(s) for s in stale.index][:50],
+        measured={"not_zeroed_steps": float(len(stale)), "judged_steps": float(len(judged))})]
 
 
 def _memo(view: RunView, key: tuple, compute):
@@ -1542,7 +1572,7 @@ def _precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
         layers=layers, steps=[int(x) for x in model.index[:50]], measured=measured)]
 
 
-RULES = (nonfinite, clipped_gradients, gradient_cut, gradient_scale, through_time, forward_signal, dead_units,
+RULES = (nonfinite, gradients_not_zeroed, clipped_gradients, gradient_cut, gradient_scale, through_time, forward_signal, dead_units,
          missing_gradients, update_ratios, residual_branches, precision_headroom)
 
 

@@ -55,6 +55,8 @@ from gradsight.instrument.scaler import LossScale
 from gradsight.instrument.series import SeriesIds
 from gradsight.instrument.transfer import to_host
 from gradsight.instrument.update_ratio import UpdateRatio
+from gradsight.instrument.zeroing import KEY as ZEROING_KEY
+from gradsight.instrument.zeroing import ZeroingCheck
 from gradsight.stats.grad import (
     DEAD_ROWS_STAT,
     GRAD_STATS,
@@ -238,6 +240,9 @@ class Monitor:
             self._hooks.attach(optimizer, "register_step_post_hook", self._updates.measure, "optimizer")
         self._adam = AdamState(self._params, param_names, layer_names, self._series, self._dist.sum_rows,
                                opts.optimizers if self._updates.every else ())
+        # (a shard of a gradient cannot tell a cleared one: sharded mode is not checked)
+        self._zeroing = ZeroingCheck(self._hooks) if self._dist.mode != "sharded" else None
+        self._stepped_ids = {id(p) for o in opts.optimizers for g in o.param_groups for p in g["params"]}
         for optimizer in self._adam.optimizers:
             self._hooks.attach(optimizer, "register_step_post_hook", self._adam.measure, "optimizer")
         self._writer.flush()  # metadata on disk at once: a reader sees status 'running', not 'unknown'
@@ -341,6 +346,8 @@ class Monitor:
             record = self._record(index, loss)
         if self._noise is not None:
             self._noise.reset()
+        if self._zeroing is not None:
+            self._zeroing.arm()
         return record
 
     def _check_floor(self, step: int) -> None:
@@ -447,6 +454,11 @@ class Monitor:
             extra = self._noise.measure(rows, raw[:, SUMSQ], inv_scale, scale)
             extra_keys += extra[0]
             extra_values.append(extra[1])
+        if self._zeroing is not None:
+            self._zeroing.choose([params[i] for i in present], self._stepped_ids)
+            extra = self._zeroing.collect()
+            extra_keys += extra[0]
+            extra_values.append(extra[1])
         pending = self._updates.take_pending() + self._adam.take_pending()
         stats_h, norms_h, scale_h, loss_h, act_h, *pending_h = to_host(
             [
@@ -460,6 +472,8 @@ class Monitor:
         )
         for (pstep, ids, _), values in zip(pending, pending_h):
             self._emit(pstep, ids, values)
+        if self._zeroing is not None and ZEROING_KEY in extra_keys:
+            self._zeroing.after(float(act_h[extra_keys.index(ZEROING_KEY)]), step)
 
         stats_h = stats_h.reshape(stats.shape)  # [rows, GRAD_STATS + dead rows]
         sumsq_h, maxabs_h = norms_h.reshape(-1, 2).T
