@@ -19,6 +19,7 @@ from gradsight.diagnosis.structure import (
 )
 from gradsight.diagnosis.thresholds import Thresholds
 from gradsight.display import display_name
+from gradsight.instrument.meta import EVAL_MODE_STAT
 from gradsight.instrument.recurrent import (
     TIME_GAIN_REVERSE_STAT,
     TIME_GAIN_STAT,
@@ -231,6 +232,33 @@ def gradients_not_zeroed(view: RunView, th: Thresholds) -> list[Finding]:
         "optimizer.zero_grad() once per optimizer step (after optimizer.step(), or before loss.backward()).",
         steps=[int(s) for s in stale.index][:50],
         measured={"not_zeroed_steps": float(len(stale)), "judged_steps": float(len(judged))})]
+
+
+def trained_in_eval_mode(view: RunView, th: Thresholds) -> list[Finding]:
+    """``trained_in_eval_mode``: recorded steps at which ``model.training`` was False (a
+    ``model.eval()`` left on after an evaluation). A warning where the model has modules
+    that compute differently in eval mode (BatchNorm, dropout: ``meta.mode_modules``), an info
+    where none was counted (a module reading ``self.training`` in its own code would)."""
+    flags = _model_series(view, EVAL_MODE_STAT)
+    evaluated = flags[flags > 0]
+    if evaluated.empty:
+        return []
+    kinds = view.meta.get("mode_modules") or {}
+    bn, dropout = int(kinds.get("batchnorm", 0)), int(kinds.get("dropout", 0))
+    effects = ([f"its {bn} BatchNorm layer(s) normalized with their running statistics, not the batch's, and "
+                "passed no gradient through the batch's mean and variance"] if bn else []) + (
+        [f"its {dropout} dropout layer(s) were off"] if dropout else [])
+    what = ("; ".join(effects) if effects else
+            "no BatchNorm or dropout module was found in it, so this matters only where a module reads "
+            "self.training in its own code")
+    return [Finding(
+        "trained_in_eval_mode", "warning" if effects else "info",
+        f"The model was in eval mode (model.training was False) at {len(evaluated)} of the {len(flags)} recorded "
+        f"steps ({_when(evaluated.index)}): {what}. Call model.train() before the training steps (after each "
+        "evaluation); to keep BatchNorm statistics frozen on purpose, put those layers alone in eval mode.",
+        steps=[int(s) for s in evaluated.index][:50],
+        measured={"eval_steps": float(len(evaluated)), "recorded_steps": float(len(flags)),
+                  "batchnorm_layers": float(bn), "dropout_layers": float(dropout)})]
 
 
 def _memo(view: RunView, key: tuple, compute):
@@ -1572,7 +1600,7 @@ def _precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
         layers=layers, steps=[int(x) for x in model.index[:50]], measured=measured)]
 
 
-RULES = (nonfinite, gradients_not_zeroed, clipped_gradients, gradient_cut, gradient_scale, through_time, forward_signal, dead_units,
+RULES = (nonfinite, gradients_not_zeroed, trained_in_eval_mode, clipped_gradients, gradient_cut, gradient_scale, through_time, forward_signal, dead_units,
          missing_gradients, update_ratios, residual_branches, precision_headroom)
 
 

@@ -54,11 +54,32 @@ def run_meta(model: nn.Module, inventory: Inventory, options: WatchOptions, name
         histograms_every=options.histograms_every,
         noise_scale=({"micro_batch_size": options.micro_batch_size, "ema_beta": EMA_BETA}
                      if options.noise_scale else None),
+        mode_modules=mode_modules(model),
         depth_source="pending",
         host=socket.gethostname(),
         pid=os.getpid(),
         argv=sys.argv,
     )
+
+
+#: The model-level statistic: 1.0 where ``model.training`` was False at a recorded step.
+EVAL_MODE_STAT = "eval_mode"
+
+
+def mode_modules(model: nn.Module) -> dict[str, int]:
+    """How many modules of ``model`` compute differently in training and in eval mode, by kind:
+    ``batchnorm`` (batch statistics or running ones) and ``dropout`` (with ``p > 0``). Modules
+    that read ``self.training`` in their own code (a functional dropout) are not counted."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.dropout import _DropoutNd
+
+    kinds = {"batchnorm": 0, "dropout": 0}
+    for m in model.modules():
+        if isinstance(m, _BatchNorm) and m.track_running_stats:
+            kinds["batchnorm"] += 1
+        elif isinstance(m, _DropoutNd) and m.p > 0:
+            kinds["dropout"] += 1
+    return kinds
 
 
 def adam_eps(optimizers) -> float | None:

@@ -43,7 +43,7 @@ from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.layer_table import LayerTable
 from gradsight.instrument.layers import ForwardOrder, Inventory
 from gradsight.instrument.listeners import HistogramListener, Listener, Listeners
-from gradsight.instrument.meta import default_run_dir, param_rows, run_meta, sizes
+from gradsight.instrument.meta import EVAL_MODE_STAT, default_run_dir, param_rows, run_meta, sizes
 from gradsight.instrument.noise_scale import NoiseScale, warn_sharded
 from gradsight.instrument.optimizer_state import AdamState
 from gradsight.instrument.options import WatchOptions, with_options
@@ -419,6 +419,7 @@ class Monitor:
         params, in_run = self._params, self._in_run
         # a frozen parameter is not recorded: its .grad, if any, is left over from before it was frozen
         present = [i for i, p in enumerate(params) if p.grad is not None and p.requires_grad]
+        eval_mode = not self.model.training  # (model.eval() left on after an evaluation)
         missing = [i for i, p in enumerate(params) if p.grad is None and in_run[i] and p.requires_grad]
         if self._outside:
             joining = [i for i in present if not in_run[i]]
@@ -497,7 +498,8 @@ class Monitor:
         values.append(dead[applies])
         if loss is not None and not isinstance(loss, Tensor):
             loss_h = np.array([float(loss)])
-        extra_ids, extra_vals = self._extra_rows(missing, stats_h[rows.model], scale_h, loss_h, extra_keys, act_h)
+        extra_ids, extra_vals = self._extra_rows(missing, stats_h[rows.model], scale_h, loss_h, extra_keys, act_h,
+                                                 eval_mode)
         ids.append(np.asarray(extra_ids, dtype=np.int64))
         values.append(np.asarray(extra_vals, dtype=np.float64))
         if act_keys:
@@ -570,12 +572,14 @@ class Monitor:
         loss_h: np.ndarray | None,
         act_keys: list[tuple[str, str, str]],
         act_h: np.ndarray | None,
+        eval_mode: bool,
     ) -> tuple[list[int], list[float]]:
-        """Series ids and values of a step besides the gradient statistics: missing
-        gradients, the loss scale and skipped steps, the loss, activation statistics."""
+        """Series ids and values of a step besides the gradient statistics: whether the model was
+        in eval mode, missing gradients, the loss scale and skipped steps, the loss, activation
+        statistics."""
         series = self._series
-        ids: list[int] = []
-        vals: list[float] = []
+        ids: list[int] = [series.id(Level.MODEL, "", EVAL_MODE_STAT)]
+        vals: list[float] = [float(eval_mode)]
         for i in missing:
             ids.append(series.id(Level.PARAM, self._param_names[i], "grad_missing"))
             vals.append(1.0)
