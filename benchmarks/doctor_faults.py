@@ -515,6 +515,19 @@ def missing_zero_grad(training: Training) -> Training:
     return training
 
 
+def eval_mode(training: Training) -> Training:
+    """The model trained in eval mode (``model.eval()`` left on; ``model.train()`` a no-op): its
+    BatchNorm layers use running statistics, its dropout is off."""
+    from gradsight.instrument.meta import mode_modules
+
+    model = training.model
+    if not any(mode_modules(model).values()):
+        raise NotApplicable("no BatchNorm or dropout module: eval mode changes nothing counted")
+    model.eval()
+    model.train = lambda mode=True: model
+    return training
+
+
 def _codes(*codes: str) -> frozenset[str]:
     return frozenset(codes)
 
@@ -597,6 +610,11 @@ FAULTS: list[Fault] = [
           "last step's .grad, so each step applies the sum of every gradient so far; told exactly by the monitor",
           ("mlp_relu", "cnn_plain", "zoo_resnet20", "tv_resnet18", "hf_gpt2_tiny", "timm_vit_tiny_patch16",
            "lstm_lm", "hf_bert_tiny")),
+    Fault("eval_mode", _codes("trained_in_eval_mode"), eval_mode,
+          "the model left in eval mode for training (model.eval() after an evaluation, model.train() forgotten): "
+          "BatchNorm normalizes with its running statistics, dropout is off; told exactly by the monitor",
+          ("zoo_resnet20", "tv_resnet18", "tv_mobilenet_v3_small", "tv_vgg11_bn", "timm_resnet18", "hf_bert_tiny",
+           "hf_gpt2_tiny", "lstm_lm")),
 ]
 
 FAULT_BY_NAME: dict[str, Fault] = {f.name: f for f in FAULTS}
@@ -645,7 +663,7 @@ SILENT = "none"
 #: into all of them; removed skips and sigmoids, into a few, with :data:`UNSEEN_EXPECTED`.
 UNSEEN_FAULTS = ("dead_bias", "detached_module", "lr_x100", "lr_div_1e4", "nan_at_module", "fp16_underflow",
                  "fp16_total_underflow", "switched_off_branch", "unused_module", "dead_outputs", "nan_in_batch",
-                 "fp16_overflow", "missing_zero_grad")
+                 "fp16_overflow", "missing_zero_grad", "eval_mode")
 UNSEEN_NETS = ("unseen_hf_gpt_neox_tiny", "unseen_hf_mixtral_tiny", "unseen_hf_mamba_tiny", "unseen_hf_mbart_tiny",
                "unseen_hf_wavlm_tiny", "unseen_hf_convbert_tiny", "unseen_hf_segformer_tiny",
                "unseen_hf_qwen2_moe_tiny", "unseen_timm_lcnet_100", "unseen_timm_convnext_pico",
