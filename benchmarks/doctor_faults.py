@@ -515,6 +515,18 @@ def missing_zero_grad(training: Training) -> Training:
     return training
 
 
+def not_in_optimizer(training: Training) -> Training:
+    """The last weighted layer's parameters taken out of the optimizer, as when a head is replaced
+    after the optimizer was built: they get gradients and nothing updates them."""
+    names = [n for n, m in training.model.named_modules() if _is_weighted(m) and _has_trainable(m)]
+    if not names:
+        raise NotApplicable("no weighted layer with trainable parameters")
+    ids = {id(p) for p in training.model.get_submodule(names[-1]).parameters()}
+    for group in training.optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
+    return training
+
+
 def eval_mode(training: Training) -> Training:
     """The model trained in eval mode (``model.eval()`` left on; ``model.train()`` a no-op): its
     BatchNorm layers use running statistics, its dropout is off."""
@@ -615,6 +627,11 @@ FAULTS: list[Fault] = [
           "BatchNorm normalizes with its running statistics, dropout is off; told exactly by the monitor",
           ("zoo_resnet20", "tv_resnet18", "tv_mobilenet_v3_small", "tv_vgg11_bn", "timm_resnet18", "hf_bert_tiny",
            "hf_gpt2_tiny", "lstm_lm")),
+    Fault("not_in_optimizer", _codes("not_updated"), not_in_optimizer,
+          "the last weighted layer left out of the optimizer (a head replaced after the optimizer was built): its "
+          "parameters get gradients and never change; told exactly from the optimizers and the weight norms",
+          ("mlp_relu", "cnn_plain", "zoo_resnet20", "tv_resnet18", "hf_gpt2_tiny", "timm_vit_tiny_patch16",
+           "lstm_lm", "hf_bert_tiny")),
 ]
 
 FAULT_BY_NAME: dict[str, Fault] = {f.name: f for f in FAULTS}
@@ -663,7 +680,7 @@ SILENT = "none"
 #: into all of them; removed skips and sigmoids, into a few, with :data:`UNSEEN_EXPECTED`.
 UNSEEN_FAULTS = ("dead_bias", "detached_module", "lr_x100", "lr_div_1e4", "nan_at_module", "fp16_underflow",
                  "fp16_total_underflow", "switched_off_branch", "unused_module", "dead_outputs", "nan_in_batch",
-                 "fp16_overflow", "missing_zero_grad", "eval_mode")
+                 "fp16_overflow", "missing_zero_grad", "eval_mode", "not_in_optimizer")
 UNSEEN_NETS = ("unseen_hf_gpt_neox_tiny", "unseen_hf_mixtral_tiny", "unseen_hf_mamba_tiny", "unseen_hf_mbart_tiny",
                "unseen_hf_wavlm_tiny", "unseen_hf_convbert_tiny", "unseen_hf_segformer_tiny",
                "unseen_hf_qwen2_moe_tiny", "unseen_timm_lcnet_100", "unseen_timm_convnext_pico",

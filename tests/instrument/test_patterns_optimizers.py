@@ -18,7 +18,8 @@ from gradsight.instrument.options import watch_options
 
 UNOWNED_WARNING = ("gradsight: {n} parameter(s) with a gradient are in none of the optimizers passed to "
                    "gs.watch(optimizer=...), so no update_ratio is recorded for them: {names}; pass every "
-                   "optimizer that steps them (optimizer=[opt_a, opt_b])")
+                   "optimizer that steps them (optimizer=[opt_a, opt_b]), or, if none does (a layer replaced after "
+                   "the optimizer was built), build the optimizer over the final model")
 
 
 class Tagger(nn.Module):
@@ -138,6 +139,34 @@ def test_the_doctor_does_not_call_the_unwatched_optimizers_layers_slow(tmp_path)
     findings = gs.diagnose(tmp_path / "run")
     assert not [f for f in findings if "barely learn" in f.message]
     assert "emb" not in set(gs.open_run(tmp_path / "run").frame(stat="update_ratio").layer.dropna())
+    # another optimizer steps the embedding: said as an info, never "nothing trains them"
+    [outside] = [f for f in findings if f.code == "not_updated"]
+    assert outside.severity == "info" and outside.layers == ["emb"]
+
+
+def test_a_layer_replaced_after_the_optimizer_was_built_is_said_to_be_untrained(tmp_path):
+    """The fine-tuning slip: the head swapped for a new one after ``Adam(model.parameters())``.
+    The new head gets gradients and never changes (float64 copies before and after)."""
+    torch.manual_seed(0)
+    model = Tagger(sparse=False)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.out = nn.Linear(16, 3)
+    before = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+    tokens = torch.randint(0, 40, (8, 5))
+    with pytest.warns(UserWarning, match="build the optimizer over the final model"):
+        with gs.watch(model, tmp_path / "run", optimizer=opt) as mon:
+            for _ in range(4):
+                nn.functional.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten() % 3).backward()
+                mon.step()
+                opt.step()
+                opt.zero_grad()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach().double(), before[n])}
+    assert changed == {"emb.weight", "hidden.weight", "hidden.bias"}
+    with gs.open_run(tmp_path / "run") as run:
+        assert run.meta["outside_optimizers"] == ["out.bias", "out.weight"]
+    [finding] = [f for f in gs.diagnose(tmp_path / "run") if f.code == "not_updated"]
+    assert finding.severity == "warning" and finding.layers == ["out"]
+    assert finding.measured == {"parameters": 2.0, "layers": 1.0} and "nothing trains them" in finding.message
 
 
 class TwoBlocks(nn.Module):

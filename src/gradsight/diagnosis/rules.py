@@ -261,6 +261,54 @@ def trained_in_eval_mode(view: RunView, th: Thresholds) -> list[Finding]:
                   "batchnorm_layers": float(bn), "dropout_layers": float(dropout)})]
 
 
+#: Recorded steps over which a parameter's weight norm must stay the same value for
+#: :func:`not_updated` to call it untrained.
+MIN_UNCHANGED_STEPS = 3
+
+
+def not_updated(view: RunView, th: Thresholds) -> list[Finding]:
+    """``not_updated``: parameters that had a gradient but are in none of the optimizers passed
+    to ``gs.watch`` (``meta.outside_optimizers``). A warning for those whose weights never
+    changed over at least ``MIN_UNCHANGED_STEPS`` recorded steps (their norm the same float32
+    value at each: nothing trains them, as a layer replaced after the optimizer was built); an
+    info for those that moved (another optimizer steps them: passing it records their updates)."""
+    names = view.meta.get("outside_optimizers") or []
+    wn = _table(view, Level.PARAM, "weight_norm")
+    names = [n for n in names if n in wn.columns]
+    if not names:
+        return []
+    still, moved = [], []
+    for name in names:
+        norms = wn[name].to_numpy(dtype=float)
+        norms = norms[np.isfinite(norms)]
+        if len(norms) >= MIN_UNCHANGED_STEPS and (norms == norms[0]).all():
+            still.append(name)
+        elif len(norms) >= 2:
+            moved.append(name)
+    params = view.params.set_index("name")["layer"]
+    findings = []
+    if still:
+        layers = list(dict.fromkeys(params.get(n, n) for n in still))
+        shown = ", ".join(f"'{display_name(x)}'" for x in layers[:5]) + (
+            f" and {len(layers) - 5} more" if len(layers) > 5 else "")
+        findings.append(Finding(
+            "not_updated", "warning",
+            f"{len(still)} parameter(s) of {len(layers)} layer(s) ({shown}) got a gradient but are in none of the "
+            f"optimizers passed to gs.watch, and their weights never changed over the {len(view.steps)} recorded "
+            "steps: nothing trains them. A layer replaced or added after the optimizer was built is the usual cause: "
+            "build the optimizer over the final model (or optimizer.add_param_group). If they are meant to stay "
+            "fixed, freeze them (requires_grad_(False)): their gradients cost a backward pass for nothing.",
+            layers=layers, measured={"parameters": float(len(still)), "layers": float(len(layers))}))
+    if moved:
+        findings.append(Finding(
+            "not_updated", "info",
+            f"{len(moved)} parameter(s) got a gradient and changed but are in none of the optimizers passed to "
+            "gs.watch (another optimizer steps them): their update ratios are not recorded; pass every optimizer "
+            "(optimizer=[opt_a, opt_b]).",
+            layers=list(dict.fromkeys(params.get(n, n) for n in moved)), measured={"parameters": float(len(moved))}))
+    return findings
+
+
 def _memo(view: RunView, key: tuple, compute):
     """``compute()`` once per view and key: what several rules (and :func:`measure`) share."""
     if key not in view._memo:
@@ -1600,7 +1648,7 @@ def _precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
         layers=layers, steps=[int(x) for x in model.index[:50]], measured=measured)]
 
 
-RULES = (nonfinite, gradients_not_zeroed, trained_in_eval_mode, clipped_gradients, gradient_cut, gradient_scale, through_time, forward_signal, dead_units,
+RULES = (nonfinite, gradients_not_zeroed, trained_in_eval_mode, not_updated, clipped_gradients, gradient_cut, gradient_scale, through_time, forward_signal, dead_units,
          missing_gradients, update_ratios, residual_branches, precision_headroom)
 
 

@@ -518,6 +518,9 @@ class Monitor:
         self.recorded_steps += 1
         if opts.optimizer is not None and self._updates.due(recorded_index):
             self._updates.arm(step, rows, raw[:, W_SUMSQ], recorded_index)
+            if self._updates.unowned_grew:  # (what the doctor's not_updated reads)
+                self._updates.unowned_grew = False
+                self._writer.set_meta(outside_optimizers=sorted(self._updates.unowned))
             if self._adam:
                 self._adam.arm(step, rows)
         return True

@@ -105,6 +105,9 @@ class UpdateRatio:
         self._owners_key: tuple | None = None
         self._owner_of = np.full(len(self._watched), -1, dtype=np.int64)
         self._warned_unowned = False
+        #: parameters with a gradient found in none of the optimizers (``meta.outside_optimizers``)
+        self.unowned: set[str] = set()
+        self.unowned_grew = False  #: ``unowned`` gained names since the monitor last wrote them
         self._step: int | None = None  #: the recorded step waiting for its optimizer steps
         self._rows: StepRows | None = None
         self._wsumsq: Tensor | None = None
@@ -193,13 +196,18 @@ class UpdateRatio:
         owner = self._owners()[rows.present]
         waiting = {int(k): np.flatnonzero(owner == k).tolist() for k in np.unique(owner)}
         unowned = waiting.pop(-1, [])
+        names = [self._param_names[rows.present[p]] for p in unowned]
+        if not self.unowned.issuperset(names):
+            self.unowned.update(names)
+            self.unowned_grew = True
         if unowned and not self._warned_unowned:
             self._warned_unowned = True
-            names = [self._param_names[rows.present[p]] for p in unowned]
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
             warnings.warn(f"gradsight: {len(names)} parameter(s) with a gradient are in none of the optimizers "
                           f"passed to gs.watch(optimizer=...), so no update_ratio is recorded for them: {shown}; "
-                          "pass every optimizer that steps them (optimizer=[opt_a, opt_b])", stacklevel=5)
+                          "pass every optimizer that steps them (optimizer=[opt_a, opt_b]), or, if none does (a layer "
+                          "replaced after the optimizer was built), build the optimizer over the final model",
+                          stacklevel=5)
         if not waiting:
             return
         self._step, self._rows, self._wsumsq, self._waiting = step, rows, wsumsq, waiting
