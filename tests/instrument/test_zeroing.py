@@ -156,3 +156,35 @@ def test_steps_that_cannot_be_judged_have_no_verdict_not_zero(tmp_path):
     assert _verdicts(tmp_path / "manual") == {}
     run_dir, _ = _train(tmp_path, "forgotten", steps=7, every=2)
     assert _verdicts(run_dir) == {2: 1.0, 4: 1.0, 6: 1.0}
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool | None) -> None:
+        super().__init__()
+        self.a, self.b, self.reentrant = nn.Linear(8, 16), nn.Linear(16, 4), reentrant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inner = lambda t: torch.relu(self.a(t))  # noqa: E731
+        if self.reentrant is None:
+            return self.b(inner(x))
+        return self.b(torch.utils.checkpoint.checkpoint(inner, x, use_reentrant=self.reentrant))
+
+
+@pytest.mark.parametrize("how", ["compiled", "checkpoint", "reentrant_checkpoint"])
+@pytest.mark.parametrize("zero", [True, False])
+def test_compiled_and_checkpointed_models_are_judged_alike(tmp_path, how, zero):
+    torch.manual_seed(0)
+    model = _Checkpointed({"compiled": None, "checkpoint": False, "reentrant_checkpoint": True}[how])
+    run = torch.compile(model) if how == "compiled" else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gs.watch(model, tmp_path / "run", optimizer=opt) as mon:
+            for t in range(4):
+                x, _ = _batch(t)
+                run(x.requires_grad_(how == "reentrant_checkpoint")).pow(2).mean().backward()
+                mon.step()
+                opt.step()
+                if zero:
+                    opt.zero_grad()
+    assert _verdicts(tmp_path / "run") == {s: float(not zero) for s in range(1, 4)}
