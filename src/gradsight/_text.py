@@ -1,4 +1,5 @@
-"""User-supplied names (module names, run names) made safe to show as plain text."""
+"""Names in messages: user-supplied ones (module names, run names) made safe to show as plain
+text, and long lists cut short."""
 
 from __future__ import annotations
 
@@ -13,3 +14,9 @@ def printable(text: str) -> str:
     visibly as ``\\xNN``, so that printing it cannot change a terminal, end a C string or
     make an SVG invalid. Tabs and line breaks are kept."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def few(items: list[str], k: int, sep: str = ", ") -> str:
+    """The first ``k`` of ``items`` joined by ``sep``, with " and N more" for the rest: how a
+    message names what may be a long list."""
+    return sep.join(items[:k]) + (f" and {len(items) - k} more" if len(items) > k else "")

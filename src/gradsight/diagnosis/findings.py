@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from gradsight._text import few
 from gradsight.display import display_name
 
 
@@ -73,9 +74,7 @@ class Finding:
     def __str__(self) -> str:
         where = ""
         if self.layers:
-            shown = ", ".join(display_name(n) for n in self.layers[:4])
-            more = f" and {len(self.layers) - 4} more" if len(self.layers) > 4 else ""
-            where = f" [{shown}{more}]"
+            where = f" [{few([display_name(n) for n in self.layers], 4)}]"
         return f"{str(self.severity).upper():7} {self.code}: {self.message}{where}"
 
     def to_dict(self) -> dict:

@@ -10,13 +10,9 @@ from dataclasses import astuple, dataclass
 import numpy as np
 import pandas as pd
 
+from gradsight._text import few
 from gradsight.diagnosis.findings import Finding
-from gradsight.diagnosis.structure import (
-    alike_log_ratio,
-    alike_pairs,
-    block_chains,
-    chains_of,
-)
+from gradsight.diagnosis.structure import alike_log_ratio, alike_pairs, block_chains, chains_of
 from gradsight.diagnosis.thresholds import Thresholds
 from gradsight.display import display_name
 from gradsight.instrument.meta import EVAL_MODE_STAT
@@ -209,7 +205,6 @@ def nonfinite(view: RunView, th: Thresholds) -> list[Finding]:
         measured={"first_step": float(step), "nonfinite_steps": float(len(bad_steps))})]
 
 
-
 def gradients_not_zeroed(view: RunView, th: Thresholds) -> list[Finding]:
     """``gradients_not_zeroed`` (error): recorded steps whose backward pass added into the
     previous step's gradient, still in ``.grad`` after the optimizer had stepped (the
@@ -289,8 +284,7 @@ def not_updated(view: RunView, th: Thresholds) -> list[Finding]:
     findings = []
     if still:
         layers = list(dict.fromkeys(params.get(n, n) for n in still))
-        shown = ", ".join(f"'{display_name(x)}'" for x in layers[:5]) + (
-            f" and {len(layers) - 5} more" if len(layers) > 5 else "")
+        shown = few([f"'{display_name(x)}'" for x in layers], 5)
         findings.append(Finding(
             "not_updated", "warning",
             f"{len(still)} parameter(s) of {len(layers)} layer(s) ({shown}) got a gradient but are in none of the "
@@ -1231,8 +1225,7 @@ def missing_gradients(view: RunView, th: Thresholds) -> list[Finding]:
     findings = []
     if whole:
         modules = list(dict.fromkeys(owner.get(n) or n for n in whole))
-        named = ", ".join(f"'{display_name(m)}'" for m in modules[:3]) + (
-            f" and {len(modules) - 3} more" if len(modules) > 3 else "")
+        named = few([f"'{display_name(m)}'" for m in modules], 3)
         findings.append(Finding(
             "no_gradient", "warning",
             f"{len(whole)} trainable parameter(s) never received a gradient in {n_steps} recorded steps, nor did any "
@@ -1493,7 +1486,7 @@ def residual_branches(view: RunView, th: Thresholds) -> list[Finding]:
     n = len(_window(view, _table(view, Level.BLOCK, "skip_grad_norm")))
     if not idle.empty:
         single = _single_feature_norms(view, {b.split("[", 1)[0] for b in idle.index})
-        cause = (f" '{display_name(single[0])}'" + (f" and {len(single) - 1} more" if len(single) > 1 else "")
+        cause = (" " + few([f"'{display_name(s)}'" for s in single], 1)
                  + " normalize a single feature: a LayerNorm over one value subtracts its mean, the value itself, "
                  "and outputs its bias whatever its input, so no gradient passes through it." if single else "")
         findings.append(Finding(
@@ -1766,11 +1759,10 @@ def eps_dominated(view: RunView, th: Thresholds) -> list[Finding]:
         return []
     update = view.matrix(Level.LAYER, "adam_update_rms", steps="all")
     update_med = _window(view, update).median() if not update.empty else pd.Series(dtype=float)
-    shown = ", ".join(f"'{display_name(n)}' ({_fmt(window[n])})" for n in bad[:5])
-    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    shown = few([f"'{display_name(n)}' ({_fmt(window[n])})" for n in bad], 5)
     return [Finding(
         "eps_dominated", "warning",
-        f"Adam's eps dominates the update of {len(bad)} of {frac.shape[1]} layers: in {shown}{more} most elements "
+        f"Adam's eps dominates the update of {len(bad)} of {frac.shape[1]} layers: in {shown} most elements "
         f"have sqrt(v_hat) below eps (median share {_when(_window(view, frac).index)}; the model: {_fmt(model_frac)}), "
         "so they move at less than half the rate Adam intends, slower as their gradient falls. Lower eps (1e-8 "
         "or below; Wortsman et al. 2023), or undo a scaling of the loss that makes the gradients tiny.",

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gradsight._text import few
 from gradsight.display import card_html
 from gradsight.instrument.activations import ActivationRecorder
 from gradsight.instrument.distributed import resolve as resolve_distributed
@@ -407,7 +408,7 @@ class Monitor:
         new = [n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in self._known_params]
         if new:
             self._warned_new_params = True
-            shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+            shown = few(new, 5)
             warnings.warn(f"{len(new)} trainable parameter(s) were added to the model after gs.watch() and are "
                           f"not recorded: {shown}; call gs.watch() after the model is complete", stacklevel=3)
 

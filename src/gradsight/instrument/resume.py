@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gradsight._errors import RunError
+from gradsight._text import few
 from gradsight.store.writer import Earlier
 
 
@@ -64,11 +65,11 @@ def check_model(earlier: Earlier, param_names: Sequence[str], run_dir: Path) -> 
     only_run = [n for n in earlier.params if n not in set(param_names)]
     only_model = [n for n in param_names if n not in set(earlier.params)]
 
-    def few(names: list[str]) -> str:
-        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "") if names else "none"
+    def named(names: list[str]) -> str:
+        return few(names, 3) if names else "none"
 
     raise RunError(f"cannot resume the run in {run_dir}: it was recorded from another model (parameters only in "
-                   f"the run: {few(only_run)}; only in this model: {few(only_model)}); pass overwrite=True to "
+                   f"the run: {named(only_run)}; only in this model: {named(only_model)}); pass overwrite=True to "
                    "replace it or choose another run_dir")
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gradsight._text import few
 from gradsight.instrument.rows import StepRows
 from gradsight.instrument.series import SeriesIds
 from gradsight.schedules import due
@@ -202,7 +203,7 @@ class UpdateRatio:
             self.unowned_grew = True
         if unowned and not self._warned_unowned:
             self._warned_unowned = True
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            shown = few(names, 5)
             warnings.warn(f"gradsight: {len(names)} parameter(s) with a gradient are in none of the optimizers "
                           f"passed to gs.watch(optimizer=...), so no update_ratio is recorded for them: {shown}; "
                           "pass every optimizer that steps them (optimizer=[opt_a, opt_b]), or, if none does (a layer "

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from gradsight._errors import RunError
+from gradsight._text import few
 from gradsight.display import card_html
 from gradsight.store.access import connect_readonly
 from gradsight.store.packed import MAX_SQL_VARS, PACKED_TABLES, Catalog, layout, read_long, read_matrix
@@ -67,9 +68,8 @@ def resolve_run(path: str | Path) -> Path:
         return found[0]
     if not found:
         raise RunError(f"{p} is not a gradsight run: it has no {DB_NAME}, and no folder below it has one")
-    shown = [str(r) for r in found[:MAX_NAMED_RUNS]]
-    more = f" and {len(found) - len(shown)} more" if len(found) > len(shown) else ""
-    raise RunError(f"{p} holds {len(found)} runs, not one: did you mean {' or '.join(shown)}{more}?")
+    shown = few([str(r) for r in found], MAX_NAMED_RUNS, " or ")
+    raise RunError(f"{p} holds {len(found)} runs, not one: did you mean {shown}?")
 
 
 def _resolve_db(path: str | Path) -> Path:
