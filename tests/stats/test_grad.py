@@ -567,6 +567,7 @@ FIRST_STEP_SCRIPT = textwrap.dedent(
         model(torch.randn(8, 512)).pow(2).mean().backward()
         monitor.step()
         optimizer.step()
+        optimizer.zero_grad()
         assert not G._FUSED._fns, "the first step compiled the kernel in this process"
         warmup = G._FUSED._warmup
         assert warmup is not None and warmup.process.wait(timeout=900) == 0
