@@ -19,16 +19,17 @@ from torch.nn import functional as F
 
 import gradsight as gs
 from gradsight.instrument.zeroing import STAT
+from tests.devices import DEVICES
 
 
-def _model() -> nn.Module:
+def _model(device: str = "cpu") -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to(device)
 
 
-def _batch(t: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(t: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(t)
-    return torch.randn(32, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
+    return torch.randn(32, 8, generator=g).to(device), torch.randint(0, 4, (32,), generator=g).to(device)
 
 
 def _verdicts(run_dir) -> dict[int, float]:
@@ -43,9 +44,9 @@ def _codes(run_dir) -> set[str]:
     return {f.code for f in gs.diagnose(run_dir)}
 
 
-def _train(tmp_path, loop: str, steps: int = 6, optimizer=torch.optim.SGD, **watch) -> tuple:
+def _train(tmp_path, loop: str, steps: int = 6, optimizer=torch.optim.SGD, device: str = "cpu", **watch) -> tuple:
     """Train with one of the loops below; returns (run_dir, the zeroing warnings)."""
-    model = _model()
+    model = _model(device)
     opt = optimizer(model.parameters(), lr=0.05)
     run_dir = tmp_path / loop
     with warnings.catch_warnings(record=True) as caught:
@@ -56,18 +57,18 @@ def _train(tmp_path, loop: str, steps: int = 6, optimizer=torch.optim.SGD, **wat
                     opt.zero_grad()
                 if loop in ("accumulate", "step_per_micro_batch"):
                     for k in range(4):
-                        x, y = _batch(10 * t + k)
+                        x, y = _batch(10 * t + k, device)
                         (F.cross_entropy(model(x), y) / 4).backward()
                         if loop == "step_per_micro_batch":
                             mon.step()
                 elif loop == "gradient_penalty":  # torch.autograd.grad's passes do not accumulate into .grad
-                    x, y = _batch(t)
+                    x, y = _batch(t, device)
                     x.requires_grad_(True)
                     loss = F.cross_entropy(model(x), y)
                     (dx,) = torch.autograd.grad(loss, x, create_graph=True)
                     (loss + dx.pow(2).sum()).backward()
                 else:
-                    x, y = _batch(t)
+                    x, y = _batch(t, device)
                     F.cross_entropy(model(x), y).backward()
                 if loop != "step_per_micro_batch":
                     mon.step()
@@ -113,6 +114,16 @@ def test_a_forgotten_zero_grad_is_recorded_at_every_step_said_once_and_diagnosed
     assert finding.severity == "error" and finding.steps == [1, 2, 3, 4, 5]
     assert finding.measured == {"not_zeroed_steps": 5.0, "judged_steps": 5.0}
     assert "zero_grad()" in finding.message
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("loop", ["set_to_zero", "forgotten"])
+def test_the_all_zero_test_runs_on_the_gradients_device_within_the_steps_one_transfer(tmp_path, device, loop):
+    """A gradient zeroed in place (the same tensor) is told from one left as it was by a test on
+    its device, read with the step's statistics."""
+    run_dir, said = _train(tmp_path, loop, device=device)
+    assert _verdicts(run_dir) == {s: float(loop == "forgotten") for s in range(1, 6)}
+    assert len(said) == (loop == "forgotten")
 
 
 def test_zeroing_every_other_step_is_told_step_by_step(tmp_path):
