@@ -54,13 +54,14 @@ class ZeroingCheck:
         self._grad: weakref.ref | None = None  #: its .grad at the last step() call
         #: what the running pass found before accumulating (graph task, stepped, cleared, nonzero):
         #: kept only if the pass accumulates (torch.autograd.grad runs the first hook, not the second)
-        self._seen: tuple[int, int, bool, Tensor | None] | None = None
+        self._seen: tuple[int, bool, bool, Tensor | None] | None = None
         self._optimizer_stepped = False  #: an optimizer holding the parameter stepped since the last step() call
-        self._holds: dict[int, tuple[int, bool]] = {}  #: id(optimizer) -> (its param groups, holds the parameter)
+        #: optimizer -> (how many parameters its groups held, whether the watched one is among them)
+        self._holds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._passes = 0  #: passes that accumulated into the parameter since the last step() call
         self._stepped = False  #: an optimizer step ran before the first of them
         self._cleared = False  #: one of them found .grad None, replaced or (on the host) zero
-        self._nonzero: list[Tensor] = []  #: per pass that found the same tensor: is it nonzero (device bools)
+        self._nonzero: Tensor | None = None  #: every pass that found the same tensor found it nonzero (on its device)
         self._warned = False
 
     def choose(self, params: Sequence[Tensor], preferred: set[int]) -> None:
@@ -88,10 +89,11 @@ class ZeroingCheck:
         if p is None or self._optimizer_stepped:
             return None
         groups = optimizer.param_groups
-        known = self._holds.get(id(optimizer))
-        if known is None or known[0] != sum(len(g["params"]) for g in groups):
-            known = (sum(len(g["params"]) for g in groups), any(q is p for g in groups for q in g["params"]))
-            self._holds[id(optimizer)] = known
+        count = sum(len(g["params"]) for g in groups)
+        known = self._holds.get(optimizer)
+        if known is None or known[0] != count:  # (groups added since: asked again)
+            known = (count, any(q is p for g in groups for q in g["params"]))
+            self._holds[optimizer] = known
         self._optimizer_stepped = known[1]
         return None
 
@@ -121,7 +123,7 @@ class ZeroingCheck:
         if cleared:
             self._cleared = True
         elif nonzero is not None:
-            self._nonzero.append(nonzero)
+            self._nonzero = nonzero if self._nonzero is None else self._nonzero & nonzero
 
     def collect(self) -> tuple[list[tuple[str, str, str]], Tensor | None]:
         """At a recorded step, before its transfer: ``([KEY], 1-element float tensor)`` when the
@@ -129,9 +131,9 @@ class ZeroingCheck:
         p = self._param() if self._param is not None else None
         if p is None or not self._stepped or not self._passes:
             return [], None
-        if self._cleared or not self._nonzero:
+        if self._cleared or self._nonzero is None:
             return [KEY], torch.zeros(1, device=p.device)  # (made where the transfer gathers: no copy)
-        return [KEY], torch.stack(self._nonzero).all().float().reshape(1)
+        return [KEY], self._nonzero.float().reshape(1)
 
     def after(self, value: float | None, step: int) -> None:
         """After the transfer: warn once where this step's gradient was not cleared."""
@@ -146,7 +148,7 @@ class ZeroingCheck:
     def arm(self) -> None:
         """At every step() call, after recording: the parameter's state the next passes compare with."""
         p = self._param() if self._param is not None else None
-        self._passes, self._stepped, self._cleared, self._nonzero, self._seen = 0, False, False, [], None
+        self._passes, self._stepped, self._cleared, self._nonzero, self._seen = 0, False, False, None, None
         self._optimizer_stepped = False
         if p is None:
             return
