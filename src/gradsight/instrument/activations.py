@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
+from gradsight.instrument.distributed import local_shard
 from gradsight.instrument.hooks import HookRegistry
 from gradsight.instrument.layers import is_adapter_wrapper, layer_modules
 from gradsight.instrument.outputs import main_output
@@ -296,7 +297,7 @@ class BackwardPasses:
             self._reset_upto = max(self._reset_upto, left.task)
         elif g._version != left.version and task not in self._checked:
             self._checked.add(task)
-            local = g.to_local() if hasattr(g, "to_local") else g  # a DTensor's shard: no collective
+            local = local_shard(g)  # (no collective)
             if not bool((local._values() if local.is_sparse else local).any()):  # zero_grad(set_to_none=False)
                 self._reset_upto = max(self._reset_upto, left.task)
 

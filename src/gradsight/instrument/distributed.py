@@ -74,7 +74,7 @@ def _is_dtensor(t: Tensor) -> bool:
     return isinstance(t, DTensor)
 
 
-def _local(t: Tensor) -> Tensor:
+def local_shard(t: Tensor) -> Tensor:
     """The local shard of a ``DTensor``; any other tensor as it is."""
     return t.to_local() if _is_dtensor(t) else t
 
@@ -220,8 +220,8 @@ class Distributed:
         if self.mode == "replicated":
             return raw_sums(grads, weights, backend, with_weights)
         dist = _dist()
-        local_g = [_local(g) for g in grads]
-        local_w = [_local(w.detach()) for w in weights]
+        local_g = [local_shard(g) for g in grads]
+        local_w = [local_shard(w.detach()) for w in weights]
         device = local_g[0].device if local_g else torch.device("cpu")
         rows = torch.zeros((len(grads), len(RAW_FIELDS)), dtype=torch.float32, device=device)
         nonempty = [k for k, g in enumerate(local_g) if g.numel() > 0]
@@ -259,7 +259,7 @@ class Distributed:
         ``sharded`` adds the counted shards of all ranks (one ``all_reduce``, in float64)."""
         if self.mode == "replicated":
             return [of(grads[k]) for k in rows]
-        local = [of(_local(grads[k])) if self._counts(grads[k]) else 0.0 for k in rows]
+        local = [of(local_shard(grads[k])) if self._counts(grads[k]) else 0.0 for k in rows]
         sums = torch.tensor(local, dtype=torch.float64, device=_device(grads))
         _dist().all_reduce(sums)
         return sums.tolist()
@@ -269,13 +269,13 @@ class Distributed:
         shards of all ranks (one ``all_reduce``)."""
         if self.mode == "replicated":
             return log2_counts(grads, scale, lo, hi)
-        return self._sum_counted(log2_counts([_local(g) for g in grads], scale, lo, hi), grads)
+        return self._sum_counted(log2_counts([local_shard(g) for g in grads], scale, lo, hi), grads)
 
     def sumsq(self, tensors: Sequence[Tensor]) -> Tensor:
         """``[len(tensors)]`` float32 sums of squares of the global tensors."""
         if not tensors:
             return torch.zeros(0)
-        sq = sumsq_fp32([_local(t) for t in tensors])
+        sq = sumsq_fp32([local_shard(t) for t in tensors])
         if self.mode == "replicated":
             return sq
         return self._sum_counted(sq, tensors)
@@ -339,7 +339,7 @@ def _watched_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 def _device(tensors: Sequence[Tensor]) -> torch.device:
-    return _local(tensors[0]).device if tensors else torch.device("cpu")
+    return local_shard(tensors[0]).device if tensors else torch.device("cpu")
 
 
 __all__ = ["MODES", "Distributed", "Local", "is_distributed", "resolve"]

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gradsight.instrument.distributed import local_shard
 from gradsight.instrument.rows import StepRows
 from gradsight.instrument.series import SeriesIds
 
@@ -54,10 +55,6 @@ def is_adam(optimizer: Any) -> bool:
     return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
 
 
-def _local(t: Tensor) -> Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
 def adam_sums(state: dict, group: dict) -> Tensor | None:
     """``[6]`` float64 sums of one parameter's Adam state: ``sum(v_hat)``, the count of
     ``0 < sqrt(v_hat) < eps``, ``sum(u²)``, ``sum((lr u)²)``, the elements, the elements with
@@ -66,12 +63,12 @@ def adam_sums(state: dict, group: dict) -> Tensor | None:
         return None
     beta1, beta2 = group["betas"]
     eps = float(group["eps"])
-    m = _local(state["exp_avg"])
-    v = _local(state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"])
+    m = local_shard(state["exp_avg"])
+    v = local_shard(state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"])
     if m.is_complex():
         return None
     step = state["step"]
-    t = _local(step).to(v.device, torch.float64) if isinstance(step, Tensor) else torch.tensor(
+    t = local_shard(step).to(v.device, torch.float64) if isinstance(step, Tensor) else torch.tensor(
         float(step), dtype=torch.float64, device=v.device)
     beta1 = beta1.to(v.device, torch.float64) if isinstance(beta1, Tensor) else float(beta1)
     beta2 = beta2.to(v.device, torch.float64) if isinstance(beta2, Tensor) else float(beta2)

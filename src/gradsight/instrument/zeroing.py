@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from gradsight.instrument.activations import _graph_task, _under_transform
+from gradsight.instrument.distributed import local_shard
 from gradsight.instrument.hooks import HookRegistry
 from gradsight.store.schema import Level
 
@@ -106,7 +107,7 @@ class ZeroingCheck:
         cleared = g is None or self._grad is None or self._grad() is not g
         nonzero = None
         if not cleared and not self._cleared:
-            local = g.to_local() if hasattr(g, "to_local") else g
+            local = local_shard(g)
             nonzero = (local._values() if local.is_sparse else local).ne(0).any()
         self._seen = (_graph_task(), self._optimizer_stepped or p._version != self._version, cleared, nonzero)
         return None
