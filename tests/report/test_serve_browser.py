@@ -218,6 +218,10 @@ def test_a_recording_runs_figures_follow_it(browser, tmp_path, monkeypatch):
         box = page.locator("#run-0 [data-live=figures]")
         assert box.locator("img").count() == 1  # drawn with the section
         first = box.locator("img").get_attribute("src")
+        for _ in range(100):  # the section's last step is set once its first poll has answered
+            if page.locator("#run-0").get_attribute("data-last-step") is not None:
+                break
+            page.wait_for_timeout(100)
         opened_at = int(page.locator("#run-0").get_attribute("data-last-step"))
         for _ in range(600):  # 60 s (the page's CSP forbids wait_for_function's eval)
             page.wait_for_timeout(100)
