@@ -68,3 +68,55 @@ def test_training_in_train_mode_or_with_batchnorm_frozen_on_purpose_is_no_findin
     _train(_cnn(), tmp_path / "run", evaluate_at=None, frozen_bn=frozen_bn)
     assert set(_flags(tmp_path / "run").values()) == {0.0}
     assert "trained_in_eval_mode" not in {f.code for f in gs.diagnose(tmp_path / "run")}
+
+
+class _ExamplesNet(nn.Module):
+    """The network of pytorch/examples' ``mnist/main.py`` (two convolutions, two dropouts), narrower."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, 1), nn.Conv2d(8, 16, 3, 1)
+        self.dropout1, self.dropout2 = nn.Dropout(0.25), nn.Dropout(0.5)
+        self.fc1, self.fc2 = nn.Linear(16 * 12 * 12, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        x = self.dropout2(F.relu(self.fc1(torch.flatten(self.dropout1(x), 1))))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+@pytest.mark.parametrize("train_mode_each_epoch", [True, False])
+def test_the_mnist_examples_loop_on_real_digits_and_its_classic_slip(tmp_path, train_mode_each_epoch):
+    """pytorch/examples' MNIST loop on mnist5k digits: ``train()`` sets train mode at each epoch
+    and ``test()`` eval mode, Adadelta, StepLR; clean. The slip: ``model.train()`` once before the
+    epochs, so every epoch after the first evaluation trains in eval mode."""
+    data = gs.data.load_dataset("mnist5k", limit=320)
+    torch.manual_seed(1)
+    model = _ExamplesNet()
+    opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+    steps_per_epoch = 5
+    with gs.watch(model, tmp_path / "run", optimizer=opt) as mon:
+        model.train()
+        for _ in range(3):
+            if train_mode_each_epoch:
+                model.train()
+            for x, y in gs.data.batches(data.train_x[:64 * steps_per_epoch], data.train_y[:64 * steps_per_epoch], 64,
+                                        shuffle=False):
+                opt.zero_grad()
+                loss = F.nll_loss(model(x), y)
+                loss.backward()
+                mon.step(loss)
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                model(data.test_x[:256]).argmax(1)
+            scheduler.step()
+    flags = _flags(tmp_path / "run")
+    assert flags == {t: float(not train_mode_each_epoch and t >= steps_per_epoch) for t in range(15)}
+    found = [f for f in gs.diagnose(tmp_path / "run") if f.code == "trained_in_eval_mode"]
+    if train_mode_each_epoch:
+        assert found == []
+    else:
+        assert [(f.severity, f.steps) for f in found] == [("warning", list(range(5, 15)))]
+        assert found[0].measured["dropout_layers"] == 2.0 and "dropout layer(s) were off" in found[0].message
