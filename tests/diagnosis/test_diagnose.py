@@ -908,3 +908,36 @@ def test_plain_chain_fade_leaves_normalized_and_alike_networks_to_the_other_rule
             mon.step()
         with gs.RunView(tmp_path / name) as view:
             assert plain_chain_fade(view) is None
+
+
+@pytest.mark.parametrize("loop", ["step_before_backward", "zero_grad_before_step", "lr_0", "lr_1e-9"])
+def test_updates_of_exactly_zero_are_told_from_a_learning_rate_too_low(tmp_path, loop):
+    """The optimizer stepping without the gradients (before the backward pass, or after a
+    zero_grad() that followed it) or at learning rate 0 leaves every weight exactly as it was
+    (checked on float64 copies): no "raise the learning rate" for the first two; a learning rate
+    of 1e-9 moves them a little and gets the usual advice."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    lr = {"lr_0": 0.0, "lr_1e-9": 1e-9}.get(loop, 1e-3)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    start = [p.detach().double().clone() for p in model.parameters()]
+    with gs.watch(model, tmp_path / "run", optimizer=opt, update_ratio=True) as mon:
+        for _ in range(12):
+            x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+            opt.zero_grad()
+            if loop == "step_before_backward":
+                opt.step()
+            nn.functional.cross_entropy(model(x), y).backward()
+            mon.step()
+            if loop == "zero_grad_before_step":
+                opt.zero_grad()
+            if loop != "step_before_backward":
+                opt.step()
+    unchanged = all(torch.equal(p.detach().double(), s) for p, s in zip(model.parameters(), start))
+    assert unchanged is (loop != "lr_1e-9")
+    [low] = [f for f in gs.diagnose(tmp_path / "run") if f.code == "update_ratio_low"]
+    assert low.severity == "warning"
+    if unchanged:
+        assert "exactly 0" in low.message and "optimizer.step() before loss.backward()" in low.message
+    else:
+        assert "raise the learning rate" in low.message
