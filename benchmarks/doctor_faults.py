@@ -515,6 +515,20 @@ def missing_zero_grad(training: Training) -> Training:
     return training
 
 
+def grads_cleared_before_step(training: Training) -> Training:
+    """``zero_grad()`` between the backward pass and ``optimizer.step()`` (the loop's lines out of
+    order): every step runs without gradients and moves no weight."""
+    optimizer = training.optimizer
+    step = optimizer.step
+
+    def cleared_step(*args, **kwargs):
+        optimizer.zero_grad(set_to_none=True)
+        return step(*args, **kwargs)
+
+    optimizer.step = cleared_step
+    return training
+
+
 def not_in_optimizer(training: Training) -> Training:
     """The last weighted layer's parameters taken out of the optimizer, as when a head is replaced
     after the optimizer was built: they get gradients and nothing updates them."""
@@ -632,6 +646,11 @@ FAULTS: list[Fault] = [
           "parameters get gradients and never change; told exactly from the optimizers and the weight norms",
           ("mlp_relu", "cnn_plain", "zoo_resnet20", "tv_resnet18", "hf_gpt2_tiny", "timm_vit_tiny_patch16",
            "lstm_lm", "hf_bert_tiny")),
+    Fault("grads_cleared_before_step", _codes("update_ratio_low"), grads_cleared_before_step,
+          "zero_grad() between the backward pass and optimizer.step(): the optimizer steps without gradients and "
+          "no weight moves (update ratio exactly 0)",
+          ("mlp_relu", "cnn_plain", "zoo_resnet20", "tv_resnet18", "hf_gpt2_tiny", "timm_vit_tiny_patch16",
+           "lstm_lm", "hf_bert_tiny")),
 ]
 
 FAULT_BY_NAME: dict[str, Fault] = {f.name: f for f in FAULTS}
@@ -680,7 +699,8 @@ SILENT = "none"
 #: into all of them; removed skips and sigmoids, into a few, with :data:`UNSEEN_EXPECTED`.
 UNSEEN_FAULTS = ("dead_bias", "detached_module", "lr_x100", "lr_div_1e4", "nan_at_module", "fp16_underflow",
                  "fp16_total_underflow", "switched_off_branch", "unused_module", "dead_outputs", "nan_in_batch",
-                 "fp16_overflow", "missing_zero_grad", "eval_mode", "not_in_optimizer")
+                 "fp16_overflow", "missing_zero_grad", "eval_mode", "not_in_optimizer",
+                 "grads_cleared_before_step")
 UNSEEN_NETS = ("unseen_hf_gpt_neox_tiny", "unseen_hf_mixtral_tiny", "unseen_hf_mamba_tiny", "unseen_hf_mbart_tiny",
                "unseen_hf_wavlm_tiny", "unseen_hf_convbert_tiny", "unseen_hf_segformer_tiny",
                "unseen_hf_qwen2_moe_tiny", "unseen_timm_lcnet_100", "unseen_timm_convnext_pico",
