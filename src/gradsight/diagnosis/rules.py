@@ -1384,9 +1384,10 @@ def update_ratios(view: RunView, th: Thresholds) -> list[Finding]:
             (f"No weight of the median layer changed across the optimizer's steps (the update ratio is exactly 0, "
              f"median over {counted} layers, the convolutions and linear maps where there are any, in the last {n} "
              "recorded updates) although the recorded gradients are not zero: the optimizer stepped without them "
-             "(optimizer.step() before loss.backward(), or zero_grad() between the backward pass and the step), or "
-             "its learning rate is 0. Step after the backward pass, zero the gradients after the step, and check "
-             "the learning rate (a schedule may hold it at 0)." if network_low and median == 0 else
+             "(optimizer.step() before loss.backward(), or zero_grad() between the backward pass and the step), "
+             "its learning rate is 0, or its updates fall below the weights' precision (16-bit weights with a small "
+             "learning rate). Step after the backward pass, zero the gradients after the step, and check the "
+             "learning rate (a schedule may hold it at 0)." if network_low and median == 0 else
              f"The layers change by {_fmt(median)} of their norm per step (median over {counted} layers, the "
              f"convolutions and linear maps where there are any, in the "
              f"last {n} recorded updates; about 1e-3 is customary, under {_fmt(th.update_low)} is too little): the "
