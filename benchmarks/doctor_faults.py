@@ -561,6 +561,9 @@ def _codes(*codes: str) -> frozenset[str]:
 _SCALE = _codes("vanishing_gradients", "exploding_gradients")
 _MLP_CNN_UNNORMALIZED = ("mlp_relu", "cnn_plain", "mlp_tanh", "lstm_lm", "gru_classifier")
 _SATURATING = {n: _codes("vanishing_gradients") for n in ("mlp_tanh", "lstm_lm", "gru_classifier", "rnn_tanh")}
+#: The networks the faults of the training loop go into: the families the loop faults were first tried on.
+_LOOP_NETS = ("mlp_relu", "cnn_plain", "zoo_resnet20", "tv_resnet18", "hf_gpt2_tiny", "timm_vit_tiny_patch16",
+              "lstm_lm", "hf_bert_tiny")
 
 FAULTS: list[Fault] = [
     Fault("removed_skips", _SCALE, removed_skips,
@@ -634,8 +637,7 @@ FAULTS: list[Fault] = [
     Fault("missing_zero_grad", _codes("gradients_not_zeroed"), missing_zero_grad,
           "the loop never zeroes the gradients (optimizer.zero_grad() a no-op): each step's backward adds into the "
           "last step's .grad, so each step applies the sum of every gradient so far; told exactly by the monitor",
-          ("mlp_relu", "cnn_plain", "zoo_resnet20", "tv_resnet18", "hf_gpt2_tiny", "timm_vit_tiny_patch16",
-           "lstm_lm", "hf_bert_tiny")),
+          _LOOP_NETS),
     Fault("eval_mode", _codes("trained_in_eval_mode"), eval_mode,
           "the model left in eval mode for training (model.eval() after an evaluation, model.train() forgotten): "
           "BatchNorm normalizes with its running statistics, dropout is off; told exactly by the monitor",
@@ -644,13 +646,11 @@ FAULTS: list[Fault] = [
     Fault("not_in_optimizer", _codes("not_updated"), not_in_optimizer,
           "the last weighted layer left out of the optimizer (a head replaced after the optimizer was built): its "
           "parameters get gradients and never change; told exactly from the optimizers and the weight norms",
-          ("mlp_relu", "cnn_plain", "zoo_resnet20", "tv_resnet18", "hf_gpt2_tiny", "timm_vit_tiny_patch16",
-           "lstm_lm", "hf_bert_tiny")),
+          _LOOP_NETS),
     Fault("grads_cleared_before_step", _codes("update_ratio_low"), grads_cleared_before_step,
           "zero_grad() between the backward pass and optimizer.step(): the optimizer steps without gradients and "
           "no weight moves (update ratio exactly 0)",
-          ("mlp_relu", "cnn_plain", "zoo_resnet20", "tv_resnet18", "hf_gpt2_tiny", "timm_vit_tiny_patch16",
-           "lstm_lm", "hf_bert_tiny")),
+          _LOOP_NETS),
 ]
 
 FAULT_BY_NAME: dict[str, Fault] = {f.name: f for f in FAULTS}
