@@ -242,8 +242,7 @@ class Monitor:
         self._adam = AdamState(self._params, param_names, layer_names, self._series, self._dist.sum_rows,
                                opts.optimizers if self._updates.every else ())
         # (a shard of a gradient cannot tell a cleared one: sharded mode is not checked)
-        self._zeroing = ZeroingCheck(self._hooks) if self._dist.mode != "sharded" else None
-        self._stepped_ids = {id(p) for o in opts.optimizers for g in o.param_groups for p in g["params"]}
+        self._zeroing = ZeroingCheck(self._hooks, opts.optimizers) if self._dist.mode != "sharded" else None
         for optimizer in self._adam.optimizers:
             self._hooks.attach(optimizer, "register_step_post_hook", self._adam.measure, "optimizer")
         self._writer.flush()  # metadata on disk at once: a reader sees status 'running', not 'unknown'
@@ -457,7 +456,8 @@ class Monitor:
             extra_keys += extra[0]
             extra_values.append(extra[1])
         if self._zeroing is not None:
-            self._zeroing.choose([params[i] for i in present], self._stepped_ids)
+            if not self._zeroing.hooked:  # (the list of parameters only until one is hooked)
+                self._zeroing.choose([params[i] for i in present])
             extra = self._zeroing.collect()
             extra_keys += extra[0]
             extra_values.append(extra[1])

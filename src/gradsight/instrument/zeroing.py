@@ -48,8 +48,10 @@ class ZeroingCheck:
 
     TAG = "zeroing"
 
-    def __init__(self, hooks: HookRegistry) -> None:
+    def __init__(self, hooks: HookRegistry, optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
         self._hooks = hooks
+        #: ids of the parameters the optimizers passed to gs.watch step (the ones to watch, where any has a gradient)
+        self._preferred = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]}
         self._param: weakref.ref | None = None
         self._version = -1  #: the parameter's version counter at the last step() call
         self._grad: weakref.ref | None = None  #: its .grad at the last step() call
@@ -65,12 +67,17 @@ class ZeroingCheck:
         self._nonzero: Tensor | None = None  #: every pass that found the same tensor found it nonzero (on its device)
         self._warned = False
 
-    def choose(self, params: Sequence[Tensor], preferred: set[int]) -> None:
-        """At the first recorded step: hook the smallest parameter with a gradient (among
-        ``preferred``, the ids of the parameters an optimizer steps, where any has one)."""
-        if self._param is not None:
+    @property
+    def hooked(self) -> bool:
+        """Whether a parameter is watched (:meth:`choose` found one)."""
+        return self._param is not None
+
+    def choose(self, params: Sequence[Tensor]) -> None:
+        """At the first recorded step: hook the smallest parameter with a gradient (among those
+        an optimizer passed to gs.watch steps, where any has one)."""
+        if self.hooked:
             return
-        stepped = [p for p in params if id(p) in preferred] or list(params)
+        stepped = [p for p in params if id(p) in self._preferred] or list(params)
         leaves = [p for p in stepped if p.is_leaf and p.grad is not None]
         if not leaves:
             return
