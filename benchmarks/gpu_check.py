@@ -2,7 +2,7 @@
 
 1. The tests marked ``cuda`` (``pytest -m cuda``, in a fresh process, this checkout's
    ``src`` first on the path): the statistics on CUDA tensors of every dtype against float64
-   references (the fused kernel compiled through Triton, histograms, update ratios), one
+   references (every backend: eager kernels on the GPU; histograms, update ratios), one
    transfer per recorded step, and DDP over NCCL where there are two GPUs.
 2. ``benchmarks/peers.py``'s measurement (``bench``: interleaved rounds, each step timed to
    its end) on torchvision resnet18, batch 64 at 3x224x224, and a Hugging Face GPT-2 124M

@@ -47,13 +47,13 @@ steps of an MLP of 12 Linear(W, W) layers, minus bare's, at two widths (``--memo
 default 1024 and 2048: 50 and 201 MB of weights), so that what is fixed and what grows with
 the model are told apart (the last column: extra MB per MB of weights). Each row and width
 runs in a process of its own, with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_=65536``:
-freed tensors leave the process, so RSS follows what is held) and gradsight's kernel compiled
-beforehand into a shared compiler cache; RSS is read after every backward pass, monitoring
+freed tensors leave the process, so RSS follows what is held) and gradsight's kernel built
+beforehand into a shared cache; RSS is read after every backward pass, monitoring
 step and optimizer step. On a CUDA device, ``cuda_peak_memory`` is the same measurement.
 
-``--first-step`` also measures, in a fresh process with an empty compiler cache, how much
-longer the first recorded step of the quickstart takes than a later one, the eager steps
-while another process compiles the kernel, the step that loads it, and what it prints.
+``--first-step`` also measures, in a fresh process on a machine where gradsight's kernel was
+never built (it builds it), then in a second one (it loads it), how much longer the first
+recorded step of the quickstart takes than a later one, and what it prints.
 
     python benchmarks/peers.py                   # everything (about 10-20 minutes on 2 cores)
     python benchmarks/peers.py --quick           # fewer rounds, a few minutes
@@ -370,9 +370,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: The optimizer every row trains with: ``"adamw"`` (the default) or ``"sgd"`` (``--optimizer``:
+#: a cheap step, so the monitoring's share of a step is not diluted by AdamW's passes).
+OPTIMIZER = "adamw"
+
+
+def make_optimizer(problem: Problem, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of a row's copy of the model (:data:`OPTIMIZER`), lr 1e-4."""
+    if OPTIMIZER == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=1e-4)
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, **problem.adamw)
+
+
 def train_step(problem: Problem, model: nn.Module, opt: torch.optim.Optimizer, row: Row, step: int) -> None:
     """One training step of a row's copy of the model: forward, backward (``row.micro_batches``
-    times, the loss divided by their number), the row's monitoring, AdamW."""
+    times, the loss divided by their number), the row's monitoring, the optimizer's step."""
     for _ in range(row.micro_batches):
         loss = problem.loss(model) / row.micro_batches
         loss.backward()
@@ -385,7 +397,7 @@ def bench(problem: Problem, rows: dict[str, Row], rounds: int, warmup: int, dead
           tmp: Path) -> tuple[dict[str, Cell], int]:
     """Interleaved rounds of one step per row; returns the cells and the rounds measured."""
     models = {k: copy.deepcopy(problem.model) for k in rows}
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, **problem.adamw) for k, m in models.items()}
+    opts = {k: make_optimizer(problem, m) for k, m in models.items()}
     for key, row in rows.items():
         row.setup(models[key], opts[key], tmp / key)
     steps = dict.fromkeys(rows, 0)
@@ -401,7 +413,7 @@ def bench(problem: Problem, rows: dict[str, Row], rounds: int, warmup: int, dead
 
     times: dict[str, list[float]] = {k: [] for k in rows}
     try:
-        for _ in range(warmup):  # the first recorded step compiles gradsight's fused kernel
+        for _ in range(warmup):  # the first recorded step builds (or loads) gradsight's kernel
             for key in rows:
                 step(key)
         done = 0
@@ -431,7 +443,7 @@ def cuda_peak_memory(problem: Problem, row: Row, steps: int, tmp: Path) -> int:
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     model = copy.deepcopy(problem.model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **problem.adamw)
+    opt = make_optimizer(problem, model)
     row.setup(model, opt, tmp)
     try:
         for step in range(steps):
@@ -489,17 +501,17 @@ print(peak_rss(problem, all_rows()[{row!r}], {steps}, Path({run_dir!r})))
 
 
 def memory_child_env(cache: Path) -> dict[str, str]:
-    """The environment of a memory process: glibc returns freed tensors at once, one compiler cache."""
-    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "TORCHINDUCTOR_CACHE_DIR": str(cache),
+    """The environment of a memory process: glibc returns freed tensors at once, one cache of gradsight's kernel."""
+    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "GRADSIGHT_CACHE_DIR": str(cache),
             "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
 def measure_peak_rss(row: str, width: int, tmp: Path, steps: int = MEMORY_STEPS) -> int | str:
     """Peak RSS in bytes of ``row`` training the MLP of width ``width`` in a fresh process (the
-    compiler cache in ``tmp`` warmed first by :func:`memory_table`); a string saying why on failure."""
+    kernel built first into a cache in ``tmp`` by :func:`memory_table`); a string saying why on failure."""
     code = MEMORY_CHILD.format(bench_dir=str(Path(__file__).resolve().parent), width=width, row=row, steps=steps,
                                run_dir=str(tmp / f"memory-{row}-{width}"))
-    done = subprocess.run([sys.executable, "-c", code], env=memory_child_env(tmp / "inductor-memory"),
+    done = subprocess.run([sys.executable, "-c", code], env=memory_child_env(tmp / "kernel-memory"),
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return f"failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})"
@@ -513,7 +525,7 @@ def weight_mb(width: int) -> float:
 
 def memory_table(rows: list[str], widths: list[int], tmp: Path, row_names: dict[str, str]) -> None:
     """Print each row's peak RSS minus bare's at each width, and the growth per MB of weights."""
-    measure_peak_rss("quickstart", 64, tmp, steps=2)  # compiles gradsight's kernel into the shared cache
+    measure_peak_rss("quickstart", 64, tmp, steps=2)  # builds gradsight's kernel into the shared cache
     bare = {w: measure_peak_rss("bare", w, tmp) for w in widths}
     print("\nPeak resident memory minus bare's (MB), MLP of 12 Linear(W, W), batch 16, AdamW, "
           f"{MEMORY_STEPS} steps, one process per cell\n")
@@ -541,58 +553,48 @@ def memory_table(rows: list[str], widths: list[int], tmp: Path, row_names: dict[
 FIRST_STEP = r"""
 import json, sys, time, torch
 import gradsight as gs
-from gradsight.stats import grad as G
 sys.path.insert(0, {bench_dir!r})
 from peers import MODELS
 problem = MODELS[{model!r}][0]()
 model = problem.model
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **problem.adamw)
-times, fused, start = [], [], time.perf_counter()
+times = []
 with gs.watch(model, {run_dir!r}, optimizer=opt) as monitor:
-    while len(times) < 400 and time.perf_counter() - start < 240 and fused[-4:].count(True) < 4:
+    for _ in range(21):
         loss = problem.loss(model)
         loss.backward()
         t0 = time.perf_counter()
         monitor.step(loss)
         times.append(time.perf_counter() - t0)
-        fused.append(bool(G._FUSED._compiled))
         opt.step()
         opt.zero_grad()
-print(json.dumps({{"times": times, "fused": fused, "seconds": time.perf_counter() - start}}))
+print(json.dumps(times))
 """
 
 
 def first_step(model: str, tmp: Path) -> str:
-    """One line: in a fresh process with an empty compiler cache, the quickstart's
-    ``monitor.step()`` at the first recorded step and at the slowest one (the step that
-    loads the compiled kernel) against the median of the steps on the fused kernel, the
-    eager steps' median while another process compiles it, and what was printed on stderr.
-    Steps run until four in a row use the fused kernel (400 steps or 240 s at most)."""
+    """One line: the quickstart's ``monitor.step()`` at the first recorded step against the
+    median of the next 20, in a fresh process on a machine where gradsight's kernel was never
+    built (an empty ``GRADSIGHT_CACHE_DIR``: the first step builds it), then in a second fresh
+    process (it loads it); and what each printed on stderr."""
     import json
 
-    cache = tmp / f"inductor-{model}"
+    cache = tmp / f"kernel-{model}"
     shutil.rmtree(cache, ignore_errors=True)
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    code = FIRST_STEP.format(bench_dir=str(Path(__file__).resolve().parent), model=model,
-                             run_dir=str(tmp / f"first-{model}"))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        return f"{model}: failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})"
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    times, fused = out["times"], out["fused"]
-    switch = fused.index(True) if True in fused else None
-    eager = times[1:switch] if switch is not None else times[1:]
-    later = times[switch + 1:] if switch is not None else []
-    base = statistics.median(later) if later else statistics.median(eager)
-    worst = max(range(len(times)), key=times.__getitem__)
-    printed = done.stderr.strip()
-    switched = (f"fused kernel from step {switch} (slowest step {worst}: {times[worst]:.2f} s, "
-                f"{times[worst] - base:+.2f} s), fused steps {base * 1e3:.0f} ms" if switch is not None
-                else f"no switch to the fused kernel in {len(times)} steps ({out['seconds']:.0f} s)")
-    return (f"{model}: first recorded step {times[0]:.2f} s ({times[0] - base:+.2f} s over a later one); "
-            f"eager steps {statistics.median(eager) * 1e3 if eager else float('nan'):.0f} ms "
-            f"(steps 1-{len(eager)}, {sum(times[:switch or len(times)]):.1f} s); {switched}; "
-            f"stderr: {repr(printed[:300]) if printed else 'empty'}")
+    env = {**os.environ, "GRADSIGHT_CACHE_DIR": str(cache), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    parts = []
+    for k, label in enumerate(("never built", "built")):
+        code = FIRST_STEP.format(bench_dir=str(Path(__file__).resolve().parent), model=model,
+                                 run_dir=str(tmp / f"first-{model}-{k}"))
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return f"{model}: failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})"
+        times = json.loads(done.stdout.strip().splitlines()[-1])
+        base = statistics.median(times[1:])
+        printed = done.stderr.strip()
+        parts.append(f"{label}: first step {times[0]:.2f} s ({times[0] - base:+.2f} s over the median later one, "
+                     f"{base * 1e3:.1f} ms), stderr {repr(printed[:200]) if printed else 'empty'}")
+    return f"{model}: " + "; ".join(parts)
 
 
 # -- main ------------------------------------------------------------------------------
@@ -641,11 +643,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch.set_num_threads (default: torch's choice); 1 is steadier on a busy machine")
     ap.add_argument("--quick", action="store_true", help="8 rounds, 2 warm-up, 60 s per model, no --first-step")
+    ap.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
+                    help="every row's optimizer (default adamw; sgd: a cheap step, the monitoring's share undiluted)")
     ap.add_argument("--memory", action="store_true",
                     help="also the memory column: peak RSS minus bare's at two MLP widths, a process per cell")
     ap.add_argument("--memory-widths", default="1024,2048", help="MLP widths of the memory column (default 1024,2048)")
     ap.add_argument("--first-step", action="store_true",
-                    help="also time the first recorded step in a fresh process with an empty compiler cache")
+                    help="also time the first recorded step in fresh processes, the kernel never built, then built")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.warmup, args.time_limit = 8, 2, 60.0
@@ -661,9 +665,11 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    global OPTIMIZER
+    OPTIMIZER = args.optimizer
     torch.manual_seed(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, device cpu, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, device cpu, optimizer {OPTIMIZER}, "
           f"load average {load:.1f} at start")
     notes: list[str] = []
     results: dict[str, dict[str, Cell]] = {}
@@ -706,7 +712,7 @@ def main() -> None:
         print(f"\nMemory column (load average {load:.1f} at its start):")
         memory_table(rows_wanted, [int(w) for w in args.memory_widths.split(",")], tmp, row_names)
     if args.first_step and not args.quick:
-        print("\nFirst recorded step, fresh process, empty TORCHINDUCTOR_CACHE_DIR (quickstart configuration):")
+        print("\nFirst recorded step, fresh process, gradsight's kernel never built, then built (quickstart):")
         for model_key in results:
             print("  " + first_step(model_key, tmp), flush=True)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -10,9 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from gradsight.stats import grad as grad_stats
-from gradsight.stats.grad import FUSED_MIN_NUMEL, NONFINITE, RAW_FIELDS, count_nonfinite, raw_sums
-from gradsight.stats.histogram import FORMATS, HEADROOM_STATS, OVERFLOW_FORMATS, bucket_range, log2_counts
+from gradsight.stats import native
+from gradsight.stats.grad import NONFINITE, RAW_FIELDS, count_nonfinite, raw_sums
+from gradsight.stats.histogram import (
+    FORMATS,
+    HEADROOM_STATS,
+    OVERFLOW_FORMATS,
+    bucket_range,
+    log2_counts,
+)
+
+LARGE = 1 << 16  #: elements: a tensor the C kernel takes (the compiled kernel of old dropped the imaginary part there)
 
 
 def complex_tensor(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.complex64) -> torch.Tensor:
@@ -44,7 +52,7 @@ def reference_raw(g: torch.Tensor, w: torch.Tensor) -> list[float]:
 
 
 @pytest.mark.parametrize("backend", ["auto", "eager", "fused"])
-@pytest.mark.parametrize("numel", [24, FUSED_MIN_NUMEL + 1024])
+@pytest.mark.parametrize("numel", [24, LARGE + 1024])
 def test_raw_sums_of_complex_tensors_are_those_of_the_moduli(backend, numel):
     """Regression: small complex tensors raised in the norm kernels; the fused kernel dropped
     the imaginary part (sumsq 36 % low at 65,536 elements)."""
@@ -62,26 +70,20 @@ def test_raw_sums_of_complex_tensors_are_those_of_the_moduli(backend, numel):
             assert math.isclose(got[i, k], want[k], rel_tol=1e-5, abs_tol=0), (i, field, got[i, k], want[k])
 
 
-def test_fused_kernel_takes_the_complex_tensors_moduli(monkeypatch):
+def test_the_c_kernel_takes_the_complex_tensors_moduli(monkeypatch):
     calls = []
-    real = grad_stats._FUSED
+    real = native.raw_sums
 
-    class Counting:
-        available = property(lambda self: real.available)
+    def counting(grads, weights, *known):
+        calls.extend(g.dtype for g in grads)
+        return real(grads, weights, *known)
 
-        def __call__(self, g, w, wait=True):
-            calls.append(g.dtype)
-            return real(g, w)
-
-        def warm_up(self):
-            pass
-
-    monkeypatch.setattr(grad_stats, "_FUSED", Counting())
-    raw_sums([complex_tensor((FUSED_MIN_NUMEL,), 0)], [complex_tensor((FUSED_MIN_NUMEL,), 1)], backend="auto")
-    assert calls == [torch.float32] and real.available
+    monkeypatch.setattr(native, "raw_sums", counting)
+    raw_sums([complex_tensor((LARGE,), 0)], [complex_tensor((LARGE,), 1)], backend="auto")
+    assert calls == [torch.float32] and native.library() is not None
 
 
-@pytest.mark.parametrize("numel", [24, FUSED_MIN_NUMEL])
+@pytest.mark.parametrize("numel", [24, LARGE])
 def test_complex128_and_nonfinite_parts(numel):
     """complex128 in float64; an element is non-finite when either part is."""
     g = complex_tensor((numel,), 3, torch.complex128)
@@ -142,7 +144,7 @@ def reference_complex_counts(g: torch.Tensor, lo: int, hi: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
-@pytest.mark.parametrize("numel", [200, FUSED_MIN_NUMEL])
+@pytest.mark.parametrize("numel", [200, LARGE])
 def test_log2_counts_of_complex_gradients(dtype, numel):
     """Regression: complex gradients were cast to float32, losing the imaginary part."""
     g = wide_range_complex(numel, 7, dtype)

@@ -1,31 +1,29 @@
 """Raw sums and derived statistics (``gradsight.stats.grad``) against a slow float64 NumPy reference.
 
 Each path of :func:`raw_sums` is covered: small dense tensors grouped into one flat
-buffer, eager multi-tensor norms, the compiled fused kernel (large CPU tensors),
-coalesced sparse gradients, and empty inputs; every backend on every device
-(``tests/devices.py``: CUDA where present, the fused kernel then compiled through Triton).
+buffer, eager multi-tensor norms, the C kernel (:mod:`gradsight.stats.native`, the CPU
+tensors that are not grouped), coalesced sparse gradients, and empty inputs; every backend
+on every device (``tests/devices.py``: CUDA where present, where every tensor is eager).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
 import sys
 import textwrap
-from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
 from gradsight.stats import grad as grad_stats
+from gradsight.stats import native
 from gradsight.stats.grad import (
-    FUSED_MIN_NUMEL,
-    GROUP_MAX_NUMEL,
     DEAD_ROWS,
     GRAD_STATS,
+    GROUP_MAX_NUMEL,
     MAXABS,
     NONFINITE,
     NUMEL,
@@ -110,29 +108,23 @@ def _tensors(seed: int, shapes, zero_frac: float = 0.2, dtype=torch.float32) -> 
 
 
 class CountingKernel:
-    """Stands in for the compiled kernel: counts the tensors it gets, then runs the real one,
-    compiled here at once (no warm-up process: ``wait`` is ignored)."""
+    """Stands in for :func:`native.raw_sums`: notes the element counts of the tensors of each
+    call, then runs the real one."""
 
     def __init__(self, real) -> None:
         self.real = real
-        self.calls: list[int] = []
+        self.calls: list[list[int]] = []
 
-    @property
-    def available(self) -> bool:
-        return self.real.available
-
-    def __call__(self, g, w, wait=True):
-        self.calls.append(g.numel())
-        return self.real(g, w)
-
-    def warm_up(self) -> None:
-        pass
+    def __call__(self, grads, weights, *known):
+        self.calls.append([g.numel() for g in grads])
+        return self.real(grads, weights, *known)
 
 
 @pytest.fixture
 def fused(monkeypatch) -> CountingKernel:
-    kernel = CountingKernel(grad_stats._FUSED)
-    monkeypatch.setattr(grad_stats, "_FUSED", kernel)
+    assert native.library() is not None, f"the C kernel was not built: {native.error()}: the eager path was measured"
+    kernel = CountingKernel(native.raw_sums)
+    monkeypatch.setattr(native, "raw_sums", kernel)
     return kernel
 
 
@@ -271,57 +263,78 @@ def test_a_changed_shape_dtype_or_layout_is_planned_again():
 # -- fused -----------------------------------------------------------------------------
 
 
-def test_large_cpu_tensors_take_the_fused_kernel_and_match_the_reference(fused):
-    n = FUSED_MIN_NUMEL
-    shapes = [(n,), (3, n // 2 + 1), (10,)]
+def test_cpu_tensors_not_grouped_take_the_c_kernel_in_one_call_and_match_the_reference(fused):
+    n = 1 << 16
+    shapes = [(n,), (3, n // 2 + 1), (10,), (1000,), (40, 9)]
     grads, weights = _tensors(3, shapes), _tensors(4, shapes, zero_frac=0.0)
     grads[1][0, 5] = float("nan")
     grads[1][2, 7] = float("-inf")
     got = raw_sums(grads, weights, backend="auto")
-    assert fused.calls == [n, 3 * (n // 2 + 1)]  # the small one stays eager
-    assert fused.available, "the fused kernel failed to compile: the eager fallback was measured"
+    assert fused.calls == [[n, 3 * (n // 2 + 1), 1000, 360]]  # one call; the small one is grouped
     want = np.stack([reference_raw(g, w) for g, w in zip(grads, weights)])
     assert want[1, NONFINITE] == 2.0
     want[:, NONFINITE] = 0  # left to count_nonfinite, below
-    assert_raw_close(got, want, rtol=1e-4)  # float32 sums over ~10^5 elements
+    assert_raw_close(got, want, rtol=1e-5)
     # as on the eager path, NaN/Inf are counted where the sum of squares says there are some
     assert not math.isfinite(float(got[1, SUMSQ])) and count_nonfinite(grads[1]) == 2.0
+    assert math.isnan(float(got[1, MAXABS])) and math.isnan(float(reference_raw(grads[1], None)[MAXABS]))
 
 
-def test_fused_kernel_counts_the_zeros_of_short_rows_in_float32_and_long_rows_in_int64(monkeypatch):
-    """Parts of rows from FLOAT_COUNT_MAX_ROW elements on take a kernel of their own (int64 counts);
-    the zero counts of both kinds equal a float64 count, and so do the other sums."""
-    monkeypatch.setattr(grad_stats, "FLOAT_COUNT_MAX_ROW", 64)
-    shapes = [(40, 8), (3, 100), (70,)]
-    grads, weights = _tensors(11, shapes, zero_frac=0.4), _tensors(12, shapes, zero_frac=0.0)
-    got = raw_sums(grads, weights, backend="fused")
-    assert grad_stats._FUSED.available, "the fused kernel failed to compile: the eager fallback was measured"
-    assert {False, True} <= {kind[-1] for kind in grad_stats._FUSED._fns}
+PART = 4096  #: the C kernel's part (GS_PART in _native.c): sums in float32 lanes over at most this many elements
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_c_kernel_reads_rows_in_parts_and_splits_them_across_threads_with_the_same_sums(
+        dtype, threads, fused, monkeypatch):
+    """Rows longer than a part, a row length no vector width divides, 1-d tensors of several
+    parts, a channels-last gradient (its rows are blocks of memory in another order), a dead
+    row, a row zero in one part only (alive), the max in a row's last part, a NaN row (alive),
+    -Inf; one thread and two (the elements split at row and part boundaries, inside tensors):
+    every sum, count and maximum equal a float64 reference."""
+    monkeypatch.setattr(native, "THREAD_MIN_NUMEL", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        shapes = [(5, 3 * PART), (3, 4099), (2 * PART + 37,), (8, 6, 3, 3), (300, 11), (33,), (1, 70000)]
+        grads, weights = _tensors(15, shapes, zero_frac=0.3), _tensors(16, shapes, zero_frac=0.0)
+        grads[0][1] = 0
+        grads[0][3, :PART] = 0  # zero in one part only: alive
+        grads[1][2] = 0
+        grads[0][4, 2 * PART + 7] = -50.0  # the max in the last part
+        grads[3] = grads[3].to(memory_format=torch.channels_last)
+        weights[3] = weights[3].to(memory_format=torch.channels_last)
+        grads[3][2] = 0
+        grads[4][7] = 0
+        grads[4][8, 3] = float("nan")  # with NaN: alive
+        grads[4][8, 4:] = 0
+        grads[6][0, 12345] = float("-inf")
+        grads, weights = [g.to(dtype) for g in grads], [w.to(dtype) for w in weights]
+        got = raw_sums(grads, weights, backend="fused")
+    finally:
+        torch.set_num_threads(before)
+    assert [len(c) for c in fused.calls] == [len(shapes)]
     want = np.stack([reference_raw(g, w) for g, w in zip(grads, weights)])
+    assert list(want[:, DEAD_ROWS]) == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0] and float(got[0, MAXABS]) == 50.0
+    want[:, NONFINITE] = 0
     assert_raw_close(got, want, rtol=1e-5)
-    np.testing.assert_array_equal(got[:, ZEROS].numpy(), [float((g == 0).sum()) for g in grads])
 
 
-def test_fused_kernel_reads_long_rows_in_parts_with_the_same_sums():
-    """Rows longer than PART_MAX are read as parts of a divisor's length (a view): sums, zeros, the
-    max and the dead rows equal a float64 reference, for rows split in three, a prime row length
-    (one part), a 1-d tensor, and a non-contiguous gradient (read in place)."""
-    long = 3 * grad_stats.PART_MAX
-    assert grad_stats._part_length(long) == grad_stats.PART_MAX and grad_stats._part_length(4099) == 4099
-    assert grad_stats._as_parts(torch.zeros(5, long)).shape == (5, 3, grad_stats.PART_MAX)
-    shapes = [(5, long), (3, 4099), (2 * long,), (8, 6, 3, 3)]
-    grads, weights = _tensors(15, shapes, zero_frac=0.3), _tensors(16, shapes, zero_frac=0.0)
-    grads[0][1] = 0
-    grads[0][3, :grad_stats.PART_MAX] = 0  # zero in one part only: alive
-    grads[1][2] = 0
-    grads[0][4, 2 * grad_stats.PART_MAX + 7] = -50.0  # the max in the last part
-    grads[3] = grads[3].to(memory_format=torch.channels_last)
-    grads[3][2] = 0
-    got = raw_sums(grads, weights, backend="fused")
-    assert grad_stats._FUSED.available, "the fused kernel failed to compile: the eager fallback was measured"
-    want = np.stack([reference_raw(g, w) for g, w in zip(grads, weights)])
-    assert list(want[:, DEAD_ROWS]) == [1.0, 1.0, 0.0, 1.0] and float(got[0, MAXABS]) == 50.0
-    assert_raw_close(got, want, rtol=1e-5)
+def test_c_kernel_reads_every_float16_value_exactly():
+    """Every float16 bit pattern (subnormals, -0, the largest finite, infinities, NaNs) read
+    as the number it is: the sums of the finite ones equal float64 sums, and with the others
+    the sums are NaN and the zeros are counted (+0 and -0)."""
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    finite = every[torch.isfinite(every)].clone()
+    (got,) = native.raw_sums([finite], None)
+    f64 = finite.double()
+    assert got[1] == pytest.approx(float(f64.abs().sum()), rel=1e-7)
+    assert got[0] == pytest.approx(float(f64.square().sum()), rel=1e-6)
+    assert got[2] == 65504.0 and got[3] == 2.0
+    tiny = finite[(finite != 0) & (finite.abs() < 2.0**-14)]  # the subnormals: none is read as 0
+    assert len(tiny) == 2 * 1023 and native.raw_sums([tiny], None)[0][3] == 0.0
+    (with_nan,) = native.raw_sums([every.clone()], None)
+    assert math.isnan(with_nan[0]) and math.isnan(with_nan[2]) and with_nan[3] == 2.0
 
 
 def test_fused_backend_equals_eager_on_small_tensors():
@@ -336,10 +349,10 @@ def test_fused_backend_equals_eager_on_small_tensors():
 
 def _every_kind(seed: int, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Gradients and weights in ``dtype`` of every kind a step hands :func:`raw_sums`: large 1-d
-    and 2-d ones (the fused kernel's on the CPU), a transposed one (not contiguous), a
+    and 2-d ones, a transposed one (not contiguous: eager), a
     channels-last convolution's, an all-zero one, an empty one, one with NaN and +Inf, one
     with -Inf and a dead row, and small ones (grouped)."""
-    n = FUSED_MIN_NUMEL
+    n = 1 << 16
     shapes = [(n + 3,), (96, 700), (700, 96), (128, 64, 3, 3), (37, 5), (0,), (5000,), (300, 11), (7, 3), (9,)]
     grads, weights = _tensors(seed, shapes), _tensors(seed + 1, shapes, zero_frac=0.0)
     grads[2], weights[2] = grads[2].t(), weights[2].t()
@@ -367,9 +380,12 @@ def test_raw_sums_on_each_device_match_a_float64_reference(device, dtype, backen
     assert got.device.type == device
     got = got.cpu()
     want = np.stack([reference_raw(g, w) for g, w in zip(grads, weights)])
-    if backend == "fused" or (backend == "auto" and device == "cpu"):
-        assert fused.calls and fused.available and not fused.real._eager_kinds, \
-            "the fused kernel failed to compile: the eager fallback was measured"
+    if backend != "eager" and device == "cpu":  # the C kernel takes the dense ones, not the transposed one
+        (taken,) = fused.calls
+        assert 65539 in taken and taken.count(96 * 700) == 1 and 0 not in taken
+        assert (7 * 3 in taken) == (backend == "fused")  # "auto" groups the small ones
+    else:
+        assert fused.calls == []
     # every path counts NaN/Inf only where a norm is not finite (count_nonfinite)
     bad = np.flatnonzero(~np.isfinite(got[:, SUMSQ].numpy()))
     assert bad.tolist() == [6, 7]
@@ -439,7 +455,7 @@ def _with_dead_rows(seed: int, shapes, dead: dict[int, list[int]]) -> list[torch
 
 @pytest.mark.parametrize("backend", ["eager", "fused", "auto"])
 def test_dead_rows_match_a_float64_count(backend):
-    shapes = [(6, 3, 3, 3), (5, 4), (7,), (4, 1), (3, 2, 2), (2, FUSED_MIN_NUMEL)]
+    shapes = [(6, 3, 3, 3), (5, 4), (7,), (4, 1), (3, 2, 2), (2, 1 << 16)]
     grads = _with_dead_rows(12, shapes, {0: [1, 4], 1: [0, 1, 2, 3, 4], 2: [0, 1], 4: [2], 5: [1]})
     grads[3][:] = 0.0
     grads[3][2, 0] = 1.0  # one live row among zeros
@@ -532,171 +548,61 @@ def test_aggregate_of_many_rows_is_within_float32_rounding_of_a_float64_sum():
     np.testing.assert_allclose(got, want, rtol=1e-7, atol=0)
 
 
-def test_a_kind_of_tensor_the_compiler_rejects_goes_eager_alone(monkeypatch):
-    kernel = grad_stats._FusedKernel()
-    real_copy = grad_stats._kernel_copy
-
-    def copy(tag):
-        if "float16" in tag:
-            raise RuntimeError("recompile limit")
-        return real_copy(tag)
-
-    monkeypatch.setattr(grad_stats, "_kernel_copy", copy)
-    monkeypatch.setattr(grad_stats, "_FUSED", kernel)
-    grads = _tensors(14, [(4, 5)])
-    raw_sums(grads, grads, backend="fused")
-    half = [g.half() for g in grads]
-    got = raw_sums(half, half, backend="fused")  # falls back to the eager path for this kind only
-    assert kernel.available and len(kernel._eager_kinds) == 1
-    assert_raw_close(got, np.stack([reference_raw(g, w) for g, w in zip(half, half)]), rtol=1e-3)
-    assert raw_sums(grads, grads, backend="fused") is not None and len(kernel._fns) == 1
+def test_without_the_c_kernel_every_tensor_goes_eager_and_fused_says_so_once(monkeypatch, caplog):
+    """No compiler (or a failed build): the same sums from the eager path, said once at WARNING
+    with ``backend="fused"``, not at all with ``"auto"``."""
+    grads, weights = _tensors(14, [(40, 50), (3000,)]), _tensors(15, [(40, 50), (3000,)], zero_frac=0.0)
+    want = raw_sums(grads, weights, backend="eager")
+    monkeypatch.setattr(native, "_LIBRARY", native._Library())
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    monkeypatch.setattr(native, "cache_dir", lambda: __import__("pathlib").Path(os.devnull) / "none")
+    monkeypatch.setattr(grad_stats, "_warned_native", False)
+    with caplog.at_level("INFO", logger="gradsight"):
+        for backend in ("auto", "fused", "fused"):
+            torch.testing.assert_close(raw_sums(grads, weights, backend=backend), want, rtol=0, atol=0)
+    said = [r for r in caplog.records if "unavailable" in r.getMessage() and r.levelname == "WARNING"]
+    assert len(said) == 1 and "no C compiler" in said[0].getMessage()
 
 
-FIRST_STEP_SCRIPT = textwrap.dedent(
+BUILD_SCRIPT = textwrap.dedent(
     """
     import time
     import torch
     from torch import nn
     import gradsight as gs
-    from gradsight.stats import grad as G
+    from gradsight.stats import native
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
     optimizer = torch.optim.AdamW(model.parameters())
     with gs.watch(model, RUN_DIR, optimizer=optimizer) as monitor:
-        model(torch.randn(8, 512)).pow(2).mean().backward()
-        monitor.step()
-        optimizer.step()
-        optimizer.zero_grad()
-        assert not G._FUSED._fns, "the first step compiled the kernel in this process"
-        warmup = G._FUSED._warmup
-        assert warmup is not None and warmup.process.wait(timeout=900) == 0
-        from torch._dynamo.utils import counters
-        model(torch.randn(8, 512)).pow(2).mean().backward()
-        monitor.step()
-        optimizer.step()
-    assert G._FUSED._compiled and G._FUSED.available, "the fused kernel did not compile"
-    hits, misses = counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
-    assert hits >= 1 and misses == 0, (hits, misses)
+        for _ in range(2):
+            model(torch.randn(8, 512)).pow(2).mean().backward()
+            monitor.step()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert native.library() is not None, native.error()
     print("ok")
     """
 )
 
 
 @pytest.mark.slow
-def test_first_step_in_a_fresh_process_is_eager_while_another_process_fills_the_compiler_cache(tmp_path):
-    """A fresh process with an empty compiler cache does not compile the fused kernel at the
-    first recorded step: a separate process compiles it for the same shapes into the cache
-    while the step takes the eager path; the step after that process has ended compiles
-    here from the cache (every graph a cache hit, none compiled anew). One line says so,
-    nothing else is printed (no "No CUDA runtime is found")."""
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "OMP_NUM_THREADS": "1"}
-    env.pop("TORCH_LOGS", None)
-    script = f"RUN_DIR = {str(tmp_path / 'run')!r}\n" + FIRST_STEP_SCRIPT
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900,
-                          check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
-    assert done.stderr == grad_stats.WARMUP_NOTICE + "\n"
-
-
-class _FakeWarmup:
-    """Stands in for :class:`grad_stats._Warmup`: compiles nothing, and has ended once the test
-    says so (the kernel then compiles here, synchronously)."""
-
-    started: ClassVar[list[list]] = []
-    finished = False
-
-    def __init__(self, signatures) -> None:
-        self.signatures = signatures
-        _FakeWarmup.started.append(signatures)
-
-    def done(self) -> bool:
-        return _FakeWarmup.finished
-
-
-def test_auto_backend_switches_from_eager_to_the_fused_kernel_with_the_same_statistics(monkeypatch, tmp_path):
-    """With ``backend="auto"`` the steps before the warm-up process ends take the eager path,
-    the later ones the fused kernel, for the same large tensors; every recorded statistic of
-    every step, before and after the switch, matches a float64 reference."""
-    from torch import nn
-
-    import gradsight as gs
-    from tests.instrument.reference import assert_matches, reference
-
-    kernel = grad_stats._FusedKernel()
-    kernel.quiet = True
-    monkeypatch.setattr(grad_stats, "_FUSED", kernel)
-    monkeypatch.setattr(grad_stats, "_Warmup", _FakeWarmup)
-    monkeypatch.setattr(_FakeWarmup, "started", [])
-    monkeypatch.setattr(_FakeWarmup, "finished", False)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(300, 256), nn.ReLU(), nn.Linear(256, 300), nn.ReLU(), nn.Linear(300, 4))
-    model[2].weight.data[:3] = 0  # rows whose gradient is zero after the ReLU: dead rows in both paths
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    fused_at: list[bool] = []
-    refs, dead = [], []
-    with gs.watch(model, tmp_path / "run", optimizer=optimizer, update_ratio=False) as monitor:
-        for step in range(6):
-            _FakeWarmup.finished = step >= 3
-            x = torch.randn(16, 300)
-            x[:, :5] = 0  # some exact zeros in the first layer's gradient
-            model(x).pow(2).mean().backward()
-            refs.append(reference(model))
-            dead.append(float((model[2].weight.grad == 0).all(1).sum()))
-            monitor.step()
-            fused_at.append(bool(kernel._fns))
-            optimizer.step()
-            optimizer.zero_grad()
-    assert fused_at == [False, False, False, True, True, True]  # eager while the warm-up runs
-    assert len(_FakeWarmup.started) == 1
-    assert [sig[0][0] for sig in _FakeWarmup.started[0]] == [(256, 300), (300, 256)]  # the large tensors, in order
-    frame = gs.open_run(tmp_path / "run").frame()
-    for step, ref in enumerate(refs):
-        assert_matches(frame, ref, step=step, rtol=1e-5)
-    rows = frame[(frame.stat == "grad_dead_rows") & (frame.level == "param") & (frame.name == "2.weight")]
-    assert rows.sort_values("step").value.tolist() == dead and min(dead) >= 3
-
-
-def test_the_warm_up_process_compiles_what_the_kernel_is_asked_for(monkeypatch):
-    """:func:`grad_stats._warm_up`, the warm-up process's body, runs the kernel on empty
-    tensors of each signature given (same shapes, strides and dtypes), with the given
-    number of threads."""
-    seen = []
-
-    class Recording:
-        def __init__(self) -> None:
-            self.quiet = False
-
-        def __call__(self, g, w):
-            seen.append((grad_stats._signature(g, w), torch.get_num_threads()))
-            return torch.zeros(9)
-
-    g = torch.randn(64, 3, 4, 5).to(memory_format=torch.channels_last)
-    signatures = [grad_stats._signature(g, g), grad_stats._signature(torch.randn(70_000).half(), None)]
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(grad_stats, "_FusedKernel", Recording)
-    monkeypatch.setattr(sys, "argv", ["-c", json.dumps({"threads": 1, "signatures": signatures})])
-    try:
-        grad_stats._warm_up()
-    finally:
-        torch.set_num_threads(threads)
-    assert seen == [(signatures[0], 1), (signatures[1], 1)]
-
-
-def test_the_compile_notice_is_said_once_per_process_and_not_when_quiet(monkeypatch, caplog):
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # the kernel as it is, compiled or not
-    g = torch.randn(300, 300)
-    with caplog.at_level("WARNING", logger="gradsight"):
-        kernel = grad_stats._FusedKernel()
-        for t in (g, g, g.flatten(), g.double()):  # three kinds of tensor, each compiled once
-            kernel(t, t)
-        assert len(kernel._fns) == 3
-        with grad_stats.quiet_compile_notice():
-            grad_stats._FusedKernel()(g, g)
-    notices = [r for r in caplog.records if r.getMessage() == grad_stats.COMPILE_NOTICE]
-    assert len(notices) == 1 and notices[0].levelname == "WARNING"
-    assert not grad_stats._FusedKernel.quiet  # restored on leaving
+def test_a_fresh_process_builds_the_c_kernel_once_and_the_next_loads_it(tmp_path):
+    """The first process on a machine (an empty cache) builds the library at its first
+    recorded step, printing nothing; the next one loads it without a compiler (CC names a
+    program that fails: a build would have made the kernel unavailable)."""
+    env = {**os.environ, "GRADSIGHT_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    for k, run in enumerate(("first", "second")):
+        script = f"RUN_DIR = {str(tmp_path / run)!r}\n" + BUILD_SCRIPT
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "ok" and done.stderr == ""
+        built = sorted(p.name for p in (tmp_path / "cache").iterdir())
+        assert len(built) == 1 and built[0].startswith("native-"), built
+        env["CC"] = "false"
+        env["PATH"] = ""  # (no cc, gcc or clang either)
 
 
 # -- sums of squares -------------------------------------------------------------------

@@ -115,7 +115,7 @@ def threads_option(fn):
               help="Use only the first N training and test samples (bytes of a text dataset).")
 @threads_option
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (once the new results are complete).")
-@click.option("--quiet", is_flag=True, help="No progress bars, nor the line about the first step's compilation.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(models: str, depths: str, dataset: str, epochs: int | None, recipe: str, context: int | None,
             warmup: int | None, out: Path, seed: int, device: str, data_dir: Path | None, no_download: bool, every: str,
             activations: bool, histograms: int | None, limit: int | None, threads: int | None, overwrite: bool, quiet: bool) -> None:

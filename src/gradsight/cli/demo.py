@@ -21,7 +21,7 @@ from gradsight.cli import UserError
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads for torch. 1 keeps the demo within minutes on a small machine that is also "
                    "running anything else; more threads only help on idle cores.")
-@click.option("--quiet", is_flag=True, help="No progress bars, nor the line about the first step's compilation.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(out: Path, epochs: int | None, seed: int, device: str, quick: bool, threads: int, quiet: bool) -> None:
     """The main job on the embedded MNIST sample: train plain and residual CNNs of
     20 and 56 layers (lecture recipe), record their gradients, and print the

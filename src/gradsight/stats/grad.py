@@ -33,17 +33,15 @@ Three ways to compute raw sums:
   counted here (nor by ``grouped`` or ``fused``): a tensor whose ``sumsq`` is finite has no
   NaN/Inf, so the count is only needed (and taken by :func:`count_nonfinite`) on the
   rare steps where a norm is not finite.
-* ``fused``: one ``torch.compile``-d kernel per tensor that reads the gradient once and
-  produces all its sums; the weights' ``w_sumsq`` of all those tensors are one
-  :func:`sumsq_fp32` pass (a multi-tensor norm costs a fraction of the kernel's pass).
-  Used for large tensors on the CPU when compilation works; any failure falls back
-  to ``eager``. With ``backend="auto"`` the compilation never stalls a recorded step
-  for long: a separate process compiles the kernel for the tensors' shapes into the
-  compiler's on-disk cache (:class:`_Warmup`) while the steps use ``eager``; the first
-  step after it has finished compiles here from that cache (one to three seconds on 2 cores) and uses
-  ``fused`` from then on. Both give the same sums (tested), so every step is exact.
+* ``fused``: a small C kernel (:mod:`gradsight.stats.native`) that reads each
+  gradient (and weight) once, with independent vector accumulators, and takes every
+  tensor of a step in one call, its threads splitting the elements: dense float32,
+  float64, bfloat16 and float16 CPU tensors whose rows are blocks of memory (contiguous
+  or channels-last). It is built by the machine's C compiler at the first recorded step
+  (0.3-0.8 s, once per machine: later processes load it in milliseconds). Where it
+  cannot be built, those tensors take ``eager``. Both give the same sums (tested).
 
-``sumsq`` adds float32 squares (the fused kernel; the other paths store it as float32):
+``sumsq`` adds float32 squares (the C kernel, within parts of 4,096 elements; every path stores it as float32):
 a gradient whose elements are all below about 1e-23 in magnitude squares to 0, one with
 an element above about 1.8e19 to Inf. The monitor finds those tensors from ``maxabs``
 (:func:`squares_lost`) and squares them again in float64 (:func:`sumsq_fp64`), on the
@@ -57,21 +55,17 @@ max |g|``, an element is zero when both parts are and non-finite when either is;
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
-import os
-import subprocess
-import sys
 import threading
-import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from operator import attrgetter
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from gradsight.stats import native
 
 log = logging.getLogger(__name__)
 
@@ -94,22 +88,6 @@ GRAD_STATS = (
 #: Recorded only where it applies: for tensors (and layers) with rows, i.e. at least
 #: one parameter of >= 2 dims (see :func:`dead_rows`).
 DEAD_ROWS_STAT = "grad_dead_rows"
-
-#: Tensors with at least this many elements use the fused kernel on the CPU.
-FUSED_MIN_NUMEL = 1 << 16
-
-#: Said once per process when the first recorded step starts compiling the fused kernel, which
-#: stalls that step for seconds (through this module's logger at WARNING: it shows with no
-#: logging set up; :func:`quiet_compile_notice` leaves it out).
-COMPILE_NOTICE = ("gradsight: the first recorded step compiles the statistics kernel, once per process: a few "
-                  "seconds, up to a minute with an empty compiler cache (backend='eager' never compiles)")
-
-#: Said once per process when the first recorded step (``backend="auto"``) starts the process
-#: that compiles the fused kernel: the steps until it ends take the eager path (slower
-#: statistics, the same values), and the step after it compiles from the cache.
-WARMUP_NOTICE = ("gradsight: a background process compiles the statistics kernel (seconds; up to a minute with an "
-                 "empty compiler cache); until it ends the statistics use eager kernels, the same values more slowly, "
-                 "and the step after it loads the kernel (one to three seconds)")
 
 #: Dense float16/bfloat16/float32/float64 tensors with at most this many elements are reduced
 #: together, one group per dtype and device (``backend="auto"``; :func:`sumsq_fp32` always).
@@ -246,304 +224,6 @@ def _row_max(g: Tensor) -> Tensor:
     together on a 1024 x 1024 float32 gradient, the L-inf row norm 3.6-7.5 ms."""
     dims = tuple(range(1, g.dim()))
     return torch.maximum(g.amax(dims), g.amin(dims).neg()).float()
-
-
-#: Parts of rows (:func:`_as_parts`) shorter than this count their zeros in float32 in the fused
-#: kernel (exact: every partial count is an integer below 2**24); longer ones in int64. On a
-#: 1024 x 1024 float32 gradient, one CPU thread, float32 counts took the kernel from 0.51 to
-#: 0.41 ms (the int64 count widens every comparison's mask to two vectors of int64).
-FLOAT_COUNT_MAX_ROW = 1 << 24
-
-#: Rows longer than this are read by the fused kernel as parts of at most this many elements
-#: (:func:`_as_parts`): on one CPU thread the compiled loop took 0.75-0.8 ns an element on rows
-#: of 4608 to 9216 elements (a 512 x 4608 or 256 x 9216 gradient) against 0.35-0.45 on rows of
-#: 1024 to 4096.
-PART_MAX = 1 << 12
-_PART_MIN = 1 << 8
-_PARTS: dict[int, int] = {}  #: row length -> part length
-
-
-def _part_length(row: int) -> int:
-    """The longest divisor of ``row`` of at most :data:`PART_MAX` elements (and at least 256),
-    or ``row`` itself when it is short or has none."""
-    part = _PARTS.get(row)
-    if part is None:
-        part = row
-        if row > PART_MAX:
-            for parts in range(2, row // _PART_MIN + 1):
-                if row % parts == 0 and row // parts <= PART_MAX:
-                    part = row // parts
-                    break
-        _PARTS[row] = part
-    return part
-
-
-def _as_parts(g: Tensor) -> Tensor:
-    """A dense gradient whose rows are split (:func:`_part_length`) as ``[rows, parts, part]``
-    (a view; one row without rows), the form :func:`_fused_kernel` reads in parts; any other
-    as it is (read as ``[rows, 1, elements of a row]``, in place if not contiguous)."""
-    if not g.is_contiguous():
-        return g
-    rows = g.shape[0] if g.dim() >= 2 else 1
-    row = g.numel() // rows
-    part = _part_length(row)
-    return g if part == row else g.view(rows, row // part, part)
-
-
-def _fused_kernel(g: Tensor, w: Tensor | None, count_dtype: torch.dtype) -> Tensor:
-    """The raw sums of a gradient; ``rows`` is filled in by the caller (``dead_rows``
-    counts the zero rows, taking a tensor without rows as one row). A 3-d ``g`` is read as
-    ``[rows, parts, part]`` (:func:`_as_parts`), any other as ``[rows, 1, elements of a
-    row]``. Every sum is taken per part first, along the last axis, so the compiler reads
-    the gradient in one loop; the zeros of a part are counted in ``count_dtype`` (float32
-    only for parts shorter than :data:`FLOAT_COUNT_MAX_ROW`) and the parts' counts added in
-    float64. ``nonfinite`` is left 0, as on the eager path: a finite ``sumsq`` implies none,
-    and :func:`count_nonfinite` counts them where it is not (counting here took the kernel
-    from 0.35 to 0.64 ms on a 1024 x 1024 float32 gradient, one CPU thread)."""
-    if g.dim() != 3:
-        g = g.reshape(g.shape[0] if g.dim() >= 2 else 1, 1, -1)
-    g = g.float()
-    a = g.abs()
-    row_max = a.amax(2).amax(1)
-    if w is None:
-        w_sumsq = torch.full((), float("nan"), dtype=torch.float32, device=g.device)
-    else:
-        w = w.float()
-        w_sumsq = (w * w).sum()
-    zero = torch.zeros((), dtype=torch.float32, device=g.device)
-    return torch.stack(
-        [
-            (g * g).sum(2).sum(),
-            a.sum(2).sum(),
-            row_max.amax(),
-            (g == 0).to(count_dtype).sum(2).double().sum().float(),
-            zero,  # nonfinite: see count_nonfinite (a count here would double the kernel's time)
-            zero + g.numel(),
-            w_sumsq,
-            zero,
-            (row_max == 0).sum().float(),
-        ]
-    )
-
-
-def _kernel_copy(tag: str):
-    """:func:`_fused_kernel` as a function with a code object of its own: the compiler
-    keeps its compiled versions, and its limit on recompilations, per code object."""
-    code = _fused_kernel.__code__.replace(co_name=f"_fused_kernel_{tag}")
-    return types.FunctionType(code, _fused_kernel.__globals__, code.co_name)
-
-
-def _signature(g: Tensor, w: Tensor | None) -> tuple:
-    """What the compiled kernel specializes on for this input, as JSON-able values: the
-    shapes, strides and dtypes of ``g`` and ``w`` (``w`` None: without weights)."""
-    def one(t: Tensor) -> tuple:
-        return (tuple(t.shape), t.stride(), str(t.dtype).removeprefix("torch."))
-    return (one(g), None if w is None else one(w))
-
-
-class _Warmup:
-    """A separate Python process that compiles the fused kernel for given input
-    signatures (:func:`_signature`, in the order this process met them, so it compiles
-    the same graphs and recompilations) into the compiler's on-disk cache
-    (``TORCHINDUCTOR_CACHE_DIR``, inherited), with this process's number of threads (the
-    compiled CPU code specializes on it). It runs the kernel on uninitialized tensors of
-    those shapes, one at a time (their pages are never written: no resident copy of the
-    gradients), and leaves nothing but the cache. It is not stopped when this process
-    ends: what it compiles serves the next one."""
-
-    def __init__(self, signatures: list[tuple]) -> None:
-        self.signatures = signatures
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        code = f"import sys; sys.path.insert(0, {root!r}); from gradsight.stats.grad import _warm_up; _warm_up()"
-        spec = json.dumps({"threads": torch.get_num_threads(), "signatures": signatures})
-        self.process = subprocess.Popen([sys.executable, "-c", code, spec], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
-
-    def done(self) -> bool:
-        """Whether the process has ended (whatever its outcome: this process then compiles
-        for itself, from the cache if the other succeeded)."""
-        if self.process.poll() is None:
-            return False
-        if self.process.returncode != 0:
-            log.info("gradsight: the statistics kernel's compile process ended with %s; compiling here",
-                     self.process.returncode)
-        return True
-
-
-#: What compiling the kernel imports first (about half of a compilation from a warm cache):
-#: :func:`_preload_compiler` imports them in a thread while a :class:`_Warmup` runs.
-_COMPILER_MODULES = ("torch._dynamo", "torch._functorch.aot_autograd", "torch._inductor.compile_fx",
-                     "torch._inductor.codecache", "torch._inductor.graph", "torch._inductor.lowering",
-                     "torch._inductor.codegen.cpp", "torch._dynamo.backends.inductor", "torch._inductor.hooks",
-                     "torch._inductor.codegen.wrapper_fxir", "torch._inductor.codegen.memory_planning",
-                     "torch.export._trace", "torch.fx.experimental.validator", "sympy.physics.units",
-                     "sympy.combinatorics")
-
-
-def _preload_compiler() -> None:
-    """Import the compiler's modules (:data:`_COMPILER_MODULES`); run in a daemon thread. An
-    import is safe in any thread (the import system locks each module); compiling is not
-    (:class:`_FusedKernel`), so only the imports are done here."""
-    import importlib
-
-    for name in ("torch.utils.cpp_extension", *_COMPILER_MODULES):
-        try:
-            if name == "torch.utils.cpp_extension":
-                _import_cpp_extension_quietly()
-            else:
-                importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - the compilation will say what is wrong, on the caller's thread
-            log.debug("gradsight: preloading %s failed: %s", name, exc)
-
-
-def _warm_up() -> None:
-    """The body of :class:`_Warmup`'s process: compile the kernel for the signatures in argv[1]."""
-    spec = json.loads(sys.argv[1])
-    torch.set_num_threads(int(spec["threads"]))
-    _import_cpp_extension_quietly()
-    kernel = _FusedKernel()
-    kernel.quiet = True
-    for g_sig, w_sig in spec["signatures"]:
-        def make(sig: list) -> Tensor:
-            return torch.empty_strided(tuple(sig[0]), tuple(sig[1]), dtype=getattr(torch, sig[2]))
-        if kernel(make(g_sig), None if w_sig is None else make(w_sig)) is None:
-            sys.exit(1)
-
-
-class _FusedKernel:
-    """Lazily compiled fused kernels, one per kind of input (number of dims, dtype,
-    with or without weights, device type, parts of rows of :data:`FLOAT_COUNT_MAX_ROW`
-    elements or more), each with its own recompilation budget; remembers a failure and stops trying: a
-    kind that fails after another compiled goes to the eager path on its own, a failure
-    before any success turns it off.
-
-    Compiled on the caller's thread: a compilation in another thread would restore the
-    process's random-number state when it ends (undoing the training thread's draws
-    meanwhile) and make ``torch.compiler.is_compiling()`` true on every thread while it
-    runs. Called with ``wait=False`` (``backend="auto"``), an input whose signature
-    (:func:`_signature`) this process has not compiled for yet gets None (the caller
-    takes the eager path) until a :class:`_Warmup` process, started by :meth:`warm_up`,
-    has compiled it into the on-disk cache: the compilation here is then a cache hit,
-    not a stall of many seconds."""
-
-    quiet = False  #: leave :data:`COMPILE_NOTICE` and :data:`WARMUP_NOTICE` out (:func:`quiet_compile_notice`)
-
-    def __init__(self) -> None:
-        self._fns: dict[tuple, object] = {}
-        self._failed = False
-        self._compiled = False
-        self._eager_kinds: set[tuple] = set()
-        self._lock = threading.Lock()
-        self._ready: set[tuple] = set()  #: signatures compiled here, or into the cache by a warm-up
-        self._waiting: dict[tuple, None] = {}  #: signatures met and not ready, in order
-        self._warmup: _Warmup | None = None
-        self._warned_warmup = False
-        self._preloading = False
-
-    @property
-    def available(self) -> bool:
-        return not self._failed
-
-    def ready(self, g: Tensor, w: Tensor | None) -> bool:
-        """Whether the kernel can run on this input without a long compilation: compiled
-        for its signature here, or by a finished :class:`_Warmup`; else the signature waits
-        for the next one (:meth:`warm_up`)."""
-        sig = _signature(g, w)
-        if sig in self._ready:
-            return True
-        with self._lock:
-            if self._warmup is not None and self._warmup.done():
-                self._ready.update(self._warmup.signatures)
-                self._warmup = None
-            if sig in self._ready:
-                return True
-            self._waiting[sig] = None
-        return False
-
-    def warm_up(self) -> None:
-        """Start a :class:`_Warmup` for the signatures waiting, unless one runs."""
-        with self._lock:
-            if self._warmup is not None or not self._waiting or self._failed:
-                return
-            signatures = [s for s in self._waiting if s not in self._ready]
-            self._waiting = {}
-            if not signatures:
-                return
-            if not self._warned_warmup and not self.quiet:
-                self._warned_warmup = True
-                log.warning(WARMUP_NOTICE)
-            try:
-                self._warmup = _Warmup(signatures)
-                if not self._preloading:
-                    self._preloading = True
-                    threading.Thread(target=_preload_compiler, name="gradsight-preload-compiler", daemon=True).start()
-            except OSError as exc:  # no process can be started: compile here, as without a warm-up
-                log.info("gradsight: no process to compile the statistics kernel (%s); compiling here", exc)
-                self._ready.update(signatures)
-
-    def __call__(self, g: Tensor, w: Tensor | None, wait: bool = True) -> Tensor | None:
-        """The raw sums ``[9]`` of ``g`` (and ``w``), or None where the eager path must
-        give them: the kernel failed, or (``wait=False``) is not :meth:`ready` for them."""
-        parts = _as_parts(g)
-        long_rows = (parts.shape[-1] if parts.dim() == 3 else g.numel() // (g.shape[0] if g.dim() >= 2 else 1)
-                     ) >= FLOAT_COUNT_MAX_ROW
-        kind = (parts.dim(), g.dtype, w is None, g.device.type, long_rows)
-        if self._failed or kind in self._eager_kinds:
-            return None
-        if not wait and not self.ready(g, w):
-            return None
-        try:
-            fn = self._fns.get(kind)
-            if fn is None:
-                with self._lock:
-                    if not self._fns and not self.quiet and wait:
-                        log.warning(COMPILE_NOTICE)
-                    tag = "_".join(str(k).replace("torch.", "") for k in kind)
-                    fn = self._fns[kind] = torch.compile(_kernel_copy(tag), dynamic=True, fullgraph=True)
-                _import_cpp_extension_quietly()  # before the first call compiles
-            with torch.no_grad():  # as in every process (a warm-up's compiles match): grad mode is guarded on
-                out = fn(parts, w, torch.int64 if long_rows else torch.float32)
-            self._compiled = True
-            self._ready.add(_signature(g, w))
-            return out
-        except Exception as exc:  # no compiler, unsupported device, too many recompilations ...
-            if self._compiled:
-                self._eager_kinds.add(kind)
-                log.info("gradsight: fused statistics kernel not compiled for %s (%s); using eager ops for it",
-                         kind, exc)
-            else:
-                self._failed = True
-                log.warning("gradsight: fused statistics kernel unavailable (%s); using eager ops", exc)
-            return None
-
-
-def _import_cpp_extension_quietly() -> None:
-    """Import ``torch.utils.cpp_extension`` (which the compiler imports) with its logger
-    quiet: on machines with a CUDA toolkit but no GPU the import warns "No CUDA runtime is
-    found", nothing a user of gradsight acts on."""
-    if "torch.utils.cpp_extension" in sys.modules:
-        return
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        import torch.utils.cpp_extension  # noqa: F401
-    finally:
-        logger.setLevel(level)
-
-
-_FUSED = _FusedKernel()
-
-
-@contextlib.contextmanager
-def quiet_compile_notice() -> Iterator[None]:
-    """Leave :data:`COMPILE_NOTICE` and :data:`WARMUP_NOTICE` out while inside (a command run with ``--quiet``)."""
-    before, _FusedKernel.quiet = _FusedKernel.quiet, True
-    try:
-        yield
-    finally:
-        _FusedKernel.quiet = before
 
 
 def _complex_row(g: Tensor, w: Tensor | None, backend: str) -> Tensor:
@@ -711,12 +391,23 @@ class _Plan:
                  weight_kinds: list[type] | None, group: bool, device: torch.device) -> None:
         groups: dict[tuple, list[int]] = {}
         self.others: list[int] = []
+        self.native: list[int] = []  #: of the others, those the C kernel may take (if their rows are blocks)
         for i, (kind, count, dtype, layout, dev) in enumerate(zip(kinds, counts, dtypes, layouts, devices)):
-            if (group and kind in _PLAIN and (weight_kinds is None or weight_kinds[i] in _PLAIN)
-                    and layout == torch.strided and dtype in _GROUPED_DTYPES and 0 < count <= GROUP_MAX_NUMEL):
+            plain = kind in _PLAIN and (weight_kinds is None or weight_kinds[i] in _PLAIN)
+            if (group and plain and layout == torch.strided and dtype in _GROUPED_DTYPES
+                    and 0 < count <= GROUP_MAX_NUMEL):
                 groups.setdefault((dtype, dev), []).append(i)
-            else:
-                self.others.append(i)
+                continue
+            self.others.append(i)
+            if plain and layout == torch.strided and dtype in native.DTYPES and dev.type == "cpu" and count > 0:
+                self.native.append(i)
+        # what the C kernel is told of them, and their raw-sum rows before the sums
+        self.native_numel = np.array([counts[i] for i in self.native], dtype=np.int64)
+        self.native_rows = np.array([rows[i] for i in self.native], dtype=np.int64)
+        self.native_dtypes = np.array([native.DTYPES[dtypes[i]] for i in self.native], dtype=np.int32)
+        self.native_block = np.zeros((len(self.native), len(RAW_FIELDS)), dtype=np.float32)
+        self.native_block[:, NUMEL] = self.native_numel
+        self.native_block[:, ROWS] = self.native_rows
         self.groups: list[tuple[_Segments, Tensor]] = []
         for (_, dev), members in groups.items():
             members.sort(key=lambda i: min(dims[i], 2))  # 0-d, 1-d, then the others
@@ -760,9 +451,10 @@ def raw_sums(
     Args:
         grads: gradient tensors (dense or sparse COO), any floating or complex dtype.
         weights: the matching parameter tensors, same order and shapes.
-        backend: ``"eager"``, ``"fused"`` (every dense tensor through the compiled
-            kernel) or ``"auto"`` (small tensors grouped, fused for large tensors on
-            the CPU).
+        backend: ``"eager"`` (multi-tensor ``torch`` kernels), ``"fused"`` (every tensor
+            that :func:`native.takes` through the C kernel, the others eager) or
+            ``"auto"`` (small tensors grouped, the C kernel for the others on the CPU
+            where it takes them, eager for the rest).
         with_weights: False skips the pass over the weights (``w_sumsq`` is NaN).
 
     Returns:
@@ -784,8 +476,19 @@ def raw_sums(
             out[index] = segments.raw_sums(segments.take(grads), segments.take(weights), with_weights).to(device)
     rows: dict[int, Tensor] = {}
     eager_idx: list[int] = []
-    fused_idx: list[int] = []
+    native_idx: list[int] = []
+    if plan.native and backend != "eager" and _native_library(backend):
+        taken = [native.rows_in_blocks(grads[i]) for i in plan.native]
+        native_idx = plan.native if all(taken) else [i for i, t in zip(plan.native, taken) if t]
+        block = _native_rows(grads, weights, native_idx, plan, None if native_idx is plan.native else taken,
+                             with_weights)
+        if len(native_idx) == n:
+            return block.to(device)
+        out[native_idx] = block.to(device)
+    skip = set(native_idx)
     for i in plan.others:
+        if i in skip:
+            continue
         g, w = grads[i], weights[i]
         wd = w.detach() if with_weights else None
         if g.is_sparse:
@@ -798,29 +501,59 @@ def raw_sums(
         if g.is_complex():
             rows[i] = _complex_row(g, wd, backend)
             continue
-        if backend == "fused" or (
-            backend == "auto" and g.device.type == "cpu" and g.numel() >= FUSED_MIN_NUMEL and _FUSED.available
-        ):
-            row = _FUSED(g, None, wait=backend == "fused")  # the weights' sums: one pass for all, below
-            if row is not None:
-                rows[i] = row
-                fused_idx.append(i)
-                continue
         eager_idx.append(i)
-    if backend == "auto" and eager_idx:
-        _FUSED.warm_up()
     if eager_idx:
         out[eager_idx] = _eager_rows([grads[i] for i in eager_idx], [weights[i].detach() for i in eager_idx],
                                      with_weights, device)
     if rows:
         out[list(rows)] = torch.stack([r.to(device) for r in rows.values()])
-    if fused_idx:  # the kernel counts zero rows of any tensor; only tensors of >= 2 dims have rows
-        rows_of = _layout([grads[i] for i in fused_idx], device).rows
-        out[fused_idx, ROWS] = rows_of
-        out[fused_idx, DEAD_ROWS] = torch.where(rows_of > 0, out[fused_idx, DEAD_ROWS], 0.0)
-        if with_weights:  # on the MLP's 1024 x 1024 weights 0.2-0.3 ms a tensor, inside the kernel 0.8
-            out[fused_idx, W_SUMSQ] = sumsq_fp32([weights[i].detach() for i in fused_idx]).to(device)
     return out
+
+
+_warned_native = False
+
+
+def _native_library(backend: str) -> bool:
+    """Whether the C kernel is at hand (built or loaded at the first call); with
+    ``backend="fused"`` its absence is said once, at WARNING (``"auto"``: at INFO, by
+    :mod:`native`)."""
+    global _warned_native
+    if native.library() is not None:
+        return True
+    if backend == "fused" and not _warned_native:
+        _warned_native = True
+        log.warning("gradsight: the fused statistics kernel is unavailable (%s); using eager ops", native.error())
+    return False
+
+
+def _native_rows(grads: Sequence[Tensor], weights: Sequence[Tensor], index: list[int], plan: _Plan,
+                 taken: list[bool] | None, with_weights: bool) -> Tensor:
+    """Raw-sum rows ``[len(index), 9]`` (on the CPU) of the gradients at ``index``, those of
+    ``plan.native`` whose rows are blocks (``taken``; None: all of them), from one call of the
+    C kernel, with the weights' sums of squares where it takes the weights too (else one
+    :func:`sumsq_fp32` pass)."""
+    gs = [grads[i] for i in index]
+    ws = [weights[i] for i in index]
+    numel, rows, dtypes, block = plan.native_numel, plan.native_rows, plan.native_dtypes, plan.native_block
+    if taken is not None:
+        mask = np.array(taken)
+        numel, rows, dtypes, block = numel[mask], rows[mask], dtypes[mask], block[mask]
+    together = with_weights and all(map(native.rows_in_blocks, ws))
+    sums = native.raw_sums(gs, ws if together else None, numel, rows, dtypes)
+    block = block.copy()
+    block[:, _NATIVE_COLUMNS] = sums[:, :len(_NATIVE_COLUMNS)]
+    out = torch.from_numpy(block)
+    if together:
+        out[:, W_SUMSQ] = torch.from_numpy(sums[:, native.FIELDS.index("w_sumsq")])
+    elif with_weights:
+        out[:, W_SUMSQ] = sumsq_fp32([w.detach() for w in ws]).cpu()
+    else:
+        out[:, W_SUMSQ] = float("nan")
+    return out
+
+
+#: The raw-sum columns of the C kernel's first five (:data:`native.FIELDS`).
+_NATIVE_COLUMNS = [RAW_FIELDS.index(f) for f in native.FIELDS[:5]]
 
 
 class _Layout:

@@ -32,7 +32,6 @@ model ``train_bits_per_byte`` / ``test_bits_per_byte``, and ``context``, ``vocab
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -51,7 +50,6 @@ from gradsight.data import DatasetSplits, TextSplits
 from gradsight.instrument import monitor as monitor_module
 from gradsight.instrument.options import watch_arguments
 from gradsight.models import info_of
-from gradsight.stats.grad import quiet_compile_notice
 from gradsight.train.recipes import Recipe, get_recipe
 from gradsight.train.tasks import Task, evaluate, task_for
 
@@ -229,8 +227,7 @@ def train(
         name: display name of the run (default: the run directory's name).
         network, layers: how tables name the model (default: the model name, else its registered
             family, else its class; and its registered depth).
-        progress: show a progress bar per epoch (loss and accuracy so far; test accuracy at the end),
-            and the line that says the statistics kernel is being compiled (``WARMUP_NOTICE``).
+        progress: show a progress bar per epoch (loss and accuracy so far; test accuracy at the end).
         overwrite: replace an existing run in ``run_dir``.
         config: extra JSON-serializable settings stored in the run's config.
         context: window length on a byte-level corpus (default: the recipe's, else
@@ -299,7 +296,7 @@ def train(
     loop = _Loop(model=model, task=task, recipe=recipe, optimizer=optimizer, scheduler=scheduler, monitor=monitor,
                  order=order, steps_per_epoch=steps_per_epoch, total_steps=total_steps, device=dev, progress=progress)
     start = time.perf_counter()
-    with monitor, (contextlib.nullcontext() if progress else quiet_compile_notice()):
+    with monitor:
         model.train()
         for epoch in range(1, epochs + 1):
             result.epochs.append(loop.epoch(epoch, f"{result.name} {epoch}/{epochs}"))
