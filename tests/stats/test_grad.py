@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -292,7 +293,7 @@ def test_c_kernel_reads_rows_in_parts_and_splits_them_across_threads_with_the_sa
     row, a row zero in one part only (alive), the max in a row's last part, a NaN row (alive),
     -Inf; one thread and two (the elements split at row and part boundaries, inside tensors):
     every sum, count and maximum equal a float64 reference."""
-    monkeypatch.setattr(native, "THREAD_MIN_NUMEL", 0)
+    monkeypatch.setattr(native, "THREAD_MIN_NUMEL", 1)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -555,13 +556,33 @@ def test_without_the_c_kernel_every_tensor_goes_eager_and_fused_says_so_once(mon
     want = raw_sums(grads, weights, backend="eager")
     monkeypatch.setattr(native, "_LIBRARY", native._Library())
     monkeypatch.setattr(native, "_compiler", lambda: None)
-    monkeypatch.setattr(native, "cache_dir", lambda: __import__("pathlib").Path(os.devnull) / "none")
+    monkeypatch.setattr(native, "cache_dir", lambda: Path(os.devnull) / "none")
+    monkeypatch.setattr(native, "_fallback_dir", lambda: Path(os.devnull) / "none")
     monkeypatch.setattr(grad_stats, "_warned_native", False)
     with caplog.at_level("INFO", logger="gradsight"):
         for backend in ("auto", "fused", "fused"):
             torch.testing.assert_close(raw_sums(grads, weights, backend=backend), want, rtol=0, atol=0)
     said = [r for r in caplog.records if "unavailable" in r.getMessage() and r.levelname == "WARNING"]
     assert len(said) == 1 and "no C compiler" in said[0].getMessage()
+
+
+def test_the_c_kernel_is_built_where_it_can_be_written_and_a_slow_build_is_said_once(monkeypatch, tmp_path, caplog):
+    """An unwritable cache folder: the library is built in the user's temporary folder
+    instead, and loaded from there; a build slower than SLOW_BUILD_S is said in one line."""
+    monkeypatch.setattr(native, "_LIBRARY", native._Library())
+    monkeypatch.setattr(native, "cache_dir", lambda: Path(os.devnull) / "cache")  # (not a folder: unwritable)
+    monkeypatch.setattr(native, "_fallback_dir", lambda: tmp_path / "fallback")
+    monkeypatch.setattr(native, "SLOW_BUILD_S", 0.0)
+    with caplog.at_level("WARNING", logger="gradsight"):
+        assert native.library() is not None, native.error()
+    assert [p.suffix for p in (tmp_path / "fallback").iterdir()] == [".so"]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("gradsight: building the statistics kernel took")
+    g = torch.randn(40, 50)
+    np.testing.assert_allclose(native.raw_sums([g], None)[0, 0], float(g.double().square().sum()), rtol=1e-6)
+    monkeypatch.setattr(native, "_LIBRARY", native._Library())  # a new process: loads it, says nothing
+    caplog.clear()
+    assert native.library() is not None and caplog.records == []
 
 
 BUILD_SCRIPT = textwrap.dedent(
@@ -592,7 +613,9 @@ def test_a_fresh_process_builds_the_c_kernel_once_and_the_next_loads_it(tmp_path
     """The first process on a machine (an empty cache) builds the library at its first
     recorded step, printing nothing; the next one loads it without a compiler (CC names a
     program that fails: a build would have made the kernel unavailable)."""
-    env = {**os.environ, "GRADSIGHT_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "GRADSIGHT_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(tmp_path / "tmp"),
+           "OMP_NUM_THREADS": "1"}
+    (tmp_path / "tmp").mkdir()
     for k, run in enumerate(("first", "second")):
         script = f"RUN_DIR = {str(tmp_path / run)!r}\n" + BUILD_SCRIPT
         done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,

@@ -28,6 +28,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,11 +45,15 @@ FIELDS = ("sumsq", "sumabs", "maxabs", "zeros", "dead_rows", "w_sumsq")
 DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _PLAIN = (Tensor, torch.nn.Parameter)
 
-#: Fewer elements than this in one call use one thread (starting a thread costs about as much
-#: as reading this many elements).
+#: Each thread of a call reads at least this many elements (starting a thread costs about as
+#: much as reading this many); fewer in all use one thread.
 THREAD_MIN_NUMEL = 1 << 17
 
 _SOURCE = Path(__file__).with_name("_native.c")
+
+#: A build that takes longer than this (seconds) is said once, at WARNING: the step it stalled
+#: was slow for a reason the user could not guess.
+SLOW_BUILD_S = 2.0
 
 
 def rows_in_blocks(t: Tensor) -> bool:
@@ -140,14 +145,33 @@ class _Library:
         source = _SOURCE.read_bytes()
         key = hashlib.sha256(source + _cpu_key().encode() + sys.version.encode()).hexdigest()[:20]
         suffix = ".dll" if sys.platform == "win32" else ".so"
-        path = cache_dir() / f"native-{key}{suffix}"
-        if not path.exists():
-            _build(path)
+        name = f"native-{key}{suffix}"
+        places = [cache_dir() / name, _fallback_dir() / name]  # (the second where the first is not writable)
+        path = next((p for p in places if p.exists()), None)
+        if path is None:
+            start = time.perf_counter()
+            try:
+                path = places[0]
+                _build(path)
+            except OSError:
+                path = places[1]
+                _build(path)
+            took = time.perf_counter() - start
+            if took > SLOW_BUILD_S:  # (0.3-0.8 s usually: nothing said)
+                log.warning("gradsight: building the statistics kernel took %.1f s (once per machine: it is kept in %s)",
+                            took, path.parent)
         lib = ctypes.CDLL(str(path))
         fn = lib.gs_raw_sums
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p]
         return lib
+
+
+def _fallback_dir() -> Path:
+    """Where the library is built when :func:`cache_dir` cannot be written: a folder of this
+    user's in the temporary directory."""
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"gradsight-{user}"
 
 
 def _build(path: Path) -> None:
@@ -204,7 +228,7 @@ def raw_sums(grads: Sequence[Tensor], weights: Sequence[Tensor] | None, numel: n
         rows = np.fromiter((g.shape[0] if g.dim() >= 2 else 0 for g in grads), dtype=np.int64, count=n)
     if dtypes is None:
         dtypes = np.fromiter((DTYPES[g.dtype] for g in grads), dtype=np.int32, count=n)
-    threads = torch.get_num_threads() if numel.sum() >= THREAD_MIN_NUMEL else 1
+    threads = max(1, min(torch.get_num_threads(), int(numel.sum()) // max(THREAD_MIN_NUMEL, 1), 64))
     status = lib.gs_raw_sums(g_ptr.ctypes.data, None if w_ptr is None else w_ptr.ctypes.data, rows.ctypes.data,
                              numel.ctypes.data, dtypes.ctypes.data, n, threads, out.ctypes.data)
     if status != 0:
