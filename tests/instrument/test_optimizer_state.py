@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -133,3 +134,52 @@ def test_fsdp2_sharded_state_gives_the_single_process_statistics(tmp_path):
     assert set(got) == set(want) and len(want) == adam_workers.STEPS * (6 + 3 + 1) * len(ADAM_STATS)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_the_c_kernel_gives_the_adam_sums_of_a_float64_computation(dtype, threads, monkeypatch):
+    """``adam_sums_of`` (the C kernel, one call for all the states, split across threads inside
+    tensors) against a float64 computation from the same state, on states of several parts,
+    a length no vector width divides, elements that never had a gradient (v = 0) and some where
+    eps dominates; and the states it does not take (one transposed) through ``adam_sums``."""
+    from gradsight.instrument.optimizer_state import adam_sums, adam_sums_of
+    from gradsight.stats import native
+
+    assert native.library() is not None, native.error()
+    monkeypatch.setattr(native, "THREAD_MIN_NUMEL", 1)
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(300, 70), (9001,), (5, 3), (64, 32, 3, 3)]
+    items, wanted = [], []
+    for k, shape in enumerate(shapes):
+        m = torch.randn(shape, generator=gen) * 1e-3
+        v = torch.rand(shape, generator=gen) * 1e-6
+        v.view(-1)[::7] = 0  # never had a gradient
+        v.view(-1)[1::11] = 1e-20  # sqrt(v_hat) below eps
+        m, v = m.to(dtype), v.to(dtype)
+        if k == 3:
+            m, v = m.to(memory_format=torch.channels_last), v.to(memory_format=torch.channels_last)
+        group = {"betas": (0.9, 0.999), "eps": 1e-8, "lr": 3e-4, "amsgrad": False}
+        state = {"exp_avg": m, "exp_avg_sq": v, "step": torch.tensor(float(k + 2))}
+        items.append((state, group))
+        t = float(k + 2)
+        bc1, bc2 = 1 - 0.9 ** t, 1 - 0.999 ** t
+        v_hat = v.double() / bc2
+        u = (m.double() / bc1) / (v_hat.sqrt() + 1e-8)
+        wanted.append([float(v_hat.sum()), float(((v_hat > 0) & (v_hat.sqrt() < 1e-8)).sum()), float(u.square().sum()),
+                       float(u.square().sum()) * 3e-4 ** 2, float(v.numel()), float((v > 0).sum())])
+    transposed = ({"exp_avg": items[0][0]["exp_avg"].t(), "exp_avg_sq": items[0][0]["exp_avg_sq"].t(),
+                   "step": torch.tensor(2.0)}, items[0][1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = adam_sums_of([*items, transposed, ({}, items[0][1])])
+    finally:
+        torch.set_num_threads(before)
+    assert got[-1] is None  # no state yet
+    rtol = 1e-5 if dtype in (torch.float32, torch.float64) else 1e-3  # (float32 rounding of 16-bit states' u)
+    for row, want in zip(got, [*wanted, wanted[0]]):
+        np.testing.assert_allclose(row.numpy(), want, rtol=rtol, atol=0)
+    torch.testing.assert_close(got[0], adam_sums(*items[0]), rtol=1e-5, atol=0)
+    assert wanted[0][5] < wanted[0][4]  # some never had a gradient
+    assert (wanted[0][1] > 0) == (dtype != torch.float16)  # eps dominates some (float16 has no 1e-20)

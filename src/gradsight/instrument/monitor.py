@@ -715,7 +715,10 @@ def watch(model: nn.Module, run_dir: str | Path | None = None, **options: Any) -
             a disabled one (``enabled=False``) is taken as none.
         config: JSON-serializable settings stored with the run.
         name: a display name (default: the directory name).
-        backend: ``"auto"``, ``"eager"`` or ``"fused"`` statistics kernels.
+        backend: the statistics kernels: ``"auto"`` (small tensors grouped, the others on
+            the CPU through the C kernel built at the first recorded step, else eager),
+            ``"fused"`` (the C kernel for every tensor it takes, saying so once where it is
+            unavailable) or ``"eager"`` (PyTorch's multi-tensor kernels only).
         overwrite: replace a run already in ``run_dir`` instead of raising.
         resume: continue the run in ``run_dir``: ``True`` after the last step it
             recorded, or a step (a training resumed from a checkpoint of that step:

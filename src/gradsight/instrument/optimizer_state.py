@@ -2,7 +2,8 @@
 
 After the optimizer step of such a recorded step (a step post-hook), for every watched
 parameter that a ``torch.optim.Adam`` or ``AdamW`` holds, from its state as it is (no copy
-is kept; two temporaries the size of the parameter while its row is taken), with the bias
+is kept: on the CPU one pass of the C kernel over ``exp_avg`` and ``exp_avg_sq`` for all of
+them; elsewhere two temporaries the size of the parameter while its row is taken), with the bias
 corrections of its step ``t``: ``v_hat = exp_avg_sq / (1 - beta2^t)`` (``max_exp_avg_sq``
 with ``amsgrad``), ``m_hat = exp_avg / (1 - beta1^t)`` and the normalized update ``u =
 m_hat / (sqrt(v_hat) + eps)``, the statistics (per parameter, layer and model, over all
@@ -41,6 +42,7 @@ from torch import Tensor
 from gradsight.instrument.distributed import local_shard
 from gradsight.instrument.rows import StepRows
 from gradsight.instrument.series import SeriesIds
+from gradsight.stats import native
 
 #: The statistics, in the order of their rows' derived columns.
 ADAM_STATS = ("adam_sqrt_v_rms", "adam_eps_frac", "adam_update_rms", "adam_step_rms")
@@ -55,14 +57,13 @@ def is_adam(optimizer: Any) -> bool:
     return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
 
 
-def adam_sums(state: dict, group: dict) -> Tensor | None:
-    """``[6]`` float64 sums of one parameter's Adam state: ``sum(v_hat)``, the count of
-    ``0 < sqrt(v_hat) < eps``, ``sum(u²)``, ``sum((lr u)²)``, the elements, the elements with
-    ``v_hat > 0``; None before its first step (no state yet)."""
+def _inputs(state: dict, group: dict) -> tuple | None:
+    """``(m, v, bc1, bc2, eps, lr)`` of one parameter's Adam state (this rank's shard; ``bc1``,
+    ``bc2`` and ``lr`` as float64 0-d tensors on the state's device or floats); None before
+    its first step or for a complex parameter."""
     if "exp_avg" not in state or "step" not in state:
         return None
     beta1, beta2 = group["betas"]
-    eps = float(group["eps"])
     m = local_shard(state["exp_avg"])
     v = local_shard(state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"])
     if m.is_complex():
@@ -72,17 +73,59 @@ def adam_sums(state: dict, group: dict) -> Tensor | None:
         float(step), dtype=torch.float64, device=v.device)
     beta1 = beta1.to(v.device, torch.float64) if isinstance(beta1, Tensor) else float(beta1)
     beta2 = beta2.to(v.device, torch.float64) if isinstance(beta2, Tensor) else float(beta2)
-    bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
+    lr = group["lr"]
+    lr = lr.to(v.device, torch.float64) if isinstance(lr, Tensor) else float(lr)
+    return m, v, 1 - beta1 ** t, 1 - beta2 ** t, float(group["eps"]), lr
+
+
+def adam_sums(state: dict, group: dict) -> Tensor | None:
+    """``[6]`` float64 sums of one parameter's Adam state: ``sum(v_hat)``, the count of
+    ``0 < sqrt(v_hat) < eps``, ``sum(u²)``, ``sum((lr u)²)``, the elements, the elements with
+    ``v_hat > 0``; None before its first step (no state yet). PyTorch's kernels, two
+    temporaries the size of the parameter (:func:`adam_sums_of` takes the C kernel where it can)."""
+    inputs = _inputs(state, group)
+    if inputs is None:
+        return None
+    m, v, bc1, bc2, eps, lr = inputs
     wide = torch.float64 if v.dtype == torch.float64 else torch.float32
     v_sum = v.sum(dtype=wide).double() / bc2
     eps_count = ((v > 0) & (v.to(wide) < (eps * eps) * bc2.to(wide))).sum().double()
     active = (v > 0).sum().double()
     denom = (v.to(wide) / bc2.to(wide)).sqrt_().add_(eps)
     u_sq = torch.linalg.vector_norm(m.to(wide).div(bc1.to(wide)).div_(denom), dtype=wide).double().square()
-    lr = group["lr"]
-    lr = lr.to(v.device, torch.float64) if isinstance(lr, Tensor) else float(lr)
     numel = torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device)
     return torch.stack([v_sum, eps_count, u_sq, u_sq * lr * lr, numel, active])
+
+
+def adam_sums_of(items: Sequence[tuple[dict, dict]]) -> list[Tensor | None]:
+    """:func:`adam_sums` of several ``(state, group)`` pairs: the CPU states that
+    :func:`native.adam_takes` in one call of the C kernel (one pass over ``m`` and ``v``, no
+    temporary; the same sums within float32 rounding, tested), the others as :func:`adam_sums`."""
+    out: list[Tensor | None] = [None] * len(items)
+    taken: list[int] = []
+    ms, vs, coefficients, scales = [], [], [], []
+    native_ok = native.library() is not None
+    for k, (state, group) in enumerate(items):
+        inputs = _inputs(state, group)
+        if inputs is None:
+            continue
+        m, v, bc1, bc2, eps, lr = inputs
+        if native_ok and native.adam_takes(m, v):
+            taken.append(k)
+            ms.append(m)
+            vs.append(v)
+            coefficients.append((float(bc1), float(bc2), eps))
+            scales.append(float(lr) ** 2)
+        else:
+            out[k] = adam_sums(state, group)
+    if taken:
+        sums = native.adam_sums(ms, vs, np.array(coefficients, dtype=np.float64))
+        v_sum, eps_count, u_sq, active = sums.T
+        rows = np.stack([v_sum / np.array([c[1] for c in coefficients]), eps_count, u_sq, u_sq * np.array(scales),
+                         np.array([float(m.numel()) for m in ms]), active], axis=1)
+        for k, row in zip(taken, torch.from_numpy(rows)):
+            out[k] = row
+    return out
 
 
 def derive(sums: Tensor) -> Tensor:
@@ -139,15 +182,18 @@ class AdamState:
             return
         self._waiting.discard(k)
         position = {i: p for p, i in enumerate(self._rows.present)}
+        items, positions = [], []
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                i = self._index.get(id(p))
+                if i is None or i not in position or position[i] in self._found or position[i] in positions:
+                    continue
+                items.append((optimizer.state.get(p, {}), group))
+                positions.append(position[i])
         with torch.no_grad():
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    i = self._index.get(id(p))
-                    if i is None or i not in position or position[i] in self._found:
-                        continue
-                    sums = adam_sums(optimizer.state.get(p, {}), group)
-                    if sums is not None:
-                        self._found[position[i]] = sums
+            for at, sums in zip(positions, adam_sums_of(items)):
+                if sums is not None:
+                    self._found[at] = sums
         if not self._waiting:
             self._finish()
 
@@ -178,4 +224,4 @@ class AdamState:
         return pending
 
 
-__all__ = ["ADAM_STATS", "AdamState", "adam_sums", "derive", "is_adam"]
+__all__ = ["ADAM_STATS", "AdamState", "adam_sums", "adam_sums_of", "derive", "is_adam"]

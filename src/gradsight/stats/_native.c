@@ -1,4 +1,6 @@
-/* The raw sums of many gradients in one pass over each: gradsight.stats.native builds this
+/* The raw sums of many gradients in one pass over each (gs_raw_sums), and the sums of Adam's
+ * state that the monitor reads at the steps that measure update_ratio (gs_adam_sums, below):
+ * gradsight.stats.native builds this
  * file with the machine's C compiler (no PyTorch headers: it compiles in well under a second)
  * and calls gs_raw_sums through ctypes, once per recorded step for all the tensors it takes.
  *
@@ -177,11 +179,12 @@ static part_sums part_of(const void *g, const void *w, int64_t first, int64_t n,
 }
 
 typedef struct {
-    const void *const *g;
-    const void *const *w;
+    const void *const *g;   /* gradients (raw sums) or Adam's exp_avg (Adam sums) */
+    const void *const *w;   /* weights (or NULL) or Adam's exp_avg_sq */
     const int64_t *rows, *numel;
     const int32_t *dtype;
-    int32_t n;
+    const double *adam;     /* Adam sums: per tensor bc1, bc2, eps (3 values); NULL for raw sums */
+    int32_t n, fields;
     /* this thread's share: from (tensor t0, unit u0) up to (tensor t1, unit u1), exclusive */
     int32_t t0, t1;
     int64_t u0, u1;
@@ -219,60 +222,149 @@ static void *run(void *arg) {
     return NULL;
 }
 
-/* Raw sums of n tensors into out[n * GS_FIELDS] (see the top of this file); `w` may be NULL
- * (no weights). Returns 0, or -1 when memory for the threads' sums is not available. */
-int gs_raw_sums(const void *const *g, const void *const *w, const int64_t *rows, const int64_t *numel,
-                const int32_t *dtype, int32_t n, int32_t threads, double *out) {
-    memset(out, 0, sizeof(double) * GS_FIELDS * (size_t)n);
+/* Adam's state, per tensor t (exp_avg m, exp_avg_sq v, bias corrections bc1, bc2, eps), into
+ * out[t * GS_ADAM_FIELDS + k]: 0 sum of v, 1 count of 0 < v < eps^2 bc2 (sqrt(v_hat) < eps),
+ * 2 sum of u^2 with u = (m / bc1) / (sqrt(v / bc2) + eps), 3 count of v > 0; in float32 lanes
+ * per part (float64 for float64 states), the parts' sums in double. */
+#define GS_ADAM_FIELDS 4
+
+#define GS_ADAM_LOOP(T, LOAD)                                                         \
+    do {                                                                              \
+        const T *pm = (const T *)m + first, *pv = (const T *)v + first;               \
+        for (; i + GS_LANES <= n; i += GS_LANES) {                                    \
+            vf xm = LOAD(pm + i), xv = LOAD(pv + i);                                  \
+            vs += xv;                                                                 \
+            vi pos = xv > zero;                                                       \
+            act -= pos;                                                               \
+            few -= pos & (xv < thr);                                                  \
+            vf d = xv * r2;                                                           \
+            for (int k = 0; k < GS_LANES; k++) d[k] = sqrtf(d[k]);                    \
+            vf u = (xm * r1) / (d + e);                                               \
+            us += u * u;                                                              \
+        }                                                                             \
+    } while (0)
+
+static void adam_part(const void *m, const void *v, int64_t first, int64_t n, int dtype, const double *c,
+                      double *o) {
+    if (dtype == GS_F64) {
+        const double *pm = (const double *)m + first, *pv = (const double *)v + first;
+        double thr = c[2] * c[2] * c[1];
+        for (int64_t i = 0; i < n; i++) {
+            double x = pv[i], u = (pm[i] / c[0]) / (sqrt(x / c[1]) + c[2]);
+            o[0] += x; o[1] += x > 0 && x < thr; o[2] += u * u; o[3] += x > 0;
+        }
+        return;
+    }
+    const float bc1 = (float)c[0], bc2 = (float)c[1], eps = (float)c[2], thr_s = (float)(c[2] * c[2] * c[1]);
+    /* multiplied by the corrections' reciprocals (one division per element, not three; within
+     * an ulp of dividing) */
+    const vf zero = {0}, r1 = zero + 1.0f / bc1, r2 = zero + 1.0f / bc2, e = zero + eps, thr = zero + thr_s;
+    vf vs = {0}, us = {0};
+    vi few = {0}, act = {0};
+    int64_t i = 0;
+    if (dtype == GS_F32) GS_ADAM_LOOP(float, load_f32);
+    else if (dtype == GS_BF16) GS_ADAM_LOOP(uint16_t, load_bf16);
+    else GS_ADAM_LOOP(uint16_t, load_f16);
+    float sv = hsum_f(vs), su = hsum_f(us);
+    int64_t nf = 0, na = 0;
+    for (int k = 0; k < GS_LANES; k++) { nf += few[k]; na += act[k]; }
+    for (; i < n; i++) {
+        float x = scalar_f32(v, first + i, dtype), u = (scalar_f32(m, first + i, dtype) / bc1) / (sqrtf(x / bc2) + eps);
+        sv += x; su += u * u; nf += x > 0 && x < thr_s; na += x > 0;
+    }
+    o[0] += sv; o[1] += (double)nf; o[2] += su; o[3] += (double)na;
+}
+
+static void *run_adam(void *arg) {
+    job *j = (job *)arg;
+    for (int32_t t = j->t0; t <= j->t1 && t < j->n; t++) {
+        int64_t numel = j->numel[t], units = units_of(0, numel);
+        int64_t from = t == j->t0 ? j->u0 : 0, to = t == j->t1 ? j->u1 : units;
+        for (int64_t u = from; u < to; u++) {
+            int64_t start = u * GS_PART, m = numel - start < GS_PART ? numel - start : GS_PART;
+            adam_part(j->g[t], j->w[t], start, m, j->dtype[t], j->adam + 3 * (int64_t)t,
+                      j->out + (int64_t)t * GS_ADAM_FIELDS);
+        }
+    }
+    return NULL;
+}
+
+/* Split the elements of n tensors (units: rows, or parts without rows) across `threads`
+ * threads, run `fn` on each share with its own copy of the sums, and add the copies into
+ * out[n * fields] (field 2 of raw sums, the maximum, taken as such). Returns 0, or -1 when
+ * memory for the threads' sums is not available. */
+static int split_run(job *base, int32_t threads, void *(*fn)(void *)) {
+    int32_t n = base->n, fields = base->fields;
+    double *out = base->out;
+    memset(out, 0, sizeof(double) * fields * (size_t)n);
     int64_t total = 0;
-    for (int32_t t = 0; t < n; t++) total += numel[t];
+    for (int32_t t = 0; t < n; t++) total += base->numel[t];
     if (threads < 1) threads = 1;
     if (threads > 64) threads = 64;
     job jobs[64];
     double *outs = NULL;
     if (threads > 1) {
-        outs = (double *)calloc((size_t)threads * GS_FIELDS * (size_t)n, sizeof(double));
+        outs = (double *)calloc((size_t)threads * fields * (size_t)n, sizeof(double));
         if (!outs) return -1;
     }
-    /* split by elements, at unit boundaries */
     int32_t t = 0;
     int64_t u = 0, done = 0;
     for (int k = 0; k < threads; k++) {
         job *j = &jobs[k];
-        j->g = g; j->w = w; j->rows = rows; j->numel = numel; j->dtype = dtype; j->n = n;
-        j->out = threads > 1 ? outs + (size_t)k * GS_FIELDS * n : out;
+        *j = *base;
+        j->out = threads > 1 ? outs + (size_t)k * fields * n : out;
         j->t0 = t; j->u0 = u;
-        int64_t goal = total / threads * (k + 1);
-        if (k == threads - 1) goal = total;
+        int64_t goal = k == threads - 1 ? total : total / threads * (k + 1);
         while (t < n && done < goal) {
-            int64_t units = units_of(rows[t], numel[t]);
-            int64_t len = rows[t] > 0 ? numel[t] / rows[t] : GS_PART;
+            int64_t rows = base->rows ? base->rows[t] : 0, numel = base->numel[t];
+            int64_t units = units_of(rows, numel), len = rows > 0 ? numel / rows : GS_PART;
             int64_t need = (goal - done + len - 1) / (len > 0 ? len : 1);
             if (u + need < units) { u += need; done += need * len; break; }
-            done += numel[t] - u * len;
+            done += numel - u * len;
             t++; u = 0;
         }
         j->t1 = t; j->u1 = u;
     }
-    if (threads == 1) { run(&jobs[0]); return 0; }
+    if (threads == 1) { fn(&jobs[0]); return 0; }
     pthread_t ids[64];
     int started[64] = {0};
-    for (int k = 1; k < threads; k++) started[k] = pthread_create(&ids[k], NULL, run, &jobs[k]) == 0;
-    run(&jobs[0]);
+    for (int k = 1; k < threads; k++) started[k] = pthread_create(&ids[k], NULL, fn, &jobs[k]) == 0;
+    fn(&jobs[0]);
     for (int k = 1; k < threads; k++) {
         if (started[k]) pthread_join(ids[k], NULL);
-        else run(&jobs[k]);
+        else fn(&jobs[k]);
     }
     for (int k = 0; k < threads; k++) {
-        const double *o = outs + (size_t)k * GS_FIELDS * n;
+        const double *o = outs + (size_t)k * fields * n;
         for (int32_t i = 0; i < n; i++) {
-            double *d = out + (size_t)i * GS_FIELDS;
-            const double *s = o + (size_t)i * GS_FIELDS;
-            d[0] += s[0]; d[1] += s[1]; d[3] += s[3]; d[4] += s[4]; d[5] += s[5];
-            if (isnan(s[2]) || isnan(d[2])) d[2] = NAN;
-            else if (s[2] > d[2]) d[2] = s[2];
+            double *d = out + (size_t)i * fields;
+            const double *s = o + (size_t)i * fields;
+            for (int f = 0; f < fields; f++) {
+                if (f == 2 && fn == run) {
+                    if (isnan(s[2]) || isnan(d[2])) d[2] = NAN;
+                    else if (s[2] > d[2]) d[2] = s[2];
+                } else {
+                    d[f] += s[f];
+                }
+            }
         }
     }
     free(outs);
     return 0;
+}
+
+/* Raw sums of n tensors into out[n * GS_FIELDS] (see the top of this file); `w` may be NULL
+ * (no weights). Returns 0, or -1 when memory for the threads' sums is not available. */
+int gs_raw_sums(const void *const *g, const void *const *w, const int64_t *rows, const int64_t *numel,
+                const int32_t *dtype, int32_t n, int32_t threads, double *out) {
+    job base = {g, w, rows, numel, dtype, NULL, n, GS_FIELDS, 0, 0, 0, 0, out};
+    return split_run(&base, threads, run);
+}
+
+/* Adam's sums of n parameters' states (m: exp_avg, v: exp_avg_sq or max_exp_avg_sq, of one
+ * dtype and layout each) into out[n * GS_ADAM_FIELDS]; `c` holds bc1, bc2, eps per tensor. */
+int gs_adam_sums(const void *const *m, const void *const *v, const int64_t *numel, const int32_t *dtype,
+                 const double *c, int32_t n, int32_t threads, double *out) {
+    job base = {m, v, NULL, numel, dtype, c, n, GS_ADAM_FIELDS, 0, 0, 0, 0, out};
+    return split_run(&base, threads, run_adam);
 }

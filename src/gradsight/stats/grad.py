@@ -606,7 +606,7 @@ def _eager_rows(grads: list[Tensor], weights: list[Tensor], with_weights: bool, 
 
     layout = _layout(grads, device)
     n = len(grads)
-    if one_device and device.type == "cpu":  # in rows added in float64: as exact as the fused kernel
+    if one_device and device.type == "cpu":  # in rows added in float64: as exact as the C kernel
         sumsq = _sumsq_ungrouped(grads, device).to(device)
         sumabs = _sumsq_ungrouped(grads, device, ord=1).to(device)
     else:

@@ -164,6 +164,9 @@ class _Library:
         fn = lib.gs_raw_sums
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p]
+        fn = lib.gs_adam_sums
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p]
         return lib
 
 
@@ -185,7 +188,7 @@ def _build(path: Path) -> None:
     for flags in (arch, []):  # the native instruction set if the compiler knows it, else the default one
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             out = Path(tmp) / path.name
-            cmd = [cc, "-O3", *flags, "-shared", "-fPIC", "-pthread", str(_SOURCE), "-o", str(out), "-lm"]
+            cmd = [cc, "-O3", "-fno-math-errno", *flags, "-shared", "-fPIC", "-pthread", str(_SOURCE), "-o", str(out), "-lm"]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
             if done.returncode == 0:
                 os.replace(out, path)
@@ -231,6 +234,43 @@ def raw_sums(grads: Sequence[Tensor], weights: Sequence[Tensor] | None, numel: n
     threads = max(1, min(torch.get_num_threads(), int(numel.sum()) // max(THREAD_MIN_NUMEL, 1), 64))
     status = lib.gs_raw_sums(g_ptr.ctypes.data, None if w_ptr is None else w_ptr.ctypes.data, rows.ctypes.data,
                              numel.ctypes.data, dtypes.ctypes.data, n, threads, out.ctypes.data)
+    if status != 0:
+        raise MemoryError("the native statistics kernel could not allocate its threads' sums")
+    return out
+
+
+#: Columns of :func:`adam_sums` (see ``gs_adam_sums`` in ``_native.c``).
+ADAM_FIELDS = ("v_sum", "eps_count", "u_sq", "active")
+
+
+def adam_takes(m: Tensor, v: Tensor) -> bool:
+    """Whether the C kernel can read this pair of Adam states: both dense CPU tensors of one
+    dtype it reads, laid out alike (their elements pair up in memory order)."""
+    return (type(m) in _PLAIN and type(v) in _PLAIN and m.device.type == "cpu" and v.device.type == "cpu"
+            and m.layout == torch.strided and v.layout == torch.strided and m.dtype == v.dtype
+            and m.dtype in DTYPES and m.shape == v.shape and m.numel() > 0 and m.stride() == v.stride()
+            and rows_in_blocks(m))
+
+
+def adam_sums(ms: Sequence[Tensor], vs: Sequence[Tensor], coefficients: np.ndarray) -> np.ndarray:
+    """``[len(ms), 4]`` float64 sums, columns :data:`ADAM_FIELDS`, of pairs of Adam states that
+    :func:`adam_takes` (``coefficients``: ``[len(ms), 3]`` float64 ``bc1, bc2, eps``: the bias
+    corrections of each one's step and its ``eps``). Raises RuntimeError where :func:`library` is None."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the native statistics kernel is unavailable: {_LIBRARY.error}")
+    n = len(ms)
+    out = np.empty((n, len(ADAM_FIELDS)), dtype=np.float64)
+    if n == 0:
+        return out
+    m_ptr = np.fromiter(map(Tensor.data_ptr, ms), dtype=np.uintp, count=n)
+    v_ptr = np.fromiter(map(Tensor.data_ptr, vs), dtype=np.uintp, count=n)
+    numel = np.fromiter(map(Tensor.numel, ms), dtype=np.int64, count=n)
+    dtypes = np.fromiter((DTYPES[m.dtype] for m in ms), dtype=np.int32, count=n)
+    coefficients = np.ascontiguousarray(coefficients, dtype=np.float64)
+    threads = max(1, min(torch.get_num_threads(), int(numel.sum()) // max(THREAD_MIN_NUMEL, 1), 64))
+    status = lib.gs_adam_sums(m_ptr.ctypes.data, v_ptr.ctypes.data, numel.ctypes.data, dtypes.ctypes.data,
+                              coefficients.ctypes.data, n, threads, out.ctypes.data)
     if status != 0:
         raise MemoryError("the native statistics kernel could not allocate its threads' sums")
     return out
