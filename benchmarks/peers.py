@@ -579,9 +579,12 @@ def first_step(model: str, tmp: Path) -> str:
     process (it loads it); and what each printed on stderr."""
     import json
 
-    cache = tmp / f"kernel-{model}"
+    cache, scratch = tmp / f"kernel-{model}", tmp / f"tmp-{model}"  # (the latter: no library in a fallback folder)
     shutil.rmtree(cache, ignore_errors=True)
-    env = {**os.environ, "GRADSIGHT_CACHE_DIR": str(cache), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    env = {**os.environ, "GRADSIGHT_CACHE_DIR": str(cache), "TMPDIR": str(scratch),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     parts = []
     for k, label in enumerate(("never built", "built")):
         code = FIRST_STEP.format(bench_dir=str(Path(__file__).resolve().parent), model=model,
