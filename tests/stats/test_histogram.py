@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from gradsight.stats import histogram as H
+from gradsight.stats import native
 from gradsight.stats.histogram import (
     FORMATS,
     HEADROOM_STATS,
@@ -213,13 +214,21 @@ def numpy_histogram(g: torch.Tensor, lo: int, hi: int) -> np.ndarray:
     return np.bincount(exponent - 1 - lo, minlength=hi - lo + 1)
 
 
+@pytest.mark.parametrize("path", ["c kernel, 2 threads", "torch"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("scale", [None, 65536.0])
-def test_counts_on_each_device_match_numpy_in_float64(device, dtype, scale):
-    """Counts taken on the device (the bit-pattern pass, subnormals and the buckets of the formats'
-    largest values counted on the side, float64 through frexp) equal NumPy's on the CPU: a wide
-    range of magnitudes, every edge, a transposed and a channels-last tensor, zeros, an empty one."""
+def test_counts_on_each_device_match_numpy_in_float64(device, dtype, scale, path, monkeypatch):
+    """Counts taken on the device (the bit-pattern pass: on the CPU the C kernel's, elsewhere or
+    without it PyTorch's; subnormals and the buckets of the formats' largest values counted on the
+    side, float64 through frexp) equal NumPy's on the CPU: a wide range of magnitudes, every edge,
+    a transposed and a channels-last tensor, zeros, an empty one."""
+    if path == "torch":
+        monkeypatch.setattr(native, "library", lambda: None)
+    else:
+        assert native.library() is not None, native.error()
+        monkeypatch.setattr(native, "THREAD_MIN_NUMEL", 1)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     gen = torch.Generator().manual_seed(3)
     n = 200_000
     exps = torch.randint(-150, 20, (n,), generator=gen).float()

@@ -289,6 +289,63 @@ static void *run_adam(void *arg) {
     return NULL;
 }
 
+/* Exponent fields of float32 values (float32, bfloat16 and float16 tensors read as float32,
+ * times `scale` first where it is not 1), per tensor t, into out[t * GS_HIST_FIELDS + k]:
+ * k = f (0..255) the elements whose exponent field is f, either sign (0: zeros and
+ * subnormals, 255: infinities and NaNs); 256 + f those among them whose bits & tie_mask
+ * == tie_pattern; 512 the zeros. The histogram of gradsight.stats.histogram is assembled from
+ * them. adam[0] holds the scale, adam[1] and adam[2] the mask and the pattern. */
+#define GS_HIST_FIELDS 513
+
+static void *run_hist(void *arg) {
+    job *j = (job *)arg;
+    const float scale = (float)j->adam[0];
+    const int scaled = j->adam[0] != 1.0;
+    const uint32_t mask = (uint32_t)j->adam[1], pattern = (uint32_t)j->adam[2];
+    for (int32_t t = j->t0; t <= j->t1 && t < j->n; t++) {
+        int64_t numel = j->numel[t], units = units_of(0, numel);
+        int64_t from = t == j->t0 ? j->u0 : 0, to = t == j->t1 ? j->u1 : units;
+        if (from >= to) continue;
+        uint64_t c0[256] = {0}, c1[256] = {0}, ties[256] = {0}, zeros = 0;
+        int dtype = j->dtype[t];
+        const void *g = j->g[t];
+        int64_t end = to * GS_PART < numel ? to * GS_PART : numel;
+        int64_t i = from * GS_PART;
+        float buf[GS_LANES];
+        for (; i + GS_LANES <= end; i += GS_LANES) {
+            vf x;
+            if (dtype == GS_F32) x = load_f32((const float *)g + i);
+            else if (dtype == GS_BF16) x = load_bf16((const uint16_t *)g + i);
+            else x = load_f16((const uint16_t *)g + i);
+            if (scaled) x *= scale;
+            memcpy(buf, &x, sizeof buf);
+            for (int k = 0; k < GS_LANES; k += 2) {
+                uint32_t a, b;
+                memcpy(&a, buf + k, 4);
+                memcpy(&b, buf + k + 1, 4);
+                c0[(a >> 23) & 0xff]++;
+                c1[(b >> 23) & 0xff]++;
+                if ((a & mask) == pattern) ties[(a >> 23) & 0xff]++;
+                if ((b & mask) == pattern) ties[(b >> 23) & 0xff]++;
+                zeros += ((a & 0x7fffffffu) == 0) + ((b & 0x7fffffffu) == 0);
+            }
+        }
+        for (; i < end; i++) {
+            float x = scalar_f32(g, i, dtype);
+            if (scaled) x *= scale;
+            uint32_t a;
+            memcpy(&a, &x, 4);
+            c0[(a >> 23) & 0xff]++;
+            if ((a & mask) == pattern) ties[(a >> 23) & 0xff]++;
+            zeros += (a & 0x7fffffffu) == 0;
+        }
+        double *o = j->out + (int64_t)t * GS_HIST_FIELDS;
+        for (int f = 0; f < 256; f++) { o[f] += (double)(c0[f] + c1[f]); o[256 + f] += (double)ties[f]; }
+        o[512] += (double)zeros;
+    }
+    return NULL;
+}
+
 /* Split the elements of n tensors (units: rows, or parts without rows) across `threads`
  * threads, run `fn` on each share with its own copy of the sums, and add the copies into
  * out[n * fields] (field 2 of raw sums, the maximum, taken as such). Returns 0, or -1 when
@@ -367,4 +424,12 @@ int gs_adam_sums(const void *const *m, const void *const *v, const int64_t *nume
                  const double *c, int32_t n, int32_t threads, double *out) {
     job base = {m, v, NULL, numel, dtype, c, n, GS_ADAM_FIELDS, 0, 0, 0, 0, out};
     return split_run(&base, threads, run_adam);
+}
+
+/* Exponent-field counts (run_hist) of n float32, bfloat16 or float16 tensors into
+ * out[n * GS_HIST_FIELDS]; c: the scale, the tie mask and the tie pattern. */
+int gs_exponent_counts(const void *const *g, const int64_t *numel, const int32_t *dtype, const double *c,
+                       int32_t n, int32_t threads, double *out) {
+    job base = {g, NULL, NULL, numel, dtype, c, n, GS_HIST_FIELDS, 0, 0, 0, 0, out};
+    return split_run(&base, threads, run_hist);
 }

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from gradsight.stats import native
 from gradsight.stats.formats import OVERFLOW_FORMATS, OVERFLOW_STATS, UNDERFLOW_STATS
 from gradsight.stats.grad import flat_in_memory_order
 
@@ -125,8 +126,10 @@ def log2_counts(grads: Sequence[Tensor], scale: Tensor | float | None = None,
                 bucket_lo: int | None = None, bucket_hi: int | None = None) -> Tensor:
     """Log2 histogram and headroom counts of each gradient.
 
-    Float32, fp16 and bf16 gradients are read as float32 bit patterns: one
-    ``bincount`` of the sign and exponent bits gives the buckets of normal numbers,
+    Float32, fp16 and bf16 gradients are read as float32 bit patterns (on the CPU all of
+    them in one pass of the C kernel, :func:`native.exponent_counts`, with no float32 copy;
+    elsewhere one ``bincount`` of the sign and exponent bits per tensor): the counts per
+    exponent field give the buckets of normal numbers,
     and the few elements whose mantissa bits are all zero (exact powers of two,
     zeros, infinities) are picked out for the ties at the underflow edges. A tensor
     with subnormal elements, or with elements in a bucket that holds a format's
@@ -151,7 +154,9 @@ def log2_counts(grads: Sequence[Tensor], scale: Tensor | float | None = None,
     out = torch.zeros((len(grads), n_buckets + N_HEADROOM), dtype=torch.int64, device=device)
     if scale is not None:
         scale = torch.as_tensor(scale, dtype=torch.float32).to(device)
-    fast: list[tuple[int, Tensor, Tensor, Tensor]] = []
+    fast: list[tuple[int, Tensor, Tensor | None, Tensor, Tensor]] = []  # (i, flat, scaled values, by_field, pow2)
+    by_native: list[tuple[int, Tensor]] = []
+    use_native = device.type == "cpu" and native.library() is not None
     for i, g in enumerate(grads):
         values = flat_in_memory_order(g.coalesce().values() if g.is_sparse else g)  # a channels-last gradient: no copy
         if values.numel() == 0:
@@ -162,20 +167,33 @@ def log2_counts(grads: Sequence[Tensor], scale: Tensor | float | None = None,
         if values.dtype == torch.float64:
             out[i] = _exact(values * scale.double() if scale is not None else values, bucket_lo, bucket_hi)
             continue
-        values = values.float() * scale if scale is not None else values.float()
-        by_field, pow2 = _fp32_pass(values)
-        fast.append((i, values, by_field, pow2))
+        if use_native and values.dtype in native.HIST_DTYPES and values.is_contiguous() and type(values) is Tensor:
+            by_native.append((i, values))
+            continue
+        scaled = values.float() * scale if scale is not None else values.float()
+        by_field, pow2 = _fp32_pass(scaled)
+        fast.append((i, values, scaled, by_field, pow2))
+    if by_native:  # one pass of the C kernel over all of them, no float32 copy
+        counts = torch.from_numpy(native.exponent_counts(
+            [v for _, v in by_native], None if scale is None else float(scale), _TIE_MASK, _TIE_PATTERN)).long()
+        for (i, values), row in zip(by_native, counts):
+            pow2 = row[256:512].clone()
+            if _TIE_PATTERN:
+                pow2[0] = row[512]
+            fast.append((i, values, None, row[:256], pow2))
     if not fast:
         return out
-    by_field = torch.stack([f for _, _, f, _ in fast])
-    pow2 = torch.stack([p for _, _, _, p in fast])
-    rows = [i for i, _, _, _ in fast]
+    by_field = torch.stack([f for *_, f, _ in fast])
+    pow2 = torch.stack([p for *_, p in fast])
+    rows = [i for i, *_ in fast]
     out[rows] = _assemble(by_field, pow2, bucket_lo, bucket_hi)
     # exact counts on the side, decided with one look at the counts (one sync on an accelerator)
     subnormal = (by_field[:, 0] - pow2[:, 0]) > 0
     partial = torch.stack([by_field[:, field] > 0 for field, _ in _MAX_FIELD.values()], dim=1)
     flags = torch.cat([subnormal[:, None], partial], dim=1).cpu().tolist()
-    for (i, values, _, _), (has_subnormal, *has_partial) in zip(fast, flags):
+    for (i, flat, values, _, _), (has_subnormal, *has_partial) in zip(fast, flags):
+        if (has_subnormal or any(has_partial)) and values is None:
+            values = flat.float() * scale if scale is not None else flat.float()
         if has_subnormal:
             bits = values.view(torch.int32)
             out[i] += _exact(values[(bits & _EXP_MASK) == 0], bucket_lo, bucket_hi)

@@ -164,6 +164,9 @@ class _Library:
         fn = lib.gs_raw_sums
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p]
+        fn = lib.gs_exponent_counts
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p]
         fn = lib.gs_adam_sums
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p]
@@ -271,6 +274,35 @@ def adam_sums(ms: Sequence[Tensor], vs: Sequence[Tensor], coefficients: np.ndarr
     threads = max(1, min(torch.get_num_threads(), int(numel.sum()) // max(THREAD_MIN_NUMEL, 1), 64))
     status = lib.gs_adam_sums(m_ptr.ctypes.data, v_ptr.ctypes.data, numel.ctypes.data, dtypes.ctypes.data,
                               coefficients.ctypes.data, n, threads, out.ctypes.data)
+    if status != 0:
+        raise MemoryError("the native statistics kernel could not allocate its threads' sums")
+    return out
+
+
+#: The dtypes :func:`exponent_counts` reads (as float32).
+HIST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def exponent_counts(tensors: Sequence[Tensor], scale: float | None, tie_mask: int, tie_pattern: int) -> np.ndarray:
+    """``[len(tensors), 513]`` float64 counts of dense CPU float32/bfloat16/float16 tensors
+    (any dense layout: counts ignore the order), each element read as float32 and multiplied
+    by ``scale`` (in float32) first: per exponent field of the float32 bits (either sign), then
+    per field those whose ``bits & tie_mask == tie_pattern``, then the zeros. Raises
+    RuntimeError where :func:`library` is None."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the native statistics kernel is unavailable: {_LIBRARY.error}")
+    n = len(tensors)
+    out = np.empty((n, 513), dtype=np.float64)
+    if n == 0:
+        return out
+    ptr = np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uintp, count=n)
+    numel = np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=n)
+    dtypes = np.fromiter((DTYPES[t.dtype] for t in tensors), dtype=np.int32, count=n)
+    c = np.array([1.0 if scale is None else float(np.float32(scale)), float(tie_mask), float(tie_pattern)])
+    threads = max(1, min(torch.get_num_threads(), int(numel.sum()) // max(THREAD_MIN_NUMEL, 1), 64))
+    status = lib.gs_exponent_counts(ptr.ctypes.data, numel.ctypes.data, dtypes.ctypes.data, c.ctypes.data, n,
+                                    threads, out.ctypes.data)
     if status != 0:
         raise MemoryError("the native statistics kernel could not allocate its threads' sums")
     return out
