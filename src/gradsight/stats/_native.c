@@ -1,5 +1,6 @@
-/* The raw sums of many gradients in one pass over each (gs_raw_sums), and the sums of Adam's
- * state that the monitor reads at the steps that measure update_ratio (gs_adam_sums, below):
+/* The raw sums of many gradients in one pass over each (gs_raw_sums); below, the sums of
+ * Adam's state that the monitor reads at the steps that measure update_ratio (gs_adam_sums)
+ * and the exponent-field counts the log2 histograms are made of (gs_exponent_counts).
  * gradsight.stats.native builds this
  * file with the machine's C compiler (no PyTorch headers: it compiles in well under a second)
  * and calls gs_raw_sums through ctypes, once per recorded step for all the tensors it takes.

@@ -11,7 +11,9 @@ milliseconds), and it has no graphs, guards or recompilation limits.
 
 It takes dense float32, float64, bfloat16 and float16 CPU tensors whose rows are blocks of
 memory, and their weights where they are alike (:func:`takes`); anything else goes the
-other ways. No C compiler, a failed build or a library that does not load: :func:`library`
+other ways. The same library also gives the sums of Adam's state (:func:`adam_sums`) and
+the exponent-field counts of the log2 histograms (:func:`exponent_counts`), each one pass
+over all the tensors of a step. No C compiler, a failed build or a library that does not load: :func:`library`
 is None (:func:`error` says why) and the other ways give the same sums.
 """
 
