@@ -406,6 +406,7 @@ def test_raw_sums_on_each_device_match_a_float64_reference(device, dtype, backen
     want = np.stack([reference_raw(g, w) for g, w in zip(grads, weights)])
     if backend != "eager" and device == "cpu":  # the C kernel takes the dense ones, not the transposed one
         (taken,) = fused.calls
+        assert taken == [g.numel() for g in on_device[0] if native.takes(g)]  # what takes() says, in order
         assert 65539 in taken and taken.count(96 * 700) == 1 and 0 not in taken
         assert 7 * 3 in taken  # the small ones too (grouped only without the C kernel)
     else:

@@ -401,7 +401,7 @@ class _Plan:
                 groups.setdefault((dtype, dev), []).append(i)
                 continue
             self.others.append(i)
-            if plain and layout == torch.strided and dtype in native.DTYPES and dev.type == "cpu" and count > 0:
+            if plain and native.kind_taken(kind, dtype, layout, dev, count):  # (and, at each call, rows in blocks)
                 self.native.append(i)
         # what the C kernel is told of them, and their raw-sum rows before the sums
         self.native_numel = np.array([counts[i] for i in self.native], dtype=np.int64)

@@ -69,13 +69,19 @@ def rows_in_blocks(t: Tensor) -> bool:
     return t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)
 
 
+def kind_taken(kind: type, dtype: torch.dtype, layout: torch.layout, device: torch.device, numel: int) -> bool:
+    """What :func:`takes` asks of a tensor but where its rows are: a plain tensor or parameter
+    (a subclass, DTensor or a wrapper, may not hold its data where ``data_ptr`` says), strided,
+    on the CPU, of a dtype the kernel reads, not empty."""
+    return (kind in _PLAIN and layout == torch.strided and device.type == "cpu" and dtype in DTYPES
+            and numel > 0)
+
+
 def takes(g: Tensor, w: Tensor | None = None) -> bool:
     """Whether the C kernel can read this gradient (and its weight, unless None): a dense CPU
     tensor of float32, float64, bfloat16 or float16 whose rows are blocks of memory (:func:`rows_in_blocks`);
     the weight of the same dtype and shape, and as dense."""
-    if type(g) not in _PLAIN:
-        return False  # a tensor subclass (DTensor, a wrapper): its data may not be where data_ptr says
-    if g.device.type != "cpu" or g.layout != torch.strided or g.dtype not in DTYPES or g.numel() == 0:
+    if not kind_taken(type(g), g.dtype, g.layout, g.device, g.numel()):
         return False
     if not rows_in_blocks(g):  # (a lazily negated tensor is read as stored: every sum here ignores signs)
         return False
@@ -109,8 +115,8 @@ def _cpu_key() -> str:
 
 
 def _compiler() -> str | None:
-    cc = os.environ.get("CC") or (sysconfig.get_config_var("CC") or "").split(" ")[0] or "cc"
-    for name in (cc, "cc", "gcc", "clang"):
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split() or ["cc"]  # ("gcc -pthread")
+    for name in (cc[0], "cc", "gcc", "clang"):
         if name and shutil.which(name):
             return name
     return None
