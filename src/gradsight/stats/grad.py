@@ -485,11 +485,12 @@ def raw_sums(
     if plan.native and backend != "eager" and _native_library(backend):
         taken = [native.rows_in_blocks(grads[i]) for i in plan.native]
         native_idx = plan.native if all(taken) else [i for i, t in zip(plan.native, taken) if t]
-        block = _native_rows(grads, weights, native_idx, plan, None if native_idx is plan.native else taken,
-                             with_weights)
-        if len(native_idx) == n:
-            return block.to(device)
-        out[native_idx] = block.to(device)
+        if native_idx:
+            block = _native_rows(grads, weights, native_idx, plan, None if native_idx is plan.native else taken,
+                                 with_weights)
+            if len(native_idx) == n:
+                return block.to(device)
+            out[native_idx] = block.to(device)
     skip = set(native_idx)
     for i in plan.others:
         if i in skip:
