@@ -221,33 +221,48 @@ def error() -> str | None:
     return _LIBRARY.error
 
 
+def _pointers(tensors: Sequence[Tensor]) -> np.ndarray:
+    return np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uintp, count=len(tensors))
+
+
+def _numels(tensors: Sequence[Tensor]) -> np.ndarray:
+    return np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=len(tensors))
+
+
+def _codes(tensors: Sequence[Tensor]) -> np.ndarray:
+    return np.fromiter((DTYPES[t.dtype] for t in tensors), dtype=np.int32, count=len(tensors))
+
+
+def _run(name: str, fields: int, numel: np.ndarray, *arrays: np.ndarray | None) -> np.ndarray:
+    """``[len(numel), fields]`` float64 from the kernel's ``name(*arrays, n, threads, out)``
+    (``numel``: the tensors' element counts, which set the threads; an array None is passed as
+    NULL). Raises RuntimeError where :func:`library` is None."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the native statistics kernel is unavailable: {_LIBRARY.error}")
+    n = len(numel)
+    out = np.empty((n, fields), dtype=np.float64)
+    if n == 0:
+        return out
+    threads = max(1, min(torch.get_num_threads(), int(numel.sum()) // max(THREAD_MIN_NUMEL, 1), 64))
+    status = getattr(lib, name)(*(None if a is None else a.ctypes.data for a in arrays), n, threads, out.ctypes.data)
+    if status != 0:
+        raise MemoryError("the native statistics kernel could not allocate its threads' sums")
+    return out
+
+
 def raw_sums(grads: Sequence[Tensor], weights: Sequence[Tensor] | None, numel: np.ndarray | None = None,
              rows: np.ndarray | None = None, dtypes: np.ndarray | None = None) -> np.ndarray:
     """``[len(grads), 6]`` float64 sums, columns :data:`FIELDS`, of tensors that :func:`takes`
     (``weights`` None: ``w_sumsq`` is 0). ``numel``, ``rows`` (``shape[0]``, 0 for fewer than two
     dims) and ``dtypes`` (:data:`DTYPES` codes) may be given, as int64, int64 and int32 arrays,
     when the caller knows them. Raises RuntimeError where :func:`library` is None."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"the native statistics kernel is unavailable: {_LIBRARY.error}")
-    n = len(grads)
-    out = np.empty((n, len(FIELDS)), dtype=np.float64)
-    if n == 0:
-        return out
-    g_ptr = np.fromiter(map(Tensor.data_ptr, grads), dtype=np.uintp, count=n)
-    w_ptr = None if weights is None else np.fromiter(map(Tensor.data_ptr, weights), dtype=np.uintp, count=n)
     if numel is None:
-        numel = np.fromiter(map(Tensor.numel, grads), dtype=np.int64, count=n)
+        numel = _numels(grads)
     if rows is None:
-        rows = np.fromiter((g.shape[0] if g.dim() >= 2 else 0 for g in grads), dtype=np.int64, count=n)
-    if dtypes is None:
-        dtypes = np.fromiter((DTYPES[g.dtype] for g in grads), dtype=np.int32, count=n)
-    threads = max(1, min(torch.get_num_threads(), int(numel.sum()) // max(THREAD_MIN_NUMEL, 1), 64))
-    status = lib.gs_raw_sums(g_ptr.ctypes.data, None if w_ptr is None else w_ptr.ctypes.data, rows.ctypes.data,
-                             numel.ctypes.data, dtypes.ctypes.data, n, threads, out.ctypes.data)
-    if status != 0:
-        raise MemoryError("the native statistics kernel could not allocate its threads' sums")
-    return out
+        rows = np.fromiter((g.shape[0] if g.dim() >= 2 else 0 for g in grads), dtype=np.int64, count=len(grads))
+    return _run("gs_raw_sums", len(FIELDS), numel, _pointers(grads), None if weights is None else _pointers(weights),
+                rows, numel, _codes(grads) if dtypes is None else dtypes)
 
 
 #: Columns of :func:`adam_sums` (see ``gs_adam_sums`` in ``_native.c``).
@@ -267,24 +282,9 @@ def adam_sums(ms: Sequence[Tensor], vs: Sequence[Tensor], coefficients: np.ndarr
     """``[len(ms), 4]`` float64 sums, columns :data:`ADAM_FIELDS`, of pairs of Adam states that
     :func:`adam_takes` (``coefficients``: ``[len(ms), 3]`` float64 ``bc1, bc2, eps``: the bias
     corrections of each one's step and its ``eps``). Raises RuntimeError where :func:`library` is None."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"the native statistics kernel is unavailable: {_LIBRARY.error}")
-    n = len(ms)
-    out = np.empty((n, len(ADAM_FIELDS)), dtype=np.float64)
-    if n == 0:
-        return out
-    m_ptr = np.fromiter(map(Tensor.data_ptr, ms), dtype=np.uintp, count=n)
-    v_ptr = np.fromiter(map(Tensor.data_ptr, vs), dtype=np.uintp, count=n)
-    numel = np.fromiter(map(Tensor.numel, ms), dtype=np.int64, count=n)
-    dtypes = np.fromiter((DTYPES[m.dtype] for m in ms), dtype=np.int32, count=n)
-    coefficients = np.ascontiguousarray(coefficients, dtype=np.float64)
-    threads = max(1, min(torch.get_num_threads(), int(numel.sum()) // max(THREAD_MIN_NUMEL, 1), 64))
-    status = lib.gs_adam_sums(m_ptr.ctypes.data, v_ptr.ctypes.data, numel.ctypes.data, dtypes.ctypes.data,
-                              coefficients.ctypes.data, n, threads, out.ctypes.data)
-    if status != 0:
-        raise MemoryError("the native statistics kernel could not allocate its threads' sums")
-    return out
+    numel = _numels(ms)
+    return _run("gs_adam_sums", len(ADAM_FIELDS), numel, _pointers(ms), _pointers(vs), numel, _codes(ms),
+                np.ascontiguousarray(coefficients, dtype=np.float64))
 
 
 #: The dtypes :func:`exponent_counts` reads (as float32).
@@ -297,20 +297,6 @@ def exponent_counts(tensors: Sequence[Tensor], scale: float | None, tie_mask: in
     by ``scale`` (in float32) first: per exponent field of the float32 bits (either sign), then
     per field those whose ``bits & tie_mask == tie_pattern``, then the zeros. Raises
     RuntimeError where :func:`library` is None."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"the native statistics kernel is unavailable: {_LIBRARY.error}")
-    n = len(tensors)
-    out = np.empty((n, 513), dtype=np.float64)
-    if n == 0:
-        return out
-    ptr = np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uintp, count=n)
-    numel = np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=n)
-    dtypes = np.fromiter((DTYPES[t.dtype] for t in tensors), dtype=np.int32, count=n)
+    numel = _numels(tensors)
     c = np.array([1.0 if scale is None else float(np.float32(scale)), float(tie_mask), float(tie_pattern)])
-    threads = max(1, min(torch.get_num_threads(), int(numel.sum()) // max(THREAD_MIN_NUMEL, 1), 64))
-    status = lib.gs_exponent_counts(ptr.ctypes.data, numel.ctypes.data, dtypes.ctypes.data, c.ctypes.data, n,
-                                    threads, out.ctypes.data)
-    if status != 0:
-        raise MemoryError("the native statistics kernel could not allocate its threads' sums")
-    return out
+    return _run("gs_exponent_counts", 513, numel, _pointers(tensors), numel, _codes(tensors), c)
