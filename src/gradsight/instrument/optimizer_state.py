@@ -84,9 +84,11 @@ def adam_sums(state: dict, group: dict) -> Tensor | None:
     ``v_hat > 0``; None before its first step (no state yet). PyTorch's kernels, two
     temporaries the size of the parameter (:func:`adam_sums_of` takes the C kernel where it can)."""
     inputs = _inputs(state, group)
-    if inputs is None:
-        return None
-    m, v, bc1, bc2, eps, lr = inputs
+    return None if inputs is None else _torch_sums(*inputs)
+
+
+def _torch_sums(m: Tensor, v: Tensor, bc1: Tensor, bc2: Tensor, eps: float, lr: Tensor | float) -> Tensor:
+    """:func:`adam_sums` of :func:`_inputs`, with PyTorch's kernels."""
     wide = torch.float64 if v.dtype == torch.float64 else torch.float32
     v_sum = v.sum(dtype=wide).double() / bc2
     eps_count = ((v > 0) & (v.to(wide) < (eps * eps) * bc2.to(wide))).sum().double()
@@ -117,7 +119,7 @@ def adam_sums_of(items: Sequence[tuple[dict, dict]]) -> list[Tensor | None]:
             coefficients.append((float(bc1), float(bc2), eps))
             scales.append(float(lr) ** 2)
         else:
-            out[k] = adam_sums(state, group)
+            out[k] = _torch_sums(m, v, bc1, bc2, eps, lr)
     if taken:
         sums = native.adam_sums(ms, vs, np.array(coefficients, dtype=np.float64))
         v_sum, eps_count, u_sq, active = sums.T
@@ -186,7 +188,7 @@ class AdamState:
         for group in optimizer.param_groups:
             for p in group["params"]:
                 i = self._index.get(id(p))
-                if i is None or i not in position or position[i] in self._found or position[i] in positions:
+                if i is None or i not in position or position[i] in self._found:
                     continue
                 items.append((optimizer.state.get(p, {}), group))
                 positions.append(position[i])
