@@ -99,6 +99,19 @@ def _torch_sums(m: Tensor, v: Tensor, bc1: Tensor, bc2: Tensor, eps: float, lr: 
     return torch.stack([v_sum, eps_count, u_sq, u_sq * lr * lr, numel, active])
 
 
+def _plain_inputs(state: dict, group: dict) -> tuple | None:
+    """:func:`_inputs` as Python floats, for a state the C kernel takes (:func:`native.adam_takes`)
+    whose step, betas and learning rate are numbers or CPU tensors; else None."""
+    m, v = state.get("exp_avg"), state.get("max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq")
+    step, lr, (beta1, beta2) = state.get("step"), group["lr"], group["betas"]
+    if m is None or v is None or step is None or not native.adam_takes(m, v):
+        return None
+    if any(isinstance(x, Tensor) and (x.device.type != "cpu" or x.numel() != 1) for x in (step, lr, beta1, beta2)):
+        return None
+    t = float(step)
+    return m, v, 1 - float(beta1) ** t, 1 - float(beta2) ** t, float(group["eps"]), float(lr)
+
+
 def adam_sums_of(items: Sequence[tuple[dict, dict]]) -> list[Tensor | None]:
     """:func:`adam_sums` of several ``(state, group)`` pairs: the CPU states that
     :func:`native.adam_takes` in one call of the C kernel (one pass over ``m`` and ``v``, no
@@ -108,18 +121,18 @@ def adam_sums_of(items: Sequence[tuple[dict, dict]]) -> list[Tensor | None]:
     ms, vs, coefficients, scales = [], [], [], []
     native_ok = native.library() is not None
     for k, (state, group) in enumerate(items):
-        inputs = _inputs(state, group)
-        if inputs is None:
-            continue
-        m, v, bc1, bc2, eps, lr = inputs
-        if native_ok and native.adam_takes(m, v):
+        plain = _plain_inputs(state, group) if native_ok else None
+        if plain is not None:  # (Python floats: about 2 us a parameter, against 20 us for _inputs' tensors)
+            m, v, bc1, bc2, eps, lr = plain
             taken.append(k)
             ms.append(m)
             vs.append(v)
-            coefficients.append((float(bc1), float(bc2), eps))
-            scales.append(float(lr) ** 2)
-        else:
-            out[k] = _torch_sums(m, v, bc1, bc2, eps, lr)
+            coefficients.append((bc1, bc2, eps))
+            scales.append(lr * lr)
+            continue
+        inputs = _inputs(state, group)
+        if inputs is not None:
+            out[k] = _torch_sums(*inputs)
     if taken:
         sums = native.adam_sums(ms, vs, np.array(coefficients, dtype=np.float64))
         v_sum, eps_count, u_sq, active = sums.T
