@@ -590,6 +590,16 @@ def test_without_the_c_kernel_every_tensor_goes_eager_and_fused_says_so_once(mon
     assert len(said) == 1 and "no C compiler" in said[0].getMessage()
 
 
+def test_gradsight_native_0_turns_the_c_kernel_off(monkeypatch):
+    """``GRADSIGHT_NATIVE=0``: no library (nothing built or loaded), the eager path's sums."""
+    grads, weights = _tensors(17, [(30, 20), (500,)]), _tensors(18, [(30, 20), (500,)], zero_frac=0.0)
+    monkeypatch.setattr(native, "_LIBRARY", native._Library())
+    monkeypatch.setenv("GRADSIGHT_NATIVE", "0")
+    assert native.library() is None and native.error() == "GRADSIGHT_NATIVE=0"
+    torch.testing.assert_close(raw_sums(grads, weights, backend="fused"), raw_sums(grads, weights, backend="eager"),
+                               rtol=0, atol=0)
+
+
 def test_the_c_kernel_is_built_where_it_can_be_written_and_a_slow_build_is_said_once(monkeypatch, tmp_path, caplog):
     """An unwritable cache folder: the library is built in the user's temporary folder
     instead, and loaded from there; a build slower than SLOW_BUILD_S is said in one line."""
