@@ -672,8 +672,8 @@ def main() -> None:
     OPTIMIZER = args.optimizer
     torch.manual_seed(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, device cpu, optimizer {OPTIMIZER}, "
-          f"load average {load:.1f} at start")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, device cpu, "
+          f"optimizer {OPTIMIZER}, load average {load:.1f} at start")
     notes: list[str] = []
     results: dict[str, dict[str, Cell]] = {}
     labels: dict[str, str] = {}

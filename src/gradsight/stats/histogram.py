@@ -167,7 +167,8 @@ def log2_counts(grads: Sequence[Tensor], scale: Tensor | float | None = None,
         if values.dtype == torch.float64:
             out[i] = _exact(values * scale.double() if scale is not None else values, bucket_lo, bucket_hi)
             continue
-        if use_native and values.dtype in native.HIST_DTYPES and values.is_contiguous() and type(values) is Tensor:
+        if (use_native and values.dtype in native.HIST_DTYPES and values.is_contiguous()
+                and native.kind_taken(type(values), values.dtype, values.layout, values.device, values.numel())):
             by_native.append((i, values))
             continue
         scaled = values.float() * scale if scale is not None else values.float()

@@ -166,8 +166,8 @@ class _Library:
                 _build(path)
             took = time.perf_counter() - start
             if took > SLOW_BUILD_S:  # (0.3-0.8 s usually: nothing said)
-                log.warning("gradsight: building the statistics kernel took %.1f s (once per machine: it is kept in %s)",
-                            took, path.parent)
+                log.warning("gradsight: building the statistics kernel took %.1f s "
+                            "(once per machine: it is kept in %s)", took, path.parent)
         lib = ctypes.CDLL(str(path))
         fn = lib.gs_raw_sums
         fn.restype = ctypes.c_int
@@ -199,7 +199,8 @@ def _build(path: Path) -> None:
     for flags in (arch, []):  # the native instruction set if the compiler knows it, else the default one
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             out = Path(tmp) / path.name
-            cmd = [cc, "-O3", "-fno-math-errno", *flags, "-shared", "-fPIC", "-pthread", str(_SOURCE), "-o", str(out), "-lm"]
+            cmd = [cc, "-O3", "-fno-math-errno", *flags, "-shared", "-fPIC", "-pthread", str(_SOURCE),
+                   "-o", str(out), "-lm"]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
             if done.returncode == 0:
                 os.replace(out, path)
