@@ -16,13 +16,30 @@
  * in double; zeros are counted in integer lanes. A NaN makes a part's sum of squares NaN, which
  * is how the maxima (whose comparisons skip NaN) learn of it.
  *
- * The work is split across `threads` POSIX threads by elements, at row and part boundaries;
- * each thread adds into its own copy of out, and the copies are merged at the end. */
+ * The work is split across `threads` threads by elements, at row and part boundaries; each
+ * thread adds into its own copy of out, and the copies are merged at the end. Built with
+ * OpenMP (-fopenmp, linked against the OpenMP runtime PyTorch loaded), the threads are
+ * PyTorch's own: right after a backward pass they are awake and spinning, and a thread of
+ * ours would compete with them for the cores. Otherwise they are POSIX threads. */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef _OPENMP
+int omp_get_thread_num(void);  /* (declared here: omp.h is not installed with every compiler) */
+int omp_get_num_threads(void);
+#endif
+
+/* 1 where the threads are OpenMP's (see above), 0 where they are POSIX threads. */
+int gs_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 #define GS_FIELDS 6
 #define GS_PART 4096
@@ -384,6 +401,12 @@ static int split_run(job *base, int32_t threads, void *(*fn)(void *)) {
         j->t1 = t; j->u1 = u;
     }
     if (threads == 1) { fn(&jobs[0]); return 0; }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+    {   /* (a team smaller than asked for takes the shares in turn) */
+        for (int k = omp_get_thread_num(); k < threads; k += omp_get_num_threads()) fn(&jobs[k]);
+    }
+#else
     pthread_t ids[64];
     int started[64] = {0};
     for (int k = 1; k < threads; k++) started[k] = pthread_create(&ids[k], NULL, fn, &jobs[k]) == 0;
@@ -392,6 +415,7 @@ static int split_run(job *base, int32_t threads, void *(*fn)(void *)) {
         if (started[k]) pthread_join(ids[k], NULL);
         else fn(&jobs[k]);
     }
+#endif
     for (int k = 0; k < threads; k++) {
         const double *o = outs + (size_t)k * fields * n;
         for (int32_t i = 0; i < n; i++) {

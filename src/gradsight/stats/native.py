@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -151,7 +152,8 @@ class _Library:
         if os.environ.get("GRADSIGHT_NATIVE", "1") == "0":
             raise RuntimeError("GRADSIGHT_NATIVE=0")
         source = _SOURCE.read_bytes()
-        key = hashlib.sha256(source + _cpu_key().encode() + sys.version.encode()).hexdigest()[:20]
+        runtime = openmp_runtime()
+        key = hashlib.sha256(source + _cpu_key().encode() + sys.version.encode() + str(runtime).encode()).hexdigest()[:20]
         suffix = ".dll" if sys.platform == "win32" else ".so"
         name = f"native-{key}{suffix}"
         places = [cache_dir() / name, _fallback_dir() / name]  # (the second where the first is not writable)
@@ -160,10 +162,10 @@ class _Library:
             start = time.perf_counter()
             try:
                 path = places[0]
-                _build(path)
+                _build(path, runtime)
             except OSError:
                 path = places[1]
-                _build(path)
+                _build(path, runtime)
             took = time.perf_counter() - start
             if took > SLOW_BUILD_S:  # (0.3-0.8 s usually: nothing said)
                 log.warning("gradsight: building the statistics kernel took %.1f s "
@@ -178,6 +180,8 @@ class _Library:
         fn = lib.gs_adam_sums
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p]
+        lib.gs_openmp.restype = ctypes.c_int
+        lib.gs_openmp.argtypes = []
         return lib
 
 
@@ -188,7 +192,24 @@ def _fallback_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"gradsight-{user}"
 
 
-def _build(path: Path) -> None:
+def openmp_runtime() -> Path | None:
+    """The OpenMP runtime PyTorch loaded into this process (libgomp, LLVM's libomp or Intel's
+    libiomp5), which the kernel's threads are taken from; None where none is found (then they
+    are POSIX threads of its own). Linux only (read from ``/proc/self/maps``)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split(None, 5)[-1].strip() for line in f if ".so" in line}
+    except OSError:
+        return None
+    found = sorted(p for p in paths if re.fullmatch(r"lib(gomp|omp|iomp5)([-.][^/]*)?\.so(\.[0-9]+)*", Path(p).name))
+    return Path(found[0]) if found else None
+
+
+def _build(path: Path, runtime: Path | None) -> None:
+    """Compile :data:`_SOURCE` into ``path``: with OpenMP where ``runtime`` (the one PyTorch
+    loaded) is given and the compiler takes ``-fopenmp``, linked against that very file (so
+    that the process has one runtime, one pool of threads), else with POSIX threads; for the
+    native instruction set where the compiler knows it, else the default one."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC)")
@@ -196,17 +217,31 @@ def _build(path: Path) -> None:
     errors = []
     arch = ["-mcpu=native"] if platform.machine() in ("arm64", "aarch64") and sys.platform == "darwin" else [
         "-march=native"]
-    for flags in (arch, []):  # the native instruction set if the compiler knows it, else the default one
+    tries = [(arch, runtime), (arch, None), ([], runtime), ([], None)]
+    for flags, omp in dict.fromkeys((tuple(f), o) for f, o in tries if runtime is not None or o is None):
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            out = Path(tmp) / path.name
-            cmd = [cc, "-O3", "-fno-math-errno", *flags, "-shared", "-fPIC", "-pthread", str(_SOURCE),
-                   "-o", str(out), "-lm"]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-            if done.returncode == 0:
+            out, obj = Path(tmp) / path.name, Path(tmp) / "native.o"
+            common = [cc, "-O3", "-fno-math-errno", *flags, "-fPIC", "-pthread"]
+            if omp is None:
+                steps = [[*common, "-shared", str(_SOURCE), "-o", str(out), "-lm"]]
+            else:  # (compiled with -fopenmp, linked without it: against PyTorch's runtime, not the compiler's)
+                steps = [[*common, "-fopenmp", "-c", str(_SOURCE), "-o", str(obj)],
+                         [cc, "-shared", "-pthread", str(obj), str(omp), "-o", str(out), "-lm"]]
+            for cmd in steps:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+                if done.returncode != 0:
+                    errors.append(done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"])
+                    break
+            else:
                 os.replace(out, path)
                 return
-            errors.append(done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"])
     raise RuntimeError(f"{cc} failed: {errors[-1][0]}")
+
+
+def uses_openmp() -> bool:
+    """Whether the kernel's threads are the OpenMP runtime's that PyTorch uses (False without the kernel)."""
+    lib = library()
+    return bool(lib is not None and lib.gs_openmp())
 
 
 _LIBRARY = _Library()
