@@ -225,7 +225,10 @@ class _Backlog:
                     del self._items[oldest]
                     self._bytes -= _nbytes(dropped)
                     self._count_dropped([dropped])
-            self._cond.notify()
+            # a recorded step's values wait for the writer's next round (at most COMMIT_INTERVAL_S):
+            # waking it at every step would make the training thread wait for the interpreter lock
+            if item[0] != "scalars" or self._bytes >= BATCH_FRACTION * self.max_bytes:
+                self._cond.notify()
             return self.steps_dropped - before
 
     def get(self, timeout: float | None) -> tuple | None:
@@ -239,6 +242,9 @@ class _Backlog:
                     self._bytes -= _nbytes(item)
                 return item
             return _CLOSE if self.closing.is_set() else None
+
+    def empty(self) -> bool:
+        return not self._items
 
     def drain(self) -> list[tuple]:
         """Remove and return every queued item."""
@@ -562,7 +568,7 @@ class StoreWriter:
                     self._finish(conn)
                     return
                 continue
-            timeout = max(0.0, COMMIT_INTERVAL_S - (time.monotonic() - last_commit)) if batch else None
+            timeout = max(0.0, COMMIT_INTERVAL_S - (time.monotonic() - last_commit)) if batch else COMMIT_INTERVAL_S
             item = self._backlog.get(timeout)
             if item is _CLOSE:
                 if self._discard:
@@ -579,7 +585,7 @@ class StoreWriter:
                     batch.append(item)
                     batch_bytes += _nbytes(item)
             if (flush is not None or batch_bytes >= BATCH_FRACTION * self._backlog.max_bytes
-                    or (batch and time.monotonic() - last_commit >= COMMIT_INTERVAL_S)):
+                    or (batch and time.monotonic() - last_commit >= COMMIT_INTERVAL_S and self._backlog.empty())):
                 if self._commit(conn, batch):
                     batch, batch_bytes, last_commit = [], 0, time.monotonic()
                 if flush is not None:
