@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from gradsight.instrument import rows as rows_module
 from gradsight.instrument.rows import LevelIds, StepRows
-from gradsight.stats.grad import MAXABS, aggregate
+from gradsight.stats.grad import MAXABS
 
 PARAM_LAYER = np.array([0, 0, 2, 2, 3])  # layer 1 owns no watched parameter
 PRESENT = [0, 2, 3]  # parameters 1 and 4 have no gradient: layer 3 has no row
@@ -22,13 +24,40 @@ def test_stack_puts_parameters_then_their_layers_then_the_model():
     assert rows.stack_host(np.array([1, 2, 4])).tolist() == [1, 2, 4, 1, 6, 7]
 
 
-def test_stack_with_a_combine_function_combines_layers_and_model_alike():
+@pytest.mark.parametrize("dense", [True, False])
+def test_stack_host_takes_the_maximum_in_the_maxima_columns(dense, monkeypatch):
+    if not dense:
+        monkeypatch.setattr(rows_module, "_DENSE_MAX", 0)
     rows = StepRows(PRESENT, PARAM_LAYER, 4, torch.device("cpu"))
-    raw = torch.rand(3, 9)
-    stacked = rows.stack(raw, aggregate)
+    raw = np.random.default_rng(0).random((3, 9))
+    stacked = rows.stack_host(raw, maxima=(MAXABS,))
+    assert stacked.dtype == np.float64 and stacked.shape == (6, 9)
     for row, members in ((3, [0]), (4, [1, 2]), (5, [0, 1, 2])):
-        assert torch.allclose(stacked[row, :MAXABS], raw[members, :MAXABS].sum(0))
+        others = [c for c in range(9) if c != MAXABS]
+        np.testing.assert_allclose(stacked[row, others], raw[members][:, others].sum(0), rtol=1e-15)
         assert stacked[row, MAXABS] == raw[members, MAXABS].max()
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_stack_host_keeps_nan_and_inf_to_the_rows_that_hold_them(dense, monkeypatch):
+    """A non-finite value reaches its layer's and the model's rows and no other (a product with a
+    0/1 matrix would spread it as NaN: such values are added one by one)."""
+    if not dense:
+        monkeypatch.setattr(rows_module, "_DENSE_MAX", 0)
+    rows = StepRows(PRESENT, PARAM_LAYER, 4, torch.device("cpu"))
+    raw = np.ones((3, 9))
+    raw[0, 0] = np.inf
+    raw[0, MAXABS] = np.nan
+    stacked = rows.stack_host(raw, maxima=(MAXABS,))
+    assert np.isinf(stacked[[0, 3, 5], 0]).all() and stacked[4, 0] == 2.0
+    assert np.isnan(stacked[[0, 3, 5], MAXABS]).all() and stacked[4, MAXABS] == 1.0
+    assert np.isfinite(np.delete(stacked, [0, MAXABS], axis=1)).all()
+
+
+def test_stack_host_without_a_model_row():
+    rows = StepRows(PRESENT, PARAM_LAYER, 4, torch.device("cpu"), model=False)
+    assert rows.stack_host(np.array([1.0, 2.0, 4.0])).tolist() == [1, 2, 4, 1, 6]
+    assert rows.stack(torch.tensor([1.0, 2.0, 4.0])).tolist() == [1, 2, 4, 1, 6]
 
 
 def test_ids_and_names_follow_the_rows():

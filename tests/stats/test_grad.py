@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+from gradsight.instrument import rows as rows_module
+from gradsight.instrument.rows import StepRows
 from gradsight.stats import grad as grad_stats
 from gradsight.stats import native
 from gradsight.stats.grad import (
@@ -33,7 +36,6 @@ from gradsight.stats.grad import (
     SUMSQ,
     W_SUMSQ,
     ZEROS,
-    aggregate,
     count_nonfinite,
     dead_rows,
     derive_stats,
@@ -87,8 +89,8 @@ def reference_stats(raw: np.ndarray, inv_scale: float = 1.0) -> np.ndarray:
     return np.array(out)
 
 
-def assert_raw_close(got: torch.Tensor, want: np.ndarray, rtol: float = 1e-5) -> None:
-    got = got.double().numpy()
+def assert_raw_close(got: torch.Tensor | np.ndarray, want: np.ndarray, rtol: float = 1e-5) -> None:
+    got = got.double().numpy() if isinstance(got, torch.Tensor) else np.asarray(got, dtype=np.float64)
     assert got.shape == want.shape
     for col in range(len(RAW_FIELDS)):
         g, w = got[:, col], want[:, col]
@@ -522,10 +524,10 @@ def test_dead_rows_of_a_sparse_embedding_gradient():
 def test_dead_rows_statistic_is_nan_without_rows():
     grads = [torch.zeros(4, 2), torch.zeros(3), torch.randn(2, 2)]
     raw = raw_sums(grads, grads, backend="eager")
-    layer = aggregate(raw, torch.tensor([0, 0, 1]), 3)
-    got = dead_rows(torch.cat([raw, layer])).tolist()
+    rows = StepRows([0, 1, 2], np.array([0, 0, 1]), 3, torch.device("cpu"))
+    got = dead_rows(rows.stack_host(raw.numpy(), maxima=(MAXABS,))).tolist()
     assert got[:3] == [4.0, got[1], 0.0] and math.isnan(got[1])
-    assert got[3:5] == [4.0, 0.0] and math.isnan(got[5])  # the empty group has no rows
+    assert got[3:6] == [4.0, 0.0, 4.0]  # layers 0 and 1 (2 has no parameter: no row), the model
 
 
 # -- derived statistics and aggregation ------------------------------------------------------------
@@ -544,33 +546,40 @@ def test_derived_statistics_match_the_formulas(inv_scale):
     assert math.isinf(got[2, GRAD_STATS.index("grad_weight_ratio")])
 
 
-def test_aggregate_sums_rows_and_takes_the_max_of_maxabs():
-    grads = _tensors(10, [(4,), (9,), (2, 3), (5,)])
-    weights = _tensors(11, [(4,), (9,), (2, 3), (5,)], zero_frac=0.0)
+@pytest.mark.parametrize("dense", [True, False])
+def test_layer_and_model_rows_are_the_raw_sums_of_their_parameters_together(dense, monkeypatch):
+    """A layer's row (sums added, ``maxabs`` the maximum) is what the raw sums of its
+    parameters' elements taken as one tensor are; by a product with the membership matrix
+    or, for many rows, by ``np.add.at``."""
+    if not dense:
+        monkeypatch.setattr(rows_module, "_DENSE_MAX", 0)
+    shapes = [(4,), (9,), (2, 3), (5,)]
+    grads = _tensors(10, shapes)
+    weights = _tensors(11, shapes, zero_frac=0.0)
     raw = raw_sums(grads, weights, backend="eager")
-    group = torch.tensor([1, 0, 1, 1])
-    got = aggregate(raw, group, 3)
-    members = {0: [1], 1: [0, 2, 3], 2: []}
-    for k, rows in members.items():
-        if not rows:
-            assert got[k].eq(0).all()
-            continue
-        g = torch.cat([grads[i].reshape(-1) for i in rows])
-        w = torch.cat([weights[i].reshape(-1) for i in rows])
+    rows = StepRows([0, 1, 2, 3], np.array([1, 0, 1, 1]), 3, torch.device("cpu"))
+    assert (rows._members is not None) == dense
+    got = rows.stack_host(raw.numpy(), maxima=(MAXABS,))
+    assert_raw_close(got[:4], raw.numpy())
+    for row, members in ((4, [1]), (5, [0, 2, 3]), (6, [0, 1, 2, 3])):  # layers 0 and 1, the model
+        g = torch.cat([grads[i].reshape(-1) for i in members])
+        w = torch.cat([weights[i].reshape(-1) for i in members])
         want = reference_raw(g, w)
-        want[[ROWS, DEAD_ROWS]] = sum(reference_raw(grads[i], None)[[ROWS, DEAD_ROWS]] for i in rows)  # rows add up
-        assert_raw_close(got[k : k + 1], want[None])
+        want[[ROWS, DEAD_ROWS]] = sum(reference_raw(grads[i], None)[[ROWS, DEAD_ROWS]] for i in members)  # rows add
+        assert_raw_close(got[row : row + 1], want[None])
 
 
-def test_aggregate_of_many_rows_is_within_float32_rounding_of_a_float64_sum():
-    """The model row of 20,000 scalar parameters adds 20,000 raw-sum rows."""
+def test_a_model_row_of_many_rows_is_their_float64_sum():
+    """The model row of 20,000 scalar parameters adds 20,000 raw-sum rows (in float64)."""
     gen = torch.Generator().manual_seed(21)
     raw = raw_sums([torch.randn((), generator=gen) for _ in range(20_000)],
                    [torch.randn((), generator=gen) for _ in range(20_000)])
-    got = aggregate(raw, torch.zeros(20_000, dtype=torch.long), 1)[0].double().numpy()
+    rows = StepRows(range(20_000), np.arange(20_000), 20_000, torch.device("cpu"))
+    assert rows._members is None  # (too many for a dense product)
+    got = rows.stack_host(raw.numpy(), maxima=(MAXABS,))[-1]
     want = raw.double().sum(0).numpy()
     want[MAXABS] = float(raw[:, MAXABS].max())
-    np.testing.assert_allclose(got, want, rtol=1e-7, atol=0)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
 
 def test_without_the_c_kernel_every_tensor_goes_eager_and_fused_says_so_once(monkeypatch, caplog):
@@ -617,6 +626,44 @@ def test_the_c_kernel_is_built_where_it_can_be_written_and_a_slow_build_is_said_
     monkeypatch.setattr(native, "_LIBRARY", native._Library())  # a new process: loads it, says nothing
     caplog.clear()
     assert native.library() is not None and caplog.records == []
+
+
+def _openmp_runtimes_mapped() -> set[str]:
+    with open("/proc/self/maps") as f:
+        paths = {line.split(None, 5)[-1].strip() for line in f if ".so" in line}
+    return {p for p in paths if re.fullmatch(r"lib(gomp|omp|iomp5)([-.][^/]*)?\.so(\.[0-9]+)*", Path(p).name)}
+
+
+@pytest.mark.skipif(native.openmp_runtime() is None, reason="PyTorch loaded no OpenMP runtime here")
+def test_the_c_kernel_takes_its_threads_from_the_openmp_runtime_pytorch_loaded():
+    """Not a second runtime (a second pool of threads competing with PyTorch's for the cores)."""
+    assert native.library() is not None, native.error()
+    assert native.uses_openmp()
+    assert _openmp_runtimes_mapped() == {str(native.openmp_runtime())}
+
+
+def test_without_an_openmp_runtime_the_c_kernel_splits_the_work_across_posix_threads_alike(monkeypatch, tmp_path):
+    """The same shares, so the same sums to the last bit, from threads of its own."""
+    monkeypatch.setattr(native, "THREAD_MIN_NUMEL", 1)
+    shapes = [(5, 3 * PART), (2 * PART + 37,), (300, 11), (1, 70000)]
+    grads = _tensors(17, shapes, zero_frac=0.3)
+    grads[2][4] = 0
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = native.raw_sums(grads, grads)
+        monkeypatch.setattr(native, "_LIBRARY", native._Library())
+        monkeypatch.setattr(native, "openmp_runtime", lambda: None)
+        monkeypatch.setattr(native, "cache_dir", lambda: tmp_path)
+        assert native.library() is not None, native.error()
+        assert not native.uses_openmp()
+        again = native.raw_sums(grads, grads)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(again, first)
+    want = np.stack([reference_raw(g, g) for g in grads])
+    np.testing.assert_allclose(again[:, 0], want[:, SUMSQ], rtol=1e-6)
+    np.testing.assert_array_equal(again[:, 4], want[:, DEAD_ROWS])
 
 
 BUILD_SCRIPT = textwrap.dedent(

@@ -62,23 +62,17 @@ from gradsight.stats.grad import (
     DEAD_ROWS_STAT,
     GRAD_STATS,
     MAXABS,
+    NONFINITE,
     SUMSQ,
     W_SUMSQ,
-    aggregate,
-    dead_rows,
-    derive_stats,
     squares_lost,
+    stats_rows,
 )
 from gradsight.store.schema import DB_NAME, Level
 
 _OPEN_MONITORS: weakref.WeakSet = weakref.WeakSet()
 _NONFINITE = GRAD_STATS.index("grad_nonfinite")
 _DEAD_ROWS = len(GRAD_STATS)  #: the column after GRAD_STATS in a step's statistics
-
-
-def _stats_of(raw_rows: Tensor, inv_scale: Tensor | float | None) -> Tensor:
-    """``[rows, GRAD_STATS + dead rows]``: the statistics of stacked raw-sum rows."""
-    return torch.cat([derive_stats(raw_rows, inv_scale), dead_rows(raw_rows)[:, None]], dim=1)
 
 
 def end_status(exc: BaseException | None) -> tuple[str, str | None]:
@@ -198,6 +192,7 @@ class Monitor:
         self._dead_ids = LevelIds(np.full((len(param_names), 1), -1, dtype=np.int64),
                                   np.full((len(layer_names), 1), -1, dtype=np.int64), np.array([[-1]], dtype=np.int64))
         self._add_dead_rows_ids(watched)
+        self._last_rows: tuple[tuple, tuple[StepRows, np.ndarray, np.ndarray]] | None = None
         self._histograms: HistogramRecorder | None = None
         if opts.histograms_every:
             self._histograms = HistogramRecorder(opts.histograms_every, param_names, layer_names, self._series,
@@ -418,9 +413,14 @@ class Monitor:
         recorded_index = self.recorded_steps  # 0 at the first recorded step
         params, in_run = self._params, self._in_run
         # a frozen parameter is not recorded: its .grad, if any, is left over from before it was frozen
-        present = [i for i, p in enumerate(params) if p.grad is not None and p.requires_grad]
+        present, missing = [], []  # (missing: recorded, requiring a gradient, and without one)
+        for i, p in enumerate(params):
+            if p.requires_grad:
+                if p.grad is not None:
+                    present.append(i)
+                elif in_run[i]:
+                    missing.append(i)
         eval_mode = not self.model.training  # (model.eval() left on after an evaluation)
-        missing = [i for i, p in enumerate(params) if p.grad is None and in_run[i] and p.requires_grad]
         if self._outside:
             joining = [i for i in present if not in_run[i]]
             if joining:
@@ -435,10 +435,8 @@ class Monitor:
         opts = self.options
         raw = self._dist.raw_sums(grads, [params[i] for i in present], opts.backend, opts.weights)
         device = raw.device
-        rows = StepRows(present, self._param_layer, len(self._layer_names), device)
+        rows, stat_ids, dead_rows = self._rows_of(present, device)
         inv_scale, scale = self._loss_scale.factors(device)
-        raw_rows = rows.stack(raw, aggregate)
-        stats = _stats_of(raw_rows, inv_scale)
         act_keys, act_values = self.activations.collect(inv_scale) if self.activations is not None else ([], [])
         extra_keys = list(act_keys)
         extra_values = [torch.stack([v.float().to(device) for v in act_values])] if act_keys else []
@@ -462,41 +460,47 @@ class Monitor:
             extra_keys += extra[0]
             extra_values.append(extra[1])
         pending = self._updates.take_pending() + self._adam.take_pending()
-        stats_h, norms_h, scale_h, loss_h, act_h, *pending_h = to_host(
+        extra_values = [v for v in extra_values if v is not None]
+        raw_h, scale_h, loss_h, *rest = to_host(
             [
-                stats,
-                raw[:, [SUMSQ, MAXABS]],
+                raw,
                 scale,
                 loss.detach().float().to(device) if isinstance(loss, Tensor) else None,
-                torch.cat([v.to(device) for v in extra_values if v is not None]) if extra_keys else None,
+                *(v.to(device) for v in extra_values),
                 *(values.to(device) for _, _, values in pending),
             ]
         )
+        act_h = np.concatenate(rest[:len(extra_values)]) if extra_keys else None
+        pending_h = rest[len(extra_values):]
         for (pstep, ids, _), values in zip(pending, pending_h):
             self._emit(pstep, ids, values)
         if self._zeroing is not None and ZEROING_KEY in extra_keys:
             self._zeroing.after(float(act_h[extra_keys.index(ZEROING_KEY)]), step)
 
-        stats_h = stats_h.reshape(stats.shape)  # [rows, GRAD_STATS + dead rows]
-        sumsq_h, maxabs_h = norms_h.reshape(-1, 2).T
-        lost = squares_lost(sumsq_h, maxabs_h)
-        if len(lost):  # float32 squares underflowed or overflowed (rare): those tensors squared in float64
-            raw64 = raw.double()
-            raw64[lost, SUMSQ] = torch.tensor(self._dist.sumsq_fp64(grads, lost), dtype=torch.float64, device=device)
-            (stats_h,) = to_host([_stats_of(rows.stack(raw64, aggregate), inv_scale)])
-            stats_h = stats_h.reshape(stats.shape)
-        bad = np.flatnonzero(~np.isfinite(sumsq_h))
-        if len(bad):  # exact counts only where a norm is not finite (rare)
-            counts = np.zeros(len(present))
-            counts[bad] = self._dist.count_nonfinite(grads, bad)
-            stats_h[:, _NONFINITE] = rows.stack_host(counts)
+        # the statistics are derived on the host, in float64, from the transferred raw sums
+        raw_h = raw_h.reshape(raw.shape).astype(np.float64)
+        sumsq_h = raw_h[:, SUMSQ]
+        if not (sumsq_h.all() and np.isfinite(sumsq_h).all()):  # a zero or non-finite sum of squares (rare)
+            lost = squares_lost(sumsq_h, raw_h[:, MAXABS])
+            if len(lost):  # float32 squares underflowed or overflowed: those tensors squared in float64
+                raw_h[lost, SUMSQ] = self._dist.sumsq_fp64(grads, lost)
+            bad = np.flatnonzero(~np.isfinite(sumsq_h))
+            if len(bad):  # exact counts only where a norm is not finite
+                raw_h[bad, NONFINITE] = self._dist.count_nonfinite(grads, bad)
+        if not opts.weights:
+            raw_h[:, W_SUMSQ] = 0.0  # (NaN, not recorded: kept out of the sums)
+        stats_h = stats_rows(rows.stack_host(raw_h, maxima=(MAXABS,)), None if inv_scale is None else 1 / float(scale_h[0]),
+                             opts.weights)
 
-        ids = [rows.ids(self._stat_ids).reshape(-1)]
         values = [stats_h[:, self._stat_cols].reshape(-1)]
-        dead_ids, dead = rows.ids(self._dead_ids).reshape(-1), stats_h[:, _DEAD_ROWS]
-        applies = (dead_ids >= 0) & np.isfinite(dead)  # a layer whose tensors with rows had no gradient: NaN
-        ids.append(dead_ids[applies])
-        values.append(dead[applies])
+        dead = stats_h[dead_rows, _DEAD_ROWS]
+        if np.isnan(dead).any():  # a layer whose tensors with rows had no gradient (rare): not recorded
+            first = len(stat_ids) - len(dead)
+            ids = [stat_ids[:first], stat_ids[first:][~np.isnan(dead)]]
+            values.append(dead[~np.isnan(dead)])
+        else:
+            ids = [stat_ids]
+            values.append(dead)
         if loss is not None and not isinstance(loss, Tensor):
             loss_h = np.array([float(loss)])
         extra_ids, extra_vals = self._extra_rows(missing, stats_h[rows.model], scale_h, loss_h, extra_keys, act_h,
@@ -515,7 +519,7 @@ class Monitor:
             if self._listeners and self.writes_store:
                 self._listeners.histograms(int(step), h_keys, h_lo, h_dense)
         self._series.flush()
-        self._emit(step, np.concatenate(ids), np.concatenate(values).astype(np.float64), time.time())
+        self._emit(step, np.concatenate(ids), np.concatenate(values), time.time())
         self.recorded_steps += 1
         if opts.optimizer is not None and self._updates.due(recorded_index):
             self._updates.arm(step, rows, raw[:, W_SUMSQ], recorded_index)
@@ -525,6 +529,20 @@ class Monitor:
             if self._adam:
                 self._adam.arm(step, rows)
         return True
+
+    def _rows_of(self, present: list[int], device: torch.device) -> tuple[StepRows, np.ndarray, np.ndarray]:
+        """The :class:`StepRows` of a step whose parameters with a gradient are ``present``; the
+        series ids of its statistics (``_stat_cols`` of every row, then ``grad_dead_rows`` of
+        the rows it applies to), and those rows; kept while the same parameters have gradients
+        step after step (forgotten when one joins)."""
+        key = (tuple(present), device)
+        if self._last_rows is None or self._last_rows[0] != key:
+            rows = StepRows(present, self._param_layer, len(self._layer_names), device)
+            dead_ids = rows.ids(self._dead_ids).reshape(-1)
+            dead_rows = np.flatnonzero(dead_ids >= 0)
+            ids = np.concatenate([rows.ids(self._stat_ids).reshape(-1), dead_ids[dead_rows]])
+            self._last_rows = key, (rows, ids, dead_rows)
+        return self._last_rows[1]
 
     def _join(self, step: int, joining: list[int]) -> None:
         """Parameters frozen at watch that have a gradient now (unfrozen since): their series, layers
@@ -537,6 +555,7 @@ class Monitor:
                 new_layers.append(int(self._param_layer[i]))
             self._unfrozen[self._param_names[i]] = step
         self._outside -= len(joining)
+        self._last_rows = None  # (their ids are registered now)
         self._stat_ids.add(self._series, self._param_names, self._layer_names,
                            [GRAD_STATS[k] for k in self._stat_cols], joining, new_layers)
         self._add_dead_rows_ids(joining)

@@ -224,7 +224,7 @@ class AdamState:
             sums = torch.stack([found[p].to(device) for p in positions])
             sums = self._sum_rows(sums, [self._watched[rows.present[p]] for p in positions])
             part = rows.subset(positions) if len(positions) < len(rows.present) else rows
-            values = derive(part.stack(sums.to(part.group.device)))
+            values = derive(part.stack(sums.to(part.device)))
         names = part.names(self._param_names, self._layer_names)
         ids = np.array([[self._series.id(level, name, stat) for stat in ADAM_STATS] for level, name in names],
                        dtype=np.int64)

@@ -9,7 +9,8 @@ named (:meth:`StepRows.ids`, :meth:`StepRows.names`) by this one layout; its sli
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +20,9 @@ from torch import Tensor
 from gradsight.instrument.series import SeriesIds
 from gradsight.store.schema import Level
 
-#: ``combine(rows [R, ...], group [R], n) -> [n, ...]``: rows combined by group.
-Combine = Callable[[Tensor, Tensor, int], Tensor]
+#: Above this many (layer and model rows) x (parameters), :meth:`StepRows.stack_host` adds
+#: with ``np.add.at`` rather than a product with a dense membership matrix.
+_DENSE_MAX = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -80,17 +82,27 @@ class StepRows:
                  model: bool = True) -> None:
         self.present = list(present)
         self.has_model = model
+        self.device = device
         self._param_layer = param_layer
         self._layer_of = np.asarray(param_layer, dtype=np.int64)[self.present]
         self.layers = sorted(set(self._layer_of.tolist()))
         self.n_layers = n_layers
         p, n = len(self.present), len(self.layers)
-        index = torch.from_numpy(np.concatenate([self._layer_of, np.asarray(self.layers, dtype=np.int64)]))
-        index = index.to(device)  # one copy for both
-        self.group, self._layer_index = index[:p], index[p:]
         self.params = slice(0, p)
         self.layer_rows = slice(p, p + n)
         self.model = p + n
+
+    @functools.cached_property
+    def _device_index(self) -> tuple[Tensor, Tensor]:
+        """(:attr:`group`, the present layers) on the device, made at the first :meth:`stack`
+        (a step combined only on the host needs neither)."""
+        index = torch.from_numpy(np.concatenate([self._layer_of, np.asarray(self.layers, dtype=np.int64)]))
+        index = index.to(self.device)  # one copy for both
+        return index[:len(self.present)], index[len(self.present):]
+
+    @property
+    def group(self) -> Tensor:
+        return self._device_index[0]
 
     def __len__(self) -> int:
         return self.model + int(self.has_model)
@@ -98,29 +110,51 @@ class StepRows:
     def subset(self, positions: Sequence[int], model: bool = True) -> StepRows:
         """The rows of some of the present parameters (``positions`` into :attr:`present`):
         theirs, their layers' and (``model``) the model's, combining only them."""
-        return StepRows([self.present[p] for p in positions], self._param_layer, self.n_layers, self.group.device,
-                        model)
+        return StepRows([self.present[p] for p in positions], self._param_layer, self.n_layers, self.device, model)
 
-    def stack(self, rows: Tensor, combine: Combine | None = None) -> Tensor:
-        """``[P, ...]`` parameter rows -> ``[P + L + 1, ...]``: the rows, each present layer's
-        combination of its parameters' rows, then the model's of all of them.
+    def stack(self, rows: Tensor) -> Tensor:
+        """``[P, ...]`` parameter rows -> ``[P + L + 1, ...]`` on their device: the rows, each
+        present layer's sum of its parameters' rows, then the model's of all of them."""
+        layers = rows.new_zeros((self.n_layers, *rows.shape[1:])).index_add_(0, self.group, rows)
+        model = [rows.sum(0, keepdim=True)] if self.has_model else []
+        return torch.cat([rows, layers[self._device_index[1]], *model])
 
-        ``combine`` defaults to sums (raw sums take :func:`~gradsight.stats.grad.aggregate`,
-        whose ``maxabs`` is a maximum).
-        """
-        if combine is None:
-            layers = rows.new_zeros((self.n_layers, *rows.shape[1:])).index_add_(0, self.group, rows)
-            model = rows.sum(0, keepdim=True) if self.has_model else None
+    @functools.cached_property
+    def _members(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``[L (+ 1), P]``: the parameters each layer row (and the model row) combines, as
+        float64 (a product adds them up) and as bool; None where that would be large."""
+        p, n = len(self.present), len(self) - len(self.present)
+        if p * n > _DENSE_MAX:
+            return None
+        member = np.zeros((n, p), dtype=bool)
+        member[np.searchsorted(self.layers, self._layer_of), np.arange(p)] = True
+        if self.has_model:
+            member[-1] = True
+        return member.astype(np.float64), member
+
+    def stack_host(self, values: np.ndarray, maxima: Sequence[int] = ()) -> np.ndarray:
+        """:meth:`stack` on the host: ``[P, ...]`` values -> ``[P + L + 1, ...]`` float64, the
+        layers' and the model's rows the sums of their parameters' rows (added in float64),
+        except in the columns ``maxima`` of 2-d values: their maximum (a NaN kept; 0 of none)."""
+        values = np.asarray(values, dtype=np.float64)
+        members = self._members
+        if members is not None and np.isfinite(values).all():  # (a NaN or Inf times 0 would spread)
+            combined = members[0] @ values
         else:
-            layers = combine(rows, self.group, self.n_layers)
-            model = combine(rows, torch.zeros_like(self.group), 1) if self.has_model else None
-        return torch.cat([rows, layers[self._layer_index], *([model] if self.has_model else [])])
-
-    def stack_host(self, values: np.ndarray) -> np.ndarray:
-        """:meth:`stack` with sums of ``[P]`` values on the host."""
-        layers = np.zeros(self.n_layers, dtype=values.dtype)
-        np.add.at(layers, self._layer_of, values)
-        return np.concatenate([values, layers[self.layers], [values.sum()] if self.has_model else []])
+            combined = np.zeros((len(self) - len(values), *values.shape[1:]))
+            np.add.at(combined, np.searchsorted(self.layers, self._layer_of), values)
+            if self.has_model:
+                combined[-1] = values.sum(0)
+        for c in maxima:
+            if members is not None:
+                combined[:, c] = np.where(members[1], values[:, c], 0.0).max(1, initial=0.0)
+            else:
+                top = np.zeros(len(combined))
+                np.maximum.at(top, np.searchsorted(self.layers, self._layer_of), values[:, c])
+                if self.has_model:
+                    top[-1] = max(values[:, c].max(initial=0.0), 0.0) if not np.isnan(values[:, c]).any() else np.nan
+                combined[:, c] = top
+        return np.concatenate([values, combined])
 
     def names(self, param_names: Sequence[str], layer_names: Sequence[str]) -> list[tuple[str, str]]:
         """``(level, name)`` of each row, in the order of :meth:`stack`."""

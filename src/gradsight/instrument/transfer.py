@@ -16,11 +16,18 @@ def to_host(parts: Sequence[Tensor | None]) -> list[np.ndarray | None]:
         parts: tensors of any shape (flattened), or None for a part that is absent.
 
     Returns:
-        One 1-d NumPy array per part, in order (views into a single host buffer),
-        None where the part was None.
+        One 1-d NumPy array per part, in order (views into a single host buffer; copies
+        of CPU tensors, taken without joining them), None where the part was None.
     """
-    flat = [p.reshape(-1) for p in parts if p is not None]
-    host = torch.cat(flat).cpu().numpy()  # the one device-to-host transfer
-    bounds = np.cumsum([p.numel() for p in flat])[:-1]
-    chunks = iter(np.split(host, bounds))
+    given = [p for p in parts if p is not None]
+    if all(p.device.type == "cpu" for p in given):  # (copies: the tensors may change after the step)
+        host = [p.numpy().reshape(-1).copy() for p in given]
+    else:
+        flat = [p.reshape(-1) for p in given]
+        joined = torch.cat(flat).cpu().numpy()  # the one device-to-host transfer
+        host, start = [], 0
+        for p in flat:
+            host.append(joined[start:start + p.numel()])
+            start += p.numel()
+    chunks = iter(host)
     return [None if p is None else next(chunks) for p in parts]

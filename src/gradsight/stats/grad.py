@@ -56,6 +56,7 @@ max |g|``, an element is zero when both parts are and non-finite when either is;
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -484,7 +485,7 @@ def raw_sums(
             block = _native_rows(grads, weights, native_idx, plan, None if native_idx is plan.native else taken,
                                  with_weights)
             if len(native_idx) == n:  # (the common case on the CPU: nothing else to fill)
-                return block.to(device)
+                return block if device.type == "cpu" else block.to(device)
     out = torch.empty((n, len(RAW_FIELDS)), dtype=torch.float32, device=device)
     if block is not None:
         out[native_idx] = block.to(device)
@@ -550,19 +551,18 @@ def _native_rows(grads: Sequence[Tensor], weights: Sequence[Tensor], index: list
                                     and native.rows_in_blocks(w) for g, w in zip(gs, ws))
     sums = native.raw_sums(gs, ws if together else None, numel, rows, dtypes)
     block = block.copy()
-    block[:, _NATIVE_COLUMNS] = sums[:, :len(_NATIVE_COLUMNS)]
+    block[:, :DEAD_ROWS_COLUMN] = sums[:, :DEAD_ROWS_COLUMN]  # sumsq, sumabs, maxabs, zeros
+    block[:, DEAD_ROWS] = sums[:, DEAD_ROWS_COLUMN]
+    block[:, W_SUMSQ] = sums[:, native.FIELDS.index("w_sumsq")] if together else np.nan
     out = torch.from_numpy(block)
-    if together:
-        out[:, W_SUMSQ] = torch.from_numpy(sums[:, native.FIELDS.index("w_sumsq")])
-    elif with_weights:
+    if with_weights and not together:
         out[:, W_SUMSQ] = sumsq_fp32([w.detach() for w in ws]).cpu()
-    else:
-        out[:, W_SUMSQ] = float("nan")
     return out
 
 
-#: The raw-sum columns of the C kernel's first five (:data:`native.FIELDS`).
-_NATIVE_COLUMNS = [RAW_FIELDS.index(f) for f in native.FIELDS[:5]]
+#: The C kernel's first four columns (:data:`native.FIELDS`) are the first four raw sums; then dead rows.
+DEAD_ROWS_COLUMN = native.FIELDS.index("dead_rows")
+assert native.FIELDS[:DEAD_ROWS_COLUMN] == RAW_FIELDS[:DEAD_ROWS_COLUMN]
 
 
 class _Layout:
@@ -671,64 +671,67 @@ def squares_lost(sumsq: np.ndarray, maxabs: np.ndarray) -> np.ndarray:
     return np.flatnonzero(((sumsq == 0) & (maxabs > 0)) | (np.isinf(sumsq) & np.isfinite(maxabs)))
 
 
-def aggregate(raw: Tensor, group: Tensor, num_groups: int) -> Tensor:
-    """Combine raw-sum rows into groups (sums add, ``maxabs`` takes the max).
+def _on_host(fn):
+    """Let a host function of float64 arrays take a tensor too: computed on the host in float64,
+    returned as float32 on the tensor's device (the monitor calls these with host arrays, after
+    the step's one transfer)."""
+    @functools.wraps(fn)
+    def either(raw, *args):
+        if not isinstance(raw, Tensor):
+            return fn(np.asarray(raw, dtype=np.float64), *args)
+        host = [a.detach().cpu().numpy() if isinstance(a, Tensor) else a for a in args]
+        out = fn(raw.detach().cpu().double().numpy(), *host)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(raw.device)
+    return either
+
+
+@_on_host
+def derive_stats(raw: np.ndarray, inv_scale: float | None = None) -> np.ndarray:
+    """Statistics :data:`GRAD_STATS` from raw sums, in float64.
 
     Args:
-        raw: ``[R, 9]`` raw sums.
-        group: ``[R]`` int64 group index of each row.
-        num_groups: number of groups G.
-
-    Returns:
-        ``[G, 9]`` raw sums of each group (rows of empty groups are zero), in ``raw``'s
-        dtype; added in float64 where the device has it (a float32 sum of the 20,000 rows
-        of a model of scalar parameters drifts by ~1e-6).
-    """
-    acc = _accumulator(raw.device)
-    out = torch.zeros((num_groups, raw.shape[1]), dtype=acc, device=raw.device)
-    out.index_add_(0, group, raw.to(acc))
-    maxabs = torch.zeros(num_groups, dtype=raw.dtype, device=raw.device)
-    maxabs.scatter_reduce_(0, group, raw[:, MAXABS], reduce="amax", include_self=True)
-    out[:, MAXABS] = maxabs.to(acc)
-    return out.to(raw.dtype)
-
-
-def derive_stats(raw: Tensor, inv_scale: Tensor | float | None = None) -> Tensor:
-    """Statistics :data:`GRAD_STATS` from raw sums.
-
-    Args:
-        raw: ``[R, 9]`` raw sums.
+        raw: ``[R, 9]`` raw sums (a float64 array; a tensor is computed on the host and
+            returned as float32 on its device).
         inv_scale: optional loss-scale reciprocal (mixed precision): gradients were
             multiplied by ``1/inv_scale`` and are reported unscaled.
 
     Returns:
-        ``[R, 8]`` float32: grad_norm, grad_rms, grad_abs_mean, grad_abs_max,
-        grad_zero_frac, grad_nonfinite, weight_norm, grad_weight_ratio.
+        ``[R, 8]``: grad_norm, grad_rms, grad_abs_mean, grad_abs_max, grad_zero_frac,
+        grad_nonfinite, weight_norm, grad_weight_ratio.
     """
-    sumsq, sumabs, maxabs = raw[:, SUMSQ], raw[:, SUMABS], raw[:, MAXABS]
-    if inv_scale is not None:
-        sumsq = sumsq * (inv_scale * inv_scale)
-        sumabs = sumabs * inv_scale
-        maxabs = maxabs * inv_scale
-    numel = raw[:, NUMEL].clamp_min(1)
-    grad_norm = sumsq.sqrt()
-    weight_norm = raw[:, W_SUMSQ].sqrt()
-    return torch.stack(
-        [
-            grad_norm,
-            (sumsq / numel).sqrt(),
-            sumabs / numel,
-            maxabs,
-            raw[:, ZEROS] / numel,
-            raw[:, NONFINITE],
-            weight_norm,
-            grad_norm / weight_norm,
-        ],
-        dim=1,
-    )
+    return stats_rows(raw, inv_scale)[:, :len(GRAD_STATS)]
 
 
-def dead_rows(raw: Tensor) -> Tensor:
+def stats_rows(raw: np.ndarray, inv_scale: float | None = None, weights: bool = True) -> np.ndarray:
+    """``[R, 9]`` float64: :func:`derive_stats`, then :func:`dead_rows`, of float64 raw sums
+    (what the monitor records of each row; a few operations on whole columns); ``weights``
+    False: ``weight_norm`` and ``grad_weight_ratio`` are NaN."""
+    out = np.empty((len(raw), len(GRAD_STATS) + 1))
+    numel = np.maximum(raw[:, NUMEL], 1)
+    if inv_scale is None:
+        np.sqrt(raw[:, SUMSQ], out=out[:, 0])
+        out[:, 3] = raw[:, MAXABS]
+        np.divide(raw[:, SUMABS], numel, out=out[:, 2])
+    else:
+        inv_scale = float(inv_scale)
+        np.sqrt(raw[:, SUMSQ] * (inv_scale * inv_scale), out=out[:, 0])
+        np.multiply(raw[:, MAXABS], inv_scale, out=out[:, 3])
+        np.divide(raw[:, SUMABS] * inv_scale, numel, out=out[:, 2])
+    np.divide(out[:, 0], np.sqrt(numel), out=out[:, 1])  # sqrt(sumsq / numel)
+    np.divide(raw[:, ZEROS], numel, out=out[:, 4])
+    out[:, 5] = raw[:, NONFINITE]
+    if weights:
+        np.sqrt(raw[:, W_SUMSQ], out=out[:, 6])
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero weight norm: inf, or NaN for 0/0
+            np.divide(out[:, 0], out[:, 6], out=out[:, 7])
+    else:
+        out[:, 6:8] = np.nan
+    out[:, 8] = np.where(raw[:, ROWS] > 0, raw[:, DEAD_ROWS], np.nan)
+    return out
+
+
+@_on_host
+def dead_rows(raw: np.ndarray) -> np.ndarray:
     """``grad_dead_rows`` of raw-sum rows: how many rows (along dim 0 of every tensor
     of >= 2 dims) have an all-zero gradient; NaN for a row without such tensors.
 
@@ -736,6 +739,6 @@ def dead_rows(raw: Tensor) -> Tensor:
         raw: ``[R, 9]`` raw sums (a parameter, or a layer's or the model's aggregate).
 
     Returns:
-        ``[R]`` float32.
+        ``[R]``.
     """
-    return torch.where(raw[:, ROWS] > 0, raw[:, DEAD_ROWS], torch.full_like(raw[:, ROWS], float("nan")))
+    return np.where(raw[:, ROWS] > 0, raw[:, DEAD_ROWS], np.nan)
