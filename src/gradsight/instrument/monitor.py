@@ -7,12 +7,12 @@ Data flow of one recorded step (see docs/design.md):
    joins the run at its first gradient.
 2. :func:`gradsight.stats.grad.raw_sums` reduces every gradient and weight to
    nine raw sums in one fused pass (or a few multi-tensor passes).
-3. Raw sums are aggregated per layer and for the whole model on the device, and
-   the statistics are derived, vectorized.
-4. Everything for the step (plus the update ratios of the previous optimizer
-   step) crosses to the host in a single transfer.
+3. The raw sums and everything else for the step (plus the update ratios of the
+   previous optimizer step) cross to the host in a single transfer.
+4. There they are combined per layer and for the whole model, and the statistics
+   derived, in float64 (:meth:`StepRows.stack_host`, :func:`~gradsight.stats.grad.stats_rows`).
 5. The values, with precomputed series ids, go on the writer's queue; the
-   writer thread inserts them and commits at least every second.
+   writer thread inserts them and commits every second.
 
 The monitor holds the parts together; each has its own module: ``layers``
 (inventory, forward order), ``layer_table``, ``series``, ``meta``, ``transfer``,
