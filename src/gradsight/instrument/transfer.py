@@ -21,7 +21,7 @@ def to_host(parts: Sequence[Tensor | None]) -> list[np.ndarray | None]:
     """
     given = [p for p in parts if p is not None]
     if all(p.device.type == "cpu" for p in given):  # (copies: the tensors may change after the step)
-        host = [p.numpy().reshape(-1).copy() for p in given]
+        host = [p.detach().numpy().reshape(-1).copy() for p in given]
     else:
         flat = [p.reshape(-1) for p in given]
         joined = torch.cat(flat).cpu().numpy()  # the one device-to-host transfer

@@ -233,6 +233,12 @@ def _build(path: Path, runtime: Path | None) -> None:
                     errors.append(done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"])
                     break
             else:
+                if omp is not None:  # (a runtime that lacks what the compiler's code calls: the next try)
+                    try:
+                        ctypes.CDLL(str(out))
+                    except OSError as exc:
+                        errors.append([str(exc)])
+                        continue
                 os.replace(out, path)
                 return
     raise RuntimeError(f"{cc} failed: {errors[-1][0]}")
