@@ -66,6 +66,7 @@ class ZeroingCheck:
         self._cleared = False  #: one of them found .grad None, replaced or (on the host) zero
         self._nonzero: Tensor | None = None  #: every pass that found the same tensor found it nonzero (on its device)
         self._warned = False
+        self._zeros: dict[torch.device, Tensor] = {}
 
     @property
     def hooked(self) -> bool:
@@ -139,8 +140,11 @@ class ZeroingCheck:
         p = self._param() if self._param is not None else None
         if p is None or not self._stepped or not self._passes:
             return [], None
-        if self._cleared or self._nonzero is None:
-            return [KEY], torch.zeros(1, device=p.device)  # (made where the transfer gathers: no copy)
+        if self._cleared or self._nonzero is None:  # (a zero made once per device, where the transfer gathers)
+            zero = self._zeros.get(p.device)
+            if zero is None:
+                zero = self._zeros[p.device] = torch.zeros(1, device=p.device)
+            return [KEY], zero
         return [KEY], self._nonzero.float().reshape(1)
 
     def after(self, value: float | None, step: int) -> None:
