@@ -120,6 +120,16 @@ class StepRows:
         return torch.cat([rows, layers[self._device_index[1]], *model])
 
     @functools.cached_property
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(combined row, parameter position)`` of every membership: each parameter in its
+        layer's row (counted from the first layer row), then in the model's."""
+        p = len(self.present)
+        rows, source = np.searchsorted(self.layers, self._layer_of), np.arange(p)
+        if self.has_model:
+            rows, source = np.concatenate([rows, np.full(p, len(self.layers))]), np.concatenate([source, source])
+        return rows, source
+
+    @functools.cached_property
     def _members(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``[L (+ 1), P]``: the parameters each layer row (and the model row) combines, as
         float64 (a product adds them up) and as bool; None where that would be large."""
@@ -127,32 +137,26 @@ class StepRows:
         if p * n > _DENSE_MAX:
             return None
         member = np.zeros((n, p), dtype=bool)
-        member[np.searchsorted(self.layers, self._layer_of), np.arange(p)] = True
-        if self.has_model:
-            member[-1] = True
+        member[self._pairs] = True
         return member.astype(np.float64), member
 
     def stack_host(self, values: np.ndarray, maxima: Sequence[int] = ()) -> np.ndarray:
         """:meth:`stack` on the host: ``[P, ...]`` values -> ``[P + L + 1, ...]`` float64, the
         layers' and the model's rows the sums of their parameters' rows (added in float64),
-        except in the columns ``maxima`` of 2-d values: their maximum (a NaN kept; 0 of none)."""
+        except in the columns ``maxima`` of 2-d values: their maximum (a NaN kept)."""
         values = np.asarray(values, dtype=np.float64)
         members = self._members
-        if members is not None and np.isfinite(values).all():  # (a NaN or Inf times 0 would spread)
+        if members is not None and np.isfinite(values).all():  # one product, one masked maximum
             combined = members[0] @ values
-        else:
+            for c in maxima:
+                combined[:, c] = np.where(members[1], values[:, c], -np.inf).max(1)
+        else:  # (a NaN or Inf times 0 would spread: added one membership at a time)
+            rows, source = self._pairs
             combined = np.zeros((len(self) - len(values), *values.shape[1:]))
-            np.add.at(combined, np.searchsorted(self.layers, self._layer_of), values)
-            if self.has_model:
-                combined[-1] = values.sum(0)
-        for c in maxima:
-            if members is not None:
-                combined[:, c] = np.where(members[1], values[:, c], 0.0).max(1, initial=0.0)
-            else:
-                top = np.zeros(len(combined))
-                np.maximum.at(top, np.searchsorted(self.layers, self._layer_of), values[:, c])
-                if self.has_model:
-                    top[-1] = max(values[:, c].max(initial=0.0), 0.0) if not np.isnan(values[:, c]).any() else np.nan
+            np.add.at(combined, rows, values[source])
+            for c in maxima:
+                top = np.full(len(combined), -np.inf)
+                np.maximum.at(top, rows, values[source, c])
                 combined[:, c] = top
         return np.concatenate([values, combined])
 

@@ -244,6 +244,7 @@ class _Backlog:
             return _CLOSE if self.closing.is_set() else None
 
     def empty(self) -> bool:
+        """Whether nothing waits (read without the lock: a hint for when to commit)."""
         return not self._items
 
     def drain(self) -> list[tuple]:
