@@ -15,7 +15,8 @@ unit of a linear layer, a token of an embedding table. Raw sums add up across
 tensors (``maxabs`` takes the max), so layer- and model-level statistics are exact
 aggregates of parameter rows, and the derived statistics (``grad_norm =
 sqrt(sumsq)``, ``grad_rms = sqrt(sumsq / numel)``, ``grad_dead_rows``, ...) are
-computed once, vectorized, at the end.
+computed once, on whole columns, at the end (:func:`stats_rows`: on the host, in
+float64, after the step's one transfer).
 
 Three ways to compute raw sums:
 
