@@ -67,7 +67,7 @@ def main() -> None:
         warnings.simplefilter("ignore")
         monitor = gs.watch(model, f"{tmp}/run", weights=False)
         for _ in range(args.steps):
-            for kind in times:
+            for kind, spent in times.items():
                 optimizer.zero_grad(set_to_none=True)
                 ((model(x) - y) ** 2).mean().backward()
                 start = time.perf_counter()
@@ -75,7 +75,7 @@ def main() -> None:
                     torch.stack(torch._foreach_norm([p.grad for p in params])).cpu()
                 else:
                     monitor.step()
-                times[kind].append(time.perf_counter() - start)
+                spent.append(time.perf_counter() - start)
                 optimizer.step()
         monitor.close()
     native._run = run
