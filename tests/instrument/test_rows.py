@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -48,7 +50,9 @@ def test_stack_host_keeps_nan_and_inf_to_the_rows_that_hold_them(dense, monkeypa
     raw = np.ones((3, 9))
     raw[0, 0] = np.inf
     raw[0, MAXABS] = np.nan
-    stacked = rows.stack_host(raw, maxima=(MAXABS,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (NumPy's 'invalid value' warning would reach the user's loop)
+        stacked = rows.stack_host(raw, maxima=(MAXABS,))
     assert np.isinf(stacked[[0, 3, 5], 0]).all() and stacked[4, 0] == 2.0
     assert np.isnan(stacked[[0, 3, 5], MAXABS]).all() and stacked[4, MAXABS] == 1.0
     assert np.isfinite(np.delete(stacked, [0, MAXABS], axis=1)).all()

@@ -153,11 +153,12 @@ class StepRows:
         else:  # (a NaN or Inf times 0 would spread: added one membership at a time)
             rows, source = self._pairs
             combined = np.zeros((len(self) - len(values), *values.shape[1:]))
-            np.add.at(combined, rows, values[source])
-            for c in maxima:
-                top = np.full(len(combined), -np.inf)
-                np.maximum.at(top, rows, values[source, c])
-                combined[:, c] = top
+            with np.errstate(invalid="ignore"):  # (a NaN is kept, as it should be, without a warning)
+                np.add.at(combined, rows, values[source])
+                for c in maxima:
+                    top = np.full(len(combined), -np.inf)
+                    np.maximum.at(top, rows, values[source, c])
+                    combined[:, c] = top
         return np.concatenate([values, combined])
 
     def names(self, param_names: Sequence[str], layer_names: Sequence[str]) -> list[tuple[str, str]]:
