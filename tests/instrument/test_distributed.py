@@ -27,7 +27,8 @@ def _spawn(target, out: Path, *args) -> None:
     """Runs ``target(rank, WORLD, init file, out, *args)`` in ``WORLD`` spawned processes; fails
     with the ranks' tracebacks when one fails or hangs."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=target, args=(rank, WORLD, str(out / "init"), str(out), *args), daemon=True)
+    procs = [ctx.Process(target=dist_workers.run_to_end, args=(target, rank, WORLD, str(out / "init"), str(out), *args),
+                         daemon=True)
              for rank in range(WORLD)]
     for p in procs:
         p.start()
