@@ -68,13 +68,21 @@ def _loss(model: nn.Module, device: str) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x), torch.arange(8, device=device) % 4)
 
 
+@pytest.mark.parametrize("joined", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
-def test_to_host_copies_every_part_in_one_transfer(device):
-    parts = [torch.arange(6.0, device=device).reshape(2, 3), None, torch.tensor(7.0, device=device),
-             torch.zeros(0, device=device)]
+def test_to_host_copies_every_part_in_one_transfer(device, joined, monkeypatch):
+    """``joined``: CPU tensors sent down the path other devices take (one ``cat``, one copy,
+    then slices), as on a GPU."""
+    if joined:
+        monkeypatch.setattr(transfer, "_all_on_cpu", lambda parts: False)
+    source = torch.arange(6.0, device=device).reshape(2, 3)
+    parts = [source, None, torch.tensor(7.0, device=device), torch.zeros(0, device=device),
+             torch.ones(2, 2, device=device).t()]
     got = to_host(parts)
-    assert [None if g is None else g.tolist() for g in got] == [[0, 1, 2, 3, 4, 5], None, [7.0], []]
+    assert [None if g is None else g.tolist() for g in got] == [[0, 1, 2, 3, 4, 5], None, [7.0], [], [1.0] * 4]
     assert all(isinstance(g, np.ndarray) for g in got if g is not None)
+    source.add_(10)  # the step's tensors may change afterwards: the host arrays are copies
+    assert got[0].tolist() == [0, 1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -99,6 +107,37 @@ def test_one_transfer_per_recorded_step_and_one_more_with_histograms(tmp_path: P
     run = gs.open_run(tmp_path / "run")
     assert run.steps() == [0, 2, 4, 6, 8, 10]
     assert sorted(set(run.frame(stat="update_ratio").step)) == [0, 6]
+
+
+def _record_run(run_dir: Path) -> gs.Run:
+    torch.manual_seed(0)
+    model = _model("cpu")
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    with gs.watch(model, run_dir, optimizer=opt, scaler=scaler, update_ratio=2, histograms=2) as mon:
+        for step in range(6):
+            loss = _loss(model, "cpu")
+            scaler.scale(loss).backward()
+            if step == 3:
+                model[3].bias.grad[0] = float("nan")  # (a skipped step: non-finite counts, the skip)
+            mon.step(loss)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    return gs.open_run(run_dir)
+
+
+def test_the_joined_transfer_records_what_the_cpu_path_records(tmp_path: Path, monkeypatch):
+    """Every part of a recorded step (raw sums, loss, loss scale, the zeroing check, update ratios,
+    the ``adam_*`` sums) down the path a GPU takes, on CPU tensors: the same store, value for value."""
+    cpu = _record_run(tmp_path / "cpu").frame()
+    monkeypatch.setattr(transfer, "_all_on_cpu", lambda parts: False)
+    joined = _record_run(tmp_path / "joined").frame()
+    key = ["step", "level", "name", "stat"]
+    cpu, joined = cpu.sort_values(key).reset_index(drop=True), joined.sort_values(key).reset_index(drop=True)
+    assert len(cpu) > 500 and {"update_ratio", "loss_scale", "skipped", "grad_nonfinite"} <= set(cpu.stat)
+    assert cpu[key].equals(joined[key])
+    np.testing.assert_array_equal(cpu.value.to_numpy(), joined.value.to_numpy())
 
 
 def _cuda_train_step(model: nn.Module, opt: torch.optim.Optimizer,

@@ -20,7 +20,7 @@ def to_host(parts: Sequence[Tensor | None]) -> list[np.ndarray | None]:
         of CPU tensors, taken without joining them), None where the part was None.
     """
     given = [p for p in parts if p is not None]
-    if all(p.device.type == "cpu" for p in given):  # (copies: the tensors may change after the step)
+    if _all_on_cpu(given):  # (copies: the tensors may change after the step)
         host = [p.detach().numpy().reshape(-1).copy() for p in given]
     else:
         flat = [p.reshape(-1) for p in given]
@@ -31,3 +31,9 @@ def to_host(parts: Sequence[Tensor | None]) -> list[np.ndarray | None]:
             start += p.numel()
     chunks = iter(host)
     return [None if p is None else next(chunks) for p in parts]
+
+
+def _all_on_cpu(parts: Sequence[Tensor]) -> bool:
+    """Whether every part is on the CPU, where they are copied one by one, not joined (a
+    function of its own so that a test can send CPU tensors down the joined path)."""
+    return all(p.device.type == "cpu" for p in parts)
