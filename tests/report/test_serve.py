@@ -20,10 +20,10 @@ import pytest
 from gradsight.cli import main
 from gradsight.report import server as server_module
 from gradsight.report.html import LAZY_RUNS
-from gradsight.report.live import ServedRuns, names_key
+from gradsight.report.live import Doctor, ServedRuns, names_key
 from gradsight.report.payload import layout_key, run_payload
 from gradsight.report.server import LiveServer
-from gradsight.store.reader import open_run
+from gradsight.store.reader import Run, open_run
 from gradsight.store.schema import DB_NAME
 from gradsight.store.view import RunView
 from tests.plots.runs import make_run
@@ -147,6 +147,40 @@ def test_findings_come_from_the_background_doctor(served_runs):
     found = _wait(findings)
     nonfinite = [f for f in found if f["code"] == "nonfinite"]
     assert nonfinite and nonfinite[0]["step"] == 11  # first seen at the last step the doctor saw
+
+
+def test_a_step_recorded_while_the_doctor_reads_is_judged_with_the_next(report_runs, monkeypatch):
+    """The doctor reads the last step, then diagnoses: a step committed in between (plain4's NaN,
+    at step 5, landing after step 4 was read) is not judged now, or its finding would be "since
+    step 4"; the run is diagnosed as it stood at the step read."""
+    served = ServedRuns(report_runs)
+    doctor = Doctor(served)
+    try:
+        live = served.get("plain4")
+        monkeypatch.setattr(Run, "last_step", lambda self: 4)
+        doctor.check(live)
+        assert doctor._judged["plain4"] == (4, "finished") and "nonfinite" not in {f["code"] for f in live.findings}
+        monkeypatch.undo()
+        doctor.check(live)
+        nonfinite = [f for f in live.findings if f["code"] == "nonfinite"]
+        assert nonfinite and nonfinite[0]["step"] == 11
+    finally:
+        for run in doctor._runs.values():  # (its thread never started: nothing to stop)
+            run.close()
+        served.close()
+
+
+def test_a_polls_step_count_stops_at_its_last_step(report_runs, monkeypatch):
+    """Steps committed between reading the new steps and counting them are not counted: the
+    page's "steps recorded" and its last step agree (they come with the next poll)."""
+    steps = Run.steps
+    monkeypatch.setattr(Run, "steps", lambda self, after=None: [s for s in steps(self, after) if s <= 8])
+    served = ServedRuns(report_runs)
+    try:
+        update = served.get("plain4").update(None)
+    finally:
+        served.close()
+    assert update["steps"][-1] == 8 and update["total_steps"] == 9
 
 
 def test_the_page_is_the_report_page_with_the_live_feed(served_runs):

@@ -213,7 +213,8 @@ class LiveRun:
             if values.shape[1]:
                 at = np.flatnonzero(written[:, 0])
                 out_lines[f"{level}:{stat}"] = {"steps": [steps[i] for i in at], "values": encode_f32(values[at, 0])}
-        out = {"steps": steps, "total_steps": run.count_steps(), "layout": self._layout_key,
+        # (counted up to the last new step read: steps recorded meanwhile come with the next poll)
+        out = {"steps": steps, "total_steps": run.count_steps(until=new[-1] if new else since), "layout": self._layout_key,
                "matrices": matrices, "written": partly, "lines": out_lines}
         events = nonfinite_events(view, level=Level.LAYER, max_events=MAX_EVENTS, steps=new)
         if len(events):
@@ -350,8 +351,8 @@ class Doctor:
             if status == "running" and time.monotonic() < self._due.get(live.key, 0.0):
                 return  # resting after a long diagnosis (a run that has ended is judged at once)
             started = time.monotonic()
-            with RunView(run) as view:
-                findings = diagnose(view)
+            with RunView(run, until=last) as view:  # (the run as it stood at `last`: steps recorded
+                findings = diagnose(view)           # meanwhile must not be found "since" an earlier one)
             self._due[live.key] = time.monotonic() + DOCTOR_REST * (time.monotonic() - started)
             self._judged[live.key] = (last, status)
             live.set_findings(findings, last)

@@ -324,9 +324,11 @@ class Run:
         run reads again only then."""
         return int(self._rows("PRAGMA data_version")[0][0])
 
-    def count_steps(self) -> int:
-        """How many steps are recorded (one small query)."""
-        return int(self._rows("SELECT count(*) FROM steps")[0][0])
+    def count_steps(self, until: int | None = None) -> int:
+        """How many steps are recorded (up to ``until``, when given; one small query)."""
+        if until is None:
+            return int(self._rows("SELECT count(*) FROM steps")[0][0])
+        return int(self._rows("SELECT count(*) FROM steps WHERE step <= ?", [int(until)])[0][0])
 
     def layout_version(self) -> tuple:
         """What changes when the run's names or statistics do: its series (a new layer or
