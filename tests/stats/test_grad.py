@@ -346,6 +346,12 @@ def test_c_kernel_reads_rows_in_parts_and_splits_them_across_threads_with_the_sa
     assert_raw_close(got, want, rtol=1e-5)
 
 
+def test_the_c_kernels_columns_are_the_raw_sums_it_fills():
+    """``_native_rows`` copies the kernel's first columns into the raw sums' first ones."""
+    k = grad_stats.DEAD_ROWS_COLUMN
+    assert native.FIELDS[:k] == RAW_FIELDS[:k] and native.FIELDS[k] == "dead_rows"
+
+
 def test_c_kernel_reads_every_float16_value_exactly():
     """Every float16 bit pattern (subnormals, -0, the largest finite, infinities, NaNs) read
     as the number it is: the sums of the finite ones equal float64 sums, and with the others

@@ -489,8 +489,8 @@ class Monitor:
                 raw_h[bad, NONFINITE] = self._dist.count_nonfinite(grads, bad)
         if not opts.weights:
             raw_h[:, W_SUMSQ] = 0.0  # (NaN, not recorded: kept out of the sums)
-        stats_h = stats_rows(rows.stack_host(raw_h, maxima=(MAXABS,)), None if inv_scale is None else 1 / float(scale_h[0]),
-                             opts.weights)
+        inv_h = None if inv_scale is None else 1 / float(scale_h[0])
+        stats_h = stats_rows(rows.stack_host(raw_h, maxima=(MAXABS,)), inv_h, opts.weights)
 
         values = [stats_h[:, self._stat_cols].reshape(-1)]
         dead = stats_h[dead_rows, _DEAD_ROWS]

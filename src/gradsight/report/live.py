@@ -214,7 +214,8 @@ class LiveRun:
                 at = np.flatnonzero(written[:, 0])
                 out_lines[f"{level}:{stat}"] = {"steps": [steps[i] for i in at], "values": encode_f32(values[at, 0])}
         # (counted up to the last new step read: steps recorded meanwhile come with the next poll)
-        out = {"steps": steps, "total_steps": run.count_steps(until=new[-1] if new else since), "layout": self._layout_key,
+        out = {"steps": steps, "total_steps": run.count_steps(until=new[-1] if new else since),
+               "layout": self._layout_key,
                "matrices": matrices, "written": partly, "lines": out_lines}
         events = nonfinite_events(view, level=Level.LAYER, max_events=MAX_EVENTS, steps=new)
         if len(events):

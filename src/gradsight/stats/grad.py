@@ -561,9 +561,9 @@ def _native_rows(grads: Sequence[Tensor], weights: Sequence[Tensor], index: list
     return out
 
 
-#: The C kernel's first four columns (:data:`native.FIELDS`) are the first four raw sums; then dead rows.
+#: The C kernel's first four columns (:data:`native.FIELDS`) are the first four raw sums
+#: (tested); then dead rows.
 DEAD_ROWS_COLUMN = native.FIELDS.index("dead_rows")
-assert native.FIELDS[:DEAD_ROWS_COLUMN] == RAW_FIELDS[:DEAD_ROWS_COLUMN]
 
 
 class _Layout:
@@ -727,7 +727,7 @@ def stats_rows(raw: np.ndarray, inv_scale: float | None = None, weights: bool = 
             np.divide(out[:, 0], out[:, 6], out=out[:, 7])
     else:
         out[:, 6:8] = np.nan
-    out[:, 8] = np.where(raw[:, ROWS] > 0, raw[:, DEAD_ROWS], np.nan)
+    out[:, 8] = dead_rows(raw)
     return out
 
 

@@ -153,7 +153,8 @@ class _Library:
             raise RuntimeError("GRADSIGHT_NATIVE=0")
         source = _SOURCE.read_bytes()
         runtime = openmp_runtime()
-        key = hashlib.sha256(source + _cpu_key().encode() + sys.version.encode() + str(runtime).encode()).hexdigest()[:20]
+        identity = source + _cpu_key().encode() + sys.version.encode() + str(runtime).encode()
+        key = hashlib.sha256(identity).hexdigest()[:20]
         suffix = ".dll" if sys.platform == "win32" else ".so"
         name = f"native-{key}{suffix}"
         places = [cache_dir() / name, _fallback_dir() / name]  # (the second where the first is not writable)
