@@ -52,7 +52,7 @@ def command(model_spec: str, input_shape: str | None, input_dtype: str | None, v
                         f"{str(exc).splitlines()[0]}") from None
     kind = "block" if (table.kind == "block").any() else "layer"
     rows = table[table.kind == kind]
-    cols = ["depth", "name", "act_mean_sq", "act_var", "branch_var", "stream_rms", "out_grad_norm",
+    cols = ["depth", "name", "act_mean_sq", "act_var", "act_saturated", "branch_var", "stream_rms", "out_grad_norm",
             "skip_grad_norm", "branch_grad_norm", "skip_branch_cos"]
     cols = [c for c in cols if rows[c].notna().any()]
     click.echo(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3e}"))

@@ -10,6 +10,14 @@ For each tracked module, on a recorded step:
   later in the model are fine): ``out_grad_norm = ||dL/dh||`` over the batch,
   ``out_grad_rms`` and ``out_grad_nonfinite``.
 
+For each bounded activation module (``nn.Tanh``, ``nn.Sigmoid``, ``nn.Softsign``,
+``nn.Hardtanh`` other than ``ReLU6``, ``nn.Hardsigmoid``) that takes a tracked layer's
+output as it is: ``act_saturated``, the fraction of its outputs where its slope is below
+:data:`SATURATED_SLOPE` of its largest (``|y| > 0.99`` for tanh; exactly at a bound for the
+hard ones), recorded on the row of that layer; :meth:`ActivationRecorder.saturation_links`
+says which activation follows which layer and which layer it feeds (Glorot & Bengio 2010
+measure saturation so).
+
 For each residual block (see :mod:`gradsight.instrument.residual`) the gradient
 reaching the block's input is split into the contribution through the skip path
 ``s`` and through the branch ``b`` by hooks on the graph nodes that consume the
@@ -58,6 +66,35 @@ from gradsight.store.schema import RowKind, Level
 
 ACT_STATS = ("act_rms", "act_mean_sq", "act_var", "out_grad_norm", "out_grad_rms", "out_grad_nonfinite")
 BLOCK_STATS = ("skip_grad_norm", "branch_grad_norm", "skip_branch_cos", "branch_var", "branch_mean_sq", "act_rms")
+#: A bounded activation's output counts as saturated where its slope is below this share of
+#: its largest slope: ``1 - y**2 < 0.02`` for tanh (``|y| > 0.98995``), ``4 y (1 - y) < 0.02``
+#: for a sigmoid; the hard ones have slope 0 exactly at their bounds.
+SATURATED_SLOPE = 0.02
+
+
+def saturation_band(module: nn.Module) -> tuple[float, float] | None:
+    """``(center, radius)``: the module's output ``y`` is saturated where ``|y - center| >=
+    radius``; None for a module that is not a bounded activation (``ReLU6``'s lower bound is a
+    ReLU's zero, which ``dead_units`` judges, so it is not one either)."""
+    s = SATURATED_SLOPE
+    if isinstance(module, nn.Tanh):
+        return 0.0, math.sqrt(1 - s)  # slope 1 - y^2
+    if isinstance(module, nn.Sigmoid):
+        return 0.5, math.sqrt(1 - s) / 2  # slope y (1 - y) = (1 - (2y - 1)^2) / 4
+    if isinstance(module, nn.Softsign):
+        return 0.0, 1 - math.sqrt(s)  # slope (1 - |y|)^2
+    if isinstance(module, nn.Hardsigmoid):
+        return 0.5, 0.5
+    if isinstance(module, nn.Hardtanh) and module.min_val < 0 < module.max_val:
+        return (module.max_val + module.min_val) / 2, (module.max_val - module.min_val) / 2
+    return None
+
+
+def saturated_count(y: Tensor, band: tuple[float, float]) -> Tensor:
+    """How many elements of ``y`` lie in the saturated band (a 0-d int64 tensor on y's device)."""
+    center, radius = band
+    y = y.detach()
+    return ((y - center).abs() if center else y.abs()).ge(radius).sum()
 
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
                   nn.GroupNorm, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
@@ -483,6 +520,13 @@ class ActivationRecorder:
         #: calls of each owner since the last :meth:`reset` (calls that build a graph)
         self.owner_calls: dict[str, int] = {}
         self._forward_seen = False
+        #: bounded activations (:func:`saturation_band`); per layer before one, this step's saturated counts
+        self.bounded = {n: band for n, m in modules.items() if (band := saturation_band(m)) is not None}
+        self._saturated: dict[str, list[tuple[_Forward, Tensor, int]]] = {}
+        self._links: dict[str, dict[str, str | None]] = {}  # layer -> the activation after it, its type, what it feeds
+        # this step's outputs, by identity (weak: an output autograd does not keep is not kept alive):
+        self._produced: dict[int, tuple[weakref.ref, str]] = {}  # id(output) -> (output, tracked layer)
+        self._bounded_out: dict[int, tuple[weakref.ref, str]] = {}  # id(activation output) -> (it, layer before)
         self.passes = BackwardPasses(model, hooks)  #: which backward passes the gradients come from
         self._call: _Forward | None = None  # the model call running now (recorded steps)
         self._call_depth = 0
@@ -492,6 +536,8 @@ class ActivationRecorder:
         hooks.attach(model, "register_forward_hook", self._call_end, self.TAG, always_call=True)
         for name in self.tracked:
             hooks.attach(modules[name], "register_forward_hook", self._make_forward(name), self.TAG)
+        for name in self.bounded:
+            hooks.attach(modules[name], "register_forward_hook", self._make_bounded(name), self.TAG)
         self._hook_blocks(self.candidates)
         for name, mod in modules.items():
             hooks.attach(mod, "register_forward_hook", self._make_discovery(name), self.TAG + "-discovery")
@@ -560,10 +606,54 @@ class ActivationRecorder:
             if not self._measuring():
                 return
             t = main_output(output)
+            if self.bounded:
+                self._link_consumer(name, args, t)
             if t is not None:
                 self._observe(name, module, t)
 
         return hook
+
+    # -- bounded activations ----------------------------------------------------------
+    def _make_bounded(self, name: str):
+        band = self.bounded[name]
+
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if not self._measuring() or not isinstance(output, Tensor) or not output.is_floating_point():
+                return
+            x = args[0] if args and isinstance(args[0], Tensor) else None
+            entry = self._produced.get(id(x)) if x is not None else None
+            if entry is None or entry[0]() is not x:  # measured only on a tracked layer's own output
+                return
+            layer = entry[1]
+            if not self.blocks_known and layer not in self._links:
+                self._links[layer] = {"activation": name, "type": type(module).__name__, "feeds": None}
+            link = self._links.get(layer)
+            if link is None or link["activation"] != name:
+                return
+            self._bounded_out[id(output)] = (weakref.ref(output), layer)
+            forward, _ = self._context()
+            self._saturated.setdefault(layer, []).append((forward, saturated_count(output, band), output.numel()))
+
+        return hook
+
+    def _link_consumer(self, name: str, args: tuple, output: Tensor | None) -> None:
+        """The layer ``name`` may take a bounded activation's output as it is (on the first recorded
+        forward: the activation feeds it), and its own output may be one's input."""
+        if not self.blocks_known:
+            x = args[0] if args and isinstance(args[0], Tensor) else None
+            entry = self._bounded_out.get(id(x)) if x is not None else None
+            if entry is not None and entry[0]() is x and self._links[entry[1]]["feeds"] is None:
+                self._links[entry[1]]["feeds"] = name
+        if output is not None:
+            self._produced[id(output)] = (weakref.ref(output), name)
+
+    def saturation_links(self) -> dict[str, dict[str, str | None]]:
+        """``layer -> {"activation", "type", "feeds"}`` for every tracked layer whose output a
+        bounded activation takes as it is (the layer whose row holds its ``act_saturated``; an
+        activation module applied after several layers is linked to each); ``feeds`` is the layer
+        that takes the activation's output as it is, or None (an output activation, a gate that
+        multiplies, a pooled or summed output). Found on the first recorded forward."""
+        return {layer: dict(link) for layer, link in self._links.items()}
 
     def _observe(self, name: str, module: nn.Module, t: Tensor) -> None:
         forward, task = self._context()
@@ -752,7 +842,8 @@ class ActivationRecorder:
     def collect(self, inv_scale: Tensor | None = None) -> tuple[list[tuple[str, str, str]], list[Tensor]]:
         """Rows gathered since the last call: ``(level, name, stat)`` keys and 0-d device tensors.
 
-        Levels: ``module`` for :data:`ACT_STATS`, ``block`` for :data:`BLOCK_STATS`. Gradients
+        Levels: ``module`` for :data:`ACT_STATS` (and ``act_saturated`` on the layers that
+        :meth:`saturation_links` names), ``block`` for :data:`BLOCK_STATS`. Gradients
         count from the backward passes that :class:`BackwardPasses` keeps; forward statistics
         from the model calls whose outputs require grad and whose gradient reached none of
         those passes (a pass it drops, or none: ``G(z).detach()``) are left out.
@@ -791,6 +882,12 @@ class ActivationRecorder:
                 keys += [(Level.MODULE, name, "out_grad_norm"), (Level.MODULE, name, "out_grad_rms"),
                          (Level.MODULE, name, "out_grad_nonfinite")]
                 values += [sumsq.sqrt(), (sumsq / max(numel, 1)).sqrt(), sum(g.nonfinite for g in grads)]
+        for layer, calls in self._saturated.items():
+            parts = [(count, n) for forward, count, n in calls if kept(forward)]
+            if parts:
+                count = sum((c for c, _ in parts[1:]), parts[0][0])
+                keys.append((Level.MODULE, layer, "act_saturated"))
+                values.append(count.double() / max(sum(n for _, n in parts), 1))
         for name in self.blocks:
             acc = self.block_acc.get(name)
             if acc is None:
@@ -838,6 +935,9 @@ class ActivationRecorder:
     def reset(self) -> None:
         self.acc.clear()
         self.block_acc.clear()
+        self._saturated.clear()
+        self._produced.clear()
+        self._bounded_out.clear()
         self._inputs.clear()
         self._claimed.clear()
         self._operands.clear()

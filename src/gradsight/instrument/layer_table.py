@@ -114,7 +114,8 @@ class LayerTable:
             return
         source, unplaced = depth_source(self._order, self._inventory.layers)
         module_kinds = self._activations.module_kinds() if self._activations is not None else {}
-        signature = (source, tuple(sorted(module_kinds.items())))
+        links = self._activations.saturation_links() if self._activations is not None else {}
+        signature = (source, tuple(sorted(module_kinds.items())), repr(sorted(links.items())))
         if signature != self._written:
             types = dict(self._inventory.layer_types)
             if self._activations is not None:
@@ -123,7 +124,8 @@ class LayerTable:
             frozen = frozen_places(inv.layers, inv.frozen_layers, types, self._order.rank)
             self._writer.write_layers(layer_rows(inv.layers, module_kinds, types, self._order.rank,
                                                  inv.layer_numel(), inv.tied_layers(), frozen, unplaced))
-            self._writer.set_meta(depth_source=source, depth_unplaced=unplaced, frozen_layers=frozen)
+            self._writer.set_meta(depth_source=source, depth_unplaced=unplaced, frozen_layers=frozen,
+                                  **({"saturation_links": links} if links else {}))
             self._written = signature
         if self._order.done and (self._activations is None or self._activations.blocks_known):
             self._order.remove()

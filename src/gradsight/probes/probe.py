@@ -22,7 +22,8 @@ from gradsight.instrument.outputs import main_output
 from gradsight.models.info import sample_input
 from gradsight.probes._state import state_restored
 
-PROBE_COLUMNS = ("name", "kind", "depth", "module_type") + ACT_STATS + tuple(s for s in BLOCK_STATS if s != "act_rms") + ("stream_rms",)
+PROBE_COLUMNS = (("name", "kind", "depth", "module_type") + ACT_STATS + ("act_saturated",)
+                 + tuple(s for s in BLOCK_STATS if s != "act_rms") + ("stream_rms",))
 
 
 def probe(
@@ -53,7 +54,9 @@ def probe(
         parameters, ``block`` for residual blocks, ``module`` otherwise) with
         columns ``name, kind, depth, module_type`` and the statistics
         ``act_rms, act_mean_sq, act_var, out_grad_norm, out_grad_rms,
-        out_grad_nonfinite`` and, for blocks (one row per residual addition, named as
+        out_grad_nonfinite``, ``act_saturated`` on a layer whose output a tanh, sigmoid or other
+        bounded activation module takes (the share of its outputs where its slope is under 2 %
+        of its largest; NaN elsewhere) and, for blocks (one row per residual addition, named as
         in ``gs.watch``), ``skip_grad_norm, branch_grad_norm, skip_branch_cos,
         branch_var`` and ``stream_rms`` (``act_rms`` of the stream before the
         addition; the ``act_*`` columns of a block row describe the owning module's
