@@ -18,6 +18,7 @@ or at 20 (faults), and writes
     python benchmarks/doctor_calibrate.py --population runs/pop --faults runs/faults
     python benchmarks/doctor_calibrate.py --unseen runs/unseen --held-out-faults runs/ho --unseen-faults runs/uf
     python benchmarks/doctor_calibrate.py --measures benchmarks/results/doctor_measures.csv  # tables only
+    python benchmarks/doctor_calibrate.py --merge --population runs/some-nets  # those runs' rows replaced
 
 The regeneration takes a few minutes once the runs exist (recording them: the two
 scripts' ``record`` commands, about an hour on two cores).
@@ -63,7 +64,9 @@ class Stat:
         log: the statistic is a log10 and the threshold a ratio (compared as log10).
         code: the finding it raises.
         margin: how far beyond the healthy extreme a threshold must sit (a factor; for a
-            log10 statistic, in decades).
+            log10 statistic, in decades; for an ``additive`` one, in its own units).
+        additive: the margin is added, not multiplied: a share whose healthy values can all
+            be 0 (a factor of 0 would set the threshold at 0).
     """
 
     column: str
@@ -72,6 +75,12 @@ class Stat:
     code: str
     log: bool = False
     margin: float = 3.0
+    additive: bool = False
+
+    @property
+    def shifted(self) -> bool:
+        """The margin is added (log10 statistics, additive ones), not multiplied."""
+        return self.log or self.additive
 
     def limit(self, th) -> float:
         value = getattr(th, self.threshold)
@@ -105,6 +114,7 @@ STATS = [
     Stat("norm_growth", "global_growth", "above", "growing_gradient_norm"),
     Stat("time_gain_min", "time_gain_low", "below", "vanishing_gradients", margin=2.0),
     Stat("time_growth_log10_max", "time_explode", "above", "exploding_gradients", log=True, margin=1.0),
+    Stat("saturated_max", "saturated", "above", "vanishing_gradients", margin=0.2, additive=True),
 ]
 
 
@@ -209,9 +219,9 @@ def fit(healthy: pd.DataFrame, stat: Stat) -> float:
         return math.nan
     if stat.sick_when == "above":
         extreme = float(values.max())
-        return extreme + stat.margin if stat.log else extreme * stat.margin
+        return extreme + stat.margin if stat.shifted else extreme * stat.margin
     extreme = float(values.min())
-    return extreme - stat.margin if stat.log else extreme / stat.margin
+    return extreme - stat.margin if stat.shifted else extreme / stat.margin
 
 
 def cross_validation(healthy: pd.DataFrame, th) -> pd.DataFrame:
@@ -221,7 +231,7 @@ def cross_validation(healthy: pd.DataFrame, th) -> pd.DataFrame:
     for stat in STATS:
         used = stat.limit(th)
         row = {"statistic": stat.column, "finding": stat.code, "threshold": stat.threshold, "sick when": stat.sick_when,
-               "in use": used, "healthy extreme": fit(healthy, Stat(**{**stat.__dict__, "margin": 0 if stat.log else 1}))}
+               "in use": used, "healthy extreme": fit(healthy, Stat(**{**stat.__dict__, "margin": 0 if stat.shifted else 1}))}
         for h in (0, 1):
             train = healthy[healthy["family"].map(half_of) == h]
             test = healthy[healthy["family"].map(half_of) != h]
@@ -286,7 +296,7 @@ def confusion(healthy: pd.DataFrame, faults: pd.DataFrame) -> pd.DataFrame:
 
 #: The statistics set side by side for a missed pair and its healthy network.
 SIDE_BY_SIDE = ("grad_depth_log10_min", "grad_depth_log10_max", "grad_size", "forward_log10_layer",
-                "weight_growth_max", "update_max", "time_gain_min")
+                "weight_growth_max", "update_max", "time_gain_min", "saturated_max")
 
 
 def missed_against_healthy(healthy: pd.DataFrame, faults: pd.DataFrame) -> pd.DataFrame:
@@ -492,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs of the faults on the networks kept out (doctor_faults.py record --unseen)")
     parser.add_argument("--measures", type=Path, default=RESULTS / "doctor_measures.csv",
                         help="the statistics table (written when runs are given, read otherwise)")
+    parser.add_argument("--merge", action="store_true",
+                        help="the runs given are a subset: their rows replace the same runs' rows in the statistics "
+                             "table, the other rows of their kinds are kept (default: a kind given is measured anew)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where the tables and figures go")
     args = parser.parse_args(argv)
     import gradsight as gs
@@ -504,9 +517,14 @@ def main(argv: list[str] | None = None) -> int:
         for kind, (runs, checkpoints) in given.items():
             if runs:
                 rows += measure_runs(runs, kind, checkpoints)
-        if args.measures.exists():  # keep the kinds not measured now
+        if args.measures.exists():  # keep the kinds not measured now (with --merge, the runs not measured now)
             old = pd.read_csv(args.measures)
-            rows = old[old["kind"].isin([k for k, (runs, _) in given.items() if not runs])].to_dict("records") + rows
+            if args.merge:
+                now = {(r["kind"], r["name"]) for r in rows}
+                keep = [(k, n) not in now for k, n in zip(old["kind"], old["name"])]
+            else:
+                keep = old["kind"].isin([k for k, (runs, _) in given.items() if not runs])
+            rows = old[keep].to_dict("records") + rows
         args.measures.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_csv(args.measures, index=False)
     df = pd.read_csv(args.measures)

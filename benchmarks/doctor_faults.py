@@ -762,10 +762,15 @@ _ZERO_INIT_PLAIN = ("timm initializes each block's last BatchNorm scale at zero 
 _POST_ADD_SIGMOID = ("a ResNet v1 block applies its activation after the addition, so the skip path itself passes "
                      "every sigmoid (slope at most 1/4); with the branch zero-initialized (zero_init_last) nothing "
                      "else carries the gradient at first (He et al. 2016b on the activation after the addition)")
+#: The tanh MLP with weights x10 recorded with activations is not revised: its run records
+#: ``act_saturated`` (since it exists), 61-65 % of each tanh's outputs saturated from step 0,
+#: the mechanism the expectation was decided from (Glorot & Bengio 2010), and the doctor reports
+#: it as such; recorded without activations it shows only the growth.
 REVISED: dict[tuple[str, str], tuple[frozenset[str], str]] = {
     **{(fault, net): (_codes("exploding_gradients"), _CHAOTIC)
        for fault in ("init_scale_up", "init_scale_up_grads_only")
-       for net in ("mlp_tanh", "lstm_lm", "gru_classifier", "rnn_tanh")},
+       for net in ("mlp_tanh", "lstm_lm", "gru_classifier", "rnn_tanh")
+       if (fault, net) != ("init_scale_up", "mlp_tanh")},
     **{("removed_skips", net): (_codes(SILENT), _BN_PLAIN)
        for net in ("tv_resnet18", "zoo_resnet56", "tv_mobilenet_v3_small", "tv_resnet50")},
     **{("saturating_activation", net): (_codes(SILENT), _BN_SIGMOID)

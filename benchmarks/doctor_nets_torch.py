@@ -634,6 +634,99 @@ def _resmlp_layernorm() -> Training:
     return _classification(ResMLP(), (64,), _adam, batch=16)
 
 
+# -- bounded activations (tanh, sigmoid) as their users initialize them ---------------------
+
+def _ppo_policy_tanh() -> Training:
+    """CleanRL's PPO actor for an 8-dimensional observation and 4 actions: two tanh layers of
+    width 64, orthogonal weights (gain sqrt(2), 0.01 for the last), zero biases, Adam 2.5e-4 with
+    eps 1e-5; a cross-entropy on random observations and actions stands in for the policy loss."""
+    model = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4))
+    for layer, gain in zip(model[::2], (2 ** 0.5, 2 ** 0.5, 0.01)):
+        nn.init.orthogonal_(layer.weight, gain)
+        nn.init.zeros_(layer.bias)
+
+    def batch(gen: torch.Generator) -> Batch:
+        return torch.randn(64, 8, generator=gen), torch.randint(0, 4, (64,), generator=gen)
+
+    return Training(model, torch.optim.Adam(model.parameters(), lr=2.5e-4, eps=1e-5), batch, _cross_entropy, steps=100)
+
+
+class MakemoreMLP(nn.Module):
+    """The makemore MLP (Karpathy, "Activations & Gradients, BatchNorm"): an embedding of a
+    3-byte context, then five blocks Linear (no bias) -> BatchNorm1d -> tanh of width 100, a
+    linear head; weights N(0, 1) scaled by 5/3 / sqrt(fan_in) (the tanh gain), the head x0.1."""
+
+    def __init__(self, vocab: int = 256, context: int = 3, embed: int = 10, width: int = 100, blocks: int = 5):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        layers: list[nn.Module] = []
+        fan_in = context * embed
+        for _ in range(blocks):
+            layers += [nn.Linear(fan_in, width, bias=False), nn.BatchNorm1d(width), nn.Tanh()]
+            fan_in = width
+        self.blocks = nn.Sequential(*layers)
+        self.head = nn.Linear(width, vocab)
+        with torch.no_grad():
+            for m in self.blocks:
+                if isinstance(m, nn.Linear):
+                    m.weight.normal_().mul_(5 / 3 / m.in_features ** 0.5)
+            self.head.weight.mul_(0.1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.embed(x).flatten(1)))
+
+
+def _real_makemore_tanh() -> Training:
+    """The makemore MLP predicting the next byte of the standard library from the 3 before it,
+    SGD lr 0.1 on batches of 32 (the lecture's recipe)."""
+    stream = _pystdlib()
+
+    def batch(gen: torch.Generator) -> Batch:
+        start = torch.randint(0, stream.numel() - 4, (32,), generator=gen)
+        window = stream[start[:, None] + torch.arange(4)].long()
+        return window[:, :3], window[:, 3]
+
+    model = MakemoreMLP()
+    return Training(model, torch.optim.SGD(model.parameters(), lr=0.1), batch, _cross_entropy, steps=100)
+
+
+class LeNet5(nn.Module):
+    """LeCun et al. 1998's LeNet-5 as usually written: tanh after each convolution and hidden
+    linear layer, average pooling, PyTorch's default init."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
+                                      nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(),
+                                        nn.Linear(84, 10))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+def _real_lenet5_tanh() -> Training:
+    model = LeNet5()
+    return Training(model, _adam(model.parameters()), _real_images("mnist5k", batch=16), _cross_entropy, steps=100)
+
+
+def _real_mlp_sigmoid() -> Training:
+    """Two sigmoid layers of width 128 on flattened digits, PyTorch's default init, Adam."""
+    model = _mlp([784, 128, 128, 10], nn.Sigmoid)
+    return Training(model, _adam(model.parameters()), _real_images("mnist5k", batch=16),
+                    lambda m, x, y: F.cross_entropy(m(x.flatten(1)), y), steps=100)
+
+
+def _mlp_tanh_xavier() -> Training:
+    """Six tanh layers of width 128, Xavier/Glorot-normal weights with the tanh gain 5/3, Adam."""
+    model = _mlp([64] + [128] * 6 + [10], nn.Tanh)
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight, gain=nn.init.calculate_gain("tanh"))
+            nn.init.zeros_(m.bias)
+    return _classification(model, (64,), _adam, batch=16)
+
+
 # -- gradsight's zoo --------------------------------------------------------------------
 
 def _zoo(name: str, optimizer: Callable[..., torch.optim.Optimizer], shape: tuple[int, ...] = (3, 32, 32),
@@ -668,7 +761,8 @@ NETS: list[Net] = [
     Net("tv_mobilenet_v2", "mobilenet", "torchvision", _tv("mobilenet_v2", _adam, size=64)),
     Net("tv_efficientnet_b0", "efficientnet", "torchvision", _tv("efficientnet_b0", _adamw, size=64)),
     Net("tv_regnet_x_400mf", "regnet", "torchvision", _tv("regnet_x_400mf", _sgd_scaled(8, 5e-5, base=0.01), size=64)),
-    Net("tv_regnet_y_400mf", "regnet", "torchvision", _tv("regnet_y_400mf", _sgd_scaled(8, 5e-5), size=64)),
+    Net("tv_regnet_y_400mf", "regnet", "torchvision", _tv("regnet_y_400mf", _sgd_scaled(8, 5e-5, base=0.01), size=64),
+        note="SGD 0.01 per 256 samples, as RegNetX: at 0.1 per 256 its loss ended 2.4x its start when recorded again"),
     Net("tv_shufflenet_v2_x0_5", "shufflenet", "torchvision", _tv("shufflenet_v2_x0_5", _adam, size=64)),
     Net("tv_squeezenet1_1", "squeezenet", "torchvision",
         _tv("squeezenet1_1", lambda params: torch.optim.Adam(params, lr=1e-4), size=64),
@@ -728,4 +822,15 @@ NETS: list[Net] = [
         note="nanoGPT-style, 4 layers of width 64, 32-byte windows"),
     Net("real_pystdlib_zoo_gpt_preln", "gpt", "gradsight", _real_zoo_gpt, data="pystdlib",
         note="the zoo's pre-LN GPT, 4 blocks of width 64, 32-byte windows"),
+    # bounded activations in hidden layers, as their users initialize them
+    Net("ppo_policy_tanh", "rl_policy", "torch", _ppo_policy_tanh,
+        note="CleanRL's PPO actor: 2 tanh layers of width 64, orthogonal init (gain sqrt(2))"),
+    Net("mlp_tanh_xavier", "mlp", "torch", _mlp_tanh_xavier,
+        note="6 tanh layers of width 128, Xavier-normal init with the tanh gain 5/3"),
+    Net("real_pystdlib_makemore_tanh", "makemore", "torch", _real_makemore_tanh, data="pystdlib",
+        note="the makemore MLP: 5 x (Linear, BatchNorm1d, tanh) of width 100, next byte from 3, SGD 0.1"),
+    Net("real_mnist5k_lenet5_tanh", "lenet", "torch", _real_lenet5_tanh, data="mnist5k",
+        note="LeNet-5 with tanh and average pooling"),
+    Net("real_mnist5k_mlp_sigmoid", "mlp_sigmoid", "torch", _real_mlp_sigmoid, data="mnist5k",
+        note="2 sigmoid layers of width 128 on flattened digits, default init, Adam"),
 ]

@@ -643,6 +643,96 @@ def time_gains(view: RunView) -> list[_TimeGain]:
     return found
 
 
+def _saturation_shares(view: RunView) -> tuple[pd.Series, pd.Series, list[int]] | None:
+    """``act_saturated`` of the hidden bounded activations (``meta.saturation_links`` with a
+    ``feeds``): per layer before one, its value at the first recorded step and its median over
+    the window, and the window's steps; None where the run holds none."""
+    def compute() -> tuple[pd.Series, pd.Series, list[int]] | None:
+        links = view.meta.get("saturation_links") or {}
+        table = _table(view, Level.MODULE, "act_saturated")
+        cols = [c for c in table.columns if (links.get(c) or {}).get("feeds")]
+        if not cols:
+            return None
+        table = table[cols].dropna(how="all")
+        window = _window(view, table)
+        return table.bfill().iloc[0], window.median(), [int(s) for s in window.index]
+    return _memo(view, ("saturation_shares",), compute)
+
+
+def saturated_layers(view: RunView) -> tuple[dict[str, float], list[int]]:
+    """Hidden bounded activations saturated from the start: for every layer whose output a tanh,
+    sigmoid, softsign, hardtanh or hardsigmoid module takes as it is, where that activation's
+    output is in turn a layer's input (``meta.saturation_links``: not an output activation, not
+    a gate that multiplies), the share of the activation's outputs where its slope is under 2 %
+    of its largest (``act_saturated``), the smaller of its value at the first recorded step and
+    its median over the window; and the window's steps. Saturation that training brings about
+    later is not counted here (:func:`_late_saturation` tells it): a generator's output tanh
+    watched together with its discriminator saturates where its data sit at -1 and 1, by
+    design. Runs recorded without activations, or before the statistic existed, give nothing."""
+    shares = _saturation_shares(view)
+    if shares is None:
+        return {}, []
+    first, medians, steps = shares
+    judged = {c: min(float(first[c]), float(medians[c])) for c in first.index}
+    return {c: v for c, v in judged.items() if math.isfinite(v)}, steps
+
+
+def _late_saturation(view: RunView, th: Thresholds) -> list[Finding]:
+    """``saturated_units`` (info): hidden bounded activations not saturated at the first recorded
+    step whose window median is above ``saturated``: training drove them there."""
+    shares = _saturation_shares(view)
+    if shares is None:
+        return []
+    first, medians, steps = shares
+    late = {c: float(medians[c]) for c in first.index if medians[c] > th.saturated and first[c] <= th.saturated}
+    if not late:
+        return []
+    links = view.meta["saturation_links"]
+    worst = max(late, key=late.__getitem__)
+    return [Finding(
+        "saturated_units", "info",
+        f"{late[worst]:.0%} of the outputs of the {links[worst]['type']} '{display_name(links[worst]['activation'])}' "
+        f"(after '{display_name(worst)}') sit where its slope is under 2 % of its largest {_when(steps)} "
+        f"(median; {float(first[worst]):.0%} at step {int(view.steps[0])}; {len(late)} hidden bounded activation(s) "
+        "saturated by training). Those units pass almost no gradient back. Where the targets sit at the "
+        "activation's bounds (a generator's output) that is by design; otherwise a learning rate too high may be "
+        "driving their inputs far from 0.",
+        layers=[links[c]["activation"] for c in late] + list(late), steps=steps[:50],
+        measured={"saturated_frac": late[worst], "saturated_frac_first": float(first[worst])})]
+
+
+def saturation(view: RunView, th: Thresholds) -> list[Finding]:
+    """``vanishing_gradients`` through saturated units: a hidden bounded activation with more
+    than ``saturated`` of its outputs where its slope is under 2 % of its largest, from the
+    first recorded step on (:func:`saturated_layers`). Glorot & Bengio (2010) trace the failure
+    of deep tanh and sigmoid networks to such saturation; in the chaotic phase (weights far too
+    large, Poole et al. 2016) the depth profile of the gradient can look flat or even grow while
+    most units pass nothing back, so no depth ratio shows it."""
+    shares, steps = saturated_layers(view)
+    sick = {layer: v for layer, v in shares.items() if v > th.saturated}
+    if not sick:
+        return _late_saturation(view, th)
+    links = view.meta.get("saturation_links") or {}
+    order = {n: i for i, n in enumerate(view.layer_order)}
+    layers = sorted(sick, key=lambda n: order.get(n, len(order)))
+    worst = max(layers, key=sick.__getitem__)
+    link = links[worst]
+    shown = few([f"'{display_name(links[n]['activation'])}' {sick[n]:.0%}" for n in layers], 4)
+    first = int(view.steps[0])
+    return [Finding(
+        "vanishing_gradients", "warning",
+        f"Saturated activations: {sick[worst]:.0%} of the outputs of the {link['type']} "
+        f"'{display_name(link['activation'])}' (after '{display_name(worst)}') sit where its slope is under 2 % of "
+        f"its largest (|y| > 0.99 for a tanh), from step {first} and still {_when(steps)} (median); "
+        f"{len(layers)} of the network's {len(shares)} hidden bounded activations are above {th.saturated:.0%} "
+        f"({shown}). Those units pass almost no gradient back, so the layers before them learn only through the "
+        "few left, however the layers' total gradients compare. Their inputs are far from 0: initialize the "
+        "weights smaller (Xavier/Glorot, gain 5/3 for tanh), normalize the inputs, or put a normalization layer "
+        "before the activation.",
+        layers=[links[n]["activation"] for n in layers] + layers, steps=steps[:50],
+        measured={"saturated_frac": sick[worst], "saturated_activations": float(len(layers))})]
+
+
 def through_time(view: RunView, th: Thresholds) -> list[Finding]:
     """``vanishing_gradients`` / ``exploding_gradients`` through time in recurrent modules:
     the gain per step (:func:`time_gains`) below ``time_gain_low``, or a growth over the
@@ -1648,7 +1738,8 @@ def _precision_headroom(view: RunView, th: Thresholds) -> list[Finding]:
         layers=layers, steps=[int(x) for x in model.index[:50]], measured=measured)]
 
 
-RULES = (nonfinite, gradients_not_zeroed, trained_in_eval_mode, not_updated, clipped_gradients, gradient_cut, gradient_scale, through_time, forward_signal, dead_units,
+RULES = (nonfinite, gradients_not_zeroed, trained_in_eval_mode, not_updated, clipped_gradients, gradient_cut,
+         gradient_scale, through_time, saturation, forward_signal, dead_units,
          missing_gradients, update_ratios, residual_branches, precision_headroom)
 
 
@@ -1799,7 +1890,8 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     ``plain_fade_log10``: :func:`plain_chain_fade`, against ``plain_vanish``; ``time_gain_min`` /
     ``time_growth_log10_max``: the smallest gain per step of a recurrent module's gradient
     through time and the largest log10 growth over its sequence (:func:`time_gains`), against
-    ``time_gain_low`` / ``time_explode``."""
+    ``time_gain_low`` / ``time_explode``; ``saturated_max``: the most saturated hidden bounded
+    activation (:func:`saturated_layers`), against ``saturated``."""
     th = th or Thresholds()
     nan = math.nan
     out: dict[str, float] = {}
@@ -1842,5 +1934,7 @@ def measure(view: RunView, th: Thresholds | None = None) -> dict[str, float]:
     gains = time_gains(view)
     out["time_gain_min"] = min((g.gain for g in gains), default=nan)
     out["time_growth_log10_max"] = max((g.log10_total for g in gains), default=nan)
+    shares, _steps = saturated_layers(view)
+    out["saturated_max"] = max(shares.values(), default=nan)
     out["steps"] = float(len(view.steps))
     return out

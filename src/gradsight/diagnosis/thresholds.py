@@ -71,6 +71,17 @@ class Thresholds:
     #: healthy network's grows at all; every weight x10 in an LSTM, a GRU or a tanh RNN puts
     #: the gain per step at 1.1-1.6, 45-2e3 times over 16-32 steps).
     time_explode: float = 10.0
+    #: Saturation (:func:`~gradsight.diagnosis.rules.saturation`): a hidden tanh, sigmoid,
+    #: softsign, hardtanh or hardsigmoid module with more than this share of its outputs where
+    #: its slope is under 2 % of its largest, at the first recorded step and over the window.
+    #: Glorot & Bengio 2010 (sec. 3) saw deep sigmoid networks fail by saturation. The
+    #: population's healthy hidden bounded activations (tanh MLPs at PyTorch's default and
+    #: Xavier init, CleanRL's PPO actor, the makemore MLP, LeNet-5, a sigmoid MLP on digits,
+    #: MaxViT's head) reach 0.052 at most; every weight x10 in a tanh MLP gives 0.65, a
+    #: chaotic phase whose gradient depth profile grows toward the input. The healthy
+    #: maximum plus 0.2 (a share: as a factor, a half of the families whose networks never
+    #: saturate would set it at 0).
+    saturated: float = 0.25
     #: A layer whose gradient RMS is below this is not judged for small updates (Adam's
     #: update of an element whose gradient is under its ``eps`` = 1e-8 is small by design:
     #: a branch behind a LayerScale of 1e-6).
