@@ -114,3 +114,38 @@ def test_saturation_that_training_brings_is_info(tmp_path):
     (late,) = [f for f in findings if f.code == "saturated_units"]
     assert str(late.severity) == "info" and late.measured["saturated_frac"] > 0.5
     assert measure(view)["saturated_max"] < 0.05
+
+
+class _Makemore(nn.Module):
+    """The character MLP of Karpathy's makemore lecture on activations (part 3): a 27 x 10 embedding of
+    3 characters, W1 (30 x 200) and b1 drawn from N(0, 1), tanh, W2 scaled by 0.01 (its fix of the initial
+    loss). The lecture then shows most of the tanh outputs at +-1 and fixes it by scaling W1 (0.2, then
+    Kaiming's 5/3 / sqrt(fan_in)) and b1 (0.01)."""
+
+    def __init__(self, w1_scale: float) -> None:
+        super().__init__()
+        self.embed, self.l1, self.act, self.l2 = nn.Embedding(27, 10), nn.Linear(30, 200), nn.Tanh(), nn.Linear(200, 27)
+        with torch.no_grad():
+            for p in (self.embed.weight, self.l1.weight, self.l1.bias, self.l2.weight):
+                nn.init.normal_(p)
+            self.l1.weight.mul_(w1_scale)
+            self.l1.bias.mul_(1.0 if w1_scale == 1.0 else 0.01)
+            self.l2.weight.mul_(0.01)
+            self.l2.bias.zero_()
+
+    def forward(self, x):
+        return self.l2(self.act(self.l1(self.embed(x).flatten(1))))
+
+
+def test_makemore_before_and_after_the_lectures_fix(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 27, (32, 3), generator=gen), torch.randint(0, 27, (32,), generator=gen)
+    verdicts = {}
+    for scale in (1.0, 0.2, 5 / 3 / 30 ** 0.5):
+        torch.manual_seed(0)
+        findings = gs.checkup(_Makemore(scale), inputs=x, targets=y, loss_fn=F.cross_entropy, steps=20)
+        verdicts[scale] = [f for f in findings if str(f.severity) != "info"]
+    (before,) = verdicts[1.0]
+    assert before.code == "vanishing_gradients" and before.message.startswith("Saturated activations")
+    assert before.measured["saturated_frac"] > 0.5 and before.layers == ["act", "l1"]
+    assert verdicts[0.2] == [] and verdicts[5 / 3 / 30 ** 0.5] == []
