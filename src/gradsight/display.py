@@ -118,6 +118,16 @@ def _shared_prefix(names: Sequence[str]) -> str:
     return ".".join(common) + "." if common else ""
 
 
+#: Statistics that are a share of a whole (0 to 1) where 0 is a value, not a missing one: drawn
+#: on a linear scale (a log scale would show their zeros as nothing recorded).
+SHARE_STATS = frozenset({"grad_zero_frac", "act_saturated", "adam_eps_frac"})
+
+
+def is_share(stat: str) -> bool:
+    """Whether ``stat`` is a share of a whole (:data:`SHARE_STATS`, the ``<format>_underflow`` shares)."""
+    return stat in SHARE_STATS or stat.endswith("_underflow")
+
+
 # -- colours -------------------------------------------------------------------------------
 
 #: Sequential colour map for magnitudes (gradient norms, ratios).

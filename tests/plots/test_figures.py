@@ -81,6 +81,28 @@ def test_heatmap_cells_are_the_layer_by_step_values_on_a_log_scale(nan_run):
     assert [t.get_text() for t in ax.get_yticklabels()] == LAYERS4
 
 
+def test_heatmap_of_a_share_draws_its_zeros(tmp_path):
+    """``act_saturated`` is a share: 0 is a value (no unit saturated), drawn as the scale's low end
+    on a linear 0..1 scale, not greyed out as nothing recorded."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Tanh(),
+                                torch.nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].weight.mul_(30)  # the first tanh saturates, the second does not
+    with gs.watch(model, tmp_path / "run", activations=True) as mon:
+        for _ in range(3):
+            model(torch.randn(16, 8)).sum().backward()
+            mon.step()
+    ax = plots.heatmap(tmp_path / "run", "act_saturated", level="module").axes[0]
+    image = ax.get_images()[0]
+    shown = np.ma.filled(image.get_array().astype(float), np.nan)
+    want = gs.store.view.RunView(tmp_path / "run").matrix("module", "act_saturated")[["0", "2"]].T.to_numpy()
+    np.testing.assert_allclose(shown, want, rtol=1e-6)
+    assert (want[0] > 0.5).all() and (want[1] == 0).all()  # the case is what it says
+    assert not isinstance(image.norm, LogNorm) and (image.norm.vmin, image.norm.vmax) == (0.0, 1.0)
+    assert "share" in ax.figure.axes[-1].get_ylabel()
+
+
 def test_heatmap_crosses_the_nan_cell(nan_run):
     ax = plots.heatmap(nan_run).axes[0]
     (cross,) = _nonfinite_markers(ax)

@@ -296,3 +296,46 @@ def test_a_page_of_many_runs_draws_the_charts_near_the_view(browser_page, tmp_pa
         assert opened.console_errors == [] and opened.dialogs == []
     finally:
         page.close()
+
+
+def test_a_share_is_drawn_from_0_to_1_with_its_zeros(browser_page, tmp_path):
+    """``act_saturated`` (a share): a linear colour bar from 0 to 1, and a layer with no unit
+    saturated drawn in the scale's low colour, not in the grey of a missing cell."""
+    import torch
+
+    import gradsight as gs
+    from gradsight.display import MISSING_COLOR, lut
+    from gradsight.report import write_report
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Tanh(),
+                                torch.nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].weight.mul_(30)  # the first tanh saturates, the second does not
+    with gs.watch(model, tmp_path / "runs" / "tanh", activations=True) as mon:
+        for _ in range(4):
+            model(torch.randn(16, 8)).sum().backward()
+            mon.step()
+    html = write_report([tmp_path / "runs" / "tanh"], tmp_path / "report.html")
+    page = browser_page.page.context.new_page()
+    try:
+        page.goto(html.resolve().as_uri())
+        page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=30_000)
+        page.select_option("#run-0 select.stat", "module:act_saturated")
+        canvas = page.locator("#run-0 [data-chart=heatmap] canvas")
+        assert canvas.get_attribute("data-colorbar-ticks").split() == ["0", "0.25", "0.5", "0.75", "1"]
+        assert int(canvas.get_attribute("data-rows")) == 3  # layers '0', '2' and the head '4' (no tanh after it)
+
+        def colour(row: int) -> str:  # at the middle of a row, in the middle step
+            rgb = canvas.evaluate("""(cv, row) => {
+                const box = cv.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
+                const x = Math.round((170 + (box.width - 170 - 86) / 2) * dpr);
+                const y = Math.round((8 + (row + 0.5) * (cv.height / dpr - 48) / 3) * dpr);
+                return Array.from(cv.getContext('2d').getImageData(x, y, 1, 1).data.slice(0, 3)); }""", row)
+            return "#" + "".join(f"{c:02x}" for c in rgb)
+
+        assert colour(1) == lut()[0]  # layer '2': 0, the scale's low end
+        assert colour(2) == MISSING_COLOR  # the head: nothing recorded
+        assert colour(0) not in (lut()[0], MISSING_COLOR)  # layer '0': saturated
+    finally:
+        page.close()

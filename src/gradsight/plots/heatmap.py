@@ -1,14 +1,15 @@
-"""Layer x step heatmap: how gradient flow evolves over training, on a log colour scale."""
+"""Layer x step heatmap: how gradient flow evolves over training, on a log colour scale (shares
+such as ``act_saturated`` on a linear one from 0 to 1)."""
 
 from __future__ import annotations
 
 import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import LogNorm
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
-from gradsight.display import CMAP, MISSING_COLOR, NONFINITE_COLOR, plural
+from gradsight.display import CMAP, MISSING_COLOR, NONFINITE_COLOR, is_share, plural
 from gradsight.plots._figure import layer_ticks, new_axes, no_data, step_ticks, styled
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
@@ -57,7 +58,8 @@ def heatmap(
         max_labels: at most this many layer names on the y axis.
 
     Returns:
-        The figure. Grey cells: nothing recorded (or zero); red: non-finite values;
+        The figure. Grey cells: nothing recorded (or zero, on the log scale; a share
+        (:func:`~gradsight.display.is_share`) is drawn from 0 to 1 with 0 a colour); red: non-finite values;
         red crosses: layers whose gradient had NaN/Inf elements at a step (found over
         all steps, drawn at the nearest displayed column).
     """
@@ -78,8 +80,13 @@ def heatmap(
     if hi <= lo:
         lo, hi = lo / 10, hi * 10
     cm = matplotlib.colormaps[cmap].with_extremes(bad=MISSING_COLOR, under=matplotlib.colormaps[cmap](0.0))
-    shown = positive(values)
-    im = ax.imshow(shown, aspect="auto", cmap=cm, norm=LogNorm(lo, hi), interpolation="nearest")
+    share = is_share(stat)
+    if share:
+        shown = np.ma.masked_invalid(values)
+        norm = Normalize(0.0 if vmin is None else vmin, 1.0 if vmax is None else vmax)
+    else:
+        shown, norm = positive(values), LogNorm(lo, hi)
+    im = ax.imshow(shown, aspect="auto", cmap=cm, norm=norm, interpolation="nearest")
     inf_mask = np.isinf(values)
     if inf_mask.any():
         rgba = np.zeros((*values.shape, 4))
@@ -102,5 +109,5 @@ def heatmap(
     ax.set_ylabel(f"{role_label(role)} (forward order)")
     ax.grid(False)
     cb = fig.colorbar(im, ax=ax, pad=0.01, fraction=0.04, extend="neither")
-    cb.set_label(f"{stat} (log scale)")
+    cb.set_label(f"{stat} (share)" if share else f"{stat} (log scale)")
     return fig

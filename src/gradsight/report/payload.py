@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from gradsight.diagnosis import diagnose
-from gradsight.display import fmt_value, short_labels, summary_rows
+from gradsight.display import fmt_value, is_share, short_labels, summary_rows
 from gradsight.plots.flow import OVERLAID_STEPS
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
@@ -92,9 +92,11 @@ def layout_key(view: RunView) -> int:
 
 
 def _encode_matrices(matrices: dict[tuple[str, str], pd.DataFrame]) -> dict[str, dict[str, Any]]:
-    """``level:stat`` -> {level, stat, data}: ``data`` is the steps x names table transposed,
-    one row per name (the page draws layers as rows)."""
-    return {f"{level}:{stat}": {"level": level, "stat": stat, "data": encode_f32(m.to_numpy().T)}
+    """``level:stat`` -> {level, stat, data[, share]}: ``data`` is the steps x names table
+    transposed, one row per name (the page draws layers as rows); ``share`` marks a share of a
+    whole (:func:`~gradsight.display.is_share`), drawn from 0 to 1 with 0 a value."""
+    return {f"{level}:{stat}": {"level": level, "stat": stat, "data": encode_f32(m.to_numpy().T),
+                                **({"share": True} if is_share(stat) else {})}
             for (level, stat), m in matrices.items()}
 
 

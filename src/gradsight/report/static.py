@@ -323,13 +323,15 @@ JS = r"""
 
   // ---------------------------------------------------------------- heatmap
   // spec: {title, rows (names, shown in full on hover), rowLabels (their axis labels), cols (steps),
-  //        data (Float32Array rows*cols), markers: [[row, col]], stat}
+  //        data (Float32Array rows*cols), markers: [[row, col]], stat, share (a share of a whole:
+  //        a linear scale from 0 to 1, 0 a value, not a missing cell)}
   function heatmapChart(container, spec) {
     container.textContent = "";
     if (spec.title) div("title", container, spec.title);
     var rows = spec.rows.length, cols = spec.cols.length, data = spec.data;
     var lo = Infinity, hi = -Infinity;
     for (var k = 0; k < data.length; k++) { var v = data[k]; if (v > 0 && Number.isFinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; } }
+    if (spec.share) { lo = 0; hi = 1; }
     var W = Math.max(360, container.clientWidth || 860);
     var M = { l: 170, r: 86, t: 8, b: 40 };
     var ph = Math.min(900, Math.max(140, rows * 12)), H = ph + M.t + M.b, pw = W - M.l - M.r;
@@ -347,15 +349,15 @@ JS = r"""
       ctx.fillStyle = "#666"; ctx.font = "12px sans-serif"; ctx.fillText(spec.empty || "no data", W / 2 - 30, H / 2);
       return cv;
     }
-    if (hi <= lo * 1.0001) { lo /= 3; hi *= 3; }
+    if (!spec.share && hi <= lo * 1.0001) { lo /= 3; hi *= 3; }
     var llo = Math.log10(lo), lhi = Math.log10(hi);
-    function frac(v) { return (Math.log10(v) - llo) / (lhi - llo); }
+    function frac(v) { return spec.share ? v : (Math.log10(v) - llo) / (lhi - llo); }
     var img = ctx.createImageData(cols, rows), px = img.data;
     function hex(c) { return [parseInt(c.slice(1, 3), 16), parseInt(c.slice(3, 5), 16), parseInt(c.slice(5, 7), 16)]; }
     var lutRGB = LUT.map(hex), bad = hex(NONFINITE), miss = hex(MISSING);
     for (var r = 0; r < rows; r++) for (var c = 0; c < cols; c++) {
       var val = data[r * cols + c], rgb;
-      if (Number.isNaN(val) || val === 0) rgb = miss;
+      if (Number.isNaN(val) || (val === 0 && !spec.share)) rgb = miss;
       else if (!Number.isFinite(val)) rgb = bad;
       else rgb = lutRGB[Math.max(0, Math.min(255, Math.round(frac(val) * 255)))];
       var o = (r * cols + c) * 4;
@@ -389,7 +391,7 @@ JS = r"""
     var bx = W - M.r + 12, bw = 12;
     for (var y2 = 0; y2 < ph; y2++) { ctx.fillStyle = lutColor(1 - y2 / ph); ctx.fillRect(bx, M.t + y2, bw, 1.5); }
     ctx.textAlign = "left"; ctx.textBaseline = "middle"; ctx.fillStyle = "#3b434b";
-    var bt = logTicks(lo, hi), btl = tickLabels(bt);
+    var bt = spec.share ? [0, 0.25, 0.5, 0.75, 1] : logTicks(lo, hi), btl = tickLabels(bt);
     cv.setAttribute("data-colorbar-ticks", btl.join(" "));
     bt.forEach(function (t, i) { var yy = M.t + (1 - frac(t)) * ph; ctx.fillRect(bx + bw, yy, 3, 1); ctx.fillText(btl[i], bx + bw + 5, yy); });
     cv.addEventListener("mousemove", function (ev) {
@@ -435,7 +437,7 @@ JS = r"""
         data = out;
       }
     }
-    return { names: names, labels: labels, steps: steps, data: data, stat: m.stat, level: m.level, shown: roleLabel(run, m.level, choice) };
+    return { names: names, labels: labels, steps: steps, data: data, stat: m.stat, level: m.level, share: !!m.share, shown: roleLabel(run, m.level, choice) };
   }
   function column(m, c) { var n = m.names.length, k = m.steps.length, out = new Array(n); for (var r = 0; r < n; r++) out[r] = m.data[r * k + c]; return out; }
   function row(m, r) { var k = m.steps.length; return Array.prototype.slice.call(m.data.subarray(r * k, (r + 1) * k)); }
@@ -493,7 +495,7 @@ JS = r"""
       m.steps.forEach(function (s, c) { var d = Math.abs(s - e[0]); if (d < bd) { bd = d; best = c; } });
       marks.push([r, best]);
     });
-    heatmapChart(el, { title: m.stat + ": " + (m.level === "layer" ? "layer" : m.level) + " (" + m.shown + ") \u00d7 step (log colour)", rows: m.names, rowLabels: m.labels, cols: m.steps, data: m.data, markers: marks, stat: m.stat });
+    heatmapChart(el, { title: m.stat + ": " + (m.level === "layer" ? "layer" : m.level) + " (" + m.shown + ") \u00d7 step (" + (m.share ? "share, 0 to 1" : "log colour") + ")", rows: m.names, rowLabels: m.labels, cols: m.steps, data: m.data, markers: marks, stat: m.stat, share: m.share });
   }
   function drawBands(el, run, key, choice) {
     var m = matrixOf(run, key, choice);
