@@ -101,6 +101,11 @@ def test_heatmap_of_a_share_draws_its_zeros(tmp_path):
     assert (want[0] > 0.5).all() and (want[1] == 0).all()  # the case is what it says
     assert not isinstance(image.norm, LogNorm) and (image.norm.vmin, image.norm.vmax) == (0.0, 1.0)
     assert "share" in ax.figure.axes[-1].get_ylabel()
+    # the flow chart: a linear axis from 0 to 1, the unsaturated layer's zeros drawn
+    ax = plots.flow(tmp_path / "run", "act_saturated", level="module").axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim() == (0.0, 1.0)
+    last = [line for line in ax.get_lines() if line.get_label().startswith("step")][-1]
+    np.testing.assert_allclose(np.asarray(last.get_ydata(), dtype=float), want[:, -1], rtol=1e-6)
 
 
 def test_heatmap_crosses_the_nan_cell(nan_run):

@@ -334,6 +334,8 @@ def test_a_share_is_drawn_from_0_to_1_with_its_zeros(browser_page, tmp_path):
                 return Array.from(cv.getContext('2d').getImageData(x, y, 1, 1).data.slice(0, 3)); }""", row)
             return "#" + "".join(f"{c:02x}" for c in rgb)
 
+        ticks = [float(t) for t in page.locator("#run-0 [data-chart=flow] svg text.ytick").all_text_contents()]
+        assert min(ticks) <= 0 < max(ticks) < 10  # the flow chart: a linear axis that holds the zeros
         assert colour(1) == lut()[0]  # layer '2': 0, the scale's low end
         assert colour(2) == MISSING_COLOR  # the head: nothing recorded
         assert colour(0) not in (lut()[0], MISSING_COLOR)  # layer '0': saturated

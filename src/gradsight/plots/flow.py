@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gradsight.display import NONFINITE_COLOR, plural
+from gradsight.display import NONFINITE_COLOR, is_share, plural
 from gradsight.plots._figure import layer_ticks, new_axes, no_data, styled
 from gradsight.store.query import (
     DEFAULT_MAX_STEPS,
@@ -53,7 +53,7 @@ def flow(
     max_steps: int | None = DEFAULT_MAX_STEPS,
     max_labels: int = 40,
 ) -> Figure:
-    """``stat`` by layer (forward order, log scale) at several steps of training.
+    """``stat`` by layer (forward order, log scale; a share from 0 to 1) at several steps of training.
 
     Args:
         data: a ``Run``, run directory or long frame (``Run.frame()``).
@@ -89,7 +89,13 @@ def flow(
     else:
         sel = layer_matrix(data, stat, level=level, role=role, steps=list(steps)).reindex(columns=names)
 
-    vals = positive(band.to_numpy())
+    share = is_share(stat)  # a share of a whole: a linear axis from 0, its zeros drawn
+
+    def shown(values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=float)
+        return np.where(np.isfinite(values), values, np.nan) if share else positive(values)
+
+    vals = shown(band.to_numpy())
     with np.errstate(all="ignore"):
         if np.isfinite(vals).any():
             lo, med, hi = (np.nanquantile(vals, q, axis=0) for q in (0.05, 0.5, 0.95))
@@ -101,7 +107,7 @@ def flow(
     for i, step in enumerate(overlaid):
         y = sel.loc[step].to_numpy(dtype=float)
         color = cmap(0.1 + 0.75 * i / max(1, len(overlaid) - 1))
-        ax.plot(x, positive(y), marker="o", ms=3, lw=1.1, color=color, label=f"step {step}", zorder=4)
+        ax.plot(x, shown(y), marker="o", ms=3, lw=1.1, color=color, label=f"step {step}", zorder=4)
         bad = ~np.isfinite(y) & ~np.isnan(y)
         if bad.any():
             ax.scatter(x[bad], np.ones(bad.sum()), transform=ax.get_xaxis_transform(), marker="v", s=30,
@@ -113,9 +119,13 @@ def flow(
         ax.scatter(xs, np.ones(len(xs)), transform=ax.get_xaxis_transform(), marker="v", s=30,
                    color=NONFINITE_COLOR, clip_on=False, zorder=5,
                    label=f"non-finite ({plural(events['step'].nunique(), 'step')})")
-    ax.set_yscale("log")
-    ax.autoscale_view()
-    ax.set_ylabel(f"{stat} (log scale)")
+    if share:
+        ax.set_ylim(0.0, 1.0)
+        ax.set_ylabel(f"{stat} (share)")
+    else:
+        ax.set_yscale("log")
+        ax.autoscale_view()
+        ax.set_ylabel(f"{stat} (log scale)")
     ax.set_xlabel(f"{role_label(role)}, in forward order (input → output)")
     layer_ticks(ax, names, max_labels=max_labels)
     # beside the axes, never over the lines (with up to a dozen overlaid steps "best" has no free spot)

@@ -441,12 +441,12 @@ JS = r"""
   }
   function column(m, c) { var n = m.names.length, k = m.steps.length, out = new Array(n); for (var r = 0; r < n; r++) out[r] = m.data[r * k + c]; return out; }
   function row(m, r) { var k = m.steps.length; return Array.prototype.slice.call(m.data.subarray(r * k, (r + 1) * k)); }
-  function rowQuantiles(m, qs) {  // per layer, over steps
+  function rowQuantiles(m, qs, withZeros) {  // per layer, over steps (positive values; a share's zeros too)
     var n = m.names.length, k = m.steps.length, out = qs.map(function () { return new Array(n); });
     var buf = new Float64Array(k);
     for (var r = 0; r < n; r++) {
       var cnt = 0;
-      for (var c = 0; c < k; c++) { var v = m.data[r * k + c]; if (v > 0 && Number.isFinite(v)) buf[cnt++] = v; }
+      for (var c = 0; c < k; c++) { var v = m.data[r * k + c]; if ((v > 0 || (withZeros && v === 0)) && Number.isFinite(v)) buf[cnt++] = v; }
       var vals = buf.subarray(0, cnt).sort();  // a typed array sorts by value, natively
       qs.forEach(function (q, i) { out[i][r] = quantile(vals, q); });
     }
@@ -469,7 +469,7 @@ JS = r"""
   function drawFlow(el, run, key, choice) {
     var m = matrixOf(run, key, choice);
     if (!m) { el.textContent = "no data"; return; }
-    var xs = range(m.names.length), q = rowQuantiles(m, [0.05, 0.5, 0.95]);
+    var xs = range(m.names.length), q = rowQuantiles(m, [0.05, 0.5, 0.95], m.share);
     var cols = run.flow_columns;  // the overlaid steps, chosen by the same sampler as every step sample
     var series = [{ name: "median over steps", xs: xs, ys: q[1], color: "#333", width: 2.4 }];
     cols.forEach(function (c, i) {
@@ -481,7 +481,7 @@ JS = r"""
       if (r >= 0 && m.level === "layer") markers.push({ x: r, label: shownName(e[1]) + ": " + e[2] + " NaN/Inf elements at step " + e[0] });
     });
     var by = m.level === "layer" ? "layer" : m.level === "param" ? "parameter" : m.level;
-    lineChart(el, { title: m.stat + " by " + by + " (" + m.shown + ", forward order)", xNames: m.names, xLabels: m.labels, series: series, ylabel: m.stat,
+    lineChart(el, { title: m.stat + " by " + by + " (" + m.shown + ", forward order)", xNames: m.names, xLabels: m.labels, series: series, ylabel: m.stat, logY: !m.share,
       bands: [{ xs: xs, lo: q[0], hi: q[2], color: "#9e9e9e", opacity: 0.3, name: "5\u201395% over " + m.steps.length + " steps" }],
       markers: markers, xlabel: by + ", input \u2192 output", height: 340, empty: "no " + m.shown + " " + by + "s" });
   }
