@@ -6,6 +6,7 @@ chromium or the playwright package is missing; CI installs both (.ci/run).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 from pathlib import Path
@@ -198,6 +199,19 @@ def test_a_log_axis_within_one_decade_has_two_labelled_ticks(bertish_page, berti
         assert max(values) / min(values) < 10
 
 
+@contextlib.contextmanager
+def _own_page(browser_page, html: Path):
+    """A report opened in a page of its own in the module's browser (a second Playwright in this
+    thread is refused), drawn, and closed after."""
+    page = browser_page.page.context.new_page()
+    try:
+        page.goto(html.resolve().as_uri())
+        page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=30_000)
+        yield page
+    finally:
+        page.close()
+
+
 def test_update_ratio_lines_join_each_layers_own_steps_under_rotating_snapshots(browser_page, tmp_path, monkeypatch):
     """Three layers measured in turn (one chunk of the snapshot per step): each layer's line
     joins its own 3 of the 9 steps, with no gap and no non-finite marker at the others'."""
@@ -218,18 +232,12 @@ def test_update_ratio_lines_join_each_layers_own_steps_under_rotating_snapshots(
             opt.step()
             opt.zero_grad()
     html = write_report([tmp_path / "runs" / "rotating"], tmp_path / "report.html")
-    # a page of its own in the module's browser (a second Playwright in this thread is refused)
-    page = browser_page.page.context.new_page()
-    try:
-        page.goto(html.resolve().as_uri())
-        page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=30_000)
+    with _own_page(browser_page, html) as page:
         paths = page.locator("[data-chart=update] svg path.series")
         assert paths.count() == 3
         for i in range(3):
             d = paths.nth(i).get_attribute("d")
             assert d.count("M") == 1 and d.count("L") == 2, d
-    finally:
-        page.close()
 
 
 @pytest.fixture(scope="module")
@@ -317,10 +325,7 @@ def test_a_share_is_drawn_from_0_to_1_with_its_zeros(browser_page, tmp_path):
             model(torch.randn(16, 8)).sum().backward()
             mon.step()
     html = write_report([tmp_path / "runs" / "tanh"], tmp_path / "report.html")
-    page = browser_page.page.context.new_page()
-    try:
-        page.goto(html.resolve().as_uri())
-        page.wait_for_selector("body[data-rendered=true]", state="attached", timeout=30_000)
+    with _own_page(browser_page, html) as page:
         page.select_option("#run-0 select.stat", "module:act_saturated")
         canvas = page.locator("#run-0 [data-chart=heatmap] canvas")
         assert canvas.get_attribute("data-colorbar-ticks").split() == ["0", "0.25", "0.5", "0.75", "1"]
@@ -339,5 +344,3 @@ def test_a_share_is_drawn_from_0_to_1_with_its_zeros(browser_page, tmp_path):
         assert colour(1) == lut()[0]  # layer '2': 0, the scale's low end
         assert colour(2) == MISSING_COLOR  # the head: nothing recorded
         assert colour(0) not in (lut()[0], MISSING_COLOR)  # layer '0': saturated
-    finally:
-        page.close()

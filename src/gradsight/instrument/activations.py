@@ -887,7 +887,7 @@ class ActivationRecorder:
             if parts:
                 count = sum((c for c, _ in parts[1:]), parts[0][0])
                 keys.append((Level.MODULE, layer, "act_saturated"))
-                values.append(count.double() / max(sum(n for _, n in parts), 1))
+                values.append(count.float() / max(sum(n for _, n in parts), 1))  # (no float64: MPS has none)
         for name in self.blocks:
             acc = self.block_acc.get(name)
             if acc is None:
