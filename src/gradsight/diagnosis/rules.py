@@ -643,11 +643,11 @@ def time_gains(view: RunView) -> list[_TimeGain]:
     return found
 
 
-def _saturation_shares(view: RunView) -> tuple[pd.Series, pd.Series, list[int]] | None:
+def _saturation_shares(view: RunView) -> tuple[pd.Series, pd.Series, list[int], int] | None:
     """``act_saturated`` of the hidden bounded activations (``meta.saturation_links`` with a
-    ``feeds``): per layer before one, its value at the first recorded step and its median over
-    the window, and the window's steps; None where the run holds none."""
-    def compute() -> tuple[pd.Series, pd.Series, list[int]] | None:
+    ``feeds``): per layer before one, its first recorded value and its median over the window,
+    the window's steps and the first step that holds the statistic; None where the run holds none."""
+    def compute() -> tuple[pd.Series, pd.Series, list[int], int] | None:
         links = view.meta.get("saturation_links") or {}
         table = _table(view, Level.MODULE, "act_saturated")
         cols = [c for c in table.columns if (links.get(c) or {}).get("feeds")]
@@ -655,7 +655,7 @@ def _saturation_shares(view: RunView) -> tuple[pd.Series, pd.Series, list[int]] 
             return None
         table = table[cols].dropna(how="all")
         window = _window(view, table)
-        return table.bfill().iloc[0], window.median(), [int(s) for s in window.index]
+        return table.bfill().iloc[0], window.median(), [int(s) for s in window.index], int(table.index[0])
     return _memo(view, ("saturation_shares",), compute)
 
 
@@ -672,7 +672,7 @@ def saturated_layers(view: RunView) -> tuple[dict[str, float], list[int]]:
     shares = _saturation_shares(view)
     if shares is None:
         return {}, []
-    first, medians, steps = shares
+    first, medians, steps, _start = shares
     judged = {c: min(float(first[c]), float(medians[c])) for c in first.index}
     return {c: v for c, v in judged.items() if math.isfinite(v)}, steps
 
@@ -683,7 +683,7 @@ def _late_saturation(view: RunView, th: Thresholds) -> list[Finding]:
     shares = _saturation_shares(view)
     if shares is None:
         return []
-    first, medians, steps = shares
+    first, medians, steps, start = shares
     late = {c: float(medians[c]) for c in first.index if medians[c] > th.saturated and first[c] <= th.saturated}
     if not late:
         return []
@@ -693,7 +693,7 @@ def _late_saturation(view: RunView, th: Thresholds) -> list[Finding]:
         "saturated_units", "info",
         f"{late[worst]:.0%} of the outputs of the {links[worst]['type']} '{display_name(links[worst]['activation'])}' "
         f"(after '{display_name(worst)}') sit where its slope is under 2 % of its largest {_when(steps)} "
-        f"(median; {float(first[worst]):.0%} at step {int(view.steps[0])}; {len(late)} hidden bounded activation(s) "
+        f"(median; {float(first[worst]):.0%} at step {start}; {len(late)} hidden bounded activation(s) "
         "saturated by training). Those units pass almost no gradient back. Where the targets sit at the "
         "activation's bounds (a generator's output) that is by design; otherwise a learning rate too high may be "
         "driving their inputs far from 0.",
@@ -718,7 +718,7 @@ def saturation(view: RunView, th: Thresholds) -> list[Finding]:
     worst = max(layers, key=sick.__getitem__)
     link = links[worst]
     shown = few([f"'{display_name(links[n]['activation'])}' {sick[n]:.0%}" for n in layers], 4)
-    first = int(view.steps[0])
+    first = _saturation_shares(view)[3]
     return [Finding(
         "vanishing_gradients", "warning",
         f"Saturated activations: {sick[worst]:.0%} of the outputs of the {link['type']} "

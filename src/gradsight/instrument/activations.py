@@ -630,7 +630,8 @@ class ActivationRecorder:
             link = self._links.get(layer)
             if link is None or link["activation"] != name:
                 return
-            self._bounded_out[id(output)] = (weakref.ref(output), layer)
+            if not self.blocks_known:  # (what it feeds is found on the first recorded forward only)
+                self._bounded_out[id(output)] = (weakref.ref(output), layer)
             forward, _ = self._context()
             self._saturated.setdefault(layer, []).append((forward, saturated_count(output, band), output.numel()))
 
